@@ -310,12 +310,21 @@ enum dp_ring_flags {
 /* One side of the ring. Threads of this side reserve [head, head+n) by moving
  * head, fill or drain the slots, and then publish by moving tail from head
  * to head+n once every earlier reservation has published (tail moves in
- * reservation order). The other side reads only tail. */
+ * reservation order). The other side reads only tail.
+ *
+ * head and tail sit on line pairs of their own (unlike rte_ring, which packs
+ * them in one line): the other side polls tail, and sharing that line with
+ * head would let each poll steal the line between a reservation's CAS and
+ * its publish, costing the publisher an extra transfer per burst. */
 struct dp_ring_side {
-	_Atomic uint32_t head;
-	_Atomic uint32_t tail;
-	uint32_t single; /* nonzero: one thread, no CAS */
+	alignas(DP_RING_ALIGN) _Atomic uint32_t head; /* this side's threads only */
+	uint32_t single;			      /* nonzero: one thread, no CAS */
+	alignas(DP_RING_ALIGN) _Atomic uint32_t tail; /* read by the other side */
 };
+
+_Static_assert(offsetof(struct dp_ring_side, tail) - offsetof(struct dp_ring_side, head) >=
+		       DP_RING_ALIGN,
+	       "a side's head and tail must not share a line pair");
 
 struct dp_ring {
 	alignas(DP_RING_ALIGN) struct dp_ring_side prod;
