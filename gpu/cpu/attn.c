@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: MIT */
+/* cpu backend: attention with sinks over window + compressed entries, the
+ * HCA/CSA compressors and the lightning indexer. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu/cpu/cpu-internal.h"
+
+static double dot(const float *a, const float *b, uint32_t n)
+{
+	double acc = 0;
+	for (uint32_t i = 0; i < n; i++)
+		acc += (double)a[i] * b[i];
+	return acc;
+}
+
+int dp_cpu_attention(struct dp_gpu *g, const struct dp_gpu_attn *a)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+
+	if (!a || !a->q || !a->kv_new || !a->sinks || !a->out || a->window == 0 || !a->d)
+		return -EINVAL;
+	if (a->pos0 > 0 && a->window > 1 &&
+	    (!a->ring || a->ring->n < a->window - 1 || a->ring->dim != a->d))
+		return -EINVAL;
+	if (a->sel && !a->comp)
+		return -EINVAL;
+	uint32_t n_comp = a->comp ? a->comp->n : 0;
+	uint32_t max_keys = a->window + (a->sel ? a->sel_k : n_comp);
+	/* per query: key pointers, then scores */
+	/* per key: a pointer and a double score, 4 floats together */
+	const float **keys = (const float **)dp_cpu_scratch(c, (size_t)max_keys * 4);
+	if (!keys)
+		return -ENOMEM;
+	double *sc = (double *)(keys + max_keys);
+
+	for (uint32_t i = 0; i < a->S; i++) {
+		uint64_t t = a->pos0 + i;
+		uint32_t nk = 0;
+		uint64_t first = t + 1 >= a->window ? t + 1 - a->window : 0;
+		for (uint64_t p = first; p <= t; p++)
+			keys[nk++] = p < a->pos0 ? dp_stream_entry(a->ring, (uint32_t)(p % a->ring->n))
+						 : a->kv_new + (size_t)(p - a->pos0) * a->d;
+		if (a->sel) {
+			for (uint32_t j = 0; j < a->sel_k; j++) {
+				int32_t w = a->sel[(size_t)i * a->sel_k + j];
+				if (w >= 0 && (uint32_t)w < n_comp)
+					keys[nk++] = dp_stream_entry(a->comp, (uint32_t)w);
+			}
+		} else if (n_comp) {
+			uint64_t vis = (t + 1) / a->rate;
+			for (uint32_t w = 0; w < n_comp && w < vis; w++)
+				keys[nk++] = dp_stream_entry(a->comp, w);
+		}
+		for (uint32_t h = 0; h < a->H; h++) {
+			const float *q = a->q + ((size_t)i * a->H + h) * a->d;
+			float *o = a->out + ((size_t)i * a->H + h) * a->d;
+			double m = a->sinks[h];
+			for (uint32_t j = 0; j < nk; j++) {
+				sc[j] = dot(q, keys[j], a->d) * a->scale;
+				if (sc[j] > m)
+					m = sc[j];
+			}
+			double den = exp(a->sinks[h] - m);
+			for (uint32_t j = 0; j < nk; j++) {
+				sc[j] = exp(sc[j] - m);
+				den += sc[j];
+			}
+			for (uint32_t x = 0; x < a->d; x++) {
+				double acc = 0;
+				for (uint32_t j = 0; j < nk; j++)
+					acc += sc[j] * keys[j][x];
+				o[x] = (float)(acc / den);
+			}
+		}
+	}
+	return 0;
+}
+
+int dp_cpu_compress(struct dp_gpu *g, const struct dp_gpu_compress *c)
+{
+	struct dp_gpu_cpu *cpu = (struct dp_gpu_cpu *)g;
+	uint32_t m = c->rate, dim = c->dim, width = c->width, slot = 2 * width;
+
+	if (!c->slots || !c->bias || !c->norm || !c->inv_freq || !c->out_entries || !m || !dim ||
+	    m > DP_GPU_COMPRESS_RATE_MAX)
+		return -EINVAL;
+	if (c->overlap ? (width != 2 * dim || !c->prev) : width != dim)
+		return -EINVAL;
+	float *entry = dp_cpu_scratch(cpu, dim);
+	if (!entry)
+		return -ENOMEM;
+	for (uint32_t w = 0; w < c->n_win; w++) {
+		const float *win = c->slots + (size_t)w * m * slot;
+		for (uint32_t ch = 0; ch < dim; ch++) {
+			/* Gather the logits and values of this channel's slots:
+			 * HCA: m slots; CSA: m Ca slots (previous window) then m Cb. */
+			double lg[2 * DP_GPU_COMPRESS_RATE_MAX], val[2 * DP_GPU_COMPRESS_RATE_MAX];
+			uint32_t ns = 0;
+			if (c->overlap) {
+				const float *pw = w > 0 ? win - (size_t)m * slot : NULL;
+				for (uint32_t j = 0; j < m; j++) {
+					if (pw) {
+						val[ns] = pw[(size_t)j * slot + ch];
+						lg[ns++] = (double)pw[(size_t)j * slot + width + ch] +
+							   c->bias[(size_t)j * width + ch];
+					} else if (c->has_prev) {
+						val[ns] = c->prev[(size_t)j * dim + ch];
+						lg[ns++] = c->prev[(size_t)(m + j) * dim + ch];
+					}
+				}
+				for (uint32_t j = 0; j < m; j++) {
+					val[ns] = win[(size_t)j * slot + dim + ch];
+					lg[ns++] = (double)win[(size_t)j * slot + width + dim + ch] +
+						   c->bias[(size_t)j * width + dim + ch];
+				}
+			} else {
+				for (uint32_t j = 0; j < m; j++) {
+					val[ns] = win[(size_t)j * slot + ch];
+					lg[ns++] = (double)win[(size_t)j * slot + width + ch] +
+						   c->bias[(size_t)j * width + ch];
+				}
+			}
+			/* the reference adds the bias in fp32 before the softmax */
+			double mx = -INFINITY;
+			for (uint32_t j = 0; j < ns; j++) {
+				lg[j] = (float)lg[j];
+				if (lg[j] > mx)
+					mx = lg[j];
+			}
+			double den = 0, acc = 0;
+			for (uint32_t j = 0; j < ns; j++) {
+				double p = exp(lg[j] - mx);
+				den += p;
+				acc += p * val[j];
+			}
+			entry[ch] = (float)(acc / den);
+		}
+		float *out = c->out_entries + (size_t)w * dim;
+		double ss = dot(entry, entry, dim);
+		float s = (float)(1.0 / sqrt(ss / dim + c->eps));
+		for (uint32_t ch = 0; ch < dim; ch++)
+			out[ch] = c->norm[ch] * (entry[ch] * s);
+		dp_cpu_rope_vec(out + dim - c->rope_dim, c->rope_dim,
+				(int64_t)(c->first_pos + (uint64_t)w * m), c->inv_freq, c->rope_factor,
+				false);
+	}
+	if (c->overlap && c->n_win > 0) {
+		/* carry the last window's Ca (values, and gates with bias) */
+		const float *last = c->slots + (size_t)(c->n_win - 1) * m * slot;
+		for (uint32_t j = 0; j < m; j++)
+			for (uint32_t ch = 0; ch < dim; ch++) {
+				c->prev[(size_t)j * dim + ch] = last[(size_t)j * slot + ch];
+				c->prev[(size_t)(m + j) * dim + ch] =
+					last[(size_t)j * slot + width + ch] + c->bias[(size_t)j * width + ch];
+			}
+	}
+	return 0;
+}
+
+/* a ranks before b: higher score, or equal score and lower index */
+static inline bool ranks_before(const float *score, int32_t a, int32_t b)
+{
+	return score[a] > score[b] || (score[a] == score[b] && a < b);
+}
+
+/* Write the k best of score[0..n) to sel in rank order; -1 past n. A min-heap
+ * of the k best seen so far (root: the worst of them), O(n log k). */
+static void topk_select(const float *score, uint32_t n, uint32_t k, int32_t *sel)
+{
+	uint32_t h = 0;
+
+	for (uint32_t w = 0; w < n; w++) {
+		int32_t cand = (int32_t)w;
+		uint32_t i;
+		if (h < k) {
+			i = h++;
+			while (i > 0 && ranks_before(score, sel[(i - 1) / 2], cand)) {
+				sel[i] = sel[(i - 1) / 2];
+				i = (i - 1) / 2;
+			}
+			sel[i] = cand;
+			continue;
+		}
+		if (!ranks_before(score, cand, sel[0]))
+			continue;
+		i = 0; /* replace the root and sift down */
+		for (;;) {
+			uint32_t l = 2 * i + 1, r = l + 1, worst = i;
+			int32_t wv = cand;
+			if (l < h && ranks_before(score, wv, sel[l])) {
+				worst = l;
+				wv = sel[l];
+			}
+			if (r < h && ranks_before(score, wv, sel[r]))
+				worst = r;
+			if (worst == i)
+				break;
+			sel[i] = sel[worst];
+			i = worst;
+		}
+		sel[i] = cand;
+	}
+	/* heap order -> rank order: repeatedly move the worst to the end */
+	for (uint32_t end = h; end > 1; end--) {
+		int32_t worst = sel[0];
+		int32_t last = sel[end - 1];
+		uint32_t i = 0, size = end - 1;
+		for (;;) {
+			uint32_t l = 2 * i + 1, r = l + 1, w = i;
+			int32_t wv = last;
+			if (l < size && ranks_before(score, wv, sel[l])) {
+				w = l;
+				wv = sel[l];
+			}
+			if (r < size && ranks_before(score, wv, sel[r]))
+				w = r;
+			if (w == i)
+				break;
+			sel[i] = sel[w];
+			i = w;
+		}
+		sel[i] = last;
+		sel[end - 1] = worst;
+	}
+	for (uint32_t j = h; j < k; j++)
+		sel[j] = -1;
+}
+
+int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	uint32_t n = ix->keys ? ix->keys->n : 0;
+
+	if (!ix->qi || !ix->weights || !ix->sel || !ix->rate || !ix->k)
+		return -EINVAL;
+	float *score = dp_cpu_scratch(c, n ? n : 1);
+	if (!score)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < ix->S; i++) {
+		uint64_t t = ix->pos0 + i;
+		uint64_t vis64 = (t + 1) / ix->rate;
+		uint32_t vis = vis64 < n ? (uint32_t)vis64 : n;
+		int32_t *sel = ix->sel + (size_t)i * ix->k;
+		for (uint32_t w = 0; w < vis; w++) {
+			const float *key = dp_stream_entry(ix->keys, w);
+			double acc = 0;
+			for (uint32_t h = 0; h < ix->nh; h++) {
+				double d = dot(ix->qi + ((size_t)i * ix->nh + h) * ix->dim, key, ix->dim);
+				float r = d > 0 ? (float)d * ix->key_scale : 0.0f;
+				acc += (double)r * (ix->weights[(size_t)i * ix->nh + h] * ix->weight_scale);
+			}
+			score[w] = (float)acc;
+		}
+		topk_select(score, vis, ix->k, sel);
+	}
+	return 0;
+}

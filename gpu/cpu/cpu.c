@@ -1,0 +1,530 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cpu backend: the reference implementation of the op interface, in
+ * plain C with fp32 arithmetic; dense products go through BLAS (OpenBLAS).
+ * Reductions that decide the numerics (norms, softmaxes, dot products outside
+ * BLAS) accumulate in double, so this backend sits within fp32 rounding of the
+ * exact result; the cuda backend is held to it.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu/cpu/cpu-internal.h"
+
+/* ---- lifecycle and memory ------------------------------------------------- */
+
+static void cpu_destroy(struct dp_gpu *g)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	free(c->scratch);
+	free(c);
+}
+
+static void *cpu_alloc(struct dp_gpu *g, size_t bytes)
+{
+	(void)g;
+	/* 64-byte aligned for vector loads; zeroed as the interface promises */
+	size_t rounded = (bytes + 63) & ~(size_t)63;
+	void *p = aligned_alloc(64, rounded);
+	if (p)
+		memset(p, 0, rounded);
+	return p;
+}
+
+static void cpu_dealloc(struct dp_gpu *g, void *p, size_t bytes)
+{
+	(void)g;
+	(void)bytes;
+	free(p);
+}
+
+static int cpu_memcpy(struct dp_gpu *g, void *dst, const void *src, size_t bytes)
+{
+	(void)g;
+	if (bytes && (!dst || !src))
+		return -EINVAL;
+	memmove(dst, src, bytes);
+	return 0;
+}
+
+static int cpu_zero(struct dp_gpu *g, void *dst, size_t bytes)
+{
+	(void)g;
+	if (bytes && !dst)
+		return -EINVAL;
+	memset(dst, 0, bytes);
+	return 0;
+}
+
+static int cpu_sync(struct dp_gpu *g)
+{
+	(void)g;
+	return 0;
+}
+
+float *dp_cpu_scratch(struct dp_gpu_cpu *c, size_t floats)
+{
+	if (floats > c->scratch_len) {
+		float *p = realloc(c->scratch, floats * sizeof(float));
+		if (!p)
+			return NULL;
+		c->scratch = p;
+		c->scratch_len = floats;
+	}
+	return c->scratch;
+}
+
+static const struct dp_gpu_backend cpu_backend = {
+	.weight_dtype = DP_DTYPE_F32,
+	.destroy = cpu_destroy,
+	.alloc = cpu_alloc,
+	.dealloc = cpu_dealloc,
+	.upload = cpu_memcpy,
+	.download = cpu_memcpy,
+	.copy = cpu_memcpy,
+	.zero = cpu_zero,
+	.sync = cpu_sync,
+};
+
+/* ---- dense ops ----------------------------------------------------------- */
+
+static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const struct dp_gpu_weight *w,
+		      uint32_t index, float *y, uint32_t ldy, uint32_t M, bool accumulate)
+{
+	(void)g;
+	if (!x || !w || !y || index >= w->count || w->dtype != DP_DTYPE_F32 ||
+	    (ldx && ldx < w->cols) || (ldy && ldy < w->rows))
+		return -EINVAL;
+	if (M == 0)
+		return 0;
+	const float *W = (const float *)w->data + (size_t)index * w->rows * w->cols;
+	float beta = accumulate ? 1.0f : 0.0f;
+	int lx = (int)(ldx ? ldx : w->cols), ly = (int)(ldy ? ldy : w->rows);
+	if (M == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)w->rows, (int)w->cols, 1.0f, W,
+			    (int)w->cols, x, 1, beta, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)w->rows,
+			    (int)w->cols, 1.0f, x, lx, W, (int)w->cols, beta, y, ly);
+	return 0;
+}
+
+static int cpu_embed(struct dp_gpu *g, const struct dp_gpu_weight *table, const int32_t *ids,
+		     uint32_t T, float *y)
+{
+	(void)g;
+	if (!table || !ids || !y || table->dtype != DP_DTYPE_F32)
+		return -EINVAL;
+	for (uint32_t t = 0; t < T; t++)
+		if (ids[t] < 0 || (uint32_t)ids[t] >= table->rows)
+			return -EINVAL;
+	for (uint32_t t = 0; t < T; t++)
+		memcpy(y + (size_t)t * table->cols,
+		       (const float *)table->data + (size_t)ids[t] * table->cols,
+		       table->cols * sizeof(float));
+	return 0;
+}
+
+/* 1 / sqrt(mean(x^2) + eps) */
+static float rms_scale(const float *x, uint32_t n, float eps)
+{
+	double ss = 0;
+	for (uint32_t i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	return (float)(1.0 / sqrt(ss / n + eps));
+}
+
+static int cpu_rmsnorm(struct dp_gpu *g, const float *x, const float *w, float *y, uint32_t rows,
+		       uint32_t dim, float eps)
+{
+	(void)g;
+	if (!x || !y || !dim)
+		return -EINVAL;
+	for (uint32_t r = 0; r < rows; r++) {
+		const float *xr = x + (size_t)r * dim;
+		float *yr = y + (size_t)r * dim;
+		float s = rms_scale(xr, dim, eps);
+		for (uint32_t i = 0; i < dim; i++)
+			yr[i] = w ? w[i] * (xr[i] * s) : xr[i] * s;
+	}
+	return 0;
+}
+
+/* Interleaved RoPE on the trailing rope_dim channels of one vector:
+ * pair (2i, 2i+1) rotates by pos * inv_freq[i] (negated when inverse). The
+ * angle is formed in fp32 as the reference does; cos/sin are then taken in
+ * double and rounded, i.e. correctly rounded. */
+void dp_cpu_rope_vec(float *v, uint32_t rope_dim, int64_t pos, const float *inv_freq, float factor,
+		     bool inverse)
+{
+	for (uint32_t i = 0; i < rope_dim / 2; i++) {
+		float ang = inv_freq[i] * (float)pos;
+		float c = (float)cos((double)ang) * factor;
+		float s = (float)sin((double)ang) * factor;
+		if (inverse)
+			s = -s;
+		float a = v[2 * i], b = v[2 * i + 1];
+		v[2 * i] = a * c - b * s;
+		v[2 * i + 1] = b * c + a * s;
+	}
+}
+
+static int cpu_rope(struct dp_gpu *g, float *x, uint32_t rows, uint32_t heads, uint32_t head_dim,
+		    uint32_t rope_dim, const int64_t *pos, const float *inv_freq, float factor,
+		    bool inverse)
+{
+	(void)g;
+	if (!x || !pos || !inv_freq || rope_dim > head_dim || rope_dim % 2)
+		return -EINVAL;
+	for (uint32_t r = 0; r < rows; r++)
+		for (uint32_t h = 0; h < heads; h++)
+			dp_cpu_rope_vec(x + ((size_t)r * heads + h) * head_dim + (head_dim - rope_dim),
+					rope_dim, pos[r], inv_freq, factor, inverse);
+	return 0;
+}
+
+static int cpu_hc_expand(struct dp_gpu *g, const float *x, float *X, uint32_t T, uint32_t n,
+			 uint32_t D)
+{
+	(void)g;
+	for (uint32_t t = 0; t < T; t++)
+		for (uint32_t s = 0; s < n; s++)
+			memcpy(X + ((size_t)t * n + s) * D, x + (size_t)t * D, D * sizeof(float));
+	return 0;
+}
+
+static inline float sigmoidf(float x)
+{
+	return 1.0f / (1.0f + expf(-x));
+}
+
+/* mix = fn . rms(flat X[t]) for one token: fn [rows][n*D]. */
+static void hc_mix(const float *Xt, const float *fn, uint32_t rows, uint32_t nD, float rms_eps,
+		   float *mix)
+{
+	float s = rms_scale(Xt, nD, rms_eps);
+	for (uint32_t j = 0; j < rows; j++) {
+		const float *f = fn + (size_t)j * nD;
+		double acc = 0;
+		for (uint32_t i = 0; i < nD; i++)
+			acc += (double)f[i] * (Xt[i] * s);
+		mix[j] = (float)acc;
+	}
+}
+
+static int cpu_mhc_pre(struct dp_gpu *g, const float *X, const float *fn, const float *base,
+		       const float *scale, uint32_t T, uint32_t n, uint32_t D, float rms_eps,
+		       float hc_eps, uint32_t iters, float *x, float *post, float *comb)
+{
+	(void)g;
+	uint32_t rows = (2 + n) * n;
+	float mix[(2 + DP_GPU_HC_MAX) * DP_GPU_HC_MAX];
+	float pre[DP_GPU_HC_MAX];
+
+	if (n == 0 || n > DP_GPU_HC_MAX || iters == 0)
+		return -EINVAL;
+	for (uint32_t t = 0; t < T; t++) {
+		const float *Xt = X + (size_t)t * n * D;
+		float *ct = comb + (size_t)t * n * n;
+		hc_mix(Xt, fn, rows, n * D, rms_eps, mix);
+		for (uint32_t s = 0; s < n; s++) {
+			pre[s] = sigmoidf(mix[s] * scale[0] + base[s]) + hc_eps;
+			post[(size_t)t * n + s] = 2.0f * sigmoidf(mix[n + s] * scale[1] + base[n + s]);
+		}
+		/* comb: row softmax + eps, then column-normalize; then iters-1
+		 * rounds of row- then column-normalization (Sinkhorn). */
+		for (uint32_t j = 0; j < n; j++) {
+			float *row = ct + j * n;
+			float m = -INFINITY;
+			for (uint32_t k = 0; k < n; k++) {
+				row[k] = mix[2 * n + j * n + k] * scale[2] + base[2 * n + j * n + k];
+				m = fmaxf(m, row[k]);
+			}
+			double sum = 0;
+			for (uint32_t k = 0; k < n; k++) {
+				row[k] = expf(row[k] - m);
+				sum += row[k];
+			}
+			for (uint32_t k = 0; k < n; k++)
+				row[k] = (float)(row[k] / sum) + hc_eps;
+		}
+		for (uint32_t it = 0; it < iters; it++) {
+			if (it > 0) {
+				for (uint32_t j = 0; j < n; j++) {
+					double sum = 0;
+					for (uint32_t k = 0; k < n; k++)
+						sum += ct[j * n + k];
+					float den = (float)sum + hc_eps;
+					for (uint32_t k = 0; k < n; k++)
+						ct[j * n + k] /= den;
+				}
+			}
+			for (uint32_t k = 0; k < n; k++) {
+				double sum = 0;
+				for (uint32_t j = 0; j < n; j++)
+					sum += ct[j * n + k];
+				float den = (float)sum + hc_eps;
+				for (uint32_t j = 0; j < n; j++)
+					ct[j * n + k] /= den;
+			}
+		}
+		float *xt = x + (size_t)t * D;
+		for (uint32_t d = 0; d < D; d++) {
+			float acc = 0;
+			for (uint32_t s = 0; s < n; s++)
+				acc += pre[s] * Xt[(size_t)s * D + d];
+			xt[d] = acc;
+		}
+	}
+	return 0;
+}
+
+static int cpu_mhc_post(struct dp_gpu *g, float *X, const float *o, const float *post,
+			const float *comb, uint32_t T, uint32_t n, uint32_t D)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	float *tmp = dp_cpu_scratch(c, (size_t)n * D);
+
+	if (!tmp)
+		return -ENOMEM;
+	for (uint32_t t = 0; t < T; t++) {
+		float *Xt = X + (size_t)t * n * D;
+		const float *ct = comb + (size_t)t * n * n;
+		const float *ot = o + (size_t)t * D;
+		for (uint32_t k = 0; k < n; k++) {
+			float pk = post[(size_t)t * n + k];
+			for (uint32_t d = 0; d < D; d++) {
+				float acc = 0;
+				for (uint32_t j = 0; j < n; j++)
+					acc += ct[j * n + k] * Xt[(size_t)j * D + d];
+				tmp[(size_t)k * D + d] = pk * ot[d] + acc;
+			}
+		}
+		memcpy(Xt, tmp, (size_t)n * D * sizeof(float));
+	}
+	return 0;
+}
+
+static int cpu_hc_head(struct dp_gpu *g, const float *X, const float *fn, const float *base,
+		       const float *scale, uint32_t T, uint32_t n, uint32_t D, float rms_eps,
+		       float hc_eps, float *y)
+{
+	(void)g;
+	float mix[DP_GPU_HC_MAX];
+
+	if (n == 0 || n > DP_GPU_HC_MAX)
+		return -EINVAL;
+	for (uint32_t t = 0; t < T; t++) {
+		const float *Xt = X + (size_t)t * n * D;
+		hc_mix(Xt, fn, n, n * D, rms_eps, mix);
+		for (uint32_t s = 0; s < n; s++)
+			mix[s] = sigmoidf(mix[s] * scale[0] + base[s]) + hc_eps;
+		float *yt = y + (size_t)t * D;
+		for (uint32_t d = 0; d < D; d++) {
+			float acc = 0;
+			for (uint32_t s = 0; s < n; s++)
+				acc += mix[s] * Xt[(size_t)s * D + d];
+			yt[d] = acc;
+		}
+	}
+	return 0;
+}
+
+/* ---- MoE ------------------------------------------------------------------ */
+
+static float softplusf(float x)
+{
+	/* torch's softplus: linear above the threshold 20 */
+	return x > 20.0f ? x : log1pf(expf(x));
+}
+
+static int cpu_route(struct dp_gpu *g, const float *logits, const float *bias,
+		     const int32_t *tid2eid, const int32_t *ids, uint32_t T, uint32_t E, uint32_t k,
+		     enum dp_gpu_score_fn fn, float scale, int32_t *idx, float *w)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	float *scores = dp_cpu_scratch(c, E);
+
+	if (!scores || !logits || !idx || !w || k == 0 || k > E || fn >= DP_GPU_SCORE_FN_MAX ||
+	    (tid2eid && !ids))
+		return -EINVAL;
+	for (uint32_t t = 0; t < T; t++) {
+		const float *lt = logits + (size_t)t * E;
+		int32_t *it = idx + (size_t)t * k;
+		float *wt = w + (size_t)t * k;
+		if (fn == DP_GPU_SCORE_SOFTMAX) {
+			float m = -INFINITY;
+			for (uint32_t e = 0; e < E; e++)
+				m = fmaxf(m, lt[e]);
+			double sum = 0;
+			for (uint32_t e = 0; e < E; e++) {
+				scores[e] = expf(lt[e] - m);
+				sum += scores[e];
+			}
+			for (uint32_t e = 0; e < E; e++)
+				scores[e] = (float)(scores[e] / sum);
+		} else {
+			for (uint32_t e = 0; e < E; e++)
+				scores[e] = fn == DP_GPU_SCORE_SIGMOID ? sigmoidf(lt[e])
+								       : sqrtf(softplusf(lt[e]));
+		}
+		if (tid2eid) {
+			const int32_t *row = tid2eid + (size_t)ids[t] * k;
+			for (uint32_t j = 0; j < k; j++) {
+				if (row[j] < 0 || (uint32_t)row[j] >= E)
+					return -EINVAL;
+				it[j] = row[j];
+			}
+		} else {
+			/* top-k of score + bias; ties go to the lower expert */
+			for (uint32_t j = 0; j < k; j++) {
+				int32_t best = -1;
+				float bv = -INFINITY;
+				for (uint32_t e = 0; e < E; e++) {
+					bool taken = false;
+					for (uint32_t q = 0; q < j; q++)
+						taken |= it[q] == (int32_t)e;
+					float v = scores[e] + (bias ? bias[e] : 0.0f);
+					if (!taken && (best < 0 || v > bv)) {
+						best = (int32_t)e;
+						bv = v;
+					}
+				}
+				it[j] = best;
+			}
+		}
+		double sum = 0;
+		for (uint32_t j = 0; j < k; j++)
+			sum += scores[it[j]];
+		float den = (float)sum + 1e-20f;
+		for (uint32_t j = 0; j < k; j++)
+			wt[j] = scores[it[j]] / den * scale;
+	}
+	return 0;
+}
+
+static inline float siluf(float x)
+{
+	return x / (1.0f + expf(-x));
+}
+
+static int cpu_swiglu(struct dp_gpu *g, const float *gate, const float *up, float *h,
+		      uint32_t rows, uint32_t inter, uint32_t stride, float limit)
+{
+	(void)g;
+	for (uint32_t r = 0; r < rows; r++) {
+		const float *gr = gate + (size_t)r * stride;
+		const float *ur = up + (size_t)r * stride;
+		float *hr = h + (size_t)r * inter;
+		for (uint32_t i = 0; i < inter; i++) {
+			float gv = fminf(gr[i], limit);
+			float uv = fminf(fmaxf(ur[i], -limit), limit);
+			hr[i] = siluf(gv) * uv;
+		}
+	}
+	return 0;
+}
+
+/* Routed experts: each expert runs once over the tokens routed to it. */
+static int cpu_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const float *w,
+		   uint32_t T, uint32_t k, const struct dp_gpu_weight *gate_up,
+		   const struct dp_gpu_weight *down, float limit, float *y)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	uint32_t E = gate_up->count, inter = gate_up->rows / 2, D = gate_up->cols;
+
+	if (down->count != E || down->rows != D || down->cols != inter || gate_up->rows % 2)
+		return -EINVAL;
+	/* scratch: gathered x [T][D], gate_up [T][2I], h [T][inter], out [T][D], map [T] */
+	size_t need = (size_t)T * (D + 2 * inter + inter + D) + 2 * (size_t)T;
+	float *s = dp_cpu_scratch(c, need);
+	if (!s)
+		return -ENOMEM;
+	float *xs = s, *gu = xs + (size_t)T * D, *hs = gu + (size_t)T * 2 * inter;
+	float *os = hs + (size_t)T * inter;
+	uint32_t *tok = (uint32_t *)(os + (size_t)T * D);
+	float *wt = (float *)(tok + T);
+
+	for (uint32_t e = 0; e < E; e++) {
+		uint32_t m = 0;
+		for (uint32_t t = 0; t < T; t++)
+			for (uint32_t j = 0; j < k; j++)
+				if (idx[(size_t)t * k + j] == (int32_t)e) {
+					tok[m] = t;
+					wt[m] = w[(size_t)t * k + j];
+					memcpy(xs + (size_t)m * D, x + (size_t)t * D, D * sizeof(float));
+					m++;
+				}
+		if (m == 0)
+			continue;
+		cpu_matmul(g, xs, 0, gate_up, e, gu, 0, m, false);
+		cpu_swiglu(g, gu, gu + inter, hs, m, inter, 2 * inter, limit);
+		cpu_matmul(g, hs, 0, down, e, os, 0, m, false);
+		for (uint32_t r = 0; r < m; r++) {
+			float *yt = y + (size_t)tok[r] * D;
+			const float *orow = os + (size_t)r * D;
+			for (uint32_t d = 0; d < D; d++)
+				yt[d] += wt[r] * orow[d];
+		}
+	}
+	return 0;
+}
+
+static int cpu_add(struct dp_gpu *g, float *y, const float *x, size_t n)
+{
+	(void)g;
+	for (size_t i = 0; i < n; i++)
+		y[i] += x[i];
+	return 0;
+}
+
+static int cpu_gather_rows(struct dp_gpu *g, float *dst, const float *src, uint32_t rows,
+			   uint32_t dst_stride, uint32_t src_stride, uint32_t cols)
+{
+	(void)g;
+	for (uint32_t r = 0; r < rows; r++)
+		memmove(dst + (size_t)r * dst_stride, src + (size_t)r * src_stride,
+			cols * sizeof(float));
+	return 0;
+}
+
+static const struct dp_gpu_ops cpu_ops = {
+	.matmul = cpu_matmul,
+	.embed = cpu_embed,
+	.rmsnorm = cpu_rmsnorm,
+	.rope = cpu_rope,
+	.hc_expand = cpu_hc_expand,
+	.mhc_pre = cpu_mhc_pre,
+	.mhc_post = cpu_mhc_post,
+	.hc_head = cpu_hc_head,
+	.route = cpu_route,
+	.moe = cpu_moe,
+	.swiglu = cpu_swiglu,
+	.add = cpu_add,
+	.attention = dp_cpu_attention,
+	.compress = dp_cpu_compress,
+	.index_topk = dp_cpu_index_topk,
+	.gather_rows = cpu_gather_rows,
+};
+
+int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *err, size_t err_len)
+{
+	struct dp_gpu_cpu *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		if (err && err_len)
+			snprintf(err, err_len, "out of memory creating the cpu backend");
+		return -ENOMEM;
+	}
+	c->g.kind = DP_GPU_CPU;
+	c->g.be = &cpu_backend;
+	c->g.ops = &cpu_ops;
+	if (opts->threads > 0)
+		openblas_set_num_threads(opts->threads);
+	*ret = &c->g;
+	return 0;
+}

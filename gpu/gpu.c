@@ -1,0 +1,362 @@
+/* SPDX-License-Identifier: MIT */
+/* Backend-independent parts of the op interface: dispatch, accounting,
+ * dtype conversion, weight upload. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp-config.h"
+#include "gpu/gpu-internal.h"
+
+static const char *const kind_names[DP_GPU_KIND_MAX] = { "cpu", "cuda" };
+
+const char *dp_gpu_kind_name(enum dp_gpu_kind kind)
+{
+	return kind < DP_GPU_KIND_MAX ? kind_names[kind] : NULL;
+}
+
+int dp_gpu_kind_parse(const char *name, enum dp_gpu_kind *ret_kind)
+{
+	if (!name || !ret_kind)
+		return -EINVAL;
+	if (!strcmp(name, "auto")) {
+		struct dp_gpu_device_info info;
+		*ret_kind = DP_GPU_CUDA_OPS_READY && dp_gpu_probe(&info, 1, NULL, 0) > 0 ? DP_GPU_CUDA
+											 : DP_GPU_CPU;
+		return 0;
+	}
+	for (int k = 0; k < DP_GPU_KIND_MAX; k++)
+		if (!strcmp(name, kind_names[k])) {
+			*ret_kind = (enum dp_gpu_kind)k;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+int dp_gpu_cuda_built(void)
+{
+	return DP_HAVE_CUDA;
+}
+
+int dp_gpu_probe(struct dp_gpu_device_info *out, int max, char *why, size_t why_len)
+{
+	if ((!out && max > 0) || max < 0)
+		return -EINVAL;
+#if DP_HAVE_CUDA
+	return dp_gpu_cuda_probe(out, max, why, why_len);
+#else
+	if (why && why_len)
+		snprintf(why, why_len, "built without CUDA (-Dcuda=disabled or no toolkit)");
+	return 0;
+#endif
+}
+
+static const size_t dtype_sizes[DP_DTYPE_MAX] = { 4, 2, 2, 4 };
+static const char *const dtype_names[DP_DTYPE_MAX] = { "f32", "bf16", "f16", "i32" };
+
+size_t dp_dtype_size(enum dp_dtype dtype)
+{
+	return dtype < DP_DTYPE_MAX ? dtype_sizes[dtype] : 0;
+}
+
+const char *dp_dtype_name(enum dp_dtype dtype)
+{
+	return dtype < DP_DTYPE_MAX ? dtype_names[dtype] : NULL;
+}
+
+int dp_gpu_new(enum dp_gpu_kind kind, const struct dp_gpu_opts *opts, struct dp_gpu **ret_gpu,
+	       char *err, size_t err_len)
+{
+	static const struct dp_gpu_opts defaults = { 0 };
+
+	if (!ret_gpu || kind >= DP_GPU_KIND_MAX)
+		return -EINVAL;
+	if (!opts)
+		opts = &defaults;
+	switch (kind) {
+	case DP_GPU_CPU:
+		return dp_gpu_cpu_new(opts, ret_gpu, err, err_len);
+	case DP_GPU_CUDA:
+#if DP_HAVE_CUDA
+		return dp_gpu_cuda_new(opts, ret_gpu, err, err_len);
+#else
+		if (err && err_len)
+			snprintf(err, err_len, "this build has no CUDA backend (configure with -Dcuda=enabled)");
+		return -ENOTSUP;
+#endif
+	default:
+		return -EINVAL;
+	}
+}
+
+void dp_gpu_free(struct dp_gpu *g)
+{
+	if (g)
+		g->be->destroy(g);
+}
+
+enum dp_gpu_kind dp_gpu_kind_of(const struct dp_gpu *g)
+{
+	return g->kind;
+}
+
+const struct dp_gpu_ops *dp_gpu_ops(const struct dp_gpu *g)
+{
+	return g->ops;
+}
+
+void *dp_gpu_alloc(struct dp_gpu *g, size_t bytes, enum dp_gpu_mem_class cls)
+{
+	if (!g || cls >= DP_GPU_MEM_CLASS_MAX || bytes == 0)
+		return NULL;
+	void *p = g->be->alloc(g, bytes);
+	if (!p)
+		return NULL;
+	g->bytes[cls] += bytes;
+	uint64_t total = 0;
+	for (int c = 0; c < DP_GPU_MEM_CLASS_MAX; c++)
+		total += g->bytes[c];
+	if (total > g->peak)
+		g->peak = total;
+	return p;
+}
+
+void dp_gpu_dealloc(struct dp_gpu *g, void *p, size_t bytes, enum dp_gpu_mem_class cls)
+{
+	if (!g || !p || cls >= DP_GPU_MEM_CLASS_MAX)
+		return;
+	g->be->dealloc(g, p, bytes);
+	g->bytes[cls] -= bytes <= g->bytes[cls] ? bytes : g->bytes[cls];
+}
+
+int dp_gpu_upload(struct dp_gpu *g, void *dst, const void *src, size_t bytes)
+{
+	return g->be->upload(g, dst, src, bytes);
+}
+
+int dp_gpu_download(struct dp_gpu *g, void *dst, const void *src, size_t bytes)
+{
+	return g->be->download(g, dst, src, bytes);
+}
+
+int dp_gpu_copy(struct dp_gpu *g, void *dst, const void *src, size_t bytes)
+{
+	return g->be->copy(g, dst, src, bytes);
+}
+
+int dp_gpu_zero(struct dp_gpu *g, void *dst, size_t bytes)
+{
+	return g->be->zero(g, dst, bytes);
+}
+
+int dp_gpu_sync(struct dp_gpu *g)
+{
+	return g->be->sync(g);
+}
+
+void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	memcpy(ret->bytes, g->bytes, sizeof(ret->bytes));
+	ret->peak_bytes = g->peak;
+	if (g->be->device_mem)
+		g->be->device_mem(g, &ret->device_total, &ret->device_free);
+}
+
+/* ---- dtype conversion ---------------------------------------------------- */
+
+float dp_bf16_to_f32(uint16_t v)
+{
+	uint32_t u = (uint32_t)v << 16;
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+uint16_t dp_f32_to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, sizeof(u));
+	if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
+		return (uint16_t)((u >> 16) | 0x40);
+	u += 0x7fffu + ((u >> 16) & 1u);
+	return (uint16_t)(u >> 16);
+}
+
+float dp_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h >> 15) << 31;
+	uint32_t exp = (h >> 10) & 0x1f;
+	uint32_t man = h & 0x3ff;
+	uint32_t u;
+
+	if (exp == 0x1f) {
+		u = sign | 0x7f800000u | (man << 13);
+	} else if (exp == 0) {
+		if (man == 0) {
+			u = sign;
+		} else { /* subnormal: value = man * 2^-24 */
+			float f = ldexpf((float)man, -24);
+			memcpy(&u, &f, sizeof(u));
+			u |= sign;
+		}
+	} else {
+		u = sign | ((exp + 112) << 23) | (man << 13);
+	}
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+int dp_convert_to_f32(float *dst, const void *src, enum dp_dtype src_dtype, size_t n)
+{
+	switch (src_dtype) {
+	case DP_DTYPE_F32:
+		memcpy(dst, src, n * sizeof(float));
+		return 0;
+	case DP_DTYPE_BF16: {
+		const uint16_t *s = src;
+		for (size_t i = 0; i < n; i++)
+			dst[i] = dp_bf16_to_f32(s[i]);
+		return 0;
+	}
+	case DP_DTYPE_F16: {
+		const uint16_t *s = src;
+		for (size_t i = 0; i < n; i++)
+			dst[i] = dp_f16_to_f32(s[i]);
+		return 0;
+	}
+	default:
+		return -EINVAL;
+	}
+}
+
+/* ---- weights ----------------------------------------------------------- */
+
+int dp_gpu_weight_alloc(struct dp_gpu *g, uint32_t count, uint32_t rows, uint32_t cols,
+			struct dp_gpu_weight *ret_w)
+{
+	if (!g || !ret_w || !count || !rows || !cols)
+		return -EINVAL;
+	enum dp_dtype dt = g->be->weight_dtype;
+	size_t bytes = (size_t)count * rows * cols * dp_dtype_size(dt);
+	void *dev = dp_gpu_alloc(g, bytes, DP_GPU_MEM_WEIGHTS);
+	if (!dev)
+		return -ENOMEM;
+	*ret_w = (struct dp_gpu_weight){ .data = dev, .dtype = dt, .count = count, .rows = rows,
+					 .cols = cols };
+	return 0;
+}
+
+/* Convert n values to the backend dtype `dt` into dst (host). */
+static int convert_to(void *dst, enum dp_dtype dt, const void *src, enum dp_dtype src_dtype,
+		      size_t n)
+{
+	if (dt == DP_DTYPE_F32)
+		return dp_convert_to_f32(dst, src, src_dtype, n);
+	if (dt != DP_DTYPE_BF16)
+		return -EINVAL;
+	uint16_t *h = dst;
+	switch (src_dtype) {
+	case DP_DTYPE_BF16:
+		memcpy(dst, src, n * 2);
+		return 0;
+	case DP_DTYPE_F32: {
+		const float *s = src;
+		for (size_t i = 0; i < n; i++)
+			h[i] = dp_f32_to_bf16(s[i]);
+		return 0;
+	}
+	case DP_DTYPE_F16: {
+		const uint16_t *s = src;
+		for (size_t i = 0; i < n; i++)
+			h[i] = dp_f32_to_bf16(dp_f16_to_f32(s[i]));
+		return 0;
+	}
+	default:
+		return -EINVAL;
+	}
+}
+
+int dp_gpu_weight_fill(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+		       uint32_t n_rows, const void *src, enum dp_dtype src_dtype)
+{
+	if (!g || !w || !w->data || !src || index >= w->count || row0 > w->rows ||
+	    n_rows > w->rows - row0 || src_dtype >= DP_DTYPE_MAX || src_dtype == DP_DTYPE_I32)
+		return -EINVAL;
+	size_t esz = dp_dtype_size(w->dtype), ssz = dp_dtype_size(src_dtype);
+	size_t n = (size_t)n_rows * w->cols;
+	char *dst = (char *)w->data + (((size_t)index * w->rows + row0) * w->cols) * esz;
+	/* convert through a bounded host buffer, 1 Mi elements at a time */
+	size_t chunk = n < (1u << 20) ? n : (1u << 20);
+	void *host = malloc(chunk * esz);
+	if (!host)
+		return -ENOMEM;
+	int ret = 0;
+	for (size_t done = 0; done < n && ret == 0; done += chunk) {
+		size_t k = n - done < chunk ? n - done : chunk;
+		ret = convert_to(host, w->dtype, (const char *)src + done * ssz, src_dtype, k);
+		if (ret == 0)
+			ret = dp_gpu_upload(g, dst + done * esz, host, k * esz);
+	}
+	free(host);
+	return ret;
+}
+
+int dp_gpu_weight_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dtype,
+			 uint32_t count, uint32_t rows, uint32_t cols, struct dp_gpu_weight *ret_w)
+{
+	struct dp_gpu_weight w;
+	int ret = dp_gpu_weight_alloc(g, count, rows, cols, &w);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < count && ret == 0; i++)
+		ret = dp_gpu_weight_fill(g, &w, i, 0, rows,
+					 (const char *)src + (size_t)i * rows * cols * dp_dtype_size(src_dtype),
+					 src_dtype);
+	if (ret < 0) {
+		dp_gpu_weight_free(g, &w);
+		return ret;
+	}
+	*ret_w = w;
+	return 0;
+}
+
+int dp_gpu_vector_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dtype, size_t n,
+			 float **ret_vec)
+{
+	if (!g || !src || !ret_vec || !n)
+		return -EINVAL;
+	float *host = malloc(n * sizeof(float));
+	if (!host)
+		return -ENOMEM;
+	int ret = dp_convert_to_f32(host, src, src_dtype, n);
+	if (ret < 0) {
+		free(host);
+		return ret;
+	}
+	float *dev = dp_gpu_alloc(g, n * sizeof(float), DP_GPU_MEM_WEIGHTS);
+	if (!dev) {
+		free(host);
+		return -ENOMEM;
+	}
+	ret = dp_gpu_upload(g, dev, host, n * sizeof(float));
+	free(host);
+	if (ret < 0) {
+		dp_gpu_dealloc(g, dev, n * sizeof(float), DP_GPU_MEM_WEIGHTS);
+		return ret;
+	}
+	*ret_vec = dev;
+	return 0;
+}
+
+void dp_gpu_weight_free(struct dp_gpu *g, struct dp_gpu_weight *w)
+{
+	if (!g || !w || !w->data)
+		return;
+	dp_gpu_dealloc(g, w->data, (size_t)w->count * w->rows * w->cols * dp_dtype_size(w->dtype),
+		       DP_GPU_MEM_WEIGHTS);
+	memset(w, 0, sizeof(*w));
+}
