@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp-generate — generate text with a V4 model on one backend.
+ *
+ *   dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]
+ *               [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
+ *               [--stats]
+ *
+ * Prints the prompt, then the generated text as it comes. Stops after N new
+ * tokens or at the model's EOS. --stats prints prefill and decode tokens/s
+ * to stderr.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/sample.h"
+#include "model/tokenizer.h"
+#include "model/v4.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]\n"
+		   "                   [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]\n"
+		   "                   [--stats]\n");
+}
+
+static bool parse_num(const char *s, double lo, double hi, double *ret)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || *end || errno || v < lo || v > hi)
+		return false;
+	*ret = v;
+	return true;
+}
+
+int main(int argc, char **argv)
+{
+	const char *model_name = "builtin", *prompt = NULL, *backend = "auto";
+	double n_new = 64, temperature = 0, top_k = 0, top_p = 1, seed = 0;
+	bool stats = false;
+	static const struct option opts[] = {
+		{ "model", required_argument, NULL, 'm' },	 { "prompt", required_argument, NULL, 'p' },
+		{ "tokens", required_argument, NULL, 'n' },	 { "temperature", required_argument, NULL, 't' },
+		{ "top-k", required_argument, NULL, 'k' },	 { "top-p", required_argument, NULL, 'P' },
+		{ "seed", required_argument, NULL, 's' },	 { "backend", required_argument, NULL, 'b' },
+		{ "stats", no_argument, NULL, 'S' },		 { "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	for (int c; (c = getopt_long(argc, argv, "m:p:n:t:k:P:s:b:Sh", opts, NULL)) != -1;) {
+		bool ok = true;
+		switch (c) {
+		case 'm': model_name = optarg; break;
+		case 'p': prompt = optarg; break;
+		case 'n': ok = parse_num(optarg, 1, 1 << 20, &n_new); break;
+		case 't': ok = parse_num(optarg, 0, 100, &temperature); break;
+		case 'k': ok = parse_num(optarg, 0, INT_MAX, &top_k); break;
+		case 'P': ok = parse_num(optarg, 1e-9, 1, &top_p); break;
+		case 's': ok = parse_num(optarg, 0, 1e18, &seed); break;
+		case 'b': backend = optarg; break;
+		case 'S': stats = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+		if (!ok) {
+			fprintf(stderr, "dp-generate: bad value for -%c: %s\n", c, optarg);
+			return 2;
+		}
+	}
+	if (!prompt || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	char dir[PATH_MAX], err[512] = "";
+	int ret = dp_v4_resolve_dir(model_name, dir, sizeof(dir));
+	if (ret < 0) {
+		fprintf(stderr, "dp-generate: cannot find the %s model: %s\n", model_name,
+			ret == -ENOENT ? "no embedded model installed (set DUALPATH_BUILTIN_MODEL)"
+				       : strerror(-ret));
+		return 1;
+	}
+	enum dp_gpu_kind kind;
+	if (dp_gpu_kind_parse(backend, &kind) < 0) {
+		fprintf(stderr, "dp-generate: --backend must be cpu, cuda or auto, not %s\n", backend);
+		return 2;
+	}
+	struct dp_gpu *g;
+	if ((ret = dp_gpu_new(kind, NULL, &g, err, sizeof(err))) < 0) {
+		fprintf(stderr, "dp-generate: cannot start the %s backend: %s\n", dp_gpu_kind_name(kind), err);
+		return 1;
+	}
+	struct dp_v4_model *m;
+	if ((ret = dp_v4_model_load(g, dir, &m, err, sizeof(err))) < 0) {
+		fprintf(stderr, "dp-generate: cannot load model %s: %s\n", dir, err);
+		dp_gpu_free(g);
+		return 1;
+	}
+	const struct dp_v4_config *c = dp_v4_model_config(m);
+	struct dp_tok *tok;
+	if ((ret = dp_v4_tokenizer_new(dir, c, &tok, err, sizeof(err))) < 0) {
+		fprintf(stderr, "dp-generate: %s\n", err);
+		return 1;
+	}
+	size_t cap = dp_tok_encode_bound(tok, strlen(prompt), DP_TOK_ADD_BOS);
+	int32_t *ids = malloc((cap ? cap : 1) * sizeof(*ids));
+	size_t n_ids = 0;
+	if (!ids || dp_tok_encode(tok, prompt, strlen(prompt), DP_TOK_ADD_BOS, ids, cap, &n_ids) < 0 ||
+	    n_ids == 0) {
+		fprintf(stderr, "dp-generate: cannot tokenize the prompt\n");
+		return 1;
+	}
+	int32_t eos = dp_tok_special(tok, DP_TOK_EOS);
+
+	struct dp_sampler_params sp = { .temperature = (float)temperature, .top_k = (int)top_k,
+					.top_p = (float)top_p, .seed = (uint64_t)seed };
+	size_t sbytes = dp_sampler_scratch_size(c->vocab_size);
+	void *sscratch = malloc(sbytes);
+	struct dp_sampler sampler;
+	if (!sscratch || dp_sampler_init(&sampler, &sp, sscratch, sbytes) < 0) {
+		fprintf(stderr, "dp-generate: invalid sampling parameters\n");
+		return 2;
+	}
+	float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+	struct dp_v4_seq *seq;
+	if (!logits || dp_v4_seq_new(m, &seq) < 0) {
+		fprintf(stderr, "dp-generate: out of memory\n");
+		return 1;
+	}
+
+	fwrite(prompt, 1, strlen(prompt), stdout);
+	fflush(stdout);
+	double t0 = now_s();
+	struct dp_v4_batch_item it = { .seq = seq, .tokens = ids, .n_tokens = (uint32_t)n_ids };
+	ret = dp_v4_forward(m, &it, 1, logits);
+	double t1 = now_s(), t_decode = 0;
+	struct dp_tok_stream ts;
+	dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8);
+	char *out = malloc(dp_tok_stream_bound(tok));
+	int generated = 0;
+	while (ret == 0 && generated < (int)n_new) {
+		int id;
+		if ((ret = dp_sampler_sample(&sampler, logits, c->vocab_size, &id)) < 0)
+			break;
+		generated++;
+		if (id == eos)
+			break;
+		size_t len = 0;
+		if (dp_tok_stream_next(tok, &ts, id, out, dp_tok_stream_bound(tok), &len) == 0) {
+			fwrite(out, 1, len, stdout);
+			fflush(stdout);
+		}
+		if (generated == (int)n_new)
+			break;
+		int32_t next = id;
+		struct dp_v4_batch_item step = { .seq = seq, .tokens = &next, .n_tokens = 1 };
+		double a = now_s();
+		ret = dp_v4_forward(m, &step, 1, logits);
+		t_decode += now_s() - a;
+	}
+	size_t len = 0;
+	if (dp_tok_stream_flush(&ts, out, dp_tok_stream_bound(tok), &len) == 0)
+		fwrite(out, 1, len, stdout);
+	fputc('\n', stdout);
+	if (ret < 0)
+		fprintf(stderr, "dp-generate: generation failed: %s\n", strerror(-ret));
+	if (stats)
+		fprintf(stderr, "dp-generate: %s backend, prefill %zu tokens in %.3f s (%.1f tok/s), "
+			"decode %d tokens in %.3f s (%.1f tok/s)\n", dp_gpu_kind_name(kind), n_ids,
+			t1 - t0, n_ids / (t1 - t0), generated > 1 ? generated - 1 : 0, t_decode,
+			generated > 1 ? (generated - 1) / t_decode : 0.0);
+	free(out);
+	free(logits);
+	free(sscratch);
+	free(ids);
+	dp_v4_seq_free(seq);
+	dp_tok_free(tok);
+	dp_v4_model_free(m);
+	dp_gpu_free(g);
+	return ret < 0 ? 1 : 0;
+}

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+/* The V4 model's weights and state layout; shared by model/v4*.c only. */
+#ifndef DP_MODEL_V4_INTERNAL_H
+#define DP_MODEL_V4_INTERNAL_H
+
+#include "model/v4.h"
+
+/* Weights of one layer, on the backend. Vectors are fp32. */
+struct dp_v4_layer_w {
+	/* mHC, attention and MoE sites: fn [(2+n)n][nD], base [(2+n)n], scale [3] */
+	float *attn_hc_fn, *attn_hc_base, *attn_hc_scale;
+	float *ffn_hc_fn, *ffn_hc_base, *ffn_hc_scale;
+	float *in_norm, *post_norm; /* [D] */
+
+	/* attention */
+	struct dp_gpu_weight q_a;  /* [Q][D] */
+	float *q_a_norm;	   /* [Q] */
+	struct dp_gpu_weight q_b;  /* [H*d][Q] */
+	struct dp_gpu_weight kv;   /* [d][D] */
+	float *kv_norm;		   /* [d] */
+	struct dp_gpu_weight o_a;  /* g x [R][H*d/g] */
+	struct dp_gpu_weight o_b;  /* [D][g*R] */
+	float *sinks;		   /* [H] */
+
+	/* compressor (CSA: width 2d, HCA: width d) */
+	struct dp_gpu_weight comp_kvg; /* [2*width][D]: kv_proj rows, then gate_proj rows */
+	float *comp_bias;	       /* [m][width] position bias */
+	float *comp_norm;	       /* [d] */
+
+	/* lightning indexer (CSA) */
+	struct dp_gpu_weight idx_kvg; /* [2*2c][D] */
+	float *idx_bias;	      /* [m][2c] */
+	float *idx_norm;	      /* [c] */
+	struct dp_gpu_weight idx_q_b; /* [nI*c][Q] */
+	struct dp_gpu_weight idx_wp;  /* [nI][D] */
+
+	/* MoE */
+	struct dp_gpu_weight gate;	 /* [E][D] */
+	float *gate_bias;		 /* [E], moe layers */
+	int32_t *tid2eid;		 /* [V][k], hash_moe layers */
+	struct dp_gpu_weight gate_up;	 /* E x [2I][D]: gate rows, then up rows */
+	struct dp_gpu_weight down;	 /* E x [D][I] */
+	struct dp_gpu_weight sh_gate_up; /* [2I][D] */
+	struct dp_gpu_weight sh_down;	 /* [D][I] */
+};
+
+struct dp_v4_model {
+	struct dp_gpu *g;
+	const struct dp_gpu_ops *ops;
+	struct dp_v4_config cfg;
+	struct dp_gpu_weight embed;   /* [V][D] */
+	struct dp_gpu_weight lm_head; /* [V][D]; aliases embed when tied */
+	bool tied;
+	float *norm;				  /* [D] */
+	float *hc_fn, *hc_base, *hc_scale;	  /* [n][nD], [n], [1] */
+	float *inv_freq[DP_V4_ROPE_WHICH_MAX];	  /* [r/2] each */
+	float rope_factor[DP_V4_ROPE_WHICH_MAX];  /* attention factor */
+	struct dp_v4_layer_w *layers;
+	size_t weight_bytes;
+	struct dp_v4_page_ops pages; /* where state pages come from */
+
+	/* per-forward scratch (backend memory), grown on demand */
+	void *scratch;
+	size_t scratch_bytes;
+};
+
+/* A run of fixed-size entries in pages of backend memory; entries never
+ * straddle pages. The page table exists twice: on the host (to address pages
+ * from the host) and in backend memory (for the ops). Fixed streams (window,
+ * pending rows, overlap) have all their pages from the start; growing ones
+ * (compressed entries, index keys) gain pages as they grow. */
+struct dp_v4_stream {
+	float **host_pages;
+	float **dev_pages; /* backend memory, cap entries */
+	uint32_t n_pages, cap;
+	uint32_t per_page; /* entries per page */
+	uint32_t dim;	   /* floats per entry */
+	uint32_t n;	   /* entries: present (growing) or capacity (fixed) */
+	bool fixed;
+};
+
+/* One layer of a sequence's state (docs/v4-forward.md "Incremental state"),
+ * one stream per enum dp_v4_stream_kind; absent streams have dim 0. */
+struct dp_v4_layer_state {
+	struct dp_v4_stream s[DP_V4_S_MAX];
+};
+
+struct dp_v4_seq {
+	struct dp_v4_model *m;
+	uint64_t pos;
+	struct dp_v4_layer_state *layers;
+	size_t bytes;
+};
+
+/* v4_state.c */
+/* Append n entries from `src` ([n][dim], backend memory) to a growing stream. */
+int dp_v4_stream_append(struct dp_v4_seq *seq, struct dp_v4_stream *st, const float *src,
+			uint32_t n);
+/* Copy n entries between contiguous backend memory and entries
+ * [first, first + n) of a stream (which must exist). */
+int dp_v4_stream_write(struct dp_gpu *g, struct dp_v4_stream *st, uint32_t first, const float *src,
+		       uint32_t n);
+int dp_v4_stream_read(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t first, float *dst,
+		      uint32_t n);
+/* 0, or -ENOTSUP when an entry of some stream would not fit a page. */
+int dp_v4_state_supported(const struct dp_v4_config *c);
+/* The op view of a stream. */
+static inline struct dp_gpu_stream dp_v4_stream_view(const struct dp_v4_stream *st)
+{
+	return (struct dp_gpu_stream){ .pages = (float *const *)st->dev_pages,
+				       .per_page = st->per_page,
+				       .dim = st->dim,
+				       .n = st->n };
+}
+
+#endif /* DP_MODEL_V4_INTERNAL_H */

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * model/v4.h — the DeepSeek-V4 forward pass over the gpu op interface.
+ *
+ * A struct dp_v4_model holds a checkpoint's weights on one backend. A
+ * struct dp_v4_seq is one sequence's state: its position and, per layer, the
+ * sliding window of raw kv, the compressors' pending tokens and overlap, and
+ * the growing streams of compressed entries and index keys (paged; see
+ * struct dp_v4_stream). dp_v4_forward() advances any number of sequences by
+ * any number of tokens each in one batch (continuous batching: prefills and
+ * one-token decodes side by side); feeding a prompt in one call or in pieces
+ * gives the same logits to fp32 rounding.
+ *
+ * docs/v4-forward.md is the precise description of the computation.
+ *
+ * Threads: a model and its sequences are used by one thread at a time (the
+ * compute thread); the model is read-only during forwards.
+ */
+#ifndef DP_MODEL_V4_H
+#define DP_MODEL_V4_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gpu/gpu.h"
+#include "model/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct dp_v4_model;
+struct dp_v4_seq;
+
+/* Page size of the paged state streams. */
+#define DP_V4_PAGE_BYTES (64u * 1024u)
+
+/* The streams of one layer's state; every one is a run of fixed-size entries
+ * in DP_V4_PAGE_BYTES pages. Which exist depends on the layer type. */
+enum dp_v4_stream_kind {
+	DP_V4_S_WINDOW,	      /* all: raw kv of the last W positions, a ring */
+	DP_V4_S_COMP_PENDING, /* CSA/HCA: kv|gate rows of the unfinished window */
+	DP_V4_S_COMP_PREV,    /* CSA: last closed window's Ca values, gates + bias */
+	DP_V4_S_COMP,	      /* CSA/HCA: compressed entries (growing) */
+	DP_V4_S_IDX_PENDING,  /* CSA: the indexer's unfinished window */
+	DP_V4_S_IDX_PREV,     /* CSA: the indexer's overlap */
+	DP_V4_S_IDX,	      /* CSA: index keys (growing) */
+	DP_V4_S_MAX,
+};
+
+/* Where a model's state pages come from (default: dp_gpu_alloc, accounted
+ * as DP_GPU_MEM_STATE). alloc returns zeroed backend memory of `bytes`. */
+struct dp_v4_page_ops {
+	void *(*alloc)(void *ctx, size_t bytes);
+	void (*free)(void *ctx, void *page, size_t bytes);
+	void *ctx;
+};
+
+/* Load config.json and the safetensors checkpoint in `dir` onto backend g.
+ * Every tensor's name, shape and dtype is checked against the config; the
+ * message names the file, tensor and the mismatch. */
+int dp_v4_model_load(struct dp_gpu *g, const char *dir, struct dp_v4_model **ret_model, char *err,
+		     size_t err_len);
+void dp_v4_model_free(struct dp_v4_model *m);
+const struct dp_v4_config *dp_v4_model_config(const struct dp_v4_model *m);
+struct dp_gpu *dp_v4_model_gpu(const struct dp_v4_model *m);
+
+/* Use ops for the state pages of sequences created from now on (NULL:
+ * back to the default). */
+void dp_v4_model_set_page_ops(struct dp_v4_model *m, const struct dp_v4_page_ops *ops);
+
+/* A fresh sequence at position 0. */
+int dp_v4_seq_new(struct dp_v4_model *m, struct dp_v4_seq **ret_seq);
+void dp_v4_seq_free(struct dp_v4_seq *s);
+/* Tokens consumed so far. */
+uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s);
+/* Backend bytes the sequence's state occupies. */
+size_t dp_v4_seq_bytes(const struct dp_v4_seq *s);
+
+/* One sequence's share of a batch. */
+struct dp_v4_batch_item {
+	struct dp_v4_seq *seq;
+	const int32_t *tokens; /* host memory */
+	uint32_t n_tokens;     /* >= 1 */
+	bool all_logits;       /* logits of every token, or of the last one only */
+};
+
+/*
+ * Run the batch. Writes logits (host memory) for each item in order: n_tokens
+ * rows if all_logits, else one row, each vocab_size floats. Token ids are
+ * validated first (-EINVAL, nothing advanced). On any error the sequences of
+ * the batch are left in an unspecified state and must be reset or freed.
+ * Returns 0 or a negative errno.
+ */
+int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, uint32_t n_items,
+		  float *logits);
+
+/* The logits of every position of tokens[0..n) fed to a fresh sequence, in
+ * pieces of chunks[0..n_chunks) tokens (which must add up to n; NULL: one
+ * call). Writes n x vocab_size floats to out. This is what dp-logits runs. */
+int dp_v4_logits(struct dp_v4_model *m, const int32_t *tokens, uint32_t n, const uint32_t *chunks,
+		 uint32_t n_chunks, float *out);
+
+/* Rows of logits dp_v4_forward writes for this batch. */
+uint32_t dp_v4_batch_rows(const struct dp_v4_batch_item *items, uint32_t n_items);
+
+/* Model directories. `name` NULL or "builtin" means the embedded default
+ * model: $DUALPATH_BUILTIN_MODEL, else where `meson install` put it, else
+ * the source tree's model/embedded. Writes the directory to buf. Returns 0,
+ * -ENOENT (no embedded model found) or -ENAMETOOLONG. */
+int dp_v4_resolve_dir(const char *name, char *buf, size_t len);
+
+struct dp_tok;
+/* The tokenizer of a model directory: byte-level when there is no
+ * tokenizer.json (ids 0..255 bytes, vocab_size - 256 specials: BOS, EOS,
+ * PAD first); tokenizer.json models are refused with -ENOTSUP for now. */
+int dp_v4_tokenizer_new(const char *dir, const struct dp_v4_config *c, struct dp_tok **ret_tok,
+			char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DP_MODEL_V4_H */

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Per-sequence V4 state: every array of docs/v4-forward.md "Incremental
+ * state" is a stream of fixed-size entries in DP_V4_PAGE_BYTES pages, so the
+ * KV cache can move a session's state between tiers page by page.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/v4-internal.h"
+
+/* ---- pages ----------------------------------------------------------------- */
+
+static void *default_page_alloc(void *ctx, size_t bytes)
+{
+	return dp_gpu_alloc(ctx, bytes, DP_GPU_MEM_STATE);
+}
+
+static void default_page_free(void *ctx, void *page, size_t bytes)
+{
+	dp_gpu_dealloc(ctx, page, bytes, DP_GPU_MEM_STATE);
+}
+
+void dp_v4_model_set_page_ops(struct dp_v4_model *m, const struct dp_v4_page_ops *ops)
+{
+	if (ops)
+		m->pages = *ops;
+	else
+		m->pages = (struct dp_v4_page_ops){default_page_alloc, default_page_free, m->g};
+}
+
+/* ---- streams ------------------------------------------------------------- */
+
+/* Make room in both page tables for at least `want` pages. */
+static int table_reserve(struct dp_v4_seq *seq, struct dp_v4_stream *st, uint32_t want)
+{
+	struct dp_gpu *g = seq->m->g;
+	if (want <= st->cap)
+		return 0;
+	uint32_t cap = st->cap ? st->cap : 4;
+	while (cap < want)
+		cap *= 2;
+	float **host = realloc(st->host_pages, cap * sizeof(*host));
+	if (!host)
+		return -ENOMEM;
+	st->host_pages = host;
+	float **dev = dp_gpu_alloc(g, cap * sizeof(*dev), DP_GPU_MEM_STATE);
+	if (!dev)
+		return -ENOMEM;
+	if (st->dev_pages) {
+		int ret = dp_gpu_copy(g, dev, st->dev_pages, st->n_pages * sizeof(*dev));
+		if (ret < 0) {
+			dp_gpu_dealloc(g, dev, cap * sizeof(*dev), DP_GPU_MEM_STATE);
+			return ret;
+		}
+		dp_gpu_dealloc(g, st->dev_pages, st->cap * sizeof(*dev), DP_GPU_MEM_STATE);
+		seq->bytes -= st->cap * sizeof(*dev);
+	}
+	st->dev_pages = dev;
+	seq->bytes += cap * sizeof(*dev);
+	st->cap = cap;
+	return 0;
+}
+
+static int add_page(struct dp_v4_seq *seq, struct dp_v4_stream *st)
+{
+	struct dp_v4_model *m = seq->m;
+	int ret = table_reserve(seq, st, st->n_pages + 1);
+	if (ret < 0)
+		return ret;
+	float *page = m->pages.alloc(m->pages.ctx, DP_V4_PAGE_BYTES);
+	if (!page)
+		return -ENOMEM;
+	ret = dp_gpu_upload(m->g, st->dev_pages + st->n_pages, &page, sizeof(page));
+	if (ret < 0) {
+		m->pages.free(m->pages.ctx, page, DP_V4_PAGE_BYTES);
+		return ret;
+	}
+	st->host_pages[st->n_pages++] = page;
+	seq->bytes += DP_V4_PAGE_BYTES;
+	return 0;
+}
+
+static int stream_init(struct dp_v4_seq *seq, struct dp_v4_stream *st, uint32_t dim,
+                       uint32_t fixed_entries)
+{
+	memset(st, 0, sizeof(*st));
+	if (dim == 0)
+		return 0; /* this layer has no such stream */
+	if ((size_t)dim * sizeof(float) > DP_V4_PAGE_BYTES)
+		return -ENOTSUP;
+	st->dim = dim;
+	st->per_page = DP_V4_PAGE_BYTES / (dim * (uint32_t)sizeof(float));
+	if (fixed_entries) {
+		st->fixed = true;
+		st->n = fixed_entries;
+		for (uint32_t i = 0; i < (fixed_entries + st->per_page - 1) / st->per_page; i++) {
+			int ret = add_page(seq, st);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+static void stream_fini(struct dp_v4_seq *seq, struct dp_v4_stream *st)
+{
+	struct dp_v4_model *m = seq->m;
+	for (uint32_t i = 0; i < st->n_pages; i++) {
+		if (st->host_pages[i]) {
+			m->pages.free(m->pages.ctx, st->host_pages[i], DP_V4_PAGE_BYTES);
+			seq->bytes -= DP_V4_PAGE_BYTES;
+		}
+	}
+	if (st->dev_pages) {
+		dp_gpu_dealloc(m->g, st->dev_pages, st->cap * sizeof(float *), DP_GPU_MEM_STATE);
+		seq->bytes -= st->cap * sizeof(float *);
+	}
+	free(st->host_pages);
+	memset(st, 0, sizeof(*st));
+}
+
+static inline float *entry(const struct dp_v4_stream *st, uint32_t i)
+{
+	return st->host_pages[i / st->per_page] + (size_t)(i % st->per_page) * st->dim;
+}
+
+/* Copy between contiguous memory and entries [first, first + n), one page
+ * run at a time. */
+static int stream_copy(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t first, float *mem,
+                       uint32_t n, bool to_stream)
+{
+	if (first > st->n || n > st->n - first)
+		return -EINVAL;
+	while (n > 0) {
+		uint32_t k = st->per_page - first % st->per_page;
+		if (k > n)
+			k = n;
+		size_t bytes = (size_t)k * st->dim * sizeof(float);
+		int ret = to_stream ? dp_gpu_copy(g, entry(st, first), mem, bytes)
+		                    : dp_gpu_copy(g, mem, entry(st, first), bytes);
+		if (ret < 0)
+			return ret;
+		first += k;
+		mem += (size_t)k * st->dim;
+		n -= k;
+	}
+	return 0;
+}
+
+int dp_v4_stream_write(struct dp_gpu *g, struct dp_v4_stream *st, uint32_t first, const float *src,
+                       uint32_t n)
+{
+	return stream_copy(g, st, first, (float *)src, n, true);
+}
+
+int dp_v4_stream_read(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t first, float *dst,
+                      uint32_t n)
+{
+	return stream_copy(g, st, first, dst, n, false);
+}
+
+int dp_v4_stream_append(struct dp_v4_seq *seq, struct dp_v4_stream *st, const float *src,
+                        uint32_t n)
+{
+	if (st->fixed || !st->dim)
+		return -EINVAL;
+	uint32_t need = (st->n + n + st->per_page - 1) / st->per_page;
+	while (st->n_pages < need) {
+		int ret = add_page(seq, st);
+		if (ret < 0)
+			return ret;
+	}
+	st->n += n;
+	return dp_v4_stream_write(seq->m->g, st, st->n - n, src, n);
+}
+
+/* ---- sequences ------------------------------------------------------------- */
+
+/* Entry size (floats) and fixed entry count of each stream of layer l. */
+static void stream_shape(const struct dp_v4_config *c, int l, enum dp_v4_stream_kind k,
+                         uint32_t *ret_dim, uint32_t *ret_fixed)
+{
+	uint32_t d = (uint32_t)c->head_dim, ic = (uint32_t)c->index_head_dim;
+	uint32_t m = (uint32_t)dp_v4_compress_rate(c, l);
+	bool csa = dp_v4_is_csa(c, l), hca = dp_v4_is_hca(c, l);
+	uint32_t dim = 0, fixed = 0;
+
+	switch (k) {
+	case DP_V4_S_WINDOW:
+		dim = d;
+		fixed = (uint32_t)c->sliding_window;
+		break;
+	case DP_V4_S_COMP_PENDING:
+		if (csa || hca) {
+			dim = (csa ? 4 : 2) * d;
+			fixed = m;
+		}
+		break;
+	case DP_V4_S_COMP_PREV:
+		if (csa) {
+			dim = 2 * m * d;
+			fixed = 1;
+		}
+		break;
+	case DP_V4_S_COMP:
+		if (csa || hca)
+			dim = d;
+		break;
+	case DP_V4_S_IDX_PENDING:
+		if (csa) {
+			dim = 4 * ic;
+			fixed = m;
+		}
+		break;
+	case DP_V4_S_IDX_PREV:
+		if (csa) {
+			dim = 2 * m * ic;
+			fixed = 1;
+		}
+		break;
+	case DP_V4_S_IDX:
+		if (csa)
+			dim = ic;
+		break;
+	default:
+		break;
+	}
+	*ret_dim = dim;
+	*ret_fixed = fixed;
+}
+
+int dp_v4_state_supported(const struct dp_v4_config *c)
+{
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		for (int k = 0; k < DP_V4_S_MAX; k++) {
+			uint32_t dim, fixed;
+			stream_shape(c, l, (enum dp_v4_stream_kind)k, &dim, &fixed);
+			if ((size_t)dim * sizeof(float) > DP_V4_PAGE_BYTES)
+				return -ENOTSUP;
+		}
+	return 0;
+}
+
+void dp_v4_seq_free(struct dp_v4_seq *s)
+{
+	if (!s)
+		return;
+	for (int l = 0; s->layers && l < s->m->cfg.num_hidden_layers; l++)
+		for (int k = 0; k < DP_V4_S_MAX; k++)
+			stream_fini(s, &s->layers[l].s[k]);
+	free(s->layers);
+	free(s);
+}
+
+int dp_v4_seq_new(struct dp_v4_model *m, struct dp_v4_seq **ret_seq)
+{
+	if (!m || !ret_seq)
+		return -EINVAL;
+	const struct dp_v4_config *c = &m->cfg;
+	struct dp_v4_seq *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->m = m;
+	s->layers = calloc((size_t)c->num_hidden_layers, sizeof(*s->layers));
+	if (!s->layers) {
+		free(s);
+		return -ENOMEM;
+	}
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		for (int k = 0; k < DP_V4_S_MAX; k++) {
+			uint32_t dim, fixed;
+			stream_shape(c, l, (enum dp_v4_stream_kind)k, &dim, &fixed);
+			int ret = stream_init(s, &s->layers[l].s[k], dim, fixed);
+			if (ret < 0) {
+				dp_v4_seq_free(s);
+				return ret;
+			}
+		}
+	*ret_seq = s;
+	return 0;
+}
+
+uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s)
+{
+	return s->pos;
+}
+
+size_t dp_v4_seq_bytes(const struct dp_v4_seq *s)
+{
+	return s->bytes;
+}
