@@ -73,6 +73,24 @@ void dp_v4_model_set_page_ops(struct dp_v4_model *m, const struct dp_v4_page_ops
 /* A fresh sequence at position 0. */
 int dp_v4_seq_new(struct dp_v4_model *m, struct dp_v4_seq **ret_seq);
 void dp_v4_seq_free(struct dp_v4_seq *s);
+/* A sequence standing at position pos, with every state page allocated (and
+ * zeroed) but not filled: the KV cache restores a parked state into it page
+ * by page (dp_v4_seq_pages). */
+int dp_v4_seq_new_at(struct dp_v4_model *m, uint64_t pos, struct dp_v4_seq **ret_seq);
+
+/* One page of a sequence's state. */
+struct dp_v4_page_ref {
+	uint16_t layer;
+	uint8_t kind; /* enum dp_v4_stream_kind */
+	uint32_t index;
+	void *page; /* backend memory, DP_V4_PAGE_BYTES */
+};
+
+/* The sequence's state pages in a fixed order (layer, kind, index): writes
+ * up to max refs and returns how many there are. Two sequences of one model
+ * at the same position have the same list except for the page pointers. */
+size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, size_t max);
+
 /* Tokens consumed so far. */
 uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s);
 /* Backend bytes the sequence's state occupies. */

@@ -282,6 +282,56 @@ int dp_v4_seq_new(struct dp_v4_model *m, struct dp_v4_seq **ret_seq)
 	return 0;
 }
 
+int dp_v4_seq_new_at(struct dp_v4_model *m, uint64_t pos, struct dp_v4_seq **ret_seq)
+{
+	struct dp_v4_seq *s;
+	int ret = dp_v4_seq_new(m, &s);
+	if (ret < 0)
+		return ret;
+	const struct dp_v4_config *c = &m->cfg;
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		uint64_t rate = (uint64_t)dp_v4_compress_rate(c, l);
+		enum dp_v4_stream_kind growing[2] = { DP_V4_S_COMP, DP_V4_S_IDX };
+		for (int i = 0; i < 2; i++) {
+			struct dp_v4_stream *st = &s->layers[l].s[growing[i]];
+			if (!st->dim)
+				continue;
+			uint64_t n = pos / rate;
+			if (n > UINT32_MAX) {
+				dp_v4_seq_free(s);
+				return -E2BIG;
+			}
+			uint32_t need = (uint32_t)((n + st->per_page - 1) / st->per_page);
+			while (st->n_pages < need) {
+				if ((ret = add_page(s, st)) < 0) {
+					dp_v4_seq_free(s);
+					return ret;
+				}
+			}
+			st->n = (uint32_t)n;
+		}
+	}
+	s->pos = pos;
+	*ret_seq = s;
+	return 0;
+}
+
+size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, size_t max)
+{
+	size_t n = 0;
+	for (int l = 0; l < s->m->cfg.num_hidden_layers; l++)
+		for (int k = 0; k < DP_V4_S_MAX; k++) {
+			const struct dp_v4_stream *st = &s->layers[l].s[k];
+			for (uint32_t i = 0; i < st->n_pages; i++, n++)
+				if (refs && n < max)
+					refs[n] = (struct dp_v4_page_ref){ .layer = (uint16_t)l,
+									   .kind = (uint8_t)k,
+									   .index = i,
+									   .page = st->host_pages[i] };
+		}
+	return n;
+}
+
 uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s)
 {
 	return s->pos;

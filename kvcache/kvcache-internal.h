@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared by the kvcache part's .c files only. */
+#ifndef DP_KVCACHE_INTERNAL_H
+#define DP_KVCACHE_INTERNAL_H
+
+#include "kvcache/journal.h"
+#include "kvcache/kvcache.h"
+#include "sched/topo.h"
+
+#define DP_KV_PAGE_BYTES DP_V4_PAGE_BYTES
+#define DP_KV_HDR_BYTES 4096u
+#define DP_KV_SLOT_BYTES (DP_KV_HDR_BYTES + DP_KV_PAGE_BYTES)
+#define DP_KV_SLOT_MAGIC "DPKVPG01"
+#define DP_KV_FILE_MAGIC "DPKVSLOT"
+#define DP_KV_SLOTS_FILE "slots"
+#define DP_KV_SLOT_GROW 64u /* slots added to the file at a time */
+
+/* ---- DRAM tier: a fixed pool of pinned pages ------------------------------ */
+
+struct dp_kv_pool {
+	struct dp_topo_mem mem;
+	uint32_t n_pages;
+	uint32_t *free_list; /* stack of free page indices */
+	uint32_t n_free;
+	bool locked; /* mlock succeeded */
+};
+
+int dp_kv_pool_init(struct dp_kv_pool *p, uint64_t bytes, int node);
+void dp_kv_pool_fini(struct dp_kv_pool *p);
+/* A free page index, or -ENOSPC. */
+int dp_kv_pool_get(struct dp_kv_pool *p);
+void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx);
+static inline void *dp_kv_pool_page(const struct dp_kv_pool *p, uint32_t idx)
+{
+	return (char *)p->mem.addr + (size_t)idx * DP_KV_PAGE_BYTES;
+}
+
+/* ---- NVMe tier: the slot file ---------------------------------------------- */
+
+/* What a slot claims to hold; checked against the snapshot on load. */
+struct dp_kv_slot_id {
+	const char *session;
+	uint64_t position;
+	uint16_t layer;
+	uint8_t kind;
+	uint32_t index;
+};
+
+struct dp_kv_slots {
+	int fd;
+	bool direct;
+	uint64_t n_slots;   /* slots the file holds */
+	uint64_t max_slots; /* 0: unlimited */
+	uint8_t *used;	    /* bitmap, n_slots bits */
+	uint64_t n_used;
+	uint64_t hint;	    /* where to look for a free slot next */
+	void *hdr;	    /* DP_KV_HDR_BYTES, aligned, scratch header */
+	struct dp_io *io;
+};
+
+int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint64_t max_bytes,
+		     struct dp_io *io, char *err, size_t err_len);
+void dp_kv_slots_close(struct dp_kv_slots *sl);
+/* Reserve a free slot (growing the file). -ENOSPC when full. */
+int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot);
+void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot); /* used (replay) */
+void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot);
+/* Write a page (aligned host memory) with its header; returns the data's
+ * checksum in *ret_sum. */
+int dp_kv_slots_write(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
+		      const void *page, uint64_t *ret_sum);
+/* Make written slots durable. */
+int dp_kv_slots_sync(struct dp_kv_slots *sl);
+/* Read a page and check its header against id and its data against sum:
+ * -EBADMSG on any mismatch (torn, corrupt, foreign, other version). */
+int dp_kv_slots_read(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
+		     uint64_t sum, void *page);
+
+/* ---- sessions --------------------------------------------------------------- */
+
+/* One page of a persisted snapshot. */
+struct dp_kv_snap_page {
+	uint16_t layer;
+	uint8_t kind;
+	uint32_t index;
+	uint64_t slot;
+	uint64_t sum; /* xxh3 of the page data */
+};
+
+struct dp_kv_session {
+	char id[DP_KV_SESSION_ID_MAX + 1];
+	int32_t *hist;
+	uint64_t len, cap;
+	uint64_t committed; /* history tokens durable in the journal */
+
+	enum dp_kv_tier tier;
+	uint64_t state_pos; /* position the state stands at (tier != NONE) */
+	struct dp_v4_seq *seq; /* DEVICE */
+	/* DRAM: one pool page per state page, in dp_v4_seq_pages order */
+	struct dp_v4_page_ref *dram_refs;
+	uint32_t *dram_pages;
+	size_t n_dram;
+
+	/* newest durable snapshot (any tier keeps it: crash recovery) */
+	struct dp_kv_snap_page *snap;
+	size_t n_snap;
+	uint64_t snap_pos;
+	bool has_snap;
+
+	bool busy;
+	uint64_t last_used_ns;
+	struct dp_kv_session *lru_prev, *lru_next; /* idle sessions; head = most recent */
+	struct dp_kv_session *hash_next;
+	size_t index; /* in kv->list */
+};
+
+struct dp_kv {
+	struct dp_kv_opts opts;
+	char state_dir[4096];
+	struct dp_v4_model *m;
+	struct dp_gpu *g;
+	struct dp_journal *j;
+	struct dp_kv_pool pool;
+	struct dp_kv_slots slots;
+	uint64_t device_pages;
+
+	struct dp_kv_session **list;
+	size_t n, cap;
+	struct dp_kv_session **hash;
+	size_t hash_len; /* power of two */
+	struct dp_kv_session *lru_head, *lru_tail;
+
+	struct dp_kv_stats st;
+};
+
+uint64_t dp_kv_now_ns(void);
+
+#endif /* DP_KVCACHE_INTERNAL_H */

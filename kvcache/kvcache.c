@@ -1,0 +1,951 @@
+/* SPDX-License-Identifier: MIT */
+/* Sessions: histories, tiers, promotion, demotion, persistence, recovery. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "kvcache/kvcache-internal.h"
+
+static const char *const tier_names[DP_KV_TIER_MAX] = { "device", "dram", "nvme", "none" };
+
+const char *dp_kv_tier_name(enum dp_kv_tier tier)
+{
+	return tier < DP_KV_TIER_MAX ? tier_names[tier] : NULL;
+}
+
+uint64_t dp_kv_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool dp_kv_session_id_valid(const char *id)
+{
+	if (!id)
+		return false;
+	size_t n = strlen(id);
+	if (n == 0 || n > DP_KV_SESSION_ID_MAX || !strcmp(id, ".") || !strcmp(id, ".."))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = id[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* ---- the session table ------------------------------------------------------ */
+
+static size_t hash_slot(const struct dp_kv *kv, const char *id)
+{
+	return (size_t)XXH3_64bits(id, strlen(id)) & (kv->hash_len - 1);
+}
+
+static int table_grow(struct dp_kv *kv)
+{
+	if (kv->n < kv->cap && kv->n < kv->hash_len / 2)
+		return 0;
+	size_t cap = kv->cap ? 2 * kv->cap : 64;
+	struct dp_kv_session **l = realloc(kv->list, cap * sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	kv->list = l;
+	kv->cap = cap;
+	size_t hl = 2 * cap;
+	struct dp_kv_session **h = calloc(hl, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	free(kv->hash);
+	kv->hash = h;
+	kv->hash_len = hl;
+	for (size_t i = 0; i < kv->n; i++) {
+		size_t b = hash_slot(kv, kv->list[i]->id);
+		kv->list[i]->hash_next = h[b];
+		h[b] = kv->list[i];
+	}
+	return 0;
+}
+
+int dp_kv_session_find(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+{
+	if (!kv || !id || !ret)
+		return -EINVAL;
+	if (!kv->hash_len)
+		return -ENOENT;
+	for (struct dp_kv_session *s = kv->hash[hash_slot(kv, id)]; s; s = s->hash_next)
+		if (!strcmp(s->id, id)) {
+			*ret = s;
+			return 0;
+		}
+	return -ENOENT;
+}
+
+static void lru_unlink(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (s->lru_prev)
+		s->lru_prev->lru_next = s->lru_next;
+	else if (kv->lru_head == s)
+		kv->lru_head = s->lru_next;
+	if (s->lru_next)
+		s->lru_next->lru_prev = s->lru_prev;
+	else if (kv->lru_tail == s)
+		kv->lru_tail = s->lru_prev;
+	s->lru_prev = s->lru_next = NULL;
+}
+
+static void lru_push_head(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	s->lru_prev = NULL;
+	s->lru_next = kv->lru_head;
+	if (kv->lru_head)
+		kv->lru_head->lru_prev = s;
+	kv->lru_head = s;
+	if (!kv->lru_tail)
+		kv->lru_tail = s;
+}
+
+static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+{
+	int r = table_grow(kv);
+	if (r < 0)
+		return r;
+	struct dp_kv_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	snprintf(s->id, sizeof(s->id), "%s", id);
+	s->tier = DP_KV_TIER_NONE;
+	s->last_used_ns = dp_kv_now_ns();
+	s->index = kv->n;
+	kv->list[kv->n++] = s;
+	size_t b = hash_slot(kv, id);
+	s->hash_next = kv->hash[b];
+	kv->hash[b] = s;
+	lru_push_head(kv, s);
+	*ret = s;
+	return 0;
+}
+
+static void snap_release(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	for (size_t i = 0; i < s->n_snap; i++)
+		dp_kv_slots_free(&kv->slots, s->snap[i].slot);
+	free(s->snap);
+	s->snap = NULL;
+	s->n_snap = 0;
+	s->has_snap = false;
+}
+
+static void dram_release(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	for (size_t i = 0; i < s->n_dram; i++)
+		dp_kv_pool_put(&kv->pool, s->dram_pages[i]);
+	free(s->dram_pages);
+	free(s->dram_refs);
+	s->dram_pages = NULL;
+	s->dram_refs = NULL;
+	s->n_dram = 0;
+}
+
+static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	struct dp_kv_session **pp = &kv->hash[hash_slot(kv, s->id)];
+	while (*pp && *pp != s)
+		pp = &(*pp)->hash_next;
+	if (*pp)
+		*pp = s->hash_next;
+	lru_unlink(kv, s);
+	kv->list[s->index] = kv->list[--kv->n];
+	kv->list[s->index]->index = s->index;
+	dp_v4_seq_free(s->seq);
+	dram_release(kv, s);
+	snap_release(kv, s);
+	free(s->hist);
+	free(s);
+}
+
+static int hist_reserve(struct dp_kv_session *s, uint64_t n)
+{
+	if (n <= s->cap)
+		return 0;
+	uint64_t cap = s->cap ? s->cap : 256;
+	while (cap < n)
+		cap *= 2;
+	int32_t *h = realloc(s->hist, cap * sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	s->hist = h;
+	s->cap = cap;
+	return 0;
+}
+
+/* ---- accessors ----------------------------------------------------------------- */
+
+int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+{
+	struct dp_kv_session *s;
+	if (!kv || !ret || !dp_kv_session_id_valid(id))
+		return -EINVAL;
+	if (dp_kv_session_find(kv, id, &s) == 0)
+		return -EEXIST;
+	return session_add(kv, id, ret);
+}
+
+const char *dp_kv_session_id(const struct dp_kv_session *s)
+{
+	return s->id;
+}
+
+uint64_t dp_kv_session_len(const struct dp_kv_session *s)
+{
+	return s->len;
+}
+
+const int32_t *dp_kv_session_history(const struct dp_kv_session *s)
+{
+	return s->hist;
+}
+
+enum dp_kv_tier dp_kv_session_tier(const struct dp_kv_session *s)
+{
+	return s->tier;
+}
+
+bool dp_kv_session_busy(const struct dp_kv_session *s)
+{
+	return s->busy;
+}
+
+uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s)
+{
+	(void)kv;
+	return s->busy ? 0 : dp_kv_now_ns() - s->last_used_ns;
+}
+
+size_t dp_kv_session_bytes(const struct dp_kv_session *s)
+{
+	switch (s->tier) {
+	case DP_KV_TIER_DEVICE:
+		return dp_v4_seq_bytes(s->seq);
+	case DP_KV_TIER_DRAM:
+		return s->n_dram * DP_KV_PAGE_BYTES;
+	case DP_KV_TIER_NVME:
+		return s->n_snap * DP_KV_PAGE_BYTES;
+	default:
+		return 0;
+	}
+}
+
+int dp_kv_session_at(struct dp_kv *kv, size_t idx, struct dp_kv_session **ret)
+{
+	if (!kv || !ret)
+		return -EINVAL;
+	if (idx >= kv->n)
+		return -ENOENT;
+	*ret = kv->list[idx];
+	return 0;
+}
+
+size_t dp_kv_session_count(const struct dp_kv *kv)
+{
+	return kv->n;
+}
+
+/* ---- device pages --------------------------------------------------------------- */
+
+static void *device_page_alloc(void *ctx, size_t bytes)
+{
+	struct dp_kv *kv = ctx;
+	void *p = dp_gpu_alloc(kv->g, bytes, DP_GPU_MEM_STATE);
+	if (p)
+		kv->device_pages++;
+	return p;
+}
+
+static void device_page_free(void *ctx, void *page, size_t bytes)
+{
+	struct dp_kv *kv = ctx;
+	dp_gpu_dealloc(kv->g, page, bytes, DP_GPU_MEM_STATE);
+	kv->device_pages--;
+}
+
+/* ---- persistence: snapshots ------------------------------------------------------ */
+
+/* Journal a snapshot record and make it durable. */
+static int journal_snapshot(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+			    const struct dp_kv_snap_page *pages, size_t n)
+{
+	struct dp_jbuf b = { 0 };
+	dp_jbuf_put_str(&b, s->id);
+	dp_jbuf_put_u64(&b, pos);
+	dp_jbuf_put_u32(&b, (uint32_t)n);
+	for (size_t i = 0; i < n; i++) {
+		dp_jbuf_put_u16(&b, pages[i].layer);
+		dp_jbuf_put_u8(&b, pages[i].kind);
+		dp_jbuf_put_u32(&b, pages[i].index);
+		dp_jbuf_put_u64(&b, pages[i].slot);
+		dp_jbuf_put_u64(&b, pages[i].sum);
+	}
+	int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_SNAPSHOT, b.data, b.len);
+	dp_jbuf_fini(&b);
+	return r < 0 ? r : dp_journal_sync(kv->j);
+}
+
+/* Write the pages (host memory, refs order) as the session's new snapshot at
+ * pos: fresh slots, data durable, then the record; only then are the old
+ * snapshot's slots released. */
+static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t pos,
+			  const struct dp_v4_page_ref *refs, void *const *pages, size_t n)
+{
+	struct dp_kv_snap_page *sp = calloc(n ? n : 1, sizeof(*sp));
+	size_t done = 0;
+	int r = 0;
+
+	if (!sp)
+		return -ENOMEM;
+	for (; done < n && r == 0; done++) {
+		struct dp_kv_slot_id id = { s->id, pos, refs[done].layer, refs[done].kind,
+					    refs[done].index };
+		sp[done] = (struct dp_kv_snap_page){ .layer = refs[done].layer,
+						     .kind = refs[done].kind,
+						     .index = refs[done].index };
+		r = dp_kv_slots_alloc(&kv->slots, &sp[done].slot);
+		if (r == 0)
+			r = dp_kv_slots_write(&kv->slots, sp[done].slot, &id, pages[done], &sp[done].sum);
+		else
+			break;
+	}
+	if (r == 0)
+		r = dp_kv_slots_sync(&kv->slots);
+	if (r == 0)
+		r = journal_snapshot(kv, s, pos, sp, n);
+	if (r < 0) {
+		for (size_t i = 0; i < done; i++)
+			dp_kv_slots_free(&kv->slots, sp[i].slot);
+		free(sp);
+		return r;
+	}
+	kv->st.pages_written += n;
+	snap_release(kv, s);
+	s->snap = sp;
+	s->n_snap = n;
+	s->snap_pos = pos;
+	s->has_snap = true;
+	return 0;
+}
+
+/* The state's pages on the host: DRAM pages as they are, device pages
+ * downloaded into a bounce buffer. */
+static int state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
+			 void ***ret_pages, void **ret_bounce, size_t *ret_n)
+{
+	size_t n;
+	struct dp_v4_page_ref *refs;
+	void **pages;
+	void *bounce = NULL;
+
+	if (s->tier == DP_KV_TIER_DRAM) {
+		n = s->n_dram;
+		refs = malloc((n ? n : 1) * sizeof(*refs));
+		pages = malloc((n ? n : 1) * sizeof(*pages));
+		if (!refs || !pages)
+			goto oom;
+		memcpy(refs, s->dram_refs, n * sizeof(*refs));
+		for (size_t i = 0; i < n; i++)
+			pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
+	} else {
+		n = dp_v4_seq_pages(s->seq, NULL, 0);
+		refs = malloc((n ? n : 1) * sizeof(*refs));
+		pages = malloc((n ? n : 1) * sizeof(*pages));
+		if (!refs || !pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES))
+			goto oom;
+		dp_v4_seq_pages(s->seq, refs, n);
+		for (size_t i = 0; i < n; i++) {
+			pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
+			int r = dp_gpu_download(kv->g, pages[i], refs[i].page, DP_KV_PAGE_BYTES);
+			if (r < 0) {
+				free(refs);
+				free(pages);
+				free(bounce);
+				return r;
+			}
+		}
+	}
+	*ret_refs = refs;
+	*ret_pages = pages;
+	*ret_bounce = bounce;
+	*ret_n = n;
+	return 0;
+oom:
+	free(refs);
+	free(pages);
+	free(bounce);
+	return -ENOMEM;
+}
+
+static int commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
+{
+	/* a snapshot must never be ahead of the durable history */
+	return s->committed < pos ? dp_kv_commit(kv) : 0;
+}
+
+int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s)
+		return -EINVAL;
+	if (s->tier == DP_KV_TIER_NONE || s->tier == DP_KV_TIER_NVME)
+		return 0; /* nothing newer than what is on NVMe */
+	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
+	if (s->has_snap && s->snap_pos == pos)
+		return 0;
+	int r = commit_if_behind(kv, s, pos);
+	if (r < 0)
+		return r;
+	struct dp_v4_page_ref *refs;
+	void **pages, *bounce;
+	size_t n;
+	if ((r = state_to_host(kv, s, &refs, &pages, &bounce, &n)) < 0)
+		return r;
+	r = write_snapshot(kv, s, pos, refs, pages, n);
+	free(refs);
+	free(pages);
+	free(bounce);
+	return r;
+}
+
+/* ---- promotion ---------------------------------------------------------------------- */
+
+/* Fill a fresh device sequence at pos from host pages (refs order); checks
+ * that the page lists agree. */
+static int upload_state(struct dp_kv *kv, uint64_t pos, const struct dp_v4_page_ref *refs,
+			void *const *pages, size_t n, struct dp_v4_seq **ret_seq)
+{
+	struct dp_v4_seq *seq;
+	int r = dp_v4_seq_new_at(kv->m, pos, &seq);
+	if (r < 0)
+		return r;
+	size_t have = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *dst = malloc((have ? have : 1) * sizeof(*dst));
+	if (!dst) {
+		dp_v4_seq_free(seq);
+		return -ENOMEM;
+	}
+	dp_v4_seq_pages(seq, dst, have);
+	if (have != n)
+		r = -EBADMSG;
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		if (dst[i].layer != refs[i].layer || dst[i].kind != refs[i].kind ||
+		    dst[i].index != refs[i].index)
+			r = -EBADMSG;
+		else
+			r = dp_gpu_upload(kv->g, dst[i].page, pages[i], DP_KV_PAGE_BYTES);
+	}
+	free(dst);
+	if (r < 0) {
+		dp_v4_seq_free(seq);
+		return r;
+	}
+	*ret_seq = seq;
+	return 0;
+}
+
+/* Read the snapshot into host memory and onto the device. A page that fails
+ * its checks makes the whole snapshot unusable (-EBADMSG). */
+static int restore_snapshot(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq)
+{
+	size_t n = s->n_snap;
+	void *buf = NULL;
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+	void **pages = malloc((n ? n : 1) * sizeof(*pages));
+	int r = 0;
+
+	if (!refs || !pages || posix_memalign(&buf, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const struct dp_kv_snap_page *p = &s->snap[i];
+		struct dp_kv_slot_id id = { s->id, s->snap_pos, p->layer, p->kind, p->index };
+		pages[i] = (char *)buf + i * DP_KV_PAGE_BYTES;
+		refs[i] = (struct dp_v4_page_ref){ .layer = p->layer, .kind = p->kind, .index = p->index };
+		r = dp_kv_slots_read(&kv->slots, p->slot, &id, p->sum, pages[i]);
+		if (r == -EBADMSG)
+			kv->st.corrupt_pages++;
+	}
+	if (r == 0) {
+		kv->st.pages_read += n;
+		r = upload_state(kv, s->snap_pos, refs, pages, n, ret_seq);
+	}
+out:
+	free(refs);
+	free(pages);
+	free(buf);
+	return r;
+}
+
+int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq)
+{
+	if (!kv || !s || !ret_seq)
+		return -EINVAL;
+	struct dp_v4_seq *seq = NULL;
+	int r = 0;
+
+	switch (s->tier) {
+	case DP_KV_TIER_DEVICE:
+		seq = s->seq;
+		break;
+	case DP_KV_TIER_DRAM: {
+		void **pages = malloc((s->n_dram ? s->n_dram : 1) * sizeof(*pages));
+		if (!pages)
+			return -ENOMEM;
+		for (size_t i = 0; i < s->n_dram; i++)
+			pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
+		r = upload_state(kv, s->state_pos, s->dram_refs, pages, s->n_dram, &seq);
+		free(pages);
+		if (r < 0)
+			return r;
+		dram_release(kv, s);
+		kv->st.promotions++;
+		break;
+	}
+	case DP_KV_TIER_NVME:
+		r = restore_snapshot(kv, s, &seq);
+		if (r == 0) {
+			kv->st.promotions++;
+			break;
+		}
+		if (r != -EBADMSG)
+			return r;
+		/* a failed load is a miss: drop the snapshot, recompute */
+		snap_release(kv, s);
+		/* fall through */
+	case DP_KV_TIER_NONE:
+	default:
+		r = dp_v4_seq_new(kv->m, &seq);
+		if (r < 0)
+			return r;
+		break;
+	}
+	s->seq = seq;
+	s->tier = DP_KV_TIER_DEVICE;
+	s->state_pos = dp_v4_seq_pos(seq);
+	kv->st.recomputed_tokens += s->len - s->state_pos;
+	if (!s->busy)
+		lru_unlink(kv, s);
+	s->busy = true;
+	*ret_seq = seq;
+	return 0;
+}
+
+void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s || !s->busy)
+		return;
+	s->busy = false;
+	if (s->seq)
+		s->state_pos = dp_v4_seq_pos(s->seq);
+	s->last_used_ns = dp_kv_now_ns();
+	lru_push_head(kv, s);
+}
+
+int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_t *tokens,
+			 uint32_t n)
+{
+	if (!kv || !s || (n && !tokens))
+		return -EINVAL;
+	int r = hist_reserve(s, s->len + n);
+	if (r < 0)
+		return r;
+	memcpy(s->hist + s->len, tokens, (size_t)n * sizeof(*tokens));
+	s->len += n;
+	return 0;
+}
+
+int dp_kv_commit(struct dp_kv *kv)
+{
+	bool any = false;
+	for (size_t i = 0; i < kv->n; i++) {
+		struct dp_kv_session *s = kv->list[i];
+		if (s->committed == s->len)
+			continue;
+		struct dp_jbuf b = { 0 };
+		dp_jbuf_put_str(&b, s->id);
+		dp_jbuf_put_u64(&b, s->len);
+		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
+		for (uint64_t t = s->committed; t < s->len; t++)
+			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
+		dp_jbuf_fini(&b);
+		if (r < 0)
+			return r;
+		s->committed = s->len;
+		any = true;
+	}
+	if (!any)
+		return 0;
+	int r = dp_journal_sync(kv->j);
+	if (r == 0)
+		kv->st.commits++;
+	return r;
+}
+
+/* ---- demotion ----------------------------------------------------------------------- */
+
+static int device_to_dram(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	size_t n = dp_v4_seq_pages(s->seq, NULL, 0);
+	if (n > kv->pool.n_free)
+		return -ENOSPC;
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+	uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
+	if (!refs || !idx) {
+		free(refs);
+		free(idx);
+		return -ENOMEM;
+	}
+	dp_v4_seq_pages(s->seq, refs, n);
+	int r = 0;
+	size_t got = 0;
+	for (; got < n && r == 0; got++) {
+		idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
+		r = dp_gpu_download(kv->g, dp_kv_pool_page(&kv->pool, idx[got]), refs[got].page,
+				    DP_KV_PAGE_BYTES);
+	}
+	/* the copies are complete (download returns once they are): the device
+	 * pages can go */
+	if (r < 0) {
+		for (size_t i = 0; i < got; i++)
+			dp_kv_pool_put(&kv->pool, idx[i]);
+		free(refs);
+		free(idx);
+		return r;
+	}
+	for (size_t i = 0; i < n; i++)
+		refs[i].page = NULL;
+	s->state_pos = dp_v4_seq_pos(s->seq);
+	dp_v4_seq_free(s->seq);
+	s->seq = NULL;
+	s->dram_refs = refs;
+	s->dram_pages = idx;
+	s->n_dram = n;
+	s->tier = DP_KV_TIER_DRAM;
+	return 0;
+}
+
+int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_tier to)
+{
+	if (!kv || !s || (to != DP_KV_TIER_DRAM && to != DP_KV_TIER_NVME))
+		return -EINVAL;
+	if (s->busy)
+		return -EBUSY;
+	if (s->tier >= to)
+		return 0; /* already there or lower */
+	int r;
+	if (to == DP_KV_TIER_DRAM) {
+		if (!kv->pool.n_pages)
+			return -ENOSPC;
+		r = device_to_dram(kv, s);
+	} else {
+		r = dp_kv_session_persist(kv, s);
+		if (r < 0)
+			return r;
+		if (s->tier == DP_KV_TIER_DEVICE) {
+			dp_v4_seq_free(s->seq);
+			s->seq = NULL;
+		} else {
+			dram_release(kv, s);
+		}
+		s->state_pos = s->snap_pos;
+		s->tier = DP_KV_TIER_NVME;
+	}
+	if (r == 0)
+		kv->st.demotions++;
+	return r;
+}
+
+int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s)
+		return -EINVAL;
+	if (s->busy)
+		return -EBUSY;
+	struct dp_jbuf b = { 0 };
+	dp_jbuf_put_str(&b, s->id);
+	int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_DROP, b.data, b.len);
+	dp_jbuf_fini(&b);
+	if (r == 0)
+		r = dp_journal_sync(kv->j);
+	if (r < 0)
+		return r;
+	kv->st.drops++;
+	session_remove(kv, s); /* slots are free once the drop is durable */
+	return 0;
+}
+
+/* Pages held in a tier and that tier's page budget. */
+static uint64_t tier_pages(struct dp_kv *kv, enum dp_kv_tier t)
+{
+	switch (t) {
+	case DP_KV_TIER_DEVICE:
+		return kv->device_pages;
+	case DP_KV_TIER_DRAM:
+		return (uint64_t)kv->pool.n_pages - kv->pool.n_free;
+	case DP_KV_TIER_NVME:
+		return kv->slots.n_used;
+	default:
+		return 0;
+	}
+}
+
+static uint64_t tier_budget(struct dp_kv *kv, enum dp_kv_tier t)
+{
+	switch (t) {
+	case DP_KV_TIER_DEVICE:
+		return kv->opts.device_bytes / DP_KV_PAGE_BYTES;
+	case DP_KV_TIER_DRAM:
+		return kv->pool.n_pages;
+	case DP_KV_TIER_NVME:
+		return kv->opts.nvme_bytes / DP_KV_SLOT_BYTES;
+	default:
+		return 0;
+	}
+}
+
+int dp_kv_balance(struct dp_kv *kv)
+{
+	int moved = 0;
+	for (int t = DP_KV_TIER_DEVICE; t <= DP_KV_TIER_NVME; t++) {
+		uint64_t budget = tier_budget(kv, t);
+		if (!budget || tier_pages(kv, t) <= (uint64_t)(budget * kv->opts.high_watermark))
+			continue;
+		uint64_t low = (uint64_t)(budget * kv->opts.low_watermark);
+		/* oldest idle first */
+		for (struct dp_kv_session *s = kv->lru_tail, *prev; s && tier_pages(kv, t) > low; s = prev) {
+			prev = s->lru_prev;
+			if (s->tier != (enum dp_kv_tier)t)
+				continue;
+			int r = -ENOSPC;
+			if (t == DP_KV_TIER_DEVICE && kv->pool.n_pages)
+				r = dp_kv_session_demote(kv, s, DP_KV_TIER_DRAM);
+			if (r == -ENOSPC && t != DP_KV_TIER_NVME)
+				r = dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+			if (t == DP_KV_TIER_NVME) {
+				/* the disk is over budget: forget the state, keep the
+				 * history (the next turn recomputes) */
+				snap_release(kv, s);
+				s->tier = DP_KV_TIER_NONE;
+				s->state_pos = 0;
+				r = 0;
+			}
+			if (r == 0)
+				moved++;
+		}
+	}
+	return moved;
+}
+
+/* ---- recovery ----------------------------------------------------------------------- */
+
+static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *payload, uint32_t len)
+{
+	struct dp_kv *kv = ctx;
+	struct dp_jreader rd = { payload, len, 0 };
+	char id[DP_KV_SESSION_ID_MAX + 1];
+	struct dp_kv_session *s = NULL;
+
+	if (dp_jread_str(&rd, id, sizeof(id)) < 0 || !dp_kv_session_id_valid(id))
+		return -EBADMSG;
+	bool exists = dp_kv_session_find(kv, id, &s) == 0;
+	switch (type) {
+	case DP_JREC_HISTORY:
+	case DP_JREC_RESET: {
+		uint64_t new_len = dp_jread_u64(&rd);
+		uint32_t n = dp_jread_u32(&rd);
+		if (rd.error || n > rd.left / 4)
+			return -EBADMSG;
+		if (!exists && session_add(kv, id, &s) < 0)
+			return -ENOMEM;
+		if (type == DP_JREC_RESET)
+			s->len = 0;
+		if (s->len + n != new_len)
+			return -EBADMSG; /* a gap in the history: the journal is inconsistent */
+		if (hist_reserve(s, new_len) < 0)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < n; i++)
+			s->hist[s->len + i] = (int32_t)dp_jread_u32(&rd);
+		s->len = new_len;
+		s->committed = new_len;
+		return 0;
+	}
+	case DP_JREC_SNAPSHOT: {
+		uint64_t pos = dp_jread_u64(&rd);
+		uint32_t n = dp_jread_u32(&rd);
+		if (rd.error || !exists || n > rd.left / 23)
+			return -EBADMSG;
+		struct dp_kv_snap_page *sp = calloc(n ? n : 1, sizeof(*sp));
+		if (!sp)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < n; i++) {
+			sp[i].layer = dp_jread_u16(&rd);
+			sp[i].kind = dp_jread_u8(&rd);
+			sp[i].index = dp_jread_u32(&rd);
+			sp[i].slot = dp_jread_u64(&rd);
+			sp[i].sum = dp_jread_u64(&rd);
+		}
+		if (rd.error) {
+			free(sp);
+			return -EBADMSG;
+		}
+		free(s->snap); /* slots are marked after the replay */
+		s->snap = sp;
+		s->n_snap = n;
+		s->snap_pos = pos;
+		s->has_snap = true;
+		return 0;
+	}
+	case DP_JREC_DROP:
+		if (exists) {
+			free(s->snap);
+			s->snap = NULL;
+			s->n_snap = 0;
+			session_remove(kv, s);
+		}
+		return 0;
+	default:
+		return -EBADMSG;
+	}
+}
+
+/* After the replay: claim the live snapshots' slots, set tiers. */
+static void settle(struct dp_kv *kv)
+{
+	for (size_t i = 0; i < kv->n; i++) {
+		struct dp_kv_session *s = kv->list[i];
+		if (s->has_snap && s->snap_pos > s->len) {
+			/* cannot happen when written by this code; never trust it */
+			free(s->snap);
+			s->snap = NULL;
+			s->n_snap = 0;
+			s->has_snap = false;
+		}
+		if (s->has_snap) {
+			for (size_t k = 0; k < s->n_snap; k++)
+				dp_kv_slots_mark(&kv->slots, s->snap[k].slot);
+			s->tier = DP_KV_TIER_NVME;
+			s->state_pos = s->snap_pos;
+		} else {
+			s->tier = DP_KV_TIER_NONE;
+			s->state_pos = 0;
+		}
+	}
+}
+
+static int emit_live(void *ctx, struct dp_journal *nj)
+{
+	struct dp_kv *kv = ctx;
+	for (size_t i = 0; i < kv->n; i++) {
+		struct dp_kv_session *s = kv->list[i];
+		struct dp_jbuf b = { 0 };
+		dp_jbuf_put_str(&b, s->id);
+		dp_jbuf_put_u64(&b, s->committed);
+		dp_jbuf_put_u32(&b, (uint32_t)s->committed);
+		for (uint64_t t = 0; t < s->committed; t++)
+			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		int r = b.error ? b.error : dp_journal_append(nj, DP_JREC_RESET, b.data, b.len);
+		dp_jbuf_fini(&b);
+		if (r < 0)
+			return r;
+		if (s->has_snap) {
+			struct dp_journal *saved = kv->j;
+			kv->j = nj;
+			r = journal_snapshot(kv, s, s->snap_pos, s->snap, s->n_snap);
+			kv->j = saved;
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+int dp_kv_compact(struct dp_kv *kv)
+{
+	return dp_journal_compact(kv->j, emit_live, kv);
+}
+
+int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_kv **ret_kv,
+	       char *err, size_t err_len)
+{
+	if (!opts || !opts->state_dir || !m || !ret_kv)
+		return -EINVAL;
+	struct dp_kv *kv = calloc(1, sizeof(*kv));
+	if (!kv)
+		return -ENOMEM;
+	kv->opts = *opts;
+	snprintf(kv->state_dir, sizeof(kv->state_dir), "%s", opts->state_dir);
+	kv->opts.state_dir = kv->state_dir;
+	if (kv->opts.high_watermark <= 0 || kv->opts.high_watermark > 1)
+		kv->opts.high_watermark = 0.90;
+	if (kv->opts.low_watermark <= 0 || kv->opts.low_watermark > kv->opts.high_watermark)
+		kv->opts.low_watermark = 0.75 * kv->opts.high_watermark / 0.90;
+	kv->m = m;
+	kv->g = dp_v4_model_gpu(m);
+	kv->slots.fd = -1;
+
+	int r = dp_kv_slots_open(&kv->slots, kv->state_dir, opts->direct_io, opts->nvme_bytes, opts->io,
+				 err, err_len);
+	if (r == 0)
+		r = dp_journal_open(kv->state_dir, replay_one, kv, &kv->j, err, err_len);
+	if (r == 0) {
+		r = dp_kv_pool_init(&kv->pool, opts->dram_bytes, opts->numa_node);
+		if (r < 0 && err && err_len)
+			snprintf(err, err_len, "cannot allocate the %llu-byte DRAM tier: %s",
+				 (unsigned long long)opts->dram_bytes, strerror(-r));
+	}
+	if (r < 0) {
+		dp_kv_close(kv);
+		return r;
+	}
+	settle(kv);
+	kv->st.direct_io = kv->slots.direct;
+	struct dp_v4_page_ops ops = { device_page_alloc, device_page_free, kv };
+	dp_v4_model_set_page_ops(m, &ops);
+	*ret_kv = kv;
+	return 0;
+}
+
+void dp_kv_close(struct dp_kv *kv)
+{
+	if (!kv)
+		return;
+	while (kv->n)
+		session_remove(kv, kv->list[kv->n - 1]);
+	if (kv->m)
+		dp_v4_model_set_page_ops(kv->m, NULL);
+	dp_journal_close(kv->j);
+	dp_kv_slots_close(&kv->slots);
+	dp_kv_pool_fini(&kv->pool);
+	free(kv->list);
+	free(kv->hash);
+	free(kv);
+}
+
+void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
+{
+	*ret = kv->st;
+	memset(ret->pages, 0, sizeof(ret->pages));
+	memset(ret->sessions, 0, sizeof(ret->sessions));
+	for (int t = 0; t < DP_KV_TIER_MAX; t++) {
+		ret->pages[t] = tier_pages((struct dp_kv *)kv, t);
+		ret->bytes[t] = ret->pages[t] * DP_KV_PAGE_BYTES;
+		ret->budget[t] = tier_budget((struct dp_kv *)kv, t) * DP_KV_PAGE_BYTES;
+	}
+	for (size_t i = 0; i < kv->n; i++)
+		ret->sessions[kv->list[i]->tier]++;
+	struct dp_journal_stats js;
+	dp_journal_stats(kv->j, &js);
+	ret->journal_bytes = js.bytes;
+}

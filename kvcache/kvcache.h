@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/kvcache.h — sessions and their paged, tiered, crash-safe state.
+ *
+ * A session is a token history plus, optionally, the model state those
+ * tokens produced: the pages of a struct dp_v4_seq (model/v4.h). The state
+ * lives in one tier at a time:
+ *
+ *   DEVICE  the compute backend's memory: a live dp_v4_seq the forward runs on;
+ *   DRAM    pinned, NUMA-local host pages (a fixed pool, registered with the
+ *           io engine so NVMe reads land in them directly);
+ *   NVME    slots of a file in the state directory, each a 4 KiB header
+ *           (magic, format version, session, layer, stream, page index,
+ *           position, xxh3 of the data) and the 64 KiB page;
+ *   NONE    no state: it is recomputed from the token history on next use.
+ *
+ * Demotion goes DEVICE -> DRAM -> NVME, least recently used first, when a
+ * tier is above its high watermark, until it is below the low one; idle
+ * sessions only. Promotion happens on dp_kv_session_acquire().
+ *
+ * Nothing is lost: the token history is the truth. Every completed turn's
+ * tokens are journaled (kvcache/journal.h) and fsync'd by dp_kv_commit();
+ * state pages are an optimisation. After a crash, a session comes back at
+ * its last committed turn; its state is restored from its newest persisted
+ * snapshot if every page checks (header and checksum) and the tokens after
+ * the snapshot are replayed, else recomputed from the history. A torn,
+ * corrupt, missing or foreign-version page is never served.
+ *
+ * A page is never freed or overwritten while a copy from or to it is in
+ * flight: every copy here completes (its io ticket is reached) before the
+ * source is released; NVMe slots of the newest durable snapshot are never
+ * reused until a newer snapshot (or the drop) is durable.
+ *
+ * Threads: all calls from one thread (the daemon's compute thread); file I/O
+ * goes through the io engine when one is given.
+ */
+#ifndef DP_KVCACHE_KVCACHE_H
+#define DP_KVCACHE_KVCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/v4.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DP_KV_SESSION_ID_MAX 128
+#define DP_KV_FORMAT_VERSION 1
+
+enum dp_kv_tier {
+	DP_KV_TIER_DEVICE,
+	DP_KV_TIER_DRAM,
+	DP_KV_TIER_NVME,
+	DP_KV_TIER_NONE,
+	DP_KV_TIER_MAX,
+};
+
+const char *dp_kv_tier_name(enum dp_kv_tier tier); /* "device", "dram", "nvme", "none" */
+
+struct dp_io;
+
+struct dp_kv_opts {
+	const char *state_dir;	/* journal and NVMe slot file; must exist */
+	uint64_t device_bytes;	/* state pages on the device before demotion; 0: no limit */
+	uint64_t dram_bytes;	/* pinned DRAM tier; 0: none (demote straight to NVMe) */
+	uint64_t nvme_bytes;	/* slot file limit; 0: no limit (until the disk is full) */
+	double high_watermark;	/* demote above this fraction of a tier (default 0.90) */
+	double low_watermark;	/* ... until below this one (default 0.75) */
+	int numa_node;		/* for the DRAM tier; -1: any */
+	bool direct_io;		/* O_DIRECT on the slot file (falls back if unsupported) */
+	struct dp_io *io;	/* io engine for slot I/O; NULL: synchronous pread/pwrite */
+};
+
+struct dp_kv;
+struct dp_kv_session;
+
+/* Open the cache on model m: replays the journal (every committed turn of
+ * every session comes back, with its state in NVME or NONE). Errors: bad
+ * options, an unusable state directory (missing, read-only), a journal or
+ * slot file of another format version — each with a message. */
+int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_kv **ret_kv,
+	       char *err, size_t err_len);
+/* Close without persisting anything beyond what is committed. */
+void dp_kv_close(struct dp_kv *kv);
+
+/* Session ids: 1..DP_KV_SESSION_ID_MAX bytes of [A-Za-z0-9._-], not "." or
+ * ".." (they may become file names). */
+bool dp_kv_session_id_valid(const char *id);
+
+int dp_kv_session_find(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+/* -EEXIST if it exists, -EINVAL for a bad id, -ENOSPC past max_sessions. */
+int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+
+const char *dp_kv_session_id(const struct dp_kv_session *s);
+/* Tokens in the history (committed and appended). */
+uint64_t dp_kv_session_len(const struct dp_kv_session *s);
+const int32_t *dp_kv_session_history(const struct dp_kv_session *s);
+enum dp_kv_tier dp_kv_session_tier(const struct dp_kv_session *s);
+size_t dp_kv_session_bytes(const struct dp_kv_session *s); /* state bytes in its tier */
+uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s);
+bool dp_kv_session_busy(const struct dp_kv_session *s);
+
+/*
+ * Make the session's state resident on the device and mark it busy (not to
+ * be demoted until released). *ret_seq is the state; its position may be
+ * behind the history: the caller must feed history[dp_v4_seq_pos(seq) ..
+ * len) through the model before new tokens (after a crash, a failed or
+ * corrupt page, or a drop of the state, that is the whole history).
+ */
+int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
+/* No compute on the session for now: it becomes demotable (LRU). */
+void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
+
+/* Append tokens the model has consumed to the history (journaled at the next
+ * dp_kv_commit). */
+int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_t *tokens,
+			 uint32_t n);
+/* Journal every session's appended tokens and fsync: their turns are then
+ * durable. */
+int dp_kv_commit(struct dp_kv *kv);
+
+/* Move an idle session's state down to tier `to` (DRAM or NVME; NVME
+ * persists it), or drop it (NONE: recomputed on next use). */
+int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_tier to);
+/* Write the state to NVMe as a durable snapshot, keeping it where it is. */
+int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s);
+/* Delete the session: history, state, slots (durably). */
+int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s);
+
+/* Enforce the watermarks: demote idle LRU sessions. Returns sessions moved. */
+int dp_kv_balance(struct dp_kv *kv);
+/* Rewrite the journal with only the live state. */
+int dp_kv_compact(struct dp_kv *kv);
+
+/* Iterate: idx 0.. until -ENOENT. */
+int dp_kv_session_at(struct dp_kv *kv, size_t idx, struct dp_kv_session **ret);
+size_t dp_kv_session_count(const struct dp_kv *kv);
+
+struct dp_kv_stats {
+	uint64_t pages[DP_KV_TIER_MAX];	 /* pages held per tier */
+	uint64_t bytes[DP_KV_TIER_MAX];	 /* and their bytes */
+	uint64_t budget[DP_KV_TIER_MAX]; /* limits (0: none) */
+	uint64_t sessions[DP_KV_TIER_MAX];
+	uint64_t promotions, demotions, drops;
+	uint64_t pages_written, pages_read;
+	uint64_t corrupt_pages;		 /* failed checks on load: recomputed */
+	uint64_t recomputed_tokens;	 /* history replayed into state */
+	uint64_t commits, journal_bytes;
+	bool direct_io;			 /* O_DIRECT in effect on the slot file */
+};
+void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DP_KVCACHE_KVCACHE_H */

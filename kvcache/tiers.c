@@ -1,0 +1,363 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host tiers: the pinned DRAM page pool, and the NVMe slot file.
+ *
+ * Slot file layout: a 4 KiB file header (magic "DPKVSLOT", format version,
+ * slot geometry, xxh3), then slots of DP_KV_SLOT_BYTES: a 4 KiB page header
+ * and the 64 KiB page. Everything is 4 KiB aligned, so O_DIRECT works where
+ * the filesystem has it; where it does not (tmpfs says EINVAL) the file is
+ * used buffered and dp_kv_stats reports direct_io = false.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "kvcache/kvcache-internal.h"
+
+/* ---- DRAM pool ------------------------------------------------------------------ */
+
+int dp_kv_pool_init(struct dp_kv_pool *p, uint64_t bytes, int node)
+{
+	memset(p, 0, sizeof(*p));
+	if (bytes < DP_KV_PAGE_BYTES)
+		return 0; /* no DRAM tier */
+	uint64_t n = bytes / DP_KV_PAGE_BYTES;
+	if (n > UINT32_MAX)
+		return -EINVAL;
+	int ret = dp_topo_alloc_onnode((size_t)n * DP_KV_PAGE_BYTES, node, DP_TOPO_MEM_HUGE, &p->mem);
+	if (ret < 0)
+		return ret;
+	/* pinned, so copies to and from the device and O_DIRECT need no bounce;
+	 * without the rlimit for it the pool still works, unpinned */
+	p->locked = mlock(p->mem.addr, p->mem.mapped) == 0;
+	p->free_list = malloc((size_t)n * sizeof(*p->free_list));
+	if (!p->free_list) {
+		dp_topo_free_onnode(&p->mem);
+		return -ENOMEM;
+	}
+	p->n_pages = (uint32_t)n;
+	for (uint32_t i = 0; i < p->n_pages; i++)
+		p->free_list[i] = p->n_pages - 1 - i;
+	p->n_free = p->n_pages;
+	return 0;
+}
+
+void dp_kv_pool_fini(struct dp_kv_pool *p)
+{
+	if (p->mem.addr) {
+		if (p->locked)
+			munlock(p->mem.addr, p->mem.mapped);
+		dp_topo_free_onnode(&p->mem);
+	}
+	free(p->free_list);
+	memset(p, 0, sizeof(*p));
+}
+
+int dp_kv_pool_get(struct dp_kv_pool *p)
+{
+	if (p->n_free == 0)
+		return -ENOSPC;
+	return (int)p->free_list[--p->n_free];
+}
+
+void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx)
+{
+	p->free_list[p->n_free++] = idx;
+}
+
+/* ---- slot file ---------------------------------------------------------------- */
+
+struct file_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_bytes;
+	uint32_t page_bytes;
+	uint32_t reserved;
+	uint64_t sum; /* xxh3 of the fields above */
+};
+
+struct page_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t page_bytes;
+	char session[DP_KV_SESSION_ID_MAX + 8];
+	uint64_t position;
+	uint32_t layer;
+	uint32_t kind;
+	uint32_t index;
+	uint32_t reserved;
+	uint64_t data_sum;
+	uint64_t sum; /* xxh3 of the fields above */
+};
+
+_Static_assert(sizeof(struct page_header) <= DP_KV_HDR_BYTES, "page header fits its block");
+
+static off_t slot_offset(uint64_t slot)
+{
+	return (off_t)(DP_KV_HDR_BYTES + slot * (uint64_t)DP_KV_SLOT_BYTES);
+}
+
+static int pwrite_full(int fd, const struct iovec *iov, int n, off_t off)
+{
+	size_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	for (size_t done = 0; done < total;) {
+		ssize_t w = pwritev(fd, iov, n, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		if ((size_t)w == total)
+			break;
+		return -EIO; /* short O_DIRECT write: treat as an error */
+	}
+	return 0;
+}
+
+static int pread_full(int fd, const struct iovec *iov, int n, off_t off)
+{
+	size_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	for (;;) {
+		ssize_t r = preadv(fd, iov, n, off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		return (size_t)r == total ? 0 : -EBADMSG; /* short: torn or truncated */
+	}
+}
+
+static int file_header_check_or_write(struct dp_kv_slots *sl, const char *path, char *err,
+				      size_t err_len)
+{
+	struct stat st;
+	if (fstat(sl->fd, &st) < 0)
+		return -errno;
+	struct file_header *fh = sl->hdr;
+	struct iovec iov = { sl->hdr, DP_KV_HDR_BYTES };
+	if (st.st_size == 0) {
+		memset(sl->hdr, 0, DP_KV_HDR_BYTES);
+		memcpy(fh->magic, DP_KV_FILE_MAGIC, 8);
+		fh->version = DP_KV_FORMAT_VERSION;
+		fh->header_bytes = DP_KV_HDR_BYTES;
+		fh->page_bytes = DP_KV_PAGE_BYTES;
+		fh->sum = XXH3_64bits(fh, offsetof(struct file_header, sum));
+		int ret = pwrite_full(sl->fd, &iov, 1, 0);
+		if (ret == 0 && fsync(sl->fd) < 0)
+			ret = -errno;
+		if (ret < 0 && err && err_len)
+			snprintf(err, err_len, "cannot write %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	int ret = pread_full(sl->fd, &iov, 1, 0);
+	if (ret < 0 || memcmp(fh->magic, DP_KV_FILE_MAGIC, 8) != 0 ||
+	    fh->sum != XXH3_64bits(fh, offsetof(struct file_header, sum))) {
+		if (err && err_len)
+			snprintf(err, err_len, "%s is not a dualpath slot file (bad header); move it away",
+				 path);
+		return -EPROTO;
+	}
+	if (fh->version != DP_KV_FORMAT_VERSION || fh->header_bytes != DP_KV_HDR_BYTES ||
+	    fh->page_bytes != DP_KV_PAGE_BYTES) {
+		if (err && err_len)
+			snprintf(err, err_len, "%s has format version %u (pages %u bytes); this build "
+				 "reads version %u with %u-byte pages: move the state directory away "
+				 "or use a matching build", path, fh->version, fh->page_bytes,
+				 DP_KV_FORMAT_VERSION, DP_KV_PAGE_BYTES);
+		return -EPROTO;
+	}
+	uint64_t body = (uint64_t)st.st_size > DP_KV_HDR_BYTES ? (uint64_t)st.st_size - DP_KV_HDR_BYTES : 0;
+	sl->n_slots = body / DP_KV_SLOT_BYTES;
+	return 0;
+}
+
+int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint64_t max_bytes,
+		     struct dp_io *io, char *err, size_t err_len)
+{
+	char path[4200];
+
+	memset(sl, 0, sizeof(*sl));
+	sl->fd = -1;
+	sl->io = io;
+	sl->max_slots = max_bytes / DP_KV_SLOT_BYTES;
+	snprintf(path, sizeof(path), "%s/%s", dir, DP_KV_SLOTS_FILE);
+	if (posix_memalign(&sl->hdr, 4096, DP_KV_HDR_BYTES))
+		return -ENOMEM;
+	if (direct) {
+		sl->fd = open(path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+		if (sl->fd >= 0)
+			sl->direct = true;
+		else if (errno != EINVAL)
+			goto fail;
+		/* EINVAL: the filesystem has no O_DIRECT (tmpfs): buffered below */
+	}
+	if (sl->fd < 0)
+		sl->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (sl->fd < 0)
+		goto fail;
+	int ret = file_header_check_or_write(sl, path, err, err_len);
+	if (ret < 0) {
+		dp_kv_slots_close(sl);
+		return ret;
+	}
+	sl->used = calloc((sl->n_slots + 7) / 8 + 1, 1);
+	if (!sl->used) {
+		dp_kv_slots_close(sl);
+		return -ENOMEM;
+	}
+	return 0;
+fail:
+	ret = -errno;
+	if (err && err_len)
+		snprintf(err, err_len, "cannot open %s: %s", path, strerror(-ret));
+	dp_kv_slots_close(sl);
+	return ret;
+}
+
+void dp_kv_slots_close(struct dp_kv_slots *sl)
+{
+	if (sl->fd >= 0)
+		close(sl->fd);
+	free(sl->used);
+	free(sl->hdr);
+	memset(sl, 0, sizeof(*sl));
+	sl->fd = -1;
+}
+
+static bool bit(const uint8_t *b, uint64_t i)
+{
+	return b[i / 8] & (1u << (i % 8));
+}
+
+static int grow(struct dp_kv_slots *sl)
+{
+	uint64_t n = sl->n_slots + DP_KV_SLOT_GROW;
+	if (sl->max_slots && n > sl->max_slots)
+		n = sl->max_slots;
+	if (n <= sl->n_slots)
+		return -ENOSPC;
+	/* reserve the blocks now: a full disk shows here, not mid-write */
+	int r = posix_fallocate(sl->fd, slot_offset(sl->n_slots), slot_offset(n) - slot_offset(sl->n_slots));
+	if (r == EOPNOTSUPP || r == EINVAL)
+		r = ftruncate(sl->fd, slot_offset(n)) < 0 ? errno : 0;
+	if (r)
+		return -r;
+	/* bits past n_slots were never set, so only the new bytes need zeroing */
+	size_t old_bytes = (sl->n_slots + 7) / 8 + 1, new_bytes = (n + 7) / 8 + 1;
+	uint8_t *u = realloc(sl->used, new_bytes);
+	if (!u)
+		return -ENOMEM;
+	memset(u + old_bytes, 0, new_bytes - old_bytes);
+	sl->used = u;
+	sl->n_slots = n;
+	return 0;
+}
+
+int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot)
+{
+	if (sl->n_used == sl->n_slots) {
+		int r = grow(sl);
+		if (r < 0)
+			return r;
+	}
+	for (uint64_t k = 0; k < sl->n_slots; k++) {
+		uint64_t i = (sl->hint + k) % sl->n_slots;
+		if (!bit(sl->used, i)) {
+			sl->used[i / 8] |= (uint8_t)(1u << (i % 8));
+			sl->n_used++;
+			sl->hint = i + 1;
+			*ret_slot = i;
+			return 0;
+		}
+	}
+	return -ENOSPC;
+}
+
+void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot)
+{
+	while (slot >= sl->n_slots)
+		if (grow(sl) < 0)
+			return;
+	if (!bit(sl->used, slot)) {
+		sl->used[slot / 8] |= (uint8_t)(1u << (slot % 8));
+		sl->n_used++;
+	}
+}
+
+void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot)
+{
+	if (slot < sl->n_slots && bit(sl->used, slot)) {
+		sl->used[slot / 8] &= (uint8_t)~(1u << (slot % 8));
+		sl->n_used--;
+	}
+}
+
+static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, uint64_t data_sum)
+{
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, DP_KV_SLOT_MAGIC, 8);
+	h->version = DP_KV_FORMAT_VERSION;
+	h->page_bytes = DP_KV_PAGE_BYTES;
+	snprintf(h->session, sizeof(h->session), "%s", id->session);
+	h->position = id->position;
+	h->layer = id->layer;
+	h->kind = id->kind;
+	h->index = id->index;
+	h->data_sum = data_sum;
+	h->sum = XXH3_64bits(h, offsetof(struct page_header, sum));
+}
+
+int dp_kv_slots_write(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
+		      const void *page, uint64_t *ret_sum)
+{
+	if (slot >= sl->n_slots || !bit(sl->used, slot))
+		return -EINVAL;
+	uint64_t sum = XXH3_64bits(page, DP_KV_PAGE_BYTES);
+	memset(sl->hdr, 0, DP_KV_HDR_BYTES);
+	fill_header(sl->hdr, id, sum);
+	struct iovec iov[2] = { { sl->hdr, DP_KV_HDR_BYTES }, { (void *)page, DP_KV_PAGE_BYTES } };
+	int ret = pwrite_full(sl->fd, iov, 2, slot_offset(slot));
+	if (ret < 0)
+		return ret;
+	*ret_sum = sum;
+	return 0;
+}
+
+int dp_kv_slots_sync(struct dp_kv_slots *sl)
+{
+	return fdatasync(sl->fd) < 0 ? -errno : 0;
+}
+
+int dp_kv_slots_read(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
+		     uint64_t sum, void *page)
+{
+	if (slot >= sl->n_slots)
+		return -EBADMSG;
+	struct iovec iov[2] = { { sl->hdr, DP_KV_HDR_BYTES }, { page, DP_KV_PAGE_BYTES } };
+	int ret = pread_full(sl->fd, iov, 2, slot_offset(slot));
+	if (ret < 0)
+		return ret;
+	struct page_header want, *h = sl->hdr;
+	fill_header(&want, id, sum);
+	/* every field: a page of another session, layer, position, version or
+	 * a torn write that left the old header is not this page */
+	if (memcmp(h, &want, sizeof(want)) != 0)
+		return -EBADMSG;
+	if (XXH3_64bits(page, DP_KV_PAGE_BYTES) != sum)
+		return -EBADMSG;
+	return 0;
+}
