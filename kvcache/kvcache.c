@@ -552,6 +552,23 @@ void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s)
 	lru_push_head(kv, s);
 }
 
+void dp_kv_session_forget_state(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s)
+		return;
+	dp_v4_seq_free(s->seq);
+	s->seq = NULL;
+	dram_release(kv, s);
+	if (s->has_snap) {
+		s->tier = DP_KV_TIER_NVME;
+		s->state_pos = s->snap_pos;
+	} else {
+		s->tier = DP_KV_TIER_NONE;
+		s->state_pos = 0;
+	}
+	dp_kv_session_release(kv, s);
+}
+
 int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_t *tokens,
 			 uint32_t n)
 {

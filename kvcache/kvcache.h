@@ -114,6 +114,11 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
 
+/* The state no longer matches the history (a failed forward step): drop it
+ * and release the session; the next acquire recomputes it from the history
+ * (or its newest snapshot). */
+void dp_kv_session_forget_state(struct dp_kv *kv, struct dp_kv_session *s);
+
 /* Append tokens the model has consumed to the history (journaled at the next
  * dp_kv_commit). */
 int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_t *tokens,

@@ -1,0 +1,787 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The compute thread: sessions, admission, continuous batching, sampling,
+ * journaling.
+ *
+ * Every request's work is "feed the history from the state's position to
+ * its end": a new request appends its prompt to the history, each sampled
+ * token is appended too, and a step feeds each active request either a
+ * chunk of what is unfed (a prefill, or a replay after a restart or a lost
+ * page) or its one unfed token (a decode). So prefills and decodes of many
+ * sessions share each forward step, and a restored state that stands behind
+ * its history needs no special path.
+ *
+ * A turn ends durable: its tokens are journaled (one fsync for every turn
+ * that ended in the step) before the final chunk goes out.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/log.h"
+#include "daemon/server.h"
+
+struct req {
+	struct dp_msg *msg;
+	struct dp_kv_session *sess; /* NULL: one-off */
+	struct dp_v4_seq *seq;
+	/* one-off requests keep their own history */
+	int32_t *hist;
+	uint64_t hlen, hcap;
+	uint32_t generated;
+	uint32_t cached; /* context tokens the state already held */
+	uint32_t prompt;
+	struct dp_sampler sampler;
+	void *sscratch;
+	bool cancelled, done;
+	uint32_t finish;
+	uint64_t t_admit, t_first;
+	float *row; /* this step's logits row, or NULL */
+	struct req *next;
+};
+
+struct compute {
+	struct dp_server *srv;
+	struct req *waiting, **waiting_tail;
+	struct req *active;
+	uint32_t n_active, n_waiting;
+	float *logits;
+	size_t logits_rows;
+	struct dp_v4_batch_item *items;
+	struct req **item_req;
+	uint32_t *sessions_by_conn; /* sessions each connection slot created */
+	bool draining, shutdown;
+	uint64_t drain_deadline;
+	uint32_t commits_since_compact;
+	struct dp_compute_stats st;
+	/* trace: the last TRACE_N steps */
+	struct dp_trace_ev *trace;
+	uint32_t trace_head, trace_n;
+};
+
+#define TRACE_N 4096u
+
+uint64_t dp_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int dp_server_send(struct dp_server *srv, struct dp_msg *m)
+{
+	if (dp_ring_enqueue(srv->to_compute, &m) < 0)
+		return -EAGAIN;
+	dp_waiter_wake(&srv->compute_wake);
+	return 0;
+}
+
+static void send_event(struct dp_server *srv, const struct dp_event *ev)
+{
+	if (ev->to.conn == UINT32_MAX) { /* to the daemon itself: nobody reads */
+		free(ev->payload);
+		return;
+	}
+	while (dp_spsc_enqueue(srv->to_front, ev) < 0) {
+		/* the front drains independently; give it the core */
+		dp_waiter_wake(&srv->front_wake);
+		sched_yield();
+	}
+	dp_waiter_wake(&srv->front_wake);
+}
+
+static void send_error(struct dp_server *srv, const struct dp_msg *m, uint32_t code, const char *fmt,
+		       ...) __attribute__((format(printf, 4, 5)));
+static void send_error(struct dp_server *srv, const struct dp_msg *m, uint32_t code, const char *fmt,
+		       ...)
+{
+	char *text = malloc(512);
+	if (text) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(text, 512, fmt, ap);
+		va_end(ap);
+	}
+	struct dp_event ev = { .kind = DP_EV_ERROR, .to = m->from, .request_id = m->request_id,
+			       .code = code, .payload = text };
+	send_event(srv, &ev);
+}
+
+static void send_ack(struct dp_server *srv, const struct dp_msg *m)
+{
+	struct dp_event ev = { .kind = DP_EV_ACK, .to = m->from, .request_id = m->request_id };
+	send_event(srv, &ev);
+}
+
+/* ---- history helpers ---------------------------------------------------- */
+
+static const int32_t *hist(const struct req *r)
+{
+	return r->sess ? dp_kv_session_history(r->sess) : r->hist;
+}
+
+static uint64_t hist_len(const struct req *r)
+{
+	return r->sess ? dp_kv_session_len(r->sess) : r->hlen;
+}
+
+static int hist_append(struct compute *c, struct req *r, const int32_t *t, uint32_t n)
+{
+	if (r->sess)
+		return dp_kv_session_append(c->srv->kv, r->sess, t, n);
+	if (r->hlen + n > r->hcap) {
+		uint64_t cap = r->hcap ? r->hcap : 256;
+		while (cap < r->hlen + n)
+			cap *= 2;
+		int32_t *h = realloc(r->hist, cap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		r->hist = h;
+		r->hcap = cap;
+	}
+	memcpy(r->hist + r->hlen, t, (size_t)n * sizeof(*t));
+	r->hlen += n;
+	return 0;
+}
+
+static void req_free(struct compute *c, struct req *r)
+{
+	if (r->sess)
+		dp_kv_session_release(c->srv->kv, r->sess);
+	else
+		dp_v4_seq_free(r->seq);
+	free(r->hist);
+	free(r->sscratch);
+	if (r->msg) {
+		free(r->msg->tokens);
+		free(r->msg);
+	}
+	free(r);
+}
+
+/* ---- requests ------------------------------------------------------------------ */
+
+static bool session_in_use(struct compute *c, const char *id)
+{
+	for (struct req *r = c->active; r; r = r->next)
+		if (r->msg->session[0] && !strcmp(r->msg->session, id))
+			return true;
+	for (struct req *r = c->waiting; r; r = r->next)
+		if (r->msg->session[0] && !strcmp(r->msg->session, id))
+			return true;
+	return false;
+}
+
+static void on_generate(struct compute *c, struct dp_msg *m)
+{
+	struct dp_server *srv = c->srv;
+	if (c->draining) {
+		send_error(srv, m, DUALPATH__V1__CODE__UNAVAILABLE,
+			   "the daemon is draining: no new requests (retry on another instance or later)");
+		goto drop;
+	}
+	if (c->n_active + c->n_waiting >= srv->cfg.max_concurrent_requests) {
+		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+			   "%u requests are in flight, the limit (max_concurrent_requests)",
+			   c->n_active + c->n_waiting);
+		goto drop;
+	}
+	if (m->session[0] && session_in_use(c, m->session)) {
+		send_error(srv, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
+			   "session %s is busy with another request; send its turns one at a time",
+			   m->session);
+		goto drop;
+	}
+	struct req *r = calloc(1, sizeof(*r));
+	if (!r) {
+		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		goto drop;
+	}
+	r->msg = m;
+	*c->waiting_tail = r;
+	c->waiting_tail = &r->next;
+	c->n_waiting++;
+	return;
+drop:
+	free(m->tokens);
+	free(m);
+}
+
+static int admit_one(struct compute *c, struct req *r)
+{
+	struct dp_server *srv = c->srv;
+	struct dp_msg *m = r->msg;
+	int ret;
+
+	if (m->session[0]) {
+		if (dp_kv_session_find(srv->kv, m->session, &r->sess) < 0) {
+			uint32_t *mine = m->from.conn < srv->cfg.max_connections
+						 ? &c->sessions_by_conn[m->from.conn] : NULL;
+			if (dp_kv_session_count(srv->kv) >= srv->cfg.max_sessions) {
+				send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+					   "%zu sessions exist, the limit (max_sessions); close some",
+					   dp_kv_session_count(srv->kv));
+				return -ENOSPC;
+			}
+			if (mine && *mine >= srv->cfg.max_sessions_per_client) {
+				send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+					   "this connection created %u sessions, the limit "
+					   "(max_sessions_per_client)", *mine);
+				return -ENOSPC;
+			}
+			if ((ret = dp_kv_session_create(srv->kv, m->session, &r->sess)) < 0) {
+				send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
+					   "cannot create session %s: %s", m->session, strerror(-ret));
+				return ret;
+			}
+			if (mine)
+				(*mine)++;
+		}
+		uint64_t t0 = dp_now_ns();
+		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
+		if ((ret = dp_kv_session_acquire(srv->kv, r->sess, &r->seq)) < 0) {
+			r->sess = NULL;
+			send_error(srv, m, DUALPATH__V1__CODE__INTERNAL,
+				   "cannot restore session %s: %s", m->session, strerror(-ret));
+			return ret;
+		}
+		if (was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME) {
+			struct dp_trace_ev *t = &c->trace[c->trace_head];
+			snprintf(t->name, sizeof(t->name), "restore");
+			t->lane = 1;
+			t->start_us = (t0 - srv->start_ns) / 1000;
+			t->dur_us = (dp_now_ns() - t0) / 1000;
+			t->tokens = (uint32_t)dp_v4_seq_pos(r->seq);
+			t->batch = (uint32_t)was;
+			c->trace_head = (c->trace_head + 1) % TRACE_N;
+			if (c->trace_n < TRACE_N)
+				c->trace_n++;
+		}
+	} else if ((ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
+		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
+		return ret;
+	}
+	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
+	uint64_t ctx = hist_len(r) + m->n_tokens + m->max_new + 1;
+	uint64_t maxpos = (uint64_t)dp_v4_model_config(srv->model)->max_position_embeddings;
+	if (ctx > maxpos) {
+		send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
+			   "context would reach %llu tokens, beyond the model's %llu",
+			   (unsigned long long)ctx, (unsigned long long)maxpos);
+		return -E2BIG;
+	}
+	/* a text prompt that starts a context begins with BOS */
+	int32_t bos = dp_tok_special(srv->tok, DP_TOK_BOS);
+	if (hist_len(r) == 0 && m->n_tokens && m->tokens[0] != bos && bos >= 0 && m->flag)
+		hist_append(c, r, &bos, 1);
+	if ((ret = hist_append(c, r, m->tokens, m->n_tokens)) < 0) {
+		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for history");
+		return ret;
+	}
+	r->prompt = m->n_tokens;
+	size_t sb = dp_sampler_scratch_size((int)srv->vocab);
+	r->sscratch = m->sampling.temperature > 0 ? malloc(sb) : NULL;
+	if ((m->sampling.temperature > 0 && !r->sscratch) ||
+	    dp_sampler_init(&r->sampler, &m->sampling, r->sscratch, r->sscratch ? sb : 0) < 0) {
+		send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "invalid sampling parameters");
+		return -EINVAL;
+	}
+	r->t_admit = dp_now_ns();
+	c->st.requests_started++;
+	log_debug("request %llu of connection %u: session %s, context %llu (state at %u), prompt %u, "
+		  "max_new %u", (unsigned long long)m->request_id, m->from.conn,
+		  m->session[0] ? m->session : "(one-off)", (unsigned long long)hist_len(r), r->cached,
+		  m->n_tokens, m->max_new);
+	return 0;
+}
+
+static void admit(struct compute *c)
+{
+	while (c->waiting && c->n_active < c->srv->cfg.max_batch && !c->draining) {
+		struct req *r = c->waiting;
+		c->waiting = r->next;
+		if (!c->waiting)
+			c->waiting_tail = &c->waiting;
+		c->n_waiting--;
+		r->next = NULL;
+		if (admit_one(c, r) < 0) {
+			c->st.requests_failed++;
+			req_free(c, r);
+			continue;
+		}
+		r->next = c->active;
+		c->active = r;
+		c->n_active++;
+	}
+}
+
+/* ---- steps ------------------------------------------------------------------- */
+
+static bool is_eos(const struct dp_server *srv, int32_t t)
+{
+	for (uint32_t i = 0; i < srv->n_eos; i++)
+		if (srv->eos[i] == t)
+			return true;
+	return false;
+}
+
+static void emit(struct compute *c, struct req *r, const int32_t *ids, uint32_t n, uint32_t finish)
+{
+	struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
+			       .request_id = r->msg->request_id, .n_ids = n, .finish = finish,
+			       .position = hist_len(r) };
+	if (n)
+		memcpy(ev.ids, ids, n * sizeof(*ids));
+	if (finish) {
+		uint64_t now = dp_now_ns();
+		ev.prompt_tokens = r->prompt;
+		ev.cached_tokens = r->cached;
+		ev.generated_tokens = r->generated;
+		ev.ttft_us = r->t_first ? (r->t_first - r->msg->t_recv_ns) / 1000 : 0;
+		ev.total_us = (now - r->msg->t_recv_ns) / 1000;
+	}
+	send_event(c->srv, &ev);
+}
+
+/* Finish the requests marked done: journal their turns (one fsync), then
+ * the final chunk, then release. */
+static void retire(struct compute *c)
+{
+	struct dp_server *srv = c->srv;
+	bool any = false;
+	for (struct req *r = c->active; r; r = r->next)
+		any |= r->done;
+	if (!any)
+		return;
+	int ret = dp_kv_commit(srv->kv);
+	if (ret < 0)
+		log_err("journal commit failed: %s; the turns just finished are not durable",
+			strerror(-ret));
+	else if (srv->cfg.compact_every && ++c->commits_since_compact >= srv->cfg.compact_every) {
+		c->commits_since_compact = 0;
+		if ((ret = dp_kv_compact(srv->kv)) < 0)
+			log_warning("journal compaction failed: %s", strerror(-ret));
+	}
+	for (struct req **pp = &c->active; *pp;) {
+		struct req *r = *pp;
+		if (!r->done) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		c->n_active--;
+		if (r->finish == DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED)
+			c->st.requests_cancelled++;
+		else if (r->finish != DUALPATH__V1__FINISH_REASON__FINISH_ERROR)
+			c->st.requests_finished++;
+		/* a failed request was ended by its Error */
+		if (r->finish != DUALPATH__V1__FINISH_REASON__FINISH_ERROR)
+			emit(c, r, NULL, 0, r->finish);
+		log_debug("request %llu of connection %u: finished (%u), %u tokens generated",
+			  (unsigned long long)r->msg->request_id, r->msg->from.conn, r->finish, r->generated);
+		req_free(c, r);
+	}
+	dp_kv_balance(srv->kv);
+}
+
+static int step(struct compute *c)
+{
+	struct dp_server *srv = c->srv;
+	uint32_t budget = srv->cfg.max_batch_tokens, n = 0;
+	uint64_t t0 = dp_now_ns();
+
+	for (struct req *r = c->active; r; r = r->next) {
+		r->row = NULL;
+		if (r->cancelled && !r->done) {
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED;
+		}
+		if (r->done || budget == 0)
+			continue;
+		uint64_t at = dp_v4_seq_pos(r->seq), len = hist_len(r);
+		if (at >= len) { /* max_new_tokens 0: the prompt is in */
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
+			continue;
+		}
+		uint64_t feed = len - at;
+		if (feed > srv->cfg.prefill_chunk)
+			feed = srv->cfg.prefill_chunk;
+		if (feed > budget)
+			feed = budget;
+		budget -= (uint32_t)feed;
+		c->items[n] = (struct dp_v4_batch_item){ .seq = r->seq, .tokens = hist(r) + at,
+							 .n_tokens = (uint32_t)feed };
+		c->item_req[n++] = r;
+		if (feed == 1 && len - at == 1 && r->generated)
+			c->st.tokens_decode++;
+		else
+			c->st.tokens_prefill += feed;
+	}
+	if (n == 0)
+		return 0;
+	int ret = dp_v4_forward(srv->model, c->items, n, c->logits);
+	if (ret < 0) {
+		log_err("forward step of %u sequences failed: %s; failing them", n, strerror(-ret));
+		for (uint32_t i = 0; i < n; i++) {
+			struct req *r = c->item_req[i];
+			send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",
+				   strerror(-ret));
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+			c->st.requests_failed++;
+			/* the state no longer matches its history: drop it */
+			if (r->sess) {
+				dp_kv_session_forget_state(srv->kv, r->sess);
+				r->sess = NULL;
+				r->seq = NULL;
+			}
+		}
+		return ret;
+	}
+	uint32_t step_tokens = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct req *r = c->item_req[i];
+		step_tokens += c->items[i].n_tokens;
+		if (dp_v4_seq_pos(r->seq) < hist_len(r))
+			continue; /* a prefill chunk: no token yet */
+		if (r->generated >= r->msg->max_new) {
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
+			continue;
+		}
+		int id;
+		if (dp_sampler_sample(&r->sampler, c->logits + (size_t)i * srv->vocab, (int)srv->vocab, &id) < 0) {
+			send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL, "sampling failed (no finite logit)");
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+			continue;
+		}
+		int32_t t = id;
+		hist_append(c, r, &t, 1);
+		r->generated++;
+		atomic_fetch_add_explicit(&srv->tokens_out, 1, memory_order_relaxed);
+		if (!r->t_first)
+			r->t_first = dp_now_ns();
+		uint32_t finish = 0;
+		if (!r->msg->ignore_eos && is_eos(srv, t))
+			finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
+		for (uint32_t k = 0; k < r->msg->n_stop && !finish; k++)
+			if (r->msg->stop[k] == t)
+				finish = DUALPATH__V1__FINISH_REASON__FINISH_STOP;
+		if (!finish && r->generated >= r->msg->max_new)
+			finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
+		if (finish) {
+			/* the last token goes out now; the finish follows once the
+			 * turn is journaled (retire) */
+			r->done = true;
+			r->finish = finish;
+			struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
+					       .request_id = r->msg->request_id, .n_ids = 1,
+					       .position = hist_len(r) };
+			ev.ids[0] = t;
+			send_event(srv, &ev);
+		} else {
+			emit(c, r, &t, 1, 0);
+		}
+	}
+	uint64_t dt = dp_now_ns() - t0;
+	c->st.steps++;
+	c->st.step_ns_total += dt;
+	c->st.last_step_tokens = step_tokens;
+	double rate = dt ? step_tokens * 1e9 / (double)dt : 0;
+	c->st.tok_s = c->st.steps == 1 ? rate : 0.9 * c->st.tok_s + 0.1 * rate;
+	struct dp_trace_ev *tr = &c->trace[c->trace_head];
+	snprintf(tr->name, sizeof(tr->name), "step");
+	tr->lane = 0;
+	tr->start_us = (t0 - srv->start_ns) / 1000;
+	tr->dur_us = dt / 1000;
+	tr->tokens = step_tokens;
+	tr->batch = n;
+	c->trace_head = (c->trace_head + 1) % TRACE_N;
+	if (c->trace_n < TRACE_N)
+		c->trace_n++;
+	return 0;
+}
+
+/* ---- other messages ----------------------------------------------------------- */
+
+static void cancel_where(struct compute *c, const struct dp_origin *o, uint64_t request_id,
+			 bool any_request)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (struct req **pp = pass ? &c->waiting : &c->active; *pp;) {
+			struct req *r = *pp;
+			bool hit = r->msg->from.conn == o->conn && r->msg->from.gen == o->gen &&
+				   (any_request || r->msg->request_id == request_id);
+			if (hit && pass == 0) {
+				r->cancelled = true;
+			} else if (hit && pass == 1) {
+				/* never admitted: nothing to journal */
+				*pp = r->next;
+				c->n_waiting--;
+				if (!any_request) {
+					struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
+							       .request_id = r->msg->request_id,
+							       .finish = DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED };
+					send_event(c->srv, &ev);
+				}
+				c->st.requests_cancelled++;
+				req_free(c, r);
+				continue;
+			}
+			pp = &r->next;
+		}
+	}
+	c->waiting_tail = &c->waiting;
+	while (*c->waiting_tail)
+		c->waiting_tail = &(*c->waiting_tail)->next;
+}
+
+static void on_session_op(struct compute *c, struct dp_msg *m)
+{
+	struct dp_server *srv = c->srv;
+	struct dp_kv_session *s;
+	if (dp_kv_session_find(srv->kv, m->session, &s) < 0) {
+		send_error(srv, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
+		return;
+	}
+	if (session_in_use(c, m->session)) {
+		send_error(srv, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
+			   "session %s has a request running; cancel it first", m->session);
+		return;
+	}
+	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->flag : m->flag;
+	int ret = drop ? dp_kv_session_drop(srv->kv, s) : dp_kv_session_demote(srv->kv, s, DP_KV_TIER_NVME);
+	if (ret < 0) {
+		send_error(srv, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
+						  : DUALPATH__V1__CODE__INTERNAL,
+			   "cannot %s session %s: %s", drop ? "drop" : "persist", m->session,
+			   strerror(-ret));
+		return;
+	}
+	send_ack(srv, m);
+}
+
+static void fill_stats(struct compute *c, struct dp_compute_stats *st)
+{
+	struct dp_server *srv = c->srv;
+	*st = c->st;
+	st->active = c->n_active;
+	st->waiting = c->n_waiting;
+	st->sessions = (uint32_t)dp_kv_session_count(srv->kv);
+	st->draining = c->draining;
+	dp_kv_stats(srv->kv, &st->kv);
+	dp_gpu_mem_stats(srv->gpu, &st->mem);
+	snprintf(st->backend, sizeof(st->backend), "%s", dp_gpu_kind_name(dp_gpu_kind_of(srv->gpu)));
+}
+
+static void on_stats(struct compute *c, struct dp_msg *m)
+{
+	struct dp_compute_stats *st = malloc(sizeof(*st));
+	if (!st) {
+		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	fill_stats(c, st);
+	struct dp_event ev = { .kind = DP_EV_STATS, .to = m->from, .request_id = m->request_id,
+			       .payload = st };
+	send_event(c->srv, &ev);
+}
+
+static void on_sessions(struct compute *c, struct dp_msg *m)
+{
+	struct dp_kv *kv = c->srv->kv;
+	size_t n = dp_kv_session_count(kv);
+	struct dp_session_list *l = malloc(sizeof(*l) + n * sizeof(l->rows[0]));
+	if (!l) {
+		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	l->n = (uint32_t)n;
+	for (size_t i = 0; i < n; i++) {
+		struct dp_kv_session *s;
+		dp_kv_session_at(kv, i, &s);
+		struct dp_session_row *row = &l->rows[i];
+		snprintf(row->id, sizeof(row->id), "%s", dp_kv_session_id(s));
+		row->tokens = dp_kv_session_len(s);
+		row->bytes = dp_kv_session_bytes(s);
+		row->idle_ms = dp_kv_session_idle_ns(kv, s) / 1000000;
+		row->tier = dp_kv_session_tier(s);
+		row->busy = dp_kv_session_busy(s);
+	}
+	struct dp_event ev = { .kind = DP_EV_SESSIONS, .to = m->from, .request_id = m->request_id,
+			       .payload = l };
+	send_event(c->srv, &ev);
+}
+
+static void on_trace(struct compute *c, struct dp_msg *m)
+{
+	uint32_t n = c->trace_n;
+	if (m->target && m->target < n)
+		n = (uint32_t)m->target;
+	struct dp_trace_dump *d = malloc(sizeof(*d) + n * sizeof(d->ev[0]));
+	if (!d) {
+		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	d->n = n;
+	for (uint32_t i = 0; i < n; i++)
+		d->ev[i] = c->trace[(c->trace_head + TRACE_N - n + i) % TRACE_N];
+	struct dp_event ev = { .kind = DP_EV_TRACE, .to = m->from, .request_id = m->request_id,
+			       .payload = d };
+	send_event(c->srv, &ev);
+}
+
+static void start_drain(struct compute *c, uint32_t grace_ms)
+{
+	if (!c->draining) {
+		c->draining = true;
+		atomic_store(&c->srv->state, DP_STATE_DRAINING);
+		c->drain_deadline = dp_now_ns() + (uint64_t)(grace_ms ? grace_ms : c->srv->cfg.drain_grace_ms) * 1000000u;
+		log_notice("draining: %u running, %u waiting; cancelling what still runs in %u ms",
+			   c->n_active, c->n_waiting, grace_ms ? grace_ms : c->srv->cfg.drain_grace_ms);
+		/* waiting requests never start */
+		while (c->waiting) {
+			struct req *r = c->waiting;
+			c->waiting = r->next;
+			send_error(c->srv, r->msg, DUALPATH__V1__CODE__UNAVAILABLE,
+				   "the daemon is draining; this request was not started");
+			req_free(c, r);
+		}
+		c->waiting_tail = &c->waiting;
+		c->n_waiting = 0;
+	}
+}
+
+static void handle(struct compute *c, struct dp_msg *m)
+{
+	struct dp_server *srv = c->srv;
+	switch (m->kind) {
+	case DP_MSG_GENERATE:
+		m->t_recv_ns = m->t_recv_ns ? m->t_recv_ns : dp_now_ns();
+		on_generate(c, m);
+		return; /* owns m now */
+	case DP_MSG_CANCEL:
+		cancel_where(c, &m->from, m->target, false);
+		send_ack(srv, m);
+		break;
+	case DP_MSG_CONN_CLOSED:
+		cancel_where(c, &m->from, 0, true);
+		if (m->from.conn < srv->cfg.max_connections)
+			c->sessions_by_conn[m->from.conn] = 0;
+		break;
+	case DP_MSG_CLOSE_SESSION:
+	case DP_MSG_EVICT:
+		on_session_op(c, m);
+		break;
+	case DP_MSG_STATS:
+		on_stats(c, m);
+		break;
+	case DP_MSG_SESSIONS:
+		on_sessions(c, m);
+		break;
+	case DP_MSG_TRACE:
+		on_trace(c, m);
+		break;
+	case DP_MSG_DRAIN:
+		start_drain(c, m->grace_ms);
+		send_ack(srv, m);
+		break;
+	case DP_MSG_SHUTDOWN:
+		c->shutdown = true;
+		start_drain(c, m->grace_ms);
+		send_ack(srv, m);
+		break;
+	default:
+		break;
+	}
+	free(m->tokens);
+	free(m);
+}
+
+/* Shutdown: every session's state to NVMe, every turn durable. */
+static void persist_all(struct compute *c)
+{
+	struct dp_kv *kv = c->srv->kv;
+	int ret = dp_kv_commit(kv);
+	if (ret < 0)
+		log_err("final journal commit failed: %s", strerror(-ret));
+	size_t n = dp_kv_session_count(kv), ok = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct dp_kv_session *s;
+		dp_kv_session_at(kv, i, &s);
+		if ((ret = dp_kv_session_persist(kv, s)) < 0)
+			log_warning("session %s not persisted (%s): it will be recomputed from its "
+				    "history after the restart", dp_kv_session_id(s), strerror(-ret));
+		else
+			ok++;
+	}
+	if ((ret = dp_kv_compact(kv)) < 0)
+		log_warning("journal compaction at shutdown failed: %s", strerror(-ret));
+	log_notice("persisted %zu of %zu sessions", ok, n);
+}
+
+static bool ring_ready(void *arg)
+{
+	return !dp_ring_empty(arg);
+}
+
+void *dp_compute_main(void *arg)
+{
+	struct dp_server *srv = arg;
+	struct compute c = { .srv = srv };
+	c.waiting_tail = &c.waiting;
+	uint32_t maxb = srv->cfg.max_batch;
+	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
+	c.items = calloc(maxb, sizeof(*c.items));
+	c.item_req = calloc(maxb, sizeof(*c.item_req));
+	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(uint32_t));
+	c.trace = calloc(TRACE_N, sizeof(*c.trace));
+	if (!c.logits || !c.items || !c.item_req || !c.sessions_by_conn || !c.trace) {
+		log_err("compute thread: out of memory");
+		atomic_store(&srv->compute_done, true);
+		return NULL;
+	}
+
+	for (;;) {
+		atomic_fetch_add_explicit(&srv->compute_beat, 1, memory_order_relaxed);
+		struct dp_msg *msgs[64];
+		uint32_t k;
+		while ((k = dp_ring_dequeue_burst(srv->to_compute, msgs, 64)) > 0)
+			for (uint32_t i = 0; i < k; i++)
+				handle(&c, msgs[i]);
+		if (c.draining && dp_now_ns() > c.drain_deadline) {
+			for (struct req *r = c.active; r; r = r->next)
+				r->cancelled = true;
+		}
+		admit(&c);
+		if (c.active) {
+			step(&c);
+			retire(&c);
+		}
+		atomic_store_explicit(&srv->n_active, c.n_active, memory_order_relaxed);
+		atomic_store_explicit(&srv->n_sessions, (uint32_t)dp_kv_session_count(srv->kv),
+				      memory_order_relaxed);
+		if (c.shutdown && !c.active && !c.waiting)
+			break;
+		if (!c.active && !c.waiting)
+			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute, 100000000);
+	}
+	persist_all(&c);
+	free(c.logits);
+	free(c.items);
+	free(c.item_req);
+	free(c.sessions_by_conn);
+	free(c.trace);
+	atomic_store(&srv->compute_done, true);
+	if (srv->main_wake_fd >= 0) {
+		unsigned char zero = 0;
+		ssize_t n = write(srv->main_wake_fd, &zero, 1);
+		(void)n;
+	}
+	return NULL;
+}

@@ -1,0 +1,329 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dualpathd — serves a DeepSeek-V4 model over a Unix socket.
+ *
+ * Runs in the foreground (systemd Type=notify): READY=1 once the model is
+ * loaded and the socket listens, STATUS= with live figures, WATCHDOG=1 while
+ * the compute thread makes progress, STOPPING=1 on SIGTERM, which drains
+ * (requests still running after drain_grace_ms are cancelled), persists
+ * every session and exits 0. SIGHUP reopens the log file.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "daemon/log.h"
+#include "daemon/server.h"
+#include "sched/topo.h"
+
+/* The write end of the signal pipe: a signal handler can reach nothing else. */
+static int signal_pipe = -1;
+
+static void on_signal(int signo)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char)signo;
+	ssize_t n = write(signal_pipe, &b, 1);
+	(void)n;
+	errno = saved;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return -ENAMETOOLONG;
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int load_model(struct dp_server *srv, char *err, size_t err_len)
+{
+	struct dp_config *cfg = &srv->cfg;
+	int ret = dp_v4_resolve_dir(cfg->model, srv->model_dir, sizeof(srv->model_dir));
+	if (ret < 0) {
+		snprintf(err, err_len, "cannot find model %.512s: %s", cfg->model,
+			 ret == -ENOENT ? "no embedded model installed (set [model] model = DIR)"
+					: strerror(-ret));
+		return ret;
+	}
+	enum dp_gpu_kind kind;
+	dp_gpu_kind_parse(cfg->backend, &kind);
+	struct dp_gpu_opts go = { .threads = (int)cfg->threads };
+	char why[256] = "";
+	if ((ret = dp_gpu_new(kind, &go, &srv->gpu, why, sizeof(why))) < 0) {
+		snprintf(err, err_len, "cannot start the %s backend: %s", dp_gpu_kind_name(kind), why);
+		return ret;
+	}
+	if ((ret = dp_v4_model_load(srv->gpu, srv->model_dir, &srv->model, why, sizeof(why))) < 0) {
+		snprintf(err, err_len, "cannot load model %.512s: %s", srv->model_dir, why);
+		return ret;
+	}
+	const struct dp_v4_config *c = dp_v4_model_config(srv->model);
+	if ((ret = dp_v4_tokenizer_new(srv->model_dir, c, &srv->tok, why, sizeof(why))) < 0) {
+		snprintf(err, err_len, "%s", why);
+		return ret;
+	}
+	srv->vocab = (uint32_t)c->vocab_size;
+	for (int i = 0; i < c->n_eos && srv->n_eos < DP_V4_EOS_MAX; i++)
+		srv->eos[srv->n_eos++] = (int32_t)c->eos_token_ids[i];
+	int32_t teos = dp_tok_special(srv->tok, DP_TOK_EOS);
+	bool known = false;
+	for (uint32_t i = 0; i < srv->n_eos; i++)
+		known |= srv->eos[i] == teos;
+	if (teos >= 0 && !known)
+		srv->eos[srv->n_eos++] = teos;
+	char desc[256];
+	dp_v4_config_describe(c, desc, sizeof(desc));
+	log_info("model %s on the %s backend: %s", srv->model_dir, dp_gpu_kind_name(kind), desc);
+	return 0;
+}
+
+static int open_state(struct dp_server *srv, char *err, size_t err_len)
+{
+	struct dp_config *cfg = &srv->cfg;
+	int ret = mkdir_p(cfg->state_dir, 0750);
+	if (ret < 0) {
+		snprintf(err, err_len, "cannot create state directory %.512s: %s", cfg->state_dir, strerror(-ret));
+		return ret;
+	}
+	struct dp_kv_opts ko = {
+		.state_dir = cfg->state_dir,
+		.device_bytes = cfg->device_bytes,
+		.dram_bytes = cfg->dram_bytes,
+		.nvme_bytes = cfg->nvme_bytes,
+		.high_watermark = cfg->high_watermark,
+		.low_watermark = cfg->low_watermark,
+		.numa_node = srv->placement.node,
+		.direct_io = cfg->direct_io,
+	};
+	char why[512] = "";
+	if ((ret = dp_kv_open(&ko, srv->model, &srv->kv, why, sizeof(why))) < 0) {
+		snprintf(err, err_len, "cannot open the KV cache in %.400s: %.500s", cfg->state_dir, why);
+		return ret;
+	}
+	struct dp_kv_stats st;
+	dp_kv_stats(srv->kv, &st);
+	log_info("state %s: %zu sessions recovered (%llu with a persisted state), NVMe tier %s",
+		 cfg->state_dir, dp_kv_session_count(srv->kv), (unsigned long long)st.sessions[DP_KV_TIER_NVME],
+		 st.direct_io ? "with O_DIRECT" : "buffered (no O_DIRECT here)");
+	return 0;
+}
+
+static void place_threads(struct dp_server *srv)
+{
+	struct dp_topo *topo;
+	srv->placement.node = -1;
+	if (dp_topo_new(&topo) < 0)
+		return;
+	int node = -1;
+	struct dp_gpu_device_info gi;
+	if (dp_gpu_kind_of(srv->gpu) == DP_GPU_CUDA && dp_gpu_probe(&gi, 1, NULL, 0) > 0)
+		dp_topo_pci_node(topo, gi.pci_bus_id, &node);
+	if (dp_topo_place(topo, node, &srv->placement) == 0)
+		log_info("threads: %s%s", srv->placement.desc, srv->cfg.pin_threads ? "" : " (not pinned)");
+	char d[256];
+	if (dp_topo_describe(topo, d, sizeof(d)) == 0)
+		log_debug("topology: %s", d);
+	dp_topo_free(topo);
+}
+
+static void pin(struct dp_server *srv, pthread_t t, enum dp_topo_role role)
+{
+	if (!srv->cfg.pin_threads || !srv->placement.desc[0])
+		return; /* no placement: the topology was not readable */
+	int cpu = srv->placement.cpu[role];
+	int ret = dp_topo_pin_thread(t, &cpu, 1);
+	if (ret < 0)
+		log_warning("cannot pin the %s thread to cpu %d: %s", dp_topo_role_name(role), cpu,
+			    strerror(-ret));
+}
+
+static void notify_status(struct dp_server *srv)
+{
+	static const char *const names[] = { "starting", "serving", "draining", "stopping" };
+	sd_notifyf(0, "STATUS=%s: %u sessions, %u requests running, %llu tokens generated",
+		   names[atomic_load(&srv->state)], atomic_load(&srv->n_sessions),
+		   atomic_load(&srv->n_active), (unsigned long long)atomic_load(&srv->tokens_out));
+}
+
+static int run(struct dp_server *srv)
+{
+	char err[1024] = "";
+	int ret;
+
+	srv->start_ns = dp_now_ns();
+	atomic_store(&srv->state, DP_STATE_STARTING);
+	sd_notify(0, "STATUS=loading the model");
+	if ((ret = load_model(srv, err, sizeof(err))) < 0)
+		goto fail;
+	place_threads(srv);
+	if ((ret = open_state(srv, err, sizeof(err))) < 0)
+		goto fail;
+	if (srv->cfg.admin_group[0]) {
+		struct group *g = getgrnam(srv->cfg.admin_group);
+		if (g) {
+			srv->admin_gid = g->gr_gid;
+			srv->have_admin_gid = true;
+		} else {
+			log_notice("admin group %s does not exist: only root may Drain, Evict, Shutdown",
+				   srv->cfg.admin_group);
+		}
+	}
+	if ((ret = dp_ring_new(4096, sizeof(void *), DP_RING_SC, &srv->to_compute)) < 0 ||
+	    (ret = dp_spsc_new(16384, sizeof(struct dp_event), &srv->to_front)) < 0 ||
+	    (ret = dp_waiter_init(&srv->compute_wake, DP_WAITER_FUTEX, 0)) < 0 ||
+	    (ret = dp_waiter_init(&srv->front_wake, DP_WAITER_EVENTFD, 0)) < 0) {
+		snprintf(err, sizeof(err), "cannot set up the thread rings: %s", strerror(-ret));
+		goto fail;
+	}
+	if ((ret = dp_front_init(srv, err, sizeof(err))) < 0)
+		goto fail;
+
+	/* Signals: a handler that writes the signal number to a pipe the loop
+	 * below polls. (A signalfd would need every thread to block them, and
+	 * libraries such as OpenBLAS start threads before main runs.) */
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC | O_NONBLOCK) < 0) {
+		ret = -errno;
+		snprintf(err, sizeof(err), "pipe: %s", strerror(errno));
+		goto fail;
+	}
+	signal_pipe = pfd[1];
+	srv->main_wake_fd = pfd[1];
+	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int sfd = pfd[0];
+
+	pthread_t compute, front;
+	pthread_create(&compute, NULL, dp_compute_main, srv);
+	pin(srv, compute, DP_TOPO_ROLE_COMPUTE);
+	pthread_create(&front, NULL, dp_front_main, srv);
+	pin(srv, front, DP_TOPO_ROLE_FRONT);
+
+	atomic_store(&srv->state, DP_STATE_SERVING);
+	log_info("serving on %s%s", srv->cfg.socket, srv->socket_activated ? " (socket activation)" : "");
+	sd_notify(0, "READY=1");
+	notify_status(srv);
+
+	uint64_t wd_usec = 0;
+	bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
+	int tick_ms = (int)srv->cfg.status_interval_ms;
+	if (watchdog && wd_usec / 2000 < (uint64_t)tick_ms)
+		tick_ms = (int)(wd_usec / 2000);
+	if (tick_ms < 10)
+		tick_ms = 10;
+	uint64_t last_beat = atomic_load(&srv->compute_beat), shutdown_sent_ns = 0;
+	bool stopping = false;
+	while (!atomic_load(&srv->compute_done)) {
+		struct pollfd p = { .fd = sfd, .events = POLLIN };
+		int n = poll(&p, 1, tick_ms);
+		if (n > 0) {
+			unsigned char signo;
+			while (read(sfd, &signo, 1) == 1) {
+				if (signo == SIGHUP) {
+					int r = dp_log_reopen();
+					log_info("SIGHUP: log reopened%s", r < 0 ? " (failed)" : "");
+				} else if ((signo == SIGTERM || signo == SIGINT) && !stopping) {
+					stopping = true;
+					log_notice("%s: draining, then persisting sessions",
+						   signo == SIGTERM ? "SIGTERM" : "SIGINT");
+					sd_notify(0, "STOPPING=1");
+					struct dp_msg *m = calloc(1, sizeof(*m));
+					if (m) {
+						m->kind = DP_MSG_SHUTDOWN;
+						m->from = (struct dp_origin){ UINT32_MAX, 0 };
+						while (dp_server_send(srv, m) < 0)
+							usleep(1000);
+					}
+					shutdown_sent_ns = dp_now_ns();
+				}
+			}
+		}
+		uint64_t beat = atomic_load(&srv->compute_beat);
+		if (watchdog && beat != last_beat)
+			sd_notify(0, "WATCHDOG=1");
+		last_beat = beat;
+		notify_status(srv);
+		(void)shutdown_sent_ns;
+	}
+	atomic_store(&srv->state, DP_STATE_STOPPING);
+	sd_notify(0, "STOPPING=1");
+	atomic_store(&srv->stop, true);
+	pthread_join(compute, NULL);
+	pthread_join(front, NULL);
+	close(sfd);
+	close(pfd[1]);
+	log_notice("stopped");
+	return 0;
+fail:
+	log_err("%s", err);
+	sd_notifyf(0, "STATUS=failed: %s\nERRNO=%d", err, -ret);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct dp_server *srv = calloc(1, sizeof(*srv));
+	char err[1024] = "";
+	if (!srv)
+		return 1;
+	srv->listen_fd = -1;
+	srv->main_wake_fd = -1;
+	srv->compute_wake.efd = srv->front_wake.efd = -1;
+	dp_config_defaults(&srv->cfg);
+	int ret = dp_config_load(&srv->cfg, argc, argv, stdout, err, sizeof(err));
+	if (ret == 1)
+		return 0;
+	if (ret < 0) {
+		fprintf(stderr, "<%d>dualpathd: %s\n", DP_LOG_ERR, err);
+		return 2;
+	}
+	dp_log_set_level(dp_log_level_parse(srv->cfg.log_level));
+	if (srv->cfg.log_file[0] && (ret = dp_log_open(srv->cfg.log_file)) < 0) {
+		fprintf(stderr, "<%d>dualpathd: cannot open log file %s: %s\n", DP_LOG_ERR,
+			srv->cfg.log_file, strerror(-ret));
+		return 1;
+	}
+	log_info("dualpathd %s starting (config %s)", DP_VERSION, srv->cfg.config_path);
+	ret = run(srv);
+
+	if (srv->listen_fd >= 0) {
+		close(srv->listen_fd);
+		if (!srv->socket_activated)
+			unlink(srv->cfg.socket);
+	}
+	dp_kv_close(srv->kv);
+	dp_tok_free(srv->tok);
+	dp_v4_model_free(srv->model);
+	dp_gpu_free(srv->gpu);
+	dp_ring_free(srv->to_compute);
+	dp_spsc_free(srv->to_front);
+	dp_waiter_fini(&srv->compute_wake);
+	dp_waiter_fini(&srv->front_wake);
+	free(srv);
+	return ret < 0 ? 1 : 0;
+}

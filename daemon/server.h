@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * daemon/server.h — dualpathd's threads and what travels between them.
+ *
+ *   clients --socket--> [front] --MPSC ring (struct dp_msg *)--> [compute]
+ *                          ^                                        |
+ *                          +------ SPSC ring (struct dp_event) ------+
+ *
+ * front    epoll over the listening socket, the connections and the event
+ *          ring's eventfd; decodes and checks frames, answers Hello and
+ *          Health itself, forwards the rest as dp_msg; turns events into
+ *          Response frames (decoding token ids to text).
+ * compute  owns the model, the KV cache and every session; admits requests,
+ *          runs the batched forward steps, samples, journals turns.
+ * main     signals (signalfd), sd_notify READY/STATUS/WATCHDOG/STOPPING.
+ *
+ * A dp_msg is allocated by its producer and freed by compute; an event's
+ * payload (error text, stats, session lists) is allocated by compute and
+ * freed by front. Tokens travel by value in the event itself: no allocation
+ * per token.
+ */
+#ifndef DP_DAEMON_SERVER_H
+#define DP_DAEMON_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/config.h"
+#include "kvcache/kvcache.h"
+#include "model/sample.h"
+#include "model/tokenizer.h"
+#include "model/v4.h"
+#include "proto/frame.h"
+#include "dp-config.h"
+#include "sched/ring.h"
+#include "sched/topo.h"
+#include "sched/wait.h"
+
+enum dp_msg_kind {
+	DP_MSG_GENERATE,
+	DP_MSG_CANCEL,
+	DP_MSG_CLOSE_SESSION,
+	DP_MSG_STATS,
+	DP_MSG_SESSIONS,
+	DP_MSG_DRAIN,
+	DP_MSG_EVICT,
+	DP_MSG_SHUTDOWN,
+	DP_MSG_TRACE,
+	DP_MSG_CONN_CLOSED, /* the front closed a connection: cancel its requests */
+	DP_MSG_KIND_MAX,
+};
+
+/* Who sent it: front's connection slot and that slot's generation (a slot is
+ * reused after a close; events for an old generation are dropped). conn
+ * UINT32_MAX: the daemon itself (main thread). */
+struct dp_origin {
+	uint32_t conn;
+	uint32_t gen;
+};
+
+struct dp_msg {
+	enum dp_msg_kind kind;
+	struct dp_origin from;
+	uint64_t request_id;
+	char session[DP_KV_SESSION_ID_MAX + 1]; /* "" for one-off Generate */
+	/* GENERATE */
+	int32_t *tokens;
+	uint32_t n_tokens;
+	uint32_t max_new;
+	struct dp_sampler_params sampling;
+	int32_t stop[16];
+	uint32_t n_stop;
+	bool ignore_eos;
+	uint64_t t_recv_ns;
+	/* CANCEL: the request to cancel; TRACE: most events (0: all) */
+	uint64_t target;
+	/* GENERATE: the prompt was text (a fresh context gets BOS);
+	 * CLOSE_SESSION: persist; EVICT: drop */
+	bool flag;
+	/* DRAIN */
+	uint32_t grace_ms;
+};
+
+enum dp_event_kind {
+	DP_EV_TOKENS, /* ids[0..n_ids), maybe with finish */
+	DP_EV_ERROR,  /* code, payload = char * message */
+	DP_EV_ACK,
+	DP_EV_STATS,	/* payload = struct dp_compute_stats * */
+	DP_EV_SESSIONS, /* payload = struct dp_session_list * */
+	DP_EV_TRACE,	/* payload = struct dp_trace_dump * */
+	DP_EV_KIND_MAX,
+};
+
+#define DP_EVENT_IDS 8
+
+/* compute -> front, by value (one ring slot). */
+struct dp_event {
+	uint32_t kind;
+	uint32_t n_ids;
+	struct dp_origin to;
+	uint64_t request_id;
+	uint64_t position;	       /* session position after these ids */
+	int32_t ids[DP_EVENT_IDS];
+	uint32_t finish;	       /* Dualpath__V1__FinishReason */
+	uint32_t code;		       /* DP_EV_ERROR: Dualpath__V1__Code */
+	void *payload;
+	/* usage, on the final chunk */
+	uint32_t prompt_tokens, cached_tokens, generated_tokens;
+	uint32_t pad;
+	uint64_t ttft_us, total_us;
+};
+
+_Static_assert(sizeof(struct dp_event) % 8 == 0 && sizeof(struct dp_event) <= DP_RING_ESIZE_MAX,
+	       "an event is one ring slot");
+
+/* compute's figures, snapshot on request */
+struct dp_compute_stats {
+	uint64_t steps, step_ns_total, tokens_prefill, tokens_decode, tokens_replayed;
+	uint64_t requests_started, requests_finished, requests_cancelled, requests_failed;
+	uint32_t active, waiting, sessions;
+	uint64_t last_step_tokens;
+	double tok_s; /* tokens per second of recent steps (moving average) */
+	struct dp_kv_stats kv;
+	struct dp_gpu_mem_stats mem;
+	char backend[16];
+	bool draining;
+};
+
+struct dp_session_list {
+	uint32_t n;
+	struct dp_session_row {
+		char id[DP_KV_SESSION_ID_MAX + 1];
+		uint64_t tokens, bytes, idle_ms;
+		enum dp_kv_tier tier;
+		bool busy;
+	} rows[];
+};
+
+struct dp_trace_ev {
+	char name[16];
+	uint8_t lane; /* 0 compute, 1 io */
+	uint64_t start_us, dur_us;
+	uint32_t tokens, batch;
+};
+
+struct dp_trace_dump {
+	uint32_t n;
+	struct dp_trace_ev ev[];
+};
+
+enum dp_daemon_state {
+	DP_STATE_STARTING,
+	DP_STATE_SERVING,
+	DP_STATE_DRAINING,
+	DP_STATE_STOPPING,
+};
+
+struct dp_server {
+	struct dp_config cfg;
+	char model_dir[4096];
+	struct dp_gpu *gpu;
+	struct dp_v4_model *model;
+	struct dp_tok *tok;
+	struct dp_kv *kv;
+	int32_t eos[DP_V4_EOS_MAX + 1];
+	uint32_t n_eos;
+	uint32_t vocab;
+
+	/* front -> compute */
+	struct dp_ring *to_compute;
+	struct dp_waiter compute_wake;
+	/* compute -> front */
+	struct dp_spsc *to_front;
+	struct dp_waiter front_wake; /* eventfd, in front's epoll set */
+
+	int listen_fd;
+	bool socket_activated;
+	gid_t admin_gid;
+	bool have_admin_gid;
+
+	_Atomic int state;		/* enum dp_daemon_state */
+	_Atomic uint64_t compute_beat;	/* compute loop iterations (watchdog) */
+	_Atomic bool stop;		/* threads exit */
+	_Atomic bool compute_done;	/* compute drained, persisted and exited */
+	int main_wake_fd;		/* write a 0 byte here to wake the main loop */
+	_Atomic uint32_t n_active, n_sessions;
+	_Atomic uint64_t tokens_out;
+	uint64_t start_ns;
+	struct dp_topo_placement placement;
+};
+
+/* front.c */
+int dp_front_init(struct dp_server *srv, char *err, size_t err_len);
+void *dp_front_main(void *arg);
+/* compute.c */
+void *dp_compute_main(void *arg);
+/* Hand a message to compute (any thread). -EAGAIN when the ring is full. */
+int dp_server_send(struct dp_server *srv, struct dp_msg *m);
+
+uint64_t dp_now_ns(void);
+
+#endif /* DP_DAEMON_SERVER_H */

@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: MIT */
+/* Test helpers: start the real dualpathd, talk the real protocol to it. */
+#ifndef DP_TESTS_DPCLIENT_H
+#define DP_TESTS_DPCLIENT_H
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+
+struct daemon_proc {
+	pid_t pid;
+	char dir[96];
+	char sock[104];
+	char state[192];
+	char log[192];
+};
+
+static inline const char *test_model(void)
+{
+	const char *m = getenv("DP_TEST_MODEL");
+	return m ? m : "tests/model/parity/alt";
+}
+
+static inline int try_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%.104s", path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+/* Start dualpathd with extra flags (NULL-terminated); waits until it serves. */
+static inline void daemon_start_in(struct daemon_proc *d, const char *dir, const char *const *extra)
+{
+	const char *bin = getenv("DUALPATHD");
+	cr_assert_not_null(bin, "DUALPATHD is not set");
+	if (dir) {
+		snprintf(d->dir, sizeof(d->dir), "%s", dir);
+	} else {
+		snprintf(d->dir, sizeof(d->dir), "/var/tmp/dp-test-d-XXXXXX");
+		cr_assert_not_null(mkdtemp(d->dir));
+	}
+	snprintf(d->sock, sizeof(d->sock), "%.96s/sock", d->dir);
+	snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
+	snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
+	d->pid = fork();
+	cr_assert_geq(d->pid, 0);
+	if (d->pid == 0) {
+		const char *argv[64] = { bin, "--config", "/dev/null", "--socket", d->sock, "--state-dir",
+					 d->state, "--model", test_model(), "--log-file", d->log,
+					 "--log-level", "debug", "--pin-threads", "false",
+					 "--admin-group", "root", "--dram-bytes", "4M" };
+		int n = 0;
+		while (argv[n])
+			n++;
+		for (int i = 0; extra && extra[i] && n < 62; i++)
+			argv[n++] = extra[i];
+		argv[n] = NULL;
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 3000; i++) {
+		int fd = try_connect(d->sock);
+		if (fd >= 0) {
+			close(fd);
+			return;
+		}
+		int st;
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			char cmd[300];
+			snprintf(cmd, sizeof(cmd), "cat %s >&2", d->log);
+			(void)!system(cmd);
+			cr_assert_fail("dualpathd exited during start-up (status %d)", st);
+		}
+		usleep(10000);
+	}
+	cr_assert_fail("dualpathd did not start serving on %s", d->sock);
+}
+
+static inline void daemon_start(struct daemon_proc *d, const char *const *extra)
+{
+	daemon_start_in(d, NULL, extra);
+}
+
+/* SIGTERM and wait; returns the exit status (or -signal). */
+static inline int daemon_stop(struct daemon_proc *d)
+{
+	int st = 0;
+	if (d->pid <= 0)
+		return 0;
+	kill(d->pid, SIGTERM);
+	for (int i = 0; i < 6000; i++) {
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			d->pid = 0;
+			return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+		}
+		usleep(10000);
+	}
+	kill(d->pid, SIGKILL);
+	waitpid(d->pid, &st, 0);
+	d->pid = 0;
+	return -1000;
+}
+
+static inline void daemon_cleanup(struct daemon_proc *d)
+{
+	char cmd[256];
+	if (getenv("DP_TEST_KEEP")) {
+		fprintf(stderr, "kept %s\n", d->dir);
+		return;
+	}
+	if (d->pid > 0) {
+		kill(d->pid, SIGKILL);
+		waitpid(d->pid, NULL, 0);
+		d->pid = 0;
+	}
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
+	(void)!system(cmd);
+}
+
+/* ---- a client ---------------------------------------------------------------- */
+
+static inline int send_req(int fd, Dualpath__V1__Request *r)
+{
+	return dp_frame_write_fd(fd, &r->base, DP_FRAME_MAX_DEFAULT, 5000);
+}
+
+/* Read one response (NULL on EOF/timeout/error). */
+static inline Dualpath__V1__Response *recv_resp(int fd, int timeout_ms)
+{
+	struct dp_frame_buf b = { 0 };
+	Dualpath__V1__Response *resp = NULL;
+	int n = dp_frame_read_fd(fd, &b, DP_FRAME_MAX_DEFAULT, timeout_ms);
+	if (n > 0 && dp_proto_response_decode(b.data, b.len, 0, &resp) < 0)
+		resp = NULL;
+	dp_frame_buf_fini(&b);
+	return resp;
+}
+
+static inline int client_connect(const struct daemon_proc *d)
+{
+	int fd = try_connect(d->sock);
+	cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
+	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	h.protocol_version = 1;
+	h.client_name = "criterion";
+	r.request_id = 1;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
+	r.hello = &h;
+	cr_assert_eq(send_req(fd, &r), 0);
+	Dualpath__V1__Response *resp = recv_resp(fd, 10000);
+	cr_assert_not_null(resp, "no HelloReply");
+	cr_assert_eq(resp->body_case, DUALPATH__V1__RESPONSE__BODY_HELLO);
+	dp_proto_response_free(resp);
+	return fd;
+}
+
+/* Send a Generate of token ids. */
+static inline void send_generate(int fd, uint64_t id, const char *session, const uint32_t *ids,
+				 size_t n, uint32_t max_new, float temperature, uint64_t seed)
+{
+	Dualpath__V1__Generate g = DUALPATH__V1__GENERATE__INIT;
+	Dualpath__V1__TokenIds t = DUALPATH__V1__TOKEN_IDS__INIT;
+	Dualpath__V1__Sampling s = DUALPATH__V1__SAMPLING__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	t.n_ids = n;
+	t.ids = (uint32_t *)ids;
+	s.temperature = temperature;
+	s.seed = seed;
+	s.ignore_eos = true; /* random test models emit EOS anywhere */
+	g.session_id = (char *)(session ? session : "");
+	g.prompt_case = DUALPATH__V1__GENERATE__PROMPT_TOKENS;
+	g.tokens = &t;
+	g.max_new_tokens = max_new;
+	g.sampling = &s;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_GENERATE;
+	r.generate = &g;
+	cr_assert_eq(send_req(fd, &r), 0);
+}
+
+/* Collect a Generate's tokens until its final chunk. Returns the finish
+ * reason, or -code for an Error, or -1000 for a lost connection. */
+static inline int collect(int fd, uint64_t id, uint32_t *out, size_t cap, size_t *ret_n)
+{
+	size_t n = 0;
+	int result = -1000;
+	for (;;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		if (!r)
+			break;
+		if (r->request_id != id) {
+			dp_proto_response_free(r);
+			continue;
+		}
+		if (r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR) {
+			/* an Error ends its request */
+			result = -(int)r->error->code;
+			dp_proto_response_free(r);
+			break;
+		}
+		if (r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK) {
+			for (size_t i = 0; i < r->token_chunk->n_ids && n < cap; i++)
+				out[n++] = r->token_chunk->ids[i];
+			int fin = r->token_chunk->finish;
+			dp_proto_response_free(r);
+			if (fin) {
+				if (result == -1000)
+					result = fin;
+				break;
+			}
+			continue;
+		}
+		dp_proto_response_free(r);
+	}
+	if (ret_n)
+		*ret_n = n;
+	return result;
+}
+
+/* A simple request with an empty body kind; returns the response. */
+static inline Dualpath__V1__Response *simple(int fd, uint64_t id, Dualpath__V1__Request__BodyCase kind)
+{
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	Dualpath__V1__StatsRequest st = DUALPATH__V1__STATS_REQUEST__INIT;
+	Dualpath__V1__HealthRequest he = DUALPATH__V1__HEALTH_REQUEST__INIT;
+	Dualpath__V1__ListSessionsRequest ls = DUALPATH__V1__LIST_SESSIONS_REQUEST__INIT;
+	Dualpath__V1__Shutdown sh = DUALPATH__V1__SHUTDOWN__INIT;
+	Dualpath__V1__Drain dr = DUALPATH__V1__DRAIN__INIT;
+	r.request_id = id;
+	r.body_case = kind;
+	switch (kind) {
+	case DUALPATH__V1__REQUEST__BODY_STATS: r.stats = &st; break;
+	case DUALPATH__V1__REQUEST__BODY_HEALTH: r.health = &he; break;
+	case DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS: r.list_sessions = &ls; break;
+	case DUALPATH__V1__REQUEST__BODY_SHUTDOWN: r.shutdown = &sh; break;
+	case DUALPATH__V1__REQUEST__BODY_DRAIN: r.drain = &dr; break;
+	default: break;
+	}
+	cr_assert_eq(send_req(fd, &r), 0);
+	for (;;) {
+		Dualpath__V1__Response *resp = recv_resp(fd, 30000);
+		if (!resp || resp->request_id == id)
+			return resp;
+		dp_proto_response_free(resp);
+	}
+}
+
+#endif

@@ -1,0 +1,390 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration tests: the real dualpathd on a temporary socket and state
+ * directory, driven over the real protocol.
+ */
+#include <fcntl.h>
+#include <grp.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "dpclient.h"
+
+static struct daemon_proc d;
+
+static void fini(void)
+{
+	daemon_cleanup(&d);
+}
+
+TestSuite(daemon, .fini = fini, .timeout = 300);
+
+static const uint32_t prompt[] = { 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100 };
+#define NP (sizeof(prompt) / sizeof(prompt[0]))
+
+Test(daemon, hello_health_and_a_one_off_generate)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, 2, DUALPATH__V1__REQUEST__BODY_HEALTH);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_HEALTH);
+	cr_expect_eq(r->health->status, DUALPATH__V1__HEALTH_REPLY__STATUS__SERVING);
+	dp_proto_response_free(r);
+	uint32_t out[64];
+	size_t n;
+	send_generate(fd, 3, NULL, prompt, NP, 16, 0, 0);
+	cr_expect_eq(collect(fd, 3, out, 64, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_expect_eq(n, 16);
+	close(fd);
+	cr_expect_eq(daemon_stop(&d), 0, "SIGTERM: drained and exited 0");
+}
+
+Test(daemon, a_multi_turn_session_matches_one_long_prompt_under_greedy_sampling)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	uint32_t t1[64], t2[64], whole[64];
+	size_t n1, n2, nw;
+	/* turn 1: prompt, 10 tokens; turn 2: more prompt, 10 tokens */
+	send_generate(fd, 10, "mt", prompt, 6, 10, 0, 0);
+	cr_assert_eq(collect(fd, 10, t1, 64, &n1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	send_generate(fd, 11, "mt", prompt + 6, NP - 6, 10, 0, 0);
+	cr_assert_eq(collect(fd, 11, t2, 64, &n2), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	/* the same context as one prompt in a one-off request */
+	uint32_t all[128];
+	size_t na = 0;
+	for (size_t i = 0; i < 6; i++)
+		all[na++] = prompt[i];
+	for (size_t i = 0; i < n1; i++)
+		all[na++] = t1[i];
+	for (size_t i = 6; i < NP; i++)
+		all[na++] = prompt[i];
+	send_generate(fd, 12, NULL, all, na, 10, 0, 0);
+	cr_assert_eq(collect(fd, 12, whole, 64, &nw), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(nw, n2);
+	cr_expect_arr_eq(t2, whole, n2 * sizeof(uint32_t), "turn 2 differs from the one-prompt run");
+	close(fd);
+}
+
+struct worker_arg {
+	struct daemon_proc *d;
+	int idx;
+	int ok;
+};
+
+static void *worker(void *p)
+{
+	struct worker_arg *w = p;
+	int fd = client_connect(w->d);
+	char sess[32];
+	snprintf(sess, sizeof(sess), "conc-%d", w->idx);
+	uint32_t out[64];
+	size_t n;
+	for (int turn = 0; turn < 3; turn++) {
+		send_generate(fd, 100 + turn, sess, prompt + turn, 4, 8, 0.8f, (uint64_t)w->idx);
+		if (collect(fd, 100 + turn, out, 64, &n) == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH && n == 8)
+			w->ok++;
+	}
+	close(fd);
+	return NULL;
+}
+
+Test(daemon, many_concurrent_sessions_are_served)
+{
+	daemon_start(&d, NULL);
+	enum { N = 8 };
+	pthread_t th[N];
+	struct worker_arg a[N];
+	for (int i = 0; i < N; i++) {
+		a[i] = (struct worker_arg){ &d, i, 0 };
+		pthread_create(&th[i], NULL, worker, &a[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(th[i], NULL);
+		cr_expect_eq(a[i].ok, 3, "client %d: %d of 3 turns completed", i, a[i].ok);
+	}
+	int fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, 2, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
+	cr_assert_not_null(r);
+	cr_expect_eq(r->sessions->n_sessions, N);
+	dp_proto_response_free(r);
+	close(fd);
+}
+
+Test(daemon, cancel_ends_a_generation_early)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	send_generate(fd, 7, "c", prompt, NP, 4000, 0, 0);
+	/* wait for the first token, then cancel */
+	Dualpath__V1__Response *r = recv_resp(fd, 30000);
+	cr_assert_not_null(r);
+	dp_proto_response_free(r);
+	Dualpath__V1__Cancel c = DUALPATH__V1__CANCEL__INIT;
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	c.target_request_id = 7;
+	req.request_id = 8;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_CANCEL;
+	req.cancel = &c;
+	cr_assert_eq(send_req(fd, &req), 0);
+	uint32_t out[4096];
+	size_t n;
+	cr_expect_eq(collect(fd, 7, out, 4096, &n), DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED);
+	cr_expect_lt(n, 4000);
+	close(fd);
+}
+
+Test(daemon, a_client_that_disconnects_mid_stream_does_not_disturb_others)
+{
+	daemon_start(&d, NULL);
+	int a = client_connect(&d), b = client_connect(&d);
+	send_generate(a, 5, "gone", prompt, NP, 4000, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(a, 30000);
+	cr_assert_not_null(r);
+	dp_proto_response_free(r);
+	close(a); /* mid-stream */
+	uint32_t out[64];
+	size_t n;
+	send_generate(b, 6, "stays", prompt, NP, 12, 0, 0);
+	cr_expect_eq(collect(b, 6, out, 64, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_expect_eq(n, 12);
+	/* the session of the vanished client is idle again */
+	send_generate(b, 9, "gone", prompt, 3, 2, 0, 0);
+	cr_expect_eq(collect(b, 9, out, 64, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	close(b);
+}
+
+static void raw_write(int fd, const void *p, size_t n)
+{
+	cr_assert_eq(dp_frame_write_all(fd, p, n, 5000), 0);
+}
+
+static bool closed_by_peer(int fd)
+{
+	Dualpath__V1__Response *r;
+	/* drain answers until EOF */
+	for (int i = 0; i < 16; i++) {
+		r = recv_resp(fd, 10000);
+		if (!r)
+			return true;
+		dp_proto_response_free(r);
+	}
+	return false;
+}
+
+Test(daemon, bad_frames_close_that_connection_only)
+{
+	daemon_start(&d, NULL);
+	int good = client_connect(&d);
+
+	/* garbage protobuf */
+	int fd = client_connect(&d);
+	uint8_t junk[] = { 5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff };
+	raw_write(fd, junk, sizeof(junk));
+	cr_expect(closed_by_peer(fd), "garbage closes the connection");
+	close(fd);
+
+	/* an oversized frame: the header alone is enough */
+	fd = client_connect(&d);
+	uint8_t big[] = { 0xff, 0xff, 0xff, 0x7f };
+	raw_write(fd, big, sizeof(big));
+	cr_expect(closed_by_peer(fd), "a frame over max_frame_bytes closes the connection");
+	close(fd);
+
+	/* a zero-length frame */
+	fd = client_connect(&d);
+	uint8_t zero[] = { 0, 0, 0, 0 };
+	raw_write(fd, zero, sizeof(zero));
+	cr_expect(closed_by_peer(fd));
+	close(fd);
+
+	/* an unknown request body (field 99): valid protobuf, unknown kind */
+	fd = client_connect(&d);
+	/* request_id 5, then field 99 as an empty length-delimited value */
+	uint8_t unk[] = { 5, 0, 0, 0, 0x08, 0x05, 0x9a, 0x06, 0x00 };
+	raw_write(fd, unk, sizeof(unk));
+	Dualpath__V1__Response *r = recv_resp(fd, 10000);
+	cr_assert_not_null(r, "an unknown request gets an answer");
+	cr_expect_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ERROR);
+	dp_proto_response_free(r);
+	close(fd);
+
+	/* no Hello first */
+	fd = try_connect(d.sock);
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	Dualpath__V1__HealthRequest h = DUALPATH__V1__HEALTH_REQUEST__INIT;
+	req.request_id = 4;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_HEALTH;
+	req.health = &h;
+	cr_assert_eq(send_req(fd, &req), 0);
+	r = recv_resp(fd, 10000);
+	cr_assert_not_null(r);
+	cr_expect_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ERROR);
+	cr_expect_eq(r->error->code, DUALPATH__V1__CODE__FAILED_PRECONDITION);
+	dp_proto_response_free(r);
+	close(fd);
+
+	/* invalid token ids: an error, the connection stays */
+	fd = client_connect(&d);
+	uint32_t bad[] = { 1, 2, 999999 };
+	send_generate(fd, 20, NULL, bad, 3, 4, 0, 0);
+	uint32_t out[16];
+	size_t n;
+	cr_expect_eq(collect(fd, 20, out, 16, &n), -DUALPATH__V1__CODE__INVALID_ARGUMENT);
+	send_generate(fd, 21, NULL, prompt, 4, 3, 0, 0);
+	cr_expect_eq(collect(fd, 21, out, 16, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	close(fd);
+
+	/* and the first client was served throughout */
+	send_generate(good, 30, "good", prompt, NP, 5, 0, 0);
+	cr_expect_eq(collect(good, 30, out, 16, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	close(good);
+}
+
+Test(daemon, limits_are_answered_with_clear_errors)
+{
+	const char *extra[] = { "--max-new-tokens", "8", "--max-prompt-tokens", "10",
+				"--max-sessions", "2", NULL };
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	uint32_t out[64];
+	size_t n;
+	send_generate(fd, 1000, NULL, prompt, 4, 9, 0, 0);
+	cr_expect_eq(collect(fd, 1000, out, 64, &n), -DUALPATH__V1__CODE__INVALID_ARGUMENT, "max_new_tokens");
+	send_generate(fd, 1001, NULL, prompt, 11, 2, 0, 0);
+	cr_expect_eq(collect(fd, 1001, out, 64, &n), -DUALPATH__V1__CODE__INVALID_ARGUMENT, "prompt length");
+	send_generate(fd, 1002, "s1", prompt, 2, 1, 0, 0);
+	cr_expect_eq(collect(fd, 1002, out, 64, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	send_generate(fd, 1003, "s2", prompt, 2, 1, 0, 0);
+	cr_expect_eq(collect(fd, 1003, out, 64, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	send_generate(fd, 1004, "s3", prompt, 2, 1, 0, 0);
+	cr_expect_eq(collect(fd, 1004, out, 64, &n), -DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "max_sessions");
+	send_generate(fd, 1005, "../etc", prompt, 2, 1, 0, 0);
+	cr_expect_eq(collect(fd, 1005, out, 64, &n), -DUALPATH__V1__CODE__INVALID_ARGUMENT, "session id");
+	close(fd);
+}
+
+Test(daemon, sessions_survive_a_restart)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	uint32_t t1[64], t2[64], ref[64];
+	size_t n1, n2, nr;
+	send_generate(fd, 1, "keep", prompt, 8, 12, 0, 0);
+	cr_assert_eq(collect(fd, 1, t1, 64, &n1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+
+	char dir[96];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, NULL);
+	fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, 2, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->sessions->n_sessions, 1);
+	cr_expect_str_eq(r->sessions->sessions[0]->session_id, "keep");
+	cr_expect_eq(r->sessions->sessions[0]->tokens, 8 + 12);
+	cr_expect_str_eq(r->sessions->sessions[0]->tier, "nvme", "persisted at shutdown");
+	dp_proto_response_free(r);
+	/* the next turn continues the context exactly */
+	send_generate(fd, 3, "keep", prompt + 8, 4, 6, 0, 0);
+	cr_assert_eq(collect(fd, 3, t2, 64, &n2), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	uint32_t all[64];
+	size_t na = 0;
+	for (size_t i = 0; i < 8; i++)
+		all[na++] = prompt[i];
+	for (size_t i = 0; i < n1; i++)
+		all[na++] = t1[i];
+	for (size_t i = 8; i < 12; i++)
+		all[na++] = prompt[i];
+	send_generate(fd, 4, NULL, all, na, 6, 0, 0);
+	cr_assert_eq(collect(fd, 4, ref, 64, &nr), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_expect_arr_eq(t2, ref, n2 * sizeof(uint32_t));
+	close(fd);
+}
+
+Test(daemon, sigterm_drains_running_requests_then_exits_0)
+{
+	const char *extra[] = { "--drain-grace-ms", "20000", NULL };
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	send_generate(fd, 1, "drain", prompt, NP, 60, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(fd, 30000);
+	cr_assert_not_null(r);
+	dp_proto_response_free(r);
+	kill(d.pid, SIGTERM);
+	uint32_t out[128];
+	size_t n;
+	cr_expect_eq(collect(fd, 1, out, 128, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH,
+		     "a running request finishes within the grace period");
+	int st;
+	waitpid(d.pid, &st, 0);
+	d.pid = 0;
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+	close(fd);
+}
+
+Test(daemon, admin_requests_need_root_or_the_admin_group)
+{
+	daemon_start(&d, NULL);
+	chmod(d.dir, 0755);
+	chmod(d.sock, 0666); /* let the unprivileged child connect at all */
+	if (geteuid() != 0)
+		cr_skip_test("needs root to switch to an unprivileged uid");
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(10);
+		int fd = try_connect(d.sock);
+		if (fd < 0)
+			_exit(11);
+		Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
+		Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+		h.protocol_version = 1;
+		r.request_id = 1;
+		r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
+		r.hello = &h;
+		if (send_req(fd, &r) < 0)
+			_exit(12);
+		Dualpath__V1__Response *resp = recv_resp(fd, 10000);
+		if (!resp)
+			_exit(13);
+		dp_proto_response_free(resp);
+		Dualpath__V1__Shutdown sh = DUALPATH__V1__SHUTDOWN__INIT;
+		r.request_id = 2;
+		r.body_case = DUALPATH__V1__REQUEST__BODY_SHUTDOWN;
+		r.shutdown = &sh;
+		send_req(fd, &r);
+		resp = recv_resp(fd, 10000);
+		if (!resp || resp->body_case != DUALPATH__V1__RESPONSE__BODY_ERROR ||
+		    resp->error->code != DUALPATH__V1__CODE__PERMISSION_DENIED)
+			_exit(14);
+		_exit(0);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "unprivileged client: status %d", WEXITSTATUS(st));
+	/* root may */
+	int fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, 3, DUALPATH__V1__REQUEST__BODY_STATS);
+	cr_assert_not_null(r);
+	cr_expect_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
+	dp_proto_response_free(r);
+	r = simple(fd, 4, DUALPATH__V1__REQUEST__BODY_SHUTDOWN);
+	cr_assert_not_null(r);
+	cr_expect_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK);
+	dp_proto_response_free(r);
+	waitpid(d.pid, &st, 0);
+	d.pid = 0;
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "Shutdown exits 0");
+	close(fd);
+}
+
+Test(daemon, the_socket_is_created_0660)
+{
+	daemon_start(&d, NULL);
+	struct stat st;
+	cr_assert_eq(stat(d.sock, &st), 0);
+	cr_expect_eq(st.st_mode & 0777, 0660);
+}
