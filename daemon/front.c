@@ -775,11 +775,18 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 		ev[i].lane = d->ev[i].lane ? "io" : "compute";
 		ev[i].start_us = d->ev[i].start_us;
 		ev[i].dur_us = d->ev[i].dur_us;
+		/* a step: tokens and sequences; a restore: the position restored
+		 * and the tier it came from */
+		bool restore = !strcmp(d->ev[i].name, "restore");
 		snprintf(vals[i][0], sizeof(vals[i][0]), "%u", d->ev[i].tokens);
-		snprintf(vals[i][1], sizeof(vals[i][1]), "%u", d->ev[i].batch);
+		if (restore)
+			snprintf(vals[i][1], sizeof(vals[i][1]), "%s", dp_kv_tier_name(d->ev[i].batch));
+		else
+			snprintf(vals[i][1], sizeof(vals[i][1]), "%u", d->ev[i].batch);
 		for (int k = 0; k < 2; k++) {
 			dualpath__v1__label__init(&lab[2 * i + k]);
-			lab[2 * i + k].name = k ? "batch" : "tokens";
+			lab[2 * i + k].name = restore ? (k ? "from_tier" : "position")
+						      : (k ? "sequences" : "tokens");
 			lab[2 * i + k].value = vals[i][k];
 			labp[2 * i + k] = &lab[2 * i + k];
 		}

@@ -275,6 +275,16 @@ static int run(struct dp_server *srv)
 	atomic_store(&srv->stop, true);
 	pthread_join(compute, NULL);
 	pthread_join(front, NULL);
+	/* what reached compute after it stopped listening (a Stats, a closed
+	 * connection's notice) is not answered any more: free it */
+	struct dp_msg *late;
+	while (dp_ring_dequeue(srv->to_compute, &late) == 0) {
+		free(late->tokens);
+		free(late);
+	}
+	struct dp_event ev;
+	while (dp_spsc_dequeue(srv->to_front, &ev) == 0)
+		free(ev.payload);
 	close(sfd);
 	close(pfd[1]);
 	log_notice("stopped");
@@ -296,16 +306,17 @@ int main(int argc, char **argv)
 	srv->compute_wake.efd = srv->front_wake.efd = -1;
 	dp_config_defaults(&srv->cfg);
 	int ret = dp_config_load(&srv->cfg, argc, argv, stdout, err, sizeof(err));
-	if (ret == 1)
-		return 0;
-	if (ret < 0) {
-		fprintf(stderr, "<%d>dualpathd: %s\n", DP_LOG_ERR, err);
-		return 2;
+	if (ret != 0) {
+		if (ret < 0)
+			fprintf(stderr, "<%d>dualpathd: %s\n", DP_LOG_ERR, err);
+		free(srv);
+		return ret < 0 ? 2 : 0; /* 1: --help, --version, --print-config */
 	}
 	dp_log_set_level(dp_log_level_parse(srv->cfg.log_level));
 	if (srv->cfg.log_file[0] && (ret = dp_log_open(srv->cfg.log_file)) < 0) {
 		fprintf(stderr, "<%d>dualpathd: cannot open log file %s: %s\n", DP_LOG_ERR,
 			srv->cfg.log_file, strerror(-ret));
+		free(srv);
 		return 1;
 	}
 	log_info("dualpathd %s starting (config %s)", DP_VERSION, srv->cfg.config_path);
