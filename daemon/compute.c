@@ -575,6 +575,17 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	st->sessions = (uint32_t)dp_kv_session_count(srv->kv);
 	st->draining = c->draining;
 	dp_kv_stats(srv->kv, &st->kv);
+	memset(&st->io, 0, sizeof(st->io));
+	snprintf(st->io_mode, sizeof(st->io_mode), "sync");
+	if (srv->io) {
+		struct dp_io_mode mode;
+		dp_io_get_stats(srv->io, &st->io);
+		if (dp_io_get_mode(srv->io, &mode) == 0)
+			snprintf(st->io_mode, sizeof(st->io_mode), "io_uring%s%s%s%s",
+				 mode.sqpoll ? "+sqpoll" : "", mode.iopoll ? "+iopoll" : "",
+				 mode.defer_taskrun ? "+defer_taskrun" : "",
+				 mode.fixed_bufs ? "+fixed_bufs" : "");
+	}
 	dp_gpu_mem_stats(srv->gpu, &st->mem);
 	snprintf(st->backend, sizeof(st->backend), "%s", dp_gpu_kind_name(dp_gpu_kind_of(srv->gpu)));
 }

@@ -703,6 +703,16 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_journal_commits_total", "journal fsyncs of finished turns", s->kv.commits);
 	G("dualpath_journal_bytes", "journal size", s->kv.journal_bytes);
 	G("dualpath_kv_direct_io", "1 if the NVMe tier uses O_DIRECT", s->kv.direct_io);
+	GL("dualpath_io_info", "how the NVMe tier does I/O", 1, "mode", s->io_mode);
+	C("dualpath_io_reads_total", "io engine reads finished", s->io.reads);
+	C("dualpath_io_writes_total", "io engine writes finished", s->io.writes);
+	C("dualpath_io_syncs_total", "io engine syncs finished", s->io.syncs);
+	C("dualpath_io_read_bytes_total", "bytes read by the io engine", s->io.bytes_read);
+	C("dualpath_io_written_bytes_total", "bytes written by the io engine", s->io.bytes_written);
+	C("dualpath_io_errors_total", "io engine requests that failed", s->io.errors);
+	C("dualpath_io_retries_total", "short or EAGAIN transfers resubmitted", s->io.retries);
+	G("dualpath_io_inflight", "requests in the kernel now", s->io.inflight);
+	C("dualpath_io_busy_seconds_total", "io thread time awake", s->io.busy_ns / 1e9);
 	for (int k = 0; k < DP_GPU_MEM_CLASS_MAX; k++)
 		GL("dualpath_backend_bytes", "backend memory by class", s->mem.bytes[k], "class", classes[k]);
 	G("dualpath_backend_peak_bytes", "backend memory high-water mark", s->mem.peak_bytes);

@@ -98,6 +98,34 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 	return 0;
 }
 
+/* The io thread: an io_uring engine (kvcache/io.h) for the NVMe tier. */
+static int start_io(struct dp_server *srv, char *err, size_t err_len)
+{
+	struct dp_config *cfg = &srv->cfg;
+	struct dp_io_config ic;
+	dp_io_config_init(&ic);
+	ic.queue_depth = cfg->queue_depth > DP_IO_DEPTH_MAX ? DP_IO_DEPTH_MAX : cfg->queue_depth;
+	ic.node = srv->placement.node;
+	ic.flags = (cfg->sqpoll ? DP_IO_SQPOLL : 0) | (cfg->iopoll ? DP_IO_IOPOLL : 0);
+	int ret = dp_io_new(&ic, &srv->io);
+	if (ret < 0) {
+		/* io_uring disabled by sysctl, or too old a kernel: the KV cache
+		 * still works with synchronous file I/O */
+		log_warning("io_uring unavailable (%s): the NVMe tier uses synchronous I/O", strerror(-ret));
+		srv->io = NULL;
+		return 0;
+	}
+	int cpu = srv->cfg.pin_threads && srv->placement.desc[0] ? srv->placement.cpu[DP_TOPO_ROLE_IO] : -1;
+	if ((ret = dp_io_start(srv->io, cpu)) < 0) {
+		snprintf(err, err_len, "cannot start the io thread: %s", strerror(-ret));
+		return ret;
+	}
+	char d[512];
+	dp_io_describe(srv->io, d, sizeof(d));
+	log_info("io thread: %s", d);
+	return 0;
+}
+
 static int open_state(struct dp_server *srv, char *err, size_t err_len)
 {
 	struct dp_config *cfg = &srv->cfg;
@@ -106,6 +134,8 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 		snprintf(err, err_len, "cannot create state directory %.512s: %s", cfg->state_dir, strerror(-ret));
 		return ret;
 	}
+	if ((ret = start_io(srv, err, err_len)) < 0)
+		return ret;
 	struct dp_kv_opts ko = {
 		.state_dir = cfg->state_dir,
 		.device_bytes = cfg->device_bytes,
@@ -115,6 +145,7 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 		.low_watermark = cfg->low_watermark,
 		.numa_node = srv->placement.node,
 		.direct_io = cfg->direct_io,
+		.io = srv->io,
 	};
 	char why[512] = "";
 	if ((ret = dp_kv_open(&ko, srv->model, &srv->kv, why, sizeof(why))) < 0) {
@@ -328,6 +359,10 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	if (srv->io) {
+		dp_io_stop(srv->io, DP_IO_STOP_DRAIN);
+		dp_io_free(srv->io);
+	}
 	dp_tok_free(srv->tok);
 	dp_v4_model_free(srv->model);
 	dp_gpu_free(srv->gpu);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "daemon/config.h"
+#include "kvcache/io.h"
 #include "kvcache/kvcache.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
@@ -122,6 +123,8 @@ struct dp_compute_stats {
 	uint64_t last_step_tokens;
 	double tok_s; /* tokens per second of recent steps (moving average) */
 	struct dp_kv_stats kv;
+	struct dp_io_stats io;
+	char io_mode[64];
 	struct dp_gpu_mem_stats mem;
 	char backend[16];
 	bool draining;
@@ -163,6 +166,7 @@ struct dp_server {
 	struct dp_v4_model *model;
 	struct dp_tok *tok;
 	struct dp_kv *kv;
+	struct dp_io *io; /* the io thread's engine (NVMe tier I/O) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;
 	uint32_t vocab;

@@ -3,6 +3,7 @@
 #ifndef DP_KVCACHE_INTERNAL_H
 #define DP_KVCACHE_INTERNAL_H
 
+#include "kvcache/io.h"
 #include "kvcache/journal.h"
 #include "kvcache/kvcache.h"
 #include "sched/topo.h"
@@ -55,7 +56,9 @@ struct dp_kv_slots {
 	uint64_t n_used;
 	uint64_t hint;	    /* where to look for a free slot next */
 	void *hdr;	    /* DP_KV_HDR_BYTES, aligned, scratch header */
-	struct dp_io *io;
+	struct dp_io *io;   /* NULL: synchronous pwritev/preadv */
+	struct dp_io_chan *chan;
+	uint32_t io_file;
 };
 
 int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint64_t max_bytes,
@@ -65,16 +68,19 @@ void dp_kv_slots_close(struct dp_kv_slots *sl);
 int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot);
 void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot); /* used (replay) */
 void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot);
-/* Write a page (aligned host memory) with its header; returns the data's
- * checksum in *ret_sum. */
-int dp_kv_slots_write(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
-		      const void *page, uint64_t *ret_sum);
-/* Make written slots durable. */
-int dp_kv_slots_sync(struct dp_kv_slots *sl);
-/* Read a page and check its header against id and its data against sum:
- * -EBADMSG on any mismatch (torn, corrupt, foreign, other version). */
-int dp_kv_slots_read(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
-		     uint64_t sum, void *page);
+/* Write n pages (4 KiB-aligned host memory) with their headers into the
+ * given (allocated) slots and make them durable (fdatasync); the data
+ * checksums go to sums[]. Through the io engine when there is one: every
+ * write in flight at once, then one barrier sync. */
+int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
+			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
+			   uint64_t *sums);
+/* Read n pages and check each header against ids[i] and data against
+ * sums[i]. Returns 0 if all check, -EBADMSG if any fails (torn, corrupt,
+ * foreign, other version; *ret_bad counts them), or an I/O error. */
+int dp_kv_slots_read_many(struct dp_kv_slots *sl, const uint64_t *slots,
+			  const struct dp_kv_slot_id *ids, const uint64_t *sums, void *const *pages,
+			  size_t n, size_t *ret_bad);
 
 /* ---- sessions --------------------------------------------------------------- */
 
@@ -121,6 +127,8 @@ struct dp_kv {
 	struct dp_gpu *g;
 	struct dp_journal *j;
 	struct dp_kv_pool pool;
+	uint32_t pool_region; /* the pool registered with the io engine */
+	bool pool_registered;
 	struct dp_kv_slots slots;
 	uint64_t device_pages;
 

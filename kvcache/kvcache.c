@@ -295,6 +295,18 @@ static int journal_snapshot(struct dp_kv *kv, const struct dp_kv_session *s, uin
 	return r < 0 ? r : dp_journal_sync(kv->j);
 }
 
+/* Describe the written pages as snapshot entries and journal them. */
+static int journal_snapshot_from(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+				 const struct dp_v4_page_ref *refs, const uint64_t *slots,
+				 const uint64_t *sums, size_t n, struct dp_kv_snap_page *sp)
+{
+	for (size_t i = 0; i < n; i++)
+		sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
+						  .index = refs[i].index, .slot = slots[i],
+						  .sum = sums[i] };
+	return journal_snapshot(kv, s, pos, sp, n);
+}
+
 /* Write the pages (host memory, refs order) as the session's new snapshot at
  * pos: fresh slots, data durable, then the record; only then are the old
  * snapshot's slots released. */
@@ -302,40 +314,45 @@ static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t po
 			  const struct dp_v4_page_ref *refs, void *const *pages, size_t n)
 {
 	struct dp_kv_snap_page *sp = calloc(n ? n : 1, sizeof(*sp));
-	size_t done = 0;
+	struct dp_kv_slot_id *ids = calloc(n ? n : 1, sizeof(*ids));
+	uint64_t *slots = calloc(n ? n : 1, sizeof(*slots)), *sums = calloc(n ? n : 1, sizeof(*sums));
+	size_t got = 0;
 	int r = 0;
 
-	if (!sp)
-		return -ENOMEM;
-	for (; done < n && r == 0; done++) {
-		struct dp_kv_slot_id id = { s->id, pos, refs[done].layer, refs[done].kind,
-					    refs[done].index };
-		sp[done] = (struct dp_kv_snap_page){ .layer = refs[done].layer,
-						     .kind = refs[done].kind,
-						     .index = refs[done].index };
-		r = dp_kv_slots_alloc(&kv->slots, &sp[done].slot);
-		if (r == 0)
-			r = dp_kv_slots_write(&kv->slots, sp[done].slot, &id, pages[done], &sp[done].sum);
-		else
-			break;
+	if (!sp || !ids || !slots || !sums) {
+		r = -ENOMEM;
+		goto fail;
 	}
-	if (r == 0)
-		r = dp_kv_slots_sync(&kv->slots);
-	if (r == 0)
-		r = journal_snapshot(kv, s, pos, sp, n);
+	for (; got < n && r == 0; got++) {
+		ids[got] = (struct dp_kv_slot_id){ s->id, pos, refs[got].layer, refs[got].kind,
+						   refs[got].index };
+		r = dp_kv_slots_alloc(&kv->slots, &slots[got]);
+	}
 	if (r < 0) {
-		for (size_t i = 0; i < done; i++)
-			dp_kv_slots_free(&kv->slots, sp[i].slot);
-		free(sp);
-		return r;
+		got--; /* the failed allocation holds nothing */
+		goto fail;
 	}
+	if ((r = dp_kv_slots_write_many(&kv->slots, slots, ids, pages, n, sums)) < 0 ||
+	    (r = journal_snapshot_from(kv, s, pos, refs, slots, sums, n, sp)) < 0)
+		goto fail;
 	kv->st.pages_written += n;
 	snap_release(kv, s);
 	s->snap = sp;
 	s->n_snap = n;
 	s->snap_pos = pos;
 	s->has_snap = true;
+	free(ids);
+	free(slots);
+	free(sums);
 	return 0;
+fail:
+	for (size_t i = 0; i < got; i++)
+		dp_kv_slots_free(&kv->slots, slots[i]);
+	free(sp);
+	free(ids);
+	free(slots);
+	free(sums);
+	return r;
 }
 
 /* The state's pages on the host: DRAM pages as they are, device pages
@@ -457,25 +474,29 @@ static int upload_state(struct dp_kv *kv, uint64_t pos, const struct dp_v4_page_
  * its checks makes the whole snapshot unusable (-EBADMSG). */
 static int restore_snapshot(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq)
 {
-	size_t n = s->n_snap;
+	size_t n = s->n_snap, bad = 0;
 	void *buf = NULL;
 	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
 	void **pages = malloc((n ? n : 1) * sizeof(*pages));
+	struct dp_kv_slot_id *ids = malloc((n ? n : 1) * sizeof(*ids));
+	uint64_t *slots = malloc((n ? n : 1) * sizeof(*slots)), *sums = malloc((n ? n : 1) * sizeof(*sums));
 	int r = 0;
 
-	if (!refs || !pages || posix_memalign(&buf, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+	if (!refs || !pages || !ids || !slots || !sums ||
+	    posix_memalign(&buf, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
 		r = -ENOMEM;
 		goto out;
 	}
-	for (size_t i = 0; i < n && r == 0; i++) {
+	for (size_t i = 0; i < n; i++) {
 		const struct dp_kv_snap_page *p = &s->snap[i];
-		struct dp_kv_slot_id id = { s->id, s->snap_pos, p->layer, p->kind, p->index };
+		ids[i] = (struct dp_kv_slot_id){ s->id, s->snap_pos, p->layer, p->kind, p->index };
 		pages[i] = (char *)buf + i * DP_KV_PAGE_BYTES;
 		refs[i] = (struct dp_v4_page_ref){ .layer = p->layer, .kind = p->kind, .index = p->index };
-		r = dp_kv_slots_read(&kv->slots, p->slot, &id, p->sum, pages[i]);
-		if (r == -EBADMSG)
-			kv->st.corrupt_pages++;
+		slots[i] = p->slot;
+		sums[i] = p->sum;
 	}
+	r = dp_kv_slots_read_many(&kv->slots, slots, ids, sums, pages, n, &bad);
+	kv->st.corrupt_pages += bad;
 	if (r == 0) {
 		kv->st.pages_read += n;
 		r = upload_state(kv, s->snap_pos, refs, pages, n, ret_seq);
@@ -483,6 +504,9 @@ static int restore_snapshot(struct dp_kv *kv, struct dp_kv_session *s, struct dp
 out:
 	free(refs);
 	free(pages);
+	free(ids);
+	free(slots);
+	free(sums);
 	free(buf);
 	return r;
 }
@@ -926,6 +950,12 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 		dp_kv_close(kv);
 		return r;
 	}
+	if (opts->io && kv->pool.n_pages) {
+		/* NVMe reads land in the DRAM tier's pages directly */
+		int rr = dp_io_mem_register(opts->io, kv->pool.mem.addr, kv->pool.mem.mapped,
+					    &kv->pool_region);
+		kv->pool_registered = rr == 0;
+	}
 	settle(kv);
 	kv->st.direct_io = kv->slots.direct;
 	struct dp_v4_page_ops ops = { device_page_alloc, device_page_free, kv };
@@ -944,6 +974,8 @@ void dp_kv_close(struct dp_kv *kv)
 		dp_v4_model_set_page_ops(kv->m, NULL);
 	dp_journal_close(kv->j);
 	dp_kv_slots_close(&kv->slots);
+	if (kv->pool_registered)
+		dp_io_mem_unregister(kv->opts.io, kv->pool_region);
 	dp_kv_pool_fini(&kv->pool);
 	free(kv->list);
 	free(kv->hash);

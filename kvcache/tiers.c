@@ -219,6 +219,19 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint6
 		dp_kv_slots_close(sl);
 		return -ENOMEM;
 	}
+	if (io) {
+		ret = dp_io_file_add(io, sl->fd, &sl->io_file);
+		if (ret == 0 && (ret = dp_io_chan_new(io, 0, &sl->chan)) < 0)
+			dp_io_file_remove(io, sl->io_file);
+		if (ret < 0) {
+			if (err && err_len)
+				snprintf(err, err_len, "cannot hand %s to the io engine: %s", path,
+					 strerror(-ret));
+			sl->io = NULL;
+			dp_kv_slots_close(sl);
+			return ret;
+		}
+	}
 	return 0;
 fail:
 	ret = -errno;
@@ -230,6 +243,10 @@ fail:
 
 void dp_kv_slots_close(struct dp_kv_slots *sl)
 {
+	if (sl->io) {
+		dp_io_chan_free(sl->chan);
+		dp_io_file_remove(sl->io, sl->io_file);
+	}
 	if (sl->fd >= 0)
 		close(sl->fd);
 	free(sl->used);
@@ -321,43 +338,158 @@ static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, u
 	h->sum = XXH3_64bits(h, offsetof(struct page_header, sum));
 }
 
-int dp_kv_slots_write(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
-		      const void *page, uint64_t *ret_sum)
+/* Per batch: the headers of its slots, 4 KiB each. */
+static void *headers_alloc(size_t n)
 {
-	if (slot >= sl->n_slots || !bit(sl->used, slot))
-		return -EINVAL;
-	uint64_t sum = XXH3_64bits(page, DP_KV_PAGE_BYTES);
-	memset(sl->hdr, 0, DP_KV_HDR_BYTES);
-	fill_header(sl->hdr, id, sum);
-	struct iovec iov[2] = { { sl->hdr, DP_KV_HDR_BYTES }, { (void *)page, DP_KV_PAGE_BYTES } };
-	int ret = pwrite_full(sl->fd, iov, 2, slot_offset(slot));
-	if (ret < 0)
-		return ret;
-	*ret_sum = sum;
-	return 0;
+	void *h = NULL;
+	if (posix_memalign(&h, 4096, (n ? n : 1) * DP_KV_HDR_BYTES))
+		return NULL;
+	memset(h, 0, (n ? n : 1) * DP_KV_HDR_BYTES);
+	return h;
 }
 
-int dp_kv_slots_sync(struct dp_kv_slots *sl)
+/* Run reqs through the engine, at most half a channel's window at a time so
+ * every result is read before it could be recycled; 0 or the first error. */
+static int io_run(struct dp_kv_slots *sl, const struct dp_io_req *reqs, size_t n)
 {
-	return fdatasync(sl->fd) < 0 ? -errno : 0;
+	size_t step = dp_io_chan_depth(sl->chan) / 2;
+	int err = 0;
+	for (size_t done = 0; done < n;) {
+		size_t k = n - done < step ? n - done : step, queued = 0;
+		uint64_t first = 0, t;
+		while (queued < k) {
+			int r = dp_io_submit(sl->chan, reqs + done + queued, (uint32_t)(k - queued), &t);
+			if (r == -EAGAIN) {
+				dp_io_wait(sl->chan, dp_io_completed(sl->chan), -1);
+				continue;
+			}
+			if (r < 0)
+				return r;
+			if (queued == 0)
+				first = t;
+			queued += (size_t)r;
+		}
+		int r = dp_io_wait(sl->chan, first + k - 1, -1);
+		if (r < 0)
+			return r;
+		for (size_t i = 0; i < k; i++) {
+			int32_t res;
+			if (dp_io_result(sl->chan, first + i, &res) < 0 || res < 0) {
+				if (!err)
+					err = res < 0 ? res : -EIO;
+			} else if (reqs[done + i].op <= DP_IO_OP_WRITE && (uint32_t)res != reqs[done + i].len) {
+				/* short: a read past the end is a torn or truncated file */
+				if (!err)
+					err = reqs[done + i].op == DP_IO_OP_READ ? -EBADMSG : -EIO;
+			}
+		}
+		done += k;
+	}
+	return err;
 }
 
-int dp_kv_slots_read(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_id *id,
-		     uint64_t sum, void *page)
+int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
+			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
+			   uint64_t *sums)
 {
-	if (slot >= sl->n_slots)
-		return -EBADMSG;
-	struct iovec iov[2] = { { sl->hdr, DP_KV_HDR_BYTES }, { page, DP_KV_PAGE_BYTES } };
-	int ret = pread_full(sl->fd, iov, 2, slot_offset(slot));
-	if (ret < 0)
-		return ret;
-	struct page_header want, *h = sl->hdr;
-	fill_header(&want, id, sum);
-	/* every field: a page of another session, layer, position, version or
-	 * a torn write that left the old header is not this page */
-	if (memcmp(h, &want, sizeof(want)) != 0)
-		return -EBADMSG;
-	if (XXH3_64bits(page, DP_KV_PAGE_BYTES) != sum)
-		return -EBADMSG;
-	return 0;
+	for (size_t i = 0; i < n; i++)
+		if (slots[i] >= sl->n_slots || !bit(sl->used, slots[i]))
+			return -EINVAL;
+	uint8_t *hdrs = headers_alloc(n);
+	struct dp_io_req *reqs = sl->io ? calloc(2 * n + 1, sizeof(*reqs)) : NULL;
+	int ret = 0;
+	if (!hdrs || (sl->io && !reqs)) {
+		free(hdrs);
+		free(reqs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
+		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
+	}
+	if (!sl->io) {
+		for (size_t i = 0; i < n && ret == 0; i++) {
+			struct iovec iov[2] = { { hdrs + i * DP_KV_HDR_BYTES, DP_KV_HDR_BYTES },
+						{ pages[i], DP_KV_PAGE_BYTES } };
+			ret = pwrite_full(sl->fd, iov, 2, slot_offset(slots[i]));
+		}
+		if (ret == 0 && fdatasync(sl->fd) < 0)
+			ret = -errno;
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			off_t off = slot_offset(slots[i]);
+			reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
+							  .offset = (uint64_t)off,
+							  .addr = hdrs + i * DP_KV_HDR_BYTES,
+							  .len = DP_KV_HDR_BYTES };
+			reqs[2 * i + 1] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
+							      .offset = (uint64_t)off + DP_KV_HDR_BYTES,
+							      .addr = pages[i], .len = DP_KV_PAGE_BYTES };
+		}
+		/* durable once every write before it is: a barrier sync */
+		reqs[2 * n] = (struct dp_io_req){ .op = DP_IO_OP_FDATASYNC, .flags = DP_IO_F_BARRIER,
+						  .file = sl->io_file };
+		ret = io_run(sl, reqs, 2 * n + 1);
+	}
+	free(hdrs);
+	free(reqs);
+	return ret;
+}
+
+int dp_kv_slots_read_many(struct dp_kv_slots *sl, const uint64_t *slots,
+			  const struct dp_kv_slot_id *ids, const uint64_t *sums, void *const *pages,
+			  size_t n, size_t *ret_bad)
+{
+	uint8_t *hdrs = headers_alloc(n);
+	struct dp_io_req *reqs = sl->io ? calloc(2 * n, sizeof(*reqs)) : NULL;
+	size_t bad = 0;
+	int ret = 0;
+	if (!hdrs || (sl->io && !reqs)) {
+		free(hdrs);
+		free(reqs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (slots[i] >= sl->n_slots)
+			ret = -EBADMSG; /* a slot past the end: the file lost its tail */
+	if (ret == 0 && !sl->io) {
+		for (size_t i = 0; i < n && (ret == 0 || ret == -EBADMSG); i++) {
+			struct iovec iov[2] = { { hdrs + i * DP_KV_HDR_BYTES, DP_KV_HDR_BYTES },
+						{ pages[i], DP_KV_PAGE_BYTES } };
+			int r = pread_full(sl->fd, iov, 2, slot_offset(slots[i]));
+			if (r < 0)
+				ret = r;
+		}
+	} else if (ret == 0) {
+		for (size_t i = 0; i < n; i++) {
+			off_t off = slot_offset(slots[i]);
+			reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_READ, .file = sl->io_file,
+							  .offset = (uint64_t)off,
+							  .addr = hdrs + i * DP_KV_HDR_BYTES,
+							  .len = DP_KV_HDR_BYTES };
+			reqs[2 * i + 1] = (struct dp_io_req){ .op = DP_IO_OP_READ, .file = sl->io_file,
+							      .offset = (uint64_t)off + DP_KV_HDR_BYTES,
+							      .addr = pages[i], .len = DP_KV_PAGE_BYTES };
+		}
+		ret = io_run(sl, reqs, 2 * n);
+	}
+	if (ret == -EBADMSG)
+		bad = n; /* torn or truncated: none of it is trusted */
+	for (size_t i = 0; ret == 0 && i < n; i++) {
+		/* every field: a page of another session, layer, position or
+		 * version, or a torn write that left the old header, is not
+		 * this page */
+		struct page_header want;
+		fill_header(&want, &ids[i], sums[i]);
+		if (memcmp(hdrs + i * DP_KV_HDR_BYTES, &want, sizeof(want)) != 0 ||
+		    XXH3_64bits(pages[i], DP_KV_PAGE_BYTES) != sums[i])
+			bad++;
+	}
+	free(hdrs);
+	free(reqs);
+	if (ret_bad)
+		*ret_bad = bad;
+	if (ret == 0 && bad)
+		ret = -EBADMSG;
+	return ret;
 }

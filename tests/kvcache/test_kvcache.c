@@ -21,9 +21,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "kvcache/io.h"
 #include "kvcache/kvcache.h"
 
 static char dir[256];
+static struct dp_io *engine; /* the kv_io suite runs slot I/O through io_uring */
 static struct dp_gpu *gpu;
 static struct dp_v4_model *model;
 static uint32_t V;
@@ -54,11 +56,31 @@ static void teardown(void)
 
 TestSuite(kv, .init = setup, .fini = teardown);
 
+static void setup_io(void)
+{
+	setup();
+	struct dp_io_config cfg;
+	dp_io_config_init(&cfg);
+	cfg.queue_depth = 64;
+	cr_assert_eq(dp_io_new(&cfg, &engine), 0);
+	cr_assert_eq(dp_io_start(engine, -1), 0);
+}
+
+static void teardown_io(void)
+{
+	dp_io_stop(engine, DP_IO_STOP_DRAIN);
+	dp_io_free(engine);
+	engine = NULL;
+	teardown();
+}
+
+TestSuite(kv_io, .init = setup_io, .fini = teardown_io);
+
 static struct dp_kv *open_kv(uint64_t dram, uint64_t device)
 {
 	char err[512] = "";
 	struct dp_kv_opts o = { .state_dir = dir, .dram_bytes = dram, .device_bytes = device,
-				.numa_node = -1, .direct_io = true };
+				.numa_node = -1, .direct_io = true, .io = engine };
 	struct dp_kv *kv;
 	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
 	return kv;
@@ -144,7 +166,7 @@ Test(kv, session_ids_reject_path_characters)
 	cr_expect(!dp_kv_session_id_valid(longid));
 }
 
-Test(kv, state_round_trips_through_every_tier)
+static void round_trip_body(void)
 {
 	struct dp_kv *kv = open_kv(8u << 20, 0);
 	struct dp_kv_session *s;
@@ -171,6 +193,16 @@ Test(kv, state_round_trips_through_every_tier)
 	dp_kv_close(kv);
 }
 
+Test(kv, state_round_trips_through_every_tier)
+{
+	round_trip_body();
+}
+
+Test(kv_io, state_round_trips_through_every_tier_with_io_uring)
+{
+	round_trip_body();
+}
+
 Test(kv, a_busy_session_is_not_demoted)
 {
 	struct dp_kv *kv = open_kv(8u << 20, 0);
@@ -185,7 +217,7 @@ Test(kv, a_busy_session_is_not_demoted)
 	dp_kv_close(kv);
 }
 
-Test(kv, committed_turns_and_snapshots_survive_a_reopen)
+static void reopen_body(void)
 {
 	struct dp_kv *kv = open_kv(0, 0);
 	struct dp_kv_session *a, *b;
@@ -213,6 +245,16 @@ Test(kv, committed_turns_and_snapshots_survive_a_reopen)
 	check_state(kv, a); /* snapshot at 30, replay of 6 */
 	check_state(kv, b); /* full recompute */
 	dp_kv_close(kv);
+}
+
+Test(kv, committed_turns_and_snapshots_survive_a_reopen)
+{
+	reopen_body();
+}
+
+Test(kv_io, committed_turns_and_snapshots_survive_a_reopen_with_io_uring)
+{
+	reopen_body();
 }
 
 Test(kv, a_dropped_session_stays_dropped)
@@ -271,6 +313,16 @@ static void corruption_is_recomputed(long off, char how)
 Test(kv, a_flipped_data_byte_is_detected_and_recomputed)
 {
 	corruption_is_recomputed(4096 + 1000, 'f');
+}
+
+Test(kv_io, a_flipped_data_byte_is_detected_with_io_uring)
+{
+	corruption_is_recomputed(4096 + 1000, 'f');
+}
+
+Test(kv_io, a_truncated_slot_file_is_detected_with_io_uring)
+{
+	corruption_is_recomputed(4096 + 100, 't');
 }
 
 Test(kv, a_flipped_header_byte_is_detected_and_recomputed)
