@@ -399,11 +399,17 @@ static int stream(struct dp_v4ctl *ctl, struct dp_client *c, struct gen *g, uint
 			continue;
 		}
 		/* the final chunk */
-		if (!newline && (g->ids || isatty(STDOUT_FILENO)))
+		bool added = !newline && (g->ids || isatty(STDOUT_FILENO));
+		if (added)
 			fputc('\n', stdout);
 		fflush(stdout);
-		if (g->verbose)
+		if (g->verbose) {
+			/* piped text stays byte-exact; the usage line starts a line
+			 * of its own on stderr */
+			if (!newline && !added)
+				fputc('\n', stderr);
 			print_usage_line(tc);
+		}
 		Dualpath__V1__FinishReason fin = tc->finish;
 		dp_proto_response_free(r);
 		if (fin == DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED) {
