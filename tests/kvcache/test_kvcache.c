@@ -437,7 +437,20 @@ Test(kv, compaction_keeps_histories_and_snapshots)
 
 /* Many sessions, tiny budgets, random operations in random order: every
  * session's state stays right wherever the balancing moved it. */
+static void random_body(void);
+
 Test(kv, random_promotion_and_demotion_keep_every_state_right)
+{
+	random_body();
+}
+
+/* the same with every NVMe transfer going through the io thread */
+Test(kv_io, random_promotion_and_demotion_through_io_uring_keep_every_state_right)
+{
+	random_body();
+}
+
+static void random_body(void)
 {
 	/* device room for ~2 sessions, DRAM for ~3 */
 	struct dp_kv *kv = open_kv(12u * 65536, 6u * 65536);
