@@ -45,6 +45,7 @@ int dp_io_chan_new(struct dp_io *io, uint32_t depth, struct dp_io_chan **ret_cha
 	atomic_init(&c->done, 0);
 	c->io = io;
 	c->mask = depth - 1;
+	atomic_init(&c->prio, DP_IO_PRIO_NORMAL);
 	c->waiter.efd = -1;
 	/* dp_io_wait polls for spin_us itself; the waiter only sleeps. */
 	r = dp_waiter_init(&c->waiter, DP_WAITER_FUTEX, 1);
@@ -299,5 +300,13 @@ int dp_io_result(const struct dp_io_chan *c, uint64_t ticket, int32_t *ret_res)
 	if (c->next_ticket - ticket > (uint64_t)c->mask + 1)
 		return -ESTALE;
 	*ret_res = c->results[ticket & c->mask];
+	return 0;
+}
+
+int dp_io_chan_set_priority(struct dp_io_chan *c, enum dp_io_prio prio)
+{
+	if (!c || prio >= DP_IO_PRIO_MAX)
+		return -EINVAL;
+	atomic_store_explicit(&c->prio, prio, memory_order_relaxed);
 	return 0;
 }

@@ -122,6 +122,7 @@ struct dp_io_chan {
 	int32_t *results; /* written by the io thread, read by the requester after done */
 	uint8_t *fin;     /* io-private: ticket finished, waiting for earlier ones */
 	uint32_t mask;    /* depth - 1 */
+	_Atomic uint32_t prio; /* enum dp_io_prio; read by the io thread each pass */
 };
 
 _Static_assert(offsetof(struct dp_io_chan, done) - offsetof(struct dp_io_chan, next_ticket) >=

@@ -306,9 +306,15 @@ static unsigned io_fill(struct dp_io *io, int *finished)
 		op_prep(io, op, sqe);
 		n++;
 	}
+	/* free slots go to the highest-priority channels first; round robin
+	 * among channels of one priority */
 	uint32_t nc = io->n_chans;
-	for (uint32_t k = 0; k < nc && io->free_op >= 0 && !io->rebuild; k++)
-		n += chan_fill(io, io->chans[(io->rr + k) % nc], finished);
+	for (uint32_t p = 0; p < DP_IO_PRIO_MAX; p++)
+		for (uint32_t k = 0; k < nc && io->free_op >= 0 && !io->rebuild; k++) {
+			struct dp_io_chan *c = io->chans[(io->rr + k) % nc];
+			if (atomic_load_explicit(&c->prio, memory_order_relaxed) == p)
+				n += chan_fill(io, c, finished);
+		}
 	io->rr++;
 	return n;
 }

@@ -370,6 +370,18 @@ int dp_io_chan_new(struct dp_io *io, uint32_t depth, struct dp_io_chan **ret_cha
 void dp_io_chan_free(struct dp_io_chan *c);
 uint32_t dp_io_chan_depth(const struct dp_io_chan *c);
 
+/* Which channels the io thread serves first when it has free slots: every
+ * HIGH channel's queued requests before any NORMAL one's, NORMAL before LOW
+ * (round robin among equals). The prefetch path puts what the next layer
+ * needs on HIGH and writeback on LOW. New channels are NORMAL. Any thread. */
+enum dp_io_prio {
+	DP_IO_PRIO_HIGH,
+	DP_IO_PRIO_NORMAL,
+	DP_IO_PRIO_LOW,
+	DP_IO_PRIO_MAX,
+};
+int dp_io_chan_set_priority(struct dp_io_chan *c, enum dp_io_prio prio);
+
 /* Queue up to n requests (all valid, or none queued: -EINVAL for a bad
  * request, e.g. a misaligned one on a direct file, -EBADF for an unknown
  * file) and wake the io thread if it sleeps. Queues as many as the window

@@ -1016,3 +1016,42 @@ Test(io, stop_and_control_calls_reach_an_io_thread_whose_ops_are_all_busy)
 	close(p[0]);
 	close(p[1]);
 }
+
+/* A HIGH channel's request is served before the bulk a LOW channel queued
+ * earlier: with 2 kernel slots, it waits for at most what the io thread had
+ * already taken off the LOW ring, not for the whole backlog. */
+Test(io, a_high_priority_channel_overtakes_a_low_priority_backlog)
+{
+	const uint32_t n = 512, bs = 65536, fsize = 16 << 20;
+	struct dp_io *io = engine(2, 2, bs, 0);
+	struct dp_io_chan *low, *high;
+	uint64_t first, t;
+
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 1024, &low), 0);
+	cr_assert_eq(dp_io_chan_new(io, 4, &high), 0);
+	cr_assert_eq(dp_io_chan_set_priority(low, DP_IO_PRIO_LOW), 0);
+	cr_assert_eq(dp_io_chan_set_priority(high, DP_IO_PRIO_HIGH), 0);
+	cr_expect_eq(dp_io_chan_set_priority(high, DP_IO_PRIO_MAX), -EINVAL);
+	uint32_t f = open_pattern(io, test_dir(), fsize, 3, 0);
+	struct dp_io_req *reqs = calloc(n, sizeof(*reqs));
+	for (uint32_t i = 0; i < n; i++)
+		reqs[i] = (struct dp_io_req){ .op = DP_IO_OP_READ, .file = f,
+					      .offset = (uint64_t)(i % (fsize / bs)) * bs,
+					      .addr = dp_io_buf(io, 0), .len = bs };
+	for (uint32_t queued = 0; queued < n;) {
+		int r = dp_io_submit(low, reqs + queued, n - queued, &first);
+		cr_assert_gt(r, 0);
+		queued += (uint32_t)r;
+	}
+	cr_assert_eq(dp_io_read(high, f, 0, dp_io_buf(io, 1), bs, 0, &t), 0);
+	cr_assert_eq(dp_io_wait(high, t, 30 * SEC), 0);
+	uint64_t low_done = dp_io_completed(low);
+	cr_expect_lt(low_done, n / 2, "the high-priority read waited for %llu of %u low ones",
+		     (unsigned long long)low_done, n);
+	cr_assert_eq(dp_io_wait(low, n - 1, 60 * SEC), 0);
+	free(reqs);
+	dp_io_chan_free(high);
+	dp_io_chan_free(low);
+	dp_io_free(io);
+}
