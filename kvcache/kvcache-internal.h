@@ -75,6 +75,11 @@ void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot);
 int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
 			   uint64_t *sums);
+/* Check one page read from a slot: its header (hdr, DP_KV_HDR_BYTES) must
+ * say exactly id (and sum), and its data must hash to sum. 0 or -EBADMSG. */
+int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
+		     const void *page);
+
 /* Read n pages and check each header against ids[i] and data against
  * sums[i]. Returns 0 if all check, -EBADMSG if any fails (torn, corrupt,
  * foreign, other version; *ret_bad counts them), or an I/O error. */
@@ -113,6 +118,7 @@ struct dp_kv_session {
 	uint64_t snap_pos;
 	bool has_snap;
 
+	struct dp_kv_restore *restore; /* a layer-by-layer restore in flight */
 	bool busy;
 	uint64_t last_used_ns;
 	struct dp_kv_session *lru_prev, *lru_next; /* idle sessions; head = most recent */
@@ -130,6 +136,7 @@ struct dp_kv {
 	uint32_t pool_region; /* the pool registered with the io engine */
 	bool pool_registered;
 	struct dp_kv_slots slots;
+	struct dp_io_chan *restore_chan; /* HIGH priority: restores; slots.chan is LOW */
 	uint64_t device_pages;
 
 	struct dp_kv_session **list;
@@ -142,5 +149,12 @@ struct dp_kv {
 };
 
 uint64_t dp_kv_now_ns(void);
+
+/* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
+ * a new sequence with a gate; complete one (wait for every layer; on a
+ * failure free it and return -EBADMSG). */
+struct dp_kv_restore;
+int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
+int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 
 #endif /* DP_KVCACHE_INTERNAL_H */

@@ -153,6 +153,7 @@ static void dram_release(struct dp_kv *kv, struct dp_kv_session *s)
 
 static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
 {
+	dp_kv_restore_complete(kv, s); /* no page freed under a read */
 	struct dp_kv_session **pp = &kv->hash[hash_slot(kv, s->id)];
 	while (*pp && *pp != s)
 		pp = &(*pp)->hash_next;
@@ -414,6 +415,8 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)
 		return -EINVAL;
+	if (s->restore && dp_kv_restore_complete(kv, s) < 0)
+		return -EBADMSG;
 	if (s->tier == DP_KV_TIER_NONE || s->tier == DP_KV_TIER_NVME)
 		return 0; /* nothing newer than what is on NVMe */
 	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
@@ -565,10 +568,52 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 	return 0;
 }
 
+int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
+				struct dp_v4_seq **ret_seq)
+{
+	if (!kv || !s || !ret_seq)
+		return -EINVAL;
+	bool layered = s->tier == DP_KV_TIER_DRAM || (s->tier == DP_KV_TIER_NVME && kv->restore_chan);
+	if (!layered)
+		return dp_kv_session_acquire(kv, s, ret_seq);
+	struct dp_v4_seq *seq;
+	int r = dp_kv_restore_begin(kv, s, &seq);
+	if (r == -EBADMSG) {
+		/* the parked copy does not describe this model's pages: a miss */
+		kv->st.corrupt_pages++;
+		if (s->tier == DP_KV_TIER_NVME)
+			snap_release(kv, s);
+		else
+			dram_release(kv, s);
+		s->tier = DP_KV_TIER_NONE;
+		s->state_pos = 0;
+		return dp_kv_session_acquire(kv, s, ret_seq);
+	}
+	if (r < 0)
+		return r;
+	kv->st.promotions++;
+	s->seq = seq;
+	s->tier = DP_KV_TIER_DEVICE;
+	s->state_pos = dp_v4_seq_pos(seq);
+	kv->st.recomputed_tokens += s->len - s->state_pos;
+	if (!s->busy)
+		lru_unlink(kv, s);
+	s->busy = true;
+	*ret_seq = seq;
+	return 0;
+}
+
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s || !s->busy)
 		return;
+	if (s->restore && dp_kv_restore_complete(kv, s) < 0) {
+		/* the restore failed before anyone used the state: forget it */
+		dp_v4_seq_free(s->seq);
+		s->seq = NULL;
+		s->tier = s->has_snap ? DP_KV_TIER_NVME : DP_KV_TIER_NONE;
+		s->state_pos = s->has_snap ? s->snap_pos : 0;
+	}
 	s->busy = false;
 	if (s->seq)
 		s->state_pos = dp_v4_seq_pos(s->seq);
@@ -580,6 +625,7 @@ void dp_kv_session_forget_state(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)
 		return;
+	dp_kv_restore_complete(kv, s);
 	dp_v4_seq_free(s->seq);
 	s->seq = NULL;
 	dram_release(kv, s);
@@ -950,6 +996,15 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 		dp_kv_close(kv);
 		return r;
 	}
+	if (opts->io) {
+		/* restores first, writeback last (the io thread serves by priority) */
+		dp_io_chan_set_priority(kv->slots.chan, DP_IO_PRIO_LOW);
+		int rr = dp_io_chan_new(opts->io, 8192, &kv->restore_chan);
+		if (rr == 0)
+			dp_io_chan_set_priority(kv->restore_chan, DP_IO_PRIO_HIGH);
+		else
+			kv->restore_chan = NULL; /* restores fall back to synchronous reads */
+	}
 	if (opts->io && kv->pool.n_pages) {
 		/* NVMe reads land in the DRAM tier's pages directly */
 		int rr = dp_io_mem_register(opts->io, kv->pool.mem.addr, kv->pool.mem.mapped,
@@ -973,6 +1028,7 @@ void dp_kv_close(struct dp_kv *kv)
 	if (kv->m)
 		dp_v4_model_set_page_ops(kv->m, NULL);
 	dp_journal_close(kv->j);
+	dp_io_chan_free(kv->restore_chan);
 	dp_kv_slots_close(&kv->slots);
 	if (kv->pool_registered)
 		dp_io_mem_unregister(kv->opts.io, kv->pool_region);

@@ -111,6 +111,30 @@ bool dp_kv_session_busy(const struct dp_kv_session *s);
  * corrupt page, or a drop of the state, that is the whole history).
  */
 int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
+/*
+ * The DualPath restore: as dp_kv_session_acquire, but a DRAM or NVME state
+ * comes back layer by layer while the caller already computes. *ret_seq has
+ * a gate (model/v4.h) that waits, per layer, for that layer's pages and
+ * checks them; if one fails its checks the gate poisons the sequence, and
+ * the caller must dp_kv_session_forget_state() and acquire again (which
+ * recomputes from the history). Without an io engine, an NVME state is
+ * restored synchronously.
+ */
+int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
+				struct dp_v4_seq **ret_seq);
+
+struct dp_kv_restore_info {
+	bool active;	     /* a layer-by-layer restore is in flight */
+	uint32_t layers;     /* the model's layers */
+	uint32_t layers_ready; /* leading layers whose pages have arrived */
+	uint64_t bytes_left; /* still to read */
+};
+int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
+			       struct dp_kv_restore_info *ret);
+/* Hand the io thread what restores could not submit yet (a full window).
+ * Cheap; call once per step. */
+void dp_kv_pump(struct dp_kv *kv);
+
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
 
@@ -154,6 +178,9 @@ struct dp_kv_stats {
 	uint64_t corrupt_pages;		 /* failed checks on load: recomputed */
 	uint64_t recomputed_tokens;	 /* history replayed into state */
 	uint64_t commits, journal_bytes;
+	uint64_t restores;	   /* layer-by-layer restores completed */
+	uint64_t restore_ns;	   /* their total duration */
+	uint64_t restore_stall_ns; /* time gates waited for pages (compute stalled) */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);

@@ -436,6 +436,18 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 	return ret;
 }
 
+int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
+		     const void *page)
+{
+	/* every field: a page of another session, layer, position or version,
+	 * or a torn write that left the old header, is not this page */
+	struct page_header want;
+	fill_header(&want, id, sum);
+	if (memcmp(hdr, &want, sizeof(want)) != 0 || XXH3_64bits(page, DP_KV_PAGE_BYTES) != sum)
+		return -EBADMSG;
+	return 0;
+}
+
 int dp_kv_slots_read_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			  const struct dp_kv_slot_id *ids, const uint64_t *sums, void *const *pages,
 			  size_t n, size_t *ret_bad)
@@ -475,16 +487,9 @@ int dp_kv_slots_read_many(struct dp_kv_slots *sl, const uint64_t *slots,
 	}
 	if (ret == -EBADMSG)
 		bad = n; /* torn or truncated: none of it is trusted */
-	for (size_t i = 0; ret == 0 && i < n; i++) {
-		/* every field: a page of another session, layer, position or
-		 * version, or a torn write that left the old header, is not
-		 * this page */
-		struct page_header want;
-		fill_header(&want, &ids[i], sums[i]);
-		if (memcmp(hdrs + i * DP_KV_HDR_BYTES, &want, sizeof(want)) != 0 ||
-		    XXH3_64bits(pages[i], DP_KV_PAGE_BYTES) != sums[i])
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		if (dp_kv_slot_check(&ids[i], sums[i], hdrs + i * DP_KV_HDR_BYTES, pages[i]) < 0)
 			bad++;
-	}
 	free(hdrs);
 	free(reqs);
 	if (ret_bad)

@@ -88,6 +88,9 @@ struct dp_v4_layer_state {
 struct dp_v4_seq {
 	struct dp_v4_model *m;
 	uint64_t pos;
+	dp_v4_gate_fn gate;
+	void *gate_ctx;
+	bool poisoned;
 	struct dp_v4_layer_state *layers;
 	size_t bytes;
 };

@@ -210,6 +210,9 @@ static int attention(struct dp_v4_model *m, int l, struct scratch *s,
 		struct dp_v4_layer_state *ls = &seq->layers[l];
 		uint32_t S = items[it].n_tokens;
 		uint64_t pos0 = seq->pos;
+		/* layer l of this sequence's state may still be arriving */
+		if (seq->gate && seq->gate(seq->gate_ctx, seq, l) < 0)
+			seq->poisoned = true;
 		uint32_t cw = csa ? 2 * d : d;
 		struct dp_v4_stream *st = ls->s;
 		if (csa || hca)

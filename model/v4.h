@@ -91,6 +91,20 @@ struct dp_v4_page_ref {
  * at the same position have the same list except for the page pointers. */
 size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, size_t max);
 
+/*
+ * A per-layer gate: the forward calls fn(ctx, s, layer) before it touches
+ * layer `layer` of the sequence's state, once per layer per forward, in
+ * layer order. It returns 0 when that layer's pages are ready (the KV
+ * cache's layer-by-layer restore waits there, per layer), or a negative
+ * errno when they cannot be (a failed or corrupt restore): the forward then
+ * carries on for the other sequences and marks this one poisoned, and the
+ * caller must discard its logits and rebuild its state. NULL fn: no gate.
+ */
+typedef int (*dp_v4_gate_fn)(void *ctx, struct dp_v4_seq *s, int layer);
+void dp_v4_seq_set_gate(struct dp_v4_seq *s, dp_v4_gate_fn fn, void *ctx);
+/* Whether a gate failed on this sequence: its state is garbage. */
+bool dp_v4_seq_poisoned(const struct dp_v4_seq *s);
+
 /* Tokens consumed so far. */
 uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s);
 /* Backend bytes the sequence's state occupies. */

@@ -332,6 +332,17 @@ size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, s
 	return n;
 }
 
+void dp_v4_seq_set_gate(struct dp_v4_seq *s, dp_v4_gate_fn fn, void *ctx)
+{
+	s->gate = fn;
+	s->gate_ctx = ctx;
+}
+
+bool dp_v4_seq_poisoned(const struct dp_v4_seq *s)
+{
+	return s->poisoned;
+}
+
 uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s)
 {
 	return s->pos;

@@ -27,9 +27,12 @@ static void cpu_destroy(struct dp_gpu *g)
 static void *cpu_alloc(struct dp_gpu *g, size_t bytes)
 {
 	(void)g;
-	/* 64-byte aligned for vector loads; zeroed as the interface promises */
-	size_t rounded = (bytes + 63) & ~(size_t)63;
-	void *p = aligned_alloc(64, rounded);
+	/* 64-byte aligned for vector loads; page-sized and larger buffers 4 KiB
+	 * aligned, so O_DIRECT reads can land in them (the KV cache restores
+	 * state pages straight from NVMe); zeroed as the interface promises */
+	size_t align = bytes >= 4096 ? 4096 : 64;
+	size_t rounded = (bytes + align - 1) & ~(align - 1);
+	void *p = aligned_alloc(align, rounded);
 	if (p)
 		memset(p, 0, rounded);
 	return p;

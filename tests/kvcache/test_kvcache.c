@@ -643,3 +643,118 @@ Test(kv, a_filesystem_without_o_direct_falls_back_to_buffered_io)
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", shm);
 	cr_expect_eq(system(cmd), 0);
 }
+
+/* ---- the DualPath restore: layer by layer, behind the forward --------------- */
+
+/* Next-token logits of a session brought back with acquire_async, compared
+ * with a fresh replay. Returns whether the state was poisoned (and then
+ * recomputed) on the way. */
+static bool check_state_async(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	struct dp_v4_seq *seq, *fresh;
+	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+	uint64_t len = dp_kv_session_len(s);
+	int32_t probe = 11;
+	bool poisoned = false;
+
+	cr_assert_eq(dp_kv_session_acquire_async(kv, s, &seq), 0);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		uint64_t have = dp_v4_seq_pos(seq);
+		/* feed the unfed history and the probe in one forward: the gates
+		 * run inside it, layer by layer */
+		uint32_t n = (uint32_t)(len - have) + 1;
+		int32_t *t = malloc(n * sizeof(*t));
+		memcpy(t, dp_kv_session_history(s) + have, (n - 1) * sizeof(*t));
+		t[n - 1] = probe;
+		struct dp_v4_batch_item it = { seq, t, n, false };
+		cr_assert_eq(dp_v4_forward(model, &it, 1, a), 0);
+		free(t);
+		if (!dp_v4_seq_poisoned(seq))
+			break;
+		cr_assert_eq(attempt, 0, "poisoned twice");
+		poisoned = true;
+		dp_kv_session_forget_state(kv, s);
+		cr_assert_eq(dp_kv_session_acquire(kv, s, &seq), 0);
+	}
+	cr_assert_eq(dp_kv_session_append(kv, s, &probe, 1), 0);
+	dp_kv_session_release(kv, s);
+	cr_assert_eq(dp_v4_seq_new(model, &fresh), 0);
+	struct dp_v4_batch_item all = { fresh, dp_kv_session_history(s), (uint32_t)(len + 1), false };
+	cr_assert_eq(dp_v4_forward(model, &all, 1, b), 0);
+	double worst = 0, maxb = 0;
+	for (uint32_t v = 0; v < V; v++) {
+		worst = fmax(worst, fabs((double)a[v] - b[v]));
+		maxb = fmax(maxb, fabs(b[v]));
+	}
+	cr_assert(worst <= 1e-4 * maxb, "session %s: async-restored state differs by %g",
+		  dp_kv_session_id(s), worst);
+	dp_v4_seq_free(fresh);
+	free(a);
+	free(b);
+	return poisoned;
+}
+
+Test(kv_io, a_layer_by_layer_restore_from_nvme_gives_the_same_state)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "lay", &s), 0);
+	turn(kv, s, 60, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	cr_expect(!check_state_async(kv, s));
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.restores, 1, "a layered restore ran");
+	cr_expect_gt(st.pages_read, 0);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, a_layer_by_layer_restore_from_dram_gives_the_same_state)
+{
+	struct dp_kv *kv = open_kv(8u << 20, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "lay", &s), 0);
+	turn(kv, s, 33, 2);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_DRAM), 0);
+	cr_expect(!check_state_async(kv, s));
+	dp_kv_close(kv);
+}
+
+Test(kv_io, a_corrupt_page_met_by_a_gate_poisons_the_sequence_and_is_recomputed)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "c", &s), 0);
+	turn(kv, s, 50, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	dp_kv_close(kv);
+	damage_slot(4096 + 2000, 'f');
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "c", &s), 0);
+	cr_expect(check_state_async(kv, s), "the damage was met at a gate");
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_geq(st.corrupt_pages, 1);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, releasing_a_session_mid_restore_waits_out_its_reads)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	struct dp_v4_seq *seq;
+	cr_assert_eq(dp_kv_session_create(kv, "rel", &s), 0);
+	turn(kv, s, 80, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	cr_assert_eq(dp_kv_session_acquire_async(kv, s, &seq), 0);
+	struct dp_kv_restore_info ri;
+	cr_assert_eq(dp_kv_session_restore_info(kv, s, &ri), 0);
+	cr_expect(ri.active);
+	cr_expect_eq(ri.layers, (uint32_t)dp_v4_model_config(model)->num_hidden_layers);
+	dp_kv_session_release(kv, s); /* no forward ran: the release completes it */
+	cr_assert_eq(dp_kv_session_restore_info(kv, s, &ri), 0);
+	cr_expect(!ri.active);
+	cr_expect_eq(dp_kv_session_tier(s), DP_KV_TIER_DEVICE);
+	check_state(kv, s);
+	dp_kv_close(kv);
+}

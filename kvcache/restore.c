@@ -1,0 +1,329 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The DualPath restore: a parked session's state comes back layer by layer
+ * while the compute path already runs, and the forward waits per layer only
+ * for that layer's pages (a gate on the sequence, model/v4.h).
+ *
+ * From NVMe, every page's header and data reads go to the io thread at once,
+ * in layer order, on a HIGH-priority channel; on a backend whose device
+ * memory the host can address (cpu) the data lands straight in the
+ * sequence's pages, else in a bounce buffer uploaded at the gate. The gate
+ * of layer l waits for that layer's last ticket, checks each of its pages
+ * (header fields and xxh3) and returns; a page that fails poisons the
+ * sequence, which the caller then recomputes from the history. From DRAM,
+ * the gate copies the layer's pages.
+ *
+ * Pages are never freed while a read into them is in flight: aborting a
+ * restore first waits for every ticket it submitted.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "kvcache/kvcache-internal.h"
+
+struct dp_kv_restore {
+	struct dp_kv *kv;
+	struct dp_kv_session *s;
+	struct dp_v4_seq *seq;
+	bool from_nvme;
+	size_t n;			 /* pages */
+	struct dp_v4_page_ref *refs;	 /* the sequence's pages, layer order */
+	void **host;			 /* where each page's data lands */
+	void *bounce;			 /* when device memory is not host memory */
+	uint8_t *hdrs;			 /* NVMe: n headers */
+	struct dp_kv_slot_id *ids;
+	struct dp_dram_src { uint32_t pool; } *dram; /* DRAM: source pool pages */
+	uint64_t *ticket;		 /* per request (2 per page), valid below next */
+	size_t next;			 /* requests submitted */
+	uint32_t n_layers;
+	uint32_t *layer_end;		 /* pages [layer_end[l-1], layer_end[l]) */
+	uint8_t *layer_done;
+	uint32_t layers_ready;
+	bool failed;
+	uint64_t t_start, bytes;
+};
+
+static void restore_free(struct dp_kv_restore *r)
+{
+	free(r->refs);
+	free(r->host);
+	free(r->bounce);
+	free(r->hdrs);
+	free(r->ids);
+	free(r->dram);
+	free(r->ticket);
+	free(r->layer_end);
+	free(r->layer_done);
+	free(r);
+}
+
+/* Submit what the channel's window takes. */
+static void pump(struct dp_kv_restore *r)
+{
+	struct dp_kv *kv = r->kv;
+	while (r->from_nvme && r->next < 2 * r->n) {
+		size_t i = r->next / 2;
+		bool data = r->next % 2;
+		struct dp_io_req q = {
+			.op = DP_IO_OP_READ,
+			.file = kv->slots.io_file,
+			.offset = (uint64_t)(DP_KV_HDR_BYTES +
+					     r->s->snap[i].slot * (uint64_t)DP_KV_SLOT_BYTES +
+					     (data ? DP_KV_HDR_BYTES : 0)),
+			.addr = data ? r->host[i] : r->hdrs + i * DP_KV_HDR_BYTES,
+			.len = data ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES,
+		};
+		uint64_t t;
+		int ret = dp_io_submit(kv->restore_chan, &q, 1, &t);
+		if (ret == -EAGAIN)
+			return; /* the window is full: the gates pump again */
+		if (ret < 0) {
+			r->failed = true;
+			return;
+		}
+		r->ticket[r->next++] = t;
+	}
+}
+
+void dp_kv_pump(struct dp_kv *kv)
+{
+	for (size_t i = 0; i < kv->n; i++)
+		if (kv->list[i]->restore)
+			pump(kv->list[i]->restore);
+}
+
+/* Wait for every request submitted so far (never free a page the kernel is
+ * still writing into). */
+static void drain(struct dp_kv_restore *r)
+{
+	if (r->from_nvme && r->next)
+		dp_io_wait(r->kv->restore_chan, r->ticket[r->next - 1], -1);
+}
+
+static int layer_in(struct dp_kv_restore *r, uint32_t l)
+{
+	struct dp_kv *kv = r->kv;
+	uint32_t b = l ? r->layer_end[l - 1] : 0, e = r->layer_end[l];
+
+	if (r->from_nvme) {
+		/* every request of the layer submitted, then its last one done */
+		while (!r->failed && r->next < 2 * (size_t)e) {
+			pump(r);
+			if (r->next < 2 * (size_t)e && r->next)
+				dp_io_wait(kv->restore_chan, r->ticket[r->next - 1], -1);
+		}
+		if (r->failed)
+			return -EIO;
+		if (e > b) {
+			uint64_t t0 = dp_kv_now_ns();
+			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
+			kv->st.restore_stall_ns += dp_kv_now_ns() - t0;
+		}
+		for (uint32_t i = b; i < e; i++) {
+			int32_t res[2];
+			if (dp_io_result(kv->restore_chan, r->ticket[2 * i], &res[0]) < 0 ||
+			    dp_io_result(kv->restore_chan, r->ticket[2 * i + 1], &res[1]) < 0 ||
+			    res[0] != (int32_t)DP_KV_HDR_BYTES || res[1] != (int32_t)DP_KV_PAGE_BYTES)
+				return -EIO;
+			if (dp_kv_slot_check(&r->ids[i], r->s->snap[i].sum,
+					     r->hdrs + (size_t)i * DP_KV_HDR_BYTES, r->host[i]) < 0) {
+				kv->st.corrupt_pages++;
+				return -EBADMSG;
+			}
+			if (r->bounce && dp_gpu_upload(kv->g, r->refs[i].page, r->host[i], DP_KV_PAGE_BYTES) < 0)
+				return -EIO;
+		}
+		kv->st.pages_read += e - b;
+	} else {
+		for (uint32_t i = b; i < e; i++)
+			if (dp_gpu_upload(kv->g, r->refs[i].page,
+					  dp_kv_pool_page(&kv->pool, r->dram[i].pool), DP_KV_PAGE_BYTES) < 0)
+				return -EIO;
+	}
+	r->bytes += (uint64_t)(e - b) * DP_KV_PAGE_BYTES;
+	return 0;
+}
+
+/* All layers are in (or the restore failed): the session stands on the
+ * device like any other; release what the restore held. */
+static void finish(struct dp_kv_restore *r)
+{
+	struct dp_kv *kv = r->kv;
+	struct dp_kv_session *s = r->s;
+	drain(r);
+	if (!r->from_nvme) {
+		for (size_t i = 0; i < r->n; i++)
+			dp_kv_pool_put(&kv->pool, r->dram[i].pool);
+	}
+	dp_v4_seq_set_gate(r->seq, NULL, NULL);
+	kv->st.restores++;
+	kv->st.restore_ns += dp_kv_now_ns() - r->t_start;
+	s->restore = NULL;
+	restore_free(r);
+}
+
+static int gate(void *ctx, struct dp_v4_seq *seq, int layer)
+{
+	struct dp_kv_restore *r = ctx;
+	(void)seq;
+	if (layer < 0 || (uint32_t)layer >= r->n_layers)
+		return -EINVAL;
+	if (!r->failed && !r->layer_done[layer]) {
+		int ret = layer_in(r, (uint32_t)layer);
+		if (ret < 0) {
+			r->failed = true;
+		} else {
+			r->layer_done[layer] = 1;
+			r->layers_ready++;
+		}
+	}
+	if (r->failed) {
+		/* the state is garbage from here on: the caller recomputes it */
+		return -EBADMSG;
+	}
+	if (r->layers_ready == r->n_layers)
+		finish(r);
+	else
+		pump(r);
+	return 0;
+}
+
+int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq)
+{
+	bool from_nvme = s->tier == DP_KV_TIER_NVME;
+	uint64_t pos = from_nvme ? s->snap_pos : s->state_pos;
+	struct dp_kv_restore *r = calloc(1, sizeof(*r));
+	struct dp_v4_seq *seq = NULL;
+	int ret;
+
+	if (!r)
+		return -ENOMEM;
+	r->kv = kv;
+	r->s = s;
+	r->from_nvme = from_nvme;
+	r->t_start = dp_kv_now_ns();
+	r->n_layers = (uint32_t)dp_v4_model_config(kv->m)->num_hidden_layers;
+	if ((ret = dp_v4_seq_new_at(kv->m, pos, &seq)) < 0)
+		goto fail;
+	r->seq = seq;
+	r->n = dp_v4_seq_pages(seq, NULL, 0);
+	size_t src_n = from_nvme ? s->n_snap : s->n_dram;
+	r->refs = calloc(r->n ? r->n : 1, sizeof(*r->refs));
+	r->host = calloc(r->n ? r->n : 1, sizeof(*r->host));
+	r->layer_end = calloc(r->n_layers, sizeof(*r->layer_end));
+	r->layer_done = calloc(r->n_layers, 1);
+	ret = -ENOMEM;
+	if (!r->refs || !r->host || !r->layer_end || !r->layer_done)
+		goto fail;
+	dp_v4_seq_pages(seq, r->refs, r->n);
+	/* the parked copy must describe exactly these pages */
+	ret = -EBADMSG;
+	if (src_n != r->n)
+		goto fail;
+	for (size_t i = 0; i < r->n; i++) {
+		uint16_t L = from_nvme ? s->snap[i].layer : s->dram_refs[i].layer;
+		uint8_t K = from_nvme ? s->snap[i].kind : s->dram_refs[i].kind;
+		uint32_t I = from_nvme ? s->snap[i].index : s->dram_refs[i].index;
+		if (L != r->refs[i].layer || K != r->refs[i].kind || I != r->refs[i].index)
+			goto fail;
+		r->layer_end[L] = (uint32_t)i + 1;
+	}
+	for (uint32_t l = 1; l < r->n_layers; l++)
+		if (r->layer_end[l] < r->layer_end[l - 1])
+			r->layer_end[l] = r->layer_end[l - 1];
+	ret = -ENOMEM;
+	if (from_nvme) {
+		bool host_memory = dp_gpu_kind_of(kv->g) == DP_GPU_CPU;
+		r->hdrs = NULL;
+		r->ids = calloc(r->n ? r->n : 1, sizeof(*r->ids));
+		r->ticket = calloc(2 * (r->n ? r->n : 1), sizeof(*r->ticket));
+		if (posix_memalign((void **)&r->hdrs, 4096, (r->n ? r->n : 1) * DP_KV_HDR_BYTES) ||
+		    !r->ids || !r->ticket)
+			goto fail;
+		if (!host_memory &&
+		    posix_memalign(&r->bounce, 4096, (r->n ? r->n : 1) * DP_KV_PAGE_BYTES))
+			goto fail;
+		for (size_t i = 0; i < r->n; i++) {
+			r->host[i] = host_memory ? r->refs[i].page : (char *)r->bounce + i * DP_KV_PAGE_BYTES;
+			r->ids[i] = (struct dp_kv_slot_id){ s->id, pos, s->snap[i].layer, s->snap[i].kind,
+							    s->snap[i].index };
+		}
+	} else {
+		r->dram = calloc(r->n ? r->n : 1, sizeof(*r->dram));
+		if (!r->dram)
+			goto fail;
+		for (size_t i = 0; i < r->n; i++)
+			r->dram[i].pool = s->dram_pages[i];
+		/* the pool pages now belong to the restore */
+		free(s->dram_pages);
+		free(s->dram_refs);
+		s->dram_pages = NULL;
+		s->dram_refs = NULL;
+		s->n_dram = 0;
+	}
+	s->restore = r;
+	dp_v4_seq_set_gate(seq, gate, r);
+	pump(r);
+	*ret_seq = seq;
+	return 0;
+fail:
+	dp_v4_seq_free(seq);
+	restore_free(r);
+	return ret;
+}
+
+int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	(void)kv;
+	struct dp_kv_restore *r = s->restore;
+	if (!r)
+		return 0;
+	uint32_t n_layers = r->n_layers; /* the last gate frees r */
+	for (uint32_t l = 0; s->restore && l < n_layers; l++)
+		if (gate(r, r->seq, (int)l) < 0) {
+			/* failed: wait out what is in flight, let go of the pages */
+			drain(r);
+			if (!r->from_nvme)
+				for (size_t i = 0; i < r->n; i++)
+					dp_kv_pool_put(&kv->pool, r->dram[i].pool);
+			dp_v4_seq_set_gate(r->seq, NULL, NULL);
+			s->restore = NULL;
+			restore_free(r);
+			return -EBADMSG;
+		}
+	return 0;
+}
+
+int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
+			       struct dp_kv_restore_info *ret)
+{
+	if (!kv || !s || !ret)
+		return -EINVAL;
+	memset(ret, 0, sizeof(*ret));
+	struct dp_kv_restore *r = s->restore;
+	if (!r)
+		return 0;
+	ret->active = true;
+	ret->layers = r->n_layers;
+	if (!r->from_nvme) {
+		ret->layers_ready = r->n_layers; /* a copy at the gate: no waiting */
+		return 0;
+	}
+	/* layers whose reads the io thread has finished (checks still pending) */
+	uint64_t done = dp_io_completed(kv->restore_chan);
+	for (uint32_t l = 0; l < r->n_layers; l++) {
+		size_t last = 2 * (size_t)r->layer_end[l];
+		if (last == 0 || (last <= r->next && r->ticket[last - 1] < done))
+			ret->layers_ready++;
+		else
+			break;
+	}
+	size_t left = 2 * r->n - (r->next < 2 * r->n ? r->next : 2 * r->n);
+	ret->bytes_left = (uint64_t)(left / 2) * DP_KV_SLOT_BYTES;
+	for (size_t k = 0; k < r->next; k++)
+		if (r->ticket[k] >= done)
+			ret->bytes_left += k % 2 ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
+	return 0;
+}
