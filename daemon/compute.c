@@ -39,6 +39,8 @@ struct req {
 	bool cancelled, done;
 	uint32_t finish;
 	uint64_t t_admit, t_first;
+	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
+	enum dp_kv_tier restored_from;
 	float *row; /* this step's logits row, or NULL */
 	struct req *next;
 };
@@ -57,6 +59,10 @@ struct compute {
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
 	struct dp_compute_stats st;
+	enum { RESTORE_DUALPATH, RESTORE_FULL, RESTORE_RECOMPUTE } restore_mode;
+	double step_ns_avg;   /* recent step duration */
+	double io_bytes_per_ns; /* recent restore read rate */
+	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
 	/* trace: the last TRACE_N steps */
 	struct dp_trace_ev *trace;
 	uint32_t trace_head, trace_n;
@@ -114,6 +120,21 @@ static void send_ack(struct dp_server *srv, const struct dp_msg *m)
 {
 	struct dp_event ev = { .kind = DP_EV_ACK, .to = m->from, .request_id = m->request_id };
 	send_event(srv, &ev);
+}
+
+static void trace_add(struct compute *c, const char *name, int lane, uint64_t t0, uint64_t t1,
+		      uint32_t tokens, uint32_t batch)
+{
+	struct dp_trace_ev *t = &c->trace[c->trace_head];
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	t->lane = (uint8_t)lane;
+	t->start_us = (t0 - c->srv->start_ns) / 1000;
+	t->dur_us = (t1 - t0) / 1000;
+	t->tokens = tokens;
+	t->batch = batch;
+	c->trace_head = (c->trace_head + 1) % TRACE_N;
+	if (c->trace_n < TRACE_N)
+		c->trace_n++;
 }
 
 /* ---- history helpers ---------------------------------------------------- */
@@ -242,23 +263,27 @@ static int admit_one(struct compute *c, struct req *r)
 		}
 		uint64_t t0 = dp_now_ns();
 		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
-		if ((ret = dp_kv_session_acquire(srv->kv, r->sess, &r->seq)) < 0) {
+		bool parked = was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME;
+		if (parked && c->restore_mode == RESTORE_RECOMPUTE)
+			dp_kv_session_forget_state(srv->kv, r->sess); /* the no-reuse baseline */
+		ret = parked && c->restore_mode == RESTORE_DUALPATH
+			      ? dp_kv_session_acquire_async(srv->kv, r->sess, &r->seq)
+			      : dp_kv_session_acquire(srv->kv, r->sess, &r->seq);
+		if (ret < 0) {
 			r->sess = NULL;
 			send_error(srv, m, DUALPATH__V1__CODE__INTERNAL,
 				   "cannot restore session %s: %s", m->session, strerror(-ret));
 			return ret;
 		}
-		if (was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME) {
-			struct dp_trace_ev *t = &c->trace[c->trace_head];
-			snprintf(t->name, sizeof(t->name), "restore");
-			t->lane = 1;
-			t->start_us = (t0 - srv->start_ns) / 1000;
-			t->dur_us = (dp_now_ns() - t0) / 1000;
-			t->tokens = (uint32_t)dp_v4_seq_pos(r->seq);
-			t->batch = (uint32_t)was;
-			c->trace_head = (c->trace_head + 1) % TRACE_N;
-			if (c->trace_n < TRACE_N)
-				c->trace_n++;
+		if (parked && c->restore_mode != RESTORE_RECOMPUTE) {
+			struct dp_kv_restore_info ri;
+			dp_kv_session_restore_info(srv->kv, r->sess, &ri);
+			r->restored_from = was;
+			if (ri.active)
+				r->t_restore = t0; /* traced when it completes */
+			else
+				trace_add(c, "restore", 1, t0, dp_now_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
+					  (uint32_t)was);
 		}
 	} else if ((ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
 		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
@@ -387,6 +412,28 @@ static void retire(struct compute *c)
 	dp_kv_balance(srv->kv);
 }
 
+/*
+ * Admission of a session whose state is still arriving: it joins a step
+ * when its remaining reads should be done before the step needs them (the
+ * step's time, from recent steps, covers the I/O), or when nothing else
+ * would run (an idle step gains nothing by waiting). Then the forward waits
+ * per layer only for that layer's pages.
+ */
+static bool restore_ready(struct compute *c, struct req *r, uint32_t n_in_step)
+{
+	struct dp_kv_restore_info ri;
+	if (dp_kv_session_restore_info(c->srv->kv, r->sess, &ri) < 0 || !ri.active ||
+	    ri.layers_ready == ri.layers)
+		return true;
+	bool others = n_in_step > 0;
+	for (struct req *o = r->next; o && !others; o = o->next)
+		others = !o->done && !o->t_restore;
+	if (!others)
+		return true;
+	double rate = c->io_bytes_per_ns > 0 ? c->io_bytes_per_ns : 1.0; /* ~1 GB/s until measured */
+	return (double)ri.bytes_left / rate <= c->step_ns_avg;
+}
+
 static int step(struct compute *c)
 {
 	struct dp_server *srv = c->srv;
@@ -401,6 +448,8 @@ static int step(struct compute *c)
 		}
 		if (r->done || budget == 0)
 			continue;
+		if (r->t_restore && !restore_ready(c, r, n))
+			continue; /* still loading: this step does not wait for it */
 		uint64_t at = dp_v4_seq_pos(r->seq), len = hist_len(r);
 		if (at >= len) { /* max_new_tokens 0: the prompt is in */
 			r->done = true;
@@ -446,6 +495,32 @@ static int step(struct compute *c)
 	for (uint32_t i = 0; i < n; i++) {
 		struct req *r = c->item_req[i];
 		step_tokens += c->items[i].n_tokens;
+		if (r->sess && dp_v4_seq_poisoned(r->seq)) {
+			/* a page of its restore failed its checks: never served;
+			 * rebuild the state from the history and carry on */
+			log_warning("session %s: a restored page failed its checks; recomputing",
+				    r->msg->session);
+			dp_kv_session_forget_state(srv->kv, r->sess);
+			r->t_restore = 0;
+			if (dp_kv_session_acquire(srv->kv, r->sess, &r->seq) < 0) {
+				send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL,
+					   "cannot rebuild session %s", r->msg->session);
+				r->sess = NULL;
+				r->seq = NULL;
+				r->done = true;
+				r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+			}
+			continue;
+		}
+		if (r->t_restore) { /* its restore completed inside this step */
+			struct dp_kv_restore_info ri;
+			dp_kv_session_restore_info(srv->kv, r->sess, &ri);
+			if (!ri.active) {
+				trace_add(c, "restore", 1, r->t_restore, dp_now_ns(),
+					  (uint32_t)r->cached, (uint32_t)r->restored_from);
+				r->t_restore = 0;
+			}
+		}
 		if (dp_v4_seq_pos(r->seq) < hist_len(r))
 			continue; /* a prefill chunk: no token yet */
 		if (r->generated >= r->msg->max_new) {
@@ -489,21 +564,23 @@ static int step(struct compute *c)
 		}
 	}
 	uint64_t dt = dp_now_ns() - t0;
+	struct dp_kv_stats ks;
+	dp_kv_stats(srv->kv, &ks);
+	uint64_t stall = ks.restore_stall_ns - c->stall_seen;
+	c->stall_seen = ks.restore_stall_ns;
+	c->st.stall_ns += stall;
+	c->st.compute_ns += dt > stall ? dt - stall : 0;
+	c->step_ns_avg = c->st.steps ? 0.9 * c->step_ns_avg + 0.1 * (double)dt : (double)dt;
+	if (ks.restores && ks.restore_ns)
+		c->io_bytes_per_ns = (double)ks.pages_read * DP_V4_PAGE_BYTES / (double)ks.restore_ns;
+	if (stall)
+		trace_add(c, "stall", 0, t0 + dt - stall, t0 + dt, 0, 0);
 	c->st.steps++;
 	c->st.step_ns_total += dt;
 	c->st.last_step_tokens = step_tokens;
 	double rate = dt ? step_tokens * 1e9 / (double)dt : 0;
 	c->st.tok_s = c->st.steps == 1 ? rate : 0.9 * c->st.tok_s + 0.1 * rate;
-	struct dp_trace_ev *tr = &c->trace[c->trace_head];
-	snprintf(tr->name, sizeof(tr->name), "step");
-	tr->lane = 0;
-	tr->start_us = (t0 - srv->start_ns) / 1000;
-	tr->dur_us = dt / 1000;
-	tr->tokens = step_tokens;
-	tr->batch = n;
-	c->trace_head = (c->trace_head + 1) % TRACE_N;
-	if (c->trace_n < TRACE_N)
-		c->trace_n++;
+	trace_add(c, "step", 0, t0, t0 + dt, step_tokens, n);
 	return 0;
 }
 
@@ -746,6 +823,9 @@ void *dp_compute_main(void *arg)
 	struct dp_server *srv = arg;
 	struct compute c = { .srv = srv };
 	c.waiting_tail = &c.waiting;
+	c.restore_mode = !strcmp(srv->cfg.restore, "full")	     ? RESTORE_FULL
+			 : !strcmp(srv->cfg.restore, "recompute") ? RESTORE_RECOMPUTE
+								   : RESTORE_DUALPATH;
 	uint32_t maxb = srv->cfg.max_batch;
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));
@@ -770,6 +850,7 @@ void *dp_compute_main(void *arg)
 				r->cancelled = true;
 		}
 		admit(&c);
+		dp_kv_pump(srv->kv);
 		if (c.active) {
 			step(&c);
 			retire(&c);

@@ -58,6 +58,8 @@ static const struct opt opts[] = {
 	O("sched", max_batch_tokens, OPT_U32, "tokens per forward step"),
 	O("sched", prefill_chunk, OPT_U32, "prompt tokens of one request per step"),
 	O("sched", max_batch, OPT_U32, "sequences per step"),
+	O("sched", restore, OPT_STR, "parked state returns: dualpath (layer by layer, overlapped), "
+				     "full (load, then compute) or recompute (replay the history)"),
 };
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -93,6 +95,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->max_batch_tokens = 2048;
 	c->prefill_chunk = 512;
 	c->max_batch = 64;
+	snprintf(c->restore, sizeof(c->restore), "dualpath");
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }
 
@@ -362,6 +365,10 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	    !c->max_concurrent_requests || !c->max_new_tokens || !c->max_prompt_tokens) {
 		snprintf(err, err_len, "max_batch_tokens, prefill_chunk, max_batch, queue_depth, "
 			 "max_concurrent_requests, max_new_tokens and max_prompt_tokens must be positive");
+		return -EINVAL;
+	}
+	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
+		snprintf(err, err_len, "restore must be dualpath, full or recompute, not %s", c->restore);
 		return -EINVAL;
 	}
 	if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {

@@ -60,6 +60,7 @@ struct dp_config {
 	uint32_t max_batch_tokens; /* tokens per forward step */
 	uint32_t prefill_chunk;	   /* prompt tokens of one request per step */
 	uint32_t max_batch;	   /* sequences per step */
+	char restore[16];	   /* dualpath, full, recompute: how parked state returns */
 
 	char config_path[DP_CONFIG_STR_MAX];
 };

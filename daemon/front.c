@@ -682,6 +682,11 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_requests_failed_total", "requests that failed", s->requests_failed);
 	C("dualpath_steps_total", "forward steps", s->steps);
 	C("dualpath_step_seconds_total", "time in forward steps", s->step_ns_total / 1e9);
+	C("dualpath_compute_seconds_total", "step time spent computing", s->compute_ns / 1e9);
+	C("dualpath_stall_seconds_total", "step time the compute path waited for restored pages",
+	  s->stall_ns / 1e9);
+	C("dualpath_kv_restores_total", "layer-by-layer restores completed", s->kv.restores);
+	C("dualpath_kv_restore_seconds_total", "their total duration", s->kv.restore_ns / 1e9);
 	CL("dualpath_tokens_total", "tokens through the model", s->tokens_prefill, "phase", "prefill");
 	CL("dualpath_tokens_total", "tokens through the model", s->tokens_decode, "phase", "decode");
 	G("dualpath_tokens_per_second", "recent forward throughput", s->tok_s);

@@ -118,6 +118,8 @@ _Static_assert(sizeof(struct dp_event) % 8 == 0 && sizeof(struct dp_event) <= DP
 /* compute's figures, snapshot on request */
 struct dp_compute_stats {
 	uint64_t steps, step_ns_total, tokens_prefill, tokens_decode, tokens_replayed;
+	uint64_t compute_ns; /* step time spent computing */
+	uint64_t stall_ns;   /* step time waiting for restored pages */
 	uint64_t requests_started, requests_finished, requests_cancelled, requests_failed;
 	uint32_t active, waiting, sessions;
 	uint64_t last_step_tokens;

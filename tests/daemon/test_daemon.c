@@ -388,3 +388,52 @@ Test(daemon, the_socket_is_created_0660)
 	cr_assert_eq(stat(d.sock, &st), 0);
 	cr_expect_eq(st.st_mode & 0777, 0660);
 }
+
+static void evict(int fd, uint64_t id, const char *session)
+{
+	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	e.session_id = (char *)session;
+	req.request_id = id;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
+	req.evict_session = &e;
+	cr_assert_eq(send_req(fd, &req), 0);
+	Dualpath__V1__Response *r = recv_resp(fd, 30000);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK, "evict %s", session);
+	dp_proto_response_free(r);
+}
+
+/* Three turns, the session parked on NVMe between them; returns the tokens. */
+static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
+{
+	const char *extra[] = { "--restore", mode, NULL };
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	size_t total = 0;
+	for (int t = 0; t < 3; t++) {
+		size_t n;
+		send_generate(fd, 10 + t, "parked", prompt + 3 * t, 3, 15, 0, 0);
+		cr_assert_eq(collect(fd, 10 + t, out + total, cap - total, &n),
+			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", mode, t);
+		total += n;
+		evict(fd, 100 + t, "parked");
+	}
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+	return total;
+}
+
+Test(daemon, the_overlapped_restore_returns_exactly_the_tokens_of_load_then_compute)
+{
+	uint32_t full[64], dual[64], rec[64];
+	size_t nf = parked_turns("full", full, 64);
+	size_t nd = parked_turns("dualpath", dual, 64);
+	size_t nr = parked_turns("recompute", rec, 64);
+	cr_assert_eq(nf, 45);
+	cr_assert_eq(nd, nf);
+	cr_assert_eq(nr, nf);
+	cr_expect_arr_eq(dual, full, nf * sizeof(uint32_t), "dualpath differs from load-then-compute");
+	cr_expect_arr_eq(rec, full, nf * sizeof(uint32_t), "recompute differs from load-then-compute");
+}
