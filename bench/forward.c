@@ -284,6 +284,21 @@ static void json_stat(FILE *f, const char *name, const struct stat *st, bool las
 	fprintf(f, "]}%s\n", last ? "" : ",");
 }
 
+static void json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
 static void report(const struct bench *b, const char *dir, uint64_t tok_hash)
 {
 	const struct opts *o = &b->o;
@@ -302,7 +317,9 @@ static void report(const struct bench *b, const char *dir, uint64_t tok_hash)
 			o->decode, o->batch, b->batched.best, b->batched.median, b->batch_prefill_s);
 	if (!o->json)
 		return;
-	printf("{\n  \"impl\": \"ours\",\n  \"backend\": \"cpu\",\n  \"model\": \"%s\",\n", dir);
+	printf("{\n  \"impl\": \"ours\",\n  \"backend\": \"cpu\",\n  \"model\": ");
+	json_string(stdout, dir);
+	printf(",\n");
 	printf("  \"threads\": %d,\n  \"blas_threads\": %d,\n  \"prompt_len\": %u,\n  \"decode\": %u,\n",
 	       o->threads, openblas_get_num_threads(), o->prompt_len, o->decode);
 	printf("  \"batch\": %u,\n  \"reps\": %u,\n  \"seed\": %llu,\n  \"tokens_fnv1a\": \"%016llx\",\n",
