@@ -50,7 +50,7 @@ static const struct opt opts[] = {
 	O("kvcache", high_watermark, OPT_DOUBLE, "demote above this fraction of a tier"),
 	O("kvcache", low_watermark, OPT_DOUBLE, "... down to this fraction"),
 	O("kvcache", direct_io, OPT_BOOL, "O_DIRECT on the NVMe tier's file"),
-	O("kvcache", compact_every, OPT_U32, "compact the journal after this many commits (0: never)"),
+	O("kvcache", compact_every, OPT_U32, "compact the journal at the first idle moment after this many commits, at the latest after 4x (0: never)"),
 	O("io", queue_depth, OPT_U32, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),

@@ -707,6 +707,7 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_kv_recomputed_tokens_total", "history tokens replayed into state", s->kv.recomputed_tokens);
 	C("dualpath_journal_commits_total", "journal fsyncs of finished turns", s->kv.commits);
 	G("dualpath_journal_bytes", "journal size", s->kv.journal_bytes);
+	C("dualpath_journal_compactions_total", "journal rewrites down to the live sessions", s->kv.compactions);
 	G("dualpath_kv_direct_io", "1 if the NVMe tier uses O_DIRECT", s->kv.direct_io);
 	GL("dualpath_io_info", "how the NVMe tier does I/O", 1, "mode", s->io_mode);
 	C("dualpath_io_reads_total", "io engine reads finished", s->io.reads);

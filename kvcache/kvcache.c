@@ -1053,4 +1053,5 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 	struct dp_journal_stats js;
 	dp_journal_stats(kv->j, &js);
 	ret->journal_bytes = js.bytes;
+	ret->compactions = js.compactions;
 }

@@ -178,6 +178,7 @@ struct dp_kv_stats {
 	uint64_t corrupt_pages;		 /* failed checks on load: recomputed */
 	uint64_t recomputed_tokens;	 /* history replayed into state */
 	uint64_t commits, journal_bytes;
+	uint64_t compactions;		 /* journal rewrites */
 	uint64_t restores;	   /* layer-by-layer restores completed */
 	uint64_t restore_ns;	   /* their total duration */
 	uint64_t restore_stall_ns; /* time gates waited for pages (compute stalled) */

@@ -437,3 +437,79 @@ Test(daemon, the_overlapped_restore_returns_exactly_the_tokens_of_load_then_comp
 	cr_expect_arr_eq(dual, full, nf * sizeof(uint32_t), "dualpath differs from load-then-compute");
 	cr_expect_arr_eq(rec, full, nf * sizeof(uint32_t), "recompute differs from load-then-compute");
 }
+
+static double metric(int fd, uint64_t id, const char *name)
+{
+	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
+	double v = -1;
+	for (size_t i = 0; i < r->stats->n_metrics; i++)
+		if (strcmp(r->stats->metrics[i]->name, name) == 0)
+			v = r->stats->metrics[i]->value;
+	dp_proto_response_free(r);
+	return v;
+}
+
+Test(daemon, the_journal_is_compacted_when_idle_and_a_kill_after_it_loses_no_turn)
+{
+	static const char *const extra[] = { "--compact-every", "2", NULL };
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	uint32_t out[3][4][16];
+	size_t n[3][4];
+	char name[3][8];
+	uint64_t id = 1;
+	/* three sessions, four turns each: twelve commits, several compactions */
+	for (int turn = 0; turn < 4; turn++)
+		for (int s = 0; s < 3; s++) {
+			snprintf(name[s], sizeof(name[s]), "c%d", s);
+			send_generate(fd, id, name[s], prompt + s + turn, 3, 5, 0, 0);
+			cr_assert_eq(collect(fd, id, out[s][turn], 16, &n[s][turn]),
+				     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+			id++;
+		}
+	double compactions = 0;
+	for (int i = 0; i < 200 && compactions < 1; i++) {
+		compactions = metric(fd, id++, "dualpath_journal_compactions_total");
+		if (compactions < 1)
+			usleep(10000);
+	}
+	cr_expect_geq(compactions, 1, "the idle daemon compacted its journal");
+	close(fd);
+	/* no shutdown persist: everything must come back from the journal */
+	kill(d.pid, SIGKILL);
+	waitpid(d.pid, NULL, 0);
+	d.pid = 0;
+
+	char dir[96];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, extra);
+	fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, id++, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->sessions->n_sessions, 3);
+	for (size_t i = 0; i < 3; i++)
+		cr_expect_eq(r->sessions->sessions[i]->tokens, 4 * (3 + 5), "session %s",
+			     r->sessions->sessions[i]->session_id);
+	dp_proto_response_free(r);
+	/* and each continues exactly as one long prompt would */
+	for (int s = 0; s < 3; s++) {
+		uint32_t all[64], t[16], ref[16];
+		size_t na = 0, nt, nr;
+		for (int turn = 0; turn < 4; turn++) {
+			for (int i = 0; i < 3; i++)
+				all[na++] = prompt[s + turn + i];
+			for (size_t i = 0; i < n[s][turn]; i++)
+				all[na++] = out[s][turn][i];
+		}
+		send_generate(fd, id, name[s], prompt, 2, 4, 0, 0);
+		cr_assert_eq(collect(fd, id++, t, 16, &nt), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+		all[na++] = prompt[0];
+		all[na++] = prompt[1];
+		send_generate(fd, id, NULL, all, na, 4, 0, 0);
+		cr_assert_eq(collect(fd, id++, ref, 16, &nr), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+		cr_expect_arr_eq(t, ref, nt * sizeof(uint32_t), "session c%d", s);
+	}
+	close(fd);
+}
