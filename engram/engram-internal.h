@@ -114,6 +114,37 @@ int dp_engram_config_from_json(const struct json_t *root, struct dp_engram_confi
 /* "an integer", "a string", ... for messages. */
 const char *dp_engram_json_kind(const struct json_t *v);
 
+/* ---- the hot-row cache (cache.c) -------------------------------------------- */
+
+/* Decoded rows by key, CLOCK replacement; entries used in the current epoch are pinned. */
+struct dp_engram_cache {
+	uint32_t cap, dim; /* entries (0: no cache), floats per entry */
+	float *data;       /* [cap][dim] */
+	uint64_t *key;     /* [cap]; UINT64_MAX: unused */
+	uint64_t *epoch;   /* [cap]: the step that last used it */
+	uint8_t *ref;      /* [cap]: CLOCK reference bits */
+	uint32_t hand, used;
+	uint32_t *index; /* [mask + 1]: entry + 1, 0 = free */
+	uint32_t mask;
+};
+
+/* cap 0 makes a cache that holds nothing. 0, -EINVAL or -ENOMEM. */
+int dp_engram_cache_init(struct dp_engram_cache *c, uint32_t cap, uint32_t dim);
+void dp_engram_cache_fini(struct dp_engram_cache *c);
+/* The entry holding key (marked used in epoch), or -1. */
+int64_t dp_engram_cache_lookup(struct dp_engram_cache *c, uint64_t key, uint64_t epoch);
+/* Add key's row (dim floats). Returns the entry, -EEXIST (already there: marked used) or
+ * -ENOSPC (every entry pinned, or no cache); *ret_evicted says whether an entry was evicted. */
+int64_t dp_engram_cache_insert(struct dp_engram_cache *c, uint64_t key, const float *row,
+                               uint64_t epoch, bool *ret_evicted);
+
+/* ---- table files (table.c) ------------------------------------------------ */
+
+struct dp_engram_table;
+
+/* The table's read-only descriptor (owned by the table). */
+int dp_engram_table_fd(const struct dp_engram_table *t);
+
 #ifdef __cplusplus
 }
 #endif

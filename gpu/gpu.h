@@ -234,6 +234,29 @@ struct dp_gpu_index {
 	int32_t *sel;	    /* [S][k] */
 };
 
+/* Engram fusion (DeepSeek-V4.1 form) into the residual streams of T tokens,
+ * before a layer's attention site. Per token t, with e = rows[t] (E floats:
+ * the token's looked-up table rows, dequantized and concatenated) and
+ * kv = wkv . e ((n+1)*D floats, no bias: one key per stream, then the value
+ * all streams share), for each stream m:
+ *   dot[m] = sum_d X[m][d] * gain[m][d] * key[m][d]
+ *            * rsqrt(mean_d(X[m][d]^2) + eps) * rsqrt(mean_d(key[m][d]^2) + eps)
+ *            / sqrt(D)
+ *   g[m]   = sigmoid(sign(dot[m]) * sqrt(max(|dot[m]|, 1e-6)))
+ *   X[m]  += g[m] * value                                        (in place)
+ * where gain = x_norm * k_norm, the product of the two RMSNorm gains. With a
+ * zero wkv every gate is sigmoid(0) = 1/2 and the value 0: X is unchanged.
+ * The cpu backend forms kv with BLAS (fp32) and the norms and dot products in
+ * double. */
+struct dp_gpu_engram {
+	float *X;			 /* [T][n][D], updated in place */
+	const float *rows;		 /* [T][E] */
+	const struct dp_gpu_weight *wkv; /* [(n+1)*D][E]: n key blocks, then the value */
+	const float *gain;		 /* [n][D] */
+	uint32_t T, n, D, E;
+	float eps;			 /* rms_norm_eps */
+};
+
 struct dp_gpu_ops {
 	/* y[M][rows] (+)= x[M][cols] . w[index]^T; ldx/ldy: row strides in
 	 * floats (0: dense). */
@@ -273,6 +296,7 @@ struct dp_gpu_ops {
 	int (*index_topk)(struct dp_gpu *g, const struct dp_gpu_index *ix);
 	int (*gather_rows)(struct dp_gpu *g, float *dst, const float *src, uint32_t rows,
 			   uint32_t dst_stride, uint32_t src_stride, uint32_t cols);
+	int (*engram_fuse)(struct dp_gpu *g, const struct dp_gpu_engram *e);
 };
 
 /* The backend's op table (valid for the backend's lifetime). */

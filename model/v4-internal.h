@@ -42,6 +42,10 @@ struct dp_v4_layer_w {
 	struct dp_gpu_weight down;	 /* E x [D][I] */
 	struct dp_gpu_weight sh_gate_up; /* [2I][D] */
 	struct dp_gpu_weight sh_down;	 /* [D][I] */
+
+	/* Engram layers */
+	struct dp_gpu_weight engram_wkv; /* [(n+1)*D][F] */
+	float *engram_gain;		 /* [n][D]: x_norm * k_norm */
 };
 
 struct dp_v4_model {
@@ -58,6 +62,12 @@ struct dp_v4_model {
 	struct dp_v4_layer_w *layers;
 	size_t weight_bytes;
 	struct dp_v4_page_ops pages; /* where state pages come from */
+
+	/* Engram (cfg.engram.n_layers > 0) */
+	struct dp_v4_engram_provider engram;
+	struct dp_v4_engram_info engram_info;
+	int64_t *engram_map; /* what engram_info.compression_map points at */
+	uint32_t engram_hist; /* N - 1: history each sequence keeps */
 
 	/* per-forward scratch (backend memory), grown on demand */
 	void *scratch;
@@ -93,6 +103,10 @@ struct dp_v4_seq {
 	bool poisoned;
 	struct dp_v4_layer_state *layers;
 	size_t bytes;
+	/* Engram history: the last hist_n (<= N-1) raw token ids, oldest first */
+	int32_t hist[DP_V4_ENGRAM_HISTORY_MAX];
+	uint32_t hist_n;
+	bool hist_unknown; /* rebuilt at pos > 0 and not given its history yet */
 };
 
 /* v4_state.c */
@@ -105,6 +119,8 @@ int dp_v4_stream_write(struct dp_gpu *g, struct dp_v4_stream *st, uint32_t first
 		       uint32_t n);
 int dp_v4_stream_read(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t first, float *dst,
 		      uint32_t n);
+/* Append a call's tokens to the sequence's Engram history. */
+void dp_v4_seq_engram_advance(struct dp_v4_seq *s, const int32_t *tokens, uint32_t n);
 /* 0, or -ENOTSUP when an entry of some stream would not fit a page. */
 int dp_v4_state_supported(const struct dp_v4_config *c);
 /* The op view of a stream. */

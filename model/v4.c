@@ -334,6 +334,15 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 		if (items[i].n_tokens > S_max)
 			S_max = items[i].n_tokens;
 	}
+	if (c->engram.n_layers > 0) {
+		if (!m->engram.rows)
+			return -ENODATA;
+		if (!ops->engram_fuse)
+			return -ENOTSUP; /* a backend without the op */
+		for (uint32_t i = 0; i < n_items; i++)
+			if (items[i].seq->hist_unknown)
+				return -ENODATA;
+	}
 	uint32_t R = dp_v4_batch_rows(items, n_items);
 	uint32_t n = c->hc_mult, D = c->hidden_size, V = c->vocab_size;
 	float eps = (float)c->rms_norm_eps, heps = (float)c->hc_eps;
@@ -365,6 +374,17 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 	CHECK(ops->hc_expand(g, s.x, s.X, T, n, D));
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		const struct dp_v4_layer_w *w = &m->layers[l];
+		if (w->engram_gain) {
+			/* Engram: this layer's rows, fused into the streams */
+			const float *rows = NULL;
+			CHECK(m->engram.rows(m->engram.ctx, l, items, n_items, &rows));
+			if (!rows)
+				return -EIO;
+			struct dp_gpu_engram e = { .X = s.X, .rows = rows, .wkv = &w->engram_wkv,
+						   .gain = w->engram_gain, .T = T, .n = n, .D = D,
+						   .E = m->engram_info.row_floats, .eps = eps };
+			CHECK(ops->engram_fuse(g, &e));
+		}
 		CHECK(ops->mhc_pre(g, s.X, w->attn_hc_fn, w->attn_hc_base, w->attn_hc_scale, T, n, D,
 				   eps, heps, c->hc_sinkhorn_iters, s.x, s.post, s.comb));
 		CHECK(ops->rmsnorm(g, s.x, w->in_norm, s.h, T, D, eps));
@@ -393,8 +413,10 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 	CHECK(ops->matmul(g, s.hy, 0, &m->lm_head, 0, s.logits, 0, R, false));
 	CHECK(dp_gpu_download(g, logits, s.logits, (size_t)R * V * sizeof(float)));
 
-	for (uint32_t i = 0; i < n_items; i++)
+	for (uint32_t i = 0; i < n_items; i++) {
 		items[i].seq->pos += items[i].n_tokens;
+		dp_v4_seq_engram_advance(items[i].seq, items[i].tokens, items[i].n_tokens);
+	}
 	return 0;
 }
 
@@ -435,4 +457,27 @@ const struct dp_v4_config *dp_v4_model_config(const struct dp_v4_model *m)
 struct dp_gpu *dp_v4_model_gpu(const struct dp_v4_model *m)
 {
 	return m->g;
+}
+
+bool dp_v4_model_has_engram(const struct dp_v4_model *m)
+{
+	return m && m->cfg.engram.n_layers > 0;
+}
+
+int dp_v4_model_set_engram(struct dp_v4_model *m, const struct dp_v4_engram_provider *p)
+{
+	if (!m || (p && !p->rows))
+		return -EINVAL;
+	m->engram = p ? *p : (struct dp_v4_engram_provider){ 0 };
+	return 0;
+}
+
+int dp_v4_model_engram_info(const struct dp_v4_model *m, struct dp_v4_engram_info *ret)
+{
+	if (!m || !ret)
+		return -EINVAL;
+	if (m->cfg.engram.n_layers == 0)
+		return -ENOENT;
+	*ret = m->engram_info;
+	return 0;
 }

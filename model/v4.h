@@ -121,8 +121,10 @@ struct dp_v4_batch_item {
 /*
  * Run the batch. Writes logits (host memory) for each item in order: n_tokens
  * rows if all_logits, else one row, each vocab_size floats. Token ids are
- * validated first (-EINVAL, nothing advanced). On any error the sequences of
- * the batch are left in an unspecified state and must be reset or freed.
+ * validated first (-EINVAL, nothing advanced), then the Engram preconditions
+ * (-ENODATA: an Engram model without a provider, or a sequence without its
+ * Engram history; nothing advanced). On any other error the sequences of the
+ * batch are left in an unspecified state and must be reset or freed.
  * Returns 0 or a negative errno.
  */
 int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, uint32_t n_items,
@@ -136,6 +138,69 @@ int dp_v4_logits(struct dp_v4_model *m, const int32_t *tokens, uint32_t n, const
 
 /* Rows of logits dp_v4_forward writes for this batch. */
 uint32_t dp_v4_batch_rows(const struct dp_v4_batch_item *items, uint32_t n_items);
+
+/* ---- Engram (conditional memory, DeepSeek-V4.1 form) ------------------------
+ *
+ * A config with engram_layer_ids makes an Engram model: at each Engram layer L,
+ * before the attention site's mHC, the forward fuses into every token's residual
+ * streams the rows that the token's hashed n-grams address in layer L's tables
+ * (the engram_fuse op, gpu/gpu.h, with layer L's engram.wkv and the product of
+ * engram.x_norm and engram.k_norm; model/weights.h lists the tensors). The tables
+ * are not part of the model: a provider hands the forward each layer's rows.
+ *
+ * rows(ctx, layer, items, n_items, &rows) is called once per Engram layer per
+ * forward, in layer order, with the forward's own items; it returns 0 and, in
+ * *ret_rows, backend memory holding [T][F] floats (T = the batch's tokens in item
+ * order, F = (N-1) * K * engram_head_dim: the token's rows of the layer's hash
+ * heads, dequantized and concatenated, column-major as engram/engram.h numbers
+ * them) that stays valid until the provider is called again; or a negative errno,
+ * which fails the forward. It should wait only for layer L's rows: a provider
+ * whose reads were issued before the forward (engram/engram.h, dp_engram_prefetch)
+ * overlaps them with the layers before L.
+ *
+ * Hashing state. The rows of a position depend on the N-1 tokens before it, so a
+ * sequence keeps its last N-1 raw token ids (its Engram history): the forward
+ * appends each call's tokens after the call, and a provider reads the history
+ * before the call with dp_v4_seq_engram_history. It is plain token ids and is not
+ * in the state pages: a sequence rebuilt with dp_v4_seq_new_at() at pos > 0 has
+ * no history until dp_v4_seq_set_engram_history() gives it the last tokens of the
+ * session's token history (which the KV cache keeps), and an Engram forward
+ * refuses it (-ENODATA) until then.
+ */
+struct dp_v4_engram_provider {
+	int (*rows)(void *ctx, int layer, const struct dp_v4_batch_item *items, uint32_t n_items,
+		    const float **ret_rows);
+	void *ctx;
+};
+
+/* Whether the model has Engram layers. */
+bool dp_v4_model_has_engram(const struct dp_v4_model *m);
+/* Use p for the Engram rows (copied; NULL: none). An Engram model's forward
+ * fails with -ENODATA while it has no provider. Returns 0 or -EINVAL. */
+int dp_v4_model_set_engram(struct dp_v4_model *m, const struct dp_v4_engram_provider *p);
+
+/* What the model's n-gram hashing needs besides config.json's engram keys. */
+struct dp_v4_engram_info {
+	const int64_t *compression_map; /* [map_size]: raw id -> compressed id (host memory) */
+	int64_t map_size;		/* vocab_size */
+	int64_t compressed_vocab_size;	/* engram_compressed_vocab_size, else max(map) + 1 */
+	int64_t pad_id;			/* raw id: engram_pad_id, else pad_token_id */
+	uint64_t seed;			/* config.json engram_seed, default 0 (the demo's) */
+	uint32_t row_floats;		/* F above */
+};
+/* Returns 0 or -ENOENT (no Engram layers) / -EINVAL. */
+int dp_v4_model_engram_info(const struct dp_v4_model *m, struct dp_v4_engram_info *ret);
+
+/* Most tokens of Engram history a sequence keeps (N-1 of them are used). */
+#define DP_V4_ENGRAM_HISTORY_MAX (DP_V4_ENGRAM_NGRAM_MAX - 1)
+/* The sequence's last min(pos, N-1) raw token ids, oldest first, into out
+ * (room for max): returns how many, or -ENODATA (not known: see above) or
+ * -EINVAL; 0 for a model without Engram. */
+int dp_v4_seq_engram_history(const struct dp_v4_seq *s, int32_t *out, uint32_t max);
+/* Give a sequence its history: the last n raw token ids before its position,
+ * oldest first; n must be at least min(pos, N-1) (earlier ones are dropped).
+ * Returns 0 or -EINVAL. */
+int dp_v4_seq_set_engram_history(struct dp_v4_seq *s, const int32_t *tokens, uint32_t n);
 
 /* Model directories. `name` NULL or "builtin" means the embedded default
  * model: $DUALPATH_BUILTIN_MODEL, else where `meson install` put it, else

@@ -7,6 +7,7 @@
  * groups, experts stacked, vectors as fp32, tid2eid as int32).
  */
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -176,6 +177,37 @@ static int load_tid2eid(struct loader *ld, int l, struct dp_v4_layer_w *w)
 	return ret;
 }
 
+/* Engram layer weights: wkv as a matrix, the gain x_norm * k_norm (fp32 product) as a vector. */
+static int load_engram_layer(struct loader *ld, int l, struct dp_v4_layer_w *w)
+{
+	struct dp_st_tensor xt, kt;
+	int ret;
+
+	if ((ret = load_matrix(ld, l, DP_V4_W_ENGRAM_WKV, &w->engram_wkv)) < 0 ||
+	    (ret = tensor(ld, l, DP_V4_W_ENGRAM_X_NORM, &xt)) < 0 ||
+	    (ret = tensor(ld, l, DP_V4_W_ENGRAM_K_NORM, &kt)) < 0)
+		return ret;
+	float *x = malloc(xt.numel * sizeof(float)), *k = malloc(kt.numel * sizeof(float));
+	if (!x || !k) {
+		free(x);
+		free(k);
+		return fail(ld, -ENOMEM, "out of memory loading %s", xt.name);
+	}
+	ret = dp_st_to_f32(&xt, x, xt.numel);
+	if (ret == 0)
+		ret = dp_st_to_f32(&kt, k, kt.numel);
+	for (uint64_t i = 0; ret == 0 && i < xt.numel; i++)
+		x[i] *= k[i];
+	if (ret == 0)
+		ret = dp_gpu_vector_upload(ld->m->g, x, DP_DTYPE_F32, xt.numel, &w->engram_gain);
+	free(x);
+	free(k);
+	if (ret < 0)
+		return fail(ld, ret, "%s: loading layer %d's Engram norms failed: %s", xt.file, l,
+			    strerror(-ret));
+	return 0;
+}
+
 static int load_layer(struct loader *ld, int l)
 {
 	const struct dp_v4_config *c = &ld->m->cfg;
@@ -239,6 +271,8 @@ static int load_layer(struct loader *ld, int l)
 	TRY(load_experts(ld, l, w));
 	TRY(load_pair(ld, l, DP_V4_W_SHARED_GATE, DP_V4_W_SHARED_UP, &w->sh_gate_up));
 	TRY(load_matrix(ld, l, DP_V4_W_SHARED_DOWN, &w->sh_down));
+	if (dp_v4_engram_slot(c, l) >= 0)
+		TRY(load_engram_layer(ld, l, w));
 #undef TRY
 	return 0;
 }
@@ -276,6 +310,8 @@ static void release_weights(struct dp_v4_model *m)
 		vec_free(g, &w->idx_bias, rate * 2 * ic);
 		vec_free(g, &w->idx_norm, ic);
 		vec_free(g, &w->gate_bias, c->n_routed_experts);
+		vec_free(g, &w->engram_gain, n * D);
+		dp_gpu_weight_free(g, &w->engram_wkv);
 		if (w->tid2eid)
 			dp_gpu_dealloc(g, w->tid2eid,
 				       (size_t)c->vocab_size * c->num_experts_per_tok * sizeof(int32_t),
@@ -289,6 +325,8 @@ static void release_weights(struct dp_v4_model *m)
 	}
 	free(m->layers);
 	m->layers = NULL;
+	free(m->engram_map);
+	m->engram_map = NULL;
 	if (!m->tied)
 		dp_gpu_weight_free(g, &m->lm_head);
 	dp_gpu_weight_free(g, &m->embed);
@@ -309,6 +347,65 @@ void dp_v4_model_free(struct dp_v4_model *m)
 		dp_gpu_dealloc(m->g, m->scratch, m->scratch_bytes, DP_GPU_MEM_SCRATCH);
 	dp_v4_config_fini(&m->cfg);
 	free(m);
+}
+
+/* The compression map (host memory, for the provider's hashing) and what the
+ * hashing needs besides: compressed vocab size, pad id, row width. */
+static int load_engram_map(struct loader *ld)
+{
+	struct dp_v4_model *m = ld->m;
+	const struct dp_v4_config *c = &m->cfg;
+	struct dp_v4_engram_info *in = &m->engram_info;
+	struct dp_st_tensor t;
+	int ret = tensor(ld, -1, DP_V4_W_ENGRAM_MAP, &t);
+
+	if (ret < 0)
+		return ret;
+	m->engram_map = malloc(t.numel * sizeof(int64_t));
+	if (!m->engram_map)
+		return fail(ld, -ENOMEM, "out of memory loading %s", t.name);
+	if ((ret = dp_st_read_i64(&t, 0, t.numel, m->engram_map)) < 0)
+		return fail(ld, ret, "%s: reading %s failed: %s", t.file, t.name, strerror(-ret));
+	int64_t top = 0;
+	for (uint64_t i = 0; i < t.numel; i++)
+		if (m->engram_map[i] + 1 > top)
+			top = m->engram_map[i] + 1;
+	in->compression_map = m->engram_map;
+	in->map_size = (int64_t)t.numel;
+	in->compressed_vocab_size = c->engram.compressed_vocab_size > 0
+					    ? c->engram.compressed_vocab_size : top;
+	in->pad_id = c->engram.pad_id >= 0 ? c->engram.pad_id : c->pad_token_id;
+	in->row_floats = (uint32_t)((c->engram.max_ngram_size - 1) * c->engram.n_heads *
+				    c->engram.head_dim);
+	m->engram_hist = (uint32_t)(c->engram.max_ngram_size - 1);
+	if (in->pad_id < 0)
+		return fail(ld, -EINVAL, "config.json: engram_pad_id is missing and pad_token_id is "
+			    "null: the n-gram hashing needs a pad id");
+	return 0;
+}
+
+/* config.json's optional engram_seed (the hashing seed; the public demo's default is 0). */
+static int read_engram_seed(const char *path, uint64_t *ret, char *err, size_t err_len)
+{
+	json_error_t jerr;
+	json_t *root = json_load_file(path, 0, &jerr);
+	int r = 0;
+
+	*ret = 0;
+	if (!root)
+		return 0; /* dp_v4_config_load read it: cannot happen but for a race */
+	json_t *v = json_object_get(root, "engram_seed");
+	if (v && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0) {
+			if (err && err_len)
+				snprintf(err, err_len, "%s: engram_seed: expected an integer >= 0", path);
+			r = -EINVAL;
+		} else {
+			*ret = (uint64_t)json_integer_value(v);
+		}
+	}
+	json_decref(root);
+	return r;
 }
 
 static int load_all(struct loader *ld)
@@ -333,6 +430,8 @@ static int load_all(struct loader *ld)
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		if ((ret = load_layer(ld, l)) < 0)
 			return ret;
+	if (c->engram.n_layers > 0 && (ret = load_engram_map(ld)) < 0)
+		return ret;
 	for (int r = 0; r < DP_V4_ROPE_WHICH_MAX; r++) {
 		int half = c->rope_dim / 2 ? c->rope_dim / 2 : 1;
 		float *host = calloc((size_t)half, sizeof(float));
@@ -385,6 +484,12 @@ int dp_v4_model_load(struct dp_gpu *g, const char *dir, struct dp_v4_model **ret
 		dp_v4_config_fini(&m->cfg);
 		free(m);
 		return -ENOTSUP;
+	}
+	if (m->cfg.engram.n_layers > 0 &&
+	    (ret = read_engram_seed(path, &m->engram_info.seed, err, err_len)) < 0) {
+		dp_v4_config_fini(&m->cfg);
+		free(m);
+		return ret;
 	}
 	dp_v4_model_set_page_ops(m, NULL);
 	m->layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof(*m->layers));

@@ -312,6 +312,7 @@ int dp_v4_seq_new_at(struct dp_v4_model *m, uint64_t pos, struct dp_v4_seq **ret
 		}
 	}
 	s->pos = pos;
+	s->hist_unknown = pos > 0 && m->engram_hist > 0;
 	*ret_seq = s;
 	return 0;
 }
@@ -351,4 +352,52 @@ uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s)
 size_t dp_v4_seq_bytes(const struct dp_v4_seq *s)
 {
 	return s->bytes;
+}
+
+/* ---- Engram history ----------------------------------------------------- */
+
+int dp_v4_seq_engram_history(const struct dp_v4_seq *s, int32_t *out, uint32_t max)
+{
+	if (!s || (!out && max))
+		return -EINVAL;
+	if (s->hist_unknown)
+		return -ENODATA;
+	if (s->hist_n > max)
+		return -EINVAL;
+	memcpy(out, s->hist, s->hist_n * sizeof(*out));
+	return (int)s->hist_n;
+}
+
+int dp_v4_seq_set_engram_history(struct dp_v4_seq *s, const int32_t *tokens, uint32_t n)
+{
+	if (!s || (!tokens && n))
+		return -EINVAL;
+	uint32_t keep = s->m->engram_hist;
+	uint32_t need = s->pos < keep ? (uint32_t)s->pos : keep;
+	if (n < need)
+		return -EINVAL;
+	for (uint32_t i = n - need; i < n; i++)
+		if (tokens[i] < 0 || tokens[i] >= s->m->cfg.vocab_size)
+			return -EINVAL;
+	memcpy(s->hist, tokens + (n - need), need * sizeof(*tokens));
+	s->hist_n = need;
+	s->hist_unknown = false;
+	return 0;
+}
+
+/* After a call fed tokens[0..n): keep the last N-1 of history ++ tokens. */
+void dp_v4_seq_engram_advance(struct dp_v4_seq *s, const int32_t *tokens, uint32_t n)
+{
+	uint32_t keep = s->m->engram_hist;
+	if (keep == 0)
+		return;
+	if (n >= keep) {
+		memcpy(s->hist, tokens + (n - keep), keep * sizeof(*tokens));
+		s->hist_n = keep;
+		return;
+	}
+	uint32_t old = s->hist_n + n > keep ? keep - n : s->hist_n; /* old entries kept */
+	memmove(s->hist, s->hist + (s->hist_n - old), old * sizeof(*tokens));
+	memcpy(s->hist + old, tokens, n * sizeof(*tokens));
+	s->hist_n = old + n;
 }

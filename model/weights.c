@@ -18,6 +18,7 @@ enum need {
 	NEED_CSA,
 	NEED_MOE,
 	NEED_HASH,
+	NEED_ENGRAM,
 };
 
 static const struct {
@@ -72,6 +73,12 @@ static const struct {
                            "[I, D]", NEED_ALL},
     [DP_V4_W_SHARED_DOWN] = {"mlp.shared_experts.down_proj.weight", "ffn.shared_experts.w2.weight",
                              "[D, I]", NEED_ALL},
+    [DP_V4_W_ENGRAM_WKV] = {"engram.wkv.weight", "engram.wkv.weight", "[(n+1)*D, (N-1)*K*e]",
+                            NEED_ENGRAM},
+    [DP_V4_W_ENGRAM_X_NORM] = {"engram.x_norm.weight", "engram.x_norm.weight", "[n, D]",
+                               NEED_ENGRAM},
+    [DP_V4_W_ENGRAM_K_NORM] = {"engram.k_norm.weight", "engram.k_norm.weight", "[n, D]",
+                               NEED_ENGRAM},
 };
 
 static const struct {
@@ -84,6 +91,7 @@ static const struct {
     [DP_V4_W_HC_HEAD_FN] = {{"model.hc_head.hc_fn", "hc_head_fn"}, "[n, nD]"},
     [DP_V4_W_HC_HEAD_BASE] = {{"model.hc_head.hc_base", "hc_head_base"}, "[n]"},
     [DP_V4_W_HC_HEAD_SCALE] = {{"model.hc_head.hc_scale", "hc_head_scale"}, "[1]"},
+    [DP_V4_W_ENGRAM_MAP] = {{"model.engram.compression_map", "engram.compression_map"}, "[V]"},
 };
 
 /* expert matrices: saved leaf per part, and the fused module tensors */
@@ -149,6 +157,8 @@ static bool needed(const struct dp_v4_config *c, int layer, enum need need)
 		return c->mlp_layer_types[layer] == DP_V4_MLP_MOE;
 	case NEED_HASH:
 		return c->mlp_layer_types[layer] == DP_V4_MLP_HASH_MOE;
+	case NEED_ENGRAM:
+		return dp_v4_engram_slot(c, layer) >= 0;
 	}
 	return false;
 }
@@ -245,6 +255,15 @@ static int layer_shape(const struct dp_v4_config *c, int layer, enum dp_v4_layer
 	case DP_V4_W_SHARED_DOWN:
 		s[0] = D, s[1] = I;
 		return 2;
+	case DP_V4_W_ENGRAM_WKV:
+		s[0] = (n + 1) * D;
+		s[1] = (int64_t)(c->engram.max_ngram_size - 1) * c->engram.n_heads *
+		       c->engram.head_dim;
+		return 2;
+	case DP_V4_W_ENGRAM_X_NORM:
+	case DP_V4_W_ENGRAM_K_NORM:
+		s[0] = n, s[1] = D;
+		return 2;
 	default:
 		return 0;
 	}
@@ -270,6 +289,9 @@ static int global_shape(const struct dp_v4_config *c, enum dp_v4_global_tensor g
 		return 1;
 	case DP_V4_W_HC_HEAD_SCALE:
 		s[0] = 1;
+		return 1;
+	case DP_V4_W_ENGRAM_MAP:
+		s[0] = c->vocab_size;
 		return 1;
 	default:
 		return 0;
@@ -343,6 +365,33 @@ static int check(struct build *b, long idx, const int64_t *want, int nd, const c
 	return 0;
 }
 
+/* Compression map entries must be compressed ids: >= 0 and below engram_compressed_vocab_size
+ * when the config gives it. */
+static int check_engram_map(struct build *b, long idx)
+{
+	const struct dp_v4_config *c = b->w->c;
+	int64_t cv = c->engram.compressed_vocab_size, buf[4096];
+	struct dp_st_tensor t;
+	uint64_t done = 0;
+
+	dp_st_at(b->w->st, (size_t)idx, &t);
+	while (done < t.numel) {
+		uint64_t n = t.numel - done < 4096 ? t.numel - done : 4096;
+
+		dp_st_read_i64(&t, done, n, buf);
+		for (uint64_t i = 0; i < n; i++)
+			if (buf[i] < 0 || (cv > 0 && buf[i] >= cv))
+				return fail(
+				    b, -EINVAL,
+				    "tensor '%s' (Engram compression map): entry [%llu] = %lld "
+				    "is not a compressed id in [0, %lld)",
+				    t.name, (unsigned long long)(done + i), (long long)buf[i],
+				    cv > 0 ? (long long)cv : (long long)INT64_MAX);
+		done += n;
+	}
+	return 0;
+}
+
 static int resolve_globals(struct build *b)
 {
 	const struct dp_v4_config *c = b->w->c;
@@ -358,6 +407,8 @@ static int resolve_globals(struct build *b)
 			b->w->global[g] = b->w->global[DP_V4_W_EMBED];
 			continue;
 		}
+		if (g == DP_V4_W_ENGRAM_MAP && c->engram.n_layers == 0)
+			continue;
 		for (int i = 0; i < 2; i++)
 			snprintf(cand[i], sizeof(cand[i]), "%s", gdesc[g].names[i]);
 		r = find(b, cand, 2, &idx);
@@ -369,7 +420,10 @@ static int resolve_globals(struct build *b)
 			                                 : "");
 		if (r)
 			return r;
-		if ((r = check(b, idx, s, nd, gdesc[g].sym, false, gdesc[g].names[0])))
+		if ((r = check(b, idx, s, nd, gdesc[g].sym, g == DP_V4_W_ENGRAM_MAP,
+		               gdesc[g].names[0])))
+			return r;
+		if (g == DP_V4_W_ENGRAM_MAP && (r = check_engram_map(b, idx)))
 			return r;
 		b->w->global[g] = idx;
 	}
@@ -421,10 +475,23 @@ static int resolve_layer(struct build *b, int layer)
 		snprintf(cand[2], sizeof(cand[2]), "layers.%d.%s", layer, ldesc[t].file);
 		snprintf(what, sizeof(what), "layer %d %s", layer, ldesc[t].module);
 		int nd = layer_shape(c, layer, (enum dp_v4_layer_tensor)t, s);
-		r = find(b, cand, 3, &idx);
+		int n_cand = 3;
+		if (strcmp(cand[0], cand[1]) == 0) { /* no module spelling of its own */
+			memcpy(cand[1], cand[2], sizeof(cand[1]));
+			n_cand = 2;
+		}
+		r = find(b, cand, n_cand, &idx);
 		if (r == -ENOENT) {
 			char exp[128];
 
+			if (n_cand == 2)
+				return fail(b, -EINVAL,
+				            "layer %d (%s, %s): missing %s %s = %s (looked for "
+				            "'%s', '%s')",
+				            layer, dp_v4_layer_type_name(c->layer_types[layer]),
+				            dp_v4_mlp_type_name(c->mlp_layer_types[layer]),
+				            ldesc[t].module, ldesc[t].sym,
+				            shape_str(s, nd, exp, sizeof(exp)), cand[0], cand[1]);
 			return fail(b, -EINVAL,
 			            "layer %d (%s, %s): missing %s %s = %s (looked for "
 			            "'%s', '%s', '%s')",
@@ -558,8 +625,14 @@ static int sort_unclaimed(struct build *b, unsigned flags)
 		                                            strcmp(t.name, "head.weight") == 0);
 		bool mtp_layer = l >= c->num_hidden_layers &&
 		                 l < (long)c->num_hidden_layers + c->num_nextn_predict_layers;
+		const char *leaf = l >= 0 ? strchr(strchr(t.name, '.') + 1, '.') : NULL;
+		if (leaf && strncmp(t.name, "model.", 6) == 0)
+			leaf = strchr(leaf + 1, '.');
+		bool engram_table =
+		    leaf && l < c->num_hidden_layers && dp_v4_engram_slot(c, (int)l) >= 0 &&
+		    strcmp(leaf, ".engram.multi_head_embedding.embedding.weight") == 0;
 		if (strncmp(t.name, "mtp.", 4) == 0 || strncmp(t.name, "model.mtp.", 10) == 0 ||
-		    mtp_layer || tied_head) {
+		    mtp_layer || tied_head || engram_table) {
 			b->w->stats.n_ignored++;
 			continue;
 		}

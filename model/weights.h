@@ -74,6 +74,23 @@
  *   IDX_NORM       kv_norm.weight                        compressor.norm.weight       [c]
  *   IDX_Q_B        q_b_proj.weight                       wq_b.weight                  [nI*c, Q]
  *   IDX_WEIGHTS    scorer.weights_proj.weight            weights_proj.weight          [nI, D]
+ *   Engram layers only (engram_layer_ids; our names: transformers 5.17 has no Engram, so there
+ *   is no module spelling; "model.layers.L." or, upstream, "layers.L."):
+ *   ENGRAM_WKV     engram.wkv.weight                                                  [(n+1)*D, F]
+ *   ENGRAM_X_NORM  engram.x_norm.weight                                               [n, D]
+ *   ENGRAM_K_NORM  engram.k_norm.weight                                               [n, D]
+ *   with F = (N-1)*K*e (N engram_max_ngram_size, K engram_n_heads, e engram_head_dim): the
+ *   concatenated rows of the layer's (N-1)*K hash heads. wkv's rows are the n stream keys (row
+ *   block m*D..m*D+D-1 is stream m's key), then the value (rows n*D..n*D+D-1); x_norm and
+ *   k_norm are the RMSNorm gains of the streams and of the keys (the fusion uses their
+ *   product; see engram_fuse in gpu/gpu.h).
+ *   ENGRAM_MAP     model.engram.compression_map          up: engram.compression_map   [V] (int)
+ *   (a global, present with engram_layer_ids: raw token id -> compressed id, each >= 0 and
+ *   below engram_compressed_vocab_size when that is given.)
+ *   The tables themselves (model.layers.L.engram.multi_head_embedding.embedding.weight
+ *   [rows, e], the name of the public Engram demo's module; also without "model.") are not
+ *   read here: they are served from a table file (engram/engram.h), so a checkpoint that
+ *   carries them has them counted as ignored.
  *
  * Every matrix is [out, in], row-major. Float tensors may be F32, BF16 or F16 (mixed freely);
  * tid2eid must be an integer tensor (transformers saves it as I64), and each of its entries
@@ -83,8 +100,8 @@
  * loading, so a head tensor in the file is ignored).
  *
  * Other tensors in the checkpoint:
- *   - ignored (counted in stats): MTP modules ("mtp.*", "model.mtp.*", as the release names
- *     them), the num_nextn_predict_layers layers right after the last one
+ *   - ignored (counted in stats): Engram tables (above), MTP modules ("mtp.*", "model.mtp.*", as
+ * the release names them), the num_nextn_predict_layers layers right after the last one
  *     ("model.layers.N.*" / "layers.N.*" with num_hidden_layers <= N < num_hidden_layers +
  *     num_nextn_predict_layers: MTP stored as extra layers, as DeepSeek-V3 conversions did), and
  *     the head when tied — transformers does not build them either;
@@ -120,6 +137,7 @@ enum dp_v4_global_tensor {
 	DP_V4_W_HC_HEAD_FN,
 	DP_V4_W_HC_HEAD_BASE,
 	DP_V4_W_HC_HEAD_SCALE,
+	DP_V4_W_ENGRAM_MAP, /* with engram_layer_ids */
 	DP_V4_W_GLOBAL_MAX,
 };
 
@@ -156,6 +174,9 @@ enum dp_v4_layer_tensor {
 	DP_V4_W_SHARED_GATE,
 	DP_V4_W_SHARED_UP,
 	DP_V4_W_SHARED_DOWN,
+	DP_V4_W_ENGRAM_WKV, /* Engram layers */
+	DP_V4_W_ENGRAM_X_NORM,
+	DP_V4_W_ENGRAM_K_NORM,
 	DP_V4_W_LAYER_MAX,
 };
 

@@ -495,6 +495,48 @@ static int cpu_gather_rows(struct dp_gpu *g, float *dst, const float *src, uint3
 	return 0;
 }
 
+/* Engram fusion (gpu.h, struct dp_gpu_engram). */
+static int cpu_engram_fuse(struct dp_gpu *g, const struct dp_gpu_engram *e)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+
+	if (!e || !e->X || !e->rows || !e->wkv || !e->gain || !e->n || !e->D || !e->E ||
+	    e->n > DP_GPU_HC_MAX || e->wkv->count < 1 || e->wkv->rows != (e->n + 1) * e->D ||
+	    e->wkv->cols != e->E)
+		return -EINVAL;
+	if (e->T == 0)
+		return 0;
+	uint32_t T = e->T, n = e->n, D = e->D, W = (n + 1) * D;
+	float *kv = dp_cpu_scratch(c, (size_t)T * W);
+	if (!kv)
+		return -ENOMEM;
+	int ret = cpu_matmul(g, e->rows, 0, e->wkv, 0, kv, 0, T, false);
+	if (ret < 0)
+		return ret;
+	double inv_sqrt_d = 1.0 / sqrt((double)D);
+	for (uint32_t t = 0; t < T; t++) {
+		const float *kt = kv + (size_t)t * W, *value = kt + (size_t)n * D;
+		for (uint32_t m = 0; m < n; m++) {
+			float *x = e->X + ((size_t)t * n + m) * D;
+			const float *key = kt + (size_t)m * D, *w = e->gain + (size_t)m * D;
+			double sx = 0, sk = 0, dot = 0;
+			for (uint32_t d = 0; d < D; d++) {
+				sx += (double)x[d] * x[d];
+				sk += (double)key[d] * key[d];
+				dot += (double)x[d] * w[d] * key[d];
+			}
+			double rx = 1.0 / sqrt(sx / D + e->eps), rk = 1.0 / sqrt(sk / D + e->eps);
+			double s = dot * rx * rk * inv_sqrt_d;
+			double a = sqrt(fmax(fabs(s), 1e-6));
+			double z = s > 0 ? a : s < 0 ? -a : 0.0;
+			float gate = (float)(1.0 / (1.0 + exp(-z)));
+			for (uint32_t d = 0; d < D; d++)
+				x[d] += gate * value[d];
+		}
+	}
+	return 0;
+}
+
 static const struct dp_gpu_ops cpu_ops = {
 	.matmul = cpu_matmul,
 	.embed = cpu_embed,
@@ -512,6 +554,7 @@ static const struct dp_gpu_ops cpu_ops = {
 	.compress = dp_cpu_compress,
 	.index_topk = dp_cpu_index_topk,
 	.gather_rows = cpu_gather_rows,
+	.engram_fuse = cpu_engram_fuse,
 };
 
 int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *err, size_t err_len)

@@ -4,11 +4,14 @@
  *
  *   dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]
  *               [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
- *               [--stats]
+ *               [--stats] [--engram-tables FILE [--engram-residency device|dram|nvme]
+ *               [--engram-cache ROWS]]
  *
  * Prints the prompt, then the generated text as it comes. Stops after N new
  * tokens or at the model's EOS. --stats prints prefill and decode tokens/s
- * to stderr.
+ * to stderr (and the Engram store's figures). An Engram model needs its
+ * tables (model/tools/engram-opts.h); each step's rows are prefetched as soon
+ * as its token is known, before the forward.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "model/tools/engram-opts.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 #include "model/v4.h"
@@ -33,7 +37,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]\n"
 		   "                   [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]\n"
-		   "                   [--stats]\n");
+		   "                   [--stats] " ENGRAM_USAGE "\n");
 }
 
 static bool parse_num(const char *s, double lo, double hi, double *ret)
@@ -52,12 +56,16 @@ int main(int argc, char **argv)
 	const char *model_name = "builtin", *prompt = NULL, *backend = "auto";
 	double n_new = 64, temperature = 0, top_k = 0, top_p = 1, seed = 0;
 	bool stats = false;
+	struct engram_opts eo = { 0 };
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },	 { "prompt", required_argument, NULL, 'p' },
 		{ "tokens", required_argument, NULL, 'n' },	 { "temperature", required_argument, NULL, 't' },
 		{ "top-k", required_argument, NULL, 'k' },	 { "top-p", required_argument, NULL, 'P' },
 		{ "seed", required_argument, NULL, 's' },	 { "backend", required_argument, NULL, 'b' },
 		{ "stats", no_argument, NULL, 'S' },		 { "help", no_argument, NULL, 'h' },
+		{ "engram-tables", required_argument, NULL, 'E' },
+		{ "engram-residency", required_argument, NULL, 'R' },
+		{ "engram-cache", required_argument, NULL, 'C' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:p:n:t:k:P:s:b:Sh", opts, NULL)) != -1;) {
@@ -72,6 +80,9 @@ int main(int argc, char **argv)
 		case 's': ok = parse_num(optarg, 0, 1e18, &seed); break;
 		case 'b': backend = optarg; break;
 		case 'S': stats = true; break;
+		case 'E': eo.tables = optarg; break;
+		case 'R': eo.residency = optarg; break;
+		case 'C': eo.cache = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -106,6 +117,12 @@ int main(int argc, char **argv)
 	struct dp_v4_model *m;
 	if ((ret = dp_v4_model_load(g, dir, &m, err, sizeof(err))) < 0) {
 		fprintf(stderr, "dp-generate: cannot load model %s: %s\n", dir, err);
+		dp_gpu_free(g);
+		return 1;
+	}
+	if (engram_opts_open(&eo, "dp-generate", m, g) < 0) {
+		engram_opts_close(&eo, m);
+		dp_v4_model_free(m);
 		dp_gpu_free(g);
 		return 1;
 	}
@@ -145,7 +162,9 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	double t0 = now_s();
 	struct dp_v4_batch_item it = { .seq = seq, .tokens = ids, .n_tokens = (uint32_t)n_ids };
-	ret = dp_v4_forward(m, &it, 1, logits);
+	ret = eo.s ? dp_engram_prefetch(eo.s, &it, 1) : 0;
+	if (ret == 0)
+		ret = dp_v4_forward(m, &it, 1, logits);
 	double t1 = now_s(), t_decode = 0;
 	struct dp_tok_stream ts;
 	dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8);
@@ -168,7 +187,10 @@ int main(int argc, char **argv)
 		int32_t next = id;
 		struct dp_v4_batch_item step = { .seq = seq, .tokens = &next, .n_tokens = 1 };
 		double a = now_s();
-		ret = dp_v4_forward(m, &step, 1, logits);
+		/* the token is known: issue its Engram reads before the forward */
+		ret = eo.s ? dp_engram_prefetch(eo.s, &step, 1) : 0;
+		if (ret == 0)
+			ret = dp_v4_forward(m, &step, 1, logits);
 		t_decode += now_s() - a;
 	}
 	size_t len = 0;
@@ -182,12 +204,23 @@ int main(int argc, char **argv)
 			"decode %d tokens in %.3f s (%.1f tok/s)\n", dp_gpu_kind_name(kind), n_ids,
 			t1 - t0, n_ids / (t1 - t0), generated > 1 ? generated - 1 : 0, t_decode,
 			generated > 1 ? (generated - 1) / t_decode : 0.0);
+	if (stats && eo.s) {
+		struct dp_engram_store_stats es;
+		dp_engram_store_get_stats(eo.s, &es);
+		fprintf(stderr, "dp-generate: Engram %s: %llu rows, cache %llu hits / %llu misses, "
+			"%llu reads (%llu blocks, %llu shared), waited %.3f s, gathered %.3f s\n",
+			eo.residency ? eo.residency : "dram", (unsigned long long)es.rows,
+			(unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
+			(unsigned long long)es.reads, (unsigned long long)es.blocks_read,
+			(unsigned long long)es.blocks_shared, es.wait_ns * 1e-9, es.gather_ns * 1e-9);
+	}
 	free(out);
 	free(logits);
 	free(sscratch);
 	free(ids);
 	dp_v4_seq_free(seq);
 	dp_tok_free(tok);
+	engram_opts_close(&eo, m);
 	dp_v4_model_free(m);
 	dp_gpu_free(g);
 	return ret < 0 ? 1 : 0;

@@ -5,11 +5,14 @@
  *
  *   dp-logits --model DIR --tokens 5,17,99,... [--chunks 40,17,1,1,...]
  *             [--backend cpu|cuda|auto] --out FILE
+ *             [--engram-tables FILE [--engram-residency device|dram|nvme]
+ *             [--engram-cache ROWS]]
  *
  * Writes little-endian float32, row-major [n_tokens][vocab_size]. With
  * --chunks the prompt is fed in those pieces, state carried between calls
  * (the pieces must add up to the number of tokens); default: one call.
- * This interface is stable: other tools rely on it.
+ * This interface is stable: other tools rely on it. An Engram model needs
+ * its tables (model/tools/engram-opts.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/tools/engram-opts.h"
 #include "model/v4.h"
 
 static int parse_list(const char *s, int32_t **ret, uint32_t *ret_n, const char *what)
@@ -61,17 +65,22 @@ static int parse_list(const char *s, int32_t **ret, uint32_t *ret_n, const char 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: dp-logits --model DIR --tokens 5,17,99,... [--chunks 40,17,1,...]\n"
-		   "                 [--backend cpu|cuda|auto] --out FILE\n");
+		   "                 [--backend cpu|cuda|auto] --out FILE\n"
+		   "                 " ENGRAM_USAGE "\n");
 }
 
 int main(int argc, char **argv)
 {
 	const char *model = NULL, *tokens_arg = NULL, *chunks_arg = NULL, *out = NULL;
 	const char *backend = "cpu";
+	struct engram_opts eo = { 0 };
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },   { "tokens", required_argument, NULL, 't' },
 		{ "chunks", required_argument, NULL, 'c' },  { "out", required_argument, NULL, 'o' },
 		{ "backend", required_argument, NULL, 'b' }, { "help", no_argument, NULL, 'h' },
+		{ "engram-tables", required_argument, NULL, 'E' },
+		{ "engram-residency", required_argument, NULL, 'R' },
+		{ "engram-cache", required_argument, NULL, 'C' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:t:c:o:b:h", opts, NULL)) != -1;) {
@@ -81,6 +90,9 @@ int main(int argc, char **argv)
 		case 'c': chunks_arg = optarg; break;
 		case 'o': out = optarg; break;
 		case 'b': backend = optarg; break;
+		case 'E': eo.tables = optarg; break;
+		case 'R': eo.residency = optarg; break;
+		case 'C': eo.cache = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -130,6 +142,12 @@ int main(int argc, char **argv)
 		dp_gpu_free(g);
 		return 1;
 	}
+	if (engram_opts_open(&eo, "dp-logits", m, g) < 0) {
+		engram_opts_close(&eo, m);
+		dp_v4_model_free(m);
+		dp_gpu_free(g);
+		return 1;
+	}
 	uint32_t V = (uint32_t)dp_v4_model_config(m)->vocab_size;
 	float *logits = malloc((size_t)n_tokens * V * sizeof(float));
 	if (!logits) {
@@ -149,6 +167,7 @@ int main(int argc, char **argv)
 			ret = -EIO;
 		}
 	}
+	engram_opts_close(&eo, m);
 	dp_v4_model_free(m);
 	dp_gpu_free(g);
 	free(logits);
