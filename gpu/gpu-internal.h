@@ -5,7 +5,10 @@
 
 #include "gpu/gpu.h"
 
-/* Whether the cuda backend implements the ops (auto picks it only then). */
+/* Whether `auto` may pick the cuda backend. The cuda ops exist (gpu/cuda) and
+ * `--backend cuda` uses them, but they have not yet run on a GPU: this stays
+ * 0 until the GPU suite (scripts/gpu-suite: tests/gpu against the cpu backend
+ * and the parity data) has passed on the GPU machine. */
 #define DP_GPU_CUDA_OPS_READY 0
 
 /* Lifecycle and memory, per backend. */

@@ -16,7 +16,8 @@ extern "C" int dp_gpu_cuda_probe(struct dp_gpu_device_info *out, int max, char *
 
 	if (err != cudaSuccess) {
 		if (why && why_len)
-			snprintf(why, why_len, "no usable CUDA device: %s", cudaGetErrorString(err));
+			snprintf(why, why_len, "no usable CUDA device: %s",
+			         cudaGetErrorString(err));
 		cudaGetLastError(); /* clear the sticky error */
 		return 0;
 	}
@@ -41,16 +42,4 @@ extern "C" int dp_gpu_cuda_probe(struct dp_gpu_device_info *out, int max, char *
 		filled++;
 	}
 	return filled;
-}
-
-/* The cuda backend's ops are the GPU compute-path issue's work; until they
- * exist, asking for the backend is a clear error (auto picks cpu). */
-extern "C" int dp_gpu_cuda_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *err,
-			       size_t err_len)
-{
-	(void)opts;
-	(void)ret;
-	if (err && err_len)
-		snprintf(err, err_len, "the cuda backend's ops are not written yet; use the cpu backend");
-	return -ENOTSUP;
 }
