@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* cpu backend: attention with sinks over window + compressed entries, the
  * HCA/CSA compressors and the lightning indexer. */
+#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -29,52 +30,59 @@ int dp_cpu_attention(struct dp_gpu *g, const struct dp_gpu_attn *a)
 		return -EINVAL;
 	uint32_t n_comp = a->comp ? a->comp->n : 0;
 	uint32_t max_keys = a->window + (a->sel ? a->sel_k : n_comp);
-	/* per query: key pointers, then scores */
-	/* per key: a pointer and a double score, 4 floats together */
-	const float **keys = (const float **)dp_cpu_scratch(c, (size_t)max_keys * 4);
-	if (!keys)
+	uint32_t H = a->H, d = a->d;
+	/* scratch: the query's keys gathered [max_keys][d], then scores [H][max_keys] */
+	float *K = dp_cpu_scratch(c, (size_t)max_keys * d + (size_t)H * max_keys);
+	if (!K)
 		return -ENOMEM;
-	double *sc = (double *)(keys + max_keys);
+	float *P = K + (size_t)max_keys * d;
 
 	for (uint32_t i = 0; i < a->S; i++) {
 		uint64_t t = a->pos0 + i;
 		uint32_t nk = 0;
 		uint64_t first = t + 1 >= a->window ? t + 1 - a->window : 0;
 		for (uint64_t p = first; p <= t; p++)
-			keys[nk++] = p < a->pos0 ? dp_stream_entry(a->ring, (uint32_t)(p % a->ring->n))
-						 : a->kv_new + (size_t)(p - a->pos0) * a->d;
+			memcpy(K + (size_t)nk++ * d,
+			       p < a->pos0 ? dp_stream_entry(a->ring, (uint32_t)(p % a->ring->n))
+					   : a->kv_new + (size_t)(p - a->pos0) * d,
+			       d * sizeof(float));
 		if (a->sel) {
 			for (uint32_t j = 0; j < a->sel_k; j++) {
 				int32_t w = a->sel[(size_t)i * a->sel_k + j];
 				if (w >= 0 && (uint32_t)w < n_comp)
-					keys[nk++] = dp_stream_entry(a->comp, (uint32_t)w);
+					memcpy(K + (size_t)nk++ * d, dp_stream_entry(a->comp, (uint32_t)w),
+					       d * sizeof(float));
 			}
 		} else if (n_comp) {
 			uint64_t vis = (t + 1) / a->rate;
 			for (uint32_t w = 0; w < n_comp && w < vis; w++)
-				keys[nk++] = dp_stream_entry(a->comp, w);
+				memcpy(K + (size_t)nk++ * d, dp_stream_entry(a->comp, w),
+				       d * sizeof(float));
 		}
-		for (uint32_t h = 0; h < a->H; h++) {
-			const float *q = a->q + ((size_t)i * a->H + h) * a->d;
-			float *o = a->out + ((size_t)i * a->H + h) * a->d;
+		const float *q = a->q + (size_t)i * H * d;
+		float *o = a->out + (size_t)i * H * d;
+		/* scores [H][nk] = q [H][d] . K^T */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)H, (int)nk, (int)d, a->scale,
+			    q, (int)d, K, (int)d, 0.0f, P, (int)nk);
+		for (uint32_t h = 0; h < H; h++) {
+			float *ph = P + (size_t)h * nk;
 			double m = a->sinks[h];
-			for (uint32_t j = 0; j < nk; j++) {
-				sc[j] = dot(q, keys[j], a->d) * a->scale;
-				if (sc[j] > m)
-					m = sc[j];
-			}
+			for (uint32_t j = 0; j < nk; j++)
+				if (ph[j] > m)
+					m = ph[j];
 			double den = exp(a->sinks[h] - m);
 			for (uint32_t j = 0; j < nk; j++) {
-				sc[j] = exp(sc[j] - m);
-				den += sc[j];
+				double e = exp(ph[j] - m);
+				den += e;
+				ph[j] = (float)e;
 			}
-			for (uint32_t x = 0; x < a->d; x++) {
-				double acc = 0;
-				for (uint32_t j = 0; j < nk; j++)
-					acc += sc[j] * keys[j][x];
-				o[x] = (float)(acc / den);
-			}
+			float inv = (float)(1.0 / den);
+			for (uint32_t j = 0; j < nk; j++)
+				ph[j] *= inv;
 		}
+		/* out [H][d] = P [H][nk] . K [nk][d] */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)H, (int)d, (int)nk, 1.0f, P,
+			    (int)nk, K, (int)d, 0.0f, o, (int)d);
 	}
 	return 0;
 }

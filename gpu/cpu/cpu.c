@@ -205,35 +205,45 @@ static inline float sigmoidf(float x)
 	return 1.0f / (1.0f + expf(-x));
 }
 
-/* mix = fn . rms(flat X[t]) for one token: fn [rows][n*D]. */
-static void hc_mix(const float *Xt, const float *fn, uint32_t rows, uint32_t nD, float rms_eps,
-		   float *mix)
+/* mix[t] = fn . rms(flat X[t]) for all T tokens at once: one GEMM over the
+ * tokens (fn [rows][nD]), then each row scaled by its token's rms factor
+ * (fn . (x * s) == s * (fn . x)). Returns a scratch buffer [T][rows]. */
+static float *hc_mix_all(struct dp_gpu_cpu *c, const float *X, const float *fn, uint32_t T,
+			 uint32_t rows, uint32_t nD, float rms_eps)
 {
-	float s = rms_scale(Xt, nD, rms_eps);
-	for (uint32_t j = 0; j < rows; j++) {
-		const float *f = fn + (size_t)j * nD;
-		double acc = 0;
-		for (uint32_t i = 0; i < nD; i++)
-			acc += (double)f[i] * (Xt[i] * s);
-		mix[j] = (float)acc;
+	float *mix = dp_cpu_scratch(c, (size_t)T * rows);
+	if (!mix)
+		return NULL;
+	if (T == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, (int)nD, 1.0f, fn, (int)nD, X, 1,
+			    0.0f, mix, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, (int)nD, 1.0f, X,
+			    (int)nD, fn, (int)nD, 0.0f, mix, (int)rows);
+	for (uint32_t t = 0; t < T; t++) {
+		float s = rms_scale(X + (size_t)t * nD, nD, rms_eps);
+		for (uint32_t j = 0; j < rows; j++)
+			mix[(size_t)t * rows + j] *= s;
 	}
+	return mix;
 }
 
 static int cpu_mhc_pre(struct dp_gpu *g, const float *X, const float *fn, const float *base,
 		       const float *scale, uint32_t T, uint32_t n, uint32_t D, float rms_eps,
 		       float hc_eps, uint32_t iters, float *x, float *post, float *comb)
 {
-	(void)g;
 	uint32_t rows = (2 + n) * n;
-	float mix[(2 + DP_GPU_HC_MAX) * DP_GPU_HC_MAX];
 	float pre[DP_GPU_HC_MAX];
 
 	if (n == 0 || n > DP_GPU_HC_MAX || iters == 0)
 		return -EINVAL;
+	float *mix_all = hc_mix_all((struct dp_gpu_cpu *)g, X, fn, T, rows, n * D, rms_eps);
+	if (!mix_all)
+		return -ENOMEM;
 	for (uint32_t t = 0; t < T; t++) {
 		const float *Xt = X + (size_t)t * n * D;
 		float *ct = comb + (size_t)t * n * n;
-		hc_mix(Xt, fn, rows, n * D, rms_eps, mix);
+		const float *mix = mix_all + (size_t)t * rows;
 		for (uint32_t s = 0; s < n; s++) {
 			pre[s] = sigmoidf(mix[s] * scale[0] + base[s]) + hc_eps;
 			post[(size_t)t * n + s] = 2.0f * sigmoidf(mix[n + s] * scale[1] + base[n + s]);
@@ -299,13 +309,19 @@ static int cpu_mhc_post(struct dp_gpu *g, float *X, const float *o, const float 
 		const float *ct = comb + (size_t)t * n * n;
 		const float *ot = o + (size_t)t * D;
 		for (uint32_t k = 0; k < n; k++) {
+			/* same operations in the same order as summing over j per
+			 * channel, but with the channel loop innermost (contiguous) */
 			float pk = post[(size_t)t * n + k];
-			for (uint32_t d = 0; d < D; d++) {
-				float acc = 0;
-				for (uint32_t j = 0; j < n; j++)
-					acc += ct[j * n + k] * Xt[(size_t)j * D + d];
-				tmp[(size_t)k * D + d] = pk * ot[d] + acc;
+			float *tk = tmp + (size_t)k * D;
+			memset(tk, 0, D * sizeof(float));
+			for (uint32_t j = 0; j < n; j++) {
+				float c = ct[j * n + k];
+				const float *xj = Xt + (size_t)j * D;
+				for (uint32_t d = 0; d < D; d++)
+					tk[d] += c * xj[d];
 			}
+			for (uint32_t d = 0; d < D; d++)
+				tk[d] = pk * ot[d] + tk[d];
 		}
 		memcpy(Xt, tmp, (size_t)n * D * sizeof(float));
 	}
@@ -316,14 +332,15 @@ static int cpu_hc_head(struct dp_gpu *g, const float *X, const float *fn, const 
 		       const float *scale, uint32_t T, uint32_t n, uint32_t D, float rms_eps,
 		       float hc_eps, float *y)
 {
-	(void)g;
-	float mix[DP_GPU_HC_MAX];
+	float *mix_all = hc_mix_all((struct dp_gpu_cpu *)g, X, fn, T, n, n * D, rms_eps);
 
 	if (n == 0 || n > DP_GPU_HC_MAX)
 		return -EINVAL;
+	if (!mix_all)
+		return -ENOMEM;
 	for (uint32_t t = 0; t < T; t++) {
 		const float *Xt = X + (size_t)t * n * D;
-		hc_mix(Xt, fn, n, n * D, rms_eps, mix);
+		float *mix = mix_all + (size_t)t * n;
 		for (uint32_t s = 0; s < n; s++)
 			mix[s] = sigmoidf(mix[s] * scale[0] + base[s]) + hc_eps;
 		float *yt = y + (size_t)t * D;
