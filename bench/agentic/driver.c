@@ -1,0 +1,555 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * agentic-driver — play an agentic trace (agentic-gen) against dualpathd in
+ * the three ways a parked session's state can come back, same trace, same
+ * run, a fresh daemon each:
+ *
+ *   recompute  --restore recompute: the state is dropped, the whole history
+ *              replayed (no reuse);
+ *   full       --restore full: load-then-compute, the whole state read
+ *              before the turn's compute starts (the compute thread waits);
+ *   dualpath   --restore dualpath: restored layer by layer while the
+ *              compute already runs (the forward waits per layer, if at all);
+ *
+ * and once more with no parking at all (no device budget, no evictions):
+ * "resident", the compute-only time of the same trace, for the ideal bound.
+ * On request (--modes ...,replay) a fifth: "replay", no reuse measured from
+ * the client side: no sessions, each turn a one-off Generate carrying the
+ * session's whole history (the daemon's --restore recompute only drops a
+ * state parked in DRAM: one parked on NVMe keeps its snapshot and comes
+ * back from it, so that mode reuses most of the context; the driver says
+ * so when it sees it).
+ *
+ *	agentic-driver --trace FILE --daemon BUILD/daemon/dualpathd --model DIR
+ *	               [--modes recompute,full,dualpath] [--no-ideal]
+ *	               [--clients N] [--idle-scale F] [--device-bytes B]
+ *	               [--dram-bytes B] [--evict] [--threads N] [--io-depth N]
+ *	               [--workdir DIR] [--trace-out FILE] [--v4ctl PATH]
+ *	               [--daemon-arg ARG]... [--keep] [--events-dir DIR] [--rounds N]
+ *	               [--warmup-turns N] [--result-prefix NAME]
+ *
+ * Parking: each mode's daemon gets --device-bytes and --dram-bytes (default
+ * 4M and 4M: on the embedded model a session of a few thousand tokens holds
+ * 1-3 MiB of state, so a few sessions stay on the device and a few in DRAM,
+ * the rest are demoted to the NVMe tier by the watermarks as other sessions
+ * run). With --evict the driver also sends EvictSession after
+ * every turn, so every returning turn comes from NVMe.
+ *
+ * Each daemon runs in a fresh directory under --workdir (default $TMPDIR,
+ * else /var/tmp: a disk rather than a tmpfs /tmp, so the NVMe tier's slot
+ * file is on a disk and O_DIRECT holds): socket, state directory, log. It
+ * is removed after a good run (--keep keeps it) and kept after a failure.
+ *
+ * Measured, per mode: generated tokens / wall time (first Generate to last
+ * final chunk); TTFT (Generate written -> first TokenChunk with ids) and
+ * inter-token latency (gaps between such chunks), p50 and p99 over every
+ * turn; where each turn's state was when it was sent (ListSessions
+ * pipelined before each Generate); the reuse the daemon reported
+ * (Usage.cached_tokens); and from its Stats: stall fraction =
+ * dualpath_stall_seconds_total / dualpath_step_seconds_total, restores,
+ * bytes read from the NVMe tier. The daemon's trace events are polled all
+ * along (TraceRequest; it keeps the last 4096) to add up what Stats does
+ * not: the time load-then-compute's synchronous loads held the compute
+ * thread outside any step, and the compute thread's time between its steps
+ * (and loads): journal commits, demotion writeback, admission, and idle
+ * time when no turn was pending.
+ *
+ * Busy time = time the compute thread spent on the turns: its forward
+ * steps (dualpath_step_seconds_total, stalls included) plus, for full,
+ * those synchronous loads. The ideal bound = max(compute-only, I/O-only):
+ * compute-only = the resident run's step time; I/O-only = the time to read
+ * alone, at the io engine's queue depth (--io-depth, default 64 as the
+ * daemon's), the NVMe slots the dualpath run read (its
+ * dualpath_kv_pages_read_total), each as a 4 KiB header and a 64 KiB page
+ * like a restore, O_DIRECT, from that run's own slot file, after its daemon
+ * stopped (ioprobe.c). agentic-dualpath-vs-ideal compares busy times.
+ *
+ * --warmup-turns N plays the first N turns of every session first and
+ * leaves them out of every figure: the clients wait until all are done,
+ * the driver snapshots the daemon's Stats and trace position, and the
+ * figures cover the turns after (the stats as differences). For traces
+ * whose first turn builds a long context at once.
+ *
+ * --rounds N runs the modes N times, interleaved (resident, recompute,
+ * full, dualpath, resident, ...), and reports for each mode its round with
+ * the lowest busy time: on a machine shared with other work, the least
+ * disturbed one.
+ *
+ * Generated tokens are compared with the resident run's, turn by turn
+ * (greedy decoding: a restored state should give the same tokens; batch
+ * composition and prefill chunking can still move float rounding).
+ *
+ * The dualpath run's recent steps go to --trace-out (default
+ * WORKDIR/agentic-dualpath.trace.json) as a Chrome trace (v4ctl trace
+ * --out: open in https://ui.perfetto.dev; with rounds, the kept round's). --events-dir DIR writes
+ *every event polled during each mode's kept run, the whole run, as DIR/agentic-MODE.events.json in
+ *the same format.
+ *
+ * Ends with RESULT lines (see README "Benchmarks"), named
+ * NAME-dualpath-vs-load-then-compute, NAME-dualpath-vs-recompute,
+ * NAME-dualpath-vs-ideal, NAME-stall-fraction (NAME: --result-prefix,
+ * default agentic), and NAME-dualpath-vs-replay when replay ran.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agentic.h"
+
+extern char **environ;
+
+/* each mode's --restore */
+static const char *const mode_restore[AG_MODE_MAX] = {"dualpath", "recompute", "full", "dualpath",
+                                                      "dualpath"};
+
+/* v4ctl trace --out FILE against the running daemon. */
+static int chrome_trace(const struct ag_opts *o, const char *sock, const char *out, char *err,
+                        size_t err_len)
+{
+	const char *argv[] = {o->v4ctl, "--socket", sock, "trace", "--out", out, NULL};
+	pid_t pid;
+	int r = posix_spawn(&pid, o->v4ctl, NULL, NULL, (char *const *)argv, environ);
+	if (r) {
+		snprintf(err, err_len, "cannot run %s: %s", o->v4ctl, strerror(r));
+		return -r;
+	}
+	int status;
+	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) {
+		snprintf(err, err_len, "%s trace --out %s failed", o->v4ctl, out);
+		return -EIO;
+	}
+	return 0;
+}
+
+struct warm_ctx {
+	const char *sock;
+	pid_t pid;
+	struct ag_result *res;
+};
+
+/* The daemon is idle between the warm-up and the measured turns. */
+static void at_warm(void *arg)
+{
+	struct warm_ctx *w = arg;
+	int r = ag_daemon_stats(w->sock, &w->res->st0, w->res->warm_err, sizeof(w->res->warm_err));
+	if (r == 0)
+		r = ag_daemon_trace_mark(w->sock, &w->res->mark_us, w->res->warm_err,
+		                         sizeof(w->res->warm_err));
+	w->res->warm_ok = r == 0;
+	w->res->cpu0_s = ag_proc_cpu_s(w->pid);
+}
+
+_Static_assert(sizeof(struct ag_stats) % sizeof(double) == 0, "struct ag_stats: doubles only");
+
+/* a -= b, counter by counter (the gauge direct_io stays) */
+static void stats_sub(struct ag_stats *a, const struct ag_stats *b)
+{
+	double keep = a->direct_io;
+	double *x = (double *)a;
+	const double *y = (const double *)b;
+	for (size_t i = 0; i < sizeof(*a) / sizeof(double); i++)
+		x[i] -= y[i];
+	a->direct_io = keep;
+}
+
+static const char *my_group(void)
+{
+	struct group *g = getgrgid(getegid());
+	return g ? g->gr_name : NULL;
+}
+
+static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_mode m,
+                    unsigned round, struct ag_result *res)
+{
+	char err[512] = "";
+	const char *args[16 + 2 * AG_MAX_EXTRA];
+	int n = 0;
+	args[n++] = "--model";
+	args[n++] = o->model;
+	args[n++] = "--log-level";
+	args[n++] = "notice";
+	args[n++] = "--restore";
+	args[n++] = mode_restore[m];
+	args[n++] = "--device-bytes";
+	args[n++] = m == AG_MODE_RESIDENT ? "0" : o->device_bytes;
+	args[n++] = "--dram-bytes";
+	args[n++] = o->dram_bytes;
+	args[n++] = "--max-requests-per-client";
+	args[n++] = "4096";
+	const char *grp = geteuid() ? my_group() : NULL;
+	if (grp) { /* EvictSession and Trace are admin requests */
+		args[n++] = "--admin-group";
+		args[n++] = grp;
+	}
+	if (o->threads) {
+		args[n++] = "--threads";
+		args[n++] = o->threads;
+	}
+	for (int i = 0; i < o->n_extra; i++)
+		args[n++] = o->extra[i];
+	args[n] = NULL;
+
+	struct ag_daemon d;
+	struct ag_monitor mon = {0};
+	struct ag_play p = {.tr = tr,
+	                    .threads = o->clients,
+	                    .idle_scale = o->idle_scale,
+	                    .evict = o->evict && m != AG_MODE_RESIDENT && m != AG_MODE_REPLAY,
+	                    .replay = m == AG_MODE_REPLAY,
+	                    .warmup_turns = o->warmup};
+	struct warm_ctx wc = {.res = res};
+	int ret = ag_daemon_start(&d, o->daemon, o->workdir, args, err, sizeof(err));
+	if (ret < 0)
+		goto out;
+	fprintf(stderr, "agentic-driver: %-9s daemon %d in %s ...\n", ag_mode_name[m], (int)d.pid,
+	        d.dir);
+	p.sock = d.sock;
+	wc.sock = d.sock;
+	wc.pid = d.pid;
+	res->cpu0_s = ag_proc_cpu_s(d.pid); /* the warm-up's end replaces it */
+	p.at_warm = at_warm;
+	p.warm_ctx = &wc;
+	mon.sock = d.sock;
+	mon.interval_ms = 500;
+	if ((ret = ag_monitor_start(&mon)) < 0) {
+		snprintf(err, sizeof(err), "cannot start the trace poller: %s", strerror(-ret));
+		goto out;
+	}
+	ret = ag_play_run(&p, err, sizeof(err));
+	ag_monitor_stop(&mon);
+	if (ret < 0)
+		goto out;
+	if (mon.err < 0)
+		fprintf(stderr, "agentic-driver: %s: %s (trace figures incomplete)\n",
+		        ag_mode_name[m], mon.what);
+	if ((ret = ag_daemon_stats(d.sock, &res->st, err, sizeof(err))) < 0)
+		goto out;
+	res->cpu_s = ag_proc_cpu_s(d.pid) - res->cpu0_s;
+	if (o->warmup) {
+		if (!res->warm_ok) {
+			snprintf(err, sizeof(err), "snapshot after the warm-up: %s", res->warm_err);
+			ret = -EIO;
+			goto out;
+		}
+		stats_sub(&res->st, &res->st0);
+	}
+	ag_analyse_play(res, &p, tr);
+	ag_analyse_events(res, m, mon.ev, mon.n);
+	res->trace_gaps = mon.gaps;
+	res->ev = mon.ev; /* kept for --events-dir, if this round is kept */
+	res->n_ev = mon.n;
+	mon.ev = NULL;
+	res->busy_s = res->st.step_s + res->load_s;
+	if (m == AG_MODE_DUALPATH && o->trace_out && o->v4ctl) {
+		char terr[2 * PATH_MAX + 64] = "";
+		snprintf(res->trace_tmp, sizeof(res->trace_tmp), "%s.round%u", o->trace_out, round);
+		if (chrome_trace(o, d.sock, res->trace_tmp, terr, sizeof(terr)) < 0) {
+			fprintf(stderr, "agentic-driver: %s\n", terr);
+			res->trace_tmp[0] = '\0';
+		}
+	}
+	ag_daemon_stop(&d);
+	if (m == AG_MODE_DUALPATH && res->st.pages_read > 0) {
+		char path[400];
+		snprintf(path, sizeof(path), "%s/slots", d.state);
+		int r =
+		    ag_io_probe(path, (uint64_t)res->st.pages_read, o->io_depth, &res->io_s,
+		                &res->io_bytes, &res->io_direct, res->io_err, sizeof(res->io_err));
+		if (r == 0)
+			res->io_gbps = (double)res->io_bytes / res->io_s / 1e9;
+	}
+	res->ran = true;
+	snprintf(res->dir, sizeof(res->dir), "%s", d.dir);
+	ret = 0;
+out:
+	if (ret < 0)
+		fprintf(stderr, "agentic-driver: %s: %s%s%s\n", ag_mode_name[m], err,
+		        d.log[0] ? "; daemon log: " : "", d.log[0] ? d.log : "");
+	ag_monitor_fini(&mon);
+	ag_play_fini(&p);
+	ag_daemon_stop(&d);
+	if (!o->keep && ret == 0)
+		ag_daemon_cleanup(&d);
+	return ret;
+}
+
+/* What a result owns; a dualpath round's trace file that is not kept. */
+static void result_free(struct ag_result *r)
+{
+	free(r->digests);
+	free(r->ev);
+	r->digests = NULL;
+	r->ev = NULL;
+	if (r->trace_tmp[0])
+		unlink(r->trace_tmp);
+	r->trace_tmp[0] = '\0';
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+static const char usage[] =
+    "usage: agentic-driver --trace FILE --daemon DUALPATHD --model DIR\n"
+    "                      [--modes recompute,full,dualpath] [--no-ideal] [--clients N]\n"
+    "                      [--idle-scale F] [--device-bytes B] [--dram-bytes B] [--evict]\n"
+    "                      [--threads N] [--io-depth N] [--workdir DIR] [--trace-out FILE]\n"
+    "                      [--v4ctl PATH] [--daemon-arg ARG]... [--keep]\n"
+    "                      [--events-dir DIR] [--rounds N] [--warmup-turns N]\n"
+    "                      [--result-prefix NAME]\n"
+    "See the header of bench/agentic/driver.c.\n";
+
+static int parse_modes(struct ag_opts *o, const char *list)
+{
+	char buf[128];
+	snprintf(buf, sizeof(buf), "%s", list);
+	for (int m = AG_MODE_RECOMPUTE; m < AG_MODE_MAX; m++)
+		o->run[m] = false;
+	for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int m = AG_MODE_RECOMPUTE;
+		for (; m < AG_MODE_MAX; m++)
+			if (!strcmp(t, ag_mode_name[m]))
+				break;
+		if (!strcmp(t, "load-then-compute"))
+			m = AG_MODE_FULL;
+		if (m == AG_MODE_MAX) {
+			fprintf(stderr,
+			        "agentic-driver: --modes: recompute, full, dualpath, replay; not "
+			        "'%s'\n",
+			        t);
+			return -EINVAL;
+		}
+		o->run[m] = true;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+	    {"trace", required_argument, NULL, 't'},
+	    {"daemon", required_argument, NULL, 'd'},
+	    {"model", required_argument, NULL, 'm'},
+	    {"modes", required_argument, NULL, 'M'},
+	    {"no-ideal", no_argument, NULL, 'N'},
+	    {"clients", required_argument, NULL, 'c'},
+	    {"idle-scale", required_argument, NULL, 'i'},
+	    {"device-bytes", required_argument, NULL, 'D'},
+	    {"dram-bytes", required_argument, NULL, 'R'},
+	    {"evict", no_argument, NULL, 'e'},
+	    {"threads", required_argument, NULL, 'T'},
+	    {"io-depth", required_argument, NULL, 'q'},
+	    {"workdir", required_argument, NULL, 'w'},
+	    {"trace-out", required_argument, NULL, 'o'},
+	    {"v4ctl", required_argument, NULL, 'v'},
+	    {"daemon-arg", required_argument, NULL, 'a'},
+	    {"keep", no_argument, NULL, 'k'},
+	    {"rounds", required_argument, NULL, 'r'},
+	    {"warmup-turns", required_argument, NULL, 'W'},
+	    {"result-prefix", required_argument, NULL, 'P'},
+	    {"events-dir", required_argument, NULL, 'E'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	struct ag_opts o = {.prefix = "agentic",
+	                    .device_bytes = "4M",
+	                    .dram_bytes = "4M",
+	                    .clients = 4,
+	                    .io_depth = 64,
+	                    .rounds = 1,
+	                    .idle_scale = 1.0,
+	                    .run = {true, true, true, true, false}};
+	char v4ctl_default[PATH_MAX];
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		char *end;
+		switch (opt) {
+		case 't':
+			o.trace = optarg;
+			break;
+		case 'd':
+			o.daemon = optarg;
+			break;
+		case 'm':
+			o.model = optarg;
+			break;
+		case 'M':
+			if (parse_modes(&o, optarg) < 0)
+				return 2;
+			break;
+		case 'N':
+			o.run[AG_MODE_RESIDENT] = false;
+			break;
+		case 'c':
+			o.clients = (unsigned)strtoul(optarg, &end, 10);
+			if (*end || o.clients < 1 || o.clients > 1024) {
+				fprintf(stderr, "agentic-driver: --clients: 1..1024\n");
+				return 2;
+			}
+			break;
+		case 'i':
+			o.idle_scale = strtod(optarg, &end);
+			if (*end || !(o.idle_scale >= 0)) {
+				fprintf(stderr, "agentic-driver: --idle-scale: a number >= 0\n");
+				return 2;
+			}
+			break;
+		case 'D':
+			o.device_bytes = optarg;
+			break;
+		case 'R':
+			o.dram_bytes = optarg;
+			break;
+		case 'e':
+			o.evict = true;
+			break;
+		case 'T':
+			o.threads = optarg;
+			break;
+		case 'q':
+			o.io_depth = (unsigned)strtoul(optarg, &end, 10);
+			if (*end || o.io_depth < 2 || o.io_depth > 4096) {
+				fprintf(stderr, "agentic-driver: --io-depth: 2..4096\n");
+				return 2;
+			}
+			break;
+		case 'w':
+			o.workdir = optarg;
+			break;
+		case 'o':
+			o.trace_out = optarg;
+			break;
+		case 'v':
+			o.v4ctl = optarg;
+			break;
+		case 'a':
+			if (o.n_extra == AG_MAX_EXTRA) {
+				fprintf(stderr, "agentic-driver: at most %d --daemon-arg\n",
+				        AG_MAX_EXTRA);
+				return 2;
+			}
+			o.extra[o.n_extra++] = optarg;
+			break;
+		case 'k':
+			o.keep = true;
+			break;
+		case 'r':
+			o.rounds = (unsigned)strtoul(optarg, &end, 10);
+			if (*end || o.rounds < 1 || o.rounds > 100) {
+				fprintf(stderr, "agentic-driver: --rounds: 1..100\n");
+				return 2;
+			}
+			break;
+		case 'W':
+			o.warmup = (unsigned)strtoul(optarg, &end, 10);
+			if (*end || o.warmup > 1000000) {
+				fprintf(stderr, "agentic-driver: --warmup-turns: a turn count\n");
+				return 2;
+			}
+			break;
+		case 'P':
+			o.prefix = optarg;
+			break;
+		case 'E':
+			o.events_dir = optarg;
+			break;
+		case 'h':
+			fputs(usage, stdout);
+			return 0;
+		default:
+			fputs(usage, stderr);
+			return 2;
+		}
+	}
+	if (!o.trace || !o.daemon || !o.model || optind < argc) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	if (!o.workdir) {
+		/* the NVMe tier's file lives here: a disk, not a tmpfs /tmp */
+		const char *t = getenv("TMPDIR");
+		o.workdir = t && *t ? t : "/var/tmp";
+	}
+	if (!o.v4ctl) {
+		char tmp[PATH_MAX];
+		snprintf(tmp, sizeof(tmp), "%s", o.daemon);
+		snprintf(v4ctl_default, sizeof(v4ctl_default), "%s/../v4ctl/v4ctl", dirname(tmp));
+		if (access(v4ctl_default, X_OK) == 0)
+			o.v4ctl = v4ctl_default;
+	}
+	char trace_default[PATH_MAX];
+	if (!o.trace_out && o.v4ctl) {
+		snprintf(trace_default, sizeof(trace_default), "%s/agentic-dualpath.trace.json",
+		         o.workdir);
+		o.trace_out = trace_default;
+	}
+
+	char err[512];
+	struct ag_trace *tr;
+	if (ag_trace_load(o.trace, &tr, err, sizeof(err)) < 0) {
+		fprintf(stderr, "agentic-driver: %s\n", err);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	/* resident first (its tokens are the reference), then the modes; with
+	 * rounds, the modes interleave and each keeps its least disturbed round
+	 * (lowest busy time) */
+	struct ag_result res[AG_MODE_MAX] = {0};
+	int failed = 0;
+	for (unsigned round = 1; round <= o.rounds; round++) {
+		for (int m = 0; m < AG_MODE_MAX; m++) {
+			if (!o.run[m])
+				continue;
+			struct ag_result r = {.round = round};
+			if (run_mode(&o, tr, (enum ag_mode)m, round, &r) < 0) {
+				failed++;
+				result_free(&r);
+				continue;
+			}
+			fprintf(
+			    stderr,
+			    "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
+			    "load %.3f s%s%s\n",
+			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
+			    o.keep ? ", kept " : "", o.keep ? r.dir : "");
+			if (!res[m].ran || r.busy_s < res[m].busy_s) {
+				result_free(&res[m]);
+				res[m] = r;
+			} else {
+				result_free(&r);
+			}
+		}
+	}
+	for (int m = 0; m < AG_MODE_MAX; m++) {
+		if (!res[m].ran)
+			continue;
+		if (o.events_dir &&
+		    ag_write_events(o.events_dir, (enum ag_mode)m, res[m].ev, res[m].n_ev) < 0)
+			fprintf(stderr, "agentic-driver: cannot write the events to %s\n",
+			        o.events_dir);
+		if (res[m].trace_tmp[0] && rename(res[m].trace_tmp, o.trace_out) < 0)
+			fprintf(stderr, "agentic-driver: cannot rename %s to %s: %s\n",
+			        res[m].trace_tmp, o.trace_out, strerror(errno));
+		res[m].trace_tmp[0] = '\0';
+	}
+	bool any = false;
+	for (int m = 0; m < AG_MODE_MAX; m++)
+		any |= res[m].ran;
+	if (any) {
+		ag_report(&o, res);
+	}
+	for (int m = 0; m < AG_MODE_MAX; m++)
+		result_free(&res[m]);
+	ag_trace_free(tr);
+	return failed ? 1 : 0;
+}
