@@ -154,6 +154,11 @@ uint64_t dp_kv_now_ns(void);
  * a new sequence with a gate; complete one (wait for every layer; on a
  * failure free it and return -EBADMSG). */
 struct dp_kv_restore;
+/* A fresh device sequence at pos for session s, with its Engram hashing
+ * history (the last tokens before pos, from s's token history) where the
+ * model has Engram layers. */
+int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+		     struct dp_v4_seq **ret_seq);
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 

@@ -439,13 +439,33 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 
 /* ---- promotion ---------------------------------------------------------------------- */
 
+int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+		     struct dp_v4_seq **ret_seq)
+{
+	struct dp_v4_seq *seq;
+	if (pos > s->len)
+		return -EBADMSG; /* state ahead of the history: never */
+	int r = dp_v4_seq_new_at(kv->m, pos, &seq);
+	if (r < 0)
+		return r;
+	if (pos > 0 && dp_v4_model_has_engram(kv->m)) {
+		uint32_t n = pos < DP_V4_ENGRAM_HISTORY_MAX ? (uint32_t)pos : DP_V4_ENGRAM_HISTORY_MAX;
+		if ((r = dp_v4_seq_set_engram_history(seq, s->hist + (pos - n), n)) < 0) {
+			dp_v4_seq_free(seq);
+			return r;
+		}
+	}
+	*ret_seq = seq;
+	return 0;
+}
+
 /* Fill a fresh device sequence at pos from host pages (refs order); checks
  * that the page lists agree. */
-static int upload_state(struct dp_kv *kv, uint64_t pos, const struct dp_v4_page_ref *refs,
+static int upload_state(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos, const struct dp_v4_page_ref *refs,
 			void *const *pages, size_t n, struct dp_v4_seq **ret_seq)
 {
 	struct dp_v4_seq *seq;
-	int r = dp_v4_seq_new_at(kv->m, pos, &seq);
+	int r = dp_kv_seq_new_at(kv, s, pos, &seq);
 	if (r < 0)
 		return r;
 	size_t have = dp_v4_seq_pages(seq, NULL, 0);
@@ -502,7 +522,7 @@ static int restore_snapshot(struct dp_kv *kv, struct dp_kv_session *s, struct dp
 	kv->st.corrupt_pages += bad;
 	if (r == 0) {
 		kv->st.pages_read += n;
-		r = upload_state(kv, s->snap_pos, refs, pages, n, ret_seq);
+		r = upload_state(kv, s, s->snap_pos, refs, pages, n, ret_seq);
 	}
 out:
 	free(refs);
@@ -531,7 +551,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 			return -ENOMEM;
 		for (size_t i = 0; i < s->n_dram; i++)
 			pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
-		r = upload_state(kv, s->state_pos, s->dram_refs, pages, s->n_dram, &seq);
+		r = upload_state(kv, s, s->state_pos, s->dram_refs, pages, s->n_dram, &seq);
 		free(pages);
 		if (r < 0)
 			return r;

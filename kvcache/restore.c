@@ -205,7 +205,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 	r->from_nvme = from_nvme;
 	r->t_start = dp_kv_now_ns();
 	r->n_layers = (uint32_t)dp_v4_model_config(kv->m)->num_hidden_layers;
-	if ((ret = dp_v4_seq_new_at(kv->m, pos, &seq)) < 0)
+	if ((ret = dp_kv_seq_new_at(kv, s, pos, &seq)) < 0)
 		goto fail;
 	r->seq = seq;
 	r->n = dp_v4_seq_pages(seq, NULL, 0);
