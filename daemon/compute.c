@@ -264,11 +264,12 @@ static int admit_one(struct compute *c, struct req *r)
 		uint64_t t0 = dp_now_ns();
 		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
 		bool parked = was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME;
-		if (parked && c->restore_mode == RESTORE_RECOMPUTE)
-			dp_kv_session_forget_state(srv->kv, r->sess); /* the no-reuse baseline */
-		ret = parked && c->restore_mode == RESTORE_DUALPATH
-			      ? dp_kv_session_acquire_async(srv->kv, r->sess, &r->seq)
-			      : dp_kv_session_acquire(srv->kv, r->sess, &r->seq);
+		if (parked && c->restore_mode == RESTORE_RECOMPUTE) /* the no-reuse baseline */
+			ret = dp_kv_session_acquire_fresh(srv->kv, r->sess, &r->seq);
+		else if (parked && c->restore_mode == RESTORE_DUALPATH)
+			ret = dp_kv_session_acquire_async(srv->kv, r->sess, &r->seq);
+		else
+			ret = dp_kv_session_acquire(srv->kv, r->sess, &r->seq);
 		if (ret < 0) {
 			r->sess = NULL;
 			send_error(srv, m, DUALPATH__V1__CODE__INTERNAL,
@@ -424,7 +425,9 @@ static void retire(struct compute *c)
 			  (unsigned long long)r->msg->request_id, r->msg->from.conn, r->finish, r->generated);
 		req_free(c, r);
 	}
-	dp_kv_balance(srv->kv);
+	/* demotions to NVMe run on the io thread's LOW channel; dp_kv_pump
+	 * advances them and a later commit or flush installs them */
+	dp_kv_balance_async(srv->kv);
 }
 
 /*
@@ -455,7 +458,13 @@ static int step(struct compute *c)
 	uint32_t budget = srv->cfg.max_batch_tokens, n = 0;
 	uint64_t t0 = dp_now_ns();
 
+	/* Sessions whose state is still arriving go last in the batch: the
+	 * forward takes the items in order within a layer, so a wait at one's
+	 * gate then comes after the others' work on that layer, not before. */
+	for (int pass = 0; pass < 2; pass++)
 	for (struct req *r = c->active; r; r = r->next) {
+		if ((r->t_restore != 0) != (pass == 1))
+			continue;
 		r->row = NULL;
 		if (r->cancelled && !r->done) {
 			r->done = true;
@@ -586,8 +595,10 @@ static int step(struct compute *c)
 	c->st.stall_ns += stall;
 	c->st.compute_ns += dt > stall ? dt - stall : 0;
 	c->step_ns_avg = c->st.steps ? 0.9 * c->step_ns_avg + 0.1 * (double)dt : (double)dt;
-	if (ks.restores && ks.restore_ns)
-		c->io_bytes_per_ns = (double)ks.pages_read * DP_V4_PAGE_BYTES / (double)ks.restore_ns;
+	/* the rate restore reads get: bytes over the time they were in flight
+	 * (not over restore spans, which include the steps they wait for) */
+	if (ks.restore_io_ns)
+		c->io_bytes_per_ns = (double)ks.restore_io_bytes / (double)ks.restore_io_ns;
 	if (stall)
 		trace_add(c, "stall", 0, t0 + dt - stall, t0 + dt, 0, 0);
 	c->st.steps++;
@@ -876,8 +887,17 @@ void *dp_compute_main(void *arg)
 		if (c.shutdown && !c.active && !c.waiting)
 			break;
 		maybe_compact(&c);
-		if (!c.active && !c.waiting)
-			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute, 100000000);
+		if (!c.active && !c.waiting) {
+			/* idle: make finished writebacks durable; while some are
+			 * still in flight, come back soon to advance them */
+			int ret = dp_kv_flush(srv->kv);
+			if (ret < 0)
+				log_warning("journal sync of finished writebacks failed: %s",
+					    strerror(-ret));
+			bool wb = dp_kv_writeback_pending(srv->kv);
+			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute,
+				       wb ? 1000000 : 100000000);
+		}
 	}
 	persist_all(&c);
 	free(c.logits);

@@ -687,6 +687,12 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	  s->stall_ns / 1e9);
 	C("dualpath_kv_restores_total", "layer-by-layer restores completed", s->kv.restores);
 	C("dualpath_kv_restore_seconds_total", "their total duration", s->kv.restore_ns / 1e9);
+	C("dualpath_kv_restore_io_seconds_total", "time restore reads were in flight",
+	  s->kv.restore_io_ns / 1e9);
+	C("dualpath_kv_restore_io_bytes_total", "bytes restore reads moved", s->kv.restore_io_bytes);
+	C("dualpath_kv_loads_total", "whole-state loads the compute thread waited for (restore=full)",
+	  s->kv.loads);
+	C("dualpath_kv_load_seconds_total", "their total duration", s->kv.load_ns / 1e9);
 	CL("dualpath_tokens_total", "tokens through the model", s->tokens_prefill, "phase", "prefill");
 	CL("dualpath_tokens_total", "tokens through the model", s->tokens_decode, "phase", "decode");
 	G("dualpath_tokens_per_second", "recent forward throughput", s->tok_s);
@@ -703,6 +709,11 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_kv_drops_total", "sessions dropped", s->kv.drops);
 	C("dualpath_kv_pages_written_total", "pages written to NVMe", s->kv.pages_written);
 	C("dualpath_kv_pages_read_total", "pages read from NVMe", s->kv.pages_read);
+	C("dualpath_kv_writebacks_total", "demotions to NVMe written behind the compute path",
+	  s->kv.writebacks);
+	C("dualpath_kv_writeback_errors_total", "writebacks that failed (the state stayed)",
+	  s->kv.writeback_errors);
+	G("dualpath_kv_writeback_pages", "pages being written out now", s->kv.writeback_pages);
 	C("dualpath_kv_corrupt_pages_total", "pages that failed their checks (recomputed)", s->kv.corrupt_pages);
 	C("dualpath_kv_recomputed_tokens_total", "history tokens replayed into state", s->kv.recomputed_tokens);
 	C("dualpath_journal_commits_total", "journal fsyncs of finished turns", s->kv.commits);

@@ -43,6 +43,8 @@ int dp_io_chan_new(struct dp_io *io, uint32_t depth, struct dp_io_chan **ret_cha
 		return -ENOMEM;
 	memset(c, 0, sizeof(*c));
 	atomic_init(&c->done, 0);
+	atomic_init(&c->busy_ns, 0);
+	atomic_init(&c->bytes, 0);
 	c->io = io;
 	c->mask = depth - 1;
 	atomic_init(&c->prio, DP_IO_PRIO_NORMAL);
@@ -91,6 +93,17 @@ void dp_io_chan_free(struct dp_io_chan *c)
 uint32_t dp_io_chan_depth(const struct dp_io_chan *c)
 {
 	return c ? c->mask + 1 : 0;
+}
+
+int dp_io_chan_busy(const struct dp_io_chan *c, uint64_t *ret_busy_ns, uint64_t *ret_bytes)
+{
+	if (!c)
+		return -EINVAL;
+	if (ret_busy_ns)
+		*ret_busy_ns = atomic_load_explicit(&c->busy_ns, memory_order_relaxed);
+	if (ret_bytes)
+		*ret_bytes = atomic_load_explicit(&c->bytes, memory_order_relaxed);
+	return 0;
 }
 
 uint64_t dp_io_completed(const struct dp_io_chan *c)

@@ -106,10 +106,16 @@ struct dp_io_chan {
 	/* The requester sleeps here; the io thread wakes it. Aligned inside. */
 	struct dp_waiter waiter;
 
+	/* Published by the io thread (relaxed), read by anyone: time with at
+	 * least one of the channel's requests in flight, and bytes moved. */
+	alignas(DP_RING_ALIGN) _Atomic uint64_t busy_ns;
+	_Atomic uint64_t bytes;
+
 	/* io-private block. */
 	alignas(DP_RING_ALIGN) uint64_t io_next; /* tickets taken off the ring */
 	uint64_t io_done;                        /* what `done` will be published as */
 	uint32_t inflight;                       /* taken, not finished (kernel or redo) */
+	uint64_t busy_since;                     /* when inflight last left 0 */
 	uint32_t stage_head, stage_n;
 	bool barrier;                            /* a barrier request is unfinished */
 	bool dirty;                              /* io_done moved since the last publish */

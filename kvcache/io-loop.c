@@ -69,7 +69,12 @@ static void chan_finish(struct dp_io *io, struct dp_io_chan *c, uint64_t ticket,
 	uint32_t i = (uint32_t)ticket & c->mask;
 
 	c->results[i] = res;
-	c->inflight--;
+	if (res > 0)
+		io_stat_add(&c->bytes, (uint64_t)res);
+	if (--c->inflight == 0 && c->busy_since) {
+		io_stat_add(&c->busy_ns, io_now_ns() - c->busy_since);
+		c->busy_since = 0;
+	}
 	if (flags & DP_IO_F_BARRIER)
 		c->barrier = false;
 	if (ticket != c->io_done) {
@@ -275,7 +280,8 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		op->retries = 0;
 		c->stage_head++;
 		c->stage_n--;
-		c->inflight++;
+		if (c->inflight++ == 0)
+			c->busy_since = io_now_ns();
 		if (r->flags & DP_IO_F_BARRIER)
 			c->barrier = true;
 		if (err) { /* no SQE was taken */

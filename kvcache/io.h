@@ -400,6 +400,12 @@ int dp_io_write(struct dp_io_chan *c, uint32_t file, uint64_t offset, const void
 int dp_io_sync(struct dp_io_chan *c, uint32_t file, enum dp_io_op op, unsigned flags,
                uint64_t *ret_ticket);
 
+/* The channel's I/O time: how long at least one of its requests was in
+ * flight (so concurrent requests count once), and the bytes its finished
+ * requests moved; bytes / busy_ns is the rate the channel actually got.
+ * Any thread (relaxed snapshots). */
+int dp_io_chan_busy(const struct dp_io_chan *c, uint64_t *ret_busy_ns, uint64_t *ret_bytes);
+
 /* Every ticket below the returned value is finished (acquire; any thread). */
 uint64_t dp_io_completed(const struct dp_io_chan *c);
 /* The counter itself, to poll inline: load it with memory_order_acquire. */

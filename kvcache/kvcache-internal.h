@@ -23,13 +23,17 @@ struct dp_kv_pool {
 	uint32_t n_pages;
 	uint32_t *free_list; /* stack of free page indices */
 	uint32_t n_free;
+	uint16_t *refs;	     /* holders per page: a session's state, a restore, a writeback */
 	bool locked; /* mlock succeeded */
 };
 
 int dp_kv_pool_init(struct dp_kv_pool *p, uint64_t bytes, int node);
 void dp_kv_pool_fini(struct dp_kv_pool *p);
-/* A free page index, or -ENOSPC. */
+/* A free page index (held once), or -ENOSPC. */
 int dp_kv_pool_get(struct dp_kv_pool *p);
+/* One more holder of a held page (a writeback reading it while the session
+ * moves on); each holder puts it once, and the last put frees it. */
+void dp_kv_pool_hold(struct dp_kv_pool *p, uint32_t idx);
 void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx);
 static inline void *dp_kv_pool_page(const struct dp_kv_pool *p, uint32_t idx)
 {
@@ -75,6 +79,15 @@ void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot);
 int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
 			   uint64_t *sums);
+/* The same writes as requests for an io channel of the caller's (the slots
+ * must be allocated): hdrs from dp_kv_slots_headers_alloc(n), reqs room for
+ * 2n + 1 (each page's header and data, then a barrier fdatasync). Only with
+ * an io engine (-EINVAL without). hdrs and pages must stay until the
+ * requests are done. */
+void *dp_kv_slots_headers_alloc(size_t n);
+int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
+			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
+			   uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs);
 /* Check one page read from a slot: its header (hdr, DP_KV_HDR_BYTES) must
  * say exactly id (and sum), and its data must hash to sum. 0 or -EBADMSG. */
 int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
@@ -119,6 +132,7 @@ struct dp_kv_session {
 	bool has_snap;
 
 	struct dp_kv_restore *restore; /* a layer-by-layer restore in flight */
+	struct dp_kv_wb *wb;	       /* an asynchronous writeback in flight */
 	bool busy;
 	uint64_t last_used_ns;
 	struct dp_kv_session *lru_prev, *lru_next; /* idle sessions; head = most recent */
@@ -137,6 +151,10 @@ struct dp_kv {
 	bool pool_registered;
 	struct dp_kv_slots slots;
 	struct dp_io_chan *restore_chan; /* HIGH priority: restores; slots.chan is LOW */
+	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks (NULL: none) */
+	struct dp_kv_wb *wb_head, *wb_tail; /* writebacks in flight, in ticket order */
+	struct dp_kv_wb *wb_recorded;	    /* written and journaled, not yet synced */
+	uint64_t wb_leaving[DP_KV_TIER_MAX]; /* pages of a tier being written out */
 	uint64_t device_pages;
 
 	struct dp_kv_session **list;
@@ -159,6 +177,34 @@ struct dp_kv_restore;
  * model has Engram layers. */
 int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		     struct dp_v4_seq **ret_seq);
+/* kvcache.c, for restore.c and writeback.c */
+void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
+int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
+			void ***ret_pages, void **ret_bounce, size_t *ret_n);
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
+/* Append a snapshot record to j (and fdatasync it if sync). */
+int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
+			   const struct dp_kv_snap_page *pages, size_t n, bool sync);
+
+/*
+ * writeback.c: demotion to NVMe without waiting. dp_kv_wb_start copies what
+ * it needs (DRAM pages: one more hold each; device pages: downloaded) and
+ * queues the slot writes and a barrier fdatasync on the LOW channel; the
+ * session stays where it is and may be used meanwhile. dp_kv_wb_progress
+ * (from dp_kv_pump) submits, reads results and, once a writeback's data is
+ * durable, appends its snapshot record to the journal; the next journal sync
+ * (a commit, or dp_kv_flush) makes it durable, and dp_kv_wb_finalize then
+ * installs the snapshot (the old one's slots are freed only now) and, if the
+ * session is still idle at that position, moves it to the NVMe tier.
+ */
+struct dp_kv_wb;
+int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_wb_progress(struct dp_kv *kv);
+void dp_kv_wb_finalize(struct dp_kv *kv); /* after a successful journal sync */
+/* Wait for every writeback, sync the journal, finalize. */
+int dp_kv_wb_settle(struct dp_kv *kv);
+void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 

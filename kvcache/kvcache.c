@@ -130,7 +130,7 @@ static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **
 	return 0;
 }
 
-static void snap_release(struct dp_kv *kv, struct dp_kv_session *s)
+void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	for (size_t i = 0; i < s->n_snap; i++)
 		dp_kv_slots_free(&kv->slots, s->snap[i].slot);
@@ -140,7 +140,7 @@ static void snap_release(struct dp_kv *kv, struct dp_kv_session *s)
 	s->has_snap = false;
 }
 
-static void dram_release(struct dp_kv *kv, struct dp_kv_session *s)
+void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	for (size_t i = 0; i < s->n_dram; i++)
 		dp_kv_pool_put(&kv->pool, s->dram_pages[i]);
@@ -153,6 +153,7 @@ static void dram_release(struct dp_kv *kv, struct dp_kv_session *s)
 
 static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
 {
+	dp_kv_wb_detach(kv, s);
 	dp_kv_restore_complete(kv, s); /* no page freed under a read */
 	struct dp_kv_session **pp = &kv->hash[hash_slot(kv, s->id)];
 	while (*pp && *pp != s)
@@ -163,8 +164,8 @@ static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
 	kv->list[s->index] = kv->list[--kv->n];
 	kv->list[s->index]->index = s->index;
 	dp_v4_seq_free(s->seq);
-	dram_release(kv, s);
-	snap_release(kv, s);
+	dp_kv_dram_release(kv, s);
+	dp_kv_snap_release(kv, s);
 	free(s->hist);
 	free(s);
 }
@@ -276,9 +277,8 @@ static void device_page_free(void *ctx, void *page, size_t bytes)
 
 /* ---- persistence: snapshots ------------------------------------------------------ */
 
-/* Journal a snapshot record and make it durable. */
-static int journal_snapshot(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
-			    const struct dp_kv_snap_page *pages, size_t n)
+int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
+			   const struct dp_kv_snap_page *pages, size_t n, bool sync)
 {
 	struct dp_jbuf b = { 0 };
 	dp_jbuf_put_str(&b, s->id);
@@ -291,9 +291,9 @@ static int journal_snapshot(struct dp_kv *kv, const struct dp_kv_session *s, uin
 		dp_jbuf_put_u64(&b, pages[i].slot);
 		dp_jbuf_put_u64(&b, pages[i].sum);
 	}
-	int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_SNAPSHOT, b.data, b.len);
+	int r = b.error ? b.error : dp_journal_append(j, DP_JREC_SNAPSHOT, b.data, b.len);
 	dp_jbuf_fini(&b);
-	return r < 0 ? r : dp_journal_sync(kv->j);
+	return r < 0 || !sync ? r : dp_journal_sync(j);
 }
 
 /* Describe the written pages as snapshot entries and journal them. */
@@ -305,7 +305,7 @@ static int journal_snapshot_from(struct dp_kv *kv, const struct dp_kv_session *s
 		sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
 						  .index = refs[i].index, .slot = slots[i],
 						  .sum = sums[i] };
-	return journal_snapshot(kv, s, pos, sp, n);
+	return dp_kv_journal_snapshot(kv->j, s, pos, sp, n, true);
 }
 
 /* Write the pages (host memory, refs order) as the session's new snapshot at
@@ -337,7 +337,7 @@ static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t po
 	    (r = journal_snapshot_from(kv, s, pos, refs, slots, sums, n, sp)) < 0)
 		goto fail;
 	kv->st.pages_written += n;
-	snap_release(kv, s);
+	dp_kv_snap_release(kv, s);
 	s->snap = sp;
 	s->n_snap = n;
 	s->snap_pos = pos;
@@ -358,8 +358,8 @@ fail:
 
 /* The state's pages on the host: DRAM pages as they are, device pages
  * downloaded into a bounce buffer. */
-static int state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
-			 void ***ret_pages, void **ret_bounce, size_t *ret_n)
+int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
+			void ***ret_pages, void **ret_bounce, size_t *ret_n)
 {
 	size_t n;
 	struct dp_v4_page_ref *refs;
@@ -405,7 +405,7 @@ oom:
 	return -ENOMEM;
 }
 
-static int commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
 {
 	/* a snapshot must never be ahead of the durable history */
 	return s->committed < pos ? dp_kv_commit(kv) : 0;
@@ -415,6 +415,9 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)
 		return -EINVAL;
+	int r;
+	if (s->wb && (r = dp_kv_wb_settle(kv)) < 0)
+		return r;
 	if (s->restore && dp_kv_restore_complete(kv, s) < 0)
 		return -EBADMSG;
 	if (s->tier == DP_KV_TIER_NONE || s->tier == DP_KV_TIER_NVME)
@@ -422,13 +425,12 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
 	if (s->has_snap && s->snap_pos == pos)
 		return 0;
-	int r = commit_if_behind(kv, s, pos);
-	if (r < 0)
+	if ((r = dp_kv_commit_if_behind(kv, s, pos)) < 0)
 		return r;
 	struct dp_v4_page_ref *refs;
 	void **pages, *bounce;
 	size_t n;
-	if ((r = state_to_host(kv, s, &refs, &pages, &bounce, &n)) < 0)
+	if ((r = dp_kv_state_to_host(kv, s, &refs, &pages, &bounce, &n)) < 0)
 		return r;
 	r = write_snapshot(kv, s, pos, refs, pages, n);
 	free(refs);
@@ -540,6 +542,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		return -EINVAL;
 	struct dp_v4_seq *seq = NULL;
 	int r = 0;
+	uint64_t t0 = dp_kv_now_ns();
 
 	switch (s->tier) {
 	case DP_KV_TIER_DEVICE:
@@ -555,20 +558,24 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		free(pages);
 		if (r < 0)
 			return r;
-		dram_release(kv, s);
+		dp_kv_dram_release(kv, s);
 		kv->st.promotions++;
+		kv->st.loads++;
+		kv->st.load_ns += dp_kv_now_ns() - t0;
 		break;
 	}
 	case DP_KV_TIER_NVME:
 		r = restore_snapshot(kv, s, &seq);
 		if (r == 0) {
 			kv->st.promotions++;
+			kv->st.loads++;
+			kv->st.load_ns += dp_kv_now_ns() - t0;
 			break;
 		}
 		if (r != -EBADMSG)
 			return r;
 		/* a failed load is a miss: drop the snapshot, recompute */
-		snap_release(kv, s);
+		dp_kv_snap_release(kv, s);
 		/* fall through */
 	case DP_KV_TIER_NONE:
 	default:
@@ -581,6 +588,31 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 	s->tier = DP_KV_TIER_DEVICE;
 	s->state_pos = dp_v4_seq_pos(seq);
 	kv->st.recomputed_tokens += s->len - s->state_pos;
+	if (!s->busy)
+		lru_unlink(kv, s);
+	s->busy = true;
+	*ret_seq = seq;
+	return 0;
+}
+
+int dp_kv_session_acquire_fresh(struct dp_kv *kv, struct dp_kv_session *s,
+				struct dp_v4_seq **ret_seq)
+{
+	if (!kv || !s || !ret_seq)
+		return -EINVAL;
+	struct dp_v4_seq *seq;
+	int r = dp_v4_seq_new(kv->m, &seq);
+	if (r < 0)
+		return r;
+	dp_kv_restore_complete(kv, s);
+	dp_v4_seq_free(s->seq);
+	dp_kv_dram_release(kv, s);
+	/* the snapshot stays: the state at its position is still what that
+	 * prefix of the (append-only) history gives */
+	s->seq = seq;
+	s->tier = DP_KV_TIER_DEVICE;
+	s->state_pos = 0;
+	kv->st.recomputed_tokens += s->len;
 	if (!s->busy)
 		lru_unlink(kv, s);
 	s->busy = true;
@@ -602,9 +634,9 @@ int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
 		/* the parked copy does not describe this model's pages: a miss */
 		kv->st.corrupt_pages++;
 		if (s->tier == DP_KV_TIER_NVME)
-			snap_release(kv, s);
+			dp_kv_snap_release(kv, s);
 		else
-			dram_release(kv, s);
+			dp_kv_dram_release(kv, s);
 		s->tier = DP_KV_TIER_NONE;
 		s->state_pos = 0;
 		return dp_kv_session_acquire(kv, s, ret_seq);
@@ -648,7 +680,7 @@ void dp_kv_session_forget_state(struct dp_kv *kv, struct dp_kv_session *s)
 	dp_kv_restore_complete(kv, s);
 	dp_v4_seq_free(s->seq);
 	s->seq = NULL;
-	dram_release(kv, s);
+	dp_kv_dram_release(kv, s);
 	if (s->has_snap) {
 		s->tier = DP_KV_TIER_NVME;
 		s->state_pos = s->snap_pos;
@@ -692,12 +724,32 @@ int dp_kv_commit(struct dp_kv *kv)
 		s->committed = s->len;
 		any = true;
 	}
-	if (!any)
+	if (!any && !kv->wb_recorded)
+		return 0;
+	int r = dp_journal_sync(kv->j);
+	if (r == 0) {
+		kv->st.commits += any;
+		dp_kv_wb_finalize(kv); /* writebacks journaled before this sync */
+	}
+	return r;
+}
+
+int dp_kv_flush(struct dp_kv *kv)
+{
+	if (!kv)
+		return -EINVAL;
+	dp_kv_wb_progress(kv);
+	if (!kv->wb_recorded)
 		return 0;
 	int r = dp_journal_sync(kv->j);
 	if (r == 0)
-		kv->st.commits++;
+		dp_kv_wb_finalize(kv);
 	return r;
+}
+
+bool dp_kv_writeback_pending(const struct dp_kv *kv)
+{
+	return kv && (kv->wb_head || kv->wb_recorded);
 }
 
 /* ---- demotion ----------------------------------------------------------------------- */
@@ -764,7 +816,7 @@ int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_t
 			dp_v4_seq_free(s->seq);
 			s->seq = NULL;
 		} else {
-			dram_release(kv, s);
+			dp_kv_dram_release(kv, s);
 		}
 		s->state_pos = s->snap_pos;
 		s->tier = DP_KV_TIER_NVME;
@@ -822,28 +874,34 @@ static uint64_t tier_budget(struct dp_kv *kv, enum dp_kv_tier t)
 	}
 }
 
-int dp_kv_balance(struct dp_kv *kv)
+static int balance(struct dp_kv *kv, bool async)
 {
 	int moved = 0;
 	for (int t = DP_KV_TIER_DEVICE; t <= DP_KV_TIER_NVME; t++) {
 		uint64_t budget = tier_budget(kv, t);
-		if (!budget || tier_pages(kv, t) <= (uint64_t)(budget * kv->opts.high_watermark))
+		/* pages already being written out are as good as gone */
+		if (!budget || tier_pages(kv, t) - kv->wb_leaving[t] <= (uint64_t)(budget * kv->opts.high_watermark))
 			continue;
 		uint64_t low = (uint64_t)(budget * kv->opts.low_watermark);
 		/* oldest idle first */
-		for (struct dp_kv_session *s = kv->lru_tail, *prev; s && tier_pages(kv, t) > low; s = prev) {
+		for (struct dp_kv_session *s = kv->lru_tail, *prev;
+		     s && tier_pages(kv, t) - kv->wb_leaving[t] > low; s = prev) {
 			prev = s->lru_prev;
-			if (s->tier != (enum dp_kv_tier)t)
+			if (s->tier != (enum dp_kv_tier)t || s->wb)
 				continue;
 			int r = -ENOSPC;
 			if (t == DP_KV_TIER_DEVICE && kv->pool.n_pages)
 				r = dp_kv_session_demote(kv, s, DP_KV_TIER_DRAM);
-			if (r == -ENOSPC && t != DP_KV_TIER_NVME)
-				r = dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+			if (r == -ENOSPC && t != DP_KV_TIER_NVME) {
+				if (async && kv->wb_chan)
+					r = dp_kv_wb_start(kv, s);
+				else
+					r = dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+			}
 			if (t == DP_KV_TIER_NVME) {
 				/* the disk is over budget: forget the state, keep the
 				 * history (the next turn recomputes) */
-				snap_release(kv, s);
+				dp_kv_snap_release(kv, s);
 				s->tier = DP_KV_TIER_NONE;
 				s->state_pos = 0;
 				r = 0;
@@ -853,6 +911,16 @@ int dp_kv_balance(struct dp_kv *kv)
 		}
 	}
 	return moved;
+}
+
+int dp_kv_balance(struct dp_kv *kv)
+{
+	return balance(kv, false);
+}
+
+int dp_kv_balance_async(struct dp_kv *kv)
+{
+	return balance(kv, true);
 }
 
 /* ---- recovery ----------------------------------------------------------------------- */
@@ -966,20 +1034,20 @@ static int emit_live(void *ctx, struct dp_journal *nj)
 		dp_jbuf_fini(&b);
 		if (r < 0)
 			return r;
-		if (s->has_snap) {
-			struct dp_journal *saved = kv->j;
-			kv->j = nj;
-			r = journal_snapshot(kv, s, s->snap_pos, s->snap, s->n_snap);
-			kv->j = saved;
-			if (r < 0)
-				return r;
-		}
+		/* one fdatasync for the whole file, at the end of the compaction */
+		if (s->has_snap &&
+		    (r = dp_kv_journal_snapshot(nj, s, s->snap_pos, s->snap, s->n_snap, false)) < 0)
+			return r;
 	}
 	return 0;
 }
 
 int dp_kv_compact(struct dp_kv *kv)
 {
+	/* the new file holds installed snapshots only: install every one first */
+	int r = dp_kv_wb_settle(kv);
+	if (r < 0)
+		return r;
 	return dp_journal_compact(kv->j, emit_live, kv);
 }
 
@@ -1024,6 +1092,10 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 			dp_io_chan_set_priority(kv->restore_chan, DP_IO_PRIO_HIGH);
 		else
 			kv->restore_chan = NULL; /* restores fall back to synchronous reads */
+		if (dp_io_chan_new(opts->io, 8192, &kv->wb_chan) == 0)
+			dp_io_chan_set_priority(kv->wb_chan, DP_IO_PRIO_LOW);
+		else
+			kv->wb_chan = NULL; /* demotions to NVMe stay synchronous */
 	}
 	if (opts->io && kv->pool.n_pages) {
 		/* NVMe reads land in the DRAM tier's pages directly */
@@ -1043,12 +1115,16 @@ void dp_kv_close(struct dp_kv *kv)
 {
 	if (!kv)
 		return;
+	if (kv->j)
+		dp_kv_wb_settle(kv);
 	while (kv->n)
 		session_remove(kv, kv->list[kv->n - 1]);
+	dp_kv_wb_finalize(kv); /* sessionless now: frees what a failed sync kept */
 	if (kv->m)
 		dp_v4_model_set_page_ops(kv->m, NULL);
 	dp_journal_close(kv->j);
 	dp_io_chan_free(kv->restore_chan);
+	dp_io_chan_free(kv->wb_chan);
 	dp_kv_slots_close(&kv->slots);
 	if (kv->pool_registered)
 		dp_io_mem_unregister(kv->opts.io, kv->pool_region);
@@ -1074,4 +1150,9 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 	dp_journal_stats(kv->j, &js);
 	ret->journal_bytes = js.bytes;
 	ret->compactions = js.compactions;
+	if (kv->restore_chan)
+		dp_io_chan_busy(kv->restore_chan, &ret->restore_io_ns, &ret->restore_io_bytes);
+	ret->writeback_pages = 0;
+	for (int t = 0; t < DP_KV_TIER_MAX; t++)
+		ret->writeback_pages += kv->wb_leaving[t];
 }

@@ -103,6 +103,12 @@ size_t dp_kv_session_bytes(const struct dp_kv_session *s); /* state bytes in its
 uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s);
 bool dp_kv_session_busy(const struct dp_kv_session *s);
 
+/* Acquire with a fresh state at position 0, whatever is parked (the
+ * recompute baseline: every history token is fed again). The parked copy
+ * in DRAM is let go; a snapshot on NVMe stays. */
+int dp_kv_session_acquire_fresh(struct dp_kv *kv, struct dp_kv_session *s,
+				struct dp_v4_seq **ret_seq);
+
 /*
  * Make the session's state resident on the device and mark it busy (not to
  * be demoted until released). *ret_seq is the state; its position may be
@@ -161,6 +167,19 @@ int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s);
 
 /* Enforce the watermarks: demote idle LRU sessions. Returns sessions moved. */
 int dp_kv_balance(struct dp_kv *kv);
+/* The same, but demotions to NVMe are only started (with an io engine): the
+ * writes run on a LOW-priority channel while the caller goes on, and
+ * dp_kv_pump advances them; a finished one is journaled, and the next
+ * journal sync (dp_kv_commit or dp_kv_flush) makes it the session's
+ * snapshot and, if the session is still idle at that position, moves it to
+ * NVMe. The session stays usable meanwhile. Returns sessions moved or
+ * started. */
+int dp_kv_balance_async(struct dp_kv *kv);
+/* Advance writebacks and sync the journal if finished ones wait for it
+ * (call when idle). */
+int dp_kv_flush(struct dp_kv *kv);
+/* Whether writebacks are in flight or wait for a journal sync. */
+bool dp_kv_writeback_pending(const struct dp_kv *kv);
 /* Rewrite the journal with only the live state. */
 int dp_kv_compact(struct dp_kv *kv);
 
@@ -179,9 +198,16 @@ struct dp_kv_stats {
 	uint64_t recomputed_tokens;	 /* history replayed into state */
 	uint64_t commits, journal_bytes;
 	uint64_t compactions;		 /* journal rewrites */
+	uint64_t writebacks;		 /* asynchronous demotions to NVMe started */
+	uint64_t writeback_errors;	 /* ... that failed (the state stayed where it was) */
+	uint64_t writeback_pages;	 /* pages being written out now */
 	uint64_t restores;	   /* layer-by-layer restores completed */
 	uint64_t restore_ns;	   /* their total duration */
 	uint64_t restore_stall_ns; /* time gates waited for pages (compute stalled) */
+	uint64_t restore_io_ns;	   /* time restore reads were in flight (io engine) */
+	uint64_t restore_io_bytes; /* and the bytes they read: the rate restores get */
+	uint64_t loads;		   /* whole-state promotions from DRAM or NVMe (not layered) */
+	uint64_t load_ns;	   /* their total duration (the caller waited) */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);

@@ -89,6 +89,7 @@ static void pump(struct dp_kv_restore *r)
 
 void dp_kv_pump(struct dp_kv *kv)
 {
+	dp_kv_wb_progress(kv);
 	for (size_t i = 0; i < kv->n; i++)
 		if (kv->list[i]->restore)
 			pump(kv->list[i]->restore);

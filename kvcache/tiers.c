@@ -8,6 +8,7 @@
  * the filesystem has it; where it does not (tmpfs says EINVAL) the file is
  * used buffered and dp_kv_stats reports direct_io = false.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -38,8 +39,9 @@ int dp_kv_pool_init(struct dp_kv_pool *p, uint64_t bytes, int node)
 	 * without the rlimit for it the pool still works, unpinned */
 	p->locked = mlock(p->mem.addr, p->mem.mapped) == 0;
 	p->free_list = malloc((size_t)n * sizeof(*p->free_list));
-	if (!p->free_list) {
-		dp_topo_free_onnode(&p->mem);
+	p->refs = calloc((size_t)n, sizeof(*p->refs));
+	if (!p->free_list || !p->refs) {
+		dp_kv_pool_fini(p);
 		return -ENOMEM;
 	}
 	p->n_pages = (uint32_t)n;
@@ -57,6 +59,7 @@ void dp_kv_pool_fini(struct dp_kv_pool *p)
 		dp_topo_free_onnode(&p->mem);
 	}
 	free(p->free_list);
+	free(p->refs);
 	memset(p, 0, sizeof(*p));
 }
 
@@ -64,12 +67,22 @@ int dp_kv_pool_get(struct dp_kv_pool *p)
 {
 	if (p->n_free == 0)
 		return -ENOSPC;
-	return (int)p->free_list[--p->n_free];
+	uint32_t idx = p->free_list[--p->n_free];
+	p->refs[idx] = 1;
+	return (int)idx;
+}
+
+void dp_kv_pool_hold(struct dp_kv_pool *p, uint32_t idx)
+{
+	assert(idx < p->n_pages && p->refs[idx] > 0 && p->refs[idx] < UINT16_MAX);
+	p->refs[idx]++;
 }
 
 void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx)
 {
-	p->free_list[p->n_free++] = idx;
+	assert(idx < p->n_pages && p->refs[idx] > 0);
+	if (--p->refs[idx] == 0)
+		p->free_list[p->n_free++] = idx;
 }
 
 /* ---- slot file ---------------------------------------------------------------- */
@@ -388,6 +401,37 @@ static int io_run(struct dp_kv_slots *sl, const struct dp_io_req *reqs, size_t n
 	return err;
 }
 
+void *dp_kv_slots_headers_alloc(size_t n)
+{
+	return headers_alloc(n);
+}
+
+int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
+			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
+			   uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs)
+{
+	if (!sl->io)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (slots[i] >= sl->n_slots || !bit(sl->used, slots[i]))
+			return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
+		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
+		uint64_t off = (uint64_t)slot_offset(slots[i]);
+		reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
+						  .offset = off, .addr = hdrs + i * DP_KV_HDR_BYTES,
+						  .len = DP_KV_HDR_BYTES };
+		reqs[2 * i + 1] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
+						      .offset = off + DP_KV_HDR_BYTES,
+						      .addr = pages[i], .len = DP_KV_PAGE_BYTES };
+	}
+	/* durable once every write before it is: a barrier sync */
+	reqs[2 * n] = (struct dp_io_req){ .op = DP_IO_OP_FDATASYNC, .flags = DP_IO_F_BARRIER,
+					  .file = sl->io_file };
+	return 0;
+}
+
 int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
 			   uint64_t *sums)
@@ -403,11 +447,11 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 		free(reqs);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < n; i++) {
-		sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
-		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
-	}
 	if (!sl->io) {
+		for (size_t i = 0; i < n; i++) {
+			sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
+			fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
+		}
 		for (size_t i = 0; i < n && ret == 0; i++) {
 			struct iovec iov[2] = { { hdrs + i * DP_KV_HDR_BYTES, DP_KV_HDR_BYTES },
 						{ pages[i], DP_KV_PAGE_BYTES } };
@@ -415,20 +459,7 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 		}
 		if (ret == 0 && fdatasync(sl->fd) < 0)
 			ret = -errno;
-	} else {
-		for (size_t i = 0; i < n; i++) {
-			off_t off = slot_offset(slots[i]);
-			reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
-							  .offset = (uint64_t)off,
-							  .addr = hdrs + i * DP_KV_HDR_BYTES,
-							  .len = DP_KV_HDR_BYTES };
-			reqs[2 * i + 1] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
-							      .offset = (uint64_t)off + DP_KV_HDR_BYTES,
-							      .addr = pages[i], .len = DP_KV_PAGE_BYTES };
-		}
-		/* durable once every write before it is: a barrier sync */
-		reqs[2 * n] = (struct dp_io_req){ .op = DP_IO_OP_FDATASYNC, .flags = DP_IO_F_BARRIER,
-						  .file = sl->io_file };
+	} else if ((ret = dp_kv_slots_write_reqs(sl, slots, ids, pages, n, sums, hdrs, reqs)) == 0) {
 		ret = io_run(sl, reqs, 2 * n + 1);
 	}
 	free(hdrs);

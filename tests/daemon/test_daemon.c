@@ -405,6 +405,19 @@ static void evict(int fd, uint64_t id, const char *session)
 }
 
 /* Three turns, the session parked on NVMe between them; returns the tokens. */
+static double metric(int fd, uint64_t id, const char *name)
+{
+	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
+	double v = -1;
+	for (size_t i = 0; i < r->stats->n_metrics; i++)
+		if (strcmp(r->stats->metrics[i]->name, name) == 0)
+			v = r->stats->metrics[i]->value;
+	dp_proto_response_free(r);
+	return v;
+}
+
 static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 {
 	const char *extra[] = { "--restore", mode, NULL };
@@ -418,6 +431,21 @@ static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", mode, t);
 		total += n;
 		evict(fd, 100 + t, "parked");
+	}
+	/* each mode's signature: recompute reads nothing back, full loads
+	 * whole states, dualpath restores layer by layer */
+	double read = metric(fd, 200, "dualpath_kv_pages_read_total");
+	double loads = metric(fd, 201, "dualpath_kv_loads_total");
+	double restores = metric(fd, 202, "dualpath_kv_restores_total");
+	if (strcmp(mode, "recompute") == 0) {
+		cr_expect_eq(read, 0, "recompute read %g pages back", read);
+		cr_expect_eq(loads + restores, 0);
+	} else if (strcmp(mode, "full") == 0) {
+		cr_expect_eq(loads, 2, "two turns found their state parked");
+		cr_expect_eq(restores, 0);
+	} else {
+		cr_expect_eq(restores, 2, "two turns found their state parked");
+		cr_expect_eq(loads, 0);
 	}
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0);
@@ -436,19 +464,6 @@ Test(daemon, the_overlapped_restore_returns_exactly_the_tokens_of_load_then_comp
 	cr_assert_eq(nr, nf);
 	cr_expect_arr_eq(dual, full, nf * sizeof(uint32_t), "dualpath differs from load-then-compute");
 	cr_expect_arr_eq(rec, full, nf * sizeof(uint32_t), "recompute differs from load-then-compute");
-}
-
-static double metric(int fd, uint64_t id, const char *name)
-{
-	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
-	double v = -1;
-	for (size_t i = 0; i < r->stats->n_metrics; i++)
-		if (strcmp(r->stats->metrics[i]->name, name) == 0)
-			v = r->stats->metrics[i]->value;
-	dp_proto_response_free(r);
-	return v;
 }
 
 Test(daemon, the_journal_is_compacted_when_idle_and_a_kill_after_it_loses_no_turn)

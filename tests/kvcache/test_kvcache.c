@@ -477,7 +477,13 @@ static void random_body(void)
 			dp_kv_session_demote(kv, x, rand_r(&seed) % 2 ? DP_KV_TIER_DRAM : DP_KV_TIER_NVME);
 			break;
 		case 4:
-			cr_assert_geq(dp_kv_balance(kv), 0);
+			if (rand_r(&seed) % 2)
+				cr_assert_geq(dp_kv_balance(kv), 0);
+			else
+				cr_assert_geq(dp_kv_balance_async(kv), 0);
+			dp_kv_pump(kv);
+			if (rand_r(&seed) % 3 == 0)
+				cr_assert_eq(dp_kv_flush(kv), 0);
 			break;
 		default:
 			if (dp_kv_session_len(x))
@@ -500,7 +506,7 @@ static void random_body(void)
  * committed turn; the parent kills it with SIGKILL at a random moment, then
  * reopens: every reported turn must be there, and every state must be right.
  */
-Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
+static void crash_body(bool async)
 {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 	int rounds = 6;
@@ -515,7 +521,17 @@ Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
 		cr_assert_geq(pid, 0);
 		if (pid == 0) {
 			close(pfd[0]);
-			struct dp_kv *kv = open_kv(4u * 65536, 0);
+			if (async) {
+				/* the parent's io thread did not survive the fork */
+				struct dp_io_config cfg;
+				dp_io_config_init(&cfg);
+				cfg.queue_depth = 64;
+				if (dp_io_new(&cfg, &engine) < 0 || dp_io_start(engine, -1) < 0)
+					_exit(5);
+			}
+			/* async: room for about one session on the device and one
+			 * in DRAM, so the watermarks keep writebacks going */
+			struct dp_kv *kv = async ? open_kv(2u * 65536, 3u * 65536) : open_kv(4u * 65536, 0);
 			struct dp_kv_session *s[3];
 			for (int i = 0; i < 3; i++) {
 				char id[16];
@@ -532,6 +548,10 @@ Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
 				uint64_t msg[2] = { (uint64_t)i, dp_kv_session_len(s[i]) };
 				if (write(pfd[1], msg, sizeof(msg)) != sizeof(msg))
 					_exit(4);
+				if (async) {
+					dp_kv_balance_async(kv);
+					dp_kv_pump(kv);
+				}
 				if (t % 4 == 3)
 					dp_kv_session_demote(kv, s[(i + 1) % 3], DP_KV_TIER_NVME);
 				if (t % 7 == 6)
@@ -552,7 +572,7 @@ Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
 				reported[msg[0]] = msg[1];
 		close(pfd[0]);
 
-		struct dp_kv *kv = open_kv(4u * 65536, 0);
+		struct dp_kv *kv = async ? open_kv(2u * 65536, 3u * 65536) : open_kv(4u * 65536, 0);
 		total_reported += reported[0] + reported[1] + reported[2];
 		for (int i = 0; i < 3; i++) {
 			char id[16];
@@ -573,6 +593,154 @@ Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
 	cr_log_info("crash test: %d rounds, %llu committed tokens checked", rounds,
 		    (unsigned long long)total_reported);
 	cr_expect_gt(total_reported, 0, "the writer never got to commit: the test checked nothing");
+}
+
+Test(kv, kill_9_at_any_moment_loses_no_committed_turn, .timeout = 240)
+{
+	crash_body(false);
+}
+
+/* the same with the watermarks writing sessions out asynchronously */
+Test(kv_io, kill_9_during_asynchronous_writebacks_loses_no_committed_turn, .timeout = 240)
+{
+	crash_body(true);
+}
+
+/* Drive the writebacks until none is in flight or waiting for a sync. */
+static void settle_writebacks(struct dp_kv *kv)
+{
+	for (int i = 0; i < 100000 && dp_kv_writeback_pending(kv); i++) {
+		dp_kv_pump(kv);
+		cr_assert_eq(dp_kv_flush(kv), 0);
+		if (dp_kv_writeback_pending(kv))
+			usleep(100);
+	}
+	cr_assert(!dp_kv_writeback_pending(kv), "the writebacks never finished");
+}
+
+Test(kv_io, an_asynchronous_writeback_moves_idle_sessions_to_nvme_without_blocking)
+{
+	/* device room for about one session, no DRAM tier */
+	struct dp_kv *kv = open_kv(0, 3u * 65536);
+	struct dp_kv_session *s[4];
+	for (int i = 0; i < 4; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "w%d", i);
+		cr_assert_eq(dp_kv_session_create(kv, id, &s[i]), 0);
+		turn(kv, s[i], 20, (uint32_t)i);
+	}
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	cr_assert_gt(dp_kv_balance_async(kv), 0);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_gt(st.writebacks, 0);
+	cr_expect_gt(st.writeback_pages, 0, "pages on their way out");
+	/* nothing moved yet: the sessions stay where they were until their
+	 * snapshot is durable */
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(dp_kv_session_tier(s[i]), DP_KV_TIER_DEVICE);
+	settle_writebacks(kv);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.writeback_errors, 0);
+	cr_expect_eq(st.writeback_pages, 0);
+	cr_expect_geq(st.sessions[DP_KV_TIER_NVME], 1, "the oldest went to NVMe");
+	cr_expect_eq(st.sessions[DP_KV_TIER_NVME], st.writebacks);
+	for (int i = 0; i < 4; i++)
+		check_state(kv, s[i]);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	/* and the snapshots are what a restart finds */
+	kv = open_kv(0, 3u * 65536);
+	for (int i = 0; i < 4; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "w%d", i);
+		cr_assert_eq(dp_kv_session_find(kv, id, &s[i]), 0);
+		check_state(kv, s[i]);
+	}
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.corrupt_pages, 0);
+	dp_kv_close(kv);
+}
+
+/* Pages of a session's state after a 20-token turn. */
+static uint64_t pages_per_session(void)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *m;
+	struct dp_kv_stats st;
+	cr_assert_eq(dp_kv_session_create(kv, "measure", &m), 0);
+	turn(kv, m, 20, 9);
+	dp_kv_stats(kv, &st);
+	cr_assert_eq(dp_kv_session_drop(kv, m), 0);
+	dp_kv_close(kv);
+	cr_assert_gt(st.pages[DP_KV_TIER_DEVICE], 0);
+	return st.pages[DP_KV_TIER_DEVICE];
+}
+
+Test(kv_io, a_session_used_during_its_writeback_keeps_its_state)
+{
+	/* DRAM holds exactly one session: one there is over the watermark */
+	uint64_t P = pages_per_session();
+	struct dp_kv *kv = open_kv(P * 65536, 0);
+	struct dp_kv_session *a, *b;
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, a, 20, 1);
+	turn(kv, b, 20, 2);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	cr_assert_eq(dp_kv_session_demote(kv, a, DP_KV_TIER_DRAM), 0);
+	cr_assert_eq(dp_kv_balance_async(kv), 1);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_assert_eq(st.writebacks, 1);
+	/* a turn on each while the writes may still be in flight: a's DRAM
+	 * pages stay held by the writeback after its promotion lets them go */
+	turn(kv, a, 5, 3);
+	turn(kv, b, 5, 4);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	settle_writebacks(kv);
+	cr_expect_eq(dp_kv_session_tier(a), DP_KV_TIER_DEVICE, "a moved on: it stays");
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.pages[DP_KV_TIER_DRAM], 0, "the writeback let the DRAM pages go");
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], P, "a's snapshot at 20 tokens");
+	check_state(kv, a);
+	check_state(kv, b);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(P * 65536, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "a", &a), 0);
+	check_state(kv, a);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.corrupt_pages, 0);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, a_session_dropped_during_its_writeback_leaves_no_slot_behind)
+{
+	/* the device holds two sessions: over the watermark; one out is enough */
+	uint64_t P = pages_per_session();
+	struct dp_kv *kv = open_kv(0, 2 * P * 65536);
+	struct dp_kv_session *a, *b;
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, a, 20, 1);
+	turn(kv, b, 20, 2);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	cr_assert_eq(dp_kv_balance_async(kv), 1);
+	cr_assert(dp_kv_writeback_pending(kv));
+	cr_assert_eq(dp_kv_session_drop(kv, a), 0);
+	settle_writebacks(kv);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], 0, "the dropped session's slots are free");
+	check_state(kv, b);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 2 * P * 65536);
+	cr_expect_eq(dp_kv_session_find(kv, "a", &a), -ENOENT);
+	cr_assert_eq(dp_kv_session_find(kv, "b", &b), 0);
+	check_state(kv, b);
+	dp_kv_close(kv);
 }
 
 Test(kv, a_missing_state_directory_is_a_clear_error)

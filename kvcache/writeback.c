@@ -1,0 +1,297 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/writeback.c — demotion to the NVMe tier off the compute path.
+ *
+ * The watermarks demote idle sessions; writing one to NVMe (hash, write,
+ * fdatasync, journal) used to happen inside dp_kv_balance, on the compute
+ * thread, between steps. Here it is queued on a LOW-priority io channel and
+ * followed by dp_kv_pump, so the compute thread only plans it (allocates
+ * slots, hashes the pages, fills the requests) and later installs it.
+ *
+ * Ownership. A writeback reads DRAM pages it holds (dp_kv_pool_hold: a
+ * promotion or restore of the session may release the session's hold
+ * meanwhile, the page stays until the writeback puts it) or a bounce copy
+ * of device pages (the device state may change meanwhile). It allocates its
+ * slots at the start; they become the session's snapshot only once the
+ * snapshot record is durable (dp_kv_wb_finalize), and the old snapshot's
+ * slots are freed only then, so a crash at any moment leaves the journal
+ * pointing at slots that hold what it says (or at none: the history is the
+ * truth and the state is recomputed).
+ *
+ * Tickets. Only writebacks use kv->wb_chan and only the owning thread
+ * submits, so a writeback's requests have consecutive tickets and the
+ * writebacks' tickets follow their queue order; results are read in ticket
+ * order, with at most half the channel's depth unread (a result slot is
+ * reused after `depth` tickets).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvcache/kvcache-internal.h"
+
+struct dp_kv_wb {
+	struct dp_kv_wb *next;
+	struct dp_kv_session *s; /* NULL once the session is gone */
+	enum dp_kv_tier from;
+	uint64_t pos;
+	size_t n;
+	struct dp_kv_snap_page *sp; /* the snapshot it makes */
+	uint64_t *slots, *sums;
+	struct dp_kv_slot_id *ids;
+	uint32_t *pool; /* DRAM: the pool pages it holds */
+	void *bounce;	/* DEVICE: the pages, downloaded */
+	uint8_t *hdrs;
+	struct dp_io_req *reqs;
+	size_t n_reqs, submitted, harvested;
+	uint64_t first_ticket;
+	int err;
+};
+
+static void wb_free(struct dp_kv *kv, struct dp_kv_wb *wb, bool free_slots)
+{
+	if (free_slots)
+		for (size_t i = 0; i < wb->n; i++)
+			dp_kv_slots_free(&kv->slots, wb->slots[i]);
+	if (wb->pool)
+		for (size_t i = 0; i < wb->n; i++)
+			dp_kv_pool_put(&kv->pool, wb->pool[i]);
+	free(wb->sp);
+	free(wb->slots);
+	free(wb->sums);
+	free(wb->ids);
+	free(wb->pool);
+	free(wb->bounce);
+	free(wb->hdrs);
+	free(wb->reqs);
+	free(wb);
+}
+
+int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv->wb_chan)
+		return -ENOTSUP;
+	if (s->busy || s->wb || s->restore ||
+	    (s->tier != DP_KV_TIER_DEVICE && s->tier != DP_KV_TIER_DRAM))
+		return -EBUSY;
+	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
+	if (s->has_snap && s->snap_pos == pos) /* already on NVMe: nothing to write */
+		return dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+	int r = dp_kv_commit_if_behind(kv, s, pos);
+	if (r < 0)
+		return r;
+
+	struct dp_kv_wb *wb = calloc(1, sizeof(*wb));
+	struct dp_v4_page_ref *refs = NULL;
+	void **pages = NULL;
+	size_t got = 0;
+	if (!wb)
+		return -ENOMEM;
+	wb->from = s->tier;
+	wb->pos = pos;
+	if ((r = dp_kv_state_to_host(kv, s, &refs, &pages, &wb->bounce, &wb->n)) < 0) {
+		free(wb);
+		return r;
+	}
+	size_t n = wb->n, m = n ? n : 1;
+	wb->sp = calloc(m, sizeof(*wb->sp));
+	wb->slots = calloc(m, sizeof(*wb->slots));
+	wb->sums = calloc(m, sizeof(*wb->sums));
+	wb->ids = calloc(m, sizeof(*wb->ids));
+	wb->hdrs = dp_kv_slots_headers_alloc(n);
+	wb->reqs = calloc(2 * n + 1, sizeof(*wb->reqs));
+	if (wb->from == DP_KV_TIER_DRAM)
+		wb->pool = calloc(m, sizeof(*wb->pool));
+	r = -ENOMEM;
+	if (!wb->sp || !wb->slots || !wb->sums || !wb->ids || !wb->hdrs || !wb->reqs ||
+	    (wb->from == DP_KV_TIER_DRAM && !wb->pool))
+		goto fail;
+	for (r = 0; got < n && r == 0; got++)
+		r = dp_kv_slots_alloc(&kv->slots, &wb->slots[got]);
+	if (r < 0) {
+		got--; /* the failed allocation holds nothing */
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++) {
+		wb->ids[i] = (struct dp_kv_slot_id){ s->id, pos, refs[i].layer, refs[i].kind,
+						     refs[i].index };
+		wb->sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
+						      .index = refs[i].index, .slot = wb->slots[i] };
+	}
+	r = dp_kv_slots_write_reqs(&kv->slots, wb->slots, wb->ids, pages, n, wb->sums, wb->hdrs,
+				   wb->reqs);
+	if (r < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++)
+		wb->sp[i].sum = wb->sums[i];
+	if (wb->from == DP_KV_TIER_DRAM)
+		for (size_t i = 0; i < n; i++) {
+			wb->pool[i] = s->dram_pages[i];
+			dp_kv_pool_hold(&kv->pool, wb->pool[i]);
+		}
+	free(refs);
+	free(pages);
+	wb->n_reqs = 2 * n + 1;
+	wb->s = s;
+	s->wb = wb;
+	if (kv->wb_tail)
+		kv->wb_tail->next = wb;
+	else
+		kv->wb_head = wb;
+	kv->wb_tail = wb;
+	kv->wb_leaving[wb->from] += n;
+	kv->st.writebacks++;
+	dp_kv_wb_progress(kv);
+	return 0;
+fail:
+	for (size_t i = 0; i < got; i++)
+		dp_kv_slots_free(&kv->slots, wb->slots[i]);
+	wb->n = 0;
+	free(refs);
+	free(pages);
+	wb_free(kv, wb, false);
+	return r;
+}
+
+/* A writeback whose requests have all finished: on success its record goes
+ * into the journal (durable at the next sync), else it is undone. */
+static void wb_done(struct dp_kv *kv, struct dp_kv_wb *wb)
+{
+	kv->wb_leaving[wb->from] -= wb->n;
+	if (!wb->err && wb->s)
+		wb->err = dp_kv_journal_snapshot(kv->j, wb->s, wb->pos, wb->sp, wb->n, false);
+	if (wb->err || !wb->s) {
+		if (wb->err)
+			kv->st.writeback_errors++;
+		if (wb->s)
+			wb->s->wb = NULL;
+		wb_free(kv, wb, true);
+		return;
+	}
+	kv->st.pages_written += wb->n;
+	wb->next = kv->wb_recorded;
+	kv->wb_recorded = wb;
+}
+
+void dp_kv_wb_progress(struct dp_kv *kv)
+{
+	if (!kv->wb_head)
+		return;
+	struct dp_io_chan *c = kv->wb_chan;
+	uint64_t done = dp_io_completed(c);
+	size_t in_flight = 0;
+
+	/* read the finished results, in ticket order */
+	for (struct dp_kv_wb *wb = kv->wb_head; wb; wb = wb->next) {
+		while (wb->harvested < wb->submitted && wb->first_ticket + wb->harvested < done) {
+			const struct dp_io_req *q = &wb->reqs[wb->harvested];
+			int32_t res;
+			if (dp_io_result(c, wb->first_ticket + wb->harvested, &res) < 0)
+				res = -EIO;
+			if (res < 0 && !wb->err)
+				wb->err = res;
+			else if (res >= 0 && q->op == DP_IO_OP_WRITE && (uint32_t)res != q->len &&
+				 !wb->err)
+				wb->err = -EIO;
+			wb->harvested++;
+		}
+		in_flight += wb->submitted - wb->harvested;
+	}
+	/* submit more, in queue order, keeping half the window unread at most */
+	size_t limit = dp_io_chan_depth(c) / 2;
+	for (struct dp_kv_wb *wb = kv->wb_head; wb && in_flight < limit; wb = wb->next) {
+		if (wb->submitted == wb->n_reqs)
+			continue;
+		size_t k = wb->n_reqs - wb->submitted;
+		if (k > limit - in_flight)
+			k = limit - in_flight;
+		uint64_t t;
+		int r = dp_io_submit(c, wb->reqs + wb->submitted, (uint32_t)k, &t);
+		if (r == -EAGAIN)
+			break;
+		if (r < 0) {
+			/* nothing more of it will run: finish with what did */
+			wb->err = r;
+			wb->n_reqs = wb->submitted;
+			continue;
+		}
+		if (wb->submitted == 0)
+			wb->first_ticket = t;
+		wb->submitted += (size_t)r;
+		in_flight += (size_t)r;
+		if (wb->submitted < wb->n_reqs)
+			break; /* the next one's tickets must follow all of this one's */
+	}
+	while (kv->wb_head && kv->wb_head->harvested == kv->wb_head->n_reqs) {
+		struct dp_kv_wb *wb = kv->wb_head;
+		kv->wb_head = wb->next;
+		if (!kv->wb_head)
+			kv->wb_tail = NULL;
+		wb->next = NULL;
+		wb_done(kv, wb);
+	}
+}
+
+void dp_kv_wb_finalize(struct dp_kv *kv)
+{
+	struct dp_kv_wb *wb = kv->wb_recorded;
+	kv->wb_recorded = NULL;
+	while (wb) {
+		struct dp_kv_wb *next = wb->next;
+		struct dp_kv_session *s = wb->s;
+		if (!s) {
+			/* the session was dropped after the record: its drop is
+			 * durable too (dp_kv_session_drop syncs) */
+			wb_free(kv, wb, true);
+			wb = next;
+			continue;
+		}
+		s->wb = NULL;
+		if (s->restore)
+			dp_kv_restore_complete(kv, s); /* it may be reading the old slots */
+		dp_kv_snap_release(kv, s);
+		s->snap = wb->sp;
+		s->n_snap = wb->n;
+		s->snap_pos = wb->pos;
+		s->has_snap = true;
+		wb->sp = NULL;
+		/* still idle and exactly the state written: it moves to NVMe */
+		if (!s->busy && !s->restore && s->tier == wb->from && s->state_pos == wb->pos) {
+			if (s->tier == DP_KV_TIER_DRAM) {
+				dp_kv_dram_release(kv, s);
+			} else {
+				dp_v4_seq_free(s->seq);
+				s->seq = NULL;
+			}
+			s->tier = DP_KV_TIER_NVME;
+			kv->st.demotions++;
+		}
+		wb_free(kv, wb, false);
+		wb = next;
+	}
+}
+
+int dp_kv_wb_settle(struct dp_kv *kv)
+{
+	while (kv->wb_head) {
+		struct dp_kv_wb *wb = kv->wb_head;
+		if (wb->harvested < wb->submitted)
+			dp_io_wait(kv->wb_chan, wb->first_ticket + wb->harvested, -1);
+		dp_kv_wb_progress(kv);
+	}
+	if (!kv->wb_recorded)
+		return 0;
+	int r = dp_journal_sync(kv->j);
+	if (r == 0)
+		dp_kv_wb_finalize(kv);
+	return r;
+}
+
+void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	(void)kv;
+	if (s->wb) {
+		s->wb->s = NULL;
+		s->wb = NULL;
+	}
+}
