@@ -496,6 +496,14 @@ static int step(struct compute *c)
 	}
 	if (n == 0)
 		return 0;
+	if (srv->engram) {
+		/* the step's tokens are known: issue its Engram rows' reads now,
+		 * so each Engram layer waits only for its own (a failure here
+		 * shows again, as an error, when the forward asks for them) */
+		int pr = dp_engram_prefetch(srv->engram, c->items, n);
+		if (pr < 0)
+			log_warning("Engram prefetch of a %u-sequence step failed: %s", n, strerror(-pr));
+	}
 	int ret = dp_v4_forward(srv->model, c->items, n, c->logits);
 	if (ret < 0) {
 		log_err("forward step of %u sequences failed: %s; failing them", n, strerror(-ret));
@@ -689,6 +697,9 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 				 mode.defer_taskrun ? "+defer_taskrun" : "",
 				 mode.fixed_bufs ? "+fixed_bufs" : "");
 	}
+	st->engram = srv->engram != NULL;
+	if (srv->engram)
+		dp_engram_store_get_stats(srv->engram, &st->engram_store);
 	dp_gpu_mem_stats(srv->gpu, &st->mem);
 	snprintf(st->backend, sizeof(st->backend), "%s", dp_gpu_kind_name(dp_gpu_kind_of(srv->gpu)));
 }

@@ -60,6 +60,10 @@ static const struct opt opts[] = {
 	O("sched", max_batch, OPT_U32, "sequences per step"),
 	O("sched", restore, OPT_STR, "parked state returns: dualpath (layer by layer, overlapped), "
 				     "full (load, then compute) or recompute (replay the history)"),
+	O("engram", engram_tables, OPT_STR, "the model's Engram tables (a .dpe file: dp-engram convert)"),
+	O("engram", engram_residency, OPT_STR, "where the tables live: device, dram or nvme "
+					       "(read through the io thread)"),
+	O("engram", engram_cache_rows, OPT_U64, "hot-row cache entries (dram, nvme; 0: none)"),
 };
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -96,6 +100,8 @@ void dp_config_defaults(struct dp_config *c)
 	c->prefill_chunk = 512;
 	c->max_batch = 64;
 	snprintf(c->restore, sizeof(c->restore), "dualpath");
+	snprintf(c->engram_residency, sizeof(c->engram_residency), "dram");
+	c->engram_cache_rows = 65536;
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }
 
@@ -369,6 +375,16 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	}
 	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
 		snprintf(err, err_len, "restore must be dualpath, full or recompute, not %s", c->restore);
+		return -EINVAL;
+	}
+	if (strcmp(c->engram_residency, "device") && strcmp(c->engram_residency, "dram") &&
+	    strcmp(c->engram_residency, "nvme")) {
+		snprintf(err, err_len, "engram_residency must be device, dram or nvme, not %s",
+			 c->engram_residency);
+		return -EINVAL;
+	}
+	if (c->engram_cache_rows > (1ull << 30)) {
+		snprintf(err, err_len, "engram_cache_rows must be at most 2^30");
 		return -EINVAL;
 	}
 	if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {

@@ -61,6 +61,10 @@ struct dp_config {
 	uint32_t prefill_chunk;	   /* prompt tokens of one request per step */
 	uint32_t max_batch;	   /* sequences per step */
 	char restore[16];	   /* dualpath, full, recompute: how parked state returns */
+	/* [engram] */
+	char engram_tables[DP_CONFIG_STR_MAX]; /* .dpe file; "" = none (a model without Engram) */
+	char engram_residency[16];	       /* device, dram, nvme */
+	uint64_t engram_cache_rows;	       /* hot-row cache entries (dram, nvme) */
 
 	char config_path[DP_CONFIG_STR_MAX];
 };

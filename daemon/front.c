@@ -721,6 +721,19 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_journal_compactions_total", "journal rewrites down to the live sessions", s->kv.compactions);
 	G("dualpath_kv_direct_io", "1 if the NVMe tier uses O_DIRECT", s->kv.direct_io);
 	GL("dualpath_io_info", "how the NVMe tier does I/O", 1, "mode", s->io_mode);
+	if (s->engram) {
+		const struct dp_engram_store_stats *e = &s->engram_store;
+		C("dualpath_engram_rows_total", "Engram row lookups served", e->rows);
+		C("dualpath_engram_cache_hits_total", "... found in the hot-row cache", e->cache_hits);
+		C("dualpath_engram_cache_misses_total", "... not found there", e->cache_misses);
+		C("dualpath_engram_sync_prefetches_total", "steps whose rows were not prefetched",
+		  e->sync_prefetches);
+		C("dualpath_engram_read_bytes_total", "bytes the Engram reads moved (nvme)",
+		  e->bytes_read);
+		C("dualpath_engram_wait_seconds_total", "time Engram layers waited for their rows",
+		  e->wait_ns / 1e9);
+		G("dualpath_engram_table_bytes", "Engram table bytes held in memory", e->table_bytes);
+	}
 	C("dualpath_io_reads_total", "io engine reads finished", s->io.reads);
 	C("dualpath_io_writes_total", "io engine writes finished", s->io.writes);
 	C("dualpath_io_syncs_total", "io engine syncs finished", s->io.syncs);

@@ -160,6 +160,58 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 	return 0;
 }
 
+/* An Engram model's tables: a store on the compute thread, its NVMe reads
+ * on the io thread's HIGH channel (beside restores, before writeback). */
+static int open_engram(struct dp_server *srv, char *err, size_t err_len)
+{
+	struct dp_config *cfg = &srv->cfg;
+	if (!dp_v4_model_has_engram(srv->model)) {
+		if (cfg->engram_tables[0])
+			log_warning("engram_tables is set but model %s has no Engram layers: ignored",
+				    srv->model_dir);
+		return 0;
+	}
+	if (!cfg->engram_tables[0]) {
+		snprintf(err, err_len, "model %.512s has Engram layers: set [engram] engram_tables to its "
+			 "tables (dp-engram convert writes them)", srv->model_dir);
+		return -EINVAL;
+	}
+	struct dp_engram_store_config ec;
+	dp_engram_store_config_init(&ec);
+	dp_engram_residency_parse(cfg->engram_residency, &ec.residency); /* validated */
+	ec.gpu = srv->gpu;
+	ec.node = srv->placement.node;
+	ec.cache_rows = cfg->engram_cache_rows;
+	if (ec.residency == DP_ENGRAM_RES_NVME) {
+		if (!srv->io) {
+			snprintf(err, err_len, "engram_residency nvme needs the io thread, and io_uring is "
+				 "unavailable here (use dram)");
+			return -ENOTSUP;
+		}
+		ec.io = srv->io;
+	}
+	char why[512] = "";
+	int ret = dp_engram_hash_from_model(srv->model, &srv->engram_hash, why, sizeof(why));
+	if (ret == 0)
+		ret = dp_engram_store_new(srv->engram_hash,
+					  (uint32_t)dp_v4_model_config(srv->model)->engram.head_dim,
+					  cfg->engram_tables, &ec, &srv->engram, why, sizeof(why));
+	if (ret < 0) {
+		snprintf(err, err_len, "Engram tables %.400s: %.500s", cfg->engram_tables,
+			 why[0] ? why : strerror(-ret));
+		return ret;
+	}
+	struct dp_v4_engram_provider p;
+	dp_engram_store_provider(srv->engram, &p);
+	dp_v4_model_set_engram(srv->model, &p);
+	struct dp_engram_store_stats st;
+	dp_engram_store_get_stats(srv->engram, &st);
+	log_info("Engram tables %s: %s residency, %llu MiB in memory, cache of %llu rows",
+		 cfg->engram_tables, cfg->engram_residency,
+		 (unsigned long long)(st.table_bytes >> 20), (unsigned long long)cfg->engram_cache_rows);
+	return 0;
+}
+
 static void place_threads(struct dp_server *srv)
 {
 	struct dp_topo *topo;
@@ -209,6 +261,8 @@ static int run(struct dp_server *srv)
 		goto fail;
 	place_threads(srv);
 	if ((ret = open_state(srv, err, sizeof(err))) < 0)
+		goto fail;
+	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if (srv->cfg.admin_group[0]) {
 		struct group *g = getgrnam(srv->cfg.admin_group);
@@ -359,6 +413,10 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	if (srv->model)
+		dp_v4_model_set_engram(srv->model, NULL);
+	dp_engram_store_free(srv->engram); /* its reads waited for: before the io thread stops */
+	dp_engram_hash_free(srv->engram_hash);
 	if (srv->io) {
 		dp_io_stop(srv->io, DP_IO_STOP_DRAIN);
 		dp_io_free(srv->io);

@@ -28,6 +28,7 @@
 
 #include "daemon/config.h"
 #include "kvcache/io.h"
+#include "engram/engram.h"
 #include "kvcache/kvcache.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
@@ -127,6 +128,8 @@ struct dp_compute_stats {
 	struct dp_kv_stats kv;
 	struct dp_io_stats io;
 	char io_mode[64];
+	bool engram; /* the model has Engram layers: engram_store is valid */
+	struct dp_engram_store_stats engram_store;
 	struct dp_gpu_mem_stats mem;
 	char backend[16];
 	bool draining;
@@ -169,6 +172,8 @@ struct dp_server {
 	struct dp_tok *tok;
 	struct dp_kv *kv;
 	struct dp_io *io; /* the io thread's engine (NVMe tier I/O) */
+	struct dp_engram_hash *engram_hash; /* Engram models: the n-gram hashing */
+	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;
 	uint32_t vocab;

@@ -41,6 +41,11 @@ zero/
     The Engram model with every Engram wkv zero (no tables: use model/'s): its logits must
     equal noengram/'s exactly.
 
+served/
+    model/'s shape with a byte-level vocabulary (256 bytes + 64 specials), which dualpathd
+    can serve (tests/daemon converts its tables with dp-engram and runs sessions on it):
+    model.safetensors with the tables, tokens.json (bytes), logits.bin.
+
 Deterministic (seeded CPU generators); --device only moves the forwards.
 """
 import argparse
@@ -263,15 +268,41 @@ def make_model(out, device):
           f"Engram moves the logits by up to {diff:.4f}; table sizes {sizes}")
 
 
+def make_served(out, device):
+    """model/'s shape with a byte-level vocabulary: the one the daemon can load."""
+    base = dict(BASE, seed=11, model=dict(BASE["model"], vocab_size=320))
+    cfg, model, gen = parity.build_model(base)
+    model = model.to(device)
+    ids = torch.randint(0, 256, (1, base["n_tokens"]), generator=gen)
+    t, sizes = engram_tensors(cfg, torch.Generator().manual_seed(4321))
+    full = forward(model, ids, t, sizes, cfg.rms_norm_eps, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        with open(os.path.join(tmp, "config.json")) as f:
+            config = json.load(f)
+        base_t = load_file(os.path.join(tmp, "model.safetensors"))
+    for k in ("architectures", "transformers_version"):
+        config.pop(k, None)
+    write_dir(os.path.join(out, "served"), dict(config, **ENGRAM), dict(base_t, **t), ids, full)
+    print(f"served: vocab {cfg.vocab_size}, max|logit| {float(full.abs().max()):.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--only", choices=["op", "model", "served"], action="append",
+                    help="write only these parts (repeatable; default: all)")
     args = ap.parse_args()
     hashing.check_golden()  # the hashing transcription still matches the golden vectors
     os.makedirs(args.out, exist_ok=True)
-    make_op(args.out, torch.device(args.device))
-    make_model(args.out, torch.device(args.device))
+    parts = args.only or ["op", "model", "served"]
+    if "op" in parts:
+        make_op(args.out, torch.device(args.device))
+    if "model" in parts:
+        make_model(args.out, torch.device(args.device))
+    if "served" in parts:
+        make_served(args.out, torch.device(args.device))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs)
     print(f"{total} bytes in {args.out}")
 

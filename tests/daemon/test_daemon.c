@@ -528,3 +528,155 @@ Test(daemon, the_journal_is_compacted_when_idle_and_a_kill_after_it_loses_no_tur
 	}
 	close(fd);
 }
+
+/* ---- an Engram model ---------------------------------------------------------- */
+
+static const char *engram_model(void)
+{
+	const char *m = getenv("DP_TEST_ENGRAM_MODEL");
+	cr_assert_not_null(m, "DP_TEST_ENGRAM_MODEL is not set");
+	return m;
+}
+
+/* dp-engram convert: the model's tables as a .dpe file in dir. */
+static void convert_tables(const char *dir, char *out, size_t len)
+{
+	const char *tool = getenv("DP_ENGRAM_TOOL");
+	cr_assert_not_null(tool, "DP_ENGRAM_TOOL is not set");
+	snprintf(out, len, "%s/tables.dpe", dir);
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "'%s' convert '%s' '%s' >/dev/null", tool, engram_model(), out);
+	cr_assert_eq(system(cmd), 0, "%s", cmd);
+}
+
+static const uint32_t bytes[] = { 'T', 'h', 'e', ' ', 'q', 'u', 'i', 'c', 'k', ' ', 'b', 'r',
+				  'o', 'w', 'n', ' ', 'f', 'o', 'x' };
+#define NB (sizeof(bytes) / sizeof(bytes[0]))
+
+/* Three turns of one session on the Engram model, parked on NVMe between
+ * them, then the same context as one prompt: returns every turn's tokens
+ * and checks the last turn equals the one-prompt run. */
+static size_t engram_turns(const char *residency, const char *restore, uint32_t *out, size_t cap)
+{
+	char tdir[] = "/var/tmp/dp-test-e-XXXXXX", tables[128];
+	cr_assert_not_null(mkdtemp(tdir));
+	convert_tables(tdir, tables, sizeof(tables));
+	setenv("DP_TEST_MODEL", engram_model(), 1);
+	const char *extra[] = { "--engram-tables", tables, "--engram-residency", residency,
+				"--engram-cache-rows", "16", "--restore", restore, NULL };
+	daemon_start(&d, extra);
+	unsetenv("DP_TEST_MODEL");
+	int fd = client_connect(&d);
+	uint32_t all[128];
+	size_t total = 0, na = 0, last = 0;
+	for (int t = 0; t < 3; t++) {
+		size_t n;
+		send_generate(fd, 10 + t, "eg", bytes + 6 * t, 6, 8, 0, 0);
+		cr_assert_neq(collect(fd, 10 + t, out + total, cap - total, &n),
+			      DUALPATH__V1__FINISH_REASON__FINISH_ERROR, "%s, turn %d", residency, t);
+		for (int i = 0; i < 6; i++)
+			all[na++] = bytes[6 * t + i];
+		if (t < 2)
+			for (size_t i = 0; i < n; i++)
+				all[na++] = out[total + i];
+		last = total;
+		total += n;
+		if (t < 2)
+			evict(fd, 100 + t, "eg");
+	}
+	uint32_t ref[16];
+	size_t nr;
+	send_generate(fd, 20, NULL, all, na, 8, 0, 0);
+	cr_assert_neq(collect(fd, 20, ref, 16, &nr), DUALPATH__V1__FINISH_REASON__FINISH_ERROR);
+	cr_assert_eq(nr, total - last, "%s: turn 3 and the one-prompt run differ in length", residency);
+	cr_expect_arr_eq(out + last, ref, nr * sizeof(uint32_t),
+			 "%s/%s: turn 3 differs from the one-prompt run", residency, restore);
+	double rows = metric(fd, 200, "dualpath_engram_rows_total");
+	double sync = metric(fd, 201, "dualpath_engram_sync_prefetches_total");
+	double bytes_read = metric(fd, 202, "dualpath_engram_read_bytes_total");
+	cr_expect_gt(rows, 0, "the Engram layers looked rows up");
+	cr_expect_eq(sync, 0, "every step's rows were prefetched before its forward");
+	if (strcmp(residency, "nvme") == 0)
+		cr_expect_gt(bytes_read, 0, "nvme residency read rows from the file");
+	else
+		cr_expect_eq(bytes_read, 0, "%s residency read nothing", residency);
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tdir);
+	(void)!system(cmd);
+	return total;
+}
+
+Test(daemon, an_engram_model_serves_the_same_tokens_with_its_tables_on_device_in_dram_or_on_nvme)
+{
+	uint32_t dram[64], nvme[64], dev[64], rec[64];
+	size_t nd = engram_turns("dram", "dualpath", dram, 64);
+	size_t nn = engram_turns("nvme", "dualpath", nvme, 64);
+	size_t nv = engram_turns("device", "full", dev, 64);
+	size_t nr = engram_turns("nvme", "recompute", rec, 64);
+	cr_assert_gt(nd, 0);
+	cr_assert_eq(nn, nd);
+	cr_assert_eq(nv, nd);
+	cr_assert_eq(nr, nd);
+	cr_expect_arr_eq(nvme, dram, nd * sizeof(uint32_t), "nvme residency differs from dram");
+	cr_expect_arr_eq(dev, dram, nd * sizeof(uint32_t), "device residency differs from dram");
+	cr_expect_arr_eq(rec, dram, nd * sizeof(uint32_t), "replaying the history differs");
+}
+
+/* Start dualpathd expecting it to refuse; returns its log. */
+static void start_fails(const char *const *extra, char *log, size_t len)
+{
+	char dir[] = "/var/tmp/dp-test-f-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char sock[128], state[128], logf[128];
+	snprintf(sock, sizeof(sock), "%s/sock", dir);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		const char *argv[32] = { getenv("DUALPATHD"), "--config", "/dev/null", "--socket", sock,
+					 "--state-dir", state, "--model", engram_model(), "--log-file",
+					 logf, "--pin-threads", "false" };
+		int n = 13;
+		for (int i = 0; extra[i] && n < 30; i++)
+			argv[n++] = extra[i];
+		argv[n] = NULL;
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
+		  "dualpathd refused to start (status %d)", st);
+	FILE *f = fopen(logf, "r");
+	size_t n = f ? fread(log, 1, len - 1, f) : 0;
+	log[n] = 0;
+	if (f)
+		fclose(f);
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+}
+
+Test(daemon, an_engram_model_without_valid_tables_is_refused_with_a_clear_error)
+{
+	char log[8192];
+	static const char *const none[] = { NULL };
+	start_fails(none, log, sizeof(log));
+	cr_expect_not_null(strstr(log, "engram_tables"), "the error names the setting: %s", log);
+
+	/* a table file of some other model: the hash layout does not match */
+	char tdir[] = "/var/tmp/dp-test-e-XXXXXX", bad[128], cmd[512];
+	cr_assert_not_null(mkdtemp(tdir));
+	snprintf(bad, sizeof(bad), "%s/junk.dpe", tdir);
+	snprintf(cmd, sizeof(cmd), "head -c 8192 /dev/urandom > '%s'", bad);
+	cr_assert_eq(system(cmd), 0);
+	const char *const junk[] = { "--engram-tables", bad, NULL };
+	start_fails(junk, log, sizeof(log));
+	cr_expect_not_null(strstr(log, "Engram tables"), "the error names the file: %s", log);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tdir);
+	(void)!system(cmd);
+}
