@@ -23,6 +23,8 @@ struct dp_gpu_backend {
 	int (*zero)(struct dp_gpu *g, void *dst, size_t bytes);
 	int (*sync)(struct dp_gpu *g);
 	void (*device_mem)(const struct dp_gpu *g, uint64_t *total, uint64_t *free_bytes);
+	void *(*host_alloc)(struct dp_gpu *g, size_t bytes); /* zeroed, pinned where it matters */
+	void (*host_free)(struct dp_gpu *g, void *p, size_t bytes);
 };
 
 /* Backends embed this first in their own struct. */

@@ -131,6 +131,19 @@ void dp_gpu_dealloc(struct dp_gpu *g, void *p, size_t bytes, enum dp_gpu_mem_cla
 	g->bytes[cls] -= bytes <= g->bytes[cls] ? bytes : g->bytes[cls];
 }
 
+void *dp_gpu_host_alloc(struct dp_gpu *g, size_t bytes)
+{
+	if (!g || bytes == 0)
+		return NULL;
+	return g->be->host_alloc(g, bytes);
+}
+
+void dp_gpu_host_free(struct dp_gpu *g, void *p, size_t bytes)
+{
+	if (g && p)
+		g->be->host_free(g, p, bytes);
+}
+
 int dp_gpu_upload(struct dp_gpu *g, void *dst, const void *src, size_t bytes)
 {
 	return g->be->upload(g, dst, src, bytes);

@@ -115,6 +115,12 @@ int dp_gpu_copy(struct dp_gpu *g, void *dst, const void *src, size_t bytes);
 int dp_gpu_zero(struct dp_gpu *g, void *dst, size_t bytes);
 int dp_gpu_sync(struct dp_gpu *g);
 void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret);
+/* Zeroed host memory the backend copies to and from at full speed (cuda:
+ * page-locked, cudaHostAlloc; cpu: 4 KiB-aligned heap memory), for staging
+ * buffers and host-resident state pages; NULL on failure. The host may read
+ * and write it directly; ops never take it. Free with dp_gpu_host_free. */
+void *dp_gpu_host_alloc(struct dp_gpu *g, size_t bytes);
+void dp_gpu_host_free(struct dp_gpu *g, void *p, size_t bytes);
 
 /* ---- weights --------------------------------------------------------------- */
 

@@ -91,6 +91,8 @@ static const struct dp_gpu_backend cpu_backend = {
 	.copy = cpu_memcpy,
 	.zero = cpu_zero,
 	.sync = cpu_sync,
+	.host_alloc = cpu_alloc, /* host memory is what this backend computes on */
+	.host_free = cpu_dealloc,
 };
 
 /* ---- dense ops ----------------------------------------------------------- */

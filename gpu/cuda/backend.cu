@@ -199,6 +199,27 @@ static void be_dealloc(struct dp_gpu *g, void *p, size_t bytes)
 	dp_cuda_free_raw(cu_of(g), p);
 }
 
+/* Page-locked host memory: the DMA engines copy it without a bounce. */
+static void *be_host_alloc(struct dp_gpu *g, size_t bytes)
+{
+	struct dp_gpu_cuda *c = cu_of(g);
+	void *p = NULL;
+	cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+	if (e != cudaSuccess) {
+		dp_cuda_fail(c, e, "cudaHostAlloc");
+		return NULL;
+	}
+	memset(p, 0, bytes);
+	return p;
+}
+
+static void be_host_free(struct dp_gpu *g, void *p, size_t bytes)
+{
+	(void)g;
+	(void)bytes;
+	cudaFreeHost(p);
+}
+
 static bool overlaps(const void *a, const void *b, size_t n)
 {
 	uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
@@ -323,6 +344,8 @@ static void be_destroy(struct dp_gpu *g)
 	    .zero = be_zero,                                                                       \
 	    .sync = be_sync,                                                                       \
 	    .device_mem = device_mem,                                                              \
+	    .host_alloc = be_host_alloc,                                                           \
+	    .host_free = be_host_free,                                                             \
 	}
 BACKEND(backend_bf16, DP_DTYPE_BF16);
 BACKEND(backend_f32, DP_DTYPE_F32);
