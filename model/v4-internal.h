@@ -72,6 +72,20 @@ struct dp_v4_model {
 	/* per-forward scratch (backend memory), grown on demand */
 	void *scratch;
 	size_t scratch_bytes;
+
+	/* CSA entries in host memory (dp_v4_model_set_csa_host; v4_csa.c) */
+	bool csa_host;
+	struct dp_v4_page_ops host_pages; /* where those pages come from */
+	struct dp_v4_csa_stats csa_st;
+	/* host scratch of the staging step, grown on demand */
+	int32_t *csa_sel;   /* [S][k]: the indexer's choice, then slots */
+	size_t csa_sel_cap;
+	int32_t *csa_miss;  /* entries to fetch */
+	size_t csa_miss_cap;
+	void *csa_order;    /* trim's sort array */
+	size_t csa_order_cap;
+	float *csa_stage;   /* pinned (dp_gpu_host_alloc): [misses][d] */
+	size_t csa_stage_bytes;
 };
 
 /* A run of fixed-size entries in pages of backend memory; entries never
@@ -87,12 +101,31 @@ struct dp_v4_stream {
 	uint32_t dim;	   /* floats per entry */
 	uint32_t n;	   /* entries: present (growing) or capacity (fixed) */
 	bool fixed;
+	bool host; /* pages in host memory (the model's host_pages); no dev_pages */
+};
+
+/* The entries of a host-resident CSA stream staged on the device for one
+ * (sequence, layer): slots [0, live) of `dev` hold entries slot_entry[...];
+ * where[] maps an entry to its slot (-1: not staged). Kept from step to step
+ * (the speculation: the indexer's choice changes slowly), trimmed after each
+ * step (v4_csa.c). */
+struct dp_v4_csa_cache {
+	float *dev;	     /* backend: [mem_cap][dim] */
+	float **tab;	     /* backend: one page pointer (dev), for the op view */
+	uint32_t mem_cap, live, dim;
+	int32_t *slot_entry; /* host [host_cap] */
+	uint64_t *slot_use;  /* host [host_cap]: step << 32 | (last query row + 1) */
+	uint32_t host_cap;
+	int32_t *where;	     /* host [where_cap] */
+	uint32_t where_cap;
+	uint64_t step;
 };
 
 /* One layer of a sequence's state (docs/v4-forward.md "Incremental state"),
  * one stream per enum dp_v4_stream_kind; absent streams have dim 0. */
 struct dp_v4_layer_state {
 	struct dp_v4_stream s[DP_V4_S_MAX];
+	struct dp_v4_csa_cache *csa; /* host-resident CSA entries: the staged ones */
 };
 
 struct dp_v4_seq {
@@ -102,7 +135,8 @@ struct dp_v4_seq {
 	void *gate_ctx;
 	bool poisoned;
 	struct dp_v4_layer_state *layers;
-	size_t bytes;
+	size_t bytes;	   /* backend memory */
+	size_t host_bytes; /* host-resident pages (CSA entries in host memory) */
 	/* Engram history: the last hist_n (<= N-1) raw token ids, oldest first */
 	int32_t hist[DP_V4_ENGRAM_HISTORY_MAX];
 	uint32_t hist_n;
@@ -123,6 +157,20 @@ int dp_v4_stream_read(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t 
 void dp_v4_seq_engram_advance(struct dp_v4_seq *s, const int32_t *tokens, uint32_t n);
 /* 0, or -ENOTSUP when an entry of some stream would not fit a page. */
 int dp_v4_state_supported(const struct dp_v4_config *c);
+/* v4_csa.c */
+/* After the indexer wrote sel ([S][k], backend memory) for layer l of seq,
+ * whose compressed entries are in host memory: stage the entries the
+ * queries picked on the device (only those not staged already), rewrite sel
+ * to index the staged slots, and give the op view of them. The attention op
+ * then reads the same entries in the same order as from device pages. */
+int dp_v4_csa_stage(struct dp_v4_model *m, struct dp_v4_seq *seq, int l, int32_t *sel,
+		    uint32_t S, uint32_t k, struct dp_gpu_stream *ret_view);
+/* After the attention op: drop staged entries not picked recently, keep the
+ * staged set compact. Off the path between the indexer and the attention. */
+int dp_v4_csa_trim(struct dp_v4_model *m, struct dp_v4_seq *seq, int l);
+void dp_v4_csa_cache_free(struct dp_v4_model *m, struct dp_v4_seq *seq, struct dp_v4_csa_cache *c);
+void dp_v4_csa_model_fini(struct dp_v4_model *m);
+
 /* The op view of a stream. */
 static inline struct dp_gpu_stream dp_v4_stream_view(const struct dp_v4_stream *st)
 {

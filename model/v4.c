@@ -242,6 +242,10 @@ static int attention(struct dp_v4_model *m, int l, struct scratch *s,
 				.sel = s->sel,
 			};
 			CHECK(ops->index_topk(g, &ix));
+			/* entries in host memory: stage the picked ones, read those */
+			if (st[DP_V4_S_COMP].host)
+				CHECK(dp_v4_csa_stage(m, seq, l, s->sel, S, (uint32_t)c->index_topk,
+						      &comp));
 		}
 		struct dp_gpu_attn a = {
 			.q = s->q + (size_t)o * H * d,
@@ -261,6 +265,8 @@ static int attention(struct dp_v4_model *m, int l, struct scratch *s,
 			.out = s->att + (size_t)o * H * d,
 		};
 		CHECK(ops->attention(g, &a));
+		if (csa && st[DP_V4_S_COMP].host)
+			CHECK(dp_v4_csa_trim(m, seq, l));
 		/* the window keeps the last W positions, position p at entry
 		 * p % W: at most two contiguous runs */
 		uint32_t keep = S < W ? S : W;

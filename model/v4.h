@@ -57,6 +57,33 @@ struct dp_v4_page_ops {
 	void *ctx;
 };
 
+/*
+ * CSA entries in host memory. With csa_host on, the compressed entries
+ * (DP_V4_S_COMP) of CSA layers of sequences created from then on live in host
+ * pages from `host_pages` (NULL: dp_gpu_host_alloc, pinned) instead of backend
+ * memory; everything else (index keys, window, compressor state, HCA entries)
+ * stays on the device. Each CSA layer's attention then stages on the device
+ * only the entries the lightning indexer picked: those still staged from the
+ * previous steps are reused (the speculation: a query's choice changes
+ * slowly), the rest are gathered from the host pages into a pinned buffer and
+ * copied up in one copy. Logits are bit-identical to the device mode.
+ * Returns 0 or -EINVAL. Call before creating sequences.
+ */
+int dp_v4_model_set_csa_host(struct dp_v4_model *m, bool on, const struct dp_v4_page_ops *host_pages);
+bool dp_v4_model_csa_host(const struct dp_v4_model *m);
+
+/* Counters of the host-entries mode since the model was loaded. */
+struct dp_v4_csa_stats {
+	uint64_t steps;	    /* (sequence, CSA layer) attentions that staged entries */
+	uint64_t selected;  /* distinct entries the indexer picked, summed over steps */
+	uint64_t hits;	    /* of those, already staged on the device */
+	uint64_t fetched;   /* of those, gathered from host memory after the indexer */
+	uint64_t bytes;	    /* host-to-device bytes of the fetched entries */
+	uint64_t gather_ns; /* inside layers: indexer's choice to staged view */
+	uint64_t evicted;   /* staged entries dropped (not picked recently) */
+};
+void dp_v4_model_csa_stats(const struct dp_v4_model *m, struct dp_v4_csa_stats *ret);
+
 /* Load config.json and the safetensors checkpoint in `dir` onto backend g.
  * Every tensor's name, shape and dtype is checked against the config; the
  * message names the file, tensor and the mismatch. */
@@ -83,7 +110,8 @@ struct dp_v4_page_ref {
 	uint16_t layer;
 	uint8_t kind; /* enum dp_v4_stream_kind */
 	uint32_t index;
-	void *page; /* backend memory, DP_V4_PAGE_BYTES */
+	bool host;  /* page is host memory (CSA entries in host memory), not backend */
+	void *page; /* backend memory (or host, see host), DP_V4_PAGE_BYTES */
 };
 
 /* The sequence's state pages in a fixed order (layer, kind, index): writes
@@ -107,8 +135,10 @@ bool dp_v4_seq_poisoned(const struct dp_v4_seq *s);
 
 /* Tokens consumed so far. */
 uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s);
-/* Backend bytes the sequence's state occupies. */
+/* Backend bytes the sequence's state occupies (staged CSA entries included). */
 size_t dp_v4_seq_bytes(const struct dp_v4_seq *s);
+/* Host bytes of its host-resident pages (CSA entries in host memory). */
+size_t dp_v4_seq_host_bytes(const struct dp_v4_seq *s);
 
 /* One sequence's share of a batch. */
 struct dp_v4_batch_item {

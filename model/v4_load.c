@@ -345,6 +345,7 @@ void dp_v4_model_free(struct dp_v4_model *m)
 	release_weights(m);
 	if (m->scratch)
 		dp_gpu_dealloc(m->g, m->scratch, m->scratch_bytes, DP_GPU_MEM_SCRATCH);
+	dp_v4_csa_model_fini(m);
 	dp_v4_config_fini(&m->cfg);
 	free(m);
 }
@@ -492,6 +493,7 @@ int dp_v4_model_load(struct dp_gpu *g, const char *dir, struct dp_v4_model **ret
 		return ret;
 	}
 	dp_v4_model_set_page_ops(m, NULL);
+	dp_v4_model_set_csa_host(m, false, NULL);
 	m->layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof(*m->layers));
 	struct loader ld = { .m = m, .err = err, .err_len = err_len };
 	if (!m->layers) {

@@ -22,6 +22,33 @@ static void default_page_free(void *ctx, void *page, size_t bytes)
 	dp_gpu_dealloc(ctx, page, bytes, DP_GPU_MEM_STATE);
 }
 
+static void *default_host_alloc(void *ctx, size_t bytes)
+{
+	return dp_gpu_host_alloc(ctx, bytes);
+}
+
+static void default_host_free(void *ctx, void *page, size_t bytes)
+{
+	dp_gpu_host_free(ctx, page, bytes);
+}
+
+int dp_v4_model_set_csa_host(struct dp_v4_model *m, bool on, const struct dp_v4_page_ops *host_pages)
+{
+	if (!m || (host_pages && (!host_pages->alloc || !host_pages->free)))
+		return -EINVAL;
+	m->csa_host = on;
+	if (on && host_pages)
+		m->host_pages = *host_pages;
+	else
+		m->host_pages = (struct dp_v4_page_ops){ default_host_alloc, default_host_free, m->g };
+	return 0;
+}
+
+bool dp_v4_model_csa_host(const struct dp_v4_model *m)
+{
+	return m && m->csa_host;
+}
+
 void dp_v4_model_set_page_ops(struct dp_v4_model *m, const struct dp_v4_page_ops *ops)
 {
 	if (ops)
@@ -45,6 +72,10 @@ static int table_reserve(struct dp_v4_seq *seq, struct dp_v4_stream *st, uint32_
 	if (!host)
 		return -ENOMEM;
 	st->host_pages = host;
+	if (st->host) {
+		st->cap = cap;
+		return 0;
+	}
 	float **dev = dp_gpu_alloc(g, cap * sizeof(*dev), DP_GPU_MEM_STATE);
 	if (!dev)
 		return -ENOMEM;
@@ -69,6 +100,14 @@ static int add_page(struct dp_v4_seq *seq, struct dp_v4_stream *st)
 	int ret = table_reserve(seq, st, st->n_pages + 1);
 	if (ret < 0)
 		return ret;
+	if (st->host) {
+		float *page = m->host_pages.alloc(m->host_pages.ctx, DP_V4_PAGE_BYTES);
+		if (!page)
+			return -ENOMEM;
+		st->host_pages[st->n_pages++] = page;
+		seq->host_bytes += DP_V4_PAGE_BYTES;
+		return 0;
+	}
 	float *page = m->pages.alloc(m->pages.ctx, DP_V4_PAGE_BYTES);
 	if (!page)
 		return -ENOMEM;
@@ -83,11 +122,12 @@ static int add_page(struct dp_v4_seq *seq, struct dp_v4_stream *st)
 }
 
 static int stream_init(struct dp_v4_seq *seq, struct dp_v4_stream *st, uint32_t dim,
-                       uint32_t fixed_entries)
+                       uint32_t fixed_entries, bool host)
 {
 	memset(st, 0, sizeof(*st));
 	if (dim == 0)
 		return 0; /* this layer has no such stream */
+	st->host = host;
 	if ((size_t)dim * sizeof(float) > DP_V4_PAGE_BYTES)
 		return -ENOTSUP;
 	st->dim = dim;
@@ -108,7 +148,12 @@ static void stream_fini(struct dp_v4_seq *seq, struct dp_v4_stream *st)
 {
 	struct dp_v4_model *m = seq->m;
 	for (uint32_t i = 0; i < st->n_pages; i++) {
-		if (st->host_pages[i]) {
+		if (!st->host_pages[i])
+			continue;
+		if (st->host) {
+			m->host_pages.free(m->host_pages.ctx, st->host_pages[i], DP_V4_PAGE_BYTES);
+			seq->host_bytes -= DP_V4_PAGE_BYTES;
+		} else {
 			m->pages.free(m->pages.ctx, st->host_pages[i], DP_V4_PAGE_BYTES);
 			seq->bytes -= DP_V4_PAGE_BYTES;
 		}
@@ -126,8 +171,9 @@ static inline float *entry(const struct dp_v4_stream *st, uint32_t i)
 	return st->host_pages[i / st->per_page] + (size_t)(i % st->per_page) * st->dim;
 }
 
-/* Copy between contiguous memory and entries [first, first + n), one page
- * run at a time. */
+/* Copy between contiguous backend memory and entries [first, first + n),
+ * one page run at a time (a host stream's pages are crossed with a
+ * download / upload). */
 static int stream_copy(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t first, float *mem,
                        uint32_t n, bool to_stream)
 {
@@ -138,8 +184,13 @@ static int stream_copy(struct dp_gpu *g, const struct dp_v4_stream *st, uint32_t
 		if (k > n)
 			k = n;
 		size_t bytes = (size_t)k * st->dim * sizeof(float);
-		int ret = to_stream ? dp_gpu_copy(g, entry(st, first), mem, bytes)
-		                    : dp_gpu_copy(g, mem, entry(st, first), bytes);
+		int ret;
+		if (st->host)
+			ret = to_stream ? dp_gpu_download(g, entry(st, first), mem, bytes)
+			                : dp_gpu_upload(g, mem, entry(st, first), bytes);
+		else
+			ret = to_stream ? dp_gpu_copy(g, entry(st, first), mem, bytes)
+			                : dp_gpu_copy(g, mem, entry(st, first), bytes);
 		if (ret < 0)
 			return ret;
 		first += k;
@@ -247,9 +298,11 @@ void dp_v4_seq_free(struct dp_v4_seq *s)
 {
 	if (!s)
 		return;
-	for (int l = 0; s->layers && l < s->m->cfg.num_hidden_layers; l++)
+	for (int l = 0; s->layers && l < s->m->cfg.num_hidden_layers; l++) {
+		dp_v4_csa_cache_free(s->m, s, s->layers[l].csa);
 		for (int k = 0; k < DP_V4_S_MAX; k++)
 			stream_fini(s, &s->layers[l].s[k]);
+	}
 	free(s->layers);
 	free(s);
 }
@@ -272,7 +325,8 @@ int dp_v4_seq_new(struct dp_v4_model *m, struct dp_v4_seq **ret_seq)
 		for (int k = 0; k < DP_V4_S_MAX; k++) {
 			uint32_t dim, fixed;
 			stream_shape(c, l, (enum dp_v4_stream_kind)k, &dim, &fixed);
-			int ret = stream_init(s, &s->layers[l].s[k], dim, fixed);
+			bool host = m->csa_host && k == DP_V4_S_COMP && dp_v4_is_csa(c, l);
+			int ret = stream_init(s, &s->layers[l].s[k], dim, fixed, host);
 			if (ret < 0) {
 				dp_v4_seq_free(s);
 				return ret;
@@ -328,6 +382,7 @@ size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, s
 					refs[n] = (struct dp_v4_page_ref){ .layer = (uint16_t)l,
 									   .kind = (uint8_t)k,
 									   .index = i,
+									   .host = st->host,
 									   .page = st->host_pages[i] };
 		}
 	return n;
@@ -352,6 +407,11 @@ uint64_t dp_v4_seq_pos(const struct dp_v4_seq *s)
 size_t dp_v4_seq_bytes(const struct dp_v4_seq *s)
 {
 	return s->bytes;
+}
+
+size_t dp_v4_seq_host_bytes(const struct dp_v4_seq *s)
+{
+	return s->host_bytes;
 }
 
 /* ---- Engram history ----------------------------------------------------- */
