@@ -3,6 +3,8 @@
 #ifndef DP_KVCACHE_INTERNAL_H
 #define DP_KVCACHE_INTERNAL_H
 
+#include <string.h>
+
 #include "kvcache/io.h"
 #include "kvcache/journal.h"
 #include "kvcache/kvcache.h"
@@ -156,6 +158,7 @@ struct dp_kv {
 	struct dp_kv_wb *wb_recorded;	    /* written and journaled, not yet synced */
 	uint64_t wb_leaving[DP_KV_TIER_MAX]; /* pages of a tier being written out */
 	uint64_t device_pages;
+	uint64_t host_state_pages; /* host-resident state pages (CSA entries in host memory) */
 
 	struct dp_kv_session **list;
 	size_t n, cap;
@@ -207,5 +210,26 @@ int dp_kv_wb_settle(struct dp_kv *kv);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
+
+/* Copy one state page between host memory and the page a ref names: backend
+ * memory, or host memory for host-resident pages (CSA entries in host
+ * memory, model/v4.h), which cross no bus. */
+static inline int dp_kv_page_in(struct dp_kv *kv, const struct dp_v4_page_ref *ref, const void *src)
+{
+	if (ref->host) {
+		memcpy(ref->page, src, DP_KV_PAGE_BYTES);
+		return 0;
+	}
+	return dp_gpu_upload(kv->g, ref->page, src, DP_KV_PAGE_BYTES);
+}
+
+static inline int dp_kv_page_out(struct dp_kv *kv, void *dst, const struct dp_v4_page_ref *ref)
+{
+	if (ref->host) {
+		memcpy(dst, ref->page, DP_KV_PAGE_BYTES);
+		return 0;
+	}
+	return dp_gpu_download(kv->g, dst, ref->page, DP_KV_PAGE_BYTES);
+}
 
 #endif /* DP_KVCACHE_INTERNAL_H */

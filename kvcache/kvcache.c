@@ -275,6 +275,24 @@ static void device_page_free(void *ctx, void *page, size_t bytes)
 	kv->device_pages--;
 }
 
+/* CSA entries in host memory (model/v4.h): pinned host pages, outside the
+ * device budget. */
+static void *host_page_alloc(void *ctx, size_t bytes)
+{
+	struct dp_kv *kv = ctx;
+	void *p = dp_gpu_host_alloc(kv->g, bytes);
+	if (p)
+		kv->host_state_pages++;
+	return p;
+}
+
+static void host_page_free(void *ctx, void *page, size_t bytes)
+{
+	struct dp_kv *kv = ctx;
+	dp_gpu_host_free(kv->g, page, bytes);
+	kv->host_state_pages--;
+}
+
 /* ---- persistence: snapshots ------------------------------------------------------ */
 
 int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
@@ -384,7 +402,7 @@ int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		dp_v4_seq_pages(s->seq, refs, n);
 		for (size_t i = 0; i < n; i++) {
 			pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
-			int r = dp_gpu_download(kv->g, pages[i], refs[i].page, DP_KV_PAGE_BYTES);
+			int r = dp_kv_page_out(kv, pages[i], &refs[i]);
 			if (r < 0) {
 				free(refs);
 				free(pages);
@@ -484,7 +502,7 @@ static int upload_state(struct dp_kv *kv, const struct dp_kv_session *s, uint64_
 		    dst[i].index != refs[i].index)
 			r = -EBADMSG;
 		else
-			r = dp_gpu_upload(kv->g, dst[i].page, pages[i], DP_KV_PAGE_BYTES);
+			r = dp_kv_page_in(kv, &dst[i], pages[i]);
 	}
 	free(dst);
 	if (r < 0) {
@@ -771,8 +789,8 @@ static int device_to_dram(struct dp_kv *kv, struct dp_kv_session *s)
 	size_t got = 0;
 	for (; got < n && r == 0; got++) {
 		idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
-		r = dp_gpu_download(kv->g, dp_kv_pool_page(&kv->pool, idx[got]), refs[got].page,
-				    DP_KV_PAGE_BYTES);
+		/* host-resident pages are a DRAM-to-DRAM copy */
+		r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[got]), &refs[got]);
 	}
 	/* the copies are complete (download returns once they are): the device
 	 * pages can go */
@@ -1107,6 +1125,8 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 	kv->st.direct_io = kv->slots.direct;
 	struct dp_v4_page_ops ops = { device_page_alloc, device_page_free, kv };
 	dp_v4_model_set_page_ops(m, &ops);
+	struct dp_v4_page_ops hops = { host_page_alloc, host_page_free, kv };
+	dp_v4_model_set_csa_host(m, dp_v4_model_csa_host(m), &hops);
 	*ret_kv = kv;
 	return 0;
 }
@@ -1120,8 +1140,10 @@ void dp_kv_close(struct dp_kv *kv)
 	while (kv->n)
 		session_remove(kv, kv->list[kv->n - 1]);
 	dp_kv_wb_finalize(kv); /* sessionless now: frees what a failed sync kept */
-	if (kv->m)
+	if (kv->m) {
 		dp_v4_model_set_page_ops(kv->m, NULL);
+		dp_v4_model_set_csa_host(kv->m, dp_v4_model_csa_host(kv->m), NULL);
+	}
 	dp_journal_close(kv->j);
 	dp_io_chan_free(kv->restore_chan);
 	dp_io_chan_free(kv->wb_chan);
@@ -1152,6 +1174,7 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 	ret->compactions = js.compactions;
 	if (kv->restore_chan)
 		dp_io_chan_busy(kv->restore_chan, &ret->restore_io_ns, &ret->restore_io_bytes);
+	ret->host_state_bytes = kv->host_state_pages * DP_KV_PAGE_BYTES;
 	ret->writeback_pages = 0;
 	for (int t = 0; t < DP_KV_TIER_MAX; t++)
 		ret->writeback_pages += kv->wb_leaving[t];

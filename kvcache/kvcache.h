@@ -208,6 +208,8 @@ struct dp_kv_stats {
 	uint64_t restore_io_bytes; /* and the bytes they read: the rate restores get */
 	uint64_t loads;		   /* whole-state promotions from DRAM or NVMe (not layered) */
 	uint64_t load_ns;	   /* their total duration (the caller waited) */
+	uint64_t host_state_bytes; /* live sequences' host-resident pages (CSA entries in
+				    * host memory; not in the device budget) */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);

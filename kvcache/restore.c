@@ -133,14 +133,13 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 				kv->st.corrupt_pages++;
 				return -EBADMSG;
 			}
-			if (r->bounce && dp_gpu_upload(kv->g, r->refs[i].page, r->host[i], DP_KV_PAGE_BYTES) < 0)
+			if (r->host[i] != r->refs[i].page && dp_kv_page_in(kv, &r->refs[i], r->host[i]) < 0)
 				return -EIO;
 		}
 		kv->st.pages_read += e - b;
 	} else {
 		for (uint32_t i = b; i < e; i++)
-			if (dp_gpu_upload(kv->g, r->refs[i].page,
-					  dp_kv_pool_page(&kv->pool, r->dram[i].pool), DP_KV_PAGE_BYTES) < 0)
+			if (dp_kv_page_in(kv, &r->refs[i], dp_kv_pool_page(&kv->pool, r->dram[i].pool)) < 0)
 				return -EIO;
 	}
 	r->bytes += (uint64_t)(e - b) * DP_KV_PAGE_BYTES;
@@ -247,7 +246,10 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		    posix_memalign(&r->bounce, 4096, (r->n ? r->n : 1) * DP_KV_PAGE_BYTES))
 			goto fail;
 		for (size_t i = 0; i < r->n; i++) {
-			r->host[i] = host_memory ? r->refs[i].page : (char *)r->bounce + i * DP_KV_PAGE_BYTES;
+			/* host-resident pages (and every page on the cpu backend)
+			 * are read into directly */
+			r->host[i] = host_memory || r->refs[i].host ? r->refs[i].page
+								    : (char *)r->bounce + i * DP_KV_PAGE_BYTES;
 			r->ids[i] = (struct dp_kv_slot_id){ s->id, pos, s->snap[i].layer, s->snap[i].kind,
 							    s->snap[i].index };
 		}

@@ -942,3 +942,64 @@ Test(kv_io, releasing_a_session_mid_restore_waits_out_its_reads)
 	check_state(kv, s);
 	dp_kv_close(kv);
 }
+
+/* ---- CSA entries in host memory (model/v4.h, dp_v4_model_set_csa_host) ---- */
+
+/* The CSA layer's compressed entries live in host pages: they move through
+ * the tiers with the rest of the state (a host copy instead of a download to
+ * DRAM, straight into host pages from NVMe) and the state stays right. */
+Test(kv, csa_entries_in_host_memory_round_trip_through_every_tier)
+{
+	cr_assert_eq(dp_v4_model_set_csa_host(model, true, NULL), 0);
+	round_trip_body();
+}
+
+Test(kv_io, csa_entries_in_host_memory_round_trip_through_every_tier_with_io_uring)
+{
+	cr_assert_eq(dp_v4_model_set_csa_host(model, true, NULL), 0);
+	round_trip_body();
+}
+
+Test(kv_io, csa_entries_in_host_memory_restore_layer_by_layer_from_nvme_and_dram)
+{
+	cr_assert_eq(dp_v4_model_set_csa_host(model, true, NULL), 0);
+	struct dp_kv *kv = open_kv(8u << 20, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "lay", &s), 0);
+	turn(kv, s, 70, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	cr_expect(!check_state_async(kv, s));
+	turn(kv, s, 30, 2);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_DRAM), 0);
+	cr_expect(!check_state_async(kv, s));
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.restores, 2);
+	dp_kv_close(kv);
+}
+
+/* The device budget counts device pages only: the host-resident ones are
+ * reported apart, and the device tier holds that many pages fewer than in
+ * the device mode. */
+Test(kv, csa_entries_in_host_memory_are_outside_the_device_budget)
+{
+	uint64_t dev_pages[2], host_bytes[2];
+	for (int host = 0; host < 2; host++) {
+		cr_assert_eq(dp_v4_model_set_csa_host(model, host, NULL), 0);
+		struct dp_kv *kv = open_kv(0, 0);
+		struct dp_kv_session *s;
+		cr_assert_eq(dp_kv_session_create(kv, "acct", &s), 0);
+		turn(kv, s, 200, 1);
+		struct dp_kv_stats st;
+		dp_kv_stats(kv, &st);
+		dev_pages[host] = st.pages[DP_KV_TIER_DEVICE];
+		host_bytes[host] = st.host_state_bytes;
+		cr_assert_eq(dp_kv_session_drop(kv, s), 0);
+		dp_kv_stats(kv, &st);
+		cr_expect_eq(st.host_state_bytes, 0, "dropping the session frees its host pages");
+		dp_kv_close(kv);
+	}
+	cr_expect_eq(host_bytes[0], 0);
+	cr_expect_gt(host_bytes[1], 0);
+	cr_expect_eq(dev_pages[0] - dev_pages[1], host_bytes[1] / DP_V4_PAGE_BYTES);
+}
