@@ -700,6 +700,8 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	st->engram = srv->engram != NULL;
 	if (srv->engram)
 		dp_engram_store_get_stats(srv->engram, &st->engram_store);
+	st->csa_host = dp_v4_model_csa_host(srv->model);
+	dp_v4_model_csa_stats(srv->model, &st->csa);
 	dp_gpu_mem_stats(srv->gpu, &st->mem);
 	snprintf(st->backend, sizeof(st->backend), "%s", dp_gpu_kind_name(dp_gpu_kind_of(srv->gpu)));
 }

@@ -51,6 +51,8 @@ static const struct opt opts[] = {
 	O("kvcache", low_watermark, OPT_DOUBLE, "... down to this fraction"),
 	O("kvcache", direct_io, OPT_BOOL, "O_DIRECT on the NVMe tier's file"),
 	O("kvcache", compact_every, OPT_U32, "compact the journal at the first idle moment after this many commits, at the latest after 4x (0: never)"),
+	O("kvcache", csa_entries, OPT_STR, "CSA layers' compressed entries: device, or host (pinned DRAM; "
+					   "each step stages on the device only what the indexer picks)"),
 	O("io", queue_depth, OPT_U32, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
@@ -94,6 +96,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->low_watermark = 0.75;
 	c->direct_io = true;
 	c->compact_every = 1024;
+	snprintf(c->csa_entries, sizeof(c->csa_entries), "device");
 	c->queue_depth = 64;
 	c->pin_threads = true;
 	c->max_batch_tokens = 2048;
@@ -375,6 +378,10 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	}
 	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
 		snprintf(err, err_len, "restore must be dualpath, full or recompute, not %s", c->restore);
+		return -EINVAL;
+	}
+	if (strcmp(c->csa_entries, "device") && strcmp(c->csa_entries, "host")) {
+		snprintf(err, err_len, "csa_entries must be device or host, not %s", c->csa_entries);
 		return -EINVAL;
 	}
 	if (strcmp(c->engram_residency, "device") && strcmp(c->engram_residency, "dram") &&

@@ -51,6 +51,7 @@ struct dp_config {
 	double low_watermark;
 	bool direct_io;
 	uint32_t compact_every; /* journal compaction after this many commits; 0 = never */
+	char csa_entries[16];	/* device, host: where CSA layers' compressed entries live */
 	/* [io] */
 	uint32_t queue_depth;
 	bool sqpoll;

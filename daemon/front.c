@@ -734,6 +734,20 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 		  e->wait_ns / 1e9);
 		G("dualpath_engram_table_bytes", "Engram table bytes held in memory", e->table_bytes);
 	}
+	if (s->csa_host) {
+		const struct dp_v4_csa_stats *a = &s->csa;
+		C("dualpath_csa_entries_selected_total",
+		  "CSA entries the indexer picked (distinct per sequence, layer and step)", a->selected);
+		C("dualpath_csa_entries_staged_hits_total", "... already staged on the device", a->hits);
+		C("dualpath_csa_entries_fetched_total", "... fetched from host memory after the indexer",
+		  a->fetched);
+		C("dualpath_csa_entries_fetched_bytes_total", "host-to-device bytes of those", a->bytes);
+		C("dualpath_csa_entries_evicted_total", "staged entries dropped (not picked recently)",
+		  a->evicted);
+		C("dualpath_csa_gather_seconds_total", "time layers spent staging picked entries",
+		  a->gather_ns / 1e9);
+		G("dualpath_csa_host_bytes", "host memory holding CSA entries", s->kv.host_state_bytes);
+	}
 	C("dualpath_io_reads_total", "io engine reads finished", s->io.reads);
 	C("dualpath_io_writes_total", "io engine writes finished", s->io.writes);
 	C("dualpath_io_syncs_total", "io engine syncs finished", s->io.syncs);

@@ -136,6 +136,13 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 	}
 	if ((ret = start_io(srv, err, err_len)) < 0)
 		return ret;
+	/* before the KV cache opens: it supplies the host pages */
+	if (!strcmp(cfg->csa_entries, "host")) {
+		dp_v4_model_set_csa_host(srv->model, true, NULL);
+		const struct dp_v4_config *mc = dp_v4_model_config(srv->model);
+		log_info("CSA entries in host memory (%d CSA layers; index_topk %d staged per query)",
+			 mc->n_layers_of[DP_V4_LAYER_CSA], mc->index_topk);
+	}
 	struct dp_kv_opts ko = {
 		.state_dir = cfg->state_dir,
 		.device_bytes = cfg->device_bytes,

@@ -130,6 +130,8 @@ struct dp_compute_stats {
 	char io_mode[64];
 	bool engram; /* the model has Engram layers: engram_store is valid */
 	struct dp_engram_store_stats engram_store;
+	bool csa_host; /* CSA entries in host memory: csa is valid */
+	struct dp_v4_csa_stats csa;
 	struct dp_gpu_mem_stats mem;
 	char backend[16];
 	bool draining;

@@ -680,3 +680,56 @@ Test(daemon, an_engram_model_without_valid_tables_is_refused_with_a_clear_error)
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tdir);
 	(void)!system(cmd);
 }
+
+/* A long multi-turn session (the test model's CSA layer picks 3 of up to 90
+ * compressed entries per query), parked on NVMe between turns; returns its
+ * tokens. In host mode, checks the staging counters (a random model's
+ * choice is far less stable from step to step than a trained one's, so only
+ * that some picks were found staged). */
+static size_t csa_turns(const char *mode, uint32_t *out, size_t cap)
+{
+	const char *extra[] = { "--csa-entries", mode, NULL };
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	uint32_t text[140];
+	for (size_t i = 0; i < 140; i++)
+		text[i] = 97 + (uint32_t)((i * 7 + i / 5) % 26);
+	size_t total = 0;
+	for (int t = 0; t < 4; t++) {
+		size_t n;
+		send_generate(fd, 10 + t, "csa", text + 20 * t, 60, 30, 0, 0);
+		cr_assert_eq(collect(fd, 10 + t, out + total, cap - total, &n),
+			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", mode, t);
+		total += n;
+		if (t == 1 || t == 2)
+			evict(fd, 100 + t, "csa");
+	}
+	double sel = metric(fd, 200, "dualpath_csa_entries_selected_total");
+	double hits = metric(fd, 201, "dualpath_csa_entries_staged_hits_total");
+	double got = metric(fd, 202, "dualpath_csa_entries_fetched_total");
+	double restores = metric(fd, 203, "dualpath_kv_restores_total");
+	cr_expect_eq(restores, 2, "%s: two turns found their state parked", mode);
+	if (strcmp(mode, "host") == 0) {
+		cr_expect_gt(sel, 0);
+		cr_expect_eq(sel, hits + got);
+		cr_log_info("csa: %g picked, %g staged already, %g fetched", sel, hits, got);
+		cr_expect_gt(hits, 0, "decode steps reuse staged entries");
+		cr_expect_gt(metric(fd, 204, "dualpath_csa_host_bytes"), 0);
+	} else {
+		cr_expect_eq(sel, -1, "no CSA staging metrics in device mode");
+	}
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+	return total;
+}
+
+Test(daemon, csa_entries_in_host_memory_serve_the_tokens_of_device_mode_across_parking)
+{
+	uint32_t dev[160], host[160];
+	size_t nd = csa_turns("device", dev, 160);
+	size_t nh = csa_turns("host", host, 160);
+	cr_assert_eq(nd, 120);
+	cr_assert_eq(nh, nd);
+	cr_expect_arr_eq(host, dev, nd * sizeof(uint32_t), "host mode's tokens differ");
+}
