@@ -232,6 +232,18 @@ def write_dir(path, config, tensors, ids=None, logits=None):
         np.ascontiguousarray(logits.numpy(), dtype="<f4").tofile(os.path.join(path, "logits.bin"))
 
 
+def saved(model):
+    """The model as save_pretrained writes it: (config.json as a dict, tensors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        with open(os.path.join(tmp, "config.json")) as f:
+            config = json.load(f)
+        tensors = load_file(os.path.join(tmp, "model.safetensors"))
+    for k in ("architectures", "transformers_version"):
+        config.pop(k, None)
+    return config, tensors
+
+
 def make_model(out, device):
     cfg, model, gen = parity.build_model(BASE)
     model = model.to(device)
@@ -242,13 +254,7 @@ def make_model(out, device):
 
     full = forward(model, ids, t, sizes, eps, device)
     base = forward(model, ids, t, sizes, eps, device, with_engram=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-        with open(os.path.join(tmp, "config.json")) as f:
-            config = json.load(f)
-        base_t = load_file(os.path.join(tmp, "model.safetensors"))
-    for k in ("architectures", "transformers_version"):
-        config.pop(k, None)
+    config, base_t = saved(model)
     write_dir(os.path.join(out, "noengram"), config, base_t, ids, base)
     ecfg = dict(config, **ENGRAM)
     write_dir(os.path.join(out, "model"), ecfg, dict(base_t, **t), ids, full)
@@ -276,13 +282,7 @@ def make_served(out, device):
     ids = torch.randint(0, 256, (1, base["n_tokens"]), generator=gen)
     t, sizes = engram_tensors(cfg, torch.Generator().manual_seed(4321))
     full = forward(model, ids, t, sizes, cfg.rms_norm_eps, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-        with open(os.path.join(tmp, "config.json")) as f:
-            config = json.load(f)
-        base_t = load_file(os.path.join(tmp, "model.safetensors"))
-    for k in ("architectures", "transformers_version"):
-        config.pop(k, None)
+    config, base_t = saved(model)
     write_dir(os.path.join(out, "served"), dict(config, **ENGRAM), dict(base_t, **t), ids, full)
     print(f"served: vocab {cfg.vocab_size}, max|logit| {float(full.abs().max()):.4f}")
 
