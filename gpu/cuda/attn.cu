@@ -237,13 +237,11 @@ static int dpl_index(uint32_t d)
 int dp_cuda_attn_init(struct dp_gpu_cuda *c)
 {
 	for (int i = 0; i < (int)(sizeof(attn_kernels) / sizeof(attn_kernels[0])); i++) {
-		size_t need = attn_smem(ATT_HB_MAX, 32u << i);
-		if (need > c->smem_optin)
-			need = c->smem_optin;
-		cudaError_t e = cudaFuncSetAttribute(
-		    attn_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);
-		if (e != cudaSuccess)
-			return dp_cuda_fail(c, e, "attention: shared memory opt-in");
+		int ret = dp_cuda_smem_optin(c, (const void *)attn_kernels[i],
+		                             attn_smem(ATT_HB_MAX, 32u << i),
+		                             "attention: shared memory opt-in");
+		if (ret < 0)
+			return ret;
 	}
 	return 0;
 }

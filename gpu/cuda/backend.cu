@@ -63,6 +63,18 @@ int dp_cuda_launched(struct dp_gpu_cuda *c, const char *what)
 	return e == cudaSuccess ? 0 : dp_cuda_fail(c, e, what);
 }
 
+int dp_cuda_smem_optin(struct dp_gpu_cuda *c, const void *fn, size_t want, const char *what)
+{
+	cudaFuncAttributes fa;
+	cudaError_t e = cudaFuncGetAttributes(&fa, fn);
+	if (e != cudaSuccess)
+		return dp_cuda_fail(c, e, what);
+	size_t cap = c->smem_optin > fa.sharedSizeBytes ? c->smem_optin - fa.sharedSizeBytes : 0;
+	e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+	                         (int)(want < cap ? want : cap));
+	return e == cudaSuccess ? 0 : dp_cuda_fail(c, e, what);
+}
+
 static void account(struct dp_gpu_cuda *c, enum dp_gpu_mem_class cls, size_t bytes, bool add)
 {
 	struct dp_gpu *g = &c->g;

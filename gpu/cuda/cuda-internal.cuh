@@ -87,7 +87,12 @@ void *dp_cuda_host(struct dp_gpu_cuda *c, size_t bytes);
  * NULL with c->err (requested and free bytes) on failure. */
 void *dp_cuda_alloc_raw(struct dp_gpu_cuda *c, size_t bytes);
 void dp_cuda_free_raw(struct dp_gpu_cuda *c, void *p);
-/* Whether a dynamic shared memory size fits (after opting in). */
+/* Let kernel `fn` take up to `want` bytes of dynamic shared memory, capped at
+ * what the device allows beside the kernel's static shared memory (the sum
+ * may not pass sharedMemPerBlockOptin: cudaFuncSetAttribute rejects it). */
+int dp_cuda_smem_optin(struct dp_gpu_cuda *c, const void *fn, size_t want, const char *what);
+/* Whether a dynamic shared memory size fits (after opting in; for kernels
+ * without static shared memory). */
 static inline bool cu_smem_fits(const struct dp_gpu_cuda *c, size_t bytes)
 {
 	return bytes <= c->smem_optin;

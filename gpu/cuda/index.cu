@@ -186,13 +186,15 @@ static size_t score_smem(uint32_t nh, uint32_t dim, bool stage_q, bool stage_k)
 
 int dp_cuda_index_init(struct dp_gpu_cuda *c)
 {
-	cudaError_t e = cudaFuncSetAttribute(
-	    idx_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c->smem_optin);
-	if (e == cudaSuccess)
-		e = cudaFuncSetAttribute(idx_topk_kernel,
-		                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-		                         (int)c->smem_optin);
-	return e == cudaSuccess ? 0 : dp_cuda_fail(c, e, "indexer: shared memory opt-in");
+	/* the top-k kernel has static shared memory (its histogram) beside the
+	 * dynamic candidates: opting it into all of smem_optin would fail */
+	int ret = dp_cuda_smem_optin(c, (const void *)idx_score_kernel, c->smem_optin,
+	                             "indexer scores: shared memory opt-in");
+	if (ret == 0)
+		ret = dp_cuda_smem_optin(c, (const void *)idx_topk_kernel,
+		                         (size_t)CU_TOPK_MAX * sizeof(uint64_t),
+		                         "indexer top-k: shared memory opt-in");
+	return ret;
 }
 
 int dp_cuda_op_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
