@@ -141,8 +141,10 @@ int dp_cuda_op_compress(struct dp_gpu *g, const struct dp_gpu_compress *c)
 	a.first_pos = c->first_pos;
 	a.out = c->out_entries;
 	size_t smem = (size_t)dim * sizeof(float);
-	if (smem > 48 * 1024)
-		return -EINVAL; /* entries of more than 12288 floats */
+	/* dynamic + static (the block sum's 32 doubles) within the 48 KiB a
+	 * block has without opting in: entries of up to 12224 floats */
+	if (smem + 32 * sizeof(double) > 48 * 1024)
+		return -EINVAL;
 	uint32_t threads = dim >= 256 ? 256 : dim >= 128 ? 128 : 64;
 	compress_kernel<<<c->n_win, threads, smem, cu->stream>>>(a);
 	if ((ret = dp_cuda_launched(cu, "compress")) < 0)
