@@ -216,7 +216,11 @@ static void *be_host_alloc(struct dp_gpu *g, size_t bytes)
 {
 	struct dp_gpu_cuda *c = cu_of(g);
 	void *p = NULL;
-	cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+	/* portable: pinned for every context, whichever device this thread
+	 * has current (the KV cache may allocate from its own threads) */
+	if (dp_cuda_enter(c) < 0)
+		return NULL;
+	cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
 	if (e != cudaSuccess) {
 		dp_cuda_fail(c, e, "cudaHostAlloc");
 		return NULL;
