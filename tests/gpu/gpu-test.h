@@ -208,6 +208,9 @@ static inline void gt_expect_close(struct gt_pair *p, const struct gt_buf *b, si
                                    double floor_, const char *what)
 {
 	float *hc, *hg;
+	/* a kernel's fault surfaces at the next sync: name the op it came from */
+	cr_assert_eq(dp_gpu_sync(p->g), 0, "%s: the cuda side failed (kernel error at the sync)",
+	             what);
 	gt_fetch(p, b, n * sizeof(float), (void **)&hc, (void **)&hg);
 	double rel = gt_rel_err(hc, hg, n, floor_, what);
 	cr_expect(rel <= tol, "%s: relative error %.3g > %.3g", what, rel, tol);

@@ -145,6 +145,10 @@ static const struct mm_case mm_cases[] = {
     {5, 64, 128, 4, 0, 2, 1, true},    {8, 64, 128, 0, 0, 1, 0, false},
     {9, 50, 48, 0, 0, 1, 0, false},    {33, 130, 200, 8, 2, 2, 1, true},
     {300, 64, 512, 0, 0, 1, 0, false}, {17, 1, 7, 0, 0, 1, 0, false},
+    /* rows not a multiple of the 8 warps of a GEMV block, vector loads */
+    {8, 45, 136, 0, 0, 1, 0, true},    {2, 13, 4104, 8, 5, 1, 0, false},
+    /* the last of 64 stacked matrices (the experts' offset) */
+    {1, 24, 40, 0, 0, 64, 63, false},  {12, 24, 40, 0, 0, 64, 63, false},
 };
 
 Test(cuda_matmul, f32_weights_match_the_cpu_for_gemv_and_gemm_shapes_strides_and_accumulate)
@@ -385,6 +389,7 @@ static void route_case(enum dp_gpu_score_fn fn, bool with_bias, bool hash, bool 
 	                         fn, 1.5f, idx.g, w.g),
 	             0);
 	int32_t *ic, *ig;
+	cr_assert_eq(dp_gpu_sync(p.g), 0, "route: the cuda side failed (kernel error at the sync)");
 	gt_fetch(&p, &idx, (size_t)T * k * 4, (void **)&ic, (void **)&ig);
 	for (size_t i = 0; i < (size_t)T * k; i++)
 		cr_expect_eq(
@@ -414,6 +419,8 @@ Test(cuda_moe, route_matches_for_every_score_function_bias_hash_and_ties)
 		route_case(fn, true, false, true, 9, 40, 5, seed++);
 		route_case(fn, false, true, false, 12, 8, 2, seed++);
 		route_case(fn, true, false, false, 3, 7, 7, seed++); /* k == E */
+		route_case(fn, true, false, false, 7, 384, 8, seed++); /* V4 sizes */
+		route_case(fn, false, true, false, 5, 384, 8, seed++); /* V4 hash layer */
 	}
 }
 
@@ -473,6 +480,8 @@ Test(cuda_moe, routed_experts_match_on_the_device_and_host_planned_paths)
 		moe_case(f32, 40, 8, 6, 64, 48, true, 53);     /* 240 pairs: device */
 		moe_case(f32, 100, 8, 3, 64, 48, true, 54);    /* 300 pairs: host */
 		moe_case(f32, 300, 32, 6, 128, 64, false, 55); /* prefill: cuBLAS */
+		moe_case(f32, 32, 384, 8, 64, 40, false, 56);  /* 256 pairs: device, V4 E, k */
+		moe_case(f32, 33, 384, 8, 64, 40, false, 57);  /* 264 pairs: host */
 	}
 }
 
@@ -562,6 +571,14 @@ static const struct attn_case attn_cases[] = {
     {3, 64, 512, 128, 5000, 1, 39, 128, 0, 32},   /* V4 HCA decode, batch-ish */
     {300, 8, 128, 128, 700, 2, 250, 4, 64, 32},   /* prefill chunk */
     {1, 2, 1024, 4, 2, 0, 0, 1, 0, 4},            /* the widest head */
+    /* 1M-token context, HCA: 8192 visible entries split across blocks */
+    {1, 64, 512, 128, 1048575, 1, 8192, 128, 0, 16},
+    /* HCA prefill whose queries see different entry counts */
+    {45, 8, 512, 128, 1000, 1, 9, 128, 0, 16},
+    /* CSA with V4's largest top-k: repeated selections, -1s, past-the-end */
+    {2, 64, 512, 128, 900, 2, 225, 4, 2048, 16},
+    /* heads not a multiple of the 8 a block takes, odd head dim */
+    {3, 13, 72, 7, 20, 2, 5, 4, 9, 3},
 };
 
 Test(cuda_attention, matches_the_cpu_for_sliding_hca_csa_decode_and_prefill)
@@ -706,6 +723,8 @@ static void index_case(uint32_t S, uint32_t nh, uint32_t dim, uint32_t n, uint32
 	cr_assert_eq(p.oc->index_topk(p.c, &ic), 0);
 	cr_assert_eq(p.og->index_topk(p.g, &ig), 0);
 	int32_t *sc, *sg;
+	cr_assert_eq(dp_gpu_sync(p.g), 0,
+	             "index_topk: the cuda side failed (kernel error at the sync)");
 	gt_fetch(&p, &sel, (size_t)S * k * 4, (void **)&sc, (void **)&sg);
 	uint32_t bad = 0;
 	for (size_t i = 0; i < (size_t)S * k; i++)
@@ -739,6 +758,13 @@ Test(cuda_index, top_k_selection_is_identical_including_ties_padding_and_paging)
 	index_case(70, 8, 32, 700, 4, 64, 2700, 100, IX_RANDOM, 86); /* many queries */
 	index_case(3, 4, 16, 0, 4, 8, 0, 4, IX_RANDOM, 87);          /* no keys yet */
 	index_case(5, 4, 16, 9, 4, 1, 30, 2, IX_DUP_KEYS, 88);       /* k = 1 */
+	/* k = 2048: visible keys 2046..2049, fewer than k, then more */
+	index_case(12, 16, 64, 2100, 4, 2048, 8186, 64, IX_RANDOM, 89);
+	index_case(12, 16, 64, 2100, 4, 2048, 8186, 64, IX_DUP_KEYS, 90);
+	/* k not a power of two, keys not a multiple of the 128 a block scores */
+	index_case(4, 64, 128, 1337, 4, 500, 5340, 32, IX_RANDOM, 91);
+	/* the largest k the cuda top-k takes (its whole dynamic shared memory) */
+	index_case(2, 4, 16, 5000, 4, 4096, 19000, 128, IX_RANDOM, 92);
 }
 
 /* ---- Engram fusion -------------------------------------------------------------------- */
