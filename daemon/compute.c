@@ -506,7 +506,9 @@ static int step(struct compute *c)
 	}
 	int ret = dp_v4_forward(srv->model, c->items, n, c->logits);
 	if (ret < 0) {
-		log_err("forward step of %u sequences failed: %s; failing them", n, strerror(-ret));
+		const char *why = dp_gpu_last_error(srv->gpu);
+		log_err("forward step of %u sequences failed: %s%s%s; failing them", n, strerror(-ret),
+			why[0] ? ": " : "", why);
 		for (uint32_t i = 0; i < n; i++) {
 			struct req *r = c->item_req[i];
 			send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",

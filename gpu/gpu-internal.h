@@ -25,6 +25,7 @@ struct dp_gpu_backend {
 	void (*device_mem)(const struct dp_gpu *g, uint64_t *total, uint64_t *free_bytes);
 	void *(*host_alloc)(struct dp_gpu *g, size_t bytes); /* zeroed, pinned where it matters */
 	void (*host_free)(struct dp_gpu *g, void *p, size_t bytes);
+	const char *(*last_error)(const struct dp_gpu *g); /* optional */
 };
 
 /* Backends embed this first in their own struct. */

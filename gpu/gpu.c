@@ -169,6 +169,12 @@ int dp_gpu_sync(struct dp_gpu *g)
 	return g->be->sync(g);
 }
 
+const char *dp_gpu_last_error(const struct dp_gpu *g)
+{
+	const char *e = g && g->be->last_error ? g->be->last_error(g) : NULL;
+	return e ? e : "";
+}
+
 void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));

@@ -114,6 +114,10 @@ int dp_gpu_download(struct dp_gpu *g, void *dst, const void *src, size_t bytes);
 int dp_gpu_copy(struct dp_gpu *g, void *dst, const void *src, size_t bytes);
 int dp_gpu_zero(struct dp_gpu *g, void *dst, size_t bytes);
 int dp_gpu_sync(struct dp_gpu *g);
+/* The backend's last failure in words ("" if none or the backend keeps
+ * none): a call that returned -EIO (e.g. a CUDA kernel fault surfacing at a
+ * sync) leaves the reason here. Valid until the next call on g. */
+const char *dp_gpu_last_error(const struct dp_gpu *g);
 void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret);
 /* Zeroed host memory the backend copies to and from at full speed (cuda:
  * page-locked, cudaHostAlloc; cpu: 4 KiB-aligned heap memory), for staging

@@ -348,6 +348,11 @@ static void be_destroy(struct dp_gpu *g)
 	free(c);
 }
 
+static const char *be_last_error(const struct dp_gpu *g)
+{
+	return ((const struct dp_gpu_cuda *)g)->err;
+}
+
 #define BACKEND(name, dtype)                                                                       \
 	static const struct dp_gpu_backend name = {                                                \
 	    .weight_dtype = dtype,                                                                 \
@@ -362,6 +367,7 @@ static void be_destroy(struct dp_gpu *g)
 	    .device_mem = device_mem,                                                              \
 	    .host_alloc = be_host_alloc,                                                           \
 	    .host_free = be_host_free,                                                             \
+	    .last_error = be_last_error,                                                           \
 	}
 BACKEND(backend_bf16, DP_DTYPE_BF16);
 BACKEND(backend_f32, DP_DTYPE_F32);

@@ -198,7 +198,8 @@ int main(int argc, char **argv)
 		fwrite(out, 1, len, stdout);
 	fputc('\n', stdout);
 	if (ret < 0)
-		fprintf(stderr, "dp-generate: generation failed: %s\n", strerror(-ret));
+		fprintf(stderr, "dp-generate: generation failed: %s%s%s\n", strerror(-ret),
+			dp_gpu_last_error(g)[0] ? ": " : "", dp_gpu_last_error(g));
 	if (stats)
 		fprintf(stderr, "dp-generate: %s backend, prefill %zu tokens in %.3f s (%.1f tok/s), "
 			"decode %d tokens in %.3f s (%.1f tok/s)\n", dp_gpu_kind_name(kind), n_ids,

@@ -158,7 +158,8 @@ int main(int argc, char **argv)
 	if (ret == -EINVAL)
 		fprintf(stderr, "dp-logits: invalid input (a token id >= vocab size %u?)\n", V);
 	else if (ret < 0)
-		fprintf(stderr, "dp-logits: forward failed: %s\n", strerror(-ret));
+		fprintf(stderr, "dp-logits: forward failed: %s%s%s\n", strerror(-ret),
+			dp_gpu_last_error(g)[0] ? ": " : "", dp_gpu_last_error(g));
 	if (ret == 0) {
 		FILE *f = fopen(out, "wb");
 		if (!f || fwrite(logits, sizeof(float), (size_t)n_tokens * V, f) != (size_t)n_tokens * V ||

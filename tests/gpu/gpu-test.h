@@ -177,7 +177,8 @@ static inline void gt_fetch(struct gt_pair *p, const struct gt_buf *b, size_t by
 	void *hc = malloc(bytes ? bytes : 1), *hg = malloc(bytes ? bytes : 1);
 	cr_assert(hc && hg);
 	cr_assert_eq(dp_gpu_download(p->c, hc, b->c, bytes), 0);
-	cr_assert_eq(dp_gpu_download(p->g, hg, b->g, bytes), 0, "cuda download (a kernel failed?)");
+	cr_assert_eq(dp_gpu_download(p->g, hg, b->g, bytes), 0, "cuda download (a kernel failed?): %s",
+	             dp_gpu_last_error(p->g));
 	*ret_c = hc;
 	*ret_g = hg;
 }
@@ -209,8 +210,8 @@ static inline void gt_expect_close(struct gt_pair *p, const struct gt_buf *b, si
 {
 	float *hc, *hg;
 	/* a kernel's fault surfaces at the next sync: name the op it came from */
-	cr_assert_eq(dp_gpu_sync(p->g), 0, "%s: the cuda side failed (kernel error at the sync)",
-	             what);
+	cr_assert_eq(dp_gpu_sync(p->g), 0, "%s: the cuda side failed (kernel error at the sync): %s",
+	             what, dp_gpu_last_error(p->g));
 	gt_fetch(p, b, n * sizeof(float), (void **)&hc, (void **)&hg);
 	double rel = gt_rel_err(hc, hg, n, floor_, what);
 	cr_expect(rel <= tol, "%s: relative error %.3g > %.3g", what, rel, tol);

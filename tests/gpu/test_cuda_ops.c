@@ -389,7 +389,8 @@ static void route_case(enum dp_gpu_score_fn fn, bool with_bias, bool hash, bool 
 	                         fn, 1.5f, idx.g, w.g),
 	             0);
 	int32_t *ic, *ig;
-	cr_assert_eq(dp_gpu_sync(p.g), 0, "route: the cuda side failed (kernel error at the sync)");
+	cr_assert_eq(dp_gpu_sync(p.g), 0, "route: the cuda side failed (kernel error at the sync): %s",
+	             dp_gpu_last_error(p.g));
 	gt_fetch(&p, &idx, (size_t)T * k * 4, (void **)&ic, (void **)&ig);
 	for (size_t i = 0; i < (size_t)T * k; i++)
 		cr_expect_eq(
@@ -724,7 +725,8 @@ static void index_case(uint32_t S, uint32_t nh, uint32_t dim, uint32_t n, uint32
 	cr_assert_eq(p.og->index_topk(p.g, &ig), 0);
 	int32_t *sc, *sg;
 	cr_assert_eq(dp_gpu_sync(p.g), 0,
-	             "index_topk: the cuda side failed (kernel error at the sync)");
+	             "index_topk: the cuda side failed (kernel error at the sync): %s",
+	             dp_gpu_last_error(p.g));
 	gt_fetch(&p, &sel, (size_t)S * k * 4, (void **)&sc, (void **)&sg);
 	uint32_t bad = 0;
 	for (size_t i = 0; i < (size_t)S * k; i++)
