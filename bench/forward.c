@@ -43,6 +43,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench-util.h"
 #include "model/v4.h"
 
 #define WARMUP_STEPS 4u
@@ -61,29 +62,6 @@ struct stat {
 	uint32_t n;
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* Sequence b's first n tokens. */
-static void stream_tokens(uint64_t seed, uint32_t b, uint32_t vocab, int32_t *out, uint32_t n)
-{
-	uint64_t s = seed + b;
-	for (uint32_t i = 0; i < n; i++)
-		out[i] = (int32_t)((splitmix64(&s) >> 11) % vocab);
-}
-
 static uint64_t fnv1a(uint64_t h, const int32_t *t, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -94,12 +72,6 @@ static uint64_t fnv1a(uint64_t h, const int32_t *t, size_t n)
 		}
 	}
 	return h;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 static void stat_finish(struct stat *st)
