@@ -554,6 +554,20 @@ out:
 	return r;
 }
 
+/* s now runs on seq, resident, its state at state_pos (the history beyond it
+ * is fed again: counted as recomputed), busy and out of the LRU. */
+static void resident_busy(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq *seq,
+			  uint64_t state_pos)
+{
+	s->seq = seq;
+	s->tier = DP_KV_TIER_DEVICE;
+	s->state_pos = state_pos;
+	kv->st.recomputed_tokens += s->len - s->state_pos;
+	if (!s->busy)
+		lru_unlink(kv, s);
+	s->busy = true;
+}
+
 int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq)
 {
 	if (!kv || !s || !ret_seq)
@@ -602,13 +616,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 			return r;
 		break;
 	}
-	s->seq = seq;
-	s->tier = DP_KV_TIER_DEVICE;
-	s->state_pos = dp_v4_seq_pos(seq);
-	kv->st.recomputed_tokens += s->len - s->state_pos;
-	if (!s->busy)
-		lru_unlink(kv, s);
-	s->busy = true;
+	resident_busy(kv, s, seq, dp_v4_seq_pos(seq));
 	*ret_seq = seq;
 	return 0;
 }
@@ -627,13 +635,7 @@ int dp_kv_session_acquire_fresh(struct dp_kv *kv, struct dp_kv_session *s,
 	dp_kv_dram_release(kv, s);
 	/* the snapshot stays: the state at its position is still what that
 	 * prefix of the (append-only) history gives */
-	s->seq = seq;
-	s->tier = DP_KV_TIER_DEVICE;
-	s->state_pos = 0;
-	kv->st.recomputed_tokens += s->len;
-	if (!s->busy)
-		lru_unlink(kv, s);
-	s->busy = true;
+	resident_busy(kv, s, seq, 0);
 	*ret_seq = seq;
 	return 0;
 }
@@ -662,13 +664,7 @@ int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
 	if (r < 0)
 		return r;
 	kv->st.promotions++;
-	s->seq = seq;
-	s->tier = DP_KV_TIER_DEVICE;
-	s->state_pos = dp_v4_seq_pos(seq);
-	kv->st.recomputed_tokens += s->len - s->state_pos;
-	if (!s->busy)
-		lru_unlink(kv, s);
-	s->busy = true;
+	resident_busy(kv, s, seq, dp_v4_seq_pos(seq));
 	*ret_seq = seq;
 	return 0;
 }
