@@ -399,7 +399,7 @@ fail_fd:
 }
 
 /* Prefix err (a message about the file's content) with the path. */
-static void prefix_path(const char *path, char *err, size_t err_len)
+void dp_engram_err_prefix(const char *path, char *err, size_t err_len)
 {
 	char tmp[512];
 
@@ -423,6 +423,6 @@ int dp_engram_config_load(const char *path, struct dp_engram_config *ret, char *
 	r = dp_engram_config_parse(buf, len, ret, err, err_len);
 	free(buf);
 	if (r == -EINVAL)
-		prefix_path(path, err, err_len);
+		dp_engram_err_prefix(path, err, err_len);
 	return r;
 }

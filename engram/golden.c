@@ -354,7 +354,7 @@ out_json:
 int dp_engram_golden_check_file(const char *path, struct dp_engram_check *ret, char *err,
                                 size_t err_len)
 {
-	char *buf, tmp[512];
+	char *buf;
 	size_t len;
 	int r;
 
@@ -365,9 +365,7 @@ int dp_engram_golden_check_file(const char *path, struct dp_engram_check *ret, c
 		return r;
 	r = dp_engram_golden_check(buf, len, ret, err, err_len);
 	free(buf);
-	if (r == -EINVAL && err && err_len) {
-		snprintf(tmp, sizeof(tmp), "%s", err);
-		dp_engram_errf(err, err_len, "%s: %s", path, tmp);
-	}
+	if (r == -EINVAL)
+		dp_engram_err_prefix(path, err, err_len);
 	return r;
 }
