@@ -323,8 +323,9 @@ static int place(struct dp_engram_writer *w, const void *row, char *err, size_t 
 	return 0;
 }
 
-int dp_engram_writer_put_encoded(struct dp_engram_writer *w, const void *rows, uint64_t n,
-                                 char *err, size_t err_len)
+/* The checks both puts make: arguments, and room for n more rows. */
+static int check_put(const struct dp_engram_writer *w, const void *rows, uint64_t n, char *err,
+                     size_t err_len)
 {
 	if (!w || (!rows && n) || w->finished)
 		return -EINVAL;
@@ -335,8 +336,17 @@ int dp_engram_writer_put_encoded(struct dp_engram_writer *w, const void *rows, u
 		               w->path, n, w->total, w->written);
 		return -E2BIG;
 	}
+	return 0;
+}
+
+int dp_engram_writer_put_encoded(struct dp_engram_writer *w, const void *rows, uint64_t n,
+                                 char *err, size_t err_len)
+{
+	int r = check_put(w, rows, n, err, err_len);
+	if (r < 0)
+		return r;
 	for (uint64_t i = 0; i < n; i++) {
-		int r = place(w, (const char *)rows + i * w->l.row_bytes, err, err_len);
+		r = place(w, (const char *)rows + i * w->l.row_bytes, err, err_len);
 		if (r < 0)
 			return r;
 	}
@@ -347,19 +357,11 @@ int dp_engram_writer_put(struct dp_engram_writer *w, const float *rows, uint64_t
                          size_t err_len)
 {
 	unsigned char enc[4 * DP_ENGRAM_HEAD_DIM_MAX + 4 * (DP_ENGRAM_HEAD_DIM_MAX / 32) + 4];
-
-	if (!w || (!rows && n) || w->finished)
-		return -EINVAL;
-	if (n > w->total - w->written) {
-		dp_engram_errf(err, err_len,
-		               "%s: %" PRIu64 " rows given, the tables hold %" PRIu64
-		               " and %" PRIu64 " are written",
-		               w->path, n, w->total, w->written);
-		return -E2BIG;
-	}
+	int r = check_put(w, rows, n, err, err_len);
+	if (r < 0)
+		return r;
 	for (uint64_t i = 0; i < n; i++) {
-		int r =
-		    dp_engram_row_encode(w->l.dtype, w->l.head_dim, rows + i * w->l.head_dim, enc);
+		r = dp_engram_row_encode(w->l.dtype, w->l.head_dim, rows + i * w->l.head_dim, enc);
 		if (r == -EDOM) {
 			dp_engram_errf(err, err_len,
 			               "%s: layer %d row %" PRIu64 " holds a NaN or an "
