@@ -299,27 +299,45 @@ static int convert_to(void *dst, enum dp_dtype dt, const void *src, enum dp_dtyp
 	}
 }
 
-int dp_gpu_weight_fill(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
-		       uint32_t n_rows, const void *src, enum dp_dtype src_dtype)
+int dp_gpu_weight_fill_buf(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+			   uint32_t n_rows, const void *src, enum dp_dtype src_dtype, void *buf,
+			   size_t buf_bytes)
 {
-	if (!g || !w || !w->data || !src || index >= w->count || row0 > w->rows ||
+	if (!g || !w || !w->data || w->slot_of || !src || index >= w->count || row0 > w->rows ||
 	    n_rows > w->rows - row0 || src_dtype >= DP_DTYPE_MAX || src_dtype == DP_DTYPE_I32)
 		return -EINVAL;
 	size_t esz = dp_dtype_size(w->dtype), ssz = dp_dtype_size(src_dtype);
 	size_t n = (size_t)n_rows * w->cols;
 	char *dst = (char *)w->data + (((size_t)index * w->rows + row0) * w->cols) * esz;
-	/* convert through a bounded host buffer, 1 Mi elements at a time */
-	size_t chunk = n < (1u << 20) ? n : (1u << 20);
-	void *host = malloc(chunk * esz);
-	if (!host)
-		return -ENOMEM;
+	if (n == 0)
+		return 0;
+	if (src_dtype == w->dtype)
+		return dp_gpu_upload(g, dst, src, n * esz);
+	/* convert through the host buffer, as much at a time as it holds */
+	size_t chunk = buf ? buf_bytes / esz : 0;
+	if (!chunk)
+		return -EINVAL;
 	int ret = 0;
 	for (size_t done = 0; done < n && ret == 0; done += chunk) {
 		size_t k = n - done < chunk ? n - done : chunk;
-		ret = convert_to(host, w->dtype, (const char *)src + done * ssz, src_dtype, k);
+		ret = convert_to(buf, w->dtype, (const char *)src + done * ssz, src_dtype, k);
 		if (ret == 0)
-			ret = dp_gpu_upload(g, dst + done * esz, host, k * esz);
+			ret = dp_gpu_upload(g, dst + done * esz, buf, k * esz);
 	}
+	return ret;
+}
+
+int dp_gpu_weight_fill(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+		       uint32_t n_rows, const void *src, enum dp_dtype src_dtype)
+{
+	if (!g || !w)
+		return -EINVAL;
+	size_t n = (size_t)n_rows * w->cols;
+	size_t bytes = (n < (1u << 20) ? n : (1u << 20)) * dp_dtype_size(w->dtype);
+	void *host = malloc(bytes ? bytes : 1); /* 1 Mi elements at a time */
+	if (!host)
+		return -ENOMEM;
+	int ret = dp_gpu_weight_fill_buf(g, w, index, row0, n_rows, src, src_dtype, host, bytes);
 	free(host);
 	return ret;
 }

@@ -133,6 +133,13 @@ struct dp_gpu_weight {
 	enum dp_dtype dtype; /* as stored in the backend */
 	uint32_t count;	     /* stacked matrices (experts), >= 1 */
 	uint32_t rows, cols; /* per matrix */
+	/* A paged stack (routed experts paged in and out of a cache; only the
+	 * moe op takes one, every other op refuses it): `count` matrices by
+	 * index, of which `stored` are at data; slot_of (backend memory,
+	 * [count]) gives the stored matrix holding matrix i, or -1 when it is
+	 * not resident. NULL: a plain stack, matrix i at data + i. */
+	const int32_t *slot_of;
+	uint32_t stored;
 };
 
 /* A new, zeroed weight of count x [rows][cols] in the backend's dtype. */
@@ -142,6 +149,12 @@ int dp_gpu_weight_alloc(struct dp_gpu *g, uint32_t count, uint32_t rows, uint32_
  * `src_dtype` ([n_rows][cols]), converting as needed. */
 int dp_gpu_weight_fill(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
 		       uint32_t n_rows, const void *src, enum dp_dtype src_dtype);
+/* The same through the caller's host buffer (buf_bytes of it; none is
+ * needed when src_dtype is the weight's dtype): no allocation, for weights
+ * paged in while serving. */
+int dp_gpu_weight_fill_buf(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+			   uint32_t n_rows, const void *src, enum dp_dtype src_dtype, void *buf,
+			   size_t buf_bytes);
 /* Upload host data of dtype `src_dtype` ([count][rows][cols]) into a new
  * weight in the backend's preferred dtype, converting as needed. */
 int dp_gpu_weight_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dtype,
@@ -295,6 +308,14 @@ struct dp_gpu_ops {
 	int (*route)(struct dp_gpu *g, const float *logits, const float *bias,
 		     const int32_t *tid2eid, const int32_t *ids, uint32_t T, uint32_t E,
 		     uint32_t k, enum dp_gpu_score_fn fn, float scale, int32_t *idx, float *w);
+	/* Routed experts: y[t] += sum over j < k with idx[t][j] >= 0 of
+	 * w[t][j] * down_e(swiglu(gate_up_e . x[t], limit)), e = idx[t][j],
+	 * the contributions to each y[t] added in ascending expert order
+	 * (transformers' order); picks < 0 are skipped. gate_up and down may be
+	 * paged stacks (slot_of): a pick of an expert that is not resident is
+	 * an error (cpu) or skipped (cuda); the results are bitwise those of
+	 * the plain stack, so a caller may split a step's picks into calls by
+	 * ascending expert ranges. */
 	int (*moe)(struct dp_gpu *g, const float *x, const int32_t *idx, const float *w,
 		   uint32_t T, uint32_t k, const struct dp_gpu_weight *gate_up,
 		   const struct dp_gpu_weight *down, float limit, float *y);

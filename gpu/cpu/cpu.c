@@ -101,7 +101,7 @@ static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const stru
 		      uint32_t index, float *y, uint32_t ldy, uint32_t M, bool accumulate)
 {
 	(void)g;
-	if (!x || !w || !y || index >= w->count || w->dtype != DP_DTYPE_F32 ||
+	if (!x || !w || !y || index >= w->count || w->dtype != DP_DTYPE_F32 || w->slot_of ||
 	    (ldx && ldx < w->cols) || (ldy && ldy < w->rows))
 		return -EINVAL;
 	if (M == 0)
@@ -122,7 +122,7 @@ static int cpu_embed(struct dp_gpu *g, const struct dp_gpu_weight *table, const 
 		     uint32_t T, float *y)
 {
 	(void)g;
-	if (!table || !ids || !y || table->dtype != DP_DTYPE_F32)
+	if (!table || !ids || !y || table->dtype != DP_DTYPE_F32 || table->slot_of)
 		return -EINVAL;
 	for (uint32_t t = 0; t < T; t++)
 		if (ids[t] < 0 || (uint32_t)ids[t] >= table->rows)
@@ -458,9 +458,22 @@ static int cpu_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 {
 	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
 	uint32_t E = gate_up->count, inter = gate_up->rows / 2, D = gate_up->cols;
+	const int32_t *slot_of = gate_up->slot_of;
 
-	if (down->count != E || down->rows != D || down->cols != inter || gate_up->rows % 2)
+	if (down->count != E || down->rows != D || down->cols != inter || gate_up->rows % 2 ||
+	    down->slot_of != slot_of || (slot_of && (gate_up->stored != down->stored ||
+						     !gate_up->stored)))
 		return -EINVAL;
+	/* a paged stack: expert e is stored matrix slot_of[e] of a plain view */
+	struct dp_gpu_weight gu_view = *gate_up, dn_view = *down;
+	if (slot_of) {
+		gu_view.slot_of = dn_view.slot_of = NULL;
+		gu_view.count = dn_view.count = gate_up->stored;
+		for (size_t p = 0; p < (size_t)T * k; p++)
+			if (idx[p] >= 0 && ((uint32_t)idx[p] >= E || slot_of[idx[p]] < 0 ||
+					    (uint32_t)slot_of[idx[p]] >= gate_up->stored))
+				return -EINVAL; /* a pick of an expert that is not resident */
+	}
 	/* scratch: gathered x [T][D], gate_up [T][2I], h [T][inter], out [T][D], map [T] */
 	size_t need = (size_t)T * (D + 2 * inter + inter + D) + 2 * (size_t)T;
 	float *s = dp_cpu_scratch(c, need);
@@ -483,9 +496,10 @@ static int cpu_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 				}
 		if (m == 0)
 			continue;
-		cpu_matmul(g, xs, 0, gate_up, e, gu, 0, m, false);
+		uint32_t s = slot_of ? (uint32_t)slot_of[e] : e;
+		cpu_matmul(g, xs, 0, &gu_view, s, gu, 0, m, false);
 		cpu_swiglu(g, gu, gu + inter, hs, m, inter, 2 * inter, limit);
-		cpu_matmul(g, hs, 0, down, e, os, 0, m, false);
+		cpu_matmul(g, hs, 0, &dn_view, s, os, 0, m, false);
 		for (uint32_t r = 0; r < m; r++) {
 			float *yt = y + (size_t)tok[r] * D;
 			const float *orow = os + (size_t)r * D;
@@ -520,7 +534,8 @@ static int cpu_engram_fuse(struct dp_gpu *g, const struct dp_gpu_engram *e)
 	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
 
 	if (!e || !e->X || !e->rows || !e->wkv || !e->gain || !e->n || !e->D || !e->E ||
-	    e->n > DP_GPU_HC_MAX || e->wkv->count < 1 || e->wkv->rows != (e->n + 1) * e->D ||
+	    e->n > DP_GPU_HC_MAX || e->wkv->count < 1 || e->wkv->slot_of ||
+	    e->wkv->rows != (e->n + 1) * e->D ||
 	    e->wkv->cols != e->E)
 		return -EINVAL;
 	if (e->T == 0)

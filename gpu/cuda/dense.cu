@@ -169,10 +169,12 @@ __global__ void split_bf16_kernel(const float *__restrict__ x, uint32_t ldx, uin
 	}
 }
 
+/* A plain stack in the backend's dtype. A paged stack (slot_of) is refused:
+ * only moe takes one, and checks it itself. */
 bool dp_cuda_weight_ok(const struct dp_gpu_cuda *c, const struct dp_gpu_weight *w)
 {
-	return w && w->data && w->dtype == c->g.be->weight_dtype && w->count >= 1 && w->rows &&
-	       w->cols;
+	return w && w->data && !w->slot_of && w->dtype == c->g.be->weight_dtype && w->count >= 1 &&
+	       w->rows && w->cols;
 }
 
 int dp_cuda_matmul(struct dp_gpu_cuda *c, const float *x, uint32_t ldx,

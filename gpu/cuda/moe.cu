@@ -29,6 +29,14 @@
  * Both end in the same combine kernel: y[t] += w * out, over the token's
  * pairs in expert order, then slot order — the cpu backend's order of
  * additions.
+ *
+ * Paged stacks (gate_up and down share slot_of, device memory [E]): expert e
+ * is stored matrix slot_of[e]. A pick of an expert that is not resident
+ * (slot_of[e] < 0, or not below `stored`) is planned like a pick < 0: no
+ * slot, skipped by the experts and by the combine, so the picks present
+ * give bitwise the plain stack's results (same products on the same rows,
+ * same order of additions). The device plan reads slot_of on the device;
+ * the host plan downloads it with the ids.
  */
 #include <cerrno>
 #include <cstdlib>
@@ -173,8 +181,23 @@ struct moe_plan {
 	int32_t *pos;      /* [P]: pair -> slot, -1 for an invalid expert */
 };
 
-/* One block: the device-side plan of P pairs (P <= CU_MOE_DEVICE_PAIRS). */
+/* Whether pair expert e has weights: in range and, for a paged stack,
+ * resident. */
+__device__ __forceinline__ bool moe_present(int32_t e, uint32_t E,
+                                            const int32_t *__restrict__ slot_of, uint32_t stored)
+{
+	if (e < 0 || (uint32_t)e >= E)
+		return false;
+	if (!slot_of)
+		return true;
+	int32_t s = slot_of[e];
+	return s >= 0 && (uint32_t)s < stored;
+}
+
+/* One block: the device-side plan of P pairs (P <= CU_MOE_DEVICE_PAIRS).
+ * Pairs whose expert is not present get no slot (pos -1). */
 __global__ void moe_plan_kernel(const int32_t *__restrict__ idx, uint32_t P, uint32_t E,
+                                const int32_t *__restrict__ slot_of, uint32_t stored,
                                 struct moe_plan pl)
 {
 	extern __shared__ int32_t cnt[]; /* [E] */
@@ -184,7 +207,7 @@ __global__ void moe_plan_kernel(const int32_t *__restrict__ idx, uint32_t P, uin
 	__syncthreads();
 	for (uint32_t p = tid; p < P; p += blockDim.x) {
 		int32_t e = idx[p];
-		if (e >= 0 && (uint32_t)e < E)
+		if (moe_present(e, E, slot_of, stored))
 			atomicAdd(&cnt[e], 1);
 	}
 	__syncthreads();
@@ -219,7 +242,7 @@ __global__ void moe_plan_kernel(const int32_t *__restrict__ idx, uint32_t P, uin
 	__syncthreads();
 	for (uint32_t p = tid; p < P; p += blockDim.x) {
 		int32_t e = idx[p];
-		if (e < 0 || (uint32_t)e >= E) {
+		if (!moe_present(e, E, slot_of, stored)) {
 			pl.pos[p] = -1;
 			continue;
 		}
@@ -320,12 +343,13 @@ __device__ __forceinline__ void exp_dot(const WT *const *wrow, const float *cons
 }
 
 /* h[slot][i] = swiglu(gate_e[i] . x[t], up_e[i] . x[t]) for every slot of
- * expert e = active[blockIdx.y]; warp = row i. */
+ * expert e = active[blockIdx.y] (stored matrix slot_of[e] of a paged stack,
+ * which the plan has checked); warp = row i. */
 template <typename WT, bool VEC>
 __global__ void __launch_bounds__(EXP_WARPS * 32)
-    exp_gate_up_kernel(const float *__restrict__ x, const WT *__restrict__ gate_up, uint32_t D,
-                       uint32_t I, uint32_t k, struct moe_plan pl, float limit,
-                       float *__restrict__ h)
+    exp_gate_up_kernel(const float *__restrict__ x, const WT *__restrict__ gate_up,
+                       const int32_t *__restrict__ slot_of, uint32_t D, uint32_t I, uint32_t k,
+                       struct moe_plan pl, float limit, float *__restrict__ h)
 {
 	uint32_t ai = blockIdx.y;
 	if (ai >= (uint32_t)*pl.n_active)
@@ -333,10 +357,10 @@ __global__ void __launch_bounds__(EXP_WARPS * 32)
 	uint32_t lane = threadIdx.x & 31, i = blockIdx.x * EXP_WARPS + (threadIdx.x >> 5);
 	if (i >= I)
 		return;
-	int32_t e = pl.active[ai];
+	int32_t e = pl.active[ai], m = slot_of ? slot_of[e] : e;
 	int32_t s0 = pl.off[e], cnt = pl.off[e + 1] - s0;
-	const WT *wrow[2] = {gate_up + ((size_t)e * 2 * I + i) * D,
-	                     gate_up + ((size_t)e * 2 * I + I + i) * D};
+	const WT *wrow[2] = {gate_up + ((size_t)m * 2 * I + i) * D,
+	                     gate_up + ((size_t)m * 2 * I + I + i) * D};
 	for (int32_t c0 = 0; c0 < cnt; c0 += EXP_CHUNK) {
 		int nb = cnt - c0 < EXP_CHUNK ? cnt - c0 : EXP_CHUNK;
 		const float *in[EXP_CHUNK];
@@ -359,11 +383,13 @@ __global__ void __launch_bounds__(EXP_WARPS * 32)
 	}
 }
 
-/* os[slot][r] = down_e[r] . h[slot]; warp = row r of D. */
+/* os[slot][r] = down_e[r] . h[slot] (stored matrix slot_of[e] of a paged
+ * stack); warp = row r of D. */
 template <typename WT, bool VEC>
 __global__ void __launch_bounds__(EXP_WARPS * 32)
-    exp_down_kernel(const float *__restrict__ h, const WT *__restrict__ down, uint32_t D,
-                    uint32_t I, struct moe_plan pl, float *__restrict__ os)
+    exp_down_kernel(const float *__restrict__ h, const WT *__restrict__ down,
+                    const int32_t *__restrict__ slot_of, uint32_t D, uint32_t I, struct moe_plan pl,
+                    float *__restrict__ os)
 {
 	uint32_t ai = blockIdx.y;
 	if (ai >= (uint32_t)*pl.n_active)
@@ -371,9 +397,9 @@ __global__ void __launch_bounds__(EXP_WARPS * 32)
 	uint32_t lane = threadIdx.x & 31, r = blockIdx.x * EXP_WARPS + (threadIdx.x >> 5);
 	if (r >= D)
 		return;
-	int32_t e = pl.active[ai];
+	int32_t e = pl.active[ai], m = slot_of ? slot_of[e] : e;
 	int32_t s0 = pl.off[e], cnt = pl.off[e + 1] - s0;
-	const WT *wrow[1] = {down + ((size_t)e * D + r) * I};
+	const WT *wrow[1] = {down + ((size_t)m * D + r) * I};
 	for (int32_t c0 = 0; c0 < cnt; c0 += EXP_CHUNK) {
 		int nb = cnt - c0 < EXP_CHUNK ? cnt - c0 : EXP_CHUNK;
 		const float *in[EXP_CHUNK];
@@ -453,49 +479,65 @@ static size_t up256(size_t n)
 
 template <typename WT>
 static int device_experts(struct dp_gpu_cuda *c, const float *x, const WT *gu, const WT *dn,
-                          uint32_t D, uint32_t I, uint32_t k, uint32_t grid_e,
-                          const struct moe_plan &pl, float limit, float *h, float *os)
+                          const int32_t *slot_of, uint32_t D, uint32_t I, uint32_t k,
+                          uint32_t grid_e, const struct moe_plan &pl, float limit, float *h,
+                          float *os)
 {
 	bool vec_gu = D % ev<WT>::N == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)gu & 15) == 0;
 	bool vec_dn = I % ev<WT>::N == 0 && ((uintptr_t)h & 15) == 0 && ((uintptr_t)dn & 15) == 0;
 	dim3 g1(cu_blocks(I, EXP_WARPS), grid_e), g2(cu_blocks(D, EXP_WARPS), grid_e);
 	if (vec_gu)
 		exp_gate_up_kernel<WT, true>
-		    <<<g1, EXP_WARPS * 32, 0, c->stream>>>(x, gu, D, I, k, pl, limit, h);
+		    <<<g1, EXP_WARPS * 32, 0, c->stream>>>(x, gu, slot_of, D, I, k, pl, limit, h);
 	else
 		exp_gate_up_kernel<WT, false>
-		    <<<g1, EXP_WARPS * 32, 0, c->stream>>>(x, gu, D, I, k, pl, limit, h);
+		    <<<g1, EXP_WARPS * 32, 0, c->stream>>>(x, gu, slot_of, D, I, k, pl, limit, h);
 	int ret = dp_cuda_launched(c, "moe gate_up");
 	if (ret < 0)
 		return ret;
 	if (vec_dn)
 		exp_down_kernel<WT, true>
-		    <<<g2, EXP_WARPS * 32, 0, c->stream>>>(h, dn, D, I, pl, os);
+		    <<<g2, EXP_WARPS * 32, 0, c->stream>>>(h, dn, slot_of, D, I, pl, os);
 	else
 		exp_down_kernel<WT, false>
-		    <<<g2, EXP_WARPS * 32, 0, c->stream>>>(h, dn, D, I, pl, os);
+		    <<<g2, EXP_WARPS * 32, 0, c->stream>>>(h, dn, slot_of, D, I, pl, os);
 	return dp_cuda_launched(c, "moe down");
 }
 
-/* Host plan: download the ids, group the pairs, upload perm and pos. */
+/* Host plan: download the ids (and a paged stack's slot table), group the
+ * pairs of present experts, upload perm and pos. ret_slot[e]: the stored
+ * matrix of expert e (e itself in a plain stack), -1 when not resident. */
 static int host_plan(struct dp_gpu_cuda *c, const int32_t *idx, uint32_t P, uint32_t E,
-                     const struct moe_plan &pl, int32_t *ret_off /* [E + 1], host */)
+                     const int32_t *slot_of, uint32_t stored, const struct moe_plan &pl,
+                     int32_t *ret_off /* [E + 1], host */, int32_t *ret_slot /* [E], host */)
 {
 	cudaError_t e = cudaStreamSynchronize(c->stream); /* also frees dp_cuda_host to regrow */
 	if (e != cudaSuccess)
 		return dp_cuda_fail(c, e, "moe: sync");
-	int32_t *h = (int32_t *)dp_cuda_host(c, (size_t)3 * P * sizeof(int32_t));
+	size_t n_slot = slot_of ? E : 0;
+	int32_t *h = (int32_t *)dp_cuda_host(c, ((size_t)3 * P + n_slot) * sizeof(int32_t));
 	if (!h)
 		return -ENOMEM;
-	int32_t *hperm = h + P, *hpos = h + 2 * (size_t)P;
+	int32_t *hperm = h + P, *hpos = h + 2 * (size_t)P, *hslot = h + 3 * (size_t)P;
 	if ((e = cudaMemcpyAsync(h, idx, (size_t)P * sizeof(int32_t), cudaMemcpyDeviceToHost,
 	                         c->stream)) != cudaSuccess ||
+	    (slot_of && (e = cudaMemcpyAsync(hslot, slot_of, n_slot * sizeof(int32_t),
+	                                     cudaMemcpyDeviceToHost, c->stream)) != cudaSuccess) ||
 	    (e = cudaStreamSynchronize(c->stream)) != cudaSuccess)
 		return dp_cuda_fail(c, e, "moe: ids download");
+	for (uint32_t q = 0; q < E; q++) {
+		if (!slot_of)
+			ret_slot[q] = (int32_t)q;
+		else
+			ret_slot[q] = hslot[q] >= 0 && (uint32_t)hslot[q] < stored ? hslot[q] : -1;
+	}
 	memset(ret_off, 0, ((size_t)E + 1) * sizeof(int32_t));
-	for (uint32_t p = 0; p < P; p++)
-		if (h[p] >= 0 && (uint32_t)h[p] < E)
+	for (uint32_t p = 0; p < P; p++) {
+		if (h[p] < 0 || (uint32_t)h[p] >= E || ret_slot[h[p]] < 0)
+			h[p] = -1; /* no weights: planned like a pick < 0 */
+		else
 			ret_off[h[p] + 1]++;
+	}
 	for (uint32_t q = 0; q < E; q++)
 		ret_off[q + 1] += ret_off[q];
 	/* stable: pairs of one expert in pair order */
@@ -504,7 +546,7 @@ static int host_plan(struct dp_gpu_cuda *c, const int32_t *idx, uint32_t P, uint
 		return -ENOMEM;
 	memcpy(fill, ret_off, ((size_t)E + 1) * sizeof(int32_t));
 	for (uint32_t p = 0; p < P; p++) {
-		if (h[p] < 0 || (uint32_t)h[p] >= E) {
+		if (h[p] < 0) {
 			hpos[p] = -1;
 			continue;
 		}
@@ -523,13 +565,44 @@ static int host_plan(struct dp_gpu_cuda *c, const int32_t *idx, uint32_t P, uint
 	return 0;
 }
 
+/* gate_up and down: plain stacks, or paged stacks over one slot table with
+ * the same number of stored matrices; the stored matrices as weight_ok
+ * wants them. */
+static bool moe_weights_ok(const struct dp_gpu_cuda *c, const struct dp_gpu_weight *gate_up,
+                           const struct dp_gpu_weight *down)
+{
+	if (!gate_up || !down || gate_up->slot_of != down->slot_of)
+		return false;
+	struct dp_gpu_weight gu = *gate_up, dn = *down;
+	if (gate_up->slot_of) {
+		if (!gate_up->stored || gate_up->stored != down->stored)
+			return false;
+		gu.slot_of = dn.slot_of = NULL;
+		gu.count = dn.count = gate_up->stored;
+	}
+	return dp_cuda_weight_ok(c, &gu) && dp_cuda_weight_ok(c, &dn);
+}
+
+/* Stored matrix s of a stack, as a plain one-matrix weight. */
+static struct dp_gpu_weight moe_matrix(const struct dp_gpu_weight *w, uint32_t s)
+{
+	struct dp_gpu_weight m;
+	memset(&m, 0, sizeof(m));
+	m.data = (char *)w->data + (size_t)s * w->rows * w->cols * dp_dtype_size(w->dtype);
+	m.dtype = w->dtype;
+	m.count = 1;
+	m.rows = w->rows;
+	m.cols = w->cols;
+	return m;
+}
+
 int dp_cuda_op_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const float *w, uint32_t T,
                    uint32_t k, const struct dp_gpu_weight *gate_up,
                    const struct dp_gpu_weight *down, float limit, float *y)
 {
 	struct dp_gpu_cuda *c = cu_of(g);
-	if (!x || !idx || !w || !y || !dp_cuda_weight_ok(c, gate_up) ||
-	    !dp_cuda_weight_ok(c, down) || k == 0 || k > CU_MOE_K_MAX)
+	if (!x || !idx || !w || !y || !moe_weights_ok(c, gate_up, down) || k == 0 ||
+	    k > CU_MOE_K_MAX)
 		return -EINVAL;
 	uint32_t E = gate_up->count, I = gate_up->rows / 2, D = gate_up->cols;
 	if (down->count != E || down->rows != D || down->cols != I || gate_up->rows % 2)
@@ -543,7 +616,10 @@ int dp_cuda_op_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 		return ret;
 	uint32_t P = T * k;
 	bool on_device = P <= CU_MOE_DEVICE_PAIRS;
+	const int32_t *slot_of = gate_up->slot_of;
+	uint32_t stored = slot_of ? gate_up->stored : E; /* experts with weights, at most */
 	uint32_t grid_e = P < E ? P : E;
+	grid_e = grid_e < stored ? grid_e : stored;
 
 	/* workspace: plan, h [P][I], os [P][D]; host path: xs [P][D], gu [P][2I] */
 	size_t sz_off = up256(((size_t)E + 1) * 4), sz_act = up256((size_t)E * 4), sz_na = 256;
@@ -579,22 +655,24 @@ int dp_cuda_op_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 		size_t smem = (size_t)E * sizeof(int32_t);
 		if (smem > 48 * 1024)
 			return -EINVAL;
-		moe_plan_kernel<<<1, 256, smem, c->stream>>>(idx, P, E, pl);
+		moe_plan_kernel<<<1, 256, smem, c->stream>>>(idx, P, E, slot_of, stored, pl);
 		if ((ret = dp_cuda_launched(c, "moe plan")) < 0)
 			return ret;
 		ret = bf16 ? device_experts(c, x, (const __nv_bfloat16 *)gate_up->data,
-		                            (const __nv_bfloat16 *)down->data, D, I, k, grid_e, pl,
-		                            limit, h, os)
+		                            (const __nv_bfloat16 *)down->data, slot_of, D, I, k,
+		                            grid_e, pl, limit, h, os)
 		           : device_experts(c, x, (const float *)gate_up->data,
-		                            (const float *)down->data, D, I, k, grid_e, pl, limit,
-		                            h, os);
+		                            (const float *)down->data, slot_of, D, I, k, grid_e, pl,
+		                            limit, h, os);
 		if (ret < 0)
 			return ret;
 	} else {
-		int32_t *off = (int32_t *)malloc(((size_t)E + 1) * sizeof(int32_t));
+		/* off [E + 1], then slot [E] */
+		int32_t *off = (int32_t *)malloc(((size_t)2 * E + 1) * sizeof(int32_t));
 		if (!off)
 			return -ENOMEM;
-		ret = host_plan(c, idx, P, E, pl, off);
+		int32_t *slot = off + E + 1;
+		ret = host_plan(c, idx, P, E, slot_of, stored, pl, off, slot);
 		uint32_t n_slots = ret == 0 ? (uint32_t)off[E] : 0;
 		if (ret == 0 && n_slots) {
 			moe_gather_kernel<<<grid_of((size_t)n_slots * D), 256, 0, c->stream>>>(
@@ -603,17 +681,21 @@ int dp_cuda_op_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 		}
 		for (uint32_t e = 0; ret == 0 && e < E; e++) {
 			uint32_t s0 = (uint32_t)off[e], m = (uint32_t)(off[e + 1] - off[e]);
-			if (m)
-				ret = dp_cuda_matmul(c, xs + (size_t)s0 * D, 0, gate_up, e,
-				                     gu + (size_t)s0 * 2 * I, 0, m, false);
+			if (!m)
+				continue;
+			struct dp_gpu_weight mw = moe_matrix(gate_up, (uint32_t)slot[e]);
+			ret = dp_cuda_matmul(c, xs + (size_t)s0 * D, 0, &mw, 0,
+			                     gu + (size_t)s0 * 2 * I, 0, m, false);
 		}
 		if (ret == 0 && n_slots)
 			ret = dp_cuda_op_swiglu(g, gu, gu + I, h, n_slots, I, 2 * I, limit);
 		for (uint32_t e = 0; ret == 0 && e < E; e++) {
 			uint32_t s0 = (uint32_t)off[e], m = (uint32_t)(off[e + 1] - off[e]);
-			if (m)
-				ret = dp_cuda_matmul(c, h + (size_t)s0 * I, 0, down, e,
-				                     os + (size_t)s0 * D, 0, m, false);
+			if (!m)
+				continue;
+			struct dp_gpu_weight mw = moe_matrix(down, (uint32_t)slot[e]);
+			ret = dp_cuda_matmul(c, h + (size_t)s0 * I, 0, &mw, 0, os + (size_t)s0 * D,
+			                     0, m, false);
 		}
 		free(off);
 		if (ret < 0)

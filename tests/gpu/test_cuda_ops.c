@@ -486,6 +486,335 @@ Test(cuda_moe, routed_experts_match_on_the_device_and_host_planned_paths)
 	}
 }
 
+/* ---- moe on paged stacks ------------------------------------------------------
+ * On the backend under test alone: a paged stack against the plain stack of
+ * the same experts, bitwise. Matrix sizes are multiples of 256 bytes, so an
+ * expert's matrix is aligned alike in either stack. */
+
+static void shuffle_i32(uint64_t *s, int32_t *v, uint32_t n)
+{
+	for (uint32_t i = n; i > 1; i--) {
+		uint32_t j = (uint32_t)(gt_next(s) % i);
+		int32_t t = v[i - 1];
+		v[i - 1] = v[j];
+		v[j] = t;
+	}
+}
+
+/* gate_up [E][2I][D] and down [E][D][I] as paged stacks of `stored` slots
+ * sharing one slot table; the slots, plain stacks, own the memory. */
+struct paged_experts {
+	struct dp_gpu_weight gu_slots, dn_slots, gu, dn;
+	int32_t *slot_of; /* backend memory [E] */
+};
+
+static void paged_new(struct gt_pair *p, struct paged_experts *pe, uint32_t E, uint32_t stored,
+                      uint32_t D, uint32_t I)
+{
+	cr_assert_eq(dp_gpu_weight_alloc(p->g, stored, 2 * I, D, &pe->gu_slots), 0);
+	cr_assert_eq(dp_gpu_weight_alloc(p->g, stored, D, I, &pe->dn_slots), 0);
+	pe->slot_of = dp_gpu_alloc(p->g, (size_t)E * sizeof(int32_t), DP_GPU_MEM_WEIGHTS);
+	cr_assert_not_null(pe->slot_of);
+	pe->gu = pe->gu_slots;
+	pe->dn = pe->dn_slots;
+	pe->gu.count = pe->dn.count = E;
+	pe->gu.slot_of = pe->dn.slot_of = pe->slot_of;
+	pe->gu.stored = pe->dn.stored = stored;
+}
+
+/* Page in: slot i holds expert of_slot[i] of the host stacks, or stale
+ * random data where of_slot[i] < 0; then the slot table follows. */
+static void paged_load(struct gt_pair *p, struct paged_experts *pe, const float *gu,
+                       const float *dn, const int32_t *of_slot, uint64_t *s)
+{
+	uint32_t E = pe->gu.count, D = pe->gu.cols, I = pe->dn.cols;
+	size_t n_gu = (size_t)2 * I * D, n_dn = (size_t)D * I;
+	int32_t *tab = malloc((size_t)E * sizeof(int32_t));
+	cr_assert_not_null(tab);
+	for (uint32_t e = 0; e < E; e++)
+		tab[e] = -1;
+	for (uint32_t i = 0; i < pe->gu.stored; i++) {
+		int32_t e = of_slot[i];
+		float *stale_gu = e < 0 ? gt_rand(s, n_gu, -1, 1) : NULL;
+		float *stale_dn = e < 0 ? gt_rand(s, n_dn, -1, 1) : NULL;
+		cr_assert_eq(dp_gpu_weight_fill(p->g, &pe->gu_slots, i, 0, 2 * I,
+		                                e < 0 ? stale_gu : gu + (size_t)e * n_gu,
+		                                DP_DTYPE_F32),
+		             0);
+		cr_assert_eq(dp_gpu_weight_fill(p->g, &pe->dn_slots, i, 0, D,
+		                                e < 0 ? stale_dn : dn + (size_t)e * n_dn,
+		                                DP_DTYPE_F32),
+		             0);
+		free(stale_gu);
+		free(stale_dn);
+		if (e >= 0)
+			tab[e] = (int32_t)i;
+	}
+	cr_assert_eq(dp_gpu_upload(p->g, pe->slot_of, tab, (size_t)E * sizeof(int32_t)), 0);
+	free(tab);
+}
+
+static void paged_free(struct gt_pair *p, struct paged_experts *pe)
+{
+	dp_gpu_dealloc(p->g, pe->slot_of, (size_t)pe->gu.count * sizeof(int32_t),
+	               DP_GPU_MEM_WEIGHTS);
+	dp_gpu_weight_free(p->g, &pe->gu_slots);
+	dp_gpu_weight_free(p->g, &pe->dn_slots);
+}
+
+/* n floats of the backend under test, after a sync (malloc'd). */
+static float *paged_fetch(struct gt_pair *p, const struct gt_buf *b, size_t n, const char *what)
+{
+	cr_assert_eq(dp_gpu_sync(p->g), 0,
+	             "%s: the cuda side failed (kernel error at the sync): %s", what,
+	             dp_gpu_last_error(p->g));
+	float *h = malloc(n * sizeof(float));
+	cr_assert_not_null(h);
+	cr_assert_eq(dp_gpu_download(p->g, h, b->g, n * sizeof(float)), 0);
+	return h;
+}
+
+static void expect_bitwise(const float *want, const float *got, size_t n, const char *what)
+{
+	size_t i = 0;
+	while (i < n && memcmp(&want[i], &got[i], sizeof(float)) == 0)
+		i++;
+	cr_expect_eq(i, n, "%s: differs first at %zu: want %.9g, got %.9g", what, i,
+	             i < n ? want[i] : 0.0f, i < n ? got[i] : 0.0f);
+}
+
+/* The routed picks: k distinct experts of pool[n] per token, some skipped
+ * (-1), some repeated when dups. */
+static int32_t *paged_picks(uint64_t *s, const int32_t *pool, uint32_t n, uint32_t T, uint32_t k,
+                            bool dups)
+{
+	int32_t *ih = malloc((size_t)T * k * sizeof(int32_t)), *pick = malloc(n * sizeof(int32_t));
+	cr_assert(ih && pick && n >= k);
+	for (uint32_t t = 0; t < T; t++) {
+		memcpy(pick, pool, n * sizeof(int32_t));
+		for (uint32_t j = 0; j < k; j++) {
+			uint32_t r = j + (uint32_t)(gt_next(s) % (n - j));
+			int32_t e = pick[r];
+			pick[r] = pick[j];
+			pick[j] = e;
+			if (dups && j > 0 && t % 7 == 3)
+				e = ih[(size_t)t * k];
+			if ((t * k + j) % 5 == 2)
+				e = -1;
+			ih[(size_t)t * k + j] = e;
+		}
+	}
+	free(pick);
+	return ih;
+}
+
+/* stored - 1 resident experts in shuffled slots beside one stale slot;
+ * picks among them; y from the paged stack == y from the plain stack. */
+static void paged_moe_case(bool f32, uint32_t T, uint32_t E, uint32_t k, uint32_t D, uint32_t I,
+                           uint32_t stored, uint64_t seed)
+{
+	struct gt_pair p;
+	gt_open(&p, f32);
+	uint64_t s = seed;
+	uint32_t n_res = stored - 1;
+	size_t n = (size_t)T * D;
+	float *xh = gt_rand(&s, n, -1, 1), *yh = gt_rand(&s, n, -1, 1);
+	float *gu = gt_rand(&s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
+	float *dn = gt_rand(&s, (size_t)E * D * I, -0.3f, 0.3f);
+	float *wh = gt_rand(&s, (size_t)T * k, 0, 1);
+	int32_t *experts = malloc(E * sizeof(int32_t)), *slots = malloc(stored * sizeof(int32_t));
+	int32_t *of_slot = malloc(stored * sizeof(int32_t));
+	cr_assert(experts && slots && of_slot);
+	for (uint32_t e = 0; e < E; e++)
+		experts[e] = (int32_t)e;
+	for (uint32_t i = 0; i < stored; i++)
+		slots[i] = (int32_t)i;
+	shuffle_i32(&s, experts, E);
+	shuffle_i32(&s, slots, stored);
+	for (uint32_t i = 0; i < stored; i++)
+		of_slot[slots[i]] = i < n_res ? experts[i] : -1;
+	int32_t *ih = paged_picks(&s, experts, n_res, T, k, true);
+
+	struct dp_gpu_weight wgu, wdn;
+	cr_assert_eq(dp_gpu_weight_upload(p.g, gu, DP_DTYPE_F32, E, 2 * I, D, &wgu), 0);
+	cr_assert_eq(dp_gpu_weight_upload(p.g, dn, DP_DTYPE_F32, E, D, I, &wdn), 0);
+	struct paged_experts pe;
+	paged_new(&p, &pe, E, stored, D, I);
+	paged_load(&p, &pe, gu, dn, of_slot, &s);
+	struct gt_buf x = gt_floats(&p, xh, n), w = gt_floats(&p, wh, (size_t)T * k);
+	struct gt_buf idx = gt_buf_new(&p, ih, (size_t)T * k * sizeof(int32_t));
+	struct gt_buf y0 = gt_floats(&p, yh, n), y1 = gt_floats(&p, yh, n);
+	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &wgu, &wdn, 1.5f, y0.g), 0);
+	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0,
+	             "moe on a paged stack: %s", dp_gpu_last_error(p.g));
+	char what[160];
+	snprintf(what, sizeof(what), "paged moe %s T=%u E=%u k=%u D=%u I=%u stored=%u (%s plan)",
+	         f32 ? "f32" : "bf16", T, E, k, D, I, stored, T * k <= 256 ? "device" : "host");
+	float *want = paged_fetch(&p, &y0, n, what), *got = paged_fetch(&p, &y1, n, what);
+	expect_bitwise(want, got, n, what);
+
+	free(want);
+	free(got);
+	struct gt_buf *all[] = {&x, &w, &idx, &y0, &y1};
+	for (size_t i = 0; i < 5; i++)
+		gt_buf_free(&p, all[i]);
+	paged_free(&p, &pe);
+	dp_gpu_weight_free(p.g, &wgu);
+	dp_gpu_weight_free(p.g, &wdn);
+	free(xh);
+	free(yh);
+	free(gu);
+	free(dn);
+	free(wh);
+	free(experts);
+	free(slots);
+	free(of_slot);
+	free(ih);
+	gt_close(&p);
+}
+
+Test(cuda_moe, moe_on_a_paged_stack_equals_the_plain_stack)
+{
+	for (int f32 = 1; f32 >= 0; f32--) {
+		paged_moe_case(f32, 1, 16, 4, 32, 16, 9, 70);    /* decode */
+		paged_moe_case(f32, 5, 16, 4, 36, 20, 9, 71);    /* odd widths: scalar loads */
+		paged_moe_case(f32, 37, 32, 6, 64, 48, 13, 72);  /* 222 pairs: device */
+		paged_moe_case(f32, 60, 32, 6, 64, 48, 13, 73);  /* 360 pairs: host, cuBLAS */
+		paged_moe_case(f32, 33, 384, 8, 64, 40, 97, 74); /* 264 pairs: host, V4 E, k */
+	}
+}
+
+/* The model's split of a step by expert ranges: experts [0, E/2) resident,
+ * one call with every pick; then [E/2, E), the same call again. Picks of
+ * absent experts are skipped (cuda), so the two calls add up bitwise to one
+ * call on the plain stack. With nothing resident, y stays as it was. */
+static void paged_moe_ranges_case(bool f32, uint32_t T, uint32_t E, uint32_t k, uint32_t D,
+                                  uint32_t I, uint64_t seed)
+{
+	struct gt_pair p;
+	gt_open(&p, f32);
+	uint64_t s = seed;
+	uint32_t half = E / 2;
+	size_t n = (size_t)T * D;
+	float *xh = gt_rand(&s, n, -1, 1), *yh = gt_rand(&s, n, -1, 1);
+	float *gu = gt_rand(&s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
+	float *dn = gt_rand(&s, (size_t)E * D * I, -0.3f, 0.3f);
+	float *wh = gt_rand(&s, (size_t)T * k, 0, 1);
+	int32_t *experts = malloc(E * sizeof(int32_t)), *of_slot = malloc(half * sizeof(int32_t));
+	cr_assert(experts && of_slot);
+	for (uint32_t e = 0; e < E; e++)
+		experts[e] = (int32_t)e;
+	int32_t *ih = paged_picks(&s, experts, E, T, k, false);
+
+	struct dp_gpu_weight wgu, wdn;
+	cr_assert_eq(dp_gpu_weight_upload(p.g, gu, DP_DTYPE_F32, E, 2 * I, D, &wgu), 0);
+	cr_assert_eq(dp_gpu_weight_upload(p.g, dn, DP_DTYPE_F32, E, D, I, &wdn), 0);
+	struct paged_experts pe;
+	paged_new(&p, &pe, E, half, D, I);
+	struct gt_buf x = gt_floats(&p, xh, n), w = gt_floats(&p, wh, (size_t)T * k);
+	struct gt_buf idx = gt_buf_new(&p, ih, (size_t)T * k * sizeof(int32_t));
+	struct gt_buf y0 = gt_floats(&p, yh, n), y1 = gt_floats(&p, yh, n);
+	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &wgu, &wdn, 1.5f, y0.g), 0);
+	for (uint32_t r = 0; r < 2; r++) {
+		for (uint32_t i = 0; i < half; i++)
+			of_slot[i] = (int32_t)(r * half + i);
+		shuffle_i32(&s, of_slot, half);
+		paged_load(&p, &pe, gu, dn, of_slot, &s);
+		cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0,
+		             "moe on experts [%u, %u): %s", r * half, (r + 1) * half,
+		             dp_gpu_last_error(p.g));
+	}
+	char what[160];
+	snprintf(what, sizeof(what), "paged moe by ranges %s T=%u E=%u k=%u D=%u I=%u (%s plan)",
+	         f32 ? "f32" : "bf16", T, E, k, D, I, T * k <= 256 ? "device" : "host");
+	float *want = paged_fetch(&p, &y0, n, what), *got = paged_fetch(&p, &y1, n, what);
+	expect_bitwise(want, got, n, what);
+
+	for (uint32_t i = 0; i < half; i++)
+		of_slot[i] = -1;
+	paged_load(&p, &pe, gu, dn, of_slot, &s);
+	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0);
+	float *after = paged_fetch(&p, &y1, n, what);
+	expect_bitwise(got, after, n, "paged moe with nothing resident");
+
+	free(want);
+	free(got);
+	free(after);
+	struct gt_buf *all[] = {&x, &w, &idx, &y0, &y1};
+	for (size_t i = 0; i < 5; i++)
+		gt_buf_free(&p, all[i]);
+	paged_free(&p, &pe);
+	dp_gpu_weight_free(p.g, &wgu);
+	dp_gpu_weight_free(p.g, &wdn);
+	free(xh);
+	free(yh);
+	free(gu);
+	free(dn);
+	free(wh);
+	free(experts);
+	free(of_slot);
+	free(ih);
+	gt_close(&p);
+}
+
+Test(cuda_moe, moe_on_a_paged_stack_skips_absent_experts_so_calls_by_expert_range_add_up)
+{
+	GT_CUDA_ONLY(); /* the cpu backend refuses a pick of an absent expert */
+	for (int f32 = 1; f32 >= 0; f32--) {
+		paged_moe_ranges_case(f32, 3, 16, 4, 32, 16, 80);   /* device plan */
+		paged_moe_ranges_case(f32, 70, 16, 4, 64, 48, 81);  /* 280 pairs: host */
+		paged_moe_ranges_case(f32, 40, 384, 8, 64, 40, 82); /* 320 pairs: host, V4 */
+	}
+}
+
+Test(cuda_moe, a_paged_stack_is_refused_by_matmul_and_embed_and_moe_checks_the_pair)
+{
+	struct gt_pair p;
+	gt_open(&p, false);
+	uint64_t s = 83;
+	uint32_t E = 8, stored = 4, D = 32, I = 16, T = 1, k = 2;
+	float *gu = gt_rand(&s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
+	float *dn = gt_rand(&s, (size_t)E * D * I, -0.3f, 0.3f);
+	float *xh = gt_rand(&s, (size_t)2 * I, -1, 1);
+	int32_t of_slot[4] = {5, 2, -1, 7}, ih[2] = {5, 2}, tab[8];
+	for (uint32_t e = 0; e < E; e++)
+		tab[e] = e == 5 ? 0 : e == 2 ? 1 : e == 7 ? 3 : -1;
+	struct paged_experts pe;
+	paged_new(&p, &pe, E, stored, D, I);
+	paged_load(&p, &pe, gu, dn, of_slot, &s);
+	struct gt_buf x = gt_floats(&p, xh, (size_t)2 * I), y = gt_floats(&p, NULL, (size_t)2 * I);
+	struct gt_buf w = gt_floats(&p, xh, k), idx = gt_buf_new(&p, ih, sizeof(ih));
+	struct gt_buf tab2 = gt_buf_new(&p, tab, sizeof(tab)); /* the same table elsewhere */
+
+	cr_expect_eq(p.og->matmul(p.g, x.g, 0, &pe.gu, 0, y.g, 0, 1, false), -EINVAL);
+	cr_expect_eq(p.og->matmul(p.g, x.g, 0, &pe.gu, 5, y.g, 0, 1, false), -EINVAL);
+	cr_expect_eq(p.og->embed(p.g, &pe.gu, idx.g, 1, y.g), -EINVAL);
+	cr_expect_eq(p.og->matmul(p.g, x.g, 0, &pe.gu_slots, 1, y.g, 0, 1, false), 0,
+	             "the slots themselves are a plain stack");
+	cr_expect_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y.g), 0);
+	struct dp_gpu_weight bad = pe.dn_slots; /* down plain, gate_up paged */
+	cr_expect_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &bad, 1.5f, y.g), -EINVAL);
+	bad = pe.dn;
+	bad.stored = stored - 1;
+	cr_expect_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &bad, 1.5f, y.g), -EINVAL);
+	bad = pe.dn;
+	bad.slot_of = tab2.g;
+	cr_expect_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &bad, 1.5f, y.g), -EINVAL);
+	struct dp_gpu_weight none_gu = pe.gu, none_dn = pe.dn;
+	none_gu.stored = none_dn.stored = 0;
+	cr_expect_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &none_gu, &none_dn, 1.5f, y.g), -EINVAL);
+	cr_expect_eq(dp_gpu_sync(p.g), 0, "%s", dp_gpu_last_error(p.g));
+
+	struct gt_buf *all[] = {&x, &y, &w, &idx, &tab2};
+	for (size_t i = 0; i < 5; i++)
+		gt_buf_free(&p, all[i]);
+	paged_free(&p, &pe);
+	free(gu);
+	free(dn);
+	free(xh);
+	gt_close(&p);
+}
+
 /* ---- attention ---------------------------------------------------------------- */
 
 struct attn_case {
