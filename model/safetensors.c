@@ -653,6 +653,7 @@ int dp_st_at(const struct dp_st *st, size_t idx, struct dp_st_tensor *ret)
 	    .numel = en->numel,
 	    .bytes = en->bytes,
 	    .data = (const char *)f->map + f->data_off + en->begin,
+	    .offset = (uint64_t)f->data_off + en->begin,
 	};
 	memcpy(t.shape, en->shape, sizeof(t.shape));
 	t.aligned = ((uintptr_t)t.data % dtypes[en->dtype].size) == 0;

@@ -80,6 +80,7 @@ struct dp_st_tensor {
 	uint64_t numel;                /* product of shape (1 for a scalar) */
 	size_t bytes;                  /* numel * dtype size */
 	const void *data;              /* first byte; not NULL even when bytes == 0 */
+	uint64_t offset;               /* of the first byte in `file` (for reads that bypass the map) */
 	bool aligned;                  /* data is aligned to the dtype size */
 };
 

@@ -48,6 +48,7 @@ struct dp_v4_layer_w {
 	float *engram_gain;		 /* [n][D]: x_norm * k_norm */
 };
 
+struct dp_v4_experts;
 struct dp_v4_model {
 	struct dp_gpu *g;
 	const struct dp_gpu_ops *ops;
@@ -72,6 +73,10 @@ struct dp_v4_model {
 	/* per-forward scratch (backend memory), grown on demand */
 	void *scratch;
 	size_t scratch_bytes;
+
+	/* routed experts paged in (v4_experts.c); NULL: all resident */
+	struct dp_v4_load_opts load_opts;
+	struct dp_v4_experts *experts;
 
 	/* CSA entries in host memory (dp_v4_model_set_csa_host; v4_csa.c) */
 	bool csa_host;
@@ -170,6 +175,19 @@ int dp_v4_csa_stage(struct dp_v4_model *m, struct dp_v4_seq *seq, int l, int32_t
 int dp_v4_csa_trim(struct dp_v4_model *m, struct dp_v4_seq *seq, int l);
 void dp_v4_csa_cache_free(struct dp_v4_model *m, struct dp_v4_seq *seq, struct dp_v4_csa_cache *c);
 void dp_v4_csa_model_fini(struct dp_v4_model *m);
+
+/* Routed experts paged in (v4_experts.c). init: after the layers are loaded
+ * (their gate_up/down allocated with expert_slots matrices, unfilled), from
+ * the checkpoint's expert tensors. step: at the start of a forward, with the
+ * step's token ids (host), read the hash layers' misses ahead. moe: the moe
+ * op of layer l over the cache (idx, w: the router's output). */
+struct dp_v4_weights;
+int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, char *err,
+		       size_t err_len);
+void dp_v4_experts_fini(struct dp_v4_model *m);
+int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T);
+int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *x, const int32_t *idx,
+		      const float *w, uint32_t T, float limit, float *y);
 
 /* The op view of a stream. */
 static inline struct dp_gpu_stream dp_v4_stream_view(const struct dp_v4_stream *st)

@@ -308,7 +308,10 @@ static int moe(struct dp_v4_model *m, int l, struct scratch *s, uint32_t T)
 	CHECK(ops->route(g, s->rlog, w->gate_bias, w->tid2eid, s->ids, T, E, k,
 			 fns[c->scoring_func], (float)c->routed_scaling_factor, s->ridx, s->rw));
 	CHECK(dp_gpu_zero(g, s->mo, (size_t)T * c->hidden_size * sizeof(float)));
-	CHECK(ops->moe(g, s->h, s->ridx, s->rw, T, k, &w->gate_up, &w->down, lim, s->mo));
+	if (m->experts)
+		CHECK(dp_v4_experts_moe(m, l, s->h, s->ridx, s->rw, T, lim, s->mo));
+	else
+		CHECK(ops->moe(g, s->h, s->ridx, s->rw, T, k, &w->gate_up, &w->down, lim, s->mo));
 	CHECK(ops->matmul(g, s->h, 0, &w->sh_gate_up, 0, s->shgu, 0, T, false));
 	CHECK(ops->swiglu(g, s->shgu, s->shgu + I, s->shh, T, I, 2 * I, lim));
 	CHECK(ops->matmul(g, s->shh, 0, &w->sh_down, 0, s->mo, 0, T, true));
@@ -372,6 +375,8 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 	int ret = dp_gpu_upload(g, s.ids, hids, (size_t)T * sizeof(*hids));
 	if (ret == 0)
 		ret = dp_gpu_upload(g, s.pos, hpos, (size_t)T * sizeof(*hpos));
+	if (ret == 0) /* the hash layers' experts, read ahead */
+		ret = dp_v4_experts_step(m, hids, T);
 	free(hids);
 	free(hpos);
 	CHECK(ret);

@@ -90,6 +90,83 @@ void dp_v4_model_csa_stats(const struct dp_v4_model *m, struct dp_v4_csa_stats *
 int dp_v4_model_load(struct dp_gpu *g, const char *dir, struct dp_v4_model **ret_model, char *err,
 		     size_t err_len);
 void dp_v4_model_free(struct dp_v4_model *m);
+
+/* ---- routed experts paged in (model/v4_experts.c) ------------------------------
+ *
+ * By default every routed expert is resident in backend memory. With
+ * `experts` DRAM or NVME, each layer keeps only `expert_slots` of its E
+ * experts there (a cache, CLOCK replacement) and the rest come in when the
+ * router picks them:
+ *   DRAM  from a host copy of every expert's checkpoint bytes, taken at load
+ *         (pinned: dp_gpu_host_alloc);
+ *   NVME  read from the checkpoint's own files by the expert reader (struct
+ *         dp_v4_expert_io: dualpathd's io thread, O_DIRECT, 4 KiB-aligned
+ *         windows) into pinned staging, then filled into the slot; nothing
+ *         is copied at load.
+ * A hash-routed layer's picks depend only on token ids, so at the start of a
+ * forward its misses are read ahead (not urgent), while the earlier layers
+ * compute; a top-k layer's misses are read when its router has picked them
+ * (urgent: what the layer waits for). A layer whose step picks more experts
+ * than it has slots runs them in passes of ascending expert ranges. The
+ * logits are bitwise those of resident experts (the moe op adds experts in
+ * ascending order either way).
+ */
+enum dp_v4_experts_where {
+	DP_V4_EXPERTS_DEVICE,
+	DP_V4_EXPERTS_DRAM,
+	DP_V4_EXPERTS_NVME,
+	DP_V4_EXPERTS_WHERE_MAX,
+};
+/* "device", "dram", "nvme"; NULL out of range. Parse: 0 or -EINVAL. */
+const char *dp_v4_experts_where_name(enum dp_v4_experts_where w);
+int dp_v4_experts_where_parse(const char *s, enum dp_v4_experts_where *ret);
+
+struct dp_v4_load_opts {
+	enum dp_v4_experts_where experts;
+	uint32_t expert_slots; /* per layer, num_experts_per_tok..E; 0: max(k, E / 4) */
+};
+
+/* dp_v4_model_load with options (NULL: the defaults, every expert resident). */
+int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_load_opts *opts,
+			  struct dp_v4_model **ret_model, char *err, size_t err_len);
+
+/* How an NVME model reads expert bytes. read queues a read of len bytes at
+ * offset (both multiples of 4096) of checkpoint file `file` (see
+ * dp_v4_model_expert_file) into dst (host memory, 4 KiB-aligned) and returns
+ * 0 and a ticket; urgent reads go before the others. wait returns once that
+ * read has finished: 0 when at least `need` bytes arrived (the window may
+ * reach past the end of the file), -EIO for fewer, or the read's -errno. The
+ * model waits for every ticket it got before it frees or reuses dst. */
+struct dp_v4_expert_io {
+	int (*read)(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
+		    bool urgent, uint64_t *ret_ticket);
+	int (*wait)(void *ctx, uint64_t ticket, uint32_t need);
+	void *ctx;
+};
+/* Use io for the expert reads (copied; NULL: the built-in reader, a
+ * synchronous pread on the calling thread). -EINVAL unless the model pages
+ * its experts from NVMe. Not while a forward runs. */
+int dp_v4_model_set_expert_io(struct dp_v4_model *m, const struct dp_v4_expert_io *io);
+/* The checkpoint files expert reads name (0 unless NVME), and their paths. */
+uint32_t dp_v4_model_expert_file_count(const struct dp_v4_model *m);
+const char *dp_v4_model_expert_file(const struct dp_v4_model *m, uint32_t i);
+
+struct dp_v4_expert_stats {
+	enum dp_v4_experts_where where;
+	uint32_t slots;		/* per layer */
+	uint64_t cache_bytes;	/* the slots of every layer, backend memory */
+	uint64_t host_bytes;	/* DRAM: the host copy; NVME: staging */
+	uint64_t uses;		/* (layer, expert) a step used */
+	uint64_t hits;		/* of those, already resident */
+	uint64_t misses;	/* brought in when the layer needed them */
+	uint64_t prefetched;	/* brought in ahead (hash layers) */
+	uint64_t passes;	/* moe calls: one per layer and step, more when picks > slots */
+	uint64_t bytes_in;	/* checkpoint bytes brought in */
+	uint64_t wait_ns;	/* compute waiting for expert reads */
+	uint64_t fill_ns;	/* filling slots (conversion, host to backend) */
+};
+void dp_v4_model_expert_stats(const struct dp_v4_model *m, struct dp_v4_expert_stats *ret);
+
 const struct dp_v4_config *dp_v4_model_config(const struct dp_v4_model *m);
 struct dp_gpu *dp_v4_model_gpu(const struct dp_v4_model *m);
 

@@ -133,10 +133,13 @@ static int load_experts(struct loader *ld, int l, struct dp_v4_layer_w *w)
 	struct dp_st_tensor t;
 	int ret;
 
-	if ((ret = alloc_w(ld, E, 2 * I, D, &w->gate_up)) < 0 ||
-	    (ret = alloc_w(ld, E, D, I, &w->down)) < 0)
+	/* paged: expert_slots matrices, filled as the router picks experts */
+	uint32_t n = ld->m->load_opts.experts == DP_V4_EXPERTS_DEVICE ? E
+								      : ld->m->load_opts.expert_slots;
+	if ((ret = alloc_w(ld, n, 2 * I, D, &w->gate_up)) < 0 ||
+	    (ret = alloc_w(ld, n, D, I, &w->down)) < 0)
 		return ret;
-	for (uint32_t e = 0; e < E; e++) {
+	for (uint32_t e = 0; n == E && e < E; e++) {
 		if ((ret = dp_v4_weights_expert(ld->w, l, (int)e, DP_V4_EXPERT_GATE, &t)) < 0 ||
 		    (ret = fill(ld, &w->gate_up, e, 0, &t)) < 0 ||
 		    (ret = dp_v4_weights_expert(ld->w, l, (int)e, DP_V4_EXPERT_UP, &t)) < 0 ||
@@ -342,6 +345,7 @@ void dp_v4_model_free(struct dp_v4_model *m)
 {
 	if (!m)
 		return;
+	dp_v4_experts_fini(m);
 	release_weights(m);
 	if (m->scratch)
 		dp_gpu_dealloc(m->g, m->scratch, m->scratch_bytes, DP_GPU_MEM_SCRATCH);
@@ -433,6 +437,9 @@ static int load_all(struct loader *ld)
 			return ret;
 	if (c->engram.n_layers > 0 && (ret = load_engram_map(ld)) < 0)
 		return ret;
+	if (m->load_opts.experts != DP_V4_EXPERTS_DEVICE &&
+	    (ret = dp_v4_experts_init(m, ld->w, ld->err, ld->err_len)) < 0)
+		return ret;
 	for (int r = 0; r < DP_V4_ROPE_WHICH_MAX; r++) {
 		int half = c->rope_dim / 2 ? c->rope_dim / 2 : 1;
 		float *host = calloc((size_t)half, sizeof(float));
@@ -452,21 +459,46 @@ static int load_all(struct loader *ld)
 int dp_v4_model_load(struct dp_gpu *g, const char *dir, struct dp_v4_model **ret_model, char *err,
 		     size_t err_len)
 {
+	return dp_v4_model_load_opts(g, dir, NULL, ret_model, err, err_len);
+}
+
+int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_load_opts *opts,
+			  struct dp_v4_model **ret_model, char *err, size_t err_len)
+{
 	char path[PATH_MAX];
 	int ret;
 
-	if (!g || !dir || !ret_model)
+	if (err && err_len)
+		err[0] = '\0';
+	if (!g || !dir || !ret_model ||
+	    (opts && (unsigned)opts->experts >= DP_V4_EXPERTS_WHERE_MAX))
 		return -EINVAL;
 	struct dp_v4_model *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->g = g;
 	m->ops = dp_gpu_ops(g);
+	if (opts)
+		m->load_opts = *opts;
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	ret = dp_v4_config_load(path, &m->cfg, err, err_len);
 	if (ret < 0) {
 		free(m);
 		return ret;
+	}
+	if (m->load_opts.experts != DP_V4_EXPERTS_DEVICE) {
+		uint32_t E = (uint32_t)m->cfg.n_routed_experts, k = (uint32_t)m->cfg.num_experts_per_tok;
+		uint32_t *S = &m->load_opts.expert_slots;
+		if (!*S)
+			*S = E / 4 > k ? E / 4 : k;
+		if (*S < k || *S > E) {
+			if (err && err_len)
+				snprintf(err, err_len, "expert_slots %u: a layer needs at least "
+					 "num_experts_per_tok (%u) slots and has %u experts", *S, k, E);
+			dp_v4_config_fini(&m->cfg);
+			free(m);
+			return -EINVAL;
+		}
 	}
 	if (m->cfg.hc_mult > 16 || (m->cfg.rope_dim > m->cfg.index_head_dim &&
 				    m->cfg.n_layers_of[DP_V4_LAYER_CSA] > 0)) {

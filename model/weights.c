@@ -777,6 +777,7 @@ int dp_v4_weights_expert(const struct dp_v4_weights *w, int layer, int expert,
 	t.numel = I * D;
 	t.bytes = (size_t)(I * D) * esize;
 	t.data = (const char *)t.data + first * esize;
+	t.offset += first * esize;
 	t.aligned = ((uintptr_t)t.data % esize) == 0;
 	*ret = t;
 	return 0;

@@ -6,6 +6,7 @@
  *               [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
  *               [--stats] [--engram-tables FILE [--engram-residency device|dram|nvme]
  *               [--engram-cache ROWS]]
+ *               [--experts device|dram|nvme [--expert-slots N]] (model/tools/expert-opts.h)
  *
  * Prints the prompt, then the generated text as it comes. Stops after N new
  * tokens or at the model's EOS. --stats prints prefill and decode tokens/s
@@ -22,6 +23,7 @@
 #include <time.h>
 
 #include "model/tools/engram-opts.h"
+#include "model/tools/expert-opts.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 #include "model/v4.h"
@@ -37,7 +39,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]\n"
 		   "                   [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]\n"
-		   "                   [--stats] " ENGRAM_USAGE "\n");
+		   "                   [--stats] " ENGRAM_USAGE "\n"
+		   "                   " EXPERT_USAGE "\n");
 }
 
 static bool parse_num(const char *s, double lo, double hi, double *ret)
@@ -57,6 +60,8 @@ int main(int argc, char **argv)
 	double n_new = 64, temperature = 0, top_k = 0, top_p = 1, seed = 0;
 	bool stats = false;
 	struct engram_opts eo = { 0 };
+	const char *xwhere = NULL, *xslots = NULL;
+	struct dp_v4_load_opts lo;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },	 { "prompt", required_argument, NULL, 'p' },
 		{ "tokens", required_argument, NULL, 'n' },	 { "temperature", required_argument, NULL, 't' },
@@ -66,6 +71,8 @@ int main(int argc, char **argv)
 		{ "engram-tables", required_argument, NULL, 'E' },
 		{ "engram-residency", required_argument, NULL, 'R' },
 		{ "engram-cache", required_argument, NULL, 'C' },
+		{ "experts", required_argument, NULL, 'X' },
+		{ "expert-slots", required_argument, NULL, 'L' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:p:n:t:k:P:s:b:Sh", opts, NULL)) != -1;) {
@@ -83,6 +90,8 @@ int main(int argc, char **argv)
 		case 'E': eo.tables = optarg; break;
 		case 'R': eo.residency = optarg; break;
 		case 'C': eo.cache = optarg; break;
+		case 'X': xwhere = optarg; break;
+		case 'L': xslots = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -105,6 +114,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	enum dp_gpu_kind kind;
+	if (expert_opts_parse("dp-generate", xwhere, xslots, &lo) < 0)
+		return 2;
 	if (dp_gpu_kind_parse(backend, &kind) < 0) {
 		fprintf(stderr, "dp-generate: --backend must be cpu, cuda or auto, not %s\n", backend);
 		return 2;
@@ -115,7 +126,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	struct dp_v4_model *m;
-	if ((ret = dp_v4_model_load(g, dir, &m, err, sizeof(err))) < 0) {
+	if ((ret = dp_v4_model_load_opts(g, dir, &lo, &m, err, sizeof(err))) < 0) {
 		fprintf(stderr, "dp-generate: cannot load model %s: %s\n", dir, err);
 		dp_gpu_free(g);
 		return 1;
@@ -214,6 +225,17 @@ int main(int argc, char **argv)
 			(unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
 			(unsigned long long)es.reads, (unsigned long long)es.blocks_read,
 			(unsigned long long)es.blocks_shared, es.wait_ns * 1e-9, es.gather_ns * 1e-9);
+	}
+	if (stats && lo.experts != DP_V4_EXPERTS_DEVICE) {
+		struct dp_v4_expert_stats xs;
+		dp_v4_model_expert_stats(m, &xs);
+		fprintf(stderr, "dp-generate: experts paged from %s, %u slots a layer: %llu uses, "
+			"%llu hits, %llu misses, %llu read ahead, %llu passes, %.1f MiB in, "
+			"waited %.3f s, filled %.3f s\n", dp_v4_experts_where_name(xs.where), xs.slots,
+			(unsigned long long)xs.uses, (unsigned long long)xs.hits,
+			(unsigned long long)xs.misses, (unsigned long long)xs.prefetched,
+			(unsigned long long)xs.passes, xs.bytes_in / 1048576.0, xs.wait_ns * 1e-9,
+			xs.fill_ns * 1e-9);
 	}
 	free(out);
 	free(logits);

@@ -7,6 +7,7 @@
  *             [--backend cpu|cuda|auto] --out FILE
  *             [--engram-tables FILE [--engram-residency device|dram|nvme]
  *             [--engram-cache ROWS]]
+ *             [--experts device|dram|nvme [--expert-slots N]] (model/tools/expert-opts.h)
  *
  * Writes little-endian float32, row-major [n_tokens][vocab_size]. With
  * --chunks the prompt is fed in those pieces, state carried between calls
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #include "model/tools/engram-opts.h"
+#include "model/tools/expert-opts.h"
 #include "model/v4.h"
 
 static int parse_list(const char *s, int32_t **ret, uint32_t *ret_n, const char *what)
@@ -66,7 +68,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: dp-logits --model DIR --tokens 5,17,99,... [--chunks 40,17,1,...]\n"
 		   "                 [--backend cpu|cuda|auto] --out FILE\n"
-		   "                 " ENGRAM_USAGE "\n");
+		   "                 " ENGRAM_USAGE "\n"
+		   "                 " EXPERT_USAGE "\n");
 }
 
 int main(int argc, char **argv)
@@ -74,6 +77,8 @@ int main(int argc, char **argv)
 	const char *model = NULL, *tokens_arg = NULL, *chunks_arg = NULL, *out = NULL;
 	const char *backend = "cpu";
 	struct engram_opts eo = { 0 };
+	const char *xwhere = NULL, *xslots = NULL;
+	struct dp_v4_load_opts lo;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },   { "tokens", required_argument, NULL, 't' },
 		{ "chunks", required_argument, NULL, 'c' },  { "out", required_argument, NULL, 'o' },
@@ -81,6 +86,8 @@ int main(int argc, char **argv)
 		{ "engram-tables", required_argument, NULL, 'E' },
 		{ "engram-residency", required_argument, NULL, 'R' },
 		{ "engram-cache", required_argument, NULL, 'C' },
+		{ "experts", required_argument, NULL, 'X' },
+		{ "expert-slots", required_argument, NULL, 'S' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:t:c:o:b:h", opts, NULL)) != -1;) {
@@ -93,6 +100,8 @@ int main(int argc, char **argv)
 		case 'E': eo.tables = optarg; break;
 		case 'R': eo.residency = optarg; break;
 		case 'C': eo.cache = optarg; break;
+		case 'X': xwhere = optarg; break;
+		case 'S': xslots = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -125,6 +134,8 @@ int main(int argc, char **argv)
 
 	enum dp_gpu_kind kind;
 	char err[512] = "";
+	if (expert_opts_parse("dp-logits", xwhere, xslots, &lo) < 0)
+		return 2;
 	if (dp_gpu_kind_parse(backend, &kind) < 0) {
 		fprintf(stderr, "dp-logits: --backend must be cpu, cuda or auto, not %s\n", backend);
 		return 2;
@@ -136,7 +147,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	struct dp_v4_model *m;
-	ret = dp_v4_model_load(g, model, &m, err, sizeof(err));
+	ret = dp_v4_model_load_opts(g, model, &lo, &m, err, sizeof(err));
 	if (ret < 0) {
 		fprintf(stderr, "dp-logits: cannot load model %s: %s\n", model, err);
 		dp_gpu_free(g);
