@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "daemon/config.h"
+#include "model/v4.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -44,6 +45,11 @@ static const struct opt opts[] = {
 	O("model", model, OPT_STR, "model directory, or \"builtin\" (the embedded default)"),
 	O("model", backend, OPT_STR, "auto, cpu or cuda"),
 	O("model", threads, OPT_U32, "cpu backend threads (0: all)"),
+	O("model", experts, OPT_STR, "routed experts: device (all resident), dram (a host copy) or "
+				     "nvme (read from the checkpoint by the io thread), paged into "
+				     "expert_slots a layer"),
+	O("model", expert_slots, OPT_U32, "experts a layer keeps on the device when paged "
+					  "(0: a quarter of them, at least num_experts_per_tok)"),
 	O("kvcache", device_bytes, OPT_BYTES, "state pages on the device before demotion (0: no limit)"),
 	O("kvcache", dram_bytes, OPT_BYTES, "pinned DRAM tier"),
 	O("kvcache", nvme_bytes, OPT_BYTES, "NVMe tier (0: no limit)"),
@@ -89,6 +95,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->status_interval_ms = 1000;
 	snprintf(c->model, sizeof(c->model), "builtin");
 	snprintf(c->backend, sizeof(c->backend), "auto");
+	snprintf(c->experts, sizeof(c->experts), "device");
 	c->device_bytes = 0;
 	c->dram_bytes = 64ull << 20;
 	c->nvme_bytes = 0;
@@ -378,6 +385,16 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	}
 	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
 		snprintf(err, err_len, "restore must be dualpath, full or recompute, not %s", c->restore);
+		return -EINVAL;
+	}
+	enum dp_v4_experts_where xw;
+	if (dp_v4_experts_where_parse(c->experts, &xw) < 0) {
+		snprintf(err, err_len, "experts must be device, dram or nvme, not %s", c->experts);
+		return -EINVAL;
+	}
+	if (c->expert_slots && xw == DP_V4_EXPERTS_DEVICE) {
+		snprintf(err, err_len, "expert_slots is set but experts = device: every expert is "
+			 "resident (set experts = dram or nvme to page them)");
 		return -EINVAL;
 	}
 	if (strcmp(c->csa_entries, "device") && strcmp(c->csa_entries, "host")) {

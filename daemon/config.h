@@ -43,6 +43,8 @@ struct dp_config {
 	char model[DP_CONFIG_STR_MAX]; /* directory, or "builtin" */
 	char backend[16];	       /* auto, cpu, cuda */
 	uint32_t threads;	       /* cpu backend threads; 0 = all */
+	char experts[16];	       /* device, dram, nvme: where routed experts live */
+	uint32_t expert_slots;	       /* experts a layer keeps on the device when paged */
 	/* [kvcache] */
 	uint64_t device_bytes;
 	uint64_t dram_bytes;

@@ -629,9 +629,13 @@ static void on_readable(struct front *f, uint32_t slot)
 /* ---- events from compute ------------------------------------------------------ */
 
 static void add_metric(Dualpath__V1__Metric *m, Dualpath__V1__Metric **ptrs, size_t *n,
-		       Dualpath__V1__Label *lab, const char *name, const char *help, bool counter,
-		       double v, const char *lname, const char *lvalue)
+		       Dualpath__V1__Label *lab, size_t max, const char *name, const char *help,
+		       bool counter, double v, const char *lname, const char *lvalue)
 {
+	if (*n >= max) {
+		log_err("internal: more metrics than the reply has room for; %s left out", name);
+		return;
+	}
 	Dualpath__V1__Metric *x = &m[*n];
 	dualpath__v1__metric__init(x);
 	x->name = (char *)name;
@@ -651,7 +655,7 @@ static void add_metric(Dualpath__V1__Metric *m, Dualpath__V1__Metric **ptrs, siz
 static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct dp_compute_stats *s)
 {
 	struct dp_server *srv = f->srv;
-	enum { MAXM = 96 };
+	enum { MAXM = 128 }; /* room for every metric below (add_metric checks) */
 	Dualpath__V1__Metric m[MAXM];
 	Dualpath__V1__Metric *ptrs[MAXM];
 	Dualpath__V1__Label lab[MAXM];
@@ -660,10 +664,10 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	static const char *const tiers[] = { "device", "dram", "nvme", "none" };
 	static const char *const classes[] = { "weights", "state", "scratch" };
 
-#define G(name, help, v) add_metric(m, ptrs, &n, lab, name, help, false, (double)(v), NULL, NULL)
-#define C(name, help, v) add_metric(m, ptrs, &n, lab, name, help, true, (double)(v), NULL, NULL)
-#define GL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, name, help, false, (double)(v), ln, lv)
-#define CL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, name, help, true, (double)(v), ln, lv)
+#define G(name, help, v) add_metric(m, ptrs, &n, lab, MAXM, name, help, false, (double)(v), NULL, NULL)
+#define C(name, help, v) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), NULL, NULL)
+#define GL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, false, (double)(v), ln, lv)
+#define CL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), ln, lv)
 	G("dualpath_uptime_seconds", "seconds since start", (dp_now_ns() - srv->start_ns) / 1e9);
 	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
 	G("dualpath_draining", "1 while draining", s->draining);
@@ -733,6 +737,26 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 		C("dualpath_engram_wait_seconds_total", "time Engram layers waited for their rows",
 		  e->wait_ns / 1e9);
 		G("dualpath_engram_table_bytes", "Engram table bytes held in memory", e->table_bytes);
+	}
+	if (s->experts.where != DP_V4_EXPERTS_DEVICE) {
+		const struct dp_v4_expert_stats *x = &s->experts;
+		GL("dualpath_experts_info", "where routed experts are paged from", 1, "from",
+		   dp_v4_experts_where_name(x->where));
+		G("dualpath_experts_slots", "experts a layer keeps on the device", x->slots);
+		G("dualpath_experts_cache_bytes", "backend memory of the expert slots", x->cache_bytes);
+		C("dualpath_experts_uses_total", "(layer, expert) pairs steps used", x->uses);
+		C("dualpath_experts_hits_total", "... already on the device", x->hits);
+		C("dualpath_experts_misses_total", "... brought in when the layer needed them",
+		  x->misses);
+		C("dualpath_experts_read_ahead_total", "... read ahead (hash-routed layers)",
+		  x->prefetched);
+		C("dualpath_experts_passes_total", "moe calls (more than one a layer when picks > slots)",
+		  x->passes);
+		C("dualpath_experts_in_bytes_total", "checkpoint bytes brought in", x->bytes_in);
+		C("dualpath_experts_wait_seconds_total", "time layers waited for expert reads",
+		  x->wait_ns / 1e9);
+		C("dualpath_experts_io_seconds_total", "time the io thread had expert reads in flight",
+		  s->experts_io_ns / 1e9);
 	}
 	if (s->csa_host) {
 		const struct dp_v4_csa_stats *a = &s->csa;

@@ -22,6 +22,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "daemon/experts.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "sched/topo.h"
@@ -74,7 +75,10 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 		snprintf(err, err_len, "cannot start the %s backend: %s", dp_gpu_kind_name(kind), why);
 		return ret;
 	}
-	if ((ret = dp_v4_model_load(srv->gpu, srv->model_dir, &srv->model, why, sizeof(why))) < 0) {
+	struct dp_v4_load_opts lo = { .expert_slots = cfg->expert_slots };
+	dp_v4_experts_where_parse(cfg->experts, &lo.experts); /* validated */
+	if ((ret = dp_v4_model_load_opts(srv->gpu, srv->model_dir, &lo, &srv->model, why,
+					 sizeof(why))) < 0) {
 		snprintf(err, err_len, "cannot load model %.512s: %s", srv->model_dir, why);
 		return ret;
 	}
@@ -95,7 +99,33 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 	char desc[256];
 	dp_v4_config_describe(c, desc, sizeof(desc));
 	log_info("model %s on the %s backend: %s", srv->model_dir, dp_gpu_kind_name(kind), desc);
+	if (lo.experts != DP_V4_EXPERTS_DEVICE) {
+		struct dp_v4_expert_stats xs;
+		dp_v4_model_expert_stats(srv->model, &xs);
+		log_info("routed experts paged from %s: %u of %d a layer on the device (%llu MiB), "
+			 "%llu MiB of host memory", cfg->experts, xs.slots, c->n_routed_experts,
+			 (unsigned long long)(xs.cache_bytes >> 20),
+			 (unsigned long long)(xs.host_bytes >> 20));
+	}
 	return 0;
+}
+
+/* NVMe-paged experts: read by the io thread (without one, by the compute
+ * thread itself). */
+static int open_experts(struct dp_server *srv, char *err, size_t err_len)
+{
+	if (!dp_v4_model_expert_file_count(srv->model))
+		return 0;
+	if (!srv->io) {
+		log_warning("experts = nvme without io_uring: the compute thread reads the experts "
+			    "itself (synchronous pread)");
+		return 0;
+	}
+	char why[768] = "";
+	int ret = dp_expert_io_new(srv->io, srv->model, &srv->xio, why, sizeof(why));
+	if (ret < 0)
+		snprintf(err, err_len, "paged experts: %s", why);
+	return ret;
 }
 
 /* The io thread: an io_uring engine (kvcache/io.h) for the NVMe tier. */
@@ -271,6 +301,8 @@ static int run(struct dp_server *srv)
 		goto fail;
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
+	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
+		goto fail;
 	if (srv->cfg.admin_group[0]) {
 		struct group *g = getgrnam(srv->cfg.admin_group);
 		if (g) {
@@ -424,6 +456,7 @@ int main(int argc, char **argv)
 		dp_v4_model_set_engram(srv->model, NULL);
 	dp_engram_store_free(srv->engram); /* its reads waited for: before the io thread stops */
 	dp_engram_hash_free(srv->engram_hash);
+	dp_expert_io_free(srv->xio, srv->model); /* before the io thread stops */
 	if (srv->io) {
 		dp_io_stop(srv->io, DP_IO_STOP_DRAIN);
 		dp_io_free(srv->io);

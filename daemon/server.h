@@ -130,6 +130,8 @@ struct dp_compute_stats {
 	char io_mode[64];
 	bool engram; /* the model has Engram layers: engram_store is valid */
 	struct dp_engram_store_stats engram_store;
+	struct dp_v4_expert_stats experts; /* where == DEVICE: not paged */
+	uint64_t experts_io_ns;
 	bool csa_host; /* CSA entries in host memory: csa is valid */
 	struct dp_v4_csa_stats csa;
 	struct dp_gpu_mem_stats mem;
@@ -166,6 +168,7 @@ enum dp_daemon_state {
 	DP_STATE_STOPPING,
 };
 
+struct dp_expert_io;
 struct dp_server {
 	struct dp_config cfg;
 	char model_dir[4096];
@@ -176,6 +179,7 @@ struct dp_server {
 	struct dp_io *io; /* the io thread's engine (NVMe tier I/O) */
 	struct dp_engram_hash *engram_hash; /* Engram models: the n-gram hashing */
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
+	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;
 	uint32_t vocab;

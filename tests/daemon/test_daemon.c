@@ -625,25 +625,29 @@ Test(daemon, an_engram_model_serves_the_same_tokens_with_its_tables_on_device_in
 	cr_expect_arr_eq(rec, dram, nd * sizeof(uint32_t), "replaying the history differs");
 }
 
-/* Start dualpathd expecting it to refuse; returns its log. */
-static void start_fails(const char *const *extra, char *log, size_t len)
+/* Start dualpathd on `model` expecting it to refuse; returns its log. */
+static void start_fails_on(const char *model, const char *const *extra, char *log, size_t len)
 {
 	char dir[] = "/var/tmp/dp-test-f-XXXXXX";
 	cr_assert_not_null(mkdtemp(dir));
-	char sock[128], state[128], logf[128];
+	char sock[128], state[128], logf[128], errf[128];
 	snprintf(sock, sizeof(sock), "%s/sock", dir);
 	snprintf(state, sizeof(state), "%s/state", dir);
 	snprintf(logf, sizeof(logf), "%s/log", dir);
+	snprintf(errf, sizeof(errf), "%s/stderr", dir);
 	pid_t pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
 		const char *argv[32] = { getenv("DUALPATHD"), "--config", "/dev/null", "--socket", sock,
-					 "--state-dir", state, "--model", engram_model(), "--log-file",
+					 "--state-dir", state, "--model", model, "--log-file",
 					 logf, "--pin-threads", "false" };
 		int n = 13;
 		for (int i = 0; extra[i] && n < 30; i++)
 			argv[n++] = extra[i];
 		argv[n] = NULL;
+		int efd = open(errf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (efd >= 0)
+			dup2(efd, 2); /* errors before the log file opens (the config's) */
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
@@ -651,14 +655,24 @@ static void start_fails(const char *const *extra, char *log, size_t len)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
 		  "dualpathd refused to start (status %d)", st);
-	FILE *f = fopen(logf, "r");
-	size_t n = f ? fread(log, 1, len - 1, f) : 0;
+	size_t n = 0;
+	const char *files[] = { logf, errf };
+	for (int i = 0; i < 2; i++) {
+		FILE *f = fopen(files[i], "r");
+		if (f) {
+			n += fread(log + n, 1, len - 1 - n, f);
+			fclose(f);
+		}
+	}
 	log[n] = 0;
-	if (f)
-		fclose(f);
 	char cmd[160];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	(void)!system(cmd);
+}
+
+static void start_fails(const char *const *extra, char *log, size_t len)
+{
+	start_fails_on(engram_model(), extra, log, len);
 }
 
 Test(daemon, an_engram_model_without_valid_tables_is_refused_with_a_clear_error)
@@ -732,4 +746,82 @@ Test(daemon, csa_entries_in_host_memory_serve_the_tokens_of_device_mode_across_p
 	cr_assert_eq(nd, 120);
 	cr_assert_eq(nh, nd);
 	cr_expect_arr_eq(host, dev, nd * sizeof(uint32_t), "host mode's tokens differ");
+}
+
+/* Routed experts paged (--experts dram|nvme, --expert-slots): a multi-turn
+ * session with its state parked on NVMe between turns, on `model`; returns
+ * its tokens and checks the expert counters. */
+static size_t expert_turns(const char *model, const char *where, const char *slots, uint32_t *out,
+			   size_t cap)
+{
+	const char *paged[] = { "--model", model, "--experts", where, "--expert-slots", slots, NULL };
+	const char *resident[] = { "--model", model, NULL };
+	daemon_start(&d, strcmp(where, "device") ? paged : resident);
+	int fd = client_connect(&d);
+	uint32_t text[120];
+	for (size_t i = 0; i < 120; i++)
+		text[i] = 97 + (uint32_t)((i * 11 + i / 3) % 26);
+	size_t total = 0;
+	for (int t = 0; t < 3; t++) {
+		size_t n;
+		send_generate(fd, 10 + t, "moe", text + 40 * t, 40, 24, 0, 0);
+		cr_assert_eq(collect(fd, 10 + t, out + total, cap - total, &n),
+			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", where, t);
+		total += n;
+		evict(fd, 100 + t, "moe");
+	}
+	double uses = metric(fd, 200, "dualpath_experts_uses_total");
+	double hits = metric(fd, 201, "dualpath_experts_hits_total");
+	double misses = metric(fd, 202, "dualpath_experts_misses_total");
+	double ahead = metric(fd, 203, "dualpath_experts_read_ahead_total");
+	double bytes = metric(fd, 204, "dualpath_experts_in_bytes_total");
+	if (strcmp(where, "device")) {
+		cr_expect_gt(uses, 0, "%s", where);
+		cr_expect_eq(uses, hits + misses + ahead, "%s: every use a hit, miss or read-ahead",
+			     where);
+		cr_expect_gt(misses, 0, "%s: %s slots cannot hold every expert", where, slots);
+		cr_expect_gt(bytes, 0);
+		if (!strcmp(where, "nvme"))
+			cr_expect_gt(ahead, 0, "nvme: the hash layer's experts are read ahead");
+		else
+			cr_expect_eq(ahead, 0, "dram: nothing to read ahead");
+	} else {
+		cr_expect_eq(uses, -1, "no expert metrics when every expert is resident");
+	}
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+	return total;
+}
+
+Test(daemon, paged_experts_from_dram_or_nvme_serve_the_tokens_of_resident_experts)
+{
+	const char *alt = test_model(), *emb = getenv("DP_TEST_EMBEDDED_MODEL");
+	cr_assert_not_null(emb, "DP_TEST_EMBEDDED_MODEL is not set");
+	uint32_t dev[80], dram[80], nvme[80];
+	/* alt: 6 experts top-3, fp32; 3 slots: a prefill runs each layer in passes */
+	size_t nd = expert_turns(alt, "device", "0", dev, 80);
+	cr_assert_eq(nd, 72);
+	cr_assert_eq(expert_turns(alt, "dram", "3", dram, 80), nd);
+	cr_expect_arr_eq(dram, dev, nd * sizeof(uint32_t), "alt, dram: tokens differ");
+	cr_assert_eq(expert_turns(alt, "nvme", "3", nvme, 80), nd);
+	cr_expect_arr_eq(nvme, dev, nd * sizeof(uint32_t), "alt, nvme: tokens differ");
+	/* the embedded model: 8 experts top-2, bf16 in the checkpoint */
+	nd = expert_turns(emb, "device", "0", dev, 80);
+	cr_assert_eq(expert_turns(emb, "nvme", "2", nvme, 80), nd);
+	cr_expect_arr_eq(nvme, dev, nd * sizeof(uint32_t), "embedded, nvme: tokens differ");
+}
+
+Test(daemon, bad_expert_settings_are_refused_with_a_clear_error)
+{
+	char log[8192];
+	const char *where[] = { "--experts", "gpu", NULL };
+	start_fails_on(test_model(), where, log, sizeof(log));
+	cr_expect_not_null(strstr(log, "experts must be device, dram or nvme"), "%s", log);
+	const char *few[] = { "--experts", "nvme", "--expert-slots", "2", NULL }; /* alt: k 3 */
+	start_fails_on(test_model(), few, log, sizeof(log));
+	cr_expect_not_null(strstr(log, "expert_slots 2"), "%s", log);
+	const char *resident[] = { "--expert-slots", "4", NULL };
+	start_fails_on(test_model(), resident, log, sizeof(log));
+	cr_expect_not_null(strstr(log, "expert_slots is set but experts = device"), "%s", log);
 }
