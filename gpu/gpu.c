@@ -236,9 +236,15 @@ int dp_convert_to_f32(float *dst, const void *src, enum dp_dtype src_dtype, size
 		memcpy(dst, src, n * sizeof(float));
 		return 0;
 	case DP_DTYPE_BF16: {
+		/* the bits shifted into place, a block at a time (vectorizes) */
 		const uint16_t *s = src;
-		for (size_t i = 0; i < n; i++)
-			dst[i] = dp_bf16_to_f32(s[i]);
+		uint32_t blk[256];
+		for (size_t i = 0; i < n; i += 256) {
+			size_t k = n - i < 256 ? n - i : 256;
+			for (size_t j = 0; j < k; j++)
+				blk[j] = (uint32_t)s[i + j] << 16;
+			memcpy(dst + i, blk, k * sizeof(float));
+		}
 		return 0;
 	}
 	case DP_DTYPE_F16: {
@@ -313,6 +319,8 @@ int dp_gpu_weight_fill_buf(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t i
 		return 0;
 	if (src_dtype == w->dtype)
 		return dp_gpu_upload(g, dst, src, n * esz);
+	if (dp_gpu_kind_of(g) == DP_GPU_CPU) /* backend memory is host memory */
+		return convert_to(dst, w->dtype, src, src_dtype, n);
 	/* convert through the host buffer, as much at a time as it holds */
 	size_t chunk = buf ? buf_bytes / esz : 0;
 	if (!chunk)

@@ -462,20 +462,27 @@ void dp_v4_model_expert_stats(const struct dp_v4_model *m, struct dp_v4_expert_s
 /* ---- the cache -------------------------------------------------------------------------- */
 
 /* A slot for a new expert: CLOCK over the slots not pinned by `stamp` and
- * not waiting for reads; -1 when there is none. */
+ * not waiting for reads, sparing those whose expert the step still needs
+ * (x->used[e] == XP_NEEDED: a later pass's hit) unless nothing else is
+ * left; -1 when there is none. */
+enum { XP_UNUSED, XP_NEEDED, XP_DONE };
+
 static int victim(struct dp_v4_experts *x, struct xp_layer *y, uint32_t stamp)
 {
-	for (uint32_t n = 0; n < 2 * x->S; n++) {
-		uint32_t s = y->hand;
-		y->hand = (y->hand + 1) % x->S;
-		if (y->pin[s] == stamp || y->pend[s].on)
-			continue;
-		if (y->expert_of[s] >= 0 && y->ref[s]) {
-			y->ref[s] = 0;
-			continue;
+	for (int spare = 1; spare >= 0; spare--)
+		for (uint32_t n = 0; n < 2 * x->S; n++) {
+			uint32_t s = y->hand;
+			y->hand = (y->hand + 1) % x->S;
+			int32_t e = y->expert_of[s];
+			if (y->pin[s] == stamp || y->pend[s].on ||
+			    (spare && e >= 0 && x->used[e] == XP_NEEDED))
+				continue;
+			if (e >= 0 && y->ref[s]) {
+				y->ref[s] = 0;
+				continue;
+			}
+			return (int)s;
 		}
-		return (int)s;
-	}
 	return -1;
 }
 
@@ -581,10 +588,10 @@ int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T)
 		for (uint32_t s = 0; s < x->S; s++)
 			if (y->pend[s].on)
 				settle(m, l, s);
-		memset(x->used, 0, x->E);
+		memset(x->used, XP_UNUSED, x->E);
 		for (uint32_t t = 0; t < T; t++)
 			for (uint32_t j = 0; j < x->k; j++)
-				x->used[y->tid2eid[(size_t)ids[t] * x->k + j]] = 1;
+				x->used[y->tid2eid[(size_t)ids[t] * x->k + j]] = XP_NEEDED;
 		uint32_t stamp = ++x->stamp;
 		for (uint32_t e = 0; e < x->E; e++) {
 			if (!x->used[e])
@@ -649,10 +656,10 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 	if ((r = idx_reserve(m, P)) < 0 ||
 	    (r = dp_gpu_download(m->g, x->idx_h, idx, P * sizeof(int32_t))) < 0)
 		return r;
-	memset(x->used, 0, x->E);
+	memset(x->used, XP_UNUSED, x->E);
 	for (size_t p = 0; p < P; p++)
 		if (x->idx_h[p] >= 0 && (uint32_t)x->idx_h[p] < x->E)
-			x->used[x->idx_h[p]] = 1;
+			x->used[x->idx_h[p]] = XP_NEEDED;
 	uint32_t nu = 0;
 	for (uint32_t e = 0; e < x->E; e++)
 		if (x->used[e])
@@ -729,6 +736,8 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 		x->st.passes++;
 		if ((r = m->ops->moe(m->g, xin, pidx, wt, T, x->k, &gu, &dn, limit, yout)) < 0)
 			return r;
+		for (uint32_t j = first; j < i; j++)
+			x->used[x->uni[j]] = XP_DONE; /* may make room for the next pass */
 	}
 	return 0;
 }
