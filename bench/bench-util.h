@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What bench-forward and bench-gpu share: the clock, and the token streams
+ * What the bench programs share: the clock, greedy picking, and the token streams
  * their transformers anchors (bench/forward_hf.py, bench/gpu/hf_gpu.py)
  * reproduce: sequence b of a run with seed S is splitmix64 from S + b, token
  * (x >> 11) % vocab. Change them together or the anchors measure other tokens.
@@ -33,6 +33,16 @@ static inline void stream_tokens(uint64_t seed, uint32_t b, uint32_t vocab, int3
 	uint64_t s = seed + b;
 	for (uint32_t i = 0; i < n; i++)
 		out[i] = (int32_t)((splitmix64(&s) >> 11) % vocab);
+}
+
+/* The index of the largest of n logits (the first on a tie): greedy decoding. */
+static inline int32_t argmax(const float *v, uint32_t n)
+{
+	uint32_t best = 0;
+	for (uint32_t i = 1; i < n; i++)
+		if (v[i] > v[best])
+			best = i;
+	return (int32_t)best;
 }
 
 /* qsort order of doubles, ascending. */
