@@ -7,8 +7,12 @@
  * runs' logits must equal the anchor's bit for bit. Paged modes:
  *   dram  experts from a pinned host copy of the checkpoint's bytes;
  *   nvme  experts read from the checkpoint file by the io thread (the
- *         daemon's reader, daemon/experts.c: O_DIRECT, io_uring), urgent
- *         for top-k layers, read ahead for hash layers.
+ *         daemon's reader, daemon/experts.c: O_DIRECT, io_uring): hash
+ *         layers' read ahead from the tokens, top-k layers' guessed one
+ *         layer early (lookahead routing) and read ahead, what the guess
+ *         missed read urgently when the router picks it;
+ *   nvme-nola  the same without lookahead (top-k layers' experts read only
+ *         when picked).
  * Reports decode tokens/s, the hit rate, the bytes brought in and the time
  * waited per token, and the backend memory the experts take.
  *
@@ -103,6 +107,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 	r->st.hits -= before.hits;
 	r->st.misses -= before.misses;
 	r->st.prefetched -= before.prefetched;
+	r->st.ahead_unused -= before.ahead_unused;
 	r->st.passes -= before.passes;
 	r->st.bytes_in -= before.bytes_in;
 	r->st.wait_ns -= before.wait_ns;
@@ -214,15 +219,23 @@ int main(int argc, char **argv)
 	if (run_mode(&o, &lo, prompts, &anchor) < 0)
 		return 1;
 	double tok = (double)o.B * o.N, a_tps = tok / anchor.decode_s;
-	printf("\n%-6s %5s %10s %7s %7s %9s %10s %10s %9s %s\n", "mode", "slots", "decode t/s",
+	printf("\n%-9s %5s %10s %7s %7s %9s %10s %10s %9s %s\n", "mode", "slots", "decode t/s",
 	       "ratio", "hit %", "MiB/tok", "wait ms/t", "fill ms/t", "exp. MiB", "logits");
-	printf("%-6s %5u %10.2f %7.3f %7s %9s %10s %10s %9s %s\n", "device", E, a_tps, 1.0, "100",
+	printf("%-9s %5u %10.2f %7.3f %7s %9s %10s %10s %9s %s\n", "device", E, a_tps, 1.0, "100",
 	       "0", "0", "0", "all", "(anchor)");
 	int status = 0;
+	static const struct {
+		enum dp_v4_experts_where where;
+		bool no_lookahead;
+		const char *name;
+	} modes[] = { { DP_V4_EXPERTS_DRAM, false, "dram" },
+		      { DP_V4_EXPERTS_NVME, false, "nvme" },
+		      { DP_V4_EXPERTS_NVME, true, "nvme-nola" } };
 	for (uint32_t si = 0; si < n_slots; si++)
-		for (int w = DP_V4_EXPERTS_DRAM; w <= DP_V4_EXPERTS_NVME; w++) {
-			struct dp_v4_load_opts po = { .experts = (enum dp_v4_experts_where)w,
-						      .expert_slots = slots[si] };
+		for (size_t w = 0; w < sizeof(modes) / sizeof(modes[0]); w++) {
+			struct dp_v4_load_opts po = { .experts = modes[w].where,
+						      .expert_slots = slots[si],
+						      .no_lookahead = modes[w].no_lookahead };
 			struct run r = { 0 };
 			if (run_mode(&o, &po, prompts, &r) < 0) {
 				status = 1;
@@ -230,17 +243,19 @@ int main(int argc, char **argv)
 			}
 			bool same = !memcmp(r.last, anchor.last, (size_t)o.B * V * sizeof(float));
 			double tps = tok / r.decode_s;
-			const char *name = dp_v4_experts_where_name(po.experts);
-			printf("%-6s %5u %10.2f %7.3f %7.1f %9.2f %10.3f %10.3f %9.0f %s\n", name,
+			const char *name = modes[w].name;
+			printf("%-9s %5u %10.2f %7.3f %7.1f %9.2f %10.3f %10.3f %9.0f %s\n", name,
 			       slots[si], tps, tps / a_tps,
 			       r.st.uses ? 100.0 * r.st.hits / r.st.uses : 0.0,
 			       r.st.bytes_in / 1048576.0 / tok, r.st.wait_ns * 1e-6 / tok,
 			       r.st.fill_ns * 1e-6 / tok, r.st.cache_bytes / 1048576.0,
 			       same ? "identical" : "DIFFER");
 			if (po.experts == DP_V4_EXPERTS_NVME)
-				printf("       (io thread busy %.3f ms/token; %llu read ahead, %llu "
-				       "misses, %llu passes over %u steps x %u layers)\n",
-				       r.io_busy_s * 1e3 / tok, (unsigned long long)r.st.prefetched,
+				printf("          (io thread busy %.3f ms/token; %llu uses read ahead, "
+				       "%llu guesses unused, %llu misses, %llu passes over %u steps x "
+				       "%u layers)\n", r.io_busy_s * 1e3 / tok,
+				       (unsigned long long)r.st.prefetched,
+				       (unsigned long long)r.st.ahead_unused,
 				       (unsigned long long)r.st.misses, (unsigned long long)r.st.passes,
 				       o.N, L);
 			printf("RESULT experts_%s_%u_of_%u_decode_tok_s ours=%.2f anchor=%.2f "

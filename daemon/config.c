@@ -50,6 +50,8 @@ static const struct opt opts[] = {
 				     "expert_slots a layer"),
 	O("model", expert_slots, OPT_U32, "experts a layer keeps on the device when paged "
 					  "(0: a quarter of them, at least num_experts_per_tok)"),
+	O("model", expert_lookahead, OPT_BOOL, "nvme: guess a top-k layer's experts one layer early "
+					       "and read them ahead"),
 	O("kvcache", device_bytes, OPT_BYTES, "state pages on the device before demotion (0: no limit)"),
 	O("kvcache", dram_bytes, OPT_BYTES, "pinned DRAM tier"),
 	O("kvcache", nvme_bytes, OPT_BYTES, "NVMe tier (0: no limit)"),
@@ -96,6 +98,7 @@ void dp_config_defaults(struct dp_config *c)
 	snprintf(c->model, sizeof(c->model), "builtin");
 	snprintf(c->backend, sizeof(c->backend), "auto");
 	snprintf(c->experts, sizeof(c->experts), "device");
+	c->expert_lookahead = true;
 	c->device_bytes = 0;
 	c->dram_bytes = 64ull << 20;
 	c->nvme_bytes = 0;

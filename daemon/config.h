@@ -45,6 +45,7 @@ struct dp_config {
 	uint32_t threads;	       /* cpu backend threads; 0 = all */
 	char experts[16];	       /* device, dram, nvme: where routed experts live */
 	uint32_t expert_slots;	       /* experts a layer keeps on the device when paged */
+	bool expert_lookahead;	       /* nvme: top-k layers' experts guessed and read ahead */
 	/* [kvcache] */
 	uint64_t device_bytes;
 	uint64_t dram_bytes;

@@ -748,8 +748,10 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 		C("dualpath_experts_hits_total", "... already on the device", x->hits);
 		C("dualpath_experts_misses_total", "... brought in when the layer needed them",
 		  x->misses);
-		C("dualpath_experts_read_ahead_total", "... read ahead (hash-routed layers)",
+		C("dualpath_experts_read_ahead_total", "... read ahead (hash layers; lookahead)",
 		  x->prefetched);
+		C("dualpath_experts_read_ahead_unused_total", "lookahead guesses the router did not make",
+		  x->ahead_unused);
 		C("dualpath_experts_passes_total", "moe calls (more than one a layer when picks > slots)",
 		  x->passes);
 		C("dualpath_experts_in_bytes_total", "checkpoint bytes brought in", x->bytes_in);

@@ -75,7 +75,8 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 		snprintf(err, err_len, "cannot start the %s backend: %s", dp_gpu_kind_name(kind), why);
 		return ret;
 	}
-	struct dp_v4_load_opts lo = { .expert_slots = cfg->expert_slots };
+	struct dp_v4_load_opts lo = { .expert_slots = cfg->expert_slots,
+				      .no_lookahead = !cfg->expert_lookahead };
 	dp_v4_experts_where_parse(cfg->experts, &lo.experts); /* validated */
 	if ((ret = dp_v4_model_load_opts(srv->gpu, srv->model_dir, &lo, &srv->model, why,
 					 sizeof(why))) < 0) {

@@ -187,7 +187,14 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 void dp_v4_experts_fini(struct dp_v4_model *m);
 int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T);
 int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *x, const int32_t *idx,
-		      const float *w, uint32_t T, float limit, float *y);
+		      const float *w, uint32_t T, float limit, float *y, const int32_t *ahead_idx);
+/* Lookahead routing: whether layer l's experts are guessed one layer early,
+ * and scratch (backend) for the guess's router logits [T][E], picks and
+ * weights [T][k]. moe's ahead_idx: layer l + 1's guessed picks (or NULL),
+ * read ahead once layer l's own misses are queued. */
+bool dp_v4_experts_lookahead(const struct dp_v4_model *m, int l);
+int dp_v4_experts_ahead_bufs(struct dp_v4_model *m, uint32_t T, float **ret_logits,
+			     int32_t **ret_idx, float **ret_w);
 
 /* The op view of a stream. */
 static inline struct dp_gpu_stream dp_v4_stream_view(const struct dp_v4_stream *st)

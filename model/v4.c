@@ -308,8 +308,19 @@ static int moe(struct dp_v4_model *m, int l, struct scratch *s, uint32_t T)
 	CHECK(ops->route(g, s->rlog, w->gate_bias, w->tid2eid, s->ids, T, E, k,
 			 fns[c->scoring_func], (float)c->routed_scaling_factor, s->ridx, s->rw));
 	CHECK(dp_gpu_zero(g, s->mo, (size_t)T * c->hidden_size * sizeof(float)));
+	int32_t *aidx = NULL;
+	if (dp_v4_experts_lookahead(m, l + 1)) {
+		/* guess the next layer's picks from this layer's MoE input: read
+		 * ahead while this layer's experts run */
+		const struct dp_v4_layer_w *nw = &m->layers[l + 1];
+		float *alog, *aw;
+		CHECK(dp_v4_experts_ahead_bufs(m, T, &alog, &aidx, &aw));
+		CHECK(ops->matmul(g, s->h, 0, &nw->gate, 0, alog, 0, T, false));
+		CHECK(ops->route(g, alog, nw->gate_bias, NULL, NULL, T, E, k, fns[c->scoring_func],
+				 (float)c->routed_scaling_factor, aidx, aw));
+	}
 	if (m->experts)
-		CHECK(dp_v4_experts_moe(m, l, s->h, s->ridx, s->rw, T, lim, s->mo));
+		CHECK(dp_v4_experts_moe(m, l, s->h, s->ridx, s->rw, T, lim, s->mo, aidx));
 	else
 		CHECK(ops->moe(g, s->h, s->ridx, s->rw, T, k, &w->gate_up, &w->down, lim, s->mo));
 	CHECK(ops->matmul(g, s->h, 0, &w->sh_gate_up, 0, s->shgu, 0, T, false));

@@ -105,8 +105,12 @@ void dp_v4_model_free(struct dp_v4_model *m);
  *         is copied at load.
  * A hash-routed layer's picks depend only on token ids, so at the start of a
  * forward its misses are read ahead (not urgent), while the earlier layers
- * compute; a top-k layer's misses are read when its router has picked them
- * (urgent: what the layer waits for). A layer whose step picks more experts
+ * compute. A top-k layer's picks are known only after its router; NVME
+ * guesses them one layer early (lookahead routing: layer l's router applied
+ * to layer l-1's MoE input, which the residual stream keeps close to layer
+ * l's) and reads the guessed misses ahead while layer l-1's experts run;
+ * what the guess missed is read when the router has picked it (urgent: what
+ * the layer waits for). A layer whose step picks more experts
  * than it has slots runs them in passes of ascending expert ranges. The
  * logits are bitwise those of resident experts (the moe op adds experts in
  * ascending order either way).
@@ -124,6 +128,7 @@ int dp_v4_experts_where_parse(const char *s, enum dp_v4_experts_where *ret);
 struct dp_v4_load_opts {
 	enum dp_v4_experts_where experts;
 	uint32_t expert_slots; /* per layer, num_experts_per_tok..E; 0: max(k, E / 4) */
+	bool no_lookahead;     /* NVME: do not read top-k layers' experts ahead (below) */
 };
 
 /* dp_v4_model_load with options (NULL: the defaults, every expert resident). */
@@ -159,7 +164,8 @@ struct dp_v4_expert_stats {
 	uint64_t uses;		/* (layer, expert) a step used */
 	uint64_t hits;		/* of those, already resident */
 	uint64_t misses;	/* brought in when the layer needed them */
-	uint64_t prefetched;	/* brought in ahead (hash layers) */
+	uint64_t prefetched;	/* used, and read ahead (hash layers; lookahead) */
+	uint64_t ahead_unused;	/* read ahead, not used by the step (lookahead's misses) */
 	uint64_t passes;	/* moe calls: one per layer and step, more when picks > slots */
 	uint64_t bytes_in;	/* checkpoint bytes brought in */
 	uint64_t wait_ns;	/* compute waiting for expert reads */

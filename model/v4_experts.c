@@ -86,6 +86,15 @@ struct dp_v4_experts {
 	int32_t *idx_dev;   /* one pass's picks, backend */
 	size_t idx_cap;	    /* of both, in picks */
 	uint8_t *used;	    /* [E] */
+	/* lookahead routing (NVME): two staging areas, layers alternate, so a
+	 * layer's guesses land while the layer before it settles its own */
+	bool lookahead;
+	char *la_area[2];
+	uint8_t *la_used;   /* [E] */
+	float *la_logits, *la_w; /* backend: [T][E], [T][k] */
+	int32_t *la_idx;    /* backend: [T][k] */
+	int32_t *la_h;	    /* host: [T][k] */
+	size_t la_cap;	    /* tokens */
 	uint32_t *uni;	    /* [E] */
 	uint32_t stamp;
 	struct xp_layer *lay;
@@ -333,6 +342,11 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 						  .ctx = x };
 		if (!(x->stage = dp_gpu_host_alloc(m->g, x->stage_bytes)))
 			goto nomem;
+		x->lookahead = !m->load_opts.no_lookahead;
+		if (x->lookahead && (!(x->la_used = zalloc_n(x->E, 1)) ||
+				     !(x->la_area[0] = dp_gpu_host_alloc(m->g, x->stage_bytes)) ||
+				     !(x->la_area[1] = dp_gpu_host_alloc(m->g, x->stage_bytes))))
+			goto nomem;
 	}
 	/* conversion: one matrix of the backend's dtype at a time */
 	x->conv_bytes = (size_t)x->I * x->D * sizeof(float);
@@ -351,6 +365,8 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 	for (uint32_t l = 0; l < x->L; l++)
 		if (x->lay[l].ahead)
 			x->st.host_bytes += x->stage_bytes;
+	if (x->lookahead)
+		x->st.host_bytes += 2 * x->stage_bytes;
 	return 0;
 nomem:
 	r = -ENOMEM;
@@ -403,6 +419,16 @@ void dp_v4_experts_fini(struct dp_v4_model *m)
 		dp_gpu_host_free(g, x->host, x->host_bytes ? x->host_bytes : 1);
 	if (x->stage)
 		dp_gpu_host_free(g, x->stage, x->stage_bytes);
+	for (int i = 0; i < 2; i++)
+		if (x->la_area[i])
+			dp_gpu_host_free(g, x->la_area[i], x->stage_bytes);
+	if (x->la_cap) {
+		dp_gpu_dealloc(g, x->la_logits, x->la_cap * x->E * sizeof(float), DP_GPU_MEM_SCRATCH);
+		dp_gpu_dealloc(g, x->la_w, x->la_cap * x->k * sizeof(float), DP_GPU_MEM_SCRATCH);
+		dp_gpu_dealloc(g, x->la_idx, x->la_cap * x->k * sizeof(int32_t), DP_GPU_MEM_SCRATCH);
+	}
+	free(x->la_h);
+	free(x->la_used);
 	if (x->conv)
 		dp_gpu_host_free(g, x->conv, x->conv_bytes);
 	if (x->idx_dev)
@@ -467,7 +493,8 @@ void dp_v4_model_expert_stats(const struct dp_v4_model *m, struct dp_v4_expert_s
  * left; -1 when there is none. */
 enum { XP_UNUSED, XP_NEEDED, XP_DONE };
 
-static int victim(struct dp_v4_experts *x, struct xp_layer *y, uint32_t stamp)
+static int victim(struct dp_v4_experts *x, struct xp_layer *y, uint32_t stamp,
+		  const uint8_t *used)
 {
 	for (int spare = 1; spare >= 0; spare--)
 		for (uint32_t n = 0; n < 2 * x->S; n++) {
@@ -475,7 +502,7 @@ static int victim(struct dp_v4_experts *x, struct xp_layer *y, uint32_t stamp)
 			y->hand = (y->hand + 1) % x->S;
 			int32_t e = y->expert_of[s];
 			if (y->pin[s] == stamp || y->pend[s].on ||
-			    (spare && e >= 0 && x->used[e] == XP_NEEDED))
+			    (spare && e >= 0 && used[e] == XP_NEEDED))
 				continue;
 			if (e >= 0 && y->ref[s]) {
 				y->ref[s] = 0;
@@ -579,15 +606,17 @@ int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T)
 	struct dp_v4_experts *x = m->experts;
 	if (!x || x->where != DP_V4_EXPERTS_NVME)
 		return 0;
+	/* what an earlier step that failed before some layer left pending:
+	 * filled, or (its read failed too) emptied, to be read again; so no
+	 * staging area has reads of two layers in flight */
+	for (uint32_t l = 0; l < x->L; l++)
+		for (uint32_t s = 0; s < x->S; s++)
+			if (x->lay[l].pend[s].on)
+				settle(m, l, s);
 	for (uint32_t l = 0; l < x->L; l++) {
 		struct xp_layer *y = &x->lay[l];
 		if (!y->tid2eid)
 			continue;
-		/* what an earlier step that failed before this layer left pending:
-		 * filled, or (its read failed too) emptied, to be read again */
-		for (uint32_t s = 0; s < x->S; s++)
-			if (y->pend[s].on)
-				settle(m, l, s);
 		memset(x->used, XP_UNUSED, x->E);
 		for (uint32_t t = 0; t < T; t++)
 			for (uint32_t j = 0; j < x->k; j++)
@@ -601,7 +630,7 @@ int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T)
 				y->pin[s] = stamp;
 				continue;
 			}
-			if ((s = victim(x, y, stamp)) < 0)
+			if ((s = victim(x, y, stamp, x->used)) < 0)
 				break; /* the rest when the layer runs */
 			assign(y, (uint32_t)s, e, stamp);
 			int r = issue(x, l, e, y->ahead + (size_t)s * XP_PARTS * x->win, false,
@@ -610,7 +639,6 @@ int dp_v4_experts_step(struct dp_v4_model *m, const int32_t *ids, uint32_t T)
 				unassign(y, (uint32_t)s);
 				return r;
 			}
-			x->st.prefetched++;
 		}
 	}
 	return 0;
@@ -642,8 +670,10 @@ static int idx_reserve(struct dp_v4_model *m, size_t n)
 	return 0;
 }
 
+static int ahead(struct dp_v4_model *m, int l, const int32_t *idx, uint32_t T);
+
 int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int32_t *idx,
-		      const float *wt, uint32_t T, float limit, float *yout)
+		      const float *wt, uint32_t T, float limit, float *yout, const int32_t *ahead_idx)
 {
 	struct dp_v4_experts *x = m->experts;
 	struct xp_layer *y = &x->lay[l];
@@ -665,12 +695,21 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 		if (x->used[e])
 			x->uni[nu++] = e;
 	x->st.uses += nu;
+	/* lookahead guesses the router did not make: settled, so their slots
+	 * can be reused (a failed read just empties its slot) */
+	for (uint32_t s = 0; s < x->S; s++)
+		if (y->pend[s].on && x->used[y->expert_of[s]] != XP_NEEDED) {
+			settle(m, (uint32_t)l, s);
+			x->st.ahead_unused++;
+		}
 
 	struct dp_gpu_weight gu = w->gate_up, dn = w->down;
 	gu.count = dn.count = x->E;
 	gu.stored = dn.stored = x->S;
 	gu.slot_of = dn.slot_of = y->slot_dev;
 
+	if (nu == 0 && ahead_idx && (r = ahead(m, l + 1, ahead_idx, T)) < 0)
+		return r;
 	for (uint32_t i = 0; i < nu;) {
 		uint32_t first = i, stamp = ++x->stamp;
 		/* the pass: resident experts pinned, missing ones given a slot */
@@ -680,11 +719,13 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 			if (s >= 0) {
 				y->pin[s] = stamp;
 				y->ref[s] = 1;
-				if (!y->pend[s].on)
+				if (y->pend[s].on)
+					x->st.prefetched++;
+				else
 					x->st.hits++;
 				continue;
 			}
-			if ((s = victim(x, y, stamp)) < 0)
+			if ((s = victim(x, y, stamp, x->used)) < 0)
 				break;
 			assign(y, (uint32_t)s, e, stamp);
 			x->st.misses++;
@@ -701,6 +742,11 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 				unassign(y, (uint32_t)s);
 				break;
 			}
+		}
+		/* the next layer's guesses queue behind this pass's misses */
+		if (ahead_idx && r >= 0) {
+			r = ahead(m, l + 1, ahead_idx, T);
+			ahead_idx = NULL;
 		}
 		/* every slot of the pass filled (read ahead or just now) */
 		int first_err = r < 0 ? r : 0;
@@ -738,6 +784,91 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 			return r;
 		for (uint32_t j = first; j < i; j++)
 			x->used[x->uni[j]] = XP_DONE; /* may make room for the next pass */
+	}
+	return 0;
+}
+
+/* ---- lookahead routing ------------------------------------------------------------------- */
+
+bool dp_v4_experts_lookahead(const struct dp_v4_model *m, int l)
+{
+	const struct dp_v4_experts *x = m->experts;
+	return x && x->lookahead && l >= 1 && (uint32_t)l < x->L && !x->lay[l].tid2eid;
+}
+
+int dp_v4_experts_ahead_bufs(struct dp_v4_model *m, uint32_t T, float **ret_logits,
+			     int32_t **ret_idx, float **ret_w)
+{
+	struct dp_v4_experts *x = m->experts;
+	if (T > x->la_cap) {
+		size_t cap = T < 64 ? 64 : T;
+		float *lg = dp_gpu_alloc(m->g, cap * x->E * sizeof(float), DP_GPU_MEM_SCRATCH);
+		float *w = dp_gpu_alloc(m->g, cap * x->k * sizeof(float), DP_GPU_MEM_SCRATCH);
+		int32_t *ix = dp_gpu_alloc(m->g, cap * x->k * sizeof(int32_t), DP_GPU_MEM_SCRATCH);
+		int32_t *h = malloc(cap * x->k * sizeof(int32_t));
+		if (!lg || !w || !ix || !h) {
+			if (lg)
+				dp_gpu_dealloc(m->g, lg, cap * x->E * sizeof(float), DP_GPU_MEM_SCRATCH);
+			if (w)
+				dp_gpu_dealloc(m->g, w, cap * x->k * sizeof(float), DP_GPU_MEM_SCRATCH);
+			if (ix)
+				dp_gpu_dealloc(m->g, ix, cap * x->k * sizeof(int32_t), DP_GPU_MEM_SCRATCH);
+			free(h);
+			return -ENOMEM;
+		}
+		if (x->la_cap) {
+			dp_gpu_dealloc(m->g, x->la_logits, x->la_cap * x->E * sizeof(float),
+				       DP_GPU_MEM_SCRATCH);
+			dp_gpu_dealloc(m->g, x->la_w, x->la_cap * x->k * sizeof(float), DP_GPU_MEM_SCRATCH);
+			dp_gpu_dealloc(m->g, x->la_idx, x->la_cap * x->k * sizeof(int32_t),
+				       DP_GPU_MEM_SCRATCH);
+		}
+		free(x->la_h);
+		x->la_logits = lg;
+		x->la_w = w;
+		x->la_idx = ix;
+		x->la_h = h;
+		x->la_cap = cap;
+	}
+	*ret_logits = x->la_logits;
+	*ret_idx = x->la_idx;
+	*ret_w = x->la_w;
+	return 0;
+}
+
+/* Read layer l's guessed misses ahead into its staging area (the one layer
+ * l - 1 does not use), as many as its unpinned slots take. */
+static int ahead(struct dp_v4_model *m, int l, const int32_t *idx, uint32_t T)
+{
+	struct dp_v4_experts *x = m->experts;
+	struct xp_layer *y = &x->lay[l];
+	size_t P = (size_t)T * x->k;
+	int r = dp_gpu_download(m->g, x->la_h, idx, P * sizeof(int32_t));
+	if (r < 0)
+		return r;
+	memset(x->la_used, XP_UNUSED, x->E);
+	for (size_t p = 0; p < P; p++)
+		if (x->la_h[p] >= 0 && (uint32_t)x->la_h[p] < x->E)
+			x->la_used[x->la_h[p]] = XP_NEEDED;
+	uint32_t stamp = ++x->stamp;
+	char *area = x->la_area[l % 2];
+	for (uint32_t e = 0; e < x->E; e++) {
+		if (!x->la_used[e])
+			continue;
+		int32_t s = y->slot_of[e];
+		if (s >= 0) {
+			y->pin[s] = stamp;
+			y->ref[s] = 1;
+			continue;
+		}
+		if ((s = victim(x, y, stamp, x->la_used)) < 0)
+			break;
+		assign(y, (uint32_t)s, e, stamp);
+		if ((r = issue(x, (uint32_t)l, e, area + (size_t)s * XP_PARTS * x->win, false,
+			       &y->pend[s])) < 0) {
+			unassign(y, (uint32_t)s);
+			return r;
+		}
 	}
 	return 0;
 }

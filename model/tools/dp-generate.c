@@ -230,10 +230,11 @@ int main(int argc, char **argv)
 		struct dp_v4_expert_stats xs;
 		dp_v4_model_expert_stats(m, &xs);
 		fprintf(stderr, "dp-generate: experts paged from %s, %u slots a layer: %llu uses, "
-			"%llu hits, %llu misses, %llu read ahead, %llu passes, %.1f MiB in, "
-			"waited %.3f s, filled %.3f s\n", dp_v4_experts_where_name(xs.where), xs.slots,
-			(unsigned long long)xs.uses, (unsigned long long)xs.hits,
-			(unsigned long long)xs.misses, (unsigned long long)xs.prefetched,
+			"%llu hits, %llu misses, %llu read ahead (%llu more unused), %llu passes, "
+			"%.1f MiB in, waited %.3f s, filled %.3f s\n",
+			dp_v4_experts_where_name(xs.where), xs.slots, (unsigned long long)xs.uses,
+			(unsigned long long)xs.hits, (unsigned long long)xs.misses,
+			(unsigned long long)xs.prefetched, (unsigned long long)xs.ahead_unused,
 			(unsigned long long)xs.passes, xs.bytes_in / 1048576.0, xs.wait_ns * 1e-9,
 			xs.fill_ns * 1e-9);
 	}

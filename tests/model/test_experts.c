@@ -29,15 +29,13 @@ struct fx {
 	char dir[512];
 };
 
-static void fx_open(struct fx *f, const char *name, enum dp_v4_experts_where where,
-		    uint32_t slots)
+static void fx_open_opts(struct fx *f, const char *name, const struct dp_v4_load_opts *o)
 {
 	char err[512] = "";
 	const char *root = getenv("DP_TEST_PARITY");
 	snprintf(f->dir, sizeof(f->dir), "%s/%s", root ? root : "tests/model/parity", name);
 	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &f->g, err, sizeof(err)), 0, "%s", err);
-	struct dp_v4_load_opts o = { .experts = where, .expert_slots = slots };
-	cr_assert_eq(dp_v4_model_load_opts(f->g, f->dir, &o, &f->m, err, sizeof(err)), 0, "%s: %s",
+	cr_assert_eq(dp_v4_model_load_opts(f->g, f->dir, o, &f->m, err, sizeof(err)), 0, "%s: %s",
 		     f->dir, err);
 	const struct dp_v4_config *c = dp_v4_model_config(f->m);
 	f->V = (uint32_t)c->vocab_size;
@@ -48,6 +46,13 @@ static void fx_open(struct fx *f, const char *name, enum dp_v4_experts_where whe
 		x = x * 6364136223846793005ull + 1442695040888963407ull;
 		f->tokens[i] = (int32_t)((x >> 33) % f->V);
 	}
+}
+
+static void fx_open(struct fx *f, const char *name, enum dp_v4_experts_where where,
+		    uint32_t slots)
+{
+	struct dp_v4_load_opts o = { .experts = where, .expert_slots = slots };
+	fx_open_opts(f, name, &o);
 }
 
 static void fx_close(struct fx *f)
@@ -146,11 +151,14 @@ Test(experts, a_step_picking_more_experts_than_slots_runs_its_layers_in_passes)
 }
 
 /* Hash layers: their experts depend on the tokens only, so a step reads
- * them ahead; a repeated token then finds everything resident. */
+ * them ahead; a repeated token then finds everything resident. (Lookahead
+ * off: the top-k layers' experts are read when picked.) */
 Test(experts, hash_layers_experts_are_read_ahead_and_a_repeated_token_hits)
 {
 	struct fx f;
-	fx_open(&f, "mixed", DP_V4_EXPERTS_NVME, 4);
+	struct dp_v4_load_opts o = { .experts = DP_V4_EXPERTS_NVME, .expert_slots = 4,
+				     .no_lookahead = true };
+	fx_open_opts(&f, "mixed", &o);
 	struct dp_v4_seq *s;
 	cr_assert_eq(dp_v4_seq_new(f.m, &s), 0);
 	float *out = malloc((size_t)f.V * sizeof(float));
@@ -295,4 +303,54 @@ Test(experts, the_cpu_moe_op_refuses_a_pick_of_an_expert_that_is_not_resident)
 	dp_gpu_weight_free(g, &gu);
 	dp_gpu_weight_free(g, &dn);
 	dp_gpu_free(g);
+}
+
+/* 40 tokens decoded one by one; the expert counters after. */
+static void decode_40(const struct dp_v4_load_opts *o, struct dp_v4_expert_stats *st)
+{
+	struct fx f;
+	fx_open_opts(&f, "mixed", o); /* hash, hash, moe, moe */
+	struct dp_v4_seq *s;
+	cr_assert_eq(dp_v4_seq_new(f.m, &s), 0);
+	float *out = malloc((size_t)f.V * sizeof(float));
+	for (uint32_t t = 0; t < 40; t++) {
+		struct dp_v4_batch_item one = { s, f.tokens + t, 1, false };
+		cr_assert_eq(dp_v4_forward(f.m, &one, 1, out), 0);
+	}
+	dp_v4_model_expert_stats(f.m, st);
+	cr_expect_eq(st->uses, 40u * 4 * f.k, "one token picks k distinct experts a layer");
+	cr_expect_eq(st->uses, st->hits + st->misses + st->prefetched);
+	free(out);
+	dp_v4_seq_free(s);
+	fx_close(&f);
+}
+
+/* Lookahead routing: a top-k layer's experts are guessed from the layer
+ * before's MoE input and read ahead, so fewer are read when the layer
+ * already waits; guesses the router did not make are counted apart, and the
+ * logits stay those of resident experts (check_config covers nvme with
+ * lookahead, the default). */
+Test(experts, top_k_layers_experts_are_guessed_one_layer_early_and_read_ahead)
+{
+	struct fx f;
+	fx_open(&f, "mixed", DP_V4_EXPERTS_NVME, 4);
+	cr_expect(!dp_v4_experts_lookahead(f.m, 0) && !dp_v4_experts_lookahead(f.m, 1),
+		  "hash layers are read ahead from the tokens instead");
+	cr_expect(dp_v4_experts_lookahead(f.m, 2) && dp_v4_experts_lookahead(f.m, 3));
+	fx_close(&f);
+
+	struct dp_v4_load_opts on = { .experts = DP_V4_EXPERTS_NVME, .expert_slots = 4 };
+	struct dp_v4_load_opts off = on;
+	off.no_lookahead = true;
+	struct dp_v4_expert_stats a, b;
+	decode_40(&on, &a);
+	decode_40(&off, &b);
+	cr_log_info("lookahead: %llu uses, %llu hits, %llu misses, %llu read ahead, %llu guesses "
+		    "unused; without: %llu misses, %llu read ahead", (unsigned long long)a.uses,
+		    (unsigned long long)a.hits, (unsigned long long)a.misses,
+		    (unsigned long long)a.prefetched, (unsigned long long)a.ahead_unused,
+		    (unsigned long long)b.misses, (unsigned long long)b.prefetched);
+	cr_expect_eq(b.ahead_unused, 0, "without lookahead only exact (hash) reads go ahead");
+	cr_expect_lt(a.misses, b.misses, "guessed experts are not read while the layer waits");
+	cr_expect_gt(a.prefetched, b.prefetched);
 }
