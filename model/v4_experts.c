@@ -8,8 +8,7 @@
  * paged stack) says which slot holds which expert. An expert comes in from
  * the host copy (DRAM) or from the checkpoint's files (NVME: three reads, one
  * per matrix, each a 4 KiB-aligned window around the tensor's bytes, into the
- * slot's staging; then converted into the slot). Replacement is CLOCK over
- * the slots not pinned by the pass at hand.
+ * slot's staging; then converted into the slot).
  *
  * A layer's step: the router's picks come to the host; their distinct
  * experts, ascending, are taken in order: resident ones are pinned, missing
@@ -20,9 +19,18 @@
  * passes of ascending ranges add them in the same order as one call over
  * resident experts: the result is bitwise the same.
  *
+ * Replacement is CLOCK over the slots not pinned by the pass at hand,
+ * sparing experts a later pass of the same step needs.
+ *
  * Hash-routed layers: the experts come from tid2eid[token], known when the
  * step's tokens are; dp_v4_experts_step reads their misses ahead into each
  * hash layer's own staging (pending slots, filled when the layer runs).
+ * Top-k layers (NVME, lookahead): layer l's router on layer l-1's MoE input
+ * guesses layer l's picks; the guessed misses are read ahead, queued behind
+ * layer l-1's own misses, into one of two staging areas that alternate by
+ * layer (layer l-1's pending reads use the other). Guesses the router did
+ * not make are filled anyway when layer l runs (they stay cached) and
+ * counted as ahead_unused.
  */
 #include <errno.h>
 #include <fcntl.h>
