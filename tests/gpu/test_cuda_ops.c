@@ -608,69 +608,99 @@ static int32_t *paged_picks(uint64_t *s, const int32_t *pool, uint32_t n, uint32
 	return ih;
 }
 
+/* What both paged-moe cases set up: random activations, weights and routing
+ * weights, the plain stack, an empty paged stack of `stored` slots, and y0
+ * (for the plain stack) and y1 (paged) starting from the same values. */
+struct paged_fx {
+	struct gt_pair p;
+	uint32_t T, E, k, D, I;
+	size_t n; /* T * D */
+	uint64_t s;
+	float *xh, *yh, *gu, *dn, *wh;
+	int32_t *experts; /* 0..E-1, for picks */
+	struct dp_gpu_weight wgu, wdn;
+	struct paged_experts pe;
+	struct gt_buf x, w, y0, y1;
+};
+
+static void pfx_open(struct paged_fx *f, bool f32, uint32_t T, uint32_t E, uint32_t k, uint32_t D,
+                     uint32_t I, uint32_t stored, uint64_t seed)
+{
+	memset(f, 0, sizeof(*f));
+	gt_open(&f->p, f32);
+	f->T = T, f->E = E, f->k = k, f->D = D, f->I = I;
+	f->n = (size_t)T * D;
+	f->s = seed;
+	f->xh = gt_rand(&f->s, f->n, -1, 1);
+	f->yh = gt_rand(&f->s, f->n, -1, 1);
+	f->gu = gt_rand(&f->s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
+	f->dn = gt_rand(&f->s, (size_t)E * D * I, -0.3f, 0.3f);
+	f->wh = gt_rand(&f->s, (size_t)T * k, 0, 1);
+	f->experts = malloc(E * sizeof(int32_t));
+	cr_assert_not_null(f->experts);
+	for (uint32_t e = 0; e < E; e++)
+		f->experts[e] = (int32_t)e;
+	cr_assert_eq(dp_gpu_weight_upload(f->p.g, f->gu, DP_DTYPE_F32, E, 2 * I, D, &f->wgu), 0);
+	cr_assert_eq(dp_gpu_weight_upload(f->p.g, f->dn, DP_DTYPE_F32, E, D, I, &f->wdn), 0);
+	paged_new(&f->p, &f->pe, E, stored, D, I);
+	f->x = gt_floats(&f->p, f->xh, f->n);
+	f->w = gt_floats(&f->p, f->wh, (size_t)T * k);
+	f->y0 = gt_floats(&f->p, f->yh, f->n);
+	f->y1 = gt_floats(&f->p, f->yh, f->n);
+}
+
+static void pfx_close(struct paged_fx *f)
+{
+	struct gt_buf *all[] = {&f->x, &f->w, &f->y0, &f->y1};
+	for (size_t i = 0; i < 4; i++)
+		gt_buf_free(&f->p, all[i]);
+	paged_free(&f->p, &f->pe);
+	dp_gpu_weight_free(f->p.g, &f->wgu);
+	dp_gpu_weight_free(f->p.g, &f->wdn);
+	free(f->xh);
+	free(f->yh);
+	free(f->gu);
+	free(f->dn);
+	free(f->wh);
+	free(f->experts);
+	gt_close(&f->p);
+}
+
 /* stored - 1 resident experts in shuffled slots beside one stale slot;
  * picks among them; y from the paged stack == y from the plain stack. */
 static void paged_moe_case(bool f32, uint32_t T, uint32_t E, uint32_t k, uint32_t D, uint32_t I,
                            uint32_t stored, uint64_t seed)
 {
-	struct gt_pair p;
-	gt_open(&p, f32);
-	uint64_t s = seed;
+	struct paged_fx f;
+	pfx_open(&f, f32, T, E, k, D, I, stored, seed);
 	uint32_t n_res = stored - 1;
-	size_t n = (size_t)T * D;
-	float *xh = gt_rand(&s, n, -1, 1), *yh = gt_rand(&s, n, -1, 1);
-	float *gu = gt_rand(&s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
-	float *dn = gt_rand(&s, (size_t)E * D * I, -0.3f, 0.3f);
-	float *wh = gt_rand(&s, (size_t)T * k, 0, 1);
-	int32_t *experts = malloc(E * sizeof(int32_t)), *slots = malloc(stored * sizeof(int32_t));
-	int32_t *of_slot = malloc(stored * sizeof(int32_t));
-	cr_assert(experts && slots && of_slot);
-	for (uint32_t e = 0; e < E; e++)
-		experts[e] = (int32_t)e;
+	int32_t *slots = malloc(stored * sizeof(int32_t)), *of_slot = malloc(stored * sizeof(int32_t));
+	cr_assert(slots && of_slot);
 	for (uint32_t i = 0; i < stored; i++)
 		slots[i] = (int32_t)i;
-	shuffle_i32(&s, experts, E);
-	shuffle_i32(&s, slots, stored);
+	shuffle_i32(&f.s, f.experts, E);
+	shuffle_i32(&f.s, slots, stored);
 	for (uint32_t i = 0; i < stored; i++)
-		of_slot[slots[i]] = i < n_res ? experts[i] : -1;
-	int32_t *ih = paged_picks(&s, experts, n_res, T, k, true);
-
-	struct dp_gpu_weight wgu, wdn;
-	cr_assert_eq(dp_gpu_weight_upload(p.g, gu, DP_DTYPE_F32, E, 2 * I, D, &wgu), 0);
-	cr_assert_eq(dp_gpu_weight_upload(p.g, dn, DP_DTYPE_F32, E, D, I, &wdn), 0);
-	struct paged_experts pe;
-	paged_new(&p, &pe, E, stored, D, I);
-	paged_load(&p, &pe, gu, dn, of_slot, &s);
-	struct gt_buf x = gt_floats(&p, xh, n), w = gt_floats(&p, wh, (size_t)T * k);
-	struct gt_buf idx = gt_buf_new(&p, ih, (size_t)T * k * sizeof(int32_t));
-	struct gt_buf y0 = gt_floats(&p, yh, n), y1 = gt_floats(&p, yh, n);
-	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &wgu, &wdn, 1.5f, y0.g), 0);
-	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0,
-	             "moe on a paged stack: %s", dp_gpu_last_error(p.g));
+		of_slot[slots[i]] = i < n_res ? f.experts[i] : -1;
+	int32_t *ih = paged_picks(&f.s, f.experts, n_res, T, k, true);
+	paged_load(&f.p, &f.pe, f.gu, f.dn, of_slot, &f.s);
+	struct gt_buf idx = gt_buf_new(&f.p, ih, (size_t)T * k * sizeof(int32_t));
+	cr_assert_eq(f.p.og->moe(f.p.g, f.x.g, idx.g, f.w.g, T, k, &f.wgu, &f.wdn, 1.5f, f.y0.g), 0);
+	cr_assert_eq(f.p.og->moe(f.p.g, f.x.g, idx.g, f.w.g, T, k, &f.pe.gu, &f.pe.dn, 1.5f, f.y1.g),
+	             0, "moe on a paged stack: %s", dp_gpu_last_error(f.p.g));
 	char what[160];
 	snprintf(what, sizeof(what), "paged moe %s T=%u E=%u k=%u D=%u I=%u stored=%u (%s plan)",
 	         f32 ? "f32" : "bf16", T, E, k, D, I, stored, T * k <= 256 ? "device" : "host");
-	float *want = paged_fetch(&p, &y0, n, what), *got = paged_fetch(&p, &y1, n, what);
-	expect_bitwise(want, got, n, what);
+	float *want = paged_fetch(&f.p, &f.y0, f.n, what), *got = paged_fetch(&f.p, &f.y1, f.n, what);
+	expect_bitwise(want, got, f.n, what);
 
 	free(want);
 	free(got);
-	struct gt_buf *all[] = {&x, &w, &idx, &y0, &y1};
-	for (size_t i = 0; i < 5; i++)
-		gt_buf_free(&p, all[i]);
-	paged_free(&p, &pe);
-	dp_gpu_weight_free(p.g, &wgu);
-	dp_gpu_weight_free(p.g, &wdn);
-	free(xh);
-	free(yh);
-	free(gu);
-	free(dn);
-	free(wh);
-	free(experts);
+	gt_buf_free(&f.p, &idx);
 	free(slots);
 	free(of_slot);
 	free(ih);
-	gt_close(&p);
+	pfx_close(&f);
 }
 
 Test(cuda_moe, moe_on_a_paged_stack_equals_the_plain_stack)
@@ -691,70 +721,45 @@ Test(cuda_moe, moe_on_a_paged_stack_equals_the_plain_stack)
 static void paged_moe_ranges_case(bool f32, uint32_t T, uint32_t E, uint32_t k, uint32_t D,
                                   uint32_t I, uint64_t seed)
 {
-	struct gt_pair p;
-	gt_open(&p, f32);
-	uint64_t s = seed;
+	struct paged_fx f;
 	uint32_t half = E / 2;
-	size_t n = (size_t)T * D;
-	float *xh = gt_rand(&s, n, -1, 1), *yh = gt_rand(&s, n, -1, 1);
-	float *gu = gt_rand(&s, (size_t)E * 2 * I * D, -0.3f, 0.3f);
-	float *dn = gt_rand(&s, (size_t)E * D * I, -0.3f, 0.3f);
-	float *wh = gt_rand(&s, (size_t)T * k, 0, 1);
-	int32_t *experts = malloc(E * sizeof(int32_t)), *of_slot = malloc(half * sizeof(int32_t));
-	cr_assert(experts && of_slot);
-	for (uint32_t e = 0; e < E; e++)
-		experts[e] = (int32_t)e;
-	int32_t *ih = paged_picks(&s, experts, E, T, k, false);
-
-	struct dp_gpu_weight wgu, wdn;
-	cr_assert_eq(dp_gpu_weight_upload(p.g, gu, DP_DTYPE_F32, E, 2 * I, D, &wgu), 0);
-	cr_assert_eq(dp_gpu_weight_upload(p.g, dn, DP_DTYPE_F32, E, D, I, &wdn), 0);
-	struct paged_experts pe;
-	paged_new(&p, &pe, E, half, D, I);
-	struct gt_buf x = gt_floats(&p, xh, n), w = gt_floats(&p, wh, (size_t)T * k);
-	struct gt_buf idx = gt_buf_new(&p, ih, (size_t)T * k * sizeof(int32_t));
-	struct gt_buf y0 = gt_floats(&p, yh, n), y1 = gt_floats(&p, yh, n);
-	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &wgu, &wdn, 1.5f, y0.g), 0);
+	pfx_open(&f, f32, T, E, k, D, I, half, seed);
+	int32_t *of_slot = malloc(half * sizeof(int32_t));
+	cr_assert_not_null(of_slot);
+	int32_t *ih = paged_picks(&f.s, f.experts, E, T, k, false);
+	struct gt_buf idx = gt_buf_new(&f.p, ih, (size_t)T * k * sizeof(int32_t));
+	cr_assert_eq(f.p.og->moe(f.p.g, f.x.g, idx.g, f.w.g, T, k, &f.wgu, &f.wdn, 1.5f, f.y0.g), 0);
 	for (uint32_t r = 0; r < 2; r++) {
 		for (uint32_t i = 0; i < half; i++)
 			of_slot[i] = (int32_t)(r * half + i);
-		shuffle_i32(&s, of_slot, half);
-		paged_load(&p, &pe, gu, dn, of_slot, &s);
-		cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0,
-		             "moe on experts [%u, %u): %s", r * half, (r + 1) * half,
-		             dp_gpu_last_error(p.g));
+		shuffle_i32(&f.s, of_slot, half);
+		paged_load(&f.p, &f.pe, f.gu, f.dn, of_slot, &f.s);
+		cr_assert_eq(f.p.og->moe(f.p.g, f.x.g, idx.g, f.w.g, T, k, &f.pe.gu, &f.pe.dn, 1.5f,
+		                         f.y1.g),
+		             0, "moe on experts [%u, %u): %s", r * half, (r + 1) * half,
+		             dp_gpu_last_error(f.p.g));
 	}
 	char what[160];
 	snprintf(what, sizeof(what), "paged moe by ranges %s T=%u E=%u k=%u D=%u I=%u (%s plan)",
 	         f32 ? "f32" : "bf16", T, E, k, D, I, T * k <= 256 ? "device" : "host");
-	float *want = paged_fetch(&p, &y0, n, what), *got = paged_fetch(&p, &y1, n, what);
-	expect_bitwise(want, got, n, what);
+	float *want = paged_fetch(&f.p, &f.y0, f.n, what), *got = paged_fetch(&f.p, &f.y1, f.n, what);
+	expect_bitwise(want, got, f.n, what);
 
 	for (uint32_t i = 0; i < half; i++)
 		of_slot[i] = -1;
-	paged_load(&p, &pe, gu, dn, of_slot, &s);
-	cr_assert_eq(p.og->moe(p.g, x.g, idx.g, w.g, T, k, &pe.gu, &pe.dn, 1.5f, y1.g), 0);
-	float *after = paged_fetch(&p, &y1, n, what);
-	expect_bitwise(got, after, n, "paged moe with nothing resident");
+	paged_load(&f.p, &f.pe, f.gu, f.dn, of_slot, &f.s);
+	cr_assert_eq(f.p.og->moe(f.p.g, f.x.g, idx.g, f.w.g, T, k, &f.pe.gu, &f.pe.dn, 1.5f, f.y1.g),
+	             0);
+	float *after = paged_fetch(&f.p, &f.y1, f.n, what);
+	expect_bitwise(got, after, f.n, "paged moe with nothing resident");
 
 	free(want);
 	free(got);
 	free(after);
-	struct gt_buf *all[] = {&x, &w, &idx, &y0, &y1};
-	for (size_t i = 0; i < 5; i++)
-		gt_buf_free(&p, all[i]);
-	paged_free(&p, &pe);
-	dp_gpu_weight_free(p.g, &wgu);
-	dp_gpu_weight_free(p.g, &wdn);
-	free(xh);
-	free(yh);
-	free(gu);
-	free(dn);
-	free(wh);
-	free(experts);
+	gt_buf_free(&f.p, &idx);
 	free(of_slot);
 	free(ih);
-	gt_close(&p);
+	pfx_close(&f);
 }
 
 Test(cuda_moe, moe_on_a_paged_stack_skips_absent_experts_so_calls_by_expert_range_add_up)
