@@ -733,7 +733,15 @@ int dp_v4_experts_moe(struct dp_v4_model *m, int l, const float *xin, const int3
 					x->st.hits++;
 				continue;
 			}
-			if ((s = victim(x, y, stamp, x->used)) < 0)
+			if ((s = victim(x, y, stamp, x->used)) < 0 && i == first) {
+				/* every slot is being read into (guesses for later
+				 * experts of this step): let those reads land */
+				for (uint32_t q = 0; q < x->S; q++)
+					if (y->pend[q].on)
+						settle(m, (uint32_t)l, q);
+				s = victim(x, y, stamp, x->used);
+			}
+			if (s < 0)
 				break;
 			assign(y, (uint32_t)s, e, stamp);
 			x->st.misses++;

@@ -14,6 +14,7 @@
  *     vs the cpu backend's logits     1e-4   (bf16 x hi+lo bf16 products)
  *     vs transformers' fp32 logits    reported only (the weights differ)
  *   the embedded model (bf16): 64 greedy tokens equal to the cpu backend's.
+ *   routed experts paged (dram, nvme; k slots): bitwise the resident logits.
  * Positions in meta.json "flip_positions" are skipped, as the cpu test does.
  */
 #include <errno.h>
@@ -98,7 +99,8 @@ struct runner {
 	struct dp_v4_model *m;
 };
 
-static void runner_open(struct runner *r, enum dp_gpu_kind kind, bool f32, const char *dir)
+static void runner_open_opts(struct runner *r, enum dp_gpu_kind kind, bool f32, const char *dir,
+                             const struct dp_v4_load_opts *opts)
 {
 	char err[1024] = "";
 	setenv("DP_CUDA_WEIGHTS", f32 ? "f32" : "bf16", 1);
@@ -106,7 +108,13 @@ static void runner_open(struct runner *r, enum dp_gpu_kind kind, bool f32, const
 		kind = gt_cuda_kind(); /* cpu in a self-test */
 	cr_assert_eq(dp_gpu_new(kind, NULL, &r->g, err, sizeof(err)), 0, "%s backend: %s",
 	             dp_gpu_kind_name(kind), err);
-	cr_assert_eq(dp_v4_model_load(r->g, dir, &r->m, err, sizeof(err)), 0, "%s: %s", dir, err);
+	cr_assert_eq(dp_v4_model_load_opts(r->g, dir, opts, &r->m, err, sizeof(err)), 0, "%s: %s",
+	             dir, err);
+}
+
+static void runner_open(struct runner *r, enum dp_gpu_kind kind, bool f32, const char *dir)
+{
+	runner_open_opts(r, kind, f32, dir, NULL);
 }
 
 static void runner_close(struct runner *r)
@@ -393,6 +401,43 @@ Test(cuda_parity, batched_sequences_match_their_separate_runs, .timeout = 600)
 	dp_v4_seq_free(b);
 	runner_close(&cu);
 	parity_close(&p);
+}
+
+/* Routed experts paged into k slots a layer (so prefill runs each layer in
+ * passes), from a host copy and from the checkpoint files with lookahead:
+ * the cuda moe op on the paged stacks gives the resident logits bitwise. */
+static void paged_equals_resident(const char *name)
+{
+	struct parity p;
+	parity_open(&p, name, vocab_of(name));
+	struct runner res;
+	runner_open(&res, DP_GPU_CUDA, false, p.dir);
+	uint32_t k = (uint32_t)dp_v4_model_config(res.m)->num_experts_per_tok;
+	float *want = logits_of(&res, &p, p.chunks, p.n_chunks);
+	runner_close(&res);
+	for (int where = DP_V4_EXPERTS_DRAM; where <= DP_V4_EXPERTS_NVME; where++) {
+		struct dp_v4_load_opts o = { .experts = (enum dp_v4_experts_where)where,
+		                             .expert_slots = k };
+		struct runner r;
+		runner_open_opts(&r, DP_GPU_CUDA, false, p.dir, &o);
+		float *got = logits_of(&r, &p, p.chunks, p.n_chunks);
+		cr_expect(!memcmp(got, want, (size_t)p.n * p.V * sizeof(float)),
+		          "%s: experts paged from %s differ from resident ones", name,
+		          dp_v4_experts_where_name(o.experts));
+		struct dp_v4_expert_stats st;
+		dp_v4_model_expert_stats(r.m, &st);
+		cr_expect_gt(st.misses + st.prefetched, 0);
+		free(got);
+		runner_close(&r);
+	}
+	free(want);
+	parity_close(&p);
+}
+
+Test(cuda_model, paged_experts_give_the_resident_logits_bitwise, .timeout = 600)
+{
+	paged_equals_resident("mixed");
+	paged_equals_resident("alt");
 }
 
 static uint32_t argmax(const float *v, uint32_t n)

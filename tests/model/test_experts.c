@@ -72,20 +72,27 @@ static float *logits(struct fx *f, const uint32_t *chunks, uint32_t n_chunks)
 
 static void check_config(const char *name)
 {
-	uint32_t chunks[] = { 37, 1, 64, 60, 1, 1, 36 }, ones[N_TOK];
+	uint32_t chunks[] = { 37, 1, 64, 60, 1, 1, 36 }, ones[N_TOK], threes[N_TOK / 3 + 1];
 	for (uint32_t i = 0; i < N_TOK; i++)
 		ones[i] = 1;
+	/* steps of a few tokens: more experts than slots, and lookahead
+	 * guesses pending in every slot for experts later in the step */
+	uint32_t n3 = 0;
+	for (uint32_t left = N_TOK; left; left -= threes[n3++])
+		threes[n3] = left < 3 ? left : 3;
 	struct {
 		const uint32_t *chunks;
 		uint32_t n;
 		const char *what;
 	} modes[] = { { NULL, 0, "one call" },
 		      { chunks, sizeof(chunks) / sizeof(*chunks), "chunks" },
-		      { ones, N_TOK, "token by token" } };
+		      { ones, N_TOK, "token by token" },
+		      { threes, n3, "three tokens a call" } };
 	struct fx ref;
 	fx_open(&ref, name, DP_V4_EXPERTS_DEVICE, 0);
-	float *want[3];
-	for (int i = 0; i < 3; i++)
+	enum { N_MODES = sizeof(modes) / sizeof(modes[0]) };
+	float *want[N_MODES];
+	for (int i = 0; i < N_MODES; i++)
 		want[i] = logits(&ref, modes[i].chunks, modes[i].n);
 	uint32_t k = ref.k, E = ref.E;
 	fx_close(&ref);
@@ -95,7 +102,7 @@ static void check_config(const char *name)
 		for (int sc = 0; sc < 2; sc++) {
 			struct fx f;
 			fx_open(&f, name, (enum dp_v4_experts_where)where, slot_counts[sc]);
-			for (int i = 0; i < 3; i++) {
+			for (int i = 0; i < N_MODES; i++) {
 				float *got = logits(&f, modes[i].chunks, modes[i].n);
 				for (uint32_t t = 0; t < N_TOK; t++)
 					cr_expect(!memcmp(got + (size_t)t * f.V, want[i] + (size_t)t * f.V,
@@ -113,7 +120,7 @@ static void check_config(const char *name)
 				     "every use is a hit, a miss or read ahead");
 			fx_close(&f);
 		}
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < N_MODES; i++)
 		free(want[i]);
 }
 
