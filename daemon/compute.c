@@ -610,8 +610,11 @@ static int step(struct compute *c)
 	 * (not over restore spans, which include the steps they wait for) */
 	if (ks.restore_io_ns)
 		c->io_bytes_per_ns = (double)ks.restore_io_bytes / (double)ks.restore_io_ns;
-	if (stall)
-		trace_add(c, "stall", 0, t0 + dt - stall, t0 + dt, 0, 0);
+	/* each wait where it happened (layer in the event's args) */
+	struct dp_kv_stall sp[DP_KV_STALL_SPANS];
+	size_t n_sp = dp_kv_take_stalls(srv->kv, sp, DP_KV_STALL_SPANS);
+	for (size_t i = 0; i < n_sp; i++)
+		trace_add(c, "stall", 0, sp[i].t0, sp[i].t1, sp[i].layer, 0);
 	c->st.steps++;
 	c->st.step_ns_total += dt;
 	c->st.last_step_tokens = step_tokens;

@@ -144,6 +144,8 @@ struct dp_kv_session {
 
 struct dp_kv {
 	struct dp_kv_opts opts;
+	struct dp_kv_stall stalls[DP_KV_STALL_SPANS]; /* the last gate waits, a ring */
+	uint32_t stall_head, n_stalls;
 	char state_dir[4096];
 	struct dp_v4_model *m;
 	struct dp_gpu *g;

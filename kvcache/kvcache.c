@@ -1152,6 +1152,17 @@ void dp_kv_close(struct dp_kv *kv)
 	free(kv);
 }
 
+size_t dp_kv_take_stalls(struct dp_kv *kv, struct dp_kv_stall *out, size_t max)
+{
+	size_t n = 0;
+	for (; kv && n < max && kv->n_stalls; n++) {
+		out[n] = kv->stalls[kv->stall_head];
+		kv->stall_head = (kv->stall_head + 1) % DP_KV_STALL_SPANS;
+		kv->n_stalls--;
+	}
+	return n;
+}
+
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 {
 	*ret = kv->st;

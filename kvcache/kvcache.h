@@ -214,6 +214,18 @@ struct dp_kv_stats {
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
 
+/* When the compute path stalled: a gate waiting for a layer's pages, from t0
+ * to t1 (dp_kv_now_ns clock). The cache keeps the last DP_KV_STALL_SPANS of
+ * them; dp_kv_take_stalls moves up to max into out, oldest first, and
+ * returns how many (spans beyond the ring were dropped: counted in
+ * restore_stall_ns all the same). */
+#define DP_KV_STALL_SPANS 64
+struct dp_kv_stall {
+	uint64_t t0, t1;
+	uint32_t layer;
+};
+size_t dp_kv_take_stalls(struct dp_kv *kv, struct dp_kv_stall *out, size_t max);
+
 #ifdef __cplusplus
 }
 #endif

@@ -117,10 +117,17 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 		}
 		if (r->failed)
 			return -EIO;
-		if (e > b) {
+		if (e > b && dp_io_completed(kv->restore_chan) <= r->ticket[2 * (size_t)e - 1]) {
 			uint64_t t0 = dp_kv_now_ns();
 			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
-			kv->st.restore_stall_ns += dp_kv_now_ns() - t0;
+			uint64_t t1 = dp_kv_now_ns();
+			kv->st.restore_stall_ns += t1 - t0;
+			kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
+			    (struct dp_kv_stall){ t0, t1, l };
+			if (kv->n_stalls < DP_KV_STALL_SPANS)
+				kv->n_stalls++;
+			else
+				kv->stall_head = (kv->stall_head + 1) % DP_KV_STALL_SPANS;
 		}
 		for (uint32_t i = b; i < e; i++) {
 			int32_t res[2];
