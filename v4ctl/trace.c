@@ -26,7 +26,8 @@
 static const char usage[] =
     "usage: v4ctl trace --out FILE [--max N]                    (admin)\n"
     "\n"
-    "Write the daemon's recent per-step timing records (compute steps, I/O\n"
+    "Write the daemon's recent per-step timing records (compute steps, the\n"
+    "stalls inside them where compute waited for a layer's pages, I/O\n"
     "restores) as Chrome trace-event JSON, for https://ui.perfetto.dev or\n"
     "chrome://tracing: one track per lane, \"compute\" and \"io\".\n"
     "\n"
