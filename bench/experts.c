@@ -41,7 +41,7 @@ struct run {
 	double decode_s, load_s;
 	float *last; /* logits of the last decode step, B x V */
 	struct dp_v4_expert_stats st;
-	double io_busy_s;
+	double io_busy_s[2]; /* urgent, read-ahead: reads in flight */
 };
 
 struct opts {
@@ -87,8 +87,8 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 	}
 	struct dp_v4_expert_stats before;
 	dp_v4_model_expert_stats(m, &before);
-	uint64_t busy0 = 0, busy1 = 0, bytes;
-	dp_expert_io_busy(xio, &busy0, &bytes);
+	uint64_t busy0[2] = { 0 }, busy1[2] = { 0 }, bytes;
+	dp_expert_io_busy(xio, &busy0[0], &busy0[1], &bytes);
 	t0 = now_s();
 	for (uint32_t s = 0; ret == 0 && s < o->N; s++) {
 		for (uint32_t b = 0; b < o->B; b++)
@@ -100,8 +100,9 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 	}
 	r->decode_s = now_s() - t0;
 	dp_v4_model_expert_stats(m, &r->st);
-	dp_expert_io_busy(xio, &busy1, &bytes);
-	r->io_busy_s = (busy1 - busy0) * 1e-9;
+	dp_expert_io_busy(xio, &busy1[0], &busy1[1], &bytes);
+	for (int i = 0; i < 2; i++)
+		r->io_busy_s[i] = (busy1[i] - busy0[i]) * 1e-9;
 	/* the decode steps' figures only */
 	r->st.uses -= before.uses;
 	r->st.hits -= before.hits;
@@ -251,9 +252,10 @@ int main(int argc, char **argv)
 			       r.st.fill_ns * 1e-6 / tok, r.st.cache_bytes / 1048576.0,
 			       same ? "identical" : "DIFFER");
 			if (po.experts == DP_V4_EXPERTS_NVME)
-				printf("          (io thread busy %.3f ms/token; %llu uses read ahead, "
-				       "%llu guesses unused, %llu misses, %llu passes over %u steps x "
-				       "%u layers)\n", r.io_busy_s * 1e3 / tok,
+				printf("          (reads in flight %.3f ms/token urgent, %.3f read-ahead; "
+				       "%llu uses read ahead, %llu guesses unused, %llu misses, %llu "
+				       "passes over %u steps x %u layers)\n",
+				       r.io_busy_s[0] * 1e3 / tok, r.io_busy_s[1] * 1e3 / tok,
 				       (unsigned long long)r.st.prefetched,
 				       (unsigned long long)r.st.ahead_unused,
 				       (unsigned long long)r.st.misses, (unsigned long long)r.st.passes,

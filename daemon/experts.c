@@ -126,13 +126,15 @@ void dp_expert_io_free(struct dp_expert_io *x, struct dp_v4_model *m)
 	free(x);
 }
 
-void dp_expert_io_busy(const struct dp_expert_io *x, uint64_t *ret_ns, uint64_t *ret_bytes)
+void dp_expert_io_busy(const struct dp_expert_io *x, uint64_t *ret_urgent_ns,
+		       uint64_t *ret_ahead_ns, uint64_t *ret_bytes)
 {
 	uint64_t a = 0, b = 0, c = 0, d = 0;
 	if (x) {
 		dp_io_chan_busy(x->urgent, &a, &b);
 		dp_io_chan_busy(x->ahead, &c, &d);
 	}
-	*ret_ns = a + c;
+	*ret_urgent_ns = a;
+	*ret_ahead_ns = c;
 	*ret_bytes = b + d;
 }

@@ -757,8 +757,10 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 		C("dualpath_experts_in_bytes_total", "checkpoint bytes brought in", x->bytes_in);
 		C("dualpath_experts_wait_seconds_total", "time layers waited for expert reads",
 		  x->wait_ns / 1e9);
-		C("dualpath_experts_io_seconds_total", "time the io thread had expert reads in flight",
-		  s->experts_io_ns / 1e9);
+		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
+		   s->experts_io_ns[0] / 1e9, "channel", "urgent");
+		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
+		   s->experts_io_ns[1] / 1e9, "channel", "read_ahead");
 	}
 	if (s->csa_host) {
 		const struct dp_v4_csa_stats *a = &s->csa;
