@@ -46,6 +46,7 @@
 
 #define XP_ALIGN 4096u
 #define XP_PARTS 3 /* gate, up (rows I.. of gate_up), down */
+#define XP_READ_MAX (1u << 30) /* the most one expert read asks for */
 
 struct xp_loc {
 	uint32_t file;
@@ -323,6 +324,14 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 				x->hoff[((size_t)l * x->E + e) * XP_PARTS + p] = total;
 				total += (t.bytes + 63) & ~(size_t)63;
 				size_t wn = window_of(lc);
+				if (wn > XP_READ_MAX) {
+					r = -E2BIG;
+					if (err && err_len)
+						snprintf(err, err_len, "%s: %s: an expert matrix of %zu "
+							 "bytes is larger than one read can be", t.file,
+							 t.name, t.bytes);
+					goto fail;
+				}
 				if (wn > x->win)
 					x->win = wn;
 			}
@@ -361,8 +370,13 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 	if (!(x->conv = dp_gpu_host_alloc(m->g, x->conv_bytes)))
 		goto nomem;
 	for (uint32_t l = 0; l < x->L; l++)
-		if ((r = layer_init(m, x, l)) < 0)
-			goto nomem;
+		if ((r = layer_init(m, x, l)) < 0) {
+			if (r == -ENOMEM)
+				goto nomem;
+			if (err && err_len)
+				snprintf(err, err_len, "paged experts, layer %u: %s", l, strerror(-r));
+			goto fail;
+		}
 	x->st.where = x->where;
 	x->st.slots = x->S;
 	x->st.cache_bytes = (uint64_t)x->L * x->S *
