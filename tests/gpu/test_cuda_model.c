@@ -25,74 +25,9 @@
 
 #include "gpu-test.h"
 #include "model/v4.h"
+#include "tests/model/parity-data.h"
 
 DP_GPU_TEST_MAIN
-
-struct parity {
-	char dir[512];
-	int32_t *tokens;
-	uint32_t n, n_chunks, V;
-	uint32_t *chunks;
-	bool *skip;
-	float *ref_full, *ref_chunked;
-};
-
-static float *read_floats(const char *path, size_t n)
-{
-	FILE *f = fopen(path, "rb");
-	cr_assert_not_null(f, "cannot open %s", path);
-	float *v = malloc(n * sizeof(float));
-	cr_assert_not_null(v);
-	cr_assert_eq(fread(v, sizeof(float), n, f), n, "%s is short", path);
-	fclose(f);
-	return v;
-}
-
-static void parity_open(struct parity *p, const char *name, uint32_t V)
-{
-	char path[700];
-	json_error_t jerr;
-	const char *root = getenv("DP_TEST_PARITY");
-	snprintf(p->dir, sizeof(p->dir), "%s/%s", root ? root : "tests/model/parity", name);
-	snprintf(path, sizeof(path), "%s/tokens.json", p->dir);
-	json_t *tj = json_load_file(path, 0, &jerr);
-	cr_assert_not_null(tj, "%s: %s", path, jerr.text);
-	json_t *toks = json_object_get(tj, "tokens"), *chunks = json_object_get(tj, "chunks");
-	p->n = (uint32_t)json_array_size(toks);
-	p->n_chunks = (uint32_t)json_array_size(chunks);
-	p->tokens = calloc(p->n, sizeof(*p->tokens));
-	p->chunks = calloc(p->n_chunks, sizeof(*p->chunks));
-	p->skip = calloc(p->n, sizeof(*p->skip));
-	for (uint32_t i = 0; i < p->n; i++)
-		p->tokens[i] = (int32_t)json_integer_value(json_array_get(toks, i));
-	for (uint32_t i = 0; i < p->n_chunks; i++)
-		p->chunks[i] = (uint32_t)json_integer_value(json_array_get(chunks, i));
-	json_decref(tj);
-	snprintf(path, sizeof(path), "%s/meta.json", p->dir);
-	json_t *meta = json_load_file(path, 0, &jerr);
-	cr_assert_not_null(meta, "%s: %s", path, jerr.text);
-	json_t *flips = json_object_get(meta, "flip_positions");
-	for (size_t i = 0; i < json_array_size(flips); i++) {
-		json_int_t pos = json_integer_value(json_array_get(flips, i));
-		if (pos >= 0 && (uint32_t)pos < p->n)
-			p->skip[pos] = true;
-	}
-	json_decref(meta);
-	p->V = V;
-	snprintf(path, sizeof(path), "%s/logits_full.bin", p->dir);
-	p->ref_full = read_floats(path, (size_t)p->n * V);
-	snprintf(path, sizeof(path), "%s/logits_chunked.bin", p->dir);
-	p->ref_chunked = read_floats(path, (size_t)p->n * V);
-}
-
-static void parity_close(struct parity *p)
-{
-	free(p->tokens);
-	free(p->chunks);
-	free(p->skip);
-	free(p->ref_full);
-	free(p->ref_chunked);
-}
 
 struct runner {
 	struct dp_gpu *g;
@@ -166,8 +101,7 @@ static double compare(const float *a, const float *ref, const struct parity *p, 
 static uint32_t vocab_of(const char *name)
 {
 	char dir[512], err[512] = "";
-	const char *root = getenv("DP_TEST_PARITY");
-	snprintf(dir, sizeof(dir), "%s/%s", root ? root : "tests/model/parity", name);
+	parity_dir(name, dir, sizeof(dir));
 	struct dp_gpu *g;
 	struct dp_v4_model *m;
 	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &g, err, sizeof(err)), 0, "%s", err);

@@ -13,92 +13,28 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "model/v4.h"
+#include "tests/model/parity-data.h"
 
-struct parity {
-	int32_t *tokens;
-	uint32_t n, n_chunks;
-	uint32_t *chunks;
-	bool *skip; /* per position */
-	float *ref_full, *ref_chunked;
-	struct dp_gpu *g;
-	struct dp_v4_model *m;
-	uint32_t V;
-};
-
-static const char *dir_of(const char *name, char *buf, size_t len)
+/* The data with its model on the cpu backend (p->g, p->m). */
+static void cpu_parity_open(struct parity *p, const char *name)
 {
-	const char *root = getenv("DP_TEST_PARITY");
-	snprintf(buf, len, "%s/%s", root ? root : "tests/model/parity", name);
-	return buf;
-}
-
-static float *read_floats(const char *path, size_t n)
-{
-	FILE *f = fopen(path, "rb");
-	cr_assert_not_null(f, "cannot open %s", path);
-	float *v = malloc(n * sizeof(float));
-	cr_assert_not_null(v);
-	cr_assert_eq(fread(v, sizeof(float), n, f), n, "%s is short", path);
-	fclose(f);
-	return v;
-}
-
-static void parity_open(struct parity *p, const char *name)
-{
-	char dir[512], path[600], err[512] = "";
-	json_error_t jerr;
-
-	dir_of(name, dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/tokens.json", dir);
-	json_t *tj = json_load_file(path, 0, &jerr);
-	cr_assert_not_null(tj, "%s: %s", path, jerr.text);
-	json_t *toks = json_object_get(tj, "tokens"), *chunks = json_object_get(tj, "chunks");
-	p->n = (uint32_t)json_array_size(toks);
-	p->n_chunks = (uint32_t)json_array_size(chunks);
-	p->tokens = calloc(p->n, sizeof(*p->tokens));
-	p->chunks = calloc(p->n_chunks, sizeof(*p->chunks));
-	p->skip = calloc(p->n, sizeof(*p->skip));
-	for (uint32_t i = 0; i < p->n; i++)
-		p->tokens[i] = (int32_t)json_integer_value(json_array_get(toks, i));
-	for (uint32_t i = 0; i < p->n_chunks; i++)
-		p->chunks[i] = (uint32_t)json_integer_value(json_array_get(chunks, i));
-	json_decref(tj);
-
-	snprintf(path, sizeof(path), "%s/meta.json", dir);
-	json_t *meta = json_load_file(path, 0, &jerr);
-	cr_assert_not_null(meta, "%s: %s", path, jerr.text);
-	json_t *flips = json_object_get(meta, "flip_positions");
-	for (size_t i = 0; i < json_array_size(flips); i++) {
-		json_int_t pos = json_integer_value(json_array_get(flips, i));
-		if (pos >= 0 && (uint32_t)pos < p->n)
-			p->skip[pos] = true;
-	}
-	json_decref(meta);
-
+	char dir[512], err[512] = "";
+	parity_dir(name, dir, sizeof(dir));
 	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &p->g, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(dp_v4_model_load(p->g, dir, &p->m, err, sizeof(err)), 0, "%s: %s", dir, err);
-	p->V = (uint32_t)dp_v4_model_config(p->m)->vocab_size;
-	snprintf(path, sizeof(path), "%s/logits_full.bin", dir);
-	p->ref_full = read_floats(path, (size_t)p->n * p->V);
-	snprintf(path, sizeof(path), "%s/logits_chunked.bin", dir);
-	p->ref_chunked = read_floats(path, (size_t)p->n * p->V);
+	parity_open(p, name, (uint32_t)dp_v4_model_config(p->m)->vocab_size);
 }
 
-static void parity_close(struct parity *p)
+static void cpu_parity_close(struct parity *p)
 {
 	dp_v4_model_free(p->m);
 	dp_gpu_free(p->g);
-	free(p->tokens);
-	free(p->chunks);
-	free(p->skip);
-	free(p->ref_full);
-	free(p->ref_chunked);
+	parity_close(p);
 }
 
 /* max |a - b| <= 1e-4 * max |b| */
@@ -143,7 +79,7 @@ static double run_and_compare(struct parity *p, const uint32_t *chunks, uint32_t
 static void check_all_modes(const char *name)
 {
 	struct parity p = { 0 };
-	parity_open(&p, name);
+	cpu_parity_open(&p, name);
 	double e1 = run_and_compare(&p, NULL, 0, p.ref_full, "one call");
 	double e2 = run_and_compare(&p, p.chunks, p.n_chunks, p.ref_chunked, "chunked");
 	uint32_t *ones = malloc(p.n * sizeof(*ones));
@@ -153,7 +89,7 @@ static void check_all_modes(const char *name)
 	cr_log_info("%s: worst relative error: one call %.2e, chunked %.2e, token by token %.2e",
 		    name, e1, e2, e3);
 	free(ones);
-	parity_close(&p);
+	cpu_parity_close(&p);
 }
 
 Test(parity, mixed_config_matches_transformers_in_one_call_chunks_and_single_tokens)
@@ -171,7 +107,7 @@ Test(parity, alt_config_with_yarn_and_sigmoid_matches_transformers_in_every_mode
 Test(parity, batched_sequences_match_their_separate_runs)
 {
 	struct parity p = { 0 };
-	parity_open(&p, "mixed");
+	cpu_parity_open(&p, "mixed");
 	struct dp_v4_seq *a, *b;
 	cr_assert_eq(dp_v4_seq_new(p.m, &a), 0);
 	cr_assert_eq(dp_v4_seq_new(p.m, &b), 0);
@@ -197,13 +133,13 @@ Test(parity, batched_sequences_match_their_separate_runs)
 	free(scratch);
 	dp_v4_seq_free(a);
 	dp_v4_seq_free(b);
-	parity_close(&p);
+	cpu_parity_close(&p);
 }
 
 Test(parity, token_ids_outside_the_vocabulary_are_rejected_without_advancing)
 {
 	struct parity p = { 0 };
-	parity_open(&p, "alt");
+	cpu_parity_open(&p, "alt");
 	struct dp_v4_seq *s;
 	cr_assert_eq(dp_v4_seq_new(p.m, &s), 0);
 	int32_t bad[3] = { 1, (int32_t)p.V, 2 };
@@ -215,5 +151,5 @@ Test(parity, token_ids_outside_the_vocabulary_are_rejected_without_advancing)
 	cr_expect_eq(dp_v4_seq_pos(s), 0);
 	free(out);
 	dp_v4_seq_free(s);
-	parity_close(&p);
+	cpu_parity_close(&p);
 }
