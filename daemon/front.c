@@ -755,6 +755,8 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 		C("dualpath_experts_passes_total", "moe calls (more than one a layer when picks > slots)",
 		  x->passes);
 		C("dualpath_experts_in_bytes_total", "checkpoint bytes brought in", x->bytes_in);
+		C("dualpath_experts_corrupt_total",
+		  "expert reads that differed from the checkpoint at load (step failed)", x->corrupt);
 		C("dualpath_experts_wait_seconds_total", "time layers waited for expert reads",
 		  x->wait_ns / 1e9);
 		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",

@@ -114,6 +114,9 @@ void dp_v4_model_free(struct dp_v4_model *m);
  * than it has slots runs them in passes of ascending expert ranges. The
  * logits are bitwise those of resident experts (the moe op adds experts in
  * ascending order either way).
+ * NVME reads are checked against a checksum of each matrix taken at load: a
+ * checkpoint changed on disk fails the step (-EBADMSG) rather than serving
+ * other weights.
  */
 enum dp_v4_experts_where {
 	DP_V4_EXPERTS_DEVICE,
@@ -170,6 +173,7 @@ struct dp_v4_expert_stats {
 	uint64_t bytes_in;	/* checkpoint bytes brought in */
 	uint64_t wait_ns;	/* compute waiting for expert reads */
 	uint64_t fill_ns;	/* filling slots (conversion, host to backend) */
+	uint64_t corrupt;	/* NVME reads whose bytes differ from the checkpoint's at load */
 };
 void dp_v4_model_expert_stats(const struct dp_v4_model *m, struct dp_v4_expert_stats *ret);
 

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -52,6 +53,7 @@ struct xp_loc {
 	uint32_t file;
 	uint64_t offset, bytes;
 	enum dp_dtype dtype;
+	uint64_t sum; /* NVME: xxh3 of the bytes at load, checked after each read */
 };
 
 struct xp_pending {
@@ -319,6 +321,8 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 				}
 				lc->offset = t.offset;
 				lc->bytes = t.bytes;
+				if (x->where == DP_V4_EXPERTS_NVME) /* what a read must bring back */
+					lc->sum = XXH3_64bits(t.data, t.bytes);
 				if ((r = file_index(x, t.file, &lc->file)) < 0)
 					goto fail;
 				x->hoff[((size_t)l * x->E + e) * XP_PARTS + p] = total;
@@ -615,6 +619,15 @@ static int settle(struct dp_v4_model *m, uint32_t l, uint32_t s)
 	uint64_t t0 = now_ns();
 	int r = pend_wait(x, l, e, pd);
 	x->st.wait_ns += now_ns() - t0;
+	/* the checkpoint on disk must still hold what was loaded */
+	for (int p = 0; p < XP_PARTS && r == 0; p++) {
+		const struct xp_loc *lc = &x->loc[((size_t)l * x->E + e) * XP_PARTS + p];
+		if (XXH3_64bits(pd->stage + (size_t)p * x->win + lc->offset % XP_ALIGN, lc->bytes) !=
+		    lc->sum) {
+			x->st.corrupt++;
+			r = -EBADMSG;
+		}
+	}
 	if (r == 0)
 		r = fill(m, l, s, e, pd->stage);
 	if (r < 0)

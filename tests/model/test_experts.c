@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "model/safetensors.h"
 #include "model/v4-internal.h"
 
 #define N_TOK 200u
@@ -360,4 +361,69 @@ Test(experts, top_k_layers_experts_are_guessed_one_layer_early_and_read_ahead)
 	cr_expect_eq(b.ahead_unused, 0, "without lookahead only exact (hash) reads go ahead");
 	cr_expect_lt(a.misses, b.misses, "guessed experts are not read while the layer waits");
 	cr_expect_gt(a.prefetched, b.prefetched);
+}
+
+/* The NVMe tier of paged experts is the checkpoint itself: a read whose
+ * bytes differ from what the file held at load (the file changed on disk)
+ * fails the step instead of serving other weights; put back, it serves the
+ * right logits again. */
+Test(experts, an_expert_changed_on_disk_after_load_fails_the_step_not_the_logits)
+{
+	struct fx ref;
+	fx_open(&ref, "mixed", DP_V4_EXPERTS_DEVICE, 0);
+	float *want = logits(&ref, NULL, 0);
+	fx_close(&ref);
+
+	char dir[] = "/var/tmp/dp-test-x-XXXXXX", cmd[1400], file[600];
+	cr_assert_not_null(mkdtemp(dir));
+	const char *root = getenv("DP_TEST_PARITY");
+	snprintf(cmd, sizeof(cmd), "cp '%s/mixed/config.json' '%s/mixed/model.safetensors' '%s/'",
+		 root ? root : "tests/model/parity", root ? root : "tests/model/parity", dir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(file, sizeof(file), "%s/model.safetensors", dir);
+
+	struct fx f;
+	char err[512] = "";
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &f.g, err, sizeof(err)), 0);
+	struct dp_v4_load_opts o = { .experts = DP_V4_EXPERTS_NVME, .expert_slots = 2 };
+	cr_assert_eq(dp_v4_model_load_opts(f.g, dir, &o, &f.m, err, sizeof(err)), 0, "%s", err);
+	memcpy(f.tokens, ref.tokens, sizeof(f.tokens));
+	f.V = ref.V;
+
+	/* one byte of every expert of layer 2 (top-k routed), changed in place */
+	struct dp_st *st;
+	cr_assert_eq(dp_st_open_file(file, &st, err, sizeof(err)), 0, "%s", err);
+	uint32_t E = ref.E;
+	uint64_t *off = malloc(E * sizeof(uint64_t));
+	unsigned char *was = malloc(E);
+	int fd = open(file, O_RDWR);
+	cr_assert_geq(fd, 0);
+	for (uint32_t e = 0; e < E; e++) {
+		char name[128];
+		struct dp_st_tensor t;
+		snprintf(name, sizeof(name), "model.layers.2.ffn.experts.%u.w2.weight", e);
+		cr_assert_eq(dp_st_get(st, name, &t), 0, "%s", name);
+		off[e] = t.offset + t.bytes / 2;
+		cr_assert_eq(pread(fd, &was[e], 1, (off_t)off[e]), 1);
+		unsigned char flip = (unsigned char)(was[e] ^ 0x40);
+		cr_assert_eq(pwrite(fd, &flip, 1, (off_t)off[e]), 1);
+	}
+	dp_st_free(st);
+	float *out = malloc((size_t)N_TOK * f.V * sizeof(float));
+	cr_expect_eq(dp_v4_logits(f.m, f.tokens, N_TOK, NULL, 0, out), -EBADMSG);
+	struct dp_v4_expert_stats xs;
+	dp_v4_model_expert_stats(f.m, &xs);
+	cr_expect_gt(xs.corrupt, 0);
+	for (uint32_t e = 0; e < E; e++)
+		cr_assert_eq(pwrite(fd, &was[e], 1, (off_t)off[e]), 1);
+	close(fd);
+	cr_assert_eq(dp_v4_logits(f.m, f.tokens, N_TOK, NULL, 0, out), 0);
+	cr_expect(!memcmp(out, want, (size_t)N_TOK * f.V * sizeof(float)));
+	fx_close(&f);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+	free(off);
+	free(was);
+	free(out);
+	free(want);
 }
