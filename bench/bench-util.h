@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the bench programs share: the clock, greedy picking, and the token streams
- * their transformers anchors (bench/forward_hf.py, bench/gpu/hf_gpu.py)
- * reproduce: sequence b of a run with seed S is splitmix64 from S + b, token
- * (x >> 11) % vocab. Change them together or the anchors measure other tokens.
+ * What the bench programs share: the clock, greedy picking, and the token
+ * streams their transformers anchors (bench/forward_hf.py, bench/gpu/hf_gpu.py,
+ * both through bench/bench_util.py) reproduce: sequence b of a run with seed S
+ * is splitmix64 from S + b, token (x >> 11) % vocab. Change them together or
+ * the anchors measure other tokens.
  */
 #ifndef DP_BENCH_UTIL_H
 #define DP_BENCH_UTIL_H

@@ -34,21 +34,9 @@ import statistics
 import sys
 import time
 
+from bench_util import M64, splitmix64_stream  # bench/bench_util.py, beside this script
+
 WARMUP_STEPS = 4
-M64 = (1 << 64) - 1
-
-
-def splitmix64_stream(seed, n, vocab):
-    s = seed & M64
-    out = []
-    for _ in range(n):
-        s = (s + 0x9E3779B97F4A7C15) & M64
-        z = s
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        z ^= z >> 31
-        out.append((z >> 11) % vocab)
-    return out
 
 
 def fnv1a(h, toks):

@@ -26,25 +26,15 @@ Tokens: splitmix64 streams (sequence b: seed + b, token (x >> 11) % vocab) as be
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_util import splitmix64_stream  # noqa: E402 (bench/bench_util.py)
+
 WARMUP_STEPS = 4
-M64 = (1 << 64) - 1
-
-
-def splitmix64_stream(seed, n, vocab):
-    s = seed & M64
-    out = []
-    for _ in range(n):
-        s = (s + 0x9E3779B97F4A7C15) & M64
-        z = s
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        z ^= z >> 31
-        out.append((z >> 11) % vocab)
-    return out
 
 
 def one(args, torch, model, cfg, dev, on_gpu, B, C):
