@@ -46,8 +46,18 @@ struct req {
 	struct req *next;
 };
 
+/* events that found the ring to the front full, oldest first */
+struct outbox {
+	struct dp_event *ev;
+	uint32_t head, n, cap;
+};
+
+#define DP_OUTBOX_MIN 1024u
+#define DP_OUTBOX_SOFT 16384u
+
 struct compute {
 	struct dp_server *srv;
+	struct outbox outbox;
 	struct req *waiting, **waiting_tail;
 	struct req *active;
 	uint32_t n_active, n_waiting;
@@ -55,7 +65,11 @@ struct compute {
 	size_t logits_rows;
 	struct dp_v4_batch_item *items;
 	struct req **item_req;
-	uint32_t *sessions_by_conn; /* sessions each connection slot created */
+	/* sessions each connection created, by slot; gen tells a reused slot's
+	 * new connection from the old one, whose close may arrive later */
+	struct conn_sessions {
+		uint32_t gen, n;
+	} *sessions_by_conn;
 	bool draining, shutdown;
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
@@ -86,23 +100,81 @@ int dp_server_send(struct dp_server *srv, struct dp_msg *m)
 	return 0;
 }
 
-static void send_event(struct dp_server *srv, const struct dp_event *ev)
+/*
+ * Events to the front. The compute thread never waits for room in the ring:
+ * the front drains it only between its own sends to compute, so a compute
+ * thread spinning here while the front spins on a full request ring would be
+ * a deadlock any client could provoke (issue 13). What does not fit waits in
+ * the outbox, in order, and goes out at the next flush; while the outbox
+ * holds more than DP_OUTBOX_SOFT events, compute takes no new messages, so
+ * the request ring fills and the front refuses new requests (UNAVAILABLE)
+ * instead. The outbox's size is bounded by what the taken requests produce.
+ */
+static bool outbox_flush(struct compute *c)
+{
+	struct outbox *o = &c->outbox;
+	while (o->n) {
+		if (dp_spsc_enqueue(c->srv->to_front, &o->ev[o->head]) < 0)
+			break;
+		o->head = (o->head + 1) % o->cap;
+		o->n--;
+	}
+	if (o->n < o->cap / 4 && o->cap > DP_OUTBOX_MIN) { /* shrink after a burst */
+		struct dp_event *ev = malloc(o->cap / 2 * sizeof(*ev));
+		if (ev) {
+			for (uint32_t i = 0; i < o->n; i++)
+				ev[i] = o->ev[(o->head + i) % o->cap];
+			free(o->ev);
+			o->ev = ev;
+			o->cap /= 2;
+			o->head = 0;
+		}
+	}
+	dp_waiter_wake(&c->srv->front_wake);
+	return o->n == 0;
+}
+
+static void outbox_push(struct compute *c, const struct dp_event *ev)
+{
+	struct outbox *o = &c->outbox;
+	if (o->n == o->cap) {
+		uint32_t cap = o->cap ? 2 * o->cap : DP_OUTBOX_MIN;
+		struct dp_event *nev = malloc((size_t)cap * sizeof(*nev));
+		if (!nev) {
+			/* nothing to do but lose it: the request it belongs to
+			 * will not see this event (counted) */
+			c->st.events_dropped++;
+			free(ev->payload);
+			return;
+		}
+		for (uint32_t i = 0; i < o->n; i++)
+			nev[i] = o->ev[(o->head + i) % o->cap];
+		free(o->ev);
+		o->ev = nev;
+		o->cap = cap;
+		o->head = 0;
+	}
+	o->ev[(o->head + o->n) % o->cap] = *ev;
+	o->n++;
+	if (o->n > c->st.outbox_peak)
+		c->st.outbox_peak = o->n;
+}
+
+static void send_event(struct compute *c, const struct dp_event *ev)
 {
 	if (ev->to.conn == UINT32_MAX) { /* to the daemon itself: nobody reads */
 		free(ev->payload);
 		return;
 	}
-	while (dp_spsc_enqueue(srv->to_front, ev) < 0) {
-		/* the front drains independently; give it the core */
-		dp_waiter_wake(&srv->front_wake);
-		sched_yield();
-	}
-	dp_waiter_wake(&srv->front_wake);
+	/* order: nothing overtakes what already waits in the outbox */
+	if (c->outbox.n || dp_spsc_enqueue(c->srv->to_front, ev) < 0)
+		outbox_push(c, ev);
+	dp_waiter_wake(&c->srv->front_wake);
 }
 
-static void send_error(struct dp_server *srv, const struct dp_msg *m, uint32_t code, const char *fmt,
+static void send_error(struct compute *c, const struct dp_msg *m, uint32_t code, const char *fmt,
 		       ...) __attribute__((format(printf, 4, 5)));
-static void send_error(struct dp_server *srv, const struct dp_msg *m, uint32_t code, const char *fmt,
+static void send_error(struct compute *c, const struct dp_msg *m, uint32_t code, const char *fmt,
 		       ...)
 {
 	char *text = malloc(512);
@@ -114,13 +186,13 @@ static void send_error(struct dp_server *srv, const struct dp_msg *m, uint32_t c
 	}
 	struct dp_event ev = { .kind = DP_EV_ERROR, .to = m->from, .request_id = m->request_id,
 			       .code = code, .payload = text };
-	send_event(srv, &ev);
+	send_event(c, &ev);
 }
 
-static void send_ack(struct dp_server *srv, const struct dp_msg *m)
+static void send_ack(struct compute *c, const struct dp_msg *m)
 {
 	struct dp_event ev = { .kind = DP_EV_ACK, .to = m->from, .request_id = m->request_id };
-	send_event(srv, &ev);
+	send_event(c, &ev);
 }
 
 static void trace_add(struct compute *c, const char *name, int lane, uint64_t t0, uint64_t t1,
@@ -201,25 +273,25 @@ static void on_generate(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
 	if (c->draining) {
-		send_error(srv, m, DUALPATH__V1__CODE__UNAVAILABLE,
+		send_error(c, m, DUALPATH__V1__CODE__UNAVAILABLE,
 			   "the daemon is draining: no new requests (retry on another instance or later)");
 		goto drop;
 	}
 	if (c->n_active + c->n_waiting >= srv->cfg.max_concurrent_requests) {
-		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 			   "%u requests are in flight, the limit (max_concurrent_requests)",
 			   c->n_active + c->n_waiting);
 		goto drop;
 	}
 	if (m->session[0] && session_in_use(c, m->session)) {
-		send_error(srv, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
+		send_error(c, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
 			   "session %s is busy with another request; send its turns one at a time",
 			   m->session);
 		goto drop;
 	}
 	struct req *r = calloc(1, sizeof(*r));
 	if (!r) {
-		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		goto drop;
 	}
 	r->msg = m;
@@ -240,22 +312,25 @@ static int admit_one(struct compute *c, struct req *r)
 
 	if (m->session[0]) {
 		if (dp_kv_session_find(srv->kv, m->session, &r->sess) < 0) {
-			uint32_t *mine = m->from.conn < srv->cfg.max_connections
-						 ? &c->sessions_by_conn[m->from.conn] : NULL;
+			struct conn_sessions *cs = m->from.conn < srv->cfg.max_connections
+							   ? &c->sessions_by_conn[m->from.conn] : NULL;
+			if (cs && cs->gen != m->from.gen)
+				*cs = (struct conn_sessions){ .gen = m->from.gen };
+			uint32_t *mine = cs ? &cs->n : NULL;
 			if (dp_kv_session_count(srv->kv) >= srv->cfg.max_sessions) {
-				send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+				send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 					   "%zu sessions exist, the limit (max_sessions); close some",
 					   dp_kv_session_count(srv->kv));
 				return -ENOSPC;
 			}
 			if (mine && *mine >= srv->cfg.max_sessions_per_client) {
-				send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+				send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 					   "this connection created %u sessions, the limit "
 					   "(max_sessions_per_client)", *mine);
 				return -ENOSPC;
 			}
 			if ((ret = dp_kv_session_create(srv->kv, m->session, &r->sess)) < 0) {
-				send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
+				send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
 					   "cannot create session %s: %s", m->session, strerror(-ret));
 				return ret;
 			}
@@ -273,7 +348,7 @@ static int admit_one(struct compute *c, struct req *r)
 			ret = dp_kv_session_acquire(srv->kv, r->sess, &r->seq);
 		if (ret < 0) {
 			r->sess = NULL;
-			send_error(srv, m, DUALPATH__V1__CODE__INTERNAL,
+			send_error(c, m, DUALPATH__V1__CODE__INTERNAL,
 				   "cannot restore session %s: %s", m->session, strerror(-ret));
 			return ret;
 		}
@@ -288,14 +363,14 @@ static int admit_one(struct compute *c, struct req *r)
 					  (uint32_t)was);
 		}
 	} else if ((ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
-		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
 		return ret;
 	}
 	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
 	uint64_t ctx = hist_len(r) + m->n_tokens + m->max_new + 1;
 	uint64_t maxpos = (uint64_t)dp_v4_model_config(srv->model)->max_position_embeddings;
 	if (ctx > maxpos) {
-		send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
+		send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
 			   "context would reach %llu tokens, beyond the model's %llu",
 			   (unsigned long long)ctx, (unsigned long long)maxpos);
 		return -E2BIG;
@@ -305,7 +380,7 @@ static int admit_one(struct compute *c, struct req *r)
 	if (hist_len(r) == 0 && m->n_tokens && m->tokens[0] != bos && bos >= 0 && m->flag)
 		hist_append(c, r, &bos, 1);
 	if ((ret = hist_append(c, r, m->tokens, m->n_tokens)) < 0) {
-		send_error(srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for history");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for history");
 		return ret;
 	}
 	r->prompt = m->n_tokens;
@@ -313,7 +388,7 @@ static int admit_one(struct compute *c, struct req *r)
 	r->sscratch = m->sampling.temperature > 0 ? malloc(sb) : NULL;
 	if ((m->sampling.temperature > 0 && !r->sscratch) ||
 	    dp_sampler_init(&r->sampler, &m->sampling, r->sscratch, r->sscratch ? sb : 0) < 0) {
-		send_error(srv, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "invalid sampling parameters");
+		send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "invalid sampling parameters");
 		return -EINVAL;
 	}
 	r->t_admit = dp_now_ns();
@@ -370,7 +445,7 @@ static void emit(struct compute *c, struct req *r, const int32_t *ids, uint32_t 
 		ev.ttft_us = r->t_first ? (r->t_first - r->msg->t_recv_ns) / 1000 : 0;
 		ev.total_us = (now - r->msg->t_recv_ns) / 1000;
 	}
-	send_event(c->srv, &ev);
+	send_event(c, &ev);
 }
 
 /* Journal compaction rewrites every live session's history: off the token
@@ -512,7 +587,7 @@ static int step(struct compute *c)
 			why[0] ? ": " : "", why);
 		for (uint32_t i = 0; i < n; i++) {
 			struct req *r = c->item_req[i];
-			send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",
+			send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",
 				   strerror(-ret));
 			r->done = true;
 			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
@@ -538,7 +613,7 @@ static int step(struct compute *c)
 			dp_kv_session_forget_state(srv->kv, r->sess);
 			r->t_restore = 0;
 			if (dp_kv_session_acquire(srv->kv, r->sess, &r->seq) < 0) {
-				send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL,
+				send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL,
 					   "cannot rebuild session %s", r->msg->session);
 				r->sess = NULL;
 				r->seq = NULL;
@@ -565,7 +640,7 @@ static int step(struct compute *c)
 		}
 		int id;
 		if (dp_sampler_sample(&r->sampler, c->logits + (size_t)i * srv->vocab, (int)srv->vocab, &id) < 0) {
-			send_error(srv, r->msg, DUALPATH__V1__CODE__INTERNAL, "sampling failed (no finite logit)");
+			send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "sampling failed (no finite logit)");
 			r->done = true;
 			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
 			continue;
@@ -593,7 +668,7 @@ static int step(struct compute *c)
 					       .request_id = r->msg->request_id, .n_ids = 1,
 					       .position = hist_len(r) };
 			ev.ids[0] = t;
-			send_event(srv, &ev);
+			send_event(c, &ev);
 		} else {
 			emit(c, r, &t, 1, 0);
 		}
@@ -644,7 +719,7 @@ static void cancel_where(struct compute *c, const struct dp_origin *o, uint64_t 
 					struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
 							       .request_id = r->msg->request_id,
 							       .finish = DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED };
-					send_event(c->srv, &ev);
+					send_event(c, &ev);
 				}
 				c->st.requests_cancelled++;
 				req_free(c, r);
@@ -663,24 +738,24 @@ static void on_session_op(struct compute *c, struct dp_msg *m)
 	struct dp_server *srv = c->srv;
 	struct dp_kv_session *s;
 	if (dp_kv_session_find(srv->kv, m->session, &s) < 0) {
-		send_error(srv, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
+		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
 		return;
 	}
 	if (session_in_use(c, m->session)) {
-		send_error(srv, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
+		send_error(c, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
 			   "session %s has a request running; cancel it first", m->session);
 		return;
 	}
 	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->flag : m->flag;
 	int ret = drop ? dp_kv_session_drop(srv->kv, s) : dp_kv_session_demote(srv->kv, s, DP_KV_TIER_NVME);
 	if (ret < 0) {
-		send_error(srv, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
+		send_error(c, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
 						  : DUALPATH__V1__CODE__INTERNAL,
 			   "cannot %s session %s: %s", drop ? "drop" : "persist", m->session,
 			   strerror(-ret));
 		return;
 	}
-	send_ack(srv, m);
+	send_ack(c, m);
 }
 
 static void fill_stats(struct compute *c, struct dp_compute_stats *st)
@@ -719,13 +794,13 @@ static void on_stats(struct compute *c, struct dp_msg *m)
 {
 	struct dp_compute_stats *st = malloc(sizeof(*st));
 	if (!st) {
-		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		return;
 	}
 	fill_stats(c, st);
 	struct dp_event ev = { .kind = DP_EV_STATS, .to = m->from, .request_id = m->request_id,
 			       .payload = st };
-	send_event(c->srv, &ev);
+	send_event(c, &ev);
 }
 
 static void on_sessions(struct compute *c, struct dp_msg *m)
@@ -734,7 +809,7 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 	size_t n = dp_kv_session_count(kv);
 	struct dp_session_list *l = malloc(sizeof(*l) + n * sizeof(l->rows[0]));
 	if (!l) {
-		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		return;
 	}
 	l->n = (uint32_t)n;
@@ -751,7 +826,7 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 	}
 	struct dp_event ev = { .kind = DP_EV_SESSIONS, .to = m->from, .request_id = m->request_id,
 			       .payload = l };
-	send_event(c->srv, &ev);
+	send_event(c, &ev);
 }
 
 static void on_trace(struct compute *c, struct dp_msg *m)
@@ -761,7 +836,7 @@ static void on_trace(struct compute *c, struct dp_msg *m)
 		n = (uint32_t)m->target;
 	struct dp_trace_dump *d = malloc(sizeof(*d) + n * sizeof(d->ev[0]));
 	if (!d) {
-		send_error(c->srv, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		return;
 	}
 	d->n = n;
@@ -769,7 +844,7 @@ static void on_trace(struct compute *c, struct dp_msg *m)
 		d->ev[i] = c->trace[(c->trace_head + TRACE_N - n + i) % TRACE_N];
 	struct dp_event ev = { .kind = DP_EV_TRACE, .to = m->from, .request_id = m->request_id,
 			       .payload = d };
-	send_event(c->srv, &ev);
+	send_event(c, &ev);
 }
 
 static void start_drain(struct compute *c, uint32_t grace_ms)
@@ -784,7 +859,7 @@ static void start_drain(struct compute *c, uint32_t grace_ms)
 		while (c->waiting) {
 			struct req *r = c->waiting;
 			c->waiting = r->next;
-			send_error(c->srv, r->msg, DUALPATH__V1__CODE__UNAVAILABLE,
+			send_error(c, r->msg, DUALPATH__V1__CODE__UNAVAILABLE,
 				   "the daemon is draining; this request was not started");
 			req_free(c, r);
 		}
@@ -803,12 +878,13 @@ static void handle(struct compute *c, struct dp_msg *m)
 		return; /* owns m now */
 	case DP_MSG_CANCEL:
 		cancel_where(c, &m->from, m->target, false);
-		send_ack(srv, m);
+		send_ack(c, m);
 		break;
 	case DP_MSG_CONN_CLOSED:
 		cancel_where(c, &m->from, 0, true);
 		if (m->from.conn < srv->cfg.max_connections)
-			c->sessions_by_conn[m->from.conn] = 0;
+			if (c->sessions_by_conn[m->from.conn].gen == m->from.gen)
+				c->sessions_by_conn[m->from.conn].n = 0;
 		break;
 	case DP_MSG_CLOSE_SESSION:
 	case DP_MSG_EVICT:
@@ -825,12 +901,12 @@ static void handle(struct compute *c, struct dp_msg *m)
 		break;
 	case DP_MSG_DRAIN:
 		start_drain(c, m->grace_ms);
-		send_ack(srv, m);
+		send_ack(c, m);
 		break;
 	case DP_MSG_SHUTDOWN:
 		c->shutdown = true;
 		start_drain(c, m->grace_ms);
-		send_ack(srv, m);
+		send_ack(c, m);
 		break;
 	default:
 		break;
@@ -878,7 +954,7 @@ void *dp_compute_main(void *arg)
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));
 	c.item_req = calloc(maxb, sizeof(*c.item_req));
-	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(uint32_t));
+	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(*c.sessions_by_conn));
 	c.trace = calloc(TRACE_N, sizeof(*c.trace));
 	if (!c.logits || !c.items || !c.item_req || !c.sessions_by_conn || !c.trace) {
 		log_err("compute thread: out of memory");
@@ -890,7 +966,10 @@ void *dp_compute_main(void *arg)
 		atomic_fetch_add_explicit(&srv->compute_beat, 1, memory_order_relaxed);
 		struct dp_msg *msgs[64];
 		uint32_t k;
-		while ((k = dp_ring_dequeue_burst(srv->to_compute, msgs, 64)) > 0)
+		outbox_flush(&c);
+		/* back-pressure: while the front is behind, take no new work */
+		while (c.outbox.n <= DP_OUTBOX_SOFT &&
+		       (k = dp_ring_dequeue_burst(srv->to_compute, msgs, 64)) > 0)
 			for (uint32_t i = 0; i < k; i++)
 				handle(&c, msgs[i]);
 		if (c.draining && dp_now_ns() > c.drain_deadline) {
@@ -902,6 +981,7 @@ void *dp_compute_main(void *arg)
 		if (c.active) {
 			step(&c);
 			retire(&c);
+			outbox_flush(&c);
 		}
 		atomic_store_explicit(&srv->n_active, c.n_active, memory_order_relaxed);
 		atomic_store_explicit(&srv->n_sessions, (uint32_t)dp_kv_session_count(srv->kv),
@@ -917,11 +997,19 @@ void *dp_compute_main(void *arg)
 				log_warning("journal sync of finished writebacks failed: %s",
 					    strerror(-ret));
 			bool wb = dp_kv_writeback_pending(srv->kv);
+			/* events still in the outbox: come back soon to send them */
 			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute,
-				       wb ? 1000000 : 100000000);
+				       wb || c.outbox.n ? 1000000 : 100000000);
 		}
 	}
 	persist_all(&c);
+	/* the last answers (Shutdown's Ack): the front reads until main stops
+	 * it, which happens only after this thread is done */
+	for (int i = 0; i < 1000 && !outbox_flush(&c); i++)
+		usleep(1000);
+	for (uint32_t i = 0; i < c.outbox.n; i++)
+		free(c.outbox.ev[(c.outbox.head + i) % c.outbox.cap].payload);
+	free(c.outbox.ev);
 	free(c.logits);
 	free(c.items);
 	free(c.item_req);

@@ -42,6 +42,14 @@ static const struct opt opts[] = {
 	O("daemon", max_connections, OPT_U32, "client connections"),
 	O("daemon", drain_grace_ms, OPT_U32, "on drain/SIGTERM, cancel requests still running after this"),
 	O("daemon", status_interval_ms, OPT_U32, "sd_notify STATUS= update period"),
+	O("daemon", client_buffer_bytes, OPT_BYTES, "responses waiting for slow readers and partly "
+						   "received requests, all connections together; past it "
+						   "the connection holding most is closed"),
+	O("daemon", hello_timeout_ms, OPT_U32, "close a connection that has not said Hello by then"),
+	O("daemon", idle_timeout_ms, OPT_U32, "close a connection with nothing in flight after this "
+					      "long (0: never)"),
+	O("daemon", admin_connections, OPT_U32, "of max_connections, slots kept for root and "
+						"admin_group (an operator can always get in)"),
 	O("model", model, OPT_STR, "model directory, or \"builtin\" (the embedded default)"),
 	O("model", backend, OPT_STR, "auto, cpu or cuda"),
 	O("model", threads, OPT_U32, "cpu backend threads (0: all)"),
@@ -95,6 +103,10 @@ void dp_config_defaults(struct dp_config *c)
 	c->max_connections = 1024;
 	c->drain_grace_ms = 30000;
 	c->status_interval_ms = 1000;
+	c->client_buffer_bytes = 256ull << 20;
+	c->hello_timeout_ms = 10000;
+	c->idle_timeout_ms = 900000;
+	c->admin_connections = 4;
 	snprintf(c->model, sizeof(c->model), "builtin");
 	snprintf(c->backend, sizeof(c->backend), "auto");
 	snprintf(c->experts, sizeof(c->experts), "device");
@@ -374,6 +386,16 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	}
 	if (c->max_frame_bytes < 1024 || c->max_frame_bytes > (256u << 20)) {
 		snprintf(err, err_len, "max_frame_bytes must be between 1 KiB and 256 MiB");
+		return -EINVAL;
+	}
+	if (!c->max_connections || c->admin_connections >= c->max_connections) {
+		snprintf(err, err_len, "max_connections must be positive and above admin_connections (%u)",
+			 c->admin_connections);
+		return -EINVAL;
+	}
+	if (c->client_buffer_bytes < 2ull * c->max_frame_bytes || !c->hello_timeout_ms) {
+		snprintf(err, err_len, "client_buffer_bytes must be at least 2 x max_frame_bytes (%u) and "
+			 "hello_timeout_ms positive", 2 * c->max_frame_bytes);
 		return -EINVAL;
 	}
 	if (!(c->low_watermark > 0 && c->low_watermark <= c->high_watermark && c->high_watermark <= 1)) {

@@ -39,6 +39,10 @@ struct dp_config {
 	uint32_t max_connections;
 	uint32_t drain_grace_ms;
 	uint32_t status_interval_ms;
+	uint64_t client_buffer_bytes;	  /* queued responses + partial requests, all connections */
+	uint32_t hello_timeout_ms;	  /* a connection must say Hello within this */
+	uint32_t idle_timeout_ms;	  /* a connection with nothing in flight is closed after this (0: never) */
+	uint32_t admin_connections;	  /* connection slots only root and admin_group may take */
 	/* [model] */
 	char model[DP_CONFIG_STR_MAX]; /* directory, or "builtin" */
 	char backend[16];	       /* auto, cpu, cuda */

@@ -41,6 +41,10 @@ struct conn {
 	int fd;
 	uint32_t gen;
 	bool open, hello, admin, want_out;
+	bool rd_eof;	  /* the client shut down its side: finish what it asked, then close */
+	uint32_t pending; /* forwarded requests whose final answer has not come back yet */
+	uint64_t opened_ns, active_ns; /* accepted; last byte in or out */
+	size_t held;	  /* memory it holds (output queue + input buffer), in f->held */
 	uid_t uid;
 	pid_t pid;
 	struct dp_frame_reader *rd;
@@ -56,6 +60,19 @@ struct front {
 	struct conn *conns;
 	uint32_t n_open;
 	uint64_t accepted, frames_in, frames_out, bad_frames, rejected, slow_closes, denied;
+	uint64_t overloaded;	  /* requests refused because compute's queue was full */
+	uint64_t accept_errors;	  /* accept() failures (EMFILE, ENFILE, ENOMEM...) */
+	uint64_t hello_timeouts, idle_closes;
+	uint32_t n_admin_open;	  /* open connections of root or admin_group */
+	size_t held, held_peak;	  /* bytes all connections hold, and its high-water mark */
+	/* accept paused after a failure such as EMFILE, until this time */
+	bool accept_paused;
+	uint64_t accept_resume_ns;
+	uint64_t accept_log_ns, accept_log_skipped; /* rate limit of its log line */
+	/* CONN_CLOSED notices that found compute's queue full, oldest first */
+	struct dp_msg **closes;
+	uint32_t n_closes, cap_closes;
+	uint64_t last_sweep_ns;
 	struct dp_proto_limits lim;
 	char *textbuf;
 	size_t textcap;
@@ -153,6 +170,52 @@ int dp_front_init(struct dp_server *srv, char *err, size_t err_len)
 
 static void conn_close(struct front *f, uint32_t slot);
 
+/* Keep f->held equal to what the open connections hold. */
+static void conn_account(struct front *f, struct conn *c)
+{
+	size_t now = c->open ? c->out.cap + dp_frame_reader_capacity(c->rd) : 0;
+	f->held = f->held - c->held + now;
+	c->held = now;
+	if (f->held > f->held_peak)
+		f->held_peak = f->held;
+}
+
+/* Over client_buffer_bytes: close the connections holding most until under.
+ * The one that holds most is the one that reads (or sends) slowest. */
+static void enforce_budget(struct front *f)
+{
+	while (f->held > f->srv->cfg.client_buffer_bytes) {
+		uint32_t worst = UINT32_MAX;
+		for (uint32_t i = 0; i < f->srv->cfg.max_connections; i++)
+			if (f->conns[i].open && (worst == UINT32_MAX || f->conns[i].held > f->conns[worst].held))
+				worst = i;
+		if (worst == UINT32_MAX)
+			return;
+		log_warning("connection %s holds %zu bytes (%zu unread responses), the most while all "
+			    "connections hold %zu, beyond client_buffer_bytes; closing it",
+			    f->conns[worst].name, f->conns[worst].held, f->conns[worst].out.len, f->held);
+		f->slow_closes++;
+		conn_close(f, worst);
+	}
+}
+
+/* The epoll events a connection waits for: input until the client shut its
+ * side down, output while responses wait. */
+static void conn_watch(struct front *f, uint32_t slot)
+{
+	struct conn *c = &f->conns[slot];
+	struct epoll_event ev = { .events = (c->rd_eof ? 0 : EPOLLIN | EPOLLRDHUP) |
+					    (c->want_out ? EPOLLOUT : 0),
+				  .data.u64 = ((uint64_t)slot << 8) | TAG_CONN };
+	epoll_ctl(f->ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* A half-closed connection closes once its last answer is out. */
+static bool conn_finished(const struct conn *c)
+{
+	return c->open && c->rd_eof && !c->pending && !c->out.len;
+}
+
 static void conn_flush(struct front *f, uint32_t slot)
 {
 	struct conn *c = &f->conns[slot];
@@ -167,13 +230,19 @@ static void conn_flush(struct front *f, uint32_t slot)
 			return;
 		}
 		dp_frame_buf_consume(&c->out, (size_t)n);
+		c->active_ns = dp_now_ns();
+	}
+	if (!c->out.len && c->out.cap > (64u << 10)) /* drop what a burst grew */
+		dp_frame_buf_fini(&c->out);
+	conn_account(f, c);
+	if (conn_finished(c)) {
+		conn_close(f, slot);
+		return;
 	}
 	bool want = c->out.len > 0;
 	if (want != c->want_out) {
-		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0),
-					  .data.u64 = ((uint64_t)slot << 8) | TAG_CONN };
-		epoll_ctl(f->ep, EPOLL_CTL_MOD, c->fd, &ev);
 		c->want_out = want;
+		conn_watch(f, slot);
 	}
 }
 
@@ -195,6 +264,8 @@ static void reply(struct front *f, uint32_t slot, Dualpath__V1__Response *r)
 		return;
 	}
 	conn_flush(f, slot);
+	if (c->open)
+		enforce_budget(f);
 }
 
 static void reply_error(struct front *f, uint32_t slot, uint64_t request_id, uint32_t code,
@@ -225,6 +296,20 @@ static void freq_remove(struct conn *c, struct freq *q)
 	*q = c->reqs[--c->n_reqs];
 }
 
+/* Hand the CONN_CLOSED notices that waited to compute, in order. The front
+ * never waits for room in compute's queue: compute may itself be waiting
+ * for the front to drain the events queue (see compute.c's outbox). */
+static void send_closes(struct front *f)
+{
+	uint32_t sent = 0;
+	while (sent < f->n_closes && dp_server_send(f->srv, f->closes[sent]) == 0)
+		sent++;
+	if (sent) {
+		memmove(f->closes, f->closes + sent, (f->n_closes - sent) * sizeof(*f->closes));
+		f->n_closes -= sent;
+	}
+}
+
 static void conn_close(struct front *f, uint32_t slot)
 {
 	struct conn *c = &f->conns[slot];
@@ -234,19 +319,35 @@ static void conn_close(struct front *f, uint32_t slot)
 	close(c->fd);
 	c->open = false;
 	f->n_open--;
+	if (c->admin)
+		f->n_admin_open--;
 	dp_frame_reader_free(c->rd);
 	c->rd = NULL;
 	dp_frame_buf_fini(&c->out);
+	conn_account(f, c);
 	free(c->reqs);
 	c->reqs = NULL;
 	c->n_reqs = c->cap_reqs = 0;
-	/* compute cancels what it still runs for this connection */
+	/* compute cancels what it still runs for this connection; the
+	 * notice carries the generation, so the slot can be reused at once */
 	struct dp_msg *m = calloc(1, sizeof(*m));
 	if (m) {
 		m->kind = DP_MSG_CONN_CLOSED;
 		m->from = (struct dp_origin){ slot, c->gen };
-		while (dp_server_send(f->srv, m) < 0)
-			sched_yield();
+		if (f->n_closes || dp_server_send(f->srv, m) < 0) {
+			if (f->n_closes == f->cap_closes) {
+				uint32_t cap = f->cap_closes ? 2 * f->cap_closes : 64;
+				struct dp_msg **q = realloc(f->closes, cap * sizeof(*q));
+				if (q) {
+					f->closes = q;
+					f->cap_closes = cap;
+				}
+			}
+			if (f->n_closes < f->cap_closes)
+				f->closes[f->n_closes++] = m;
+			else
+				free(m); /* no memory: its requests run to their end unread */
+		}
 	}
 	c->gen++;
 }
@@ -265,50 +366,102 @@ static bool in_group(int fd, gid_t want, gid_t primary)
 	return false;
 }
 
+/* Refuse a connection with a reason, before hanging up. */
+static void refuse(struct front *f, int fd, const char *why)
+{
+	Dualpath__V1__Error e = DUALPATH__V1__ERROR__INIT;
+	Dualpath__V1__Response r = DUALPATH__V1__RESPONSE__INIT;
+	uint8_t buf[256];
+	size_t len;
+	e.code = DUALPATH__V1__CODE__RESOURCE_EXHAUSTED;
+	e.message = (char *)why;
+	r.body_case = DUALPATH__V1__RESPONSE__BODY_ERROR;
+	r.error = &e;
+	if (dp_frame_encode(&r.base, sizeof(buf), buf, sizeof(buf), &len) == 0)
+		(void)!send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	close(fd);
+	f->rejected++;
+}
+
+#define ACCEPT_BACKOFF_NS (100ull * 1000000)
+#define ACCEPT_LOG_EVERY_NS (10ull * 1000000000)
+
+/*
+ * accept() failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+ * the pending connection stays in the backlog and the listening socket stays
+ * readable, so retrying at once would spin. Stop watching it for a while and
+ * say so at most every 10 s.
+ */
+static void pause_accept(struct front *f, int err)
+{
+	uint64_t now = dp_now_ns();
+	f->accept_errors++;
+	if (!f->accept_paused) {
+		epoll_ctl(f->ep, EPOLL_CTL_DEL, f->srv->listen_fd, NULL);
+		f->accept_paused = true;
+	}
+	f->accept_resume_ns = now + ACCEPT_BACKOFF_NS;
+	if (now >= f->accept_log_ns) {
+		log_warning("accept: %s (%u connections open); not accepting for %llu ms%s", strerror(err),
+			    f->n_open, ACCEPT_BACKOFF_NS / 1000000,
+			    f->accept_log_skipped ? " (the same happened again meanwhile, not logged)" : "");
+		f->accept_log_ns = now + ACCEPT_LOG_EVERY_NS;
+		f->accept_log_skipped = 0;
+	} else {
+		f->accept_log_skipped++;
+	}
+}
+
+static void resume_accept(struct front *f, uint64_t now)
+{
+	if (!f->accept_paused || now < f->accept_resume_ns)
+		return;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+	if (epoll_ctl(f->ep, EPOLL_CTL_ADD, f->srv->listen_fd, &ev) == 0)
+		f->accept_paused = false;
+}
+
 static void on_accept(struct front *f)
 {
+	const struct dp_config *cfg = &f->srv->cfg;
 	for (;;) {
 		int fd = accept4(f->srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-				log_warning("accept: %s", strerror(errno));
+			int e = errno;
+			if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+				pause_accept(f, e);
+			else if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR && e != ECONNABORTED)
+				log_warning("accept: %s", strerror(e));
 			return;
 		}
-		uint32_t slot = UINT32_MAX;
-		for (uint32_t i = 0; i < f->srv->cfg.max_connections && slot == UINT32_MAX; i++)
-			if (!f->conns[i].open)
-				slot = i;
-		if (slot == UINT32_MAX) {
-			/* tell the client why before hanging up */
-			Dualpath__V1__Error e = DUALPATH__V1__ERROR__INIT;
-			Dualpath__V1__Response r = DUALPATH__V1__RESPONSE__INIT;
-			uint8_t buf[256];
-			size_t len;
-			e.code = DUALPATH__V1__CODE__RESOURCE_EXHAUSTED;
-			e.message = "too many connections (max_connections)";
-			r.body_case = DUALPATH__V1__RESPONSE__BODY_ERROR;
-			r.error = &e;
-			if (dp_frame_encode(&r.base, sizeof(buf), buf, sizeof(buf), &len) == 0)
-				(void)!send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-			close(fd);
-			f->rejected++;
+		struct ucred cred = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+		socklen_t cl = sizeof(cred);
+		bool admin = false;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
+			admin = cred.uid == 0 ||
+				(f->srv->have_admin_gid && in_group(fd, f->srv->admin_gid, cred.gid));
+		/* the last admin_connections slots are for root and admin_group */
+		uint32_t others = f->n_open - f->n_admin_open;
+		if (f->n_open >= cfg->max_connections ||
+		    (!admin && others >= cfg->max_connections - cfg->admin_connections)) {
+			refuse(f, fd, "too many connections (max_connections)");
 			continue;
 		}
+		uint32_t slot = UINT32_MAX;
+		for (uint32_t i = 0; i < cfg->max_connections && slot == UINT32_MAX; i++)
+			if (!f->conns[i].open)
+				slot = i;
 		struct conn *c = &f->conns[slot];
 		uint32_t gen = c->gen;
 		memset(c, 0, sizeof(*c));
 		c->gen = gen;
 		c->fd = fd;
-		struct ucred cred;
-		socklen_t cl = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-			c->uid = cred.uid;
-			c->pid = cred.pid;
-			c->admin = cred.uid == 0 ||
-				   (f->srv->have_admin_gid && in_group(fd, f->srv->admin_gid, cred.gid));
-		}
+		c->uid = cred.uid;
+		c->pid = cred.pid;
+		c->admin = admin;
+		c->opened_ns = c->active_ns = dp_now_ns();
 		snprintf(c->name, sizeof(c->name), "%u (pid %d, uid %u)", slot, (int)c->pid, (unsigned)c->uid);
-		if (dp_frame_reader_new(f->srv->cfg.max_frame_bytes, &c->rd) < 0) {
+		if (dp_frame_reader_new(cfg->max_frame_bytes, &c->rd) < 0) {
 			close(fd);
 			continue;
 		}
@@ -321,8 +474,36 @@ static void on_accept(struct front *f)
 		}
 		c->open = true;
 		f->n_open++;
+		if (admin)
+			f->n_admin_open++;
 		f->accepted++;
 		log_debug("connection %s opened", c->name);
+	}
+}
+
+/* Hello and idle timeouts, checked a few times a second. */
+static void sweep(struct front *f, uint64_t now)
+{
+	const struct dp_config *cfg = &f->srv->cfg;
+	if (now - f->last_sweep_ns < 50ull * 1000000)
+		return;
+	f->last_sweep_ns = now;
+	for (uint32_t i = 0; i < cfg->max_connections; i++) {
+		struct conn *c = &f->conns[i];
+		if (!c->open)
+			continue;
+		if (!c->hello && now - c->opened_ns > (uint64_t)cfg->hello_timeout_ms * 1000000) {
+			log_info("connection %s: no Hello within hello_timeout_ms (%u); closing it", c->name,
+				 cfg->hello_timeout_ms);
+			f->hello_timeouts++;
+			conn_close(f, i);
+		} else if (cfg->idle_timeout_ms && !c->pending && !c->out.len &&
+			   now - c->active_ns > (uint64_t)cfg->idle_timeout_ms * 1000000) {
+			log_debug("connection %s: idle for idle_timeout_ms (%u); closing it", c->name,
+				  cfg->idle_timeout_ms);
+			f->idle_closes++;
+			conn_close(f, i);
+		}
 	}
 }
 
@@ -393,18 +574,24 @@ static struct dp_msg *new_msg(struct front *f, uint32_t slot, enum dp_msg_kind k
 	return m;
 }
 
+/* Hand a request to compute; its final answer comes back as an event. A
+ * full queue is refused here, never waited for. */
 static void forward(struct front *f, uint32_t slot, struct dp_msg *m)
 {
-	if (dp_server_send(f->srv, m) < 0) {
-		reply_error(f, slot, m->request_id, DUALPATH__V1__CODE__UNAVAILABLE,
-			    "the daemon is overloaded (request queue full); retry");
-		struct conn *c = &f->conns[slot];
+	struct conn *c = &f->conns[slot];
+	if (f->n_closes || dp_server_send(f->srv, m) < 0) {
+		f->overloaded++;
 		struct freq *q = freq_find(c, m->request_id);
 		if (q && m->kind == DP_MSG_GENERATE)
 			freq_remove(c, q);
+		uint64_t id = m->request_id;
 		free(m->tokens);
 		free(m);
+		reply_error(f, slot, id, DUALPATH__V1__CODE__UNAVAILABLE,
+			    "the daemon is overloaded (request queue full); retry");
+		return;
 	}
+	c->pending++;
 }
 
 static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Request *req)
@@ -601,8 +788,11 @@ out:
 static void on_readable(struct front *f, uint32_t slot)
 {
 	struct conn *c = &f->conns[slot];
-	for (int rounds = 0; c->open && rounds < 16; rounds++) {
+	for (int rounds = 0; c->open && !c->rd_eof && rounds < 16; rounds++) {
 		int n = dp_frame_reader_read_fd(c->rd, c->fd);
+		if (n > 0)
+			c->active_ns = dp_now_ns();
+		conn_account(f, c);
 		const uint8_t *body;
 		size_t len;
 		int ret = -EAGAIN;
@@ -617,13 +807,22 @@ static void on_readable(struct front *f, uint32_t slot)
 			conn_close(f, slot);
 			return;
 		}
+		if (n == 0 && (c->pending || c->out.len)) {
+			/* shutdown(SHUT_WR): the client still reads; answer what
+			 * it asked, then close (conn_flush, on_event) */
+			c->rd_eof = true;
+			conn_watch(f, slot);
+			return;
+		}
 		if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR)) {
 			conn_close(f, slot);
 			return;
 		}
 		if (n == -EAGAIN)
-			return;
+			break;
 	}
+	if (c->open)
+		enforce_budget(f);
 }
 
 /* ---- events from compute ------------------------------------------------------ */
@@ -678,6 +877,21 @@ static void send_stats(struct front *f, uint32_t slot, uint64_t id, const struct
 	C("dualpath_bad_frames_total", "connections closed for a bad frame", f->bad_frames);
 	C("dualpath_permission_denied_total", "admin requests refused", f->denied);
 	C("dualpath_slow_client_closes_total", "connections closed for not reading", f->slow_closes);
+	C("dualpath_connections_refused_total", "connections refused (max_connections)", f->rejected);
+	C("dualpath_accept_errors_total", "accept() failures (out of file descriptors...), each "
+	  "pausing accept for 100 ms", f->accept_errors);
+	C("dualpath_hello_timeouts_total", "connections closed for no Hello in hello_timeout_ms",
+	  f->hello_timeouts);
+	C("dualpath_idle_closes_total", "connections closed after idle_timeout_ms", f->idle_closes);
+	C("dualpath_requests_overloaded_total", "requests refused: compute's queue was full",
+	  f->overloaded);
+	G("dualpath_client_buffer_bytes", "memory connections hold (responses unread, requests "
+	  "partly received)", f->held);
+	G("dualpath_client_buffer_peak_bytes", "... its high-water mark", f->held_peak);
+	G("dualpath_events_outbox_peak", "most events compute held while the front was behind",
+	  s->outbox_peak);
+	C("dualpath_events_dropped_total", "events to the front lost for want of memory",
+	  s->events_dropped);
 	G("dualpath_requests_active", "requests being computed", s->active);
 	G("dualpath_requests_waiting", "requests waiting for admission", s->waiting);
 	C("dualpath_requests_started_total", "requests admitted", s->requests_started);
@@ -954,12 +1168,22 @@ static void on_tokens(struct front *f, uint32_t slot, const struct dp_event *e)
 		freq_remove(c, q);
 }
 
+/* Does this event end the request it answers? (Every forwarded request
+ * gets exactly one such event.) */
+static bool event_is_final(const struct dp_event *e)
+{
+	return e->kind != DP_EV_TOKENS || e->finish;
+}
+
 static void on_event(struct front *f, struct dp_event *e)
 {
 	uint32_t slot = e->to.conn;
 	bool live = slot < f->srv->cfg.max_connections && f->conns[slot].open &&
 		    f->conns[slot].gen == e->to.gen;
 	if (live) {
+		struct conn *c = &f->conns[slot];
+		if (event_is_final(e) && c->pending)
+			c->pending--;
 		switch (e->kind) {
 		case DP_EV_TOKENS:
 			on_tokens(f, slot, e);
@@ -993,6 +1217,8 @@ static void on_event(struct front *f, struct dp_event *e)
 		default:
 			break;
 		}
+		if (conn_finished(c))
+			conn_close(f, slot);
 	}
 	free(e->payload);
 }
@@ -1038,15 +1264,20 @@ void *dp_front_main(void *arg)
 			listening = false;
 		}
 		dp_waiter_prepare(&srv->front_wake);
-		int timeout = dp_spsc_empty(srv->to_front) ? 100 : 0;
+		int timeout = !dp_spsc_empty(srv->to_front) ? 0 : f.n_closes || f.accept_paused ? 10 : 100;
 		int n = epoll_wait(f.ep, evs, 64, timeout);
 		dp_waiter_consume(&srv->front_wake);
 		drain_events(&f);
+		send_closes(&f);
+		uint64_t now = dp_now_ns();
+		resume_accept(&f, now);
+		sweep(&f, now);
 		for (int i = 0; i < n; i++) {
 			uint64_t tag = evs[i].data.u64 & 0xff;
 			uint32_t slot = (uint32_t)(evs[i].data.u64 >> 8);
 			if (tag == TAG_LISTEN) {
-				on_accept(&f);
+				if (!f.accept_paused)
+					on_accept(&f);
 			} else if (tag == TAG_CONN && f.conns[slot].open) {
 				if (evs[i].events & EPOLLIN)
 					on_readable(&f, slot);
@@ -1054,9 +1285,9 @@ void *dp_front_main(void *arg)
 					conn_flush(&f, slot);
 				if (f.conns[slot].open && (evs[i].events & (EPOLLHUP | EPOLLERR)))
 					conn_close(&f, slot);
-				else if (f.conns[slot].open && (evs[i].events & EPOLLRDHUP) &&
-					 !(evs[i].events & EPOLLIN))
-					conn_close(&f, slot);
+				else if (f.conns[slot].open && !f.conns[slot].rd_eof &&
+					 (evs[i].events & EPOLLRDHUP) && !(evs[i].events & EPOLLIN))
+					on_readable(&f, slot); /* reads the end of file */
 			}
 		}
 		drain_events(&f);
@@ -1074,6 +1305,9 @@ void *dp_front_main(void *arg)
 				free(f.conns[i].reqs);
 			}
 		}
+	for (uint32_t i = 0; i < f.n_closes; i++)
+		free(f.closes[i]);
+	free(f.closes);
 	close(f.ep);
 	free(f.conns);
 	free(f.textbuf);

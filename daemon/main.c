@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -287,6 +288,43 @@ static void notify_status(struct dp_server *srv)
 		   atomic_load(&srv->n_active), (unsigned long long)atomic_load(&srv->tokens_out));
 }
 
+/*
+ * Each connection is a file descriptor: make room for max_connections of
+ * them beside the daemon's own files (model shards, state files, io_uring,
+ * eventfds), raising the soft RLIMIT_NOFILE up to the hard one; where even
+ * that is short, serve fewer connections and say so (LimitNOFILE= in the
+ * unit raises it).
+ */
+#define DP_OWN_FDS 256u
+
+static int size_connections(struct dp_config *cfg, char *err, size_t err_len)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 0;
+	rlim_t need = (rlim_t)cfg->max_connections + DP_OWN_FDS;
+	if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+		struct rlimit want = { .rlim_cur = need < rl.rlim_max ? need : rl.rlim_max,
+				       .rlim_max = rl.rlim_max };
+		if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+			rl.rlim_cur = want.rlim_cur;
+	}
+	if (rl.rlim_cur >= need)
+		return 0;
+	if (rl.rlim_cur < DP_OWN_FDS + 1 + cfg->admin_connections) {
+		snprintf(err, err_len, "RLIMIT_NOFILE is %llu: too few file descriptors for the daemon's "
+			 "own files and any connection (raise LimitNOFILE= or ulimit -n to at least %u)",
+			 (unsigned long long)rl.rlim_cur, DP_OWN_FDS + 1 + cfg->admin_connections + 64);
+		return -EMFILE;
+	}
+	uint32_t fit = (uint32_t)(rl.rlim_cur - DP_OWN_FDS);
+	log_warning("max_connections %u needs %llu file descriptors and RLIMIT_NOFILE allows %llu: "
+		    "serving %u connections (raise LimitNOFILE= or ulimit -n)", cfg->max_connections,
+		    (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+	cfg->max_connections = fit;
+	return 0;
+}
+
 static int run(struct dp_server *srv)
 {
 	char err[1024] = "";
@@ -294,6 +332,8 @@ static int run(struct dp_server *srv)
 
 	srv->start_ns = dp_now_ns();
 	atomic_store(&srv->state, DP_STATE_STARTING);
+	if ((ret = size_connections(&srv->cfg, err, sizeof(err))) < 0)
+		goto fail;
 	sd_notify(0, "STATUS=loading the model");
 	if ((ret = load_model(srv, err, sizeof(err))) < 0)
 		goto fail;
@@ -361,11 +401,14 @@ static int run(struct dp_server *srv)
 		tick_ms = (int)(wd_usec / 2000);
 	if (tick_ms < 10)
 		tick_ms = 10;
-	uint64_t last_beat = atomic_load(&srv->compute_beat), shutdown_sent_ns = 0;
+	uint64_t last_beat = atomic_load(&srv->compute_beat);
 	bool stopping = false;
+	struct dp_msg *shutdown_msg = NULL; /* waiting for room in compute's queue */
 	while (!atomic_load(&srv->compute_done)) {
 		struct pollfd p = { .fd = sfd, .events = POLLIN };
-		int n = poll(&p, 1, tick_ms);
+		if (shutdown_msg && dp_server_send(srv, shutdown_msg) == 0)
+			shutdown_msg = NULL;
+		int n = poll(&p, 1, shutdown_msg ? 10 : tick_ms);
 		if (n > 0) {
 			unsigned char signo;
 			while (read(sfd, &signo, 1) == 1) {
@@ -377,14 +420,17 @@ static int run(struct dp_server *srv)
 					log_notice("%s: draining, then persisting sessions",
 						   signo == SIGTERM ? "SIGTERM" : "SIGINT");
 					sd_notify(0, "STOPPING=1");
-					struct dp_msg *m = calloc(1, sizeof(*m));
-					if (m) {
-						m->kind = DP_MSG_SHUTDOWN;
-						m->from = (struct dp_origin){ UINT32_MAX, 0 };
-						while (dp_server_send(srv, m) < 0)
-							usleep(1000);
+					/* sent at the top of the loop; a full queue
+					 * is retried there, never waited for here */
+					shutdown_msg = calloc(1, sizeof(*shutdown_msg));
+					if (shutdown_msg) {
+						shutdown_msg->kind = DP_MSG_SHUTDOWN;
+						shutdown_msg->from = (struct dp_origin){ UINT32_MAX, 0 };
+					} else {
+						log_err("SIGTERM: out of memory for the drain request; "
+							"send the signal again");
+						stopping = false;
 					}
-					shutdown_sent_ns = dp_now_ns();
 				}
 			}
 		}
@@ -393,8 +439,8 @@ static int run(struct dp_server *srv)
 			sd_notify(0, "WATCHDOG=1");
 		last_beat = beat;
 		notify_status(srv);
-		(void)shutdown_sent_ns;
 	}
+	free(shutdown_msg);
 	atomic_store(&srv->state, DP_STATE_STOPPING);
 	sd_notify(0, "STOPPING=1");
 	atomic_store(&srv->stop, true);

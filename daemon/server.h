@@ -122,6 +122,8 @@ struct dp_compute_stats {
 	uint64_t compute_ns; /* step time spent computing */
 	uint64_t stall_ns;   /* step time waiting for restored pages */
 	uint64_t requests_started, requests_finished, requests_cancelled, requests_failed;
+	uint64_t events_dropped; /* events to the front lost (no memory for the outbox) */
+	uint32_t outbox_peak;	 /* most events waiting for room in the ring to the front */
 	uint32_t active, waiting, sessions;
 	uint64_t last_step_tokens;
 	double tok_s; /* tokens per second of recent steps (moving average) */
