@@ -70,21 +70,27 @@ Test(daemon, a_multi_turn_session_matches_one_long_prompt_under_greedy_sampling)
 struct worker_arg {
 	struct daemon_proc *d;
 	int idx;
+	const char *prefix;
+	uint32_t got[3][8]; /* each turn's tokens */
 	int ok;
 };
 
+/* Three greedy turns of one session; each prompt differs per client. */
 static void *worker(void *p)
 {
 	struct worker_arg *w = p;
 	int fd = client_connect(w->d);
 	char sess[32];
-	snprintf(sess, sizeof(sess), "conc-%d", w->idx);
+	snprintf(sess, sizeof(sess), "%s-%d", w->prefix, w->idx);
 	uint32_t out[64];
 	size_t n;
 	for (int turn = 0; turn < 3; turn++) {
-		send_generate(fd, 100 + turn, sess, prompt + turn, 4, 8, 0.8f, (uint64_t)w->idx);
-		if (collect(fd, 100 + turn, out, 64, &n) == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH && n == 8)
+		send_generate(fd, 100 + turn, sess, prompt + (w->idx + turn) % 8, 4, 8, 0, 0);
+		if (collect(fd, 100 + turn, out, 64, &n) == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH &&
+		    n == 8) {
+			memcpy(w->got[turn], out, sizeof(w->got[turn]));
 			w->ok++;
+		}
 	}
 	close(fd);
 	return NULL;
@@ -92,22 +98,31 @@ static void *worker(void *p)
 
 Test(daemon, many_concurrent_sessions_are_served)
 {
+	/* Each concurrent session's tokens must be those of the same turns run
+	 * alone (greedy): batching with others changes nothing. */
 	daemon_start(&d, NULL);
 	enum { N = 8 };
 	pthread_t th[N];
-	struct worker_arg a[N];
+	struct worker_arg solo[N], a[N];
 	for (int i = 0; i < N; i++) {
-		a[i] = (struct worker_arg){ &d, i, 0 };
+		solo[i] = (struct worker_arg){ .d = &d, .idx = i, .prefix = "solo" };
+		worker(&solo[i]);
+		cr_assert_eq(solo[i].ok, 3, "solo client %d: %d of 3 turns completed", i, solo[i].ok);
+	}
+	for (int i = 0; i < N; i++) {
+		a[i] = (struct worker_arg){ .d = &d, .idx = i, .prefix = "conc" };
 		pthread_create(&th[i], NULL, worker, &a[i]);
 	}
 	for (int i = 0; i < N; i++) {
 		pthread_join(th[i], NULL);
 		cr_expect_eq(a[i].ok, 3, "client %d: %d of 3 turns completed", i, a[i].ok);
+		cr_expect_arr_eq(a[i].got, solo[i].got, sizeof(a[i].got),
+				 "client %d: its tokens differ from its solo run", i);
 	}
 	int fd = client_connect(&d);
 	Dualpath__V1__Response *r = simple(fd, 2, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
 	cr_assert_not_null(r);
-	cr_expect_eq(r->sessions->n_sessions, N);
+	cr_expect_eq(r->sessions->n_sessions, 2 * N);
 	dp_proto_response_free(r);
 	close(fd);
 }
