@@ -377,7 +377,7 @@ static int admit_one(struct compute *c, struct req *r)
 	}
 	/* a text prompt that starts a context begins with BOS */
 	int32_t bos = dp_tok_special(srv->tok, DP_TOK_BOS);
-	if (hist_len(r) == 0 && m->n_tokens && m->tokens[0] != bos && bos >= 0 && m->flag)
+	if (hist_len(r) == 0 && m->n_tokens && m->tokens[0] != bos && bos >= 0 && m->prompt_is_text)
 		hist_append(c, r, &bos, 1);
 	if ((ret = hist_append(c, r, m->tokens, m->n_tokens)) < 0) {
 		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for history");
@@ -746,7 +746,7 @@ static void on_session_op(struct compute *c, struct dp_msg *m)
 			   "session %s has a request running; cancel it first", m->session);
 		return;
 	}
-	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->flag : m->flag;
+	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->persist : m->drop;
 	int ret = drop ? dp_kv_session_drop(srv->kv, s) : dp_kv_session_demote(srv->kv, s, DP_KV_TIER_NVME);
 	if (ret < 0) {
 		send_error(c, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
@@ -832,8 +832,8 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 static void on_trace(struct compute *c, struct dp_msg *m)
 {
 	uint32_t n = c->trace_n;
-	if (m->target && m->target < n)
-		n = (uint32_t)m->target;
+	if (m->trace_max_events && m->trace_max_events < n)
+		n = m->trace_max_events;
 	struct dp_trace_dump *d = malloc(sizeof(*d) + n * sizeof(d->ev[0]));
 	if (!d) {
 		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
@@ -877,7 +877,7 @@ static void handle(struct compute *c, struct dp_msg *m)
 		on_generate(c, m);
 		return; /* owns m now */
 	case DP_MSG_CANCEL:
-		cancel_where(c, &m->from, m->target, false);
+		cancel_where(c, &m->from, m->cancel_target, false);
 		send_ack(c, m);
 		break;
 	case DP_MSG_CONN_CLOSED:

@@ -634,7 +634,7 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 			return;
 		}
 		m->n_tokens = (uint32_t)n;
-		m->flag = true;
+		m->prompt_is_text = true;
 		if (n > srv->cfg.max_prompt_tokens) {
 			char msg[128];
 			snprintf(msg, sizeof(msg), "the prompt is %zu tokens, beyond max_prompt_tokens %u",
@@ -732,21 +732,21 @@ static void on_request(struct front *f, uint32_t slot, const uint8_t *body, size
 		break;
 	case DUALPATH__V1__REQUEST__BODY_CANCEL:
 		if ((m = new_msg(f, slot, DP_MSG_CANCEL, req->request_id))) {
-			m->target = req->cancel->target_request_id;
+			m->cancel_target = req->cancel->target_request_id;
 			forward(f, slot, m);
 		}
 		break;
 	case DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION:
 		if ((m = new_msg(f, slot, DP_MSG_CLOSE_SESSION, req->request_id))) {
 			snprintf(m->session, sizeof(m->session), "%s", req->close_session->session_id);
-			m->flag = req->close_session->persist;
+			m->persist = req->close_session->persist;
 			forward(f, slot, m);
 		}
 		break;
 	case DUALPATH__V1__REQUEST__BODY_EVICT_SESSION:
 		if ((m = new_msg(f, slot, DP_MSG_EVICT, req->request_id))) {
 			snprintf(m->session, sizeof(m->session), "%s", req->evict_session->session_id);
-			m->flag = req->evict_session->drop;
+			m->drop = req->evict_session->drop;
 			forward(f, slot, m);
 		}
 		break;
@@ -760,7 +760,7 @@ static void on_request(struct front *f, uint32_t slot, const uint8_t *body, size
 		break;
 	case DUALPATH__V1__REQUEST__BODY_TRACE:
 		if ((m = new_msg(f, slot, DP_MSG_TRACE, req->request_id))) {
-			m->target = req->trace->max_events;
+			m->trace_max_events = req->trace->max_events;
 			forward(f, slot, m);
 		}
 		break;
@@ -1250,7 +1250,7 @@ void *dp_front_main(void *arg)
 	f.lim.max_prompt_tokens = srv->cfg.max_prompt_tokens;
 	f.lim.max_new_tokens = srv->cfg.max_new_tokens;
 	f.lim.max_text_bytes = srv->cfg.max_frame_bytes;
-	f.lim.max_stop_ids = 16;
+	f.lim.max_stop_ids = DP_STOP_IDS_MAX;
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
 	epoll_ctl(f.ep, EPOLL_CTL_ADD, srv->listen_fd, &ev);
 	ev.data.u64 = TAG_EVENTS;

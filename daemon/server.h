@@ -61,27 +61,29 @@ struct dp_origin {
 	uint32_t gen;
 };
 
+/* Stop ids one Generate may carry (the protocol's limit, checked by the front). */
+#define DP_STOP_IDS_MAX 16
+
 struct dp_msg {
 	enum dp_msg_kind kind;
 	struct dp_origin from;
 	uint64_t request_id;
-	char session[DP_KV_SESSION_ID_MAX + 1]; /* "" for one-off Generate */
+	char session[DP_KV_SESSION_ID_MAX + 1]; /* GENERATE ("" one-off), CLOSE_SESSION, EVICT */
 	/* GENERATE */
 	int32_t *tokens;
 	uint32_t n_tokens;
 	uint32_t max_new;
 	struct dp_sampler_params sampling;
-	int32_t stop[16];
+	int32_t stop[DP_STOP_IDS_MAX];
 	uint32_t n_stop;
 	bool ignore_eos;
+	bool prompt_is_text; /* a text prompt that starts a context gets BOS */
 	uint64_t t_recv_ns;
-	/* CANCEL: the request to cancel; TRACE: most events (0: all) */
-	uint64_t target;
-	/* GENERATE: the prompt was text (a fresh context gets BOS);
-	 * CLOSE_SESSION: persist; EVICT: drop */
-	bool flag;
-	/* DRAIN */
-	uint32_t grace_ms;
+	uint64_t cancel_target;	   /* CANCEL: the request to cancel */
+	uint32_t trace_max_events; /* TRACE: most events (0: all) */
+	bool persist;		   /* CLOSE_SESSION: park the state instead of dropping it */
+	bool drop;		   /* EVICT: drop the session instead of parking it */
+	uint32_t grace_ms;	   /* DRAIN, SHUTDOWN: 0 = drain_grace_ms */
 };
 
 enum dp_event_kind {
