@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/* The Stats reply: the front's own counters beside compute's snapshot. */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/front-internal.h"
+#include "daemon/log.h"
+
+static void add_metric(Dualpath__V1__Metric *m, Dualpath__V1__Metric **ptrs, size_t *n,
+		       Dualpath__V1__Label *lab, size_t max, const char *name, const char *help,
+		       bool counter, double v, const char *lname, const char *lvalue)
+{
+	if (*n >= max) {
+		log_err("internal: more metrics than the reply has room for; %s left out", name);
+		return;
+	}
+	Dualpath__V1__Metric *x = &m[*n];
+	dualpath__v1__metric__init(x);
+	x->name = (char *)name;
+	x->help = (char *)help;
+	x->type = counter ? DUALPATH__V1__METRIC_TYPE__METRIC_COUNTER : DUALPATH__V1__METRIC_TYPE__METRIC_GAUGE;
+	x->value = v;
+	if (lname) {
+		dualpath__v1__label__init(&lab[*n]);
+		lab[*n].name = (char *)lname;
+		lab[*n].value = (char *)lvalue;
+		x->n_labels = 1; /* labels pointer set once the arrays are final */
+	}
+	ptrs[*n] = x;
+	(*n)++;
+}
+
+void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct dp_compute_stats *s)
+{
+	struct dp_server *srv = f->srv;
+	enum { MAXM = 128 }; /* room for every metric below (add_metric checks) */
+	Dualpath__V1__Metric m[MAXM];
+	Dualpath__V1__Metric *ptrs[MAXM];
+	Dualpath__V1__Label lab[MAXM];
+	Dualpath__V1__Label *labp[MAXM];
+	size_t n = 0;
+	static const char *const tiers[] = { "device", "dram", "nvme", "none" };
+	static const char *const classes[] = { "weights", "state", "scratch" };
+
+#define G(name, help, v) add_metric(m, ptrs, &n, lab, MAXM, name, help, false, (double)(v), NULL, NULL)
+#define C(name, help, v) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), NULL, NULL)
+#define GL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, false, (double)(v), ln, lv)
+#define CL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), ln, lv)
+	G("dualpath_uptime_seconds", "seconds since start", (dp_now_ns() - srv->start_ns) / 1e9);
+	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
+	G("dualpath_draining", "1 while draining", s->draining);
+	G("dualpath_connections", "open client connections", f->n_open);
+	C("dualpath_connections_total", "connections accepted", f->accepted);
+	C("dualpath_frames_in_total", "request frames received", f->frames_in);
+	C("dualpath_frames_out_total", "response frames sent", f->frames_out);
+	C("dualpath_bad_frames_total", "connections closed for a bad frame", f->bad_frames);
+	C("dualpath_permission_denied_total", "admin requests refused", f->denied);
+	C("dualpath_slow_client_closes_total", "connections closed for not reading", f->slow_closes);
+	C("dualpath_connections_refused_total", "connections refused (max_connections)", f->rejected);
+	C("dualpath_accept_errors_total", "accept() failures (out of file descriptors...), each "
+	  "pausing accept for 100 ms", f->accept_errors);
+	C("dualpath_hello_timeouts_total", "connections closed for no Hello in hello_timeout_ms",
+	  f->hello_timeouts);
+	C("dualpath_idle_closes_total", "connections closed after idle_timeout_ms", f->idle_closes);
+	C("dualpath_requests_overloaded_total", "requests refused: compute's queue was full",
+	  f->overloaded);
+	G("dualpath_client_buffer_bytes", "memory connections hold (responses unread, requests "
+	  "partly received)", f->held);
+	G("dualpath_client_buffer_peak_bytes", "... its high-water mark", f->held_peak);
+	G("dualpath_events_outbox_peak", "most events compute held while the front was behind",
+	  s->outbox_peak);
+	C("dualpath_events_dropped_total", "events to the front lost for want of memory",
+	  s->events_dropped);
+	G("dualpath_requests_active", "requests being computed", s->active);
+	G("dualpath_requests_waiting", "requests waiting for admission", s->waiting);
+	C("dualpath_requests_started_total", "requests admitted", s->requests_started);
+	C("dualpath_requests_finished_total", "requests that ended normally", s->requests_finished);
+	C("dualpath_requests_cancelled_total", "requests cancelled", s->requests_cancelled);
+	C("dualpath_requests_failed_total", "requests that failed", s->requests_failed);
+	C("dualpath_steps_total", "forward steps", s->steps);
+	C("dualpath_step_seconds_total", "time in forward steps", s->step_ns_total / 1e9);
+	C("dualpath_compute_seconds_total", "step time spent computing", s->compute_ns / 1e9);
+	C("dualpath_stall_seconds_total", "step time the compute path waited for restored pages",
+	  s->stall_ns / 1e9);
+	C("dualpath_kv_restores_total", "layer-by-layer restores completed", s->kv.restores);
+	C("dualpath_kv_restore_seconds_total", "their total duration", s->kv.restore_ns / 1e9);
+	C("dualpath_kv_restore_io_seconds_total", "time restore reads were in flight",
+	  s->kv.restore_io_ns / 1e9);
+	C("dualpath_kv_restore_io_bytes_total", "bytes restore reads moved", s->kv.restore_io_bytes);
+	C("dualpath_kv_loads_total", "whole-state loads the compute thread waited for (restore=full)",
+	  s->kv.loads);
+	C("dualpath_kv_load_seconds_total", "their total duration", s->kv.load_ns / 1e9);
+	CL("dualpath_tokens_total", "tokens through the model", s->tokens_prefill, "phase", "prefill");
+	CL("dualpath_tokens_total", "tokens through the model", s->tokens_decode, "phase", "decode");
+	G("dualpath_tokens_per_second", "recent forward throughput", s->tok_s);
+	G("dualpath_sessions", "sessions", s->sessions);
+	for (int t = 0; t < DP_KV_TIER_MAX; t++) {
+		GL("dualpath_kv_sessions", "sessions by state tier", s->kv.sessions[t], "tier", tiers[t]);
+		if (t == DP_KV_TIER_NONE)
+			continue;
+		GL("dualpath_kv_bytes", "state bytes by tier", s->kv.bytes[t], "tier", tiers[t]);
+		GL("dualpath_kv_budget_bytes", "tier budget (0: none)", s->kv.budget[t], "tier", tiers[t]);
+	}
+	C("dualpath_kv_promotions_total", "state promotions", s->kv.promotions);
+	C("dualpath_kv_demotions_total", "state demotions", s->kv.demotions);
+	C("dualpath_kv_drops_total", "sessions dropped", s->kv.drops);
+	C("dualpath_kv_pages_written_total", "pages written to NVMe", s->kv.pages_written);
+	C("dualpath_kv_pages_read_total", "pages read from NVMe", s->kv.pages_read);
+	C("dualpath_kv_writebacks_total", "demotions to NVMe written behind the compute path",
+	  s->kv.writebacks);
+	C("dualpath_kv_writeback_errors_total", "writebacks that failed (the state stayed)",
+	  s->kv.writeback_errors);
+	G("dualpath_kv_writeback_pages", "pages being written out now", s->kv.writeback_pages);
+	C("dualpath_kv_corrupt_pages_total", "pages that failed their checks (recomputed)", s->kv.corrupt_pages);
+	C("dualpath_kv_recomputed_tokens_total", "history tokens replayed into state", s->kv.recomputed_tokens);
+	C("dualpath_journal_commits_total", "journal fsyncs of finished turns", s->kv.commits);
+	G("dualpath_journal_bytes", "journal size", s->kv.journal_bytes);
+	C("dualpath_journal_compactions_total", "journal rewrites down to the live sessions", s->kv.compactions);
+	G("dualpath_kv_direct_io", "1 if the NVMe tier uses O_DIRECT", s->kv.direct_io);
+	GL("dualpath_io_info", "how the NVMe tier does I/O", 1, "mode", s->io_mode);
+	if (s->engram) {
+		const struct dp_engram_store_stats *e = &s->engram_store;
+		C("dualpath_engram_rows_total", "Engram row lookups served", e->rows);
+		C("dualpath_engram_cache_hits_total", "... found in the hot-row cache", e->cache_hits);
+		C("dualpath_engram_cache_misses_total", "... not found there", e->cache_misses);
+		C("dualpath_engram_sync_prefetches_total", "steps whose rows were not prefetched",
+		  e->sync_prefetches);
+		C("dualpath_engram_read_bytes_total", "bytes the Engram reads moved (nvme)",
+		  e->bytes_read);
+		C("dualpath_engram_wait_seconds_total", "time Engram layers waited for their rows",
+		  e->wait_ns / 1e9);
+		G("dualpath_engram_table_bytes", "Engram table bytes held in memory", e->table_bytes);
+	}
+	if (s->experts.where != DP_V4_EXPERTS_DEVICE) {
+		const struct dp_v4_expert_stats *x = &s->experts;
+		GL("dualpath_experts_info", "where routed experts are paged from", 1, "from",
+		   dp_v4_experts_where_name(x->where));
+		G("dualpath_experts_slots", "experts a layer keeps on the device", x->slots);
+		G("dualpath_experts_cache_bytes", "backend memory of the expert slots", x->cache_bytes);
+		C("dualpath_experts_uses_total", "(layer, expert) pairs steps used", x->uses);
+		C("dualpath_experts_hits_total", "... already on the device", x->hits);
+		C("dualpath_experts_misses_total", "... brought in when the layer needed them",
+		  x->misses);
+		C("dualpath_experts_read_ahead_total", "... read ahead (hash layers; lookahead)",
+		  x->prefetched);
+		C("dualpath_experts_read_ahead_unused_total", "lookahead guesses the router did not make",
+		  x->ahead_unused);
+		C("dualpath_experts_passes_total", "moe calls (more than one a layer when picks > slots)",
+		  x->passes);
+		C("dualpath_experts_in_bytes_total", "checkpoint bytes brought in", x->bytes_in);
+		C("dualpath_experts_corrupt_total",
+		  "expert reads that differed from the checkpoint at load (step failed)", x->corrupt);
+		C("dualpath_experts_wait_seconds_total", "time layers waited for expert reads",
+		  x->wait_ns / 1e9);
+		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
+		   s->experts_io_ns[0] / 1e9, "channel", "urgent");
+		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
+		   s->experts_io_ns[1] / 1e9, "channel", "read_ahead");
+	}
+	if (s->csa_host) {
+		const struct dp_v4_csa_stats *a = &s->csa;
+		C("dualpath_csa_entries_selected_total",
+		  "CSA entries the indexer picked (distinct per sequence, layer and step)", a->selected);
+		C("dualpath_csa_entries_staged_hits_total", "... already staged on the device", a->hits);
+		C("dualpath_csa_entries_fetched_total", "... fetched from host memory after the indexer",
+		  a->fetched);
+		C("dualpath_csa_entries_fetched_bytes_total", "host-to-device bytes of those", a->bytes);
+		C("dualpath_csa_entries_evicted_total", "staged entries dropped (not picked recently)",
+		  a->evicted);
+		C("dualpath_csa_gather_seconds_total", "time layers spent staging picked entries",
+		  a->gather_ns / 1e9);
+		G("dualpath_csa_host_bytes", "host memory holding CSA entries", s->kv.host_state_bytes);
+	}
+	C("dualpath_io_reads_total", "io engine reads finished", s->io.reads);
+	C("dualpath_io_writes_total", "io engine writes finished", s->io.writes);
+	C("dualpath_io_syncs_total", "io engine syncs finished", s->io.syncs);
+	C("dualpath_io_read_bytes_total", "bytes read by the io engine", s->io.bytes_read);
+	C("dualpath_io_written_bytes_total", "bytes written by the io engine", s->io.bytes_written);
+	C("dualpath_io_errors_total", "io engine requests that failed", s->io.errors);
+	C("dualpath_io_retries_total", "short or EAGAIN transfers resubmitted", s->io.retries);
+	G("dualpath_io_inflight", "requests in the kernel now", s->io.inflight);
+	C("dualpath_io_busy_seconds_total", "io thread time awake", s->io.busy_ns / 1e9);
+	for (int k = 0; k < DP_GPU_MEM_CLASS_MAX; k++)
+		GL("dualpath_backend_bytes", "backend memory by class", s->mem.bytes[k], "class", classes[k]);
+	G("dualpath_backend_peak_bytes", "backend memory high-water mark", s->mem.peak_bytes);
+#undef G
+#undef C
+#undef GL
+#undef CL
+	/* labels: one per labelled metric */
+	for (size_t i = 0; i < n; i++)
+		if (m[i].n_labels) {
+			labp[i] = &lab[i];
+			m[i].labels = &labp[i];
+		}
+	Dualpath__V1__StatsReply sr = DUALPATH__V1__STATS_REPLY__INIT;
+	Dualpath__V1__Response r = DUALPATH__V1__RESPONSE__INIT;
+	sr.n_metrics = n;
+	sr.metrics = ptrs;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__RESPONSE__BODY_STATS;
+	r.stats = &sr;
+	front_reply(f, slot, &r);
+}
