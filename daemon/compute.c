@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/batch.h"
 #include "daemon/experts.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
@@ -42,7 +43,6 @@ struct req {
 	uint64_t t_admit, t_first;
 	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
 	enum dp_kv_tier restored_from;
-	float *row; /* this step's logits row, or NULL */
 	struct req *next;
 };
 
@@ -63,8 +63,11 @@ struct compute {
 	uint32_t n_active, n_waiting;
 	float *logits;
 	size_t logits_rows;
-	struct dp_v4_batch_item *items;
+	struct dp_v4_batch_item *items; /* this step's batch (max_batch) */
 	struct req **item_req;
+	struct dp_batch_cand *cand;	/* its candidates: the active requests */
+	struct req **cand_req;
+	struct dp_batch_pick *picks;
 	/* sessions each connection created, by slot; gen tells a reused slot's
 	 * new connection from the old one, whose close may arrive later */
 	struct conn_sessions {
@@ -507,71 +510,67 @@ static void retire(struct compute *c)
 }
 
 /*
- * Admission of a session whose state is still arriving: it joins a step
- * when its remaining reads should be done before the step needs them (the
- * step's time, from recent steps, covers the I/O), or when nothing else
- * would run (an idle step gains nothing by waiting). Then the forward waits
- * per layer only for that layer's pages.
+ * A session whose state is still arriving may join a step when its
+ * remaining reads should be done before the step needs them: the step's
+ * time, from recent steps, covers the I/O at the rate restore reads get
+ * (dp_batch_form also lets it in when nothing else runs). The forward then
+ * waits per layer only for that layer's pages.
  */
-static bool restore_ready(struct compute *c, struct req *r, uint32_t n_in_step)
+static bool restore_ready(struct compute *c, struct req *r)
 {
 	struct dp_kv_restore_info ri;
 	if (dp_kv_session_restore_info(c->srv->kv, r->sess, &ri) < 0 || !ri.active ||
 	    ri.layers_ready == ri.layers)
 		return true;
-	bool others = n_in_step > 0;
-	for (struct req *o = r->next; o && !others; o = o->next)
-		others = !o->done && !o->t_restore;
-	if (!others)
-		return true;
 	double rate = c->io_bytes_per_ns > 0 ? c->io_bytes_per_ns : 1.0; /* ~1 GB/s until measured */
 	return (double)ri.bytes_left / rate <= c->step_ns_avg;
 }
 
-static int step(struct compute *c)
+/* The step's batch: ends what is cancelled or has nothing left to feed,
+ * then lets dp_batch_form (daemon/batch.h) choose; fills c->items. */
+static uint32_t form_batch(struct compute *c)
 {
-	struct dp_server *srv = c->srv;
-	uint32_t budget = srv->cfg.max_batch_tokens, n = 0;
-	uint64_t t0 = dp_now_ns();
-
-	/* Sessions whose state is still arriving go last in the batch: the
-	 * forward takes the items in order within a layer, so a wait at one's
-	 * gate then comes after the others' work on that layer, not before. */
-	for (int pass = 0; pass < 2; pass++)
+	const struct dp_config *cfg = &c->srv->cfg;
+	uint32_t n = 0;
 	for (struct req *r = c->active; r; r = r->next) {
-		if ((r->t_restore != 0) != (pass == 1))
-			continue;
-		r->row = NULL;
 		if (r->cancelled && !r->done) {
 			r->done = true;
 			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED;
 		}
-		if (r->done || budget == 0)
-			continue;
-		if (r->t_restore && !restore_ready(c, r, n))
-			continue; /* still loading: this step does not wait for it */
-		uint64_t at = dp_v4_seq_pos(r->seq), len = hist_len(r);
-		if (at >= len) { /* max_new_tokens 0: the prompt is in */
+		if (!r->done && dp_v4_seq_pos(r->seq) >= hist_len(r)) { /* max_new_tokens 0 */
 			r->done = true;
 			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
-			continue;
 		}
-		uint64_t feed = len - at;
-		if (feed > srv->cfg.prefill_chunk)
-			feed = srv->cfg.prefill_chunk;
-		if (feed > budget)
-			feed = budget;
-		budget -= (uint32_t)feed;
-		c->items[n] = (struct dp_v4_batch_item){ .seq = r->seq, .tokens = hist(r) + at,
-							 .n_tokens = (uint32_t)feed };
-		c->item_req[n++] = r;
-		if (feed == 1 && len - at == 1 && r->generated)
+		if (r->done)
+			continue;
+		c->cand[n] = (struct dp_batch_cand){ .at = dp_v4_seq_pos(r->seq), .len = hist_len(r),
+						     .loading = r->t_restore != 0 };
+		c->cand[n].io_ready = !c->cand[n].loading || restore_ready(c, r);
+		c->cand_req[n++] = r;
+	}
+	struct dp_batch_limits lim = { .max_batch_tokens = cfg->max_batch_tokens,
+				       .prefill_chunk = cfg->prefill_chunk, .max_seqs = cfg->max_batch };
+	uint32_t k = dp_batch_form(c->cand, n, &lim, c->picks);
+	for (uint32_t i = 0; i < k; i++) {
+		const struct dp_batch_cand *cd = &c->cand[c->picks[i].cand];
+		struct req *r = c->cand_req[c->picks[i].cand];
+		uint32_t feed = c->picks[i].feed;
+		c->items[i] = (struct dp_v4_batch_item){ .seq = r->seq, .tokens = hist(r) + cd->at,
+							 .n_tokens = feed };
+		c->item_req[i] = r;
+		if (feed == 1 && cd->len - cd->at == 1 && r->generated)
 			c->st.tokens_decode++;
 		else
 			c->st.tokens_prefill += feed;
 	}
-	if (n == 0)
-		return 0;
+	return k;
+}
+
+/* Run the batch's forward. A failure fails its requests (their state no
+ * longer matches their history: dropped, rebuilt from it next time). */
+static int run_batch(struct compute *c, uint32_t n)
+{
+	struct dp_server *srv = c->srv;
 	if (srv->engram) {
 		/* the step's tokens are known: issue its Engram rows' reads now,
 		 * so each Engram layer waits only for its own (a failure here
@@ -581,98 +580,110 @@ static int step(struct compute *c)
 			log_warning("Engram prefetch of a %u-sequence step failed: %s", n, strerror(-pr));
 	}
 	int ret = dp_v4_forward(srv->model, c->items, n, c->logits);
-	if (ret < 0) {
-		const char *why = dp_gpu_last_error(srv->gpu);
-		log_err("forward step of %u sequences failed: %s%s%s; failing them", n, strerror(-ret),
-			why[0] ? ": " : "", why);
-		for (uint32_t i = 0; i < n; i++) {
-			struct req *r = c->item_req[i];
-			send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",
-				   strerror(-ret));
-			r->done = true;
-			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
-			c->st.requests_failed++;
-			/* the state no longer matches its history: drop it */
-			if (r->sess) {
-				dp_kv_session_forget_state(srv->kv, r->sess);
-				r->sess = NULL;
-				r->seq = NULL;
-			}
-		}
-		return ret;
-	}
-	uint32_t step_tokens = 0;
+	if (ret == 0)
+		return 0;
+	const char *why = dp_gpu_last_error(srv->gpu);
+	log_err("forward step of %u sequences failed: %s%s%s; failing them", n, strerror(-ret),
+		why[0] ? ": " : "", why);
 	for (uint32_t i = 0; i < n; i++) {
 		struct req *r = c->item_req[i];
-		step_tokens += c->items[i].n_tokens;
-		if (r->sess && dp_v4_seq_poisoned(r->seq)) {
-			/* a page of its restore failed its checks: never served;
-			 * rebuild the state from the history and carry on */
-			log_warning("session %s: a restored page failed its checks; recomputing",
-				    r->msg->session);
+		send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "forward pass failed: %s",
+			   strerror(-ret));
+		r->done = true;
+		r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+		c->st.requests_failed++;
+		if (r->sess) {
 			dp_kv_session_forget_state(srv->kv, r->sess);
-			r->t_restore = 0;
-			if (dp_kv_session_acquire(srv->kv, r->sess, &r->seq) < 0) {
-				send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL,
-					   "cannot rebuild session %s", r->msg->session);
-				r->sess = NULL;
-				r->seq = NULL;
-				r->done = true;
-				r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
-			}
-			continue;
-		}
-		if (r->t_restore) { /* its restore completed inside this step */
-			struct dp_kv_restore_info ri;
-			dp_kv_session_restore_info(srv->kv, r->sess, &ri);
-			if (!ri.active) {
-				trace_add(c, "restore", 1, r->t_restore, dp_now_ns(),
-					  (uint32_t)r->cached, (uint32_t)r->restored_from);
-				r->t_restore = 0;
-			}
-		}
-		if (dp_v4_seq_pos(r->seq) < hist_len(r))
-			continue; /* a prefill chunk: no token yet */
-		if (r->generated >= r->msg->max_new) {
-			r->done = true;
-			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
-			continue;
-		}
-		int id;
-		if (dp_sampler_sample(&r->sampler, c->logits + (size_t)i * srv->vocab, (int)srv->vocab, &id) < 0) {
-			send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "sampling failed (no finite logit)");
-			r->done = true;
-			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
-			continue;
-		}
-		int32_t t = id;
-		hist_append(c, r, &t, 1);
-		r->generated++;
-		atomic_fetch_add_explicit(&srv->tokens_out, 1, memory_order_relaxed);
-		if (!r->t_first)
-			r->t_first = dp_now_ns();
-		uint32_t finish = 0;
-		if (!r->msg->ignore_eos && is_eos(srv, t))
-			finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
-		for (uint32_t k = 0; k < r->msg->n_stop && !finish; k++)
-			if (r->msg->stop[k] == t)
-				finish = DUALPATH__V1__FINISH_REASON__FINISH_STOP;
-		if (!finish && r->generated >= r->msg->max_new)
-			finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
-		if (finish) {
-			/* the last token goes out now; the finish follows once the
-			 * turn is journaled (retire) */
-			r->done = true;
-			r->finish = finish;
-			struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
-					       .request_id = r->msg->request_id, .n_ids = 1,
-					       .position = hist_len(r) };
-			ev.ids[0] = t;
-			send_event(c, &ev);
-		} else {
-			emit(c, r, &t, 1, 0);
+			r->sess = NULL;
+			r->seq = NULL;
 		}
 	}
+	return ret;
+}
+
+/* After the forward, one item: a restored page that failed its checks is
+ * recomputed; a finished restore is traced; a sequence whose history is
+ * all fed samples its next token and sends it. */
+static void emit_item(struct compute *c, uint32_t i)
+{
+	struct dp_server *srv = c->srv;
+	struct req *r = c->item_req[i];
+	if (r->sess && dp_v4_seq_poisoned(r->seq)) {
+		/* never served: rebuild the state from the history, carry on */
+		log_warning("session %s: a restored page failed its checks; recomputing",
+			    r->msg->session);
+		dp_kv_session_forget_state(srv->kv, r->sess);
+		r->t_restore = 0;
+		if (dp_kv_session_acquire(srv->kv, r->sess, &r->seq) < 0) {
+			send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "cannot rebuild session %s",
+				   r->msg->session);
+			r->sess = NULL;
+			r->seq = NULL;
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+		}
+		return;
+	}
+	if (r->t_restore) { /* its restore completed inside this step */
+		struct dp_kv_restore_info ri;
+		dp_kv_session_restore_info(srv->kv, r->sess, &ri);
+		if (!ri.active) {
+			trace_add(c, "restore", 1, r->t_restore, dp_now_ns(), (uint32_t)r->cached,
+				  (uint32_t)r->restored_from);
+			r->t_restore = 0;
+		}
+	}
+	if (dp_v4_seq_pos(r->seq) < hist_len(r))
+		return; /* a prefill chunk: no token yet */
+	if (r->generated >= r->msg->max_new) {
+		r->done = true;
+		r->finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
+		return;
+	}
+	int id;
+	if (dp_sampler_sample(&r->sampler, c->logits + (size_t)i * srv->vocab, (int)srv->vocab, &id) < 0) {
+		send_error(c, r->msg, DUALPATH__V1__CODE__INTERNAL, "sampling failed (no finite logit)");
+		r->done = true;
+		r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+		return;
+	}
+	int32_t t = id;
+	hist_append(c, r, &t, 1);
+	r->generated++;
+	atomic_fetch_add_explicit(&srv->tokens_out, 1, memory_order_relaxed);
+	if (!r->t_first)
+		r->t_first = dp_now_ns();
+	uint32_t finish = 0;
+	if (!r->msg->ignore_eos && is_eos(srv, t))
+		finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
+	for (uint32_t k = 0; k < r->msg->n_stop && !finish; k++)
+		if (r->msg->stop[k] == t)
+			finish = DUALPATH__V1__FINISH_REASON__FINISH_STOP;
+	if (!finish && r->generated >= r->msg->max_new)
+		finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
+	if (finish) {
+		/* the last token goes out now; the finish follows once the turn
+		 * is journaled (retire) */
+		r->done = true;
+		r->finish = finish;
+		struct dp_event ev = { .kind = DP_EV_TOKENS, .to = r->msg->from,
+				       .request_id = r->msg->request_id, .n_ids = 1,
+				       .position = hist_len(r) };
+		ev.ids[0] = t;
+		send_event(c, &ev);
+	} else {
+		emit(c, r, &t, 1, 0);
+	}
+}
+
+/* The step's figures: time computing vs waiting for restored pages, the
+ * restore read rate admission estimates with, the trace. */
+static void account_step(struct compute *c, uint64_t t0, uint32_t n)
+{
+	struct dp_server *srv = c->srv;
+	uint32_t step_tokens = 0;
+	for (uint32_t i = 0; i < n; i++)
+		step_tokens += c->items[i].n_tokens;
 	uint64_t dt = dp_now_ns() - t0;
 	struct dp_kv_stats ks;
 	dp_kv_stats(srv->kv, &ks);
@@ -696,6 +707,21 @@ static int step(struct compute *c)
 	double rate = dt ? step_tokens * 1e9 / (double)dt : 0;
 	c->st.tok_s = c->st.steps == 1 ? rate : 0.9 * c->st.tok_s + 0.1 * rate;
 	trace_add(c, "step", 0, t0, t0 + dt, step_tokens, n);
+}
+
+/* One forward step: form the batch, run it, emit what it produced. */
+static int step(struct compute *c)
+{
+	uint64_t t0 = dp_now_ns();
+	uint32_t n = form_batch(c);
+	if (n == 0)
+		return 0;
+	int ret = run_batch(c, n);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < n; i++)
+		emit_item(c, i);
+	account_step(c, t0, n);
 	return 0;
 }
 
@@ -954,9 +980,13 @@ void *dp_compute_main(void *arg)
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));
 	c.item_req = calloc(maxb, sizeof(*c.item_req));
+	c.cand = calloc(maxb, sizeof(*c.cand));
+	c.cand_req = calloc(maxb, sizeof(*c.cand_req));
+	c.picks = calloc(maxb, sizeof(*c.picks));
 	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(*c.sessions_by_conn));
 	c.trace = calloc(TRACE_N, sizeof(*c.trace));
-	if (!c.logits || !c.items || !c.item_req || !c.sessions_by_conn || !c.trace) {
+	if (!c.logits || !c.items || !c.item_req || !c.cand || !c.cand_req || !c.picks ||
+	    !c.sessions_by_conn || !c.trace) {
 		log_err("compute thread: out of memory");
 		atomic_store(&srv->compute_done, true);
 		return NULL;
@@ -1013,6 +1043,9 @@ void *dp_compute_main(void *arg)
 	free(c.logits);
 	free(c.items);
 	free(c.item_req);
+	free(c.cand);
+	free(c.cand_req);
+	free(c.picks);
 	free(c.sessions_by_conn);
 	free(c.trace);
 	atomic_store(&srv->compute_done, true);
