@@ -23,46 +23,9 @@
 #include <cerrno>
 
 #include "gpu/cuda/cuda-internal.cuh"
+#include "gpu/cuda/wvec.cuh"
 
 #define GEMV_WARPS 8
-
-template <typename WT> struct wvec;
-
-/* 16 bytes of weights -> N floats */
-template <> struct wvec<__nv_bfloat16> {
-	static constexpr int N = 8;
-	__device__ __forceinline__ static void load(const __nv_bfloat16 *p, float *out)
-	{
-		uint4 v = __ldg(reinterpret_cast<const uint4 *>(p));
-		const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			float2 f = __bfloat1622float2(h[i]);
-			out[2 * i] = f.x;
-			out[2 * i + 1] = f.y;
-		}
-	}
-	__device__ __forceinline__ static float one(const __nv_bfloat16 *p)
-	{
-		return __bfloat162float(p[0]);
-	}
-};
-
-template <> struct wvec<float> {
-	static constexpr int N = 4;
-	__device__ __forceinline__ static void load(const float *p, float *out)
-	{
-		float4 v = __ldg(reinterpret_cast<const float4 *>(p));
-		out[0] = v.x;
-		out[1] = v.y;
-		out[2] = v.z;
-		out[3] = v.w;
-	}
-	__device__ __forceinline__ static float one(const float *p)
-	{
-		return __ldg(p);
-	}
-};
 
 /* One warp per output row r: acc[m] = sum_k W[r][k] * x[m][k]. VEC: cols is
  * a multiple of the vector width and every row of W and x is 16-byte

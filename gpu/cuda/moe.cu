@@ -43,6 +43,7 @@
 #include <cstring>
 
 #include "gpu/cuda/cuda-internal.cuh"
+#include "gpu/cuda/wvec.cuh"
 
 #define CU_MOE_DEVICE_PAIRS 256
 #define CU_MOE_K_MAX        32
@@ -257,41 +258,6 @@ __global__ void moe_plan_kernel(const int32_t *__restrict__ idx, uint32_t P, uin
 
 /* ---- moe: expert GEMV (device-planned path) -------------------------------- */
 
-template <typename WT> struct ev;
-template <> struct ev<__nv_bfloat16> {
-	static constexpr int N = 8;
-	__device__ __forceinline__ static void load(const __nv_bfloat16 *p, float *o)
-	{
-		uint4 v = __ldg(reinterpret_cast<const uint4 *>(p));
-		const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			float2 f = __bfloat1622float2(h[i]);
-			o[2 * i] = f.x;
-			o[2 * i + 1] = f.y;
-		}
-	}
-	__device__ __forceinline__ static float one(const __nv_bfloat16 *p)
-	{
-		return __bfloat162float(p[0]);
-	}
-};
-template <> struct ev<float> {
-	static constexpr int N = 4;
-	__device__ __forceinline__ static void load(const float *p, float *o)
-	{
-		float4 v = __ldg(reinterpret_cast<const float4 *>(p));
-		o[0] = v.x;
-		o[1] = v.y;
-		o[2] = v.z;
-		o[3] = v.w;
-	}
-	__device__ __forceinline__ static float one(const float *p)
-	{
-		return __ldg(p);
-	}
-};
-
 /* acc[b] += W[row] . in[b] for nb (<= EXP_CHUNK) inputs of `cols` floats;
  * NW rows at once (gate and up share the inputs). */
 template <typename WT, bool VEC, int NW>
@@ -299,12 +265,12 @@ __device__ __forceinline__ void exp_dot(const WT *const *wrow, const float *cons
                                         uint32_t cols, uint32_t lane, float acc[NW][EXP_CHUNK])
 {
 	if (VEC) {
-		constexpr int N = ev<WT>::N;
+		constexpr int N = wvec<WT>::N;
 		for (uint32_t kk = lane * N; kk < cols; kk += 32 * N) {
 			float wv[NW][N];
 #pragma unroll
 			for (int r = 0; r < NW; r++)
-				ev<WT>::load(wrow[r] + kk, wv[r]);
+				wvec<WT>::load(wrow[r] + kk, wv[r]);
 #pragma unroll
 			for (int b = 0; b < EXP_CHUNK; b++) {
 				if (b >= nb)
@@ -328,7 +294,7 @@ __device__ __forceinline__ void exp_dot(const WT *const *wrow, const float *cons
 			float wv[NW];
 #pragma unroll
 			for (int r = 0; r < NW; r++)
-				wv[r] = ev<WT>::one(wrow[r] + kk);
+				wv[r] = wvec<WT>::one(wrow[r] + kk);
 #pragma unroll
 			for (int b = 0; b < EXP_CHUNK; b++) {
 				if (b >= nb)
@@ -483,8 +449,8 @@ static int device_experts(struct dp_gpu_cuda *c, const float *x, const WT *gu, c
                           uint32_t grid_e, const struct moe_plan &pl, float limit, float *h,
                           float *os)
 {
-	bool vec_gu = D % ev<WT>::N == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)gu & 15) == 0;
-	bool vec_dn = I % ev<WT>::N == 0 && ((uintptr_t)h & 15) == 0 && ((uintptr_t)dn & 15) == 0;
+	bool vec_gu = D % wvec<WT>::N == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)gu & 15) == 0;
+	bool vec_dn = I % wvec<WT>::N == 0 && ((uintptr_t)h & 15) == 0 && ((uintptr_t)dn & 15) == 0;
 	dim3 g1(cu_blocks(I, EXP_WARPS), grid_e), g2(cu_blocks(D, EXP_WARPS), grid_e);
 	if (vec_gu)
 		exp_gate_up_kernel<WT, true>
