@@ -349,20 +349,31 @@ static int parse_scalars(const json_t *root, struct dp_v4_config *c, struct errb
 	return 0;
 }
 
-/* bos/pad: int or null; eos: int, list of ints, or null. */
+/* A token id names a row of the vocabulary: an eos id beyond it would never
+ * be sampled, so no generation would end on it. */
+static int check_token_id(const char *key, long long x, int vocab_size, struct errbuf *e)
+{
+	if (x >= vocab_size)
+		return fail(e, "%s: %lld is not a token id (not below vocab_size %d)", key, x,
+		            vocab_size);
+	return 0;
+}
+
+/* bos/pad: int or null; eos: int, list of ints, or null. Each id is below
+ * vocab_size. */
 static int parse_tokens(const json_t *root, struct dp_v4_config *c, struct errbuf *e)
 {
 	long long x = 0;
 	int r;
 
-	if ((r = get_int64(root, "", "bos_token_id", true, -1, 0, LLONG_MAX, &x, e)))
+	if ((r = get_int64(root, "", "bos_token_id", true, -1, 0, LLONG_MAX, &x, e)) ||
+	    (r = check_token_id("bos_token_id", x, c->vocab_size, e)))
 		return r;
 	c->bos_token_id = json_object_get(root, "bos_token_id") ? x : 0;
-	if ((r = get_int64(root, "", "pad_token_id", true, -1, 0, LLONG_MAX, &x, e)))
+	if ((r = get_int64(root, "", "pad_token_id", true, -1, 0, LLONG_MAX, &x, e)) ||
+	    (r = check_token_id("pad_token_id", x, c->vocab_size, e)))
 		return r;
 	c->pad_token_id = x;
-	if (x >= c->vocab_size)
-		return fail(e, "pad_token_id: %lld is not below vocab_size (%d)", x, c->vocab_size);
 
 	json_t *v = json_object_get(root, "eos_token_id");
 	if (!v) {
@@ -376,7 +387,8 @@ static int parse_tokens(const json_t *root, struct dp_v4_config *c, struct errbu
 	if (json_is_null(v))
 		return 0;
 	if (json_is_integer(v)) {
-		if ((r = get_int64(root, "", "eos_token_id", false, 0, 0, LLONG_MAX, &x, e)))
+		if ((r = get_int64(root, "", "eos_token_id", false, 0, 0, LLONG_MAX, &x, e)) ||
+		    (r = check_token_id("eos_token_id", x, c->vocab_size, e)))
 			return r;
 		c->eos_token_ids = malloc(sizeof(int64_t));
 		if (!c->eos_token_ids)
@@ -403,6 +415,10 @@ static int parse_tokens(const json_t *root, struct dp_v4_config *c, struct errbu
 			return fail(e,
 			            "eos_token_id[%zu]: expected a token id (integer >= 0), got %s",
 			            i, SHOW(it));
+		char key[32];
+		snprintf(key, sizeof(key), "eos_token_id[%zu]", i);
+		if ((r = check_token_id(key, json_integer_value(it), c->vocab_size, e)))
+			return r;
 		c->eos_token_ids[i] = json_integer_value(it);
 	}
 	c->n_eos = (int)n;

@@ -308,6 +308,31 @@ Test(config, eos_token_id_may_be_an_int_a_list_or_null)
 	expect_refused("{\"pad_token_id\": 129280}", "pad_token_id", "129280");
 }
 
+/* An end-of-sequence id the model can never sample ends no generation: a
+ * typo in config.json must not serve a model that runs to max_new_tokens. */
+Test(config, token_ids_beyond_the_vocabulary_are_refused)
+{
+	struct dp_v4_config c;
+
+	expect_refused("{\"vocab_size\": 300, \"eos_token_id\": 300}", "eos_token_id", "300");
+	expect_refused("{\"vocab_size\": 300, \"eos_token_id\": 129279}", "eos_token_id",
+	               "vocab_size");
+	expect_refused("{\"vocab_size\": 300, \"eos_token_id\": [1, 2, 999]}", "eos_token_id[2]",
+	               "999");
+	expect_refused("{\"vocab_size\": 300, \"eos_token_id\": [1, -2]}", "eos_token_id[1]", "-2");
+	expect_refused("{\"vocab_size\": 300, \"bos_token_id\": 300}", "bos_token_id", "300");
+	expect_refused("{\"bos_token_id\": -3}", "bos_token_id", "-3");
+	expect_refused("{\"vocab_size\": 300, \"pad_token_id\": 300}", "pad_token_id", "300");
+	expect_refused("{\"pad_token_id\": -1}", "pad_token_id", "-1");
+	/* the last id of the vocabulary is an id */
+	expect_ok("{\"vocab_size\": 300, \"eos_token_id\": [299], \"bos_token_id\": 299, "
+	          "\"pad_token_id\": 299}",
+	          &c);
+	cr_expect_eq(c.eos_token_ids[0], 299);
+	cr_expect_eq(c.bos_token_id, 299);
+	dp_v4_config_fini(&c);
+}
+
 Test(config, integer_where_a_float_is_expected_is_accepted)
 {
 	struct dp_v4_config c;
