@@ -30,7 +30,8 @@ static const char usage[] =
     "Options:\n"
     "  --session ID        continue or create session ID ([A-Za-z0-9._-], up to 128);\n"
     "                      without it the context is dropped at the end\n"
-    "  --max-tokens N      generate at most N tokens (default 128; 0: only ingest)\n"
+    "  --max-tokens N, -n N\n"
+    "                      generate at most N tokens (default 128; 0: only ingest)\n"
     "  --temperature T     0 (default) is greedy\n"
     "  --top-k K           sample among the K likeliest (0: off)\n"
     "  --top-p P           nucleus sampling (0 or 1: off)\n"
@@ -47,7 +48,6 @@ static const char usage[] =
 
 enum {
 	OPT_SESSION = DP_V4CTL_OPT_FIRST_COMMAND,
-	OPT_MAX_TOKENS,
 	OPT_TEMPERATURE,
 	OPT_TOP_K,
 	OPT_TOP_P,
@@ -140,7 +140,7 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 	static const struct option opts[] = {
 	    DP_V4CTL_COMMON_OPTS,
 	    {"session", required_argument, NULL, OPT_SESSION},
-	    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+	    {"max-tokens", required_argument, NULL, 'n'},
 	    {"temperature", required_argument, NULL, OPT_TEMPERATURE},
 	    {"top-k", required_argument, NULL, OPT_TOP_K},
 	    {"top-p", required_argument, NULL, OPT_TOP_P},
@@ -155,7 +155,7 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 
 	g->max_tokens = MAX_TOKENS_DEFAULT;
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, DP_V4CTL_COMMON_SHORT "v", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, DP_V4CTL_COMMON_SHORT "n:v", opts, NULL)) != -1) {
 		int r = dp_v4ctl_common_opt(ctl, opt, optarg, usage);
 		if (r < 0)
 			return -1;
@@ -173,8 +173,8 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 			}
 			g->session = optarg;
 			break;
-		case OPT_MAX_TOKENS:
-			if (dp_v4ctl_parse_u64("--max-tokens", optarg, 0, UINT32_MAX,
+		case 'n': /* -n as dp-generate takes it */
+			if (dp_v4ctl_parse_u64("--max-tokens (-n)", optarg, 0, UINT32_MAX,
 			                       &g->max_tokens) < 0)
 				return -1;
 			break;

@@ -7,7 +7,7 @@
  *	v4ctl --help | --version
  *
  * COMMANDS
- *	generate [--session ID] [--max-tokens N] [--temperature T] [--top-k K]
+ *	generate [--session ID] [--max-tokens N | -n N] [--temperature T] [--top-k K]
  *	         [--top-p P] [--seed S] [--stop ID,...] [--ids] [--verbose]
  *	         [--tokens 1,2,3 | TEXT... | -]
  *		Append a prompt (text from the arguments, from stdin with '-',

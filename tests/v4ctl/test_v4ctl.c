@@ -163,6 +163,31 @@ Test(v4ctl, generate_ids_prints_token_ids)
 	run_free(&r);
 }
 
+/* dp-generate takes -n for the tokens to generate; v4ctl took only --max-tokens */
+Test(v4ctl, generate_n_is_short_for_max_tokens)
+{
+	struct run a, b;
+	V4CTL(&a, &d, "generate", "--ids", "-n", "6", "--tokens", "72,105");
+	V4CTL(&b, &d, "generate", "--ids", "--max-tokens", "6", "--tokens", "72,105");
+	cr_assert_eq(a.status, 0, "exit %d, stderr: %s", a.status, a.err);
+	cr_assert_eq(b.status, 0, "stderr: %s", b.err);
+	cr_assert_str_eq(a.out, b.out, "-n 6 and --max-tokens 6 generate the same");
+	int n = 0;
+	for (const char *p = a.out; *p; p++)
+		n += *p == ' ' || *p == '\n';
+	cr_assert(n >= 1 && n <= 6, "%d ids: %s", n, a.out);
+	run_free(&a);
+	run_free(&b);
+	V4CTL(&a, &d, "generate", "-n", "lots", "hello");
+	cr_assert_eq(a.status, 2, "exit %d", a.status);
+	cr_assert(strstr(a.err, "-n"), "names the option: %s", a.err);
+	run_free(&a);
+	run_v4ctl_opts(&a, NULL, (const char *const[]){"generate", "--help", NULL});
+	cr_assert_eq(a.status, 0);
+	cr_assert(strstr(a.out, "--max-tokens N, -n N"), "help shows -n: %s", a.out);
+	run_free(&a);
+}
+
 Test(v4ctl, generate_same_seed_same_text)
 {
 	struct run a, b;
