@@ -11,20 +11,45 @@
 
 #include "dp-config.h"
 
-enum opt_type { OPT_STR, OPT_U32, OPT_U64, OPT_BYTES, OPT_DOUBLE, OPT_BOOL };
+enum opt_type { OPT_STR, OPT_U32, OPT_U64, OPT_BYTES, OPT_FRACTION, OPT_BOOL };
 
 struct opt {
 	const char *section;
 	const char *key;
 	enum opt_type type;
 	size_t offset;
-	size_t size; /* OPT_STR: buffer size */
+	size_t size;  /* OPT_STR: buffer size */
+	uint64_t min; /* OPT_U32, OPT_U64, OPT_BYTES: the allowed range, */
+	uint64_t max;
+	bool zero_ok; /* ... and 0 (off, no limit) below it */
 	const char *help;
 };
 
-#define O(sec, field, type, help) \
-	{ sec, #field, type, offsetof(struct dp_config, field), sizeof(((struct dp_config *)0)->field), help }
+#define OPT(sec, field, type, lo, hi, zero, help)                                           \
+	{ sec, #field, type, offsetof(struct dp_config, field),                             \
+	  sizeof(((struct dp_config *)0)->field), lo, hi, zero, help }
+/* a string, a boolean or a fraction in (0, 1] */
+#define O(sec, field, type, help) OPT(sec, field, type, 0, 0, false, help)
+/* a number in [lo, hi]; OZ: or 0 */
+#define ON(sec, field, type, lo, hi, help) OPT(sec, field, type, lo, hi, false, help)
+#define OZ(sec, field, type, lo, hi, help) OPT(sec, field, type, lo, hi, true, help)
 
+#define KiB (1ull << 10)
+#define MiB (1ull << 20)
+#define GiB (1ull << 30)
+#define TiB (1ull << 40)
+#define PiB (1ull << 50)
+
+/*
+ * The ranges are what an inference host can mean: a value outside one is a
+ * typo or a unit slip (--max-batch 100000000 allocated max_batch x vocab
+ * logits and died after "serving"), refused at load with the key named.
+ * max_frame_bytes: a frame must hold a Hello, and the protocol's own limit
+ * (DP_FRAME_MAX_LIMIT) is far above what one request needs. Byte budgets
+ * below one state page (64 KiB; an NVMe slot is a page and its header)
+ * would count as no tier or no limit, so a nonzero budget is at least 1 MiB.
+ * queue_depth: up to DP_IO_DEPTH_MAX (main.c asserts it).
+ */
 static const struct opt opts[] = {
 	O("daemon", socket, OPT_STR, "Unix socket path"),
 	O("daemon", socket_group, OPT_STR, "group owning the socket (mode 0660)"),
@@ -32,57 +57,69 @@ static const struct opt opts[] = {
 	O("daemon", state_dir, OPT_STR, "sessions, journal and NVMe-tier files"),
 	O("daemon", log_file, OPT_STR, "log to this file instead of stderr"),
 	O("daemon", log_level, OPT_STR, "err, warning, notice, info or debug"),
-	O("daemon", max_frame_bytes, OPT_BYTES, "largest protocol frame"),
-	O("daemon", max_prompt_tokens, OPT_U32, "longest prompt of one request"),
-	O("daemon", max_new_tokens, OPT_U32, "most tokens one request may generate"),
-	O("daemon", max_sessions, OPT_U32, "sessions in total"),
-	O("daemon", max_sessions_per_client, OPT_U32, "sessions one connection may create"),
-	O("daemon", max_requests_per_client, OPT_U32, "in-flight requests per connection"),
-	O("daemon", max_concurrent_requests, OPT_U32, "in-flight generations in total"),
-	O("daemon", max_connections, OPT_U32, "client connections"),
-	O("daemon", drain_grace_ms, OPT_U32, "on drain/SIGTERM, cancel requests still running after this"),
-	O("daemon", status_interval_ms, OPT_U32, "sd_notify STATUS= update period"),
-	O("daemon", client_buffer_bytes, OPT_BYTES, "responses waiting for slow readers and partly "
-						   "received requests, all connections together; past it "
-						   "the connection holding most is closed"),
-	O("daemon", hello_timeout_ms, OPT_U32, "close a connection that has not said Hello by then"),
-	O("daemon", idle_timeout_ms, OPT_U32, "close a connection with nothing in flight after this "
-					      "long (0: never)"),
-	O("daemon", admin_connections, OPT_U32, "of max_connections, slots kept for root and "
-						"admin_group (an operator can always get in)"),
+	ON("daemon", max_frame_bytes, OPT_BYTES, KiB, 256 * MiB, "largest protocol frame"),
+	ON("daemon", max_prompt_tokens, OPT_U32, 1, 1u << 20, "longest prompt of one request"),
+	ON("daemon", max_new_tokens, OPT_U32, 1, 1u << 20, "most tokens one request may generate"),
+	ON("daemon", max_sessions, OPT_U32, 1, 1u << 20, "sessions in total"),
+	ON("daemon", max_sessions_per_client, OPT_U32, 1, 1u << 20,
+	   "sessions one connection may create"),
+	ON("daemon", max_requests_per_client, OPT_U32, 1, 65536,
+	   "in-flight requests per connection"),
+	ON("daemon", max_concurrent_requests, OPT_U32, 1, 65536, "in-flight generations in total"),
+	ON("daemon", max_connections, OPT_U32, 1, 65536, "client connections"),
+	ON("daemon", drain_grace_ms, OPT_U32, 0, 3600000,
+	   "on drain/SIGTERM, cancel requests still running after this"),
+	ON("daemon", status_interval_ms, OPT_U32, 10, 3600000, "sd_notify STATUS= update period"),
+	ON("daemon", client_buffer_bytes, OPT_BYTES, MiB, 64 * GiB,
+	   "responses waiting for slow readers and partly received requests, all connections "
+	   "together; past it the connection holding most is closed"),
+	ON("daemon", hello_timeout_ms, OPT_U32, 100, 3600000,
+	   "close a connection that has not said Hello by then"),
+	OZ("daemon", idle_timeout_ms, OPT_U32, 100, 86400000,
+	   "close a connection with nothing in flight after this long (0: never)"),
+	ON("daemon", admin_connections, OPT_U32, 0, 65535,
+	   "of max_connections, slots kept for root and admin_group (an operator can always get in)"),
 	O("model", model, OPT_STR, "model directory, or \"builtin\" (the embedded default)"),
 	O("model", backend, OPT_STR, "auto, cpu or cuda"),
-	O("model", threads, OPT_U32, "cpu backend threads (0: all)"),
+	ON("model", threads, OPT_U32, 0, 4096, "cpu backend threads (0: all)"),
 	O("model", experts, OPT_STR, "routed experts: device (all resident), dram (a host copy) or "
 				     "nvme (read from the checkpoint by the io thread), paged into "
 				     "expert_slots a layer"),
-	O("model", expert_slots, OPT_U32, "experts a layer keeps on the device when paged "
-					  "(0: a quarter of them, at least num_experts_per_tok)"),
+	ON("model", expert_slots, OPT_U32, 0, 65536,
+	   "experts a layer keeps on the device when paged "
+	   "(0: a quarter of them, at least num_experts_per_tok)"),
 	O("model", expert_lookahead, OPT_BOOL, "nvme: guess a top-k layer's experts one layer early "
 					       "and read them ahead"),
-	O("kvcache", device_bytes, OPT_BYTES, "state pages on the device before demotion (0: no limit)"),
-	O("kvcache", dram_bytes, OPT_BYTES, "pinned DRAM tier"),
-	O("kvcache", nvme_bytes, OPT_BYTES, "NVMe tier (0: no limit)"),
-	O("kvcache", high_watermark, OPT_DOUBLE, "demote above this fraction of a tier"),
-	O("kvcache", low_watermark, OPT_DOUBLE, "... down to this fraction"),
+	OZ("kvcache", device_bytes, OPT_BYTES, MiB, PiB,
+	   "state pages on the device before demotion (0: no limit)"),
+	OZ("kvcache", dram_bytes, OPT_BYTES, MiB, 64 * TiB, "pinned DRAM tier (0: none)"),
+	OZ("kvcache", nvme_bytes, OPT_BYTES, MiB, PiB, "NVMe tier (0: no limit)"),
+	O("kvcache", high_watermark, OPT_FRACTION, "demote above this fraction of a tier"),
+	O("kvcache", low_watermark, OPT_FRACTION,
+	  "... down to this fraction (below high_watermark)"),
 	O("kvcache", direct_io, OPT_BOOL, "O_DIRECT on the NVMe tier's file"),
-	O("kvcache", compact_every, OPT_U32, "compact the journal at the first idle moment after this many commits, at the latest after 4x (0: never)"),
+	ON("kvcache", compact_every, OPT_U32, 0, 1u << 24,
+	   "compact the journal at the first idle moment after this many commits, at the latest "
+	   "after 4x (0: never)"),
 	O("kvcache", csa_entries, OPT_STR, "CSA layers' compressed entries: device, or host (pinned DRAM; "
 					   "each step stages on the device only what the indexer picks)"),
-	O("io", queue_depth, OPT_U32, "io_uring queue depth"),
+	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
 	O("sched", pin_threads, OPT_BOOL, "pin front/compute/io threads near the GPU"),
-	O("sched", max_batch_tokens, OPT_U32, "tokens per forward step"),
-	O("sched", prefill_chunk, OPT_U32, "prompt tokens of one request per step"),
-	O("sched", max_batch, OPT_U32, "sequences per step"),
+	ON("sched", max_batch_tokens, OPT_U32, 1, 65536, "tokens per forward step"),
+	ON("sched", prefill_chunk, OPT_U32, 1, 65536, "prompt tokens of one request per step"),
+	ON("sched", max_batch, OPT_U32, 1, 4096, "sequences per step"),
 	O("sched", restore, OPT_STR, "parked state returns: dualpath (layer by layer, overlapped), "
 				     "full (load, then compute) or recompute (replay the history)"),
 	O("engram", engram_tables, OPT_STR, "the model's Engram tables (a .dpe file: dp-engram convert)"),
 	O("engram", engram_residency, OPT_STR, "where the tables live: device, dram or nvme "
 					       "(read through the io thread)"),
-	O("engram", engram_cache_rows, OPT_U64, "hot-row cache entries (dram, nvme; 0: none)"),
+	ON("engram", engram_cache_rows, OPT_U64, 0, 1u << 30,
+	   "hot-row cache entries (dram, nvme; 0: none)"),
 };
+
+_Static_assert(MiB >= DP_V4_PAGE_BYTES + 4096, "a nonzero tier budget holds a page and a slot");
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -130,7 +167,7 @@ void dp_config_defaults(struct dp_config *c)
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }
 
-/* "64M", "1.5G", "4096", "2KiB" -> bytes */
+/* "64M", "1.5G", "4096", "2KiB" -> bytes (suffixes K M G T P, powers of 1024) */
 static int parse_bytes(const char *v, uint64_t *ret)
 {
 	char *end;
@@ -146,16 +183,57 @@ static int parse_bytes(const char *v, uint64_t *ret)
 	case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
 	case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
 	case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+	case 'p': case 'P': mul = 1024.0 * 1024 * 1024 * 1024 * 1024; end++; break;
 	default: break;
 	}
 	if (mul > 1 && (!strcmp(end, "iB") || !strcmp(end, "B")))
 		end += strlen(end);
-	if (*end || x * mul > 1.8e19)
+	/* a fraction of a byte ("0.5" meant as 0.5G) is a slip, not 0 */
+	if (*end || x * mul > 1.8e19 || x * mul != floor(x * mul))
 		return -EINVAL;
 	*ret = (uint64_t)(x * mul);
 	return 0;
 }
 
+/* A bound as an operator writes it: 1M, 64T, 4096. */
+static void fmt_bound(const struct opt *o, uint64_t v, char *buf, size_t len)
+{
+	static const char suffix[] = "KMGTP";
+	int k = -1;
+	while (o->type == OPT_BYTES && v && v % 1024 == 0 && k < 4) {
+		v /= 1024;
+		k++;
+	}
+	if (k >= 0)
+		snprintf(buf, len, "%llu%c", (unsigned long long)v, suffix[k]);
+	else
+		snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
+/* "between 1 and 4096", "0 or between 1M and 1P"; short: "1..4096", "0, 1M..1P" */
+static void fmt_range(const struct opt *o, bool short_form, char *buf, size_t len)
+{
+	char lo[32], hi[32];
+	fmt_bound(o, o->min, lo, sizeof(lo));
+	fmt_bound(o, o->max, hi, sizeof(hi));
+	if (short_form)
+		snprintf(buf, len, "%s%s..%s", o->zero_ok ? "0, " : "", lo, hi);
+	else
+		snprintf(buf, len, "%sbetween %s and %s", o->zero_ok ? "0 or " : "", lo, hi);
+}
+
+static int check_range(const struct opt *o, uint64_t x, char *why, size_t len)
+{
+	if ((x == 0 && o->zero_ok) || (x >= o->min && x <= o->max))
+		return 0;
+	char range[96];
+	fmt_range(o, false, range, sizeof(range));
+	snprintf(why, len, "%s must be %s", o->key, range);
+	return -ERANGE;
+}
+
+/* Parse v into the field o names; on failure why says what is wrong (the
+ * caller names the file and line, or the flag) and nothing is stored. */
 static int set_opt(struct dp_config *c, const struct opt *o, const char *v, char *why, size_t len)
 {
 	char *p = (char *)c + o->offset, *end;
@@ -176,6 +254,8 @@ static int set_opt(struct dp_config *c, const struct opt *o, const char *v, char
 			snprintf(why, len, "not a non-negative integer%s", o->type == OPT_U32 ? " below 2^32" : "");
 			return -EINVAL;
 		}
+		if (check_range(o, x, why, len) < 0)
+			return -EINVAL;
 		if (o->type == OPT_U32)
 			*(uint32_t *)p = (uint32_t)x;
 		else
@@ -184,21 +264,27 @@ static int set_opt(struct dp_config *c, const struct opt *o, const char *v, char
 	}
 	case OPT_BYTES: {
 		uint64_t x;
-		if (parse_bytes(v, &x) < 0 || (o->size == 4 && x > UINT32_MAX)) {
+		if (parse_bytes(v, &x) < 0) {
 			snprintf(why, len, "not a size (e.g. 4096, 64M, 2G)");
 			return -EINVAL;
 		}
+		if (check_range(o, x, why, len) < 0)
+			return -EINVAL;
 		if (o->size == 4)
 			*(uint32_t *)p = (uint32_t)x;
 		else
 			*(uint64_t *)p = x;
 		return 0;
 	}
-	case OPT_DOUBLE: {
+	case OPT_FRACTION: {
 		errno = 0;
 		double x = strtod(v, &end);
 		if (end == v || *end || errno || !isfinite(x)) {
 			snprintf(why, len, "not a number");
+			return -EINVAL;
+		}
+		if (!(x > 0 && x <= 1)) {
+			snprintf(why, len, "%s must be a fraction above 0 and at most 1", o->key);
 			return -EINVAL;
 		}
 		*(double *)p = x;
@@ -221,8 +307,7 @@ static int set_opt(struct dp_config *c, const struct opt *o, const char *v, char
 
 struct ini_ctx {
 	struct dp_config *c;
-	char *err;
-	size_t err_len;
+	char msg[1024]; /* the first error, without the file and line */
 	bool failed;
 };
 
@@ -232,27 +317,156 @@ static int on_ini(void *user, const char *section, const char *name, const char 
 	char why[160];
 	if (x->failed)
 		return 0; /* keep the first error's message */
+	x->failed = true;
 	for (size_t i = 0; i < N_OPTS; i++) {
 		if (strcmp(opts[i].key, name) != 0)
 			continue;
 		if (strcmp(opts[i].section, section) != 0) {
-			snprintf(x->err, x->err_len, "%s: key %s belongs in section [%s], not [%s]",
-				 x->c->config_path, name, opts[i].section, section);
-			x->failed = true;
+			snprintf(x->msg, sizeof(x->msg), "key %s belongs in section [%s], not [%s]",
+				 name, opts[i].section, section);
 			return 0;
 		}
 		if (set_opt(x->c, &opts[i], value, why, sizeof(why)) < 0) {
-			snprintf(x->err, x->err_len, "%s: [%s] %s = %s: %s", x->c->config_path, section,
-				 name, value, why);
-			x->failed = true;
+			snprintf(x->msg, sizeof(x->msg), "[%s] %s = %.200s: %s", section, name,
+				 value, why);
 			return 0;
 		}
+		x->failed = false;
 		return 1;
 	}
-	snprintf(x->err, x->err_len, "%s: unknown key %s in section [%s]", x->c->config_path, name,
-		 section);
-	x->failed = true;
+	snprintf(x->msg, sizeof(x->msg), "unknown key %.100s in section [%.100s]", name, section);
 	return 0;
+}
+
+static int on_ini_syntax(void *user, const char *section, const char *name, const char *value)
+{
+	(void)user, (void)section, (void)name, (void)value;
+	return 1;
+}
+
+#define CONFIG_FILE_MAX (1u << 20)
+
+/*
+ * A config file is text: UTF-8 without NUL bytes or control characters
+ * other than tab and CR, in lines inih reads whole (a longer one it would
+ * cut, and read the rest as a line of its own) and as we mean them (no
+ * indented keys: continuation lines to inih). Returns 0, or -EINVAL with
+ * *ret_line the first line that is not.
+ */
+static int check_text(const unsigned char *b, size_t n, int *ret_line, char *why, size_t len)
+{
+	int line = 1;
+	size_t line_len = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned c = b[i];
+		if (c == '\n') {
+			line++;
+			line_len = 0;
+			continue;
+		}
+		*ret_line = line;
+		/* inih reads an indented line as more of the previous key's value
+		 * ("  admin_group = wheel" would set the key above to that text) */
+		if (line_len == 0 && (c == ' ' || c == '\t')) {
+			size_t j = i;
+			while (j < n && (b[j] == ' ' || b[j] == '\t'))
+				j++;
+			if (j < n && b[j] != '\n' && b[j] != '\r' && b[j] != '#' && b[j] != ';') {
+				snprintf(why, len, "an indented line (inih would read it as "
+					 "more of the value above): remove the indentation");
+				return -EINVAL;
+			}
+		}
+		if (++line_len > INI_MAX_LINE - 2) {
+			snprintf(why, len, "line longer than %d bytes", INI_MAX_LINE - 2);
+			return -EINVAL;
+		}
+		if (c == 0) {
+			snprintf(why, len, "a NUL byte: not a text file");
+			return -EINVAL;
+		}
+		if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
+			snprintf(why, len, "control character 0x%02x: not a text file", c);
+			return -EINVAL;
+		}
+		if (c < 0x80)
+			continue;
+		/* UTF-8: the lead byte says how many continuation bytes follow;
+		 * the bounds on the second byte refuse overlong forms, UTF-16
+		 * surrogates and code points past U+10FFFF */
+		unsigned more, lo = 0x80, hi = 0xbf;
+		if (c >= 0xc2 && c <= 0xdf)
+			more = 1;
+		else if (c >= 0xe0 && c <= 0xef) {
+			more = 2;
+			lo = c == 0xe0 ? 0xa0 : 0x80;
+			hi = c == 0xed ? 0x9f : 0xbf;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			more = 3;
+			lo = c == 0xf0 ? 0x90 : 0x80;
+			hi = c == 0xf4 ? 0x8f : 0xbf;
+		} else
+			more = 0;
+		bool ok = more > 0 && i + more < n;
+		for (unsigned k = 1; ok && k <= more; k++) {
+			unsigned d = b[i + k];
+			ok = k == 1 ? d >= lo && d <= hi : d >= 0x80 && d <= 0xbf;
+		}
+		if (!ok) {
+			snprintf(why, len, "not UTF-8 text (byte 0x%02x)", c);
+			return -EINVAL;
+		}
+		i += more;
+		line_len += more;
+	}
+	return 0;
+}
+
+/* Read and apply the config file f (named c->config_path). */
+static int load_file(struct dp_config *c, FILE *f, char *err, size_t err_len)
+{
+	const char *path = c->config_path;
+	char *text = malloc(CONFIG_FILE_MAX + 1);
+	if (!text) {
+		snprintf(err, err_len, "cannot read config file %s: %s", path, strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	size_t n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
+	int ret = 0, line = 0;
+	char why[160];
+	if (ferror(f)) {
+		ret = errno ? -errno : -EIO;
+		snprintf(err, err_len, "cannot read config file %s: %s", path, strerror(-ret));
+	} else if (n > CONFIG_FILE_MAX) {
+		ret = -EFBIG;
+		snprintf(err, err_len, "%s: larger than %u KiB: not a config file", path,
+			 CONFIG_FILE_MAX >> 10);
+	} else if (check_text((const unsigned char *)text, n, &line, why, sizeof(why)) < 0) {
+		ret = -EINVAL;
+		snprintf(err, err_len, "%s:%d: %s", path, line, why);
+	}
+	if (ret < 0) {
+		free(text);
+		return ret;
+	}
+	text[n] = '\0';
+	/* inih reports the first bad line, a line it cannot parse or one our
+	 * handler refused: a pass that refuses nothing finds the former, so
+	 * the message is the one of the first bad line */
+	int syntax = ini_parse_string(text, on_ini_syntax, NULL);
+	struct ini_ctx x = { .c = c };
+	line = ini_parse_string(text, on_ini, &x);
+	if (line && line == syntax) {
+		snprintf(err, err_len,
+			 "%s:%d: not valid INI (key = value lines under [section] headers)", path,
+			 line);
+		ret = -EINVAL;
+	} else if (x.failed) {
+		snprintf(err, err_len, "%s:%d: %s", path, line, x.msg);
+		ret = -EINVAL;
+	}
+	free(text);
+	return ret;
 }
 
 static void usage(FILE *f)
@@ -271,7 +485,13 @@ static void usage(FILE *f)
 		for (char *p = flag; *p; p++)
 			if (*p == '_')
 				*p = '-';
-		fprintf(f, "  %-28s %s\n", flag, opts[i].help);
+		char range[64] = "";
+		if (opts[i].type == OPT_FRACTION)
+			snprintf(range, sizeof(range), "0 < x <= 1");
+		else if (opts[i].max)
+			fmt_range(&opts[i], true, range, sizeof(range));
+		fprintf(f, "  %-28s %s%s%s%s\n", flag, opts[i].help, range[0] ? " [" : "", range,
+			range[0] ? "]" : "");
 	}
 }
 
@@ -323,20 +543,10 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 		return -e;
 	}
 	if (f) {
-		struct ini_ctx x = { c, err, err_len, false };
-		int line = ini_parse_file(f, on_ini, &x);
+		int ret = load_file(c, f, err, err_len);
 		fclose(f);
-		if (x.failed || line != 0) {
-			if (!x.failed)
-				snprintf(err, err_len, "%s:%d: not valid INI (key = value lines under [section])",
-					 c->config_path, line);
-			else if (line > 0) {
-				char tmp[512];
-				snprintf(tmp, sizeof(tmp), "%s (line %d)", err, line);
-				snprintf(err, err_len, "%s", tmp);
-			}
-			return -EINVAL;
-		}
+		if (ret < 0)
+			return ret;
 	}
 	/* pass 2: the flags */
 	for (int i = 1; i < argc; i++) {
@@ -384,28 +594,21 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 		snprintf(err, err_len, "socket and state_dir must be set");
 		return -EINVAL;
 	}
-	if (c->max_frame_bytes < 1024 || c->max_frame_bytes > (256u << 20)) {
-		snprintf(err, err_len, "max_frame_bytes must be between 1 KiB and 256 MiB");
+	if (c->admin_connections >= c->max_connections) {
+		snprintf(err, err_len, "max_connections (%u) must be above admin_connections (%u)",
+			 c->max_connections, c->admin_connections);
 		return -EINVAL;
 	}
-	if (!c->max_connections || c->admin_connections >= c->max_connections) {
-		snprintf(err, err_len, "max_connections must be positive and above admin_connections (%u)",
-			 c->admin_connections);
+	if (c->client_buffer_bytes < 2ull * c->max_frame_bytes) {
+		snprintf(err, err_len,
+			 "client_buffer_bytes (%llu) must be at least 2 x max_frame_bytes (%u)",
+			 (unsigned long long)c->client_buffer_bytes, 2 * c->max_frame_bytes);
 		return -EINVAL;
 	}
-	if (c->client_buffer_bytes < 2ull * c->max_frame_bytes || !c->hello_timeout_ms) {
-		snprintf(err, err_len, "client_buffer_bytes must be at least 2 x max_frame_bytes (%u) and "
-			 "hello_timeout_ms positive", 2 * c->max_frame_bytes);
-		return -EINVAL;
-	}
-	if (!(c->low_watermark > 0 && c->low_watermark <= c->high_watermark && c->high_watermark <= 1)) {
-		snprintf(err, err_len, "watermarks need 0 < low_watermark <= high_watermark <= 1");
-		return -EINVAL;
-	}
-	if (!c->max_batch_tokens || !c->prefill_chunk || !c->max_batch || !c->queue_depth ||
-	    !c->max_concurrent_requests || !c->max_new_tokens || !c->max_prompt_tokens) {
-		snprintf(err, err_len, "max_batch_tokens, prefill_chunk, max_batch, queue_depth, "
-			 "max_concurrent_requests, max_new_tokens and max_prompt_tokens must be positive");
+	/* low == high would demote one session, then the next, at every step */
+	if (!(c->low_watermark < c->high_watermark)) {
+		snprintf(err, err_len, "low_watermark (%g) must be below high_watermark (%g)",
+			 c->low_watermark, c->high_watermark);
 		return -EINVAL;
 	}
 	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
@@ -430,10 +633,6 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	    strcmp(c->engram_residency, "nvme")) {
 		snprintf(err, err_len, "engram_residency must be device, dram or nvme, not %s",
 			 c->engram_residency);
-		return -EINVAL;
-	}
-	if (c->engram_cache_rows > (1ull << 30)) {
-		snprintf(err, err_len, "engram_cache_rows must be at most 2^30");
 		return -EINVAL;
 	}
 	if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {
@@ -475,7 +674,7 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 				o->size == 4 ? (unsigned long long)*(const uint32_t *)p
 					     : (unsigned long long)*(const uint64_t *)p);
 			break;
-		case OPT_DOUBLE: fprintf(f, "%s = %g\n", o->key, *(const double *)p); break;
+		case OPT_FRACTION: fprintf(f, "%s = %g\n", o->key, *(const double *)p); break;
 		case OPT_BOOL: fprintf(f, "%s = %s\n", o->key, *(const bool *)p ? "true" : "false"); break;
 		}
 	}

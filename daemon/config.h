@@ -8,7 +8,8 @@
  * < config file < flag. `--config FILE` names the file (default
  * /etc/dualpath/dualpathd.conf, which may be absent; a file named explicitly
  * must exist). Unknown keys and bad values are errors that name the file and
- * line, or the flag.
+ * line, or the flag. Every number has a range (--help shows it) checked as
+ * it is read; the file must be UTF-8 text in lines inih reads whole.
  */
 #ifndef DP_DAEMON_CONFIG_H
 #define DP_DAEMON_CONFIG_H
@@ -20,6 +21,7 @@
 
 #define DP_CONFIG_DEFAULT_PATH "/etc/dualpath/dualpathd.conf"
 #define DP_CONFIG_STR_MAX 4096
+#define DP_CONFIG_QUEUE_DEPTH_MAX 4096u /* <= DP_IO_DEPTH_MAX (main.c asserts it) */
 
 struct dp_config {
 	/* [daemon] */

@@ -136,7 +136,9 @@ static int start_io(struct dp_server *srv, char *err, size_t err_len)
 	struct dp_config *cfg = &srv->cfg;
 	struct dp_io_config ic;
 	dp_io_config_init(&ic);
-	ic.queue_depth = cfg->queue_depth > DP_IO_DEPTH_MAX ? DP_IO_DEPTH_MAX : cfg->queue_depth;
+	_Static_assert(DP_CONFIG_QUEUE_DEPTH_MAX <= DP_IO_DEPTH_MAX,
+		       "queue_depth is checked at load");
+	ic.queue_depth = cfg->queue_depth;
 	ic.node = srv->placement.node;
 	ic.flags = (cfg->sqpoll ? DP_IO_SQPOLL : 0) | (cfg->iopoll ? DP_IO_IOPOLL : 0);
 	int ret = dp_io_new(&ic, &srv->io);

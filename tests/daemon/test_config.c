@@ -1,0 +1,551 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dualpathd's settings: every number has a range, the config file is text,
+ * unknown keys are refused, each with a message naming the key (and the file
+ * and line, or the flag). Suite `config` calls dp_config_load itself; suite
+ * `config_daemon` runs the real dualpathd and checks that it exits non-zero
+ * before it ever says "serving".
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "daemon/config.h"
+#include "dpclient.h"
+
+/* ---- dp_config_load ----------------------------------------------------------- */
+
+struct loaded {
+	struct dp_config c;
+	int ret;
+	char err[1024];
+};
+
+/* Load with --config /dev/null unless args name one; args NULL-terminated. */
+static void load(struct loaded *l, const char *const *args)
+{
+	const char *argv[32] = {"dualpathd"};
+	int n = 1;
+	bool config = false;
+	for (int i = 0; args[i]; i++)
+		config |= !strncmp(args[i], "--config", 8);
+	if (!config) {
+		argv[n++] = "--config";
+		argv[n++] = "/dev/null";
+	}
+	for (int i = 0; args[i] && n < 31; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	FILE *out = fopen("/dev/null", "w");
+	cr_assert_not_null(out);
+	l->err[0] = '\0';
+	dp_config_defaults(&l->c);
+	l->ret = dp_config_load(&l->c, n, (char **)argv, out, l->err, sizeof(l->err));
+	fclose(out);
+}
+
+#define LOAD(l, ...) load((l), (const char *const[]){__VA_ARGS__, NULL})
+
+/* A config file in a fresh temporary directory; bytes may hold NULs. */
+struct conf_file {
+	char dir[64];
+	char path[96];
+};
+
+static void conf_write(struct conf_file *f, const void *bytes, size_t len)
+{
+	snprintf(f->dir, sizeof(f->dir), "/var/tmp/dp-test-cfg-XXXXXX");
+	cr_assert_not_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/dualpathd.conf", f->dir);
+	FILE *o = fopen(f->path, "wb");
+	cr_assert_not_null(o);
+	cr_assert_eq(fwrite(bytes, 1, len, o), len);
+	fclose(o);
+}
+
+static void conf_remove(struct conf_file *f)
+{
+	unlink(f->path);
+	rmdir(f->dir);
+}
+
+/* Load text as the config file: expect it refused with every needle (NULL
+ * ends them) in the message. */
+static void file_refused(const void *bytes, size_t len, const char *const *needles)
+{
+	struct conf_file f;
+	struct loaded l;
+	conf_write(&f, bytes, len);
+	LOAD(&l, "--config", f.path);
+	cr_expect_lt(l.ret, 0, "refused: %.*s", (int)len, (const char *)bytes);
+	cr_expect(strstr(l.err, f.path), "the message names the file: %s", l.err);
+	for (int i = 0; needles[i]; i++)
+		cr_expect(strstr(l.err, needles[i]), "the message \"%s\" names \"%s\"", l.err,
+		          needles[i]);
+	conf_remove(&f);
+}
+
+#define FILE_REFUSED(text, ...)                                                                    \
+	file_refused((text), sizeof(text) - 1, (const char *const[]){__VA_ARGS__, NULL})
+
+TestSuite(config, .timeout = 60);
+
+/* One row a numeric key: a value past each end of its range and the range
+ * as the message says it. */
+static const struct range_case {
+	const char *flag, *key, *below, *above, *range;
+} ranges[] = {
+    {"--max-frame-bytes", "max_frame_bytes", "1023", "257M", "between 1K and 256M"},
+    {"--max-prompt-tokens", "max_prompt_tokens", "0", "1048577", "between 1 and 1048576"},
+    {"--max-new-tokens", "max_new_tokens", "0", "1048577", "between 1 and 1048576"},
+    {"--max-sessions", "max_sessions", "0", "1048577", "between 1 and 1048576"},
+    {"--max-sessions-per-client", "max_sessions_per_client", "0", "1048577",
+     "between 1 and 1048576"},
+    {"--max-requests-per-client", "max_requests_per_client", "0", "65537", "between 1 and 65536"},
+    {"--max-concurrent-requests", "max_concurrent_requests", "0", "65537", "between 1 and 65536"},
+    {"--max-connections", "max_connections", "0", "65537", "between 1 and 65536"},
+    {"--drain-grace-ms", "drain_grace_ms", NULL, "3600001", "between 0 and 3600000"},
+    {"--status-interval-ms", "status_interval_ms", "9", "3600001", "between 10 and 3600000"},
+    {"--client-buffer-bytes", "client_buffer_bytes", "1023K", "65G", "between 1M and 64G"},
+    {"--hello-timeout-ms", "hello_timeout_ms", "99", "3600001", "between 100 and 3600000"},
+    {"--idle-timeout-ms", "idle_timeout_ms", "99", "86400001", "0 or between 100 and 86400000"},
+    {"--admin-connections", "admin_connections", NULL, "65536", "between 0 and 65535"},
+    {"--threads", "threads", NULL, "4097", "between 0 and 4096"},
+    {"--expert-slots", "expert_slots", NULL, "65537", "between 0 and 65536"},
+    {"--device-bytes", "device_bytes", "1023K", "1025T", "0 or between 1M and 1P"},
+    {"--dram-bytes", "dram_bytes", "64K", "65T", "0 or between 1M and 64T"},
+    {"--nvme-bytes", "nvme_bytes", "1000", "2P", "0 or between 1M and 1P"},
+    {"--compact-every", "compact_every", NULL, "16777217", "between 0 and 16777216"},
+    {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
+    {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},
+    {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},
+    {"--max-batch", "max_batch", "0", "4097", "between 1 and 4096"},
+    {"--engram-cache-rows", "engram_cache_rows", NULL, "1073741825", "between 0 and 1073741824"},
+};
+
+#define N_RANGES (sizeof(ranges) / sizeof(ranges[0]))
+
+/* the issue's case: 100000000 sequences a step allocated their logits after
+ * "serving" and the daemon exited 0 */
+Test(config, every_numeric_key_refuses_a_value_outside_its_range_naming_key_value_and_range)
+{
+	struct loaded l;
+	LOAD(&l, "--max-batch", "100000000");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "max_batch") && strstr(l.err, "100000000") &&
+	              strstr(l.err, "between 1 and 4096"),
+	          "%s", l.err);
+	for (size_t i = 0; i < N_RANGES; i++) {
+		const struct range_case *r = &ranges[i];
+		const char *bad[] = {r->below, r->above};
+		for (int k = 0; k < 2; k++) {
+			if (!bad[k])
+				continue;
+			load(&l, (const char *const[]){r->flag, bad[k], NULL});
+			cr_expect_eq(l.ret, -EINVAL, "%s %s accepted", r->flag, bad[k]);
+			cr_expect(strstr(l.err, r->flag) && strstr(l.err, r->key) &&
+			              strstr(l.err, bad[k]) && strstr(l.err, r->range),
+			          "%s %s: \"%s\" names the flag, key, value and %s", r->flag,
+			          bad[k], l.err, r->range);
+		}
+	}
+}
+
+Test(config, a_value_out_of_range_in_the_file_is_refused_with_file_line_and_key)
+{
+	FILE_REFUSED("[daemon]\nmax_connections = 0\n", ":2:", "max_connections = 0",
+	             "between 1 and 65536");
+	FILE_REFUSED("# a comment\n[sched]\n\nmax_batch = 100000000\n", ":4:", "max_batch",
+	             "100000000", "between 1 and 4096");
+	FILE_REFUSED("[kvcache]\nnvme_bytes = 4K\n", ":2:", "nvme_bytes", "4K",
+	             "0 or between 1M and 1P");
+}
+
+/* ranges the table above does not know of are keys without a test */
+Test(config, every_numeric_key_in_help_has_a_range_tested_here)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	struct dp_config c;
+	char err[256];
+	dp_config_defaults(&c);
+	const char *argv[] = {"dualpathd", "--help", NULL};
+	cr_assert_eq(dp_config_load(&c, 2, (char **)argv, out, err, sizeof(err)), 1);
+	fclose(out);
+	int seen = 0;
+	for (char *save, *line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char flag[64];
+		if (sscanf(line, " %63s", flag) != 1 || strncmp(flag, "--", 2) ||
+		    !strchr(line, '['))
+			continue;
+		if (!strcmp(flag, "--high-watermark") || !strcmp(flag, "--low-watermark"))
+			continue; /* fractions: their own test */
+		bool known = false;
+		for (size_t i = 0; i < N_RANGES && !known; i++)
+			known = !strcmp(ranges[i].flag, flag);
+		cr_expect(known, "%s has a range but no case here: %s", flag, line);
+		seen++;
+	}
+	cr_expect_eq(seen, (int)N_RANGES, "every case is a key with a range in --help");
+	free(text);
+}
+
+Test(config, every_numeric_key_accepts_the_ends_of_its_range)
+{
+	struct loaded l;
+	static const char *const ok[][2] = {
+	    {"--max-frame-bytes", "1K"},
+	    {"--client-buffer-bytes", "64G"},
+	    {"--hello-timeout-ms", "100"},
+	    {"--idle-timeout-ms", "0"},
+	    {"--idle-timeout-ms", "86400000"},
+	    {"--max-batch", "1"},
+	    {"--max-batch", "4096"},
+	    {"--max-connections", "65536"},
+	    {"--drain-grace-ms", "0"},
+	    {"--device-bytes", "0"},
+	    {"--device-bytes", "1M"},
+	    {"--device-bytes", "1P"},
+	    {"--dram-bytes", "0"},
+	    {"--dram-bytes", "64T"},
+	    {"--nvme-bytes", "1048576"},
+	    {"--status-interval-ms", "10"},
+	    {"--compact-every", "0"},
+	    {"--queue-depth", "4096"},
+	    {"--engram-cache-rows", "1073741824"},
+	    {"--max-prompt-tokens", "1048576"},
+	};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		load(&l, (const char *const[]){ok[i][0], ok[i][1], NULL});
+		cr_expect_eq(l.ret, 0, "%s %s: %s", ok[i][0], ok[i][1], l.err);
+	}
+	LOAD(&l, "--max-frame-bytes", "256M", "--client-buffer-bytes", "512M");
+	cr_expect_eq(l.ret, 0, "%s", l.err);
+	LOAD(&l, "--max-batch", "4096", "--dram-bytes", "1.5G");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.max_batch, 4096);
+	cr_expect_eq(l.c.dram_bytes, 3ull << 29);
+}
+
+Test(config, settings_that_depend_on_each_other_are_checked_together)
+{
+	struct loaded l;
+	LOAD(&l, "--max-connections", "4", "--admin-connections", "4");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "max_connections (4) must be above admin_connections (4)"), "%s",
+	          l.err);
+	LOAD(&l, "--max-frame-bytes", "64M", "--client-buffer-bytes", "100M");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "client_buffer_bytes (104857600) must be at least 2 x "
+	                        "max_frame_bytes (134217728)"),
+	          "%s", l.err);
+	LOAD(&l, "--max-connections", "5", "--admin-connections", "4", "--idle-timeout-ms", "0");
+	cr_expect_eq(l.ret, 0, "%s", l.err);
+}
+
+Test(config, a_fraction_of_a_byte_is_not_a_size)
+{
+	struct loaded l;
+	LOAD(&l, "--dram-bytes", "0.5");
+	cr_expect_eq(l.ret, -EINVAL, "0.5 bytes is not 0 (no DRAM tier)");
+	cr_expect(strstr(l.err, "--dram-bytes 0.5"), "%s", l.err);
+}
+
+Test(config, watermarks_are_fractions_with_low_below_high)
+{
+	struct loaded l;
+	static const char *const bad[][2] = {
+	    {"--high-watermark", "0"},  {"--high-watermark", "1.01"}, {"--low-watermark", "-0.1"},
+	    {"--low-watermark", "nan"}, {"--high-watermark", "inf"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		load(&l, (const char *const[]){bad[i][0], bad[i][1], NULL});
+		cr_expect_eq(l.ret, -EINVAL, "%s %s accepted", bad[i][0], bad[i][1]);
+		cr_expect(strstr(l.err, bad[i][0] + 2) || strstr(l.err, "watermark"), "%s", l.err);
+	}
+	LOAD(&l, "--low-watermark", "0.9", "--high-watermark", "0.9");
+	cr_expect_eq(l.ret, -EINVAL, "low == high");
+	cr_expect(strstr(l.err, "low_watermark (0.9) must be below high_watermark (0.9)"), "%s",
+	          l.err);
+	LOAD(&l, "--low-watermark", "0.95");
+	cr_expect_eq(l.ret, -EINVAL, "low above the default high");
+	LOAD(&l, "--low-watermark", "0.5", "--high-watermark", "1");
+	cr_expect_eq(l.ret, 0, "%s", l.err);
+}
+
+Test(config, a_config_file_that_is_not_text_is_refused_with_file_and_line)
+{
+	FILE_REFUSED("\0\0\1\2garbage\0\n", ":1:", "NUL byte");
+	FILE_REFUSED("[daemon]\nlog_level = info\n\0\n", ":3:", "NUL byte");
+	FILE_REFUSED("[daemon]\nlog_file = /var/log/\xff\xfe\n", ":2:", "not UTF-8");
+	/* overlong '/', a UTF-16 surrogate, past U+10FFFF, a cut sequence */
+	FILE_REFUSED("[daemon]\nlog_file = \xc0\xaf\n", ":2:", "not UTF-8");
+	FILE_REFUSED("[daemon]\n\nlog_file = \xed\xa0\x80\n", ":3:", "not UTF-8");
+	FILE_REFUSED("[daemon]\nlog_file = \xf4\x90\x80\x80\n", ":2:", "not UTF-8");
+	FILE_REFUSED("[daemon]\nlog_file = \xe2\x82", ":2:", "not UTF-8");
+	FILE_REFUSED("[daemon]\nlog_level = info\x1b[0m\n", ":2:", "control character 0x1b");
+	/* what a stray binary looks like: no newline for a while, bytes of every kind */
+	unsigned char bin[4096];
+	uint32_t x = 12345;
+	for (size_t i = 0; i < sizeof(bin); i++) {
+		x = x * 1103515245u + 12345u;
+		bin[i] = (unsigned char)(x >> 16);
+	}
+	file_refused(bin, sizeof(bin), (const char *const[]){":1:", NULL});
+}
+
+Test(config, a_file_of_utf8_text_with_a_bom_and_crlf_lines_is_read)
+{
+	static const char text[] = "\xef\xbb\xbf# caf\xc3\xa9 \xf0\x9f\x98\x80\r\n[daemon]\r\n"
+	                           "log_level = debug\r\n\t# an indented comment\r\n  \r\n"
+	                           "max_connections=7\r\n";
+	struct conf_file f;
+	struct loaded l;
+	conf_write(&f, text, sizeof(text) - 1);
+	LOAD(&l, "--config", f.path);
+	cr_expect_eq(l.ret, 0, "%s", l.err);
+	conf_remove(&f);
+}
+
+Test(config, a_line_inih_cannot_read_whole_or_parse_is_refused_with_its_line)
+{
+	char text[512];
+	/* inih cuts a line at 198 bytes and reads the rest as a line of its own */
+	int n = snprintf(text, sizeof(text), "[daemon]\nlog_file = /%0190d\n", 0);
+	file_refused(text, (size_t)n, (const char *const[]){":2:", "longer than 198 bytes", NULL});
+	n = snprintf(text, sizeof(text), "[daemon]\nlog_file = /%0186d\n", 0);
+	struct conf_file f;
+	struct loaded l;
+	conf_write(&f, text, (size_t)n);
+	LOAD(&l, "--config", f.path);
+	cr_expect_eq(l.ret, 0, "a line of 198 bytes is read whole: %s", l.err);
+	cr_expect_eq(strlen(l.c.log_file), 187);
+	conf_remove(&f);
+
+	/* inih would set socket_group to "admin_group = wheel" */
+	FILE_REFUSED("[daemon]\nsocket_group = dualpath\n  admin_group = wheel\n",
+	             ":3:", "indented line");
+	FILE_REFUSED("[daemon]\nlog_level = info\n\t[sched]\n", ":3:", "indented line");
+	FILE_REFUSED("[daemon]\nmax_connections\n", ":2:", "not valid INI");
+	FILE_REFUSED("[daemon\nmax_connections = 5\n", ":1:", "not valid INI");
+	/* the first bad line is named, whatever made it bad */
+	FILE_REFUSED("[daemon]\nbogus = 1\njunk\n", ":2:", "unknown key bogus");
+	FILE_REFUSED("[daemon]\njunk\nbogus = 1\n", ":2:", "not valid INI");
+}
+
+Test(config, unknown_keys_are_refused_naming_the_key)
+{
+	FILE_REFUSED("[daemon]\nmax_conections = 5\n", ":2:", "unknown key max_conections",
+	             "[daemon]");
+	FILE_REFUSED("[sched]\nmax_connections = 5\n", ":2:", "max_connections",
+	             "belongs in section [daemon], not [sched]");
+	FILE_REFUSED("max_batch = 5\n", ":1:", "max_batch", "belongs in section [sched]");
+	struct loaded l;
+	LOAD(&l, "--max-conections", "5");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "unknown option --max-conections"), "%s", l.err);
+	LOAD(&l, "--max-batch");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "--max-batch needs a value"), "%s", l.err);
+}
+
+Test(config, print_config_reads_back_as_the_same_settings)
+{
+	struct loaded a, b;
+	LOAD(&a, "--max-batch", "7", "--dram-bytes", "3M", "--low-watermark", "0.5", "--experts",
+	     "nvme", "--expert-slots", "4", "--restore", "full", "--csa-entries", "host",
+	     "--engram-residency", "nvme", "--log-level", "debug", "--backend", "cpu");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	dp_config_print(&a.c, out);
+	fclose(out);
+	struct conf_file f;
+	conf_write(&f, text, len);
+	free(text);
+	LOAD(&b, "--config", f.path);
+	cr_assert_eq(b.ret, 0, "%s", b.err);
+	snprintf(a.c.config_path, sizeof(a.c.config_path), "%s", f.path);
+	cr_expect_eq(memcmp(&a.c, &b.c, sizeof(a.c)), 0, "the printed settings load as themselves");
+	conf_remove(&f);
+}
+
+/* ---- the real dualpathd ---------------------------------------------------------- */
+
+struct outcome {
+	int status;      /* exit status, or 128 + signal */
+	bool served;     /* its socket answered: it was serving (then killed) */
+	char out[16384]; /* stdout and stderr */
+};
+
+/*
+ * Run dualpathd on the test model with config (text, or NULL: /dev/null) and
+ * extra flags; stdout and stderr, without --log-file, are what an operator
+ * sees. as_limit: RLIMIT_AS for the daemon (0: none). If it serves, it is
+ * stopped with SIGTERM.
+ */
+static void run_daemon(const char *model, const void *config, size_t config_len,
+                       const char *const *extra, rlim_t as_limit, struct outcome *o)
+{
+	char dir[] = "/var/tmp/dp-test-c-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char sock[128], state[128], conf[128], outf[128];
+	snprintf(sock, sizeof(sock), "%s/sock", dir);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	snprintf(conf, sizeof(conf), "%s/dualpathd.conf", dir);
+	snprintf(outf, sizeof(outf), "%s/out", dir);
+	if (config) {
+		FILE *f = fopen(conf, "wb");
+		cr_assert_not_null(f);
+		cr_assert_eq(fwrite(config, 1, config_len, f), config_len);
+		fclose(f);
+	}
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		const char *argv[48] = {getenv("DUALPATHD"),
+		                        "--config",
+		                        config ? conf : "/dev/null",
+		                        "--socket",
+		                        sock,
+		                        "--state-dir",
+		                        state,
+		                        "--model",
+		                        model,
+		                        "--pin-threads",
+		                        "false",
+		                        "--dram-bytes",
+		                        "4M"};
+		int n = 13;
+		for (int i = 0; extra && extra[i] && n < 46; i++)
+			argv[n++] = extra[i];
+		argv[n] = NULL;
+		int fd = open(outf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			_exit(126);
+		if (as_limit) {
+			struct rlimit rl = {as_limit, as_limit};
+			if (setrlimit(RLIMIT_AS, &rl) < 0)
+				_exit(125);
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st = 0;
+	o->served = false;
+	for (int i = 0;; i++) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid)
+			break;
+		int fd = try_connect(sock);
+		if (fd >= 0 || i == 6000) {
+			if (fd >= 0)
+				close(fd);
+			o->served = fd >= 0;
+			kill(pid, SIGTERM);
+			waitpid(pid, &st, 0);
+			break;
+		}
+		usleep(10000);
+	}
+	o->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	size_t n = 0;
+	FILE *f = fopen(outf, "r");
+	if (f) {
+		n = fread(o->out, 1, sizeof(o->out) - 1, f);
+		fclose(f);
+	}
+	o->out[n] = '\0';
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+}
+
+/* It stopped before serving, non-zero, with a message naming each needle. */
+static void expect_refused_to_start(const struct outcome *o, int status, const char *const *needles)
+{
+	cr_expect(!o->served, "it served:\n%s", o->out);
+	cr_expect(!strstr(o->out, "serving"), "it never says serving:\n%s", o->out);
+	cr_expect_neq(o->status, 0, "exit status 0:\n%s", o->out);
+	if (status)
+		cr_expect_eq(o->status, status, "exit status %d, not %d:\n%s", o->status, status,
+		             o->out);
+	for (int i = 0; needles[i]; i++)
+		cr_expect(strstr(o->out, needles[i]), "the message names \"%s\":\n%s", needles[i],
+		          o->out);
+}
+
+#define REFUSED(o, status, ...)                                                                    \
+	expect_refused_to_start((o), (status), (const char *const[]){__VA_ARGS__, NULL})
+
+TestSuite(config_daemon, .timeout = 300);
+
+Test(config_daemon, max_batch_out_of_range_exits_2_before_serving)
+{
+	struct outcome o;
+	run_daemon(test_model(), NULL, 0, (const char *const[]){"--max-batch", "100000000", NULL},
+	           0, &o);
+	REFUSED(&o, 2, "--max-batch 100000000", "max_batch", "between 1 and 4096");
+	run_daemon(test_model(), NULL, 0, (const char *const[]){"--max-connections", "0", NULL}, 0,
+	           &o);
+	REFUSED(&o, 2, "max_connections", "between 1 and 65536");
+}
+
+Test(config_daemon, a_binary_config_file_exits_2_naming_file_and_line)
+{
+	static const char bin[] = "\x7f"
+	                          "ELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0>\0\x01\0\0\0";
+	struct outcome o;
+	run_daemon(test_model(), bin, sizeof(bin) - 1, NULL, 0, &o);
+	REFUSED(&o, 2, "dualpathd.conf:1:", "not a text file");
+}
+
+Test(config_daemon, max_connections_0_in_the_config_file_exits_2_naming_file_line_and_key)
+{
+	static const char text[] = "[daemon]\nmax_connections = 0\n";
+	struct outcome o;
+	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
+	REFUSED(&o, 2, "dualpathd.conf:2:", "max_connections = 0", "between 1 and 65536");
+}
+
+Test(config_daemon, an_unknown_key_exits_2_naming_it)
+{
+	static const char text[] = "[sched]\nmax_batch = 8\nmax_bacth = 8\n";
+	struct outcome o;
+	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
+	REFUSED(&o, 2, "dualpathd.conf:3:", "unknown key max_bacth");
+	run_daemon(test_model(), NULL, 0, (const char *const[]){"--max-bacth", "8", NULL}, 0, &o);
+	REFUSED(&o, 2, "unknown option --max-bacth");
+}
+
+/* A copy of the test model (its weights linked) whose config.json is
+ * edited by `edit`: a sed expression. Returns the directory. */
+static void model_variant(char *dir, size_t len, const char *edit)
+{
+	snprintf(dir, len, "/var/tmp/dp-test-m-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	char src[PATH_MAX], cmd[8192];
+	cr_assert_not_null(realpath(test_model(), src));
+	int n = snprintf(cmd, sizeof(cmd),
+	                 "sed -e '%.512s' '%.1024s/config.json' > '%.64s/config.json' && "
+	                 "ln -s '%.1024s/model.safetensors' '%.64s/model.safetensors'",
+	                 edit, src, dir, src, dir);
+	cr_assert(n > 0 && (size_t)n < sizeof(cmd) && strlen(src) < 1024);
+	cr_assert_eq(system(cmd), 0, "%s", cmd);
+}
+
+Test(config_daemon, an_eos_token_id_beyond_the_vocabulary_stops_the_daemon_naming_it)
+{
+	char dir[64], cmd[128];
+	/* the test model: vocab_size 300 */
+	model_variant(dir, sizeof(dir), "s/\"eos_token_id\": 1,/\"eos_token_id\": [1, 300],/");
+	struct outcome o;
+	run_daemon(dir, NULL, 0, NULL, 0, &o);
+	REFUSED(&o, 0, "eos_token_id[1]", "300", "vocab_size");
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+}
