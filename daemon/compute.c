@@ -973,9 +973,9 @@ void *dp_compute_main(void *arg)
 	struct dp_server *srv = arg;
 	struct compute c = { .srv = srv };
 	c.waiting_tail = &c.waiting;
-	c.restore_mode = !strcmp(srv->cfg.restore, "full")	     ? RESTORE_FULL
-			 : !strcmp(srv->cfg.restore, "recompute") ? RESTORE_RECOMPUTE
-								   : RESTORE_DUALPATH;
+	c.restore_mode = srv->cfg.restore == DP_RESTORE_FULL	      ? RESTORE_FULL
+			 : srv->cfg.restore == DP_RESTORE_RECOMPUTE ? RESTORE_RECOMPUTE
+								    : RESTORE_DUALPATH;
 	uint32_t maxb = srv->cfg.max_batch;
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));

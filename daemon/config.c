@@ -11,7 +11,7 @@
 
 #include "dp-config.h"
 
-enum opt_type { OPT_STR, OPT_U32, OPT_U64, OPT_BYTES, OPT_FRACTION, OPT_BOOL };
+enum opt_type { OPT_STR, OPT_U32, OPT_U64, OPT_BYTES, OPT_FRACTION, OPT_BOOL, OPT_ENUM };
 
 struct opt {
 	const char *section;
@@ -22,17 +22,102 @@ struct opt {
 	uint64_t min; /* OPT_U32, OPT_U64, OPT_BYTES: the allowed range, */
 	uint64_t max;
 	bool zero_ok; /* ... and 0 (off, no limit) below it */
+	/* OPT_ENUM: the part's parse function (0 or -EINVAL) into the field,
+	 * its name function back, and the names for messages */
+	int (*parse)(struct dp_config *c, const char *v);
+	const char *(*name)(const struct dp_config *c);
+	const char *choices;
 	const char *help;
 };
 
-#define OPT(sec, field, type, lo, hi, zero, help)                                           \
-	{ sec, #field, type, offsetof(struct dp_config, field),                             \
-	  sizeof(((struct dp_config *)0)->field), lo, hi, zero, help }
+/* Each enum key through its part's own parse and name functions. */
+static int parse_log_level(struct dp_config *c, const char *v)
+{
+	int level = dp_log_level_parse(v);
+	if (level < 0)
+		return -EINVAL;
+	c->log_level = (enum dp_log_level)level;
+	return 0;
+}
+
+static const char *name_log_level(const struct dp_config *c)
+{
+	return dp_log_level_name(c->log_level);
+}
+
+/* "auto" probes for a GPU: once, when the load is done (a flag may still
+ * name another backend) */
+static int parse_backend(struct dp_config *c, const char *v)
+{
+	if (!strcmp(v, "auto")) {
+		c->backend_auto = true;
+		return 0;
+	}
+	if (dp_gpu_kind_parse(v, &c->backend) < 0)
+		return -EINVAL;
+	c->backend_auto = false;
+	return 0;
+}
+
+static const char *name_backend(const struct dp_config *c)
+{
+	return c->backend_auto ? "auto" : dp_gpu_kind_name(c->backend);
+}
+
+static int parse_experts(struct dp_config *c, const char *v)
+{
+	return dp_v4_experts_where_parse(v, &c->experts);
+}
+
+static const char *name_experts(const struct dp_config *c)
+{
+	return dp_v4_experts_where_name(c->experts);
+}
+
+static int parse_csa_entries(struct dp_config *c, const char *v)
+{
+	return dp_v4_csa_where_parse(v, &c->csa_entries);
+}
+
+static const char *name_csa_entries(const struct dp_config *c)
+{
+	return dp_v4_csa_where_name(c->csa_entries);
+}
+
+static int parse_restore(struct dp_config *c, const char *v)
+{
+	return dp_restore_mode_parse(v, &c->restore);
+}
+
+static const char *name_restore(const struct dp_config *c)
+{
+	return dp_restore_mode_name(c->restore);
+}
+
+static int parse_engram_residency(struct dp_config *c, const char *v)
+{
+	return dp_engram_residency_parse(v, &c->engram_residency);
+}
+
+static const char *name_engram_residency(const struct dp_config *c)
+{
+	return dp_engram_residency_name(c->engram_residency);
+}
+
+#define OPT(sec, field, t, ...)                                                              \
+	{ .section = sec, .key = #field, .type = t,                                          \
+	  .offset = offsetof(struct dp_config, field),                                       \
+	  .size = sizeof(((struct dp_config *)0)->field), __VA_ARGS__ }
 /* a string, a boolean or a fraction in (0, 1] */
-#define O(sec, field, type, help) OPT(sec, field, type, 0, 0, false, help)
+#define O(sec, field, type, h) OPT(sec, field, type, .help = h)
 /* a number in [lo, hi]; OZ: or 0 */
-#define ON(sec, field, type, lo, hi, help) OPT(sec, field, type, lo, hi, false, help)
-#define OZ(sec, field, type, lo, hi, help) OPT(sec, field, type, lo, hi, true, help)
+#define ON(sec, field, type, lo, hi, h) OPT(sec, field, type, .min = lo, .max = hi, .help = h)
+#define OZ(sec, field, type, lo, hi, h)                                                      \
+	OPT(sec, field, type, .min = lo, .max = hi, .zero_ok = true, .help = h)
+/* one of a part's enum values, by name */
+#define OE(sec, field, names, h)                                                             \
+	OPT(sec, field, OPT_ENUM, .parse = parse_##field, .name = name_##field,              \
+	    .choices = names, .help = h)
 
 #define KiB (1ull << 10)
 #define MiB (1ull << 20)
@@ -56,7 +141,8 @@ static const struct opt opts[] = {
 	O("daemon", admin_group, OPT_STR, "group allowed Drain/EvictSession/Shutdown"),
 	O("daemon", state_dir, OPT_STR, "sessions, journal and NVMe-tier files"),
 	O("daemon", log_file, OPT_STR, "log to this file instead of stderr"),
-	O("daemon", log_level, OPT_STR, "err, warning, notice, info or debug"),
+	OE("daemon", log_level, "err, warning, notice, info or debug",
+	   "err, warning, notice, info or debug"),
 	ON("daemon", max_frame_bytes, OPT_BYTES, KiB, 256 * MiB, "largest protocol frame"),
 	ON("daemon", max_prompt_tokens, OPT_U32, 1, 1u << 20, "longest prompt of one request"),
 	ON("daemon", max_new_tokens, OPT_U32, 1, 1u << 20, "most tokens one request may generate"),
@@ -80,11 +166,12 @@ static const struct opt opts[] = {
 	ON("daemon", admin_connections, OPT_U32, 0, 65535,
 	   "of max_connections, slots kept for root and admin_group (an operator can always get in)"),
 	O("model", model, OPT_STR, "model directory, or \"builtin\" (the embedded default)"),
-	O("model", backend, OPT_STR, "auto, cpu or cuda"),
+	OE("model", backend, "auto, cpu or cuda", "auto, cpu or cuda"),
 	ON("model", threads, OPT_U32, 0, 4096, "cpu backend threads (0: all)"),
-	O("model", experts, OPT_STR, "routed experts: device (all resident), dram (a host copy) or "
-				     "nvme (read from the checkpoint by the io thread), paged into "
-				     "expert_slots a layer"),
+	OE("model", experts, "device, dram or nvme",
+	   "routed experts: device (all resident), dram (a host copy) or "
+	   "nvme (read from the checkpoint by the io thread), paged into "
+	   "expert_slots a layer"),
 	ON("model", expert_slots, OPT_U32, 0, 65536,
 	   "experts a layer keeps on the device when paged "
 	   "(0: a quarter of them, at least num_experts_per_tok)"),
@@ -101,8 +188,9 @@ static const struct opt opts[] = {
 	ON("kvcache", compact_every, OPT_U32, 0, 1u << 24,
 	   "compact the journal at the first idle moment after this many commits, at the latest "
 	   "after 4x (0: never)"),
-	O("kvcache", csa_entries, OPT_STR, "CSA layers' compressed entries: device, or host (pinned DRAM; "
-					   "each step stages on the device only what the indexer picks)"),
+	OE("kvcache", csa_entries, "device or host",
+	   "CSA layers' compressed entries: device, or host (pinned DRAM; "
+	   "each step stages on the device only what the indexer picks)"),
 	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
@@ -110,11 +198,12 @@ static const struct opt opts[] = {
 	ON("sched", max_batch_tokens, OPT_U32, 1, 65536, "tokens per forward step"),
 	ON("sched", prefill_chunk, OPT_U32, 1, 65536, "prompt tokens of one request per step"),
 	ON("sched", max_batch, OPT_U32, 1, 4096, "sequences per step"),
-	O("sched", restore, OPT_STR, "parked state returns: dualpath (layer by layer, overlapped), "
-				     "full (load, then compute) or recompute (replay the history)"),
+	OE("sched", restore, "dualpath, full or recompute",
+	   "parked state returns: dualpath (layer by layer, overlapped), "
+	   "full (load, then compute) or recompute (replay the history)"),
 	O("engram", engram_tables, OPT_STR, "the model's Engram tables (a .dpe file: dp-engram convert)"),
-	O("engram", engram_residency, OPT_STR, "where the tables live: device, dram or nvme "
-					       "(read through the io thread)"),
+	OE("engram", engram_residency, "device, dram or nvme",
+	   "where the tables live: device, dram or nvme (read through the io thread)"),
 	ON("engram", engram_cache_rows, OPT_U64, 0, 1u << 30,
 	   "hot-row cache entries (dram, nvme; 0: none)"),
 };
@@ -123,13 +212,30 @@ _Static_assert(MiB >= DP_V4_PAGE_BYTES + 4096, "a nonzero tier budget holds a pa
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
+static const char *const restore_names[DP_RESTORE_MODE_MAX] = { "dualpath", "full", "recompute" };
+
+const char *dp_restore_mode_name(enum dp_restore_mode m)
+{
+	return (unsigned)m < DP_RESTORE_MODE_MAX ? restore_names[m] : NULL;
+}
+
+int dp_restore_mode_parse(const char *name, enum dp_restore_mode *ret)
+{
+	for (int i = 0; name && ret && i < DP_RESTORE_MODE_MAX; i++)
+		if (!strcmp(name, restore_names[i])) {
+			*ret = (enum dp_restore_mode)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
 void dp_config_defaults(struct dp_config *c)
 {
 	memset(c, 0, sizeof(*c));
 	snprintf(c->socket, sizeof(c->socket), "/run/dualpath/dualpathd.sock");
 	snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/dualpath");
 	snprintf(c->admin_group, sizeof(c->admin_group), "dualpath-admin");
-	snprintf(c->log_level, sizeof(c->log_level), "info");
+	c->log_level = DP_LOG_INFO;
 	c->max_frame_bytes = 4u << 20;
 	c->max_prompt_tokens = 65536;
 	c->max_new_tokens = 4096;
@@ -145,8 +251,8 @@ void dp_config_defaults(struct dp_config *c)
 	c->idle_timeout_ms = 900000;
 	c->admin_connections = 4;
 	snprintf(c->model, sizeof(c->model), "builtin");
-	snprintf(c->backend, sizeof(c->backend), "auto");
-	snprintf(c->experts, sizeof(c->experts), "device");
+	c->backend_auto = true;
+	c->experts = DP_V4_EXPERTS_DEVICE;
 	c->expert_lookahead = true;
 	c->device_bytes = 0;
 	c->dram_bytes = 64ull << 20;
@@ -155,14 +261,14 @@ void dp_config_defaults(struct dp_config *c)
 	c->low_watermark = 0.75;
 	c->direct_io = true;
 	c->compact_every = 1024;
-	snprintf(c->csa_entries, sizeof(c->csa_entries), "device");
+	c->csa_entries = DP_V4_CSA_DEVICE;
 	c->queue_depth = 64;
 	c->pin_threads = true;
 	c->max_batch_tokens = 2048;
 	c->prefill_chunk = 512;
 	c->max_batch = 64;
-	snprintf(c->restore, sizeof(c->restore), "dualpath");
-	snprintf(c->engram_residency, sizeof(c->engram_residency), "dram");
+	c->restore = DP_RESTORE_DUALPATH;
+	c->engram_residency = DP_ENGRAM_RES_DRAM;
 	c->engram_cache_rows = 65536;
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }
@@ -290,6 +396,12 @@ static int set_opt(struct dp_config *c, const struct opt *o, const char *v, char
 		*(double *)p = x;
 		return 0;
 	}
+	case OPT_ENUM:
+		if (o->parse(c, v) < 0) {
+			snprintf(why, len, "%s must be %s", o->key, o->choices);
+			return -EINVAL;
+		}
+		return 0;
 	case OPT_BOOL:
 		if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
 			*(bool *)p = true;
@@ -611,47 +723,17 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 			 c->low_watermark, c->high_watermark);
 		return -EINVAL;
 	}
-	if (strcmp(c->restore, "dualpath") && strcmp(c->restore, "full") && strcmp(c->restore, "recompute")) {
-		snprintf(err, err_len, "restore must be dualpath, full or recompute, not %s", c->restore);
-		return -EINVAL;
-	}
-	enum dp_v4_experts_where xw;
-	if (dp_v4_experts_where_parse(c->experts, &xw) < 0) {
-		snprintf(err, err_len, "experts must be device, dram or nvme, not %s", c->experts);
-		return -EINVAL;
-	}
-	if (c->expert_slots && xw == DP_V4_EXPERTS_DEVICE) {
+	if (c->expert_slots && c->experts == DP_V4_EXPERTS_DEVICE) {
 		snprintf(err, err_len, "expert_slots is set but experts = device: every expert is "
 			 "resident (set experts = dram or nvme to page them)");
-		return -EINVAL;
-	}
-	if (strcmp(c->csa_entries, "device") && strcmp(c->csa_entries, "host")) {
-		snprintf(err, err_len, "csa_entries must be device or host, not %s", c->csa_entries);
-		return -EINVAL;
-	}
-	if (strcmp(c->engram_residency, "device") && strcmp(c->engram_residency, "dram") &&
-	    strcmp(c->engram_residency, "nvme")) {
-		snprintf(err, err_len, "engram_residency must be device, dram or nvme, not %s",
-			 c->engram_residency);
-		return -EINVAL;
-	}
-	if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {
-		snprintf(err, err_len, "backend must be auto, cpu or cuda, not %s", c->backend);
-		return -EINVAL;
-	}
-	static const char *const levels[] = { "err", "warning", "notice", "info", "debug" };
-	bool ok = false;
-	for (size_t i = 0; i < 5; i++)
-		ok |= !strcmp(c->log_level, levels[i]);
-	if (!ok) {
-		snprintf(err, err_len, "log_level must be err, warning, notice, info or debug, not %s",
-			 c->log_level);
 		return -EINVAL;
 	}
 	if (print) {
 		dp_config_print(c, out);
 		return 1;
 	}
+	if (c->backend_auto)
+		dp_gpu_kind_parse("auto", &c->backend); /* cuda when a GPU is usable, else cpu */
 	return 0;
 }
 
@@ -676,6 +758,7 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 			break;
 		case OPT_FRACTION: fprintf(f, "%s = %g\n", o->key, *(const double *)p); break;
 		case OPT_BOOL: fprintf(f, "%s = %s\n", o->key, *(const bool *)p ? "true" : "false"); break;
+		case OPT_ENUM: fprintf(f, "%s = %s\n", o->key, o->name(c)); break;
 		}
 	}
 }

@@ -19,10 +19,33 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "daemon/log.h"
+#include "engram/engram.h"
+#include "gpu/gpu.h"
+#include "model/v4.h"
+
 #define DP_CONFIG_DEFAULT_PATH "/etc/dualpath/dualpathd.conf"
 #define DP_CONFIG_STR_MAX 4096
 #define DP_CONFIG_QUEUE_DEPTH_MAX 4096u /* <= DP_IO_DEPTH_MAX (main.c asserts it) */
 
+/* How a parked session's state (DRAM or NVMe tier) returns for its next
+ * turn: the compute thread's policy, key [sched] restore. */
+enum dp_restore_mode {
+	DP_RESTORE_DUALPATH,  /* layer by layer on the io thread, compute waiting per layer */
+	DP_RESTORE_FULL,      /* load all of it, then compute */
+	DP_RESTORE_RECOMPUTE, /* replay the history (the no-reuse baseline) */
+	DP_RESTORE_MODE_MAX,
+};
+/* "dualpath", "full", "recompute"; NULL out of range. Parse: 0 or -EINVAL. */
+const char *dp_restore_mode_name(enum dp_restore_mode m);
+int dp_restore_mode_parse(const char *name, enum dp_restore_mode *ret);
+
+/*
+ * The settings. A key with a fixed set of values is held as its part's enum,
+ * parsed once at load by that part's own parse function (backend:
+ * dp_gpu_kind_parse, experts: dp_v4_experts_where_parse, ...): what reads
+ * the config uses the enum and parses nothing again.
+ */
 struct dp_config {
 	/* [daemon] */
 	char socket[DP_CONFIG_STR_MAX];
@@ -30,7 +53,7 @@ struct dp_config {
 	char admin_group[256];	 /* may Drain/Evict/Shutdown; root always may */
 	char state_dir[DP_CONFIG_STR_MAX];
 	char log_file[DP_CONFIG_STR_MAX]; /* "" = stderr (journald) */
-	char log_level[16];		   /* err, warning, notice, info, debug */
+	enum dp_log_level log_level;	   /* dp_log_level_parse */
 	uint32_t max_frame_bytes;
 	uint32_t max_prompt_tokens;
 	uint32_t max_new_tokens;
@@ -47,9 +70,10 @@ struct dp_config {
 	uint32_t admin_connections;	  /* connection slots only root and admin_group may take */
 	/* [model] */
 	char model[DP_CONFIG_STR_MAX]; /* directory, or "builtin" */
-	char backend[16];	       /* auto, cpu, cuda */
+	enum dp_gpu_kind backend;      /* dp_gpu_kind_parse; "auto" is resolved at load */
+	bool backend_auto;	       /* ... it was "auto" (kept for --print-config) */
 	uint32_t threads;	       /* cpu backend threads; 0 = all */
-	char experts[16];	       /* device, dram, nvme: where routed experts live */
+	enum dp_v4_experts_where experts; /* where routed experts live */
 	uint32_t expert_slots;	       /* experts a layer keeps on the device when paged */
 	bool expert_lookahead;	       /* nvme: top-k layers' experts guessed and read ahead */
 	/* [kvcache] */
@@ -60,7 +84,7 @@ struct dp_config {
 	double low_watermark;
 	bool direct_io;
 	uint32_t compact_every; /* journal compaction after this many commits; 0 = never */
-	char csa_entries[16];	/* device, host: where CSA layers' compressed entries live */
+	enum dp_v4_csa_where csa_entries; /* where CSA layers' compressed entries live */
 	/* [io] */
 	uint32_t queue_depth;
 	bool sqpoll;
@@ -70,10 +94,10 @@ struct dp_config {
 	uint32_t max_batch_tokens; /* tokens per forward step */
 	uint32_t prefill_chunk;	   /* prompt tokens of one request per step */
 	uint32_t max_batch;	   /* sequences per step */
-	char restore[16];	   /* dualpath, full, recompute: how parked state returns */
+	enum dp_restore_mode restore; /* how parked state returns */
 	/* [engram] */
 	char engram_tables[DP_CONFIG_STR_MAX]; /* .dpe file; "" = none (a model without Engram) */
-	char engram_residency[16];	       /* device, dram, nvme */
+	enum dp_engram_residency engram_residency;
 	uint64_t engram_cache_rows;	       /* hot-row cache entries (dram, nvme) */
 
 	char config_path[DP_CONFIG_STR_MAX];

@@ -12,13 +12,21 @@
 static _Atomic int log_level = DP_LOG_INFO;
 static char log_path[4096];
 
+static const char *const level_names[] = { "err", "warning", "notice", "info", "debug" };
+
 int dp_log_level_parse(const char *name)
 {
-	static const char *const names[] = { "err", "warning", "notice", "info", "debug" };
-	for (int i = 0; i < 5; i++)
-		if (!strcmp(name, names[i]))
+	for (int i = 0; name && i < 5; i++)
+		if (!strcmp(name, level_names[i]))
 			return DP_LOG_ERR + i;
 	return -1;
+}
+
+const char *dp_log_level_name(int level)
+{
+	if (level < DP_LOG_ERR || level > DP_LOG_DEBUG)
+		return NULL;
+	return level_names[level - DP_LOG_ERR];
 }
 
 void dp_log_set_level(int level)

@@ -20,6 +20,8 @@ enum dp_log_level {
 
 /* Name -> level ("err", "warning", "notice", "info", "debug"); -1 if unknown. */
 int dp_log_level_parse(const char *name);
+/* Level -> name; NULL if not a level. */
+const char *dp_log_level_name(int level);
 void dp_log_set_level(int level);
 /* Log to path instead of stderr ("" or NULL: stderr). Returns 0 or -errno. */
 int dp_log_open(const char *path);

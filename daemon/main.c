@@ -68,17 +68,16 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 					: strerror(-ret));
 		return ret;
 	}
-	enum dp_gpu_kind kind;
-	dp_gpu_kind_parse(cfg->backend, &kind);
+	enum dp_gpu_kind kind = cfg->backend;
 	struct dp_gpu_opts go = { .threads = (int)cfg->threads };
 	char why[256] = "";
 	if ((ret = dp_gpu_new(kind, &go, &srv->gpu, why, sizeof(why))) < 0) {
 		snprintf(err, err_len, "cannot start the %s backend: %s", dp_gpu_kind_name(kind), why);
 		return ret;
 	}
-	struct dp_v4_load_opts lo = { .expert_slots = cfg->expert_slots,
+	struct dp_v4_load_opts lo = { .experts = cfg->experts,
+				      .expert_slots = cfg->expert_slots,
 				      .no_lookahead = !cfg->expert_lookahead };
-	dp_v4_experts_where_parse(cfg->experts, &lo.experts); /* validated */
 	if ((ret = dp_v4_model_load_opts(srv->gpu, srv->model_dir, &lo, &srv->model, why,
 					 sizeof(why))) < 0) {
 		snprintf(err, err_len, "cannot load model %.512s: %s", srv->model_dir, why);
@@ -105,7 +104,8 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 		struct dp_v4_expert_stats xs;
 		dp_v4_model_expert_stats(srv->model, &xs);
 		log_info("routed experts paged from %s: %u of %d a layer on the device (%llu MiB), "
-			 "%llu MiB of host memory", cfg->experts, xs.slots, c->n_routed_experts,
+			 "%llu MiB of host memory", dp_v4_experts_where_name(cfg->experts),
+			 xs.slots, c->n_routed_experts,
 			 (unsigned long long)(xs.cache_bytes >> 20),
 			 (unsigned long long)(xs.host_bytes >> 20));
 	}
@@ -171,7 +171,7 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 	if ((ret = start_io(srv, err, err_len)) < 0)
 		return ret;
 	/* before the KV cache opens: it supplies the host pages */
-	if (!strcmp(cfg->csa_entries, "host")) {
+	if (cfg->csa_entries == DP_V4_CSA_HOST) {
 		dp_v4_model_set_csa_host(srv->model, true, NULL);
 		const struct dp_v4_config *mc = dp_v4_model_config(srv->model);
 		log_info("CSA entries in host memory (%d CSA layers; index_topk %d staged per query)",
@@ -219,7 +219,7 @@ static int open_engram(struct dp_server *srv, char *err, size_t err_len)
 	}
 	struct dp_engram_store_config ec;
 	dp_engram_store_config_init(&ec);
-	dp_engram_residency_parse(cfg->engram_residency, &ec.residency); /* validated */
+	ec.residency = cfg->engram_residency;
 	ec.gpu = srv->gpu;
 	ec.node = srv->placement.node;
 	ec.cache_rows = cfg->engram_cache_rows;
@@ -248,7 +248,7 @@ static int open_engram(struct dp_server *srv, char *err, size_t err_len)
 	struct dp_engram_store_stats st;
 	dp_engram_store_get_stats(srv->engram, &st);
 	log_info("Engram tables %s: %s residency, %llu MiB in memory, cache of %llu rows",
-		 cfg->engram_tables, cfg->engram_residency,
+		 cfg->engram_tables, dp_engram_residency_name(cfg->engram_residency),
 		 (unsigned long long)(st.table_bytes >> 20), (unsigned long long)cfg->engram_cache_rows);
 	return 0;
 }
@@ -485,7 +485,7 @@ int main(int argc, char **argv)
 		free(srv);
 		return ret < 0 ? 2 : 0; /* 1: --help, --version, --print-config */
 	}
-	dp_log_set_level(dp_log_level_parse(srv->cfg.log_level));
+	dp_log_set_level(srv->cfg.log_level);
 	if (srv->cfg.log_file[0] && (ret = dp_log_open(srv->cfg.log_file)) < 0) {
 		fprintf(stderr, "<%d>dualpathd: cannot open log file %s: %s\n", DP_LOG_ERR,
 			srv->cfg.log_file, strerror(-ret));

@@ -72,6 +72,16 @@ struct dp_v4_page_ops {
 int dp_v4_model_set_csa_host(struct dp_v4_model *m, bool on, const struct dp_v4_page_ops *host_pages);
 bool dp_v4_model_csa_host(const struct dp_v4_model *m);
 
+/* Where CSA layers' compressed entries live, as a setting names it. */
+enum dp_v4_csa_where {
+	DP_V4_CSA_DEVICE, /* backend memory */
+	DP_V4_CSA_HOST,	  /* host pages: dp_v4_model_set_csa_host(m, true, ...) */
+	DP_V4_CSA_WHERE_MAX,
+};
+/* "device", "host"; NULL out of range. Parse: 0 or -EINVAL. */
+const char *dp_v4_csa_where_name(enum dp_v4_csa_where w);
+int dp_v4_csa_where_parse(const char *s, enum dp_v4_csa_where *ret);
+
 /* Counters of the host-entries mode since the model was loaded. */
 struct dp_v4_csa_stats {
 	uint64_t steps;	    /* (sequence, CSA layer) attentions that staged entries */

@@ -44,6 +44,23 @@ int dp_v4_model_set_csa_host(struct dp_v4_model *m, bool on, const struct dp_v4_
 	return 0;
 }
 
+static const char *const csa_where_names[DP_V4_CSA_WHERE_MAX] = { "device", "host" };
+
+const char *dp_v4_csa_where_name(enum dp_v4_csa_where w)
+{
+	return (unsigned)w < DP_V4_CSA_WHERE_MAX ? csa_where_names[w] : NULL;
+}
+
+int dp_v4_csa_where_parse(const char *s, enum dp_v4_csa_where *ret)
+{
+	for (int i = 0; s && ret && i < DP_V4_CSA_WHERE_MAX; i++)
+		if (!strcmp(s, csa_where_names[i])) {
+			*ret = (enum dp_v4_csa_where)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
 bool dp_v4_model_csa_host(const struct dp_v4_model *m)
 {
 	return m && m->csa_host;

@@ -352,6 +352,58 @@ Test(config, unknown_keys_are_refused_naming_the_key)
 	cr_expect(strstr(l.err, "--max-batch needs a value"), "%s", l.err);
 }
 
+/* main.c and compute.c take the enums: nothing parses these strings again */
+Test(config, enum_keys_are_held_as_their_parts_enums_parsed_at_load)
+{
+	struct loaded l;
+	LOAD(&l, "--log-level", "debug", "--backend", "cpu", "--experts", "nvme", "--expert-slots",
+	     "4", "--csa-entries", "host", "--restore", "recompute", "--engram-residency", "nvme");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.log_level, DP_LOG_DEBUG);
+	cr_expect_eq(l.c.backend, DP_GPU_CPU);
+	cr_expect(!l.c.backend_auto);
+	cr_expect_eq(l.c.experts, DP_V4_EXPERTS_NVME);
+	cr_expect_eq(l.c.csa_entries, DP_V4_CSA_HOST);
+	cr_expect_eq(l.c.restore, DP_RESTORE_RECOMPUTE);
+	cr_expect_eq(l.c.engram_residency, DP_ENGRAM_RES_NVME);
+
+	LOAD(&l, "--restore", "full");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.log_level, DP_LOG_INFO, "defaults");
+	cr_expect(l.c.backend_auto);
+	cr_expect(l.c.backend == DP_GPU_CPU || l.c.backend == DP_GPU_CUDA, "auto is resolved");
+	cr_expect_eq(l.c.experts, DP_V4_EXPERTS_DEVICE);
+	cr_expect_eq(l.c.csa_entries, DP_V4_CSA_DEVICE);
+	cr_expect_eq(l.c.restore, DP_RESTORE_FULL);
+	cr_expect_eq(l.c.engram_residency, DP_ENGRAM_RES_DRAM);
+}
+
+Test(config, a_bad_enum_value_is_refused_naming_the_key_and_its_values)
+{
+	static const char *const bad[][3] = {
+	    {"--log-level", "verbose", "log_level must be err, warning, notice, info or debug"},
+	    {"--backend", "rocm", "backend must be auto, cpu or cuda"},
+	    {"--experts", "gpu", "experts must be device, dram or nvme"},
+	    {"--csa-entries", "dram", "csa_entries must be device or host"},
+	    {"--restore", "lazy", "restore must be dualpath, full or recompute"},
+	    {"--engram-residency", "disk", "engram_residency must be device, dram or nvme"},
+	    {"--restore", "", "restore must be"},
+	    {"--restore", "Full", "restore must be"},
+	};
+	struct loaded l;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		load(&l, (const char *const[]){bad[i][0], bad[i][1], NULL});
+		cr_expect_eq(l.ret, -EINVAL, "%s %s accepted", bad[i][0], bad[i][1]);
+		cr_expect(strstr(l.err, bad[i][0]) && strstr(l.err, bad[i][2]), "%s %s: %s",
+		          bad[i][0], bad[i][1], l.err);
+	}
+	FILE_REFUSED("[sched]\nrestore = dualpath\n\n[kvcache]\ncsa_entries = nvme\n",
+	             ":5:", "[kvcache] csa_entries = nvme", "csa_entries must be device or host");
+	LOAD(&l, "--expert-slots", "4");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "expert_slots is set but experts = device"), "%s", l.err);
+}
+
 Test(config, print_config_reads_back_as_the_same_settings)
 {
 	struct loaded a, b;
