@@ -988,6 +988,7 @@ void *dp_compute_main(void *arg)
 	if (!c.logits || !c.items || !c.item_req || !c.cand || !c.cand_req || !c.picks ||
 	    !c.sessions_by_conn || !c.trace) {
 		log_err("compute thread: out of memory");
+		atomic_store(&srv->fatal, -ENOMEM);
 		atomic_store(&srv->compute_done, true);
 		return NULL;
 	}

@@ -6,7 +6,9 @@
  * loaded and the socket listens, STATUS= with live figures, WATCHDOG=1 while
  * the compute thread makes progress, STOPPING=1 on SIGTERM, which drains
  * (requests still running after drain_grace_ms are cancelled), persists
- * every session and exits 0. SIGHUP reopens the log file.
+ * every session and exits 0. SIGHUP reopens the log file. Exit status 2: a
+ * bad setting; 1: start-up failed, or a thread gave up after start
+ * (srv->fatal; READY=1 waits for the compute thread's start-up allocations).
  */
 #include <errno.h>
 #include <grp.h>
@@ -327,6 +329,18 @@ static int size_connections(struct dp_config *cfg, char *err, size_t err_len)
 	return 0;
 }
 
+/* A Shutdown from the daemon itself (SIGTERM, a thread that gave up): drain,
+ * persist every session, stop. NULL: out of memory. */
+static struct dp_msg *shutdown_request(void)
+{
+	struct dp_msg *m = calloc(1, sizeof(*m));
+	if (m) {
+		m->kind = DP_MSG_SHUTDOWN;
+		m->from = (struct dp_origin){ UINT32_MAX, 0 };
+	}
+	return m;
+}
+
 static int run(struct dp_server *srv)
 {
 	char err[1024] = "";
@@ -388,13 +402,22 @@ static int run(struct dp_server *srv)
 	pthread_t compute, front;
 	pthread_create(&compute, NULL, dp_compute_main, srv);
 	pin(srv, compute, DP_TOPO_ROLE_COMPUTE);
+	/* the compute thread's start-up allocations (max_batch x vocab logits)
+	 * are made before its first beat: serving is said after them, or not;
+	 * and before the front answers a Health (it says SERVING from then) */
+	while (!atomic_load(&srv->compute_beat) && !atomic_load(&srv->compute_done))
+		usleep(1000);
+	bool up = !atomic_load(&srv->fatal);
+	if (up)
+		atomic_store(&srv->state, DP_STATE_SERVING);
 	pthread_create(&front, NULL, dp_front_main, srv);
 	pin(srv, front, DP_TOPO_ROLE_FRONT);
-
-	atomic_store(&srv->state, DP_STATE_SERVING);
-	log_info("serving on %s%s", srv->cfg.socket, srv->socket_activated ? " (socket activation)" : "");
-	sd_notify(0, "READY=1");
-	notify_status(srv);
+	if (up) {
+		log_info("serving on %s%s", srv->cfg.socket,
+			 srv->socket_activated ? " (socket activation)" : "");
+		sd_notify(0, "READY=1");
+		notify_status(srv);
+	}
 
 	uint64_t wd_usec = 0;
 	bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
@@ -424,17 +447,21 @@ static int run(struct dp_server *srv)
 					sd_notify(0, "STOPPING=1");
 					/* sent at the top of the loop; a full queue
 					 * is retried there, never waited for here */
-					shutdown_msg = calloc(1, sizeof(*shutdown_msg));
-					if (shutdown_msg) {
-						shutdown_msg->kind = DP_MSG_SHUTDOWN;
-						shutdown_msg->from = (struct dp_origin){ UINT32_MAX, 0 };
-					} else {
+					shutdown_msg = shutdown_request();
+					if (!shutdown_msg) {
 						log_err("SIGTERM: out of memory for the drain request; "
 							"send the signal again");
 						stopping = false;
 					}
 				}
 			}
+		}
+		/* a thread that gave up (it logged why): stop as on SIGTERM,
+		 * then exit non-zero (without memory, tried again next tick) */
+		if (atomic_load(&srv->fatal) && !stopping && (shutdown_msg = shutdown_request())) {
+			stopping = true;
+			log_err("a thread failed: draining, then persisting sessions");
+			sd_notify(0, "STOPPING=1");
 		}
 		uint64_t beat = atomic_load(&srv->compute_beat);
 		if (watchdog && beat != last_beat)
@@ -460,8 +487,11 @@ static int run(struct dp_server *srv)
 		free(ev.payload);
 	close(sfd);
 	close(pfd[1]);
-	log_notice("stopped");
-	return 0;
+	if (!(ret = atomic_load(&srv->fatal))) {
+		log_notice("stopped");
+		return 0;
+	}
+	snprintf(err, sizeof(err), "stopped after a thread failed: %s", strerror(-ret));
 fail:
 	log_err("%s", err);
 	sd_notifyf(0, "STATUS=failed: %s\nERRNO=%d", err, -ret);

@@ -204,6 +204,7 @@ struct dp_server {
 	_Atomic uint64_t compute_beat;	/* compute loop iterations (watchdog) */
 	_Atomic bool stop;		/* threads exit */
 	_Atomic bool compute_done;	/* compute drained, persisted and exited */
+	_Atomic int fatal;		/* a thread gave up after start (-errno): exit 1 */
 	int main_wake_fd;		/* write a 0 byte here to wake the main loop */
 	_Atomic uint32_t n_active, n_sessions;
 	_Atomic uint64_t tokens_out;

@@ -11,8 +11,11 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
 #include "daemon/config.h"
 #include "dpclient.h"
+#include "tests/model/st-writer.h"
 
 /* ---- dp_config_load ----------------------------------------------------------- */
 
@@ -429,16 +432,37 @@ Test(config, print_config_reads_back_as_the_same_settings)
 /* ---- the real dualpathd ---------------------------------------------------------- */
 
 struct outcome {
-	int status;      /* exit status, or 128 + signal */
-	bool served;     /* its socket answered: it was serving (then killed) */
-	char out[16384]; /* stdout and stderr */
+	int status;               /* exit status, or 128 + signal */
+	bool served;              /* it said "serving on" (then it was stopped) */
+	unsigned long vm_peak_kb; /* served: its VmPeak then */
+	char out[16384];          /* stdout and stderr */
 };
 
+static void read_text(const char *path, char *buf, size_t len)
+{
+	size_t n = 0;
+	FILE *f = fopen(path, "r");
+	if (f) {
+		n = fread(buf, 1, len - 1, f);
+		fclose(f);
+	}
+	buf[n] = '\0';
+}
+
+static unsigned long vm_peak_kb(pid_t pid)
+{
+	char path[64], text[4096];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	read_text(path, text, sizeof(text));
+	const char *p = strstr(text, "VmPeak:");
+	return p ? strtoul(p + 7, NULL, 10) : 0;
+}
+
 /*
- * Run dualpathd on the test model with config (text, or NULL: /dev/null) and
- * extra flags; stdout and stderr, without --log-file, are what an operator
- * sees. as_limit: RLIMIT_AS for the daemon (0: none). If it serves, it is
- * stopped with SIGTERM.
+ * Run dualpathd on model with config (text, or NULL: /dev/null) and extra
+ * flags; stdout and stderr, without --log-file, are what an operator sees.
+ * as_limit: RLIMIT_AS for the daemon (0: none). If it says "serving on", it
+ * is stopped with SIGTERM.
  */
 static void run_daemon(const char *model, const void *config, size_t config_len,
                        const char *const *extra, rlim_t as_limit, struct outcome *o)
@@ -489,15 +513,17 @@ static void run_daemon(const char *model, const void *config, size_t config_len,
 	}
 	int st = 0;
 	o->served = false;
+	o->vm_peak_kb = 0;
 	for (int i = 0;; i++) {
-		pid_t r = waitpid(pid, &st, WNOHANG);
-		if (r == pid)
+		if (waitpid(pid, &st, WNOHANG) == pid)
 			break;
-		int fd = try_connect(sock);
-		if (fd >= 0 || i == 6000) {
-			if (fd >= 0)
-				close(fd);
-			o->served = fd >= 0;
+		read_text(outf, o->out, sizeof(o->out));
+		o->served = strstr(o->out, "serving on") != NULL;
+		if (o->served || i == 6000) {
+			if (o->served) {
+				usleep(300000); /* the compute thread's start-up allocations */
+				o->vm_peak_kb = vm_peak_kb(pid);
+			}
 			kill(pid, SIGTERM);
 			waitpid(pid, &st, 0);
 			break;
@@ -505,13 +531,7 @@ static void run_daemon(const char *model, const void *config, size_t config_len,
 		usleep(10000);
 	}
 	o->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	size_t n = 0;
-	FILE *f = fopen(outf, "r");
-	if (f) {
-		n = fread(o->out, 1, sizeof(o->out) - 1, f);
-		fclose(f);
-	}
-	o->out[n] = '\0';
+	read_text(outf, o->out, sizeof(o->out));
 	char cmd[160];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	(void)!system(cmd);
@@ -598,6 +618,110 @@ Test(config_daemon, an_eos_token_id_beyond_the_vocabulary_stops_the_daemon_namin
 	struct outcome o;
 	run_daemon(dir, NULL, 0, NULL, 0, &o);
 	REFUSED(&o, 0, "eos_token_id[1]", "300", "vocab_size");
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+}
+
+/* The test model with its vocabulary grown to `vocab` (the rows of each
+ * vocabulary-sized tensor repeated): large logits on a small model. */
+static void big_vocab_model(char *dir, size_t len, int vocab)
+{
+	char src[PATH_MAX], path[PATH_MAX + 32];
+	cr_assert_not_null(realpath(test_model(), src));
+	snprintf(dir, len, "/var/tmp/dp-test-v-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+
+	snprintf(path, sizeof(path), "%s/config.json", src);
+	json_t *config = json_load_file(path, 0, NULL);
+	cr_assert_not_null(config);
+	json_int_t old = json_integer_value(json_object_get(config, "vocab_size"));
+	cr_assert_gt(old, 0);
+	json_object_set_new(config, "vocab_size", json_integer(vocab));
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	cr_assert_eq(json_dump_file(config, path, JSON_INDENT(2)), 0);
+	json_decref(config);
+
+	snprintf(path, sizeof(path), "%s/model.safetensors", src);
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f);
+	fseek(f, 0, SEEK_END);
+	size_t n = (size_t)ftell(f);
+	rewind(f);
+	unsigned char *file = malloc(n);
+	cr_assert(file && fread(file, 1, n, f) == n);
+	fclose(f);
+	uint64_t hlen;
+	memcpy(&hlen, file, 8);
+	json_t *header = json_loadb((const char *)file + 8, hlen, 0, NULL);
+	cr_assert_not_null(header);
+	const unsigned char *data = file + 8 + hlen;
+	size_t nt = 0;
+	struct stw_tensor *t = calloc(json_object_size(header), sizeof(*t));
+	void **grown = calloc(json_object_size(header), sizeof(void *));
+	cr_assert(t && grown);
+	const char *name;
+	json_t *e;
+	json_object_foreach(header, name, e)
+	{
+		if (!strcmp(name, "__metadata__"))
+			continue;
+		struct stw_tensor *x = &t[nt];
+		json_t *shape = json_object_get(e, "shape"),
+		       *at = json_object_get(e, "data_offsets");
+		x->name = name;
+		x->dtype = json_string_value(json_object_get(e, "dtype"));
+		x->ndim = (int)json_array_size(shape);
+		for (int d = 0; d < x->ndim; d++)
+			x->shape[d] = json_integer_value(json_array_get(shape, (size_t)d));
+		size_t b = (size_t)json_integer_value(json_array_get(at, 0));
+		x->bytes = (size_t)json_integer_value(json_array_get(at, 1)) - b;
+		x->data = data + b;
+		if (x->ndim >= 1 && x->shape[0] == old) {
+			size_t row = x->bytes / (size_t)old;
+			unsigned char *g = malloc(row * (size_t)vocab);
+			cr_assert_not_null(g);
+			for (size_t r = 0; r < (size_t)vocab; r++)
+				memcpy(g + r * row, data + b + (r % (size_t)old) * row, row);
+			x->shape[0] = vocab;
+			x->data = grown[nt] = g;
+			x->bytes = row * (size_t)vocab;
+		}
+		nt++;
+	}
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	cr_assert_eq(stw_write(path, t, nt, NULL), 0);
+	for (size_t i = 0; i < nt; i++)
+		free(grown[i]);
+	free(grown);
+	free(t);
+	json_decref(header);
+	free(file);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN 1
+#endif
+#endif
+
+/* The compute thread allocates max_batch x vocab logits as it starts; when
+ * that failed, the daemon had said "serving" and exited 0. */
+Test(config_daemon, a_compute_thread_that_cannot_allocate_at_start_exits_non_zero_before_serving)
+{
+#ifdef ASAN
+	cr_skip_test("RLIMIT_AS cannot bound a process under AddressSanitizer (its shadow memory)");
+#endif
+	char dir[64], cmd[128];
+	big_vocab_model(dir, sizeof(dir), 65536);
+	struct outcome o;
+	run_daemon(dir, NULL, 0, (const char *const[]){"--max-batch", "1", NULL}, 0, &o);
+	cr_assert(o.served && o.vm_peak_kb, "the big-vocabulary model serves:\n%s", o.out);
+	/* max_batch 4096: 1 GiB of logits; the room left is half that */
+	rlim_t limit = (rlim_t)o.vm_peak_kb * 1024 + (512u << 20);
+	run_daemon(dir, NULL, 0, (const char *const[]){"--max-batch", "4096", NULL}, limit, &o);
+	REFUSED(&o, 1, "compute thread", "out of memory");
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	(void)!system(cmd);
 }
