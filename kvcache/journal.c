@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +14,9 @@
 struct dp_journal {
 	int fd;
 	int dirfd;
-	char path[4096];
+	char path[4096]; /* for messages */
 	char dir[4096];
+	const char *name; /* in dirfd */
 	uint64_t size;
 	struct dp_journal_stats stats;
 };
@@ -140,47 +142,79 @@ static int replay(struct dp_journal *j, dp_journal_replay_fn fn, void *ctx, char
 	return 0;
 }
 
-static int open_file(const char *dir, const char *name, int flags, struct dp_journal *j, char *err,
-		     size_t err_len)
+int dp_kv_state_openat(int dirfd, const char *dir, const char *name, int flags, char *err,
+		       size_t err_len)
+{
+	int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		int e = -errno;
+		if (err && err_len) {
+			if (e == -ELOOP)
+				snprintf(err, err_len, "%s/%s is a symbolic link: state files are never "
+					 "followed out of the state directory; remove it", dir, name);
+			else
+				snprintf(err, err_len, "cannot open %s/%s: %s", dir, name, strerror(-e));
+		}
+		return e;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	const char *why = !S_ISREG(st.st_mode)	 ? "is not a regular file"
+			  : st.st_uid != geteuid() ? "is owned by another user"
+			  : st.st_nlink != 1	   ? "has other hard links"
+						   : NULL;
+	if (why) {
+		if (err && err_len)
+			snprintf(err, err_len, "%s/%s %s (uid %u, mode %04o, %ju links); this process "
+				 "(uid %u) uses only its own files there: remove it", dir, name, why,
+				 (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+				 (uintmax_t)st.st_nlink, (unsigned)geteuid());
+		close(fd);
+		return -EPERM;
+	}
+	return fd;
+}
+
+static int open_file(int dirfd, const char *dir, const char *name, int flags, struct dp_journal *j,
+		     char *err, size_t err_len)
 {
 	snprintf(j->dir, sizeof(j->dir), "%s", dir);
 	if ((size_t)snprintf(j->path, sizeof(j->path), "%s/%s", dir, name) >= sizeof(j->path))
 		return -ENAMETOOLONG;
-	j->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (j->dirfd < 0) {
-		int e = -errno;
-		if (err && err_len)
-			snprintf(err, err_len, "cannot open state directory %s: %s", dir, strerror(-e));
-		return e;
-	}
-	j->fd = open(j->path, flags | O_CLOEXEC, 0600);
+	j->name = name;
+	j->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	if (j->dirfd < 0)
+		return -errno;
+	j->fd = dp_kv_state_openat(dirfd, dir, name, flags, err, err_len);
 	if (j->fd < 0) {
-		int e = -errno;
-		if (err && err_len)
-			snprintf(err, err_len, "cannot open %s: %s", j->path, strerror(-e));
+		int e = j->fd;
 		close(j->dirfd);
+		j->dirfd = -1;
 		return e;
 	}
 	return 0;
 }
 
-int dp_journal_open(const char *dir, dp_journal_replay_fn fn, void *ctx, struct dp_journal **ret,
-		    char *err, size_t err_len)
+int dp_journal_open(int dirfd, const char *dir, dp_journal_replay_fn fn, void *ctx,
+		    struct dp_journal **ret, char *err, size_t err_len)
 {
-	if (!dir || !ret)
+	if (dirfd < 0 || !dir || !ret)
 		return -EINVAL;
 	struct dp_journal *j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
-	int r = open_file(dir, DP_JOURNAL_FILE, O_RDWR | O_CREAT, j, err, err_len);
+	j->fd = j->dirfd = -1;
+	int r = open_file(dirfd, dir, DP_JOURNAL_FILE, O_RDWR | O_CREAT, j, err, err_len);
 	if (r < 0) {
 		free(j);
 		return r;
 	}
 	/* a compaction that crashed before its rename leaves a stray file */
-	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s/%s.new", dir, DP_JOURNAL_FILE);
-	unlink(tmp);
+	unlinkat(j->dirfd, DP_JOURNAL_FILE ".new", 0);
 	r = replay(j, fn, ctx, err, err_len);
 	if (r < 0) {
 		if (err && err_len && !err[0])
@@ -242,13 +276,12 @@ int dp_journal_compact(struct dp_journal *j, int (*emit)(void *ctx, struct dp_jo
 		       void *ctx)
 {
 	struct dp_journal *nj = calloc(1, sizeof(*nj));
-	char tmpname[64];
 	int r;
 
 	if (!nj)
 		return -ENOMEM;
-	snprintf(tmpname, sizeof(tmpname), "%s.new", DP_JOURNAL_FILE);
-	r = open_file(j->dir, tmpname, O_RDWR | O_CREAT | O_TRUNC, nj, NULL, 0);
+	nj->fd = nj->dirfd = -1;
+	r = open_file(j->dirfd, j->dir, DP_JOURNAL_FILE ".new", O_RDWR | O_CREAT | O_TRUNC, nj, NULL, 0);
 	if (r < 0) {
 		free(nj);
 		return r;
@@ -256,12 +289,12 @@ int dp_journal_compact(struct dp_journal *j, int (*emit)(void *ctx, struct dp_jo
 	r = emit(ctx, nj);
 	if (r == 0 && fdatasync(nj->fd) < 0)
 		r = -errno;
-	if (r == 0 && rename(nj->path, j->path) < 0)
+	if (r == 0 && renameat(nj->dirfd, nj->name, j->dirfd, j->name) < 0)
 		r = -errno;
 	if (r == 0 && fsync(j->dirfd) < 0) /* the rename itself durable */
 		r = -errno;
 	if (r < 0) {
-		unlink(nj->path);
+		unlinkat(nj->dirfd, nj->name, 0);
 		dp_journal_close(nj);
 		return r;
 	}

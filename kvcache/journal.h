@@ -49,9 +49,11 @@ struct dp_journal_stats {
 	uint64_t compactions;
 };
 
-/* Open (creating) dir/journal and replay it. Returns 0, or a negative errno
- * with a message (unwritable directory, a replay callback's error). */
-int dp_journal_open(const char *dir, dp_journal_replay_fn replay, void *ctx,
+/* Open (creating) the journal in the directory dirfd (dir: its name, for
+ * messages; the journal keeps a duplicate of dirfd) and replay it. Returns
+ * 0, or a negative errno with a message (unwritable directory, a journal
+ * that is a symbolic link or not ours, a replay callback's error). */
+int dp_journal_open(int dirfd, const char *dir, dp_journal_replay_fn replay, void *ctx,
 		    struct dp_journal **ret, char *err, size_t err_len);
 void dp_journal_close(struct dp_journal *j);
 
@@ -67,6 +69,18 @@ int dp_journal_compact(struct dp_journal *j, int (*emit)(void *ctx, struct dp_jo
 		       void *ctx);
 
 void dp_journal_stats(const struct dp_journal *j, struct dp_journal_stats *ret);
+
+/*
+ * Open a file of the state directory dirfd (dir names it in messages)
+ * without following a symbolic link (O_NOFOLLOW: a `journal` link planted
+ * in the directory is refused, not written through), and only if it is a
+ * regular file owned by this process's effective uid with one link (not a
+ * hard link to a file elsewhere). flags as for openat(2); O_CLOEXEC is
+ * added, new files are 0600. Returns the fd or a negative errno, with a
+ * message naming the file.
+ */
+int dp_kv_state_openat(int dirfd, const char *dir, const char *name, int flags, char *err,
+		       size_t err_len);
 
 /* ---- payload building and parsing ------------------------------------------- */
 

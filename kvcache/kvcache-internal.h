@@ -67,8 +67,10 @@ struct dp_kv_slots {
 	uint32_t io_file;
 };
 
-int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint64_t max_bytes,
-		     struct dp_io *io, char *err, size_t err_len);
+/* Open (creating) the slot file in the state directory dirfd (dir: its
+ * name, for messages). */
+int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool direct,
+		     uint64_t max_bytes, struct dp_io *io, char *err, size_t err_len);
 void dp_kv_slots_close(struct dp_kv_slots *sl);
 /* Reserve a free slot (growing the file). -ENOSPC when full. */
 int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot);
@@ -147,6 +149,7 @@ struct dp_kv {
 	struct dp_kv_stall stalls[DP_KV_STALL_SPANS]; /* the last gate waits, a ring */
 	uint32_t stall_head, n_stalls;
 	char state_dir[4096];
+	int dirfd; /* the state directory, checked once at open: every file is opened in it */
 	struct dp_v4_model *m;
 	struct dp_gpu *g;
 	struct dp_journal *j;

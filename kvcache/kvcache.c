@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Sessions: histories, tiers, promotion, demotion, persistence, recovery. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "kvcache/kvcache-internal.h"
@@ -1065,6 +1068,44 @@ int dp_kv_compact(struct dp_kv *kv)
 	return dp_journal_compact(kv->j, emit_live, kv);
 }
 
+/*
+ * The state directory is trusted only if this process's user owns it and
+ * nobody else may write to it: another user who can create files there can
+ * plant a `journal` link to a file of ours (a root daemon would truncate it)
+ * or a journal of their making. Checked on the directory fd that every
+ * state file is then opened in, so the directory checked is the one used.
+ */
+static int state_dir_open(const char *dir, char *err, size_t err_len)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = -errno;
+		if (err && err_len)
+			snprintf(err, err_len, "cannot open state directory %s: %s", dir, strerror(-e));
+		return e;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	unsigned mode = (unsigned)(st.st_mode & 07777), uid = (unsigned)st.st_uid;
+	const char *why = st.st_uid != geteuid() ? "is not owned by this process's user"
+			  : (st.st_mode & (S_IWGRP | S_IWOTH)) ? "is writable by group or others"
+							       : NULL;
+	if (why) {
+		if (err && err_len)
+			snprintf(err, err_len, "state directory %s (owner uid %u, mode %04o) %s (uid %u): "
+				 "refusing it; it must be owned by that user and writable by no one else "
+				 "(chown/chmod go-w it, or choose another state_dir)", dir, uid, mode, why,
+				 (unsigned)geteuid());
+		close(fd);
+		return -EPERM;
+	}
+	return fd;
+}
+
 int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_kv **ret_kv,
 	       char *err, size_t err_len)
 {
@@ -1073,6 +1114,7 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 	struct dp_kv *kv = calloc(1, sizeof(*kv));
 	if (!kv)
 		return -ENOMEM;
+	kv->dirfd = -1;
 	kv->opts = *opts;
 	snprintf(kv->state_dir, sizeof(kv->state_dir), "%s", opts->state_dir);
 	kv->opts.state_dir = kv->state_dir;
@@ -1084,10 +1126,12 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 	kv->g = dp_v4_model_gpu(m);
 	kv->slots.fd = -1;
 
-	int r = dp_kv_slots_open(&kv->slots, kv->state_dir, opts->direct_io, opts->nvme_bytes, opts->io,
-				 err, err_len);
+	int r = kv->dirfd = state_dir_open(kv->state_dir, err, err_len);
+	if (r >= 0)
+		r = dp_kv_slots_open(&kv->slots, kv->dirfd, kv->state_dir, opts->direct_io,
+				     opts->nvme_bytes, opts->io, err, err_len);
 	if (r == 0)
-		r = dp_journal_open(kv->state_dir, replay_one, kv, &kv->j, err, err_len);
+		r = dp_journal_open(kv->dirfd, kv->state_dir, replay_one, kv, &kv->j, err, err_len);
 	if (r == 0) {
 		r = dp_kv_pool_init(&kv->pool, opts->dram_bytes, opts->numa_node);
 		if (r < 0 && err && err_len)
@@ -1147,6 +1191,8 @@ void dp_kv_close(struct dp_kv *kv)
 	if (kv->pool_registered)
 		dp_io_mem_unregister(kv->opts.io, kv->pool_region);
 	dp_kv_pool_fini(&kv->pool);
+	if (kv->dirfd >= 0)
+		close(kv->dirfd);
 	free(kv->list);
 	free(kv->hash);
 	free(kv);

@@ -63,7 +63,7 @@ const char *dp_kv_tier_name(enum dp_kv_tier tier); /* "device", "dram", "nvme", 
 struct dp_io;
 
 struct dp_kv_opts {
-	const char *state_dir;	/* journal and NVMe slot file; must exist */
+	const char *state_dir;	/* journal and NVMe slot file; must exist, be ours, 0700/0750 */
 	uint64_t device_bytes;	/* state pages on the device before demotion; 0: no limit */
 	uint64_t dram_bytes;	/* pinned DRAM tier; 0: none (demote straight to NVMe) */
 	uint64_t nvme_bytes;	/* slot file limit; 0: no limit (until the disk is full) */
@@ -80,7 +80,15 @@ struct dp_kv_session;
 /* Open the cache on model m: replays the journal (every committed turn of
  * every session comes back, with its state in NVME or NONE). Errors: bad
  * options, an unusable state directory (missing, read-only), a journal or
- * slot file of another format version — each with a message. */
+ * slot file of another format version — each with a message.
+ *
+ * The state directory must be trusted: owned by this process's effective
+ * uid and writable by neither group nor others (0700 or 0750; -EPERM, with
+ * a message naming the directory, its owner and mode, otherwise). Its files
+ * are opened relative to the directory checked, never through a symbolic
+ * link (O_NOFOLLOW), and only if they are regular files of this uid with
+ * one link (-ELOOP, -EPERM otherwise): a directory someone else can write
+ * to would let them point `journal` at any file the daemon can write. */
 int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_kv **ret_kv,
 	       char *err, size_t err_len);
 /* Close without persisting anything beyond what is committed. */

@@ -198,10 +198,11 @@ static int file_header_check_or_write(struct dp_kv_slots *sl, const char *path, 
 	return 0;
 }
 
-int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint64_t max_bytes,
-		     struct dp_io *io, char *err, size_t err_len)
+int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool direct,
+		     uint64_t max_bytes, struct dp_io *io, char *err, size_t err_len)
 {
 	char path[4200];
+	int ret;
 
 	memset(sl, 0, sizeof(*sl));
 	sl->fd = -1;
@@ -211,18 +212,21 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint6
 	if (posix_memalign(&sl->hdr, 4096, DP_KV_HDR_BYTES))
 		return -ENOMEM;
 	if (direct) {
-		sl->fd = open(path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+		sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE, O_RDWR | O_CREAT | O_DIRECT,
+					    err, err_len);
 		if (sl->fd >= 0)
 			sl->direct = true;
-		else if (errno != EINVAL)
+		else if (sl->fd != -EINVAL)
 			goto fail;
+		else if (err && err_len)
+			err[0] = '\0';
 		/* EINVAL: the filesystem has no O_DIRECT (tmpfs): buffered below */
 	}
 	if (sl->fd < 0)
-		sl->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE, O_RDWR | O_CREAT, err, err_len);
 	if (sl->fd < 0)
 		goto fail;
-	int ret = file_header_check_or_write(sl, path, err, err_len);
+	ret = file_header_check_or_write(sl, path, err, err_len);
 	if (ret < 0) {
 		dp_kv_slots_close(sl);
 		return ret;
@@ -247,9 +251,8 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, const char *dir, bool direct, uint6
 	}
 	return 0;
 fail:
-	ret = -errno;
-	if (err && err_len)
-		snprintf(err, err_len, "cannot open %s: %s", path, strerror(-ret));
+	ret = sl->fd; /* dp_kv_state_openat wrote the message */
+	sl->fd = -1;
 	dp_kv_slots_close(sl);
 	return ret;
 }

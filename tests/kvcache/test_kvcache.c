@@ -1003,3 +1003,80 @@ Test(kv, csa_entries_in_host_memory_are_outside_the_device_budget)
 	cr_expect_gt(host_bytes[1], 0);
 	cr_expect_eq(dev_pages[0] - dev_pages[1], host_bytes[1] / DP_V4_PAGE_BYTES);
 }
+
+/* ---- the state directory is used only when it is this process's own -------- */
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fputs(text, f);
+	cr_assert_eq(fclose(f), 0);
+}
+
+static bool file_says(const char *path, const char *text)
+{
+	char buf[256] = "";
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strcmp(buf, text) == 0;
+}
+
+Test(kv, a_state_file_symlink_is_refused_and_its_target_left_untouched)
+{
+	static const char *const names[] = { "journal", "slots" };
+	for (int i = 0; i < 2; i++) {
+		char victim[300], link[300], err[512] = "";
+		snprintf(victim, sizeof(victim), "%s.victim", dir);
+		snprintf(link, sizeof(link), "%s/%s", dir, names[i]);
+		write_file(victim, "someone else's file\n");
+		unlink(link); /* the other file's round may have created it */
+		cr_assert_eq(symlink(victim, link), 0);
+		struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+		struct dp_kv *kv = NULL;
+		cr_expect_lt(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s: opened through the link",
+			     names[i]);
+		cr_expect(strstr(err, "symbolic link") && strstr(err, names[i]), "message: %s", err);
+		cr_expect(file_says(victim, "someone else's file\n"), "%s: the link's target was changed",
+			  names[i]);
+		unlink(link);
+		unlink(victim);
+	}
+}
+
+Test(kv, a_state_directory_writable_by_others_is_refused_with_a_message)
+{
+	static const mode_t modes[] = { 0777, 0770, 0702 };
+	for (int i = 0; i < 3; i++) {
+		char err[512] = "", want[16];
+		cr_assert_eq(chmod(dir, modes[i]), 0);
+		struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+		struct dp_kv *kv = NULL;
+		cr_expect_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), -EPERM, "mode %04o",
+			     (unsigned)modes[i]);
+		snprintf(want, sizeof(want), "mode %04o", (unsigned)modes[i]);
+		cr_expect(strstr(err, dir) && strstr(err, want), "names directory and mode: %s", err);
+	}
+	cr_assert_eq(chmod(dir, 0750), 0);
+	struct dp_kv *kv = open_kv(0, 0); /* group-readable is fine */
+	dp_kv_close(kv);
+}
+
+Test(kv, a_state_directory_owned_by_another_user_is_refused_with_a_message)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root to give the directory away");
+	cr_assert_eq(chown(dir, 65534, 65534), 0);
+	char err[512] = "";
+	struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+	struct dp_kv *kv = NULL;
+	cr_expect_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), -EPERM);
+	cr_expect(strstr(err, dir) && strstr(err, "uid 65534"), "names directory and owner: %s", err);
+	char journal[300];
+	snprintf(journal, sizeof(journal), "%s/journal", dir);
+	cr_expect_neq(access(journal, F_OK), 0, "nothing was created in it");
+}
