@@ -65,6 +65,8 @@ struct dp_kv_slots {
 	struct dp_io *io;   /* NULL: synchronous pwritev/preadv */
 	struct dp_io_chan *chan;
 	uint32_t io_file;
+	bool reset; /* its header was damaged: set aside (reset_name), a new file made */
+	char reset_name[256];
 };
 
 /* Open (creating) the slot file in the state directory dirfd (dir: its
@@ -120,6 +122,8 @@ struct dp_kv_session {
 	int32_t *hist;
 	uint64_t len, cap;
 	uint64_t committed; /* history tokens durable in the journal */
+	bool lost;	    /* journal damage took part of its history: it has none (kvcache.h) */
+	bool lost_now;	    /* ... found by this open's replay (counted in settle) */
 
 	enum dp_kv_tier tier;
 	uint64_t state_pos; /* position the state stands at (tier != NONE) */

@@ -190,6 +190,20 @@ static int hist_reserve(struct dp_kv_session *s, uint64_t n)
 
 /* ---- accessors ----------------------------------------------------------------- */
 
+bool dp_kv_session_lost(struct dp_kv *kv, const char *id)
+{
+	struct dp_kv_session *s;
+	return kv && id && dp_kv_session_find(kv, id, &s) == 0 && s->lost;
+}
+
+void dp_kv_recovery(const struct dp_kv *kv, struct dp_kv_recovery *ret)
+{
+	const char *j = dp_journal_damaged_copy(kv->j);
+	snprintf(ret->journal_copy, sizeof(ret->journal_copy), "%s", j ? j : "");
+	snprintf(ret->slots_copy, sizeof(ret->slots_copy), "%s",
+		 kv->slots.reset ? kv->slots.reset_name : "");
+}
+
 int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
 {
 	struct dp_kv_session *s;
@@ -575,6 +589,8 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 {
 	if (!kv || !s || !ret_seq)
 		return -EINVAL;
+	if (s->lost)
+		return -ENODATA;
 	struct dp_v4_seq *seq = NULL;
 	int r = 0;
 	uint64_t t0 = dp_kv_now_ns();
@@ -629,6 +645,8 @@ int dp_kv_session_acquire_fresh(struct dp_kv *kv, struct dp_kv_session *s,
 {
 	if (!kv || !s || !ret_seq)
 		return -EINVAL;
+	if (s->lost)
+		return -ENODATA;
 	struct dp_v4_seq *seq;
 	int r = dp_v4_seq_new(kv->m, &seq);
 	if (r < 0)
@@ -648,6 +666,8 @@ int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
 {
 	if (!kv || !s || !ret_seq)
 		return -EINVAL;
+	if (s->lost)
+		return -ENODATA;
 	bool layered = s->tier == DP_KV_TIER_DRAM || (s->tier == DP_KV_TIER_NVME && kv->restore_chan);
 	if (!layered)
 		return dp_kv_session_acquire(kv, s, ret_seq);
@@ -713,6 +733,8 @@ int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_
 {
 	if (!kv || !s || (n && !tokens))
 		return -EINVAL;
+	if (s->lost)
+		return -ENODATA;
 	int r = hist_reserve(s, s->len + n);
 	if (r < 0)
 		return r;
@@ -942,6 +964,54 @@ int dp_kv_balance_async(struct dp_kv *kv)
 
 /* ---- recovery ----------------------------------------------------------------------- */
 
+static uint32_t get_u32le(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/*
+ * Optional trailing fields of HISTORY and RESET records, after the tokens:
+ * u16 tag | u16 length | value. Builds that predate a tag ignore it (old
+ * ones stop reading at the last token).
+ */
+enum {
+	JEXT_LOST = 2, /* RESET: the session's history was lost (no tokens follow) */
+};
+
+static void put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
+{
+	dp_jbuf_put_u16(b, tag);
+	dp_jbuf_put_u16(b, len);
+}
+
+/* Forget s's snapshot (replay: its slots are not claimed yet). */
+static void snap_forget(struct dp_kv_session *s)
+{
+	free(s->snap);
+	s->snap = NULL;
+	s->n_snap = 0;
+	s->has_snap = false;
+}
+
+static void hist_clear(struct dp_kv_session *s)
+{
+	s->len = s->committed = 0;
+}
+
+/* Journal damage took part of id's history: what is left of it is not its
+ * context, so it keeps none, and it stays lost (dp_kv_session_lost) until
+ * it is dropped. */
+static int mark_lost(struct dp_kv *kv, const char *id)
+{
+	struct dp_kv_session *s;
+	if (dp_kv_session_find(kv, id, &s) < 0 && session_add(kv, id, &s) < 0)
+		return -ENOMEM;
+	hist_clear(s);
+	snap_forget(s);
+	s->lost = s->lost_now = true;
+	return 0;
+}
+
 static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *payload, uint32_t len)
 {
 	struct dp_kv *kv = ctx;
@@ -957,18 +1027,46 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	case DP_JREC_RESET: {
 		uint64_t new_len = dp_jread_u64(&rd);
 		uint32_t n = dp_jread_u32(&rd);
-		if (rd.error || n > rd.left / 4)
+		if (rd.error || n > rd.left / 4 || new_len < n)
 			return -EBADMSG;
+		const uint8_t *tokens = rd.p;
+		rd.p += (size_t)n * 4;
+		rd.left -= n * 4;
+		bool lost = false;
+		while (rd.left >= 4) {
+			uint16_t tag = dp_jread_u16(&rd), elen = dp_jread_u16(&rd);
+			if (elen > rd.left)
+				break; /* a later format's: its fields are its own */
+			lost |= tag == JEXT_LOST;
+			rd.p += elen;
+			rd.left -= elen;
+		}
 		if (!exists && session_add(kv, id, &s) < 0)
 			return -ENOMEM;
-		if (type == DP_JREC_RESET)
-			s->len = 0;
-		if (s->len + n != new_len)
-			return -EBADMSG; /* a gap in the history: the journal is inconsistent */
+		if (type == DP_JREC_RESET) {
+			/* the whole history as of a compaction */
+			hist_clear(s);
+			snap_forget(s);
+			s->lost = lost;
+			s->lost_now = false;
+			if (lost)
+				return 0;
+		} else if (new_len == n && (s->len || s->lost)) {
+			/* a history that starts over: the session was dropped and
+			 * made again, and the drop's record was damaged */
+			hist_clear(s);
+			snap_forget(s);
+			s->lost = s->lost_now = false;
+		} else if (s->lost) {
+			return 0; /* the rest of a lost history */
+		} else if (s->len + n != new_len) {
+			/* a gap: a record of this session was lost to damage */
+			return mark_lost(kv, id);
+		}
 		if (hist_reserve(s, new_len) < 0)
 			return -ENOMEM;
 		for (uint32_t i = 0; i < n; i++)
-			s->hist[s->len + i] = (int32_t)dp_jread_u32(&rd);
+			s->hist[s->len + i] = (int32_t)get_u32le(tokens + 4 * (size_t)i);
 		s->len = new_len;
 		s->committed = new_len;
 		return 0;
@@ -976,8 +1074,15 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	case DP_JREC_SNAPSHOT: {
 		uint64_t pos = dp_jread_u64(&rd);
 		uint32_t n = dp_jread_u32(&rd);
-		if (rd.error || !exists || n > rd.left / 23)
+		if (rd.error || n > rd.left / 23)
 			return -EBADMSG;
+		if (exists && s->lost)
+			return 0;
+		if (!exists) {
+			/* a state with no history before it: its history records
+			 * were lost (a snapshot at 0 of an empty session needs none) */
+			return pos == 0 ? 0 : mark_lost(kv, id);
+		}
 		struct dp_kv_snap_page *sp = calloc(n ? n : 1, sizeof(*sp));
 		if (!sp)
 			return -ENOMEM;
@@ -1001,9 +1106,7 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	}
 	case DP_JREC_DROP:
 		if (exists) {
-			free(s->snap);
-			s->snap = NULL;
-			s->n_snap = 0;
+			snap_forget(s);
 			session_remove(kv, s);
 		}
 		return 0;
@@ -1012,18 +1115,49 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	}
 }
 
-/* After the replay: claim the live snapshots' slots, set tiers. */
+/* A damaged span of the journal (journal.h: Replay). A record named by its
+ * verified key and type loses exactly what it held: a snapshot (the state
+ * is recomputed from the history, which is whole), a drop (applied all the
+ * same), or a turn of history (the session is lost). A salvaged key is not
+ * trusted to say more than "this session may have lost a turn": it is lost,
+ * if the bytes form a valid id at all. With no key, the session's next
+ * history record (a gap) is what finds the loss. */
+static int replay_damage(void *ctx, const struct dp_journal_damage *d)
+{
+	struct dp_kv *kv = ctx;
+	struct dp_kv_session *s;
+	if (!dp_kv_session_id_valid(d->key))
+		return 0;
+	bool exists = dp_kv_session_find(kv, d->key, &s) == 0;
+	if (d->key_verified && d->type == DP_JREC_SNAPSHOT) {
+		if (exists) /* the older snapshot's slots may be another's now */
+			snap_forget(s);
+		return 0;
+	}
+	if (d->key_verified && d->type == DP_JREC_DROP) {
+		if (exists) {
+			snap_forget(s);
+			session_remove(kv, s);
+		}
+		return 0;
+	}
+	return mark_lost(kv, d->key);
+}
+
+/* After the replay: claim the live snapshots' slots, set tiers, count the
+ * sessions this open found lost. */
 static void settle(struct dp_kv *kv)
 {
 	for (size_t i = 0; i < kv->n; i++) {
 		struct dp_kv_session *s = kv->list[i];
 		if (s->has_snap && s->snap_pos > s->len) {
-			/* cannot happen when written by this code; never trust it */
-			free(s->snap);
-			s->snap = NULL;
-			s->n_snap = 0;
-			s->has_snap = false;
+			/* a state ahead of its history: the history lost turns
+			 * (a snapshot is journaled after the turns it holds) */
+			hist_clear(s);
+			s->lost = s->lost_now = true;
 		}
+		if (s->has_snap && (s->lost || kv->slots.reset))
+			snap_forget(s); /* a reset slot file holds none of them */
 		if (s->has_snap) {
 			for (size_t k = 0; k < s->n_snap; k++)
 				dp_kv_slots_mark(&kv->slots, s->snap[k].slot);
@@ -1033,6 +1167,8 @@ static void settle(struct dp_kv *kv)
 			s->tier = DP_KV_TIER_NONE;
 			s->state_pos = 0;
 		}
+		kv->st.journal_sessions_lost += s->lost_now;
+		s->lost_now = false;
 	}
 }
 
@@ -1047,6 +1183,8 @@ static int emit_live(void *ctx, struct dp_journal *nj)
 		dp_jbuf_put_u32(&b, (uint32_t)s->committed);
 		for (uint64_t t = 0; t < s->committed; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		if (s->lost)
+			put_ext(&b, JEXT_LOST, 0);
 		int r = b.error ? b.error : dp_journal_append(nj, DP_JREC_RESET, b.data, b.len);
 		dp_jbuf_fini(&b);
 		if (r < 0)
@@ -1130,8 +1268,9 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 	if (r >= 0)
 		r = dp_kv_slots_open(&kv->slots, kv->dirfd, kv->state_dir, opts->direct_io,
 				     opts->nvme_bytes, opts->io, err, err_len);
+	struct dp_journal_replay cb = { replay_one, replay_damage, kv };
 	if (r == 0)
-		r = dp_journal_open(kv->dirfd, kv->state_dir, replay_one, kv, &kv->j, err, err_len);
+		r = dp_journal_open(kv->dirfd, kv->state_dir, &cb, &kv->j, err, err_len);
 	if (r == 0) {
 		r = dp_kv_pool_init(&kv->pool, opts->dram_bytes, opts->numa_node);
 		if (r < 0 && err && err_len)
@@ -1162,6 +1301,19 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 		kv->pool_registered = rr == 0;
 	}
 	settle(kv);
+	kv->st.slot_file_resets = kv->slots.reset;
+	struct dp_journal_stats js;
+	dp_journal_stats(kv->j, &js);
+	kv->st.journal_damaged_records = js.damaged_records;
+	kv->st.journal_damaged_bytes = js.damaged_bytes;
+	kv->st.journal_repaired_records = js.repaired_records;
+	if (js.damaged_records || js.repaired_records || kv->slots.reset) {
+		/* Rewrite the journal from what was recovered (the damaged one is
+		 * kept aside): later opens do not meet the damage again, and no
+		 * snapshot names a slot of the file set aside. If this fails the
+		 * next open finds the same damage: nothing is lost by going on. */
+		dp_kv_compact(kv);
+	}
 	kv->st.direct_io = kv->slots.direct;
 	struct dp_v4_page_ops ops = { device_page_alloc, device_page_free, kv };
 	dp_v4_model_set_page_ops(m, &ops);
@@ -1219,8 +1371,11 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 		ret->bytes[t] = ret->pages[t] * DP_KV_PAGE_BYTES;
 		ret->budget[t] = tier_budget((struct dp_kv *)kv, t) * DP_KV_PAGE_BYTES;
 	}
-	for (size_t i = 0; i < kv->n; i++)
+	ret->lost_sessions = 0;
+	for (size_t i = 0; i < kv->n; i++) {
 		ret->sessions[kv->list[i]->tier]++;
+		ret->lost_sessions += kv->list[i]->lost;
+	}
 	struct dp_journal_stats js;
 	dp_journal_stats(kv->j, &js);
 	ret->journal_bytes = js.bytes;

@@ -78,9 +78,13 @@ struct dp_kv;
 struct dp_kv_session;
 
 /* Open the cache on model m: replays the journal (every committed turn of
- * every session comes back, with its state in NVME or NONE). Errors: bad
- * options, an unusable state directory (missing, read-only), a journal or
- * slot file of another format version — each with a message.
+ * every session comes back, with its state in NVME or NONE; what journal
+ * damage took is reported: see lost sessions below). A slot file whose
+ * header is damaged is set aside and replaced: the sessions' states are
+ * recomputed from their histories. When anything was damaged the journal
+ * is rewritten (compacted) before the open returns. Errors: bad options, an
+ * unusable state directory (missing, read-only), a journal or slot file of
+ * another format version — each with a message.
  *
  * The state directory must be trusted: owned by this process's effective
  * uid and writable by neither group nor others (0700 or 0750; -EPERM, with
@@ -99,6 +103,38 @@ void dp_kv_close(struct dp_kv *kv);
 bool dp_kv_session_id_valid(const char *id);
 
 int dp_kv_session_find(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+
+/*
+ * Lost sessions. The journal is read past damage (kvcache/journal.h):
+ * every record that checks is replayed, and a session that a damaged
+ * record belonged to is *lost* — whatever is left of its history is not
+ * the context its client built, so it is not served as one. A session is
+ * lost when a damaged record is named as a turn of its history (by its
+ * verified key; or by the bytes where its key was, if they form a valid id:
+ * erring towards reporting), when its history has a gap (a record that does
+ * not continue the history before it), or when its snapshot is ahead of
+ * its history. A damaged snapshot record only costs the state (recomputed
+ * from the history); a damaged drop record is applied as a drop. What
+ * cannot be found: a damaged last record of a session whose both key
+ * copies were destroyed too — that session comes back short of that turn.
+ *
+ * A lost session exists (dp_kv_session_find finds it, listings show it)
+ * with an empty history and no state; acquiring or appending to it fails
+ * with -ENODATA, and dp_kv_session_create with -EEXIST. It stays lost,
+ * through compactions and restarts, until dp_kv_session_drop (journaled):
+ * then the id is free for a new session. The damage is counted in
+ * dp_kv_stats (journal_*) and the damaged journal kept aside
+ * (dp_kv_recovery).
+ */
+bool dp_kv_session_lost(struct dp_kv *kv, const char *id);
+
+/* What dp_kv_open found damaged in the state directory and kept there for
+ * inspection (file names in the state directory; "" if none). */
+struct dp_kv_recovery {
+	char journal_copy[256]; /* journal.damaged-<time>: the journal as it was */
+	char slots_copy[256];	/* slots.damaged-<time>: a slot file with a damaged header */
+};
+void dp_kv_recovery(const struct dp_kv *kv, struct dp_kv_recovery *ret);
 /* -EEXIST if it exists, -EINVAL for a bad id, -ENOSPC past max_sessions. */
 int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
 
@@ -170,7 +206,8 @@ int dp_kv_commit(struct dp_kv *kv);
 int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_tier to);
 /* Write the state to NVMe as a durable snapshot, keeping it where it is. */
 int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s);
-/* Delete the session: history, state, slots (durably). */
+/* Delete the session: history, state, slots (durably). For a lost
+ * session, this is how its client starts over. */
 int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s);
 
 /* Enforce the watermarks: demote idle LRU sessions. Returns sessions moved. */
@@ -206,6 +243,14 @@ struct dp_kv_stats {
 	uint64_t recomputed_tokens;	 /* history replayed into state */
 	uint64_t commits, journal_bytes;
 	uint64_t compactions;		 /* journal rewrites */
+	/* found at open (kvcache/journal.h: Replay) */
+	uint64_t journal_damaged_records;  /* damaged spans of the journal skipped */
+	uint64_t journal_damaged_bytes;	   /* and their bytes */
+	uint64_t journal_repaired_records; /* damaged in a header field only: replayed */
+	uint64_t journal_sessions_lost;	   /* sessions the damage made lost */
+	uint64_t lost_sessions;		   /* lost sessions now (not yet dropped) */
+	uint64_t slot_file_resets;	   /* slot files with a damaged header set aside
+					    * (their sessions' states recomputed) */
 	uint64_t writebacks;		 /* asynchronous demotions to NVMe started */
 	uint64_t writeback_errors;	 /* ... that failed (the state stayed where it was) */
 	uint64_t writeback_pages;	 /* pages being written out now */

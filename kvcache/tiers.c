@@ -182,7 +182,7 @@ static int file_header_check_or_write(struct dp_kv_slots *sl, const char *path, 
 		if (err && err_len)
 			snprintf(err, err_len, "%s is not a dualpath slot file (bad header); move it away",
 				 path);
-		return -EPROTO;
+		return -EBADMSG;
 	}
 	if (fh->version != DP_KV_FORMAT_VERSION || fh->header_bytes != DP_KV_HDR_BYTES ||
 	    fh->page_bytes != DP_KV_PAGE_BYTES) {
@@ -211,25 +211,51 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool di
 	snprintf(path, sizeof(path), "%s/%s", dir, DP_KV_SLOTS_FILE);
 	if (posix_memalign(&sl->hdr, 4096, DP_KV_HDR_BYTES))
 		return -ENOMEM;
-	if (direct) {
-		sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE, O_RDWR | O_CREAT | O_DIRECT,
-					    err, err_len);
-		if (sl->fd >= 0)
-			sl->direct = true;
-		else if (sl->fd != -EINVAL)
+	for (int attempt = 0;; attempt++) {
+		if (direct) {
+			sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE,
+						    O_RDWR | O_CREAT | O_DIRECT, err, err_len);
+			if (sl->fd >= 0)
+				sl->direct = true;
+			else if (sl->fd != -EINVAL)
+				goto fail;
+			else if (err && err_len)
+				err[0] = '\0';
+			/* EINVAL: the filesystem has no O_DIRECT (tmpfs): buffered below */
+		}
+		if (sl->fd < 0)
+			sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE, O_RDWR | O_CREAT, err,
+						    err_len);
+		if (sl->fd < 0)
 			goto fail;
-		else if (err && err_len)
-			err[0] = '\0';
-		/* EINVAL: the filesystem has no O_DIRECT (tmpfs): buffered below */
-	}
-	if (sl->fd < 0)
-		sl->fd = dp_kv_state_openat(dirfd, dir, DP_KV_SLOTS_FILE, O_RDWR | O_CREAT, err, err_len);
-	if (sl->fd < 0)
-		goto fail;
-	ret = file_header_check_or_write(sl, path, err, err_len);
-	if (ret < 0) {
-		dp_kv_slots_close(sl);
-		return ret;
+		ret = file_header_check_or_write(sl, path, err, err_len);
+		if (ret == -EBADMSG && attempt == 0) {
+			/* A damaged header (not another version's: that one is
+			 * refused) loses the pages, not the sessions: their
+			 * histories rebuild the state. Keep the file, start a new
+			 * one; the caller forgets the snapshots (sl->reset). */
+			close(sl->fd);
+			sl->fd = -1;
+			sl->direct = false;
+			ret = dp_kv_state_set_aside(dirfd, DP_KV_SLOTS_FILE, NULL, 0, sl->reset_name,
+						    sizeof(sl->reset_name));
+			if (ret < 0) {
+				if (err && err_len)
+					snprintf(err, err_len, "%s has a damaged header and cannot be set "
+						 "aside: %s; move it away", path, strerror(-ret));
+				dp_kv_slots_close(sl);
+				return ret;
+			}
+			sl->reset = true;
+			if (err && err_len)
+				err[0] = '\0';
+			continue;
+		}
+		if (ret < 0) {
+			dp_kv_slots_close(sl);
+			return ret;
+		}
+		break;
 	}
 	sl->used = calloc((sl->n_slots + 7) / 8 + 1, 1);
 	if (!sl->used) {

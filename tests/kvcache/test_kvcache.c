@@ -371,16 +371,56 @@ Test(kv, a_slot_file_of_another_version_is_refused_with_a_message)
 	cr_expect(strstr(err, "version 99") != NULL, "message: %s", err);
 }
 
-Test(kv, a_damaged_slot_file_header_is_refused_with_a_message)
+Test(kv, a_damaged_slot_file_header_is_set_aside_and_the_states_recomputed)
 {
 	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s[3];
+	for (int i = 0; i < 3; i++) {
+		char id[8];
+		snprintf(id, sizeof(id), "h%d", i);
+		cr_assert_eq(dp_kv_session_create(kv, id, &s[i]), 0);
+		turn(kv, s[i], 20 + 5 * i, (uint32_t)i);
+		cr_assert_eq(dp_kv_session_demote(kv, s[i], DP_KV_TIER_NVME), 0);
+	}
 	dp_kv_close(kv);
 	rewrite_file_header(1, false);
 	rewrite_file_header(2, false); /* checksum no longer matches */
+
 	char err[512] = "";
 	struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
-	cr_expect_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), -EPROTO);
-	cr_expect(strstr(err, "not a dualpath slot file") != NULL, "message: %s", err);
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.slot_file_resets, 1);
+	cr_expect_eq(st.journal_sessions_lost, 0);
+	struct dp_kv_recovery rec;
+	dp_kv_recovery(kv, &rec);
+	cr_assert(!strncmp(rec.slots_copy, "slots.damaged-", 14), "kept as: '%s'", rec.slots_copy);
+	char kept[512];
+	snprintf(kept, sizeof(kept), "%s/%s", dir, rec.slots_copy);
+	cr_expect_eq(access(kept, F_OK), 0, "%s is there", kept);
+	for (int i = 0; i < 3; i++) {
+		char id[8];
+		snprintf(id, sizeof(id), "h%d", i);
+		cr_assert_eq(dp_kv_session_find(kv, id, &s[i]), 0);
+		cr_expect_eq(dp_kv_session_len(s[i]), 20 + 5 * (uint64_t)i);
+		cr_expect_eq(dp_kv_session_tier(s[i]), DP_KV_TIER_NONE, "the state comes from the history");
+		check_state(kv, s[i]);
+	}
+	/* the new slot file serves as the old did */
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	cr_assert_eq(dp_kv_session_demote(kv, s[0], DP_KV_TIER_NVME), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 0);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.slot_file_resets, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "h0", &s[0]), 0);
+	cr_expect_eq(dp_kv_session_tier(s[0]), DP_KV_TIER_NVME);
+	check_state(kv, s[0]);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.corrupt_pages, 0);
+	cr_expect_eq(st.recomputed_tokens, 0, "restored from the new slot file");
+	dp_kv_close(kv);
 }
 
 Test(kv, a_torn_journal_tail_keeps_the_earlier_turns)
@@ -401,6 +441,10 @@ Test(kv, a_torn_journal_tail_keeps_the_earlier_turns)
 	kv = open_kv(0, 0);
 	cr_assert_eq(dp_kv_session_find(kv, "torn", &s), 0);
 	cr_expect_eq(dp_kv_session_len(s), 12);
+	struct dp_kv_stats ks;
+	dp_kv_stats(kv, &ks);
+	cr_expect_eq(ks.journal_damaged_records, 0, "a torn tail is a crash's, not damage");
+	cr_expect_eq(ks.journal_sessions_lost, 0);
 	check_state(kv, s);
 	dp_kv_close(kv);
 }
@@ -1079,4 +1123,308 @@ Test(kv, a_state_directory_owned_by_another_user_is_refused_with_a_message)
 	char journal[300];
 	snprintf(journal, sizeof(journal), "%s/journal", dir);
 	cr_expect_neq(access(journal, F_OK), 0, "nothing was created in it");
+}
+
+/* ---- a damaged journal: everything that checks comes back, losses are named -- */
+
+/* The journal's records as the file has them (kvcache/journal.h: u32
+ * magic, u16 type, u16 key check, u32 length, payload, u64 checksum). */
+struct jrec {
+	long off;
+	uint32_t len;
+	uint16_t type;
+	char key[256];
+};
+
+static void *read_whole(const char *path, size_t *ret_len)
+{
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f, "%s", path);
+	cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+	long n = ftell(f);
+	rewind(f);
+	void *p = malloc((size_t)n + 1);
+	cr_assert_eq(fread(p, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	*ret_len = (size_t)n;
+	return p;
+}
+
+static int journal_records(struct jrec *out, int max)
+{
+	char path[512];
+	size_t n;
+	snprintf(path, sizeof(path), "%s/journal", dir);
+	uint8_t *m = read_whole(path, &n);
+	int k = 0;
+	for (size_t off = 0; off + 12 <= n && k < max; k++) {
+		uint32_t len;
+		uint16_t type, klen;
+		memcpy(&type, m + off + 4, 2);
+		memcpy(&len, m + off + 8, 4);
+		memcpy(&klen, m + off + 12, 2);
+		out[k] = (struct jrec){ (long)off, len, type, "" };
+		memcpy(out[k].key, m + off + 14, klen < 255 ? klen : 255);
+		off += 12 + len + 8;
+	}
+	free(m);
+	return k;
+}
+
+/* The record of `type` for `key`, the nth (0-based) of them. */
+static struct jrec find_record(uint16_t type, const char *key, int nth)
+{
+	static struct jrec r[512];
+	int n = journal_records(r, 512);
+	for (int i = 0; i < n; i++)
+		if (r[i].type == type && !strcmp(r[i].key, key) && nth-- == 0)
+			return r[i];
+	cr_assert_fail("no record %u of %s", type, key);
+	return r[0];
+}
+
+/* XOR bytes [off, off + n) of the journal with x (0: zero them). */
+static void damage_journal(long off, size_t n, uint8_t x)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/journal", dir);
+	int fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c;
+		cr_assert_eq(pread(fd, &c, 1, off + (long)i), 1);
+		c = x ? c ^ x : 0;
+		cr_assert_eq(pwrite(fd, &c, 1, off + (long)i), 1);
+	}
+	close(fd);
+}
+
+static int32_t htok(int sess, uint32_t i)
+{
+	return tok(i, (uint32_t)sess * 7 + 3);
+}
+
+/* n sessions "j00".., `rounds` committed turns each of 3 tokens, one
+ * HISTORY record per session and turn, interleaved. */
+static void write_sessions(int n, int rounds)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	for (int r = 0; r < rounds; r++)
+		for (int i = 0; i < n; i++) {
+			char id[8];
+			struct dp_kv_session *s;
+			snprintf(id, sizeof(id), "j%02d", i);
+			if (r == 0)
+				cr_assert_eq(dp_kv_session_create(kv, id, &s), 0);
+			else
+				cr_assert_eq(dp_kv_session_find(kv, id, &s), 0);
+			int32_t t[3];
+			for (uint32_t k = 0; k < 3; k++)
+				t[k] = htok(i, (uint32_t)(3 * r) + k);
+			cr_assert_eq(dp_kv_session_append(kv, s, t, 3), 0);
+			cr_assert_eq(dp_kv_commit(kv), 0);
+		}
+	dp_kv_close(kv);
+}
+
+/* Every session but `lost` (-1: none) is back whole; `lost` is lost. */
+static void expect_sessions(struct dp_kv *kv, int n, int rounds, int lost)
+{
+	cr_expect_eq(dp_kv_session_count(kv), (size_t)n);
+	for (int i = 0; i < n; i++) {
+		char id[8];
+		struct dp_kv_session *s;
+		snprintf(id, sizeof(id), "j%02d", i);
+		cr_assert_eq(dp_kv_session_find(kv, id, &s), 0, "%s is gone", id);
+		if (i == lost) {
+			cr_expect(dp_kv_session_lost(kv, id), "%s is reported lost", id);
+			cr_expect_eq(dp_kv_session_len(s), 0);
+			continue;
+		}
+		cr_expect(!dp_kv_session_lost(kv, id), "%s is whole, not lost", id);
+		cr_assert_eq(dp_kv_session_len(s), 3 * (uint64_t)rounds, "%s", id);
+		for (uint32_t k = 0; k < 3 * (uint32_t)rounds; k++)
+			cr_assert_eq(dp_kv_session_history(s)[k], htok(i, k), "%s, token %u", id, k);
+	}
+}
+
+Test(kv, a_flipped_byte_in_a_middle_journal_record_loses_only_its_session)
+{
+	write_sessions(64, 2);
+	/* j20's second turn, in the middle of 128 records: a token byte */
+	struct jrec r = find_record(1, "j20", 1);
+	damage_journal(r.off + 12 + 2 + 3 + 8 + 4 + 5, 1, 0x5a);
+	char path[512];
+	size_t dlen;
+	snprintf(path, sizeof(path), "%s/journal", dir);
+	void *damaged = read_whole(path, &dlen);
+
+	struct dp_kv *kv = open_kv(0, 0);
+	expect_sessions(kv, 64, 2, 20);
+	struct dp_kv_session *s;
+	struct dp_v4_seq *seq;
+	cr_assert_eq(dp_kv_session_find(kv, "j20", &s), 0);
+	cr_expect_eq(dp_kv_session_acquire(kv, s, &seq), -ENODATA, "not served as an empty context");
+	cr_expect_eq(dp_kv_session_acquire_async(kv, s, &seq), -ENODATA);
+	cr_expect_eq(dp_kv_session_append(kv, s, (int32_t[]){ 1 }, 1), -ENODATA);
+	cr_expect_eq(dp_kv_session_create(kv, "j20", &s), -EEXIST);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 1);
+	cr_expect_eq(st.journal_damaged_bytes, 12 + r.len + 8, "the record's bytes");
+	cr_expect_eq(st.journal_repaired_records, 0);
+	cr_expect_eq(st.journal_sessions_lost, 1);
+	cr_expect_eq(st.lost_sessions, 1);
+	/* the damaged journal as it was, kept aside */
+	struct dp_kv_recovery rec;
+	dp_kv_recovery(kv, &rec);
+	cr_assert(!strncmp(rec.journal_copy, "journal.damaged-", 16), "kept as '%s'", rec.journal_copy);
+	char kept[512];
+	size_t klen;
+	snprintf(kept, sizeof(kept), "%s/%s", dir, rec.journal_copy);
+	void *copy = read_whole(kept, &klen);
+	cr_expect(klen == dlen && !memcmp(copy, damaged, dlen), "the copy is the damaged file");
+	free(copy);
+	free(damaged);
+	cr_assert_eq(dp_kv_session_find(kv, "j21", &s), 0);
+	check_state(kv, s); /* a recovered history serves */
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+
+	/* the journal was rewritten: the loss stays known, the damage is gone */
+	kv = open_kv(0, 0);
+	cr_expect(dp_kv_session_lost(kv, "j20"), "still lost after a restart");
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 0);
+	cr_expect_eq(st.journal_sessions_lost, 0, "counted once, when found");
+	cr_expect_eq(st.lost_sessions, 1);
+	dp_kv_recovery(kv, &rec);
+	cr_expect_str_eq(rec.journal_copy, "");
+	cr_assert_eq(dp_kv_compact(kv), 0);
+	dp_kv_close(kv);
+
+	/* dropping it is how its client starts over, for good */
+	kv = open_kv(0, 0);
+	cr_expect(dp_kv_session_lost(kv, "j20"), "still lost after a compaction");
+	cr_assert_eq(dp_kv_session_find(kv, "j20", &s), 0);
+	cr_assert_eq(dp_kv_session_drop(kv, s), 0);
+	cr_expect(!dp_kv_session_lost(kv, "j20"));
+	cr_assert_eq(dp_kv_session_create(kv, "j20", &s), 0);
+	turn(kv, s, 4, 9);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 0);
+	cr_expect(!dp_kv_session_lost(kv, "j20"));
+	cr_assert_eq(dp_kv_session_find(kv, "j20", &s), 0);
+	cr_expect_eq(dp_kv_session_len(s), 4);
+	dp_kv_close(kv);
+}
+
+Test(kv, a_damaged_key_in_a_sessions_last_record_still_names_the_session)
+{
+	write_sessions(16, 2);
+	/* j07's last record, nothing of j07 after it: a byte of the key */
+	struct jrec r = find_record(1, "j07", 1);
+	damage_journal(r.off + 12 + 2 + 1, 1, 0x01); /* "j07" -> "j17": another valid id */
+	struct dp_kv *kv = open_kv(0, 0);
+	expect_sessions(kv, 16, 2, 7);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_sessions_lost, 1, "j17 is not blamed");
+	dp_kv_close(kv);
+}
+
+Test(kv, a_wiped_record_is_found_by_the_gap_in_its_sessions_history)
+{
+	write_sessions(16, 3);
+	/* every byte of j05's first record: nothing names it */
+	struct jrec r = find_record(1, "j05", 0);
+	damage_journal(r.off, 12 + r.len + 8, 0);
+	struct dp_kv *kv = open_kv(0, 0);
+	expect_sessions(kv, 16, 3, 5);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 1);
+	cr_expect_eq(st.journal_sessions_lost, 1);
+	dp_kv_close(kv);
+}
+
+Test(kv, a_damaged_type_or_length_field_is_repaired_and_loses_nothing)
+{
+	write_sessions(8, 2);
+	struct jrec a = find_record(1, "j02", 0), b = find_record(1, "j05", 1);
+	damage_journal(a.off + 4, 1, 0x5a);  /* type */
+	damage_journal(b.off + 9, 1, 0x11);  /* length */
+	struct dp_kv *kv = open_kv(0, 0);
+	expect_sessions(kv, 8, 2, -1);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_repaired_records, 2);
+	cr_expect_eq(st.journal_damaged_records, 0);
+	cr_expect_eq(st.journal_sessions_lost, 0);
+	struct dp_kv_recovery rec;
+	dp_kv_recovery(kv, &rec);
+	cr_expect_neq(rec.journal_copy[0], '\0', "the damaged file is kept all the same");
+	dp_kv_close(kv);
+}
+
+Test(kv, a_damaged_snapshot_record_costs_the_state_not_the_session)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "snap", &s), 0);
+	turn(kv, s, 30, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	turn(kv, s, 5, 2);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	struct jrec r = find_record(2, "snap", 0);
+	damage_journal(r.off + 12 + 2 + 4 + 8 + 4 + 3, 1, 0x5a); /* a page's slot number */
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "snap", &s), 0);
+	cr_expect(!dp_kv_session_lost(kv, "snap"));
+	cr_expect_eq(dp_kv_session_len(s), 35);
+	cr_expect_eq(dp_kv_session_tier(s), DP_KV_TIER_NONE, "recomputed from the history");
+	check_state(kv, s);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 1);
+	cr_expect_eq(st.journal_sessions_lost, 0);
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], 0, "no slot is claimed by the lost snapshot");
+	dp_kv_close(kv);
+}
+
+Test(kv, a_damaged_drop_record_still_drops_the_session)
+{
+	write_sessions(4, 1);
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_find(kv, "j01", &s), 0);
+	cr_assert_eq(dp_kv_session_drop(kv, s), 0);
+	dp_kv_close(kv);
+	struct jrec r = find_record(3, "j01", 0);
+	damage_journal(r.off + 12 + 3, 1, 0x20); /* the key's first copy: "j01" -> "j11" */
+	kv = open_kv(0, 0);
+	cr_expect_eq(dp_kv_session_find(kv, "j01", &s), -ENOENT, "dropped all the same");
+	cr_expect(!dp_kv_session_lost(kv, "j01"));
+	cr_expect_eq(dp_kv_session_count(kv), 3);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 1);
+	cr_expect_eq(st.journal_sessions_lost, 0);
+	dp_kv_close(kv);
+}
+
+Test(kv, a_damaged_last_record_of_the_journal_is_reported_not_cut_as_a_torn_tail)
+{
+	write_sessions(4, 2);
+	struct jrec r = find_record(1, "j03", 1); /* the file's last record */
+	damage_journal(r.off + 12 + r.len - 12, 1, 0x5a); /* a byte of its body's end */
+	struct dp_kv *kv = open_kv(0, 0);
+	expect_sessions(kv, 4, 2, 3);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.journal_damaged_records, 1);
+	cr_expect_eq(st.journal_sessions_lost, 1);
+	dp_kv_close(kv);
 }
