@@ -314,6 +314,14 @@ static int admit_one(struct compute *c, struct req *r)
 	int ret;
 
 	if (m->session[0]) {
+		if (dp_kv_session_lost(srv->kv, m->session)) {
+			/* never served as an empty context: the client must know */
+			send_error(c, m, DUALPATH__V1__CODE__DATA_LOSS,
+				   "session %s: its history was lost to damage in the state journal (see "
+				   "the daemon's log); send CloseSession without persist to drop it, then "
+				   "start it over", m->session);
+			return -ENODATA;
+		}
 		if (dp_kv_session_find(srv->kv, m->session, &r->sess) < 0) {
 			struct conn_sessions *cs = m->from.conn < srv->cfg.max_connections
 							   ? &c->sessions_by_conn[m->from.conn] : NULL;

@@ -114,6 +114,17 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 	C("dualpath_kv_corrupt_pages_total", "pages that failed their checks (recomputed)", s->kv.corrupt_pages);
 	C("dualpath_kv_recomputed_tokens_total", "history tokens replayed into state", s->kv.recomputed_tokens);
 	C("dualpath_journal_commits_total", "journal fsyncs of finished turns", s->kv.commits);
+	C("dualpath_journal_damaged_records_total", "damaged journal records skipped at start",
+	  s->kv.journal_damaged_records);
+	C("dualpath_journal_damaged_bytes_total", "their bytes", s->kv.journal_damaged_bytes);
+	C("dualpath_journal_repaired_records_total", "records damaged in a header field only, replayed",
+	  s->kv.journal_repaired_records);
+	C("dualpath_journal_sessions_lost_total", "sessions whose history journal damage lost",
+	  s->kv.journal_sessions_lost);
+	G("dualpath_kv_lost_sessions", "lost sessions not yet closed (Generate gets DATA_LOSS)",
+	  s->kv.lost_sessions);
+	C("dualpath_kv_slot_file_resets_total", "slot files set aside for a damaged header",
+	  s->kv.slot_file_resets);
 	G("dualpath_journal_bytes", "journal size", s->kv.journal_bytes);
 	C("dualpath_journal_compactions_total", "journal rewrites down to the live sessions", s->kv.compactions);
 	G("dualpath_kv_direct_io", "1 if the NVMe tier uses O_DIRECT", s->kv.direct_io);

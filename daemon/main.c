@@ -200,6 +200,26 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 	log_info("state %s: %zu sessions recovered (%llu with a persisted state), NVMe tier %s",
 		 cfg->state_dir, dp_kv_session_count(srv->kv), (unsigned long long)st.sessions[DP_KV_TIER_NVME],
 		 st.direct_io ? "with O_DIRECT" : "buffered (no O_DIRECT here)");
+	struct dp_kv_recovery rec;
+	dp_kv_recovery(srv->kv, &rec);
+	if (st.journal_damaged_records || st.journal_repaired_records)
+		log_err("state %s: the journal was damaged: %llu records (%llu bytes) lost, %llu repaired; "
+			"%llu sessions lost their history; the damaged journal is kept as %s",
+			cfg->state_dir, (unsigned long long)st.journal_damaged_records,
+			(unsigned long long)st.journal_damaged_bytes,
+			(unsigned long long)st.journal_repaired_records,
+			(unsigned long long)st.journal_sessions_lost,
+			rec.journal_copy[0] ? rec.journal_copy : "(copy failed)");
+	for (size_t i = 0, n = dp_kv_session_count(srv->kv); i < n && st.lost_sessions; i++) {
+		struct dp_kv_session *s;
+		if (dp_kv_session_at(srv->kv, i, &s) == 0 && dp_kv_session_lost(srv->kv, dp_kv_session_id(s)))
+			log_warning("session %s is lost (journal damage): its Generate requests get "
+				    "DATA_LOSS until it is closed", dp_kv_session_id(s));
+	}
+	if (st.slot_file_resets)
+		log_err("state %s: the slot file's header was damaged; kept as %s, a new one made: the "
+			"sessions' states are recomputed from their histories", cfg->state_dir,
+			rec.slots_copy);
 	return 0;
 }
 
