@@ -122,6 +122,7 @@ struct dp_kv_session {
 	int32_t *hist;
 	uint64_t len, cap;
 	uint64_t committed; /* history tokens durable in the journal */
+	uint32_t owner;	    /* uid, or DP_KV_OWNER_NONE (kvcache.h) */
 	bool lost;	    /* journal damage took part of its history: it has none (kvcache.h) */
 	bool lost_now;	    /* ... found by this open's replay (counted in settle) */
 

@@ -121,6 +121,7 @@ static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **
 	if (!s)
 		return -ENOMEM;
 	snprintf(s->id, sizeof(s->id), "%s", id);
+	s->owner = DP_KV_OWNER_NONE;
 	s->tier = DP_KV_TIER_NONE;
 	s->last_used_ns = dp_kv_now_ns();
 	s->index = kv->n;
@@ -188,6 +189,38 @@ static int hist_reserve(struct dp_kv_session *s, uint64_t n)
 	return 0;
 }
 
+/*
+ * Optional trailing fields of HISTORY and RESET records, after the tokens:
+ * u16 tag | u16 length | value. Builds that predate a tag skip it (builds
+ * from before these fields stop reading at the last token), so a journal
+ * stays readable both ways.
+ */
+enum {
+	JEXT_OWNER = 1, /* u32 uid of the session's owner (absent: none) */
+	JEXT_LOST = 2,	/* RESET: the session's history was lost (no tokens follow) */
+};
+
+static uint32_t get_u32le(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
+{
+	dp_jbuf_put_u16(b, tag);
+	dp_jbuf_put_u16(b, len);
+}
+
+/* On every history record, not only the first: a damaged one does not
+ * take the owner with it. */
+static void put_owner(struct dp_jbuf *b, const struct dp_kv_session *s)
+{
+	if (s->owner == DP_KV_OWNER_NONE)
+		return;
+	put_ext(b, JEXT_OWNER, 4);
+	dp_jbuf_put_u32(b, s->owner);
+}
+
 /* ---- accessors ----------------------------------------------------------------- */
 
 bool dp_kv_session_lost(struct dp_kv *kv, const char *id)
@@ -204,14 +237,30 @@ void dp_kv_recovery(const struct dp_kv *kv, struct dp_kv_recovery *ret)
 		 kv->slots.reset ? kv->slots.reset_name : "");
 }
 
-int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+int dp_kv_session_create_owned(struct dp_kv *kv, const char *id, uint32_t owner_uid,
+			       struct dp_kv_session **ret)
 {
 	struct dp_kv_session *s;
 	if (!kv || !ret || !dp_kv_session_id_valid(id))
 		return -EINVAL;
 	if (dp_kv_session_find(kv, id, &s) == 0)
 		return -EEXIST;
-	return session_add(kv, id, ret);
+	int r = session_add(kv, id, &s);
+	if (r < 0)
+		return r;
+	s->owner = owner_uid;
+	*ret = s;
+	return 0;
+}
+
+int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+{
+	return dp_kv_session_create_owned(kv, id, DP_KV_OWNER_NONE, ret);
+}
+
+uint32_t dp_kv_session_owner(const struct dp_kv_session *s)
+{
+	return s->owner;
 }
 
 const char *dp_kv_session_id(const struct dp_kv_session *s)
@@ -756,6 +805,7 @@ int dp_kv_commit(struct dp_kv *kv)
 		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
 		for (uint64_t t = s->committed; t < s->len; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		put_owner(&b, s);
 		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
 		dp_jbuf_fini(&b);
 		if (r < 0)
@@ -964,25 +1014,6 @@ int dp_kv_balance_async(struct dp_kv *kv)
 
 /* ---- recovery ----------------------------------------------------------------------- */
 
-static uint32_t get_u32le(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/*
- * Optional trailing fields of HISTORY and RESET records, after the tokens:
- * u16 tag | u16 length | value. Builds that predate a tag ignore it (old
- * ones stop reading at the last token).
- */
-enum {
-	JEXT_LOST = 2, /* RESET: the session's history was lost (no tokens follow) */
-};
-
-static void put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
-{
-	dp_jbuf_put_u16(b, tag);
-	dp_jbuf_put_u16(b, len);
-}
 
 /* Forget s's snapshot (replay: its slots are not claimed yet). */
 static void snap_forget(struct dp_kv_session *s)
@@ -1033,10 +1064,13 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 		rd.p += (size_t)n * 4;
 		rd.left -= n * 4;
 		bool lost = false;
+		uint32_t owner = DP_KV_OWNER_NONE;
 		while (rd.left >= 4) {
 			uint16_t tag = dp_jread_u16(&rd), elen = dp_jread_u16(&rd);
 			if (elen > rd.left)
 				break; /* a later format's: its fields are its own */
+			if (tag == JEXT_OWNER && elen == 4)
+				owner = get_u32le(rd.p);
 			lost |= tag == JEXT_LOST;
 			rd.p += elen;
 			rd.left -= elen;
@@ -1044,9 +1078,10 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 		if (!exists && session_add(kv, id, &s) < 0)
 			return -ENOMEM;
 		if (type == DP_JREC_RESET) {
-			/* the whole history as of a compaction */
+			/* the whole session as of a compaction */
 			hist_clear(s);
 			snap_forget(s);
+			s->owner = owner;
 			s->lost = lost;
 			s->lost_now = false;
 			if (lost)
@@ -1056,12 +1091,15 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 			 * made again, and the drop's record was damaged */
 			hist_clear(s);
 			snap_forget(s);
+			s->owner = owner;
 			s->lost = s->lost_now = false;
-		} else if (s->lost) {
-			return 0; /* the rest of a lost history */
-		} else if (s->len + n != new_len) {
-			/* a gap: a record of this session was lost to damage */
-			return mark_lost(kv, id);
+		} else {
+			if (owner != DP_KV_OWNER_NONE) /* records of older builds have none */
+				s->owner = owner;
+			if (s->lost)
+				return 0; /* the rest of a lost history */
+			if (s->len + n != new_len) /* a gap: a record of it was lost to damage */
+				return mark_lost(kv, id);
 		}
 		if (hist_reserve(s, new_len) < 0)
 			return -ENOMEM;
@@ -1183,6 +1221,7 @@ static int emit_live(void *ctx, struct dp_journal *nj)
 		dp_jbuf_put_u32(&b, (uint32_t)s->committed);
 		for (uint64_t t = 0; t < s->committed; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		put_owner(&b, s);
 		if (s->lost)
 			put_ext(&b, JEXT_LOST, 0);
 		int r = b.error ? b.error : dp_journal_append(nj, DP_JREC_RESET, b.data, b.len);

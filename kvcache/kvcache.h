@@ -135,8 +135,23 @@ struct dp_kv_recovery {
 	char slots_copy[256];	/* slots.damaged-<time>: a slot file with a damaged header */
 };
 void dp_kv_recovery(const struct dp_kv *kv, struct dp_kv_recovery *ret);
-/* -EEXIST if it exists, -EINVAL for a bad id, -ENOSPC past max_sessions. */
+/* -EEXIST if it exists, -EINVAL for a bad id, -ENOSPC past max_sessions.
+ * The session has no owner (DP_KV_OWNER_NONE). */
 int dp_kv_session_create(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+
+/*
+ * Owners. A session may belong to a uid (the client's, from SO_PEERCRED):
+ * the cache records it and keeps it — journaled with the session's history
+ * records, so it survives restarts and compactions, and kept by a lost
+ * session — but does not enforce it; who may use a session is the
+ * caller's rule. Sessions created without one, and those of journals
+ * written before owners existed, have DP_KV_OWNER_NONE.
+ */
+#define DP_KV_OWNER_NONE UINT32_MAX
+/* As dp_kv_session_create, owned by owner_uid (DP_KV_OWNER_NONE: none). */
+int dp_kv_session_create_owned(struct dp_kv *kv, const char *id, uint32_t owner_uid,
+			       struct dp_kv_session **ret);
+uint32_t dp_kv_session_owner(const struct dp_kv_session *s); /* or DP_KV_OWNER_NONE */
 
 const char *dp_kv_session_id(const struct dp_kv_session *s);
 /* Tokens in the history (committed and appended). */
