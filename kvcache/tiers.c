@@ -206,7 +206,6 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool di
 
 	memset(sl, 0, sizeof(*sl));
 	sl->fd = -1;
-	sl->io = io;
 	sl->max_slots = max_bytes / DP_KV_SLOT_BYTES;
 	snprintf(path, sizeof(path), "%s/%s", dir, DP_KV_SLOTS_FILE);
 	if (posix_memalign(&sl->hdr, 4096, DP_KV_HDR_BYTES))
@@ -270,10 +269,11 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool di
 			if (err && err_len)
 				snprintf(err, err_len, "cannot hand %s to the io engine: %s", path,
 					 strerror(-ret));
-			sl->io = NULL;
 			dp_kv_slots_close(sl);
 			return ret;
 		}
+		/* only now: closing a file never added must not remove file 0 */
+		sl->io = io;
 	}
 	return 0;
 fail:

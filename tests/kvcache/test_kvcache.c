@@ -1555,3 +1555,23 @@ Test(kv, a_damaged_old_format_record_is_blamed_on_the_id_its_bytes_hold)
 	cr_expect_eq(st.journal_sessions_lost, 1);
 	dp_kv_close(kv);
 }
+
+Test(kv_io, a_slot_file_that_fails_to_open_leaves_the_engines_other_files_registered)
+{
+	char other[300], link[300];
+	snprintf(other, sizeof(other), "%s/other", dir);
+	int fd = open(other, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	uint32_t idx;
+	cr_assert_eq(dp_io_file_add(engine, fd, &idx), 0);
+	snprintf(link, sizeof(link), "%s/slots", dir);
+	cr_assert_eq(symlink(other, link), 0);
+	char err[512] = "";
+	struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1, .io = engine };
+	struct dp_kv *kv = NULL;
+	cr_assert_lt(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0);
+	struct dp_io_file_info fi;
+	cr_expect_eq(dp_io_file_info(engine, idx, &fi), 0, "file %u was unregistered", idx);
+	dp_io_file_remove(engine, idx);
+	close(fd);
+}
