@@ -1575,3 +1575,22 @@ Test(kv_io, a_slot_file_that_fails_to_open_leaves_the_engines_other_files_regist
 	dp_io_file_remove(engine, idx);
 	close(fd);
 }
+
+Test(kv, an_empty_sessions_snapshot_does_not_stop_the_next_open)
+{
+	/* a session made and acquired but never given a token (a request
+	 * that failed after creating it), persisted at shutdown */
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	struct dp_v4_seq *seq;
+	cr_assert_eq(dp_kv_session_create(kv, "empty", &s), 0);
+	cr_assert_eq(dp_kv_session_acquire(kv, s, &seq), 0);
+	dp_kv_session_release(kv, s);
+	cr_assert_eq(dp_kv_session_persist(kv, s), 0);
+	dp_kv_close(kv);
+	char err[512] = "";
+	struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(dp_kv_session_find(kv, "empty", &s), -ENOENT, "it had nothing to keep");
+	dp_kv_close(kv);
+}
