@@ -77,7 +77,7 @@ struct compute {
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
 	struct dp_compute_stats st;
-	enum { RESTORE_DUALPATH, RESTORE_FULL, RESTORE_RECOMPUTE } restore_mode;
+	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
 	double io_bytes_per_ns; /* recent restore read rate */
 	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
@@ -351,9 +351,9 @@ static int admit_one(struct compute *c, struct req *r)
 		uint64_t t0 = dp_now_ns();
 		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
 		bool parked = was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME;
-		if (parked && c->restore_mode == RESTORE_RECOMPUTE) /* the no-reuse baseline */
+		if (parked && c->restore_mode == DP_RESTORE_RECOMPUTE) /* the no-reuse baseline */
 			ret = dp_kv_session_acquire_fresh(srv->kv, r->sess, &r->seq);
-		else if (parked && c->restore_mode == RESTORE_DUALPATH)
+		else if (parked && c->restore_mode == DP_RESTORE_DUALPATH)
 			ret = dp_kv_session_acquire_async(srv->kv, r->sess, &r->seq);
 		else
 			ret = dp_kv_session_acquire(srv->kv, r->sess, &r->seq);
@@ -363,7 +363,7 @@ static int admit_one(struct compute *c, struct req *r)
 				   "cannot restore session %s: %s", m->session, strerror(-ret));
 			return ret;
 		}
-		if (parked && c->restore_mode != RESTORE_RECOMPUTE) {
+		if (parked && c->restore_mode != DP_RESTORE_RECOMPUTE) {
 			struct dp_kv_restore_info ri;
 			dp_kv_session_restore_info(srv->kv, r->sess, &ri);
 			r->restored_from = was;
@@ -976,14 +976,27 @@ static bool ring_ready(void *arg)
 	return !dp_ring_empty(arg);
 }
 
+static void compute_free(struct compute *c)
+{
+	for (uint32_t i = 0; i < c->outbox.n; i++)
+		free(c->outbox.ev[(c->outbox.head + i) % c->outbox.cap].payload);
+	free(c->outbox.ev);
+	free(c->logits);
+	free(c->items);
+	free(c->item_req);
+	free(c->cand);
+	free(c->cand_req);
+	free(c->picks);
+	free(c->sessions_by_conn);
+	free(c->trace);
+}
+
 void *dp_compute_main(void *arg)
 {
 	struct dp_server *srv = arg;
 	struct compute c = { .srv = srv };
 	c.waiting_tail = &c.waiting;
-	c.restore_mode = srv->cfg.restore == DP_RESTORE_FULL	      ? RESTORE_FULL
-			 : srv->cfg.restore == DP_RESTORE_RECOMPUTE ? RESTORE_RECOMPUTE
-								    : RESTORE_DUALPATH;
+	c.restore_mode = srv->cfg.restore;
 	uint32_t maxb = srv->cfg.max_batch;
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));
@@ -997,6 +1010,7 @@ void *dp_compute_main(void *arg)
 	    !c.sessions_by_conn || !c.trace) {
 		log_err("compute thread: out of memory");
 		atomic_store(&srv->fatal, -ENOMEM);
+		compute_free(&c);
 		atomic_store(&srv->compute_done, true);
 		return NULL;
 	}
@@ -1046,17 +1060,7 @@ void *dp_compute_main(void *arg)
 	 * it, which happens only after this thread is done */
 	for (int i = 0; i < 1000 && !outbox_flush(&c); i++)
 		usleep(1000);
-	for (uint32_t i = 0; i < c.outbox.n; i++)
-		free(c.outbox.ev[(c.outbox.head + i) % c.outbox.cap].payload);
-	free(c.outbox.ev);
-	free(c.logits);
-	free(c.items);
-	free(c.item_req);
-	free(c.cand);
-	free(c.cand_req);
-	free(c.picks);
-	free(c.sessions_by_conn);
-	free(c.trace);
+	compute_free(&c);
 	atomic_store(&srv->compute_done, true);
 	if (srv->main_wake_fd >= 0) {
 		unsigned char zero = 0;

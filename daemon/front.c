@@ -23,7 +23,10 @@ void *dp_front_main(void *arg)
 	f.ep = epoll_create1(EPOLL_CLOEXEC);
 	if (!f.conns || f.ep < 0) {
 		log_err("front thread: cannot start (%s)", strerror(errno));
-		atomic_store(&srv->stop, true);
+		free(f.conns);
+		if (f.ep >= 0)
+			close(f.ep);
+		atomic_store(&srv->fatal, -ENOMEM); /* main drains and exits 1 */
 		return NULL;
 	}
 	dp_proto_limits_init(&f.lim);
