@@ -272,6 +272,25 @@ static bool session_in_use(struct compute *c, const char *id)
 	return false;
 }
 
+/* Sessions belong to the uid that created them: a client may use its own,
+ * one without an owner (from a journal written before owners), or, as root
+ * or admin_group, any. To others a session does not exist (NOT_FOUND, the
+ * answer for an id nobody has), so its name tells them nothing. */
+static bool may_use(const struct dp_msg *m, const struct dp_kv_session *s)
+{
+	uint32_t owner = dp_kv_session_owner(s);
+	return m->admin || owner == DP_KV_OWNER_NONE || owner == m->uid;
+}
+
+/* The session m names, if this client may use it. */
+static struct dp_kv_session *own_session(struct compute *c, const struct dp_msg *m)
+{
+	struct dp_kv_session *s;
+	if (dp_kv_session_find(c->srv->kv, m->session, &s) < 0 || !may_use(m, s))
+		return NULL;
+	return s;
+}
+
 static void on_generate(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
@@ -284,6 +303,13 @@ static void on_generate(struct compute *c, struct dp_msg *m)
 		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 			   "%u requests are in flight, the limit (max_concurrent_requests)",
 			   c->n_active + c->n_waiting);
+		goto drop;
+	}
+	struct dp_kv_session *other;
+	if (m->session[0] && dp_kv_session_find(srv->kv, m->session, &other) == 0 && !may_use(m, other)) {
+		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND,
+			   "session %s is another user's (session ids are one namespace for all "
+			   "users of this daemon: choose another)", m->session);
 		goto drop;
 	}
 	if (m->session[0] && session_in_use(c, m->session)) {
@@ -314,15 +340,23 @@ static int admit_one(struct compute *c, struct req *r)
 	int ret;
 
 	if (m->session[0]) {
-		if (dp_kv_session_lost(srv->kv, m->session)) {
+		if (dp_kv_session_find(srv->kv, m->session, &r->sess) == 0 && !may_use(m, r->sess)) {
+			/* created by another user since this request was queued */
+			r->sess = NULL;
+			send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "session %s is another user's",
+				   m->session);
+			return -EPERM;
+		}
+		if (r->sess && dp_kv_session_lost(srv->kv, m->session)) {
 			/* never served as an empty context: the client must know */
+			r->sess = NULL;
 			send_error(c, m, DUALPATH__V1__CODE__DATA_LOSS,
 				   "session %s: its history was lost to damage in the state journal (see "
 				   "the daemon's log); send CloseSession without persist to drop it, then "
 				   "start it over", m->session);
 			return -ENODATA;
 		}
-		if (dp_kv_session_find(srv->kv, m->session, &r->sess) < 0) {
+		if (!r->sess) {
 			struct conn_sessions *cs = m->from.conn < srv->cfg.max_connections
 							   ? &c->sessions_by_conn[m->from.conn] : NULL;
 			if (cs && cs->gen != m->from.gen)
@@ -340,7 +374,7 @@ static int admit_one(struct compute *c, struct req *r)
 					   "(max_sessions_per_client)", *mine);
 				return -ENOSPC;
 			}
-			if ((ret = dp_kv_session_create(srv->kv, m->session, &r->sess)) < 0) {
+			if ((ret = dp_kv_session_create_owned(srv->kv, m->session, m->uid, &r->sess)) < 0) {
 				send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT,
 					   "cannot create session %s: %s", m->session, strerror(-ret));
 				return ret;
@@ -770,8 +804,8 @@ static void cancel_where(struct compute *c, const struct dp_origin *o, uint64_t 
 static void on_session_op(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
-	struct dp_kv_session *s;
-	if (dp_kv_session_find(srv->kv, m->session, &s) < 0) {
+	struct dp_kv_session *s = own_session(c, m);
+	if (!s) {
 		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
 		return;
 	}
@@ -846,17 +880,21 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		return;
 	}
-	l->n = (uint32_t)n;
+	l->n = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct dp_kv_session *s;
 		dp_kv_session_at(kv, i, &s);
-		struct dp_session_row *row = &l->rows[i];
+		if (!may_use(m, s))
+			continue; /* others' sessions are not listed */
+		struct dp_session_row *row = &l->rows[l->n++];
 		snprintf(row->id, sizeof(row->id), "%s", dp_kv_session_id(s));
 		row->tokens = dp_kv_session_len(s);
 		row->bytes = dp_kv_session_bytes(s);
 		row->idle_ms = dp_kv_session_idle_ns(kv, s) / 1000000;
 		row->tier = dp_kv_session_tier(s);
 		row->busy = dp_kv_session_busy(s);
+		uint32_t owner = dp_kv_session_owner(s);
+		row->owner = owner == DP_KV_OWNER_NONE ? -1 : (int64_t)owner;
 	}
 	struct dp_event ev = { .kind = DP_EV_SESSIONS, .to = m->from, .request_id = m->request_id,
 			       .payload = l };

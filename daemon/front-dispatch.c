@@ -93,6 +93,8 @@ static struct dp_msg *new_msg(struct front *f, uint32_t slot, enum dp_msg_kind k
 	}
 	m->kind = kind;
 	m->from = (struct dp_origin){ slot, f->conns[slot].gen };
+	m->uid = (uint32_t)f->conns[slot].uid;
+	m->admin = f->conns[slot].admin;
 	m->request_id = id;
 	return m;
 }
@@ -326,6 +328,7 @@ static void send_sessions(struct front *f, uint32_t slot, uint64_t id, const str
 		rows[i].bytes = l->rows[i].bytes;
 		rows[i].idle_ms = l->rows[i].idle_ms;
 		rows[i].busy = l->rows[i].busy;
+		rows[i].owner_uid = l->rows[i].owner;
 		ptrs[i] = &rows[i];
 	}
 	Dualpath__V1__SessionList sl = DUALPATH__V1__SESSION_LIST__INIT;

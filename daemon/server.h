@@ -67,6 +67,8 @@ struct dp_origin {
 struct dp_msg {
 	enum dp_msg_kind kind;
 	struct dp_origin from;
+	uint32_t uid; /* the client's (SO_PEERCRED): sessions belong to it */
+	bool admin;   /* root or admin_group: may act on every session */
 	uint64_t request_id;
 	char session[DP_KV_SESSION_ID_MAX + 1]; /* GENERATE ("" one-off), CLOSE_SESSION, EVICT */
 	/* GENERATE */
@@ -150,6 +152,7 @@ struct dp_session_list {
 		uint64_t tokens, bytes, idle_ms;
 		enum dp_kv_tier tier;
 		bool busy;
+		int64_t owner; /* uid, or -1: none (a session from before owners) */
 	} rows[];
 };
 

@@ -160,11 +160,13 @@ static const char sessions_usage[] =
     "\n"
     "List the daemon's sessions: id, context tokens, the tier holding the\n"
     "state (device, dram, nvme, none), its size, idle time, and whether a\n"
-    "request is running on it.\n"
+    "request is running on it, and the uid it belongs to (others see only\n"
+    "their own sessions; root and the admin group see all).\n"
     "\n"
     "Options:\n"
     "  --json          "
-    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\"}]}\n"
+    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\"}]}\n"
+    "                  (owner: a uid, or null for a session from before owners)\n"
     "  --socket PATH, --timeout MS   as for every command\n";
 
 int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
@@ -192,10 +194,11 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		for (size_t i = 0; i < l->n_sessions; i++) {
 			const Dualpath__V1__SessionInfo *s = l->sessions[i];
 			json_array_append_new(
-			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b}", "id", s->session_id,
+			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:o}", "id", s->session_id,
 			                   "tokens", (json_int_t)s->tokens, "tier",
 			                   s->tier ? s->tier : "", "bytes", (json_int_t)s->bytes,
-			                   "idle_ms", (json_int_t)s->idle_ms, "busy", s->busy));
+			                   "idle_ms", (json_int_t)s->idle_ms, "busy", s->busy, "owner",
+			                   s->owner_uid < 0 ? json_null() : json_integer(s->owner_uid)));
 		}
 		json_t *o = json_pack("{s:o}", "sessions", arr);
 		json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -208,15 +211,17 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		for (size_t i = 0; i < l->n_sessions; i++)
 			if ((int)strlen(l->sessions[i]->session_id) > wid)
 				wid = (int)strlen(l->sessions[i]->session_id);
-		printf("%-*s  %10s  %-6s  %10s  %8s  %s\n", wid, "ID", "TOKENS", "TIER", "STATE",
-		       "IDLE", "BUSY");
+		printf("%-*s  %10s  %-6s  %10s  %8s  %-4s  %s\n", wid, "ID", "TOKENS", "TIER", "STATE",
+		       "IDLE", "BUSY", "OWNER");
 		for (size_t i = 0; i < l->n_sessions; i++) {
 			const Dualpath__V1__SessionInfo *s = l->sessions[i];
-			char b[32], t[32];
-			printf("%-*s  %10" PRIu64 "  %-6s  %10s  %8s  %s\n", wid, s->session_id,
+			char b[32], t[32], o[24] = "-";
+			if (s->owner_uid >= 0)
+				snprintf(o, sizeof(o), "%" PRId64, s->owner_uid);
+			printf("%-*s  %10" PRIu64 "  %-6s  %10s  %8s  %-4s  %s\n", wid, s->session_id,
 			       s->tokens, s->tier ? s->tier : "?",
 			       dp_v4ctl_fmt_bytes(s->bytes, b, sizeof(b)),
-			       dp_v4ctl_fmt_ms(s->idle_ms, t, sizeof(t)), s->busy ? "yes" : "no");
+			       dp_v4ctl_fmt_ms(s->idle_ms, t, sizeof(t)), s->busy ? "yes" : "no", o);
 		}
 	}
 	dp_proto_response_free(r);

@@ -445,3 +445,202 @@ Test(hostile, an_operator_can_connect_when_clients_hold_every_other_slot)
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 }
+
+/* ---- sessions belong to their uid ----------------------------------------------- */
+
+/* Run fn as an unprivileged uid in a child; returns its exit status. */
+static int as_user(uid_t uid, int (*fn)(const struct daemon_proc *))
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0)
+			_exit(100);
+		_exit(fn(&d));
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 200;
+}
+
+/* A connection made without Criterion's asserts (for the children). */
+static int child_connect(const struct daemon_proc *dp)
+{
+	int fd = try_connect(dp->sock);
+	if (fd < 0)
+		return -1;
+	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	h.protocol_version = 1;
+	r.request_id = 1;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
+	r.hello = &h;
+	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
+	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
+	dp_proto_response_free(resp);
+	if (!ok) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Generate on a session; returns the finish reason or -code. */
+static int child_generate(int fd, uint64_t id, const char *session, uint32_t n)
+{
+	Dualpath__V1__Generate g = DUALPATH__V1__GENERATE__INIT;
+	Dualpath__V1__TokenIds t = DUALPATH__V1__TOKEN_IDS__INIT;
+	Dualpath__V1__Sampling sp = DUALPATH__V1__SAMPLING__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	sp.ignore_eos = true; /* random test models emit EOS anywhere */
+	g.sampling = &sp;
+	t.n_ids = NP;
+	t.ids = (uint32_t *)prompt;
+	g.session_id = (char *)session;
+	g.prompt_case = DUALPATH__V1__GENERATE__PROMPT_TOKENS;
+	g.tokens = &t;
+	g.max_new_tokens = n;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_GENERATE;
+	r.generate = &g;
+	if (send_req(fd, &r) < 0)
+		return -1000;
+	for (;;) {
+		Dualpath__V1__Response *resp = recv_resp(fd, 30000);
+		if (!resp)
+			return -1000;
+		int res = 0;
+		if (resp->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR)
+			res = -(int)resp->error->code;
+		else if (resp->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK)
+			res = resp->token_chunk->finish;
+		dp_proto_response_free(resp);
+		if (res)
+			return res;
+	}
+}
+
+/* CloseSession (drop); returns 0 for an Ack or -code. */
+static int child_close(int fd, uint64_t id, const char *session)
+{
+	Dualpath__V1__CloseSession cs = DUALPATH__V1__CLOSE_SESSION__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	cs.session_id = (char *)session;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION;
+	r.close_session = &cs;
+	if (send_req(fd, &r) < 0)
+		return -1000;
+	Dualpath__V1__Response *resp = recv_resp(fd, 10000);
+	int res = !resp ? -1000 : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ACK ? 0
+				: resp->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? -(int)resp->error->code
+											 : -1001;
+	dp_proto_response_free(resp);
+	return res;
+}
+
+/* How many sessions the caller is shown, and whether `id` is among them. */
+static int child_list(int fd, const char *id, bool *ret_seen)
+{
+	Dualpath__V1__ListSessionsRequest ls = DUALPATH__V1__LIST_SESSIONS_REQUEST__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	r.request_id = 77;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS;
+	r.list_sessions = &ls;
+	if (send_req(fd, &r) < 0)
+		return -1;
+	Dualpath__V1__Response *resp = recv_resp(fd, 10000);
+	if (!resp || resp->body_case != DUALPATH__V1__RESPONSE__BODY_SESSIONS) {
+		dp_proto_response_free(resp);
+		return -1;
+	}
+	int n = (int)resp->sessions->n_sessions;
+	*ret_seen = false;
+	for (int i = 0; i < n; i++)
+		*ret_seen |= !strcmp(resp->sessions->sessions[i]->session_id, id);
+	dp_proto_response_free(resp);
+	return n;
+}
+
+static int user_a_creates(const struct daemon_proc *dp)
+{
+	int fd = child_connect(dp);
+	bool seen;
+	if (fd < 0)
+		return 1;
+	if (child_generate(fd, 2, "a-sess", 4) != DUALPATH__V1__FINISH_REASON__FINISH_LENGTH)
+		return 2;
+	if (child_list(fd, "a-sess", &seen) != 1 || !seen)
+		return 3;
+	return 0;
+}
+
+static int user_b_is_kept_out(const struct daemon_proc *dp)
+{
+	int fd = child_connect(dp);
+	bool seen = true;
+	if (fd < 0)
+		return 1;
+	if (child_list(fd, "a-sess", &seen) != 0 || seen)
+		return 2; /* listed */
+	if (child_generate(fd, 3, "a-sess", 2) != -DUALPATH__V1__CODE__NOT_FOUND)
+		return 3; /* continued */
+	if (child_close(fd, 4, "a-sess") != -DUALPATH__V1__CODE__NOT_FOUND)
+		return 4; /* deleted */
+	/* its own sessions work */
+	if (child_generate(fd, 5, "b-sess", 2) != DUALPATH__V1__FINISH_REASON__FINISH_LENGTH)
+		return 5;
+	if (child_close(fd, 6, "b-sess") != 0)
+		return 6;
+	return 0;
+}
+
+static int user_a_continues(const struct daemon_proc *dp)
+{
+	int fd = child_connect(dp);
+	if (fd < 0)
+		return 1;
+	return child_generate(fd, 7, "a-sess", 3) == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH ? 0 : 2;
+}
+
+Test(hostile, sessions_belong_to_the_uid_that_created_them)
+{
+	/* Any socket user could list, continue or delete another uid's
+	 * session. Now they belong to their creator (SO_PEERCRED); others get
+	 * NOT_FOUND, the admin group sees and may act on all, and ownership
+	 * survives a restart. */
+	if (geteuid() != 0)
+		cr_skip_test("needs root to act as two unprivileged users");
+	daemon_start(&d, NULL);
+	chmod(d.dir, 0755);
+	chmod(d.sock, 0666);
+	int st = as_user(60001, user_a_creates);
+	cr_assert_eq(st, 0, "user A creates and sees its session (step %d failed)", st);
+	cr_expect_eq(as_user(60002, user_b_is_kept_out), 0,
+		     "user B cannot list, continue or close A's session (step %d failed)",
+		     as_user(60002, user_b_is_kept_out));
+	cr_expect_eq(as_user(60001, user_a_continues), 0, "user A continues its session");
+
+	/* ownership is journaled: the same after a restart */
+	cr_assert_eq(daemon_stop(&d), 0);
+	char dir[sizeof(d.dir)];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, NULL);
+	chmod(d.sock, 0666);
+	cr_expect_eq(as_user(60002, user_b_is_kept_out), 0, "after a restart too");
+	cr_expect_eq(as_user(60001, user_a_continues), 0);
+
+	/* root (admin) sees it with its owner, and may close it */
+	int fd = client_connect(&d);
+	Dualpath__V1__Response *r = simple(fd, 2, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
+	cr_assert_not_null(r);
+	bool found = false;
+	for (size_t i = 0; i < r->sessions->n_sessions; i++)
+		if (!strcmp(r->sessions->sessions[i]->session_id, "a-sess")) {
+			found = true;
+			cr_expect_eq(r->sessions->sessions[i]->owner_uid, 60001);
+		}
+	cr_expect(found, "the admin lists every user's sessions");
+	dp_proto_response_free(r);
+	cr_expect_eq(child_close(fd, 3, "a-sess"), 0, "the admin may close it");
+	close(fd);
+}
