@@ -34,7 +34,7 @@
 
 #include "bench/bench-util.h"
 #include "daemon/experts.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 struct run {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench/io — the io engine (kvcache/io.h) beside fio --ioengine=io_uring on
+ * bench/io — the io engine (io/io.h) beside fio --ioengine=io_uring on
  * the same file, block size, depth and O_DIRECT, measured in the same run.
  *
  * For each case (block size x random/sequential x depth) it runs ours, then
@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 
 extern char **environ;
 

@@ -21,7 +21,7 @@
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 #include "gpu/gpu.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 #include "sched/topo.h"
 

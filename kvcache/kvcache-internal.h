@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "kvcache/journal.h"
 #include "kvcache/kvcache.h"
 #include "sched/topo.h"

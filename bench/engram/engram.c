@@ -51,7 +51,7 @@
 #include <time.h>
 
 #include "engram/engram.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 #define WARMUP_STEPS 4u

@@ -6,7 +6,7 @@
  *   --engram-residency R          device | dram (default) | nvme
  *   --engram-cache ROWS           hot-row cache entries (default 65536; 0: none)
  *
- * For nvme the tool runs an io engine (kvcache/io.h) of its own. Tool-only helpers (static,
+ * For nvme the tool runs an io engine (io/io.h) of its own. Tool-only helpers (static,
  * header-only); they print their own messages.
  */
 #ifndef DP_MODEL_TOOLS_ENGRAM_OPTS_H
@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "engram/engram.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 struct engram_opts {

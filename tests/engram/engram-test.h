@@ -19,7 +19,7 @@
 
 #include "engram/engram.h"
 #include "gpu/gpu.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/safetensors.h"
 #include "model/v4.h"
 

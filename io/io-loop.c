@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io: the io thread's loop.
+ * io: the io thread's loop.
  *
  * One pass (io_iter): run control calls; take requests off every channel
  * (round robin, IO_STAGE at a time) and prepare an SQE for each while ops
@@ -15,7 +15,7 @@
  * writes only when the io thread has announced itself asleep (sched/wait.h's
  * protocol).
  */
-#include "kvcache/io-internal.h"
+#include "io/io-internal.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* kvcache/io: the requester's side of a channel. */
-#include "kvcache/io-internal.h"
+/* io: the requester's side of a channel. */
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <stdlib.h>

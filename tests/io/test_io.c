@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* kvcache/io.h: the io_uring engine — data, ordering, errors, fallbacks, idling, stopping. */
+/* io/io.h: the io_uring engine — data, ordering, errors, fallbacks, idling, stopping. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 
 #define SEC          1000000000ll
 #define TMPFS_MAGIC_ 0x01021994

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* kvcache/io: setup and probing, lifecycle, control calls, introspection. */
-#include "kvcache/io-internal.h"
+/* io: setup and probing, lifecycle, control calls, introspection. */
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
