@@ -6,12 +6,12 @@
  *               [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
  *               [--stats] [--engram-tables FILE [--engram-residency device|dram|nvme]
  *               [--engram-cache ROWS]]
- *               [--experts device|dram|nvme [--expert-slots N]] (model/tools/expert-opts.h)
+ *               [--experts device|dram|nvme [--expert-slots N]] (tools/expert-opts.h)
  *
  * Prints the prompt, then the generated text as it comes. Stops after N new
  * tokens or at the model's EOS. --stats prints prefill and decode tokens/s
  * to stderr (and the Engram store's figures). An Engram model needs its
- * tables (model/tools/engram-opts.h); each step's rows are prefetched as soon
+ * tables (tools/engram-opts.h); each step's rows are prefetched as soon
  * as its token is known, before the forward.
  */
 #include <errno.h>
@@ -22,8 +22,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "model/tools/engram-opts.h"
-#include "model/tools/expert-opts.h"
+#include "tools/engram-opts.h"
+#include "tools/expert-opts.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 #include "model/v4.h"
