@@ -60,7 +60,7 @@ static void restore_free(struct dp_kv_restore *r)
 }
 
 /* Submit what the channel's window takes. */
-static void pump(struct dp_kv_restore *r)
+void dp_kv_restore_pump(struct dp_kv_restore *r)
 {
 	struct dp_kv *kv = r->kv;
 	while (r->from_nvme && r->next < 2 * r->n) {
@@ -87,14 +87,6 @@ static void pump(struct dp_kv_restore *r)
 	}
 }
 
-void dp_kv_pump(struct dp_kv *kv)
-{
-	dp_kv_wb_progress(kv);
-	for (size_t i = 0; i < kv->n; i++)
-		if (kv->list[i]->restore)
-			pump(kv->list[i]->restore);
-}
-
 /* Wait for every request submitted so far (never free a page the kernel is
  * still writing into). */
 static void drain(struct dp_kv_restore *r)
@@ -111,7 +103,7 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 	if (r->from_nvme) {
 		/* every request of the layer submitted, then its last one done */
 		while (!r->failed && r->next < 2 * (size_t)e) {
-			pump(r);
+			dp_kv_restore_pump(r);
 			if (r->next < 2 * (size_t)e && r->next)
 				dp_io_wait(kv->restore_chan, r->ticket[r->next - 1], -1);
 		}
@@ -193,7 +185,7 @@ static int gate(void *ctx, struct dp_v4_seq *seq, int layer)
 	if (r->layers_ready == r->n_layers)
 		finish(r);
 	else
-		pump(r);
+		dp_kv_restore_pump(r);
 	return 0;
 }
 
@@ -275,7 +267,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
-	pump(r);
+	dp_kv_restore_pump(r);
 	*ret_seq = seq;
 	return 0;
 fail:
