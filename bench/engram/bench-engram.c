@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench/engram — decode tokens/s of an Engram V4 model with its tables in device memory,
- * in pinned DRAM behind the prefetch path, or on NVMe behind the prefetch path
+ * bench/engram/bench-engram.c — decode tokens/s of an Engram V4 model with its tables in
+ * device memory, in pinned DRAM behind the prefetch path, or on NVMe behind the prefetch path
  * (engram/engram.h, "the store"). bench/engram/run drives it and prints the comparison.
  *
  *   bench-engram --model DIR --tables FILE [--modes MODE,MODE,...] [--batch B]
