@@ -267,7 +267,7 @@ enum dp_engram_dtype {
 };
 
 #define DP_ENGRAM_FP8_GROUP    32
-#define DP_ENGRAM_FP8_MAX      448.0f
+#define DP_ENGRAM_FP8_MAX      448.0f /* base/dtype.h DP_E4M3_MAX */
 #define DP_ENGRAM_HEAD_DIM_MAX 8192
 
 const char *dp_engram_dtype_name(enum dp_engram_dtype dt); /* "bf16", "fp8"; NULL if invalid */
@@ -280,11 +280,6 @@ size_t dp_engram_row_bytes(enum dp_engram_dtype dt, uint32_t head_dim);
 int dp_engram_row_encode(enum dp_engram_dtype dt, uint32_t head_dim, const float *src, void *dst);
 /* Decode a row into head_dim floats. 0 or -EINVAL. Does not allocate. */
 int dp_engram_row_decode(enum dp_engram_dtype dt, uint32_t head_dim, const void *src, float *dst);
-
-uint16_t dp_engram_bf16_from_f32(float f);
-float dp_engram_bf16_to_f32(uint16_t v);
-uint8_t dp_engram_fp8_from_f32(float f); /* RNE, saturating; NaN -> 0x7f */
-float dp_engram_fp8_to_f32(uint8_t v);
 
 /* ---- table files ----------------------------------------------------------- */
 

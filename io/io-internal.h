@@ -223,7 +223,6 @@ struct dp_io {
 };
 
 /* io.c */
-uint64_t io_now_ns(void);
 int io_ctl_call(struct dp_io *io, struct io_ctl *c);
 void io_ctl_drain(struct dp_io *io);
 int io_ctl_exec(struct dp_io *io, struct io_ctl *c);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/dtype.h"
 #include "engram/engram.h"
 #include "gpu/gpu.h"
 #include "io/io.h"

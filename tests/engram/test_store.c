@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "engram-test.h"
+#include "base/macros.h"
 
 struct fixture {
 	char tmp[256];
@@ -24,8 +25,8 @@ struct fixture {
 
 static float value_at(int s, uint64_t r, uint32_t i)
 {
-	return dp_engram_bf16_to_f32(dp_engram_bf16_from_f32(
-	    (float)((s * 7919 + (int64_t)r * 31 + i * 17) % 2001 - 1000) / 256.0f));
+	return dp_bf16_to_f32(
+	    dp_f32_to_bf16((float)((s * 7919 + (int64_t)r * 31 + i * 17) % 2001 - 1000) / 256.0f));
 }
 
 static void write_tables(struct fixture *f, enum dp_engram_dtype dt)
@@ -224,7 +225,7 @@ Test(store, prefetched_rows_equal_direct_lookups_and_nvme_equals_dram_bit_for_bi
 	for (int dt = 0; dt < DP_ENGRAM_DTYPE_MAX; dt++) {
 		float *ref = NULL;
 		size_t n_ref = 0;
-		for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		for (size_t i = 0; i < DP_ARRAY_SIZE(runs); i++) {
 			float *logits;
 			size_t n;
 			if (!et_bundle_store(&f.b, f.table[dt], runs[i].res, runs[i].cache,

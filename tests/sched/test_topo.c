@@ -18,6 +18,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "base/macros.h"
 #include "sched/topo.h"
 
 static struct dp_topo *topo;
@@ -209,7 +210,7 @@ Test(topo, bad_bus_id_string_is_einval, .init = setup, .fini = teardown)
 	    "3b:00.",
 	};
 	int node = 12345;
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++)
 		cr_expect_eq(dp_topo_pci_node(topo, bad[i], &node), -EINVAL, "\"%s\"", bad[i]);
 	cr_expect_eq(dp_topo_pci_node(topo, NULL, &node), -EINVAL);
 	cr_expect_eq(dp_topo_pci_node(topo, "0000:00:00.0", NULL), -EINVAL);
@@ -395,7 +396,7 @@ static void fake_teardown(void)
 Test(topo, gpu_bus_id_finds_its_node_in_any_spelling, .init = fake_setup, .fini = fake_teardown)
 {
 	static const char *const ids[] = {"0000:3b:00.0", "00000000:3B:00.0", "3b:00.0", "3B:00.0"};
-	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(ids); i++) {
 		int node = -7;
 		cr_expect_eq(dp_topo_pci_node(topo, ids[i], &node), 0, "%s", ids[i]);
 		cr_expect_eq(node, 1, "%s", ids[i]);
@@ -410,7 +411,7 @@ Test(topo, block_devices_resolve_through_partitions_multipath_and_dm, .init = fa
      .fini = fake_teardown)
 {
 	static const char *const names[] = {"nvme0n1", "nvme0n1p2", "dm-0"};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(names); i++) {
 		char disk[16] = "";
 		int node = -7;
 		cr_expect_eq(dp_topo_block_node(topo, names[i], &node, disk, sizeof(disk)), 0, "%s",
@@ -448,8 +449,7 @@ static bool same_placement(const struct dp_topo_placement *a, const struct dp_to
 	       !strcmp(a->desc, b->desc);
 }
 
-#define PLACE(pus, node, p)                                                                        \
-	cr_assert_eq(dp_topo_place_on(pus, sizeof(pus) / sizeof(pus[0]), node, p), 0)
+#define PLACE(pus, node, p) cr_assert_eq(dp_topo_place_on(pus, DP_ARRAY_SIZE(pus), node, p), 0)
 #define C DP_TOPO_ROLE_COMPUTE
 #define I DP_TOPO_ROLE_IO
 #define F DP_TOPO_ROLE_FRONT
