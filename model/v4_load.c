@@ -349,6 +349,8 @@ void dp_v4_model_free(struct dp_v4_model *m)
 	release_weights(m);
 	if (m->scratch)
 		dp_gpu_dealloc(m->g, m->scratch, m->scratch_bytes, DP_GPU_MEM_SCRATCH);
+	free(m->host_ids);
+	free(m->host_pos);
 	dp_v4_csa_model_fini(m);
 	dp_v4_config_fini(&m->cfg);
 	free(m);
