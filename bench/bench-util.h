@@ -10,14 +10,8 @@
 #define DP_BENCH_UTIL_H
 
 #include <stdint.h>
-#include <time.h>
 
-static inline double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "base/clock.h"
 
 static inline uint64_t splitmix64(uint64_t *s)
 {

@@ -52,14 +52,14 @@ static int run_mode(struct dp_v4_model *m, bool host, const int32_t *prompt, uin
 		done += n;
 	}
 	dp_v4_model_csa_stats(m, &r->before);
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	for (uint32_t i = 0; ret == 0 && i < N; i++) {
 		int32_t t = argmax(lg, V);
 		r->out[i] = t;
 		struct dp_v4_batch_item it = { s, &t, 1, false };
 		ret = dp_v4_forward(m, &it, 1, lg);
 	}
-	r->decode_s = now_s() - t0;
+	r->decode_s = dp_clock_s() - t0;
 	dp_v4_model_csa_stats(m, &r->after);
 	if (ret == 0) {
 		memcpy(r->last, lg, (size_t)V * sizeof(float));

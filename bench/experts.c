@@ -32,9 +32,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "bench/bench-util.h"
 #include "daemon/experts.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 struct run {
@@ -65,7 +66,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 	struct dp_gpu_opts go = { .threads = o->threads };
 	int ret = seq && it && next ? 0 : -ENOMEM;
 
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	if (ret == 0 && (ret = dp_gpu_new(DP_GPU_CPU, &go, &g, err, sizeof(err))) == 0)
 		ret = dp_v4_model_load_opts(g, o->dir, lo, &m, err, sizeof(err));
 	if (ret == 0 && lo->experts == DP_V4_EXPERTS_NVME) {
@@ -74,7 +75,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 		if ((ret = dp_io_new(&ic, &io)) == 0 && (ret = dp_io_start(io, -1)) == 0)
 			ret = dp_expert_io_new(io, m, &xio, err, sizeof(err));
 	}
-	r->load_s = now_s() - t0;
+	r->load_s = dp_clock_s() - t0;
 	uint32_t V = m ? (uint32_t)dp_v4_model_config(m)->vocab_size : 0;
 	if (ret == 0 && !(r->last = malloc((size_t)o->B * V * sizeof(float))))
 		ret = -ENOMEM;
@@ -89,7 +90,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 	dp_v4_model_expert_stats(m, &before);
 	uint64_t busy0[2] = { 0 }, busy1[2] = { 0 }, bytes;
 	dp_expert_io_busy(xio, &busy0[0], &busy0[1], &bytes);
-	t0 = now_s();
+	t0 = dp_clock_s();
 	for (uint32_t s = 0; ret == 0 && s < o->N; s++) {
 		for (uint32_t b = 0; b < o->B; b++)
 			it[b] = (struct dp_v4_batch_item){ seq[b], &next[b], 1, false };
@@ -98,7 +99,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 		for (uint32_t b = 0; b < o->B; b++)
 			next[b] = argmax(r->last + (size_t)b * V, V);
 	}
-	r->decode_s = now_s() - t0;
+	r->decode_s = dp_clock_s() - t0;
 	dp_v4_model_expert_stats(m, &r->st);
 	dp_expert_io_busy(xio, &busy1[0], &busy1[1], &bytes);
 	for (int i = 0; i < 2; i++)
@@ -233,7 +234,7 @@ int main(int argc, char **argv)
 		      { DP_V4_EXPERTS_NVME, false, "nvme" },
 		      { DP_V4_EXPERTS_NVME, true, "nvme-nola" } };
 	for (uint32_t si = 0; si < n_slots; si++)
-		for (size_t w = 0; w < sizeof(modes) / sizeof(modes[0]); w++) {
+		for (size_t w = 0; w < DP_ARRAY_SIZE(modes); w++) {
 			struct dp_v4_load_opts po = { .experts = modes[w].where,
 						      .expert_slots = slots[si],
 						      .no_lookahead = modes[w].no_lookahead };

@@ -135,9 +135,9 @@ static int prefill(struct bench *b, struct dp_v4_seq **seqs, uint32_t n_seqs, do
 	for (uint32_t i = 0; i < n_seqs; i++)
 		items[i] = (struct dp_v4_batch_item){ .seq = seqs[i], .tokens = b->tok[i],
 						      .n_tokens = b->o.prompt_len };
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	int ret = dp_v4_forward(b->m, items, n_seqs, b->logits);
-	double t1 = now_s();
+	double t1 = dp_clock_s();
 	free(items);
 	if (ret == 0)
 		ret = check_logits(b->logits, (size_t)n_seqs * b->V);
@@ -153,7 +153,7 @@ static int decode_steps(struct bench *b, struct dp_v4_seq **seqs, uint32_t n_seq
 	int ret = 0;
 	if (!items)
 		return -ENOMEM;
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	for (uint32_t k = k0; k < k0 + n && ret == 0; k++) {
 		for (uint32_t i = 0; i < n_seqs; i++)
 			items[i] = (struct dp_v4_batch_item){
@@ -161,7 +161,7 @@ static int decode_steps(struct bench *b, struct dp_v4_seq **seqs, uint32_t n_seq
 			};
 		ret = dp_v4_forward(b->m, items, n_seqs, b->logits);
 	}
-	double t1 = now_s();
+	double t1 = dp_clock_s();
 	free(items);
 	if (ret == 0)
 		ret = check_logits(b->logits, (size_t)n_seqs * b->V);
@@ -359,13 +359,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-forward: cannot start the cpu backend: %s\n", err);
 		return 1;
 	}
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	if ((ret = dp_v4_model_load(g, dir, &b.m, err, sizeof(err))) < 0) {
 		fprintf(stderr, "bench-forward: cannot load model %s: %s\n", dir, err);
 		dp_gpu_free(g);
 		return 1;
 	}
-	b.load_s = now_s() - t0;
+	b.load_s = dp_clock_s() - t0;
 	b.V = (uint32_t)dp_v4_model_config(b.m)->vocab_size;
 
 	/* token streams: the prompt, then warm-up + R rounds of decode tokens */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench/io — the io engine (kvcache/io.h) beside fio --ioengine=io_uring on
+ * bench/io — the io engine (io/io.h) beside fio --ioengine=io_uring on
  * the same file, block size, depth and O_DIRECT, measured in the same run.
  *
  * For each case (block size x random/sequential x depth) it runs ours, then
@@ -41,7 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvcache/io.h"
+#include "base/clock.h"
+#include "io/io.h"
 
 extern char **environ;
 
@@ -79,13 +80,6 @@ struct res {
 	double gbps, iops, cpu;
 	bool ok;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static double rusage_s(void)
 {
@@ -202,11 +196,12 @@ static int run_ours(struct ours *b, const struct opts *o, const struct bcase *k,
 {
 	struct dp_io_chan *c = b->chan;
 	struct dp_io_req reqs[4 * MAX_DEPTH];
-	uint64_t blocks = o->size / k->bs, seq = 0, rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)now_s();
+	uint64_t blocks = o->size / k->bs, seq = 0,
+	         rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)dp_clock_s();
 	uint64_t base = dp_io_chan_next(c), issued = base, retired = base, errors = 0;
 	bool stopping = false;
 
-	double c0 = rusage_s(), t0 = now_s(), t_end = t0 + o->secs;
+	double c0 = rusage_s(), t0 = dp_clock_s(), t_end = t0 + o->secs;
 	for (;;) {
 		if (!stopping && issued - retired < b->window) {
 			uint32_t n = b->window - (uint32_t)(issued - retired);
@@ -245,10 +240,10 @@ static int run_ours(struct ours *b, const struct opts *o, const struct bcase *k,
 			if (dp_io_result(c, retired, &res) < 0 || res != (int32_t)k->bs)
 				errors++;
 		}
-		if (!stopping && now_s() >= t_end)
+		if (!stopping && dp_clock_s() >= t_end)
 			stopping = true;
 	}
-	double wall = now_s() - t0, cpu = rusage_s() - c0;
+	double wall = dp_clock_s() - t0, cpu = rusage_s() - c0;
 	if (errors) {
 		fprintf(stderr, "bench-io: %llu reads failed or came back short\n",
 		        (unsigned long long)errors);

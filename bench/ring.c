@@ -26,6 +26,8 @@
 #include <ck_ring.h>
 #include <rte_ring.h>
 
+#include "base/clock.h"
+#include "base/macros.h"
 #include "sched/ring.h"
 #include "sched/topo.h"
 
@@ -54,13 +56,6 @@ struct bench {
 	uint64_t sum;
 	double seconds;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void pin_or_die(int cpu)
 {
@@ -158,7 +153,7 @@ static void *consumer(void *arg)
 
 	pin_or_die(b->cpu_cons);
 	start_line(b);
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	while (got < b->items) {
 		uint32_t k = get(b, objs, b->burst);
 		if (!k) {
@@ -169,7 +164,7 @@ static void *consumer(void *arg)
 			sum += (uintptr_t)objs[i];
 		got += k;
 	}
-	b->seconds = now_s() - t0;
+	b->seconds = dp_clock_s() - t0;
 	b->sum = sum;
 	return NULL;
 }
@@ -314,7 +309,7 @@ int main(int argc, char **argv)
 	char results[16][256];
 	int nres = 0;
 	for (int k = 0; k < KIND_MAX; k++) {
-		for (size_t bi = 0; bi < sizeof(bursts) / sizeof(bursts[0]); bi++) {
+		for (size_t bi = 0; bi < DP_ARRAY_SIZE(bursts); bi++) {
 			double mips[IMPL_MAX];
 			for (int i = 0; i < IMPL_MAX; i++) {
 				double s = run_case(i, k, bursts[bi], items, reps, cpu_prod, cpu_cons);

@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "v4ctl/client.h"
 
 #define MAX_RUNS 16
@@ -67,13 +68,6 @@ struct worker {
 	int err; /* -errno on failure */
 	char what[128];
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- one client ------------------------------------------------------------ */
 
@@ -176,19 +170,19 @@ static void *worker_main(void *arg)
 	}
 	pthread_barrier_wait(w->go);
 	for (unsigned long i = 0; i < w->n; i++) {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = dp_clock_ns();
 		if ((ret = w->o->client == CLIENT_LIB ? lib_health(c) : raw_health(&raw)) < 0) {
 			snprintf(w->what, sizeof(w->what), "health %lu", i);
-			w->t_end = now_ns();
+			w->t_end = dp_clock_ns();
 			goto out;
 		}
-		w->lat_ns[i] = now_ns() - t0;
+		w->lat_ns[i] = dp_clock_ns() - t0;
 	}
-	w->t_end = now_ns();
+	w->t_end = dp_clock_ns();
 	goto out;
 fail:
 	pthread_barrier_wait(w->go);
-	w->t_end = now_ns();
+	w->t_end = dp_clock_ns();
 out:
 	w->err = ret < 0 ? ret : 0;
 	dp_frame_reader_free(raw.rd);
@@ -239,13 +233,13 @@ static int loop_run(const struct opts *o, const char *sock, unsigned clients, un
 		struct conn *k = &cs[i];
 		if ((ret = raw_encode(&k->raw)) < 0)
 			break;
-		k->t0 = now_ns();
+		k->t0 = dp_clock_ns();
 		if (send(k->raw.fd, k->raw.frame, k->raw.frame_len, MSG_NOSIGNAL) !=
 		    (ssize_t)k->raw.frame_len)
 			ret = -EIO;
 	}
 	if (warm_total == 0)
-		t_start = now_ns();
+		t_start = dp_clock_ns();
 	while (ret == 0 && done < total) {
 		struct epoll_event evs[256];
 		int n = epoll_wait(ep, evs, 256, 10000);
@@ -263,7 +257,7 @@ static int loop_run(const struct opts *o, const char *sock, unsigned clients, un
 			const uint8_t *body;
 			size_t len;
 			while (ret == 0 && dp_frame_reader_next(k->raw.rd, &body, &len) == 0) {
-				uint64_t t1 = now_ns();
+				uint64_t t1 = dp_clock_ns();
 				Dualpath__V1__Response *resp;
 				if ((ret = dp_proto_response_decode(body, len, 0, &resp)) < 0)
 					break;
@@ -272,9 +266,9 @@ static int loop_run(const struct opts *o, const char *sock, unsigned clients, un
 					ret = -EPROTO;
 				dp_proto_response_free(resp);
 				if (warm < warm_total) {
+					/* timing starts with the next replies */
 					if (++warm == warm_total)
-						t_start = now_ns(); /* timing starts with the next
-						                       replies */
+						t_start = dp_clock_ns();
 				} else if (done < total) {
 					lat[done++] = t1 - k->t0;
 				}
@@ -284,7 +278,7 @@ static int loop_run(const struct opts *o, const char *sock, unsigned clients, un
 						sent_timed++;
 					if ((ret = raw_encode(&k->raw)) < 0)
 						break;
-					k->t0 = now_ns();
+					k->t0 = dp_clock_ns();
 					if (send(k->raw.fd, k->raw.frame, k->raw.frame_len,
 					         MSG_NOSIGNAL) != (ssize_t)k->raw.frame_len)
 						ret = -EIO;
@@ -292,7 +286,7 @@ static int loop_run(const struct opts *o, const char *sock, unsigned clients, un
 			}
 		}
 	}
-	*ret_secs = (double)(now_ns() - t_start) / 1e9;
+	*ret_secs = (double)(dp_clock_ns() - t_start) / 1e9;
 	for (unsigned i = 0; i < clients; i++) {
 		dp_frame_reader_free(cs[i].raw.rd);
 		dp_client_free(cs[i].c);
@@ -354,7 +348,7 @@ static int run(const struct opts *o, const char *sock, unsigned clients)
 		pthread_create(&t[i], NULL, worker_main, &w[i]);
 	}
 	pthread_barrier_wait(&go);
-	uint64_t t0 = now_ns(), t_end = t0;
+	uint64_t t0 = dp_clock_ns(), t_end = t0;
 	for (unsigned i = 0; i < clients; i++) {
 		pthread_join(t[i], NULL);
 		if (w[i].t_end > t_end)

@@ -14,7 +14,7 @@
 #ifndef DP_DAEMON_EXPERTS_H
 #define DP_DAEMON_EXPERTS_H
 
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 struct dp_expert_io;

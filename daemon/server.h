@@ -27,7 +27,7 @@
 #include <stdint.h>
 
 #include "daemon/config.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "engram/engram.h"
 #include "kvcache/kvcache.h"
 #include "model/sample.h"

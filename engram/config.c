@@ -13,28 +13,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/err.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
-
-void dp_engram_errf(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !err_len)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- checks --------------------------------------------------------------------- */
 
 #define CHECK_RANGE(name, v, lo, hi)                                                               \
 	do {                                                                                       \
 		if ((int64_t)(v) < (int64_t)(lo) || (int64_t)(v) > (int64_t)(hi)) {                \
-			dp_engram_errf(err, err_len,                                               \
-			               "%s: %" PRId64 " is outside [%" PRId64 ", %" PRId64 "]",    \
-			               name, (int64_t)(v), (int64_t)(lo), (int64_t)(hi));          \
+			dp_errf(err, err_len,                                                      \
+			        "%s: %" PRId64 " is outside [%" PRId64 ", %" PRId64 "]", name,     \
+			        (int64_t)(v), (int64_t)(lo), (int64_t)(hi));                       \
 			return -EINVAL;                                                            \
 		}                                                                                  \
 	} while (0)
@@ -42,7 +32,7 @@ void dp_engram_errf(char *err, size_t err_len, const char *fmt, ...)
 int dp_engram_config_check(const struct dp_engram_config *c, char *err, size_t err_len)
 {
 	if (!c) {
-		dp_engram_errf(err, err_len, "no config");
+		dp_errf(err, err_len, "no config");
 		return -EINVAL;
 	}
 	CHECK_RANGE("layer_ids: count", c->n_layers, 1, DP_ENGRAM_LAYERS_MAX);
@@ -51,47 +41,45 @@ int dp_engram_config_check(const struct dp_engram_config *c, char *err, size_t e
 	CHECK_RANGE("compressed_vocab_size", c->compressed_vocab_size, 1, INT64_MAX);
 	CHECK_RANGE("compression_map: entries", c->map_size, 1, DP_ENGRAM_VOCAB_MAX);
 	if (!c->layer_ids || !c->vocab_size || !c->compression_map) {
-		dp_engram_errf(err, err_len, "%s: missing",
-		               !c->layer_ids    ? "layer_ids"
-		               : !c->vocab_size ? "engram_vocab_size"
-		                                : "compression_map");
+		dp_errf(err, err_len, "%s: missing",
+		        !c->layer_ids    ? "layer_ids"
+		        : !c->vocab_size ? "engram_vocab_size"
+		                         : "compression_map");
 		return -EINVAL;
 	}
 	for (int i = 0; i < c->n_layers; i++) {
 		if (c->layer_ids[i] < 0 || c->layer_ids[i] > DP_ENGRAM_LAYER_ID_MAX) {
-			dp_engram_errf(err, err_len, "layer_ids[%d]: %d is outside [0, %d]", i,
-			               c->layer_ids[i], DP_ENGRAM_LAYER_ID_MAX);
+			dp_errf(err, err_len, "layer_ids[%d]: %d is outside [0, %d]", i,
+			        c->layer_ids[i], DP_ENGRAM_LAYER_ID_MAX);
 			return -EINVAL;
 		}
 		for (int j = 0; j < i; j++)
 			if (c->layer_ids[j] == c->layer_ids[i]) {
-				dp_engram_errf(err, err_len,
-				               "layer_ids[%d]: %d repeats layer_ids[%d]", i,
-				               c->layer_ids[i], j);
+				dp_errf(err, err_len, "layer_ids[%d]: %d repeats layer_ids[%d]", i,
+				        c->layer_ids[i], j);
 				return -EINVAL;
 			}
 	}
 	for (int i = 0; i < c->max_ngram_size - 1; i++)
 		if (c->vocab_size[i] < 1 || c->vocab_size[i] > DP_ENGRAM_TABLE_MAX) {
-			dp_engram_errf(err, err_len,
-			               "engram_vocab_size[%d]: %" PRId64 " is outside [1, %lld]", i,
-			               c->vocab_size[i], DP_ENGRAM_TABLE_MAX);
+			dp_errf(err, err_len,
+			        "engram_vocab_size[%d]: %" PRId64 " is outside [1, %lld]", i,
+			        c->vocab_size[i], DP_ENGRAM_TABLE_MAX);
 			return -EINVAL;
 		}
 	for (int64_t i = 0; i < c->map_size; i++)
 		if (c->compression_map[i] < 0 ||
 		    c->compression_map[i] >= c->compressed_vocab_size) {
-			dp_engram_errf(err, err_len,
-			               "compression_map[%" PRId64 "]: %" PRId64
-			               " is outside [0, compressed_vocab_size %" PRId64 ")",
-			               i, c->compression_map[i], c->compressed_vocab_size);
+			dp_errf(err, err_len,
+			        "compression_map[%" PRId64 "]: %" PRId64
+			        " is outside [0, compressed_vocab_size %" PRId64 ")",
+			        i, c->compression_map[i], c->compressed_vocab_size);
 			return -EINVAL;
 		}
 	if (c->pad_id < 0 || c->pad_id >= c->map_size) {
-		dp_engram_errf(err, err_len,
-		               "pad_id: %" PRId64 " is outside the compression map [0, %" PRId64
-		               ")",
-		               c->pad_id, c->map_size);
+		dp_errf(err, err_len,
+		        "pad_id: %" PRId64 " is outside the compression map [0, %" PRId64 ")",
+		        c->pad_id, c->map_size);
 		return -EINVAL;
 	}
 	return 0;
@@ -142,13 +130,13 @@ int dp_engram_json_parse(const char *text, size_t len, json_t **ret_root, char *
 	if (!root) {
 		if (json_error_code(&je) == json_error_out_of_memory)
 			return -ENOMEM;
-		dp_engram_errf(err, err_len, "invalid JSON at line %d, column %d: %s", je.line,
-		               je.column, je.text);
+		dp_errf(err, err_len, "invalid JSON at line %d, column %d: %s", je.line, je.column,
+		        je.text);
 		return -EINVAL;
 	}
 	if (!json_is_object(root)) {
-		dp_engram_errf(err, err_len, "the top level is %s, not an object",
-		               dp_engram_json_kind(root));
+		dp_errf(err, err_len, "the top level is %s, not an object",
+		        dp_engram_json_kind(root));
 		json_decref(root);
 		return -EINVAL;
 	}
@@ -164,19 +152,18 @@ static int get_int(const json_t *root, const char *key, int64_t lo, int64_t hi, 
 	int64_t x;
 
 	if (!v) {
-		dp_engram_errf(err, err_len, "%s: missing", key);
+		dp_errf(err, err_len, "%s: missing", key);
 		return -EINVAL;
 	}
 	if (!json_is_integer(v)) {
-		dp_engram_errf(err, err_len, "%s: expected an integer, got %s", key,
-		               dp_engram_json_kind(v));
+		dp_errf(err, err_len, "%s: expected an integer, got %s", key,
+		        dp_engram_json_kind(v));
 		return -EINVAL;
 	}
 	x = json_integer_value(v);
 	if (x < lo || x > hi) {
-		dp_engram_errf(err, err_len,
-		               "%s: %" PRId64 " is outside [%" PRId64 ", %" PRId64 "]", key, x, lo,
-		               hi);
+		dp_errf(err, err_len, "%s: %" PRId64 " is outside [%" PRId64 ", %" PRId64 "]", key,
+		        x, lo, hi);
 		return -EINVAL;
 	}
 	*ret = x;
@@ -192,23 +179,22 @@ static int get_int_list(const json_t *root, const char *key, int64_t want, int64
 	int64_t n, *out;
 
 	if (!v) {
-		dp_engram_errf(err, err_len, "%s: missing", key);
+		dp_errf(err, err_len, "%s: missing", key);
 		return -EINVAL;
 	}
 	if (!json_is_array(v)) {
-		dp_engram_errf(err, err_len, "%s: expected a list, got %s", key,
-		               dp_engram_json_kind(v));
+		dp_errf(err, err_len, "%s: expected a list, got %s", key, dp_engram_json_kind(v));
 		return -EINVAL;
 	}
 	n = (int64_t)json_array_size(v);
 	if (want >= 0 && n != want) {
-		dp_engram_errf(err, err_len, "%s: has %" PRId64 " entries, expected %" PRId64, key,
-		               n, want);
+		dp_errf(err, err_len, "%s: has %" PRId64 " entries, expected %" PRId64, key, n,
+		        want);
 		return -EINVAL;
 	}
 	if (n < 1 || n > max_n) {
-		dp_engram_errf(err, err_len, "%s: has %" PRId64 " entries, expected 1 to %" PRId64,
-		               key, n, max_n);
+		dp_errf(err, err_len, "%s: has %" PRId64 " entries, expected 1 to %" PRId64, key, n,
+		        max_n);
 		return -EINVAL;
 	}
 	out = malloc((size_t)n * sizeof(*out));
@@ -218,17 +204,17 @@ static int get_int_list(const json_t *root, const char *key, int64_t want, int64
 		const json_t *e = json_array_get(v, (size_t)i);
 
 		if (!json_is_integer(e)) {
-			dp_engram_errf(err, err_len, "%s[%" PRId64 "]: expected an integer, got %s",
-			               key, i, dp_engram_json_kind(e));
+			dp_errf(err, err_len, "%s[%" PRId64 "]: expected an integer, got %s", key,
+			        i, dp_engram_json_kind(e));
 			free(out);
 			return -EINVAL;
 		}
 		out[i] = json_integer_value(e);
 		if (out[i] < lo || out[i] > hi) {
-			dp_engram_errf(err, err_len,
-			               "%s[%" PRId64 "]: %" PRId64 " is outside [%" PRId64
-			               ", %" PRId64 "]",
-			               key, i, out[i], lo, hi);
+			dp_errf(err, err_len,
+			        "%s[%" PRId64 "]: %" PRId64 " is outside [%" PRId64 ", %" PRId64
+			        "]",
+			        key, i, out[i], lo, hi);
 			free(out);
 			return -EINVAL;
 		}
@@ -329,7 +315,7 @@ int dp_engram_read_file(const char *path, char **ret_buf, size_t *ret_len, char 
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		dp_engram_errf(err, err_len, "%s: %s", path, strerror(-r));
+		dp_errf(err, err_len, "%s: %s", path, strerror(-r));
 		return r;
 	}
 	if (fstat(fd, &stbuf) < 0) {
@@ -342,8 +328,7 @@ int dp_engram_read_file(const char *path, char **ret_buf, size_t *ret_len, char 
 	}
 	if (stbuf.st_size > DP_ENGRAM_FILE_MAX) {
 		r = -EFBIG;
-		dp_engram_errf(err, err_len, "%s: larger than %lld bytes", path,
-		               DP_ENGRAM_FILE_MAX);
+		dp_errf(err, err_len, "%s: larger than %lld bytes", path, DP_ENGRAM_FILE_MAX);
 		close(fd);
 		return r;
 	}
@@ -362,8 +347,8 @@ int dp_engram_read_file(const char *path, char **ret_buf, size_t *ret_len, char 
 			if (cap > (size_t)DP_ENGRAM_FILE_MAX) {
 				free(buf);
 				close(fd);
-				dp_engram_errf(err, err_len, "%s: larger than %lld bytes", path,
-				               DP_ENGRAM_FILE_MAX);
+				dp_errf(err, err_len, "%s: larger than %lld bytes", path,
+				        DP_ENGRAM_FILE_MAX);
 				return -EFBIG;
 			}
 			nb = realloc(buf, cap * 2);
@@ -394,19 +379,8 @@ int dp_engram_read_file(const char *path, char **ret_buf, size_t *ret_len, char 
 	return 0;
 fail_fd:
 	close(fd);
-	dp_engram_errf(err, err_len, "%s: %s", path, strerror(-r));
+	dp_errf(err, err_len, "%s: %s", path, strerror(-r));
 	return r;
-}
-
-/* Prefix err (a message about the file's content) with the path. */
-void dp_engram_err_prefix(const char *path, char *err, size_t err_len)
-{
-	char tmp[512];
-
-	if (!err || !err_len)
-		return;
-	snprintf(tmp, sizeof(tmp), "%s", err);
-	dp_engram_errf(err, err_len, "%s: %s", path, tmp);
 }
 
 int dp_engram_config_load(const char *path, struct dp_engram_config *ret, char *err, size_t err_len)
@@ -423,6 +397,6 @@ int dp_engram_config_load(const char *path, struct dp_engram_config *ret, char *
 	r = dp_engram_config_parse(buf, len, ret, err, err_len);
 	free(buf);
 	if (r == -EINVAL)
-		dp_engram_err_prefix(path, err, err_len);
+		dp_err_prefix(err, err_len, path);
 	return r;
 }

@@ -94,13 +94,6 @@ struct json_t;
 /* Largest file the loaders read. */
 #define DP_ENGRAM_FILE_MAX (1LL << 30)
 
-/* Write one formatted line to err when err && err_len. */
-void dp_engram_errf(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Put "path: " before the message already in err. */
-void dp_engram_err_prefix(const char *path, char *err, size_t err_len);
-
 /* Parse JSON text (duplicate keys refused); -EINVAL with line and column on bad JSON. */
 int dp_engram_json_parse(const char *text, size_t len, struct json_t **ret_root, char *err,
                          size_t err_len);

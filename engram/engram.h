@@ -41,7 +41,7 @@
  * Beyond the hashing, this part serves the rows: a table file format of our own (.dpe, with
  * bf16 or fp8 e4m3 rows), and a store that implements the V4 forward's Engram provider
  * (model/v4.h) with the tables in device memory, pinned DRAM or on NVMe behind the io engine
- * (kvcache/io.h), a hot-row cache and a prefetch call. See "Table files" and "The store" below.
+ * (io/io.h), a hot-row cache and a prefetch call. See "Table files" and "The store" below.
  *
  * Ownership and threads: a parsed config owns its arrays (dp_engram_config_fini); a hash
  * object copies what it needs from the config and is read-only after dp_engram_hash_new, so
@@ -267,7 +267,7 @@ enum dp_engram_dtype {
 };
 
 #define DP_ENGRAM_FP8_GROUP    32
-#define DP_ENGRAM_FP8_MAX      448.0f
+#define DP_ENGRAM_FP8_MAX      448.0f /* base/dtype.h DP_E4M3_MAX */
 #define DP_ENGRAM_HEAD_DIM_MAX 8192
 
 const char *dp_engram_dtype_name(enum dp_engram_dtype dt); /* "bf16", "fp8"; NULL if invalid */
@@ -280,11 +280,6 @@ size_t dp_engram_row_bytes(enum dp_engram_dtype dt, uint32_t head_dim);
 int dp_engram_row_encode(enum dp_engram_dtype dt, uint32_t head_dim, const float *src, void *dst);
 /* Decode a row into head_dim floats. 0 or -EINVAL. Does not allocate. */
 int dp_engram_row_decode(enum dp_engram_dtype dt, uint32_t head_dim, const void *src, float *dst);
-
-uint16_t dp_engram_bf16_from_f32(float f);
-float dp_engram_bf16_to_f32(uint16_t v);
-uint8_t dp_engram_fp8_from_f32(float f); /* RNE, saturating; NaN -> 0x7f */
-float dp_engram_fp8_to_f32(uint8_t v);
 
 /* ---- table files ----------------------------------------------------------- */
 
@@ -399,7 +394,7 @@ int dp_engram_table_verify(const struct dp_engram_table *t, char *err, size_t er
  *   DRAM    the whole table in pinned (mlocked where allowed), NUMA-local host memory
  *           (dp_topo_alloc_onnode); a layer's rows are gathered on the CPU into pinned
  *           staging and copied to the backend in one batch per layer.
- *   NVME    the table file read through the io engine (kvcache/io.h) on a HIGH priority
+ *   NVME    the table file read through the io engine (io/io.h) on a HIGH priority
  *           channel: O_DIRECT reads of the block that holds each missing row (block_bytes,
  *           4 KiB for rows up to 4 KiB), duplicates coalesced and adjacent blocks merged into
  *           one read, into registered block buffers; then gathered and copied as for DRAM.

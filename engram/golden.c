@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 
@@ -59,13 +60,12 @@ static int layer_object(struct golden *g, const json_t *root, const char *key, c
 	int n = dp_engram_hash_n_layers(g->h);
 
 	if (!o) {
-		dp_engram_errf(g->err, g->err_len, "%s: missing", key);
+		dp_errf(g->err, g->err_len, "%s: missing", key);
 		return -EINVAL;
 	}
 	if (!json_is_object(o)) {
-		dp_engram_errf(g->err, g->err_len,
-		               "%s: expected an object keyed by layer id, got %s", key,
-		               dp_engram_json_kind(o));
+		dp_errf(g->err, g->err_len, "%s: expected an object keyed by layer id, got %s", key,
+		        dp_engram_json_kind(o));
 		return -EINVAL;
 	}
 	json_object_foreach((json_t *)o, k, v)
@@ -77,8 +77,7 @@ static int layer_object(struct golden *g, const json_t *root, const char *key, c
 		snprintf(canon, sizeof(canon), "%ld", id);
 		if (!*k || *end || strcmp(canon, k) || id < 0 || id > DP_ENGRAM_LAYER_ID_MAX ||
 		    dp_engram_hash_layer_slot(g->h, (int)id) < 0) {
-			dp_engram_errf(g->err, g->err_len, "%s[\"%s\"]: not one of layer_ids", key,
-			               k);
+			dp_errf(g->err, g->err_len, "%s[\"%s\"]: not one of layer_ids", key, k);
 			return -EINVAL;
 		}
 	}
@@ -87,7 +86,7 @@ static int layer_object(struct golden *g, const json_t *root, const char *key, c
 
 		snprintf(id, sizeof(id), "%d", dp_engram_hash_layer_id(g->h, l));
 		if (!json_object_get(o, id)) {
-			dp_engram_errf(g->err, g->err_len, "%s[\"%s\"]: missing", key, id);
+			dp_errf(g->err, g->err_len, "%s[\"%s\"]: missing", key, id);
 			return -EINVAL;
 		}
 	}
@@ -99,19 +98,19 @@ static int layer_object(struct golden *g, const json_t *root, const char *key, c
 static int int_list(struct golden *g, const json_t *v, size_t n, const char *where)
 {
 	if (!json_is_array(v)) {
-		dp_engram_errf(g->err, g->err_len, "%s: expected a list, got %s", where,
-		               dp_engram_json_kind(v));
+		dp_errf(g->err, g->err_len, "%s: expected a list, got %s", where,
+		        dp_engram_json_kind(v));
 		return -EINVAL;
 	}
 	if (json_array_size(v) != n) {
-		dp_engram_errf(g->err, g->err_len, "%s: has %zu entries, expected %zu", where,
-		               json_array_size(v), n);
+		dp_errf(g->err, g->err_len, "%s: has %zu entries, expected %zu", where,
+		        json_array_size(v), n);
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++)
 		if (!json_is_integer(json_array_get(v, i))) {
-			dp_engram_errf(g->err, g->err_len, "%s[%zu]: expected an integer, got %s",
-			               where, i, dp_engram_json_kind(json_array_get(v, i)));
+			dp_errf(g->err, g->err_len, "%s[%zu]: expected an integer, got %s", where,
+			        i, dp_engram_json_kind(json_array_get(v, i)));
 			return -EINVAL;
 		}
 	return 0;
@@ -181,18 +180,18 @@ static int read_inputs(struct golden *g, const json_t *root, int64_t **ret_ids, 
 	int64_t *ids, id;
 
 	if (!in) {
-		dp_engram_errf(g->err, g->err_len, "input_ids: missing");
+		dp_errf(g->err, g->err_len, "input_ids: missing");
 		return -EINVAL;
 	}
 	if (!json_is_array(in) || !json_array_size(in)) {
-		dp_engram_errf(g->err, g->err_len, "input_ids: expected a non-empty list, got %s",
-		               json_is_array(in) ? "an empty list" : dp_engram_json_kind(in));
+		dp_errf(g->err, g->err_len, "input_ids: expected a non-empty list, got %s",
+		        json_is_array(in) ? "an empty list" : dp_engram_json_kind(in));
 		return -EINVAL;
 	}
 	B = json_array_size(in);
 	if (!json_is_array(json_array_get(in, 0))) {
-		dp_engram_errf(g->err, g->err_len, "input_ids[0]: expected a list, got %s",
-		               dp_engram_json_kind(json_array_get(in, 0)));
+		dp_errf(g->err, g->err_len, "input_ids[0]: expected a list, got %s",
+		        dp_engram_json_kind(json_array_get(in, 0)));
 		return -EINVAL;
 	}
 	T = json_array_size(json_array_get(in, 0));
@@ -214,11 +213,10 @@ static int read_inputs(struct golden *g, const json_t *root, int64_t **ret_ids, 
 			/* raw ids; any negative one passes, as in the demo */
 			id = json_integer_value(json_array_get(row, t));
 			if (id >= dp_engram_hash_map_size(g->h)) {
-				dp_engram_errf(g->err, g->err_len,
-				               "input_ids[%zu][%zu]: %" PRId64
-				               " is outside the compression map (%" PRId64
-				               " entries)",
-				               b, t, id, dp_engram_hash_map_size(g->h));
+				dp_errf(g->err, g->err_len,
+				        "input_ids[%zu][%zu]: %" PRId64
+				        " is outside the compression map (%" PRId64 " entries)",
+				        b, t, id, dp_engram_hash_map_size(g->h));
 				free(ids);
 				return -EINVAL;
 			}
@@ -253,11 +251,11 @@ static int check_hashes(struct golden *g, const json_t *root)
 		snprintf(key, sizeof(key), "%d", id);
 		hl = json_object_get(hashes, key);
 		if (!json_is_array(hl) || json_array_size(hl) != B) {
-			dp_engram_errf(
-			    g->err, g->err_len,
-			    "hashes[\"%d\"]: expected a list of %zu rows (as input_ids), "
-			    "got %s",
-			    id, B, json_is_array(hl) ? "another count" : dp_engram_json_kind(hl));
+			dp_errf(g->err, g->err_len,
+			        "hashes[\"%d\"]: expected a list of %zu rows (as input_ids), "
+			        "got %s",
+			        id, B,
+			        json_is_array(hl) ? "another count" : dp_engram_json_kind(hl));
 			r = -EINVAL;
 			goto out;
 		}
@@ -265,12 +263,12 @@ static int check_hashes(struct golden *g, const json_t *root)
 			const json_t *hb = json_array_get(hl, b);
 
 			if (!json_is_array(hb) || json_array_size(hb) != T) {
-				dp_engram_errf(
-				    g->err, g->err_len,
-				    "hashes[\"%d\"][%zu]: expected a list of %zu positions "
-				    "(as input_ids[%zu]), got %s",
-				    id, b, T, b,
-				    json_is_array(hb) ? "another count" : dp_engram_json_kind(hb));
+				dp_errf(g->err, g->err_len,
+				        "hashes[\"%d\"][%zu]: expected a list of %zu positions "
+				        "(as input_ids[%zu]), got %s",
+				        id, b, T, b,
+				        json_is_array(hb) ? "another count"
+				                          : dp_engram_json_kind(hb));
 				r = -EINVAL;
 				goto out;
 			}
@@ -366,6 +364,6 @@ int dp_engram_golden_check_file(const char *path, struct dp_engram_check *ret, c
 	r = dp_engram_golden_check(buf, len, ret, err, err_len);
 	free(buf);
 	if (r == -EINVAL)
-		dp_engram_err_prefix(path, err, err_len);
+		dp_err_prefix(err, err_len, path);
 	return r;
 }

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 
+#include "base/err.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 #include "model/v4.h"
@@ -42,7 +43,7 @@ int dp_engram_hash_from_model(const struct dp_v4_model *m, struct dp_engram_hash
 		return -EINVAL;
 	int r = dp_v4_model_engram_info(m, &in);
 	if (r == -ENOENT)
-		dp_engram_errf(err, err_len, "the model has no Engram layers (engram_layer_ids)");
+		dp_errf(err, err_len, "the model has no Engram layers (engram_layer_ids)");
 	if (r < 0)
 		return r;
 	return hash_from(dp_v4_model_config(m), in.compression_map, in.map_size,
@@ -57,7 +58,7 @@ int dp_engram_hash_from_v4_config(const struct dp_v4_config *c, struct dp_engram
 	if (!c || !ret_hash)
 		return -EINVAL;
 	if (c->engram.n_layers == 0) {
-		dp_engram_errf(err, err_len, "the config has no Engram layers (engram_layer_ids)");
+		dp_errf(err, err_len, "the config has no Engram layers (engram_layer_ids)");
 		return -ENOENT;
 	}
 	/* primes and offsets do not depend on the map: a one-entry stand-in will do */

@@ -6,6 +6,7 @@
  * 64-bit n (Sorenson & Webster 2015: the bases 2..37 have no common strong pseudoprime below
  * 318665857834031151167461).
  */
+#include "base/macros.h"
 #include "engram/engram-internal.h"
 
 static const uint64_t small_primes[] = {2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37};
@@ -36,7 +37,7 @@ bool dp_engram_is_prime(uint64_t n)
 
 	if (n < 2)
 		return false;
-	for (size_t i = 0; i < sizeof(small_primes) / sizeof(small_primes[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(small_primes); i++) {
 		if (n == small_primes[i])
 			return true;
 		if (n % small_primes[i] == 0)
@@ -48,7 +49,7 @@ bool dp_engram_is_prime(uint64_t n)
 		d >>= 1;
 		s++;
 	}
-	for (size_t i = 0; i < sizeof(small_primes) / sizeof(small_primes[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(small_primes); i++) {
 		uint64_t x = powmod(small_primes[i], d, n);
 
 		if (x == 1 || x == n - 1)

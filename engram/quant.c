@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/dtype.h"
 #include "engram/engram.h"
 
 static const char *const dtype_names[DP_ENGRAM_DTYPE_MAX] = {"bf16", "fp8"};
@@ -56,76 +57,9 @@ size_t dp_engram_row_bytes(enum dp_engram_dtype dt, uint32_t head_dim)
 	return (b + 3) & ~(size_t)3;
 }
 
-/* ---- bf16 ------------------------------------------------------------------ */
-
-uint16_t dp_engram_bf16_from_f32(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, sizeof(u));
-	if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: stay a quiet NaN */
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
-}
-
-float dp_engram_bf16_to_f32(uint16_t v)
-{
-	uint32_t u = (uint32_t)v << 16;
-	float f;
-
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-/* ---- fp8 e4m3 -------------------------------------------------------------- */
-
-/*
- * Code layout: s eeee mmm, bias 7. e == 0: subnormal m * 2^-9; else (1 + m/8) * 2^(e-7);
- * s 1111 111 is NaN, so the largest finite value is 1.75 * 2^8 = 448 (0x7e).
- */
-uint8_t dp_engram_fp8_from_f32(float f)
-{
-	if (isnan(f))
-		return 0x7f;
-	uint8_t sign = signbit(f) ? 0x80 : 0;
-	float a = fabsf(f);
-
-	if (a < 0x1p-6f) {
-		/* subnormal range (code 8, 2^-6, is where rounding up lands) */
-		float q = nearbyintf(ldexpf(a, 9)); /* exact scaling; RNE */
-		return sign | (uint8_t)q;
-	}
-	if (a >= DP_ENGRAM_FP8_MAX)
-		return sign | 0x7e; /* saturate */
-	int e;
-	float fr = frexpf(a, &e); /* a = fr * 2^e, fr in [0.5, 1) */
-	int exp = e - 1;          /* a = (2 fr) * 2^exp, 2 fr in [1, 2) */
-	float m = nearbyintf((2.0f * fr - 1.0f) * 8.0f);
-	if (m >= 8.0f) {
-		m = 0;
-		exp++;
-	}
-	int code = ((exp + 7) << 3) | (int)m;
-	if (code > 0x7e)
-		code = 0x7e;
-	return sign | (uint8_t)code;
-}
-
-float dp_engram_fp8_to_f32(uint8_t v)
-{
-	int e = (v >> 3) & 15, m = v & 7;
-	float a;
-
-	if (e == 15 && m == 7)
-		return NAN;
-	a = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + m / 8.0f, e - 7);
-	return (v & 0x80) ? -a : a;
-}
-
 /* ---- rows ------------------------------------------------------------------ */
 
-/* fp8 e4m3 code -> value (dp_engram_fp8_to_f32 of every code). */
+/* fp8 e4m3 code -> value (dp_e4m3_to_f32 of every code). */
 static const float fp8_lut[256] = {
     0.0f,     0x1p-9f,    0x1p-8f,    0x1.8p-8f,  0x1p-7f,    0x1.4p-7f,  0x1.8p-7f,  0x1.cp-7f,
     0x1p-6f,  0x1.2p-6f,  0x1.4p-6f,  0x1.6p-6f,  0x1.8p-6f,  0x1.ap-6f,  0x1.cp-6f,  0x1.ep-6f,
@@ -173,7 +107,7 @@ int dp_engram_row_encode(enum dp_engram_dtype dt, uint32_t head_dim, const float
 	if (dt == DP_ENGRAM_DTYPE_BF16) {
 		uint16_t *o = dst;
 		for (uint32_t i = 0; i < head_dim; i++)
-			o[i] = dp_engram_bf16_from_f32(src[i]);
+			o[i] = dp_f32_to_bf16(src[i]);
 		memset((char *)dst + 2 * (size_t)head_dim, 0, bytes - 2 * (size_t)head_dim);
 		return 0;
 	}
@@ -189,7 +123,7 @@ int dp_engram_row_encode(enum dp_engram_dtype dt, uint32_t head_dim, const float
 		float scale = amax / DP_ENGRAM_FP8_MAX;
 		memcpy((char *)dst + 4 * (size_t)g, &scale, 4);
 		for (uint32_t i = lo; i < hi; i++)
-			codes[i] = scale > 0 ? dp_engram_fp8_from_f32(src[i] / scale) : 0;
+			codes[i] = scale > 0 ? dp_f32_to_e4m3(src[i] / scale) : 0;
 	}
 	memset(codes + head_dim, 0, bytes - 4 * (size_t)G - head_dim);
 	return 0;
@@ -202,7 +136,7 @@ int dp_engram_row_decode(enum dp_engram_dtype dt, uint32_t head_dim, const void 
 	if (dt == DP_ENGRAM_DTYPE_BF16) {
 		const uint16_t *in = src;
 		for (uint32_t i = 0; i < head_dim; i++)
-			dst[i] = dp_engram_bf16_to_f32(in[i]);
+			dst[i] = dp_bf16_to_f32(in[i]);
 		return 0;
 	}
 	uint32_t G = groups(head_dim);

@@ -18,10 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
+#include "base/err.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 #include "gpu/gpu.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 #include "sched/topo.h"
 
@@ -123,13 +125,6 @@ int dp_engram_store_config_init(struct dp_engram_store_config *cfg)
 	    .max_tokens = 256,
 	};
 	return 0;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- buffers ------------------------------------------------------------------ */
@@ -239,7 +234,7 @@ static int load_data(struct dp_engram_store *s, void *dst, char *err, size_t err
 	if (fd < 0)
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		dp_engram_errf(err, err_len, "%s: %s", path, strerror(errno));
+		dp_errf(err, err_len, "%s: %s", path, strerror(errno));
 		return -errno;
 	}
 	for (uint64_t done = 0; r == 0 && done < n;) {
@@ -266,7 +261,7 @@ static int load_data(struct dp_engram_store *s, void *dst, char *err, size_t err
 	if (fd >= 0)
 		close(fd);
 	if (r < 0)
-		dp_engram_errf(err, err_len, "%s: loading the tables: %s", path, strerror(-r));
+		dp_errf(err, err_len, "%s: loading the tables: %s", path, strerror(-r));
 	return r;
 }
 
@@ -304,15 +299,15 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 	if (!h || !path || !cfg || !ret || !cfg->gpu || cfg->residency >= DP_ENGRAM_RES_MAX ||
 	    cfg->flags >= DP_ENGRAM_STORE_FLAGS_MAX || cfg->cache_rows > (1u << 30) ||
 	    (cfg->residency == DP_ENGRAM_RES_NVME && !cfg->io)) {
-		dp_engram_errf(err, err_len, "dp_engram_store_new: bad configuration%s",
-		               cfg && cfg->residency == DP_ENGRAM_RES_NVME && !cfg->io
-		                   ? " (NVMe residency needs an io engine)"
-		                   : "");
+		dp_errf(err, err_len, "dp_engram_store_new: bad configuration%s",
+		        cfg && cfg->residency == DP_ENGRAM_RES_NVME && !cfg->io
+		            ? " (NVMe residency needs an io engine)"
+		            : "");
 		return -EINVAL;
 	}
 	if (cfg->residency == DP_ENGRAM_RES_DEVICE && dp_gpu_kind_of(cfg->gpu) != DP_GPU_CPU) {
-		dp_engram_errf(err, err_len, "device residency needs a gather op on the %s backend",
-		               dp_gpu_kind_name(dp_gpu_kind_of(cfg->gpu)));
+		dp_errf(err, err_len, "device residency needs a gather op on the %s backend",
+		        dp_gpu_kind_name(dp_gpu_kind_of(cfg->gpu)));
 		return -ENOTSUP;
 	}
 	s = calloc(1, sizeof(*s));
@@ -354,10 +349,10 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 			    o->info.data_xxh64 != s->info.data_xxh64 ||
 			    o->info.row_bytes != s->info.row_bytes || o->n_slots != s->n_slots) {
 				r = -EINVAL;
-				dp_engram_errf(err, err_len,
-				               "%s: the store to share holds no copy of "
-				               "this table",
-				               path);
+				dp_errf(err, err_len,
+				        "%s: the store to share holds no copy of "
+				        "this table",
+				        path);
 				goto fail;
 			}
 			s->data = o->data;
@@ -368,10 +363,10 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 		r = dp_topo_alloc_onnode(s->info.data_bytes, s->cfg.node, DP_TOPO_MEM_HUGE,
 		                         &s->mem);
 		if (r < 0) {
-			dp_engram_errf(err, err_len,
-			               "%s: no room for %" PRIu64 " bytes of tables on "
-			               "node %d",
-			               path, s->info.data_bytes, s->cfg.node);
+			dp_errf(err, err_len,
+			        "%s: no room for %" PRIu64 " bytes of tables on "
+			        "node %d",
+			        path, s->info.data_bytes, s->cfg.node);
 			goto fail;
 		}
 		if ((r = load_data(s, s->mem.addr, err, err_len)) < 0)
@@ -387,8 +382,8 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 		struct dp_io_file_info fi;
 		r = dp_io_file_open(s->cfg.io, path, O_RDONLY, 0, fl, &s->file);
 		if (r < 0) {
-			dp_engram_errf(err, err_len, "%s: the io engine cannot open it: %s", path,
-			               strerror(-r));
+			dp_errf(err, err_len, "%s: the io engine cannot open it: %s", path,
+			        strerror(-r));
 			goto fail;
 		}
 		s->file_open = true;
@@ -398,10 +393,10 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 		if (fi.direct &&
 		    (fi.offset_align > DP_ENGRAM_BLOCK || fi.mem_align > DP_ENGRAM_BLOCK)) {
 			r = -ENOTSUP;
-			dp_engram_errf(err, err_len,
-			               "%s: direct I/O wants %u-byte alignment; blocks are "
-			               "%u bytes",
-			               path, fi.offset_align, DP_ENGRAM_BLOCK);
+			dp_errf(err, err_len,
+			        "%s: direct I/O wants %u-byte alignment; blocks are "
+			        "%u bytes",
+			        path, fi.offset_align, DP_ENGRAM_BLOCK);
 			goto fail;
 		}
 		/* direct (and the default): whole blocks; buffered: just the row's bytes */
@@ -412,7 +407,7 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 			depth = DP_IO_CHAN_DEPTH_MAX;
 		if ((r = dp_io_chan_new(s->cfg.io, (uint32_t)depth, &s->chan)) < 0 ||
 		    (r = dp_io_chan_set_priority(s->chan, DP_IO_PRIO_HIGH)) < 0) {
-			dp_engram_errf(err, err_len, "cannot open an io channel: %s", strerror(-r));
+			dp_errf(err, err_len, "cannot open an io channel: %s", strerror(-r));
 			goto fail;
 		}
 		s->issued = s->checked = dp_io_chan_next(s->chan);
@@ -422,8 +417,7 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 		break;
 	}
 	if ((r = step_reserve(s, s->cfg.max_tokens)) < 0) {
-		dp_engram_errf(err, err_len, "out of memory for %u tokens of staging",
-		               s->cfg.max_tokens);
+		dp_errf(err, err_len, "out of memory for %u tokens of staging", s->cfg.max_tokens);
 		goto fail;
 	}
 	*ret = s;
@@ -674,9 +668,9 @@ static int plan(struct dp_engram_store *s, const struct dp_v4_batch_item *items,
 static int plan_timed(struct dp_engram_store *s, const struct dp_v4_batch_item *items,
                       uint32_t n_items)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dp_clock_ns();
 	int r = plan(s, items, n_items);
-	s->st.plan_ns += now_ns() - t0;
+	s->st.plan_ns += dp_clock_ns() - t0;
 	return r;
 }
 
@@ -734,13 +728,13 @@ int dp_engram_store_rows(struct dp_engram_store *s, int layer, const struct dp_v
 		s->st.sync_prefetches++;
 	}
 	if (s->chan) {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = dp_clock_ns();
 		check_tickets(s, s->ss[slot].end);
-		s->st.wait_ns += now_ns() - t0;
+		s->st.wait_ns += dp_clock_ns() - t0;
 		if (s->ss[slot].err)
 			return s->ss[slot].err;
 	}
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dp_clock_ns();
 	float *out = s->out[slot];
 	if (s->cfg.residency == DP_ENGRAM_RES_DEVICE) {
 		gather(s, (uint32_t)slot, out); /* straight into backend memory (cpu backend) */
@@ -751,7 +745,7 @@ int dp_engram_store_rows(struct dp_engram_store *s, int layer, const struct dp_v
 		if (r < 0)
 			return r;
 	}
-	s->st.gather_ns += now_ns() - t0;
+	s->st.gather_ns += dp_clock_ns() - t0;
 	*ret_rows = out;
 	return 0;
 }

@@ -16,6 +16,8 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
 #include <xxhash.h>
 
+#include "base/err.h"
+#include "base/macros.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 
@@ -222,9 +224,8 @@ int dp_engram_writer_new(const char *path, const struct dp_engram_table_spec *sp
 
 	if (!path || !spec || !spec->hash || !ret ||
 	    !dp_engram_row_bytes(spec->dtype, spec->head_dim)) {
-		dp_engram_errf(err, err_len,
-		               "dp_engram_writer_new: bad argument (dtype %d, head_dim %u)",
-		               spec ? (int)spec->dtype : -1, spec ? spec->head_dim : 0);
+		dp_errf(err, err_len, "dp_engram_writer_new: bad argument (dtype %d, head_dim %u)",
+		        spec ? (int)spec->dtype : -1, spec ? spec->head_dim : 0);
 		return -EINVAL;
 	}
 	w = calloc(1, sizeof(*w));
@@ -232,8 +233,7 @@ int dp_engram_writer_new(const char *path, const struct dp_engram_table_spec *sp
 		return -ENOMEM;
 	w->fd = -1;
 	if ((r = layout_from_hash(spec, &w->l)) < 0) {
-		dp_engram_errf(err, err_len, "%s: cannot lay the tables out: %s", path,
-		               strerror(-r));
+		dp_errf(err, err_len, "%s: cannot lay the tables out: %s", path, strerror(-r));
 		goto fail;
 	}
 	w->path = strdup(path);
@@ -241,19 +241,19 @@ int dp_engram_writer_new(const char *path, const struct dp_engram_table_spec *sp
 	w->buf = aligned_alloc(DP_ENGRAM_BLOCK, WBUF_BYTES);
 	if (!w->path || !w->tmp || !w->buf || w->l.block_bytes > WBUF_BYTES) {
 		r = -ENOMEM;
-		dp_engram_errf(err, err_len, "out of memory");
+		dp_errf(err, err_len, "out of memory");
 		goto fail;
 	}
 	sprintf(w->tmp, "%s.tmp", path);
 	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (w->fd < 0) {
 		r = -errno;
-		dp_engram_errf(err, err_len, "%s: cannot create: %s", w->tmp, strerror(errno));
+		dp_errf(err, err_len, "%s: cannot create: %s", w->tmp, strerror(errno));
 		goto fail;
 	}
 	if (lseek(w->fd, (off_t)w->l.header_bytes, SEEK_SET) < 0) {
 		r = -errno;
-		dp_engram_errf(err, err_len, "%s: seek: %s", w->tmp, strerror(errno));
+		dp_errf(err, err_len, "%s: seek: %s", w->tmp, strerror(errno));
 		goto fail;
 	}
 	for (uint32_t i = 0; i < w->l.n_layers; i++)
@@ -290,7 +290,7 @@ static int flush(struct dp_engram_writer *w, size_t bytes, char *err, size_t err
 	XXH64_update(&w->xxh, w->buf, bytes);
 	int r = write_all(w->fd, w->buf, bytes);
 	if (r < 0) {
-		dp_engram_errf(err, err_len, "%s: write: %s", w->tmp, strerror(-r));
+		dp_errf(err, err_len, "%s: write: %s", w->tmp, strerror(-r));
 		return r;
 	}
 	memset(w->buf, 0, bytes);
@@ -330,10 +330,10 @@ static int check_put(const struct dp_engram_writer *w, const void *rows, uint64_
 	if (!w || (!rows && n) || w->finished)
 		return -EINVAL;
 	if (n > w->total - w->written) {
-		dp_engram_errf(err, err_len,
-		               "%s: %" PRIu64 " rows given, the tables hold %" PRIu64
-		               " and %" PRIu64 " are written",
-		               w->path, n, w->total, w->written);
+		dp_errf(err, err_len,
+		        "%s: %" PRIu64 " rows given, the tables hold %" PRIu64 " and %" PRIu64
+		        " are written",
+		        w->path, n, w->total, w->written);
 		return -E2BIG;
 	}
 	return 0;
@@ -363,10 +363,10 @@ int dp_engram_writer_put(struct dp_engram_writer *w, const float *rows, uint64_t
 	for (uint64_t i = 0; i < n; i++) {
 		r = dp_engram_row_encode(w->l.dtype, w->l.head_dim, rows + i * w->l.head_dim, enc);
 		if (r == -EDOM) {
-			dp_engram_errf(err, err_len,
-			               "%s: layer %d row %" PRIu64 " holds a NaN or an "
-			               "infinity",
-			               w->path, w->l.layer_ids[w->slot], w->row);
+			dp_errf(err, err_len,
+			        "%s: layer %d row %" PRIu64 " holds a NaN or an "
+			        "infinity",
+			        w->path, w->l.layer_ids[w->slot], w->row);
 			return r;
 		}
 		if (r == 0)
@@ -393,8 +393,8 @@ int dp_engram_writer_finish(struct dp_engram_writer *w, char *err, size_t err_le
 	if (!w || w->finished)
 		return -EINVAL;
 	if (w->written != w->total) {
-		dp_engram_errf(err, err_len, "%s: %" PRIu64 " of %" PRIu64 " rows written", w->path,
-		               w->written, w->total);
+		dp_errf(err, err_len, "%s: %" PRIu64 " of %" PRIu64 " rows written", w->path,
+		        w->written, w->total);
 		return -EINVAL;
 	}
 	unsigned char *h = calloc(1, w->l.header_bytes);
@@ -413,7 +413,7 @@ int dp_engram_writer_finish(struct dp_engram_writer *w, char *err, size_t err_le
 	if (r == 0 && rename(w->tmp, w->path) < 0)
 		r = -errno;
 	if (r < 0) {
-		dp_engram_errf(err, err_len, "%s: cannot finish: %s", w->path, strerror(-r));
+		dp_errf(err, err_len, "%s: cannot finish: %s", w->path, strerror(-r));
 		return r;
 	}
 	w->finished = true;
@@ -488,30 +488,29 @@ static int parse_header(struct dp_engram_table *t, const unsigned char *h, char 
 	l->n_heads = get32(h + OFF_N_HEADS);
 	l->n_columns = get32(h + OFF_N_COLUMNS);
 	if (dtype >= DP_ENGRAM_DTYPE_MAX) {
-		dp_engram_errf(err, err_len, "%s: dtype %u is not bf16 (0) or fp8 (1)", p, dtype);
+		dp_errf(err, err_len, "%s: dtype %u is not bf16 (0) or fp8 (1)", p, dtype);
 		return -EINVAL;
 	}
 	l->dtype = (enum dp_engram_dtype)dtype;
 	if (!dp_engram_row_bytes(l->dtype, l->head_dim)) {
-		dp_engram_errf(err, err_len, "%s: head_dim %u is not in [1, %d]", p, l->head_dim,
-		               DP_ENGRAM_HEAD_DIM_MAX);
+		dp_errf(err, err_len, "%s: head_dim %u is not in [1, %d]", p, l->head_dim,
+		        DP_ENGRAM_HEAD_DIM_MAX);
 		return -EINVAL;
 	}
 	if (l->n_layers < 1 || l->n_layers > DP_ENGRAM_LAYERS_MAX || l->max_ngram < 2 ||
 	    l->max_ngram > DP_ENGRAM_NGRAM_MAX || l->n_heads < 1 ||
 	    l->n_heads > DP_ENGRAM_HEADS_MAX ||
 	    l->n_columns != DP_ENGRAM_COLUMNS(l->max_ngram, l->n_heads)) {
-		dp_engram_errf(err, err_len,
-		               "%s: bad geometry: %u layers, max_ngram_size %u, %u heads, "
-		               "%u columns",
-		               p, l->n_layers, l->max_ngram, l->n_heads, l->n_columns);
+		dp_errf(err, err_len,
+		        "%s: bad geometry: %u layers, max_ngram_size %u, %u heads, "
+		        "%u columns",
+		        p, l->n_layers, l->max_ngram, l->n_heads, l->n_columns);
 		return -EINVAL;
 	}
 	if (header_bytes_for(l->n_layers, l->n_columns) != get32(h + OFF_HEADER_BYTES)) {
-		dp_engram_errf(err, err_len,
-		               "%s: header_bytes %u, expected %" PRIu64 " for %u layers", p,
-		               get32(h + OFF_HEADER_BYTES),
-		               header_bytes_for(l->n_layers, l->n_columns), l->n_layers);
+		dp_errf(err, err_len, "%s: header_bytes %u, expected %" PRIu64 " for %u layers", p,
+		        get32(h + OFF_HEADER_BYTES), header_bytes_for(l->n_layers, l->n_columns),
+		        l->n_layers);
 		return -EINVAL;
 	}
 	if ((r = layout_alloc(l)) < 0)
@@ -521,8 +520,8 @@ static int parse_header(struct dp_engram_table *t, const unsigned char *h, char 
 		l->layer_ids[i] = (int)get32(e);
 		l->rows[i] = get64(e + 8);
 		if (l->layer_ids[i] < 0 || l->layer_ids[i] > DP_ENGRAM_LAYER_ID_MAX) {
-			dp_engram_errf(err, err_len, "%s: layer entry %u: layer id %d out of range",
-			               p, i, l->layer_ids[i]);
+			dp_errf(err, err_len, "%s: layer entry %u: layer id %d out of range", p, i,
+			        l->layer_ids[i]);
 			return -EINVAL;
 		}
 	}
@@ -531,20 +530,20 @@ static int parse_header(struct dp_engram_table *t, const unsigned char *h, char 
 		for (uint32_t c = 0; c < l->n_columns; c++, e += 8) {
 			uint64_t v = get64(e);
 			if (v < 1 || v > (uint64_t)DP_ENGRAM_TABLE_MAX * 2) {
-				dp_engram_errf(err, err_len,
-				               "%s: layer %d column %u: table size %" PRIu64
-				               " out of range",
-				               p, l->layer_ids[i], c, v);
+				dp_errf(err, err_len,
+				        "%s: layer %d column %u: table size %" PRIu64
+				        " out of range",
+				        p, l->layer_ids[i], c, v);
 				return -EINVAL;
 			}
 			l->sizes[(size_t)i * l->n_columns + c] = (int64_t)v;
 			sum += v;
 		}
 		if (sum != l->rows[i]) {
-			dp_engram_errf(err, err_len,
-			               "%s: layer %d: %" PRIu64 " rows, its table sizes add "
-			               "up to %" PRIu64,
-			               p, l->layer_ids[i], l->rows[i], sum);
+			dp_errf(err, err_len,
+			        "%s: layer %d: %" PRIu64 " rows, its table sizes add "
+			        "up to %" PRIu64,
+			        p, l->layer_ids[i], l->rows[i], sum);
 			return -EINVAL;
 		}
 	}
@@ -561,18 +560,17 @@ static int parse_header(struct dp_engram_table *t, const unsigned char *h, char 
 	     l->dtype == DP_ENGRAM_DTYPE_FP8 ? DP_ENGRAM_FP8_GROUP : 0},
 	    {"data_bytes", get64(h + OFF_DATA_BYTES), l->data_bytes},
 	};
-	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(f); i++)
 		if (f[i].have != f[i].want) {
-			dp_engram_errf(err, err_len, "%s: %s %" PRIu64 ", expected %" PRIu64, p,
-			               f[i].name, f[i].have, f[i].want);
+			dp_errf(err, err_len, "%s: %s %" PRIu64 ", expected %" PRIu64, p, f[i].name,
+			        f[i].have, f[i].want);
 			return -EINVAL;
 		}
 	e = h + OFF_LAYERS;
 	for (uint32_t i = 0; i < l->n_layers; i++, e += LAYER_ENTRY)
 		if (get64(e + 16) != l->offset[i]) {
-			dp_engram_errf(err, err_len,
-			               "%s: layer %d: offset %" PRIu64 ", expected %" PRIu64, p,
-			               l->layer_ids[i], get64(e + 16), l->offset[i]);
+			dp_errf(err, err_len, "%s: layer %d: offset %" PRIu64 ", expected %" PRIu64,
+			        p, l->layer_ids[i], get64(e + 16), l->offset[i]);
 			return -EINVAL;
 		}
 	t->data_xxh = get64(h + OFF_DATA_XXH);
@@ -596,48 +594,46 @@ int dp_engram_table_open(const char *path, struct dp_engram_table **ret, char *e
 	t->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (t->fd < 0) {
 		r = -errno;
-		dp_engram_errf(err, err_len, "%s: %s", path, strerror(errno));
+		dp_errf(err, err_len, "%s: %s", path, strerror(errno));
 		goto fail;
 	}
 	if (fstat(t->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-		dp_engram_errf(err, err_len, "%s: not a regular file", path);
+		dp_errf(err, err_len, "%s: not a regular file", path);
 		goto fail;
 	}
 	t->file_bytes = (uint64_t)st.st_size;
 	if (t->file_bytes < DP_ENGRAM_BLOCK) {
 		r = -EINVAL;
-		dp_engram_errf(err, err_len,
-		               "%s: %" PRIu64 " bytes: too short for an Engram table "
-		               "(truncated?)",
-		               path, t->file_bytes);
+		dp_errf(err, err_len,
+		        "%s: %" PRIu64 " bytes: too short for an Engram table "
+		        "(truncated?)",
+		        path, t->file_bytes);
 		goto fail;
 	}
 	if ((r = read_at(t->fd, first, sizeof(first), 0)) < 0) {
-		dp_engram_errf(err, err_len, "%s: read: %s", path, strerror(-r));
+		dp_errf(err, err_len, "%s: read: %s", path, strerror(-r));
 		goto fail;
 	}
 	if (memcmp(first + OFF_MAGIC, DP_ENGRAM_TABLE_MAGIC, 8) != 0) {
 		r = -EINVAL;
-		dp_engram_errf(err, err_len, "%s: not an Engram table (bad magic; expected \"%s\")",
-		               path, DP_ENGRAM_TABLE_MAGIC);
+		dp_errf(err, err_len, "%s: not an Engram table (bad magic; expected \"%s\")", path,
+		        DP_ENGRAM_TABLE_MAGIC);
 		goto fail;
 	}
 	if (get32(first + OFF_VERSION) != DP_ENGRAM_TABLE_VERSION) {
 		r = -ENOTSUP;
-		dp_engram_errf(err, err_len,
-		               "%s: table format version %u; this build reads version %d", path,
-		               get32(first + OFF_VERSION), DP_ENGRAM_TABLE_VERSION);
+		dp_errf(err, err_len, "%s: table format version %u; this build reads version %d",
+		        path, get32(first + OFF_VERSION), DP_ENGRAM_TABLE_VERSION);
 		goto fail;
 	}
 	uint32_t hb = get32(first + OFF_HEADER_BYTES);
 	if (hb < DP_ENGRAM_BLOCK || hb % DP_ENGRAM_BLOCK || hb > HEADER_MAX || hb > t->file_bytes) {
 		r = -EINVAL;
-		dp_engram_errf(err, err_len,
-		               "%s: header_bytes %u is not a multiple of %u in [%u, %u] "
-		               "within the file's %" PRIu64 " bytes",
-		               path, hb, DP_ENGRAM_BLOCK, DP_ENGRAM_BLOCK, HEADER_MAX,
-		               t->file_bytes);
+		dp_errf(err, err_len,
+		        "%s: header_bytes %u is not a multiple of %u in [%u, %u] "
+		        "within the file's %" PRIu64 " bytes",
+		        path, hb, DP_ENGRAM_BLOCK, DP_ENGRAM_BLOCK, HEADER_MAX, t->file_bytes);
 		goto fail;
 	}
 	h = malloc(hb);
@@ -648,26 +644,25 @@ int dp_engram_table_open(const char *path, struct dp_engram_table **ret, char *e
 	memcpy(h, first, sizeof(first));
 	if (hb > sizeof(first) &&
 	    (r = read_at(t->fd, h + sizeof(first), hb - sizeof(first), sizeof(first))) < 0) {
-		dp_engram_errf(err, err_len, "%s: read: %s", path, strerror(-r));
+		dp_errf(err, err_len, "%s: read: %s", path, strerror(-r));
 		goto fail;
 	}
 	if (header_sum(h, hb) != get64(h + OFF_HEADER_XXH)) {
 		r = -EBADMSG;
-		dp_engram_errf(err, err_len,
-		               "%s: header checksum mismatch (stored %016" PRIx64
-		               ", computed %016" PRIx64 "): the file is corrupt",
-		               path, get64(h + OFF_HEADER_XXH), header_sum(h, hb));
+		dp_errf(err, err_len,
+		        "%s: header checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64
+		        "): the file is corrupt",
+		        path, get64(h + OFF_HEADER_XXH), header_sum(h, hb));
 		goto fail;
 	}
 	if ((r = parse_header(t, h, err, err_len)) < 0)
 		goto fail;
 	if (t->l.header_bytes + t->l.data_bytes != t->file_bytes) {
 		r = -EINVAL;
-		dp_engram_errf(
-		    err, err_len, "%s: %" PRIu64 " bytes, but the header says %" PRIu64 " (%s)",
-		    path, t->file_bytes, t->l.header_bytes + t->l.data_bytes,
-		    t->file_bytes < t->l.header_bytes + t->l.data_bytes ? "truncated"
-		                                                        : "trailing bytes");
+		dp_errf(err, err_len, "%s: %" PRIu64 " bytes, but the header says %" PRIu64 " (%s)",
+		        path, t->file_bytes, t->l.header_bytes + t->l.data_bytes,
+		        t->file_bytes < t->l.header_bytes + t->l.data_bytes ? "truncated"
+		                                                            : "trailing bytes");
 		goto fail;
 	}
 	free(h);
@@ -751,37 +746,36 @@ int dp_engram_table_check(const struct dp_engram_table *t, const struct dp_engra
 	int n_layers = dp_engram_hash_n_layers(h), ncols = dp_engram_hash_n_columns(h);
 
 	if (l->head_dim != head_dim) {
-		dp_engram_errf(err, err_len,
-		               "%s: rows of %u values; the model's engram_head_dim is %u", p,
-		               l->head_dim, head_dim);
+		dp_errf(err, err_len, "%s: rows of %u values; the model's engram_head_dim is %u", p,
+		        l->head_dim, head_dim);
 		return -EINVAL;
 	}
 	if ((int)l->n_layers != n_layers || (int)l->max_ngram != dp_engram_hash_max_ngram(h) ||
 	    (int)l->n_heads != dp_engram_hash_n_heads(h)) {
-		dp_engram_errf(err, err_len,
-		               "%s: %u layers, max_ngram_size %u, %u heads; the model "
-		               "has %d, %d, %d",
-		               p, l->n_layers, l->max_ngram, l->n_heads, n_layers,
-		               dp_engram_hash_max_ngram(h), dp_engram_hash_n_heads(h));
+		dp_errf(err, err_len,
+		        "%s: %u layers, max_ngram_size %u, %u heads; the model "
+		        "has %d, %d, %d",
+		        p, l->n_layers, l->max_ngram, l->n_heads, n_layers,
+		        dp_engram_hash_max_ngram(h), dp_engram_hash_n_heads(h));
 		return -EINVAL;
 	}
 	for (int i = 0; i < n_layers; i++) {
 		if (l->layer_ids[i] != dp_engram_hash_layer_id(h, i)) {
-			dp_engram_errf(err, err_len,
-			               "%s: table %d is layer %d's; the model's Engram "
-			               "layer %d is %d",
-			               p, i, l->layer_ids[i], i, dp_engram_hash_layer_id(h, i));
+			dp_errf(err, err_len,
+			        "%s: table %d is layer %d's; the model's Engram "
+			        "layer %d is %d",
+			        p, i, l->layer_ids[i], i, dp_engram_hash_layer_id(h, i));
 			return -EINVAL;
 		}
 		const int64_t *sz = dp_engram_hash_table_sizes(h, i);
 		for (int c = 0; c < ncols; c++)
 			if (sz[c] != l->sizes[(size_t)i * ncols + c]) {
-				dp_engram_errf(
-				    err, err_len,
-				    "%s: layer %d column %d: table size %" PRId64
-				    "; the model's hashing uses %" PRId64 " (engram_vocab_size "
-				    "differs?)",
-				    p, l->layer_ids[i], c, l->sizes[(size_t)i * ncols + c], sz[c]);
+				dp_errf(err, err_len,
+				        "%s: layer %d column %d: table size %" PRId64
+				        "; the model's hashing uses %" PRId64 " (engram_vocab_size "
+				        "differs?)",
+				        p, l->layer_ids[i], c, l->sizes[(size_t)i * ncols + c],
+				        sz[c]);
 				return -EINVAL;
 			}
 	}
@@ -830,15 +824,15 @@ int dp_engram_table_verify(const struct dp_engram_table *t, char *err, size_t er
 	}
 	free(buf);
 	if (r < 0) {
-		dp_engram_errf(err, err_len, "%s: read: %s", t->path, strerror(-r));
+		dp_errf(err, err_len, "%s: read: %s", t->path, strerror(-r));
 		return r;
 	}
 	uint64_t got = XXH64_digest(&st);
 	if (got != t->data_xxh) {
-		dp_engram_errf(err, err_len,
-		               "%s: data checksum mismatch (header %016" PRIx64 ", data %016" PRIx64
-		               "): the rows are corrupt",
-		               t->path, t->data_xxh, got);
+		dp_errf(err, err_len,
+		        "%s: data checksum mismatch (header %016" PRIx64 ", data %016" PRIx64
+		        "): the rows are corrupt",
+		        t->path, t->data_xxh, got);
 		return -EBADMSG;
 	}
 	return 0;

@@ -44,11 +44,8 @@ int dp_gpu_cuda_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *e
 int dp_gpu_cuda_probe(struct dp_gpu_device_info *out, int max, char *why, size_t why_len);
 #endif
 
-/* Host-side conversions (gpu.c). */
-float dp_bf16_to_f32(uint16_t v);
-float dp_f16_to_f32(uint16_t v);
-uint16_t dp_f32_to_bf16(float f); /* round to nearest even */
-/* Convert n values of `src_dtype` to fp32. Returns 0 or -EINVAL. */
+/* Convert n values of `src_dtype` to fp32 (gpu.c; the scalar conversions are base/dtype.h's).
+ * Returns 0 or -EINVAL. */
 int dp_convert_to_f32(float *dst, const void *src, enum dp_dtype src_dtype, size_t n);
 
 #endif /* DP_GPU_INTERNAL_H */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dp-config.h"
+#include "base/dtype.h"
 #include "gpu/gpu-internal.h"
 
 static const char *const kind_names[DP_GPU_KIND_MAX] = { "cpu", "cuda" };
@@ -185,49 +186,6 @@ void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret)
 }
 
 /* ---- dtype conversion ---------------------------------------------------- */
-
-float dp_bf16_to_f32(uint16_t v)
-{
-	uint32_t u = (uint32_t)v << 16;
-	float f;
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-uint16_t dp_f32_to_bf16(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, sizeof(u));
-	if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
-}
-
-float dp_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h >> 15) << 31;
-	uint32_t exp = (h >> 10) & 0x1f;
-	uint32_t man = h & 0x3ff;
-	uint32_t u;
-
-	if (exp == 0x1f) {
-		u = sign | 0x7f800000u | (man << 13);
-	} else if (exp == 0) {
-		if (man == 0) {
-			u = sign;
-		} else { /* subnormal: value = man * 2^-24 */
-			float f = ldexpf((float)man, -24);
-			memcpy(&u, &f, sizeof(u));
-			u |= sign;
-		}
-	} else {
-		u = sign | ((exp + 112) << 23) | (man << 13);
-	}
-	float f;
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
 
 int dp_convert_to_f32(float *dst, const void *src, enum dp_dtype src_dtype, size_t n)
 {

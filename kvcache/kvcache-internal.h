@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "kvcache/journal.h"
 #include "kvcache/kvcache.h"
 #include "sched/topo.h"
@@ -205,7 +205,7 @@ int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, 
  * it needs (DRAM pages: one more hold each; device pages: downloaded) and
  * queues the slot writes and a barrier fdatasync on the LOW channel; the
  * session stays where it is and may be used meanwhile. dp_kv_wb_progress
- * (from dp_kv_pump) submits, reads results and, once a writeback's data is
+ * (from dp_kv_pump, pump.c) submits, reads results and, once a writeback's data is
  * durable, appends its snapshot record to the journal; the next journal sync
  * (a commit, or dp_kv_flush) makes it durable, and dp_kv_wb_finalize then
  * installs the snapshot (the old one's slots are freed only now) and, if the
@@ -220,6 +220,9 @@ int dp_kv_wb_settle(struct dp_kv *kv);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
+/* Submit what restore r could not yet (the channel's window was full); its
+ * gates call it too. dp_kv_pump (pump.c) calls it for every restore. */
+void dp_kv_restore_pump(struct dp_kv_restore *r);
 
 /* Copy one state page between host memory and the page a ref names: backend
  * memory, or host memory for host-resident pages (CSA entries in host

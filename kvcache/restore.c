@@ -21,6 +21,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "base/clock.h"
 #include "kvcache/kvcache-internal.h"
 
 struct dp_kv_restore {
@@ -60,7 +61,7 @@ static void restore_free(struct dp_kv_restore *r)
 }
 
 /* Submit what the channel's window takes. */
-static void pump(struct dp_kv_restore *r)
+void dp_kv_restore_pump(struct dp_kv_restore *r)
 {
 	struct dp_kv *kv = r->kv;
 	while (r->from_nvme && r->next < 2 * r->n) {
@@ -87,14 +88,6 @@ static void pump(struct dp_kv_restore *r)
 	}
 }
 
-void dp_kv_pump(struct dp_kv *kv)
-{
-	dp_kv_wb_progress(kv);
-	for (size_t i = 0; i < kv->n; i++)
-		if (kv->list[i]->restore)
-			pump(kv->list[i]->restore);
-}
-
 /* Wait for every request submitted so far (never free a page the kernel is
  * still writing into). */
 static void drain(struct dp_kv_restore *r)
@@ -111,16 +104,16 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 	if (r->from_nvme) {
 		/* every request of the layer submitted, then its last one done */
 		while (!r->failed && r->next < 2 * (size_t)e) {
-			pump(r);
+			dp_kv_restore_pump(r);
 			if (r->next < 2 * (size_t)e && r->next)
 				dp_io_wait(kv->restore_chan, r->ticket[r->next - 1], -1);
 		}
 		if (r->failed)
 			return -EIO;
 		if (e > b && dp_io_completed(kv->restore_chan) <= r->ticket[2 * (size_t)e - 1]) {
-			uint64_t t0 = dp_kv_now_ns();
+			uint64_t t0 = dp_clock_ns();
 			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
-			uint64_t t1 = dp_kv_now_ns();
+			uint64_t t1 = dp_clock_ns();
 			kv->st.restore_stall_ns += t1 - t0;
 			kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
 			    (struct dp_kv_stall){ t0, t1, l };
@@ -166,7 +159,7 @@ static void finish(struct dp_kv_restore *r)
 	}
 	dp_v4_seq_set_gate(r->seq, NULL, NULL);
 	kv->st.restores++;
-	kv->st.restore_ns += dp_kv_now_ns() - r->t_start;
+	kv->st.restore_ns += dp_clock_ns() - r->t_start;
 	s->restore = NULL;
 	restore_free(r);
 }
@@ -193,7 +186,7 @@ static int gate(void *ctx, struct dp_v4_seq *seq, int layer)
 	if (r->layers_ready == r->n_layers)
 		finish(r);
 	else
-		pump(r);
+		dp_kv_restore_pump(r);
 	return 0;
 }
 
@@ -210,7 +203,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 	r->kv = kv;
 	r->s = s;
 	r->from_nvme = from_nvme;
-	r->t_start = dp_kv_now_ns();
+	r->t_start = dp_clock_ns();
 	r->n_layers = (uint32_t)dp_v4_model_config(kv->m)->num_hidden_layers;
 	if ((ret = dp_kv_seq_new_at(kv, s, pos, &seq)) < 0)
 		goto fail;
@@ -275,7 +268,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
-	pump(r);
+	dp_kv_restore_pump(r);
 	*ret_seq = seq;
 	return 0;
 fail:

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "dp-config.h"
+#include "base/macros.h"
 #include "model/tokenizer.h"
 #include "model/v4.h"
 
@@ -29,7 +30,7 @@ int dp_v4_resolve_dir(const char *name, char *buf, size_t len)
 	/* the embedded model: where `meson install` put it, else the source tree */
 	const char *env = getenv("DUALPATH_BUILTIN_MODEL");
 	const char *candidates[] = { env, DP_EMBEDDED_MODEL_INSTALLED, DP_EMBEDDED_MODEL_SOURCE };
-	for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(candidates); i++) {
 		if (candidates[i] && has_config(candidates[i])) {
 			if ((size_t)snprintf(buf, len, "%s", candidates[i]) >= len)
 				return -ENAMETOOLONG;

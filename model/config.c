@@ -18,6 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/err.h"
+#include "base/macros.h"
+
 #define CONFIG_FILE_MAX (16u << 20)
 
 /* Where a message goes: the caller's buffer, maybe none. */
@@ -28,13 +31,11 @@ struct errbuf {
 
 __attribute__((format(printf, 2, 3))) static int fail(struct errbuf *e, const char *fmt, ...)
 {
-	if (e->buf && e->len) {
-		va_list ap;
+	va_list ap;
 
-		va_start(ap, fmt);
-		vsnprintf(e->buf, e->len, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	dp_verrf(e->buf, e->len, fmt, ap);
+	va_end(ap);
 	return -EINVAL;
 }
 
@@ -279,14 +280,14 @@ static int parse_scalars(const json_t *root, struct dp_v4_config *c, struct errb
 {
 	int r;
 
-	for (size_t i = 0; i < sizeof(int_fields) / sizeof(int_fields[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(int_fields); i++) {
 		const struct int_field *f = &int_fields[i];
 
 		r = get_int(root, f->key, f->def, f->min, f->max, (int *)((char *)c + f->off), e);
 		if (r)
 			return r;
 	}
-	for (size_t i = 0; i < sizeof(num_fields) / sizeof(num_fields[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(num_fields); i++) {
 		const struct num_field *f = &num_fields[i];
 		double *x = (double *)((char *)c + f->off);
 
@@ -901,7 +902,7 @@ static int parse_engram(const json_t *root, struct dp_v4_config *c, struct errbu
 
 	static const char *const required[] = {"engram_max_ngram_size", "engram_n_heads",
 	                                       "engram_head_dim", "engram_vocab_size"};
-	for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(required); i++)
 		if (!member(root, required[i]))
 			return fail(e, "%s: missing, and needed with engram_layer_ids",
 			            required[i]);
@@ -1032,7 +1033,6 @@ int dp_v4_config_parse(const char *json_text, size_t len, struct dp_v4_config *r
 int dp_v4_config_load(const char *path, struct dp_v4_config *ret, char *err, size_t err_len)
 {
 	struct errbuf e = {err, err_len};
-	char msg[512];
 	struct stat st;
 	char *text = NULL;
 	size_t got = 0;
@@ -1081,9 +1081,9 @@ int dp_v4_config_load(const char *path, struct dp_v4_config *ret, char *err, siz
 			break;
 		got += (size_t)n;
 	}
-	r = dp_v4_config_parse(text, got, ret, msg, sizeof(msg));
+	r = dp_v4_config_parse(text, got, ret, err, err_len);
 	if (r)
-		fail(&e, "%s: %s", path, msg);
+		dp_err_prefix(err, err_len, path);
 out:
 	free(text);
 	close(fd);

@@ -19,6 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/dtype.h"
+#include "base/err.h"
+#include "base/macros.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this loader assumes a little-endian host"
 #endif
@@ -57,13 +61,11 @@ struct errbuf {
 
 __attribute__((format(printf, 3, 4))) static int fail(struct errbuf *e, int r, const char *fmt, ...)
 {
-	if (e->buf && e->len) {
-		va_list ap;
+	va_list ap;
 
-		va_start(ap, fmt);
-		vsnprintf(e->buf, e->len, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	dp_verrf(e->buf, e->len, fmt, ap);
+	va_end(ap);
 	return r;
 }
 
@@ -105,7 +107,7 @@ static int parse_dtype(const char *s, const char *file, const char *tensor, enum
 		return fail(e, -ENOTSUP,
 		            "%s: tensor '%s': %.20s block-scaled weights are not supported yet",
 		            file, tensor, s);
-	for (size_t i = 0; i < sizeof(other_dtypes) / sizeof(other_dtypes[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(other_dtypes); i++)
 		if (strcmp(s, other_dtypes[i]) == 0)
 			return fail(e, -ENOTSUP,
 			            "%s: tensor '%s': dtype %s is not supported (F32, "
@@ -711,34 +713,6 @@ const char *dp_st_shape_str(const struct dp_st_tensor *t, char *buf, size_t len)
 
 /* ---- conversion --------------------------------------------------------- */
 
-static float bf16_to_f32(uint16_t h)
-{
-	uint32_t bits = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &bits, 4);
-	return f;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-	uint32_t bits;
-	float f;
-
-	if (exp == 0) {
-		/* zero or subnormal: mant * 2^-24, exact in float32 */
-		f = (float)mant * 0x1p-24f;
-		return sign ? -f : f;
-	}
-	if (exp == 31)
-		bits = sign | 0x7f800000u | (mant << 13);
-	else
-		bits = sign | ((exp + 112) << 23) | (mant << 13);
-	memcpy(&f, &bits, 4);
-	return f;
-}
-
 static int check_range(const struct dp_st_tensor *t, uint64_t first, uint64_t count)
 {
 	if (first > t->numel || count > t->numel - first)
@@ -764,7 +738,7 @@ int dp_st_read_f32(const struct dp_st_tensor *t, uint64_t first, uint64_t count,
 			uint16_t h;
 
 			memcpy(&h, p + 2 * i, 2);
-			out[i] = bf16_to_f32(h);
+			out[i] = dp_bf16_to_f32(h);
 		}
 		break;
 	case DP_ST_F16:
@@ -772,7 +746,7 @@ int dp_st_read_f32(const struct dp_st_tensor *t, uint64_t first, uint64_t count,
 			uint16_t h;
 
 			memcpy(&h, p + 2 * i, 2);
-			out[i] = f16_to_f32(h);
+			out[i] = dp_f16_to_f32(h);
 		}
 		break;
 	default:

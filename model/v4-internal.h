@@ -70,9 +70,14 @@ struct dp_v4_model {
 	int64_t *engram_map; /* what engram_info.compression_map points at */
 	uint32_t engram_hist; /* N - 1: history each sequence keeps */
 
-	/* per-forward scratch (backend memory), grown on demand */
+	/* per-forward scratch, kept here and grown only when a larger batch
+	 * arrives, so a forward allocates nothing: backend memory (scratch_get),
+	 * and the host copies of the rows' ids and positions */
 	void *scratch;
 	size_t scratch_bytes;
+	int32_t *host_ids; /* [host_rows] */
+	int64_t *host_pos; /* [host_rows] */
+	uint32_t host_rows;
 
 	/* routed experts paged in (v4_experts.c); NULL: all resident */
 	struct dp_v4_load_opts load_opts;

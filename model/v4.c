@@ -109,6 +109,23 @@ static int scratch_get(struct dp_v4_model *m, uint32_t T, uint32_t R, uint32_t S
 	return 0;
 }
 
+/* Host room for T rows' ids and positions (m->host_ids, m->host_pos). */
+static int host_rows_get(struct dp_v4_model *m, uint32_t T)
+{
+	if (T <= m->host_rows)
+		return 0;
+	int32_t *ids = realloc(m->host_ids, (size_t)T * sizeof(*ids));
+	if (!ids)
+		return -ENOMEM;
+	m->host_ids = ids;
+	int64_t *pos = realloc(m->host_pos, (size_t)T * sizeof(*pos));
+	if (!pos)
+		return -ENOMEM;
+	m->host_pos = pos;
+	m->host_rows = T;
+	return 0;
+}
+
 uint32_t dp_v4_batch_rows(const struct dp_v4_batch_item *items, uint32_t n_items)
 {
 	uint32_t rows = 0;
@@ -369,15 +386,11 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 	struct scratch s;
 
 	CHECK(scratch_get(m, T, R, S_max, &s));
+	CHECK(host_rows_get(m, T));
 
 	/* ids and positions of every row */
-	int32_t *hids = malloc((size_t)T * sizeof(*hids));
-	int64_t *hpos = malloc((size_t)T * sizeof(*hpos));
-	if (!hids || !hpos) {
-		free(hids);
-		free(hpos);
-		return -ENOMEM;
-	}
+	int32_t *hids = m->host_ids;
+	int64_t *hpos = m->host_pos;
 	for (uint32_t i = 0, o = 0; i < n_items; i++)
 		for (uint32_t t = 0; t < items[i].n_tokens; t++, o++) {
 			hids[o] = items[i].tokens[t];
@@ -388,8 +401,6 @@ int dp_v4_forward(struct dp_v4_model *m, const struct dp_v4_batch_item *items, u
 		ret = dp_gpu_upload(g, s.pos, hpos, (size_t)T * sizeof(*hpos));
 	if (ret == 0) /* the hash layers' experts, read ahead */
 		ret = dp_v4_experts_step(m, hids, T);
-	free(hids);
-	free(hpos);
 	CHECK(ret);
 
 	CHECK(ops->embed(g, &m->embed, s.ids, T, s.x));

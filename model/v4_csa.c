@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "model/v4-internal.h"
 
 /* Staged entries not picked for this many steps of their layer are evicted. */
@@ -44,13 +45,6 @@ struct order {
 	uint64_t use;
 	uint32_t slot;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Grow a host array of elem-sized items to at least want. */
 static int grow(void **p, size_t *cap, size_t want, size_t elem)
@@ -187,7 +181,7 @@ static const float *host_entry(const struct dp_v4_stream *st, uint32_t e)
 int dp_v4_csa_stage(struct dp_v4_model *m, struct dp_v4_seq *seq, int l, int32_t *sel,
 		    uint32_t S, uint32_t k, struct dp_gpu_stream *ret_view)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dp_clock_ns();
 	struct dp_gpu *g = m->g;
 	struct dp_v4_layer_state *ls = &seq->layers[l];
 	const struct dp_v4_stream *st = &ls->s[DP_V4_S_COMP];
@@ -284,7 +278,7 @@ int dp_v4_csa_stage(struct dp_v4_model *m, struct dp_v4_seq *seq, int l, int32_t
 	m->csa_st.hits += hits;
 	m->csa_st.fetched += n_miss;
 	m->csa_st.bytes += n_miss * row;
-	m->csa_st.gather_ns += now_ns() - t0;
+	m->csa_st.gather_ns += dp_clock_ns() - t0;
 	*ret_view = (struct dp_gpu_stream){ .pages = c->tab, .per_page = c->mem_cap, .dim = c->dim,
 					    .n = c->live };
 	return 0;

@@ -41,9 +41,10 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base/clock.h"
 #include "model/safetensors.h"
-#include "model/weights.h"
 #include "model/v4-internal.h"
+#include "model/weights.h"
 
 #define XP_ALIGN 4096u
 #define XP_PARTS 3 /* gate, up (rows I.. of gate_up), down */
@@ -111,13 +112,6 @@ struct dp_v4_experts {
 	struct xp_layer *lay;
 	struct dp_v4_expert_stats st;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static const char *const where_names[DP_V4_EXPERTS_WHERE_MAX] = {
 	[DP_V4_EXPERTS_DEVICE] = "device",
@@ -563,7 +557,7 @@ static void unassign(struct xp_layer *y, uint32_t s)
 static int issue(struct dp_v4_experts *x, uint32_t l, uint32_t e, char *stage, bool urgent,
 		 struct xp_pending *pd)
 {
-	uint64_t t0 = now_ns(); /* the built-in reader reads right here */
+	uint64_t t0 = dp_clock_ns(); /* the built-in reader reads right here */
 	for (int p = 0; p < XP_PARTS; p++) {
 		const struct xp_loc *lc = &x->loc[((size_t)l * x->E + e) * XP_PARTS + p];
 		uint64_t a = lc->offset & ~(uint64_t)(XP_ALIGN - 1);
@@ -578,7 +572,7 @@ static int issue(struct dp_v4_experts *x, uint32_t l, uint32_t e, char *stage, b
 	}
 	pd->on = true;
 	pd->stage = stage;
-	x->st.wait_ns += now_ns() - t0;
+	x->st.wait_ns += dp_clock_ns() - t0;
 	return 0;
 }
 
@@ -588,7 +582,7 @@ static int fill(struct dp_v4_model *m, uint32_t l, uint32_t s, uint32_t e, const
 {
 	struct dp_v4_experts *x = m->experts;
 	struct dp_v4_layer_w *w = &m->layers[l];
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dp_clock_ns();
 	int r = 0;
 	for (int p = 0; p < XP_PARTS && r == 0; p++) {
 		size_t i = ((size_t)l * x->E + e) * XP_PARTS + p;
@@ -603,7 +597,7 @@ static int fill(struct dp_v4_model *m, uint32_t l, uint32_t s, uint32_t e, const
 						   lc->dtype, x->conv, x->conv_bytes);
 		x->st.bytes_in += lc->bytes;
 	}
-	x->st.fill_ns += now_ns() - t0;
+	x->st.fill_ns += dp_clock_ns() - t0;
 	return r;
 }
 
@@ -616,9 +610,9 @@ static int settle(struct dp_v4_model *m, uint32_t l, uint32_t s)
 	if (!pd->on)
 		return 0;
 	uint32_t e = (uint32_t)y->expert_of[s];
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dp_clock_ns();
 	int r = pend_wait(x, l, e, pd);
-	x->st.wait_ns += now_ns() - t0;
+	x->st.wait_ns += dp_clock_ns() - t0;
 	/* the checkpoint on disk must still hold what was loaded */
 	for (int p = 0; p < XP_PARTS && r == 0; p++) {
 		const struct xp_loc *lc = &x->loc[((size_t)l * x->E + e) * XP_PARTS + p];

@@ -14,9 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
+#include "base/macros.h"
 #include "model/safetensors.h"
-#include "model/weights.h"
 #include "model/v4-internal.h"
+#include "model/weights.h"
 
 struct loader {
 	struct dp_v4_model *m;
@@ -29,11 +31,9 @@ static int fail(struct loader *ld, int ret, const char *fmt, ...) __attribute__(
 static int fail(struct loader *ld, int ret, const char *fmt, ...)
 {
 	va_list ap;
-	if (ld->err && ld->err_len) {
-		va_start(ap, fmt);
-		vsnprintf(ld->err, ld->err_len, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	dp_verrf(ld->err, ld->err_len, fmt, ap);
+	va_end(ap);
 	return ret;
 }
 
@@ -323,7 +323,7 @@ static void release_weights(struct dp_v4_model *m)
 						 &w->comp_kvg, &w->idx_kvg, &w->idx_q_b, &w->idx_wp,
 						 &w->gate, &w->gate_up, &w->down, &w->sh_gate_up,
 						 &w->sh_down };
-		for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
+		for (size_t i = 0; i < DP_ARRAY_SIZE(mats); i++)
 			dp_gpu_weight_free(g, mats[i]);
 	}
 	free(m->layers);
@@ -349,6 +349,8 @@ void dp_v4_model_free(struct dp_v4_model *m)
 	release_weights(m);
 	if (m->scratch)
 		dp_gpu_dealloc(m->g, m->scratch, m->scratch_bytes, DP_GPU_MEM_SCRATCH);
+	free(m->host_ids);
+	free(m->host_pos);
 	dp_v4_csa_model_fini(m);
 	dp_v4_config_fini(&m->cfg);
 	free(m);

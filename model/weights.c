@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/err.h"
+
 /* Which layers carry a per-layer kind. */
 enum need {
 	NEED_ALL,
@@ -134,13 +136,11 @@ struct build {
 
 __attribute__((format(printf, 3, 4))) static int fail(struct build *b, int r, const char *fmt, ...)
 {
-	if (b->err && b->err_len) {
-		va_list ap;
+	va_list ap;
 
-		va_start(ap, fmt);
-		vsnprintf(b->err, b->err_len, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	dp_verrf(b->err, b->err_len, fmt, ap);
+	va_end(ap);
 	return r;
 }
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/err.h"
 #include "proto/frame.h"
 
 _Static_assert(DP_PROTO_VERSION == DUALPATH__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT,
@@ -127,11 +128,9 @@ __attribute__((format(printf, 3, 4))) static int fail(struct verdict *v, enum dp
 		                     ? DUALPATH__V1__CODE__FAILED_PRECONDITION
 		                     : DUALPATH__V1__CODE__INVALID_ARGUMENT;
 	}
-	if (v->msg && v->len > 0) {
-		va_start(ap, fmt);
-		vsnprintf(v->msg, v->len, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	dp_verrf(v->msg, v->len, fmt, ap);
+	va_end(ap);
 	return -EBADMSG;
 }
 

@@ -16,18 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "proto/frame.h"
 
 /* Frames up to this size are encoded on the stack by dp_frame_write_fd. */
 #define DP_FRAME_STACK_BYTES 1024u
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Wait for `events` on fd until deadline (< 0: none). Returns 0 when the fd
  * is ready (or in error/hang-up: the next transfer reports it), -ETIMEDOUT,
@@ -40,7 +33,7 @@ static int wait_fd(int fd, short events, int64_t deadline)
 		int n;
 
 		if (deadline >= 0) {
-			left = deadline - now_ms();
+			left = deadline - (int64_t)dp_clock_ms();
 			if (left < 0)
 				left = 0;
 			if (left > INT_MAX)
@@ -61,7 +54,7 @@ static int wait_fd(int fd, short events, int64_t deadline)
 
 static int64_t deadline_of(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	return timeout_ms < 0 ? -1 : (int64_t)dp_clock_ms() + timeout_ms;
 }
 
 /* One non-blocking read after poll: > 0 bytes, 0 at EOF, or -errno. */

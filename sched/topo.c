@@ -19,6 +19,8 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "base/err.h"
+
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
@@ -274,21 +276,6 @@ int dp_topo_node_cpus(const struct dp_topo *t, int node, int *cpus, size_t max)
 	return n;
 }
 
-/* snprintf at *pos; *pos may pass len, after which nothing more is written. */
-__attribute__((format(printf, 4, 5))) static void append(char *buf, size_t len, size_t *pos,
-                                                         const char *fmt, ...)
-{
-	va_list ap;
-
-	if (*pos >= len)
-		return;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf + *pos, len - *pos, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		*pos += (size_t)n;
-}
-
 #define PLURAL(n) ((n) == 1 ? "" : "s")
 
 int dp_topo_describe(const struct dp_topo *t, char *buf, size_t len)
@@ -300,14 +287,14 @@ int dp_topo_describe(const struct dp_topo *t, char *buf, size_t len)
 	buf[0] = '\0';
 	for (int l = 0; l < DP_TOPO_LEVEL_MAX; l++) {
 		static const char *const what[] = {"package", "node", "core", "cpu"};
-		append(buf, len, &pos, "%s%d %s%s", l ? ", " : "", t->count[l], what[l],
-		       PLURAL(t->count[l]));
+		dp_appendf(buf, len, &pos, "%s%d %s%s", l ? ", " : "", t->count[l], what[l],
+		           PLURAL(t->count[l]));
 	}
 	for (int i = 0; i < t->count[DP_TOPO_NODE]; i++) {
 		int id = t->nodes[i].id, first = -1, prev = -2;
 		const char *sep = "";
 
-		append(buf, len, &pos, "; node %d: cpus ", id);
+		dp_appendf(buf, len, &pos, "; node %d: cpus ", id);
 		/* by_cpu is sorted: print runs as ranges, "0-3,8-11". */
 		for (int j = 0; j <= t->count[DP_TOPO_PU]; j++) {
 			bool end = j == t->count[DP_TOPO_PU];
@@ -319,15 +306,16 @@ int dp_topo_describe(const struct dp_topo *t, char *buf, size_t len)
 				continue;
 			}
 			if (first >= 0 && first == prev)
-				append(buf, len, &pos, "%s%d", sep, first);
+				dp_appendf(buf, len, &pos, "%s%d", sep, first);
 			else if (first >= 0)
-				append(buf, len, &pos, "%s%d-%d", sep, first, prev);
+				dp_appendf(buf, len, &pos, "%s%d-%d", sep, first, prev);
 			sep = first >= 0 ? "," : sep;
 			first = prev = cpu;
 		}
 		if (!t->nodes[i].n_cpus)
-			append(buf, len, &pos, "none");
-		append(buf, len, &pos, ", %.1f GiB", t->nodes[i].memory / (1024.0 * 1024 * 1024));
+			dp_appendf(buf, len, &pos, "none");
+		dp_appendf(buf, len, &pos, ", %.1f GiB",
+		           t->nodes[i].memory / (1024.0 * 1024 * 1024));
 	}
 	return 0;
 }
@@ -592,11 +580,11 @@ static int place(const struct dp_topo_pu *pus, size_t n_pus, int node, int asked
 	for (int r = 0; r < DP_TOPO_ROLE_MAX; r++)
 		p.cpu[r] = role[r]->cpu;
 	if (asked >= 0 && use != asked)
-		append(p.desc, sizeof(p.desc), &pos, "node %d has no usable cpus; ", asked);
-	append(p.desc, sizeof(p.desc), &pos,
-	       "node %d: compute=cpu%d io=cpu%d front=cpu%d (%d core%s, %d cpu%s", use,
-	       p.cpu[DP_TOPO_ROLE_COMPUTE], p.cpu[DP_TOPO_ROLE_IO], p.cpu[DP_TOPO_ROLE_FRONT],
-	       cores, PLURAL(cores), n, PLURAL(n));
+		dp_appendf(p.desc, sizeof(p.desc), &pos, "node %d has no usable cpus; ", asked);
+	dp_appendf(p.desc, sizeof(p.desc), &pos,
+	           "node %d: compute=cpu%d io=cpu%d front=cpu%d (%d core%s, %d cpu%s", use,
+	           p.cpu[DP_TOPO_ROLE_COMPUTE], p.cpu[DP_TOPO_ROLE_IO], p.cpu[DP_TOPO_ROLE_FRONT],
+	           cores, PLURAL(cores), n, PLURAL(n));
 	static const enum dp_topo_role pairs[3][2] = {
 	    {DP_TOPO_ROLE_COMPUTE, DP_TOPO_ROLE_IO},
 	    {DP_TOPO_ROLE_COMPUTE, DP_TOPO_ROLE_FRONT},
@@ -606,13 +594,13 @@ static int place(const struct dp_topo_pu *pus, size_t n_pus, int node, int asked
 		const struct cand *a = role[pairs[i][0]], *b = role[pairs[i][1]];
 		if (a->core != b->core)
 			continue;
-		append(p.desc, sizeof(p.desc), &pos, "%s %s+%s share %s", p.shared_core ? "," : ":",
-		       dp_topo_role_name(pairs[i][0]), dp_topo_role_name(pairs[i][1]),
-		       a == b ? "a cpu" : "a core");
+		dp_appendf(p.desc, sizeof(p.desc), &pos, "%s %s+%s share %s",
+		           p.shared_core ? "," : ":", dp_topo_role_name(pairs[i][0]),
+		           dp_topo_role_name(pairs[i][1]), a == b ? "a cpu" : "a core");
 		p.shared_core = true;
 		p.shared_pu |= a == b;
 	}
-	append(p.desc, sizeof(p.desc), &pos, p.shared_core ? ")" : ": a core each)");
+	dp_appendf(p.desc, sizeof(p.desc), &pos, p.shared_core ? ")" : ": a core each)");
 	free(c);
 	*ret = p;
 	return 0;

@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
+
 static int futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *rel)
 {
 	return (int)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, rel, NULL, 0);
@@ -125,13 +127,6 @@ void dp_waiter_wake_slow(struct dp_waiter *w)
 	}
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int dp_waiter_wait(struct dp_waiter *w, bool (*ready)(void *arg), void *arg, int64_t timeout_ns)
 {
 	for (uint32_t i = 0; i < w->spin; i++) {
@@ -139,7 +134,7 @@ int dp_waiter_wait(struct dp_waiter *w, bool (*ready)(void *arg), void *arg, int
 			return 0;
 		dp_cpu_relax();
 	}
-	int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : (int64_t)dp_clock_ns() + timeout_ns;
 	for (;;) {
 		uint32_t key = dp_waiter_prepare(w);
 		if (ready(arg)) {
@@ -148,7 +143,7 @@ int dp_waiter_wait(struct dp_waiter *w, bool (*ready)(void *arg), void *arg, int
 		}
 		int64_t left = -1;
 		if (deadline >= 0) {
-			left = deadline - now_ns();
+			left = deadline - (int64_t)dp_clock_ns();
 			if (left <= 0) {
 				dp_waiter_cancel(w);
 				return -ETIMEDOUT;

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "v4ctl/client.h"
 
 /* Largest response accepted. The daemon cuts a connection off once 16 MiB
@@ -35,13 +36,6 @@ struct dp_client {
 	char *err_msg;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 const char *dp_client_default_socket(void)
 {
@@ -251,11 +245,11 @@ int dp_client_recv_id(struct dp_client *c, uint64_t id, int timeout_ms,
 		free(k);
 		return 0;
 	}
-	uint64_t deadline = timeout_ms >= 0 ? now_ms() + (uint64_t)timeout_ms : 0;
+	uint64_t deadline = timeout_ms >= 0 ? dp_clock_ms() + (uint64_t)timeout_ms : 0;
 	for (;;) {
 		int left = -1;
 		if (timeout_ms >= 0) {
-			uint64_t t = now_ms();
+			uint64_t t = dp_clock_ms();
 			left = t >= deadline ? 0 : (int)(deadline - t);
 		}
 		Dualpath__V1__Response *r;

@@ -66,6 +66,7 @@
 #include <string.h>
 
 #include "dp-config.h"
+#include "base/macros.h"
 #include "v4ctl/v4ctl.h"
 
 static const char usage[] =
@@ -149,7 +150,7 @@ int main(int argc, char **argv)
 	if (optind >= argc)
 		return dp_v4ctl_usage_error(NULL, "no command given");
 	const char *name = argv[optind];
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(commands); i++) {
 		if (strcmp(name, commands[i].name))
 			continue;
 		/* the command parses argv[optind..] with a fresh getopt */

@@ -16,9 +16,9 @@
 #include <limits.h>
 #include <sys/types.h>
 
-#include "trace.h"
+#include "base/clock.h"
 
-uint64_t ag_now_ns(void);
+#include "trace.h"
 
 /* ---- play.c: the clients ------------------------------------------------ */
 
@@ -33,7 +33,7 @@ enum ag_tier {
 	AG_TIER_MAX,
 };
 
-/* One turn as the client saw it. Times are ag_now_ns(). */
+/* One turn as the client saw it. Times are dp_clock_ns(). */
 struct ag_turn_rec {
 	uint64_t t_send;  /* Generate written */
 	uint64_t t_first; /* first TokenChunk with ids */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "agentic.h"
+#include "base/macros.h"
 #include "v4ctl/client.h"
 
 #define MAX_ARGS 64
@@ -215,7 +216,7 @@ int ag_daemon_stats(const char *sock, struct ag_stats *ret, char *err, size_t er
 	memset(ret, 0, sizeof(*ret));
 	for (size_t i = 0; i < r->stats->n_metrics; i++) {
 		const Dualpath__V1__Metric *m = r->stats->metrics[i];
-		for (size_t k = 0; k < sizeof(map) / sizeof(map[0]); k++) {
+		for (size_t k = 0; k < DP_ARRAY_SIZE(map); k++) {
 			if (strcmp(m->name, map[k].name))
 				continue;
 			if (map[k].label &&

@@ -99,7 +99,7 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, 
 	for (unsigned p = 0; p < depth / 2; p++)
 		free_idx[p] = p;
 	uint64_t next = 0, done = 0, bytes = 0;
-	uint64_t t0 = ag_now_ns();
+	uint64_t t0 = dp_clock_ns();
 	while (done < n) {
 		unsigned k = 0;
 		while (n_free && next < n) {
@@ -158,7 +158,7 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, 
 			}
 		}
 	}
-	*ret_secs = (double)(ag_now_ns() - t0) / 1e9;
+	*ret_secs = (double)(dp_clock_ns() - t0) / 1e9;
 	*ret_bytes = bytes;
 	*ret_direct = direct;
 	ret = 0;

@@ -28,13 +28,6 @@
 #include "agentic.h"
 #include "v4ctl/client.h"
 
-uint64_t ag_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 enum sess_state { S_IDLE, S_RUNNING, S_DONE };
 
 struct sess {
@@ -140,7 +133,7 @@ static int send_generate(struct worker *w, struct dp_client *c, struct sess *s, 
 	memset(rec, 0, sizeof(*rec));
 	rec->tier = w->p->replay ? (s->turn ? AG_TIER_NONE : AG_TIER_NEW) : AG_TIER_NEW;
 	rec->digest = 0xcbf29ce484222325ull;
-	rec->t_send = ag_now_ns();
+	rec->t_send = dp_clock_ns();
 	if ((ret = dp_client_send(c, &req)) < 0)
 		return ret;
 	s->rid_gen = req.request_id;
@@ -240,7 +233,7 @@ static int on_chunk(struct worker *w, struct dp_client *c, struct sess *s,
 	if (w->p->evict) {
 		if ((ret = send_evict(c, s)) < 0)
 			return ret;
-		w->evict_sent[w->evicts_out++] = ag_now_ns();
+		w->evict_sent[w->evicts_out++] = dp_clock_ns();
 	}
 	s->rid_gen = s->rid_list = 0;
 	if (++s->turn == w->p->tr->sessions[s->idx].n_turns || s->turn >= w->limit) {
@@ -255,7 +248,7 @@ static int on_chunk(struct worker *w, struct dp_client *c, struct sess *s,
 
 static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Response *r)
 {
-	uint64_t now = ag_now_ns();
+	uint64_t now = dp_clock_ns();
 	for (uint32_t i = 0; i < w->n_ss; i++) {
 		struct sess *s = &w->ss[i];
 		if (s->state != S_RUNNING)
@@ -287,7 +280,7 @@ static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Resp
 	}
 	/* an EvictSession's answer */
 	if (w->evicts_out) {
-		w->evict_ns += ag_now_ns() - w->evict_sent[0];
+		w->evict_ns += dp_clock_ns() - w->evict_sent[0];
 		w->evicts++;
 		memmove(w->evict_sent, w->evict_sent + 1, --w->evicts_out * sizeof(*w->evict_sent));
 	}
@@ -300,7 +293,7 @@ static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Resp
 static int play_phase(struct worker *w, struct dp_client *c, uint32_t limit)
 {
 	const struct ag_trace *tr = w->p->tr;
-	uint64_t t0 = ag_now_ns();
+	uint64_t t0 = dp_clock_ns();
 	int ret;
 
 	w->limit = limit;
@@ -319,7 +312,7 @@ static int play_phase(struct worker *w, struct dp_client *c, uint32_t limit)
 		}
 	}
 	while (w->n_done < w->n_ss) {
-		uint64_t now = ag_now_ns(), next = UINT64_MAX;
+		uint64_t now = dp_clock_ns(), next = UINT64_MAX;
 		bool running = false;
 		for (uint32_t i = 0; i < w->n_ss; i++) {
 			struct sess *s = &w->ss[i];
@@ -443,7 +436,7 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 		if (!(p->recs[s] = calloc(tr->sessions[s].n_turns, sizeof(*p->recs[s]))))
 			goto out;
 	/* sessions s, s + nt, s + 2 nt... to thread s; contiguous in all[] */
-	uint64_t t0 = ag_now_ns();
+	uint64_t t0 = dp_clock_ns();
 	uint32_t k = 0;
 	for (unsigned i = 0; i < nt; i++) {
 		w[i].p = p;

@@ -96,11 +96,11 @@ static double copy_bandwidth(struct dp_gpu *g, size_t bytes)
 	double best = 0;
 	if (a && b && dp_gpu_copy(g, b, a, bytes) == 0 && dp_gpu_sync(g) == 0) {
 		for (int r = 0; r < 5; r++) {
-			double t0 = now_s();
+			double t0 = dp_clock_s();
 			if (dp_gpu_copy(g, b, a, bytes) < 0 || dp_gpu_copy(g, a, b, bytes) < 0 ||
 			    dp_gpu_sync(g) < 0)
 				break;
-			double bw = 4.0 * bytes / (now_s() - t0);
+			double bw = 4.0 * bytes / (dp_clock_s() - t0);
 			if (bw > best)
 				best = bw;
 		}
@@ -183,7 +183,7 @@ static int run_one(struct bench *bn, uint32_t B, uint32_t C)
 			uint32_t len = warm ? (C < 256 ? C : 256) : C;
 			for (uint32_t b = 0; b < B && ret == 0; b++)
 				ret = dp_v4_seq_new(m, &seqs[b]);
-			double ts = now_s();
+			double ts = dp_clock_s();
 			for (uint32_t done = 0; done < len && ret == 0;) {
 				uint32_t n = len - done < P ? len - done : P;
 				for (uint32_t b = 0; b < B; b++)
@@ -193,7 +193,7 @@ static int run_one(struct bench *bn, uint32_t B, uint32_t C)
 				done += n;
 			}
 			if (!warm && ret == 0)
-				prefill_tps = (double)B * len / (now_s() - ts);
+				prefill_tps = (double)B * len / (dp_clock_s() - ts);
 			for (uint32_t b = 0; b < B; b++) {
 				dp_v4_seq_free(seqs[b]);
 				seqs[b] = NULL;
@@ -217,7 +217,7 @@ static int run_one(struct bench *bn, uint32_t B, uint32_t C)
 	uint32_t step = 0, first = do_prefill ? C : 0;
 	for (uint32_t r = 0; r <= o->reps && ret == 0; r++) {
 		uint32_t n = r == 0 ? 4 : o->decode; /* round 0: warm-up */
-		double ts = now_s();
+		double ts = dp_clock_s();
 		for (uint32_t s = 0; s < n && ret == 0; s++, step++) {
 			for (uint32_t b = 0; b < B; b++)
 				items[b] = (struct dp_v4_batch_item){
@@ -227,7 +227,7 @@ static int run_one(struct bench *bn, uint32_t B, uint32_t C)
 			ret = dp_v4_forward(m, items, B, logits);
 		}
 		if (r > 0)
-			round_tps[r - 1] = (double)B * n / (now_s() - ts);
+			round_tps[r - 1] = (double)B * n / (dp_clock_s() - ts);
 	}
 	if (ret < 0) {
 		fprintf(stderr, "bench-gpu: decode of %u x 1 at %u failed: %s\n", B, C,
@@ -378,13 +378,13 @@ int main(int argc, char **argv)
 		        dp_gpu_kind_name(bn.kind), err);
 		return 1;
 	}
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	if (dp_v4_model_load(bn.g, bn.dir, &bn.m, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench-gpu: cannot load %s: %s\n", bn.dir, err);
 		dp_gpu_free(bn.g);
 		return 1;
 	}
-	bn.load_s = now_s() - t0;
+	bn.load_s = dp_clock_s() - t0;
 	struct dp_gpu_mem_stats ms;
 	dp_gpu_mem_stats(bn.g, &ms);
 	bn.wbytes = ms.bytes[DP_GPU_MEM_WEIGHTS];

@@ -17,9 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/dtype.h"
 #include "engram/engram.h"
 #include "gpu/gpu.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/safetensors.h"
 #include "model/v4.h"
 

@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "base/macros.h"
 #include "engram/engram.h"
 
 extern char **environ;
@@ -137,7 +138,7 @@ static const char *const golden_files[] = {
 
 Test(golden, library_matches_every_golden_file_exactly)
 {
-	for (size_t i = 0; i < sizeof(golden_files) / sizeof(golden_files[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(golden_files); i++) {
 		const char *p = path_of(golden_files[i]);
 		json_t *root = load_json(p);
 		struct dp_engram_check res;
@@ -183,7 +184,7 @@ Test(golden, check_hash_tool_exits_0_on_every_golden_file)
 {
 	char out[4096];
 
-	for (size_t i = 0; i < sizeof(golden_files) / sizeof(golden_files[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(golden_files); i++) {
 		const char *args[] = {"check-hash", path_of(golden_files[i]), NULL};
 
 		cr_expect_eq(run_tool(args, out, sizeof(out)), 0, "%s: %s", golden_files[i], out);
@@ -284,7 +285,7 @@ static void random_tokens(int64_t *ids, size_t n, int64_t map_size, unsigned see
 Test(incremental, step_and_chunked_calls_equal_the_whole_sequence)
 {
 	enum { T = 97 };
-	for (size_t f = 0; f < sizeof(golden_files) / sizeof(golden_files[0]); f++) {
+	for (size_t f = 0; f < DP_ARRAY_SIZE(golden_files); f++) {
 		struct dp_engram_hash *h = hash_of(path_of(golden_files[f]));
 		int L = dp_engram_hash_n_layers(h), C = dp_engram_hash_n_columns(h);
 		size_t per = (size_t)L * C;

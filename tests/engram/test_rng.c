@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "engram/engram-internal.h"
 #include "engram/engram.h"
 
@@ -307,10 +308,10 @@ Test(primes, miller_rabin_is_exact_on_64_bit_pseudoprimes_and_primes)
 	    1099511627791ull,
 	};
 
-	for (size_t i = 0; i < sizeof(composites) / sizeof(composites[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(composites); i++)
 		cr_expect(!dp_engram_is_prime(composites[i]), "%" PRIu64 " is composite",
 		          composites[i]);
-	for (size_t i = 0; i < sizeof(primes) / sizeof(primes[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(primes); i++)
 		cr_expect(dp_engram_is_prime(primes[i]), "%" PRIu64 " is prime", primes[i]);
 	cr_expect_eq(dp_engram_next_prime(1099511627776ull), 1099511627791ull, "after 2^40");
 	cr_expect_eq(dp_engram_next_prime(18446744073709551557ull), 0, "none left below 2^64");

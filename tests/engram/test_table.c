@@ -13,66 +13,7 @@
 
 #include "engram-test.h"
 
-/* ---- encodings ------------------------------------------------------------------------ */
-
-/* Nearest e4m3 code by brute force (ties to the even code), saturating: an independent
- * reference for dp_engram_fp8_from_f32. */
-static uint8_t fp8_reference(float x)
-{
-	uint8_t sign = signbit(x) ? 0x80 : 0;
-	double a = fabs((double)x), best = INFINITY;
-	int code = 0;
-	for (int c = 0; c <= 0x7e; c++) {
-		double v = dp_engram_fp8_to_f32((uint8_t)c), d = fabs(v - a);
-		if (d < best || (d == best && (c & 1) == 0)) {
-			best = d;
-			code = c;
-		}
-	}
-	return sign | (uint8_t)code;
-}
-
-Test(table, fp8_codes_round_trip_and_round_to_nearest_even)
-{
-	for (int c = 0; c < 256; c++) {
-		if ((c & 0x7f) == 0x7f) {
-			cr_expect(isnan(dp_engram_fp8_to_f32((uint8_t)c)), "code %#x is NaN", c);
-			continue;
-		}
-		float v = dp_engram_fp8_to_f32((uint8_t)c);
-		cr_expect_eq(dp_engram_fp8_from_f32(v), c, "code %#x (%g) does not round trip", c,
-		             v);
-	}
-	cr_expect_eq(dp_engram_fp8_to_f32(0x7e), 448.0f);
-	cr_expect_eq(dp_engram_fp8_to_f32(0x01), 0x1p-9f, "smallest subnormal");
-	cr_expect_eq(dp_engram_fp8_from_f32(1000.0f), 0x7e, "saturates");
-	cr_expect_eq(dp_engram_fp8_from_f32(-1e30f), 0xfe);
-	cr_expect_eq(dp_engram_fp8_from_f32(NAN), 0x7f);
-	cr_expect_eq(dp_engram_fp8_from_f32(0x1p-10f), 0x00,
-	             "half the smallest subnormal: to even");
-	cr_expect_eq(dp_engram_fp8_from_f32(3 * 0x1p-10f), 0x02, "1.5 steps: to even");
-	cr_expect_eq(dp_engram_fp8_from_f32(1.0625f), 0x38, "midpoint of 1 and 1.125: to even");
-	cr_expect_eq(dp_engram_fp8_from_f32(1.1875f), 0x3a, "midpoint of 1.125 and 1.25: to even");
-
-	uint64_t x = 88172645463325252ull;
-	for (int i = 0; i < 200000; i++) {
-		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-		float mant = (float)(x >> 40) * 0x1p-24f, v = ldexpf(mant, (int)(x % 28) - 18);
-		if (x & 1)
-			v = -v;
-		if (fabsf(v) > 448.0f)
-			continue;
-		cr_assert_eq(dp_engram_fp8_from_f32(v), fp8_reference(v), "%a", v);
-	}
-}
-
-Test(table, bf16_rounds_to_nearest_even)
-{
-	cr_expect_eq(dp_engram_bf16_from_f32(1.0f), 0x3f80);
-	cr_expect_eq(dp_engram_bf16_from_f32(1.0f + 0x1p-8f), 0x3f80, "tie to even");
-	cr_expect_eq(dp_engram_bf16_from_f32(1.0f + 3 * 0x1p-8f), 0x3f82, "tie to even, up");
-	cr_expect_eq(dp_engram_bf16_to_f32(0x3f81), 1.0f + 0x1p-7f);
-}
+/* ---- encodings (the scalar conversions are tested in tests/base/test_dtype.c) ---------- */
 
 static void random_row(float *v, uint32_t n, uint64_t *x)
 {
@@ -155,8 +96,8 @@ static struct dp_engram_hash *small_hash(int64_t v2, int64_t v3)
 /* Value i of flat row r of slot s: bf16-exact, distinct per place. */
 static float value_at(int s, uint64_t r, uint32_t i)
 {
-	return dp_engram_bf16_to_f32(dp_engram_bf16_from_f32(
-	    (float)((s * 7919 + (int64_t)r * 31 + i * 17) % 2001 - 1000) / 64.0f));
+	return dp_bf16_to_f32(
+	    dp_f32_to_bf16((float)((s * 7919 + (int64_t)r * 31 + i * 17) % 2001 - 1000) / 64.0f));
 }
 
 static uint64_t total_rows(const struct dp_engram_hash *h, int s)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "proto/frame.h"
 
 static int write_seed(const char *dir, const char *name, uint8_t max_sel, uint8_t flags,
@@ -144,7 +145,7 @@ int main(int argc, char **argv)
 	    {DUALPATH__V1__REQUEST__BODY_SHUTDOWN, &shut},
 	    {DUALPATH__V1__REQUEST__BODY_TRACE, &trace},
 	};
-	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(kinds); i++) {
 		r = req(10 + i, kinds[i].body, kinds[i].sub);
 		add(&fb, &r.base);
 	}
@@ -220,7 +221,7 @@ int main(int argc, char **argv)
 	    {DUALPATH__V1__RESPONSE__BODY_SESSIONS, &sl},
 	    {DUALPATH__V1__RESPONSE__BODY_TRACE, &tr},
 	};
-	for (size_t i = 0; i < sizeof(rkinds) / sizeof(rkinds[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(rkinds); i++) {
 		Dualpath__V1__Response rs = resp(1 + i, rkinds[i].body, rkinds[i].sub);
 
 		add(&fb, &rs.base);

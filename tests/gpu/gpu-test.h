@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/dtype.h"
 #include "gpu/gpu.h"
 
 /* ---- the skip ------------------------------------------------------------- */
@@ -91,25 +92,6 @@ static inline float *gt_rand(uint64_t *s, size_t n, float lo, float hi)
 	for (size_t i = 0; i < n; i++)
 		v[i] = gt_uniform(s, lo, hi);
 	return v;
-}
-
-/* fp32 -> bf16, round to nearest even (as gpu.c does) */
-static inline uint16_t gt_bf16(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
-}
-
-static inline float gt_from_bf16(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
 }
 
 /* ---- the two backends ---------------------------------------------------------- */
@@ -239,7 +221,7 @@ static inline struct gt_weight gt_weight_new(struct gt_pair *p, const float *hos
 		uint16_t *h = malloc(n * 2);
 		cr_assert_not_null(h);
 		for (size_t i = 0; i < n; i++)
-			h[i] = gt_bf16(host[i]);
+			h[i] = dp_f32_to_bf16(host[i]);
 		cr_assert_eq(dp_gpu_weight_upload(p->c, h, DP_DTYPE_BF16, count, rows, cols, &w.c),
 		             0);
 		cr_assert_eq(dp_gpu_weight_upload(p->g, h, DP_DTYPE_BF16, count, rows, cols, &w.g),

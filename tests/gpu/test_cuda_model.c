@@ -221,7 +221,7 @@ static void bf16_copy(const char *dir, char *out, size_t out_len)
 			for (size_t i = b; i < e; i += 4) {
 				float x;
 				memcpy(&x, data + i, 4);
-				uint16_t hb = gt_bf16(x);
+				uint16_t hb = dp_f32_to_bf16(x);
 				memcpy(nd + at, &hb, 2);
 				at += 2;
 			}

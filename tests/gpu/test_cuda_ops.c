@@ -14,6 +14,7 @@
 #include <errno.h>
 
 #include "gpu-test.h"
+#include "base/macros.h"
 
 DP_GPU_TEST_MAIN
 
@@ -94,7 +95,7 @@ Test(cuda_mem, weight_fill_converts_rows_to_bf16_with_round_to_nearest_even)
 		for (uint32_t k = 0; k < cols; k++) {
 			uint16_t got = h[((size_t)rows + r) * cols + k];
 			uint16_t want =
-			    r >= 2 && r < 5 ? gt_bf16(x[(size_t)(r - 2) * cols + k]) : 0;
+			    r >= 2 && r < 5 ? dp_f32_to_bf16(x[(size_t)(r - 2) * cols + k]) : 0;
 			cr_expect_eq(got, want, "row %u col %u", r, k);
 		}
 	free(h);
@@ -153,13 +154,13 @@ static const struct mm_case mm_cases[] = {
 
 Test(cuda_matmul, f32_weights_match_the_cpu_for_gemv_and_gemm_shapes_strides_and_accumulate)
 {
-	for (size_t i = 0; i < sizeof(mm_cases) / sizeof(mm_cases[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(mm_cases); i++)
 		matmul_case(true, &mm_cases[i], 100 + i);
 }
 
 Test(cuda_matmul, bf16_weights_match_the_cpu_on_the_same_rounded_weights)
 {
-	for (size_t i = 0; i < sizeof(mm_cases) / sizeof(mm_cases[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(mm_cases); i++)
 		matmul_case(false, &mm_cases[i], 200 + i);
 }
 
@@ -341,7 +342,7 @@ static void mhc_case(uint32_t T, uint32_t n, uint32_t D, uint32_t iters, float h
 	cr_assert_eq(p.og->hc_head(p.g, X.g, fn.g, base.g, scale.g, T, n, D, 1e-6f, heps, y.g), 0);
 	gt_expect_close(&p, &y, (size_t)T * D, 1e-5, 1e-3, "hc_head");
 	struct gt_buf *all[] = {&X, &fn, &base, &scale, &o, &x, &post, &comb, &y};
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(all); i++)
 		gt_buf_free(&p, all[i]);
 	free(Xh);
 	free(fnh);
@@ -918,7 +919,7 @@ static const struct attn_case attn_cases[] = {
 
 Test(cuda_attention, matches_the_cpu_for_sliding_hca_csa_decode_and_prefill)
 {
-	for (size_t i = 0; i < sizeof(attn_cases) / sizeof(attn_cases[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(attn_cases); i++)
 		attn_case(&attn_cases[i], 300 + i);
 }
 

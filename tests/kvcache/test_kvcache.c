@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "kvcache/kvcache.h"
 
 static char dir[256];

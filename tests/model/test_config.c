@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/macros.h"
 #include "model/config.h"
 
 static const char *fixtures(void)
@@ -126,7 +127,7 @@ static void compare_with_expected(const char *name)
 	    I(hc_sinkhorn_iters),
 #undef I
 	};
-	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(ints); i++) {
 		int got = *(const int *)((const char *)&c + ints[i].off);
 		json_int_t want = json_integer_value(json_object_get(x, ints[i].key));
 
@@ -143,7 +144,7 @@ static void compare_with_expected(const char *name)
 	    N(partial_rotary_factor),
 #undef N
 	};
-	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(nums); i++) {
 		double got = *(const double *)((const char *)&c + nums[i].off);
 		double want = json_number_value(json_object_get(x, nums[i].key));
 
@@ -199,8 +200,8 @@ static void compare_with_expected(const char *name)
 		          "%s: %s attention factor %.17g vs %.17g", name, dp_v4_rope_which_name(w),
 		          mine->attention_factor,
 		          json_number_value(json_object_get(rp, "attention_factor")));
-		half = dp_v4_rope_inv_freq(&c, (enum dp_v4_rope_which)w, buf,
-		                           (int)(sizeof(buf) / sizeof(buf[0])));
+		half =
+		    dp_v4_rope_inv_freq(&c, (enum dp_v4_rope_which)w, buf, (int)DP_ARRAY_SIZE(buf));
 		cr_assert_eq(half, (int)json_array_size(inv), "%s: %s inv_freq length", name,
 		             dp_v4_rope_which_name(w));
 		for (int i = 0; i < half; i++) {
@@ -498,7 +499,7 @@ Test(config, non_positive_sizes_are_refused)
 	    "hc_sinkhorn_iters",
 	    "max_position_embeddings",
 	};
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(keys); i++) {
 		char json[128];
 
 		snprintf(json, sizeof(json), "{\"%s\": 0}", keys[i]);

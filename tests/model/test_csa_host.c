@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "model/v4-internal.h"
 
 #define N_TOK 240u
@@ -77,10 +78,10 @@ static void check_modes(const char *name)
 		const uint32_t *chunks;
 		uint32_t n;
 		const char *what;
-	} modes[] = { { NULL, 0, "one call" },
-		      { chunks, sizeof(chunks) / sizeof(*chunks), "chunks" },
-		      { ones, N_TOK, "token by token" } };
-	for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
+	} modes[] = {{NULL, 0, "one call"},
+	             {chunks, DP_ARRAY_SIZE(chunks), "chunks"},
+	             {ones, N_TOK, "token by token"}};
+	for (size_t i = 0; i < DP_ARRAY_SIZE(modes); i++) {
 		float *dev = logits(&f, false, modes[i].chunks, modes[i].n);
 		struct dp_v4_csa_stats before, after;
 		dp_v4_model_csa_stats(f.m, &before);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/macros.h"
 #include "model/safetensors.h"
 #include "model/v4-internal.h"
 
@@ -85,13 +86,13 @@ static void check_config(const char *name)
 		const uint32_t *chunks;
 		uint32_t n;
 		const char *what;
-	} modes[] = { { NULL, 0, "one call" },
-		      { chunks, sizeof(chunks) / sizeof(*chunks), "chunks" },
-		      { ones, N_TOK, "token by token" },
-		      { threes, n3, "three tokens a call" } };
+	} modes[] = {{NULL, 0, "one call"},
+	             {chunks, DP_ARRAY_SIZE(chunks), "chunks"},
+	             {ones, N_TOK, "token by token"},
+	             {threes, n3, "three tokens a call"}};
 	struct fx ref;
 	fx_open(&ref, name, DP_V4_EXPERTS_DEVICE, 0);
-	enum { N_MODES = sizeof(modes) / sizeof(modes[0]) };
+	enum { N_MODES = DP_ARRAY_SIZE(modes) };
 	float *want[N_MODES];
 	for (int i = 0; i < N_MODES; i++)
 		want[i] = logits(&ref, modes[i].chunks, modes[i].n);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "model/sample.h"
 
 #define VOCAB_MAX 1024
@@ -392,7 +393,7 @@ Test(sample, invalid_params_are_rejected_and_the_sampler_untouched)
 
 	memset(&s, 0xa5, sizeof(s));
 	before = s;
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++)
 		cr_expect_eq(dp_sampler_init(&s, &bad[i], scratch, sizeof(scratch)), -EINVAL,
 		             "params %zu", i);
 	cr_expect_eq(dp_sampler_init(NULL, &ok, scratch, sizeof(scratch)), -EINVAL);

@@ -118,9 +118,18 @@ Test(tokenizer, new_rejects_bad_arguments_and_leaves_output_untouched)
 	cr_expect_eq(dp_tok_new_bytes(3, NULL), -EINVAL);
 }
 
-Test(tokenizer, free_accepts_null)
+/* A failed new leaves NULL behind, and cleanup paths free it. */
+Test(tokenizer, free_accepts_null_and_a_tokenizer_made_after_works)
 {
+	int32_t ids[4];
+	size_t n = 0;
+
 	dp_tok_free(NULL);
+	struct dp_tok *t = bytes_tok();
+	cr_assert_eq(dp_tok_encode(t, "hi", 2, 0, ids, 4, &n), 0);
+	cr_expect_eq(n, 2);
+	cr_expect(ids[0] == 'h' && ids[1] == 'i');
+	dp_tok_free(t);
 }
 
 /* ---- encode / decode ------------------------------------------------------ */

@@ -16,10 +16,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "st-writer.h"
+#include "base/macros.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
-#include "st-writer.h"
 
 static char dir[4096];
 static struct dp_v4_config cfg;
@@ -257,9 +258,9 @@ Test(weights, module_names_with_fused_experts_fit_and_slice_per_expert)
 	static float gu[7 * 18 * 20], dn[7 * 20 * 9];
 	float v;
 
-	for (size_t i = 0; i < sizeof(gu) / sizeof(gu[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(gu); i++)
 		gu[i] = (float)i;
-	for (size_t i = 0; i < sizeof(dn) / sizeof(dn[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(dn); i++)
 		dn[i] = (float)i;
 	from_fixture(&k, "state_dict");
 	find_item(&k, "model.layers.1.mlp.experts.gate_up_proj")->data = gu;
@@ -296,7 +297,7 @@ static void to_upstream(char *name)
 	    {"model.hc_head.hc_base", "hc_head_base"},
 	    {"model.hc_head.hc_scale", "hc_head_scale"},
 	};
-	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(map); i++)
 		if (strcmp(name, map[i][0]) == 0) {
 			strcpy(name, map[i][1]);
 			return;

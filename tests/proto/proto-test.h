@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/macros.h"
 #include "proto/frame.h"
 
 /* ---- a request of each kind -------------------------------------------- */
@@ -41,7 +42,7 @@ static const Dualpath__V1__Request__BodyCase request_bodies[] = {
     DUALPATH__V1__REQUEST__BODY_EVICT_SESSION, DUALPATH__V1__REQUEST__BODY_SHUTDOWN,
     DUALPATH__V1__REQUEST__BODY_TRACE,
 };
-#define N_REQUEST_BODIES (sizeof(request_bodies) / sizeof(request_bodies[0]))
+#define N_REQUEST_BODIES DP_ARRAY_SIZE(request_bodies)
 
 /* A valid request with the given body and non-default values in every
  * field; Generate gets a token prompt and full sampling. */
@@ -160,7 +161,7 @@ static const Dualpath__V1__Response__BodyCase response_bodies[] = {
     DUALPATH__V1__RESPONSE__BODY_STATS,    DUALPATH__V1__RESPONSE__BODY_HEALTH,
     DUALPATH__V1__RESPONSE__BODY_SESSIONS, DUALPATH__V1__RESPONSE__BODY_TRACE,
 };
-#define N_RESPONSE_BODIES (sizeof(response_bodies) / sizeof(response_bodies[0]))
+#define N_RESPONSE_BODIES DP_ARRAY_SIZE(response_bodies)
 
 static inline Dualpath__V1__Response *build_response(struct resp_store *s,
                                                      Dualpath__V1__Response__BodyCase body)

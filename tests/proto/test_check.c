@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "proto-test.h"
+#include "base/macros.h"
 
 static struct dp_proto_limits lim;
 
@@ -126,9 +127,9 @@ Test(check, session_id_syntax)
 	};
 	char longest[DP_PROTO_SESSION_ID_MAX + 2];
 
-	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(good); i++)
 		cr_assert_eq(dp_proto_session_id_check(good[i]), 0, "%s", good[i]);
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++)
 		cr_assert_eq(dp_proto_session_id_check(bad[i]), -EINVAL, "%s", bad[i]);
 	cr_assert_eq(dp_proto_session_id_check(""), -EINVAL);
 	cr_assert_eq(dp_proto_session_id_check(NULL), -EINVAL);

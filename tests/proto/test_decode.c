@@ -3,6 +3,7 @@
 #include <errno.h>
 
 #include "proto-test.h"
+#include "base/macros.h"
 
 /* Encode, cut out by a reader, decode: the message that comes out. */
 static Dualpath__V1__Request *through_the_wire(const Dualpath__V1__Request *req)
@@ -148,7 +149,7 @@ Test(decode, malformed_protobuf_is_ebadmsg)
 	};
 	Dualpath__V1__Request *req = (void *)0x1;
 
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++) {
 		int ret = dp_proto_request_decode(bad[i].b, bad[i].n, 0, &req);
 
 		cr_assert_eq(ret, -EBADMSG, "%s: %d", bad[i].what, ret);
@@ -257,7 +258,7 @@ Test(decode, strings_with_nul_or_bad_utf8_are_eilseq)
 	    {"0xff", "ab\xff", 3},
 	};
 
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++)
 		cr_assert_eq(decode_session_id(bad[i].s, bad[i].n), -EILSEQ, "%s", bad[i].what);
 	/* Valid UTF-8 decodes (the rules reject it as a session id later). */
 	cr_assert_eq(decode_session_id("\xc3\xa9", 2), 0);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "proto-test.h"
+#include "base/clock.h"
 
 static int sv[2] = {-1, -1};
 
@@ -27,14 +28,6 @@ static void teardown(void)
 }
 
 TestSuite(fdio, .init = setup, .fini = teardown);
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 Test(fdio, every_request_kind_crosses_a_socket)
 {
@@ -186,17 +179,17 @@ Test(fdio, read_assembles_a_frame_from_byte_sized_pieces)
 Test(fdio, read_times_out_when_nothing_comes)
 {
 	struct dp_frame_buf fb = {0};
-	int64_t t0 = now_ms(), dt;
+	int64_t t0 = (int64_t)dp_clock_ms(), dt;
 
 	cr_assert_eq(dp_frame_read_fd(sv[1], &fb, 64, 100), -ETIMEDOUT);
-	dt = now_ms() - t0;
+	dt = (int64_t)dp_clock_ms() - t0;
 	cr_assert_geq(dt, 95);
 	cr_assert_lt(dt, 2000);
 	/* The deadline covers the whole frame, not each read. */
 	cr_assert_eq(write(sv[0], "\x10\0\0\0\x08", 5), 5);
-	t0 = now_ms();
+	t0 = (int64_t)dp_clock_ms();
 	cr_assert_eq(dp_frame_read_fd(sv[1], &fb, 64, 100), -ETIMEDOUT);
-	cr_assert_lt(now_ms() - t0, 2000);
+	cr_assert_lt((int64_t)dp_clock_ms() - t0, 2000);
 	cr_assert_eq(fb.len, 0);
 	dp_frame_buf_fini(&fb);
 }
@@ -208,10 +201,10 @@ Test(fdio, write_times_out_when_the_peer_does_not_read)
 	int ret;
 
 	/* Fill the socket until a write cannot finish. */
-	t0 = now_ms();
+	t0 = (int64_t)dp_clock_ms();
 	do
 		ret = dp_frame_write_all(sv[0], junk, sizeof(junk), 100);
-	while (ret == 0 && now_ms() - t0 < 5000);
+	while (ret == 0 && (int64_t)dp_clock_ms() - t0 < 5000);
 	cr_assert_eq(ret, -ETIMEDOUT);
 }
 

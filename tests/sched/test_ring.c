@@ -46,10 +46,25 @@ Test(ring, init_rejects_misaligned_memory)
 	free(mem);
 }
 
-Test(ring, free_accepts_null)
+/* A failed new leaves NULL behind, and cleanup paths free it. */
+Test(ring, free_accepts_null_and_rings_made_after_work)
 {
+	struct dp_spsc *s = NULL;
+	struct dp_ring *r = NULL;
+	uint64_t v = 0;
+
 	dp_spsc_free(NULL);
 	dp_ring_free(NULL);
+	cr_assert_eq(dp_spsc_new(4, 8, &s), 0);
+	cr_assert_eq(dp_ring_new(4, 8, 0, &r), 0);
+	cr_expect_eq(dp_spsc_enqueue(s, &(uint64_t){7}), 0);
+	cr_expect_eq(dp_spsc_dequeue(s, &v), 0);
+	cr_expect_eq(v, 7);
+	cr_expect_eq(dp_ring_enqueue(r, &(uint64_t){9}), 0);
+	cr_expect_eq(dp_ring_dequeue(r, &v), 0);
+	cr_expect_eq(v, 9);
+	dp_spsc_free(s);
+	dp_ring_free(r);
 }
 
 /* ---- SPSC, one thread --------------------------------------------------- */

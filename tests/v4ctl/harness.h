@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
+
 struct daemon {
 	pid_t pid;
 	char dir[256];
@@ -45,13 +47,6 @@ static inline const char *env_path(const char *name)
 	const char *v = getenv(name);
 	cr_assert(v && v[0], "%s is not set (run the tests through meson test)", name);
 	return v;
-}
-
-static inline uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static inline char *slurp(const char *path)
@@ -134,7 +129,7 @@ static inline void daemon_start_with(struct daemon *d, const char *model, const 
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
-	uint64_t deadline = now_ms() + 30000;
+	uint64_t deadline = dp_clock_ms() + 30000;
 	while (!sock_accepts(d->sock)) {
 		int st;
 		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
@@ -142,7 +137,7 @@ static inline void daemon_start_with(struct daemon *d, const char *model, const 
 			cr_assert_fail("dualpathd exited before serving (status %d); its log:\n%s",
 			               st, slurp(d->log));
 		}
-		cr_assert(now_ms() < deadline,
+		cr_assert(dp_clock_ms() < deadline,
 		          "dualpathd did not accept on %s within 30 s; log:\n%s", d->sock,
 		          slurp(d->log));
 		usleep(10000);
@@ -170,14 +165,14 @@ static inline int daemon_stop(struct daemon *d)
 	int status = -1;
 	if (d->pid > 0) {
 		kill(d->pid, SIGTERM);
-		uint64_t deadline = now_ms() + 20000;
+		uint64_t deadline = dp_clock_ms() + 20000;
 		for (;;) {
 			int st;
 			if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
 				status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 				break;
 			}
-			if (now_ms() > deadline) {
+			if (dp_clock_ms() > deadline) {
 				kill(d->pid, SIGKILL);
 				waitpid(d->pid, NULL, 0);
 				break;
@@ -254,10 +249,10 @@ static inline void run_v4ctl_opts(struct run *r, const struct run_opts *o, const
 	struct pollfd p[2] = {{.fd = pout[0], .events = POLLIN}, {.fd = perr[0], .events = POLLIN}};
 	int open_fds = 2;
 	bool signalled = false;
-	uint64_t deadline = now_ms() + 60000;
+	uint64_t deadline = dp_clock_ms() + 60000;
 	while (open_fds > 0) {
 		int k = poll(p, 2, 1000);
-		cr_assert(now_ms() < deadline, "v4ctl %s ran for over 60 s", args[0]);
+		cr_assert(dp_clock_ms() < deadline, "v4ctl %s ran for over 60 s", args[0]);
 		if (k <= 0)
 			continue;
 		for (int i = 0; i < 2; i++) {

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* kvcache/io: the requester's side of a channel. */
-#include "kvcache/io-internal.h"
+/* io: the requester's side of a channel. */
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/clock.h"
 
 static uint32_t pow2_at_least(uint32_t v)
 {
@@ -267,12 +269,12 @@ int dp_io_wait(struct dp_io_chan *c, uint64_t ticket, int64_t timeout_ns)
 	if (dp_io_completed(c) > ticket)
 		return 0;
 	struct dp_io *io = c->io;
-	uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : io_now_ns() + (uint64_t)timeout_ns;
+	uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : dp_clock_ns() + (uint64_t)timeout_ns;
 
 	if (io_is_owner(io)) {
 		/* We are the io thread (poll mode): drive the loop. */
 		for (;;) {
-			uint64_t now = io_now_ns();
+			uint64_t now = dp_clock_ns();
 			int r = dp_io_poll(io, timeout_ns < 0   ? -1
 			                       : now < deadline ? (int64_t)(deadline - now)
 			                                        : 0);
@@ -280,20 +282,20 @@ int dp_io_wait(struct dp_io_chan *c, uint64_t ticket, int64_t timeout_ns)
 				return 0;
 			if (r == -ESHUTDOWN)
 				break;
-			if (io_now_ns() >= deadline)
+			if (dp_clock_ns() >= deadline)
 				return -ETIMEDOUT;
 		}
 	} else {
 		struct wait_arg a = {c, ticket};
 		/* Poll for spin_us (completions usually come sooner than a
 		 * sleep and a wake-up would take), then sleep. */
-		uint64_t now = io_now_ns(), spin_end = now + io->spin_ns;
+		uint64_t now = dp_clock_ns(), spin_end = now + io->spin_ns;
 		if (spin_end > deadline)
 			spin_end = deadline;
 		while (!ticket_ready(&a) && now < spin_end) {
 			for (int i = 0; i < 32 && !ticket_ready(&a); i++)
 				dp_cpu_relax();
-			now = io_now_ns();
+			now = dp_clock_ns();
 		}
 		if (!ticket_ready(&a) && now < deadline)
 			dp_waiter_wait(&c->waiter, ticket_ready, &a,

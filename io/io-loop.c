@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io: the io thread's loop.
+ * io: the io thread's loop.
  *
  * One pass (io_iter): run control calls; take requests off every channel
  * (round robin, IO_STAGE at a time) and prepare an SQE for each while ops
@@ -15,13 +15,15 @@
  * writes only when the io thread has announced itself asleep (sched/wait.h's
  * protocol).
  */
-#include "kvcache/io-internal.h"
+#include "io/io-internal.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "base/clock.h"
 
 /* ---- ops --------------------------------------------------------------- */
 
@@ -72,7 +74,7 @@ static void chan_finish(struct dp_io *io, struct dp_io_chan *c, uint64_t ticket,
 	if (res > 0)
 		io_stat_add(&c->bytes, (uint64_t)res);
 	if (--c->inflight == 0 && c->busy_since) {
-		io_stat_add(&c->busy_ns, io_now_ns() - c->busy_since);
+		io_stat_add(&c->busy_ns, dp_clock_ns() - c->busy_since);
 		c->busy_since = 0;
 	}
 	if (flags & DP_IO_F_BARRIER)
@@ -281,7 +283,7 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		c->stage_head++;
 		c->stage_n--;
 		if (c->inflight++ == 0)
-			c->busy_since = io_now_ns();
+			c->busy_since = dp_clock_ns();
 		if (r->flags & DP_IO_F_BARRIER)
 			c->barrier = true;
 		if (err) { /* no SQE was taken */
@@ -480,7 +482,7 @@ static void io_sleep(struct dp_io *io, int64_t timeout_ns)
 			dp_waiter_cancel(&io->wake);
 		return;
 	}
-	uint64_t t0 = io_now_ns();
+	uint64_t t0 = dp_clock_ns();
 	io_stat_add(&io->st.busy_ns, t0 - io->t_mark);
 	/* The waits below also submit SQEs still pending (io_iter leaves
 	 * them when the device is busy): one io_uring_enter for both. */
@@ -513,7 +515,7 @@ static void io_sleep(struct dp_io *io, int64_t timeout_ns)
 		if (announce)
 			dp_waiter_cancel(&io->wake);
 	}
-	uint64_t t1 = io_now_ns();
+	uint64_t t1 = dp_clock_ns();
 	io_stat_add(&io->st.sleeps, 1);
 	io_stat_add(&io->st.sleep_ns, t1 - t0);
 	io->t_mark = t1;
@@ -553,7 +555,7 @@ int io_iter(struct dp_io *io, int64_t timeout_ns, bool spin)
 	if (io->rebuild && !io->inflight)
 		io_rebuild(io);
 	io_publish(io);
-	uint64_t t = io_now_ns();
+	uint64_t t = dp_clock_ns();
 	if (n || finished) {
 		io_stat_add(&io->st.busy_ns, t - io->t_mark);
 		io->t_mark = t;

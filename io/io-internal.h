@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io-internal.h — the engine's insides, shared by io*.c only.
+ * io/io-internal.h — the engine's insides, shared by io*.c only.
  *
  * Files: io.c (setup, lifecycle, control calls, introspection), io-loop.c
  * (the io thread's loop), io-chan.c (the requester side), io-file.c (files
@@ -33,15 +33,15 @@
  *   io->state         under io->lock; also read lock-free (acquire) to find
  *                     the poll-mode owner.
  */
-#ifndef DP_KVCACHE_IO_INTERNAL_H
-#define DP_KVCACHE_IO_INTERNAL_H
+#ifndef DP_IO_INTERNAL_H
+#define DP_IO_INTERNAL_H
 
 #include <liburing.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "sched/ring.h"
 #include "sched/wait.h"
 #include "sched/topo.h"
@@ -223,7 +223,6 @@ struct dp_io {
 };
 
 /* io.c */
-uint64_t io_now_ns(void);
 int io_ctl_call(struct dp_io *io, struct io_ctl *c);
 void io_ctl_drain(struct dp_io *io);
 int io_ctl_exec(struct dp_io *io, struct io_ctl *c);
@@ -273,4 +272,4 @@ static inline void io_stat_set32(_Atomic uint32_t *s, uint32_t v)
 	atomic_store_explicit(s, v, memory_order_relaxed);
 }
 
-#endif /* DP_KVCACHE_IO_INTERNAL_H */
+#endif /* DP_IO_INTERNAL_H */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io: the arena and the registered (fixed) buffer table.
+ * io: the arena and the registered (fixed) buffer table.
  *
  * The table is sparse where the kernel allows it (IORING_RSRC_REGISTER_SPARSE,
  * Linux 5.19): entries [0, arena slots) hold the arena in 1 GiB pieces,
@@ -10,7 +10,7 @@
  * inside a registered region (and within one entry) it goes as READ_FIXED /
  * WRITE_FIXED, else as a plain READ / WRITE.
  */
-#include "kvcache/io-internal.h"
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * model/tools/engram-opts.h — the Engram options of dp-generate and dp-logits:
+ * tools/engram-opts.h — the Engram options of dp-generate and dp-logits:
  *
  *   --engram-tables FILE          the model's Engram tables (a .dpe file: dp-engram convert)
  *   --engram-residency R          device | dram (default) | nvme
  *   --engram-cache ROWS           hot-row cache entries (default 65536; 0: none)
  *
- * For nvme the tool runs an io engine (kvcache/io.h) of its own. Tool-only helpers (static,
+ * For nvme the tool runs an io engine (io/io.h) of its own. Tool-only helpers (static,
  * header-only); they print their own messages.
  */
-#ifndef DP_MODEL_TOOLS_ENGRAM_OPTS_H
-#define DP_MODEL_TOOLS_ENGRAM_OPTS_H
+#ifndef DP_TOOLS_ENGRAM_OPTS_H
+#define DP_TOOLS_ENGRAM_OPTS_H
 
 #include <errno.h>
 #include <stdio.h>
@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "engram/engram.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 struct engram_opts {
@@ -109,4 +109,4 @@ static void engram_opts_close(struct engram_opts *o, struct dp_v4_model *m)
 	memset(o, 0, sizeof(*o));
 }
 
-#endif /* DP_MODEL_TOOLS_ENGRAM_OPTS_H */
+#endif /* DP_TOOLS_ENGRAM_OPTS_H */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * model/tools/expert-opts.h — the paged-expert options of dp-generate and dp-logits:
+ * tools/expert-opts.h — the paged-expert options of dp-generate and dp-logits:
  *
  *   --experts device|dram|nvme    where routed experts live (model/v4.h; default device)
  *   --expert-slots N              experts a layer keeps in backend memory (paged only)
@@ -8,8 +8,8 @@
  * nvme reads with the model's built-in reader (pread on the compute thread; dualpathd uses
  * its io thread). Tool-only helpers; they print their own messages.
  */
-#ifndef DP_MODEL_TOOLS_EXPERT_OPTS_H
-#define DP_MODEL_TOOLS_EXPERT_OPTS_H
+#ifndef DP_TOOLS_EXPERT_OPTS_H
+#define DP_TOOLS_EXPERT_OPTS_H
 
 #include <errno.h>
 #include <stdio.h>
@@ -45,4 +45,4 @@ static int expert_opts_parse(const char *tool, const char *where, const char *sl
 	return 0;
 }
 
-#endif /* DP_MODEL_TOOLS_EXPERT_OPTS_H */
+#endif /* DP_TOOLS_EXPERT_OPTS_H */

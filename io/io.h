@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io.h — the prefetch path's I/O engine: one io_uring, owned by one
+ * io/io.h — the prefetch path's I/O engine: one io_uring, owned by one
  * thread (the io thread), fed by requester threads through rings.
  *
  * Pieces:
@@ -125,8 +125,8 @@
  * Errors are negative errno values; output parameters are untouched on
  * failure. Nothing here logs.
  */
-#ifndef DP_KVCACHE_IO_H
-#define DP_KVCACHE_IO_H
+#ifndef DP_IO_H
+#define DP_IO_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -426,4 +426,4 @@ int dp_io_result(const struct dp_io_chan *c, uint64_t ticket, int32_t *ret_res);
 }
 #endif
 
-#endif /* DP_KVCACHE_IO_H */
+#endif /* DP_IO_H */

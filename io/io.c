@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* kvcache/io: setup and probing, lifecycle, control calls, introspection. */
-#include "kvcache/io-internal.h"
+/* io: setup and probing, lifecycle, control calls, introspection. */
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -10,12 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
-uint64_t io_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#include "base/clock.h"
+#include "base/err.h"
+#include "base/macros.h"
 
 /* ---- configuration ----------------------------------------------------- */
 
@@ -271,7 +268,7 @@ static int io_attach(struct dp_io *io, enum io_state as)
 				fallback_locked(io, DP_IO_FB_RING_FD, rr < 0 ? rr : -EIO);
 			io->owner = pthread_self();
 			io->mode.owned = true;
-			io->t_mark = io_now_ns();
+			io->t_mark = dp_clock_ns();
 			/* release: pairs with io_is_owner's acquire. */
 			atomic_store_explicit(&io->state, as, memory_order_release);
 		}
@@ -606,22 +603,6 @@ int dp_io_get_stats(struct dp_io *io, struct dp_io_stats *ret)
 	return 0;
 }
 
-static void append(char *buf, size_t len, size_t *pos, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void append(char *buf, size_t len, size_t *pos, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (*pos >= len)
-		return;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf + *pos, len - *pos, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		*pos += (size_t)n;
-}
-
 static const char *errname(int err)
 {
 	const char *n = err ? strerrorname_np(-err) : NULL;
@@ -651,40 +632,40 @@ int dp_io_describe(struct dp_io *io, char *buf, size_t len)
 		return -EINVAL;
 	buf[0] = '\0';
 	dp_io_get_mode(io, &m);
-	append(buf, len, &pos, "io_uring depth %u (sq %u, cq %u), flags", m.queue_depth,
-	       m.sq_entries, m.cq_entries);
+	dp_appendf(buf, len, &pos, "io_uring depth %u (sq %u, cq %u), flags", m.queue_depth,
+	           m.sq_entries, m.cq_entries);
 	const char *sep = " ";
-	for (size_t i = 0; i < sizeof(setup) / sizeof(setup[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(setup); i++) {
 		if (m.setup_flags & setup[i].flag) {
-			append(buf, len, &pos, "%s%s", sep, setup[i].name);
+			dp_appendf(buf, len, &pos, "%s%s", sep, setup[i].name);
 			sep = "|";
 		}
 	}
 	if (!m.setup_flags)
-		append(buf, len, &pos, " none");
-	append(buf, len, &pos, "; ring fd %s",
-	       m.ring_fd ? "registered"
-	       : m.owned ? "plain"
-	                 : "not yet registered (no io thread)");
-	append(buf, len, &pos, "; files %s", m.fixed_files ? "registered" : "plain fds");
+		dp_appendf(buf, len, &pos, " none");
+	dp_appendf(buf, len, &pos, "; ring fd %s",
+	           m.ring_fd ? "registered"
+	           : m.owned ? "plain"
+	                     : "not yet registered (no io thread)");
+	dp_appendf(buf, len, &pos, "; files %s", m.fixed_files ? "registered" : "plain fds");
 	if (m.arena_bytes)
-		append(buf, len, &pos, "; arena %zu MiB, %s pages, node %d%s, %s",
-		       m.arena_bytes >> 20, dp_topo_pages_name(m.arena_pages), m.arena_node,
-		       m.arena_node < 0 ? " (unbound)" : "",
-		       m.fixed_bufs ? "registered" : "not registered");
+		dp_appendf(buf, len, &pos, "; arena %zu MiB, %s pages, node %d%s, %s",
+		           m.arena_bytes >> 20, dp_topo_pages_name(m.arena_pages), m.arena_node,
+		           m.arena_node < 0 ? " (unbound)" : "",
+		           m.fixed_bufs ? "registered" : "not registered");
 	else
-		append(buf, len, &pos, "; no arena");
-	append(buf, len, &pos, "; completions %s%s",
-	       m.iopoll ? "polled (IOPOLL)" : "interrupt-driven",
-	       m.sqpoll ? ", submission by kernel thread (SQPOLL)" : "");
+		dp_appendf(buf, len, &pos, "; no arena");
+	dp_appendf(buf, len, &pos, "; completions %s%s",
+	           m.iopoll ? "polled (IOPOLL)" : "interrupt-driven",
+	           m.sqpoll ? ", submission by kernel thread (SQPOLL)" : "");
 	if (m.fallbacks) {
-		append(buf, len, &pos, "; fallbacks:");
+		dp_appendf(buf, len, &pos, "; fallbacks:");
 		sep = " ";
 		for (int fb = 0; fb < DP_IO_FB_MAX; fb++) {
 			if (!(m.fallbacks & (1u << fb)))
 				continue;
-			append(buf, len, &pos, "%s%s (%s)", sep, dp_io_fallback_name(fb),
-			       errname(m.fallback_err[fb]));
+			dp_appendf(buf, len, &pos, "%s%s (%s)", sep, dp_io_fallback_name(fb),
+			           errname(m.fallback_err[fb]));
 			sep = ", ";
 		}
 	}

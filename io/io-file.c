@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvcache/io: the file table, O_DIRECT and its alignment.
+ * io: the file table, O_DIRECT and its alignment.
  *
  * Handles are indices into io->files and, when the kernel takes a
  * registered file table, into that table too (IOSQE_FIXED_FILE).
@@ -12,7 +12,7 @@
  *   3. a file: the logical block size of the disk under it (sysfs);
  *   4. 4096, a multiple of every logical block size in use.
  */
-#include "kvcache/io-internal.h"
+#include "io/io-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

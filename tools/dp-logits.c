@@ -7,13 +7,13 @@
  *             [--backend cpu|cuda|auto] --out FILE
  *             [--engram-tables FILE [--engram-residency device|dram|nvme]
  *             [--engram-cache ROWS]]
- *             [--experts device|dram|nvme [--expert-slots N]] (model/tools/expert-opts.h)
+ *             [--experts device|dram|nvme [--expert-slots N]] (tools/expert-opts.h)
  *
  * Writes little-endian float32, row-major [n_tokens][vocab_size]. With
  * --chunks the prompt is fed in those pieces, state carried between calls
  * (the pieces must add up to the number of tokens); default: one call.
  * This interface is stable: other tools rely on it. An Engram model needs
- * its tables (model/tools/engram-opts.h).
+ * its tables (tools/engram-opts.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/tools/engram-opts.h"
-#include "model/tools/expert-opts.h"
+#include "tools/engram-opts.h"
+#include "tools/expert-opts.h"
 #include "model/v4.h"
 
 static int parse_list(const char *s, int32_t **ret, uint32_t *ret_n, const char *what)

@@ -39,6 +39,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "engram/engram.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -329,24 +330,14 @@ static int finish_writer(struct dp_engram_writer *w, const char *out, double t0)
 	char err[512] = "";
 	uint64_t total;
 	int r = dp_engram_writer_finish(w, err, sizeof(err));
-	struct timespec ts;
 
 	if (r < 0) {
 		fprintf(stderr, "dp-engram: %s\n", *err ? err : strerror(-r));
 		return r;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &ts);
 	dp_engram_writer_rows(w, &total);
-	printf("%s: %" PRIu64 " rows written in %.1f s\n", out, total,
-	       ts.tv_sec + ts.tv_nsec * 1e-9 - t0);
+	printf("%s: %" PRIu64 " rows written in %.1f s\n", out, total, dp_clock_s() - t0);
 	return 0;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static int cmd_convert(int argc, char **argv)
@@ -389,7 +380,7 @@ static int cmd_convert(int argc, char **argv)
 	}
 	if (open_writer(out, h, &c, o.dtype, &w) < 0)
 		goto out;
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	uint32_t hd = (uint32_t)c.engram.head_dim;
 	const uint64_t chunk = 16384;
 	buf = malloc(chunk * hd * sizeof(float));
@@ -486,7 +477,7 @@ static int cmd_make_random(int argc, char **argv)
 		return EXIT_BAD;
 	if (open_writer(out, h, &c, o.dtype, &w) < 0)
 		goto out;
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	uint32_t hd = (uint32_t)c.engram.head_dim;
 	const uint64_t chunk = 16384;
 	uint64_t total, x = o.seed * 0x9e3779b97f4a7c15ull | 1;

@@ -6,12 +6,12 @@
  *               [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
  *               [--stats] [--engram-tables FILE [--engram-residency device|dram|nvme]
  *               [--engram-cache ROWS]]
- *               [--experts device|dram|nvme [--expert-slots N]] (model/tools/expert-opts.h)
+ *               [--experts device|dram|nvme [--expert-slots N]] (tools/expert-opts.h)
  *
  * Prints the prompt, then the generated text as it comes. Stops after N new
  * tokens or at the model's EOS. --stats prints prefill and decode tokens/s
  * to stderr (and the Engram store's figures). An Engram model needs its
- * tables (model/tools/engram-opts.h); each step's rows are prefetched as soon
+ * tables (tools/engram-opts.h); each step's rows are prefetched as soon
  * as its token is known, before the forward.
  */
 #include <errno.h>
@@ -22,18 +22,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "model/tools/engram-opts.h"
-#include "model/tools/expert-opts.h"
+#include "base/clock.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 #include "model/v4.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "tools/engram-opts.h"
+#include "tools/expert-opts.h"
 
 static void usage(FILE *f)
 {
@@ -171,12 +165,12 @@ int main(int argc, char **argv)
 
 	fwrite(prompt, 1, strlen(prompt), stdout);
 	fflush(stdout);
-	double t0 = now_s();
+	double t0 = dp_clock_s();
 	struct dp_v4_batch_item it = { .seq = seq, .tokens = ids, .n_tokens = (uint32_t)n_ids };
 	ret = eo.s ? dp_engram_prefetch(eo.s, &it, 1) : 0;
 	if (ret == 0)
 		ret = dp_v4_forward(m, &it, 1, logits);
-	double t1 = now_s(), t_decode = 0;
+	double t1 = dp_clock_s(), t_decode = 0;
 	struct dp_tok_stream ts;
 	dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8);
 	char *out = malloc(dp_tok_stream_bound(tok));
@@ -197,12 +191,12 @@ int main(int argc, char **argv)
 			break;
 		int32_t next = id;
 		struct dp_v4_batch_item step = { .seq = seq, .tokens = &next, .n_tokens = 1 };
-		double a = now_s();
+		double a = dp_clock_s();
 		/* the token is known: issue its Engram reads before the forward */
 		ret = eo.s ? dp_engram_prefetch(eo.s, &step, 1) : 0;
 		if (ret == 0)
 			ret = dp_v4_forward(m, &step, 1, logits);
-		t_decode += now_s() - a;
+		t_decode += dp_clock_s() - a;
 	}
 	size_t len = 0;
 	if (dp_tok_stream_flush(&ts, out, dp_tok_stream_bound(tok), &len) == 0)

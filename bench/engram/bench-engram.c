@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench/engram — decode tokens/s of an Engram V4 model with its tables in device memory,
- * in pinned DRAM behind the prefetch path, or on NVMe behind the prefetch path
+ * bench/engram/bench-engram.c — decode tokens/s of an Engram V4 model with its tables in
+ * device memory, in pinned DRAM behind the prefetch path, or on NVMe behind the prefetch path
  * (engram/engram.h, "the store"). bench/engram/run drives it and prints the comparison.
  *
  *   bench-engram --model DIR --tables FILE [--modes MODE,MODE,...] [--batch B]
@@ -50,8 +50,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "engram/engram.h"
-#include "kvcache/io.h"
+#include "io/io.h"
 #include "model/v4.h"
 
 #define WARMUP_STEPS 4u
@@ -78,13 +79,6 @@ struct mode {
 	struct dp_engram_store_stats st;
 	struct dp_io_stats io0, io1;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -300,9 +294,9 @@ int main(int argc, char **argv)
 			}
 			cfg.io = io;
 		}
-		double t = now_s();
+		double t = dp_clock_s();
 		r = dp_engram_store_new(h, hd, o.tables, &cfg, &md->s, err, sizeof(err));
-		md->load_s = now_s() - t;
+		md->load_s = dp_clock_s() - t;
 		if (r < 0) {
 			fprintf(stderr, "bench-engram: %s: %s: %s\n", md->name, o.tables,
 				*err ? err : strerror(-r));
@@ -379,9 +373,9 @@ int main(int argc, char **argv)
 				dp_v4_model_set_engram(m, &p);
 				if (io)
 					dp_io_get_stats(io, &a_io);
-				double a = now_s();
+				double a = dp_clock_s();
 				STEP(md, at, 1);
-				spent[i] += now_s() - a;
+				spent[i] += dp_clock_s() - a;
 				if (io) { /* this mode's share of the engine's counters */
 					dp_io_get_stats(io, &b_io);
 					md->io1.submits += b_io.submits - a_io.submits;
