@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/err.h"
 #include "daemon/batch.h"
 #include "daemon/experts.h"
 #include "daemon/log.h"
@@ -87,13 +88,6 @@ struct compute {
 };
 
 #define TRACE_N 4096u
-
-uint64_t dp_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 int dp_server_send(struct dp_server *srv, struct dp_msg *m)
 {
@@ -184,7 +178,7 @@ static void send_error(struct compute *c, const struct dp_msg *m, uint32_t code,
 	if (text) {
 		va_list ap;
 		va_start(ap, fmt);
-		vsnprintf(text, 512, fmt, ap);
+		dp_verrf(text, 512, fmt, ap);
 		va_end(ap);
 	}
 	struct dp_event ev = { .kind = DP_EV_ERROR, .to = m->from, .request_id = m->request_id,
@@ -382,7 +376,7 @@ static int admit_one(struct compute *c, struct req *r)
 			if (mine)
 				(*mine)++;
 		}
-		uint64_t t0 = dp_now_ns();
+		uint64_t t0 = dp_clock_ns();
 		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
 		bool parked = was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME;
 		if (parked && c->restore_mode == DP_RESTORE_RECOMPUTE) /* the no-reuse baseline */
@@ -404,7 +398,7 @@ static int admit_one(struct compute *c, struct req *r)
 			if (ri.active)
 				r->t_restore = t0; /* traced when it completes */
 			else
-				trace_add(c, "restore", 1, t0, dp_now_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
+				trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
 					  (uint32_t)was);
 		}
 	} else if ((ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
@@ -436,7 +430,7 @@ static int admit_one(struct compute *c, struct req *r)
 		send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "invalid sampling parameters");
 		return -EINVAL;
 	}
-	r->t_admit = dp_now_ns();
+	r->t_admit = dp_clock_ns();
 	c->st.requests_started++;
 	log_debug("request %llu of connection %u: session %s, context %llu (state at %u), prompt %u, "
 		  "max_new %u", (unsigned long long)m->request_id, m->from.conn,
@@ -483,7 +477,7 @@ static void emit(struct compute *c, struct req *r, const int32_t *ids, uint32_t 
 	if (n)
 		memcpy(ev.ids, ids, n * sizeof(*ids));
 	if (finish) {
-		uint64_t now = dp_now_ns();
+		uint64_t now = dp_clock_ns();
 		ev.prompt_tokens = r->prompt;
 		ev.cached_tokens = r->cached;
 		ev.generated_tokens = r->generated;
@@ -670,7 +664,7 @@ static void emit_item(struct compute *c, uint32_t i)
 		struct dp_kv_restore_info ri;
 		dp_kv_session_restore_info(srv->kv, r->sess, &ri);
 		if (!ri.active) {
-			trace_add(c, "restore", 1, r->t_restore, dp_now_ns(), (uint32_t)r->cached,
+			trace_add(c, "restore", 1, r->t_restore, dp_clock_ns(), (uint32_t)r->cached,
 				  (uint32_t)r->restored_from);
 			r->t_restore = 0;
 		}
@@ -694,7 +688,7 @@ static void emit_item(struct compute *c, uint32_t i)
 	r->generated++;
 	atomic_fetch_add_explicit(&srv->tokens_out, 1, memory_order_relaxed);
 	if (!r->t_first)
-		r->t_first = dp_now_ns();
+		r->t_first = dp_clock_ns();
 	uint32_t finish = 0;
 	if (!r->msg->ignore_eos && is_eos(srv, t))
 		finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
@@ -726,7 +720,7 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 	uint32_t step_tokens = 0;
 	for (uint32_t i = 0; i < n; i++)
 		step_tokens += c->items[i].n_tokens;
-	uint64_t dt = dp_now_ns() - t0;
+	uint64_t dt = dp_clock_ns() - t0;
 	struct dp_kv_stats ks;
 	dp_kv_stats(srv->kv, &ks);
 	uint64_t stall = ks.restore_stall_ns - c->stall_seen;
@@ -754,7 +748,7 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 /* One forward step: form the batch, run it, emit what it produced. */
 static int step(struct compute *c)
 {
-	uint64_t t0 = dp_now_ns();
+	uint64_t t0 = dp_clock_ns();
 	uint32_t n = form_batch(c);
 	if (n == 0)
 		return 0;
@@ -924,7 +918,7 @@ static void start_drain(struct compute *c, uint32_t grace_ms)
 	if (!c->draining) {
 		c->draining = true;
 		atomic_store(&c->srv->state, DP_STATE_DRAINING);
-		c->drain_deadline = dp_now_ns() + (uint64_t)(grace_ms ? grace_ms : c->srv->cfg.drain_grace_ms) * 1000000u;
+		c->drain_deadline = dp_clock_ns() + (uint64_t)(grace_ms ? grace_ms : c->srv->cfg.drain_grace_ms) * 1000000u;
 		log_notice("draining: %u running, %u waiting; cancelling what still runs in %u ms",
 			   c->n_active, c->n_waiting, grace_ms ? grace_ms : c->srv->cfg.drain_grace_ms);
 		/* waiting requests never start */
@@ -945,7 +939,7 @@ static void handle(struct compute *c, struct dp_msg *m)
 	struct dp_server *srv = c->srv;
 	switch (m->kind) {
 	case DP_MSG_GENERATE:
-		m->t_recv_ns = m->t_recv_ns ? m->t_recv_ns : dp_now_ns();
+		m->t_recv_ns = m->t_recv_ns ? m->t_recv_ns : dp_clock_ns();
 		on_generate(c, m);
 		return; /* owns m now */
 	case DP_MSG_CANCEL:
@@ -1063,7 +1057,7 @@ void *dp_compute_main(void *arg)
 		       (k = dp_ring_dequeue_burst(srv->to_compute, msgs, 64)) > 0)
 			for (uint32_t i = 0; i < k; i++)
 				handle(&c, msgs[i]);
-		if (c.draining && dp_now_ns() > c.drain_deadline) {
+		if (c.draining && dp_clock_ns() > c.drain_deadline) {
 			for (struct req *r = c.active; r; r = r->next)
 				r->cancelled = true;
 		}

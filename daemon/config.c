@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "base/macros.h"
 #include "daemon/config.h"
 #include "model/v4.h"
 
@@ -210,7 +211,7 @@ static const struct opt opts[] = {
 
 _Static_assert(MiB >= DP_V4_PAGE_BYTES + 4096, "a nonzero tier budget holds a page and a slot");
 
-#define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+#define N_OPTS DP_ARRAY_SIZE(opts)
 
 static const char *const restore_names[DP_RESTORE_MODE_MAX] = { "dualpath", "full", "recompute" };
 

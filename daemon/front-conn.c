@@ -177,7 +177,7 @@ void front_conn_flush(struct front *f, uint32_t slot)
 			return;
 		}
 		dp_frame_buf_consume(&c->out, (size_t)n);
-		c->active_ns = dp_now_ns();
+		c->active_ns = dp_clock_ns();
 	}
 	if (!c->out.len && c->out.cap > (64u << 10)) /* drop what a burst grew */
 		dp_frame_buf_fini(&c->out);
@@ -328,7 +328,7 @@ static void refuse(struct front *f, int fd, const char *why)
  */
 static void pause_accept(struct front *f, int err)
 {
-	uint64_t now = dp_now_ns();
+	uint64_t now = dp_clock_ns();
 	f->accept_errors++;
 	if (!f->accept_paused) {
 		epoll_ctl(f->ep, EPOLL_CTL_DEL, f->srv->listen_fd, NULL);
@@ -393,7 +393,7 @@ void front_on_accept(struct front *f)
 		c->uid = cred.uid;
 		c->pid = cred.pid;
 		c->admin = admin;
-		c->opened_ns = c->active_ns = dp_now_ns();
+		c->opened_ns = c->active_ns = dp_clock_ns();
 		snprintf(c->name, sizeof(c->name), "%u (pid %d, uid %u)", slot, (int)c->pid, (unsigned)c->uid);
 		if (dp_frame_reader_new(cfg->max_frame_bytes, &c->rd) < 0) {
 			close(fd);
@@ -447,7 +447,7 @@ void front_on_readable(struct front *f, uint32_t slot)
 	for (int rounds = 0; c->open && !c->rd_eof && rounds < 16; rounds++) {
 		int n = dp_frame_reader_read_fd(c->rd, c->fd);
 		if (n > 0)
-			c->active_ns = dp_now_ns();
+			c->active_ns = dp_clock_ns();
 		front_conn_account(f, c);
 		const uint8_t *body;
 		size_t len;

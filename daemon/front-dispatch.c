@@ -74,7 +74,7 @@ static void on_health(struct front *f, uint32_t slot, uint64_t request_id)
 	Dualpath__V1__HealthReply h = DUALPATH__V1__HEALTH_REPLY__INIT;
 	Dualpath__V1__Response r = DUALPATH__V1__RESPONSE__INIT;
 	h.status = health_status(srv);
-	h.uptime_ms = (dp_now_ns() - srv->start_ns) / 1000000;
+	h.uptime_ms = (dp_clock_ns() - srv->start_ns) / 1000000;
 	h.backend = (char *)dp_gpu_kind_name(dp_gpu_kind_of(srv->gpu));
 	h.sessions = atomic_load_explicit(&srv->n_sessions, memory_order_relaxed);
 	h.active_requests = atomic_load_explicit(&srv->n_active, memory_order_relaxed);
@@ -188,7 +188,7 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 	} else {
 		m->sampling.top_p = 1.0f;
 	}
-	m->t_recv_ns = dp_now_ns();
+	m->t_recv_ns = dp_clock_ns();
 	if (c->n_reqs == c->cap_reqs) {
 		uint32_t cap = c->cap_reqs ? 2 * c->cap_reqs : 4;
 		struct freq *q = realloc(c->reqs, cap * sizeof(*q));

@@ -46,7 +46,7 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 #define C(name, help, v) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), NULL, NULL)
 #define GL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, false, (double)(v), ln, lv)
 #define CL(name, help, v, ln, lv) add_metric(m, ptrs, &n, lab, MAXM, name, help, true, (double)(v), ln, lv)
-	G("dualpath_uptime_seconds", "seconds since start", (dp_now_ns() - srv->start_ns) / 1e9);
+	G("dualpath_uptime_seconds", "seconds since start", (dp_clock_ns() - srv->start_ns) / 1e9);
 	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
 	G("dualpath_draining", "1 while draining", s->draining);
 	G("dualpath_connections", "open client connections", f->n_open);

@@ -53,7 +53,7 @@ void *dp_front_main(void *arg)
 		dp_waiter_consume(&srv->front_wake);
 		front_drain_events(&f);
 		front_send_closes(&f);
-		uint64_t now = dp_now_ns();
+		uint64_t now = dp_clock_ns();
 		front_resume_accept(&f, now);
 		front_sweep(&f, now);
 		for (int i = 0; i < n; i++) {

@@ -132,7 +132,7 @@ static int open_experts(struct dp_server *srv, char *err, size_t err_len)
 	return ret;
 }
 
-/* The io thread: an io_uring engine (kvcache/io.h) for the NVMe tier. */
+/* The io thread: an io_uring engine (io/io.h) for the NVMe tier. */
 static int start_io(struct dp_server *srv, char *err, size_t err_len)
 {
 	struct dp_config *cfg = &srv->cfg;
@@ -366,7 +366,7 @@ static int run(struct dp_server *srv)
 	char err[1024] = "";
 	int ret;
 
-	srv->start_ns = dp_now_ns();
+	srv->start_ns = dp_clock_ns();
 	atomic_store(&srv->state, DP_STATE_STARTING);
 	if ((ret = size_connections(&srv->cfg, err, sizeof(err))) < 0)
 		goto fail;

@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "base/clock.h"
 #include "daemon/config.h"
 #include "io/io.h"
 #include "engram/engram.h"
@@ -223,6 +224,5 @@ void *dp_compute_main(void *arg);
 /* Hand a message to compute (any thread). -EAGAIN when the ring is full. */
 int dp_server_send(struct dp_server *srv, struct dp_msg *m);
 
-uint64_t dp_now_ns(void);
 
 #endif /* DP_DAEMON_SERVER_H */

@@ -7,6 +7,7 @@
 
 #include "io/io.h"
 #include "kvcache/journal.h"
+#include "base/clock.h"
 #include "kvcache/kvcache.h"
 #include "sched/topo.h"
 
@@ -178,8 +179,6 @@ struct dp_kv {
 
 	struct dp_kv_stats st;
 };
-
-uint64_t dp_kv_now_ns(void);
 
 /* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
  * a new sequence with a gate; complete one (wait for every layer; on a

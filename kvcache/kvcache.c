@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base/clock.h"
 #include "kvcache/kvcache-internal.h"
 
 static const char *const tier_names[DP_KV_TIER_MAX] = { "device", "dram", "nvme", "none" };
@@ -17,13 +18,6 @@ static const char *const tier_names[DP_KV_TIER_MAX] = { "device", "dram", "nvme"
 const char *dp_kv_tier_name(enum dp_kv_tier tier)
 {
 	return tier < DP_KV_TIER_MAX ? tier_names[tier] : NULL;
-}
-
-uint64_t dp_kv_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 bool dp_kv_session_id_valid(const char *id)
@@ -123,7 +117,7 @@ static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **
 	snprintf(s->id, sizeof(s->id), "%s", id);
 	s->owner = DP_KV_OWNER_NONE;
 	s->tier = DP_KV_TIER_NONE;
-	s->last_used_ns = dp_kv_now_ns();
+	s->last_used_ns = dp_clock_ns();
 	s->index = kv->n;
 	kv->list[kv->n++] = s;
 	size_t b = hash_slot(kv, id);
@@ -291,7 +285,7 @@ bool dp_kv_session_busy(const struct dp_kv_session *s)
 uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s)
 {
 	(void)kv;
-	return s->busy ? 0 : dp_kv_now_ns() - s->last_used_ns;
+	return s->busy ? 0 : dp_clock_ns() - s->last_used_ns;
 }
 
 size_t dp_kv_session_bytes(const struct dp_kv_session *s)
@@ -642,7 +636,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		return -ENODATA;
 	struct dp_v4_seq *seq = NULL;
 	int r = 0;
-	uint64_t t0 = dp_kv_now_ns();
+	uint64_t t0 = dp_clock_ns();
 
 	switch (s->tier) {
 	case DP_KV_TIER_DEVICE:
@@ -661,7 +655,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		dp_kv_dram_release(kv, s);
 		kv->st.promotions++;
 		kv->st.loads++;
-		kv->st.load_ns += dp_kv_now_ns() - t0;
+		kv->st.load_ns += dp_clock_ns() - t0;
 		break;
 	}
 	case DP_KV_TIER_NVME:
@@ -669,7 +663,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		if (r == 0) {
 			kv->st.promotions++;
 			kv->st.loads++;
-			kv->st.load_ns += dp_kv_now_ns() - t0;
+			kv->st.load_ns += dp_clock_ns() - t0;
 			break;
 		}
 		if (r != -EBADMSG)
@@ -755,7 +749,7 @@ void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s)
 	s->busy = false;
 	if (s->seq)
 		s->state_pos = dp_v4_seq_pos(s->seq);
-	s->last_used_ns = dp_kv_now_ns();
+	s->last_used_ns = dp_clock_ns();
 	lru_push_head(kv, s);
 }
 

@@ -283,7 +283,7 @@ struct dp_kv_stats {
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
 
 /* When the compute path stalled: a gate waiting for a layer's pages, from t0
- * to t1 (dp_kv_now_ns clock). The cache keeps the last DP_KV_STALL_SPANS of
+ * to t1 (dp_clock_ns, base/clock.h). The cache keeps the last DP_KV_STALL_SPANS of
  * them; dp_kv_take_stalls moves up to max into out, oldest first, and
  * returns how many (spans beyond the ring were dropped: counted in
  * restore_stall_ns all the same). */

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "base/macros.h"
 #include "daemon/config.h"
 #include "dpclient.h"
 #include "tests/model/st-writer.h"
@@ -127,7 +128,7 @@ static const struct range_case {
     {"--engram-cache-rows", "engram_cache_rows", NULL, "1073741825", "between 0 and 1073741824"},
 };
 
-#define N_RANGES (sizeof(ranges) / sizeof(ranges[0]))
+#define N_RANGES DP_ARRAY_SIZE(ranges)
 
 /* the issue's case: 100000000 sequences a step allocated their logits after
  * "serving" and the daemon exited 0 */
@@ -221,7 +222,7 @@ Test(config, every_numeric_key_accepts_the_ends_of_its_range)
 	    {"--engram-cache-rows", "1073741824"},
 	    {"--max-prompt-tokens", "1048576"},
 	};
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(ok); i++) {
 		load(&l, (const char *const[]){ok[i][0], ok[i][1], NULL});
 		cr_expect_eq(l.ret, 0, "%s %s: %s", ok[i][0], ok[i][1], l.err);
 	}
@@ -264,7 +265,7 @@ Test(config, watermarks_are_fractions_with_low_below_high)
 	    {"--high-watermark", "0"},  {"--high-watermark", "1.01"}, {"--low-watermark", "-0.1"},
 	    {"--low-watermark", "nan"}, {"--high-watermark", "inf"},
 	};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++) {
 		load(&l, (const char *const[]){bad[i][0], bad[i][1], NULL});
 		cr_expect_eq(l.ret, -EINVAL, "%s %s accepted", bad[i][0], bad[i][1]);
 		cr_expect(strstr(l.err, bad[i][0] + 2) || strstr(l.err, "watermark"), "%s", l.err);
@@ -394,7 +395,7 @@ Test(config, a_bad_enum_value_is_refused_naming_the_key_and_its_values)
 	    {"--restore", "Full", "restore must be"},
 	};
 	struct loaded l;
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+	for (size_t i = 0; i < DP_ARRAY_SIZE(bad); i++) {
 		load(&l, (const char *const[]){bad[i][0], bad[i][1], NULL});
 		cr_expect_eq(l.ret, -EINVAL, "%s %s accepted", bad[i][0], bad[i][1]);
 		cr_expect(strstr(l.err, bad[i][0]) && strstr(l.err, bad[i][2]), "%s %s: %s",

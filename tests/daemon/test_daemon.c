@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include "base/macros.h"
 #include "dpclient.h"
 
 static struct daemon_proc d;
@@ -20,7 +21,7 @@ static void fini(void)
 TestSuite(daemon, .fini = fini, .timeout = 300);
 
 static const uint32_t prompt[] = { 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100 };
-#define NP (sizeof(prompt) / sizeof(prompt[0]))
+#define NP DP_ARRAY_SIZE(prompt)
 
 Test(daemon, hello_health_and_a_one_off_generate)
 {
@@ -566,7 +567,7 @@ static void convert_tables(const char *dir, char *out, size_t len)
 
 static const uint32_t bytes[] = { 'T', 'h', 'e', ' ', 'q', 'u', 'i', 'c', 'k', ' ', 'b', 'r',
 				  'o', 'w', 'n', ' ', 'f', 'o', 'x' };
-#define NB (sizeof(bytes) / sizeof(bytes[0]))
+#define NB DP_ARRAY_SIZE(bytes)
 
 /* Three turns of one session on the Engram model, parked on NVMe between
  * them, then the same context as one prompt: returns every turn's tokens

@@ -11,6 +11,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include "base/clock.h"
+#include "base/macros.h"
 #include "dpclient.h"
 
 static struct daemon_proc d;
@@ -23,14 +25,7 @@ static void fini(void)
 TestSuite(hostile, .fini = fini, .timeout = 300);
 
 static const uint32_t prompt[] = { 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100 };
-#define NP (sizeof(prompt) / sizeof(prompt[0]))
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+#define NP DP_ARRAY_SIZE(prompt)
 
 /* A metric's value from a Stats reply (-1: absent). */
 static double metric(int fd, uint64_t id, const char *name)
@@ -133,8 +128,8 @@ Test(hostile, pipelining_clients_that_never_read_cannot_deadlock_the_daemon)
 	uint8_t *buf = pipeline(&req, 4096, &len);
 	for (int i = 0; i < N; i++)
 		fds[i] = hello_only(&d);
-	uint64_t end = now_ms() + 3000;
-	while (now_ms() < end)
+	uint64_t end = dp_clock_ms() + 3000;
+	while (dp_clock_ms() < end)
 		for (int i = 0; i < N; i++)
 			push(fds[i], buf, len, &at[i]);
 	for (int i = 0; i < N; i++)
@@ -171,8 +166,8 @@ Test(hostile, clients_that_do_not_read_are_held_to_one_memory_budget)
 	uint8_t *buf = pipeline(&req, 512, &len);
 	for (int i = 0; i < N; i++)
 		fds[i] = hello_only(&d);
-	uint64_t end = now_ms() + 3000;
-	while (now_ms() < end)
+	uint64_t end = dp_clock_ms() + 3000;
+	while (dp_clock_ms() < end)
 		for (int i = 0; i < N; i++)
 			push(fds[i], buf, len, &at[i]);
 	free(buf);
@@ -185,8 +180,8 @@ Test(hostile, clients_that_do_not_read_are_held_to_one_memory_budget)
 		size_t sent = 0;
 		cr_assert_eq(send(partial[i], head, 4, MSG_NOSIGNAL), 4);
 		static uint8_t junk[1 << 16];
-		uint64_t until = now_ms() + 1000;
-		while (sent < (2u << 20) && now_ms() < until) {
+		uint64_t until = dp_clock_ms() + 1000;
+		while (sent < (2u << 20) && dp_clock_ms() < until) {
 			ssize_t k = send(partial[i], junk, sizeof(junk), MSG_NOSIGNAL | MSG_DONTWAIT);
 			if (k > 0)
 				sent += (size_t)k;
@@ -221,11 +216,11 @@ Test(hostile, a_connection_that_never_says_hello_is_closed_after_hello_timeout_m
 	int fd = try_connect(d.sock);
 	cr_assert_geq(fd, 0);
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	uint64_t t0 = now_ms();
+	uint64_t t0 = dp_clock_ms();
 	cr_assert_eq(poll(&p, 1, 5000), 1, "the daemon closes the silent connection");
 	char b;
 	cr_expect_eq(read(fd, &b, 1), 0, "end of file");
-	cr_expect_geq(now_ms() - t0, 250);
+	cr_expect_geq(dp_clock_ms() - t0, 250);
 	close(fd);
 	fd = client_connect(&d);
 	cr_expect_eq(metric(fd, 2, "dualpath_hello_timeouts_total"), 1);
@@ -241,7 +236,7 @@ Test(hostile, an_idle_connection_is_closed_after_idle_timeout_ms_but_a_busy_one_
 	/* a generation that outlasts the idle timeout several times, read
 	 * slowly: the client sends nothing meanwhile */
 	enum { MAXN = 6000 };
-	uint64_t t0 = now_ms();
+	uint64_t t0 = dp_clock_ms();
 	send_generate(busy, 7, NULL, prompt, NP, MAXN, 0, 0);
 	struct pollfd p = { .fd = idle, .events = POLLIN };
 	cr_assert_eq(poll(&p, 1, 5000), 1);
@@ -252,8 +247,8 @@ Test(hostile, an_idle_connection_is_closed_after_idle_timeout_ms_but_a_busy_one_
 	cr_expect_eq(collect(busy, 7, out, MAXN, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH,
 		     "the busy connection kept its stream");
 	cr_expect_eq(n, MAXN);
-	cr_expect_gt(now_ms() - t0, 600, "the stream outlasted the idle timeout (%llu ms)",
-		     (unsigned long long)(now_ms() - t0));
+	cr_expect_gt(dp_clock_ms() - t0, 600, "the stream outlasted the idle timeout (%llu ms)",
+		     (unsigned long long)(dp_clock_ms() - t0));
 	free(out);
 	close(idle);
 	close(busy);
