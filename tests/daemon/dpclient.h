@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,49 @@ static inline void daemon_cleanup(struct daemon_proc *d)
 	}
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
 	(void)!system(cmd);
+}
+
+/* Run dualpathd on model with its socket, state (dir/state) and log in dir
+ * (which exists), plus extra flags, expecting it to refuse to start: a
+ * non-zero exit, not 127 (exec failed). Returns its log and stderr in log. */
+static inline void daemon_start_refused(const char *dir, const char *model, const char *const *extra,
+					char *log, size_t len)
+{
+	char sock[128], state[128], logf[128], errf[128];
+	snprintf(sock, sizeof(sock), "%s/sock", dir);
+	snprintf(state, sizeof(state), "%s/state", dir);
+	snprintf(logf, sizeof(logf), "%s/log", dir);
+	snprintf(errf, sizeof(errf), "%s/stderr", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		const char *argv[32] = { getenv("DUALPATHD"), "--config", "/dev/null", "--socket", sock,
+					 "--state-dir", state, "--model", model, "--log-file",
+					 logf, "--pin-threads", "false" };
+		int n = 13;
+		for (int i = 0; extra && extra[i] && n < 30; i++)
+			argv[n++] = extra[i];
+		argv[n] = NULL;
+		int efd = open(errf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (efd >= 0)
+			dup2(efd, 2); /* errors before the log file opens (the config's) */
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
+		  "dualpathd refused to start (status %d)", st);
+	size_t n = 0;
+	const char *files[] = { logf, errf };
+	for (int i = 0; i < 2; i++) {
+		FILE *f = fopen(files[i], "r");
+		if (f) {
+			n += fread(log + n, 1, len - 1 - n, f);
+			fclose(f);
+		}
+	}
+	log[n] = 0;
 }
 
 /* ---- a client ---------------------------------------------------------------- */

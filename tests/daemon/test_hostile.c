@@ -41,29 +41,43 @@ static double metric(int fd, uint64_t id, const char *name)
 	return v;
 }
 
-/* Health answers within the timeout (the daemon is not stuck). */
-static bool healthy(const struct daemon_proc *dp)
+/* A connection that said Hello, made without Criterion's asserts (for
+ * children and checks that must not abort the test); -1 on failure. */
+static int child_connect(const struct daemon_proc *dp)
 {
 	int fd = try_connect(dp->sock);
 	if (fd < 0)
-		return false;
+		return -1;
 	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
-	Dualpath__V1__HealthRequest he = DUALPATH__V1__HEALTH_REQUEST__INIT;
 	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
 	h.protocol_version = 1;
 	r.request_id = 1;
 	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
 	r.hello = &h;
-	bool ok = send_req(fd, &r) == 0;
+	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
+	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
+	dp_proto_response_free(resp);
+	if (!ok) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Health answers within the timeout (the daemon is not stuck). */
+static bool healthy(const struct daemon_proc *dp)
+{
+	int fd = child_connect(dp);
+	if (fd < 0)
+		return false;
+	Dualpath__V1__HealthRequest he = DUALPATH__V1__HEALTH_REQUEST__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
 	r.request_id = 2;
 	r.body_case = DUALPATH__V1__REQUEST__BODY_HEALTH;
 	r.health = &he;
-	ok = ok && send_req(fd, &r) == 0;
-	for (int i = 0; ok && i < 2; i++) {
-		Dualpath__V1__Response *resp = recv_resp(fd, 10000);
-		ok = resp && (i == 0 || resp->body_case == DUALPATH__V1__RESPONSE__BODY_HEALTH);
-		dp_proto_response_free(resp);
-	}
+	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
+	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HEALTH;
+	dp_proto_response_free(resp);
 	close(fd);
 	return ok;
 }
@@ -107,6 +121,23 @@ static void push(int fd, const uint8_t *buf, size_t len, size_t *at)
 	*at = 0; /* all of it went: start over */
 }
 
+/* Open n connections that say Hello, then, for ms, pipeline copies of req
+ * on all of them without ever reading. */
+static void flood(Dualpath__V1__Request *req, size_t copies, int *fds, int n, int ms)
+{
+	size_t len, *at = calloc((size_t)n, sizeof(*at));
+	cr_assert_not_null(at);
+	uint8_t *buf = pipeline(req, copies, &len);
+	for (int i = 0; i < n; i++)
+		fds[i] = hello_only(&d);
+	uint64_t end = dp_clock_ms() + (uint64_t)ms;
+	while (dp_clock_ms() < end)
+		for (int i = 0; i < n; i++)
+			push(fds[i], buf, len, &at[i]);
+	free(buf);
+	free(at);
+}
+
 Test(hostile, pipelining_clients_that_never_read_cannot_deadlock_the_daemon)
 {
 	/* Hundreds of connections pipeline Cancels (each answered by compute
@@ -117,24 +148,15 @@ Test(hostile, pipelining_clients_that_never_read_cannot_deadlock_the_daemon)
 	daemon_start(&d, NULL);
 	enum { N = 200 };
 	int fds[N];
-	size_t at[N] = { 0 };
 	Dualpath__V1__Cancel c = DUALPATH__V1__CANCEL__INIT;
 	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
 	c.target_request_id = 12345;
 	req.request_id = 9;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_CANCEL;
 	req.cancel = &c;
-	size_t len;
-	uint8_t *buf = pipeline(&req, 4096, &len);
-	for (int i = 0; i < N; i++)
-		fds[i] = hello_only(&d);
-	uint64_t end = dp_clock_ms() + 3000;
-	while (dp_clock_ms() < end)
-		for (int i = 0; i < N; i++)
-			push(fds[i], buf, len, &at[i]);
+	flood(&req, 4096, fds, N, 3000);
 	for (int i = 0; i < N; i++)
 		abort_close(fds[i]);
-	free(buf);
 
 	cr_assert(healthy(&d), "health answers after the flood");
 	int fd = client_connect(&d);
@@ -156,21 +178,12 @@ Test(hostile, clients_that_do_not_read_are_held_to_one_memory_budget)
 	daemon_start(&d, extra);
 	enum { N = 48 };
 	int fds[N];
-	size_t at[N] = { 0 };
 	Dualpath__V1__StatsRequest st = DUALPATH__V1__STATS_REQUEST__INIT;
 	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
 	req.request_id = 5;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_STATS;
 	req.stats = &st;
-	size_t len;
-	uint8_t *buf = pipeline(&req, 512, &len);
-	for (int i = 0; i < N; i++)
-		fds[i] = hello_only(&d);
-	uint64_t end = dp_clock_ms() + 3000;
-	while (dp_clock_ms() < end)
-		for (int i = 0; i < N; i++)
-			push(fds[i], buf, len, &at[i]);
-	free(buf);
+	flood(&req, 512, fds, N, 3000);
 	/* a partial frame that announces 3 MiB and sends 2 of them, on each
 	 * of a few connections: input held counts too */
 	int partial[4];
@@ -403,26 +416,9 @@ Test(hostile, an_operator_can_connect_when_clients_hold_every_other_slot)
 		if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
 			_exit(10);
 		int held = 0; /* the connections stay open until the child is killed */
-		for (int i = 0; i < 16; i++) {
-			int fd = try_connect(d.sock);
-			if (fd < 0)
-				break;
-			Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
-			Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
-			h.protocol_version = 1;
-			r.request_id = 1;
-			r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
-			r.hello = &h;
-			send_req(fd, &r);
-			Dualpath__V1__Response *resp = recv_resp(fd, 5000);
-			bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
-			dp_proto_response_free(resp);
-			if (!ok) {
-				close(fd);
-				continue;
-			}
-			held++;
-		}
+		for (int i = 0; i < 16; i++)
+			if (child_connect(&d) >= 0)
+				held++;
 		(void)!write(pipefd[1], &held, sizeof(held));
 		pause(); /* hold them until killed */
 		_exit(0);
@@ -457,27 +453,6 @@ static int as_user(uid_t uid, int (*fn)(const struct daemon_proc *))
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 200;
 }
 
-/* A connection made without Criterion's asserts (for the children). */
-static int child_connect(const struct daemon_proc *dp)
-{
-	int fd = try_connect(dp->sock);
-	if (fd < 0)
-		return -1;
-	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
-	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
-	h.protocol_version = 1;
-	r.request_id = 1;
-	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
-	r.hello = &h;
-	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
-	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
-	dp_proto_response_free(resp);
-	if (!ok) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
 
 /* Generate on a session; returns the finish reason or -code. */
 static int child_generate(int fd, uint64_t id, const char *session, uint32_t n)

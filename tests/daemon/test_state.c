@@ -22,37 +22,7 @@ TestSuite(state, .fini = fini, .timeout = 300);
  * caller) expecting it to refuse to start; returns what it logged. */
 static void start_refused(const char *dir, char *log, size_t len)
 {
-	char sock[128], state[128], logf[128], errf[128];
-	snprintf(sock, sizeof(sock), "%s/sock", dir);
-	snprintf(state, sizeof(state), "%s/state", dir);
-	snprintf(logf, sizeof(logf), "%s/log", dir);
-	snprintf(errf, sizeof(errf), "%s/stderr", dir);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		const char *argv[] = { getenv("DUALPATHD"), "--config", "/dev/null", "--socket", sock,
-				       "--state-dir", state, "--model", test_model(), "--log-file", logf,
-				       "--pin-threads", "false", NULL };
-		int efd = open(errf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (efd >= 0)
-			dup2(efd, 2);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	int st;
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
-		  "dualpathd refused to start (status %d)", st);
-	size_t n = 0;
-	const char *files[] = { logf, errf };
-	for (int i = 0; i < 2; i++) {
-		FILE *f = fopen(files[i], "r");
-		if (f) {
-			n += fread(log + n, 1, len - 1 - n, f);
-			fclose(f);
-		}
-	}
-	log[n] = 0;
+	daemon_start_refused(dir, test_model(), NULL, log, len);
 }
 
 Test(state, a_state_directory_writable_by_others_stops_the_daemon_with_a_clear_error)
