@@ -76,12 +76,13 @@ static const struct {
 	size_t size;
 } dtypes[DP_ST_DTYPE_MAX] = {
     [DP_ST_F32] = {"F32", 4}, [DP_ST_BF16] = {"BF16", 2}, [DP_ST_F16] = {"F16", 2},
-    [DP_ST_I64] = {"I64", 8}, [DP_ST_I32] = {"I32", 4},
+    [DP_ST_I64] = {"I64", 8}, [DP_ST_I32] = {"I32", 4}, [DP_ST_F8_E4M3] = {"F8_E4M3", 1},
+    [DP_ST_F8_E8M0] = {"F8_E8M0", 1}, [DP_ST_I8] = {"I8", 1},
 };
 
 /* Dtypes of the format we recognise but do not read. */
 static const char *const other_dtypes[] = {
-    "F64", "I8", "U8", "I16", "U16", "U32", "U64", "BOOL", "F4", "F6_E2M3", "F6_E3M2", "C64",
+    "F64", "F8_E5M2", "U8", "I16", "U16", "U32", "U64", "BOOL", "F4", "F6_E2M3", "F6_E3M2", "C64",
 };
 
 const char *dp_st_dtype_name(enum dp_st_dtype dtype)
@@ -103,15 +104,12 @@ static int parse_dtype(const char *s, const char *file, const char *tensor, enum
 			*out = (enum dp_st_dtype)i;
 			return 0;
 		}
-	if (strncmp(s, "F8_", 3) == 0)
-		return fail(e, -ENOTSUP,
-		            "%s: tensor '%s': %.20s block-scaled weights are not supported yet",
-		            file, tensor, s);
 	for (size_t i = 0; i < DP_ARRAY_SIZE(other_dtypes); i++)
 		if (strcmp(s, other_dtypes[i]) == 0)
 			return fail(e, -ENOTSUP,
 			            "%s: tensor '%s': dtype %s is not supported (F32, "
-			            "BF16, F16; I64/I32 for index tables)",
+			            "BF16, F16; I64/I32 for index tables; F8_E4M3, F8_E8M0, "
+			            "I8 for quantized weights)",
 			            file, tensor, s);
 	return fail(e, -EINVAL, "%s: tensor '%s': unknown dtype \"%.20s\"", file, tensor, s);
 }
@@ -764,7 +762,8 @@ int dp_st_to_f32(const struct dp_st_tensor *t, float *out, uint64_t n)
 
 int dp_st_read_i64(const struct dp_st_tensor *t, uint64_t first, uint64_t count, int64_t *out)
 {
-	if (!t || (!out && count) || (t->dtype != DP_ST_I64 && t->dtype != DP_ST_I32))
+	if (!t || (!out && count) ||
+	    (t->dtype != DP_ST_I64 && t->dtype != DP_ST_I32 && t->dtype != DP_ST_I8))
 		return -EINVAL;
 	if (check_range(t, first, count))
 		return -ERANGE;
@@ -773,6 +772,11 @@ int dp_st_read_i64(const struct dp_st_tensor *t, uint64_t first, uint64_t count,
 	const unsigned char *p = (const unsigned char *)t->data + first * dtypes[t->dtype].size;
 	if (t->dtype == DP_ST_I64) {
 		memcpy(out, p, count * 8);
+		return 0;
+	}
+	if (t->dtype == DP_ST_I8) {
+		for (uint64_t i = 0; i < count; i++)
+			out[i] = (int8_t)p[i];
 		return 0;
 	}
 	for (uint64_t i = 0; i < count; i++) {

@@ -22,10 +22,13 @@
  *     "data_offsets" a list of two integers 0 <= begin <= end <= data section size;
  *   - end - begin == numel * dtype size, computed without overflow;
  *   - no two tensors' byte ranges overlap (empty tensors excepted);
- *   - the dtype is F32, BF16, F16, or I64 / I32 (integer tables such as the hash-MoE tid2eid,
- *     which transformers saves as I64). F8_E4M3 / F8_E5M2 / F8_E8M0 are refused with "F8_E4M3
- *     block-scaled weights are not supported yet"; any other dtype (F64, I8, U8, BOOL, ...) with
- *     "dtype X is not supported"; an unknown string as unknown;
+ *   - the dtype is F32, BF16, F16, I64 / I32 (integer tables such as the hash-MoE tid2eid,
+ *     which the DeepSeek release and transformers save as I64), or one of the published V4
+ *     checkpoint's quantized storage dtypes: F8_E4M3 (FP8 weights), F8_E8M0 (their power-of-two
+ *     scales) and I8 (FP4 e2m1 codes, two a byte). Those three are opaque bytes here: what
+ *     they mean, and which scale goes with which weight, is model/quant.h's business.
+ *     F8_E5M2 is refused with "F8_E5M2 is not supported"; any other dtype (F64, U8, BOOL, ...)
+ *     with "dtype X is not supported"; an unknown string as unknown;
  *   - sharded: the index is a JSON object with a "weight_map" object of non-empty plain file
  *     names (no '/', no ".."); every listed shard opens and holds every tensor mapped to it; no
  *     shard holds a tensor the index does not map to it; no name appears in two shards.
@@ -65,6 +68,9 @@ enum dp_st_dtype {
 	DP_ST_F16,
 	DP_ST_I64,
 	DP_ST_I32,
+	DP_ST_F8_E4M3, /* fp8 e4m3fn codes (bias 7, 0x7f/0xff NaN) */
+	DP_ST_F8_E8M0, /* fp8 e8m0 power-of-two scales, 2^(b-127) (255 NaN) */
+	DP_ST_I8,      /* bytes: in V4 checkpoints, two fp4 e2m1 codes (low nibble first) */
 	DP_ST_DTYPE_MAX,
 };
 
@@ -112,7 +118,7 @@ long dp_st_index(const struct dp_st *st, const char *name);
 /* Look a tensor up by name. Returns 0, -ENOENT or -EINVAL. */
 int dp_st_get(const struct dp_st *st, const char *name, struct dp_st_tensor *ret);
 
-/* Names: "F32", "BF16", "F16", "I64", "I32"; NULL if out of range. Element size in bytes (0 if
+/* Names: "F32", "BF16", "F16", "I64", "I32", "F8_E4M3", "F8_E8M0", "I8"; NULL if out of range. Element size in bytes (0 if
  * out of range). */
 const char *dp_st_dtype_name(enum dp_st_dtype dtype);
 size_t dp_st_dtype_size(enum dp_st_dtype dtype);
@@ -127,14 +133,14 @@ const char *dp_st_shape_str(const struct dp_st_tensor *t, char *buf, size_t len)
 /*
  * Convert elements [first, first + count) of a float tensor (F32, BF16, F16) to float32 in out.
  * Exact (bf16 and f16 widen without rounding; NaN and infinities kept). Returns 0, or -EINVAL
- * (an integer dtype, NULL arguments) or -ERANGE (the range is outside the tensor).
+ * (an integer or quantized dtype: F8_E4M3 needs its scale, model/quant.h; NULL arguments) or -ERANGE (the range is outside the tensor).
  */
 int dp_st_read_f32(const struct dp_st_tensor *t, uint64_t first, uint64_t count, float *out);
 
 /* The whole tensor: out must hold n >= numel floats. */
 int dp_st_to_f32(const struct dp_st_tensor *t, float *out, uint64_t n);
 
-/* Elements [first, first + count) of an integer tensor (I64, I32) as int64. -EINVAL for a float
+/* Elements [first, first + count) of an integer tensor (I64, I32, I8) as int64. -EINVAL for a float
  * dtype, -ERANGE as above. */
 int dp_st_read_i64(const struct dp_st_tensor *t, uint64_t first, uint64_t count, int64_t *out);
 

@@ -322,21 +322,67 @@ Test(safetensors, overlapping_tensors_are_refused)
 	expect_open_fails(-EINVAL, "'a' and 'b' overlap", NULL);
 }
 
-Test(safetensors, f8_and_other_dtypes_are_refused_with_a_reason)
+Test(safetensors, published_quantized_dtypes_open_with_their_bytes)
 {
+	/* the V4 release: e4m3 weight, e8m0 scale, I8 packed fp4, I64 tid2eid */
+	unsigned char w8[256], s8[2] = {127, 130}, q4[8] = {0x21, 0xf8, 0, 1, 2, 3, 4, 5};
+	int64_t t2e[4] = {0, 3, 1, 2};
+	const struct stw_tensor t[] = {
+	    T("layers.0.attn.wq_a.weight", "F8_E4M3", 2, w8, sizeof(w8), 2, 128),
+	    T("layers.0.attn.wq_a.scale", "F8_E8M0", 2, s8, sizeof(s8), 1, 2),
+	    T("layers.0.ffn.experts.0.w1.weight", "I8", 2, q4, sizeof(q4), 2, 4),
+	    T("layers.0.ffn.gate.tid2eid", "I64", 2, t2e, sizeof(t2e), 2, 2),
+	};
+	struct dp_st *st;
+	struct dp_st_tensor x;
+	char err[512] = "";
+	int64_t v[8];
+	float f;
+
+	for (int i = 0; i < 256; i++)
+		w8[i] = (unsigned char)i;
+	cr_assert_eq(stw_write(path, t, 4, NULL), 0);
+	cr_assert_eq(dp_st_open_file(path, &st, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_st_get(st, "layers.0.attn.wq_a.weight", &x), 0);
+	cr_expect_eq(x.dtype, DP_ST_F8_E4M3);
+	cr_expect_eq(x.bytes, 256);
+	cr_expect_eq(memcmp(x.data, w8, 256), 0, "raw codes kept");
+	cr_expect_str_eq(dp_st_dtype_name(x.dtype), "F8_E4M3");
+	cr_expect_eq(dp_st_read_f32(&x, 0, 1, &f), -EINVAL, "e4m3 needs its scale");
+	cr_assert_eq(dp_st_get(st, "layers.0.attn.wq_a.scale", &x), 0);
+	cr_expect_eq(x.dtype, DP_ST_F8_E8M0);
+	cr_expect_eq(((const unsigned char *)x.data)[1], 130);
+	cr_expect_str_eq(dp_st_dtype_name(x.dtype), "F8_E8M0");
+	cr_assert_eq(dp_st_get(st, "layers.0.ffn.experts.0.w1.weight", &x), 0);
+	cr_expect_eq(x.dtype, DP_ST_I8);
+	cr_expect_eq(dp_st_dtype_size(x.dtype), 1);
+	cr_assert_eq(dp_st_read_i64(&x, 0, 2, v), 0);
+	cr_expect(v[0] == 0x21 && v[1] == (int8_t)0xf8);
+	cr_assert_eq(dp_st_get(st, "layers.0.ffn.gate.tid2eid", &x), 0);
+	cr_assert_eq(dp_st_read_i64(&x, 0, 4, v), 0);
+	cr_expect(v[1] == 3 && v[3] == 2);
+	dp_st_free(st);
+}
+
+Test(safetensors, quantized_tensor_of_the_wrong_size_is_refused)
+{
+	/* e4m3 [2, 4] is 8 bytes, not 16 */
 	cr_assert_eq(stw_write_raw(path,
 	                           "{\"layers.0.attn.wq_a.weight\": {\"dtype\": \"F8_E4M3\", "
+	                           "\"shape\": [2, 4], \"data_offsets\": [0, 16]}}",
+	                           -1, "abcdefghabcdefgh", 16),
+	             0);
+	expect_open_fails(-EINVAL, "layers.0.attn.wq_a.weight", NULL);
+}
+
+Test(safetensors, e5m2_and_other_dtypes_are_refused_with_a_reason)
+{
+	cr_assert_eq(stw_write_raw(path,
+	                           "{\"layers.0.attn.wq_a.weight\": {\"dtype\": \"F8_E5M2\", "
 	                           "\"shape\": [2, 4], \"data_offsets\": [0, 8]}}",
 	                           -1, "abcdefgh", 8),
 	             0);
-	expect_open_fails(-ENOTSUP, "F8_E4M3 block-scaled weights are not supported yet",
-	                  "layers.0.attn.wq_a.weight");
-	cr_assert_eq(stw_write_raw(path,
-	                           "{\"s\": {\"dtype\": \"F8_E8M0\", \"shape\": [8], "
-	                           "\"data_offsets\": [0, 8]}}",
-	                           -1, "abcdefgh", 8),
-	             0);
-	expect_open_fails(-ENOTSUP, "F8_E8M0", "not supported yet");
+	expect_open_fails(-ENOTSUP, "dtype F8_E5M2 is not supported", "layers.0.attn.wq_a.weight");
 	cr_assert_eq(stw_write_raw(path,
 	                           "{\"d\": {\"dtype\": \"F64\", \"shape\": [1], "
 	                           "\"data_offsets\": [0, 8]}}",
