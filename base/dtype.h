@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * base/dtype.h — scalar conversions between fp32 and the narrow float formats
- * the weights and tables come in: bfloat16, IEEE binary16 (f16) and OCP fp8
- * E4M3FN. Host code; pure functions of their argument (any thread).
+ * the weights and tables come in: bfloat16, IEEE binary16 (f16), OCP fp8
+ * E4M3FN, and the two formats of DeepSeek-V4's quantized checkpoints: E8M0
+ * (power-of-two scales) and FP4 E2M1 (routed experts). Host code; pure
+ * functions of their argument (any thread).
  *
  * Rounding, where a conversion narrows, is to nearest, ties to even. Widening
  * (to fp32) is exact for all three formats.
@@ -108,6 +110,31 @@ static inline uint8_t dp_f32_to_e4m3(float f)
 	if (code > 0x7e)
 		code = 0x7e;
 	return (uint8_t)(sign | (uint8_t)code);
+}
+
+/* ---- fp8 E8M0 (OCP MX scale): a bare biased exponent ----------------------------- */
+
+/*
+ * Code b in 0..254 is 2^(b - 127) (b = 0 is 2^-127, an fp32 subnormal: still exact); 255 is
+ * NaN. Never move scale bytes through a float cast: convert them here, one code at a time.
+ */
+#define DP_E8M0_NAN 0xffu
+
+static inline float dp_e8m0_to_f32(uint8_t b)
+{
+	return b == DP_E8M0_NAN ? NAN : ldexpf(1.0f, (int)b - 127);
+}
+
+/* ---- fp4 E2M1 (OCP MX): s ee m -------------------------------------------------------- */
+
+/* Bits 2..0 pick the magnitude 0, 0.5, 1, 1.5, 2, 3, 4, 6; bit 3 is the sign. The high bits
+ * of `code` are ignored. Every code is finite. */
+static inline float dp_e2m1_to_f32(uint8_t code)
+{
+	static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+	float a = mag[code & 7];
+
+	return (code & 8) ? -a : a;
 }
 
 #endif /* DP_BASE_DTYPE_H */
