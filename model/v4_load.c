@@ -16,6 +16,7 @@
 
 #include "base/err.h"
 #include "base/macros.h"
+#include "model/quant.h"
 #include "model/safetensors.h"
 #include "model/v4-internal.h"
 #include "model/weights.h"
@@ -37,21 +38,45 @@ static int fail(struct loader *ld, int ret, const char *fmt, ...)
 	return ret;
 }
 
-/* Fill rows [row0, row0 + rows of t) of w[index] from tensor t. */
-static int fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
-		const struct dp_st_tensor *t)
+/*
+ * Fill rows [row0, row0 + n_rows) of w[index] from rows [src0, src0 + n_rows) of tensor t,
+ * dequantized exactly when t is an FP8 or FP4 weight (model/quant.h: its scale is the one
+ * weights.c checked). n_rows 0: all of t's rows from src0 on.
+ */
+static int fill_rows(struct loader *ld, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+		     const struct dp_st_tensor *t, uint64_t src0, uint64_t n_rows)
 {
-	uint64_t rows = t->ndim >= 2 ? (uint64_t)t->shape[t->ndim - 2] : 1;
-	uint64_t cols = t->ndim >= 1 ? (uint64_t)t->shape[t->ndim - 1] : 1;
+	struct dp_st_tensor sc;
+	const struct dp_st_tensor *scale = NULL;
+	uint64_t rows, cols;
+	int ret = dp_v4_weights_scale(ld->w, t, &sc);
+
+	if (ret == 0)
+		scale = &sc;
+	else if (ret != -ENOENT)
+		return fail(ld, ret, "internal: no scale lookup for %s", t->name);
+	if (scale) {
+		if ((ret = dp_quant_logical_shape(t, &rows, &cols)) < 0)
+			return fail(ld, ret, "%s: %s is not a 2-d weight", t->file, t->name);
+	} else {
+		rows = t->ndim >= 2 ? (uint64_t)t->shape[t->ndim - 2] : 1;
+		cols = t->ndim >= 1 ? (uint64_t)t->shape[t->ndim - 1] : 1;
+	}
+	if (!n_rows)
+		n_rows = rows - src0;
 	uint64_t step = cols > (1u << 20) ? 1 : (1u << 20) / cols;
 	float *buf = malloc(step * cols * sizeof(float));
-	int ret = 0;
 
+	ret = 0;
 	if (!buf)
 		return fail(ld, -ENOMEM, "out of memory loading %s", t->name);
-	for (uint64_t r = 0; r < rows && ret == 0; r += step) {
-		uint64_t k = rows - r < step ? rows - r : step;
-		ret = dp_st_read_f32(t, r * cols, k * cols, buf);
+	for (uint64_t r = 0; r < n_rows && ret == 0; r += step) {
+		uint64_t k = n_rows - r < step ? n_rows - r : step;
+		ret = dp_quant_dequant_rows(t, scale, src0 + r, k, buf, ld->err, ld->err_len);
+		if (ret == -EINVAL && scale) { /* a NaN code: err names it */
+			free(buf);
+			return ret;
+		}
 		if (ret == 0)
 			ret = dp_gpu_weight_fill(ld->m->g, w, index, row0 + (uint32_t)r, (uint32_t)k, buf,
 						 DP_DTYPE_F32);
@@ -61,6 +86,12 @@ static int fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index, uint
 		return fail(ld, ret, "%s: loading tensor %s onto the %s backend failed: %s", t->file,
 			    t->name, dp_gpu_kind_name(dp_gpu_kind_of(ld->m->g)), strerror(-ret));
 	return 0;
+}
+
+static int fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
+		const struct dp_st_tensor *t)
+{
+	return fill_rows(ld, w, index, row0, t, 0, 0);
 }
 
 static int tensor(struct loader *ld, int layer, int kind, struct dp_st_tensor *t)
@@ -88,8 +119,13 @@ static int load_matrix(struct loader *ld, int layer, int kind, struct dp_gpu_wei
 	struct dp_st_tensor t;
 	int ret;
 
-	if ((ret = tensor(ld, layer, kind, &t)) < 0 ||
-	    (ret = alloc_w(ld, 1, (uint32_t)t.shape[0], (uint32_t)t.shape[1], w)) < 0)
+	uint64_t rows, cols;
+
+	if ((ret = tensor(ld, layer, kind, &t)) < 0)
+		return ret;
+	if (dp_quant_logical_shape(&t, &rows, &cols) < 0)
+		rows = (uint64_t)t.shape[0], cols = (uint64_t)t.shape[1];
+	if ((ret = alloc_w(ld, 1, (uint32_t)rows, (uint32_t)cols, w)) < 0)
 		return ret;
 	return fill(ld, w, 0, 0, &t);
 }
@@ -243,14 +279,8 @@ static int load_layer(struct loader *ld, int l)
 		struct dp_st_tensor t;
 		TRY(tensor(ld, l, DP_V4_W_O_A, &t));
 		TRY(alloc_w(ld, G, R, H * d / G, &w->o_a));
-		for (uint32_t gi = 0; gi < G; gi++) {
-			struct dp_st_tensor sub = t;
-			sub.shape[0] = R;
-			sub.numel = (uint64_t)R * (H * d / G);
-			sub.bytes = sub.numel * dp_st_dtype_size(t.dtype);
-			sub.data = (const char *)t.data + (size_t)gi * sub.bytes;
-			TRY(fill(ld, &w->o_a, gi, 0, &sub));
-		}
+		for (uint32_t gi = 0; gi < G; gi++)
+			TRY(fill_rows(ld, &w->o_a, gi, 0, &t, (uint64_t)gi * R, R));
 	}
 	TRY(load_matrix(ld, l, DP_V4_W_O_B, &w->o_b));
 	TRY(load_vector(ld, l, DP_V4_W_SINKS, &w->sinks));

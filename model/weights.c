@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "base/err.h"
+#include "base/macros.h"
+#include "model/quant.h"
 
 /* Which layers carry a per-layer kind. */
 enum need {
@@ -96,6 +98,41 @@ static const struct {
     [DP_V4_W_ENGRAM_MAP] = {{"model.engram.compression_map", "engram.compression_map"}, "[V]"},
 };
 
+/* Kinds the published checkpoints may store as FP8 block weights (model/quant.h): the matrices
+ * the loader dequantizes row by row. Vectors, mHC tensors and position biases are float. */
+static bool may_be_fp8(enum dp_v4_layer_tensor t)
+{
+	switch (t) {
+	case DP_V4_W_Q_A:
+	case DP_V4_W_Q_B:
+	case DP_V4_W_KV:
+	case DP_V4_W_O_A:
+	case DP_V4_W_O_B:
+	case DP_V4_W_CMP_KV:
+	case DP_V4_W_CMP_GATE:
+	case DP_V4_W_IDX_KV:
+	case DP_V4_W_IDX_GATE:
+	case DP_V4_W_IDX_Q_B:
+	case DP_V4_W_IDX_WEIGHTS:
+	case DP_V4_W_ROUTER:
+	case DP_V4_W_SHARED_GATE:
+	case DP_V4_W_SHARED_UP:
+	case DP_V4_W_SHARED_DOWN:
+	case DP_V4_W_ENGRAM_WKV:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* What a tensor may be stored as. */
+enum store {
+	STORE_FLOAT,   /* F32, BF16, F16 */
+	STORE_INT,     /* I64, I32 */
+	STORE_FP8,     /* float, or FP8 block weight + scale */
+	STORE_FP8_FP4, /* float, FP8 or FP4 (routed experts) */
+};
+
 /* expert matrices: saved leaf per part, and the fused module tensors */
 static const char *const expert_leaf[DP_V4_EXPERT_PART_MAX] = {"w1", "w3", "w2"};
 static const char *const expert_part_name[DP_V4_EXPERT_PART_MAX] = {"gate", "up", "down"};
@@ -119,6 +156,7 @@ struct layer_experts {
 struct dp_v4_weights {
 	const struct dp_v4_config *c;
 	const struct dp_st *st;
+	long *scale_of; /* per dp_st tensor: its scale's index, or -1 */
 	long global[DP_V4_W_GLOBAL_MAX];
 	long *layer; /* [num_hidden_layers][DP_V4_W_LAYER_MAX]; -1: none */
 	struct layer_experts *experts;
@@ -130,6 +168,7 @@ struct dp_v4_weights {
 struct build {
 	struct dp_v4_weights *w;
 	unsigned char *claimed; /* per dp_st tensor */
+	bool mtp;               /* claims count as the MTP block's */
 	char *err;
 	size_t err_len;
 };
@@ -144,35 +183,73 @@ __attribute__((format(printf, 3, 4))) static int fail(struct build *b, int r, co
 	return r;
 }
 
-static bool needed(const struct dp_v4_config *c, int layer, enum need need)
+/*
+ * One transformer block's tensors: a layer of the model ("model.layers.L." / "layers.L."), or
+ * an MTP block ("mtp.K.", the release's spelling only: a sliding-attention, top-k MoE block).
+ */
+struct blk {
+	int layer;                 /* the layer, or -1 - K for MTP block K */
+	enum dp_v4_layer_type lt;
+	enum dp_v4_mlp_type mt;
+	int rate;                  /* compress rate (0: sliding) */
+	bool engram;
+	char pfx[3][32];           /* module, saved, upstream prefixes ("" none) */
+	char label[32];            /* "layer 3", "MTP block 0" */
+};
+
+static void blk_layer(const struct dp_v4_config *c, int layer, struct blk *k)
+{
+	memset(k, 0, sizeof(*k));
+	k->layer = layer;
+	k->lt = c->layer_types[layer];
+	k->mt = c->mlp_layer_types[layer];
+	k->rate = dp_v4_compress_rate(c, layer);
+	k->engram = dp_v4_engram_slot(c, layer) >= 0;
+	snprintf(k->pfx[0], sizeof(k->pfx[0]), "model.layers.%d.", layer);
+	snprintf(k->pfx[1], sizeof(k->pfx[1]), "model.layers.%d.", layer);
+	snprintf(k->pfx[2], sizeof(k->pfx[2]), "layers.%d.", layer);
+	snprintf(k->label, sizeof(k->label), "layer %d", layer);
+}
+
+static void blk_mtp(int k_mtp, struct blk *k)
+{
+	memset(k, 0, sizeof(*k));
+	k->layer = -1 - k_mtp;
+	k->lt = DP_V4_LAYER_SLIDING;
+	k->mt = DP_V4_MLP_MOE;
+	snprintf(k->pfx[2], sizeof(k->pfx[2]), "mtp.%d.", k_mtp);
+	snprintf(k->label, sizeof(k->label), "MTP block %d", k_mtp);
+}
+
+static bool needed(const struct blk *k, enum need need)
 {
 	switch (need) {
 	case NEED_ALL:
 		return true;
 	case NEED_COMPRESSED:
-		return c->layer_types[layer] != DP_V4_LAYER_SLIDING;
+		return k->lt != DP_V4_LAYER_SLIDING;
 	case NEED_CSA:
-		return c->layer_types[layer] == DP_V4_LAYER_CSA;
+		return k->lt == DP_V4_LAYER_CSA;
 	case NEED_MOE:
-		return c->mlp_layer_types[layer] == DP_V4_MLP_MOE;
+		return k->mt == DP_V4_MLP_MOE;
 	case NEED_HASH:
-		return c->mlp_layer_types[layer] == DP_V4_MLP_HASH_MOE;
+		return k->mt == DP_V4_MLP_HASH_MOE;
 	case NEED_ENGRAM:
-		return dp_v4_engram_slot(c, layer) >= 0;
+		return k->engram;
 	}
 	return false;
 }
 
 /* Expected shape of a per-layer kind (the config guarantees every product fits). */
-static int layer_shape(const struct dp_v4_config *c, int layer, enum dp_v4_layer_tensor t,
-                       int64_t *s)
+static int layer_shape(const struct dp_v4_config *c, const struct blk *k,
+                       enum dp_v4_layer_tensor t, int64_t *s)
 {
 	int64_t D = c->hidden_size, n = c->hc_mult, Q = c->q_lora_rank, d = c->head_dim;
 	int64_t Hd = (int64_t)c->num_attention_heads * d,
 	        gR = (int64_t)c->o_groups * c->o_lora_rank;
 	int64_t E = c->n_routed_experts, I = c->moe_intermediate_size, ci = c->index_head_dim;
-	int64_t x = c->layer_types[layer] == DP_V4_LAYER_CSA ? 2 : 1;
-	int64_t m = dp_v4_compress_rate(c, layer);
+	int64_t x = k->lt == DP_V4_LAYER_CSA ? 2 : 1;
+	int64_t m = k->rate;
 
 	switch (t) {
 	case DP_V4_W_ATTN_HC_FN:
@@ -334,34 +411,95 @@ static int find(struct build *b, char cand[][256], int n, long *ret)
 	return 0;
 }
 
-/* Check a found tensor's shape and dtype against what `what` should be; claim it. */
+/* Claim tensor idx for the forward pass (or the MTP block). */
+static void claim(struct build *b, long idx, const struct dp_st_tensor *t)
+{
+	if (b->claimed[idx])
+		return;
+	b->claimed[idx] = 1;
+	if (b->mtp) {
+		b->w->stats.n_mtp++;
+		b->w->stats.bytes_mtp += t->bytes;
+	} else {
+		b->w->stats.n_used++;
+		b->w->stats.bytes_used += t->bytes;
+	}
+}
+
+/* The scale of quantized weight t: "X.weight" -> "X.scale" (the release), or
+ * "X.weight_scale_inv" (transformers' spelling). -ENOENT when neither is there. */
+static int find_scale(struct build *b, const struct dp_st_tensor *t, long *ret, char *name,
+                      size_t name_len)
+{
+	char cand[2][256];
+	size_t n = strlen(t->name);
+
+	if (n < 7 || strcmp(t->name + n - 7, ".weight") != 0 || n + 12 > sizeof(cand[0])) {
+		snprintf(name, name_len, "%s.scale", t->name);
+		return -ENOENT;
+	}
+	snprintf(cand[0], sizeof(cand[0]), "%.*s.scale", (int)(n - 7), t->name);
+	snprintf(cand[1], sizeof(cand[1]), "%s_scale_inv", t->name);
+	snprintf(name, name_len, "%s", cand[0]);
+	return find(b, cand, 2, ret);
+}
+
+/* Check a found tensor's shape and dtype against what `what` should be; for a quantized
+ * weight, find and check its scale too (model/quant.h); claim both. */
 static int check(struct build *b, long idx, const int64_t *want, int nd, const char *sym,
-                 bool integer, const char *what)
+                 enum store store, const char *what)
 {
 	struct dp_st_tensor t;
-	char have[128], exp[128];
+	char have[128], exp[128], sname[300];
+	int fmt, r;
+	long sidx = -1;
 	bool same;
 
 	dp_st_at(b->w->st, (size_t)idx, &t);
+	fmt = dp_quant_format_of(t.dtype);
+	if (store == STORE_INT ? (t.dtype != DP_ST_I64 && t.dtype != DP_ST_I32)
+	                       : fmt < 0 || (fmt == DP_QUANT_FP8 && store < STORE_FP8) ||
+	                             (fmt == DP_QUANT_FP4 && store < STORE_FP8_FP4))
+		return fail(b, -EINVAL, "%s: tensor '%s' (%s): dtype %s, expected %s", t.file, t.name,
+		            what, dp_st_dtype_name(t.dtype),
+		            store == STORE_INT      ? "an integer type (I64 or I32)"
+		            : store == STORE_FLOAT  ? "F32, BF16 or F16"
+		            : store == STORE_FP8    ? "F32, BF16, F16 or F8_E4M3 (with a scale)"
+		                                    : "F32, BF16, F16, F8_E4M3 or I8 (FP4), with a "
+		                                      "scale when quantized");
 	same = t.ndim == nd;
 	for (int i = 0; same && i < nd; i++)
-		same = t.shape[i] == want[i];
+		same = t.shape[i] * (fmt == DP_QUANT_FP4 && i == nd - 1 ? 2 : 1) == want[i];
 	if (!same)
-		return fail(b, -EINVAL, "tensor '%s' (%s): shape %s, expected %s = %s", t.name,
-		            what, dp_st_shape_str(&t, have, sizeof(have)),
+		return fail(b, -EINVAL, "%s: tensor '%s' (%s): shape %s%s, expected %s = %s", t.file,
+		            t.name, what, dp_st_shape_str(&t, have, sizeof(have)),
+		            fmt == DP_QUANT_FP4 ? " (two FP4 codes a byte)" : "",
 		            shape_str(want, nd, exp, sizeof(exp)), sym);
-	if (integer && dp_st_dtype_is_float(t.dtype))
-		return fail(b, -EINVAL,
-		            "tensor '%s' (%s): dtype %s, expected an integer type (I64 or I32)",
-		            t.name, what, dp_st_dtype_name(t.dtype));
-	if (!integer && !dp_st_dtype_is_float(t.dtype))
-		return fail(b, -EINVAL, "tensor '%s' (%s): dtype %s, expected F32, BF16 or F16",
-		            t.name, what, dp_st_dtype_name(t.dtype));
-	if (!b->claimed[idx]) {
-		b->claimed[idx] = 1;
-		b->w->stats.n_used++;
-		b->w->stats.bytes_used += t.bytes;
+	if (store >= STORE_FP8) {
+		r = find_scale(b, &t, &sidx, sname, sizeof(sname));
+		if (r == -EINVAL)
+			return r;
+		if (fmt == DP_QUANT_NONE && r == 0)
+			return fail(b, -EINVAL,
+			            "%s: tensor '%s' (%s) is %s but the checkpoint has a scale '%s' "
+			            "for it",
+			            t.file, t.name, what, dp_st_dtype_name(t.dtype),
+			            dp_st_index(b->w->st, sname) >= 0 ? sname : "(transformers' "
+			                                                        "weight_scale_inv)");
+		if (fmt != DP_QUANT_NONE && r == -ENOENT)
+			return fail(b, -EINVAL, "%s: tensor '%s' (%s) is %s but has no scale '%s'",
+			            t.file, t.name, what, dp_st_dtype_name(t.dtype), sname);
+		if (fmt != DP_QUANT_NONE) {
+			struct dp_st_tensor sc;
+
+			dp_st_at(b->w->st, (size_t)sidx, &sc);
+			if ((r = dp_quant_check_scale(&t, &sc, b->err, b->err_len)) < 0)
+				return r;
+			claim(b, sidx, &sc);
+			b->w->scale_of[idx] = sidx;
+		}
 	}
+	claim(b, idx, &t);
 	return 0;
 }
 
@@ -420,8 +558,8 @@ static int resolve_globals(struct build *b)
 			                                 : "");
 		if (r)
 			return r;
-		if ((r = check(b, idx, s, nd, gdesc[g].sym, g == DP_V4_W_ENGRAM_MAP,
-		               gdesc[g].names[0])))
+		if ((r = check(b, idx, s, nd, gdesc[g].sym,
+		               g == DP_V4_W_ENGRAM_MAP ? STORE_INT : STORE_FLOAT, gdesc[g].names[0])))
 			return r;
 		if (g == DP_V4_W_ENGRAM_MAP && (r = check_engram_map(b, idx)))
 			return r;
@@ -456,102 +594,114 @@ static int check_tid2eid(struct build *b, int layer, long idx)
 	return 0;
 }
 
-static int resolve_layer(struct build *b, int layer)
+/* The per-layer kinds of block k into out[DP_V4_W_LAYER_MAX]. */
+static int resolve_block(struct build *b, const struct blk *k, long *out)
 {
 	const struct dp_v4_config *c = b->w->c;
-	long *out = &b->w->layer[(size_t)layer * DP_V4_W_LAYER_MAX];
 	char cand[3][256], what[160];
 	int64_t s[DP_ST_NDIM_MAX];
 	int r;
 
 	for (int t = 0; t < DP_V4_W_LAYER_MAX; t++) {
 		long idx = -1;
+		int n_cand = 0;
 
 		out[t] = -1;
-		if (!needed(c, layer, ldesc[t].need))
+		if (!needed(k, ldesc[t].need))
 			continue;
-		snprintf(cand[0], sizeof(cand[0]), "model.layers.%d.%s", layer, ldesc[t].module);
-		snprintf(cand[1], sizeof(cand[1]), "model.layers.%d.%s", layer, ldesc[t].file);
-		snprintf(cand[2], sizeof(cand[2]), "layers.%d.%s", layer, ldesc[t].file);
-		snprintf(what, sizeof(what), "layer %d %s", layer, ldesc[t].module);
-		int nd = layer_shape(c, layer, (enum dp_v4_layer_tensor)t, s);
-		int n_cand = 3;
-		if (strcmp(cand[0], cand[1]) == 0) { /* no module spelling of its own */
-			memcpy(cand[1], cand[2], sizeof(cand[1]));
-			n_cand = 2;
+		/* module spelling, saved, upstream; a repeated or absent one is skipped */
+		const char *leaf[3] = {ldesc[t].module, ldesc[t].file, ldesc[t].file};
+		for (int i = 0; i < 3; i++) {
+			if (!k->pfx[i][0])
+				continue;
+			snprintf(cand[n_cand], sizeof(cand[n_cand]), "%s%s", k->pfx[i], leaf[i]);
+			if (n_cand == 0 || strcmp(cand[n_cand], cand[n_cand - 1]) != 0)
+				n_cand++;
 		}
+		snprintf(what, sizeof(what), "%s %s", k->label, ldesc[t].module);
+		int nd = layer_shape(c, k, (enum dp_v4_layer_tensor)t, s);
 		r = find(b, cand, n_cand, &idx);
 		if (r == -ENOENT) {
-			char exp[128];
+			char exp[128], looked[800] = "";
 
-			if (n_cand == 2)
-				return fail(b, -EINVAL,
-				            "layer %d (%s, %s): missing %s %s = %s (looked for "
-				            "'%s', '%s')",
-				            layer, dp_v4_layer_type_name(c->layer_types[layer]),
-				            dp_v4_mlp_type_name(c->mlp_layer_types[layer]),
-				            ldesc[t].module, ldesc[t].sym,
-				            shape_str(s, nd, exp, sizeof(exp)), cand[0], cand[1]);
-			return fail(b, -EINVAL,
-			            "layer %d (%s, %s): missing %s %s = %s (looked for "
-			            "'%s', '%s', '%s')",
-			            layer, dp_v4_layer_type_name(c->layer_types[layer]),
-			            dp_v4_mlp_type_name(c->mlp_layer_types[layer]), ldesc[t].module,
-			            ldesc[t].sym, shape_str(s, nd, exp, sizeof(exp)), cand[0],
-			            cand[1], cand[2]);
+			for (int i = 0; i < n_cand; i++)
+				snprintf(looked + strlen(looked), sizeof(looked) - strlen(looked),
+				         "%s'%s'", i ? ", " : "", cand[i]);
+			return fail(b, -EINVAL, "%s (%s, %s): missing %s %s = %s (looked for %s)",
+			            k->label, dp_v4_layer_type_name(k->lt),
+			            dp_v4_mlp_type_name(k->mt), ldesc[t].module, ldesc[t].sym,
+			            shape_str(s, nd, exp, sizeof(exp)), looked);
 		}
 		if (r)
 			return r;
-		if ((r = check(b, idx, s, nd, ldesc[t].sym, t == DP_V4_W_TID2EID, what)))
+		enum store store = t == DP_V4_W_TID2EID ? STORE_INT
+		                   : may_be_fp8((enum dp_v4_layer_tensor)t) ? STORE_FP8
+		                                                             : STORE_FLOAT;
+		if ((r = check(b, idx, s, nd, ldesc[t].sym, store, what)))
 			return r;
-		if (t == DP_V4_W_TID2EID && (r = check_tid2eid(b, layer, idx)))
+		if (t == DP_V4_W_TID2EID && (r = check_tid2eid(b, k->layer, idx)))
 			return r;
 		out[t] = idx;
 	}
 	return 0;
 }
 
-static int resolve_experts(struct build *b, int layer)
+/* Candidate names of expert e's part leaf in block k: saved and upstream spellings. */
+static int expert_cands(const struct blk *k, int e, const char *leaf, char cand[][256])
+{
+	int n = 0;
+
+	for (int i = 1; i < 3; i++) {
+		if (!k->pfx[i][0])
+			continue;
+		snprintf(cand[n], 256, "%sffn.experts.%d.%s.weight", k->pfx[i], e, leaf);
+		if (n == 0 || strcmp(cand[n], cand[n - 1]) != 0)
+			n++;
+	}
+	return n;
+}
+
+/* Routed experts of block k: fused module tensors, or one matrix per expert and part in any
+ * storage (float, FP8 or FP4: each expert's dtype says which). */
+static int resolve_experts(struct build *b, const struct blk *k, struct layer_experts *x)
 {
 	const struct dp_v4_config *c = b->w->c;
-	struct layer_experts *x = &b->w->experts[layer];
 	int64_t E = c->n_routed_experts, I = c->moe_intermediate_size, D = c->hidden_size;
-	char cand[2][256], what[96];
+	char cand[2][256], fname[2][256], what[96];
 	long fused_gu = -1, fused_d = -1, per0 = -1;
-	int r, rf, rp;
+	int r, rf = -ENOENT, rp, n_cand;
 
-	snprintf(cand[0], sizeof(cand[0]), "model.layers.%d.mlp.experts.gate_up_proj", layer);
-	rf = find(b, cand, 1, &fused_gu);
-	snprintf(cand[0], sizeof(cand[0]), "model.layers.%d.ffn.experts.0.w1.weight", layer);
-	snprintf(cand[1], sizeof(cand[1]), "layers.%d.ffn.experts.0.w1.weight", layer);
-	rp = find(b, cand, 2, &per0);
+	if (k->pfx[0][0]) {
+		snprintf(fname[0], sizeof(fname[0]), "%smlp.experts.gate_up_proj", k->pfx[0]);
+		rf = find(b, fname, 1, &fused_gu);
+	}
+	n_cand = expert_cands(k, 0, "w1", cand);
+	rp = find(b, cand, n_cand, &per0);
 	if (rp == -EINVAL)
 		return rp;
 	if (rf == 0 && rp == 0)
 		return fail(b, -EINVAL,
-		            "layer %d: experts stored both fused "
-		            "(mlp.experts.gate_up_proj) and per expert (%s)",
-		            layer, cand[0]);
+		            "%s: experts stored both fused (mlp.experts.gate_up_proj) and per expert "
+		            "(%s)",
+		            k->label, cand[0]);
 	if (rf == -ENOENT && rp == -ENOENT)
-		return fail(b, -EINVAL,
-		            "layer %d: missing routed experts (looked for "
-		            "'model.layers.%d.mlp.experts.gate_up_proj', '%s', '%s')",
-		            layer, layer, cand[0], cand[1]);
+		return fail(b, -EINVAL, "%s: missing routed experts (looked for %s'%s'%s%s%s)",
+		            k->label, k->pfx[0][0] ? "'" : "", k->pfx[0][0] ? fname[0] : "",
+		            k->pfx[0][0] ? "', '" : "", cand[0], n_cand > 1 ? "', '" : "");
 
 	if (rf == 0) {
 		int64_t gu[3] = {E, 2 * I, D}, dn[3] = {E, D, I};
 
-		snprintf(cand[0], sizeof(cand[0]), "model.layers.%d.mlp.experts.down_proj", layer);
-		r = find(b, cand, 1, &fused_d);
+		snprintf(fname[0], sizeof(fname[0]), "%smlp.experts.down_proj", k->pfx[0]);
+		r = find(b, fname, 1, &fused_d);
 		if (r == -ENOENT)
-			return fail(b, -EINVAL,
-			            "layer %d: missing %s [E, D, I] (gate_up_proj is there)", layer,
-			            cand[0]);
-		snprintf(what, sizeof(what), "layer %d mlp.experts.gate_up_proj", layer);
-		if ((r = check(b, fused_gu, gu, 3, "[E, 2I, D]", false, what)))
+			return fail(b, -EINVAL, "%s: missing %s [E, D, I] (gate_up_proj is there)",
+			            k->label, fname[0]);
+		snprintf(what, sizeof(what), "%s mlp.experts.gate_up_proj", k->label);
+		if ((r = check(b, fused_gu, gu, 3, "[E, 2I, D]", STORE_FLOAT, what)))
 			return r;
-		snprintf(what, sizeof(what), "layer %d mlp.experts.down_proj", layer);
-		if ((r = check(b, fused_d, dn, 3, "[E, D, I]", false, what)))
+		snprintf(what, sizeof(what), "%s mlp.experts.down_proj", k->label);
+		if ((r = check(b, fused_d, dn, 3, "[E, D, I]", STORE_FLOAT, what)))
 			return r;
 		x->fused = true;
 		x->gate_up = fused_gu;
@@ -568,27 +718,98 @@ static int resolve_experts(struct build *b, int layer)
 			                p == DP_V4_EXPERT_DOWN ? I : D};
 			long idx = -1;
 
-			snprintf(cand[0], sizeof(cand[0]),
-			         "model.layers.%d.ffn.experts.%d.%s.weight", layer, e,
-			         expert_leaf[p]);
-			snprintf(cand[1], sizeof(cand[1]), "layers.%d.ffn.experts.%d.%s.weight",
-			         layer, e, expert_leaf[p]);
-			r = find(b, cand, 2, &idx);
+			n_cand = expert_cands(k, e, expert_leaf[p], cand);
+			r = find(b, cand, n_cand, &idx);
 			if (r == -ENOENT)
 				return fail(b, -EINVAL,
-				            "layer %d: missing expert %d's %s matrix (looked "
-				            "for '%s', '%s')",
-				            layer, e, expert_part_name[p], cand[0], cand[1]);
+				            "%s: missing expert %d's %s matrix (looked for '%s'%s%s%s)",
+				            k->label, e, expert_part_name[p], cand[0],
+				            n_cand > 1 ? ", '" : "", n_cand > 1 ? cand[1] : "",
+				            n_cand > 1 ? "'" : "");
 			if (r)
 				return r;
-			snprintf(what, sizeof(what), "layer %d expert %d %s", layer, e,
+			snprintf(what, sizeof(what), "%s expert %d %s", k->label, e,
 			         expert_part_name[p]);
 			if ((r = check(b, idx, s, 2, p == DP_V4_EXPERT_DOWN ? "[D, I]" : "[I, D]",
-			               false, what)))
+			               STORE_FP8_FP4, what)))
 				return r;
 			x->per[(size_t)e * DP_V4_EXPERT_PART_MAX + p] = idx;
 		}
 	return 0;
+}
+
+/* The tensors an MTP block has beyond a layer's (the release's names, under "mtp.K."). */
+static const struct {
+	const char *leaf;
+	const char *sym;
+	enum store store;
+} mtp_extra[] = {
+    {"e_proj.weight", "[D, D]", STORE_FP8},   {"h_proj.weight", "[D, D]", STORE_FP8},
+    {"enorm.weight", "[D]", STORE_FLOAT},     {"hnorm.weight", "[D]", STORE_FLOAT},
+    {"norm.weight", "[D]", STORE_FLOAT},      {"hc_head_fn", "[n, nD]", STORE_FLOAT},
+    {"hc_head_base", "[n]", STORE_FLOAT},     {"hc_head_scale", "[1]", STORE_FLOAT},
+};
+
+/*
+ * MTP block k_mtp, when the checkpoint has one: every tensor named, shaped and stored as the
+ * release has it (the block is validated, not kept: nothing runs it yet). A checkpoint without
+ * any "mtp.K." tensor is fine.
+ */
+static int resolve_mtp(struct build *b, int k_mtp)
+{
+	const struct dp_v4_config *c = b->w->c;
+	int64_t D = c->hidden_size, n = c->hc_mult;
+	long out[DP_V4_W_LAYER_MAX];
+	struct layer_experts x = {0};
+	char pfx[32], name[256], what[96];
+	struct blk k;
+	size_t count = dp_st_count(b->w->st);
+	bool any = false;
+	int r;
+
+	snprintf(pfx, sizeof(pfx), "mtp.%d.", k_mtp);
+	for (size_t i = 0; i < count && !any; i++) {
+		struct dp_st_tensor t;
+
+		dp_st_at(b->w->st, i, &t);
+		any = strncmp(t.name, pfx, strlen(pfx)) == 0;
+	}
+	if (!any)
+		return 0;
+	blk_mtp(k_mtp, &k);
+	b->mtp = true;
+	b->w->stats.has_mtp = true;
+	r = resolve_block(b, &k, out);
+	if (!r)
+		r = resolve_experts(b, &k, &x);
+	free(x.per);
+	for (size_t i = 0; !r && i < DP_ARRAY_SIZE(mtp_extra); i++) {
+		int64_t s[2];
+		int nd;
+		long idx;
+
+		if (strcmp(mtp_extra[i].sym, "[D, D]") == 0)
+			s[0] = D, s[1] = D, nd = 2;
+		else if (strcmp(mtp_extra[i].sym, "[D]") == 0)
+			s[0] = D, nd = 1;
+		else if (strcmp(mtp_extra[i].sym, "[n, nD]") == 0)
+			s[0] = n, s[1] = n * D, nd = 2;
+		else if (strcmp(mtp_extra[i].sym, "[n]") == 0)
+			s[0] = n, nd = 1;
+		else
+			s[0] = 1, nd = 1;
+		snprintf(name, sizeof(name), "%s%s", pfx, mtp_extra[i].leaf);
+		idx = dp_st_index(b->w->st, name);
+		if (idx < 0) {
+			r = fail(b, -EINVAL, "MTP block %d: missing %s %s", k_mtp, name,
+			         mtp_extra[i].sym);
+			break;
+		}
+		snprintf(what, sizeof(what), "MTP block %d %s", k_mtp, mtp_extra[i].leaf);
+		r = check(b, idx, s, nd, mtp_extra[i].sym, mtp_extra[i].store, what);
+	}
+	b->mtp = false;
+	return r;
 }
 
 /* The layer number of "model.layers.N." / "layers.N." names, else -1. */
@@ -631,8 +852,8 @@ static int sort_unclaimed(struct build *b, unsigned flags)
 		bool engram_table =
 		    leaf && l < c->num_hidden_layers && dp_v4_engram_slot(c, (int)l) >= 0 &&
 		    strcmp(leaf, ".engram.multi_head_embedding.embedding.weight") == 0;
-		if (strncmp(t.name, "mtp.", 4) == 0 || strncmp(t.name, "model.mtp.", 10) == 0 ||
-		    mtp_layer || tied_head || engram_table) {
+		if (strncmp(t.name, "model.mtp.", 10) == 0 || mtp_layer || tied_head ||
+		    engram_table) {
 			b->w->stats.n_ignored++;
 			continue;
 		}
@@ -665,6 +886,7 @@ void dp_v4_weights_free(struct dp_v4_weights *w)
 			free(w->experts[l].per);
 	free(w->experts);
 	free(w->layer);
+	free(w->scale_of);
 	free(w);
 }
 
@@ -688,19 +910,27 @@ int dp_v4_weights_new(const struct dp_v4_config *c, const struct dp_st *st, unsi
 	w->layer = calloc((size_t)c->num_hidden_layers * DP_V4_W_LAYER_MAX, sizeof(long));
 	w->experts = calloc((size_t)c->num_hidden_layers, sizeof(*w->experts));
 	b.claimed = calloc(dp_st_count(st) + 1, 1);
-	if (!w->layer || !w->experts || !b.claimed) {
+	w->scale_of = malloc((dp_st_count(st) + 1) * sizeof(long));
+	if (!w->layer || !w->experts || !b.claimed || !w->scale_of) {
 		r = fail(&b, -ENOMEM, "out of memory");
 		goto out;
 	}
 	for (int g = 0; g < DP_V4_W_GLOBAL_MAX; g++)
 		w->global[g] = -1;
+	for (size_t i = 0; i <= dp_st_count(st); i++)
+		w->scale_of[i] = -1;
 
 	r = resolve_globals(&b);
 	for (int l = 0; !r && l < c->num_hidden_layers; l++) {
-		r = resolve_layer(&b, l);
+		struct blk k;
+
+		blk_layer(c, l, &k);
+		r = resolve_block(&b, &k, &w->layer[(size_t)l * DP_V4_W_LAYER_MAX]);
 		if (!r)
-			r = resolve_experts(&b, l);
+			r = resolve_experts(&b, &k, &w->experts[l]);
 	}
+	for (int m = 0; !r && m < c->num_nextn_predict_layers; m++)
+		r = resolve_mtp(&b, m);
 	if (!r)
 		r = sort_unclaimed(&b, flags);
 out:
@@ -781,6 +1011,19 @@ int dp_v4_weights_expert(const struct dp_v4_weights *w, int layer, int expert,
 	t.aligned = ((uintptr_t)t.data % esize) == 0;
 	*ret = t;
 	return 0;
+}
+
+int dp_v4_weights_scale(const struct dp_v4_weights *w, const struct dp_st_tensor *t,
+                        struct dp_st_tensor *ret)
+{
+	if (!w || !t || !t->name || !ret)
+		return -EINVAL;
+	long i = dp_st_index(w->st, t->name);
+	if (i < 0)
+		return (int)i;
+	if (w->scale_of[i] < 0)
+		return -ENOENT;
+	return dp_st_at(w->st, (size_t)w->scale_of[i], ret);
 }
 
 int dp_v4_weights_stats(const struct dp_v4_weights *w, struct dp_v4_weights_stats *ret)

@@ -195,10 +195,13 @@ enum dp_v4_weights_flags {
 struct dp_v4_weights;
 
 struct dp_v4_weights_stats {
-	size_t n_used;    /* checkpoint tensors the forward reads */
-	size_t n_ignored; /* MTP modules and layers, tied head */
+	size_t n_used;    /* checkpoint tensors the forward reads (scales included) */
+	size_t n_ignored; /* transformers-spelled MTP layers, tied head, Engram tables */
 	size_t n_extra;   /* unexpected, ignored under DP_V4_WEIGHTS_ALLOW_EXTRA */
+	size_t n_mtp;     /* tensors of the release's MTP block ("mtp.K."), validated, unused */
 	uint64_t bytes_used;
+	uint64_t bytes_mtp;
+	bool has_mtp;
 };
 
 /* Resolve and check every tensor. Returns 0, -EINVAL (a mismatch; err says which) or -ENOMEM.
@@ -224,6 +227,11 @@ int dp_v4_weights_layer(const struct dp_v4_weights *w, int layer, enum dp_v4_lay
  * is a slice of mlp.experts.gate_up_proj / down_proj (its name is the fused tensor's). */
 int dp_v4_weights_expert(const struct dp_v4_weights *w, int layer, int expert,
                          enum dp_v4_expert_part part, struct dp_st_tensor *ret);
+
+/* The scale of a quantized weight t (a view from this dp_v4_weights): 0, -ENOENT when t is
+ * stored unquantized, or -EINVAL. model/quant.h dequantizes the pair. */
+int dp_v4_weights_scale(const struct dp_v4_weights *w, const struct dp_st_tensor *t,
+                        struct dp_st_tensor *ret);
 
 /* Counts of what the checkpoint held. Returns 0 or -EINVAL. */
 int dp_v4_weights_stats(const struct dp_v4_weights *w, struct dp_v4_weights_stats *ret);

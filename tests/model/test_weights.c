@@ -314,13 +314,27 @@ Test(weights, upstream_names_without_model_prefix_fit)
 	from_fixture(&k, "saved");
 	for (size_t i = 0; i < k.n; i++)
 		to_upstream(k.it[i].name);
-	/* the release's MTP module and its extra layer are ignored */
-	add(&k, "mtp.0.attn.wq_a.weight", "F32", 2, 14, 20);
+	/* transformers' spelling of the MTP layer (one past the last) is ignored */
 	add(&k, "layers.4.attn.wq_a.weight", "F32", 2, 14, 20);
 	write_ckpt(&k);
 	cr_assert_eq(check_dir(0, err, sizeof(err), &stats), 0, "%s", err);
-	cr_expect_eq(stats.n_ignored, 2);
-	cr_expect_eq(stats.n_used, k.n - 2);
+	cr_expect_eq(stats.n_ignored, 1);
+	cr_expect_eq(stats.n_used, k.n - 1);
+	cr_expect(!stats.has_mtp, "no mtp.0.* tensor: no MTP block, and that loads");
+}
+
+Test(weights, partial_mtp_block_is_refused_naming_the_missing_tensor)
+{
+	char err[1024] = "";
+
+	from_fixture(&k, "saved");
+	for (size_t i = 0; i < k.n; i++)
+		to_upstream(k.it[i].name);
+	add(&k, "mtp.0.attn.wq_a.weight", "F32", 2, 14, 20);
+	write_ckpt(&k);
+	cr_expect_eq(check_dir(0, err, sizeof(err), NULL), -EINVAL);
+	cr_expect(strstr(err, "MTP block 0") && strstr(err, "missing") && strstr(err, "mtp.0."),
+	          "%s", err);
 }
 
 Test(weights, half_precision_weights_are_accepted)
