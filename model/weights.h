@@ -96,12 +96,27 @@
  * tid2eid must be an integer tensor (transformers saves it as I64), and each of its entries
  * must be an expert index in [0, E) — checked here, so the forward can index with it.
  *
+ * Quantized storage (the published checkpoints; model/quant.h decodes it). The matrices the
+ * loader fills row by row (Q_A, Q_B, KV, O_A, O_B, the compressor and indexer projections,
+ * ROUTER, SHARED_*, ENGRAM_WKV; e_proj / h_proj of an MTP block) may be FP8 block weights
+ * (F8_E4M3); routed experts may be FP8 or FP4 (I8, two codes a byte: the shape checked is the
+ * logical [out, in], the file's [out, in/2]). Which, is each tensor's dtype, never config.json.
+ * A quantized "X.weight" needs its scale "X.scale" (or transformers' "X.weight_scale_inv"),
+ * checked by dp_quant_check_scale() for dtype, shape and values; a float weight with a scale
+ * beside it is an error too. Vectors, mHC tensors, position biases, embed and head are float.
+ *
+ * The release's MTP block ("mtp.K.*", K < num_nextn_predict_layers) is validated when any of its
+ * tensors is present: a sliding-attention, top-k-MoE block under the layer names above, plus
+ * e_proj, h_proj [D, D], enorm, hnorm, norm [D], hc_head_fn [n, nD], hc_head_base [n],
+ * hc_head_scale [1]. A missing or unknown tensor in it is an error; the block is counted in
+ * stats (n_mtp, bytes_mtp, has_mtp) and never loaded. A checkpoint without one is fine.
+ *
  * With tie_word_embeddings, DP_V4_W_LM_HEAD is the embedding (transformers ties them after
  * loading, so a head tensor in the file is ignored).
  *
  * Other tensors in the checkpoint:
- *   - ignored (counted in stats): Engram tables (above), MTP modules ("mtp.*", "model.mtp.*", as
- * the release names them), the num_nextn_predict_layers layers right after the last one
+ *   - ignored (counted in stats): Engram tables (above), "model.mtp.*", the
+ *     num_nextn_predict_layers layers right after the last one
  *     ("model.layers.N.*" / "layers.N.*" with num_hidden_layers <= N < num_hidden_layers +
  *     num_nextn_predict_layers: MTP stored as extra layers, as DeepSeek-V3 conversions did), and
  *     the head when tied — transformers does not build them either;
