@@ -180,24 +180,27 @@ struct dp_kv {
 	struct dp_kv_stats st;
 };
 
-/* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
- * a new sequence with a gate; complete one (wait for every layer; on a
- * failure free it and return -EBADMSG). */
-struct dp_kv_restore;
+/* session.c: one session's state, for kvcache.c, restore.c and writeback.c */
+/* Let go of s's snapshot (its slots are freed) or of its DRAM copy (its pool
+ * pages are put). */
+void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
+/* s's state pages (DRAM or DEVICE tier) in host memory: the refs, and where
+ * each page's data is (a DRAM page itself, or in *ret_bounce, a download of
+ * the device pages; NULL for DRAM). The caller frees the three arrays. */
+int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
+			void ***ret_pages, void **ret_bounce, size_t *ret_n);
 /* A fresh device sequence at pos for session s, with its Engram hashing
  * history (the last tokens before pos, from s's token history) where the
  * model has Engram layers. */
 int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		     struct dp_v4_seq **ret_seq);
-/* kvcache.c, for restore.c and writeback.c */
-void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
-void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
-int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
-			void ***ret_pages, void **ret_bounce, size_t *ret_n);
-int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
 /* Append a snapshot record to j (and fdatasync it if sync). */
 int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
 			   const struct dp_kv_snap_page *pages, size_t n, bool sync);
+
+/* kvcache.c, for writeback.c */
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
 
 /*
  * writeback.c: demotion to NVMe without waiting. dp_kv_wb_start copies what
@@ -217,6 +220,11 @@ void dp_kv_wb_finalize(struct dp_kv *kv); /* after a successful journal sync */
 /* Wait for every writeback, sync the journal, finalize. */
 int dp_kv_wb_settle(struct dp_kv *kv);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
+
+/* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
+ * a new sequence with a gate; complete one (wait for every layer; on a
+ * failure free it and return -EBADMSG). */
+struct dp_kv_restore;
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 /* Submit what restore r could not yet (the channel's window was full); its
