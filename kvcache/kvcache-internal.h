@@ -185,6 +185,9 @@ struct dp_kv {
  * pages are put). */
 void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
 void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
+/* s (DEVICE or DRAM tier) has a snapshot that holds its state: let go of the
+ * device sequence or the DRAM copy; s is on the NVMe tier, at snap_pos. */
+void dp_kv_state_drop_to_snap(struct dp_kv *kv, struct dp_kv_session *s);
 /* s's state pages (DRAM or DEVICE tier) in host memory: the refs, and where
  * each page's data is (a DRAM page itself, or in *ret_bounce, a download of
  * the device pages; NULL for DRAM). The caller frees the three arrays. */

@@ -786,14 +786,7 @@ int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_t
 		r = dp_kv_session_persist(kv, s);
 		if (r < 0)
 			return r;
-		if (s->tier == DP_KV_TIER_DEVICE) {
-			dp_v4_seq_free(s->seq);
-			s->seq = NULL;
-		} else {
-			dp_kv_dram_release(kv, s);
-		}
-		s->state_pos = s->snap_pos;
-		s->tier = DP_KV_TIER_NVME;
+		dp_kv_state_drop_to_snap(kv, s);
 	}
 	if (r == 0)
 		kv->st.demotions++;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvcache/session.c — what the part's files share about one session's
- * state: letting go of its DRAM copy or its snapshot, its pages on the host,
- * a fresh device sequence for it, its snapshot record.
+ * state: letting go of its DRAM copy or its snapshot, moving it onto its
+ * snapshot, its pages on the host, a fresh device sequence for it, its
+ * snapshot record.
  *
  * It sits below kvcache.c, restore.c and writeback.c, which all use it, and
  * calls only down (tiers.c, journal.c): the order is drawn at the top of
@@ -33,6 +34,18 @@ void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s)
 	s->dram_pages = NULL;
 	s->dram_refs = NULL;
 	s->n_dram = 0;
+}
+
+void dp_kv_state_drop_to_snap(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (s->tier == DP_KV_TIER_DEVICE) {
+		dp_v4_seq_free(s->seq);
+		s->seq = NULL;
+	} else {
+		dp_kv_dram_release(kv, s);
+	}
+	s->state_pos = s->snap_pos;
+	s->tier = DP_KV_TIER_NVME;
 }
 
 /* The state's pages on the host: DRAM pages as they are, device pages

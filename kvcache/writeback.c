@@ -75,8 +75,14 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	    (s->tier != DP_KV_TIER_DEVICE && s->tier != DP_KV_TIER_DRAM))
 		return -EBUSY;
 	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
-	if (s->has_snap && s->snap_pos == pos) /* already on NVMe: nothing to write */
-		return dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+	if (s->has_snap && s->snap_pos == pos) {
+		/* already on NVMe: nothing to write. What dp_kv_session_demote
+		 * does for such a session (idle, no writeback, no restore), without
+		 * calling back up into kvcache.c. */
+		dp_kv_state_drop_to_snap(kv, s);
+		kv->st.demotions++;
+		return 0;
+	}
 	int r = dp_kv_commit_if_behind(kv, s, pos);
 	if (r < 0)
 		return r;
