@@ -201,6 +201,22 @@ int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t p
 /* Append a snapshot record to j (and fdatasync it if sync). */
 int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
 			   const struct dp_kv_snap_page *pages, size_t n, bool sync);
+/*
+ * Optional trailing fields of HISTORY and RESET records, after the tokens:
+ * u16 tag | u16 length | value. Builds that predate a tag skip it (builds
+ * from before these fields stop reading at the last token), so a journal
+ * stays readable both ways.
+ */
+enum dp_kv_jext {
+	DP_KV_JEXT_OWNER = 1, /* u32 uid of the session's owner (absent: none) */
+	DP_KV_JEXT_LOST = 2,  /* RESET: the session's history was lost (no tokens follow) */
+	DP_KV_JEXT_MAX,
+};
+/* A field's tag and length; its value follows. */
+void dp_kv_jbuf_put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len);
+/* s's owner field, if it has an owner. On every history record, not only
+ * the first: a damaged one does not take the owner with it. */
+void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s);
 
 /* kvcache.c, for writeback.c */
 int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);

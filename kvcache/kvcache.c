@@ -162,36 +162,9 @@ static int hist_reserve(struct dp_kv_session *s, uint64_t n)
 	return 0;
 }
 
-/*
- * Optional trailing fields of HISTORY and RESET records, after the tokens:
- * u16 tag | u16 length | value. Builds that predate a tag skip it (builds
- * from before these fields stop reading at the last token), so a journal
- * stays readable both ways.
- */
-enum {
-	JEXT_OWNER = 1, /* u32 uid of the session's owner (absent: none) */
-	JEXT_LOST = 2,	/* RESET: the session's history was lost (no tokens follow) */
-};
-
 static uint32_t get_u32le(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
-{
-	dp_jbuf_put_u16(b, tag);
-	dp_jbuf_put_u16(b, len);
-}
-
-/* On every history record, not only the first: a damaged one does not
- * take the owner with it. */
-static void put_owner(struct dp_jbuf *b, const struct dp_kv_session *s)
-{
-	if (s->owner == DP_KV_OWNER_NONE)
-		return;
-	put_ext(b, JEXT_OWNER, 4);
-	dp_jbuf_put_u32(b, s->owner);
 }
 
 /* ---- accessors ----------------------------------------------------------------- */
@@ -690,7 +663,7 @@ int dp_kv_commit(struct dp_kv *kv)
 		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
 		for (uint64_t t = s->committed; t < s->len; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
-		put_owner(&b, s);
+		dp_kv_jbuf_put_owner(&b, s);
 		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
 		dp_jbuf_fini(&b);
 		if (r < 0)
@@ -947,9 +920,9 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 			uint16_t tag = dp_jread_u16(&rd), elen = dp_jread_u16(&rd);
 			if (elen > rd.left)
 				break; /* a later format's: its fields are its own */
-			if (tag == JEXT_OWNER && elen == 4)
+			if (tag == DP_KV_JEXT_OWNER && elen == 4)
 				owner = get_u32le(rd.p);
-			lost |= tag == JEXT_LOST;
+			lost |= tag == DP_KV_JEXT_LOST;
 			rd.p += elen;
 			rd.left -= elen;
 		}
@@ -1099,9 +1072,9 @@ static int emit_live(void *ctx, struct dp_journal *nj)
 		dp_jbuf_put_u32(&b, (uint32_t)s->committed);
 		for (uint64_t t = 0; t < s->committed; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
-		put_owner(&b, s);
+		dp_kv_jbuf_put_owner(&b, s);
 		if (s->lost)
-			put_ext(&b, JEXT_LOST, 0);
+			dp_kv_jbuf_put_ext(&b, DP_KV_JEXT_LOST, 0);
 		int r = b.error ? b.error : dp_journal_append(nj, DP_JREC_RESET, b.data, b.len);
 		dp_jbuf_fini(&b);
 		if (r < 0)

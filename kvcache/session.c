@@ -3,7 +3,7 @@
  * kvcache/session.c — what the part's files share about one session's
  * state: letting go of its DRAM copy or its snapshot, moving it onto its
  * snapshot, its pages on the host, a fresh device sequence for it, its
- * snapshot record.
+ * snapshot record and the owner field of its history records.
  *
  * It sits below kvcache.c, restore.c and writeback.c, which all use it, and
  * calls only down (tiers.c, journal.c): the order is drawn at the top of
@@ -134,4 +134,18 @@ int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, 
 	int r = b.error ? b.error : dp_journal_append(j, DP_JREC_SNAPSHOT, b.data, b.len);
 	dp_jbuf_fini(&b);
 	return r < 0 || !sync ? r : dp_journal_sync(j);
+}
+
+void dp_kv_jbuf_put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
+{
+	dp_jbuf_put_u16(b, tag);
+	dp_jbuf_put_u16(b, len);
+}
+
+void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s)
+{
+	if (s->owner == DP_KV_OWNER_NONE)
+		return;
+	dp_kv_jbuf_put_ext(b, DP_KV_JEXT_OWNER, 4);
+	dp_jbuf_put_u32(b, s->owner);
 }
