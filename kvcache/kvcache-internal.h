@@ -218,9 +218,6 @@ void dp_kv_jbuf_put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len);
  * the first: a damaged one does not take the owner with it. */
 void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s);
 
-/* kvcache.c, for writeback.c */
-int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
-
 /*
  * writeback.c: demotion to NVMe without waiting. dp_kv_wb_start copies what
  * it needs (DRAM pages: one more hold each; device pages: downloaded) and
@@ -239,6 +236,9 @@ void dp_kv_wb_finalize(struct dp_kv *kv); /* after a successful journal sync */
 /* Wait for every writeback, sync the journal, finalize. */
 int dp_kv_wb_settle(struct dp_kv *kv);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
+/* dp_kv_commit (kvcache.h, defined in writeback.c) when s's durable history
+ * stops short of pos: a snapshot at pos must never be ahead of it. */
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
 
 /* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
  * a new sequence with a gate; complete one (wait for every layer; on a

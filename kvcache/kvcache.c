@@ -367,12 +367,6 @@ fail:
 	return r;
 }
 
-int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
-{
-	/* a snapshot must never be ahead of the durable history */
-	return s->committed < pos ? dp_kv_commit(kv) : 0;
-}
-
 int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)
@@ -648,37 +642,6 @@ int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_
 	memcpy(s->hist + s->len, tokens, (size_t)n * sizeof(*tokens));
 	s->len += n;
 	return 0;
-}
-
-int dp_kv_commit(struct dp_kv *kv)
-{
-	bool any = false;
-	for (size_t i = 0; i < kv->n; i++) {
-		struct dp_kv_session *s = kv->list[i];
-		if (s->committed == s->len)
-			continue;
-		struct dp_jbuf b = { 0 };
-		dp_jbuf_put_str(&b, s->id);
-		dp_jbuf_put_u64(&b, s->len);
-		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
-		for (uint64_t t = s->committed; t < s->len; t++)
-			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
-		dp_kv_jbuf_put_owner(&b, s);
-		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
-		dp_jbuf_fini(&b);
-		if (r < 0)
-			return r;
-		s->committed = s->len;
-		any = true;
-	}
-	if (!any && !kv->wb_recorded)
-		return 0;
-	int r = dp_journal_sync(kv->j);
-	if (r == 0) {
-		kv->st.commits += any;
-		dp_kv_wb_finalize(kv); /* writebacks journaled before this sync */
-	}
-	return r;
 }
 
 int dp_kv_flush(struct dp_kv *kv)
