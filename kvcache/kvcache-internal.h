@@ -1,5 +1,39 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared by the kvcache part's .c files only. */
+/*
+ * Shared by the kvcache part's .c files only.
+ *
+ * Who calls whom among them (caller -> callee). Calls go down only, so the
+ * graph has no cycle; scripts/check-calls checks it on the built library
+ * (the test kvcache-calls, suites layers and kvcache):
+ *
+ *   kvcache.c    the API: the session table, promotion, demotion,
+ *                persistence, recovery
+ *     -> restore.c    dp_kv_restore_begin/complete
+ *     -> writeback.c  dp_kv_wb_start/progress/finalize/settle/detach,
+ *                     dp_kv_commit_if_behind
+ *     -> session.c, tiers.c, journal.c
+ *   pump.c       dp_kv_pump
+ *     -> restore.c    dp_kv_restore_pump
+ *     -> writeback.c  dp_kv_wb_progress
+ *   writeback.c  demotion to NVMe without waiting, and dp_kv_commit (whose
+ *                journal sync installs the recorded writebacks)
+ *     -> restore.c    dp_kv_restore_complete (a restore still reading the
+ *                     old slots finishes before they are freed)
+ *     -> session.c, tiers.c, journal.c
+ *   restore.c    the layer-by-layer restore
+ *     -> session.c    dp_kv_seq_new_at
+ *     -> tiers.c
+ *   session.c    one session's state and journal records, shared by the three
+ *                above
+ *     -> tiers.c, journal.c
+ *   tiers.c      the DRAM page pool and the NVMe slot file
+ *     -> journal.c    dp_kv_state_openat, dp_kv_state_set_aside
+ *   journal.c    the journal (journal.h); calls none of them
+ *
+ * Top to bottom: kvcache.c and pump.c, writeback.c, restore.c, session.c,
+ * tiers.c, journal.c. A helper that two files at one level need goes down
+ * into session.c, not up into kvcache.c.
+ */
 #ifndef DP_KVCACHE_INTERNAL_H
 #define DP_KVCACHE_INTERNAL_H
 
