@@ -1,5 +1,39 @@
 /* SPDX-License-Identifier: MIT */
-/* Shared by the kvcache part's .c files only. */
+/*
+ * Shared by the kvcache part's .c files only.
+ *
+ * Who calls whom among them (caller -> callee). Calls go down only, so the
+ * graph has no cycle; scripts/check-calls checks it on the built library
+ * (the test kvcache-calls, suites layers and kvcache):
+ *
+ *   kvcache.c    the API: the session table, promotion, demotion,
+ *                persistence, recovery
+ *     -> restore.c    dp_kv_restore_begin/complete
+ *     -> writeback.c  dp_kv_wb_start/progress/finalize/settle/detach,
+ *                     dp_kv_commit_if_behind
+ *     -> session.c, tiers.c, journal.c
+ *   pump.c       dp_kv_pump
+ *     -> restore.c    dp_kv_restore_pump
+ *     -> writeback.c  dp_kv_wb_progress
+ *   writeback.c  demotion to NVMe without waiting, and dp_kv_commit (whose
+ *                journal sync installs the recorded writebacks)
+ *     -> restore.c    dp_kv_restore_complete (a restore still reading the
+ *                     old slots finishes before they are freed)
+ *     -> session.c, tiers.c, journal.c
+ *   restore.c    the layer-by-layer restore
+ *     -> session.c    dp_kv_seq_new_at
+ *     -> tiers.c
+ *   session.c    one session's state and journal records, shared by the three
+ *                above
+ *     -> tiers.c, journal.c
+ *   tiers.c      the DRAM page pool and the NVMe slot file
+ *     -> journal.c    dp_kv_state_openat, dp_kv_state_set_aside
+ *   journal.c    the journal (journal.h); calls none of them
+ *
+ * Top to bottom: kvcache.c and pump.c, writeback.c, restore.c, session.c,
+ * tiers.c, journal.c. A helper that two files at one level need goes down
+ * into session.c, not up into kvcache.c.
+ */
 #ifndef DP_KVCACHE_INTERNAL_H
 #define DP_KVCACHE_INTERNAL_H
 
@@ -180,24 +214,43 @@ struct dp_kv {
 	struct dp_kv_stats st;
 };
 
-/* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
- * a new sequence with a gate; complete one (wait for every layer; on a
- * failure free it and return -EBADMSG). */
-struct dp_kv_restore;
+/* session.c: one session's state, for kvcache.c, restore.c and writeback.c */
+/* Let go of s's snapshot (its slots are freed) or of its DRAM copy (its pool
+ * pages are put). */
+void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
+/* s (DEVICE or DRAM tier) has a snapshot that holds its state: let go of the
+ * device sequence or the DRAM copy; s is on the NVMe tier, at snap_pos. */
+void dp_kv_state_drop_to_snap(struct dp_kv *kv, struct dp_kv_session *s);
+/* s's state pages (DRAM or DEVICE tier) in host memory: the refs, and where
+ * each page's data is (a DRAM page itself, or in *ret_bounce, a download of
+ * the device pages; NULL for DRAM). The caller frees the three arrays. */
+int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
+			void ***ret_pages, void **ret_bounce, size_t *ret_n);
 /* A fresh device sequence at pos for session s, with its Engram hashing
  * history (the last tokens before pos, from s's token history) where the
  * model has Engram layers. */
 int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		     struct dp_v4_seq **ret_seq);
-/* kvcache.c, for restore.c and writeback.c */
-void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
-void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
-int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
-			void ***ret_pages, void **ret_bounce, size_t *ret_n);
-int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
 /* Append a snapshot record to j (and fdatasync it if sync). */
 int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
 			   const struct dp_kv_snap_page *pages, size_t n, bool sync);
+/*
+ * Optional trailing fields of HISTORY and RESET records, after the tokens:
+ * u16 tag | u16 length | value. Builds that predate a tag skip it (builds
+ * from before these fields stop reading at the last token), so a journal
+ * stays readable both ways.
+ */
+enum dp_kv_jext {
+	DP_KV_JEXT_OWNER = 1, /* u32 uid of the session's owner (absent: none) */
+	DP_KV_JEXT_LOST = 2,  /* RESET: the session's history was lost (no tokens follow) */
+	DP_KV_JEXT_MAX,
+};
+/* A field's tag and length; its value follows. */
+void dp_kv_jbuf_put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len);
+/* s's owner field, if it has an owner. On every history record, not only
+ * the first: a damaged one does not take the owner with it. */
+void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s);
 
 /*
  * writeback.c: demotion to NVMe without waiting. dp_kv_wb_start copies what
@@ -217,6 +270,14 @@ void dp_kv_wb_finalize(struct dp_kv *kv); /* after a successful journal sync */
 /* Wait for every writeback, sync the journal, finalize. */
 int dp_kv_wb_settle(struct dp_kv *kv);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
+/* dp_kv_commit (kvcache.h, defined in writeback.c) when s's durable history
+ * stops short of pos: a snapshot at pos must never be ahead of it. */
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
+
+/* restore.c: begin a layer-by-layer restore of a DRAM or NVME session into
+ * a new sequence with a gate; complete one (wait for every layer; on a
+ * failure free it and return -EBADMSG). */
+struct dp_kv_restore;
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 /* Submit what restore r could not yet (the channel's window was full); its

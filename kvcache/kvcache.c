@@ -128,27 +128,6 @@ static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **
 	return 0;
 }
 
-void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s)
-{
-	for (size_t i = 0; i < s->n_snap; i++)
-		dp_kv_slots_free(&kv->slots, s->snap[i].slot);
-	free(s->snap);
-	s->snap = NULL;
-	s->n_snap = 0;
-	s->has_snap = false;
-}
-
-void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s)
-{
-	for (size_t i = 0; i < s->n_dram; i++)
-		dp_kv_pool_put(&kv->pool, s->dram_pages[i]);
-	free(s->dram_pages);
-	free(s->dram_refs);
-	s->dram_pages = NULL;
-	s->dram_refs = NULL;
-	s->n_dram = 0;
-}
-
 static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	dp_kv_wb_detach(kv, s);
@@ -183,36 +162,9 @@ static int hist_reserve(struct dp_kv_session *s, uint64_t n)
 	return 0;
 }
 
-/*
- * Optional trailing fields of HISTORY and RESET records, after the tokens:
- * u16 tag | u16 length | value. Builds that predate a tag skip it (builds
- * from before these fields stop reading at the last token), so a journal
- * stays readable both ways.
- */
-enum {
-	JEXT_OWNER = 1, /* u32 uid of the session's owner (absent: none) */
-	JEXT_LOST = 2,	/* RESET: the session's history was lost (no tokens follow) */
-};
-
 static uint32_t get_u32le(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_ext(struct dp_jbuf *b, uint16_t tag, uint16_t len)
-{
-	dp_jbuf_put_u16(b, tag);
-	dp_jbuf_put_u16(b, len);
-}
-
-/* On every history record, not only the first: a damaged one does not
- * take the owner with it. */
-static void put_owner(struct dp_jbuf *b, const struct dp_kv_session *s)
-{
-	if (s->owner == DP_KV_OWNER_NONE)
-		return;
-	put_ext(b, JEXT_OWNER, 4);
-	dp_jbuf_put_u32(b, s->owner);
 }
 
 /* ---- accessors ----------------------------------------------------------------- */
@@ -355,25 +307,6 @@ static void host_page_free(void *ctx, void *page, size_t bytes)
 
 /* ---- persistence: snapshots ------------------------------------------------------ */
 
-int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
-			   const struct dp_kv_snap_page *pages, size_t n, bool sync)
-{
-	struct dp_jbuf b = { 0 };
-	dp_jbuf_put_str(&b, s->id);
-	dp_jbuf_put_u64(&b, pos);
-	dp_jbuf_put_u32(&b, (uint32_t)n);
-	for (size_t i = 0; i < n; i++) {
-		dp_jbuf_put_u16(&b, pages[i].layer);
-		dp_jbuf_put_u8(&b, pages[i].kind);
-		dp_jbuf_put_u32(&b, pages[i].index);
-		dp_jbuf_put_u64(&b, pages[i].slot);
-		dp_jbuf_put_u64(&b, pages[i].sum);
-	}
-	int r = b.error ? b.error : dp_journal_append(j, DP_JREC_SNAPSHOT, b.data, b.len);
-	dp_jbuf_fini(&b);
-	return r < 0 || !sync ? r : dp_journal_sync(j);
-}
-
 /* Describe the written pages as snapshot entries and journal them. */
 static int journal_snapshot_from(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 				 const struct dp_v4_page_ref *refs, const uint64_t *slots,
@@ -434,61 +367,6 @@ fail:
 	return r;
 }
 
-/* The state's pages on the host: DRAM pages as they are, device pages
- * downloaded into a bounce buffer. */
-int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_page_ref **ret_refs,
-			void ***ret_pages, void **ret_bounce, size_t *ret_n)
-{
-	size_t n;
-	struct dp_v4_page_ref *refs;
-	void **pages;
-	void *bounce = NULL;
-
-	if (s->tier == DP_KV_TIER_DRAM) {
-		n = s->n_dram;
-		refs = malloc((n ? n : 1) * sizeof(*refs));
-		pages = malloc((n ? n : 1) * sizeof(*pages));
-		if (!refs || !pages)
-			goto oom;
-		memcpy(refs, s->dram_refs, n * sizeof(*refs));
-		for (size_t i = 0; i < n; i++)
-			pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
-	} else {
-		n = dp_v4_seq_pages(s->seq, NULL, 0);
-		refs = malloc((n ? n : 1) * sizeof(*refs));
-		pages = malloc((n ? n : 1) * sizeof(*pages));
-		if (!refs || !pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES))
-			goto oom;
-		dp_v4_seq_pages(s->seq, refs, n);
-		for (size_t i = 0; i < n; i++) {
-			pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
-			int r = dp_kv_page_out(kv, pages[i], &refs[i]);
-			if (r < 0) {
-				free(refs);
-				free(pages);
-				free(bounce);
-				return r;
-			}
-		}
-	}
-	*ret_refs = refs;
-	*ret_pages = pages;
-	*ret_bounce = bounce;
-	*ret_n = n;
-	return 0;
-oom:
-	free(refs);
-	free(pages);
-	free(bounce);
-	return -ENOMEM;
-}
-
-int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
-{
-	/* a snapshot must never be ahead of the durable history */
-	return s->committed < pos ? dp_kv_commit(kv) : 0;
-}
-
 int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)
@@ -518,26 +396,6 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 }
 
 /* ---- promotion ---------------------------------------------------------------------- */
-
-int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
-		     struct dp_v4_seq **ret_seq)
-{
-	struct dp_v4_seq *seq;
-	if (pos > s->len)
-		return -EBADMSG; /* state ahead of the history: never */
-	int r = dp_v4_seq_new_at(kv->m, pos, &seq);
-	if (r < 0)
-		return r;
-	if (pos > 0 && dp_v4_model_has_engram(kv->m)) {
-		uint32_t n = pos < DP_V4_ENGRAM_HISTORY_MAX ? (uint32_t)pos : DP_V4_ENGRAM_HISTORY_MAX;
-		if ((r = dp_v4_seq_set_engram_history(seq, s->hist + (pos - n), n)) < 0) {
-			dp_v4_seq_free(seq);
-			return r;
-		}
-	}
-	*ret_seq = seq;
-	return 0;
-}
 
 /* Fill a fresh device sequence at pos from host pages (refs order); checks
  * that the page lists agree. */
@@ -786,37 +644,6 @@ int dp_kv_session_append(struct dp_kv *kv, struct dp_kv_session *s, const int32_
 	return 0;
 }
 
-int dp_kv_commit(struct dp_kv *kv)
-{
-	bool any = false;
-	for (size_t i = 0; i < kv->n; i++) {
-		struct dp_kv_session *s = kv->list[i];
-		if (s->committed == s->len)
-			continue;
-		struct dp_jbuf b = { 0 };
-		dp_jbuf_put_str(&b, s->id);
-		dp_jbuf_put_u64(&b, s->len);
-		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
-		for (uint64_t t = s->committed; t < s->len; t++)
-			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
-		put_owner(&b, s);
-		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
-		dp_jbuf_fini(&b);
-		if (r < 0)
-			return r;
-		s->committed = s->len;
-		any = true;
-	}
-	if (!any && !kv->wb_recorded)
-		return 0;
-	int r = dp_journal_sync(kv->j);
-	if (r == 0) {
-		kv->st.commits += any;
-		dp_kv_wb_finalize(kv); /* writebacks journaled before this sync */
-	}
-	return r;
-}
-
 int dp_kv_flush(struct dp_kv *kv)
 {
 	if (!kv)
@@ -895,14 +722,7 @@ int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_t
 		r = dp_kv_session_persist(kv, s);
 		if (r < 0)
 			return r;
-		if (s->tier == DP_KV_TIER_DEVICE) {
-			dp_v4_seq_free(s->seq);
-			s->seq = NULL;
-		} else {
-			dp_kv_dram_release(kv, s);
-		}
-		s->state_pos = s->snap_pos;
-		s->tier = DP_KV_TIER_NVME;
+		dp_kv_state_drop_to_snap(kv, s);
 	}
 	if (r == 0)
 		kv->st.demotions++;
@@ -1063,9 +883,9 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 			uint16_t tag = dp_jread_u16(&rd), elen = dp_jread_u16(&rd);
 			if (elen > rd.left)
 				break; /* a later format's: its fields are its own */
-			if (tag == JEXT_OWNER && elen == 4)
+			if (tag == DP_KV_JEXT_OWNER && elen == 4)
 				owner = get_u32le(rd.p);
-			lost |= tag == JEXT_LOST;
+			lost |= tag == DP_KV_JEXT_LOST;
 			rd.p += elen;
 			rd.left -= elen;
 		}
@@ -1215,9 +1035,9 @@ static int emit_live(void *ctx, struct dp_journal *nj)
 		dp_jbuf_put_u32(&b, (uint32_t)s->committed);
 		for (uint64_t t = 0; t < s->committed; t++)
 			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
-		put_owner(&b, s);
+		dp_kv_jbuf_put_owner(&b, s);
 		if (s->lost)
-			put_ext(&b, JEXT_LOST, 0);
+			dp_kv_jbuf_put_ext(&b, DP_KV_JEXT_LOST, 0);
 		int r = b.error ? b.error : dp_journal_append(nj, DP_JREC_RESET, b.data, b.len);
 		dp_jbuf_fini(&b);
 		if (r < 0)

@@ -5,21 +5,8 @@
  * full): the writebacks' slot writes and the restores' page reads.
  *
  * It lives apart so that restore.c and writeback.c do not call each other
- * both ways. Calls between the part's files (caller -> callee):
- *
- *   pump.c      -> writeback.c  dp_kv_wb_progress
- *               -> restore.c    dp_kv_restore_pump
- *   kvcache.c   -> writeback.c  dp_kv_wb_start/progress/finalize/settle/detach
- *               -> restore.c    dp_kv_restore_begin/complete
- *   writeback.c -> restore.c    dp_kv_restore_complete (a restore still reading
- *                               the old slots finishes before they are freed)
- *   restore.c   -> (neither writeback.c nor pump.c)
- *   all         -> tiers.c, journal.c, io/io.h
- *
- * restore.c and writeback.c still use kvcache.c's session helpers (declared
- * in kvcache-internal.h under "kvcache.c, for restore.c and writeback.c"),
- * so kvcache.c and those two still call each other; moving the helpers into
- * a file below all three would make the order strict.
+ * both ways; the part's whole call graph is drawn at the top of
+ * kvcache-internal.h.
  */
 #include "kvcache/kvcache-internal.h"
 

@@ -23,6 +23,9 @@
  * writebacks' tickets follow their queue order; results are read in ticket
  * order, with at most half the channel's depth unread (a result slot is
  * reused after `depth` tickets).
+ *
+ * The commit (dp_kv_commit) is here too, at the end: its journal sync is
+ * what installs the recorded writebacks.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -75,8 +78,14 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	    (s->tier != DP_KV_TIER_DEVICE && s->tier != DP_KV_TIER_DRAM))
 		return -EBUSY;
 	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
-	if (s->has_snap && s->snap_pos == pos) /* already on NVMe: nothing to write */
-		return dp_kv_session_demote(kv, s, DP_KV_TIER_NVME);
+	if (s->has_snap && s->snap_pos == pos) {
+		/* already on NVMe: nothing to write. What dp_kv_session_demote
+		 * does for such a session (idle, no writeback, no restore), without
+		 * calling back up into kvcache.c. */
+		dp_kv_state_drop_to_snap(kv, s);
+		kv->st.demotions++;
+		return 0;
+	}
 	int r = dp_kv_commit_if_behind(kv, s, pos);
 	if (r < 0)
 		return r;
@@ -294,4 +303,50 @@ void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s)
 		s->wb->s = NULL;
 		s->wb = NULL;
 	}
+}
+
+/* ---- the commit ----------------------------------------------------------------
+ *
+ * dp_kv_commit (kvcache.h) lives here, not in kvcache.c with the rest of the
+ * API: its journal sync is what installs the writebacks recorded before it
+ * (dp_kv_wb_finalize), and dp_kv_wb_start commits first (a snapshot is never
+ * ahead of the durable history), so in kvcache.c the two files would call
+ * each other.
+ */
+
+int dp_kv_commit(struct dp_kv *kv)
+{
+	bool any = false;
+	for (size_t i = 0; i < kv->n; i++) {
+		struct dp_kv_session *s = kv->list[i];
+		if (s->committed == s->len)
+			continue;
+		struct dp_jbuf b = { 0 };
+		dp_jbuf_put_str(&b, s->id);
+		dp_jbuf_put_u64(&b, s->len);
+		dp_jbuf_put_u32(&b, (uint32_t)(s->len - s->committed));
+		for (uint64_t t = s->committed; t < s->len; t++)
+			dp_jbuf_put_u32(&b, (uint32_t)s->hist[t]);
+		dp_kv_jbuf_put_owner(&b, s);
+		int r = b.error ? b.error : dp_journal_append(kv->j, DP_JREC_HISTORY, b.data, b.len);
+		dp_jbuf_fini(&b);
+		if (r < 0)
+			return r;
+		s->committed = s->len;
+		any = true;
+	}
+	if (!any && !kv->wb_recorded)
+		return 0;
+	int r = dp_journal_sync(kv->j);
+	if (r == 0) {
+		kv->st.commits += any;
+		dp_kv_wb_finalize(kv); /* writebacks journaled before this sync */
+	}
+	return r;
+}
+
+int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
+{
+	/* a snapshot must never be ahead of the durable history */
+	return s->committed < pos ? dp_kv_commit(kv) : 0;
 }

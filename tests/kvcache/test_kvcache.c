@@ -787,6 +787,38 @@ Test(kv_io, a_session_dropped_during_its_writeback_leaves_no_slot_behind)
 	dp_kv_close(kv);
 }
 
+Test(kv_io, an_asynchronous_demotion_of_a_session_already_on_nvme_writes_nothing)
+{
+	/* the device holds two sessions: over the watermark; one out is enough */
+	uint64_t P = pages_per_session();
+	struct dp_kv *kv = open_kv(0, 2 * P * 65536);
+	struct dp_kv_session *a, *b;
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, a, 20, 1);
+	turn(kv, b, 20, 2);
+	/* a's snapshot holds its state; a stays on the device */
+	cr_assert_eq(dp_kv_session_persist(kv, a), 0);
+	cr_assert_eq(dp_kv_session_tier(a), DP_KV_TIER_DEVICE);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	uint64_t written = st.pages_written;
+	cr_assert_eq(dp_kv_balance_async(kv), 1);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.writebacks, 0, "nothing to write: no writeback");
+	cr_expect_not(dp_kv_writeback_pending(kv));
+	cr_expect_eq(st.pages_written, written);
+	cr_expect_eq(st.demotions, 1);
+	cr_expect_eq(dp_kv_session_tier(a), DP_KV_TIER_NVME, "at once, onto its snapshot");
+	cr_expect_eq(dp_kv_session_tier(b), DP_KV_TIER_DEVICE);
+	cr_expect_eq(st.pages[DP_KV_TIER_DEVICE], P);
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], P);
+	check_state(kv, a);
+	check_state(kv, b);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+}
+
 Test(kv, a_missing_state_directory_is_a_clear_error)
 {
 	char err[512] = "";
