@@ -110,4 +110,25 @@ static inline uint8_t dp_f32_to_e4m3(float f)
 	return (uint8_t)(sign | (uint8_t)code);
 }
 
+/* ---- fp4 E2M1 and E8M0 scales (the V4 checkpoints' block formats) ---------------------- */
+
+/* A 4-bit code s eem: magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 by bits 2..0, sign bit 3
+ * (the high nibble of `v` is ignored). */
+static inline float dp_e2m1_to_f32(uint8_t v)
+{
+	static const float mag[8] = { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f };
+	float a = mag[v & 7];
+	return (v & 8) ? -a : a;
+}
+
+/* A scale byte: 2^(b - 127) for b in 0..254 (b = 0 is the fp32 subnormal 2^-127);
+ * 255 is NaN. Built from its bits, never through a float cast of b. */
+static inline float dp_e8m0_to_f32(uint8_t b)
+{
+	uint32_t u = b == 255 ? 0x7fc00000u : b == 0 ? 0x00400000u : (uint32_t)b << 23;
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
 #endif /* DP_BASE_DTYPE_H */
