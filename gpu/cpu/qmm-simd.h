@@ -7,7 +7,9 @@
  *   Q_DEC_E4M3(p)      QW e4m3 codes at p -> value / 256 (f16 converter)
  *   Q_DEC_E2M1(p)      QW e2m1 codes (QW/2 bytes) at p -> value
  *   Q_DEC_BF16(p)      QW bf16 at p -> value
+ *   Q_ADD              vector add
  *   Q_MR, Q_NT         tile register block: tokens x weight rows
+ *   Q_GEMV_TWO         most tokens for which the GEMV keeps two accumulators each
  *   Q_NAME(x)          the set's prefix, Q_ISA its enum, Q_TABLE the table's name
  * Every path computes what qmm.c's portable kernels compute (code x scale
  * exactly, fp32 products and sums), in another order of the sums.
@@ -51,10 +53,13 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 {
 	for (uint32_t r = r0; r < r1; r++) {
 		const uint8_t *row = w->data + r * w->row_bytes;
-		QV a[DP_QMM_GEMV_MAX];
+		/* two accumulator sets while they fit the registers: one FMA chain
+		 * per token would wait on the FMA latency every vector */
+		const bool two = M <= Q_GEMV_TWO;
+		QV a[DP_QMM_GEMV_MAX], b[DP_QMM_GEMV_MAX];
 		float t[DP_QMM_GEMV_MAX];
 		for (uint32_t m = 0; m < M; m++) {
-			a[m] = Q_ZERO();
+			a[m] = b[m] = Q_ZERO();
 			t[m] = 0;
 		}
 		for (uint32_t k0 = 0, kb = 0; k0 < w->cols; k0 += w->kblock, kb++) {
@@ -63,6 +68,19 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 			uint32_t k = k0;
 			if (isfinite(mul)) {
 				QV vm = Q_SET1(mul);
+				if (two)
+					for (; k + 2 * QW <= end; k += 2 * QW) {
+						QV w0 = Q_NAME(dec)(dt, row, k);
+						QV w1 = Q_NAME(dec)(dt, row, k + QW);
+						if (Q_NAME(scaled)(dt)) {
+							w0 = Q_MUL(w0, vm);
+							w1 = Q_MUL(w1, vm);
+						}
+						for (uint32_t m = 0; m < M; m++) {
+							a[m] = Q_FMA(w0, Q_LOAD(x + m * ldx + k), a[m]);
+							b[m] = Q_FMA(w1, Q_LOAD(x + m * ldx + k + QW), b[m]);
+						}
+					}
 				for (; k + QW <= end; k += QW) {
 					QV wv = Q_NAME(dec)(dt, row, k);
 					if (Q_NAME(scaled)(dt))
@@ -78,7 +96,7 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 			}
 		}
 		for (uint32_t m = 0; m < M; m++) {
-			float v = Q_HSUM(a[m]) + t[m];
+			float v = Q_HSUM(Q_ADD(a[m], b[m])) + t[m];
 			y[m * ldy + r] = acc ? y[m * ldy + r] + v : v;
 		}
 	}
