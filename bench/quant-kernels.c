@@ -21,6 +21,7 @@
  */
 #include <cblas.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,18 +153,26 @@ static int run_case(struct dp_gpu *g, const struct qcase *qc, double stream_gbs)
 					copies, R, C, &w);
 	if (r < 0)
 		return r;
-	/* the fp32 anchor: matrix 0 dequantized (bitwise what the kernels use),
+	/* the fp32 anchor: matrix 0 dequantized with base/dtype.h's decodings,
 	 * repeated over `fcopies` copies so it too comes from DRAM */
-	float *eye = calloc(C, sizeof(float)), *col = malloc(R * sizeof(float));
-	for (uint32_t c = 0; c < C; c++) { /* column c of W = W . e_c (exact) */
-		eye[c] = 1;
-		ops->matmul(g, eye, 0, &w, 0, col, 0, 1, false);
-		for (uint32_t rr = 0; rr < R; rr++)
-			deq[(size_t)rr * C + c] = col[rr];
-		eye[c] = 0;
-	}
-	free(eye);
-	free(col);
+	for (uint32_t rr = 0; rr < R; rr++)
+		for (uint32_t c = 0; c < C; c++) {
+			size_t e = (size_t)rr * C + c;
+			float v;
+			if (qc->dtype == DP_DTYPE_BF16) {
+				uint16_t b;
+				memcpy(&b, data + 2 * e, 2);
+				v = dp_bf16_to_f32(b);
+			} else if (qc->dtype == DP_DTYPE_E4M3) {
+				v = dp_e4m3_to_f32(data[e]) *
+				    dp_e8m0_to_f32(scale[(rr / 128) * ((C + 127) / 128) + c / 128]);
+			} else {
+				uint8_t b = data[e / 2];
+				v = dp_e2m1_to_f32(e % 2 ? b >> 4 : b & 15) *
+				    dp_e8m0_to_f32(scale[(size_t)rr * ((C + 31) / 32) + c / 32]);
+			}
+			deq[e] = v;
+		}
 	float *fw = malloc((size_t)R * C * sizeof(float) * fcopies);
 	if (!fw)
 		return -ENOMEM;
@@ -190,6 +199,21 @@ static int run_case(struct dp_gpu *g, const struct qcase *qc, double stream_gbs)
 		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)C, 1.0f,
 			    fw + (size_t)(i % fcopies) * R * C, (int)C, x, 1, 0.0f, y, 1);
 		ta[i] = (dp_clock_ns() - t0) * 1e-9;
+	}
+	/* the two agree (matrix 0 both sides): a bench of a wrong kernel is no bench */
+	float *yb = malloc(R * sizeof(float));
+	ops->matmul(g, x, 0, &w, 0, y, 0, 1, false);
+	cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)C, 1.0f, fw, (int)C, x, 1, 0.0f, yb, 1);
+	double maxd = 0, maxr = 1e-30;
+	for (uint32_t i = 0; i < R; i++) {
+		maxd = fmax(maxd, fabs((double)y[i] - yb[i]));
+		maxr = fmax(maxr, fabs(yb[i]));
+	}
+	free(yb);
+	if (maxd > 1e-4 * maxr) {
+		fprintf(stderr, "bench-quant-kernels: %s: ours differs from sgemv by %.3g of %.3g\n",
+			qc->name, maxd, maxr);
+		return -EIO;
 	}
 	double tq = median(t, reps), tb = median(ta, reps);
 	double gbs = wbytes / tq / 1e9, gbs_blas = (double)R * C * 4 / tb / 1e9;
