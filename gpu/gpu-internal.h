@@ -35,6 +35,10 @@ struct dp_gpu {
 	const struct dp_gpu_ops *ops;
 	uint64_t bytes[DP_GPU_MEM_CLASS_MAX];
 	uint64_t peak;
+	/* why gpu.c refused a call with -ENOTSUP (dp_gpu_last_error falls back
+	 * to it when the backend has nothing to say) */
+	char why[160];
+	enum dp_gpu_isa isa; /* cpu: the kernel path in use */
 };
 
 int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *err, size_t err_len);

@@ -54,12 +54,44 @@ int dp_gpu_probe(struct dp_gpu_device_info *out, int max, char *why, size_t why_
 #endif
 }
 
-static const size_t dtype_sizes[DP_DTYPE_MAX] = { 4, 2, 2, 4 };
-static const char *const dtype_names[DP_DTYPE_MAX] = { "f32", "bf16", "f16", "i32" };
+static const size_t dtype_sizes[DP_DTYPE_MAX] = { 4, 2, 2, 4, 1, 0, 1 };
+static const char *const dtype_names[DP_DTYPE_MAX] = { "f32",  "bf16", "f16", "i32",
+						       "e4m3", "e2m1", "e8m0" };
 
 size_t dp_dtype_size(enum dp_dtype dtype)
 {
 	return dtype < DP_DTYPE_MAX ? dtype_sizes[dtype] : 0;
+}
+
+size_t dp_dtype_bytes(enum dp_dtype dtype, size_t n)
+{
+	if (dtype == DP_DTYPE_E2M1)
+		return (n + 1) / 2;
+	return dp_dtype_size(dtype) * n;
+}
+
+static const char *const isa_names[DP_GPU_ISA_MAX] = { "auto", "portable", "avx2", "avx512" };
+
+const char *dp_gpu_isa_name(enum dp_gpu_isa isa)
+{
+	return isa < DP_GPU_ISA_MAX ? isa_names[isa] : NULL;
+}
+
+int dp_gpu_isa_parse(const char *name, enum dp_gpu_isa *ret_isa)
+{
+	if (!name || !ret_isa)
+		return -EINVAL;
+	for (int i = 0; i < DP_GPU_ISA_MAX; i++)
+		if (!strcmp(name, isa_names[i])) {
+			*ret_isa = (enum dp_gpu_isa)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+enum dp_gpu_isa dp_gpu_isa_of(const struct dp_gpu *g)
+{
+	return g && g->kind == DP_GPU_CPU ? g->isa : DP_GPU_ISA_MAX;
 }
 
 const char *dp_dtype_name(enum dp_dtype dtype)
@@ -173,6 +205,8 @@ int dp_gpu_sync(struct dp_gpu *g)
 const char *dp_gpu_last_error(const struct dp_gpu *g)
 {
 	const char *e = g && g->be->last_error ? g->be->last_error(g) : NULL;
+	if ((!e || !e[0]) && g)
+		e = g->why;
 	return e ? e : "";
 }
 
@@ -267,8 +301,10 @@ int dp_gpu_weight_fill_buf(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t i
 			   uint32_t n_rows, const void *src, enum dp_dtype src_dtype, void *buf,
 			   size_t buf_bytes)
 {
-	if (!g || !w || !w->data || w->slot_of || !src || index >= w->count || row0 > w->rows ||
-	    n_rows > w->rows - row0 || src_dtype >= DP_DTYPE_MAX || src_dtype == DP_DTYPE_I32)
+	if (!g || !w || !w->data || w->slot_of || w->borrowed || !src || index >= w->count ||
+	    row0 > w->rows || n_rows > w->rows - row0 || src_dtype >= DP_DTYPE_MAX ||
+	    src_dtype == DP_DTYPE_I32 || src_dtype >= DP_DTYPE_E4M3 ||
+	    (w->dtype != DP_DTYPE_F32 && w->dtype != DP_DTYPE_BF16)) /* blocks: fill_blocks */
 		return -EINVAL;
 	size_t esz = dp_dtype_size(w->dtype), ssz = dp_dtype_size(src_dtype);
 	size_t n = (size_t)n_rows * w->cols;
@@ -355,11 +391,223 @@ int dp_gpu_vector_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dt
 	return 0;
 }
 
+/* Bytes of one matrix's codes and of its scales. */
+static size_t matrix_bytes(enum dp_dtype dtype, uint32_t rows, uint32_t cols)
+{
+	return (size_t)rows * dp_dtype_bytes(dtype, cols);
+}
+
+static size_t scale_bytes(enum dp_dtype dtype, enum dp_dtype scale_dtype, uint32_t rows,
+			  uint32_t cols)
+{
+	return dp_gpu_weight_scales(dtype, rows, cols) * dp_dtype_size(scale_dtype);
+}
+
 void dp_gpu_weight_free(struct dp_gpu *g, struct dp_gpu_weight *w)
 {
 	if (!g || !w || !w->data)
 		return;
-	dp_gpu_dealloc(g, w->data, (size_t)w->count * w->rows * w->cols * dp_dtype_size(w->dtype),
-		       DP_GPU_MEM_WEIGHTS);
+	if (!w->borrowed) {
+		uint32_t n = w->slot_of ? w->stored : w->count;
+		dp_gpu_dealloc(g, w->data, n * matrix_bytes(w->dtype, w->rows, w->cols),
+			       DP_GPU_MEM_WEIGHTS);
+		if (w->scale)
+			dp_gpu_dealloc(g, w->scale,
+				       n * scale_bytes(w->dtype, w->scale_dtype, w->rows, w->cols),
+				       DP_GPU_MEM_WEIGHTS);
+	}
 	memset(w, 0, sizeof(*w));
+}
+
+/* ---- block-scaled weights, kept as stored ---------------------------------- */
+
+size_t dp_gpu_weight_scales(enum dp_dtype dtype, uint32_t rows, uint32_t cols)
+{
+	switch (dtype) {
+	case DP_DTYPE_E4M3:
+		return (size_t)((rows + DP_GPU_E4M3_BLOCK - 1) / DP_GPU_E4M3_BLOCK) *
+		       ((cols + DP_GPU_E4M3_BLOCK - 1) / DP_GPU_E4M3_BLOCK);
+	case DP_DTYPE_E2M1:
+		return (size_t)rows * ((cols + DP_GPU_E2M1_BLOCK - 1) / DP_GPU_E2M1_BLOCK);
+	default:
+		return 0;
+	}
+}
+
+static bool scaled(enum dp_dtype dtype)
+{
+	return dtype == DP_DTYPE_E4M3 || dtype == DP_DTYPE_E2M1;
+}
+
+/* The dtypes and shape a stored weight may have on backend g: 0, -EINVAL,
+ * or -ENOTSUP with the reason in g->why. */
+static int check_as(struct dp_gpu *g, enum dp_dtype dtype, enum dp_dtype scale_dtype,
+		    uint32_t count, uint32_t rows, uint32_t cols)
+{
+	if (!count || !rows || !cols)
+		return -EINVAL;
+	if (dtype != DP_DTYPE_F32 && dtype != DP_DTYPE_BF16 && !scaled(dtype))
+		return -EINVAL;
+	if (scaled(dtype) && scale_dtype != DP_DTYPE_E8M0 && scale_dtype != DP_DTYPE_F32)
+		return -EINVAL;
+	if (dtype == DP_DTYPE_E2M1 && cols % 2)
+		return -EINVAL; /* a row is whole bytes */
+	if (g->kind != DP_GPU_CPU && dtype != g->be->weight_dtype) {
+		snprintf(g->why, sizeof(g->why),
+			 "the %s backend has no kernels for %s weights (it computes with %s): "
+			 "use the cpu backend for this checkpoint",
+			 dp_gpu_kind_name(g->kind), dp_dtype_name(dtype),
+			 dp_dtype_name(g->be->weight_dtype));
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+/* Refuse the codes no kernel may compute with: e4m3 NaN (s1111111), e8m0
+ * 255 (NaN), non-finite f32 scales. Reads every byte once. */
+static int check_codes(enum dp_dtype dtype, const void *data, size_t data_bytes,
+		       enum dp_dtype scale_dtype, const void *scale, size_t n_scales)
+{
+	if (dtype == DP_DTYPE_E4M3) {
+		const uint8_t *p = data;
+		unsigned bad = 0;
+		for (size_t i = 0; i < data_bytes; i++) /* branch-free: vectorizes */
+			bad |= (p[i] & 0x7fu) == 0x7fu;
+		if (bad)
+			return -EINVAL;
+	}
+	if (!scaled(dtype))
+		return 0;
+	if (scale_dtype == DP_DTYPE_E8M0) {
+		const uint8_t *p = scale;
+		unsigned bad = 0;
+		for (size_t i = 0; i < n_scales; i++)
+			bad |= p[i] == 0xffu;
+		return bad ? -EINVAL : 0;
+	}
+	const float *f = scale;
+	for (size_t i = 0; i < n_scales; i++)
+		if (!isfinite(f[i]))
+			return -EINVAL;
+	return 0;
+}
+
+int dp_gpu_weight_alloc_as(struct dp_gpu *g, enum dp_dtype dtype, enum dp_dtype scale_dtype,
+			   uint32_t count, uint32_t rows, uint32_t cols,
+			   struct dp_gpu_weight *ret_w)
+{
+	if (!g || !ret_w)
+		return -EINVAL;
+	int ret = check_as(g, dtype, scale_dtype, count, rows, cols);
+	if (ret < 0)
+		return ret;
+	struct dp_gpu_weight w = { .dtype = dtype, .count = count, .rows = rows, .cols = cols };
+	w.data = dp_gpu_alloc(g, count * matrix_bytes(dtype, rows, cols), DP_GPU_MEM_WEIGHTS);
+	if (!w.data)
+		return -ENOMEM;
+	if (scaled(dtype)) {
+		size_t n = count * dp_gpu_weight_scales(dtype, rows, cols);
+		w.scale_dtype = scale_dtype;
+		w.scale = dp_gpu_alloc(g, n * dp_dtype_size(scale_dtype), DP_GPU_MEM_WEIGHTS);
+		if (!w.scale) {
+			dp_gpu_weight_free(g, &w);
+			return -ENOMEM;
+		}
+		/* scales 2^0, so a zeroed weight is zero and not a NaN-free lie */
+		void *one = malloc(n * dp_dtype_size(scale_dtype));
+		if (!one) {
+			dp_gpu_weight_free(g, &w);
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (scale_dtype == DP_DTYPE_E8M0)
+				((uint8_t *)one)[i] = 127;
+			else
+				((float *)one)[i] = 1.0f;
+		}
+		ret = dp_gpu_upload(g, w.scale, one, n * dp_dtype_size(scale_dtype));
+		free(one);
+		if (ret < 0) {
+			dp_gpu_weight_free(g, &w);
+			return ret;
+		}
+	}
+	*ret_w = w;
+	return 0;
+}
+
+int dp_gpu_weight_fill_blocks(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index,
+			      const void *data, const void *scale)
+{
+	if (!g || !w || !w->data || w->borrowed || !data || (scaled(w->dtype) && !scale))
+		return -EINVAL;
+	if (index >= (w->slot_of ? w->stored : w->count))
+		return -EINVAL;
+	size_t mb = matrix_bytes(w->dtype, w->rows, w->cols);
+	size_t ns = dp_gpu_weight_scales(w->dtype, w->rows, w->cols);
+	size_t sb = ns * dp_dtype_size(w->scale_dtype);
+	int ret = check_codes(w->dtype, data, mb, w->scale_dtype, scale, ns);
+	if (ret < 0)
+		return ret;
+	ret = dp_gpu_upload(g, (char *)w->data + index * mb, data, mb);
+	if (ret == 0 && scaled(w->dtype))
+		ret = dp_gpu_upload(g, (char *)w->scale + index * sb, scale, sb);
+	return ret;
+}
+
+int dp_gpu_weight_upload_as(struct dp_gpu *g, const void *data, const void *scale,
+			    enum dp_dtype dtype, enum dp_dtype scale_dtype, uint32_t count,
+			    uint32_t rows, uint32_t cols, struct dp_gpu_weight *ret_w)
+{
+	struct dp_gpu_weight w;
+
+	if (!data || (scaled(dtype) && !scale) || !ret_w)
+		return -EINVAL;
+	int ret = dp_gpu_weight_alloc_as(g, dtype, scale_dtype, count, rows, cols, &w);
+	if (ret < 0)
+		return ret;
+	size_t mb = matrix_bytes(dtype, rows, cols);
+	size_t sb = scale_bytes(dtype, scale_dtype, rows, cols);
+	for (uint32_t i = 0; i < count && ret == 0; i++)
+		ret = dp_gpu_weight_fill_blocks(g, &w, i, (const char *)data + i * mb,
+						scale ? (const char *)scale + i * sb : NULL);
+	if (ret < 0) {
+		dp_gpu_weight_free(g, &w);
+		return ret;
+	}
+	*ret_w = w;
+	return 0;
+}
+
+int dp_gpu_weight_wrap(struct dp_gpu *g, const void *data, const void *scale, enum dp_dtype dtype,
+		       enum dp_dtype scale_dtype, uint32_t count, uint32_t rows, uint32_t cols,
+		       struct dp_gpu_weight *ret_w)
+{
+	if (!g || !data || (scaled(dtype) && !scale) || !ret_w)
+		return -EINVAL;
+	if (g->kind != DP_GPU_CPU) {
+		snprintf(g->why, sizeof(g->why),
+			 "the %s backend cannot compute on host memory in place: upload the "
+			 "weight (dp_gpu_weight_upload_as) instead of wrapping it",
+			 dp_gpu_kind_name(g->kind));
+		return -ENOTSUP;
+	}
+	int ret = check_as(g, dtype, scale_dtype, count, rows, cols);
+	if (ret < 0)
+		return ret;
+	ret = check_codes(dtype, data, count * matrix_bytes(dtype, rows, cols), scale_dtype, scale,
+			  count * dp_gpu_weight_scales(dtype, rows, cols));
+	if (ret < 0)
+		return ret;
+	/* the ops never write a weight: casting const away is the interface's
+	 * (struct dp_gpu_weight.data is not const for the backends that fill) */
+	*ret_w = (struct dp_gpu_weight){ .data = (void *)(uintptr_t)data,
+					 .dtype = dtype,
+					 .count = count,
+					 .rows = rows,
+					 .cols = cols,
+					 .scale = scaled(dtype) ? (void *)(uintptr_t)scale : NULL,
+					 .scale_dtype = scaled(dtype) ? scale_dtype : DP_DTYPE_F32,
+					 .borrowed = true };
+	return 0;
 }

@@ -12,9 +12,13 @@
  * backend memory, so the forward pass can be planned on the host.
  *
  * Activations are fp32, row-major. Weights (struct dp_gpu_weight) are stored
- * in the backend's preferred dtype (cpu: fp32; cuda: bf16) and are always
- * [rows = out_features][cols = in_features], like a PyTorch Linear; a stack
- * of `count` such matrices (the routed experts) is contiguous.
+ * in the backend's preferred dtype (cpu: fp32; cuda: bf16) or, through
+ * dp_gpu_weight_alloc_as()/_upload_as()/_wrap(), as the checkpoint stores
+ * them (cpu: bf16, fp8 e4m3 with 128x128 block scales, fp4 e2m1 with per-32
+ * scales; the ops pick their kernel by the weight's own dtype). They are
+ * always [rows = out_features][cols = in_features], like a PyTorch Linear; a
+ * stack of `count` such matrices (the routed experts) is contiguous, and so
+ * are their scales.
  *
  * Paged streams. The growing parts of the KV state (compressed entries, index
  * keys) live in fixed-size pages owned by the KV cache; ops read them through
@@ -73,15 +77,48 @@ enum dp_dtype {
 	DP_DTYPE_BF16,
 	DP_DTYPE_F16,
 	DP_DTYPE_I32,
+	/* Block-scaled weight formats (the published V4 checkpoints; decoding as
+	 * base/dtype.h has the scalar decodings). A weight of one of these carries its scales
+	 * (struct dp_gpu_weight.scale, of scale_dtype E8M0 or F32):
+	 *   E4M3: OCP fp8 e4m3fn codes, one scale per DP_GPU_E4M3_BLOCK x
+	 *         DP_GPU_E4M3_BLOCK block: scales [ceil(rows/128)][ceil(cols/128)];
+	 *   E2M1: fp4 codes packed two a byte, low nibble first (cols even), one
+	 *         scale per DP_GPU_E2M1_BLOCK along a row: scales [rows][ceil(cols/32)];
+	 *   E8M0: a scale byte b = 2^(b - 127); 255 (NaN) is refused. */
+	DP_DTYPE_E4M3,
+	DP_DTYPE_E2M1,
+	DP_DTYPE_E8M0,
 	DP_DTYPE_MAX,
 };
 
+#define DP_GPU_E4M3_BLOCK 128
+#define DP_GPU_E2M1_BLOCK 32
+
+/* Bytes of one value; 0 for E2M1 (half a byte: use dp_dtype_bytes). */
 size_t dp_dtype_size(enum dp_dtype dtype);
+/* Bytes n values take (E2M1: (n + 1) / 2); 0 for an unknown dtype. */
+size_t dp_dtype_bytes(enum dp_dtype dtype, size_t n);
 const char *dp_dtype_name(enum dp_dtype dtype);
 
+/* The cpu backend's kernel path for the block-scaled and bf16 weights. AUTO
+ * takes the best the CPU has, unless the environment variable DP_CPU_ISA
+ * (portable, avx2, avx512) names one (tests force each path that way). */
+enum dp_gpu_isa {
+	DP_GPU_ISA_AUTO,
+	DP_GPU_ISA_PORTABLE, /* plain C */
+	DP_GPU_ISA_AVX2,     /* AVX2 + FMA + F16C */
+	DP_GPU_ISA_AVX512,   /* AVX-512 F/BW/VL */
+	DP_GPU_ISA_MAX,
+};
+
+const char *dp_gpu_isa_name(enum dp_gpu_isa isa); /* "auto", "portable", "avx2", "avx512" */
+/* Parse one of those names; -EINVAL otherwise. */
+int dp_gpu_isa_parse(const char *name, enum dp_gpu_isa *ret_isa);
+
 struct dp_gpu_opts {
-	int threads; /* cpu: BLAS/worker threads, 0 = all usable cpus */
-	int device;  /* cuda: device ordinal */
+	int threads;	     /* cpu: BLAS/worker threads, 0 = all usable cpus */
+	int device;	     /* cuda: device ordinal */
+	enum dp_gpu_isa isa; /* cpu: kernel path (a path the CPU lacks: -ENOTSUP) */
 };
 
 struct dp_gpu;
@@ -119,6 +156,8 @@ int dp_gpu_sync(struct dp_gpu *g);
  * sync) leaves the reason here. Valid until the next call on g. */
 const char *dp_gpu_last_error(const struct dp_gpu *g);
 void dp_gpu_mem_stats(const struct dp_gpu *g, struct dp_gpu_mem_stats *ret);
+/* The cpu backend's kernel path in use (never AUTO); DP_GPU_ISA_MAX on cuda. */
+enum dp_gpu_isa dp_gpu_isa_of(const struct dp_gpu *g);
 /* Zeroed host memory the backend copies to and from at full speed (cuda:
  * page-locked, cudaHostAlloc; cpu: 4 KiB-aligned heap memory), for staging
  * buffers and host-resident state pages; NULL on failure. The host may read
@@ -140,7 +179,18 @@ struct dp_gpu_weight {
 	 * not resident. NULL: a plain stack, matrix i at data + i. */
 	const int32_t *slot_of;
 	uint32_t stored;
+	/* E4M3 / E2M1: the scales of every stored matrix, one matrix's after
+	 * another (dp_gpu_weight_scales() a matrix), of scale_dtype E8M0 or
+	 * F32 (finite; the Base checkpoints' powers of two); NULL otherwise. */
+	void *scale;
+	enum dp_dtype scale_dtype;
+	/* Wrapped caller memory (dp_gpu_weight_wrap): free forgets it. */
+	bool borrowed;
 };
+
+/* Scales per matrix of a weight of `dtype` and shape [rows][cols] (0 for
+ * the unscaled dtypes). */
+size_t dp_gpu_weight_scales(enum dp_dtype dtype, uint32_t rows, uint32_t cols);
 
 /* A new, zeroed weight of count x [rows][cols] in the backend's dtype. */
 int dp_gpu_weight_alloc(struct dp_gpu *g, uint32_t count, uint32_t rows, uint32_t cols,
@@ -164,6 +214,36 @@ int dp_gpu_weight_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dt
 int dp_gpu_vector_upload(struct dp_gpu *g, const void *src, enum dp_dtype src_dtype, size_t n,
 			 float **ret_vec);
 void dp_gpu_weight_free(struct dp_gpu *g, struct dp_gpu_weight *w);
+
+/* Weights kept as the checkpoint stores them. `dtype` is F32, BF16, E4M3 or
+ * E2M1; `scale_dtype` E8M0 or F32 for E4M3/E2M1 (ignored otherwise). Host
+ * data: codes [count][rows][cols] (E2M1 packed: [count][rows][cols / 2]
+ * bytes) and, for E4M3/E2M1, scales [count][dp_gpu_weight_scales()].
+ * Every code is checked: an e4m3 NaN code (0x7f, 0xff), an e8m0 255 or a
+ * non-finite f32 scale is -EINVAL, so no kernel computes with a NaN the
+ * checkpoint smuggled in. The cuda backend has no kernels for E4M3/E2M1:
+ * -ENOTSUP (dp_gpu_last_error says so); it takes its own weight dtype only.
+ *
+ * A new zeroed weight (scales 2^0) of the given dtypes. */
+int dp_gpu_weight_alloc_as(struct dp_gpu *g, enum dp_dtype dtype, enum dp_dtype scale_dtype,
+			   uint32_t count, uint32_t rows, uint32_t cols,
+			   struct dp_gpu_weight *ret_w);
+/* Fill stored matrix `index` (codes and scales) from host data of the
+ * weight's own dtypes, copied as is after the check. */
+int dp_gpu_weight_fill_blocks(struct dp_gpu *g, struct dp_gpu_weight *w, uint32_t index,
+			      const void *data, const void *scale);
+/* alloc_as + fill_blocks of every matrix. */
+int dp_gpu_weight_upload_as(struct dp_gpu *g, const void *data, const void *scale,
+			    enum dp_dtype dtype, enum dp_dtype scale_dtype, uint32_t count,
+			    uint32_t rows, uint32_t cols, struct dp_gpu_weight *ret_w);
+/* A weight over caller-owned host memory, used in place (no copy: bytes of
+ * an mmap'd checkpoint stay in the page cache). The caller keeps data and
+ * scale mapped and unchanged until dp_gpu_weight_free (which frees nothing
+ * of them). Every code is checked as above, which reads every byte once.
+ * cpu backend only: cuda returns -ENOTSUP. */
+int dp_gpu_weight_wrap(struct dp_gpu *g, const void *data, const void *scale, enum dp_dtype dtype,
+		       enum dp_dtype scale_dtype, uint32_t count, uint32_t rows, uint32_t cols,
+		       struct dp_gpu_weight *ret_w);
 
 /* ---- paged streams ---------------------------------------------------------- */
 

@@ -3,6 +3,7 @@
 #define DP_GPU_CPU_INTERNAL_H
 
 #include "gpu/gpu-internal.h"
+#include "gpu/cpu/qmm-internal.h"
 
 /* Largest hc_mult the ops handle (stack buffers). */
 #define DP_GPU_HC_MAX 16
@@ -13,6 +14,10 @@ struct dp_gpu_cpu {
 	struct dp_gpu g; /* first */
 	float *scratch;	 /* grows on demand; valid during one op */
 	size_t scratch_len;
+	/* products with bf16 / e4m3 / e2m1 weights (qmm.c) */
+	const struct dp_qmm_isa *qmm;
+	struct dp_cpu_pool pool;
+	float *tiles; /* pool.n x DP_QMM_NR x DP_QMM_KC */
 };
 
 /* A scratch buffer of at least `floats` floats, or NULL. */

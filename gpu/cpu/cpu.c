@@ -5,10 +5,16 @@
  * Reductions that decide the numerics (norms, softmaxes, dot products outside
  * BLAS) accumulate in double, so this backend sits within fp32 rounding of the
  * exact result; the cuda backend is held to it.
+ *
+ * Weights kept as the checkpoint stores them (bf16, e4m3 and e2m1 with their
+ * block scales) are new cases of the same ops, chosen by the weight's dtype:
+ * matmul (and so moe and engram_fuse) goes through qmm.c's fused
+ * dequantize-and-multiply kernels on the backend's worker pool.
  */
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +26,12 @@
 static void cpu_destroy(struct dp_gpu *g)
 {
 	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	dp_cpu_pool_fini(&c->pool);
+	free(c->tiles);
 	free(c->scratch);
 	free(c);
 }
+
 
 static void *cpu_alloc(struct dp_gpu *g, size_t bytes)
 {
@@ -100,10 +109,18 @@ static const struct dp_gpu_backend cpu_backend = {
 static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const struct dp_gpu_weight *w,
 		      uint32_t index, float *y, uint32_t ldy, uint32_t M, bool accumulate)
 {
-	(void)g;
-	if (!x || !w || !y || index >= w->count || w->dtype != DP_DTYPE_F32 || w->slot_of ||
+	if (!x || !w || !y || !w->data || index >= w->count || w->slot_of ||
 	    (ldx && ldx < w->cols) || (ldy && ldy < w->rows))
 		return -EINVAL;
+	if (w->dtype != DP_DTYPE_F32) { /* bf16, e4m3, e2m1: the fused kernels */
+		struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+		struct dp_qmat q;
+		if (dp_qmat_of(w, index, &q) < 0)
+			return -EINVAL;
+		dp_qmm_run(c->qmm, &c->pool, c->tiles, &q, x, ldx ? ldx : w->cols, M, y,
+			   ldy ? ldy : w->rows, accumulate);
+		return 0;
+	}
 	if (M == 0)
 		return 0;
 	const float *W = (const float *)w->data + (size_t)index * w->rows * w->cols;
@@ -122,15 +139,21 @@ static int cpu_embed(struct dp_gpu *g, const struct dp_gpu_weight *table, const 
 		     uint32_t T, float *y)
 {
 	(void)g;
-	if (!table || !ids || !y || table->dtype != DP_DTYPE_F32 || table->slot_of)
+	if (!table || !ids || !y || table->slot_of ||
+	    (table->dtype != DP_DTYPE_F32 && table->dtype != DP_DTYPE_BF16))
 		return -EINVAL;
 	for (uint32_t t = 0; t < T; t++)
 		if (ids[t] < 0 || (uint32_t)ids[t] >= table->rows)
 			return -EINVAL;
 	for (uint32_t t = 0; t < T; t++)
-		memcpy(y + (size_t)t * table->cols,
-		       (const float *)table->data + (size_t)ids[t] * table->cols,
-		       table->cols * sizeof(float));
+		if (table->dtype == DP_DTYPE_BF16) /* rows widen exactly */
+			dp_convert_to_f32(y + (size_t)t * table->cols,
+					  (const uint16_t *)table->data + (size_t)ids[t] * table->cols,
+					  DP_DTYPE_BF16, table->cols);
+		else
+			memcpy(y + (size_t)t * table->cols,
+			       (const float *)table->data + (size_t)ids[t] * table->cols,
+			       table->cols * sizeof(float));
 	return 0;
 }
 
@@ -603,6 +626,38 @@ int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *er
 	c->g.kind = DP_GPU_CPU;
 	c->g.be = &cpu_backend;
 	c->g.ops = &cpu_ops;
+
+	enum dp_gpu_isa isa = opts->isa;
+	const char *env = getenv("DP_CPU_ISA");
+	if (isa == DP_GPU_ISA_AUTO && env && env[0] && dp_gpu_isa_parse(env, &isa) < 0) {
+		if (err && err_len)
+			snprintf(err, err_len,
+				 "DP_CPU_ISA=%s: not a kernel path (auto, portable, avx2, avx512)", env);
+		free(c);
+		return -EINVAL;
+	}
+	c->qmm = isa < DP_GPU_ISA_MAX ? dp_qmm_isa_get(isa) : NULL;
+	if (!c->qmm) {
+		if (err && err_len)
+			snprintf(err, err_len, "this CPU cannot run the %s kernels",
+				 dp_gpu_isa_name(isa) ? dp_gpu_isa_name(isa) : "(unknown)");
+		free(c);
+		return isa < DP_GPU_ISA_MAX ? -ENOTSUP : -EINVAL;
+	}
+	int threads = opts->threads;
+	if (threads <= 0) {
+		cpu_set_t set;
+		threads = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+	}
+	c->tiles = malloc((size_t)threads * DP_QMM_NR * DP_QMM_KC * sizeof(float));
+	if (!c->tiles || dp_cpu_pool_init(&c->pool, threads) < 0) {
+		if (err && err_len)
+			snprintf(err, err_len, "out of memory starting %d cpu worker threads", threads);
+		free(c->tiles);
+		free(c);
+		return -ENOMEM;
+	}
+	c->g.isa = c->qmm->isa;
 	if (opts->threads > 0)
 		openblas_set_num_threads(opts->threads);
 	*ret = &c->g;

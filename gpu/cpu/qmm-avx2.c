@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/* qmm.c's kernels for AVX2 + FMA + F16C (this file is built with those
+ * flags; qmm.c calls it only on a CPU that has them). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "gpu/cpu/qmm-internal.h"
+
+#define QV __m256
+#define QW 8
+#define Q_LOAD(p) _mm256_loadu_ps(p)
+#define Q_STORE(p, v) _mm256_storeu_ps(p, v)
+#define Q_SET1(f) _mm256_set1_ps(f)
+#define Q_ZERO() _mm256_setzero_ps()
+#define Q_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define Q_MUL(a, b) _mm256_mul_ps(a, b)
+#define Q_ADD(a, b) _mm256_add_ps(a, b)
+#define Q_GEMV_TWO 4
+#define Q_MR 2
+#define Q_NT 4
+#define Q_NAME(x) avx2_##x
+#define Q_ISA DP_GPU_ISA_AVX2
+#define Q_TABLE dp_qmm_avx2
+
+static inline float Q_HSUM(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+/* e4m3 s.eeee.mmm moved into f16 as s.0eeee.mmm0000000: the value / 2^8 */
+static inline __m256 Q_DEC_E4M3(const uint8_t *p)
+{
+	__m128i h = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)p));
+	__m128i sign = _mm_slli_epi16(_mm_and_si128(h, _mm_set1_epi16(0x80)), 8);
+	__m128i mag = _mm_slli_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7f)), 7);
+	return _mm256_cvtph_ps(_mm_or_si128(sign, mag));
+}
+
+/* 4 bytes = 8 codes, low nibble first: magnitude by table, sign bit 3 -> 31 */
+static inline __m256 Q_DEC_E2M1(const uint8_t *p)
+{
+	int v;
+	memcpy(&v, p, 4);
+	__m128i b = _mm_cvtsi32_si128(v);
+	__m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+	__m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+	__m256i idx = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+	__m256 mag = _mm256_permutevar8x32_ps(
+	    _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), idx);
+	__m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
+	return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+}
+
+static inline __m256 Q_DEC_BF16(const uint8_t *p)
+{
+	__m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+	return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+#include "gpu/cpu/qmm-simd.h"

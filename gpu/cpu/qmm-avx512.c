@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/* qmm.c's kernels for AVX-512 F/BW/VL (this file is built with those flags;
+ * qmm.c calls it only on a CPU that has them). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "gpu/cpu/qmm-internal.h"
+
+#define QV __m512
+#define QW 16
+#define Q_LOAD(p) _mm512_loadu_ps(p)
+#define Q_STORE(p, v) _mm512_storeu_ps(p, v)
+#define Q_SET1(f) _mm512_set1_ps(f)
+#define Q_ZERO() _mm512_setzero_ps()
+#define Q_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define Q_MUL(a, b) _mm512_mul_ps(a, b)
+#define Q_HSUM(v) _mm512_reduce_add_ps(v)
+#define Q_ADD(a, b) _mm512_add_ps(a, b)
+#define Q_GEMV_TWO 8
+#define Q_MR 4
+#define Q_NT 4
+#define Q_NAME(x) avx512_##x
+#define Q_ISA DP_GPU_ISA_AVX512
+#define Q_TABLE dp_qmm_avx512
+
+/* e4m3 s.eeee.mmm moved into f16 as s.0eeee.mmm0000000: the value / 2^8 */
+static inline __m512 Q_DEC_E4M3(const uint8_t *p)
+{
+	__m256i h = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
+	__m256i sign = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x80)), 8);
+	__m256i mag = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7f)), 7);
+	return _mm512_cvtph_ps(_mm256_or_si256(sign, mag));
+}
+
+/* 8 bytes = 16 codes, low nibble first: a 16-entry signed table (vpermps) */
+static inline __m512 Q_DEC_E2M1(const uint8_t *p)
+{
+	__m128i b = _mm_loadl_epi64((const __m128i *)(const void *)p);
+	__m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+	__m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+	__m512i idx = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+	return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(dp_qmm_e2m1_lut));
+}
+
+static inline __m512 Q_DEC_BF16(const uint8_t *p)
+{
+	__m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+	return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+#include "gpu/cpu/qmm-simd.h"

@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cpu backend's products with weights kept as the checkpoint stores them
+ * (bf16; fp8 e4m3 with 128x128 block scales; fp4 e2m1 with per-32 scales):
+ * dequantize-and-multiply fused, so the weights are read once, in their
+ * stored size, and never widened to an fp32 copy in memory.
+ *
+ *   M <= DP_QMM_GEMV_MAX tokens (decode): a GEMV. Each weight vector is
+ *   decoded in registers and used for all M tokens; memory-bound by design.
+ *   M > DP_QMM_GEMV_MAX (prefill): a blocked GEMM. A panel of DP_QMM_NR rows x
+ *   DP_QMM_KC columns is decoded once into a per-thread fp32 tile (L1) and
+ *   multiplied with every token's DP_QMM_KC-column slice (L2), so each weight
+ *   block is read once per product however many tokens there are.
+ *
+ * Numerics: the value of a weight is code x scale, exactly (every scale of
+ * the checkpoints is a power of two; an f32 scale multiplies once, rounded as
+ * the dequantize-to-fp32 reference rounds it); products and sums are fp32 —
+ * the result is that of an fp32 matmul on the dequantized weight, up to the
+ * order of the sums. No narrower activations: the reference graph's W8A8
+ * (activations rounded to e4m3 per 128) is a different numerics, not an
+ * optimisation of this one.
+ *
+ * Instruction sets, picked at dp_gpu_new by CPU features (dp_qmm_isa_get):
+ * portable C (every machine, and the tests' reference path), AVX2+FMA+F16C
+ * and AVX-512 F/BW/VL (qmm-avx2.c and qmm-avx512.c, one template,
+ * qmm-simd.h). e4m3 widens through the f16 converter (the code's bits moved
+ * into an f16 are the value / 256, subnormals included), e2m1 through a
+ * 16-entry register table (vpermps). Not used: AVX512-BF16 dot products and
+ * VNNI (both need the activations narrowed to bf16 / int8, which would change
+ * the numerics above), AMX (same, and needs the kernel's permission dance).
+ *
+ * oneDNN (libdnnl-dev) was considered and not taken: its CPU matmul takes
+ * f32 x bf16 and int8 with per-tensor/per-channel scales, but not e2m1 nor
+ * 128x128-block e8m0 scales on the weights of an f32-activation product, so
+ * it would have meant dequantizing to a bf16/f32 copy first — twice (fp8) to
+ * eight times (fp4) the bytes read per token, which is what decode is bound
+ * by. It would also add a ~100 MB dependency for one op.
+ *
+ * Threads: output rows are split over the backend's pool (pool.c): GEMV rows
+ * evenly, GEMM in whole panels.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "base/dtype.h"
+#include "gpu/cpu/qmm-internal.h"
+
+/* ---- exact widening tables ----------------------------------------------------- */
+
+/* Filled once by a constructor from base/dtype.h's decoding (exact). The NaN
+ * codes hold 0: upload refuses them, so no kernel ever reads those entries. */
+float dp_qmm_e4m3_lut[256];
+const float dp_qmm_e2m1_lut[16] = { 0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+				    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f };
+
+__attribute__((constructor)) static void e4m3_lut_init(void)
+{
+	for (int v = 0; v < 256; v++) /* once, before main */
+		dp_qmm_e4m3_lut[v] = (v & 0x7f) == 0x7f ? 0.0f : dp_e4m3_to_f32((uint8_t)v);
+}
+
+/* ---- views ---------------------------------------------------------------------- */
+
+int dp_qmat_of(const struct dp_gpu_weight *w, uint32_t index, struct dp_qmat *ret)
+{
+	struct dp_qmat q = { .dtype = w->dtype, .rows = w->rows, .cols = w->cols };
+	size_t nscale = dp_gpu_weight_scales(w->dtype, w->rows, w->cols);
+
+	switch (w->dtype) {
+	case DP_DTYPE_F32:
+	case DP_DTYPE_BF16:
+		q.kblock = w->cols;
+		break;
+	case DP_DTYPE_E4M3:
+	case DP_DTYPE_E2M1:
+		if (!w->scale || (w->scale_dtype != DP_DTYPE_E8M0 && w->scale_dtype != DP_DTYPE_F32))
+			return -EINVAL;
+		q.kblock = w->dtype == DP_DTYPE_E4M3 ? DP_GPU_E4M3_BLOCK : DP_GPU_E2M1_BLOCK;
+		q.scale_ld = (w->cols + q.kblock - 1) / q.kblock;
+		q.scale_dtype = w->scale_dtype;
+		q.scale = (const char *)w->scale + index * nscale * dp_dtype_size(w->scale_dtype);
+		break;
+	default:
+		return -EINVAL;
+	}
+	q.row_bytes = dp_dtype_bytes(w->dtype, w->cols);
+	q.data = (const uint8_t *)w->data + index * q.row_bytes * w->rows;
+	*ret = q;
+	return 0;
+}
+
+/* ---- portable kernels ------------------------------------------------------------- */
+
+static void gemv_portable(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
+			  size_t ldy, uint32_t r0, uint32_t r1, bool acc)
+{
+	float a[DP_QMM_GEMV_MAX];
+
+	for (uint32_t r = r0; r < r1; r++) {
+		const uint8_t *row = w->data + r * w->row_bytes;
+		memset(a, 0, sizeof(a));
+		for (uint32_t k0 = 0, kb = 0; k0 < w->cols; k0 += w->kblock, kb++) {
+			uint32_t end = w->cols - k0 < w->kblock ? w->cols : k0 + w->kblock;
+			float s = dp_qmat_scale(w, r, kb);
+			for (uint32_t k = k0; k < end; k++) {
+				float wv = dp_qmat_code(w, row, k) * s;
+				for (uint32_t m = 0; m < M; m++)
+					a[m] += wv * x[m * ldx + k];
+			}
+		}
+		for (uint32_t m = 0; m < M; m++)
+			y[m * ldy + r] = acc ? y[m * ldy + r] + a[m] : a[m];
+	}
+}
+
+static void dequant_portable(const struct dp_qmat *w, uint32_t r0, uint32_t nr, uint32_t k0,
+			     uint32_t kc, float *t)
+{
+	for (uint32_t i = 0; i < nr; i++) {
+		const uint8_t *row = w->data + (r0 + i) * w->row_bytes;
+		for (uint32_t k = k0; k < k0 + kc; k++)
+			t[(size_t)i * kc + (k - k0)] =
+			    dp_qmat_code(w, row, k) * dp_qmat_scale(w, r0 + i, k / w->kblock);
+	}
+}
+
+static void tile_portable(const float *x, size_t ldx, uint32_t M, const float *t, uint32_t nr,
+			  uint32_t kc, float *y, size_t ldy)
+{
+	for (uint32_t m = 0; m < M; m++)
+		for (uint32_t r = 0; r < nr; r++) {
+			const float *xm = x + m * ldx, *tr = t + (size_t)r * kc;
+			float a = 0;
+			for (uint32_t k = 0; k < kc; k++)
+				a += xm[k] * tr[k];
+			y[m * ldy + r] += a;
+		}
+}
+
+const struct dp_qmm_isa dp_qmm_portable = {
+	.isa = DP_GPU_ISA_PORTABLE,
+	.gemv = gemv_portable,
+	.dequant = dequant_portable,
+	.tile = tile_portable,
+};
+
+/* ---- dispatch ----------------------------------------------------------------------- */
+
+bool dp_qmm_isa_supported(enum dp_gpu_isa isa)
+{
+	switch (isa) {
+	case DP_GPU_ISA_AUTO:
+	case DP_GPU_ISA_PORTABLE:
+		return true;
+#if defined(__x86_64__)
+	case DP_GPU_ISA_AVX2:
+		__builtin_cpu_init();
+		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		       __builtin_cpu_supports("f16c");
+	case DP_GPU_ISA_AVX512:
+		__builtin_cpu_init();
+		return dp_qmm_isa_supported(DP_GPU_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+		       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#endif
+	default:
+		return false;
+	}
+}
+
+const struct dp_qmm_isa *dp_qmm_isa_get(enum dp_gpu_isa isa)
+{
+	if (!dp_qmm_isa_supported(isa))
+		return NULL;
+#if defined(__x86_64__)
+	if (isa == DP_GPU_ISA_AUTO)
+		isa = dp_qmm_isa_supported(DP_GPU_ISA_AVX512) ? DP_GPU_ISA_AVX512
+		      : dp_qmm_isa_supported(DP_GPU_ISA_AVX2) ? DP_GPU_ISA_AVX2
+							      : DP_GPU_ISA_PORTABLE;
+	if (isa == DP_GPU_ISA_AVX512)
+		return &dp_qmm_avx512;
+	if (isa == DP_GPU_ISA_AVX2)
+		return &dp_qmm_avx2;
+#endif
+	return &dp_qmm_portable;
+}
+
+/* ---- the product over the pool --------------------------------------------------------- */
+
+struct qmm_job {
+	const struct dp_qmm_isa *k;
+	const struct dp_qmat *w;
+	const float *x;
+	size_t ldx;
+	uint32_t M;
+	float *y;
+	size_t ldy;
+	bool acc;
+	float *tiles;
+};
+
+static void gemv_job(void *arg, int tid, int n)
+{
+	const struct qmm_job *j = arg;
+	uint32_t rows = j->w->rows;
+	uint32_t r0 = (uint32_t)((uint64_t)rows * tid / n), r1 = (uint32_t)((uint64_t)rows * (tid + 1) / n);
+	if (r0 < r1)
+		j->k->gemv(j->w, j->x, j->ldx, j->M, j->y, j->ldy, r0, r1, j->acc);
+}
+
+static void gemm_job(void *arg, int tid, int n)
+{
+	const struct qmm_job *j = arg;
+	const struct dp_qmat *w = j->w;
+	uint32_t panels = (w->rows + DP_QMM_NR - 1) / DP_QMM_NR;
+	uint32_t p0 = (uint32_t)((uint64_t)panels * tid / n),
+		 p1 = (uint32_t)((uint64_t)panels * (tid + 1) / n);
+	uint32_t r0 = p0 * DP_QMM_NR, r1 = p1 * DP_QMM_NR < w->rows ? p1 * DP_QMM_NR : w->rows;
+	float *tile = j->tiles + (size_t)tid * DP_QMM_NR * DP_QMM_KC;
+
+	if (r0 >= r1)
+		return;
+	if (!j->acc)
+		for (uint32_t m = 0; m < j->M; m++)
+			memset(j->y + m * j->ldy + r0, 0, (r1 - r0) * sizeof(float));
+	/* K outermost: the tokens' KC-column slice stays in L2 across panels */
+	for (uint32_t k0 = 0; k0 < w->cols; k0 += DP_QMM_KC) {
+		uint32_t kc = w->cols - k0 < DP_QMM_KC ? w->cols - k0 : DP_QMM_KC;
+		for (uint32_t r = r0; r < r1; r += DP_QMM_NR) {
+			uint32_t nr = r1 - r < DP_QMM_NR ? r1 - r : DP_QMM_NR;
+			j->k->dequant(w, r, nr, k0, kc, tile);
+			j->k->tile(j->x + k0, j->ldx, j->M, tile, nr, kc, j->y + r, j->ldy);
+		}
+	}
+}
+
+void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *tiles,
+		const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y, size_t ldy,
+		bool acc)
+{
+	struct qmm_job j = { .k = k, .w = w, .x = x, .ldx = ldx, .M = M, .y = y, .ldy = ldy,
+			     .acc = acc, .tiles = tiles };
+	if (M == 0)
+		return;
+	if (M <= DP_QMM_GEMV_MAX)
+		dp_cpu_pool_run(pool, gemv_job, &j);
+	else
+		dp_cpu_pool_run(pool, gemm_job, &j);
+}
