@@ -40,6 +40,7 @@ struct dp_v4_layer_w {
 	int32_t *tid2eid;		 /* [V][k], hash_moe layers */
 	struct dp_gpu_weight gate_up;	 /* E x [2I][D]: gate rows, then up rows */
 	struct dp_gpu_weight down;	 /* E x [D][I] */
+	bool experts_kept;		 /* gate_up/down hold the checkpoint's dtypes */
 	struct dp_gpu_weight sh_gate_up; /* [2I][D] */
 	struct dp_gpu_weight sh_down;	 /* [D][I] */
 
@@ -49,6 +50,7 @@ struct dp_v4_layer_w {
 };
 
 struct dp_v4_experts;
+struct dp_st;
 struct dp_v4_model {
 	struct dp_gpu *g;
 	const struct dp_gpu_ops *ops;
@@ -62,6 +64,10 @@ struct dp_v4_model {
 	float rope_factor[DP_V4_ROPE_WHICH_MAX];  /* attention factor */
 	struct dp_v4_layer_w *layers;
 	size_t weight_bytes;
+	/* the checkpoint, kept open while weights use its mapped bytes in
+	 * place (dp_gpu_weight_wrap); NULL when none does */
+	struct dp_st *st;
+	struct dp_v4_weight_stats wst;
 	struct dp_v4_page_ops pages; /* where state pages come from */
 
 	/* Engram (cfg.engram.n_layers > 0) */

@@ -142,7 +142,26 @@ struct dp_v4_load_opts {
 	enum dp_v4_experts_where experts;
 	uint32_t expert_slots; /* per layer, num_experts_per_tok..E; 0: max(k, E / 4) */
 	bool no_lookahead;     /* NVME: do not read top-k layers' experts ahead (below) */
+	/* Dequantize FP8/FP4/BF16 weights into the backend's dtype at load (fp32 on
+	 * cpu) instead of keeping them as stored: the path before issue 14, kept
+	 * for parity tests. Without it (the default) the cpu backend computes on
+	 * the stored bytes: single matrices used in place from the mapped
+	 * shards, stacks (experts, kv|gate pairs) copied as quantized bytes, and
+	 * a backend that has no kernels for FP8/FP4 (cuda) refuses a checkpoint
+	 * holding them (-ENOTSUP, the message says which tensor and why). */
+	bool dequantize;
 };
+
+/* Where a loaded model's weights live. owned: bytes the backend allocated
+ * (dp_gpu_mem_stats' DP_GPU_MEM_WEIGHTS); mapped: checkpoint bytes the
+ * weights use in place (mmap'd shards, page cache: resident once read);
+ * kept: weights held as the checkpoint stores them (FP8, FP4, BF16), of
+ * which wrapped in place; dequantized: weights converted at load. */
+struct dp_v4_weight_stats {
+	uint64_t owned_bytes, mapped_bytes;
+	uint32_t kept, wrapped, dequantized;
+};
+void dp_v4_model_weight_stats(const struct dp_v4_model *m, struct dp_v4_weight_stats *ret);
 
 /* dp_v4_model_load with options (NULL: the defaults, every expert resident). */
 int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_load_opts *opts,

@@ -15,7 +15,10 @@
  * ones get a slot (evicting an unpinned one) until no slot is left: that is
  * a pass. Its reads are waited for, its slots filled, slot_of uploaded and
  * the moe op runs on the picks within the pass's expert range (the others
- * masked to -1). The moe op adds each token's experts in ascending order, so
+ * masked to -1). Experts the loader kept as stored (FP4, FP8, BF16 on the
+ * cpu backend) page as those bytes: a slot of the stored dtype, filled with
+ * dp_gpu_weight_fill_blocks from the codes read and the scales kept in host
+ * memory; others are converted into the backend's dtype as they come in. The moe op adds each token's experts in ascending order, so
  * passes of ascending ranges add them in the same order as one call over
  * resident experts: the result is bitwise the same.
  *
@@ -91,8 +94,15 @@ struct dp_v4_experts {
 	size_t win;	    /* staging bytes per part window */
 	char *stage;	    /* NVME: on-demand staging, S experts */
 	size_t stage_bytes; /* of one staging area */
-	void *conv;	    /* host buffer for dtype conversion */
+	void *conv;	    /* host buffer for dtype conversion (kept: gate|up codes) */
 	size_t conv_bytes;
+	/* experts kept as stored (the layer's experts_kept): every matrix's
+	 * scales, held in host memory from load (a few % of the codes), so a
+	 * page-in reads only the codes; an expert's gate and up scales adjoin,
+	 * as its gate_up slot wants them */
+	char *scales;
+	uint64_t *soff;	    /* [L][E][XP_PARTS] into scales */
+	size_t scales_bytes;
 	int32_t *idx_h;	    /* a layer's picks, host */
 	int32_t *idx_mask;  /* one pass's picks, host */
 	int32_t *idx_dev;   /* one pass's picks, backend */
@@ -235,6 +245,14 @@ static void *zalloc_n(size_t n, size_t size)
 	return calloc(n ? n : 1, size);
 }
 
+/* Bytes one stored matrix of w takes, scales included. */
+static uint64_t slot_bytes(const struct dp_gpu_weight *w)
+{
+	size_t ns = dp_gpu_weight_scales(w->dtype, w->rows, w->cols);
+	return dp_dtype_bytes(w->dtype, (size_t)w->rows * w->cols) +
+	       (ns ? ns * dp_dtype_size(w->scale_dtype) : 0);
+}
+
 static int layer_init(struct dp_v4_model *m, struct dp_v4_experts *x, uint32_t l)
 {
 	struct xp_layer *y = &x->lay[l];
@@ -289,10 +307,11 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 	size_t n_loc = (size_t)x->L * x->E * XP_PARTS;
 	x->loc = zalloc_n(n_loc, sizeof(*x->loc));
 	x->hoff = zalloc_n(n_loc, sizeof(*x->hoff));
+	x->soff = zalloc_n(n_loc, sizeof(*x->soff));
 	x->lay = zalloc_n(x->L, sizeof(*x->lay));
 	x->used = zalloc_n(x->E, 1);
 	x->uni = zalloc_n(x->E, sizeof(uint32_t));
-	if (!x->loc || !x->hoff || !x->lay || !x->used || !x->uni)
+	if (!x->loc || !x->hoff || !x->soff || !x->lay || !x->used || !x->uni)
 		goto fail;
 
 	/* where each matrix is, and how much a host copy takes */
@@ -306,7 +325,15 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 				struct xp_loc *lc = &x->loc[((size_t)l * x->E + e) * XP_PARTS + p];
 				if ((r = dp_v4_weights_expert(w, (int)l, (int)e, parts[p], &t)) < 0)
 					goto fail;
-				if ((r = dtype_of(t.dtype, &lc->dtype)) < 0) {
+				if (m->layers[l].experts_kept) {
+					struct dp_st_tensor sc;
+					const struct dp_gpu_weight *kw =
+						p == 2 ? &m->layers[l].down : &m->layers[l].gate_up;
+					lc->dtype = kw->dtype;
+					x->soff[((size_t)l * x->E + e) * XP_PARTS + p] = x->scales_bytes;
+					if (dp_v4_weights_scale(w, &t, &sc) == 0)
+						x->scales_bytes += sc.bytes;
+				} else if ((r = dtype_of(t.dtype, &lc->dtype)) < 0) {
 					if (err && err_len)
 						snprintf(err, err_len, "%s: %s: experts of dtype %s "
 							 "cannot be paged", t.file, t.name,
@@ -334,6 +361,20 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 					x->win = wn;
 			}
 	x->stage_bytes = (size_t)x->S * XP_PARTS * x->win;
+	if (x->scales_bytes) {
+		if (!(x->scales = malloc(x->scales_bytes)))
+			goto nomem;
+		for (uint32_t l = 0; l < x->L; l++)
+			for (uint32_t e = 0; m->layers[l].experts_kept && e < x->E; e++)
+				for (int p = 0; p < XP_PARTS; p++) {
+					struct dp_st_tensor t, sc;
+					size_t i = ((size_t)l * x->E + e) * XP_PARTS + p;
+					if ((r = dp_v4_weights_expert(w, (int)l, (int)e, parts[p], &t)) < 0)
+						goto fail;
+					if (dp_v4_weights_scale(w, &t, &sc) == 0)
+						memcpy(x->scales + x->soff[i], sc.data, sc.bytes);
+				}
+	}
 
 	if (x->where == DP_V4_EXPERTS_DRAM) {
 		/* the host copy, from the mapped checkpoint */
@@ -365,6 +406,9 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 	}
 	/* conversion: one matrix of the backend's dtype at a time */
 	x->conv_bytes = (size_t)x->I * x->D * sizeof(float);
+	for (uint32_t l = 0; l < x->L; l++) /* kept: gate|up codes side by side */
+		if (m->layers[l].experts_kept && 2 * x->win > x->conv_bytes)
+			x->conv_bytes = 2 * x->win;
 	if (!(x->conv = dp_gpu_host_alloc(m->g, x->conv_bytes)))
 		goto nomem;
 	for (uint32_t l = 0; l < x->L; l++)
@@ -377,11 +421,12 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 		}
 	x->st.where = x->where;
 	x->st.slots = x->S;
-	x->st.cache_bytes = (uint64_t)x->L * x->S *
-			    (m->layers[0].gate_up.rows * (uint64_t)m->layers[0].gate_up.cols +
-			     m->layers[0].down.rows * (uint64_t)m->layers[0].down.cols) *
-			    dp_dtype_size(m->layers[0].gate_up.dtype);
+	x->st.cache_bytes = 0;
+	for (uint32_t l = 0; l < x->L; l++)
+		x->st.cache_bytes += (uint64_t)x->S * (slot_bytes(&m->layers[l].gate_up) +
+						       slot_bytes(&m->layers[l].down));
 	x->st.host_bytes = x->where == DP_V4_EXPERTS_DRAM ? x->host_bytes : x->stage_bytes;
+	x->st.host_bytes += x->scales_bytes;
 	for (uint32_t l = 0; l < x->L; l++)
 		if (x->lay[l].ahead)
 			x->st.host_bytes += x->stage_bytes;
@@ -464,6 +509,8 @@ void dp_v4_experts_fini(struct dp_v4_model *m)
 	free(x->files);
 	free(x->loc);
 	free(x->hoff);
+	free(x->soff);
+	free(x->scales);
 	free(x->lay);
 	free(x->used);
 	free(x->uni);
@@ -584,6 +631,27 @@ static int fill(struct dp_v4_model *m, uint32_t l, uint32_t s, uint32_t e, const
 	struct dp_v4_layer_w *w = &m->layers[l];
 	uint64_t t0 = dp_clock_ns();
 	int r = 0;
+	if (w->experts_kept) {
+		const char *src[XP_PARTS];
+		size_t i0 = ((size_t)l * x->E + e) * XP_PARTS;
+		for (int p = 0; p < XP_PARTS; p++) {
+			const struct xp_loc *lc = &x->loc[i0 + p];
+			src[p] = stage ? stage + (size_t)p * x->win + lc->offset % XP_ALIGN
+				       : x->host + x->hoff[i0 + p];
+			x->st.bytes_in += lc->bytes;
+		}
+		/* the slot wants gate's codes then up's; their scales adjoin already */
+		memcpy(x->conv, src[0], x->loc[i0].bytes);
+		memcpy((char *)x->conv + x->loc[i0].bytes, src[1], x->loc[i0 + 1].bytes);
+		r = dp_gpu_weight_fill_blocks(m->g, &w->gate_up, s, x->conv,
+					      w->gate_up.scale ? x->scales + x->soff[i0] : NULL);
+		if (r == 0)
+			r = dp_gpu_weight_fill_blocks(m->g, &w->down, s, src[2],
+						      w->down.scale ? x->scales + x->soff[i0 + 2]
+								    : NULL);
+		x->st.fill_ns += dp_clock_ns() - t0;
+		return r;
+	}
 	for (int p = 0; p < XP_PARTS && r == 0; p++) {
 		size_t i = ((size_t)l * x->E + e) * XP_PARTS + p;
 		const struct xp_loc *lc = &x->loc[i];

@@ -6,6 +6,7 @@
  * in the layout the ops want (kv|gate projections stacked, o_a split into its
  * groups, experts stacked, vectors as fp32, tid2eid as int32).
  */
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -24,6 +25,8 @@
 struct loader {
 	struct dp_v4_model *m;
 	struct dp_v4_weights *w;
+	const struct dp_st *st;
+	bool keep; /* weights as stored (cpu backend, no dequantize option) */
 	char *err;
 	size_t err_len;
 };
@@ -88,6 +91,233 @@ static int fill_rows(struct loader *ld, struct dp_gpu_weight *w, uint32_t index,
 	return 0;
 }
 
+/* ---- weights kept as stored (issue 14) -------------------------------------
+ *
+ * On the cpu backend a weight stays in the checkpoint's dtype (FP8 e4m3 with
+ * its 128x128 block scales, FP4 e2m1 with its per-32 scales, BF16, F32) and
+ * the ops' kernels dequantize as they multiply. A matrix whose codes and
+ * scales are one run of the mapped shard in the layout gpu/gpu.h asks for
+ * (a whole tensor; o_a's groups, whole 128-row blocks each) is wrapped in
+ * place: no copy, the bytes stay in the page cache, and the dp_st stays open
+ * with the model. A weight made of several tensors (kv|gate pairs, an
+ * expert's gate|up) is one alloc_as and a copy of the stored bytes, codes
+ * and scales concatenated by rows. Routed experts too: each is a tensor of
+ * its own in the checkpoint, and an op takes a stack as one contiguous
+ * array (struct dp_gpu_weight has one data pointer), so a wrap per expert
+ * would need an op interface of per-matrix pointers; copying the quantized
+ * bytes costs what the checkpoint holds, not 4-8x as fp32 did. What cannot
+ * be kept (F16, an FP8 stack whose parts are not whole 128-row blocks) is
+ * dequantized as before and counted in the model's weight stats. */
+
+struct kept {
+	struct dp_st_tensor t, sc; /* the weight and its scale (when scaled) */
+	bool scaled;
+	enum dp_dtype dtype, scale_dtype;
+	uint64_t rows, cols; /* logical */
+};
+
+/* Whether tensor t can be kept as stored: 1 (kp filled), 0 (dequantize it), or < 0. */
+static int keepable(struct loader *ld, const struct dp_st_tensor *t, struct kept *kp)
+{
+	int ret;
+
+	if (!ld->keep || t->ndim != 2)
+		return 0;
+	kp->t = *t;
+	ret = dp_v4_weights_scale(ld->w, t, &kp->sc);
+	if (ret < 0 && ret != -ENOENT)
+		return fail(ld, ret, "internal: no scale lookup for %s", t->name);
+	kp->scaled = ret == 0;
+	switch (t->dtype) {
+	case DP_ST_F8_E4M3: kp->dtype = DP_DTYPE_E4M3; break;
+	case DP_ST_I8: kp->dtype = DP_DTYPE_E2M1; break;
+	case DP_ST_BF16: kp->dtype = DP_DTYPE_BF16; break;
+	case DP_ST_F32: kp->dtype = DP_DTYPE_F32; break;
+	default: return 0; /* F16: the kernels take no F16 weight */
+	}
+	if (kp->scaled != (kp->dtype == DP_DTYPE_E4M3 || kp->dtype == DP_DTYPE_E2M1))
+		return 0; /* weights.c refuses that pairing; cannot happen */
+	kp->scale_dtype = DP_DTYPE_F32;
+	if (kp->scaled) {
+		if (kp->sc.dtype == DP_ST_F8_E8M0)
+			kp->scale_dtype = DP_DTYPE_E8M0;
+		else if (kp->sc.dtype != DP_ST_F32)
+			return 0;
+		if ((ret = dp_quant_logical_shape(t, &kp->rows, &kp->cols)) < 0)
+			return fail(ld, ret, "%s: %s is not a 2-d weight", t->file, t->name);
+	} else {
+		kp->rows = (uint64_t)t->shape[0];
+		kp->cols = (uint64_t)t->shape[1];
+	}
+	return 1;
+}
+
+/* Rows [r0, r0 + n) of a kept tensor as one matrix of a weight: its codes and scales, each a
+ * contiguous run in the mapping, or false when the rows split a scale block (FP8: 128 rows). */
+static bool kept_rows(const struct kept *kp, uint64_t r0, uint64_t n, const char **ret_codes,
+		      size_t *ret_code_bytes, const char **ret_scales, size_t *ret_scale_bytes)
+{
+	size_t row_bytes = dp_dtype_bytes(kp->dtype, kp->cols);
+	size_t ssz = dp_dtype_size(kp->scale_dtype);
+	size_t srow = 0, s0 = 0, sn = 0;
+
+	if (kp->dtype == DP_DTYPE_E4M3) {
+		if (r0 % DP_GPU_E4M3_BLOCK || (n % DP_GPU_E4M3_BLOCK && r0 + n != kp->rows))
+			return false;
+		srow = (kp->cols + DP_GPU_E4M3_BLOCK - 1) / DP_GPU_E4M3_BLOCK;
+		s0 = r0 / DP_GPU_E4M3_BLOCK;
+		sn = (n + DP_GPU_E4M3_BLOCK - 1) / DP_GPU_E4M3_BLOCK;
+	} else if (kp->dtype == DP_DTYPE_E2M1) {
+		srow = (kp->cols + DP_GPU_E2M1_BLOCK - 1) / DP_GPU_E2M1_BLOCK;
+		s0 = r0;
+		sn = n;
+	}
+	*ret_codes = (const char *)kp->t.data + r0 * row_bytes;
+	*ret_code_bytes = n * row_bytes;
+	*ret_scales = kp->scaled ? (const char *)kp->sc.data + s0 * srow * ssz : NULL;
+	*ret_scale_bytes = sn * srow * ssz;
+	return true;
+}
+
+/* A kept tensor the backend refused (-EINVAL: a NaN code): whether the dequantizer found the
+ * code, writing the message the dequantize-at-load path gives (it names the element). */
+static bool nan_named(struct loader *ld, const struct kept *k)
+{
+	if (k->scaled) {
+		uint64_t step = k->cols > (1u << 16) ? 1 : (1u << 16) / k->cols;
+		float *buf = malloc(step * k->cols * sizeof(float));
+		for (uint64_t r = 0; buf && r < k->rows; r += step) {
+			uint64_t n = k->rows - r < step ? k->rows - r : step;
+			if (dp_quant_dequant_rows(&k->t, &k->sc, r, n, buf, ld->err, ld->err_len) ==
+			    -EINVAL) {
+				free(buf);
+				return true;
+			}
+		}
+		free(buf);
+	}
+	return false;
+}
+
+/* One part of a kept matrix stacked by rows. */
+struct kpart {
+	struct kept k;
+	uint64_t r0, n;
+};
+
+/* Whether parts stack into one matrix of the first part's dtypes. */
+static bool kparts_stack(const struct kpart *p, int n_parts)
+{
+	for (int i = 0; i < n_parts; i++) {
+		const char *c, *s;
+		size_t cb, sb;
+		if (p[i].k.dtype != p[0].k.dtype || p[i].k.scale_dtype != p[0].k.scale_dtype ||
+		    p[i].k.cols != p[0].k.cols || !kept_rows(&p[i].k, p[i].r0, p[i].n, &c, &cb, &s, &sb))
+			return false;
+		/* FP8: a part that ends inside a block would share it with the next */
+		if (p[i].k.dtype == DP_DTYPE_E4M3 && i + 1 < n_parts && p[i].n % DP_GPU_E4M3_BLOCK)
+			return false;
+	}
+	return true;
+}
+
+/* Fill matrix `index` of w (alloc_as'd with the parts' dtypes) from the parts stacked by rows:
+ * the stored bytes, concatenated (one part: straight from the mapping). */
+static int kparts_fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index,
+		       const struct kpart *p, int n_parts)
+{
+	const char *c[4], *s[4];
+	size_t cb[4], sb[4], ctot = 0, stot = 0;
+	int ret;
+
+	assert(n_parts >= 1 && n_parts <= 4);
+	for (int i = 0; i < n_parts; i++) {
+		if (!kept_rows(&p[i].k, p[i].r0, p[i].n, &c[i], &cb[i], &s[i], &sb[i]))
+			return fail(ld, -EINVAL, "internal: %s does not stack", p[i].k.t.name);
+		ctot += cb[i];
+		stot += sb[i];
+	}
+	if (n_parts == 1) {
+		ret = dp_gpu_weight_fill_blocks(ld->m->g, w, index, c[0], s[0]);
+	} else {
+		char *buf = malloc(ctot + stot + 1);
+		if (!buf)
+			return fail(ld, -ENOMEM, "out of memory loading %s", p[0].k.t.name);
+		size_t co = 0, so = ctot;
+		for (int i = 0; i < n_parts; i++) {
+			memcpy(buf + co, c[i], cb[i]);
+			co += cb[i];
+			if (sb[i])
+				memcpy(buf + so, s[i], sb[i]);
+			so += sb[i];
+		}
+		ret = dp_gpu_weight_fill_blocks(ld->m->g, w, index, buf, p[0].k.scaled ? buf + ctot : NULL);
+		free(buf);
+	}
+	if (ret == 0)
+		return 0;
+	for (int i = 0; ret == -EINVAL && i < n_parts; i++) /* which part holds the NaN */
+		if (nan_named(ld, &p[i].k))
+			return ret;
+	return fail(ld, ret, "%s: keeping tensor %s as %s failed: %s", p[0].k.t.file,
+		    p[0].k.t.name, dp_dtype_name(p[0].k.dtype), strerror(-ret));
+}
+
+static int alloc_kept(struct loader *ld, const struct kept *k, uint32_t count, uint32_t rows,
+		      uint32_t cols, struct dp_gpu_weight *w)
+{
+	int ret = dp_gpu_weight_alloc_as(ld->m->g, k->dtype, k->scale_dtype, count, rows, cols, w);
+	if (ret < 0)
+		return fail(ld, ret, "out of %s backend memory for a %u x %u x %u %s weight (%s)",
+			    dp_gpu_kind_name(dp_gpu_kind_of(ld->m->g)), count, rows, cols,
+			    dp_dtype_name(k->dtype), strerror(-ret));
+	ld->m->wst.kept++;
+	return 0;
+}
+
+/* count matrices of `rows` rows each, from rows 0.. of a kept tensor: wrapped in place when the
+ * bytes allow (one run, aligned for their dtype), else copied. 0 (not kept: dequantize), 1, or
+ * < 0. */
+static int keep_matrices(struct loader *ld, const struct kept *k, uint32_t count, uint32_t rows,
+			 struct dp_gpu_weight *w)
+{
+	const char *c, *s;
+	size_t cb, sb;
+	int ret;
+
+	if ((uint64_t)count * rows != k->rows)
+		return 0;
+	for (uint32_t i = 0; i < count; i++)
+		if (!kept_rows(k, (uint64_t)i * rows, rows, &c, &cb, &s, &sb))
+			return 0; /* FP8 groups splitting a 128-row block */
+	if (count > 1 && k->dtype == DP_DTYPE_E4M3 && rows % DP_GPU_E4M3_BLOCK)
+		return 0;
+	bool aligned = k->t.aligned && (!k->scaled || k->sc.aligned);
+	if (aligned) {
+		ret = dp_gpu_weight_wrap(ld->m->g, k->t.data, k->scaled ? k->sc.data : NULL, k->dtype,
+					 k->scale_dtype, count, rows, (uint32_t)k->cols, w);
+		if (ret < 0)
+			return ret == -EINVAL && nan_named(ld, k)
+				       ? ret
+				       : fail(ld, ret, "%s: using tensor %s in place as %s failed: %s",
+					      k->t.file, k->t.name, dp_dtype_name(k->dtype),
+					      strerror(-ret));
+		kept_rows(k, 0, k->rows, &c, &cb, &s, &sb);
+		ld->m->wst.kept++;
+		ld->m->wst.wrapped++;
+		ld->m->wst.mapped_bytes += cb + sb;
+		return 1;
+	}
+	if ((ret = alloc_kept(ld, k, count, rows, (uint32_t)k->cols, w)) < 0)
+		return ret;
+	for (uint32_t i = 0; i < count; i++) {
+		struct kpart p = { .k = *k, .r0 = (uint64_t)i * rows, .n = rows };
+		if ((ret = kparts_fill(ld, w, i, &p, 1)) < 0)
+			return ret;
+	}
+	return 1;
+}
+
 static int fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index, uint32_t row0,
 		const struct dp_st_tensor *t)
 {
@@ -123,6 +353,12 @@ static int load_matrix(struct loader *ld, int layer, int kind, struct dp_gpu_wei
 
 	if ((ret = tensor(ld, layer, kind, &t)) < 0)
 		return ret;
+	struct kept k;
+	if ((ret = keepable(ld, &t, &k)) < 0)
+		return ret;
+	if (ret == 1 && (ret = keep_matrices(ld, &k, 1, (uint32_t)k.rows, w)) != 0)
+		return ret < 0 ? ret : 0;
+	ld->m->wst.dequantized++;
 	if (dp_quant_logical_shape(&t, &rows, &cols) < 0)
 		rows = (uint64_t)t.shape[0], cols = (uint64_t)t.shape[1];
 	if ((ret = alloc_w(ld, 1, (uint32_t)rows, (uint32_t)cols, w)) < 0)
@@ -136,8 +372,23 @@ static int load_pair(struct loader *ld, int layer, int kind1, int kind2, struct 
 	struct dp_st_tensor a, b;
 	int ret;
 
-	if ((ret = tensor(ld, layer, kind1, &a)) < 0 || (ret = tensor(ld, layer, kind2, &b)) < 0 ||
-	    (ret = alloc_w(ld, 1, 2 * (uint32_t)a.shape[0], (uint32_t)a.shape[1], w)) < 0 ||
+	if ((ret = tensor(ld, layer, kind1, &a)) < 0 || (ret = tensor(ld, layer, kind2, &b)) < 0)
+		return ret;
+	struct kpart p[2];
+	int ka, kb;
+	if ((ka = keepable(ld, &a, &p[0].k)) < 0 || (kb = keepable(ld, &b, &p[1].k)) < 0)
+		return ka < 0 ? ka : kb;
+	p[0].r0 = p[1].r0 = 0;
+	p[0].n = p[0].k.rows;
+	p[1].n = p[1].k.rows;
+	if (ka == 1 && kb == 1 && kparts_stack(p, 2)) {
+		if ((ret = alloc_kept(ld, &p[0].k, 1, (uint32_t)(p[0].n + p[1].n),
+				      (uint32_t)p[0].k.cols, w)) < 0)
+			return ret;
+		return kparts_fill(ld, w, 0, p, 2);
+	}
+	ld->m->wst.dequantized++;
+	if ((ret = alloc_w(ld, 1, 2 * (uint32_t)a.shape[0], (uint32_t)a.shape[1], w)) < 0 ||
 	    (ret = fill(ld, w, 0, 0, &a)) < 0)
 		return ret;
 	return fill(ld, w, 0, (uint32_t)a.shape[0], &b);
@@ -172,6 +423,56 @@ static int load_experts(struct loader *ld, int l, struct dp_v4_layer_w *w)
 	/* paged: expert_slots matrices, filled as the router picks experts */
 	uint32_t n = ld->m->load_opts.experts == DP_V4_EXPERTS_DEVICE ? E
 								      : ld->m->load_opts.expert_slots;
+	/* kept as stored when every expert's gate|up stacks and all share dtypes */
+	struct kpart gu[2], dn;
+	bool keep = true;
+
+	memset(gu, 0, sizeof(gu));
+	memset(&dn, 0, sizeof(dn));
+	for (uint32_t e = 0; keep && e < E; e++) {
+		struct kpart q[2], r;
+		static const enum dp_v4_expert_part part[3] = { DP_V4_EXPERT_GATE, DP_V4_EXPERT_UP,
+								DP_V4_EXPERT_DOWN };
+		struct kpart *dst[3] = { &q[0], &q[1], &r };
+		for (int i = 0; keep && i < 3; i++) {
+			if ((ret = dp_v4_weights_expert(ld->w, l, (int)e, part[i], &t)) < 0)
+				return fail(ld, ret, "internal: expert %u of layer %d", e, l);
+			if ((ret = keepable(ld, &t, &dst[i]->k)) < 0)
+				return ret;
+			keep = ret == 1;
+			dst[i]->r0 = 0;
+			dst[i]->n = dst[i]->k.rows;
+		}
+		keep = keep && kparts_stack(q, 2) && kparts_stack(&r, 1);
+		if (keep && e == 0) {
+			gu[0] = q[0];
+			gu[1] = q[1];
+			dn = r;
+		}
+		keep = keep && q[0].k.dtype == gu[0].k.dtype &&
+		       q[0].k.scale_dtype == gu[0].k.scale_dtype && r.k.dtype == dn.k.dtype &&
+		       r.k.scale_dtype == dn.k.scale_dtype;
+		if (keep && ld->m->load_opts.experts == DP_V4_EXPERTS_DEVICE &&
+		    (ret = e == 0 ? alloc_kept(ld, &gu[0].k, n, 2 * I, D, &w->gate_up) : 0) == 0 &&
+		    (ret = e == 0 ? alloc_kept(ld, &dn.k, n, D, I, &w->down) : 0) == 0 &&
+		    (ret = kparts_fill(ld, &w->gate_up, e, q, 2)) == 0)
+			ret = kparts_fill(ld, &w->down, e, &r, 1);
+		if (ret < 0)
+			return ret;
+	}
+	if (keep && ld->m->load_opts.experts != DP_V4_EXPERTS_DEVICE) {
+		/* paged: slots of the stored dtypes, filled by v4_experts.c */
+		if ((ret = alloc_kept(ld, &gu[0].k, n, 2 * I, D, &w->gate_up)) < 0 ||
+		    (ret = alloc_kept(ld, &dn.k, n, D, I, &w->down)) < 0)
+			return ret;
+	}
+	w->experts_kept = keep;
+	if (keep)
+		return 0;
+	/* dequantized; an expert kept before a later one could not be: start over */
+	dp_gpu_weight_free(ld->m->g, &w->gate_up);
+	dp_gpu_weight_free(ld->m->g, &w->down);
+	ld->m->wst.dequantized++;
 	if ((ret = alloc_w(ld, n, 2 * I, D, &w->gate_up)) < 0 ||
 	    (ret = alloc_w(ld, n, D, I, &w->down)) < 0)
 		return ret;
@@ -277,10 +578,17 @@ static int load_layer(struct loader *ld, int l)
 	{
 		/* o_a: g blocks of R rows in the file; one matrix per group here */
 		struct dp_st_tensor t;
+		struct kept k;
 		TRY(tensor(ld, l, DP_V4_W_O_A, &t));
-		TRY(alloc_w(ld, G, R, H * d / G, &w->o_a));
-		for (uint32_t gi = 0; gi < G; gi++)
-			TRY(fill_rows(ld, &w->o_a, gi, 0, &t, (uint64_t)gi * R, R));
+		TRY(keepable(ld, &t, &k));
+		if (ret == 1)
+			TRY(keep_matrices(ld, &k, G, R, &w->o_a));
+		if (ret == 0) {
+			ld->m->wst.dequantized++;
+			TRY(alloc_w(ld, G, R, H * d / G, &w->o_a));
+			for (uint32_t gi = 0; gi < G; gi++)
+				TRY(fill_rows(ld, &w->o_a, gi, 0, &t, (uint64_t)gi * R, R));
+		}
 	}
 	TRY(load_matrix(ld, l, DP_V4_W_O_B, &w->o_b));
 	TRY(load_vector(ld, l, DP_V4_W_SINKS, &w->sinks));
@@ -383,7 +691,47 @@ void dp_v4_model_free(struct dp_v4_model *m)
 	free(m->host_pos);
 	dp_v4_csa_model_fini(m);
 	dp_v4_config_fini(&m->cfg);
+	dp_st_free(m->st); /* after the weights that used its bytes in place */
 	free(m);
+}
+
+void dp_v4_model_weight_stats(const struct dp_v4_model *m, struct dp_v4_weight_stats *ret)
+{
+	struct dp_gpu_mem_stats ms;
+
+	if (!m || !ret)
+		return;
+	dp_gpu_mem_stats(m->g, &ms);
+	*ret = m->wst;
+	ret->owned_bytes = ms.bytes[DP_GPU_MEM_WEIGHTS];
+}
+
+/* A backend without kernels for FP8/FP4 weights (cuda) refuses a checkpoint holding them before
+ * anything is uploaded, naming the first such tensor: dequantizing a 1.6 TB checkpoint to bf16
+ * would silently double what the device must hold. (dequantize: the caller asked for that.) */
+static int refuse_quantized(struct loader *ld)
+{
+	const struct dp_v4_config *c = &ld->m->cfg;
+	struct dp_st_tensor t, sc;
+
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		for (int k = 0; k < DP_V4_W_LAYER_MAX; k++)
+			if (dp_v4_weights_layer(ld->w, l, (enum dp_v4_layer_tensor)k, &t) == 0 &&
+			    dp_v4_weights_scale(ld->w, &t, &sc) == 0)
+				goto refuse;
+		for (int e = 0; e < c->n_routed_experts; e++)
+			for (int p = 0; p < DP_V4_EXPERT_PART_MAX; p++)
+				if (dp_v4_weights_expert(ld->w, l, e, (enum dp_v4_expert_part)p, &t) == 0 &&
+				    dp_v4_weights_scale(ld->w, &t, &sc) == 0)
+					goto refuse;
+	}
+	return 0;
+refuse:
+	return fail(ld, -ENOTSUP, "%s: tensor %s is %s (%s): the %s backend has no kernels for "
+		    "block-scaled FP8/FP4 weights and does not dequantize them at load; serve this "
+		    "checkpoint with the cpu backend", t.file, t.name, dp_st_dtype_name(t.dtype),
+		    dp_quant_format_name((enum dp_quant_format)dp_quant_format_of(t.dtype)),
+		    dp_gpu_kind_name(dp_gpu_kind_of(ld->m->g)));
 }
 
 /* The compression map (host memory, for the provider's hashing) and what the
@@ -559,7 +907,8 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 	dp_v4_model_set_page_ops(m, NULL);
 	dp_v4_model_set_csa_host(m, false, NULL);
 	m->layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof(*m->layers));
-	struct loader ld = { .m = m, .err = err, .err_len = err_len };
+	struct loader ld = { .m = m, .err = err, .err_len = err_len,
+			     .keep = dp_gpu_kind_of(g) == DP_GPU_CPU && !m->load_opts.dequantize };
 	if (!m->layers) {
 		dp_v4_model_free(m);
 		return -ENOMEM;
@@ -568,10 +917,15 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 	ret = dp_st_open_dir(dir, &st, err, err_len);
 	if (ret == 0)
 		ret = dp_v4_weights_new(&m->cfg, st, 0, &ld.w, err, err_len);
+	if (ret == 0 && dp_gpu_kind_of(g) != DP_GPU_CPU && !m->load_opts.dequantize)
+		ret = refuse_quantized(&ld);
 	if (ret == 0)
 		ret = load_all(&ld);
 	dp_v4_weights_free(ld.w);
-	dp_st_free(st);
+	if (m->wst.mapped_bytes) /* weights use its bytes in place: freed with the model */
+		m->st = st;
+	else
+		dp_st_free(st);
 	if (ret < 0) {
 		dp_v4_model_free(m);
 		return ret;
