@@ -5,8 +5,12 @@
  * (FP8 experts, F32 power-of-two scales), both with FP8 attention and shared experts, an MTP
  * block, two shards and an index.
  *
- * 1. They load on the cpu backend and give transformers 5.17's CPU logits (exact
- *    dequantization, fp32 math) within 1e-4 of max |logit|, in one call and chunked.
+ * 1. They load on the cpu backend and give transformers 5.17's CPU logits within 1e-4 of
+ *    max |logit|, in one call and chunked: with the weights kept as stored (the default: the
+ *    kernels dequantize as they multiply, accumulating in fp32 in another order than OpenBLAS)
+ *    and dequantized at load (dp_v4_load_opts.dequantize: exact dequantization, fp32 BLAS).
+ *    Kept, they take about the checkpoint's bytes (not the 4-8x of fp32), and routed experts
+ *    paged from DRAM or NVMe with k slots give the resident experts' logits bitwise.
  * 2. Damaged copies (one edit each, written to a temporary directory) are refused at load with
  *    a message naming the file or the tensor, and nothing is handed back.
  */
@@ -59,7 +63,7 @@ static double compare(struct parity *p, const uint32_t *chunks, uint32_t n_chunk
 	return worst;
 }
 
-static void parity_of(const char *variant)
+static void parity_of_opts(const char *variant, const struct dp_v4_load_opts *o)
 {
 	struct parity p = {0};
 	char dir[600], err[512] = "";
@@ -67,7 +71,14 @@ static void parity_of(const char *variant)
 	setenv("DP_TEST_PARITY", published(), 1);
 	parity_dir(variant, dir, sizeof(dir));
 	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &p.g, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(dp_v4_model_load(p.g, dir, &p.m, err, sizeof(err)), 0, "%s: %s", dir, err);
+	cr_assert_eq(dp_v4_model_load_opts(p.g, dir, o, &p.m, err, sizeof(err)), 0, "%s: %s", dir,
+	             err);
+	struct dp_v4_weight_stats ws;
+	dp_v4_model_weight_stats(p.m, &ws);
+	if (o && o->dequantize)
+		cr_expect_eq(ws.kept, 0, "dequantize: nothing kept as stored");
+	else
+		cr_expect_gt(ws.wrapped, 0, "kept: single matrices used in place");
 	parity_open(&p, variant, (uint32_t)dp_v4_model_config(p.m)->vocab_size);
 	double e1 = compare(&p, NULL, 0, p.ref_full, "one call");
 	double e2 = compare(&p, p.chunks, p.n_chunks, p.ref_chunked, "chunked");
@@ -77,6 +88,13 @@ static void parity_of(const char *variant)
 	parity_close(&p);
 }
 
+static void parity_of(const char *variant)
+{
+	parity_of_opts(variant, NULL);
+}
+
+static const struct dp_v4_load_opts dequantized = { .dequantize = true };
+
 Test(published, fp4_expert_checkpoint_matches_transformers_in_one_call_and_chunked)
 {
 	parity_of("instruct");
@@ -85,6 +103,137 @@ Test(published, fp4_expert_checkpoint_matches_transformers_in_one_call_and_chunk
 Test(published, base_fp8_expert_checkpoint_with_f32_scales_matches_transformers)
 {
 	parity_of("base");
+}
+
+Test(published, fp4_checkpoint_dequantized_at_load_matches_transformers)
+{
+	parity_of_opts("instruct", &dequantized);
+}
+
+Test(published, base_checkpoint_dequantized_at_load_matches_transformers)
+{
+	parity_of_opts("base", &dequantized);
+}
+
+/* Backend-owned plus mapped weight bytes of a cpu load, against the checkpoint bytes the forward
+ * reads (MTP block excluded). */
+static void resident_of(const char *variant, const struct dp_v4_load_opts *o, uint64_t *ret_res,
+                        uint64_t *ret_disk)
+{
+	struct dp_v4_config c;
+	struct dp_v4_weights *w;
+	struct dp_v4_weights_stats s;
+	struct dp_v4_weight_stats ws;
+	struct dp_st *st;
+	struct dp_gpu *g;
+	struct dp_v4_model *m;
+	char dir[600], path[700], err[512] = "";
+
+	snprintf(dir, sizeof(dir), "%s/%s", published(), variant);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	cr_assert_eq(dp_v4_config_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_st_open_dir(dir, &st, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_v4_weights_new(&c, st, 0, &w, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_v4_weights_stats(w, &s), 0);
+	dp_v4_weights_free(w);
+	dp_st_free(st);
+	dp_v4_config_fini(&c);
+
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &g, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_v4_model_load_opts(g, dir, o, &m, err, sizeof(err)), 0, "%s", err);
+	dp_v4_model_weight_stats(m, &ws);
+	*ret_res = ws.owned_bytes + ws.mapped_bytes;
+	*ret_disk = s.bytes_used;
+	cr_log_info("%s%s: checkpoint %llu B read by the forward; resident %llu B (owned %llu, "
+	            "mapped %llu; %u kept, %u wrapped, %u dequantized)",
+	            variant, o && o->dequantize ? " (dequantized)" : "",
+	            (unsigned long long)s.bytes_used, (unsigned long long)*ret_res,
+	            (unsigned long long)ws.owned_bytes, (unsigned long long)ws.mapped_bytes, ws.kept,
+	            ws.wrapped, ws.dequantized);
+	dp_v4_model_free(m);
+	dp_gpu_free(g);
+}
+
+static void resident_close_to_checkpoint(const char *variant)
+{
+	uint64_t res, disk, res_dq, disk_dq;
+
+	resident_of(variant, NULL, &res, &disk);
+	resident_of(variant, &dequantized, &res_dq, &disk_dq);
+	/* fp32 vectors (norms, mHC) and the bf16 router rows aside, the kept weights are the
+	 * checkpoint's bytes: well under 1.25x, where dequantizing takes 3-8x */
+	cr_expect(res <= disk + disk / 4, "%s: resident %llu B, checkpoint %llu B", variant,
+	          (unsigned long long)res, (unsigned long long)disk);
+	cr_expect(res_dq > 2 * res, "%s: dequantized %llu B vs kept %llu B", variant,
+	          (unsigned long long)res_dq, (unsigned long long)res);
+}
+
+Test(published, fp4_checkpoint_kept_as_stored_is_about_its_bytes_resident)
+{
+	resident_close_to_checkpoint("instruct");
+}
+
+Test(published, base_checkpoint_kept_as_stored_is_about_its_bytes_resident)
+{
+	resident_close_to_checkpoint("base");
+}
+
+/* Logits of every token of tokens.json, one call. */
+static float *logits_with(const char *variant, const struct dp_v4_load_opts *o, uint32_t *ret_n)
+{
+	struct parity p = {0};
+	char dir[600], err[512] = "";
+
+	setenv("DP_TEST_PARITY", published(), 1);
+	parity_dir(variant, dir, sizeof(dir));
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &p.g, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_v4_model_load_opts(p.g, dir, o, &p.m, err, sizeof(err)), 0, "%s: %s", dir,
+	             err);
+	parity_open(&p, variant, (uint32_t)dp_v4_model_config(p.m)->vocab_size);
+	size_t n = (size_t)p.n * p.V;
+	float *out = malloc(n * sizeof(float));
+	cr_assert_not_null(out);
+	cr_assert_eq(dp_v4_logits(p.m, p.tokens, p.n, p.chunks, p.n_chunks, out), 0, "%s", variant);
+	*ret_n = (uint32_t)n;
+	dp_v4_model_free(p.m);
+	dp_gpu_free(p.g);
+	parity_close(&p);
+	return out;
+}
+
+static void paged_matches_resident(const char *variant)
+{
+	uint32_t n, n2;
+	float *res = logits_with(variant, NULL, &n);
+	char dir[600], path[700], err[512] = "";
+	struct dp_v4_config c;
+
+	snprintf(dir, sizeof(dir), "%s/%s", published(), variant);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	cr_assert_eq(dp_v4_config_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	uint32_t k = (uint32_t)c.num_experts_per_tok;
+	dp_v4_config_fini(&c);
+	static const enum dp_v4_experts_where where[] = { DP_V4_EXPERTS_DRAM, DP_V4_EXPERTS_NVME };
+	for (size_t i = 0; i < 2; i++) {
+		struct dp_v4_load_opts o = { .experts = where[i], .expert_slots = k };
+		float *pg = logits_with(variant, &o, &n2);
+		cr_assert_eq(n2, n);
+		cr_expect(memcmp(pg, res, n * sizeof(float)) == 0,
+		          "%s: experts paged from %s with %u slots differ from resident ones", variant,
+		          dp_v4_experts_where_name(where[i]), k);
+		free(pg);
+	}
+	free(res);
+}
+
+Test(published, fp4_experts_paged_from_dram_and_nvme_give_the_resident_logits)
+{
+	paged_matches_resident("instruct");
+}
+
+Test(published, fp8_experts_paged_from_dram_and_nvme_give_the_resident_logits)
+{
+	paged_matches_resident("base");
 }
 
 Test(published, mtp_block_is_validated_but_not_kept)
