@@ -4,7 +4,7 @@
  *
  * Prints the tensors by dtype and by role (attention, compressor, indexer, router, shared and
  * routed experts, mHC, norms, embed/head, scales, MTP), the bytes on disk, the bytes the cpu
- * backend holds after a load (the weights are dequantized there for now: FP8 and FP4 grow), the
+ * backend holds after a load (weights kept as stored: owned plus mapped in place), the
  * layer schedule (sliding / CSA / HCA, hash or top-k MoE, the format of its routed experts) and
  * whether an MTP block is present. Validation is the loader's (model/weights.h): a checkpoint
  * it refuses is reported with its message and exit status 1.
@@ -212,11 +212,15 @@ int main(int argc, char **argv)
 		dp_gpu_free(g);
 		return 1;
 	}
+	struct dp_v4_weight_stats kw;
 	dp_gpu_mem_stats(g, &ms);
-	human(ms.bytes[DP_GPU_MEM_WEIGHTS], a, sizeof(a));
-	printf("bytes resident after a cpu load: %s (%llu; weights dequantized to the backend's "
-	       "dtype)\n",
-	       a, (unsigned long long)ms.bytes[DP_GPU_MEM_WEIGHTS]);
+	dp_v4_model_weight_stats(m, &kw);
+	human(ms.bytes[DP_GPU_MEM_WEIGHTS] + kw.mapped_bytes, a, sizeof(a));
+	printf("bytes resident after a cpu load: %s (%llu: %llu owned by the backend, %llu of the "
+	       "mapped checkpoint used in place; %u weights kept as stored, %u dequantized)\n",
+	       a, (unsigned long long)(ms.bytes[DP_GPU_MEM_WEIGHTS] + kw.mapped_bytes),
+	       (unsigned long long)ms.bytes[DP_GPU_MEM_WEIGHTS], (unsigned long long)kw.mapped_bytes,
+	       kw.kept, kw.dequantized);
 	dp_v4_model_free(m);
 	dp_gpu_free(g);
 	return 0;

@@ -446,3 +446,23 @@ Test(cuda_model, greedy_tokens_on_the_embedded_model_equal_the_cpu_backends, .ti
 	runner_close(&cu);
 	runner_close(&cpu);
 }
+
+/* The published V4 format (FP8 + FP4) has no cuda kernels: the load is refused before anything
+ * is uploaded, naming a quantized tensor and the way out, unless the caller asks to dequantize.
+ * (The refusal needs a cuda dp_gpu, hence a device: it cannot run in the cpu-only suites.) */
+Test(cuda_model, published_fp8_fp4_checkpoint_is_refused_with_a_clear_message)
+{
+	GT_CUDA_ONLY();
+	const char *root = getenv("DP_TEST_PUBLISHED");
+	char dir[600], err[1024] = "";
+	struct dp_gpu *g;
+	struct dp_v4_model *m = NULL;
+
+	snprintf(dir, sizeof(dir), "%s/instruct", root ? root : "tests/model/published");
+	cr_assert_eq(dp_gpu_new(DP_GPU_CUDA, NULL, &g, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(dp_v4_model_load(g, dir, &m, err, sizeof(err)), -ENOTSUP, "%s", err);
+	cr_expect_null(m);
+	cr_expect(strstr(err, "cuda backend has no kernels") && strstr(err, "cpu backend"),
+	          "message: %s", err);
+	dp_gpu_free(g);
+}
