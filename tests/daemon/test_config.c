@@ -408,26 +408,59 @@ Test(config, a_bad_enum_value_is_refused_naming_the_key_and_its_values)
 	cr_expect(strstr(l.err, "expert_slots is set but experts = device"), "%s", l.err);
 }
 
+/* Print a's settings as --print-config does and load that text as the
+ * config file: it loads, as the same settings. */
+static void expect_print_reads_back(struct loaded *a)
+{
+	struct loaded b;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	dp_config_print(&a->c, out);
+	fclose(out);
+	struct conf_file f;
+	conf_write(&f, text, len);
+	LOAD(&b, "--config", f.path);
+	cr_expect_eq(b.ret, 0, "%s\n--- printed:\n%s", b.err, text);
+	snprintf(a->c.config_path, sizeof(a->c.config_path), "%s", f.path);
+	cr_expect_eq(memcmp(&a->c, &b.c, sizeof(a->c)), 0,
+	             "the printed settings load as themselves:\n%s", text);
+	free(text);
+	conf_remove(&f);
+}
+
 Test(config, print_config_reads_back_as_the_same_settings)
 {
-	struct loaded a, b;
+	struct loaded a;
 	LOAD(&a, "--max-batch", "7", "--dram-bytes", "3M", "--low-watermark", "0.5", "--experts",
 	     "nvme", "--expert-slots", "4", "--restore", "full", "--csa-entries", "host",
 	     "--engram-residency", "nvme", "--log-level", "debug", "--backend", "cpu");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+}
+
+/* found by tests/fuzz/fuzz_config: fractions were printed with %g, six
+ * digits, so 0.1234567 read back as 0.123457, and low 0.1234561 below high
+ * 0.1234569 as equal watermarks, refused */
+Test(config, print_config_writes_fractions_that_read_back_exactly)
+{
+	struct loaded a;
+	LOAD(&a, "--high-watermark", "0.1234569", "--low-watermark", "0.1234561");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+	LOAD(&a, "--high-watermark", "0.30000000000000004", "--low-watermark", "1e-300");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+	/* and a fraction that needs no more digits gets none */
+	LOAD(&a, "--low-watermark", "0.7");
 	cr_assert_eq(a.ret, 0, "%s", a.err);
 	char *text = NULL;
 	size_t len = 0;
 	FILE *out = open_memstream(&text, &len);
 	dp_config_print(&a.c, out);
 	fclose(out);
-	struct conf_file f;
-	conf_write(&f, text, len);
+	cr_expect(strstr(text, "\nhigh_watermark = 0.9\nlow_watermark = 0.7\n"), "%s", text);
 	free(text);
-	LOAD(&b, "--config", f.path);
-	cr_assert_eq(b.ret, 0, "%s", b.err);
-	snprintf(a.c.config_path, sizeof(a.c.config_path), "%s", f.path);
-	cr_expect_eq(memcmp(&a.c, &b.c, sizeof(a.c)), 0, "the printed settings load as themselves");
-	conf_remove(&f);
 }
 
 /* ---- the real dualpathd ---------------------------------------------------------- */
