@@ -764,7 +764,12 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 			fprintf(f, "%s[%s]\n", i ? "\n" : "", sec);
 		}
 		switch (o->type) {
-		case OPT_STR: fprintf(f, "%s = %s\n", o->key, p); break;
+		case OPT_STR:
+			/* a value that filled its line as key=value (check_text's
+			 * most) is written so: with the spaces it would not load */
+			fprintf(f, "%s%s%s\n", o->key,
+				strlen(o->key) + 3 + strlen(p) <= INI_MAX_LINE - 2 ? " = " : "=", p);
+			break;
 		case OPT_U32: fprintf(f, "%s = %u\n", o->key, *(const uint32_t *)p); break;
 		case OPT_U64: fprintf(f, "%s = %llu\n", o->key, (unsigned long long)*(const uint64_t *)p); break;
 		case OPT_BYTES:

@@ -463,6 +463,23 @@ Test(config, print_config_writes_fractions_that_read_back_exactly)
 	free(text);
 }
 
+/* found with tests/fuzz/fuzz_config's round trip: a value that filled its
+ * line as key=value (198 bytes, inih's most) was printed as key = value,
+ * two bytes over, and the printed file was refused */
+Test(config, print_config_keeps_a_value_that_filled_its_line_within_a_line)
+{
+	char text[512];
+	int n = snprintf(text, sizeof(text), "[daemon]\nlog_file=/%0188d\n", 0);
+	struct conf_file f;
+	struct loaded a;
+	conf_write(&f, text, (size_t)n);
+	LOAD(&a, "--config", f.path);
+	cr_assert_eq(a.ret, 0, "a line of 198 bytes is read whole: %s", a.err);
+	cr_assert_eq(strlen(a.c.log_file), 189);
+	conf_remove(&f);
+	expect_print_reads_back(&a);
+}
+
 /* ---- the real dualpathd ---------------------------------------------------------- */
 
 struct outcome {
