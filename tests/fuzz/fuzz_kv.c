@@ -39,7 +39,8 @@
  *   - the sessions survive: closing and opening again finds the same ones
  *     (id, history, owner, lost, tier) and no damage (the first open cut
  *     the torn tail and rewrote a damaged journal); so does a compaction
- *     (dp_kv_compact) and another open.
+ *     (dp_kv_compact) and another open, which finds no session newly lost
+ *     either.
  * ASan/UBSan (and LeakSanitizer) watch everything.
  */
 #include <dirent.h>
@@ -344,8 +345,9 @@ static void state_free(struct state *st)
 	free(st->s);
 }
 
-/* Another open of the same directory: the same sessions, no damage. */
-static void reopen_same(const struct state *want, const char *what, bool compact)
+/* Another open of the same directory: the same sessions, no damage. Not
+ * yet compacted: compact it before closing. */
+static void reopen_same(const struct state *want, const char *what, bool compacted)
 {
 	struct dp_kv_stats stats;
 	struct dp_kv *kv;
@@ -358,8 +360,10 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 		abort();
 	}
 	dp_kv_stats(kv, &stats);
+	/* a loss found by a gap alone (no damaged record) is found again
+	 * until a compaction writes the session down as lost */
 	if (stats.journal_damaged_records || stats.journal_repaired_records ||
-	    stats.journal_sessions_lost || stats.slot_file_resets) {
+	    (compacted && stats.journal_sessions_lost) || stats.slot_file_resets) {
 		fprintf(stderr, "%s: damage again: %llu damaged, %llu repaired, %llu lost, %llu "
 				"slot file resets\n", what,
 			(unsigned long long)stats.journal_damaged_records,
@@ -392,7 +396,7 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 		}
 	}
 	state_free(&got);
-	if (compact)
+	if (!compacted)
 		CHECK(dp_kv_compact(kv) == 0);
 	dp_kv_close(kv);
 }
@@ -451,8 +455,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(unsigned long long)slots_before, (unsigned long long)file_size("slots"));
 		abort();
 	}
-	reopen_same(&first, "reopened", true);
-	reopen_same(&first, "reopened after a compaction", false);
+	reopen_same(&first, "reopened", false);
+	reopen_same(&first, "reopened after a compaction", true);
 	state_free(&first);
 	free(journal.p);
 	return 0;
