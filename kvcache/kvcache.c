@@ -1176,6 +1176,18 @@ static int replay_damage(void *ctx, const struct dp_journal_damage *d)
 	return mark_lost(kv, d->key);
 }
 
+/* Whether every page of s's snapshot is in a slot the slot file holds. One
+ * past its end (the file lost its tail or was replaced; or a record names
+ * slot 2^40) is not there to restore, and claiming it would grow the file
+ * to reach it, up to the disk's size. */
+static bool snap_in_file(const struct dp_kv *kv, const struct dp_kv_session *s)
+{
+	for (size_t k = 0; k < s->n_snap; k++)
+		if (s->snap[k].slot >= kv->slots.n_slots)
+			return false;
+	return true;
+}
+
 /* After the replay: claim the live snapshots' slots, set tiers, count the
  * sessions this open found lost. */
 static void settle(struct dp_kv *kv)
@@ -1187,6 +1199,10 @@ static void settle(struct dp_kv *kv)
 			 * (a snapshot is journaled after the turns it holds) */
 			hist_clear(s);
 			s->lost = s->lost_now = true;
+		}
+		if (s->has_snap && !s->lost && !kv->slots.reset && !snap_in_file(kv, s)) {
+			kv->st.corrupt_pages += s->n_snap; /* missing: no page can check */
+			snap_forget(s);
 		}
 		if (s->has_snap && (s->lost || kv->slots.reset))
 			snap_forget(s); /* a reset slot file holds none of them */
