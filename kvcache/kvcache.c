@@ -1052,7 +1052,10 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	case DP_JREC_RESET: {
 		uint64_t new_len = dp_jread_u64(&rd);
 		uint32_t n = dp_jread_u32(&rd);
-		if (rd.error || n > rd.left / 4 || new_len < n)
+		/* a RESET holds the whole history: its length is its tokens (else
+		 * the history would be sized, and read, past what it holds) */
+		if (rd.error || n > rd.left / 4 || new_len < n ||
+		    (type == DP_JREC_RESET && new_len != n))
 			return -EBADMSG;
 		const uint8_t *tokens = rd.p;
 		rd.p += (size_t)n * 4;

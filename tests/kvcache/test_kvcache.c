@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base/macros.h"
 #include "io/io.h"
 #include "kvcache/kvcache.h"
 
@@ -1556,6 +1557,33 @@ Test(kv, a_damaged_old_format_record_is_blamed_on_the_id_its_bytes_hold)
 	cr_expect_eq(st.journal_damaged_records, 1);
 	cr_expect_eq(st.journal_sessions_lost, 1);
 	dp_kv_close(kv);
+}
+
+/* found by tests/fuzz/fuzz_kv: a RESET record (a whole history, written by
+ * a compaction) was taken at its word for the history's length whatever
+ * tokens it held: new length 2^45 with 2 tokens asked realloc for 128 TiB,
+ * and 1000 with 2 made a session of 998 tokens of uninitialised memory. */
+Test(kv, a_reset_record_whose_length_is_not_its_tokens_is_refused)
+{
+	static const uint64_t lens[] = { 1000, 1ull << 45 };
+	for (size_t i = 0; i < DP_ARRAY_SIZE(lens); i++) {
+		char path[512], err[512] = "";
+		uint8_t p[256];
+		snprintf(path, sizeof(path), "%s/journal", dir);
+		FILE *f = fopen(path, "wb");
+		cr_assert_not_null(f);
+		put_old_record(f, 4, p, old_history(p, "whole", 2, 2, 0));
+		put_old_record(f, 4, p, old_history(p, "short", lens[i], 2, 0));
+		cr_assert_eq(fclose(f), 0);
+		struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+		struct dp_kv *kv;
+		int ret = dp_kv_open(&o, model, &kv, err, sizeof(err));
+		cr_expect_eq(ret, -EBADMSG, "new length %llu with 2 tokens",
+			     (unsigned long long)lens[i]);
+		if (ret == 0)
+			dp_kv_close(kv);
+		cr_expect(strstr(err, "journal") && strstr(err, "offset"), "%s", err);
+	}
 }
 
 /* found by tests/fuzz/fuzz_kv: replay claimed a snapshot's slots by growing
