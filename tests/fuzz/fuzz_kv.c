@@ -91,6 +91,8 @@ struct buf {
 
 static void buf_put(struct buf *b, const void *p, size_t n)
 {
+	if (n == 0)
+		return;
 	if (b->len + n > b->cap) {
 		b->cap = (b->len + n) * 2;
 		b->p = realloc(b->p, b->cap);
@@ -135,8 +137,7 @@ static void frame_record(struct buf *b, uint16_t type, const uint8_t *p, uint32_
 	buf_put_le(b, type, 2);
 	buf_put_le(b, keyed ? key_check(type, p + 2, klen) : 0, 2);
 	buf_put_le(b, body.len, 4);
-	if (body.len)
-		buf_put(b, body.p, body.len);
+	buf_put(b, body.p, body.len);
 	buf_put_le(b, XXH3_64bits_withSeed(body.p, body.len, (uint64_t)type << 32 | body.len), 8);
 	free(body.p);
 }
