@@ -764,12 +764,14 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 			fprintf(f, "%s[%s]\n", i ? "\n" : "", sec);
 		}
 		switch (o->type) {
-		case OPT_STR:
-			/* a value that filled its line as key=value (check_text's
-			 * most) is written so: with the spaces it would not load */
-			fprintf(f, "%s%s%s\n", o->key,
-				strlen(o->key) + 3 + strlen(p) <= INI_MAX_LINE - 2 ? " = " : "=", p);
+		case OPT_STR: {
+			/* written as key=value when the spaces would change it: a
+			 * value that filled its line so (check_text's most), or one
+			 * that starts with ';' (after a space, inih reads a comment) */
+			bool tight = p[0] == ';' || strlen(o->key) + 3 + strlen(p) > INI_MAX_LINE - 2;
+			fprintf(f, "%s%s%s\n", o->key, tight ? "=" : " = ", p);
 			break;
+		}
 		case OPT_U32: fprintf(f, "%s = %u\n", o->key, *(const uint32_t *)p); break;
 		case OPT_U64: fprintf(f, "%s = %llu\n", o->key, (unsigned long long)*(const uint64_t *)p); break;
 		case OPT_BYTES:

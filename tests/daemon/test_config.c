@@ -480,6 +480,24 @@ Test(config, print_config_keeps_a_value_that_filled_its_line_within_a_line)
 	expect_print_reads_back(&a);
 }
 
+/* found by tests/fuzz/fuzz_config: a value right after its '=' may start
+ * with ';' (inih reads "key =;x" as ";x": a comment needs a space before
+ * it), and --print-config's "key = ;x" was a key with an empty value and a
+ * comment */
+Test(config, print_config_keeps_a_value_that_starts_with_a_semicolon)
+{
+	static const char text[] = "[daemon]\nlog_file =;/var/log/x\nstate_dir=;a\n";
+	struct conf_file f;
+	struct loaded a;
+	conf_write(&f, text, sizeof(text) - 1);
+	LOAD(&a, "--config", f.path);
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	cr_assert_str_eq(a.c.log_file, ";/var/log/x");
+	cr_assert_str_eq(a.c.state_dir, ";a");
+	conf_remove(&f);
+	expect_print_reads_back(&a);
+}
+
 /* ---- the real dualpathd ---------------------------------------------------------- */
 
 struct outcome {
