@@ -41,12 +41,6 @@
 		}                                                                                  \
 	} while (0)
 
-/* The string fields of struct dp_config: compared up to their NUL (a key
- * set twice, the second time shorter, leaves bytes of the first after it). */
-#define DP_CONFIG_STRINGS(X)                                                                       \
-	X(socket) X(socket_group) X(admin_group) X(state_dir) X(log_file) X(model)                 \
-	X(engram_tables) X(config_path)
-
 struct file {
 	int fd;
 	char path[64];
@@ -109,10 +103,19 @@ static void zero_tail(char *s, size_t size)
 	memset(s + n, 0, size - n);
 }
 
+/* The string fields compared up to their NUL: a key set twice, the second
+ * time shorter, leaves bytes of the first after it. */
 static void normalize(struct dp_config *c)
 {
-#define ZERO_TAIL(field) zero_tail(c->field, sizeof(c->field));
-	DP_CONFIG_STRINGS(ZERO_TAIL)
+#define ZERO_TAIL(field) zero_tail(c->field, sizeof(c->field))
+	ZERO_TAIL(socket);
+	ZERO_TAIL(socket_group);
+	ZERO_TAIL(admin_group);
+	ZERO_TAIL(state_dir);
+	ZERO_TAIL(log_file);
+	ZERO_TAIL(model);
+	ZERO_TAIL(engram_tables);
+	ZERO_TAIL(config_path);
 #undef ZERO_TAIL
 }
 
@@ -149,7 +152,7 @@ static void check_reload(struct dp_config *a)
 	ret = load(&b, &again, err, sizeof(err));
 	if (ret != 0) {
 		fprintf(stderr, "the printed settings do not load (%d): %s\n--- printed:\n%s", ret,
-			err, text);
+		        err, text);
 		abort();
 	}
 	snprintf(b.config_path, sizeof(b.config_path), "%s", a->config_path);
@@ -157,8 +160,10 @@ static void check_reload(struct dp_config *a)
 	normalize(&b);
 	text2 = print(&b, &len2);
 	if (memcmp(a, &b, sizeof(b)) != 0 || len != len2 || memcmp(text, text2, len) != 0) {
-		fprintf(stderr, "the printed settings load as other settings\n--- printed:\n%s"
-				"--- loaded again:\n%s", text, text2);
+		fprintf(stderr,
+		        "the printed settings load as other settings\n--- printed:\n%s"
+		        "--- loaded again:\n%s",
+		        text, text2);
 		abort();
 	}
 	free(text);

@@ -71,7 +71,7 @@
 
 /* kvcache.h: a slot is a 4 KiB header and a page; the file starts with a
  * 4 KiB header of its own. */
-#define SLOT_BYTES (4096u + DP_V4_PAGE_BYTES)
+#define SLOT_BYTES     (4096u + DP_V4_PAGE_BYTES)
 #define FILE_HDR_BYTES 4096u
 /* A buggy open growing the slot file stops here (EFBIG), not at a full
  * /dev/shm; the check on the file's size reports it. */
@@ -218,7 +218,8 @@ static uint64_t file_size(const char *name)
  * bytes, or the harness no longer writes what journal.c reads. */
 static void init_self_test(void)
 {
-	static const uint8_t p[] = {10, 0, 's', 'e', 'l', 'f', '-', 't', 'e', 's', 't', '0', 1, 2, 3};
+	static const uint8_t p[] = {10,  0,   's', 'e', 'l', 'f', '-', 't',
+	                            'e', 's', 't', '0', 1,   2,   3};
 	struct dp_journal *j;
 	struct buf want = {0};
 	uint8_t got[256];
@@ -236,7 +237,7 @@ static void init_self_test(void)
 	frame_record(&want, DP_JREC_HISTORY, p, sizeof(p), true);
 	if (n != (ssize_t)want.len || memcmp(got, want.p, want.len) != 0) {
 		fprintf(stderr, "fuzz_kv: frame_record() no longer writes what dp_journal_append "
-				"does (kvcache/journal.c changed): update it\n");
+		                "does (kvcache/journal.c changed): update it\n");
 		abort();
 	}
 	free(want.p);
@@ -323,8 +324,9 @@ static void capture(struct dp_kv *kv, struct state *st, uint64_t token_room)
 		lost += c->lost;
 		/* every token came from the journal: 4 bytes each */
 		if (tokens > token_room) {
-			fprintf(stderr, "session %s: %llu tokens from a journal with room for %llu\n",
-				c->id, (unsigned long long)c->len, (unsigned long long)token_room);
+			fprintf(stderr,
+			        "session %s: %llu tokens from a journal with room for %llu\n",
+			        c->id, (unsigned long long)c->len, (unsigned long long)token_room);
 			abort();
 		}
 		c->hist = malloc(c->len ? c->len * sizeof(int32_t) : 1);
@@ -365,12 +367,13 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 	 * until a compaction writes the session down as lost */
 	if (stats.journal_damaged_records || stats.journal_repaired_records ||
 	    (compacted && stats.journal_sessions_lost) || stats.slot_file_resets) {
-		fprintf(stderr, "%s: damage again: %llu damaged, %llu repaired, %llu lost, %llu "
-				"slot file resets\n", what,
-			(unsigned long long)stats.journal_damaged_records,
-			(unsigned long long)stats.journal_repaired_records,
-			(unsigned long long)stats.journal_sessions_lost,
-			(unsigned long long)stats.slot_file_resets);
+		fprintf(stderr,
+		        "%s: damage again: %llu damaged, %llu repaired, %llu lost, %llu "
+		        "slot file resets\n",
+		        what, (unsigned long long)stats.journal_damaged_records,
+		        (unsigned long long)stats.journal_repaired_records,
+		        (unsigned long long)stats.journal_sessions_lost,
+		        (unsigned long long)stats.slot_file_resets);
 		abort();
 	}
 	capture(kv, &got, UINT64_MAX);
@@ -385,14 +388,15 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 		}
 		if (dp_kv_session_len(s) != w->len ||
 		    (w->len && memcmp(dp_kv_session_history(s), w->hist, w->len * 4) != 0) ||
-		    dp_kv_session_owner(s) != w->owner || dp_kv_session_lost(kv, w->id) != w->lost ||
-		    dp_kv_session_tier(s) != w->tier) {
-			fprintf(stderr, "%s: session %s changed: len %llu -> %llu, owner %u -> %u, "
-					"lost %d -> %d, tier %s -> %s\n", what, w->id,
-				(unsigned long long)w->len, (unsigned long long)dp_kv_session_len(s),
-				w->owner, dp_kv_session_owner(s), w->lost,
-				dp_kv_session_lost(kv, w->id), dp_kv_tier_name(w->tier),
-				dp_kv_tier_name(dp_kv_session_tier(s)));
+		    dp_kv_session_owner(s) != w->owner ||
+		    dp_kv_session_lost(kv, w->id) != w->lost || dp_kv_session_tier(s) != w->tier) {
+			fprintf(stderr,
+			        "%s: session %s changed: len %llu -> %llu, owner %u -> %u, "
+			        "lost %d -> %d, tier %s -> %s\n",
+			        what, w->id, (unsigned long long)w->len,
+			        (unsigned long long)dp_kv_session_len(s), w->owner,
+			        dp_kv_session_owner(s), w->lost, dp_kv_session_lost(kv, w->id),
+			        dp_kv_tier_name(w->tier), dp_kv_tier_name(dp_kv_session_tier(s)));
 			abort();
 		}
 	}
@@ -440,7 +444,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ret = kv_open(&kv, err, sizeof(err));
 	if (ret < 0) {
 		if ((ret != -EBADMSG && ret != -EPROTO) || !err[0]) {
-			fprintf(stderr, "the open fails with %d (%s): %s\n", ret, strerror(-ret), err);
+			fprintf(stderr, "the open fails with %d (%s): %s\n", ret, strerror(-ret),
+			        err);
 			abort();
 		}
 		free(journal.p);
@@ -453,7 +458,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * its header) */
 	if (file_size("slots") > (slots_before > FILE_HDR_BYTES ? slots_before : FILE_HDR_BYTES)) {
 		fprintf(stderr, "the open grew the slot file from %llu to %llu bytes\n",
-			(unsigned long long)slots_before, (unsigned long long)file_size("slots"));
+		        (unsigned long long)slots_before, (unsigned long long)file_size("slots"));
 		abort();
 	}
 	reopen_same(&first, "reopened", false);

@@ -135,7 +135,7 @@ static void turn(struct dp_kv *kv, struct dp_kv_session *s, uint32_t n, uint32_t
 	have = dp_v4_seq_pos(seq);
 	if (have < len) {
 		struct dp_v4_batch_item it = {seq, dp_kv_session_history(s) + have,
-					      (uint32_t)(len - have), false};
+		                              (uint32_t)(len - have), false};
 		need(dp_v4_forward(model, &it, 1, lg), "forward");
 	}
 	for (uint32_t i = 0; i < n; i++)
@@ -168,8 +168,8 @@ static void rec(struct framed *f, uint8_t ctl, struct dp_jbuf *p)
 	dp_jbuf_fini(p);
 }
 
-static void history(struct framed *f, uint8_t keyed, const char *id, uint64_t new_len,
-		    uint32_t n, uint32_t owner, bool lost, uint8_t type)
+static void history(struct framed *f, uint8_t keyed, const char *id, uint64_t new_len, uint32_t n,
+                    uint32_t owner, bool lost, uint8_t type)
 {
 	struct dp_jbuf b = {0};
 
@@ -199,10 +199,10 @@ static void snapshot(struct framed *f, uint8_t keyed, const char *id, uint64_t p
 	dp_jbuf_put_u32(&b, n);
 	for (uint32_t i = 0; i < n; i++) {
 		dp_jbuf_put_u16(&b, (uint16_t)i); /* layer */
-		dp_jbuf_put_u8(&b, 0);		   /* kind */
-		dp_jbuf_put_u32(&b, 0);		   /* index */
-		dp_jbuf_put_u64(&b, i);		   /* slot */
-		dp_jbuf_put_u64(&b, 0x1234 + i);   /* sum */
+		dp_jbuf_put_u8(&b, 0);            /* kind */
+		dp_jbuf_put_u32(&b, 0);           /* index */
+		dp_jbuf_put_u64(&b, i);           /* slot */
+		dp_jbuf_put_u64(&b, 0x1234 + i);  /* sum */
 	}
 	rec(f, DP_JREC_SNAPSHOT | keyed, &b);
 }
@@ -226,7 +226,7 @@ static void framed_all(struct framed *f, uint8_t keyed)
 	history(f, keyed, "s2", 2, 2, DP_KV_OWNER_NONE, false, DP_JREC_HISTORY);
 	drop(f, keyed, "s2");
 	history(f, keyed, "s2", 1, 1, 7, false, DP_JREC_HISTORY); /* made again */
-	history(f, keyed, "s3", 0, 0, 1000, true, DP_JREC_RESET);  /* lost */
+	history(f, keyed, "s3", 0, 0, 1000, true, DP_JREC_RESET); /* lost */
 	history(f, keyed, "s4", 4, 4, 1000, false, DP_JREC_RESET);
 	/* an extension field of a later format, skipped */
 	dp_jbuf_put_str(&b, "s5");
