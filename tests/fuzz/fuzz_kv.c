@@ -54,6 +54,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sanitizer/common_interface_defs.h>
 #include <xxhash.h>
 
 #include "gpu/gpu.h"
@@ -61,11 +62,46 @@
 #include "kvcache/kvcache.h"
 #include "model/v4.h"
 
+static struct dp_gpu *gpu;
+static struct dp_v4_model *model;
+static char dir[256];
+static int state_fd = -1;
+
+/* Empty and remove the state directory, ignoring errors: at exit, and
+ * before a crash report (fail(), the sanitizers' death callback), so that
+ * no run leaves files in /dev/shm. */
+static void dir_drop(void)
+{
+	int fd = state_fd;
+	DIR *d;
+	struct dirent *e;
+
+	if (fd < 0)
+		return;
+	state_fd = -1;
+	d = fdopendir(fd);
+	if (d) {
+		rewinddir(d);
+		while ((e = readdir(d)))
+			unlinkat(fd, e->d_name, 0);
+		closedir(d);
+	} else {
+		close(fd);
+	}
+	rmdir(dir);
+}
+
+static _Noreturn void fail(void)
+{
+	dir_drop();
+	abort();
+}
+
 #define CHECK(cond)                                                                                \
 	do {                                                                                       \
 		if (!(cond)) {                                                                     \
 			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
+			fail();                                                                    \
 		}                                                                                  \
 	} while (0)
 
@@ -76,11 +112,6 @@
 /* A buggy open growing the slot file stops here (EFBIG), not at a full
  * /dev/shm; the check on the file's size reports it. */
 #define FSIZE_LIMIT (256ull << 20)
-
-static struct dp_gpu *gpu;
-static struct dp_v4_model *model;
-static char dir[256];
-static int state_fd = -1;
 
 /* ---- journal records, as journal.c frames them (journal.h) --------------- */
 
@@ -187,15 +218,6 @@ static void dir_clear(void)
 	closedir(d);
 }
 
-static void dir_remove(void)
-{
-	if (state_fd < 0)
-		return;
-	dir_clear();
-	close(state_fd);
-	rmdir(dir);
-}
-
 static void file_write(const char *name, const void *p, size_t n, uint64_t size)
 {
 	int fd = openat(state_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -238,7 +260,7 @@ static void init_self_test(void)
 	if (n != (ssize_t)want.len || memcmp(got, want.p, want.len) != 0) {
 		fprintf(stderr, "fuzz_kv: frame_record() no longer writes what dp_journal_append "
 		                "does (kvcache/journal.c changed): update it\n");
-		abort();
+		fail();
 	}
 	free(want.p);
 	dir_clear();
@@ -256,7 +278,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	CHECK(dp_gpu_new(DP_GPU_CPU, NULL, &gpu, err, sizeof(err)) == 0);
 	if (dp_v4_model_load(gpu, path ? path : DP_FUZZ_MODEL, &model, err, sizeof(err)) < 0) {
 		fprintf(stderr, "fuzz_kv: %s\n", err);
-		abort();
+		fail();
 	}
 	snprintf(dir, sizeof(dir), "/dev/shm/dp-fuzz-kv-XXXXXX");
 	if (!mkdtemp(dir)) {
@@ -265,7 +287,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	state_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	CHECK(state_fd >= 0);
-	atexit(dir_remove);
+	atexit(dir_drop);
+	__sanitizer_set_death_callback(dir_drop);
 	CHECK(setrlimit(RLIMIT_FSIZE, &rl) == 0);
 	signal(SIGXFSZ, SIG_IGN);
 	init_self_test();
@@ -327,7 +350,7 @@ static void capture(struct dp_kv *kv, struct state *st, uint64_t token_room)
 			fprintf(stderr,
 			        "session %s: %llu tokens from a journal with room for %llu\n",
 			        c->id, (unsigned long long)c->len, (unsigned long long)token_room);
-			abort();
+			fail();
 		}
 		c->hist = malloc(c->len ? c->len * sizeof(int32_t) : 1);
 		CHECK(c->hist);
@@ -360,7 +383,7 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 
 	if (ret != 0) {
 		fprintf(stderr, "%s: the open fails (%d): %s\n", what, ret, err);
-		abort();
+		fail();
 	}
 	dp_kv_stats(kv, &stats);
 	/* a loss found by a gap alone (no damaged record) is found again
@@ -374,7 +397,7 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 		        (unsigned long long)stats.journal_repaired_records,
 		        (unsigned long long)stats.journal_sessions_lost,
 		        (unsigned long long)stats.slot_file_resets);
-		abort();
+		fail();
 	}
 	capture(kv, &got, UINT64_MAX);
 	CHECK(got.n == want->n);
@@ -384,7 +407,7 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 
 		if (dp_kv_session_find(kv, w->id, &s) != 0) {
 			fprintf(stderr, "%s: session %s is gone\n", what, w->id);
-			abort();
+			fail();
 		}
 		if (dp_kv_session_len(s) != w->len ||
 		    (w->len && memcmp(dp_kv_session_history(s), w->hist, w->len * 4) != 0) ||
@@ -397,7 +420,7 @@ static void reopen_same(const struct state *want, const char *what, bool compact
 			        (unsigned long long)dp_kv_session_len(s), w->owner,
 			        dp_kv_session_owner(s), w->lost, dp_kv_session_lost(kv, w->id),
 			        dp_kv_tier_name(w->tier), dp_kv_tier_name(dp_kv_session_tier(s)));
-			abort();
+			fail();
 		}
 	}
 	state_free(&got);
@@ -446,7 +469,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((ret != -EBADMSG && ret != -EPROTO) || !err[0]) {
 			fprintf(stderr, "the open fails with %d (%s): %s\n", ret, strerror(-ret),
 			        err);
-			abort();
+			fail();
 		}
 		free(journal.p);
 		return 0;
@@ -459,7 +482,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (file_size("slots") > (slots_before > FILE_HDR_BYTES ? slots_before : FILE_HDR_BYTES)) {
 		fprintf(stderr, "the open grew the slot file from %llu to %llu bytes\n",
 		        (unsigned long long)slots_before, (unsigned long long)file_size("slots"));
-		abort();
+		fail();
 	}
 	reopen_same(&first, "reopened", false);
 	reopen_same(&first, "reopened after a compaction", true);
