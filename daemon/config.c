@@ -317,6 +317,19 @@ static void fmt_bound(const struct opt *o, uint64_t v, char *buf, size_t len)
 		snprintf(buf, len, "%llu", (unsigned long long)v);
 }
 
+/* The fewest digits (at least %g's six) that read back as exactly x: a
+ * printed config loads as the same settings, and low_watermark 0.1234561
+ * below high_watermark 0.1234569 does not print as two equal values. */
+static void fmt_fraction(double x, char *buf, size_t len)
+{
+	for (int digits = 6; digits < 17; digits++) {
+		snprintf(buf, len, "%.*g", digits, x);
+		if (strtod(buf, NULL) == x)
+			return;
+	}
+	snprintf(buf, len, "%.17g", x);
+}
+
 /* "between 1 and 4096", "0 or between 1M and 1P"; short: "1..4096", "0, 1M..1P" */
 static void fmt_range(const struct opt *o, bool short_form, char *buf, size_t len)
 {
@@ -720,8 +733,10 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 	}
 	/* low == high would demote one session, then the next, at every step */
 	if (!(c->low_watermark < c->high_watermark)) {
-		snprintf(err, err_len, "low_watermark (%g) must be below high_watermark (%g)",
-			 c->low_watermark, c->high_watermark);
+		char lo[32], hi[32];
+		fmt_fraction(c->low_watermark, lo, sizeof(lo));
+		fmt_fraction(c->high_watermark, hi, sizeof(hi));
+		snprintf(err, err_len, "low_watermark (%s) must be below high_watermark (%s)", lo, hi);
 		return -EINVAL;
 	}
 	if (c->expert_slots && c->experts == DP_V4_EXPERTS_DEVICE) {
@@ -749,7 +764,14 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 			fprintf(f, "%s[%s]\n", i ? "\n" : "", sec);
 		}
 		switch (o->type) {
-		case OPT_STR: fprintf(f, "%s = %s\n", o->key, p); break;
+		case OPT_STR: {
+			/* written as key=value when the spaces would change it: a
+			 * value that filled its line so (check_text's most), or one
+			 * that starts with ';' (after a space, inih reads a comment) */
+			bool tight = p[0] == ';' || strlen(o->key) + 3 + strlen(p) > INI_MAX_LINE - 2;
+			fprintf(f, "%s%s%s\n", o->key, tight ? "=" : " = ", p);
+			break;
+		}
 		case OPT_U32: fprintf(f, "%s = %u\n", o->key, *(const uint32_t *)p); break;
 		case OPT_U64: fprintf(f, "%s = %llu\n", o->key, (unsigned long long)*(const uint64_t *)p); break;
 		case OPT_BYTES:
@@ -757,7 +779,12 @@ void dp_config_print(const struct dp_config *c, FILE *f)
 				o->size == 4 ? (unsigned long long)*(const uint32_t *)p
 					     : (unsigned long long)*(const uint64_t *)p);
 			break;
-		case OPT_FRACTION: fprintf(f, "%s = %g\n", o->key, *(const double *)p); break;
+		case OPT_FRACTION: {
+			char num[32];
+			fmt_fraction(*(const double *)p, num, sizeof(num));
+			fprintf(f, "%s = %s\n", o->key, num);
+			break;
+		}
 		case OPT_BOOL: fprintf(f, "%s = %s\n", o->key, *(const bool *)p ? "true" : "false"); break;
 		case OPT_ENUM: fprintf(f, "%s = %s\n", o->key, o->name(c)); break;
 		}

@@ -112,7 +112,10 @@ void dp_config_defaults(struct dp_config *c);
  */
 int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *err, size_t err_len);
 
-/* Write the settings in config-file form (for --print-config and logs). */
+/* Write the settings in config-file form (for --print-config and logs):
+ * settings loaded from a file print as a file that loads as the same
+ * settings. (A string set by a flag may be longer than a config file's
+ * line can be; it is printed all the same.) */
 void dp_config_print(const struct dp_config *c, FILE *f);
 
 #endif /* DP_DAEMON_CONFIG_H */

@@ -872,7 +872,10 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	case DP_JREC_RESET: {
 		uint64_t new_len = dp_jread_u64(&rd);
 		uint32_t n = dp_jread_u32(&rd);
-		if (rd.error || n > rd.left / 4 || new_len < n)
+		/* a RESET holds the whole history: its length is its tokens (else
+		 * the history would be sized, and read, past what it holds) */
+		if (rd.error || n > rd.left / 4 || new_len < n ||
+		    (type == DP_JREC_RESET && new_len != n))
 			return -EBADMSG;
 		const uint8_t *tokens = rd.p;
 		rd.p += (size_t)n * 4;
@@ -996,6 +999,18 @@ static int replay_damage(void *ctx, const struct dp_journal_damage *d)
 	return mark_lost(kv, d->key);
 }
 
+/* Whether every page of s's snapshot is in a slot the slot file holds. One
+ * past its end (the file lost its tail or was replaced; or a record names
+ * slot 2^40) is not there to restore, and claiming it would grow the file
+ * to reach it, up to the disk's size. */
+static bool snap_in_file(const struct dp_kv *kv, const struct dp_kv_session *s)
+{
+	for (size_t k = 0; k < s->n_snap; k++)
+		if (s->snap[k].slot >= kv->slots.n_slots)
+			return false;
+	return true;
+}
+
 /* After the replay: claim the live snapshots' slots, set tiers, count the
  * sessions this open found lost. */
 static void settle(struct dp_kv *kv)
@@ -1007,6 +1022,10 @@ static void settle(struct dp_kv *kv)
 			 * (a snapshot is journaled after the turns it holds) */
 			hist_clear(s);
 			s->lost = s->lost_now = true;
+		}
+		if (s->has_snap && !s->lost && !kv->slots.reset && !snap_in_file(kv, s)) {
+			kv->st.corrupt_pages += s->n_snap; /* missing: no page can check */
+			snap_forget(s);
 		}
 		if (s->has_snap && (s->lost || kv->slots.reset))
 			snap_forget(s); /* a reset slot file holds none of them */

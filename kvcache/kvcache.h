@@ -81,7 +81,9 @@ struct dp_kv_session;
  * every session comes back, with its state in NVME or NONE; what journal
  * damage took is reported: see lost sessions below). A slot file whose
  * header is damaged is set aside and replaced: the sessions' states are
- * recomputed from their histories. When anything was damaged the journal
+ * recomputed from their histories; so is a snapshot naming slots the file
+ * does not hold (its pages count in corrupt_pages), and the file is not
+ * grown to reach them. When anything was damaged the journal
  * is rewritten (compacted) before the open returns. Errors: bad options, an
  * unusable state directory (missing, read-only), a journal or slot file of
  * another format version — each with a message.

@@ -408,26 +408,94 @@ Test(config, a_bad_enum_value_is_refused_naming_the_key_and_its_values)
 	cr_expect(strstr(l.err, "expert_slots is set but experts = device"), "%s", l.err);
 }
 
+/* Print a's settings as --print-config does and load that text as the
+ * config file: it loads, as the same settings. */
+static void expect_print_reads_back(struct loaded *a)
+{
+	struct loaded b;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	dp_config_print(&a->c, out);
+	fclose(out);
+	struct conf_file f;
+	conf_write(&f, text, len);
+	LOAD(&b, "--config", f.path);
+	cr_expect_eq(b.ret, 0, "%s\n--- printed:\n%s", b.err, text);
+	snprintf(a->c.config_path, sizeof(a->c.config_path), "%s", f.path);
+	cr_expect_eq(memcmp(&a->c, &b.c, sizeof(a->c)), 0,
+	             "the printed settings load as themselves:\n%s", text);
+	free(text);
+	conf_remove(&f);
+}
+
 Test(config, print_config_reads_back_as_the_same_settings)
 {
-	struct loaded a, b;
+	struct loaded a;
 	LOAD(&a, "--max-batch", "7", "--dram-bytes", "3M", "--low-watermark", "0.5", "--experts",
 	     "nvme", "--expert-slots", "4", "--restore", "full", "--csa-entries", "host",
 	     "--engram-residency", "nvme", "--log-level", "debug", "--backend", "cpu");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+}
+
+/* found by tests/fuzz/fuzz_config: fractions were printed with %g, six
+ * digits, so 0.1234567 read back as 0.123457, and low 0.1234561 below high
+ * 0.1234569 as equal watermarks, refused */
+Test(config, print_config_writes_fractions_that_read_back_exactly)
+{
+	struct loaded a;
+	LOAD(&a, "--high-watermark", "0.1234569", "--low-watermark", "0.1234561");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+	LOAD(&a, "--high-watermark", "0.30000000000000004", "--low-watermark", "1e-300");
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	expect_print_reads_back(&a);
+	/* and a fraction that needs no more digits gets none */
+	LOAD(&a, "--low-watermark", "0.7");
 	cr_assert_eq(a.ret, 0, "%s", a.err);
 	char *text = NULL;
 	size_t len = 0;
 	FILE *out = open_memstream(&text, &len);
 	dp_config_print(&a.c, out);
 	fclose(out);
-	struct conf_file f;
-	conf_write(&f, text, len);
+	cr_expect(strstr(text, "\nhigh_watermark = 0.9\nlow_watermark = 0.7\n"), "%s", text);
 	free(text);
-	LOAD(&b, "--config", f.path);
-	cr_assert_eq(b.ret, 0, "%s", b.err);
-	snprintf(a.c.config_path, sizeof(a.c.config_path), "%s", f.path);
-	cr_expect_eq(memcmp(&a.c, &b.c, sizeof(a.c)), 0, "the printed settings load as themselves");
+}
+
+/* found with tests/fuzz/fuzz_config's round trip: a value that filled its
+ * line as key=value (198 bytes, inih's most) was printed as key = value,
+ * two bytes over, and the printed file was refused */
+Test(config, print_config_keeps_a_value_that_filled_its_line_within_a_line)
+{
+	char text[512];
+	int n = snprintf(text, sizeof(text), "[daemon]\nlog_file=/%0188d\n", 0);
+	struct conf_file f;
+	struct loaded a;
+	conf_write(&f, text, (size_t)n);
+	LOAD(&a, "--config", f.path);
+	cr_assert_eq(a.ret, 0, "a line of 198 bytes is read whole: %s", a.err);
+	cr_assert_eq(strlen(a.c.log_file), 189);
 	conf_remove(&f);
+	expect_print_reads_back(&a);
+}
+
+/* found by tests/fuzz/fuzz_config: a value right after its '=' may start
+ * with ';' (inih reads "key =;x" as ";x": a comment needs a space before
+ * it), and --print-config's "key = ;x" was a key with an empty value and a
+ * comment */
+Test(config, print_config_keeps_a_value_that_starts_with_a_semicolon)
+{
+	static const char text[] = "[daemon]\nlog_file =;/var/log/x\nstate_dir=;a\n";
+	struct conf_file f;
+	struct loaded a;
+	conf_write(&f, text, sizeof(text) - 1);
+	LOAD(&a, "--config", f.path);
+	cr_assert_eq(a.ret, 0, "%s", a.err);
+	cr_assert_str_eq(a.c.log_file, ";/var/log/x");
+	cr_assert_str_eq(a.c.state_dir, ";a");
+	conf_remove(&f);
+	expect_print_reads_back(&a);
 }
 
 /* ---- the real dualpathd ---------------------------------------------------------- */

@@ -17,12 +17,14 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base/macros.h"
 #include "io/io.h"
 #include "kvcache/kvcache.h"
 
@@ -303,7 +305,8 @@ static void corruption_is_recomputed(long off, char how)
 	damage_slot(off, how);
 	kv = open_kv(0, 0);
 	cr_assert_eq(dp_kv_session_find(kv, "c", &s), 0);
-	cr_expect_eq(dp_kv_session_tier(s), DP_KV_TIER_NVME);
+	/* slots the truncated file no longer holds are known missing at open */
+	cr_expect_eq(dp_kv_session_tier(s), how == 't' ? DP_KV_TIER_NONE : DP_KV_TIER_NVME);
 	check_state(kv, s); /* must come out right: the bad page is never served */
 	struct dp_kv_stats st;
 	dp_kv_stats(kv, &st);
@@ -1585,6 +1588,86 @@ Test(kv, a_damaged_old_format_record_is_blamed_on_the_id_its_bytes_hold)
 	dp_kv_stats(kv, &st);
 	cr_expect_eq(st.journal_damaged_records, 1);
 	cr_expect_eq(st.journal_sessions_lost, 1);
+	dp_kv_close(kv);
+}
+
+/* found by tests/fuzz/fuzz_kv: a RESET record (a whole history, written by
+ * a compaction) was taken at its word for the history's length whatever
+ * tokens it held: new length 2^45 with 2 tokens asked realloc for 128 TiB,
+ * and 1000 with 2 made a session of 998 tokens of uninitialised memory. */
+Test(kv, a_reset_record_whose_length_is_not_its_tokens_is_refused)
+{
+	static const uint64_t lens[] = { 1000, 1ull << 45 };
+	for (size_t i = 0; i < DP_ARRAY_SIZE(lens); i++) {
+		char path[512], err[512] = "";
+		uint8_t p[256];
+		snprintf(path, sizeof(path), "%s/journal", dir);
+		FILE *f = fopen(path, "wb");
+		cr_assert_not_null(f);
+		put_old_record(f, 4, p, old_history(p, "whole", 2, 2, 0));
+		put_old_record(f, 4, p, old_history(p, "short", lens[i], 2, 0));
+		cr_assert_eq(fclose(f), 0);
+		struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1 };
+		struct dp_kv *kv;
+		int ret = dp_kv_open(&o, model, &kv, err, sizeof(err));
+		cr_expect_eq(ret, -EBADMSG, "new length %llu with 2 tokens",
+			     (unsigned long long)lens[i]);
+		if (ret == 0)
+			dp_kv_close(kv);
+		cr_expect(strstr(err, "journal") && strstr(err, "offset"), "%s", err);
+	}
+}
+
+/* found by tests/fuzz/fuzz_kv: replay claimed a snapshot's slots by growing
+ * the slot file to reach them, 64 slots (4.25 MiB) at a time, so a snapshot
+ * naming a slot past the file's end (a file that lost its tail; a record
+ * naming slot 2^40) had the open allocate up to the disk's size. Its pages
+ * are not there: the snapshot is forgotten and the state recomputed. */
+Test(kv, a_snapshot_naming_slots_past_the_slot_files_end_is_forgotten_and_grows_nothing)
+{
+	/* before the fix, this stopped the growth at 64 MiB, not a full disk */
+	struct rlimit rl = { 64 << 20, 64 << 20 };
+	signal(SIGXFSZ, SIG_IGN);
+	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	char path[512];
+	uint8_t p[256];
+	snprintf(path, sizeof(path), "%s/journal", dir);
+	FILE *f = fopen(path, "wb");
+	cr_assert_not_null(f);
+	put_old_record(f, 1, p, old_history(p, "far", 3, 3, 0));
+	/* a SNAPSHOT at 3 of two pages: slot 0, and slot 2^40 */
+	uint16_t k = 3;
+	uint64_t pos = 3, slots[2] = { 0, 1ull << 40 };
+	uint32_t n = 2, len = 2 + 3 + 8 + 4;
+	memcpy(p, &k, 2);
+	memcpy(p + 2, "far", 3);
+	memcpy(p + 5, &pos, 8);
+	memcpy(p + 13, &n, 4);
+	for (int i = 0; i < 2; i++) {
+		memset(p + len, 0, 7); /* layer, kind, index */
+		memcpy(p + len + 7, &slots[i], 8);
+		memset(p + len + 15, 0, 8); /* page checksum */
+		len += 23;
+	}
+	put_old_record(f, 2, p, len);
+	cr_assert_eq(fclose(f), 0);
+
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/slots", dir);
+	cr_assert_eq(stat(path, &st), 0);
+	cr_expect_eq(st.st_size, 4096, "the slot file holds its header only: %lld bytes",
+		     (long long)st.st_size);
+	cr_assert_eq(dp_kv_session_find(kv, "far", &s), 0);
+	cr_expect(!dp_kv_session_lost(kv, "far"));
+	cr_expect_eq(dp_kv_session_tier(s), DP_KV_TIER_NONE, "tier %s",
+		     dp_kv_tier_name(dp_kv_session_tier(s)));
+	cr_assert_eq(dp_kv_session_len(s), 3);
+	struct dp_kv_stats kst;
+	dp_kv_stats(kv, &kst);
+	cr_expect_eq(kst.corrupt_pages, 2, "the snapshot's pages count as failed checks");
+	check_state(kv, s);
 	dp_kv_close(kv);
 }
 
