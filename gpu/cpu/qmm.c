@@ -40,6 +40,9 @@
  * evenly, GEMM in whole panels.
  */
 #include <errno.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <string.h>
 
@@ -147,6 +150,16 @@ const struct dp_qmm_isa dp_qmm_portable = {
 
 /* ---- dispatch ----------------------------------------------------------------------- */
 
+#if defined(__x86_64__)
+/* F16C from cpuid itself: clang 14's __builtin_cpu_supports has no "f16c"
+ * (the fuzz build is clang's). */
+static bool cpu_has_f16c(void)
+{
+	unsigned a, b, c, d;
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 bool dp_qmm_isa_supported(enum dp_gpu_isa isa)
 {
 	switch (isa) {
@@ -156,8 +169,7 @@ bool dp_qmm_isa_supported(enum dp_gpu_isa isa)
 #if defined(__x86_64__)
 	case DP_GPU_ISA_AVX2:
 		__builtin_cpu_init();
-		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		       __builtin_cpu_supports("f16c");
+		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 	case DP_GPU_ISA_AVX512:
 		__builtin_cpu_init();
 		return dp_qmm_isa_supported(DP_GPU_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
