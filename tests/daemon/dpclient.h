@@ -308,4 +308,29 @@ static inline Dualpath__V1__Response *simple(int fd, uint64_t id, Dualpath__V1__
 	}
 }
 
+/* Two greedy turns of session `sess` (the prompt split at `split`, 10
+ * tokens each) must give turn 2 the tokens of a one-off request holding the
+ * same context as one prompt: a session's state equals its history. */
+static inline void expect_turns_equal_one_prompt(int fd, const char *sess, const uint32_t *prompt,
+						 size_t np, size_t split)
+{
+	uint32_t t1[64], t2[64], whole[64], all[128];
+	size_t n1, n2, nw, na = 0;
+	cr_assert(split < np && np + 10 <= 128);
+	send_generate(fd, 10, sess, prompt, split, 10, 0, 0);
+	cr_assert_eq(collect(fd, 10, t1, 64, &n1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	send_generate(fd, 11, sess, prompt + split, np - split, 10, 0, 0);
+	cr_assert_eq(collect(fd, 11, t2, 64, &n2), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	for (size_t i = 0; i < split; i++)
+		all[na++] = prompt[i];
+	for (size_t i = 0; i < n1; i++)
+		all[na++] = t1[i];
+	for (size_t i = split; i < np; i++)
+		all[na++] = prompt[i];
+	send_generate(fd, 12, NULL, all, na, 10, 0, 0);
+	cr_assert_eq(collect(fd, 12, whole, 64, &nw), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(nw, n2);
+	cr_expect_arr_eq(t2, whole, n2 * sizeof(uint32_t), "turn 2 differs from the one-prompt run");
+}
+
 #endif

@@ -45,26 +45,7 @@ Test(daemon, a_multi_turn_session_matches_one_long_prompt_under_greedy_sampling)
 {
 	daemon_start(&d, NULL);
 	int fd = client_connect(&d);
-	uint32_t t1[64], t2[64], whole[64];
-	size_t n1, n2, nw;
-	/* turn 1: prompt, 10 tokens; turn 2: more prompt, 10 tokens */
-	send_generate(fd, 10, "mt", prompt, 6, 10, 0, 0);
-	cr_assert_eq(collect(fd, 10, t1, 64, &n1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
-	send_generate(fd, 11, "mt", prompt + 6, NP - 6, 10, 0, 0);
-	cr_assert_eq(collect(fd, 11, t2, 64, &n2), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
-	/* the same context as one prompt in a one-off request */
-	uint32_t all[128];
-	size_t na = 0;
-	for (size_t i = 0; i < 6; i++)
-		all[na++] = prompt[i];
-	for (size_t i = 0; i < n1; i++)
-		all[na++] = t1[i];
-	for (size_t i = 6; i < NP; i++)
-		all[na++] = prompt[i];
-	send_generate(fd, 12, NULL, all, na, 10, 0, 0);
-	cr_assert_eq(collect(fd, 12, whole, 64, &nw), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
-	cr_assert_eq(nw, n2);
-	cr_expect_arr_eq(t2, whole, n2 * sizeof(uint32_t), "turn 2 differs from the one-prompt run");
+	expect_turns_equal_one_prompt(fd, "mt", prompt, NP, 6);
 	close(fd);
 }
 
