@@ -8,7 +8,7 @@
  *   Q_DEC_E2M1(p)      QW e2m1 codes (QW/2 bytes) at p -> value
  *   Q_DEC_BF16(p)      QW bf16 at p -> value
  *   Q_ADD              vector add
- *   Q_MR, Q_NT         tile register block: tokens x weight rows
+ *   Q_MR, Q_NV         GEMM micro-kernel: tokens x vectors of tile columns
  *   Q_RG(M)            weight rows the GEMV runs at once for M tokens
  *   Q_NAME(x)          the set's prefix, Q_ISA its enum, Q_TABLE the table's name
  * Every path computes what qmm.c's portable kernels compute (code x scale
@@ -18,6 +18,9 @@
 #include <string.h>
 
 #define Q_INLINE static inline __attribute__((always_inline))
+/* register blocks: loops over accumulators must unroll, or the accumulators
+ * live on the stack (the build's -O2 unrolls nothing by itself) */
+#define Q_UNROLL _Pragma("GCC unroll 16")
 
 Q_INLINE QV Q_NAME(dec)(const enum dp_dtype dt, const uint8_t *row, uint32_t k)
 {
@@ -98,13 +101,13 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 		if (__builtin_expect(fin, 1))
 			for (; k + QW <= end; k += QW) {
 				QV xv[M];
-				for (uint32_t m = 0; m < M; m++)
+				Q_UNROLL for (uint32_t m = 0; m < M; m++)
 					xv[m] = Q_LOAD(x + m * ldx + k);
-				for (uint32_t i = 0; i < RG; i++) {
+				Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
 					QV wv = Q_NAME(dec)(dt, row[i], k);
 					if (Q_NAME(scaled)(dt))
 						wv = Q_MUL(wv, vm[i]);
-					for (uint32_t m = 0; m < M; m++)
+					Q_UNROLL for (uint32_t m = 0; m < M; m++)
 						a[i][m] = Q_FMA(wv, xv[m], a[i][m]);
 				}
 			}
@@ -167,7 +170,7 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 }
 #undef Q_GEMV_M
 
-/* ---- GEMM: a panel decoded into an fp32 tile, then tile x tokens ---------------- */
+/* ---- GEMM: a panel decoded, transposed by qmm.c, then tokens x tile ------------- */
 
 Q_INLINE void Q_NAME(dequant_t)(const struct dp_qmat *w, uint32_t r0, uint32_t nr, uint32_t k0,
 				uint32_t kc, float *t, const enum dp_dtype dt)
@@ -211,63 +214,55 @@ static void Q_NAME(dequant)(const struct dp_qmat *w, uint32_t r0, uint32_t nr, u
 	}
 }
 
-/* One token's dot with one tile row. */
-Q_INLINE float Q_NAME(dot)(const float *a, const float *b, uint32_t n)
+/* The outer-product micro-kernel (BLAS's): MR tokens x Q_NV*QW tile columns
+ * in MR*Q_NV accumulators for the whole kc; each step loads Q_NV tile vectors
+ * and broadcasts one x per token. No horizontal sums: lane j of a[i][v] is
+ * output column v*QW + j. ncol (<= Q_NV*QW) of them are stored. */
+Q_INLINE void Q_NAME(micro)(const float *x, size_t ldx, const float *t, uint32_t kc, float *y,
+			    size_t ldy, uint32_t ncol, const uint32_t MR)
 {
-	QV v = Q_ZERO();
-	uint32_t k = 0;
-	for (; k + QW <= n; k += QW)
-		v = Q_FMA(Q_LOAD(a + k), Q_LOAD(b + k), v);
-	float s = Q_HSUM(v);
-	for (; k < n; k++)
-		s += a[k] * b[k];
-	return s;
-}
-
-/* Q_MR tokens x Q_NT tile rows, in registers over the whole kc. */
-Q_INLINE void Q_NAME(block)(const float *x, size_t ldx, const float *t, uint32_t kc, float *y,
-			    size_t ldy)
-{
-	QV a[Q_MR][Q_NT];
-	for (int i = 0; i < Q_MR; i++)
-		for (int j = 0; j < Q_NT; j++)
-			a[i][j] = Q_ZERO();
-	uint32_t k = 0;
-	for (; k + QW <= kc; k += QW) {
-		QV xv[Q_MR];
-		for (int i = 0; i < Q_MR; i++)
-			xv[i] = Q_LOAD(x + i * ldx + k);
-		for (int j = 0; j < Q_NT; j++) {
-			QV tv = Q_LOAD(t + (size_t)j * kc + k);
-			for (int i = 0; i < Q_MR; i++)
-				a[i][j] = Q_FMA(xv[i], tv, a[i][j]);
+	QV a[MR][Q_NV];
+	Q_UNROLL for (uint32_t i = 0; i < MR; i++)
+		Q_UNROLL for (int v = 0; v < Q_NV; v++)
+			a[i][v] = Q_ZERO();
+	for (uint32_t k = 0; k < kc; k++) {
+		QV b[Q_NV];
+		Q_UNROLL for (int v = 0; v < Q_NV; v++)
+			b[v] = Q_LOAD(t + (size_t)k * DP_QMM_NR + v * QW);
+		Q_UNROLL for (uint32_t i = 0; i < MR; i++) {
+			QV xb = Q_SET1(x[i * ldx + k]);
+			Q_UNROLL for (int v = 0; v < Q_NV; v++)
+				a[i][v] = Q_FMA(xb, b[v], a[i][v]);
 		}
 	}
-	for (int i = 0; i < Q_MR; i++)
-		for (int j = 0; j < Q_NT; j++) {
-			float s = Q_HSUM(a[i][j]);
-			for (uint32_t kk = k; kk < kc; kk++)
-				s += x[i * ldx + kk] * t[(size_t)j * kc + kk];
-			y[i * ldy + j] += s;
+	for (uint32_t i = 0; i < MR; i++) {
+		float *yi = y + i * ldy;
+		if (ncol == Q_NV * QW) {
+			for (int v = 0; v < Q_NV; v++)
+				Q_STORE(yi + v * QW, Q_ADD(Q_LOAD(yi + v * QW), a[i][v]));
+		} else {
+			float o[Q_NV * QW];
+			for (int v = 0; v < Q_NV; v++)
+				Q_STORE(o + v * QW, a[i][v]);
+			for (uint32_t j = 0; j < ncol; j++)
+				yi[j] += o[j];
 		}
+	}
 }
 
 static void Q_NAME(tile)(const float *x, size_t ldx, uint32_t M, const float *t, uint32_t nr,
 			 uint32_t kc, float *y, size_t ldy)
 {
-	uint32_t m = 0;
-	for (; m + Q_MR <= M; m += Q_MR) {
-		uint32_t r = 0;
-		for (; r + Q_NT <= nr; r += Q_NT)
-			Q_NAME(block)(x + m * ldx, ldx, t + (size_t)r * kc, kc, y + m * ldy + r, ldy);
-		for (; r < nr; r++)
-			for (uint32_t i = 0; i < Q_MR; i++)
-				y[(m + i) * ldy + r] +=
-				    Q_NAME(dot)(x + (m + i) * ldx, t + (size_t)r * kc, kc);
+	for (uint32_t c = 0; c < nr; c += Q_NV * QW) {
+		uint32_t ncol = nr - c < Q_NV * QW ? nr - c : Q_NV * QW;
+		uint32_t m = 0;
+		for (; m + Q_MR <= M; m += Q_MR)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, Q_MR);
+		for (; m + 4 <= M; m += 4)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, 4);
+		for (; m < M; m++)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, 1);
 	}
-	for (; m < M; m++)
-		for (uint32_t r = 0; r < nr; r++)
-			y[m * ldy + r] += Q_NAME(dot)(x + m * ldx, t + (size_t)r * kc, kc);
 }
 
 const struct dp_qmm_isa Q_TABLE = {
