@@ -15,9 +15,9 @@
 #define Q_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define Q_MUL(a, b) _mm256_mul_ps(a, b)
 #define Q_ADD(a, b) _mm256_add_ps(a, b)
-#define Q_GEMV_TWO 4
-#define Q_MR 2
-#define Q_NT 4
+#define Q_RG(M) ((M) <= 2 ? 4 : (M) <= 4 ? 2 : 1)
+#define Q_MR 6
+#define Q_NV 2
 #define Q_NAME(x) avx2_##x
 #define Q_ISA DP_GPU_ISA_AVX2
 #define Q_TABLE dp_qmm_avx2

@@ -16,9 +16,9 @@
 #define Q_MUL(a, b) _mm512_mul_ps(a, b)
 #define Q_HSUM(v) _mm512_reduce_add_ps(v)
 #define Q_ADD(a, b) _mm512_add_ps(a, b)
-#define Q_GEMV_TWO 8
-#define Q_MR 4
-#define Q_NT 4
+#define Q_RG(M) ((M) <= 4 ? 4 : 2)
+#define Q_MR 12
+#define Q_NV 2
 #define Q_NAME(x) avx512_##x
 #define Q_ISA DP_GPU_ISA_AVX512
 #define Q_TABLE dp_qmm_avx512

@@ -21,11 +21,12 @@
  * used for every token from registers); above, a blocked GEMM. */
 #define DP_QMM_GEMV_MAX 8
 /* GEMM blocking: a panel of DP_QMM_NR weight rows by DP_QMM_KC columns is
- * dequantized into a per-thread fp32 tile (32 KiB: L1), then multiplied with
- * every token; KC is a multiple of both block widths. The tokens' KC-column
- * slice (M x 2 KiB) is what stays in L2. */
-#define DP_QMM_NR 16
-#define DP_QMM_KC 512
+ * dequantized into a per-thread fp32 tile stored transposed, t[KC][NR]
+ * (32 KiB: L1), then multiplied with every token by an outer-product
+ * micro-kernel; KC is a multiple of both block widths. The tokens' KC-column
+ * slice (M x 1 KiB) is what stays in L2. */
+#define DP_QMM_NR 32
+#define DP_QMM_KC 256
 
 /* One matrix of a weight, as the kernels read it. */
 struct dp_qmat {
@@ -97,10 +98,10 @@ struct dp_qmm_isa {
 	void (*gemv)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
 		     size_t ldy, uint32_t r0, uint32_t r1, bool acc);
 	/* t[nr][kc] = W[r0 .. r0+nr)[k0 .. k0+kc), k0 a multiple of w->kblock
-	 * (or of DP_QMM_KC) */
+	 * (or of DP_QMM_KC); qmm.c transposes it for tile */
 	void (*dequant)(const struct dp_qmat *w, uint32_t r0, uint32_t nr, uint32_t k0, uint32_t kc,
 			float *t);
-	/* y[m][r] += sum_{k < kc} x[m][k] t[r][k], m < M, r < nr */
+	/* y[m][r] += sum_{k < kc} x[m][k] t[k][r], m < M, r < nr */
 	void (*tile)(const float *x, size_t ldx, uint32_t M, const float *t, uint32_t nr,
 		     uint32_t kc, float *y, size_t ldy);
 };

@@ -8,8 +8,8 @@
  *   Q_DEC_E2M1(p)      QW e2m1 codes (QW/2 bytes) at p -> value
  *   Q_DEC_BF16(p)      QW bf16 at p -> value
  *   Q_ADD              vector add
- *   Q_MR, Q_NT         tile register block: tokens x weight rows
- *   Q_GEMV_TWO         most tokens for which the GEMV keeps two accumulators each
+ *   Q_MR, Q_NV         GEMM micro-kernel: tokens x vectors of tile columns
+ *   Q_RG(M)            weight rows the GEMV runs at once for M tokens
  *   Q_NAME(x)          the set's prefix, Q_ISA its enum, Q_TABLE the table's name
  * Every path computes what qmm.c's portable kernels compute (code x scale
  * exactly, fp32 products and sums), in another order of the sums.
@@ -18,6 +18,9 @@
 #include <string.h>
 
 #define Q_INLINE static inline __attribute__((always_inline))
+/* register blocks: loops over accumulators must unroll, or the accumulators
+ * live on the stack (the build's -O2 unrolls nothing by itself) */
+#define Q_UNROLL _Pragma("GCC unroll 16")
 
 Q_INLINE QV Q_NAME(dec)(const enum dp_dtype dt, const uint8_t *row, uint32_t k)
 {
@@ -45,73 +48,106 @@ Q_INLINE bool Q_NAME(scaled)(const enum dp_dtype dt)
 	return dt == DP_DTYPE_E4M3 || dt == DP_DTYPE_E2M1;
 }
 
-/* ---- GEMV: M tokens, each decoded weight vector used M times from registers ---- */
+/* The scale of block kb of a row whose scales start at sp (fp32, exact). */
+Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_t kb)
+{
+	if (w->scale_dtype == DP_DTYPE_F32)
+		return ((const float *)sp)[kb];
+	uint8_t e = ((const uint8_t *)sp)[kb];
+	uint32_t u = e == 0 ? 0x00400000u : (uint32_t)e << 23; /* 255 refused at upload */
+	float f;
+	__builtin_memcpy(&f, &u, sizeof(f));
+	return f;
+}
 
+/* ---- GEMV: M tokens x RG rows, each decoded weight vector used M times -------- */
+
+/* RG rows at once: each token's x vector is loaded once for RG rows (the loads
+ * were half the work at M = 1) and the RG x M accumulators are independent FMA
+ * chains. A row's scale is read once per block straight from its scale row
+ * (no per-block division or dtype switch), and the block's vector loop has no
+ * branch but its bound. */
 Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
+			     size_t ldy, uint32_t r, bool acc, const enum dp_dtype dt,
+			     const uint32_t M, const uint32_t RG)
+{
+	const uint8_t *row[RG];
+	const void *sp[RG];
+	QV a[RG][M];
+	float t[RG][M];
+	size_t ssz = w->scale_dtype == DP_DTYPE_F32 ? 4 : 1;
+	for (uint32_t i = 0; i < RG; i++) {
+		row[i] = w->data + (r + i) * w->row_bytes;
+		uint32_t srow = dt == DP_DTYPE_E4M3 ? (r + i) / DP_GPU_E4M3_BLOCK : r + i;
+		sp[i] = Q_NAME(scaled)(dt) ? (const char *)w->scale + (size_t)srow * w->scale_ld * ssz
+					   : NULL;
+		for (uint32_t m = 0; m < M; m++) {
+			a[i][m] = Q_ZERO();
+			t[i][m] = 0;
+		}
+	}
+	for (uint32_t k0 = 0, kb = 0; k0 < w->cols; k0 += w->kblock, kb++) {
+		uint32_t end = w->cols - k0 < w->kblock ? w->cols : k0 + w->kblock;
+		float s[RG];
+		QV vm[RG];
+		bool fin = true;
+		for (uint32_t i = 0; i < RG; i++) {
+			s[i] = Q_NAME(scaled)(dt) ? Q_NAME(scale_at)(w, sp[i], kb) : 1.0f;
+			float mul = Q_NAME(mul)(dt, s[i]);
+			fin = fin && isfinite(mul);
+			vm[i] = Q_SET1(mul);
+		}
+		uint32_t k = k0;
+		if (__builtin_expect(fin, 1))
+			for (; k + QW <= end; k += QW) {
+				QV xv[M];
+				Q_UNROLL for (uint32_t m = 0; m < M; m++)
+					xv[m] = Q_LOAD(x + m * ldx + k);
+				Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
+					QV wv = Q_NAME(dec)(dt, row[i], k);
+					if (Q_NAME(scaled)(dt))
+						wv = Q_MUL(wv, vm[i]);
+					Q_UNROLL for (uint32_t m = 0; m < M; m++)
+						a[i][m] = Q_FMA(wv, xv[m], a[i][m]);
+				}
+			}
+		for (; k < end; k++)
+			for (uint32_t i = 0; i < RG; i++) {
+				float wv = dp_qmat_code(w, row[i], k) * s[i];
+				for (uint32_t m = 0; m < M; m++)
+					t[i][m] += wv * x[m * ldx + k];
+			}
+	}
+	for (uint32_t i = 0; i < RG; i++)
+		for (uint32_t m = 0; m < M; m++) {
+			float v = Q_HSUM(a[i][m]) + t[i][m];
+			float *o = y + m * ldy + r + i;
+			*o = acc ? *o + v : v;
+		}
+}
+
+/* rows [r0, r1) in groups of Q_RG(M), the rest one at a time */
+Q_INLINE void Q_NAME(gemv_m)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r0, uint32_t r1, bool acc, const enum dp_dtype dt,
 			     const uint32_t M)
 {
-	for (uint32_t r = r0; r < r1; r++) {
-		const uint8_t *row = w->data + r * w->row_bytes;
-		/* two accumulator sets while they fit the registers: one FMA chain
-		 * per token would wait on the FMA latency every vector */
-		const bool two = M <= Q_GEMV_TWO;
-		QV a[DP_QMM_GEMV_MAX], b[DP_QMM_GEMV_MAX];
-		float t[DP_QMM_GEMV_MAX];
-		for (uint32_t m = 0; m < M; m++) {
-			a[m] = b[m] = Q_ZERO();
-			t[m] = 0;
-		}
-		for (uint32_t k0 = 0, kb = 0; k0 < w->cols; k0 += w->kblock, kb++) {
-			uint32_t end = w->cols - k0 < w->kblock ? w->cols : k0 + w->kblock;
-			float s = dp_qmat_scale(w, r, kb), mul = Q_NAME(mul)(dt, s);
-			uint32_t k = k0;
-			if (isfinite(mul)) {
-				QV vm = Q_SET1(mul);
-				if (two)
-					for (; k + 2 * QW <= end; k += 2 * QW) {
-						QV w0 = Q_NAME(dec)(dt, row, k);
-						QV w1 = Q_NAME(dec)(dt, row, k + QW);
-						if (Q_NAME(scaled)(dt)) {
-							w0 = Q_MUL(w0, vm);
-							w1 = Q_MUL(w1, vm);
-						}
-						for (uint32_t m = 0; m < M; m++) {
-							a[m] = Q_FMA(w0, Q_LOAD(x + m * ldx + k), a[m]);
-							b[m] = Q_FMA(w1, Q_LOAD(x + m * ldx + k + QW), b[m]);
-						}
-					}
-				for (; k + QW <= end; k += QW) {
-					QV wv = Q_NAME(dec)(dt, row, k);
-					if (Q_NAME(scaled)(dt))
-						wv = Q_MUL(wv, vm);
-					for (uint32_t m = 0; m < M; m++)
-						a[m] = Q_FMA(wv, Q_LOAD(x + m * ldx + k), a[m]);
-				}
-			}
-			for (; k < end; k++) {
-				float wv = dp_qmat_code(w, row, k) * s;
-				for (uint32_t m = 0; m < M; m++)
-					t[m] += wv * x[m * ldx + k];
-			}
-		}
-		for (uint32_t m = 0; m < M; m++) {
-			float v = Q_HSUM(Q_ADD(a[m], b[m])) + t[m];
-			y[m * ldy + r] = acc ? y[m * ldy + r] + v : v;
-		}
-	}
+	uint32_t r = r0;
+	for (; r + Q_RG(M) <= r1; r += Q_RG(M))
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, M, Q_RG(M));
+	for (; r < r1; r++)
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, M, 1);
 }
 
 #define Q_GEMV_M(dt)                                                                          \
 	switch (M) {                                                                          \
-	case 1: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 1); break;               \
-	case 2: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 2); break;               \
-	case 3: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 3); break;               \
-	case 4: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 4); break;               \
-	case 5: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 5); break;               \
-	case 6: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 6); break;               \
-	case 7: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, 7); break;               \
-	default: Q_NAME(gemv_t)(w, x, ldx, y, ldy, r0, r1, acc, dt, DP_QMM_GEMV_MAX); break; \
+	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 1); break;               \
+	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 2); break;               \
+	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 3); break;               \
+	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 4); break;               \
+	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 5); break;               \
+	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 6); break;               \
+	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 7); break;               \
+	default: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, DP_QMM_GEMV_MAX); break; \
 	}
 
 static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
@@ -134,7 +170,7 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 }
 #undef Q_GEMV_M
 
-/* ---- GEMM: a panel decoded into an fp32 tile, then tile x tokens ---------------- */
+/* ---- GEMM: a panel decoded, transposed by qmm.c, then tokens x tile ------------- */
 
 Q_INLINE void Q_NAME(dequant_t)(const struct dp_qmat *w, uint32_t r0, uint32_t nr, uint32_t k0,
 				uint32_t kc, float *t, const enum dp_dtype dt)
@@ -178,63 +214,55 @@ static void Q_NAME(dequant)(const struct dp_qmat *w, uint32_t r0, uint32_t nr, u
 	}
 }
 
-/* One token's dot with one tile row. */
-Q_INLINE float Q_NAME(dot)(const float *a, const float *b, uint32_t n)
+/* The outer-product micro-kernel (BLAS's): MR tokens x Q_NV*QW tile columns
+ * in MR*Q_NV accumulators for the whole kc; each step loads Q_NV tile vectors
+ * and broadcasts one x per token. No horizontal sums: lane j of a[i][v] is
+ * output column v*QW + j. ncol (<= Q_NV*QW) of them are stored. */
+Q_INLINE void Q_NAME(micro)(const float *x, size_t ldx, const float *t, uint32_t kc, float *y,
+			    size_t ldy, uint32_t ncol, const uint32_t MR)
 {
-	QV v = Q_ZERO();
-	uint32_t k = 0;
-	for (; k + QW <= n; k += QW)
-		v = Q_FMA(Q_LOAD(a + k), Q_LOAD(b + k), v);
-	float s = Q_HSUM(v);
-	for (; k < n; k++)
-		s += a[k] * b[k];
-	return s;
-}
-
-/* Q_MR tokens x Q_NT tile rows, in registers over the whole kc. */
-Q_INLINE void Q_NAME(block)(const float *x, size_t ldx, const float *t, uint32_t kc, float *y,
-			    size_t ldy)
-{
-	QV a[Q_MR][Q_NT];
-	for (int i = 0; i < Q_MR; i++)
-		for (int j = 0; j < Q_NT; j++)
-			a[i][j] = Q_ZERO();
-	uint32_t k = 0;
-	for (; k + QW <= kc; k += QW) {
-		QV xv[Q_MR];
-		for (int i = 0; i < Q_MR; i++)
-			xv[i] = Q_LOAD(x + i * ldx + k);
-		for (int j = 0; j < Q_NT; j++) {
-			QV tv = Q_LOAD(t + (size_t)j * kc + k);
-			for (int i = 0; i < Q_MR; i++)
-				a[i][j] = Q_FMA(xv[i], tv, a[i][j]);
+	QV a[MR][Q_NV];
+	Q_UNROLL for (uint32_t i = 0; i < MR; i++)
+		Q_UNROLL for (int v = 0; v < Q_NV; v++)
+			a[i][v] = Q_ZERO();
+	for (uint32_t k = 0; k < kc; k++) {
+		QV b[Q_NV];
+		Q_UNROLL for (int v = 0; v < Q_NV; v++)
+			b[v] = Q_LOAD(t + (size_t)k * DP_QMM_NR + v * QW);
+		Q_UNROLL for (uint32_t i = 0; i < MR; i++) {
+			QV xb = Q_SET1(x[i * ldx + k]);
+			Q_UNROLL for (int v = 0; v < Q_NV; v++)
+				a[i][v] = Q_FMA(xb, b[v], a[i][v]);
 		}
 	}
-	for (int i = 0; i < Q_MR; i++)
-		for (int j = 0; j < Q_NT; j++) {
-			float s = Q_HSUM(a[i][j]);
-			for (uint32_t kk = k; kk < kc; kk++)
-				s += x[i * ldx + kk] * t[(size_t)j * kc + kk];
-			y[i * ldy + j] += s;
+	for (uint32_t i = 0; i < MR; i++) {
+		float *yi = y + i * ldy;
+		if (ncol == Q_NV * QW) {
+			for (int v = 0; v < Q_NV; v++)
+				Q_STORE(yi + v * QW, Q_ADD(Q_LOAD(yi + v * QW), a[i][v]));
+		} else {
+			float o[Q_NV * QW];
+			for (int v = 0; v < Q_NV; v++)
+				Q_STORE(o + v * QW, a[i][v]);
+			for (uint32_t j = 0; j < ncol; j++)
+				yi[j] += o[j];
 		}
+	}
 }
 
 static void Q_NAME(tile)(const float *x, size_t ldx, uint32_t M, const float *t, uint32_t nr,
 			 uint32_t kc, float *y, size_t ldy)
 {
-	uint32_t m = 0;
-	for (; m + Q_MR <= M; m += Q_MR) {
-		uint32_t r = 0;
-		for (; r + Q_NT <= nr; r += Q_NT)
-			Q_NAME(block)(x + m * ldx, ldx, t + (size_t)r * kc, kc, y + m * ldy + r, ldy);
-		for (; r < nr; r++)
-			for (uint32_t i = 0; i < Q_MR; i++)
-				y[(m + i) * ldy + r] +=
-				    Q_NAME(dot)(x + (m + i) * ldx, t + (size_t)r * kc, kc);
+	for (uint32_t c = 0; c < nr; c += Q_NV * QW) {
+		uint32_t ncol = nr - c < Q_NV * QW ? nr - c : Q_NV * QW;
+		uint32_t m = 0;
+		for (; m + Q_MR <= M; m += Q_MR)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, Q_MR);
+		for (; m + 4 <= M; m += 4)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, 4);
+		for (; m < M; m++)
+			Q_NAME(micro)(x + m * ldx, ldx, t + c, kc, y + m * ldy + c, ldy, ncol, 1);
 	}
-	for (; m < M; m++)
-		for (uint32_t r = 0; r < nr; r++)
-			y[m * ldy + r] += Q_NAME(dot)(x + m * ldx, t + (size_t)r * kc, kc);
 }
 
 const struct dp_qmm_isa Q_TABLE = {

@@ -8,9 +8,12 @@
  *   M <= DP_QMM_GEMV_MAX tokens (decode): a GEMV. Each weight vector is
  *   decoded in registers and used for all M tokens; memory-bound by design.
  *   M > DP_QMM_GEMV_MAX (prefill): a blocked GEMM. A panel of DP_QMM_NR rows x
- *   DP_QMM_KC columns is decoded once into a per-thread fp32 tile (L1) and
- *   multiplied with every token's DP_QMM_KC-column slice (L2), so each weight
- *   block is read once per product however many tokens there are.
+ *   DP_QMM_KC columns is decoded once into a per-thread fp32 tile, stored
+ *   transposed ([KC][NR], L1), and multiplied with every token's
+ *   DP_QMM_KC-column slice (L2) by an outer-product micro-kernel (BLAS's:
+ *   tile vectors times broadcast x into register accumulators, no horizontal
+ *   sums), so each weight block is read once per product however many
+ *   tokens there are.
  *
  * Numerics: the value of a weight is code x scale, exactly (every scale of
  * the checkpoints is a power of two; an f32 scale multiplies once, rounded as
@@ -44,6 +47,7 @@
 #include <cpuid.h>
 #endif
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/dtype.h"
@@ -133,10 +137,10 @@ static void tile_portable(const float *x, size_t ldx, uint32_t M, const float *t
 {
 	for (uint32_t m = 0; m < M; m++)
 		for (uint32_t r = 0; r < nr; r++) {
-			const float *xm = x + m * ldx, *tr = t + (size_t)r * kc;
+			const float *xm = x + m * ldx;
 			float a = 0;
 			for (uint32_t k = 0; k < kc; k++)
-				a += xm[k] * tr[k];
+				a += xm[k] * t[(size_t)k * DP_QMM_NR + r];
 			y[m * ldy + r] += a;
 		}
 }
@@ -220,6 +224,20 @@ static void gemv_job(void *arg, int tid, int n)
 		j->k->gemv(j->w, j->x, j->ldx, j->M, j->y, j->ldy, r0, r1, j->acc);
 }
 
+/* rows[nr][kc] -> t[kc][DP_QMM_NR], rows nr.. zero (the micro-kernel reads
+ * all NR). Scalar: a tile is used by all M tokens, so this is ~1/M of the
+ * FMAs. */
+static void transpose(const float *rows, uint32_t nr, uint32_t kc, float *t)
+{
+	for (uint32_t k = 0; k < kc; k++) {
+		float *tk = t + (size_t)k * DP_QMM_NR;
+		for (uint32_t i = 0; i < nr; i++)
+			tk[i] = rows[(size_t)i * kc + k];
+		for (uint32_t i = nr; i < DP_QMM_NR; i++)
+			tk[i] = 0;
+	}
+}
+
 static void gemm_job(void *arg, int tid, int n)
 {
 	const struct qmm_job *j = arg;
@@ -229,6 +247,7 @@ static void gemm_job(void *arg, int tid, int n)
 		 p1 = (uint32_t)((uint64_t)panels * (tid + 1) / n);
 	uint32_t r0 = p0 * DP_QMM_NR, r1 = p1 * DP_QMM_NR < w->rows ? p1 * DP_QMM_NR : w->rows;
 	float *tile = j->tiles + (size_t)tid * DP_QMM_NR * DP_QMM_KC;
+	float rows[DP_QMM_NR * DP_QMM_KC]; /* 32 KiB of the thread's stack */
 
 	if (r0 >= r1)
 		return;
@@ -240,7 +259,8 @@ static void gemm_job(void *arg, int tid, int n)
 		uint32_t kc = w->cols - k0 < DP_QMM_KC ? w->cols - k0 : DP_QMM_KC;
 		for (uint32_t r = r0; r < r1; r += DP_QMM_NR) {
 			uint32_t nr = r1 - r < DP_QMM_NR ? r1 - r : DP_QMM_NR;
-			j->k->dequant(w, r, nr, k0, kc, tile);
+			j->k->dequant(w, r, nr, k0, kc, rows);
+			transpose(rows, nr, kc, tile);
 			j->k->tile(j->x + k0, j->ldx, j->M, tile, nr, kc, j->y + r, j->ldy);
 		}
 	}
@@ -254,8 +274,23 @@ void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *til
 			     .acc = acc, .tiles = tiles };
 	if (M == 0)
 		return;
-	if (M <= DP_QMM_GEMV_MAX)
+	if (M <= DP_QMM_GEMV_MAX) {
 		dp_cpu_pool_run(pool, gemv_job, &j);
-	else
-		dp_cpu_pool_run(pool, gemm_job, &j);
+		return;
+	}
+	/* The micro-kernel reads Q_MR token rows at once, ldx apart: at a
+	 * multiple of 4 KiB (every model width) they all fall in one L1 set and
+	 * evict each other. A copy at a stride 64 bytes past such a multiple
+	 * (~1% of the product's time) spreads them; without memory, the
+	 * product runs on x as it is. */
+	size_t lds = (((size_t)w->cols + 15) & ~(size_t)15) + 16;
+	float *xs = malloc(lds * M * sizeof(float));
+	if (xs) {
+		for (uint32_t m = 0; m < M; m++)
+			memcpy(xs + m * lds, x + m * ldx, w->cols * sizeof(float));
+		j.x = xs;
+		j.ldx = lds;
+	}
+	dp_cpu_pool_run(pool, gemm_job, &j);
+	free(xs);
 }
