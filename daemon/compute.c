@@ -110,11 +110,13 @@ int dp_server_send(struct dp_server *srv, struct dp_msg *m)
 static bool outbox_flush(struct compute *c)
 {
 	struct outbox *o = &c->outbox;
+	uint32_t sent = 0;
 	while (o->n) {
 		if (dp_spsc_enqueue(c->srv->to_front, &o->ev[o->head]) < 0)
 			break;
 		o->head = (o->head + 1) % o->cap;
 		o->n--;
+		sent++;
 	}
 	if (o->n < o->cap / 4 && o->cap > DP_OUTBOX_MIN) { /* shrink after a burst */
 		struct dp_event *ev = malloc(o->cap / 2 * sizeof(*ev));
@@ -127,7 +129,8 @@ static bool outbox_flush(struct compute *c)
 			o->head = 0;
 		}
 	}
-	dp_waiter_wake(&c->srv->front_wake);
+	if (sent || o->n) /* the front has events to take (or room to make) */
+		dp_waiter_wake(&c->srv->front_wake);
 	return o->n == 0;
 }
 
