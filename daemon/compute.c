@@ -892,6 +892,7 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 		row->busy = dp_kv_session_busy(s);
 		uint32_t owner = dp_kv_session_owner(s);
 		row->owner = owner == DP_KV_OWNER_NONE ? -1 : (int64_t)owner;
+		row->lost = dp_kv_session_lost(kv, row->id);
 	}
 	struct dp_event ev = { .kind = DP_EV_SESSIONS, .to = m->from, .request_id = m->request_id,
 			       .payload = l };

@@ -329,6 +329,7 @@ static void send_sessions(struct front *f, uint32_t slot, uint64_t id, const str
 		rows[i].idle_ms = l->rows[i].idle_ms;
 		rows[i].busy = l->rows[i].busy;
 		rows[i].owner_uid = l->rows[i].owner;
+		rows[i].lost = l->rows[i].lost;
 		ptrs[i] = &rows[i];
 	}
 	Dualpath__V1__SessionList sl = DUALPATH__V1__SESSION_LIST__INIT;

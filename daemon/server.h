@@ -154,6 +154,7 @@ struct dp_session_list {
 		enum dp_kv_tier tier;
 		bool busy;
 		int64_t owner; /* uid, or -1: none (a session from before owners) */
+		bool lost;     /* its history was lost to journal damage */
 	} rows[];
 };
 

@@ -165,8 +165,9 @@ static const char sessions_usage[] =
     "\n"
     "Options:\n"
     "  --json          "
-    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\"}]}\n"
-    "                  (owner: a uid, or null for a session from before owners)\n"
+    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\",\"lost\"}]}\n"
+    "                  (owner: a uid, or null for a session from before owners;\n"
+    "                  lost: its history was lost to journal damage, shown as tier lost)\n"
     "  --socket PATH, --timeout MS   as for every command\n";
 
 int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
@@ -194,11 +195,12 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		for (size_t i = 0; i < l->n_sessions; i++) {
 			const Dualpath__V1__SessionInfo *s = l->sessions[i];
 			json_array_append_new(
-			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:o}", "id", s->session_id,
+			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:o, s:b}", "id", s->session_id,
 			                   "tokens", (json_int_t)s->tokens, "tier",
 			                   s->tier ? s->tier : "", "bytes", (json_int_t)s->bytes,
 			                   "idle_ms", (json_int_t)s->idle_ms, "busy", s->busy, "owner",
-			                   s->owner_uid < 0 ? json_null() : json_integer(s->owner_uid)));
+			                   s->owner_uid < 0 ? json_null() : json_integer(s->owner_uid),
+			                   "lost", s->lost));
 		}
 		json_t *o = json_pack("{s:o}", "sessions", arr);
 		json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -219,7 +221,7 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 			if (s->owner_uid >= 0)
 				snprintf(o, sizeof(o), "%" PRId64, s->owner_uid);
 			printf("%-*s  %10" PRIu64 "  %-6s  %10s  %8s  %-4s  %s\n", wid, s->session_id,
-			       s->tokens, s->tier ? s->tier : "?",
+			       s->tokens, s->lost ? "lost" : s->tier ? s->tier : "?",
 			       dp_v4ctl_fmt_bytes(s->bytes, b, sizeof(b)),
 			       dp_v4ctl_fmt_ms(s->idle_ms, t, sizeof(t)), s->busy ? "yes" : "no", o);
 		}

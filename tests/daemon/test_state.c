@@ -216,6 +216,17 @@ Test(state, a_flipped_journal_byte_loses_one_session_with_data_loss_and_the_rest
 	snprintf(line, sizeof(line), "session %s is lost", lost);
 	cr_expect(strstr(log, line), "the lost session is named in the log");
 	cr_expect(has_file_starting(d.state, "journal.damaged-"), "the damaged journal is kept");
+	/* ListSessions marks it */
+	Dualpath__V1__Response *r = simple(fd, id++, DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS);
+	cr_assert_not_null(r);
+	int marked = 0;
+	for (size_t i = 0; i < r->sessions->n_sessions; i++)
+		if (r->sessions->sessions[i]->lost) {
+			marked++;
+			cr_expect_str_eq(r->sessions->sessions[i]->session_id, lost);
+		}
+	cr_expect_eq(marked, 1, "one session listed as lost");
+	dp_proto_response_free(r);
 
 	for (int s = 0; s < NS; s++)
 		if (s != NS / 2)
