@@ -24,7 +24,6 @@
  */
 #include <cerrno>
 
-#include "base/macros.h"
 #include "gpu/cuda/cuda-internal.cuh"
 
 #define ATT_TK     32
@@ -237,7 +236,7 @@ static int dpl_index(uint32_t d)
 
 int dp_cuda_attn_init(struct dp_gpu_cuda *c)
 {
-	for (int i = 0; i < (int)DP_ARRAY_SIZE(attn_kernels); i++) {
+	for (int i = 0; i < (int)(sizeof(attn_kernels) / sizeof(attn_kernels[0])); i++) {
 		int ret = dp_cuda_smem_optin(c, (const void *)attn_kernels[i],
 		                             attn_smem(ATT_HB_MAX, 32u << i),
 		                             "attention: shared memory opt-in");
