@@ -198,10 +198,13 @@ static inline Dualpath__V1__Response *recv_resp(int fd, int timeout_ms)
 	return resp;
 }
 
-static inline int client_connect(const struct daemon_proc *d)
+/* A connection that said Hello, made without Criterion's asserts (for
+ * forked children, and checks that must not abort the test); -1 on failure. */
+static inline int hello_connect(const struct daemon_proc *d)
 {
 	int fd = try_connect(d->sock);
-	cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
+	if (fd < 0)
+		return -1;
 	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
 	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
 	h.protocol_version = 1;
@@ -209,11 +212,20 @@ static inline int client_connect(const struct daemon_proc *d)
 	r.request_id = 1;
 	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
 	r.hello = &h;
-	cr_assert_eq(send_req(fd, &r), 0);
-	Dualpath__V1__Response *resp = recv_resp(fd, 10000);
-	cr_assert_not_null(resp, "no HelloReply");
-	cr_assert_eq(resp->body_case, DUALPATH__V1__RESPONSE__BODY_HELLO);
+	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
+	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
 	dp_proto_response_free(resp);
+	if (!ok) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static inline int client_connect(const struct daemon_proc *d)
+{
+	int fd = hello_connect(d);
+	cr_assert_geq(fd, 0, "connect and Hello to %s failed", d->sock);
 	return fd;
 }
 
@@ -306,6 +318,42 @@ static inline Dualpath__V1__Response *simple(int fd, uint64_t id, Dualpath__V1__
 			return resp;
 		dp_proto_response_free(resp);
 	}
+}
+
+/* A metric's value from a Stats reply (-1: absent). */
+static inline double metric(int fd, uint64_t id, const char *name)
+{
+	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
+	cr_assert_not_null(r, "no Stats reply");
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
+	double v = -1;
+	for (size_t i = 0; i < r->stats->n_metrics; i++)
+		if (strcmp(r->stats->metrics[i]->name, name) == 0)
+			v = r->stats->metrics[i]->value;
+	dp_proto_response_free(r);
+	return v;
+}
+
+/* CloseSession without asserts: 0 for an Ack, -code for an Error, -1000
+ * for a lost connection. */
+static inline int close_session(int fd, uint64_t id, const char *session, bool persist)
+{
+	Dualpath__V1__CloseSession cs = DUALPATH__V1__CLOSE_SESSION__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	cs.session_id = (char *)session;
+	cs.persist = persist;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION;
+	r.close_session = &cs;
+	if (send_req(fd, &r) < 0)
+		return -1000;
+	Dualpath__V1__Response *resp = recv_resp(fd, 30000);
+	int res = !resp ? -1000
+		  : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ACK ? 0
+		  : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? -(int)resp->error->code
+									    : -1001;
+	dp_proto_response_free(resp);
+	return res;
 }
 
 /* Two greedy turns of session `sess` (the prompt split at `split`, 10

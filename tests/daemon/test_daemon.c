@@ -402,19 +402,6 @@ static void evict(int fd, uint64_t id, const char *session)
 }
 
 /* Three turns, the session parked on NVMe between them; returns the tokens. */
-static double metric(int fd, uint64_t id, const char *name)
-{
-	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
-	double v = -1;
-	for (size_t i = 0; i < r->stats->n_metrics; i++)
-		if (strcmp(r->stats->metrics[i]->name, name) == 0)
-			v = r->stats->metrics[i]->value;
-	dp_proto_response_free(r);
-	return v;
-}
-
 static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 {
 	const char *extra[] = { "--restore", mode, NULL };

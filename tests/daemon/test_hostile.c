@@ -27,47 +27,10 @@ TestSuite(hostile, .fini = fini, .timeout = 300);
 static const uint32_t prompt[] = { 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100 };
 #define NP DP_ARRAY_SIZE(prompt)
 
-/* A metric's value from a Stats reply (-1: absent). */
-static double metric(int fd, uint64_t id, const char *name)
-{
-	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
-	cr_assert_not_null(r, "no Stats reply");
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
-	double v = -1;
-	for (size_t i = 0; i < r->stats->n_metrics; i++)
-		if (!strcmp(r->stats->metrics[i]->name, name))
-			v = r->stats->metrics[i]->value;
-	dp_proto_response_free(r);
-	return v;
-}
-
-/* A connection that said Hello, made without Criterion's asserts (for
- * children and checks that must not abort the test); -1 on failure. */
-static int child_connect(const struct daemon_proc *dp)
-{
-	int fd = try_connect(dp->sock);
-	if (fd < 0)
-		return -1;
-	Dualpath__V1__Hello h = DUALPATH__V1__HELLO__INIT;
-	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
-	h.protocol_version = 1;
-	r.request_id = 1;
-	r.body_case = DUALPATH__V1__REQUEST__BODY_HELLO;
-	r.hello = &h;
-	Dualpath__V1__Response *resp = send_req(fd, &r) == 0 ? recv_resp(fd, 10000) : NULL;
-	bool ok = resp && resp->body_case == DUALPATH__V1__RESPONSE__BODY_HELLO;
-	dp_proto_response_free(resp);
-	if (!ok) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /* Health answers within the timeout (the daemon is not stuck). */
 static bool healthy(const struct daemon_proc *dp)
 {
-	int fd = child_connect(dp);
+	int fd = hello_connect(dp);
 	if (fd < 0)
 		return false;
 	Dualpath__V1__HealthRequest he = DUALPATH__V1__HEALTH_REQUEST__INIT;
@@ -425,7 +388,7 @@ Test(hostile, an_operator_can_connect_when_clients_hold_every_other_slot)
 			_exit(10);
 		int held = 0; /* the connections stay open until the child is killed */
 		for (int i = 0; i < 16; i++)
-			if (child_connect(&d) >= 0)
+			if (hello_connect(&d) >= 0)
 				held++;
 		(void)!write(pipefd[1], &held, sizeof(held));
 		pause(); /* hold them until killed */
@@ -497,25 +460,6 @@ static int child_generate(int fd, uint64_t id, const char *session, uint32_t n)
 	}
 }
 
-/* CloseSession (drop); returns 0 for an Ack or -code. */
-static int child_close(int fd, uint64_t id, const char *session)
-{
-	Dualpath__V1__CloseSession cs = DUALPATH__V1__CLOSE_SESSION__INIT;
-	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
-	cs.session_id = (char *)session;
-	r.request_id = id;
-	r.body_case = DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION;
-	r.close_session = &cs;
-	if (send_req(fd, &r) < 0)
-		return -1000;
-	Dualpath__V1__Response *resp = recv_resp(fd, 10000);
-	int res = !resp ? -1000 : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ACK ? 0
-				: resp->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? -(int)resp->error->code
-											 : -1001;
-	dp_proto_response_free(resp);
-	return res;
-}
-
 /* How many sessions the caller is shown, and whether `id` is among them. */
 static int child_list(int fd, const char *id, bool *ret_seen)
 {
@@ -541,7 +485,7 @@ static int child_list(int fd, const char *id, bool *ret_seen)
 
 static int user_a_creates(const struct daemon_proc *dp)
 {
-	int fd = child_connect(dp);
+	int fd = hello_connect(dp);
 	bool seen;
 	if (fd < 0)
 		return 1;
@@ -554,7 +498,7 @@ static int user_a_creates(const struct daemon_proc *dp)
 
 static int user_b_is_kept_out(const struct daemon_proc *dp)
 {
-	int fd = child_connect(dp);
+	int fd = hello_connect(dp);
 	bool seen = true;
 	if (fd < 0)
 		return 1;
@@ -562,19 +506,19 @@ static int user_b_is_kept_out(const struct daemon_proc *dp)
 		return 2; /* listed */
 	if (child_generate(fd, 3, "a-sess", 2) != -DUALPATH__V1__CODE__NOT_FOUND)
 		return 3; /* continued */
-	if (child_close(fd, 4, "a-sess") != -DUALPATH__V1__CODE__NOT_FOUND)
+	if (close_session(fd, 4, "a-sess", false) != -DUALPATH__V1__CODE__NOT_FOUND)
 		return 4; /* deleted */
 	/* its own sessions work */
 	if (child_generate(fd, 5, "b-sess", 2) != DUALPATH__V1__FINISH_REASON__FINISH_LENGTH)
 		return 5;
-	if (child_close(fd, 6, "b-sess") != 0)
+	if (close_session(fd, 6, "b-sess", false) != 0)
 		return 6;
 	return 0;
 }
 
 static int user_a_continues(const struct daemon_proc *dp)
 {
-	int fd = child_connect(dp);
+	int fd = hello_connect(dp);
 	if (fd < 0)
 		return 1;
 	return child_generate(fd, 7, "a-sess", 3) == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH ? 0 : 2;
@@ -619,6 +563,6 @@ Test(hostile, sessions_belong_to_the_uid_that_created_them)
 		}
 	cr_expect(found, "the admin lists every user's sessions");
 	dp_proto_response_free(r);
-	cr_expect_eq(child_close(fd, 3, "a-sess"), 0, "the admin may close it");
+	cr_expect_eq(close_session(fd, 3, "a-sess", false), 0, "the admin may close it");
 	close(fd);
 }

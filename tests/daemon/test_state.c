@@ -100,19 +100,6 @@ static void expect_continues(int fd, uint64_t *id, int s, const uint32_t first[N
 	cr_expect_arr_eq(t, ref, N2 * sizeof(uint32_t), "%s lost context across the restart", name);
 }
 
-static double metric(int fd, uint64_t id, const char *name)
-{
-	Dualpath__V1__Response *r = simple(fd, id, DUALPATH__V1__REQUEST__BODY_STATS);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_STATS);
-	double v = -1;
-	for (size_t i = 0; i < r->stats->n_metrics; i++)
-		if (strcmp(r->stats->metrics[i]->name, name) == 0)
-			v = r->stats->metrics[i]->value;
-	dp_proto_response_free(r);
-	return v;
-}
-
 static char *read_text(const char *path)
 {
 	static char buf[1 << 16];
@@ -164,22 +151,6 @@ static long journal_record(const char *path, uint16_t type, const char *key)
 	fclose(f);
 	cr_assert_fail("no record %u of %s in %s", type, key, path);
 	return -1;
-}
-
-static void close_session(int fd, uint64_t id, const char *session)
-{
-	Dualpath__V1__CloseSession c = DUALPATH__V1__CLOSE_SESSION__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	c.session_id = (char *)session;
-	c.persist = false;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION;
-	req.close_session = &c;
-	cr_assert_eq(send_req(fd, &req), 0);
-	Dualpath__V1__Response *r = recv_resp(fd, 30000);
-	cr_assert_not_null(r);
-	cr_expect_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK, "close %s", session);
-	dp_proto_response_free(r);
 }
 
 static bool has_file_starting(const char *dir, const char *prefix)
@@ -238,7 +209,7 @@ Test(state, a_flipped_journal_byte_loses_one_session_with_data_loss_and_the_rest
 	send_generate(fd, id, lost, p, P2, N2, 0, 0);
 	cr_expect_eq(collect(fd, id++, out, N2, &n), -DUALPATH__V1__CODE__DATA_LOSS);
 	/* and closing it lets the client start over */
-	close_session(fd, id++, lost);
+	cr_expect_eq(close_session(fd, id++, lost, false), 0, "close %s", lost);
 	send_generate(fd, id, lost, p, P2, N2, 0, 0);
 	cr_expect_eq(collect(fd, id++, out, N2, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
 	cr_expect_eq(metric(fd, id++, "dualpath_kv_lost_sessions"), 0);
