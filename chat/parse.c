@@ -193,6 +193,8 @@ static void emit(struct dp_chat_parser *p, int chan, const char *s, size_t n)
 /* Drop pend[0..k). */
 static void consume(struct dp_chat_parser *p, size_t k)
 {
+	if (!p->pend.p)
+		return; /* nothing was ever fed */
 	memmove(p->pend.p, p->pend.p + k, p->pend.len - k);
 	p->pend.len -= k;
 	if (p->pend.p)
@@ -495,7 +497,7 @@ static int block_step(struct dp_chat_parser *p)
 			return 0;
 		if (!gap_ok(s + p->bstart, at - p->bstart))
 			return -1;
-		if (which == 1) { /* the block's end */
+		if (which == 1 && p->n_calls) { /* the block is over: its calls are certain */
 			struct dp_chat_tool_call *c =
 				realloc(p->out_calls, (p->n_out_calls + p->n_calls) * sizeof(*c));
 			if (!c)
@@ -507,6 +509,8 @@ static int block_step(struct dp_chat_parser *p)
 			free(p->calls);
 			p->calls = NULL;
 			p->n_calls = 0;
+		}
+		if (which == 1) { /* the end (a block may be empty, as encoding_dsv4 reads it) */
 			consume(p, at + len);
 			p->scan = 0;
 			p->phase = P_AFTER;
