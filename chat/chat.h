@@ -46,13 +46,14 @@ enum dp_chat_mode {
 	DP_CHAT_MODE_MAX,
 };
 
-/* encoding_dsv4's reasoning effort: only MAX changes the prompt (a paragraph
- * before the first message); HIGH is recorded for the caller. */
+/* encoding_dsv4's reasoning effort ("max", "high" or none): only MAXIMUM
+ * changes the prompt (a paragraph before the first message); HIGH is
+ * recorded for the caller. */
 enum dp_chat_effort {
 	DP_CHAT_EFFORT_NONE,
 	DP_CHAT_EFFORT_HIGH,
+	DP_CHAT_EFFORT_MAXIMUM,
 	DP_CHAT_EFFORT_MAX,
-	DP_CHAT_EFFORT_MAX_,
 };
 
 struct dp_chat_error {

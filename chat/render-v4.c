@@ -304,7 +304,7 @@ static int message_render(const struct chat_req *req, size_t i, bool drop, long 
 {
 	const struct chat_msg *m = &req->msgs[i];
 	bool thinking = req->mode == DP_CHAT_MODE_THINKING;
-	if (i == 0 && thinking && req->effort == DP_CHAT_EFFORT_MAX)
+	if (i == 0 && thinking && req->effort == DP_CHAT_EFFORT_MAXIMUM)
 		chat_buf_adds(b, EFFORT_MAX);
 
 	switch (m->role) {

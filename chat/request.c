@@ -88,7 +88,7 @@ static int effort_parse(const char *s, const char *param, struct chat_req *req, 
 	} else if (!strcmp(s, "medium") || !strcmp(s, "high") || !strcmp(s, "xhigh")) {
 		req->effort = DP_CHAT_EFFORT_HIGH;
 	} else if (!strcmp(s, "max")) {
-		req->effort = DP_CHAT_EFFORT_MAX;
+		req->effort = DP_CHAT_EFFORT_MAXIMUM;
 	} else {
 		return chat_bad(err, -EINVAL, param,
 				"unknown reasoning effort '%.40s' (none, minimal, low, medium, "

@@ -93,7 +93,7 @@ Test(chat_render, arguments_beyond_what_jansson_holds_are_refused_not_altered)
 	const char *fmt = "{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
 			  "{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": %s}\"}}]}]}";
 	const char *vals[] = {"18446744073709551616", "-9223372036854775809", "NaN", "-Infinity",
-			      "1e400"};
+			      "1e400", "\\\"\\\\ud800\\\""};
 	for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
 		char json[512];
 		snprintf(json, sizeof(json), fmt, vals[i]);
@@ -146,7 +146,7 @@ Test(chat_render, controls_report_mode_and_effort)
 			    &p, NULL),
 		     0);
 	cr_expect_eq(p.mode, DP_CHAT_MODE_THINKING);
-	cr_expect_eq(p.effort, DP_CHAT_EFFORT_MAX);
+	cr_expect_eq(p.effort, DP_CHAT_EFFORT_MAXIMUM);
 	cr_expect(!p.has_tools);
 	dp_chat_prompt_fini(&p);
 	cr_assert_eq(render(DP_CHAT_FORMAT_V4,
