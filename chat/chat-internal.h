@@ -39,4 +39,17 @@ size_t chat_py_float_repr(double x, char *out);
 #define CHAT_JSON_DEPTH 512
 bool chat_py_json_valid(const char *s, size_t n);
 
+/* Python reads numbers jansson cannot hold: integers past 64 bits, NaN,
+ * Infinity, reals that overflow to infinity. To keep them exact, such a
+ * literal is given to jansson as a stand-in string: CHAT_STAND_IN followed by
+ * the text json.dumps writes for Python's value. chat_py_json_stand_ins
+ * rewrites JSON text so (1: done into out; 0: not JSON to Python; -1: the text
+ * holds the marker itself); chat_py_dumps_stand_ins writes stand-ins back as
+ * their literals; chat_py_stand_in says whether a value is one. */
+#define CHAT_STAND_IN_MARK "dp-number:"
+#define CHAT_STAND_IN      "\0" CHAT_STAND_IN_MARK
+int chat_py_json_stand_ins(const char *s, size_t n, struct chat_buf *out);
+void chat_py_dumps_stand_ins(struct chat_buf *b, const json_t *v);
+bool chat_py_stand_in(const json_t *v, const char **lit, size_t *len);
+
 #endif /* DP_CHAT_INTERNAL_H */

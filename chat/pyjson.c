@@ -148,9 +148,22 @@ void chat_py_dumps_string(struct chat_buf *b, const char *s, size_t n)
 	chat_buf_add(b, "\"", 1);
 }
 
-void chat_py_dumps(struct chat_buf *b, const json_t *v)
+bool chat_py_stand_in(const json_t *v, const char **lit, size_t *len)
+{
+	size_t k = sizeof(CHAT_STAND_IN) - 1;
+	if (!json_is_string(v) || json_string_length(v) <= k ||
+	    memcmp(json_string_value(v), CHAT_STAND_IN, k) != 0)
+		return false;
+	*lit = json_string_value(v) + k;
+	*len = json_string_length(v) - k;
+	return true;
+}
+
+static void dumps(struct chat_buf *b, const json_t *v, bool stand_ins)
 {
 	char num[40];
+	const char *lit;
+	size_t lit_len;
 	switch (json_typeof(v)) {
 	case JSON_OBJECT: {
 		chat_buf_add(b, "{", 1);
@@ -162,7 +175,7 @@ void chat_py_dumps(struct chat_buf *b, const json_t *v)
 			first = false;
 			chat_py_dumps_string(b, json_object_iter_key(it), json_object_iter_key_len(it));
 			chat_buf_add(b, ": ", 2);
-			chat_py_dumps(b, json_object_iter_value(it));
+			dumps(b, json_object_iter_value(it), stand_ins);
 		}
 		chat_buf_add(b, "}", 1);
 		break;
@@ -172,12 +185,15 @@ void chat_py_dumps(struct chat_buf *b, const json_t *v)
 		for (size_t i = 0; i < json_array_size(v); i++) {
 			if (i)
 				chat_buf_add(b, ", ", 2);
-			chat_py_dumps(b, json_array_get(v, i));
+			dumps(b, json_array_get(v, i), stand_ins);
 		}
 		chat_buf_add(b, "]", 1);
 		break;
 	case JSON_STRING:
-		chat_py_dumps_string(b, json_string_value(v), json_string_length(v));
+		if (stand_ins && chat_py_stand_in(v, &lit, &lit_len))
+			chat_buf_add(b, lit, lit_len);
+		else
+			chat_py_dumps_string(b, json_string_value(v), json_string_length(v));
 		break;
 	case JSON_INTEGER:
 		chat_buf_add(b, num,
@@ -199,12 +215,69 @@ void chat_py_dumps(struct chat_buf *b, const json_t *v)
 	}
 }
 
+void chat_py_dumps(struct chat_buf *b, const json_t *v)
+{
+	dumps(b, v, false);
+}
+
+void chat_py_dumps_stand_ins(struct chat_buf *b, const json_t *v)
+{
+	dumps(b, v, true);
+}
+
 /* ---- json.loads' grammar ------------------------------------------------ */
 
 struct lex {
 	const char *s;
 	size_t n, i;
+	struct chat_buf *out; /* when rewriting: the text with stand-ins */
+	size_t copied;        /* s[0..copied) is in out */
 };
+
+/* Python's value of the number or literal s[a..l->i) as json.dumps writes
+ * it, when jansson cannot hold it; NULL when it can. */
+static const char *beyond_jansson(struct lex *l, size_t a, size_t *len)
+{
+	const char *t = l->s + a;
+	size_t n = l->i - a;
+	*len = n;
+	if (t[0] == 'N' || t[0] == 'I' || (n > 1 && t[1] == 'I'))
+		return t; /* NaN, Infinity, -Infinity */
+	if (!memchr(t, '.', n) && !memchr(t, 'e', n) && !memchr(t, 'E', n)) {
+		bool neg = t[0] == '-';
+		size_t d = n - neg;
+		const char *lim = neg ? "9223372036854775808" : "9223372036854775807";
+		if (d < 19 || (d == 19 && memcmp(t + neg, lim, 19) <= 0))
+			return NULL;
+		return t; /* an int past 64 bits: its digits are its repr */
+	}
+	char *tmp = strndup(t, n);
+	if (!tmp) {
+		l->out->oom = true;
+		return NULL;
+	}
+	double x = strtod(tmp, NULL);
+	free(tmp);
+	if (!isinf(x))
+		return NULL;
+	const char *r = x < 0 ? "-Infinity" : "Infinity";
+	*len = strlen(r);
+	return r;
+}
+
+static void stand_in(struct lex *l, size_t a)
+{
+	size_t len;
+	const char *lit = l->out ? beyond_jansson(l, a, &len) : NULL;
+	if (!lit)
+		return;
+	chat_buf_add(l->out, l->s + l->copied, a - l->copied);
+	chat_buf_adds(l->out, "\"\\u0000");
+	chat_buf_adds(l->out, CHAT_STAND_IN_MARK);
+	chat_buf_add(l->out, lit, len);
+	chat_buf_adds(l->out, "\"");
+	l->copied = l->i;
+}
 
 static void skip_ws(struct lex *l)
 {
@@ -322,18 +395,36 @@ static bool value(struct lex *l, int depth)
 				return lit(l, close == '}' ? "}" : "]");
 		}
 	}
-	if (lit(l, "true") || lit(l, "false") || lit(l, "null") || lit(l, "NaN") ||
-	    lit(l, "Infinity"))
+	if (lit(l, "true") || lit(l, "false") || lit(l, "null"))
 		return true;
-	return number(l);
+	size_t a = l->i;
+	if (!lit(l, "NaN") && !lit(l, "Infinity") && !number(l))
+		return false;
+	stand_in(l, a);
+	return true;
 }
 
 bool chat_py_json_valid(const char *s, size_t n)
 {
-	struct lex l = {s, n, 0};
+	struct lex l = {s, n, 0, NULL, 0};
 	skip_ws(&l);
 	if (!value(&l, 0))
 		return false;
 	skip_ws(&l);
 	return l.i == n;
+}
+
+int chat_py_json_stand_ins(const char *s, size_t n, struct chat_buf *out)
+{
+	if (memmem(s, n, CHAT_STAND_IN_MARK, strlen(CHAT_STAND_IN_MARK)))
+		return -1;
+	struct lex l = {s, n, 0, out, 0};
+	skip_ws(&l);
+	if (!value(&l, 0))
+		return 0;
+	skip_ws(&l);
+	if (l.i != n)
+		return 0;
+	chat_buf_add(out, s + l.copied, n - l.copied);
+	return 1;
 }

@@ -240,13 +240,28 @@ static int arguments_render(struct chat_buf *b, const json_t *fn, const char *pa
 	size_t raw_len = json_string_length(a);
 	json_error_t je;
 	json_t *args = json_loadb(raw, raw_len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+	bool stand_ins = false;
 	if (!args) {
-		/* What Python reads and jansson cannot hold (integers past 64
-		 * bits, NaN, Infinity, lone surrogates, overflowing reals) is
-		 * refused rather than rendered differently. */
-		if (chat_py_json_valid(raw, raw_len))
+		/* Numbers Python reads and jansson cannot hold go to jansson
+		 * as stand-ins (chat-internal.h); what is still beyond it (lone
+		 * surrogates, nesting past 2048) is refused rather than
+		 * rendered differently. */
+		struct chat_buf re = {0};
+		int r = chat_py_json_stand_ins(raw, raw_len, &re);
+		if (re.oom) {
+			chat_buf_fini(&re);
+			return -ENOMEM;
+		}
+		if (r > 0)
+			args = json_loadb(re.p, re.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+		stand_ins = args != NULL;
+		chat_buf_fini(&re);
+		if (r != 0 && !args)
 			return chat_bad(err, -ENOTSUP, param,
-					"JSON this renderer cannot reproduce exactly (%s)", je.text);
+					"JSON this renderer cannot reproduce exactly (%s)",
+					r < 0 ? "it holds dualpath's number marker" : je.text);
+	}
+	if (!args) { /* not JSON to Python either: one string parameter */
 		chat_buf_adds(b, "<" DSML "parameter name=\"arguments\" string=\"true\">");
 		chat_buf_add(b, raw, raw_len);
 		chat_buf_adds(b, "</" DSML "parameter>");
@@ -259,14 +274,19 @@ static int arguments_render(struct chat_buf *b, const json_t *fn, const char *pa
 	bool first = true;
 	for (void *it = json_object_iter(args); it; it = json_object_iter_next(args, it)) {
 		const json_t *v = json_object_iter_value(it);
+		const char *lit;
+		size_t lit_len;
+		bool str = json_is_string(v) && !(stand_ins && chat_py_stand_in(v, &lit, &lit_len));
 		if (!first)
 			chat_buf_add(b, "\n", 1);
 		first = false;
 		chat_buf_adds(b, "<" DSML "parameter name=\"");
 		chat_buf_add(b, json_object_iter_key(it), json_object_iter_key_len(it));
-		chat_buf_adds(b, json_is_string(v) ? "\" string=\"true\">" : "\" string=\"false\">");
-		if (json_is_string(v))
+		chat_buf_adds(b, str ? "\" string=\"true\">" : "\" string=\"false\">");
+		if (str)
 			chat_buf_add(b, json_string_value(v), json_string_length(v));
+		else if (stand_ins)
+			chat_py_dumps_stand_ins(b, v);
 		else
 			chat_py_dumps(b, v);
 		chat_buf_adds(b, "</" DSML "parameter>");

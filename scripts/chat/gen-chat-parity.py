@@ -211,6 +211,13 @@ def conversations():
                                    ' "d": 1e16, "e": 1e15, "f": 0.0001, "g": 0.00001, "h": -0,'
                                    ' "i": 2.5e-300, "j": 0.30000000000000004}')]), T(4, "ok")],
         tools=[CALC])
+    add("tool_args_beyond_int64_nan_infinity", messages=[
+        U("x"), A("", tool_calls=[call(10, "calc", '{"big": 18446744073709551616, "neg": '
+                                   '-99999999999999999999999, "n": NaN, "i": Infinity, '
+                                   '"m": -Infinity, "huge": 1e400, "nhuge": -1e999, '
+                                   '"deep": {"k": [123456789012345678901234567890, 1.5]}, '
+                                   '"ok": 9223372036854775807, "s": "dp"}')]), T(10, "ok")],
+        tools=[CALC])
     add("tool_args_not_json", messages=[
         U("x"), A("", tool_calls=[call(5, "calc", "6 * 7 (not json)")]), T(5, "42")], tools=[CALC])
     add("tool_args_empty_object", messages=[
