@@ -275,7 +275,65 @@ def conversations():
         T(1, "3.14"), A("pi is 3.14", reasoning_content="ok"), U("more")])
     add("chat_template_kwargs_null_values", messages=one,
         chat_template_kwargs={"thinking": None, "drop_thinking": None})
+    c.extend(random_conversations(60))
     return c
+
+
+TEXTS = ["", "ok", "Hello, world.", "multi\nline\n\ntext", "日本語のテキスト", "émoji 🚀", " lead",
+         "trail ", "<not a tag>", "{\"json\": 1}"]
+TINY = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def random_conversations(n):
+    """Random role sequences and controls, seeded: the index rules (the last
+    user turn, index 0, what follows each turn) in combinations the
+    hand-written cases do not reach."""
+    import random
+    rnd = random.Random(15)
+    out = []
+    for k in range(n):
+        msgs, ids = [], 0
+        for _ in range(rnd.randint(1, 7)):
+            role = rnd.choice(["system", "user", "user", "developer", "assistant", "assistant"])
+            if role == "developer":
+                msgs.append({"role": role, "content": rnd.choice(TEXTS[1:])})
+            elif role != "assistant":
+                msgs.append({"role": role, "content": rnd.choice(TEXTS)})
+            else:
+                m = {"role": "assistant", "content": rnd.choice(TEXTS + [None])}
+                if rnd.random() < 0.6:
+                    m["reasoning_content"] = rnd.choice(TEXTS)
+                if rnd.random() < 0.4:
+                    calls = []
+                    for _ in range(rnd.randint(1, 3)):
+                        ids += 1
+                        calls.append(call(ids, "f", {"x": rnd.choice(TEXTS), "n": rnd.randint(-5, 5)}))
+                    m["tool_calls"] = calls
+                    msgs.append(m)
+                    order = list(calls)
+                    rnd.shuffle(order)
+                    for tc in order:
+                        msgs.append({"role": "tool", "tool_call_id": tc["id"],
+                                     "content": rnd.choice(TEXTS)})
+                    continue
+                msgs.append(m)
+        req = {"messages": msgs}
+        pick = rnd.random()
+        if pick < 0.2:
+            req["thinking"] = {"type": rnd.choice(["enabled", "disabled"])}
+        elif pick < 0.4:
+            req["chat_template_kwargs"] = {"thinking": rnd.choice([True, False]),
+                                           "drop_thinking": rnd.choice([True, False])}
+        elif pick < 0.5:
+            req["chat_template_kwargs"] = {"drop_thinking": False}
+        if rnd.random() < 0.4:
+            req["reasoning_effort"] = rnd.choice(["max", "high", "none", "low"])
+        if rnd.random() < 0.25:
+            req["tools"] = [TINY]
+        if rnd.random() < 0.1:
+            req["response_format"] = {"type": "json_object"}
+        out.append((f"random_{k:02d}", req))
+    return out
 
 
 # ---- completions ------------------------------------------------------------
@@ -311,6 +369,24 @@ def completions(e):
     comp("call_no_params", "chat", A(content="", tool_calls=[tc("now", {})]))
     comp("value_with_markup_like_text", "chat", A(content="", tool_calls=[tc("write", {
         "text": "a </｜DSML｜invoke> b <｜DSML｜parameter c", "n": [1]})]))
+
+    import random
+    rnd = random.Random(16)
+    values = TEXTS + [0, -1, 2.5, 1e100, True, False, None, [1, "a", {"b": []}], {"k": {"v": "日本"}}]
+    for k in range(25):
+        mode = rnd.choice(["thinking", "chat"])
+        asst = {"content": rnd.choice(TEXTS)}
+        if mode == "thinking":
+            asst["reasoning_content"] = rnd.choice(TEXTS)
+        if rnd.random() < 0.6:
+            asst["tool_calls"] = [
+                tc(rnd.choice(["f", "get_weather", "名前"]),
+                   {f"p{j}": rnd.choice(values) for j in range(rnd.randint(0, 4))})
+                for _ in range(rnd.randint(1, 3))]
+        comp(f"random_{k:02d}", mode, asst)
+
+    empty = "Nothing to call.\n\n<｜DSML｜tool_calls>\n</｜DSML｜tool_calls>" + e.eos_token
+    out.append(("empty_block", "chat", empty, empty))
 
     # variant spellings: the canonical completion's expected parse, another text
     canon = {n: t for n, _, t, _ in out}
@@ -352,6 +428,8 @@ def completions(e):
     bad("parameter_unterminated", "chat", "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n"
         "<｜DSML｜parameter name=\"a\" string=\"true\">abc" + e.eos_token)
     bad("text_after_eos", "chat", "done" + e.eos_token + "more")
+    bad("tool_calls_inside_reasoning", "thinking", "I will call.\n\n<｜DSML｜tool_calls>\n"
+        "<｜DSML｜invoke name=\"f\">\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>" + e.eos_token)
     bad("bos_in_reasoning", "thinking", "a" + e.bos_token + "b</think>c" + e.eos_token)
     return out
 
@@ -394,12 +472,9 @@ def main():
         parse.append({"name": name, "mode": mode, "text": text, "expect": exp})
 
     out = sys.argv[3]
-    with open(f"{out}/render.json", "w", encoding="utf-8") as f:
-        json.dump(render, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    with open(f"{out}/parse.json", "w", encoding="utf-8") as f:
-        json.dump(parse, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+    for file, cases in (("render.json", render), ("parse.json", parse)):
+        with open(f"{out}/{file}", "w", encoding="utf-8") as f:  # one case a line
+            f.write("[\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in cases) + "\n]\n")
     print(f"{len(render)} conversations, {len(parse)} completions")
 
 
