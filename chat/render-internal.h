@@ -43,7 +43,7 @@ struct chat_msg {
 	const json_t *tools;           /* attached request tools (an array), or NULL */
 	const json_t *response_format; /* attached, or NULL */
 	struct chat_block *blocks;     /* user turns after merging */
-	size_t n_blocks;
+	size_t n_blocks, cap_blocks;
 	bool has_blocks;
 };
 
@@ -55,6 +55,24 @@ struct chat_req {
 	bool drop_thinking;
 	bool has_tools;
 };
+
+/* The ids of one assistant turn's tool calls, sorted for lookup: a request
+ * may carry thousands of calls and results, and matching each result by a
+ * scan would be quadratic. */
+struct chat_ids {
+	struct chat_id {
+		const char *id;
+		size_t at; /* the call's index; the last one when ids repeat */
+	} *v;
+	size_t n;
+};
+
+/* Index calls (an array of tool calls, or NULL); ids that are absent or empty
+ * are left out, as the Python's dict leaves them. Returns 0 or -ENOMEM. */
+int chat_ids_build(const json_t *calls, struct chat_ids *ids);
+/* The call index of id, or -1. */
+long chat_ids_find(const struct chat_ids *ids, const char *id);
+void chat_ids_fini(struct chat_ids *ids);
 
 /* Fill err and return rc. */
 int chat_bad(struct dp_chat_error *err, int rc, const char *param, const char *fmt, ...)

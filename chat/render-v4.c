@@ -70,10 +70,14 @@ static const char EFFORT_MAX[] =
 
 static int block_add(struct chat_msg *u, struct chat_block blk)
 {
-	struct chat_block *b = realloc(u->blocks, (u->n_blocks + 1) * sizeof(*b));
-	if (!b)
-		return -ENOMEM;
-	u->blocks = b;
+	if (u->n_blocks == u->cap_blocks) {
+		size_t cap = u->cap_blocks ? 2 * u->cap_blocks : 4;
+		struct chat_block *b = realloc(u->blocks, cap * sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		u->blocks = b;
+		u->cap_blocks = cap;
+	}
 	u->blocks[u->n_blocks++] = blk;
 	u->has_blocks = true;
 	return 0;
@@ -120,60 +124,59 @@ static int merge(struct chat_req *req, struct chat_req *out)
 	return 0;
 }
 
-/* The position of id among the calls (the last one that has it, as a dict
- * built in order keeps it); 0 when absent, as the Python's .get(id, 0). */
-static size_t call_order(const json_t *calls, const char *id)
+struct keyed {
+	long key; /* the call's index; 0 for an id the calls lack, as .get(id, 0) */
+	size_t pos;
+	struct chat_block blk;
+};
+
+static int keyed_cmp(const void *a, const void *b)
 {
-	size_t at = 0;
-	for (size_t k = 0; k < json_array_size(calls); k++) {
-		const json_t *v = json_object_get(json_array_get(calls, k), "id");
-		if (json_is_string(v) && json_string_length(v) && !strcmp(json_string_value(v), id))
-			at = k;
-	}
-	return at;
+	const struct keyed *x = a, *y = b;
+	if (x->key != y->key)
+		return (x->key > y->key) - (x->key < y->key);
+	return (x->pos > y->pos) - (x->pos < y->pos); /* stable, as sorted() is */
 }
 
-static bool calls_have_ids(const json_t *calls)
+/* sort_tool_results_by_call_order: in each user turn, the tool results take
+ * the order of the latest assistant's calls; text blocks keep their places. */
+static int sort_results(struct chat_req *req)
 {
-	for (size_t k = 0; k < json_array_size(calls); k++) {
-		const json_t *v = json_object_get(json_array_get(calls, k), "id");
-		if (json_is_string(v) && json_string_length(v))
-			return true;
-	}
-	return false;
-}
-
-static void sort_results(struct chat_req *req)
-{
-	const json_t *calls = NULL;
-	for (size_t i = 0; i < req->n; i++) {
+	struct chat_ids ids = {0};
+	struct keyed *tmp = NULL;
+	int rc = 0;
+	for (size_t i = 0; i < req->n && rc == 0; i++) {
 		struct chat_msg *m = &req->msgs[i];
 		if (m->role == CHAT_ASSISTANT && m->tool_calls) {
-			calls = m->tool_calls;
+			rc = chat_ids_build(m->tool_calls, &ids);
 			continue;
 		}
-		if (m->role != CHAT_USER || !calls || !calls_have_ids(calls))
+		if (m->role != CHAT_USER || !ids.n)
 			continue;
-		/* A stable insertion sort of the tool blocks among themselves;
-		 * text blocks keep their places. */
-		for (size_t a = 0; a < m->n_blocks; a++) {
-			if (!m->blocks[a].tool)
+		size_t n = 0;
+		struct keyed *t = realloc(tmp, m->n_blocks * sizeof(*t));
+		if (!t) {
+			rc = -ENOMEM;
+			break;
+		}
+		tmp = t;
+		for (size_t k = 0; k < m->n_blocks; k++) {
+			if (!m->blocks[k].tool)
 				continue;
-			for (size_t b = a; b > 0;) {
-				size_t p = b - 1;
-				while (p > 0 && !m->blocks[p].tool)
-					p--;
-				if (!m->blocks[p].tool ||
-				    call_order(calls, m->blocks[p].tool_id) <=
-					    call_order(calls, m->blocks[b].tool_id))
-					break;
-				struct chat_block t = m->blocks[p];
-				m->blocks[p] = m->blocks[b];
-				m->blocks[b] = t;
-				b = p;
-			}
+			long at = chat_ids_find(&ids, m->blocks[k].tool_id);
+			tmp[n] = (struct keyed){at < 0 ? 0 : at, n, m->blocks[k]};
+			n++;
 		}
+		if (n < 2)
+			continue;
+		qsort(tmp, n, sizeof(*tmp), keyed_cmp);
+		for (size_t k = 0, j = 0; k < m->n_blocks; k++)
+			if (m->blocks[k].tool)
+				m->blocks[k] = tmp[j++].blk;
 	}
+	free(tmp);
+	chat_ids_fini(&ids);
+	return rc;
 }
 
 static long last_user_index(const struct chat_req *req)
@@ -393,7 +396,10 @@ int chat_render_v4(struct chat_req *req, struct chat_buf *out, struct dp_chat_er
 		chat_req_fini(&merged);
 		return rc;
 	}
-	sort_results(&merged);
+	if ((rc = sort_results(&merged)) < 0) {
+		chat_req_fini(&merged);
+		return rc;
+	}
 	/* Any tools offered keep every turn's reasoning (encode_messages). */
 	bool drop = merged.drop_thinking && !merged.has_tools;
 	if (merged.mode == DP_CHAT_MODE_THINKING && drop)

@@ -287,17 +287,61 @@ static int tool_calls_check(const json_t *msg, size_t i, struct chat_msg *m,
 	return 0;
 }
 
-static bool calls_have_id(const json_t *tcs, const char *id)
+static int id_cmp(const void *a, const void *b)
 {
-	for (size_t k = 0; tcs && k < json_array_size(tcs); k++) {
-		const json_t *v = json_object_get(json_array_get(tcs, k), "id");
-		if (json_is_string(v) && !strcmp(json_string_value(v), id))
-			return true;
-	}
-	return false;
+	const struct chat_id *x = a, *y = b;
+	int c = strcmp(x->id, y->id);
+	return c ? c : (x->at > y->at) - (x->at < y->at);
 }
 
-static int message_parse(const json_t *msg, size_t i, const json_t **last_calls,
+int chat_ids_build(const json_t *calls, struct chat_ids *ids)
+{
+	chat_ids_fini(ids);
+	size_t n = json_array_size(calls);
+	if (!n)
+		return 0;
+	if (!(ids->v = malloc(n * sizeof(ids->v[0]))))
+		return -ENOMEM;
+	for (size_t k = 0; k < n; k++) {
+		const json_t *v = json_object_get(json_array_get(calls, k), "id");
+		if (json_is_string(v) && json_string_length(v))
+			ids->v[ids->n++] = (struct chat_id){json_string_value(v), k};
+	}
+	qsort(ids->v, ids->n, sizeof(ids->v[0]), id_cmp);
+	/* keep the last of each id: a dict built in order keeps the last */
+	size_t w = 0;
+	for (size_t r = 0; r < ids->n; r++) {
+		if (w && !strcmp(ids->v[w - 1].id, ids->v[r].id))
+			w--;
+		ids->v[w++] = ids->v[r];
+	}
+	ids->n = w;
+	return 0;
+}
+
+long chat_ids_find(const struct chat_ids *ids, const char *id)
+{
+	size_t lo = 0, hi = ids->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(ids->v[mid].id, id);
+		if (c == 0)
+			return (long)ids->v[mid].at;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+void chat_ids_fini(struct chat_ids *ids)
+{
+	free(ids->v);
+	*ids = (struct chat_ids){0};
+}
+
+static int message_parse(const json_t *msg, size_t i, struct chat_ids *last_calls,
 			 struct chat_req *req, struct dp_chat_error *err)
 {
 	char param[96];
@@ -339,8 +383,8 @@ static int message_parse(const json_t *msg, size_t i, const json_t **last_calls,
 			return rc;
 		if ((rc = tool_calls_check(msg, i, m, err)) < 0)
 			return rc;
-		if (m->tool_calls)
-			*last_calls = m->tool_calls;
+		if (m->tool_calls && (rc = chat_ids_build(m->tool_calls, last_calls)) < 0)
+			return rc;
 		break;
 	case CHAT_TOOL: {
 		if (!m->content)
@@ -349,7 +393,7 @@ static int message_parse(const json_t *msg, size_t i, const json_t **last_calls,
 		snprintf(param, sizeof(param), "messages[%zu].tool_call_id", i);
 		if (opt_string(msg, "tool_call_id", i, &m->tool_call_id, &len, err) <= 0)
 			return chat_bad(err, -EINVAL, param, "must be a string");
-		if (!calls_have_id(*last_calls, m->tool_call_id))
+		if (chat_ids_find(last_calls, m->tool_call_id) < 0)
 			return chat_bad(err, -EINVAL, param,
 					"no earlier assistant tool call has the id '%.60s'",
 					m->tool_call_id);
@@ -418,14 +462,16 @@ int chat_req_parse(const json_t *rq, struct chat_req *req, struct dp_chat_error 
 	if (!json_array_size(msgs))
 		return chat_bad(err, -EINVAL, "messages", "must not be empty");
 
-	const json_t *last_calls = NULL;
+	struct chat_ids last_calls = {0};
 	for (size_t i = 0; i < json_array_size(msgs); i++) {
 		rc = message_parse(json_array_get(msgs, i), i, &last_calls, req, err);
 		if (rc < 0) {
+			chat_ids_fini(&last_calls);
 			chat_req_fini(req);
 			return rc;
 		}
 	}
+	chat_ids_fini(&last_calls);
 
 	req->has_tools = tools != NULL;
 	if (tools || rf) {

@@ -161,3 +161,37 @@ Test(chat_render, controls_report_mode_and_effort)
 	cr_expect(strstr(p.text, "<｜Assistant｜></think>"));
 	dp_chat_prompt_fini(&p);
 }
+
+/* Matching results to calls by scanning was quadratic in their number (and
+ * the ordering cubic); a body of thousands of calls must not stall the
+ * front. */
+Test(chat_render, thousands_of_tool_results_are_ordered_without_quadratic_work)
+{
+	enum { N = 5000 };
+	json_t *calls = json_array(), *msgs = json_array();
+	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", "go"));
+	for (int i = 0; i < N; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "c%d", i);
+		json_array_append_new(calls, json_pack("{s:s, s:{s:s, s:s}}", "id", id, "function",
+						       "name", "f", "arguments", "{}"));
+	}
+	json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "assistant", "tool_calls", calls));
+	for (int i = N - 1; i >= 0; i--) {
+		char id[16], r[16];
+		snprintf(id, sizeof(id), "c%d", i);
+		snprintf(r, sizeof(r), "r%d", i);
+		json_array_append_new(msgs, json_pack("{s:s, s:s, s:s}", "role", "tool", "tool_call_id",
+						      id, "content", r));
+	}
+	json_t *req = json_pack("{s:o}", "messages", msgs);
+	struct dp_chat_prompt p;
+	struct dp_chat_error err;
+	cr_assert_eq(dp_chat_render(DP_CHAT_FORMAT_V4, req, &p, &err), 0, "%s: %s", err.param,
+		     err.message);
+	const char *first = strstr(p.text, "<tool_result>");
+	cr_assert(first);
+	cr_expect_eq(strncmp(first, "<tool_result>r0</tool_result>\n\n<tool_result>r1<", 46), 0);
+	dp_chat_prompt_fini(&p);
+	json_decref(req);
+}
