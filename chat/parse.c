@@ -37,6 +37,7 @@ struct dp_chat_parser {
 	enum dp_chat_format format;
 	enum phase phase;
 	bool finished;
+	bool started; /* something was read: a leading <think> is no longer possible */
 	char *id_prefix;
 	size_t n_ids;
 	unsigned flags;
@@ -246,6 +247,16 @@ static int text_stop(struct dp_chat_parser *p, size_t *at, size_t *len, int *whi
 
 static void text_run(struct dp_chat_parser *p, bool final)
 {
+	if (p->phase == P_REASONING && !p->started) {
+		/* A model that repeats the prompt's <think> first: drop it. */
+		size_t k;
+		int r = lit_at(p->pend.p ? p->pend.p : "", p->pend.len, 0, "<think>", &k);
+		if (r == PART && !final)
+			return;
+		if (r == FULL)
+			consume(p, k);
+		p->started = true;
+	}
 	int chan = p->phase == P_CONTENT;
 	size_t at, len;
 	int which = 0;

