@@ -72,8 +72,8 @@ struct dp_chat_prompt {
 /* Render a chat request. On success fills *ret (free it with
  * dp_chat_prompt_fini) and returns 0. On failure returns -EINVAL (a field of
  * the wrong type or value, an unknown role, a tool result without its call,
- * ...), -ENOTSUP (content this renderer cannot reproduce exactly: non-text
- * parts, JSON numbers beyond 64-bit integers or doubles, NaN) or -ENOMEM,
+ * ...), -ENOTSUP (what this renderer cannot reproduce exactly: non-text
+ * content parts, lone surrogates in tool-call arguments) or -ENOMEM,
  * fills *err when err is not NULL, and leaves *ret untouched. */
 int dp_chat_render(enum dp_chat_format format, const json_t *request, struct dp_chat_prompt *ret,
 		   struct dp_chat_error *err);
