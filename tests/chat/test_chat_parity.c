@@ -162,3 +162,68 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 	json_decref(cases);
 	cr_expect_eq(same, n, "%zu of %zu completions parse as encoding_dsv4", same, n);
 }
+
+/* What the parser reads back from a canonical completion renders again as
+ * the same text: a client that sends the reply back as history gets the
+ * prompt the model saw, token for token (the prefix cache relies on it). */
+Test(chat_parity, a_parsed_reply_renders_back_as_the_text_it_came_from)
+{
+	json_t *cases = data_load("parse.json");
+	size_t tried = 0, same = 0;
+	for (size_t i = 0; i < json_array_size(cases); i++) {
+		json_t *c = json_array_get(cases, i);
+		const char *name = json_string_value(json_object_get(c, "name"));
+		/* Variants are other spellings; an empty block is not what
+		 * encoding_dsv4 writes for a reply without calls. */
+		if (json_is_true(json_object_get(json_object_get(c, "expect"), "error")) ||
+		    !strncmp(name, "variant_", 8) || !strcmp(name, "empty_block"))
+			continue;
+		bool thinking = !strcmp(json_string_value(json_object_get(c, "mode")), "thinking");
+		json_t *text = json_object_get(c, "text");
+		struct dp_chat_parser *p;
+		struct dp_chat_delta d;
+		cr_assert_eq(dp_chat_parser_new(DP_CHAT_FORMAT_V4,
+						thinking ? DP_CHAT_MODE_THINKING : DP_CHAT_MODE_CHAT,
+						NULL, &p),
+			     0);
+		cr_assert_eq(dp_chat_parser_feed(p, json_string_value(text), json_string_length(text),
+						 &d),
+			     0);
+		json_t *calls = json_array();
+		for (size_t k = 0; k < d.n_calls; k++)
+			json_array_append_new(calls, json_pack("{s:s, s:s, s:{s:s, s:s}}", "id",
+							       d.calls[k].id, "type", "function",
+							       "function", "name", d.calls[k].name,
+							       "arguments", d.calls[k].arguments));
+		json_t *asst = json_pack("{s:s, s:s#}", "role", "assistant", "content", d.content,
+					 d.content_len);
+		if (thinking)
+			json_object_set_new(asst, "reasoning_content",
+					    json_stringn(d.reasoning, d.reasoning_len));
+		json_object_set_new(asst, "tool_calls", calls);
+		json_t *req = json_pack("{s:[{s:s, s:s}, o], s:{s:s}}", "messages", "role", "user",
+					"content", "q", asst, "thinking", "type",
+					thinking ? "enabled" : "disabled");
+		dp_chat_parser_free(p);
+
+		char want[8192];
+		int wl = snprintf(want, sizeof(want), "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>%s%s",
+				  thinking ? "<think>" : "</think>", json_string_value(text));
+		cr_assert_lt(wl, (int)sizeof(want));
+		struct dp_chat_prompt pr;
+		struct dp_chat_error err;
+		int rc = dp_chat_render(DP_CHAT_FORMAT_V4, req, &pr, &err);
+		tried++;
+		if (rc == 0 && pr.len == (size_t)wl && !memcmp(pr.text, want, pr.len))
+			same++;
+		else
+			cr_log_error("%s: renders back as\n%s\nnot\n%s", name, rc ? err.message : pr.text,
+				     want);
+		if (rc == 0)
+			dp_chat_prompt_fini(&pr);
+		json_decref(req);
+	}
+	json_decref(cases);
+	cr_expect_geq(tried, 20);
+	cr_expect_eq(same, tried, "%zu of %zu replies render back", same, tried);
+}
