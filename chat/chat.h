@@ -57,7 +57,8 @@ enum dp_chat_effort {
 };
 
 struct dp_chat_error {
-	char param[128];   /* the field at fault, "messages[2].tool_calls[0].id" ("" if the whole body) */
+	char param[128];   /* the field at fault, "messages[2].tool_calls[0].id" ("" if the whole
+	                      body) */
 	char message[256]; /* one line saying what is wrong with it */
 };
 
@@ -76,11 +77,11 @@ struct dp_chat_prompt {
  * content parts, lone surrogates in tool-call arguments) or -ENOMEM,
  * fills *err when err is not NULL, and leaves *ret untouched. */
 int dp_chat_render(enum dp_chat_format format, const json_t *request, struct dp_chat_prompt *ret,
-		   struct dp_chat_error *err);
+                   struct dp_chat_error *err);
 
 /* The same from the request's JSON text (any bytes; bad JSON is -EINVAL). */
 int dp_chat_render_text(enum dp_chat_format format, const char *json, size_t len,
-			struct dp_chat_prompt *ret, struct dp_chat_error *err);
+                        struct dp_chat_prompt *ret, struct dp_chat_error *err);
 
 void dp_chat_prompt_fini(struct dp_chat_prompt *prompt);
 
@@ -98,16 +99,18 @@ void dp_chat_prompt_fini(struct dp_chat_prompt *prompt);
 struct dp_chat_parser;
 
 struct dp_chat_tool_call {
-	char *id;        /* id_prefix + the call's index in this generation */
+	char *id; /* id_prefix + the call's index in this generation */
 	char *name;
 	char *arguments; /* a JSON object, as encoding_dsv4 writes it */
 };
 
 enum {
-	DP_CHAT_PARSE_MALFORMED = 1u << 0,    /* a DSML block that does not parse: given as content */
-	DP_CHAT_PARSE_STRAY = 1u << 1,        /* markup text inside reasoning or content, or after the end */
+	DP_CHAT_PARSE_MALFORMED = 1u << 0, /* a DSML block that does not parse: given as content */
+	DP_CHAT_PARSE_STRAY =
+	    1u << 1, /* markup text inside reasoning or content, or after the end */
 	DP_CHAT_PARSE_UNTERMINATED = 1u << 2, /* the output ended inside reasoning */
-	DP_CHAT_PARSE_BAD_VALUE = 1u << 3,    /* a string="false" value that was not JSON: given as a string */
+	DP_CHAT_PARSE_BAD_VALUE =
+	    1u << 3, /* a string="false" value that was not JSON: given as a string */
 };
 
 /* What one feed or finish made certain. The pointers are the parser's and stay
@@ -120,19 +123,19 @@ struct dp_chat_delta {
 	const struct dp_chat_tool_call *calls; /* calls completed by this chunk */
 	size_t n_calls;
 	unsigned flags; /* DP_CHAT_PARSE_*, all raised so far */
-	bool ended;     /* the end-of-sentence text was seen; later text is ignored (flagged STRAY) */
+	bool ended; /* the end-of-sentence text was seen; later text is ignored (flagged STRAY) */
 };
 
 /* mode: how the output starts (dp_chat_prompt.mode). id_prefix: tool-call ids
  * are id_prefix followed by the call's index ("call_x_0", ...); NULL means
  * "call_". Returns 0, -EINVAL or -ENOMEM. */
 int dp_chat_parser_new(enum dp_chat_format format, enum dp_chat_mode mode, const char *id_prefix,
-		       struct dp_chat_parser **ret);
+                       struct dp_chat_parser **ret);
 void dp_chat_parser_free(struct dp_chat_parser *parser);
 
 /* Returns 0 or -ENOMEM / -EINVAL (a call after finish). */
 int dp_chat_parser_feed(struct dp_chat_parser *parser, const char *text, size_t len,
-			struct dp_chat_delta *out);
+                        struct dp_chat_delta *out);
 
 /* The generation is over (EOS, a length limit, a stop string): releases what
  * was held back. */

@@ -43,7 +43,7 @@ struct dp_chat_parser {
 	unsigned flags;
 
 	struct chat_buf pend;
-	size_t scan; /* pend positions before this hold no stop start */
+	size_t scan;       /* pend positions before this hold no stop start */
 	size_t opener_len; /* P_BLOCK: the raw opener, given as content if the block fails */
 	char opener[64];
 
@@ -83,7 +83,7 @@ static int lit_at(const char *s, size_t n, size_t i, const char *lit, size_t *le
 /* A DSML tag start: lead, a pipe ("｜" or "|"), "DSML", a pipe, then one of
  * words (NULL-terminated). Sets *len to the matched length on FULL. */
 static int dsml_at(const char *s, size_t n, size_t i, const char *lead, const char *const *words,
-		   size_t *len)
+                   size_t *len)
 {
 	static const char *const pipes[] = {"｜", "|"};
 	size_t at = i, k;
@@ -136,9 +136,9 @@ static size_t space_at(const char *s, size_t n, size_t i)
 	unsigned char c = (unsigned char)s[i];
 	if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f))
 		return 1;
-	static const char *const u[] = {"\xc2\x85", "\xc2\xa0", "\xe3\x80\x80", "\xe2\x80\xa8",
-					"\xe2\x80\xa9", "\xe2\x80\xaf", "\xe2\x81\x9f",
-					"\xe1\x9a\x80"};
+	static const char *const u[] = {"\xc2\x85",     "\xc2\xa0",     "\xe3\x80\x80",
+	                                "\xe2\x80\xa8", "\xe2\x80\xa9", "\xe2\x80\xaf",
+	                                "\xe2\x81\x9f", "\xe1\x9a\x80"};
 	size_t k;
 	for (size_t j = 0; j < sizeof(u) / sizeof(u[0]); j++)
 		if (lit_at(s, n, i, u[j], &k) == FULL)
@@ -160,7 +160,7 @@ static size_t skip_space(const char *s, size_t n, size_t i)
 /* ---- output --------------------------------------------------------------- */
 
 static const char *const STRAY[] = {"<｜begin▁of▁sentence｜>", EOS_TEXT, "<think>", "</think>",
-				    "｜DSML｜"};
+                                    "｜DSML｜"};
 
 static void stray_check(struct dp_chat_parser *p, int chan, const char *s, size_t n)
 {
@@ -319,7 +319,7 @@ struct stop {
 };
 
 static int block_find(struct dp_chat_parser *p, const struct stop *stops, int n_stops, size_t *at,
-		      size_t *len, int *which)
+                      size_t *len, int *which)
 {
 	const char *s = p->pend.p;
 	size_t n = p->pend.len;
@@ -459,9 +459,9 @@ static int call_finish(struct dp_chat_parser *p)
 	char id[32];
 	snprintf(id, sizeof(id), "%zu", p->n_ids + p->n_calls);
 	struct dp_chat_tool_call call = {
-		.id = malloc(strlen(p->id_prefix) + strlen(id) + 1),
-		.name = strndup(p->name.p ? p->name.p : "", p->name.len),
-		.arguments = strdup(p->args.p),
+	    .id = malloc(strlen(p->id_prefix) + strlen(id) + 1),
+	    .name = strndup(p->name.p ? p->name.p : "", p->name.len),
+	    .arguments = strdup(p->args.p),
 	};
 	if (!call.id || !call.name || !call.arguments) {
 		free(call.id);
@@ -510,7 +510,7 @@ static int block_step(struct dp_chat_parser *p)
 			return -1;
 		if (which == 1 && p->n_calls) { /* the block is over: its calls are certain */
 			struct dp_chat_tool_call *c =
-				realloc(p->out_calls, (p->n_out_calls + p->n_calls) * sizeof(*c));
+			    realloc(p->out_calls, (p->n_out_calls + p->n_calls) * sizeof(*c));
 			if (!c)
 				return -ENOMEM;
 			p->out_calls = c;
@@ -577,7 +577,8 @@ static int run(struct dp_chat_parser *p, bool final)
 		case P_REASONING:
 		case P_CONTENT:
 			if (p->format == DP_CHAT_FORMAT_PLAIN) {
-				size_t hold = final ? p->pend.len : utf8_cut(p->pend.p, p->pend.len);
+				size_t hold =
+				    final ? p->pend.len : utf8_cut(p->pend.p, p->pend.len);
 				emit(p, 1, p->pend.p, hold);
 				consume(p, hold);
 				return 0;
@@ -598,7 +599,7 @@ static int run(struct dp_chat_parser *p, bool final)
 			size_t i = skip_space(p->pend.p, p->pend.len, 0);
 			size_t k;
 			int r = i < p->pend.len ? lit_at(p->pend.p, p->pend.len, i, EOS_TEXT, &k)
-						: PART;
+			                        : PART;
 			if (r == FULL) {
 				consume(p, i + k);
 				p->phase = P_ENDED;
@@ -635,25 +636,25 @@ static void out_reset(struct dp_chat_parser *p)
 static int report(struct dp_chat_parser *p, int rc, struct dp_chat_delta *out)
 {
 	if (rc == 0 && (p->pend.oom || p->out_reasoning.oom || p->out_content.oom || p->name.oom ||
-			p->args.oom || p->keys.oom))
+	                p->args.oom || p->keys.oom))
 		rc = -ENOMEM;
 	if (rc < 0)
 		return rc;
 	*out = (struct dp_chat_delta){
-		.reasoning = p->out_reasoning.len ? p->out_reasoning.p : "",
-		.reasoning_len = p->out_reasoning.len,
-		.content = p->out_content.len ? p->out_content.p : "",
-		.content_len = p->out_content.len,
-		.calls = p->out_calls,
-		.n_calls = p->n_out_calls,
-		.flags = p->flags,
-		.ended = p->phase == P_ENDED,
+	    .reasoning = p->out_reasoning.len ? p->out_reasoning.p : "",
+	    .reasoning_len = p->out_reasoning.len,
+	    .content = p->out_content.len ? p->out_content.p : "",
+	    .content_len = p->out_content.len,
+	    .calls = p->out_calls,
+	    .n_calls = p->n_out_calls,
+	    .flags = p->flags,
+	    .ended = p->phase == P_ENDED,
 	};
 	return 0;
 }
 
 int dp_chat_parser_new(enum dp_chat_format format, enum dp_chat_mode mode, const char *id_prefix,
-		       struct dp_chat_parser **ret)
+                       struct dp_chat_parser **ret)
 {
 	if (!ret || format < 0 || format >= DP_CHAT_FORMAT_MAX || mode < 0 ||
 	    mode >= DP_CHAT_MODE_MAX)
@@ -662,8 +663,8 @@ int dp_chat_parser_new(enum dp_chat_format format, enum dp_chat_mode mode, const
 	if (!p)
 		return -ENOMEM;
 	p->format = format;
-	p->phase = format == DP_CHAT_FORMAT_V4 && mode == DP_CHAT_MODE_THINKING ? P_REASONING
-										 : P_CONTENT;
+	p->phase =
+	    format == DP_CHAT_FORMAT_V4 && mode == DP_CHAT_MODE_THINKING ? P_REASONING : P_CONTENT;
 	p->id_prefix = strdup(id_prefix ? id_prefix : "call_");
 	if (!p->id_prefix) {
 		free(p);
@@ -690,7 +691,7 @@ void dp_chat_parser_free(struct dp_chat_parser *p)
 }
 
 int dp_chat_parser_feed(struct dp_chat_parser *p, const char *text, size_t len,
-			struct dp_chat_delta *out)
+                        struct dp_chat_delta *out)
 {
 	if (!p || (!text && len) || !out || p->finished)
 		return -EINVAL;

@@ -105,8 +105,7 @@ size_t chat_py_float_repr(double x, char *out)
 			memcpy(out + n, digits + 1, nd - 1);
 			n += nd - 1;
 		}
-		n += (size_t)sprintf(out + n, "e%c%02d", decpt - 1 < 0 ? '-' : '+',
-				     abs(decpt - 1));
+		n += (size_t)sprintf(out + n, "e%c%02d", decpt - 1 < 0 ? '-' : '+', abs(decpt - 1));
 	}
 	out[n] = '\0';
 	return n;
@@ -122,13 +121,27 @@ void chat_py_dumps_string(struct chat_buf *b, const char *s, size_t n)
 		const char *esc = NULL;
 		char u[7];
 		switch (c) {
-		case '"': esc = "\\\""; break;
-		case '\\': esc = "\\\\"; break;
-		case '\n': esc = "\\n"; break;
-		case '\r': esc = "\\r"; break;
-		case '\t': esc = "\\t"; break;
-		case '\b': esc = "\\b"; break;
-		case '\f': esc = "\\f"; break;
+		case '"':
+			esc = "\\\"";
+			break;
+		case '\\':
+			esc = "\\\\";
+			break;
+		case '\n':
+			esc = "\\n";
+			break;
+		case '\r':
+			esc = "\\r";
+			break;
+		case '\t':
+			esc = "\\t";
+			break;
+		case '\b':
+			esc = "\\b";
+			break;
+		case '\f':
+			esc = "\\f";
+			break;
 		default:
 			if (c < 0x20) {
 				memcpy(u, "\\u00", 4);
@@ -173,7 +186,8 @@ static void dumps(struct chat_buf *b, const json_t *v, bool stand_ins)
 			if (!first)
 				chat_buf_add(b, ", ", 2);
 			first = false;
-			chat_py_dumps_string(b, json_object_iter_key(it), json_object_iter_key_len(it));
+			chat_py_dumps_string(b, json_object_iter_key(it),
+			                     json_object_iter_key_len(it));
 			chat_buf_add(b, ": ", 2);
 			dumps(b, json_object_iter_value(it), stand_ins);
 		}
@@ -197,8 +211,8 @@ static void dumps(struct chat_buf *b, const json_t *v, bool stand_ins)
 		break;
 	case JSON_INTEGER:
 		chat_buf_add(b, num,
-			     (size_t)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
-					      json_integer_value(v)));
+		             (size_t)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+		                              json_integer_value(v)));
 		break;
 	case JSON_REAL:
 		chat_buf_add(b, num, chat_py_float_repr(json_real_value(v), num));
@@ -282,7 +296,7 @@ static void stand_in(struct lex *l, size_t a)
 static void skip_ws(struct lex *l)
 {
 	while (l->i < l->n && (l->s[l->i] == ' ' || l->s[l->i] == '\t' || l->s[l->i] == '\n' ||
-			       l->s[l->i] == '\r'))
+	                       l->s[l->i] == '\r'))
 		l->i++;
 }
 
@@ -351,7 +365,8 @@ static bool string(struct lex *l)
 			c = (unsigned char)l->s[l->i++];
 			if (c == 'u') {
 				for (int k = 0; k < 4; k++, l->i++)
-					if (l->i >= l->n || !strchr("0123456789abcdefABCDEF", l->s[l->i]) ||
+					if (l->i >= l->n ||
+					    !strchr("0123456789abcdefABCDEF", l->s[l->i]) ||
 					    l->s[l->i] == '\0')
 						return false;
 			} else if (!strchr("\"\\/bfnrt", c) || c == '\0') {

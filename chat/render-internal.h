@@ -33,8 +33,8 @@ struct chat_block {
 
 struct chat_msg {
 	enum chat_role role;
-	size_t src;        /* index in the request's messages, for error paths */
-	char *content;     /* content parts joined; owned; NULL when null or absent */
+	size_t src;    /* index in the request's messages, for error paths */
+	char *content; /* content parts joined; owned; NULL when null or absent */
 	size_t content_len;
 	const char *reasoning; /* assistant: reasoning_content (or reasoning); NULL if none */
 	size_t reasoning_len;
@@ -63,7 +63,7 @@ struct chat_ids {
 	struct chat_id {
 		const char *id;
 		size_t at; /* the call's index; the last one when ids repeat */
-	} *v;
+	} * v;
 	size_t n;
 };
 

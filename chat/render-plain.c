@@ -12,8 +12,8 @@
 #include "chat/render-internal.h"
 
 static const char *const LABEL[CHAT_ROLE_MAX] = {
-	[CHAT_SYSTEM] = "System",       [CHAT_USER] = "User", [CHAT_ASSISTANT] = "Assistant",
-	[CHAT_DEVELOPER] = "Developer", [CHAT_TOOL] = "Tool",
+    [CHAT_SYSTEM] = "System",       [CHAT_USER] = "User", [CHAT_ASSISTANT] = "Assistant",
+    [CHAT_DEVELOPER] = "Developer", [CHAT_TOOL] = "Tool",
 };
 
 int chat_render_plain(struct chat_req *req, struct chat_buf *b, struct dp_chat_error *err)
@@ -33,7 +33,8 @@ int chat_render_plain(struct chat_req *req, struct chat_buf *b, struct dp_chat_e
 			chat_buf_add(b, m->content, m->content_len);
 		}
 		for (size_t k = 0; m->tool_calls && k < json_array_size(m->tool_calls); k++) {
-			const json_t *fn = json_object_get(json_array_get(m->tool_calls, k), "function");
+			const json_t *fn =
+			    json_object_get(json_array_get(m->tool_calls, k), "function");
 			const json_t *name = json_object_get(fn, "name");
 			const json_t *args = json_object_get(fn, "arguments");
 			chat_buf_adds(b, "\n[call ");
@@ -46,7 +47,8 @@ int chat_render_plain(struct chat_req *req, struct chat_buf *b, struct dp_chat_e
 			chat_buf_adds(b, "\n\nTools:");
 			for (size_t k = 0; k < json_array_size(m->tools); k++) {
 				chat_buf_adds(b, "\n");
-				chat_py_dumps(b, json_object_get(json_array_get(m->tools, k), "function"));
+				chat_py_dumps(
+				    b, json_object_get(json_array_get(m->tools, k), "function"));
 			}
 		}
 		if (m->response_format) {

@@ -32,39 +32,48 @@
 
 /* TOOLS_TEMPLATE, formatted, up to and after {tool_schemas} */
 static const char TOOLS_HEAD[] =
-	"## Tools\n"
-	"\n"
-	"You have access to a set of tools to help answer the user's question. You can invoke tools by writing a \"<｜DSML｜tool_calls>\" block like the following:\n"
-	"\n"
-	"<｜DSML｜tool_calls>\n"
-	"<｜DSML｜invoke name=\"$TOOL_NAME\">\n"
-	"<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n"
-	"...\n"
-	"</｜DSML｜invoke>\n"
-	"<｜DSML｜invoke name=\"$TOOL_NAME2\">\n"
-	"...\n"
-	"</｜DSML｜invoke>\n"
-	"</｜DSML｜tool_calls>\n"
-	"\n"
-	"String parameters should be specified as is and set `string=\"true\"`. For all other types (numbers, booleans, arrays, objects), pass the value in JSON format and set `string=\"false\"`.\n"
-	"\n"
-	"If thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning inside <think>...</think> BEFORE any tool calls or final response.\n"
-	"\n"
-	"Otherwise, output directly after </think> with tool calls or final response.\n"
-	"\n"
-	"### Available Tool Schemas\n"
-	"\n";
-static const char TOOLS_TAIL[] =
-	"\n"
-	"\n"
-	"You MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n";
+    "## Tools\n"
+    "\n"
+    "You have access to a set of tools to help answer the user's question. You can invoke tools by "
+    "writing a \"<｜DSML｜tool_calls>\" block like the following:\n"
+    "\n"
+    "<｜DSML｜tool_calls>\n"
+    "<｜DSML｜invoke name=\"$TOOL_NAME\">\n"
+    "<｜DSML｜parameter name=\"$PARAMETER_NAME\" "
+    "string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n"
+    "...\n"
+    "</｜DSML｜invoke>\n"
+    "<｜DSML｜invoke name=\"$TOOL_NAME2\">\n"
+    "...\n"
+    "</｜DSML｜invoke>\n"
+    "</｜DSML｜tool_calls>\n"
+    "\n"
+    "String parameters should be specified as is and set `string=\"true\"`. For all other types "
+    "(numbers, booleans, arrays, objects), pass the value in JSON format and set "
+    "`string=\"false\"`.\n"
+    "\n"
+    "If thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning "
+    "inside <think>...</think> BEFORE any tool calls or final response.\n"
+    "\n"
+    "Otherwise, output directly after </think> with tool calls or final response.\n"
+    "\n"
+    "### Available Tool Schemas\n"
+    "\n";
+static const char TOOLS_TAIL[] = "\n"
+                                 "\n"
+                                 "You MUST strictly follow the above defined tool name and "
+                                 "parameter schemas to invoke tool calls.\n";
 
 /* REASONING_EFFORT_MAX */
 static const char EFFORT_MAX[] =
-	"Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
-	"You MUST be very thorough in your thinking and comprehensively decompose the problem to resolve the root cause, rigorously stress-testing your logic against all potential paths, edge cases, and adversarial scenarios.\n"
-	"Explicitly write out your entire deliberation process, documenting every intermediate step, considered alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n"
-	"\n";
+    "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
+    "You MUST be very thorough in your thinking and comprehensively decompose the problem to "
+    "resolve the root cause, rigorously stress-testing your logic against all potential paths, "
+    "edge cases, and adversarial scenarios.\n"
+    "Explicitly write out your entire deliberation process, documenting every intermediate step, "
+    "considered alternative, and rejected hypothesis to ensure absolutely no assumption is left "
+    "unchecked.\n"
+    "\n";
 
 /* ---- merge_tool_messages, sort_tool_results_by_call_order --------------- */
 
@@ -99,10 +108,10 @@ static int merge(struct chat_req *req, struct chat_req *out)
 			continue;
 		}
 		struct chat_block blk = {
-			.tool = m->role == CHAT_TOOL,
-			.text = m->content,
-			.len = m->content_len,
-			.tool_id = m->tool_call_id,
+		    .tool = m->role == CHAT_TOOL,
+		    .text = m->content,
+		    .len = m->content_len,
+		    .tool_id = m->tool_call_id,
 		};
 		if (!blk.text && !(blk.text = strdup("")))
 			return -ENOMEM;
@@ -227,7 +236,7 @@ static void extras_render(struct chat_buf *b, const struct chat_msg *m)
 	}
 	if (m->response_format) {
 		chat_buf_adds(b, "\n\n## Response Format:\n\nYou MUST strictly adhere to the "
-				 "following schema to reply:\n");
+		                 "following schema to reply:\n");
 		chat_py_dumps(b, m->response_format);
 	}
 }
@@ -236,7 +245,7 @@ static void extras_render(struct chat_buf *b, const struct chat_msg *m)
  * key; arguments that are not JSON become the one string parameter
  * "arguments". */
 static int arguments_render(struct chat_buf *b, const json_t *fn, const char *param,
-			    struct dp_chat_error *err)
+                            struct dp_chat_error *err)
 {
 	const json_t *a = json_object_get(fn, "arguments");
 	const char *raw = json_string_value(a);
@@ -261,8 +270,8 @@ static int arguments_render(struct chat_buf *b, const json_t *fn, const char *pa
 		chat_buf_fini(&re);
 		if (r != 0 && !args)
 			return chat_bad(err, -ENOTSUP, param,
-					"JSON this renderer cannot reproduce exactly (%s)",
-					r < 0 ? "it holds dualpath's number marker" : je.text);
+			                "JSON this renderer cannot reproduce exactly (%s)",
+			                r < 0 ? "it holds dualpath's number marker" : je.text);
 	}
 	if (!args) { /* not JSON to Python either: one string parameter */
 		chat_buf_adds(b, "<" DSML "parameter name=\"arguments\" string=\"true\">");
@@ -299,7 +308,7 @@ static int arguments_render(struct chat_buf *b, const json_t *fn, const char *pa
 }
 
 static int tool_calls_render(struct chat_buf *b, const struct chat_msg *m,
-			     struct dp_chat_error *err)
+                             struct dp_chat_error *err)
 {
 	chat_buf_adds(b, "\n\n<" DSML "tool_calls>\n");
 	for (size_t k = 0; k < json_array_size(m->tool_calls); k++) {
@@ -307,7 +316,7 @@ static int tool_calls_render(struct chat_buf *b, const struct chat_msg *m,
 		const json_t *name = json_object_get(fn, "name");
 		char param[128];
 		snprintf(param, sizeof(param), "messages[%zu].tool_calls[%zu].function.arguments",
-			 m->src, k);
+		         m->src, k);
 		if (k)
 			chat_buf_add(b, "\n", 1);
 		chat_buf_adds(b, "<" DSML "invoke name=\"");
@@ -323,7 +332,7 @@ static int tool_calls_render(struct chat_buf *b, const struct chat_msg *m,
 }
 
 static int message_render(const struct chat_req *req, size_t i, bool drop, long last_user,
-			  struct chat_buf *b, struct dp_chat_error *err)
+                          struct chat_buf *b, struct dp_chat_error *err)
 {
 	const struct chat_msg *m = &req->msgs[i];
 	bool thinking = req->mode == DP_CHAT_MODE_THINKING;
@@ -388,9 +397,9 @@ static int message_render(const struct chat_req *req, size_t i, bool drop, long 
 int chat_render_v4(struct chat_req *req, struct chat_buf *out, struct dp_chat_error *err)
 {
 	struct chat_req merged = {.mode = req->mode,
-				  .effort = req->effort,
-				  .drop_thinking = req->drop_thinking,
-				  .has_tools = req->has_tools};
+	                          .effort = req->effort,
+	                          .drop_thinking = req->drop_thinking,
+	                          .has_tools = req->has_tools};
 	int rc = merge(req, &merged);
 	if (rc < 0) {
 		chat_req_fini(&merged);

@@ -56,15 +56,15 @@ void chat_req_fini(struct chat_req *req)
 }
 
 static const char *const ROLES[CHAT_ROLE_MAX] = {
-	[CHAT_SYSTEM] = "system",   [CHAT_USER] = "user", [CHAT_ASSISTANT] = "assistant",
-	[CHAT_DEVELOPER] = "developer", [CHAT_TOOL] = "tool",
+    [CHAT_SYSTEM] = "system",       [CHAT_USER] = "user", [CHAT_ASSISTANT] = "assistant",
+    [CHAT_DEVELOPER] = "developer", [CHAT_TOOL] = "tool",
 };
 
 /* ---- thinking controls -------------------------------------------------- */
 
 /* A bool control that may be absent or null; -EINVAL if of another type. */
 static int opt_bool(const json_t *obj, const char *key, const char *param, int *val,
-		    struct dp_chat_error *err)
+                    struct dp_chat_error *err)
 {
 	const json_t *v = obj ? json_object_get(obj, key) : NULL;
 	if (!v || json_is_null(v))
@@ -78,7 +78,7 @@ static int opt_bool(const json_t *obj, const char *key, const char *param, int *
 /* reasoning_effort as SERVING.md maps it: none -> chat mode; minimal/low ->
  * no paragraph; medium/high/xhigh -> high; max -> max. */
 static int effort_parse(const char *s, const char *param, struct chat_req *req, bool *chat,
-			struct dp_chat_error *err)
+                        struct dp_chat_error *err)
 {
 	if (!strcmp(s, "none")) {
 		*chat = true;
@@ -91,9 +91,9 @@ static int effort_parse(const char *s, const char *param, struct chat_req *req, 
 		req->effort = DP_CHAT_EFFORT_MAXIMUM;
 	} else {
 		return chat_bad(err, -EINVAL, param,
-				"unknown reasoning effort '%.40s' (none, minimal, low, medium, "
-				"high, xhigh or max)",
-				s);
+		                "unknown reasoning effort '%.40s' (none, minimal, low, medium, "
+		                "high, xhigh or max)",
+		                s);
 	}
 	return 0;
 }
@@ -110,9 +110,9 @@ static int controls_parse(const json_t *rq, struct chat_req *req, struct dp_chat
 	int rc;
 	if ((rc = opt_bool(ctk, "thinking", "chat_template_kwargs.thinking", &thinking, err)) < 0 ||
 	    (rc = opt_bool(ctk, "enable_thinking", "chat_template_kwargs.enable_thinking", &enable,
-			   err)) < 0 ||
-	    (rc = opt_bool(ctk, "drop_thinking", "chat_template_kwargs.drop_thinking", &drop, err)) <
-		0)
+	                   err)) < 0 ||
+	    (rc = opt_bool(ctk, "drop_thinking", "chat_template_kwargs.drop_thinking", &drop,
+	                   err)) < 0)
 		return rc;
 	req->drop_thinking = drop;
 
@@ -127,25 +127,26 @@ static int controls_parse(const json_t *rq, struct chat_req *req, struct dp_chat
 	} else if (th && !json_is_null(th)) {
 		const json_t *type = json_is_object(th) ? json_object_get(th, "type") : NULL;
 		if (!json_is_string(type))
-			return chat_bad(err, -EINVAL, "thinking.type", "must be \"enabled\" or \"disabled\"");
+			return chat_bad(err, -EINVAL, "thinking.type",
+			                "must be \"enabled\" or \"disabled\"");
 		if (!strcmp(json_string_value(type), "enabled"))
 			on = true;
 		else if (!strcmp(json_string_value(type), "disabled"))
 			on = false;
 		else
 			return chat_bad(err, -EINVAL, "thinking.type",
-					"must be \"enabled\" or \"disabled\", not '%.40s'",
-					json_string_value(type));
+			                "must be \"enabled\" or \"disabled\", not '%.40s'",
+			                json_string_value(type));
 	} else if (ol && !json_is_null(ol)) {
 		if (json_is_boolean(ol)) {
 			on = json_is_true(ol);
 		} else if (json_is_string(ol) && (!strcmp(json_string_value(ol), "high") ||
-						  !strcmp(json_string_value(ol), "medium") ||
-						  !strcmp(json_string_value(ol), "low"))) {
+		                                  !strcmp(json_string_value(ol), "medium") ||
+		                                  !strcmp(json_string_value(ol), "low"))) {
 			think_effort = json_string_value(ol);
 		} else {
 			return chat_bad(err, -EINVAL, "think",
-					"must be true, false, \"high\", \"medium\" or \"low\"");
+			                "must be true, false, \"high\", \"medium\" or \"low\"");
 		}
 	}
 
@@ -175,7 +176,7 @@ static int controls_parse(const json_t *rq, struct chat_req *req, struct dp_chat
 /* content as one string: a string as it is, text parts joined by sep, null or
  * absent as NULL. */
 static int content_text(const json_t *msg, size_t i, const char *sep, struct chat_msg *m,
-			struct dp_chat_error *err)
+                        struct dp_chat_error *err)
 {
 	char param[96];
 	snprintf(param, sizeof(param), "messages[%zu].content", i);
@@ -200,10 +201,11 @@ static int content_text(const json_t *msg, size_t i, const char *sep, struct cha
 				rc = chat_bad(err, -EINVAL, pp, "needs a string \"type\"");
 			else if (strcmp(json_string_value(type), "text") != 0)
 				rc = chat_bad(err, -ENOTSUP, pp,
-					      "only text parts are supported, not '%.40s'",
-					      json_string_value(type));
+				              "only text parts are supported, not '%.40s'",
+				              json_string_value(type));
 			else if (!json_is_string(text))
-				rc = chat_bad(err, -EINVAL, pp, "a text part needs a string \"text\"");
+				rc = chat_bad(err, -EINVAL, pp,
+				              "a text part needs a string \"text\"");
 			if (rc) {
 				chat_buf_fini(&b);
 				return rc;
@@ -214,7 +216,7 @@ static int content_text(const json_t *msg, size_t i, const char *sep, struct cha
 		}
 	} else {
 		return chat_bad(err, -EINVAL, param,
-				"must be a string, an array of text parts or null");
+		                "must be a string, an array of text parts or null");
 	}
 	if (b.oom) {
 		chat_buf_fini(&b);
@@ -226,7 +228,7 @@ static int content_text(const json_t *msg, size_t i, const char *sep, struct cha
 }
 
 static int opt_string(const json_t *msg, const char *key, size_t i, const char **s, size_t *len,
-		      struct dp_chat_error *err)
+                      struct dp_chat_error *err)
 {
 	const json_t *v = json_object_get(msg, key);
 	if (!v || json_is_null(v))
@@ -242,7 +244,7 @@ static int opt_string(const json_t *msg, const char *key, size_t i, const char *
 }
 
 static int tool_calls_check(const json_t *msg, size_t i, struct chat_msg *m,
-			    struct dp_chat_error *err)
+                            struct dp_chat_error *err)
 {
 	char param[128];
 	const json_t *tcs = json_object_get(msg, "tool_calls");
@@ -342,7 +344,7 @@ void chat_ids_fini(struct chat_ids *ids)
 }
 
 static int message_parse(const json_t *msg, size_t i, struct chat_ids *last_calls,
-			 struct chat_req *req, struct dp_chat_error *err)
+                         struct chat_req *req, struct dp_chat_error *err)
 {
 	char param[96];
 	snprintf(param, sizeof(param), "messages[%zu]", i);
@@ -358,8 +360,8 @@ static int message_parse(const json_t *msg, size_t i, struct chat_ids *last_call
 			r = (enum chat_role)k;
 	if (r == CHAT_ROLE_MAX)
 		return chat_bad(err, -EINVAL, param,
-				"unknown role '%.40s' (system, user, assistant, tool or developer)",
-				json_string_value(role));
+		                "unknown role '%.40s' (system, user, assistant, tool or developer)",
+		                json_string_value(role));
 
 	struct chat_msg *m = chat_req_push(req);
 	if (!m)
@@ -395,8 +397,8 @@ static int message_parse(const json_t *msg, size_t i, struct chat_ids *last_call
 			return chat_bad(err, -EINVAL, param, "must be a string");
 		if (chat_ids_find(last_calls, m->tool_call_id) < 0)
 			return chat_bad(err, -EINVAL, param,
-					"no earlier assistant tool call has the id '%.60s'",
-					m->tool_call_id);
+			                "no earlier assistant tool call has the id '%.60s'",
+			                m->tool_call_id);
 		break;
 	}
 	default:
@@ -406,7 +408,7 @@ static int message_parse(const json_t *msg, size_t i, struct chat_ids *last_call
 }
 
 static int tools_parse(const json_t *rq, const json_t **tools, const json_t **rf,
-		       struct dp_chat_error *err)
+                       struct dp_chat_error *err)
 {
 	const json_t *t = json_object_get(rq, "tools");
 	if (t && !json_is_null(t)) {
@@ -423,10 +425,12 @@ static int tools_parse(const json_t *rq, const json_t **tools, const json_t **rf
 			if (type && !json_is_null(type) &&
 			    (!json_is_string(type) ||
 			     strcmp(json_string_value(type), "function") != 0))
-				return chat_bad(err, -EINVAL, param, "only \"function\" tools exist");
-			if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")))
 				return chat_bad(err, -EINVAL, param,
-						"needs a \"function\" object with a string \"name\"");
+				                "only \"function\" tools exist");
+			if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")))
+				return chat_bad(
+				    err, -EINVAL, param,
+				    "needs a \"function\" object with a string \"name\"");
 		}
 		if (json_array_size(t))
 			*tools = t;
@@ -496,11 +500,11 @@ int chat_req_parse(const json_t *rq, struct chat_req *req, struct dp_chat_error 
 enum dp_chat_format dp_chat_format_for_model_type(const char *model_type)
 {
 	return model_type && !strcmp(model_type, "deepseek_v4") ? DP_CHAT_FORMAT_V4
-								 : DP_CHAT_FORMAT_PLAIN;
+	                                                        : DP_CHAT_FORMAT_PLAIN;
 }
 
 int dp_chat_render(enum dp_chat_format format, const json_t *request, struct dp_chat_prompt *ret,
-		   struct dp_chat_error *err)
+                   struct dp_chat_error *err)
 {
 	if (err)
 		*err = (struct dp_chat_error){0};
@@ -513,16 +517,16 @@ int dp_chat_render(enum dp_chat_format format, const json_t *request, struct dp_
 	struct chat_buf out = {0};
 	chat_buf_add(&out, "", 0);
 	rc = format == DP_CHAT_FORMAT_V4 ? chat_render_v4(&req, &out, err)
-					 : chat_render_plain(&req, &out, err);
+	                                 : chat_render_plain(&req, &out, err);
 	if (rc == 0 && out.oom)
 		rc = -ENOMEM;
 	if (rc == 0) {
 		*ret = (struct dp_chat_prompt){
-			.text = out.p,
-			.len = out.len,
-			.mode = format == DP_CHAT_FORMAT_V4 ? req.mode : DP_CHAT_MODE_CHAT,
-			.effort = req.effort,
-			.has_tools = req.has_tools,
+		    .text = out.p,
+		    .len = out.len,
+		    .mode = format == DP_CHAT_FORMAT_V4 ? req.mode : DP_CHAT_MODE_CHAT,
+		    .effort = req.effort,
+		    .has_tools = req.has_tools,
 		};
 	} else {
 		chat_buf_fini(&out);
@@ -532,7 +536,7 @@ int dp_chat_render(enum dp_chat_format format, const json_t *request, struct dp_
 }
 
 int dp_chat_render_text(enum dp_chat_format format, const char *json, size_t len,
-			struct dp_chat_prompt *ret, struct dp_chat_error *err)
+                        struct dp_chat_prompt *ret, struct dp_chat_error *err)
 {
 	if (err)
 		*err = (struct dp_chat_error){0};
@@ -542,7 +546,7 @@ int dp_chat_render_text(enum dp_chat_format format, const char *json, size_t len
 	json_t *rq = json_loadb(json, len, JSON_ALLOW_NUL, &je);
 	if (!rq)
 		return chat_bad(err, -EINVAL, "", "bad JSON at line %d column %d: %s", je.line,
-				je.column, je.text);
+		                je.column, je.text);
 	int rc = dp_chat_render(format, rq, ret, err);
 	json_decref(rq);
 	return rc;

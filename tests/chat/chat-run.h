@@ -50,8 +50,9 @@ static inline void run_take(struct run_result *r, const struct dp_chat_delta *d)
 }
 
 /* Feed text cut at the given offsets (ascending, each < n), then finish. */
-static inline struct run_result run_cuts(enum dp_chat_format f, enum dp_chat_mode mode, const char *text,
-				  size_t n, const size_t *cuts, size_t n_cuts)
+static inline struct run_result run_cuts(enum dp_chat_format f, enum dp_chat_mode mode,
+                                         const char *text, size_t n, const size_t *cuts,
+                                         size_t n_cuts)
 {
 	struct run_result r = {0};
 	run_add(&r.reasoning, &r.reasoning_len, "", 0);
@@ -73,14 +74,14 @@ static inline struct run_result run_cuts(enum dp_chat_format f, enum dp_chat_mod
 	return r;
 }
 
-static inline struct run_result run_whole(enum dp_chat_format f, enum dp_chat_mode mode, const char *text,
-				   size_t n)
+static inline struct run_result run_whole(enum dp_chat_format f, enum dp_chat_mode mode,
+                                          const char *text, size_t n)
 {
 	return run_cuts(f, mode, text, n, NULL, 0);
 }
 
-static inline struct run_result run_bytes(enum dp_chat_format f, enum dp_chat_mode mode, const char *text,
-				   size_t n)
+static inline struct run_result run_bytes(enum dp_chat_format f, enum dp_chat_mode mode,
+                                          const char *text, size_t n)
 {
 	size_t *cuts = malloc((n ? n : 1) * sizeof(*cuts));
 	for (size_t i = 1; i < n; i++)

@@ -54,8 +54,8 @@ Test(chat_parity, every_conversation_renders_as_encoding_dsv4)
 			while (at < p.len && at < wl && p.text[at] == w[at])
 				at++;
 			cr_log_error("%s: differs at byte %zu (ours %zu bytes, theirs %zu):\n"
-				     "ours:   %.80s\ntheirs: %.80s",
-				     name, at, p.len, wl, p.text + at, w + at);
+			             "ours:   %.80s\ntheirs: %.80s",
+			             name, at, p.len, wl, p.text + at, w + at);
 		}
 		dp_chat_prompt_fini(&p);
 	}
@@ -90,9 +90,10 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 	for (size_t i = 0; i < n; i++) {
 		json_t *c = json_array_get(cases, i);
 		const char *name = json_string_value(json_object_get(c, "name"));
-		enum dp_chat_mode mode = strcmp(json_string_value(json_object_get(c, "mode")), "thinking")
-						 ? DP_CHAT_MODE_CHAT
-						 : DP_CHAT_MODE_THINKING;
+		enum dp_chat_mode mode =
+		    strcmp(json_string_value(json_object_get(c, "mode")), "thinking")
+		        ? DP_CHAT_MODE_CHAT
+		        : DP_CHAT_MODE_THINKING;
 		json_t *text = json_object_get(c, "text");
 		const char *t = json_string_value(text);
 		size_t tl = json_string_length(text);
@@ -103,7 +104,8 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 		bool ok = true;
 		if (error) {
 			if (!(whole.flags & ERROR_FLAGS)) {
-				cr_log_error("%s: encoding_dsv4 refuses it, we raise no flag", name);
+				cr_log_error("%s: encoding_dsv4 refuses it, we raise no flag",
+				             name);
 				ok = false;
 			}
 		} else {
@@ -114,23 +116,24 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 			calls_expected(json_object_get(exp, "tool_calls"), &calls, &calls_len);
 			if (whole.flags & ERROR_FLAGS) {
 				cr_log_error("%s: flags 0x%x on a completion encoding_dsv4 parses",
-					     name, whole.flags);
+				             name, whole.flags);
 				ok = false;
 			}
 			if (whole.reasoning_len != json_string_length(r) ||
 			    memcmp(whole.reasoning, json_string_value(r), whole.reasoning_len)) {
 				cr_log_error("%s: reasoning [%s], expected [%s]", name,
-					     whole.reasoning, json_string_value(r));
+				             whole.reasoning, json_string_value(r));
 				ok = false;
 			}
 			if (whole.content_len != json_string_length(ct) ||
 			    memcmp(whole.content, json_string_value(ct), whole.content_len)) {
 				cr_log_error("%s: content [%s], expected [%s]", name, whole.content,
-					     json_string_value(ct));
+				             json_string_value(ct));
 				ok = false;
 			}
 			if (whole.calls_len != calls_len || memcmp(whole.calls, calls, calls_len)) {
-				cr_log_error("%s: calls\n%s\nexpected\n%s", name, whole.calls, calls);
+				cr_log_error("%s: calls\n%s\nexpected\n%s", name, whole.calls,
+				             calls);
 				ok = false;
 			}
 			free(calls);
@@ -140,9 +143,9 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 			struct run_result r = run_cuts(DP_CHAT_FORMAT_V4, mode, t, tl, &cut, 1);
 			if (!run_equal(&r, &whole)) {
 				cr_log_error("%s: cut at byte %zu gives content [%s] calls [%s] "
-					     "flags 0x%x; whole gives [%s] [%s] 0x%x",
-					     name, cut, r.content, r.calls, r.flags, whole.content,
-					     whole.calls, whole.flags);
+				             "flags 0x%x; whole gives [%s] [%s] 0x%x",
+				             name, cut, r.content, r.calls, r.flags, whole.content,
+				             whole.calls, whole.flags);
 				ok = false;
 			}
 			run_fini(&r);
@@ -150,8 +153,8 @@ Test(chat_parity, every_completion_parses_as_encoding_dsv4_however_it_is_cut)
 		if (ok) {
 			struct run_result r = run_bytes(DP_CHAT_FORMAT_V4, mode, t, tl);
 			if (!run_equal(&r, &whole)) {
-				cr_log_error("%s: byte-at-a-time differs: content [%s] flags 0x%x", name,
-					     r.content, r.flags);
+				cr_log_error("%s: byte-at-a-time differs: content [%s] flags 0x%x",
+				             name, r.content, r.flags);
 				ok = false;
 			}
 			run_fini(&r);
@@ -182,33 +185,34 @@ Test(chat_parity, a_parsed_reply_renders_back_as_the_text_it_came_from)
 		json_t *text = json_object_get(c, "text");
 		struct dp_chat_parser *p;
 		struct dp_chat_delta d;
-		cr_assert_eq(dp_chat_parser_new(DP_CHAT_FORMAT_V4,
-						thinking ? DP_CHAT_MODE_THINKING : DP_CHAT_MODE_CHAT,
-						NULL, &p),
-			     0);
-		cr_assert_eq(dp_chat_parser_feed(p, json_string_value(text), json_string_length(text),
-						 &d),
-			     0);
+		cr_assert_eq(dp_chat_parser_new(
+		                 DP_CHAT_FORMAT_V4,
+		                 thinking ? DP_CHAT_MODE_THINKING : DP_CHAT_MODE_CHAT, NULL, &p),
+		             0);
+		cr_assert_eq(
+		    dp_chat_parser_feed(p, json_string_value(text), json_string_length(text), &d),
+		    0);
 		json_t *calls = json_array();
 		for (size_t k = 0; k < d.n_calls; k++)
 			json_array_append_new(calls, json_pack("{s:s, s:s, s:{s:s, s:s}}", "id",
-							       d.calls[k].id, "type", "function",
-							       "function", "name", d.calls[k].name,
-							       "arguments", d.calls[k].arguments));
+			                                       d.calls[k].id, "type", "function",
+			                                       "function", "name", d.calls[k].name,
+			                                       "arguments", d.calls[k].arguments));
 		json_t *asst = json_pack("{s:s, s:s#}", "role", "assistant", "content", d.content,
-					 d.content_len);
+		                         d.content_len);
 		if (thinking)
 			json_object_set_new(asst, "reasoning_content",
-					    json_stringn(d.reasoning, d.reasoning_len));
+			                    json_stringn(d.reasoning, d.reasoning_len));
 		json_object_set_new(asst, "tool_calls", calls);
-		json_t *req = json_pack("{s:[{s:s, s:s}, o], s:{s:s}}", "messages", "role", "user",
-					"content", "q", asst, "thinking", "type",
-					thinking ? "enabled" : "disabled");
+		json_t *req =
+		    json_pack("{s:[{s:s, s:s}, o], s:{s:s}}", "messages", "role", "user", "content",
+		              "q", asst, "thinking", "type", thinking ? "enabled" : "disabled");
 		dp_chat_parser_free(p);
 
 		char want[8192];
-		int wl = snprintf(want, sizeof(want), "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>%s%s",
-				  thinking ? "<think>" : "</think>", json_string_value(text));
+		int wl = snprintf(want, sizeof(want),
+		                  "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>%s%s",
+		                  thinking ? "<think>" : "</think>", json_string_value(text));
 		cr_assert_lt(wl, (int)sizeof(want));
 		struct dp_chat_prompt pr;
 		struct dp_chat_error err;
@@ -217,8 +221,8 @@ Test(chat_parity, a_parsed_reply_renders_back_as_the_text_it_came_from)
 		if (rc == 0 && pr.len == (size_t)wl && !memcmp(pr.text, want, pr.len))
 			same++;
 		else
-			cr_log_error("%s: renders back as\n%s\nnot\n%s", name, rc ? err.message : pr.text,
-				     want);
+			cr_log_error("%s: renders back as\n%s\nnot\n%s", name,
+			             rc ? err.message : pr.text, want);
 		if (rc == 0)
 			dp_chat_prompt_fini(&pr);
 		json_decref(req);

@@ -60,9 +60,10 @@ Test(chat_parse, a_split_utf8_sequence_is_never_given_out_in_halves)
 
 Test(chat_parse, tool_calls_get_ids_from_the_prefix_in_order)
 {
-	const char *t = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n"
-			"<｜DSML｜invoke name=\"b\">\n<｜DSML｜parameter name=\"x\" string=\"false\">"
-			"[1, 2]</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>" EOS;
+	const char *t =
+	    "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"a\">\n</｜DSML｜invoke>\n"
+	    "<｜DSML｜invoke name=\"b\">\n<｜DSML｜parameter name=\"x\" string=\"false\">"
+	    "[1, 2]</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>" EOS;
 	struct dp_chat_parser *p;
 	struct dp_chat_delta d;
 	cr_assert_eq(dp_chat_parser_new(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_CHAT, "req7_", &p), 0);
@@ -81,9 +82,10 @@ Test(chat_parse, tool_calls_get_ids_from_the_prefix_in_order)
 
 Test(chat_parse, a_non_json_value_marked_not_string_becomes_a_string_and_is_flagged)
 {
-	const char *t = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"sh\">\n<｜DSML｜parameter "
-			"name=\"cmd\" string=\"false\">ls -l | wc</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
-			"</｜DSML｜tool_calls>" EOS;
+	const char *t =
+	    "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"sh\">\n<｜DSML｜parameter "
+	    "name=\"cmd\" string=\"false\">ls -l | wc</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+	    "</｜DSML｜tool_calls>" EOS;
 	struct run_result r = run_whole(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_CHAT, t, strlen(t));
 	cr_expect_str_eq(r.calls, "call_0 sh {\"cmd\": \"ls -l | wc\"}\n");
 	cr_expect_eq(r.flags, DP_CHAT_PARSE_BAD_VALUE);
@@ -93,7 +95,7 @@ Test(chat_parse, a_non_json_value_marked_not_string_becomes_a_string_and_is_flag
 Test(chat_parse, a_malformed_block_comes_out_as_content_with_the_flag)
 {
 	const char *t = "ok\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke>\n</｜DSML｜invoke>\n"
-			"</｜DSML｜tool_calls>" EOS;
+	                "</｜DSML｜tool_calls>" EOS;
 	struct run_result r = run_bytes(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_CHAT, t, strlen(t));
 	cr_expect(r.flags & DP_CHAT_PARSE_MALFORMED);
 	cr_expect_eq(r.calls_len, 0);

@@ -11,7 +11,7 @@
 #include "chat/chat.h"
 
 static int render(enum dp_chat_format f, const char *json, struct dp_chat_prompt *p,
-		  struct dp_chat_error *err)
+                  struct dp_chat_error *err)
 {
 	return dp_chat_render_text(f, json, strlen(json), p, err);
 }
@@ -35,55 +35,61 @@ Test(chat_render, bad_requests_are_refused_naming_the_field)
 	refused("{\"messages\": [1]}", -EINVAL, "messages[0]");
 	refused("{\"messages\": [{\"content\": \"x\"}]}", -EINVAL, "messages[0].role");
 	refused("{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}]}", -EINVAL,
-		"messages[0].role");
+	        "messages[0].role");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", -EINVAL,
-		"messages[0].content");
+	        "messages[0].content");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
-		-ENOTSUP, "messages[0].content[0]");
+	        -ENOTSUP, "messages[0].content[0]");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}",
-		-EINVAL, "messages[0].content[0]");
+	        -EINVAL, "messages[0].content[0]");
 	refused("{\"messages\": [{\"role\": \"developer\", \"content\": \"\"}]}", -EINVAL,
-		"messages[0].content");
+	        "messages[0].content");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"tool\", "
-		"\"tool_call_id\": \"c1\", \"content\": \"r\"}]}",
-		-EINVAL, "messages[1].tool_call_id");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
-		"\"tool_calls\": [{\"id\": \"c1\", \"function\": {\"name\": \"f\", \"arguments\": "
-		"\"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"c2\", \"content\": \"r\"}]}",
-		-EINVAL, "messages[2].tool_call_id");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
-		"\"tool_calls\": [{\"id\": \"c1\", \"function\": {\"name\": \"f\", \"arguments\": "
-		"\"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"c1\"}]}",
-		-EINVAL, "messages[2].content");
+	        "\"tool_call_id\": \"c1\", \"content\": \"r\"}]}",
+	        -EINVAL, "messages[1].tool_call_id");
+	refused(
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
+	    "\"tool_calls\": [{\"id\": \"c1\", \"function\": {\"name\": \"f\", \"arguments\": "
+	    "\"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"c2\", \"content\": \"r\"}]}",
+	    -EINVAL, "messages[2].tool_call_id");
+	refused(
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
+	    "\"tool_calls\": [{\"id\": \"c1\", \"function\": {\"name\": \"f\", \"arguments\": "
+	    "\"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"c1\"}]}",
+	    -EINVAL, "messages[2].content");
 	refused("{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
-		"{\"name\": \"f\", \"arguments\": {}}}]}]}",
-		-EINVAL, "messages[0].tool_calls[0].function.arguments");
+	        "{\"name\": \"f\", \"arguments\": {}}}]}]}",
+	        -EINVAL, "messages[0].tool_calls[0].function.arguments");
 	refused("{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
-		"{\"arguments\": \"{}\"}}]}]}",
-		-EINVAL, "messages[0].tool_calls[0].function.name");
+	        "{\"arguments\": \"{}\"}}]}]}",
+	        -EINVAL, "messages[0].tool_calls[0].function.name");
 	refused("{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
-		"{\"name\": \"f\", \"arguments\": \"[1, 2]\"}}]}]}",
-		-EINVAL, "messages[0].tool_calls[0].function.arguments");
+	        "{\"name\": \"f\", \"arguments\": \"[1, 2]\"}}]}]}",
+	        -EINVAL, "messages[0].tool_calls[0].function.arguments");
 	refused("{\"messages\": [{\"role\": \"assistant\", \"reasoning_content\": 3}]}", -EINVAL,
-		"messages[0].reasoning_content");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": {}}", -EINVAL,
-		"tools");
+	        "messages[0].reasoning_content");
+	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": {}}",
+	        -EINVAL, "tools");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": [{\"type\": "
-		"\"function\", \"function\": {}}]}",
-		-EINVAL, "tools[0]");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"response_format\": 1}",
-		-EINVAL, "response_format");
+	        "\"function\", \"function\": {}}]}",
+	        -EINVAL, "tools[0]");
+	refused(
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"response_format\": 1}",
+	    -EINVAL, "response_format");
 	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"reasoning_effort\": "
-		"\"extreme\"}",
-		-EINVAL, "reasoning_effort");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"thinking\": {\"type\": "
-		"\"maybe\"}}",
-		-EINVAL, "thinking.type");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"chat_template_kwargs\": "
-		"{\"thinking\": \"yes\"}}",
-		-EINVAL, "chat_template_kwargs.thinking");
-	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"chat_template_kwargs\": 1}",
-		-EINVAL, "chat_template_kwargs");
+	        "\"extreme\"}",
+	        -EINVAL, "reasoning_effort");
+	refused(
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"thinking\": {\"type\": "
+	    "\"maybe\"}}",
+	    -EINVAL, "thinking.type");
+	refused(
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"chat_template_kwargs\": "
+	    "{\"thinking\": \"yes\"}}",
+	    -EINVAL, "chat_template_kwargs.thinking");
+	refused("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], "
+	        "\"chat_template_kwargs\": 1}",
+	        -EINVAL, "chat_template_kwargs");
 }
 
 /* Numbers Python reads and jansson cannot hold (integers past 64 bits, NaN,
@@ -92,10 +98,11 @@ Test(chat_render, bad_requests_are_refused_naming_the_field)
  * text that holds the stand-ins' marker where stand-ins are needed. */
 Test(chat_render, arguments_beyond_what_jansson_holds_are_refused_not_altered)
 {
-	const char *fmt = "{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
-			  "{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": %s}\"}}]}]}";
+	const char *fmt =
+	    "{\"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"function\": "
+	    "{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": %s}\"}}]}]}";
 	const char *vals[] = {"\\\"\\\\ud800\\\"", "[18446744073709551616, \\\"\\\\ud800\\\"]",
-			      "[\\\"dp-number:1\\\", NaN]"};
+	                      "[\\\"dp-number:1\\\", NaN]"};
 	for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
 		char json[512];
 		snprintf(json, sizeof(json), fmt, vals[i]);
@@ -106,9 +113,9 @@ Test(chat_render, arguments_beyond_what_jansson_holds_are_refused_not_altered)
 Test(chat_render, int64_extremes_render_exactly)
 {
 	const char *json = "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": "
-			   "\"assistant\", \"tool_calls\": [{\"function\": {\"name\": \"f\", "
-			   "\"arguments\": \"{\\\"a\\\": 9223372036854775807, \\\"b\\\": "
-			   "-9223372036854775808}\"}}]}]}";
+	                   "\"assistant\", \"tool_calls\": [{\"function\": {\"name\": \"f\", "
+	                   "\"arguments\": \"{\\\"a\\\": 9223372036854775807, \\\"b\\\": "
+	                   "-9223372036854775808}\"}}]}]}";
 	struct dp_chat_prompt p;
 	cr_assert_eq(render(DP_CHAT_FORMAT_V4, json, &p, NULL), 0);
 	cr_expect(strstr(p.text, "string=\"false\">9223372036854775807<"));
@@ -119,15 +126,16 @@ Test(chat_render, int64_extremes_render_exactly)
 Test(chat_render, plain_format_renders_role_turns_and_ends_with_the_assistant)
 {
 	const char *json =
-		"{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
-		"\"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\", "
-		"\"reasoning_content\": \"hidden\", \"tool_calls\": [{\"id\": \"c1\", \"function\": "
-		"{\"name\": \"f\", \"arguments\": \"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": "
-		"\"c1\", \"content\": \"42\"}]}";
+	    "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
+	    "\"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\", "
+	    "\"reasoning_content\": \"hidden\", \"tool_calls\": [{\"id\": \"c1\", \"function\": "
+	    "{\"name\": \"f\", \"arguments\": \"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": "
+	    "\"c1\", \"content\": \"42\"}]}";
 	struct dp_chat_prompt p;
 	cr_assert_eq(render(DP_CHAT_FORMAT_PLAIN, json, &p, NULL), 0);
-	cr_expect_str_eq(p.text, "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello\n[call f {}]\n\n"
-				 "Tool (c1): 42\n\nAssistant:");
+	cr_expect_str_eq(p.text,
+	                 "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello\n[call f {}]\n\n"
+	                 "Tool (c1): 42\n\nAssistant:");
 	cr_expect_eq(p.mode, DP_CHAT_MODE_CHAT);
 	dp_chat_prompt_fini(&p);
 }
@@ -143,19 +151,19 @@ Test(chat_render, controls_report_mode_and_effort)
 {
 	struct dp_chat_prompt p;
 	cr_assert_eq(render(DP_CHAT_FORMAT_V4,
-			    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], "
-			    "\"reasoning_effort\": \"max\"}",
-			    &p, NULL),
-		     0);
+	                    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], "
+	                    "\"reasoning_effort\": \"max\"}",
+	                    &p, NULL),
+	             0);
 	cr_expect_eq(p.mode, DP_CHAT_MODE_THINKING);
 	cr_expect_eq(p.effort, DP_CHAT_EFFORT_MAXIMUM);
 	cr_expect(!p.has_tools);
 	dp_chat_prompt_fini(&p);
 	cr_assert_eq(render(DP_CHAT_FORMAT_V4,
-			    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], "
-			    "\"thinking\": {\"type\": \"disabled\"}}",
-			    &p, NULL),
-		     0);
+	                    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], "
+	                    "\"thinking\": {\"type\": \"disabled\"}}",
+	                    &p, NULL),
+	             0);
 	cr_expect_eq(p.mode, DP_CHAT_MODE_CHAT);
 	cr_expect_eq(p.len, strlen(p.text));
 	cr_expect(strstr(p.text, "<｜Assistant｜></think>"));
@@ -174,21 +182,22 @@ Test(chat_render, thousands_of_tool_results_are_ordered_without_quadratic_work)
 		char id[16];
 		snprintf(id, sizeof(id), "c%d", i);
 		json_array_append_new(calls, json_pack("{s:s, s:{s:s, s:s}}", "id", id, "function",
-						       "name", "f", "arguments", "{}"));
+		                                       "name", "f", "arguments", "{}"));
 	}
-	json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "assistant", "tool_calls", calls));
+	json_array_append_new(msgs,
+	                      json_pack("{s:s, s:o}", "role", "assistant", "tool_calls", calls));
 	for (int i = N - 1; i >= 0; i--) {
 		char id[16], r[16];
 		snprintf(id, sizeof(id), "c%d", i);
 		snprintf(r, sizeof(r), "r%d", i);
-		json_array_append_new(msgs, json_pack("{s:s, s:s, s:s}", "role", "tool", "tool_call_id",
-						      id, "content", r));
+		json_array_append_new(msgs, json_pack("{s:s, s:s, s:s}", "role", "tool",
+		                                      "tool_call_id", id, "content", r));
 	}
 	json_t *req = json_pack("{s:o}", "messages", msgs);
 	struct dp_chat_prompt p;
 	struct dp_chat_error err;
 	cr_assert_eq(dp_chat_render(DP_CHAT_FORMAT_V4, req, &p, &err), 0, "%s: %s", err.param,
-		     err.message);
+	             err.message);
 	const char *first = strstr(p.text, "<tool_result>");
 	cr_assert(first);
 	cr_expect_eq(strncmp(first, "<tool_result>r0</tool_result>\n\n<tool_result>r1<", 46), 0);

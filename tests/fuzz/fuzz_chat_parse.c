@@ -65,7 +65,7 @@ static void take(struct acc *a, const struct dp_chat_delta *d)
 }
 
 static struct acc run(enum dp_chat_format f, enum dp_chat_mode m, const char *t, size_t n,
-		      unsigned seed)
+                      unsigned seed)
 {
 	struct acc a = {0};
 	add(&a.r, &a.rl, "", 0);
@@ -124,7 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	same(&whole, &bytes);
 	if (f == DP_CHAT_FORMAT_V4 && !(whole.flags & ~(unsigned)DP_CHAT_PARSE_BAD_VALUE)) {
 		static const char *const markup[] = {"</think>", "<think>", "｜DSML｜",
-						     "<｜end▁of▁sentence｜>"};
+		                                     "<｜end▁of▁sentence｜>"};
 		for (size_t i = 0; i < sizeof(markup) / sizeof(markup[0]); i++) {
 			CHECK(!memmem(whole.c, whole.cl, markup[i], strlen(markup[i])));
 			CHECK(!memmem(whole.r, whole.rl, markup[i], strlen(markup[i])));
