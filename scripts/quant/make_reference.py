@@ -596,6 +596,9 @@ def write_blob(path, arrays):
         for name, a in arrays.items():
             a = np.ascontiguousarray(a)
             dt = {np.dtype(F32): "f32", np.dtype(np.uint8): "u8", np.dtype(np.int32): "i32"}[a.dtype]
+            pad = -off % 16  # every array 16-byte aligned in the file (readers map it as is)
+            f.write(b"\0" * pad)
+            off += pad
             f.write(a.tobytes())
             meta[name] = {"offset": off, "shape": list(a.shape), "dtype": dt}
             off += a.nbytes
