@@ -120,7 +120,7 @@ static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const stru
 		if (dp_qmat_of(w, index, &q) < 0)
 			return -EINVAL;
 		if (w->act_quant) /* the reference numerics (qmm-act.c) */
-			return dp_qact_run(&c->pool, &q, x, ldx ? ldx : w->cols, M, y,
+			return dp_qact_run(&c->pool, c->qmm->isa, &q, x, ldx ? ldx : w->cols, M, y,
 					   ldy ? ldy : w->rows, accumulate);
 		dp_qmm_run(c->qmm, &c->pool, c->tiles, &q, x, ldx ? ldx : w->cols, M, y,
 			   ldy ? ldy : w->rows, accumulate);

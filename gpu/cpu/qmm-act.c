@@ -28,8 +28,9 @@
  *     d^-1/2) then fp4_act_quant per 32 (amax floored at 6 * 2^-126, scale
  *     2^ceil(log2(amax * fp32(1/6))), e2m1 round to nearest even).
  *
- * Portable C only (no SIMD path yet): correct first; the block sums in
- * double are what a vector path would have to keep.
+ * Portable C, and the block sums with AVX2+FMA where the CPU has them
+ * (same bits: the sums are exact). The products are still several times
+ * slower than qmm.c's fp32 kernels (doubles, no tiling).
  */
 #include <errno.h>
 #include <math.h>
@@ -206,7 +207,64 @@ struct qact_job {
 	size_t ldy;
 	bool acc;
 	bool failed; /* a worker could not get its row buffers */
+	double (*dot)(const double *x, const double *w, uint32_t n); /* a block's exact sum */
 };
+
+/* The weight row's unscaled values as doubles (exact). */
+static void decode_row(const struct dp_qmat *w, const uint8_t *row, double *wv)
+{
+	uint32_t K = w->cols;
+	if (w->dtype == DP_DTYPE_E4M3) {
+		for (uint32_t k = 0; k < K; k++)
+			wv[k] = dp_qmm_e4m3_lut[row[k]];
+	} else { /* E2M1: low nibble first */
+		for (uint32_t k = 0; k + 1 < K; k += 2) {
+			wv[k] = dp_qmm_e2m1_lut[row[k / 2] & 15];
+			wv[k + 1] = dp_qmm_e2m1_lut[row[k / 2] >> 4];
+		}
+		if (K & 1)
+			wv[K - 1] = dp_qmm_e2m1_lut[row[K / 2] & 15];
+	}
+}
+
+/* sum_k x[k] w[k] over n values: exact whatever the order (see the top), so
+ * any grouping of the sums gives these bits. */
+static double block_dot_portable(const double *x, const double *w, uint32_t n)
+{
+	double p0 = 0.0, p1 = 0.0, p2 = 0.0, p3 = 0.0;
+	uint32_t k = 0;
+	for (; k + 4 <= n; k += 4) {
+		p0 += x[k] * w[k];
+		p1 += x[k + 1] * w[k + 1];
+		p2 += x[k + 2] * w[k + 2];
+		p3 += x[k + 3] * w[k + 3];
+	}
+	for (; k < n; k++)
+		p0 += x[k] * w[k];
+	return (p0 + p1) + (p2 + p3);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* The same with AVX2 + FMA (chosen at run time): a fused multiply-add of two
+ * exact products into an exact sum rounds nothing either. */
+__attribute__((target("avx2,fma"))) static double block_dot_avx2(const double *x, const double *w,
+								  uint32_t n)
+{
+	__m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+	uint32_t k = 0;
+	for (; k + 8 <= n; k += 8) {
+		a0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + k), _mm256_loadu_pd(w + k), a0);
+		a1 = _mm256_fmadd_pd(_mm256_loadu_pd(x + k + 4), _mm256_loadu_pd(w + k + 4), a1);
+	}
+	__m256d a = _mm256_add_pd(a0, a1);
+	__m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+	double p = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+	for (; k < n; k++)
+		p += x[k] * w[k];
+	return p;
+}
+#endif
 
 static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double *wv, float *sw)
 {
@@ -215,9 +273,7 @@ static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double
 	bool fp4 = w->dtype == DP_DTYPE_E2M1;
 
 	for (uint32_t r = r0; r < r1; r++) {
-		const uint8_t *row = w->data + (size_t)r * w->row_bytes;
-		for (uint32_t k = 0; k < K; k++)
-			wv[k] = dp_qmat_code(w, row, k);
+		decode_row(w, w->data + (size_t)r * w->row_bytes, wv);
 		for (uint32_t kb = 0; kb < nkb; kb++)
 			sw[kb] = dp_qmat_scale(w, r, kb);
 		for (uint32_t m = 0; m < j->M; m++) {
@@ -225,21 +281,9 @@ static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double
 			const float *sam = j->sa + (size_t)m * j->nab;
 			float a = 0.0f;
 			for (uint32_t k0 = 0, kb = 0; k0 < K; k0 += kbw, kb++) {
-				uint32_t end = K - k0 < kbw ? K : k0 + kbw;
-				/* exact in any order (see the top): four chains for the
-				 * pipeline, no reassociation question */
-				double p0 = 0.0, p1 = 0.0, p2 = 0.0, p3 = 0.0;
-				uint32_t k = k0;
-				for (; k + 4 <= end; k += 4) {
-					p0 += xm[k] * wv[k];
-					p1 += xm[k + 1] * wv[k + 1];
-					p2 += xm[k + 2] * wv[k + 2];
-					p3 += xm[k + 3] * wv[k + 3];
-				}
-				for (; k < end; k++)
-					p0 += xm[k] * wv[k];
-				double p = (p0 + p1) + (p2 + p3);
-				float pf = (float)p, sa = sam[k0 / DP_GPU_ACT_BLOCK];
+				uint32_t len = K - k0 < kbw ? K - k0 : kbw;
+				float pf = (float)j->dot(xm + k0, wv + k0, len);
+				float sa = sam[k0 / DP_GPU_ACT_BLOCK];
 				a += fp4 ? pf * sa * sw[kb] : pf * (sa * sw[kb]);
 			}
 			float *ym = j->y + (size_t)m * j->ldy + r;
@@ -266,8 +310,8 @@ static void qact_job_run(void *arg, int tid, int n)
 	free(sw);
 }
 
-int dp_qact_run(struct dp_cpu_pool *pool, const struct dp_qmat *w, const float *x, size_t ldx,
-		uint32_t M, float *y, size_t ldy, bool acc)
+int dp_qact_run(struct dp_cpu_pool *pool, enum dp_gpu_isa isa, const struct dp_qmat *w,
+		const float *x, size_t ldx, uint32_t M, float *y, size_t ldy, bool acc)
 {
 	if (w->dtype != DP_DTYPE_E4M3 && w->dtype != DP_DTYPE_E2M1)
 		return -EINVAL;
@@ -291,7 +335,12 @@ int dp_qact_run(struct dp_cpu_pool *pool, const struct dp_qmat *w, const float *
 				xa[(size_t)m * K + k0 + k] = dp_e4m3_to_f32(codes[k]);
 		}
 	struct qact_job j = { .w = w, .xa = xa, .sa = sa, .nab = nab, .M = M, .y = y, .ldy = ldy,
-			      .acc = acc };
+			      .acc = acc, .dot = block_dot_portable };
+#if defined(__x86_64__)
+	/* the backend's kernel path (DP_CPU_ISA=portable keeps the portable sum) */
+	if (isa == DP_GPU_ISA_AVX2 || isa == DP_GPU_ISA_AVX512)
+		j.dot = block_dot_avx2;
+#endif
 	dp_cpu_pool_run(pool, qact_job_run, &j);
 	free(xa);
 	free(sa);
