@@ -75,6 +75,16 @@ static const char *name_experts(const struct dp_config *c)
 	return dp_v4_experts_where_name(c->experts);
 }
 
+static int parse_numerics(struct dp_config *c, const char *v)
+{
+	return dp_v4_numerics_parse(v, &c->numerics);
+}
+
+static const char *name_numerics(const struct dp_config *c)
+{
+	return dp_v4_numerics_name(c->numerics);
+}
+
 static int parse_csa_entries(struct dp_config *c, const char *v)
 {
 	return dp_v4_csa_where_parse(v, &c->csa_entries);
@@ -178,6 +188,10 @@ static const struct opt opts[] = {
 	   "(0: a quarter of them, at least num_experts_per_tok)"),
 	O("model", expert_lookahead, OPT_BOOL, "nvme: guess a top-k layer's experts one layer early "
 					       "and read them ahead"),
+	OE("model", numerics, "transformers, reference or auto",
+	   "transformers (FP8/FP4 weights dequantized exactly, fp32 activations), reference "
+	   "(DeepSeek's graph: e4m3 activations before FP8/FP4 products, e4m3 KV, e2m1 indexer) "
+	   "or auto (reference for a checkpoint with quantization_config)"),
 	OZ("kvcache", device_bytes, OPT_BYTES, MiB, PiB,
 	   "state pages on the device before demotion (0: no limit)"),
 	OZ("kvcache", dram_bytes, OPT_BYTES, MiB, 64 * TiB, "pinned DRAM tier (0: none)"),
@@ -263,6 +277,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->direct_io = true;
 	c->compact_every = 1024;
 	c->csa_entries = DP_V4_CSA_DEVICE;
+	c->numerics = DP_V4_NUMERICS_AUTO;
 	c->queue_depth = 64;
 	c->pin_threads = true;
 	c->max_batch_tokens = 2048;

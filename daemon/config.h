@@ -76,6 +76,7 @@ struct dp_config {
 	enum dp_v4_experts_where experts; /* where routed experts live */
 	uint32_t expert_slots;	       /* experts a layer keeps on the device when paged */
 	bool expert_lookahead;	       /* nvme: top-k layers' experts guessed and read ahead */
+	enum dp_v4_numerics numerics;  /* transformers, reference or auto (model/v4.h) */
 	/* [kvcache] */
 	uint64_t device_bytes;
 	uint64_t dram_bytes;

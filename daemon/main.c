@@ -79,7 +79,8 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 	}
 	struct dp_v4_load_opts lo = { .experts = cfg->experts,
 				      .expert_slots = cfg->expert_slots,
-				      .no_lookahead = !cfg->expert_lookahead };
+				      .no_lookahead = !cfg->expert_lookahead,
+				      .numerics = cfg->numerics };
 	if ((ret = dp_v4_model_load_opts(srv->gpu, srv->model_dir, &lo, &srv->model, why,
 					 sizeof(why))) < 0) {
 		snprintf(err, err_len, "cannot load model %.512s: %s", srv->model_dir, why);
@@ -101,7 +102,9 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 		srv->eos[srv->n_eos++] = teos;
 	char desc[256];
 	dp_v4_config_describe(c, desc, sizeof(desc));
-	log_info("model %s on the %s backend: %s", srv->model_dir, dp_gpu_kind_name(kind), desc);
+	log_info("model %s on the %s backend: %s; %s numerics", srv->model_dir,
+		 dp_gpu_kind_name(kind), desc,
+		 dp_v4_numerics_name(dp_v4_model_numerics(srv->model)));
 	if (lo.experts != DP_V4_EXPERTS_DEVICE) {
 		struct dp_v4_expert_stats xs;
 		dp_v4_model_expert_stats(srv->model, &xs);

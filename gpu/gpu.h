@@ -186,6 +186,15 @@ struct dp_gpu_weight {
 	enum dp_dtype scale_dtype;
 	/* Wrapped caller memory (dp_gpu_weight_wrap): free forgets it. */
 	bool borrowed;
+	/* DeepSeek's reference numerics (E4M3 / E2M1 weights only; the model
+	 * sets it): products with this weight first round their activation
+	 * through e4m3 per DP_GPU_ACT_BLOCK values along K (dp_gpu_act_quant),
+	 * then sum each weight K block exactly, round that sum to fp32 once and
+	 * add it times (activation scale x weight scale), blocks in K order
+	 * (gpu/cpu/qmm-act.c). The moe op also applies the routing weight
+	 * before the down product instead of after it, as the reference does.
+	 * The cuda backend has no such kernels (its uploads refuse E4M3/E2M1). */
+	bool act_quant;
 };
 
 /* Scales per matrix of a weight of `dtype` and shape [rows][cols] (0 for
@@ -360,6 +369,46 @@ struct dp_gpu_engram {
 	float eps;			 /* rms_norm_eps */
 };
 
+/* How the round op rounds (DeepSeek's reference graph, V4-REAL.md section 4). */
+enum dp_gpu_round {
+	/* each run of DP_GPU_KV_BLOCK values (the last run may be shorter)
+	 * through e4m3 with a power-of-two scale: the window and compressed
+	 * KV's non-RoPE dims */
+	DP_GPU_ROUND_E4M3_KV,
+	/* a Walsh-Hadamard rotation of the whole row (Sylvester order, scale
+	 * cols^-1/2, cols a power of two), then each DP_GPU_E2M1_BLOCK values
+	 * through e2m1 with a power-of-two scale: the indexer's q and keys */
+	DP_GPU_ROUND_HADAMARD_E2M1,
+	DP_GPU_ROUND_MAX,
+};
+
+#define DP_GPU_ACT_BLOCK 128 /* activation values per e4m3 scale before a product */
+#define DP_GPU_KV_BLOCK 64   /* KV values per e4m3 scale */
+
+/*
+ * The reference numerics' rounding functions on host memory (the round op
+ * and the act_quant products use them; tests and tools may too). All take
+ * finite values; n need not be a multiple of the block (the last block is
+ * shorter). Scales are powers of two, returned as e8m0 bytes (2^(b-127)).
+ *
+ * dp_gpu_act_quant: per `block` values, amax = max(max |x|, 1e-4),
+ *   scale = 2^ceil(log2(amax * fp32(1/448))) (the product in fp32, the
+ *   ceiling from its bits as DeepSeek's kernel.py takes it), codes =
+ *   e4m3(clamp(x / scale, -448, 448)) rounded to nearest, ties to even.
+ * dp_gpu_fp4_quant: the same with e2m1, amax floored at 6 * 2^-126,
+ *   fp32(1/6) and a clamp at +-6; codes one a byte (low nibble).
+ * dp_gpu_hadamard: y = H x * n^-1/2 in place, H the Sylvester-order
+ *   Walsh-Hadamard matrix (n a power of two), summed in double.
+ * Return 0, or -EINVAL (NULL pointers, block 0, n not a power of two).
+ */
+int dp_gpu_act_quant(const float *x, size_t n, uint32_t block, uint8_t *codes, uint8_t *scales);
+int dp_gpu_fp4_quant(const float *x, size_t n, uint32_t block, uint8_t *codes, uint8_t *scales);
+int dp_gpu_hadamard(float *x, uint32_t n);
+/* One value rounded through e4m3 / e2m1 (after clamping to +-448 / +-6): the code,
+ * round to nearest, ties to even, the sign kept (-0 included). */
+uint8_t dp_gpu_e4m3_of(float x);
+uint8_t dp_gpu_e2m1_of(float x);
+
 struct dp_gpu_ops {
 	/* y[M][rows] (+)= x[M][cols] . w[index]^T; ldx/ldy: row strides in
 	 * floats (0: dense). */
@@ -408,6 +457,11 @@ struct dp_gpu_ops {
 	int (*gather_rows)(struct dp_gpu *g, float *dst, const float *src, uint32_t rows,
 			   uint32_t dst_stride, uint32_t src_stride, uint32_t cols);
 	int (*engram_fuse)(struct dp_gpu *g, const struct dp_gpu_engram *e);
+	/* Round x[r][0..cols) in place, rows r < rows ld floats apart, as
+	 * `how` says (enum dp_gpu_round): the reference numerics' KV and
+	 * indexer rounding. NULL on a backend without it (cuda). */
+	int (*round)(struct dp_gpu *g, float *x, uint32_t rows, uint32_t ld, uint32_t cols,
+		     enum dp_gpu_round how);
 };
 
 /* The backend's op table (valid for the backend's lifetime). */

@@ -86,7 +86,7 @@ struct dp_v4_model {
 	uint32_t host_rows;
 
 	/* routed experts paged in (v4_experts.c); NULL: all resident */
-	struct dp_v4_load_opts load_opts;
+	struct dp_v4_load_opts load_opts; /* numerics resolved: never AUTO */
 	struct dp_v4_experts *experts;
 
 	/* CSA entries in host memory (dp_v4_model_set_csa_host; v4_csa.c) */

@@ -150,7 +150,7 @@ static int compress_feed(struct dp_v4_model *m, struct scratch *s, struct dp_v4_
 			 const float *proj, uint32_t S, uint64_t pos0, uint32_t m_rate,
 			 uint32_t width, uint32_t dim, struct dp_v4_stream *pending,
 			 struct dp_v4_stream *prev, const float *bias, const float *norm,
-			 struct dp_v4_stream *out, enum dp_v4_rope_which rope)
+			 struct dp_v4_stream *out, enum dp_v4_rope_which rope, int round_how)
 {
 	struct dp_gpu *g = m->g;
 	uint32_t row = 2 * width;
@@ -182,6 +182,13 @@ static int compress_feed(struct dp_v4_model *m, struct scratch *s, struct dp_v4_
 		.out_entries = s->entries,
 	};
 	CHECK(m->ops->compress(g, &cc));
+	/* reference numerics: entries rounded as DeepSeek's compressor leaves them
+	 * (KV: the non-RoPE dims through e4m3; index keys: Hadamard, e2m1) */
+	if (round_how == DP_GPU_ROUND_E4M3_KV)
+		CHECK(m->ops->round(g, s->entries, n_win, dim, dim - (uint32_t)m->cfg.rope_dim,
+				    DP_GPU_ROUND_E4M3_KV));
+	else if (round_how == DP_GPU_ROUND_HADAMARD_E2M1)
+		CHECK(m->ops->round(g, s->entries, n_win, dim, dim, DP_GPU_ROUND_HADAMARD_E2M1));
 	CHECK(dp_v4_stream_append(seq, out, s->entries, n_win));
 	return dp_v4_stream_write(g, pending, 0, proj + (size_t)take * row, rem);
 }
@@ -212,12 +219,17 @@ static int attention(struct dp_v4_model *m, int l, struct scratch *s,
 	CHECK(ops->matmul(g, s->h, 0, &w->kv, 0, s->kv, 0, T, false));
 	CHECK(ops->rmsnorm(g, s->kv, w->kv_norm, s->kv, T, d, eps));
 	CHECK(ops->rope(g, s->kv, T, 1, d, r, s->pos, inv_freq, factor, false));
+	bool ref = m->load_opts.numerics == DP_V4_NUMERICS_REFERENCE;
+	if (ref) /* the window KV's non-RoPE dims through e4m3, as the reference keeps them */
+		CHECK(ops->round(g, s->kv, T, d, d - r, DP_GPU_ROUND_E4M3_KV));
 	if (csa || hca)
 		CHECK(ops->matmul(g, s->h, 0, &w->comp_kvg, 0, s->cproj, 0, T, false));
 	if (csa) {
 		CHECK(ops->matmul(g, s->h, 0, &w->idx_kvg, 0, s->iproj, 0, T, false));
 		CHECK(ops->matmul(g, s->qr, 0, &w->idx_q_b, 0, s->qi, 0, T, false));
 		CHECK(ops->rope(g, s->qi, T, nI, ic, r, s->pos, inv_freq, factor, false));
+		if (ref) /* the indexer's q: Hadamard-rotated and rounded through e2m1 */
+			CHECK(ops->round(g, s->qi, T * nI, ic, ic, DP_GPU_ROUND_HADAMARD_E2M1));
 		CHECK(ops->matmul(g, s->h, 0, &w->idx_wp, 0, s->wI, 0, T, false));
 	}
 
@@ -236,13 +248,15 @@ static int attention(struct dp_v4_model *m, int l, struct scratch *s,
 			CHECK(compress_feed(m, s, seq, s->cproj + (size_t)o * 2 * cw, S, pos0, rate, cw,
 					    d, &st[DP_V4_S_COMP_PENDING],
 					    csa ? &st[DP_V4_S_COMP_PREV] : NULL, w->comp_bias,
-					    w->comp_norm, &st[DP_V4_S_COMP], rope));
+					    w->comp_norm, &st[DP_V4_S_COMP], rope,
+					    ref ? DP_GPU_ROUND_E4M3_KV : -1));
 		struct dp_gpu_stream comp = dp_v4_stream_view(&st[DP_V4_S_COMP]);
 		struct dp_gpu_stream ring = dp_v4_stream_view(&st[DP_V4_S_WINDOW]);
 		if (csa) {
 			CHECK(compress_feed(m, s, seq, s->iproj + (size_t)o * 4 * ic, S, pos0, rate,
 					    2 * ic, ic, &st[DP_V4_S_IDX_PENDING], &st[DP_V4_S_IDX_PREV],
-					    w->idx_bias, w->idx_norm, &st[DP_V4_S_IDX], rope));
+					    w->idx_bias, w->idx_norm, &st[DP_V4_S_IDX], rope,
+					    ref ? DP_GPU_ROUND_HADAMARD_E2M1 : -1));
 			struct dp_gpu_stream keys = dp_v4_stream_view(&st[DP_V4_S_IDX]);
 			struct dp_gpu_index ix = {
 				.qi = s->qi + (size_t)o * nI * ic,

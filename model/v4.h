@@ -138,6 +138,39 @@ enum dp_v4_experts_where {
 const char *dp_v4_experts_where_name(enum dp_v4_experts_where w);
 int dp_v4_experts_where_parse(const char *s, enum dp_v4_experts_where *ret);
 
+/*
+ * Which numerics the forward computes (`[model] numerics`, `--numerics`):
+ *   TRANSFORMERS  FP8/FP4 weights dequantized exactly, fp32 activations and
+ *                 KV: transformers 5.17 on a CPU (the parity of
+ *                 tests/model/test_published.c);
+ *   REFERENCE     DeepSeek's inference graph (inference/model.py, kernel.py):
+ *                 every product with an FP8/FP4 weight but wo_a rounds its
+ *                 activation through e4m3 per 128 first and sums per weight
+ *                 block (gpu.h, dp_gpu_weight.act_quant); the routed experts
+ *                 weigh the SwiGLU output before the down product; window and
+ *                 compressed KV's non-RoPE dims go through e4m3 per 64; the
+ *                 indexer's q and keys through a Hadamard rotation and e2m1
+ *                 per 32 (dp_gpu_ops.round). Activations stay fp32 (the
+ *                 reference keeps them in bf16; we do not reproduce that), RoPE
+ *                 dims of the KV are not rounded (bf16 in the reference).
+ *                 Needs the weights kept as stored (not `dequantize`) and a
+ *                 backend with the round op (cpu; cuda: -ENOTSUP). On a
+ *                 checkpoint without FP8/FP4 weights only the KV and indexer
+ *                 rounding apply (DeepSeek's model.py with dtype bf16).
+ *   AUTO          REFERENCE for a checkpoint whose config.json carries a
+ *                 quantization_config (the published FP8 release), unless
+ *                 `dequantize` is set; TRANSFORMERS otherwise.
+ */
+enum dp_v4_numerics {
+	DP_V4_NUMERICS_AUTO,
+	DP_V4_NUMERICS_TRANSFORMERS,
+	DP_V4_NUMERICS_REFERENCE,
+	DP_V4_NUMERICS_MAX,
+};
+/* "auto", "transformers", "reference"; NULL out of range. Parse: 0 or -EINVAL. */
+const char *dp_v4_numerics_name(enum dp_v4_numerics n);
+int dp_v4_numerics_parse(const char *s, enum dp_v4_numerics *ret);
+
 struct dp_v4_load_opts {
 	enum dp_v4_experts_where experts;
 	uint32_t expert_slots; /* per layer, num_experts_per_tok..E; 0: max(k, E / 4) */
@@ -150,7 +183,11 @@ struct dp_v4_load_opts {
 	 * a backend that has no kernels for FP8/FP4 (cuda) refuses a checkpoint
 	 * holding them (-ENOTSUP, the message says which tensor and why). */
 	bool dequantize;
+	enum dp_v4_numerics numerics; /* above; AUTO by default */
 };
+
+/* The numerics a loaded model computes (never AUTO). */
+enum dp_v4_numerics dp_v4_model_numerics(const struct dp_v4_model *m);
 
 /* Where a loaded model's weights live. owned: bytes the backend allocated
  * (dp_gpu_mem_stats' DP_GPU_MEM_WEIGHTS); mapped: checkpoint bytes the

@@ -802,6 +802,81 @@ static int read_engram_seed(const char *path, uint64_t *ret, char *err, size_t e
 	return r;
 }
 
+static const char *const numerics_names[DP_V4_NUMERICS_MAX] = {
+	[DP_V4_NUMERICS_AUTO] = "auto",
+	[DP_V4_NUMERICS_TRANSFORMERS] = "transformers",
+	[DP_V4_NUMERICS_REFERENCE] = "reference",
+};
+
+const char *dp_v4_numerics_name(enum dp_v4_numerics n)
+{
+	return (unsigned)n < DP_V4_NUMERICS_MAX ? numerics_names[n] : NULL;
+}
+
+int dp_v4_numerics_parse(const char *s, enum dp_v4_numerics *ret)
+{
+	if (!s || !ret)
+		return -EINVAL;
+	for (int i = 0; i < DP_V4_NUMERICS_MAX; i++)
+		if (strcmp(s, numerics_names[i]) == 0) {
+			*ret = (enum dp_v4_numerics)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+enum dp_v4_numerics dp_v4_model_numerics(const struct dp_v4_model *m)
+{
+	return m ? m->load_opts.numerics : DP_V4_NUMERICS_MAX;
+}
+
+/* The reference numerics: every FP8/FP4 product but wo_a's act-quantizes its
+ * input (DeepSeek's Linear dispatches on the weight's dtype the same way; its
+ * convert.py turns wo_a into bf16, which computes as our exactly-dequantized
+ * e4m3 wo_a does). Set after load_all: the paged experts' slot stacks are
+ * copied from these structs at every forward. */
+static void mark_act_quant(struct dp_v4_model *m)
+{
+	for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+		struct dp_v4_layer_w *w = &m->layers[l];
+		struct dp_gpu_weight *ws[] = { &w->q_a, &w->q_b, &w->kv, &w->o_b, &w->comp_kvg,
+					       &w->idx_kvg, &w->idx_q_b, &w->idx_wp, &w->gate,
+					       &w->gate_up, &w->down, &w->sh_gate_up, &w->sh_down };
+		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
+			ws[i]->act_quant = ws[i]->data &&
+					   (ws[i]->dtype == DP_DTYPE_E4M3 || ws[i]->dtype == DP_DTYPE_E2M1);
+	}
+}
+
+/* Resolve AUTO and refuse a reference numerics the load cannot give. */
+static int resolve_numerics(struct dp_v4_model *m, const char *path, char *err, size_t err_len)
+{
+	enum dp_v4_numerics *n = &m->load_opts.numerics;
+
+	if ((unsigned)*n >= DP_V4_NUMERICS_MAX)
+		return -EINVAL;
+	if (*n == DP_V4_NUMERICS_AUTO)
+		*n = m->cfg.has_quantization_config && !m->load_opts.dequantize
+			     ? DP_V4_NUMERICS_REFERENCE : DP_V4_NUMERICS_TRANSFORMERS;
+	if (*n != DP_V4_NUMERICS_REFERENCE)
+		return 0;
+	if (m->load_opts.dequantize) {
+		if (err && err_len)
+			snprintf(err, err_len, "%s: numerics reference computes on the FP8/FP4 weights "
+				 "as stored and cannot be combined with dequantizing them at load; use "
+				 "numerics transformers", path);
+		return -EINVAL;
+	}
+	if (!m->ops->round) {
+		if (err && err_len)
+			snprintf(err, err_len, "%s: the %s backend has no kernels for DeepSeek's reference "
+				 "numerics (activation, KV and indexer rounding); use numerics "
+				 "transformers or the cpu backend", path, dp_gpu_kind_name(dp_gpu_kind_of(m->g)));
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
 static int load_all(struct loader *ld)
 {
 	struct dp_v4_model *m = ld->m;
@@ -907,6 +982,11 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 		free(m);
 		return -ENOTSUP;
 	}
+	if ((ret = resolve_numerics(m, path, err, err_len)) < 0) {
+		dp_v4_config_fini(&m->cfg);
+		free(m);
+		return ret;
+	}
 	if (m->cfg.engram.n_layers > 0 &&
 	    (ret = read_engram_seed(path, &m->engram_info.seed, err, err_len)) < 0) {
 		dp_v4_config_fini(&m->cfg);
@@ -930,6 +1010,8 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 		ret = refuse_quantized(&ld);
 	if (ret == 0)
 		ret = load_all(&ld);
+	if (ret == 0 && m->load_opts.numerics == DP_V4_NUMERICS_REFERENCE)
+		mark_act_quant(m);
 	dp_v4_weights_free(ld.w);
 	if (m->wst.mapped_bytes) /* weights use its bytes in place: freed with the model */
 		m->st = st;

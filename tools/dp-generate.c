@@ -34,7 +34,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: dp-generate [--model DIR|builtin] --prompt TEXT [-n N] [--temperature T]\n"
 		   "                   [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]\n"
 		   "                   [--stats] " ENGRAM_USAGE "\n"
-		   "                   " EXPERT_USAGE "\n");
+		   "                   " EXPERT_USAGE "\n"
+		   "                   [--numerics transformers|reference|auto]\n");
 }
 
 static bool parse_num(const char *s, double lo, double hi, double *ret)
@@ -54,7 +55,7 @@ int main(int argc, char **argv)
 	double n_new = 64, temperature = 0, top_k = 0, top_p = 1, seed = 0;
 	bool stats = false;
 	struct engram_opts eo = { 0 };
-	const char *xwhere = NULL, *xslots = NULL;
+	const char *xwhere = NULL, *xslots = NULL, *numerics = NULL;
 	struct dp_v4_load_opts lo;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },	 { "prompt", required_argument, NULL, 'p' },
@@ -67,6 +68,7 @@ int main(int argc, char **argv)
 		{ "engram-cache", required_argument, NULL, 'C' },
 		{ "experts", required_argument, NULL, 'X' },
 		{ "expert-slots", required_argument, NULL, 'L' },
+		{ "numerics", required_argument, NULL, 'N' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:p:n:t:k:P:s:b:Sh", opts, NULL)) != -1;) {
@@ -86,6 +88,7 @@ int main(int argc, char **argv)
 		case 'C': eo.cache = optarg; break;
 		case 'X': xwhere = optarg; break;
 		case 'L': xslots = optarg; break;
+		case 'N': numerics = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -110,6 +113,12 @@ int main(int argc, char **argv)
 	enum dp_gpu_kind kind;
 	if (expert_opts_parse("dp-generate", xwhere, xslots, &lo) < 0)
 		return 2;
+	/* model/v4.h: auto is reference for a checkpoint with quantization_config */
+	if (numerics && dp_v4_numerics_parse(numerics, &lo.numerics) < 0) {
+		fprintf(stderr, "dp-generate: --numerics must be transformers, reference or auto, not %s\n",
+			numerics);
+		return 2;
+	}
 	if (dp_gpu_kind_parse(backend, &kind) < 0) {
 		fprintf(stderr, "dp-generate: --backend must be cpu, cuda or auto, not %s\n", backend);
 		return 2;

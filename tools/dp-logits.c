@@ -69,7 +69,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: dp-logits --model DIR --tokens 5,17,99,... [--chunks 40,17,1,...]\n"
 		   "                 [--backend cpu|cuda|auto] --out FILE\n"
 		   "                 " ENGRAM_USAGE "\n"
-		   "                 " EXPERT_USAGE "\n");
+		   "                 " EXPERT_USAGE "\n"
+		   "                 [--numerics transformers|reference|auto]\n");
 }
 
 int main(int argc, char **argv)
@@ -77,7 +78,7 @@ int main(int argc, char **argv)
 	const char *model = NULL, *tokens_arg = NULL, *chunks_arg = NULL, *out = NULL;
 	const char *backend = "cpu";
 	struct engram_opts eo = { 0 };
-	const char *xwhere = NULL, *xslots = NULL;
+	const char *xwhere = NULL, *xslots = NULL, *numerics = NULL;
 	struct dp_v4_load_opts lo;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },   { "tokens", required_argument, NULL, 't' },
@@ -88,6 +89,7 @@ int main(int argc, char **argv)
 		{ "engram-cache", required_argument, NULL, 'C' },
 		{ "experts", required_argument, NULL, 'X' },
 		{ "expert-slots", required_argument, NULL, 'S' },
+		{ "numerics", required_argument, NULL, 'N' },
 		{ 0 },
 	};
 	for (int c; (c = getopt_long(argc, argv, "m:t:c:o:b:h", opts, NULL)) != -1;) {
@@ -102,6 +104,7 @@ int main(int argc, char **argv)
 		case 'C': eo.cache = optarg; break;
 		case 'X': xwhere = optarg; break;
 		case 'S': xslots = optarg; break;
+		case 'N': numerics = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -136,6 +139,12 @@ int main(int argc, char **argv)
 	char err[512] = "";
 	if (expert_opts_parse("dp-logits", xwhere, xslots, &lo) < 0)
 		return 2;
+	/* model/v4.h: auto is reference for a checkpoint with quantization_config */
+	if (numerics && dp_v4_numerics_parse(numerics, &lo.numerics) < 0) {
+		fprintf(stderr, "dp-logits: --numerics must be transformers, reference or auto, not %s\n",
+			numerics);
+		return 2;
+	}
 	if (dp_gpu_kind_parse(backend, &kind) < 0) {
 		fprintf(stderr, "dp-logits: --backend must be cpu, cuda or auto, not %s\n", backend);
 		return 2;

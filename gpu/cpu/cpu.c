@@ -112,11 +112,16 @@ static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const stru
 	if (!x || !w || !y || !w->data || index >= w->count || w->slot_of ||
 	    (ldx && ldx < w->cols) || (ldy && ldy < w->rows))
 		return -EINVAL;
+	if (w->act_quant && w->dtype != DP_DTYPE_E4M3 && w->dtype != DP_DTYPE_E2M1)
+		return -EINVAL;
 	if (w->dtype != DP_DTYPE_F32) { /* bf16, e4m3, e2m1: the fused kernels */
 		struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
 		struct dp_qmat q;
 		if (dp_qmat_of(w, index, &q) < 0)
 			return -EINVAL;
+		if (w->act_quant) /* the reference numerics (qmm-act.c) */
+			return dp_qact_run(&c->pool, c->qmm->isa, &q, x, ldx ? ldx : w->cols, M, y,
+					   ldy ? ldy : w->rows, accumulate);
 		dp_qmm_run(c->qmm, &c->pool, c->tiles, &q, x, ldx ? ldx : w->cols, M, y,
 			   ldy ? ldy : w->rows, accumulate);
 		return 0;
@@ -520,14 +525,28 @@ static int cpu_moe(struct dp_gpu *g, const float *x, const int32_t *idx, const f
 		if (m == 0)
 			continue;
 		uint32_t s = slot_of ? (uint32_t)slot_of[e] : e;
-		cpu_matmul(g, xs, 0, &gu_view, s, gu, 0, m, false);
+		int ret = cpu_matmul(g, xs, 0, &gu_view, s, gu, 0, m, false);
+		if (ret < 0)
+			return ret;
 		cpu_swiglu(g, gu, gu + inter, hs, m, inter, 2 * inter, limit);
-		cpu_matmul(g, hs, 0, &dn_view, s, os, 0, m, false);
+		/* the reference graph weighs the SwiGLU output before the down
+		 * product (its input is then act-quantized); transformers after */
+		bool before = down->act_quant;
+		if (before)
+			for (uint32_t r = 0; r < m; r++)
+				for (uint32_t i = 0; i < inter; i++)
+					hs[(size_t)r * inter + i] *= wt[r];
+		if ((ret = cpu_matmul(g, hs, 0, &dn_view, s, os, 0, m, false)) < 0)
+			return ret;
 		for (uint32_t r = 0; r < m; r++) {
 			float *yt = y + (size_t)tok[r] * D;
 			const float *orow = os + (size_t)r * D;
-			for (uint32_t d = 0; d < D; d++)
-				yt[d] += wt[r] * orow[d];
+			if (before)
+				for (uint32_t d = 0; d < D; d++)
+					yt[d] += orow[d];
+			else
+				for (uint32_t d = 0; d < D; d++)
+					yt[d] += wt[r] * orow[d];
 		}
 	}
 	return 0;
@@ -594,6 +613,13 @@ static int cpu_engram_fuse(struct dp_gpu *g, const struct dp_gpu_engram *e)
 	return 0;
 }
 
+static int cpu_round(struct dp_gpu *g, float *x, uint32_t rows, uint32_t ld, uint32_t cols,
+		     enum dp_gpu_round how)
+{
+	(void)g;
+	return dp_qact_round(x, rows, ld, cols, how);
+}
+
 static const struct dp_gpu_ops cpu_ops = {
 	.matmul = cpu_matmul,
 	.embed = cpu_embed,
@@ -612,6 +638,7 @@ static const struct dp_gpu_ops cpu_ops = {
 	.index_topk = dp_cpu_index_topk,
 	.gather_rows = cpu_gather_rows,
 	.engram_fuse = cpu_engram_fuse,
+	.round = cpu_round,
 };
 
 int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *err, size_t err_len)

@@ -144,4 +144,15 @@ void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *til
 		const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y, size_t ldy,
 		bool acc);
 
+/* ---- DeepSeek's reference numerics (qmm-act.c) ---------------------------------- */
+
+/* y[M][rows] (+)= the act-quantized product of x[M][cols] and W (an E4M3 or
+ * E2M1 matrix; struct dp_gpu_weight.act_quant says what it computes) on the
+ * pool's threads, block sums vectorized on an isa that has AVX2 (same bits).
+ * 0, -EINVAL (another dtype) or -ENOMEM. */
+int dp_qact_run(struct dp_cpu_pool *pool, enum dp_gpu_isa isa, const struct dp_qmat *w,
+		const float *x, size_t ldx, uint32_t M, float *y, size_t ldy, bool acc);
+/* The round op (gpu.h, dp_gpu_ops.round) on host memory. */
+int dp_qact_round(float *x, uint32_t rows, uint32_t ld, uint32_t cols, enum dp_gpu_round how);
+
 #endif /* DP_GPU_CPU_QMM_INTERNAL_H */

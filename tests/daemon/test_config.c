@@ -794,3 +794,19 @@ Test(config_daemon, a_compute_thread_that_cannot_allocate_at_start_exits_non_zer
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	(void)!system(cmd);
 }
+
+Test(config, numerics_is_a_model_key_auto_by_default_and_refuses_other_names)
+{
+	struct loaded l;
+	LOAD(&l, "--numerics", "reference");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.numerics, DP_V4_NUMERICS_REFERENCE);
+	LOAD(&l, "--restore", "full");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.numerics, DP_V4_NUMERICS_AUTO, "default: auto (by the checkpoint)");
+	LOAD(&l, "--numerics", "fp8");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "numerics must be transformers, reference or auto"), "%s", l.err);
+	FILE_REFUSED("[model]\nnumerics = bf16\n", ":2:", "[model] numerics = bf16",
+	             "numerics must be transformers, reference or auto");
+}
