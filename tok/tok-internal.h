@@ -133,10 +133,6 @@ int dp_bpe_regex_translate(const char *pattern, size_t len, char **ret, char *er
  * 0 if s[0..n) is a proper prefix of one (n too short to tell), or -k for an
  * ill-formed maximal subpart of k bytes (one U+FFFD). n >= 1. */
 int dp_bpe_utf8_char(const uint8_t *s, size_t n);
-/* Copy src with every maximal ill-formed subpart replaced by U+FFFD into
- * dst (room for 3 * n), returning the length; a trailing incomplete
- * character counts as ill-formed. */
-size_t dp_bpe_utf8_lossy(const uint8_t *src, size_t n, uint8_t *dst);
 /* True if s[0..n) is well-formed UTF-8. */
 bool dp_bpe_utf8_valid(const uint8_t *s, size_t n);
 

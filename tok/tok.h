@@ -123,4 +123,9 @@ int dp_bpe_stream_next(const struct dp_bpe *b, struct dp_bpe_stream *s, int32_t 
  * DP_BPE_LOSSY) and make the stream ready for a new sequence. */
 int dp_bpe_stream_finish(struct dp_bpe_stream *s, char *buf, size_t cap, size_t *ret_len);
 
+/* The text dp_bpe_encode tokenizes: src[0..n) with each maximal ill-formed
+ * UTF-8 subpart (a trailing incomplete character included) replaced by
+ * U+FFFD, into dst (room for 3 * n bytes); returns its length. */
+size_t dp_bpe_utf8_lossy(const uint8_t *src, size_t n, uint8_t *dst);
+
 #endif /* DP_TOK_TOK_H */

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tok/tok-internal.h"
+#include "tok/tok.h"
 
 #define CHECK(cond)                                                                              \
 	do {                                                                                     \
