@@ -19,14 +19,9 @@ struct tt_file {
 	size_t len, pos;
 };
 
-static inline struct tt_file tt_read(const char *name)
+static inline struct tt_file tt_read_path(const char *path)
 {
-	const char *dir = getenv("DP_TOK_DATA");
-	char path[4096];
 	struct tt_file f = { 0 };
-
-	cr_assert(dir, "DP_TOK_DATA is not set (meson test sets it)");
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	FILE *fp = fopen(path, "rb");
 	cr_assert(fp, "cannot open %s", path);
 	fseek(fp, 0, SEEK_END);
@@ -36,6 +31,16 @@ static inline struct tt_file tt_read(const char *name)
 	cr_assert(f.data && fread(f.data, 1, f.len, fp) == f.len, "cannot read %s", path);
 	fclose(fp);
 	return f;
+}
+
+static inline struct tt_file tt_read(const char *name)
+{
+	const char *dir = getenv("DP_TOK_DATA");
+	char path[4096];
+
+	cr_assert(dir, "DP_TOK_DATA is not set (meson test sets it)");
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	return tt_read_path(path);
 }
 
 static inline uint32_t tt_u32(struct tt_file *f)
