@@ -645,12 +645,17 @@ static int check_components(struct loader *l, json_t *root)
 	v = json_object_get(root, "padding");
 	if (v && !json_is_null(v))
 		return fail(l, "padding: not implemented");
+	/* post-processors run only for add_special_tokens=True; dp_bpe_encode is
+	 * add_special_tokens=False (callers put BOS where their format says), so
+	 * the kinds that only add special tokens or trim offsets are read past */
 	v = json_object_get(root, "post_processor");
 	if (v && !json_is_null(v)) {
 		json_t *type = json_object_get(v, "type");
-		if (!json_is_string(type) || strcmp(json_string_value(type), "ByteLevel") != 0)
-			return fail(l, "post_processor: %.40s is not implemented (null or ByteLevel)",
-			            json_is_string(type) ? json_string_value(type) : "(no type)");
+		const char *t = json_is_string(type) ? json_string_value(type) : "(no type)";
+		if (strcmp(t, "ByteLevel") != 0 && strcmp(t, "TemplateProcessing") != 0 &&
+		    strcmp(t, "Sequence") != 0)
+			return fail(l, "post_processor: %.40s is not implemented (null, ByteLevel, TemplateProcessing, "
+			               "Sequence)", t);
 	}
 	v = json_object_get(root, "decoder");
 	json_t *type = json_object_get(v, "type");

@@ -24,7 +24,10 @@
  *   pre_tokenizer  Split (Regex or String pattern; behaviour Isolated or
  *                  Removed; invert), Digits, ByteLevel (add_prefix_space,
  *                  use_regex), nested in Sequences; ByteLevel must be last
- *   post_processor null or ByteLevel (it only trims offsets)
+ *   post_processor null, ByteLevel, TemplateProcessing or Sequence, none
+ *                  of them applied: encoding is `tokenizers`'
+ *                  encode(text, add_special_tokens=False), and a caller
+ *                  puts BOS where its format says
  *   decoder        ByteLevel
  * Regexes run in PCRE2 (UTF, UCP, JIT); tests/tok/test_unicode.c checks that
  * its Unicode classes equal Oniguruma's (what `tokenizers` uses) on every

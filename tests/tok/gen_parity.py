@@ -300,7 +300,7 @@ def variant(kind, texts):
     """A small byte-level BPE trained here, with the pre-tokenizer
     components and added-token flags V4 does not use; saved with merges as
     [a, b] arrays (what tokenizers writes today)."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
     tok = Tokenizer(models.BPE())
     if kind == 1:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -314,6 +314,9 @@ def variant(kind, texts):
             pre_tokenizers.Digits(individual_digits=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+    if kind == 2:
+        # only for add_special_tokens=True, which dp_bpe_encode is not
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     trainer = trainers.BpeTrainer(vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=["<s>", "</s>"], show_progress=False)
     tok.train_from_iterator(texts, trainer)

@@ -346,8 +346,8 @@ Test(tok, loader_refuses_what_it_does_not_implement_and_names_it)
 	json_object_set_new(j, "decoder", json_pack("{s:s}", "type", "WordPiece"));
 	refused(j, "decoder: WordPiece");
 	j = small_json();
-	json_object_set_new(j, "post_processor", json_pack("{s:s}", "type", "TemplateProcessing"));
-	refused(j, "post_processor: TemplateProcessing");
+	json_object_set_new(j, "post_processor", json_pack("{s:s}", "type", "BertProcessing"));
+	refused(j, "post_processor: BertProcessing");
 	j = small_json();
 	json_object_set_new(json_object_get(j, "model"), "type", json_string("Unigram"));
 	refused(j, "model: type Unigram");
