@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 
 #include "tests/tok/tok-test.h"
 #include "tok/tok-internal.h"
@@ -62,6 +63,59 @@ Test(tok, trained_variant_with_inverted_split_string_pattern_and_no_regex_equals
      .timeout = 120)
 {
 	check_parity("tokenizer-var2.json", "parity-var2.bin");
+}
+
+/* One struct dp_bpe, four threads encoding at once: the tokenizer is
+ * immutable after load (the piece cache is built then), so every thread
+ * gets tokenizers' ids. */
+struct par_arg {
+	const struct dp_bpe *b;
+	struct tt_doc *docs;
+	uint32_t n_docs, first, step;
+	size_t bad;
+};
+
+static void *par_encode(void *p)
+{
+	struct par_arg *a = p;
+	for (int round = 0; round < 2; round++)
+		for (uint32_t i = a->first; i < a->n_docs; i += a->step) {
+			struct tt_doc *d = &a->docs[i];
+			size_t cap = dp_bpe_encode_bound(a->b, d->len) + 1, n = 0;
+			int32_t *ids = malloc(cap * sizeof(*ids));
+			if (dp_bpe_encode(a->b, d->text, d->len, ids, cap, &n) != 0 || n != d->n_ids ||
+			    memcmp(ids, d->ids, n * sizeof(*ids)) != 0)
+				a->bad++;
+			free(ids);
+		}
+	return NULL;
+}
+
+Test(tok, threads_sharing_one_tokenizer_each_get_tokenizers_ids, .timeout = 300)
+{
+	struct dp_bpe *b = tt_load("tokenizer.json");
+	struct tt_file f = tt_read("parity-v4.bin");
+	uint32_t n_docs = tt_header(&f, "DPTOKPAR");
+	struct tt_doc *docs = calloc(n_docs, sizeof(*docs));
+	for (uint32_t i = 0; i < n_docs; i++)
+		tt_next_doc(&f, &docs[i]);
+	pthread_t t[4];
+	struct par_arg a[4];
+	for (uint32_t k = 0; k < 4; k++) {
+		/* each thread a different slice, so they run different code paths
+		 * at the same moment */
+		a[k] = (struct par_arg){ .b = b, .docs = docs, .n_docs = n_docs, .first = k, .step = 4 };
+		cr_assert_eq(pthread_create(&t[k], NULL, par_encode, &a[k]), 0);
+	}
+	for (uint32_t k = 0; k < 4; k++) {
+		pthread_join(t[k], NULL);
+		cr_expect_eq(a[k].bad, 0, "thread %u: %zu documents differ", k, a[k].bad);
+	}
+	for (uint32_t i = 0; i < n_docs; i++)
+		free(docs[i].ids);
+	free(docs);
+	free(f.data);
+	dp_bpe_free(b);
 }
 
 /* decode(encode(x)) == x for well-formed x; ill-formed x comes back with
