@@ -24,17 +24,6 @@
 
 #include "tok/tok-internal.h"
 
-struct sym {
-	int32_t id; /* -1: merged into its left neighbour */
-	int32_t prev, next;
-};
-
-struct scratch {
-	struct sym *syms;
-	uint64_t *heap; /* rank << 32 | position: the min is the next merge */
-	size_t cap;     /* symbols; the heap has 3 * cap */
-};
-
 struct enc {
 	const struct dp_bpe *b;
 	int32_t *ids;
@@ -42,7 +31,7 @@ struct enc {
 	pcre2_match_data *md;
 	pcre2_match_context *mc;
 	pcre2_jit_stack *js;
-	struct scratch sc;
+	struct dp_bpe_scratch sc;
 	uint8_t *tmp; /* a piece with the prefix space */
 	size_t tmp_cap;
 	struct dp_bpe_counts *counts;
@@ -93,14 +82,14 @@ static uint64_t heap_pop(uint64_t *heap, size_t *n)
 	return top;
 }
 
-static int scratch_reserve(struct scratch *sc, size_t n)
+static int scratch_reserve(struct dp_bpe_scratch *sc, size_t n)
 {
 	if (n <= sc->cap)
 		return 0;
 	size_t cap = sc->cap ? sc->cap : 256;
 	while (cap < n)
 		cap *= 2;
-	struct sym *s = realloc(sc->syms, cap * sizeof(*s));
+	struct dp_bpe_sym *s = realloc(sc->syms, cap * sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	sc->syms = s;
@@ -112,10 +101,10 @@ static int scratch_reserve(struct scratch *sc, size_t n)
 	return 0;
 }
 
-static void push_pair(const struct dp_bpe *b, struct scratch *sc, size_t *nh, int32_t pos,
+static void push_pair(const struct dp_bpe *b, struct dp_bpe_scratch *sc, size_t *nh, int32_t pos,
                       struct dp_bpe_counts *counts)
 {
-	struct sym *y = sc->syms;
+	struct dp_bpe_sym *y = sc->syms;
 	const struct dp_bpe_merge_slot *m = merge_find(b, y[pos].id, y[y[pos].next].id);
 	if (m) {
 		heap_push(sc->heap, nh, (uint64_t)m->rank << 32 | (uint32_t)pos);
@@ -124,7 +113,7 @@ static void push_pair(const struct dp_bpe *b, struct scratch *sc, size_t *nh, in
 }
 
 /* Merge s[0..n) in sc->syms; the result is the list from symbol 0. */
-static int merge_word(const struct dp_bpe *b, struct scratch *sc, const uint8_t *s, size_t n,
+static int merge_word(const struct dp_bpe *b, struct dp_bpe_scratch *sc, const uint8_t *s, size_t n,
                       struct dp_bpe_counts *counts)
 {
 	size_t nh = 0;
@@ -133,7 +122,7 @@ static int merge_word(const struct dp_bpe *b, struct scratch *sc, const uint8_t 
 		return r;
 	if (n > INT32_MAX)
 		return -E2BIG;
-	struct sym *y = sc->syms;
+	struct dp_bpe_sym *y = sc->syms;
 	for (size_t i = 0; i < n; i++) {
 		y[i].id = b->byte_id[s[i]];
 		y[i].prev = (int32_t)i - 1;
@@ -168,22 +157,27 @@ static int merge_word(const struct dp_bpe *b, struct scratch *sc, const uint8_t 
 	return 0;
 }
 
-int dp_bpe_merge_bytes(const struct dp_bpe *b, const uint8_t *s, size_t len, int32_t *ids,
-                       struct dp_bpe_counts *counts)
+void dp_bpe_scratch_fini(struct dp_bpe_scratch *sc)
 {
-	struct scratch sc = { 0 };
+	free(sc->syms);
+	free(sc->heap);
+	memset(sc, 0, sizeof(*sc));
+}
+
+int dp_bpe_merge_bytes(const struct dp_bpe *b, struct dp_bpe_scratch *sc, const uint8_t *s, size_t len,
+                       int32_t *ids, struct dp_bpe_counts *counts)
+{
 	struct dp_bpe_counts dummy = { 0 };
 	int n = 0;
 
 	if (len == 0)
 		return 0;
-	int r = merge_word(b, &sc, s, len, counts ? counts : &dummy);
-	if (r == 0)
-		for (int32_t i = 0; i >= 0; i = sc.syms[i].next)
-			ids[n++] = sc.syms[i].id;
-	free(sc.syms);
-	free(sc.heap);
-	return r < 0 ? r : n;
+	int r = merge_word(b, sc, s, len, counts ? counts : &dummy);
+	if (r < 0)
+		return r;
+	for (int32_t i = 0; i >= 0; i = sc->syms[i].next)
+		ids[n++] = sc->syms[i].id;
+	return n;
 }
 
 static int emit(struct enc *e, int32_t id)
@@ -501,8 +495,7 @@ int dp_bpe_encode_counted(const struct dp_bpe *b, const void *text, size_t len, 
 	pcre2_match_data_free(e.md);
 	pcre2_match_context_free(e.mc);
 	pcre2_jit_stack_free(e.js);
-	free(e.sc.syms);
-	free(e.sc.heap);
+	dp_bpe_scratch_fini(&e.sc);
 	free(e.tmp);
 	free(fixed);
 	if (r < 0)

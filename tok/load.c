@@ -33,9 +33,6 @@ struct loader {
 	size_t err_len;
 	/* GPT-2's byte map, inverted: code point -> byte, or -1 */
 	int16_t char_byte[324];
-	/* content -> id for vocab strings (during load) */
-	int32_t *str_ids;
-	uint64_t str_mask;
 };
 
 static int fail(struct loader *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -143,17 +140,21 @@ static uint64_t table_size(size_t n)
 
 /* ---- the vocabulary ------------------------------------------------------ */
 
-static int32_t str_lookup(const struct loader *l, const char *s, size_t len)
+static int32_t str_find(const struct dp_bpe *b, const char *s, size_t len)
 {
-	const struct dp_bpe *b = l->b;
-	for (uint64_t h = dp_bpe_hash((const uint8_t *)s, len) & l->str_mask;; h = (h + 1) & l->str_mask) {
-		int32_t v = l->str_ids[h];
+	for (uint64_t h = dp_bpe_hash((const uint8_t *)s, len) & b->str_mask;; h = (h + 1) & b->str_mask) {
+		int32_t v = b->str_ids[h];
 		if (v == 0)
 			return -1;
 		const char *t = b->vocab_str[v - 1];
 		if (strlen(t) == len && memcmp(t, s, len) == 0)
 			return v - 1;
 	}
+}
+
+static int32_t str_lookup(const struct loader *l, const char *s, size_t len)
+{
+	return str_find(l->b, s, len);
 }
 
 static int load_vocab(struct loader *l, json_t *vocab)
@@ -178,9 +179,9 @@ static int load_vocab(struct loader *l, json_t *vocab)
 	b->n_ids = max_id + 1;
 	b->vocab_str = calloc((size_t)b->n_ids, sizeof(*b->vocab_str));
 	size_t n = json_object_size(vocab);
-	l->str_mask = table_size(n) - 1;
-	l->str_ids = calloc(l->str_mask + 1, sizeof(*l->str_ids));
-	if (!b->vocab_str || !l->str_ids)
+	b->str_mask = table_size(n) - 1;
+	b->str_ids = calloc(b->str_mask + 1, sizeof(*b->str_ids));
+	if (!b->vocab_str || !b->str_ids)
 		return -ENOMEM;
 	json_object_foreach(vocab, key, val) {
 		int32_t id = (int32_t)json_integer_value(val);
@@ -191,10 +192,10 @@ static int load_vocab(struct loader *l, json_t *vocab)
 		if (!b->vocab_str[id])
 			return -ENOMEM;
 		size_t len = strlen(key);
-		uint64_t h = dp_bpe_hash((const uint8_t *)key, len) & l->str_mask;
-		while (l->str_ids[h])
-			h = (h + 1) & l->str_mask;
-		l->str_ids[h] = id + 1;
+		uint64_t h = dp_bpe_hash((const uint8_t *)key, len) & b->str_mask;
+		while (b->str_ids[h])
+			h = (h + 1) & b->str_mask;
+		b->str_ids[h] = id + 1;
 	}
 	return 0;
 }
@@ -750,6 +751,8 @@ static int build_cache(struct dp_bpe *b)
 {
 	size_t n = 0;
 	int32_t ids[512];
+	struct dp_bpe_scratch sc = { 0 };
+	int r = 0;
 
 	for (int32_t id = 0; id < b->n_ids; id++)
 		n += b->byte_len[id] > 0;
@@ -765,9 +768,11 @@ static int build_cache(struct dp_bpe *b)
 		if (!b->ignore_merges) {
 			if ((size_t)len > sizeof(ids) / sizeof(ids[0]))
 				continue;
-			int k = dp_bpe_merge_bytes(b, s, (size_t)len, ids, NULL);
-			if (k < 0)
-				return k;
+			int k = dp_bpe_merge_bytes(b, &sc, s, (size_t)len, ids, NULL);
+			if (k < 0) {
+				r = k;
+				break;
+			}
 			if (k != 1 || ids[0] != id)
 				continue; /* merges do not reach it: not a cache entry */
 		}
@@ -776,7 +781,8 @@ static int build_cache(struct dp_bpe *b)
 			h = (h + 1) & b->piece_mask;
 		b->pieces[h] = id + 1;
 	}
-	return 0;
+	dp_bpe_scratch_fini(&sc);
+	return r;
 }
 
 /* ---- entry points -------------------------------------------------------- */
@@ -789,6 +795,7 @@ void dp_bpe_free(struct dp_bpe *b)
 		for (int32_t i = 0; i < b->n_ids; i++)
 			free(b->vocab_str[i]);
 	free(b->vocab_str);
+	free(b->str_ids);
 	free(b->dec_off);
 	free(b->dec_len);
 	free(b->byte_len);
@@ -890,7 +897,6 @@ int dp_bpe_load_buf(const char *json, size_t len, struct dp_bpe **ret_bpe, char 
 	byte_map_init(&l);
 	int r = load_root(&l, root);
 	json_decref(root);
-	free(l.str_ids);
 	if (r < 0) {
 		if (r == -ENOMEM)
 			dp_errf(err, err_len, "out of memory");
@@ -963,8 +969,6 @@ int32_t dp_bpe_token_id(const struct dp_bpe *b, const char *content)
 	for (size_t i = 0; i < b->n_added; i++)
 		if (b->added[i].len == len && memcmp(b->added[i].bytes, content, len) == 0)
 			return b->added[i].id;
-	for (int32_t id = 0; id < b->n_ids; id++)
-		if (b->vocab_str[id] && strcmp(b->vocab_str[id], content) == 0)
-			return id;
-	return -ENOENT;
+	int32_t id = str_find(b, content, len);
+	return id >= 0 ? id : -ENOENT;
 }

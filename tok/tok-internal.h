@@ -90,8 +90,11 @@ struct dp_bpe {
 	uint64_t piece_mask;
 	bool ignore_merges;
 
-	/* content -> id for dp_bpe_token_id: vocab strings, as in the file */
+	/* content -> id for dp_bpe_token_id and the merges: vocab strings, as
+	 * in the file; str_ids holds id + 1 (0 = empty) */
 	char **vocab_str; /* per id, NULL if none */
+	int32_t *str_ids;
+	uint64_t str_mask;
 
 	struct dp_bpe_added *added;
 	size_t n_added;
@@ -114,10 +117,22 @@ struct dp_bpe_counts {
 int dp_bpe_encode_counted(const struct dp_bpe *b, const void *text, size_t len, int32_t *ids,
                           size_t cap, size_t *ret_n, struct dp_bpe_counts *counts);
 
+/* BPE's work space: the symbol list and the heap, grown as needed. */
+struct dp_bpe_sym {
+	int32_t id; /* -1: merged into its left neighbour */
+	int32_t prev, next;
+};
+struct dp_bpe_scratch {
+	struct dp_bpe_sym *syms;
+	uint64_t *heap; /* rank << 32 | position: the min is the next merge */
+	size_t cap;     /* symbols; the heap has 3 * cap */
+};
+void dp_bpe_scratch_fini(struct dp_bpe_scratch *sc);
+
 /* BPE of one byte string (no cache) into ids[] (room for len ids); returns
  * the count or -ENOMEM. encode.c; load.c builds the cache with it. */
-int dp_bpe_merge_bytes(const struct dp_bpe *b, const uint8_t *s, size_t len, int32_t *ids,
-                       struct dp_bpe_counts *counts);
+int dp_bpe_merge_bytes(const struct dp_bpe *b, struct dp_bpe_scratch *sc, const uint8_t *s, size_t len,
+                       int32_t *ids, struct dp_bpe_counts *counts);
 
 uint64_t dp_bpe_hash(const uint8_t *s, size_t len);
 /* The piece cache lookup: id or -1. */
