@@ -236,6 +236,14 @@ static int match(struct enc *e, const pcre2_code *re, const uint8_t *s, size_t l
 	}
 }
 
+static size_t utf8_next(const uint8_t *s, size_t len, size_t i)
+{
+	i++;
+	while (i < len && (s[i] & 0xc0) == 0x80)
+		i++;
+	return i;
+}
+
 static int run_step(struct enc *e, size_t k, const uint8_t *s, size_t len);
 
 static int bytelevel(struct enc *e, const struct dp_bpe_step *st, const uint8_t *s, size_t len)
@@ -265,7 +273,8 @@ static int bytelevel(struct enc *e, const struct dp_bpe_step *st, const uint8_t 
 		if (me > ms && (r = bpe_piece(e, s + ms, me - ms)) < 0)
 			return r;
 		prev = me > prev ? me : prev;
-		off = me > ms ? me : me + 1; /* GPT-2's pattern never matches empty */
+		/* GPT-2's pattern never matches empty; were it to, step a character */
+		off = me > ms ? me : utf8_next(s, len, me);
 	}
 	if (r < 0)
 		return r;
@@ -274,13 +283,6 @@ static int bytelevel(struct enc *e, const struct dp_bpe_step *st, const uint8_t 
 	return 0;
 }
 
-static size_t utf8_next(const uint8_t *s, size_t len, size_t i)
-{
-	i++;
-	while (i < len && (s[i] & 0xc0) == 0x80)
-		i++;
-	return i;
-}
 
 /* A piece of a split: recurse into the next step unless removed. */
 static int split_piece(struct enc *e, size_t k, const struct dp_bpe_step *st, const uint8_t *s,
