@@ -126,6 +126,14 @@ enum dp_chat_format dp_conv_format(const struct dp_conv *cv)
 	return cv ? cv->format : DP_CHAT_FORMAT_MAX;
 }
 
+int32_t dp_conv_continue_lead(const struct dp_conv *cv)
+{
+	if (!cv || cv->format != DP_CHAT_FORMAT_V4)
+		return -1;
+	int32_t eos = dp_tok_special(cv->tok, DP_TOK_EOS);
+	return eos >= 0 ? eos : -1;
+}
+
 /* ---- rendering ----------------------------------------------------------- */
 
 static int conv_bad(struct dp_chat_error *err, const char *param, const char *message)
@@ -203,16 +211,10 @@ static int conv_encode(const struct dp_conv *cv, const struct dp_chat_prompt *p,
 	const char *text;
 	size_t len, cap, n = 0, body;
 	unsigned tflags = 0;
-	int32_t lead = -1;
 	int ret;
 
 	if ((ret = conv_text(cv, p, flags, &text, &len)) < 0)
 		return ret;
-	if (cv->format == DP_CHAT_FORMAT_V4 && (flags & DP_CONV_CONTINUE)) {
-		lead = dp_tok_special(cv->tok, DP_TOK_EOS);
-		if (lead < 0)
-			return -EINVAL; /* a V4 tokenizer without EOS: nothing ends a reply */
-	}
 	if (cv->format == DP_CHAT_FORMAT_PLAIN && !(flags & DP_CONV_CONTINUE) &&
 	    dp_tok_special(cv->tok, DP_TOK_BOS) >= 0)
 		tflags |= DP_TOK_ADD_BOS;
@@ -222,8 +224,6 @@ static int conv_encode(const struct dp_conv *cv, const struct dp_chat_prompt *p,
 	out->ids = malloc((cap + 1) * sizeof(int32_t));
 	if (!out->ids)
 		return -ENOMEM;
-	if (lead >= 0)
-		out->ids[n++] = lead;
 	if (cv->format == DP_CHAT_FORMAT_PLAIN && (flags & DP_CONV_CONTINUE)) {
 		/* the turn separator after the reply already in the context */
 		if ((ret = dp_tok_encode(cv->tok, "\n\n", 2, 0, out->ids, cap, &body)) < 0)
@@ -277,9 +277,6 @@ int dp_conv_render(const struct dp_conv *cv, const json_t *request, unsigned fla
 	if ((rc = conv_encode(cv, &p, flags, &out)) < 0) {
 		if (rc == -ENOMEM)
 			conv_bad(err, "", "out of memory rendering the request");
-		else if (flags & DP_CONV_CONTINUE)
-			conv_bad(err, "", "the model's tokenizer has no EOS, which a later turn starts "
-			                  "with (the end of the reply before it)");
 		else
 			conv_bad(err, "", "the model's tokenizer cannot encode this rendering");
 		goto out;

@@ -20,9 +20,11 @@
  *            a context already in the model (a session's earlier turns),
  *            encoding_dsv4's encode_messages(context=...): no BOS, no
  *            reasoning-effort paragraph (it belongs before the first message
- *            only), and, in V4, the ids begin with EOS — the previous reply's
- *            end of sentence, which generation sampled but never fed through
- *            the model. Plain: the text begins "\n\n" after the reply.
+ *            only). In V4 the context must end with EOS, as a rendered
+ *            assistant turn does: a reply that ended on EOS has it (the
+ *            sampled id is part of the context); for one cut short the
+ *            caller puts dp_conv_continue_lead() first. Plain: the text
+ *            begins "\n\n" after the reply.
  *            `tools` and `response_format` belong to the conversation's first
  *            system message, so a continuation offering them is refused
  *            (-EINVAL naming the field), as are tool messages (their calls
@@ -68,6 +70,9 @@ int dp_conv_new_format(enum dp_chat_format format, const struct dp_tok *tok,
 /* Accepts NULL. */
 void dp_conv_free(struct dp_conv *conv);
 enum dp_chat_format dp_conv_format(const struct dp_conv *conv);
+/* The id a continuation's context must end with (V4: EOS), or -1 when the
+ * format needs none (plain). */
+int32_t dp_conv_continue_lead(const struct dp_conv *conv);
 
 enum dp_conv_render_flags {
 	DP_CONV_CONTINUE = 1u << 0, /* after a context (see above) */

@@ -132,10 +132,10 @@ static void render(const char *json, unsigned flags, struct dp_conv_prompt *p)
 	cr_assert_eq(rc, 0, "%s: %s", err.param, err.message);
 }
 
-Test(conv, a_later_turn_starts_with_eos_and_has_no_bos_or_effort_paragraph)
+Test(conv, a_later_turn_has_no_bos_or_effort_paragraph_and_follows_eos)
 {
-	/* encode_messages(new, context=old): the new user turn alone, after the
-	 * reply's end of sentence the model sampled but never consumed */
+	/* encode_messages(new, context=old): the new user turn alone; the
+	 * context ends with the reply's EOS */
 	struct dp_conv_prompt first, later;
 	render("{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
 	       "\"reasoning_effort\": \"max\"}",
@@ -144,12 +144,12 @@ Test(conv, a_later_turn_starts_with_eos_and_has_no_bos_or_effort_paragraph)
 	       "\"reasoning_effort\": \"max\"}",
 	       DP_CONV_CONTINUE, &later);
 	cr_assert_eq(first.ids[0], 0);
-	cr_assert_eq(later.ids[0], 1);
+	cr_assert_eq(dp_conv_continue_lead(conv), 1, "EOS ends the context");
 	cr_assert_str_eq(later.text, "<｜User｜>Hi<｜Assistant｜><think>");
 	cr_assert_gt(first.n_ids, later.n_ids + 20, "the paragraph is gone");
-	/* the tail of the first turn is the later turn's body */
-	cr_assert_arr_eq(first.ids + first.n_ids - (later.n_ids - 1), later.ids + 1,
-	                 (later.n_ids - 1) * sizeof(int32_t));
+	/* the tail of the first turn is the later turn */
+	cr_assert_arr_eq(first.ids + first.n_ids - later.n_ids, later.ids,
+	                 later.n_ids * sizeof(int32_t));
 	cr_assert_eq(later.mode, DP_CHAT_MODE_THINKING);
 	dp_conv_prompt_fini(&first);
 	dp_conv_prompt_fini(&later);
