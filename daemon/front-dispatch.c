@@ -168,7 +168,8 @@ static int chat_render(struct front *f, uint32_t slot, uint64_t id, const char *
 	}
 	m->tokens = malloc((whole.n_ids + cont.n_ids + 1) * sizeof(int32_t));
 	if (m->tokens) {
-		memcpy(m->tokens, whole.ids, whole.n_ids * sizeof(int32_t));
+		if (whole.n_ids)
+			memcpy(m->tokens, whole.ids, whole.n_ids * sizeof(int32_t));
 		if (cont.n_ids)
 			memcpy(m->tokens + whole.n_ids, cont.ids, cont.n_ids * sizeof(int32_t));
 	}
