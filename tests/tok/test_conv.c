@@ -20,6 +20,7 @@
 #include "model/conv.h"
 #include "model/tokenizer.h"
 #include "tests/chat/chat-run.h"
+#include "tok/tok.h"
 
 static char dir[] = "/tmp/dp-conv-XXXXXX";
 static struct dp_tok *tok;
@@ -277,4 +278,46 @@ Test(conv, eos_id_ends_the_output_and_special_tokens_reach_the_parser_as_markup)
 	free(r.reasoning);
 	free(r.content);
 	free(r.calls);
+}
+
+/* The BPE kind's decode and stream decode are tok/'s: random id runs (byte
+ * tokens cut inside characters, specials among them) give dp_bpe_decode's
+ * text, specials left out (or, with DP_TOK_STREAM_SPECIALS, shown), with
+ * ill-formed UTF-8 as U+FFFD (DP_BPE_LOSSY). */
+Test(conv, bpe_kind_stream_decode_equals_tok_decode)
+{
+	char path[4200], err[256];
+	struct dp_bpe *b;
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	cr_assert_eq(dp_bpe_load(path, &b, err, sizeof(err)), 0, "%s", err);
+	uint64_t s = 88172645463325252ull;
+	for (int round = 0; round < 200; round++) {
+		int32_t ids[64];
+		size_t n = 1 + round % 64;
+		for (size_t i = 0; i < n; i++) {
+			s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+			/* bias to the byte tokens and the added ones at the top */
+			ids[i] = (int32_t)(s % 4 == 0 ? s % 256 : s % 4 == 1 ? 128790 + s % 30 : s % 128000);
+		}
+		for (int specials = 0; specials < 2; specials++) {
+			unsigned bflags = DP_BPE_LOSSY | (specials ? 0 : DP_BPE_SKIP_SPECIAL);
+			size_t cap = dp_bpe_decode_bound(b, n, bflags), len, got = 0, k;
+			char *want = malloc(cap + 1), *have = malloc(3 * (n + 1) * dp_tok_stream_bound(tok));
+			cr_assert_eq(dp_bpe_decode(b, ids, n, bflags, want, cap, &len), 0);
+			struct dp_tok_stream ts;
+			dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8 | (specials ? DP_TOK_STREAM_SPECIALS : 0));
+			for (size_t i = 0; i < n; i++) {
+				cr_assert_eq(dp_tok_stream_next(tok, &ts, ids[i], have + got,
+				                                dp_tok_stream_bound(tok), &k), 0);
+				got += k;
+			}
+			cr_assert_eq(dp_tok_stream_flush(&ts, have + got, dp_tok_stream_bound(tok), &k), 0);
+			got += k;
+			cr_assert(got == len && !memcmp(have, want, len), "round %d specials %d", round,
+			          specials);
+			free(want);
+			free(have);
+		}
+	}
+	dp_bpe_free(b);
 }
