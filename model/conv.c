@@ -46,7 +46,8 @@ static int learn_effort_para(struct dp_conv *cv)
 
 	if ((ret = dp_chat_render_text(DP_CHAT_FORMAT_V4, with, strlen(with), &a, NULL)) < 0)
 		return ret;
-	if ((ret = dp_chat_render_text(DP_CHAT_FORMAT_V4, without, strlen(without), &b, NULL)) < 0) {
+	if ((ret = dp_chat_render_text(DP_CHAT_FORMAT_V4, without, strlen(without), &b, NULL)) <
+	    0) {
 		dp_chat_prompt_fini(&a);
 		return ret;
 	}
@@ -154,14 +155,16 @@ static int continuation_check(const json_t *rq, const struct dp_chat_prompt *p,
 	const json_t *type = json_object_get(rf, "type");
 
 	if (p->has_tools)
-		return conv_bad(err, "tools",
-		                "a session's later turn cannot offer tools: they belong to the "
-		                "conversation's first system message (send them in the first turn)");
+		return conv_bad(
+		    err, "tools",
+		    "a session's later turn cannot offer tools: they belong to the "
+		    "conversation's first system message (send them in the first turn)");
 	if (json_is_object(rf) && json_object_size(rf) &&
 	    !(json_is_string(type) && !strcmp(json_string_value(type), "text")))
-		return conv_bad(err, "response_format",
-		                "a session's later turn cannot set a response format: it belongs to "
-		                "the conversation's first system message");
+		return conv_bad(
+		    err, "response_format",
+		    "a session's later turn cannot set a response format: it belongs to "
+		    "the conversation's first system message");
 	return 0;
 }
 
@@ -172,14 +175,16 @@ static int continuation_roles(const json_t *rq, struct dp_chat_error *err)
 	const json_t *msgs = json_object_get(rq, "messages");
 
 	for (size_t i = 0; i < json_array_size(msgs); i++) {
-		const char *role = json_string_value(json_object_get(json_array_get(msgs, i), "role"));
+		const char *role =
+		    json_string_value(json_object_get(json_array_get(msgs, i), "role"));
 		char param[64];
 
 		if (role && !strcmp(role, "tool")) {
 			snprintf(param, sizeof(param), "messages[%zu].role", i);
-			return conv_bad(err, param,
-			                "tool results cannot continue a session (their calls are in "
-			                "the context); start a new session with the whole conversation");
+			return conv_bad(
+			    err, param,
+			    "tool results cannot continue a session (their calls are in "
+			    "the context); start a new session with the whole conversation");
 		}
 	}
 	return 0;
@@ -235,7 +240,8 @@ static int conv_encode(const struct dp_conv *cv, const struct dp_chat_prompt *p,
 	n += body;
 	out->n_ids = n;
 	if (flags & DP_CONV_WANT_TEXT) {
-		size_t pre = cv->format == DP_CHAT_FORMAT_PLAIN && (flags & DP_CONV_CONTINUE) ? 2 : 0;
+		size_t pre =
+		    cv->format == DP_CHAT_FORMAT_PLAIN && (flags & DP_CONV_CONTINUE) ? 2 : 0;
 
 		out->text = malloc(pre + len + 1);
 		if (!out->text) {

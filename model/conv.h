@@ -75,7 +75,7 @@ enum dp_chat_format dp_conv_format(const struct dp_conv *conv);
 int32_t dp_conv_continue_lead(const struct dp_conv *conv);
 
 enum dp_conv_render_flags {
-	DP_CONV_CONTINUE = 1u << 0, /* after a context (see above) */
+	DP_CONV_CONTINUE = 1u << 0,  /* after a context (see above) */
 	DP_CONV_WANT_TEXT = 1u << 1, /* keep the rendered text in the prompt */
 	DP_CONV_RENDER_FLAGS_MAX = 1u << 2,
 };

@@ -92,10 +92,11 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 		switch (opt) {
 		case OPT_SESSION:
 			if (dp_proto_session_id_check(optarg) < 0) {
-				dp_v4ctl_usage_error("chat",
-				                     "--session: '%s' is not a session id (1..%u bytes "
-				                     "of [A-Za-z0-9._-], not '.' or '..')",
-				                     optarg, DP_PROTO_SESSION_ID_MAX);
+				dp_v4ctl_usage_error(
+				    "chat",
+				    "--session: '%s' is not a session id (1..%u bytes "
+				    "of [A-Za-z0-9._-], not '.' or '..')",
+				    optarg, DP_PROTO_SESSION_ID_MAX);
 				return -1;
 			}
 			snprintf(ch->session, sizeof(ch->session), "%s", optarg);
@@ -105,7 +106,8 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 			break;
 		case OPT_EFFORT:
 			if (strcmp(optarg, "high") && strcmp(optarg, "max")) {
-				dp_v4ctl_usage_error("chat", "--effort: '%s' is not high or max", optarg);
+				dp_v4ctl_usage_error("chat", "--effort: '%s' is not high or max",
+				                     optarg);
 				return -1;
 			}
 			ch->effort = optarg;
@@ -119,7 +121,8 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 				return -1;
 			break;
 		case OPT_TEMPERATURE:
-			if (dp_v4ctl_parse_float("--temperature", optarg, 0, 1e6f, &ch->temperature) < 0)
+			if (dp_v4ctl_parse_float("--temperature", optarg, 0, 1e6f,
+			                         &ch->temperature) < 0)
 				return -1;
 			ch->any_sampling = true;
 			break;
@@ -161,8 +164,8 @@ static char *turn_json(const struct chat *ch, const char *text, bool first)
 	json_t *rq = json_object(), *msgs = json_array();
 
 	if (first && ch->system)
-		json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content",
-		                                      ch->system));
+		json_array_append_new(
+		    msgs, json_pack("{s:s, s:s}", "role", "system", "content", ch->system));
 	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", text));
 	json_object_set_new(rq, "messages", msgs);
 	if (ch->no_thinking)
@@ -273,7 +276,8 @@ static int turn(struct dp_v4ctl *ctl, struct dp_client *c, struct chat *ch, cons
 			return ret;
 		}
 		if (r->body_case != DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK) {
-			fprintf(stderr, "v4ctl: protocol error: unexpected reply to chat (body %d)\n",
+			fprintf(stderr,
+			        "v4ctl: protocol error: unexpected reply to chat (body %d)\n",
 			        (int)r->body_case);
 			dp_proto_response_free(r);
 			return DP_V4CTL_EXIT_PROTOCOL;
@@ -293,9 +297,12 @@ static int turn(struct dp_v4ctl *ctl, struct dp_client *c, struct chat *ch, cons
 			fprintf(stderr, "v4ctl: the reply held a tool call that did not parse "
 			                "(shown as text)\n");
 		if (tc->usage)
-			fprintf(stderr, "v4ctl: prompt %u tokens (%u cached), generated %u, position %" PRIu64 "\n",
-			        tc->usage->prompt_tokens, tc->usage->cached_tokens,
-			        tc->usage->generated_tokens, tc->position);
+			fprintf(
+			    stderr,
+			    "v4ctl: prompt %u tokens (%u cached), generated %u, position %" PRIu64
+			    "\n",
+			    tc->usage->prompt_tokens, tc->usage->cached_tokens,
+			    tc->usage->generated_tokens, tc->position);
 		Dualpath__V1__FinishReason fin = tc->finish;
 		dp_proto_response_free(r);
 		fflush(stdout);

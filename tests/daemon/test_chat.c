@@ -142,14 +142,16 @@ Test(chat, bad_chat_requests_are_invalid_argument_naming_the_field)
 	     "generate.chat: messages[0].role"},
 	    {NULL, "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}",
 	     "generate.chat: messages[0].content"},
-	    {NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"reasoning_effort\": 7}",
+	    {NULL,
+	     "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"reasoning_effort\": 7}",
 	     "generate.chat: reasoning_effort"},
 	    /* on a session with a context, a later turn cannot offer tools */
 	    {"s2",
 	     "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": "
 	     "\"function\", \"function\": {\"name\": \"f\"}}]}",
 	     "generate.chat: tools"},
-	    {"s2", "{\"messages\": [{\"role\": \"tool\", \"tool_call_id\": \"a\", \"content\": \"x\"}]}",
+	    {"s2",
+	     "{\"messages\": [{\"role\": \"tool\", \"tool_call_id\": \"a\", \"content\": \"x\"}]}",
 	     "generate.chat: messages[0].role"},
 	};
 	struct chat_result r;
@@ -162,16 +164,17 @@ Test(chat, bad_chat_requests_are_invalid_argument_naming_the_field)
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		send_chat(fd, 10 + i, bad[i].session, bad[i].json, 4);
 		collect_chat(fd, 10 + i, &r);
-		cr_assert_eq(r.finish, -DUALPATH__V1__CODE__INVALID_ARGUMENT, "case %zu: finish %d", i,
-		             r.finish);
+		cr_assert_eq(r.finish, -DUALPATH__V1__CODE__INVALID_ARGUMENT, "case %zu: finish %d",
+		             i, r.finish);
 		cr_assert(strncmp(r.error, bad[i].want, strlen(bad[i].want)) == 0,
 		          "case %zu: \"%s\" does not start with \"%s\"", i, r.error, bad[i].want);
 	}
 	/* the tools a first turn may offer */
-	send_chat(fd, 30, NULL,
-	          "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": "
-	          "\"function\", \"function\": {\"name\": \"f\"}}]}",
-	          1);
+	send_chat(
+	    fd, 30, NULL,
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": "
+	    "\"function\", \"function\": {\"name\": \"f\"}}]}",
+	    1);
 	collect_chat(fd, 30, &r);
 	cr_assert_eq(r.finish, DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s", r.error);
 	close(fd);
@@ -229,12 +232,14 @@ Test(chat, v4ctl_chat_runs_two_turns_with_reasoning_apart_over_one_session)
 	cr_assert_eq(blocks, 2, "two turns of reasoning, each its own block:\n%s", out);
 	/* the usage lines: the second turn reuses the first's state */
 	const char *u2;
-	cr_assert_eq(sscanf(err, "v4ctl: prompt %llu tokens (%llu cached), generated 6, position %llu",
+	cr_assert_eq(sscanf(err,
+	                    "v4ctl: prompt %llu tokens (%llu cached), generated 6, position %llu",
 	                    &pr1, &c1, &p1),
 	             3, "%s", err);
 	u2 = strchr(err, '\n');
 	cr_assert_not_null(u2);
-	cr_assert_eq(sscanf(u2 + 1, "v4ctl: prompt %llu tokens (%llu cached), generated 6, position %llu",
+	cr_assert_eq(sscanf(u2 + 1,
+	                    "v4ctl: prompt %llu tokens (%llu cached), generated 6, position %llu",
 	                    &pr2, &c2, &p2),
 	             3, "%s", err);
 	cr_assert_eq(c1, 0);

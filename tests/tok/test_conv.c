@@ -173,8 +173,8 @@ Test(conv, a_later_turn_refuses_tools_response_format_and_tool_results_naming_th
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct dp_conv_prompt p = {0};
 		struct dp_chat_error err;
-		int rc = dp_conv_render_text(conv, bad[i].json, strlen(bad[i].json), DP_CONV_CONTINUE,
-		                             &p, &err);
+		int rc = dp_conv_render_text(conv, bad[i].json, strlen(bad[i].json),
+		                             DP_CONV_CONTINUE, &p, &err);
 		cr_assert_eq(rc, -EINVAL, "case %zu", i);
 		cr_assert_str_eq(err.param, bad[i].param);
 		cr_assert_null(p.ids);
@@ -228,7 +228,8 @@ Test(conv, generated_ids_stream_back_as_encoding_dsv4_parses_their_text)
 		    !strcmp(json_string_value(json_object_get(c, "mode")), "thinking")
 		        ? DP_CHAT_MODE_THINKING
 		        : DP_CHAT_MODE_CHAT;
-		struct run_result r = stream_ids(mode, json_string_value(text), json_string_length(text));
+		struct run_result r =
+		    stream_ids(mode, json_string_value(text), json_string_length(text));
 		json_t *calls = json_object_get(x, "tool_calls");
 		json_t *wr = json_object_get(x, "reasoning"), *wc = json_object_get(x, "content");
 		bool ok = r.reasoning_len == json_string_length(wr) &&
@@ -240,13 +241,16 @@ Test(conv, generated_ids_stream_back_as_encoding_dsv4_parses_their_text)
 		run_add(&want, &want_len, "", 0);
 		for (size_t k = 0; k < json_array_size(calls); k++) {
 			json_t *call = json_array_get(calls, k);
-			json_t *name = json_object_get(call, "name"), *args = json_object_get(call, "arguments");
+			json_t *name = json_object_get(call, "name"),
+			       *args = json_object_get(call, "arguments");
 			char id[32];
 			snprintf(id, sizeof(id), "call_%zu ", k);
 			run_add(&want, &want_len, id, strlen(id));
-			run_add(&want, &want_len, json_string_value(name), json_string_length(name));
+			run_add(&want, &want_len, json_string_value(name),
+			        json_string_length(name));
 			run_add(&want, &want_len, " ", 1);
-			run_add(&want, &want_len, json_string_value(args), json_string_length(args));
+			run_add(&want, &want_len, json_string_value(args),
+			        json_string_length(args));
 			run_add(&want, &want_len, "\n", 1);
 		}
 		ok = ok && want_len == r.calls_len && !memcmp(want, r.calls, want_len);
@@ -262,8 +266,8 @@ Test(conv, generated_ids_stream_back_as_encoding_dsv4_parses_their_text)
 	}
 	json_decref(cases);
 	cr_assert_gt(n, 20);
-	cr_expect_eq(same, n, "%zu of %zu completions stream back as the reference parses them", same,
-	             n);
+	cr_expect_eq(same, n, "%zu of %zu completions stream back as the reference parses them",
+	             same, n);
 }
 
 Test(conv, eos_id_ends_the_output_and_special_tokens_reach_the_parser_as_markup)
@@ -297,24 +301,30 @@ Test(conv, bpe_kind_stream_decode_equals_tok_decode)
 		for (size_t i = 0; i < n; i++) {
 			s ^= s << 13, s ^= s >> 7, s ^= s << 17;
 			/* bias to the byte tokens and the added ones at the top */
-			ids[i] = (int32_t)(s % 4 == 0 ? s % 256 : s % 4 == 1 ? 128790 + s % 30 : s % 128000);
+			ids[i] = (int32_t)(s % 4 == 0   ? s % 256
+			                   : s % 4 == 1 ? 128790 + s % 30
+			                                : s % 128000);
 		}
 		for (int specials = 0; specials < 2; specials++) {
 			unsigned bflags = DP_BPE_LOSSY | (specials ? 0 : DP_BPE_SKIP_SPECIAL);
 			size_t cap = dp_bpe_decode_bound(b, n, bflags), len, got = 0, k;
-			char *want = malloc(cap + 1), *have = malloc(3 * (n + 1) * dp_tok_stream_bound(tok));
+			char *want = malloc(cap + 1),
+			     *have = malloc(3 * (n + 1) * dp_tok_stream_bound(tok));
 			cr_assert_eq(dp_bpe_decode(b, ids, n, bflags, want, cap, &len), 0);
 			struct dp_tok_stream ts;
-			dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8 | (specials ? DP_TOK_STREAM_SPECIALS : 0));
+			dp_tok_stream_init(&ts, DP_TOK_STREAM_UTF8 |
+			                            (specials ? DP_TOK_STREAM_SPECIALS : 0));
 			for (size_t i = 0; i < n; i++) {
 				cr_assert_eq(dp_tok_stream_next(tok, &ts, ids[i], have + got,
-				                                dp_tok_stream_bound(tok), &k), 0);
+				                                dp_tok_stream_bound(tok), &k),
+				             0);
 				got += k;
 			}
-			cr_assert_eq(dp_tok_stream_flush(&ts, have + got, dp_tok_stream_bound(tok), &k), 0);
+			cr_assert_eq(
+			    dp_tok_stream_flush(&ts, have + got, dp_tok_stream_bound(tok), &k), 0);
 			got += k;
-			cr_assert(got == len && !memcmp(have, want, len), "round %d specials %d", round,
-			          specials);
+			cr_assert(got == len && !memcmp(have, want, len), "round %d specials %d",
+			          round, specials);
 			free(want);
 			free(have);
 		}
