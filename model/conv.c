@@ -107,7 +107,13 @@ int dp_conv_new(const char *dir, const struct dp_tok *tok, struct dp_conv **ret_
 		return -EINVAL;
 	}
 	type = json_string_value(json_object_get(cfg, "model_type"));
-	ret = dp_conv_new_format(dp_chat_format_for_model_type(type), tok, ret_conv);
+	/* V4's format is made of its tokenizer's added tokens: a deepseek_v4
+	 * model with the byte tokenizer (the embedded one) has none, and speaks
+	 * plain turns. */
+	ret =
+	    dp_conv_new_format(dp_tok_kind(tok) == DP_TOK_BPE ? dp_chat_format_for_model_type(type)
+	                                                      : DP_CHAT_FORMAT_PLAIN,
+	                       tok, ret_conv);
 	json_decref(cfg);
 	if (ret < 0 && err && err_len)
 		snprintf(err, err_len, "%s", strerror(-ret));

@@ -9,9 +9,11 @@
  * joins chat/chat.h (formats, the renderer, the parser) to the model's
  * tokenizer (model/tokenizer.h):
  *
- *   format   config.json's model_type: "deepseek_v4" speaks DeepSeek-V4's
- *            encoding_dsv4 (DP_CHAT_FORMAT_V4), anything else (the embedded
- *            model) plain "Role: text" turns. docs/DESIGN.md, "Chat format".
+ *   format   config.json's model_type "deepseek_v4" with a tokenizer.json
+ *            speaks DeepSeek-V4's encoding_dsv4 (DP_CHAT_FORMAT_V4); anything
+ *            else, the embedded model (deepseek_v4 but byte-level: V4's
+ *            markup tokens do not exist for it) included, plain "Role: text"
+ *            turns. docs/DESIGN.md, "Chat format".
  *   render   request -> prompt text -> ids. V4's text starts with the BOS
  *            token's text and holds role tokens, which the tokenizer matches
  *            as added tokens; the plain format's ids get the tokenizer's BOS

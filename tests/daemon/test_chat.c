@@ -265,3 +265,32 @@ Test(chat, v4ctl_chat_runs_two_turns_with_reasoning_apart_over_one_session)
 	cr_assert_eq(rc, 2);
 	cr_expect_eq(daemon_stop(&d), 0);
 }
+
+/* A model without a chat format (the embedded byte-level one) renders plain
+ * turns, gets BOS from its tokenizer, and gives all output as content; a
+ * session's later turn follows the reply after a blank line. */
+Test(chat, the_embedded_byte_model_chats_in_plain_turns_with_content_only)
+{
+	struct chat_result a, b;
+
+	setenv("DP_TEST_MODEL", getenv("DP_TEST_EMBEDDED_MODEL"), 1);
+	daemon_start(&d, cpu);
+	int fd = client_connect(&d);
+	send_chat(fd, 2, "p1", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}", 6);
+	collect_chat(fd, 2, &a);
+	cr_assert_eq(a.finish, DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s", a.error);
+	/* BOS + "User: Hi\n\nAssistant:" */
+	cr_assert_eq(a.prompt_tokens, 1 + strlen("User: Hi\n\nAssistant:"), "%u: %s",
+	             a.prompt_tokens, a.text);
+	cr_assert_str_eq(a.reasoning, "");
+	cr_assert_str_eq(a.content, a.text, "plain output is all content");
+	send_chat(fd, 3, "p1", "{\"messages\": [{\"role\": \"user\", \"content\": \"Go on\"}]}", 6);
+	collect_chat(fd, 3, &b);
+	cr_assert_eq(b.finish, DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s", b.error);
+	cr_assert_eq(b.prompt_tokens, strlen("\n\nUser: Go on\n\nAssistant:"));
+	cr_assert_eq(b.cached_tokens, a.position - 1);
+	cr_assert_eq(b.position, a.position + b.prompt_tokens + 6,
+	             "no EOS is added in plain turns");
+	close(fd);
+	cr_expect_eq(daemon_stop(&d), 0);
+}
