@@ -390,6 +390,7 @@ static const struct dp_gpu_ops cuda_ops = {
     .index_topk = dp_cuda_op_index_topk,
     .gather_rows = dp_cuda_op_gather_rows,
     .engram_fuse = dp_cuda_op_engram_fuse,
+    .round = nullptr, /* no reference numerics on cuda (refused at load) */
 };
 
 static int new_fail(struct dp_gpu_cuda *c, int ret, char *err, size_t err_len)
