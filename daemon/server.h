@@ -81,6 +81,9 @@ struct dp_msg {
 	uint32_t n_stop;
 	bool ignore_eos;
 	bool prompt_is_text; /* a text prompt that starts a context gets BOS */
+	/* prefix cache tenant: with uid, which prefix units it may reuse */
+	uint8_t cache_salt[DP_KV_CACHE_SALT_MAX];
+	uint32_t cache_salt_len;
 	/* A chat prompt (model/conv.h), rendered by the front both ways, since
 	 * only compute knows whether the session has a context: tokens[0..
 	 * n_tokens) as a whole conversation, tokens[n_tokens..+n_cont) as a
