@@ -1002,8 +1002,9 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 	for (size_t i = 0; i < n; i++) {
 		struct dp_kv_session *s;
 		dp_kv_session_at(kv, i, &s);
-		if (!may_use(m, s) || (dp_kv_session_is_unit(s) && !m->admin))
-			continue; /* others' sessions are not listed, nor units (any tenant's) */
+		if (dp_kv_session_is_unit(s) != m->list_units || !may_use(m, s) ||
+		    (m->list_units && !m->admin))
+			continue; /* others' sessions are not listed, units to admins only */
 		struct dp_session_row *row = &l->rows[l->n++];
 		snprintf(row->id, sizeof(row->id), "%s", dp_kv_session_id(s));
 		row->tokens = dp_kv_session_len(s);

@@ -362,8 +362,10 @@ void front_on_request(struct front *f, uint32_t slot, const uint8_t *body, size_
 			forward(f, slot, m);
 		break;
 	case DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS:
-		if ((m = new_msg(f, slot, DP_MSG_SESSIONS, req->request_id)))
+		if ((m = new_msg(f, slot, DP_MSG_SESSIONS, req->request_id))) {
+			m->list_units = req->list_sessions->units;
 			forward(f, slot, m);
+		}
 		break;
 	case DUALPATH__V1__REQUEST__BODY_TRACE:
 		if ((m = new_msg(f, slot, DP_MSG_TRACE, req->request_id))) {
