@@ -388,6 +388,10 @@ static void leave_unit(struct compute *c, struct req *r)
 	uint64_t pos = dp_v4_seq_pos(r->seq);
 	if (!pos || pos > hist_len(r) || dp_v4_seq_poisoned(r->seq))
 		return;
+	struct dp_kv_restore_info ri;
+	if (restoring(r) && dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) == 0 &&
+	    ri.active && ri.layers_ready < ri.layers)
+		return; /* ended before its restored pages all came: they are not its state yet */
 	int ret = dp_kv_unit_leave(c->srv->kv, &r->tenant, hist(r), pos, r->seq);
 	if (ret < 0)
 		log_warning("request %llu: no prefix unit left at %llu tokens: %s",
@@ -1195,7 +1199,8 @@ void *dp_compute_main(void *arg)
 			outbox_flush(&c);
 		}
 		atomic_store_explicit(&srv->n_active, c.n_active, memory_order_relaxed);
-		atomic_store_explicit(&srv->n_sessions, (uint32_t)dp_kv_session_count(srv->kv),
+		atomic_store_explicit(&srv->n_sessions,
+				      (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv)),
 				      memory_order_relaxed);
 		if (c.shutdown && !c.active && !c.waiting)
 			break;
