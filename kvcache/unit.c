@@ -54,7 +54,7 @@ static bool same_tenant(const struct dp_kv_tenant *a, const struct dp_kv_tenant 
 /* The unit of tenant t holding exactly tokens[0..n) (key: their chain key),
  * verified id by id. */
 static struct dp_kv_session *unit_exact(struct dp_kv *kv, const struct dp_kv_tenant *t,
-					uint64_t key, const int32_t *tokens, uint64_t n)
+                                        uint64_t key, const int32_t *tokens, uint64_t n)
 {
 	if (!kv->units_len)
 		return NULL;
@@ -72,7 +72,7 @@ static bool usable(const struct dp_kv_session *u)
 
 /* The longest usable unit of t that tokens[0..max) starts with. */
 static struct dp_kv_session *longest(struct dp_kv *kv, const struct dp_kv_tenant *t,
-				     const int32_t *tokens, uint64_t max)
+                                     const int32_t *tokens, uint64_t max)
 {
 	if (!kv->n_units || !max)
 		return NULL;
@@ -93,7 +93,7 @@ static struct dp_kv_session *longest(struct dp_kv *kv, const struct dp_kv_tenant
 }
 
 int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-		    uint64_t max, struct dp_kv_session **ret)
+                    uint64_t max, struct dp_kv_session **ret)
 {
 	if (!kv || !t || (max && !tokens) || !ret)
 		return -EINVAL;
@@ -114,7 +114,7 @@ static int copy_state(struct dp_kv *kv, struct dp_kv_session *u, struct dp_v4_se
 		for (size_t i = 0; i < u->n_dram; i++)
 			pages[i] = dp_kv_pool_page(&kv->pool, u->dram_pages[i]);
 		int r = dp_kv_seq_from_host(kv, u, u->state_pos, u->dram_refs, pages, u->n_dram,
-					    ret_seq);
+		                            ret_seq);
 		free(pages);
 		return r;
 	}
@@ -144,8 +144,8 @@ static void unit_drop(struct dp_kv *kv, struct dp_kv_session *u, bool corrupt)
 }
 
 int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-		    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
-		    struct dp_kv_session **ret_unit)
+                    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
+                    struct dp_kv_session **ret_unit)
 {
 	if (!kv || !t || (max && !tokens) || !ret_seq || !ret_unit)
 		return -EINVAL;
@@ -171,7 +171,7 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 			*ret_unit = NULL;
 		} else {
 			r = layered ? dp_kv_session_acquire_async(kv, u, &seq)
-				    : dp_kv_session_acquire(kv, u, &seq);
+			            : dp_kv_session_acquire(kv, u, &seq);
 			if (r < 0)
 				return r;
 			if (dp_v4_seq_pos(seq) != u->len) {
@@ -288,7 +288,7 @@ static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp
 }
 
 int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-		     uint64_t n, const struct dp_v4_seq *seq)
+                     uint64_t n, const struct dp_v4_seq *seq)
 {
 	if (!kv || !t || !n || !tokens || !seq)
 		return -EINVAL;
@@ -310,8 +310,9 @@ int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32
 	char id[DP_KV_SESSION_ID_MAX + 1];
 	struct dp_kv_session *probe;
 	for (uint32_t k = 0;; k++) { /* keys may collide: the counter tells units apart */
-		snprintf(id, sizeof(id), DP_KV_UNIT_MARK "%016" PRIx64 "%016" PRIx64 ".%016" PRIx64 ".%x",
-			 t->tag[0], t->tag[1], key, k);
+		snprintf(id, sizeof(id),
+		         DP_KV_UNIT_MARK "%016" PRIx64 "%016" PRIx64 ".%016" PRIx64 ".%x",
+		         t->tag[0], t->tag[1], key, k);
 		if (dp_kv_session_find(kv, id, &probe) < 0)
 			break;
 	}

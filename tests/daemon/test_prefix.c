@@ -22,7 +22,7 @@ TestSuite(prefix, .fini = fini, .timeout = 300);
 
 /* A Generate of token ids with a cache salt (NULL: none). */
 static void send_salted(int fd, uint64_t id, const char *session, const uint32_t *ids, size_t n,
-			uint32_t max_new, const char *salt)
+                        uint32_t max_new, const char *salt)
 {
 	Dualpath__V1__Generate g = DUALPATH__V1__GENERATE__INIT;
 	Dualpath__V1__TokenIds t = DUALPATH__V1__TOKEN_IDS__INIT;
@@ -58,9 +58,10 @@ static uint32_t collect_cached(int fd, uint64_t id, uint32_t *out, size_t cap, s
 			dp_proto_response_free(r);
 			continue;
 		}
-		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK, "request %llu: %s",
-			     (unsigned long long)id,
-			     r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? r->error->message : "?");
+		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK,
+		             "request %llu: %s", (unsigned long long)id,
+		             r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? r->error->message
+		                                                                : "?");
 		Dualpath__V1__TokenChunk *c = r->token_chunk;
 		for (size_t i = 0; i < c->n_ids && n < cap; i++)
 			out[n++] = c->ids[i];
@@ -88,7 +89,7 @@ static void user_turn(int turn, uint32_t *out)
  * (earlier user turns and replies as received) plus the new user turn.
  * Fills replies[turn][REPLY] and cached[turn]; ctx returns the history. */
 static void stateless(int fd, uint64_t base, const char *salt, uint32_t replies[TURNS][REPLY],
-		      uint32_t cached[TURNS])
+                      uint32_t cached[TURNS])
 {
 	uint32_t ctx[MAXC];
 	size_t len = 0, n;
@@ -130,15 +131,15 @@ Test(prefix, a_stateless_conversation_reuses_all_but_the_new_turn_with_the_expli
 	stateless(fd, 200, "stateless", sl_replies, sl_cached);
 	for (int t = 0; t < TURNS; t++)
 		cr_expect_eq(memcmp(sl_replies[t], sess_replies[t], sizeof(sl_replies[t])), 0,
-			     "turn %d: the stateless reply is the session's", t);
+		             "turn %d: the stateless reply is the session's", t);
 	cr_expect_eq(sl_cached[0], 0, "nothing cached for a new tenant's first turn");
 	uint32_t want = sum(sess_cached, TURNS), got = sum(sl_cached, TURNS);
 	cr_expect_gt(want, 0);
 	cr_expect_geq((double)got, 0.95 * want, "stateless reused %u tokens, the session %u", got,
-		      want);
+	              want);
 	for (int t = 1; t < TURNS; t++) /* everything but the new turn (and the reply's last id) */
-		cr_expect_eq(sl_cached[t], (uint32_t)(t * (USER + REPLY) - 1), "turn %d: %u cached", t,
-			     sl_cached[t]);
+		cr_expect_eq(sl_cached[t], (uint32_t)(t * (USER + REPLY) - 1), "turn %d: %u cached",
+		             t, sl_cached[t]);
 
 	/* a cold recompute: the last turn's whole history, as a tenant with no units */
 	uint32_t ctx[MAXC], cold[REPLY];
@@ -154,7 +155,7 @@ Test(prefix, a_stateless_conversation_reuses_all_but_the_new_turn_with_the_expli
 	send_salted(fd, 300, NULL, ctx, len, REPLY, "cold");
 	cr_expect_eq(collect_cached(fd, 300, cold, REPLY, &n), 0);
 	cr_expect_eq(memcmp(cold, sess_replies[TURNS - 1], sizeof(cold)), 0,
-		     "the cold recompute's reply is the session's");
+	             "the cold recompute's reply is the session's");
 
 	/* the session's own units: a stateless client of its tenant replaying
 	 * the conversation hits them (its last turn's prompt left one just
@@ -192,7 +193,7 @@ Test(prefix, salts_keep_tenants_apart)
 
 /* One stateless turn 0, a restart (its units go to NVMe), then turn 1. */
 static void restart_between_turns(bool corrupt, uint32_t *ret_cached, uint32_t reply[REPLY],
-				  uint32_t cold[REPLY])
+                                  uint32_t cold[REPLY])
 {
 	daemon_start(&d, NULL);
 	int fd = client_connect(&d);
@@ -237,8 +238,8 @@ static void restart_between_turns(bool corrupt, uint32_t *ret_cached, uint32_t r
 		cr_expect_gt(metric(fd, 4, "dualpath_prefix_units_corrupt_total"), 0);
 	else
 		cr_expect_gt(metric(fd, 4, "dualpath_kv_restores_total") +
-				     metric(fd, 5, "dualpath_kv_loads_total"),
-			     0, "the unit came back from NVMe");
+		                 metric(fd, 5, "dualpath_kv_loads_total"),
+		             0, "the unit came back from NVMe");
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0);
 }

@@ -47,8 +47,8 @@ TestSuite(unit, .init = setup, .fini = teardown, .timeout = 300);
 static struct dp_kv *open_kv(uint32_t key_bits)
 {
 	char err[512] = "";
-	struct dp_kv_opts o = { .state_dir = dir, .dram_bytes = 4u << 20, .numa_node = -1,
-				.unit_key_bits = key_bits };
+	struct dp_kv_opts o = {
+	    .state_dir = dir, .dram_bytes = 4u << 20, .numa_node = -1, .unit_key_bits = key_bits};
 	struct dp_kv *kv;
 	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
 	return kv;
@@ -56,7 +56,7 @@ static struct dp_kv *open_kv(uint32_t key_bits)
 
 static void feed(struct dp_v4_seq *seq, const int32_t *t, uint32_t n, float *logits)
 {
-	struct dp_v4_batch_item it = { seq, t, n, false };
+	struct dp_v4_batch_item it = {seq, t, n, false};
 	cr_assert_eq(dp_v4_forward(model, &it, 1, logits), 0);
 }
 
@@ -69,7 +69,7 @@ static void tokens(int32_t *t, uint32_t n, uint32_t salt)
 /* Feed t[0..n) into a fresh sequence, leaving units of tenant te at each
  * cut (ascending, < n). */
 static void run_leaving(struct dp_kv *kv, const struct dp_kv_tenant *te, const int32_t *t,
-			uint32_t n, const uint32_t *cuts, size_t n_cuts)
+                        uint32_t n, const uint32_t *cuts, size_t n_cuts)
 {
 	float *lg = malloc((size_t)V * sizeof(float));
 	struct dp_v4_seq *seq;
@@ -109,7 +109,7 @@ Test(unit, the_longest_unit_a_prompt_starts_with_is_found_and_its_fork_continues
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t t[48];
 	tokens(t, 48, 1);
-	uint32_t cuts[] = { 10, 25 };
+	uint32_t cuts[] = {10, 25};
 	run_leaving(kv, &te, t, 40, cuts, 2);
 	cr_expect_eq(dp_kv_unit_count(kv), 2);
 
@@ -136,7 +136,7 @@ Test(unit, the_longest_unit_a_prompt_starts_with_is_found_and_its_fork_continues
 	dp_v4_seq_free(seq);
 	reference(t, cuts, 2, 32, b);
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0,
-		     "the fork's logits are the recompute's");
+	             "the fork's logits are the recompute's");
 	/* the unit is intact for the next request */
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 32, false, &seq, &lent), 25);
 	feed(seq, t + 25, 7, a);
@@ -163,7 +163,7 @@ Test(unit, a_unit_is_found_only_by_its_own_tenant)
 	cr_expect(a.tag[0] == a2.tag[0] && a.tag[1] == a2.tag[1]);
 	int32_t t[20];
 	tokens(t, 20, 2);
-	uint32_t cuts[] = { 12 };
+	uint32_t cuts[] = {12};
 	run_leaving(kv, &a, t, 16, cuts, 1);
 	struct dp_kv_session *u;
 	cr_expect_eq(dp_kv_unit_find(kv, &a2, t, 20, &u), 12);
@@ -185,7 +185,7 @@ Test(unit, colliding_chain_keys_are_told_apart_by_the_token_ids)
 	tokens(x, 16, 3);
 	tokens(y, 16, 4);
 	tokens(z, 16, 5);
-	uint32_t cuts[] = { 4, 8 };
+	uint32_t cuts[] = {4, 8};
 	run_leaving(kv, &te, x, 12, cuts, 2);
 	run_leaving(kv, &te, y, 12, cuts, 2);
 	cr_expect_eq(dp_kv_unit_count(kv), 4);
@@ -208,7 +208,7 @@ Test(unit, a_unit_on_nvme_comes_back_after_a_reopen_and_is_lent_then_returned)
 	dp_kv_tenant_make(5, "k", 1, &te);
 	int32_t t[40];
 	tokens(t, 40, 6);
-	uint32_t cuts[] = { 20 };
+	uint32_t cuts[] = {20};
 	run_leaving(kv, &te, t, 24, cuts, 1);
 	struct dp_kv_session *u;
 	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &u), 20);
