@@ -514,6 +514,16 @@ static int admit_one(struct compute *c, struct req *r)
 	r->prompt = m->n_tokens;
 	if (!r->sess && (ret = start_one_off(c, r)) < 0)
 		return ret;
+	if (r->sess && r->cached == 0 && c->restore_mode != DP_RESTORE_RECOMPUTE) {
+		/* a session without state (new, or its state lost) may find its
+		 * conversation in a unit */
+		int got = dp_kv_session_seed(srv->kv, r->sess, &r->tenant, &r->seq);
+		if (got < 0)
+			log_warning("session %s: no prefix unit restored (%s); computing its context",
+				    m->session, strerror(-got));
+		else
+			r->cached = (uint32_t)got;
+	}
 	if (c->restore_mode != DP_RESTORE_RECOMPUTE && hist_len(r) > 1 && hist_len(r) - 1 > r->cached)
 		r->unit_at = hist_len(r) - 1;
 	size_t sb = dp_sampler_scratch_size((int)srv->vocab);

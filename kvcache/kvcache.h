@@ -351,6 +351,17 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
 		    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
 		    struct dp_kv_session **ret_unit);
+/*
+ * Seed session s, acquired (busy) with its state at position 0, from the
+ * longest unit of tenant t that is a prefix of its history (below its last
+ * token): its sequence is replaced by a copy of the unit's state (from
+ * NVMe, loaded synchronously and the unit put back). Returns the unit's
+ * length, 0 when none matched (s unchanged); *ret_seq is s's sequence now.
+ * For a session whose state is gone (new, or NONE after a crash) while a
+ * unit of its conversation survives.
+ */
+int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
+		       struct dp_v4_seq **ret_seq);
 /* Give back a unit lent by dp_kv_unit_fork (its sequence is freed). bad: a
  * gate poisoned the sequence (a page failed its checks): the unit is
  * dropped, never served again. */

@@ -189,6 +189,37 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 	}
 }
 
+int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
+                       struct dp_v4_seq **ret_seq)
+{
+	if (!kv || !s || !t || !ret_seq || !s->busy || !s->seq || s->unit)
+		return -EINVAL;
+	if (dp_v4_seq_pos(s->seq) != 0 || s->len < 2 || s->restore)
+		return 0;
+	struct dp_v4_seq *seq = NULL;
+	struct dp_kv_session *lent = NULL;
+	int got = dp_kv_unit_fork(kv, t, s->hist, s->len - 1, false, &seq, &lent);
+	if (got <= 0)
+		return got;
+	struct dp_v4_seq *copy = seq;
+	int r = 0;
+	if (lent) { /* the unit's own sequence: s takes a copy */
+		copy = NULL;
+		r = copy_state(kv, lent, &copy);
+		dp_kv_unit_return(kv, lent, false);
+	}
+	if (r < 0)
+		return r;
+	dp_v4_seq_free(s->seq);
+	s->seq = copy;
+	s->state_pos = dp_v4_seq_pos(copy);
+	/* the acquire counted the whole history as to be recomputed */
+	kv->st.recomputed_tokens -=
+	    kv->st.recomputed_tokens < s->state_pos ? kv->st.recomputed_tokens : s->state_pos;
+	*ret_seq = copy;
+	return got;
+}
+
 void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
 {
 	if (!kv || !u || !u->busy)

@@ -165,6 +165,12 @@ Test(prefix, a_stateless_conversation_reuses_all_but_the_new_turn_with_the_expli
 	hit = collect_cached(fd, 301, r, REPLY, &n);
 	cr_expect_eq(hit, (uint32_t)len - 1, "the session's last prompt is a unit: %u cached", hit);
 	cr_expect_eq(memcmp(r, cold, sizeof(r)), 0);
+	/* a new explicit session holding the whole conversation starts from
+	 * the stateless client's unit */
+	send_salted(fd, 304, "conv2", ctx, len, REPLY, "stateless");
+	hit = collect_cached(fd, 304, r, REPLY, &n);
+	cr_expect_eq(hit, (uint32_t)len - 1, "a new session seeded from a unit: %u cached", hit);
+	cr_expect_eq(memcmp(r, cold, sizeof(r)), 0);
 	cr_expect_gt(metric(fd, 302, "dualpath_prefix_hits_total"), 0);
 	cr_expect_gt(metric(fd, 303, "dualpath_prefix_cached_tokens_total"), 0);
 	close(fd);

@@ -231,6 +231,21 @@ Test(unit, a_unit_on_nvme_comes_back_after_a_reopen_and_is_lent_then_returned)
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0);
 	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &u), 20, "returned to its snapshot");
 	cr_expect_eq(dp_kv_session_tier(u), DP_KV_TIER_NVME);
+
+	/* a session whose state is gone starts from the unit (a copy: the
+	 * unit goes back to NVMe) */
+	struct dp_kv_session *s;
+	cr_assert_eq(dp_kv_session_create(kv, "seeded", &s), 0);
+	cr_assert_eq(dp_kv_session_append(kv, s, t, 30), 0);
+	cr_assert_eq(dp_kv_session_acquire(kv, s, &seq), 0);
+	cr_assert_eq(dp_v4_seq_pos(seq), 0);
+	cr_assert_eq(dp_kv_session_seed(kv, s, &te, &seq), 20);
+	cr_assert_eq(dp_v4_seq_pos(seq), 20);
+	feed(seq, t + 20, 10, a);
+	dp_kv_session_release(kv, s);
+	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0,
+	             "the seeded session continues exactly");
+	cr_expect_eq(dp_kv_session_tier(u), DP_KV_TIER_NVME, "the unit is back on its snapshot");
 	free(a);
 	free(b);
 	dp_kv_close(kv);
