@@ -44,6 +44,12 @@ struct req {
 	uint64_t t_admit, t_first;
 	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
 	enum dp_kv_tier restored_from;
+	/* prefix units (kvcache.h): a one-off may start from a unit; every
+	 * request leaves one at unit_at (0: none; just before its prompt's
+	 * last token) and one where it ends */
+	struct dp_kv_tenant tenant;
+	struct dp_kv_session *unit; /* lent by dp_kv_unit_fork: r->seq is its sequence */
+	uint64_t unit_at;
 	struct req *next;
 };
 
@@ -241,10 +247,19 @@ static int hist_append(struct compute *c, struct req *r, const int32_t *t, uint3
 	return 0;
 }
 
+/* The session whose restore r's sequence comes from: its own, or the unit
+ * lent to it. */
+static struct dp_kv_session *restoring(const struct req *r)
+{
+	return r->sess ? r->sess : r->unit;
+}
+
 static void req_free(struct compute *c, struct req *r)
 {
 	if (r->sess)
 		dp_kv_session_release(c->srv->kv, r->sess);
+	else if (r->unit)
+		dp_kv_unit_return(c->srv->kv, r->unit, false);
 	else
 		dp_v4_seq_free(r->seq);
 	free(r->hist);
@@ -330,12 +345,67 @@ drop:
 	free(m);
 }
 
+/* A one-off's state: from the longest prefix unit of its tenant its prompt
+ * starts with (but one token short of the whole prompt: its logits need a
+ * token fed), restored from whichever tier holds it, else fresh. */
+static int start_one_off(struct compute *c, struct req *r)
+{
+	struct dp_server *srv = c->srv;
+	int got = 0;
+	uint64_t t0 = dp_clock_ns();
+	if (c->restore_mode != DP_RESTORE_RECOMPUTE && hist_len(r) > 1) {
+		got = dp_kv_unit_fork(srv->kv, &r->tenant, hist(r), hist_len(r) - 1,
+				      c->restore_mode == DP_RESTORE_DUALPATH, &r->seq, &r->unit);
+		if (got < 0) {
+			log_warning("request %llu: no prefix unit restored (%s); computing its prompt",
+				    (unsigned long long)r->msg->request_id, strerror(-got));
+			r->seq = NULL;
+			r->unit = NULL;
+		}
+	}
+	int ret;
+	if (!r->seq && (ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
+		send_error(c, r->msg, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
+		return ret;
+	}
+	if (r->unit) {
+		struct dp_kv_restore_info ri;
+		dp_kv_session_restore_info(srv->kv, r->unit, &ri);
+		r->restored_from = DP_KV_TIER_NVME;
+		if (ri.active)
+			r->t_restore = t0; /* traced when it completes */
+		else
+			trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
+				  (uint32_t)DP_KV_TIER_NVME);
+	}
+	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
+	return 0;
+}
+
+/* Leave a prefix unit of r's state where its sequence stands. */
+static void leave_unit(struct compute *c, struct req *r)
+{
+	uint64_t pos = dp_v4_seq_pos(r->seq);
+	if (!pos || pos > hist_len(r) || dp_v4_seq_poisoned(r->seq))
+		return;
+	struct dp_kv_restore_info ri;
+	if (restoring(r) && dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) == 0 &&
+	    ri.active && ri.layers_ready < ri.layers)
+		return; /* ended before its restored pages all came: they are not its state yet */
+	int ret = dp_kv_unit_leave(c->srv->kv, &r->tenant, hist(r), pos, r->seq);
+	if (ret < 0)
+		log_warning("request %llu: no prefix unit left at %llu tokens: %s",
+			    (unsigned long long)r->msg->request_id, (unsigned long long)pos,
+			    strerror(-ret));
+}
+
 static int admit_one(struct compute *c, struct req *r)
 {
 	struct dp_server *srv = c->srv;
 	struct dp_msg *m = r->msg;
 	int ret;
 
+	dp_kv_tenant_make(m->uid, m->cache_salt, m->cache_salt_len, &r->tenant);
 	if (m->session[0]) {
 		if (dp_kv_session_find(srv->kv, m->session, &r->sess) == 0 && !may_use(m, r->sess)) {
 			/* created by another user since this request was queued */
@@ -359,10 +429,11 @@ static int admit_one(struct compute *c, struct req *r)
 			if (cs && cs->gen != m->from.gen)
 				*cs = (struct conn_sessions){ .gen = m->from.gen };
 			uint32_t *mine = cs ? &cs->n : NULL;
-			if (dp_kv_session_count(srv->kv) >= srv->cfg.max_sessions) {
+			size_t n_sessions = dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv);
+			if (n_sessions >= srv->cfg.max_sessions) {
 				send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 					   "%zu sessions exist, the limit (max_sessions); close some",
-					   dp_kv_session_count(srv->kv));
+					   n_sessions);
 				return -ENOSPC;
 			}
 			if (mine && *mine >= srv->cfg.max_sessions_per_client) {
@@ -404,11 +475,8 @@ static int admit_one(struct compute *c, struct req *r)
 				trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
 					  (uint32_t)was);
 		}
-	} else if ((ret = dp_v4_seq_new(srv->model, &r->seq)) < 0) {
-		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
-		return ret;
+		r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
 	}
-	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
 	/* a chat turn on a session with a context continues it (server.h) */
 	if (m->chat && hist_len(r) == 0 && m->whole_error[0]) {
 		send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "%s", m->whole_error);
@@ -444,6 +512,20 @@ static int admit_one(struct compute *c, struct req *r)
 		return ret;
 	}
 	r->prompt = m->n_tokens;
+	if (!r->sess && (ret = start_one_off(c, r)) < 0)
+		return ret;
+	if (r->sess && r->cached == 0 && c->restore_mode != DP_RESTORE_RECOMPUTE) {
+		/* a session without state (new, or its state lost) may find its
+		 * conversation in a unit */
+		int got = dp_kv_session_seed(srv->kv, r->sess, &r->tenant, &r->seq);
+		if (got < 0)
+			log_warning("session %s: no prefix unit restored (%s); computing its context",
+				    m->session, strerror(-got));
+		else
+			r->cached = (uint32_t)got;
+	}
+	if (c->restore_mode != DP_RESTORE_RECOMPUTE && hist_len(r) > 1 && hist_len(r) - 1 > r->cached)
+		r->unit_at = hist_len(r) - 1;
 	size_t sb = dp_sampler_scratch_size((int)srv->vocab);
 	r->sscratch = m->sampling.temperature > 0 ? malloc(sb) : NULL;
 	if ((m->sampling.temperature > 0 && !r->sscratch) ||
@@ -536,6 +618,11 @@ static void retire(struct compute *c)
 		any |= r->done;
 	if (!any)
 		return;
+	/* each ended turn leaves a unit where it stands, journaled with it */
+	for (struct req *r = c->active; r; r = r->next)
+		if (r->done && r->seq && r->finish != DUALPATH__V1__FINISH_REASON__FINISH_ERROR &&
+		    c->restore_mode != DP_RESTORE_RECOMPUTE)
+			leave_unit(c, r);
 	int ret = dp_kv_commit(srv->kv);
 	if (ret < 0)
 		log_err("journal commit failed: %s; the turns just finished are not durable",
@@ -576,7 +663,7 @@ static void retire(struct compute *c)
 static bool restore_ready(struct compute *c, struct req *r)
 {
 	struct dp_kv_restore_info ri;
-	if (dp_kv_session_restore_info(c->srv->kv, r->sess, &ri) < 0 || !ri.active ||
+	if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
 	    ri.layers_ready == ri.layers)
 		return true;
 	double rate = c->io_bytes_per_ns > 0 ? c->io_bytes_per_ns : 1.0; /* ~1 GB/s until measured */
@@ -602,6 +689,8 @@ static uint32_t form_batch(struct compute *c)
 			continue;
 		c->cand[n] = (struct dp_batch_cand){ .at = dp_v4_seq_pos(r->seq), .len = hist_len(r),
 						     .loading = r->t_restore != 0 };
+		if (r->unit_at > c->cand[n].at) /* the prefill stops there for a unit */
+			c->cand[n].len = r->unit_at;
 		c->cand[n].io_ready = !c->cand[n].loading || restore_ready(c, r);
 		c->cand_req[n++] = r;
 	}
@@ -653,6 +742,10 @@ static int run_batch(struct compute *c, uint32_t n)
 			dp_kv_session_forget_state(srv->kv, r->sess);
 			r->sess = NULL;
 			r->seq = NULL;
+		} else if (r->unit) {
+			dp_kv_unit_return(srv->kv, r->unit, false);
+			r->unit = NULL;
+			r->seq = NULL;
 		}
 	}
 	return ret;
@@ -681,14 +774,38 @@ static void emit_item(struct compute *c, uint32_t i)
 		}
 		return;
 	}
+	if (r->unit && dp_v4_seq_poisoned(r->seq)) {
+		/* a prefix unit's page failed its checks: the unit goes, the
+		 * prompt is computed */
+		log_warning("request %llu: a restored page of prefix unit %s failed its checks; "
+			    "dropping the unit, recomputing", (unsigned long long)r->msg->request_id,
+			    dp_kv_session_id(r->unit));
+		dp_kv_unit_return(srv->kv, r->unit, true);
+		r->unit = NULL;
+		r->seq = NULL;
+		r->t_restore = 0;
+		r->cached = 0;
+		r->unit_at = hist_len(r) > 1 ? hist_len(r) - 1 : 0;
+		if (dp_v4_seq_new(srv->model, &r->seq) < 0) {
+			send_error(c, r->msg, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
+				   "out of memory for state");
+			r->done = true;
+			r->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+		}
+		return;
+	}
 	if (r->t_restore) { /* its restore completed inside this step */
 		struct dp_kv_restore_info ri;
-		dp_kv_session_restore_info(srv->kv, r->sess, &ri);
+		dp_kv_session_restore_info(srv->kv, restoring(r), &ri);
 		if (!ri.active) {
 			trace_add(c, "restore", 1, r->t_restore, dp_clock_ns(), (uint32_t)r->cached,
 				  (uint32_t)r->restored_from);
 			r->t_restore = 0;
 		}
+	}
+	if (r->unit_at && dp_v4_seq_pos(r->seq) == r->unit_at) {
+		leave_unit(c, r);
+		r->unit_at = 0;
 	}
 	if (dp_v4_seq_pos(r->seq) < hist_len(r))
 		return; /* a prefill chunk: no token yet */
@@ -847,7 +964,7 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	*st = c->st;
 	st->active = c->n_active;
 	st->waiting = c->n_waiting;
-	st->sessions = (uint32_t)dp_kv_session_count(srv->kv);
+	st->sessions = (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv));
 	st->draining = c->draining;
 	dp_kv_stats(srv->kv, &st->kv);
 	memset(&st->io, 0, sizeof(st->io));
@@ -899,8 +1016,9 @@ static void on_sessions(struct compute *c, struct dp_msg *m)
 	for (size_t i = 0; i < n; i++) {
 		struct dp_kv_session *s;
 		dp_kv_session_at(kv, i, &s);
-		if (!may_use(m, s))
-			continue; /* others' sessions are not listed */
+		if (dp_kv_session_is_unit(s) != m->list_units || !may_use(m, s) ||
+		    (m->list_units && !m->admin))
+			continue; /* others' sessions are not listed, units to admins only */
 		struct dp_session_row *row = &l->rows[l->n++];
 		snprintf(row->id, sizeof(row->id), "%s", dp_kv_session_id(s));
 		row->tokens = dp_kv_session_len(s);
@@ -1091,7 +1209,8 @@ void *dp_compute_main(void *arg)
 			outbox_flush(&c);
 		}
 		atomic_store_explicit(&srv->n_active, c.n_active, memory_order_relaxed);
-		atomic_store_explicit(&srv->n_sessions, (uint32_t)dp_kv_session_count(srv->kv),
+		atomic_store_explicit(&srv->n_sessions,
+				      (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv)),
 				      memory_order_relaxed);
 		if (c.shutdown && !c.active && !c.waiting)
 			break;

@@ -206,6 +206,11 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 	if (!m)
 		return;
 	snprintf(m->session, sizeof(m->session), "%s", g->session_id ? g->session_id : "");
+	/* checked against DP_PROTO_CACHE_SALT_MAX: fits m->cache_salt */
+	_Static_assert(DP_PROTO_CACHE_SALT_MAX == DP_KV_CACHE_SALT_MAX, "cache_salt limits agree");
+	m->cache_salt_len = (uint32_t)g->cache_salt.len;
+	if (m->cache_salt_len)
+		memcpy(m->cache_salt, g->cache_salt.data, m->cache_salt_len);
 	if (g->prompt_case == DUALPATH__V1__GENERATE__PROMPT_TOKENS) {
 		m->n_tokens = (uint32_t)g->tokens->n_ids;
 		m->tokens = malloc((m->n_tokens ? m->n_tokens : 1) * sizeof(int32_t));
@@ -358,8 +363,10 @@ void front_on_request(struct front *f, uint32_t slot, const uint8_t *body, size_
 			forward(f, slot, m);
 		break;
 	case DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS:
-		if ((m = new_msg(f, slot, DP_MSG_SESSIONS, req->request_id)))
+		if ((m = new_msg(f, slot, DP_MSG_SESSIONS, req->request_id))) {
+			m->list_units = req->list_sessions->units;
 			forward(f, slot, m);
+		}
 		break;
 	case DUALPATH__V1__REQUEST__BODY_TRACE:
 		if ((m = new_msg(f, slot, DP_MSG_TRACE, req->request_id))) {

@@ -101,6 +101,20 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 		GL("dualpath_kv_bytes", "state bytes by tier", s->kv.bytes[t], "tier", tiers[t]);
 		GL("dualpath_kv_budget_bytes", "tier budget (0: none)", s->kv.budget[t], "tier", tiers[t]);
 	}
+	G("dualpath_prefix_units", "prefix units kept (counted in dualpath_kv_sessions too)",
+	  s->kv.units);
+	C("dualpath_prefix_hits_total", "stateless requests that started from a prefix unit",
+	  s->kv.prefix_hits);
+	C("dualpath_prefix_misses_total", "stateless requests no prefix unit matched",
+	  s->kv.prefix_misses);
+	C("dualpath_prefix_cached_tokens_total", "prompt tokens prefix units spared",
+	  s->kv.prefix_cached_tokens);
+	C("dualpath_prefix_units_left_total", "prefix units made (prompt ends, reply ends)",
+	  s->kv.units_left);
+	C("dualpath_prefix_units_dropped_total", "prefix units dropped (LRU past max_units, no state)",
+	  s->kv.units_dropped);
+	C("dualpath_prefix_units_corrupt_total", "prefix units dropped: a page failed its checks",
+	  s->kv.units_corrupt);
 	C("dualpath_kv_promotions_total", "state promotions", s->kv.promotions);
 	C("dualpath_kv_demotions_total", "state demotions", s->kv.demotions);
 	C("dualpath_kv_drops_total", "sessions dropped", s->kv.drops);

@@ -81,6 +81,9 @@ struct dp_msg {
 	uint32_t n_stop;
 	bool ignore_eos;
 	bool prompt_is_text; /* a text prompt that starts a context gets BOS */
+	/* prefix cache tenant: with uid, which prefix units it may reuse */
+	uint8_t cache_salt[DP_KV_CACHE_SALT_MAX];
+	uint32_t cache_salt_len;
 	/* A chat prompt (model/conv.h), rendered by the front both ways, since
 	 * only compute knows whether the session has a context: tokens[0..
 	 * n_tokens) as a whole conversation, tokens[n_tokens..+n_cont) as a
@@ -100,6 +103,7 @@ struct dp_msg {
 	uint32_t trace_max_events; /* TRACE: most events (0: all) */
 	bool persist;		   /* CLOSE_SESSION: park the state instead of dropping it */
 	bool drop;		   /* EVICT: drop the session instead of parking it */
+	bool list_units;	   /* SESSIONS: the prefix units instead of the sessions */
 	uint32_t grace_ms;	   /* DRAIN, SHUTDOWN: 0 = drain_grace_ms */
 };
 

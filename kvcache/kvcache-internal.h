@@ -6,6 +6,9 @@
  * graph has no cycle; scripts/check-calls checks it on the built library
  * (the test kvcache-calls, suites layers and kvcache):
  *
+ *   unit.c       prefix units: lookup, fork, leave, return
+ *     -> kvcache.c    the session API, dp_kv_session_add, dp_kv_lru_touch
+ *     -> session.c, restore.c
  *   kvcache.c    the API: the session table, promotion, demotion,
  *                persistence, recovery
  *     -> restore.c    dp_kv_restore_begin/complete
@@ -30,7 +33,7 @@
  *     -> journal.c    dp_kv_state_openat, dp_kv_state_set_aside
  *   journal.c    the journal (journal.h); calls none of them
  *
- * Top to bottom: kvcache.c and pump.c, writeback.c, restore.c, session.c,
+ * Top to bottom: unit.c, kvcache.c and pump.c, writeback.c, restore.c, session.c,
  * tiers.c, journal.c. A helper that two files at one level need goes down
  * into session.c, not up into kvcache.c.
  */
@@ -182,6 +185,13 @@ struct dp_kv_session {
 	struct dp_kv_session *lru_prev, *lru_next; /* idle sessions; head = most recent */
 	struct dp_kv_session *hash_next;
 	size_t index; /* in kv->list */
+
+	/* a prefix unit (kvcache.h, "Prefix units"): its id is DP_KV_UNIT_MARK,
+	 * the tenant tag in hex, the chain key, a counter */
+	bool unit;
+	struct dp_kv_tenant tenant;
+	uint64_t unit_key; /* chain key over tenant and hist[0..len) */
+	struct dp_kv_session *unit_next; /* in kv->units[unit_key & mask] */
 };
 
 struct dp_kv {
@@ -210,9 +220,33 @@ struct dp_kv {
 	struct dp_kv_session **hash;
 	size_t hash_len; /* power of two */
 	struct dp_kv_session *lru_head, *lru_tail;
+	/* prefix units by chain key (power of two buckets) */
+	struct dp_kv_session **units;
+	size_t units_len, n_units;
 
 	struct dp_kv_stats st;
 };
+
+/* session.c: prefix units' chain keys and index (kvcache.c adds and
+ * removes, unit.c looks up). The key of tokens[0..n) is
+ * step(...step(seed(tenant), t0)..., t(n-1)), truncated to
+ * opts.unit_key_bits: one step per token, so a lookup sees every prefix. */
+uint64_t dp_kv_unit_seed(const struct dp_kv *kv, const struct dp_kv_tenant *t);
+uint64_t dp_kv_unit_step(const struct dp_kv *kv, uint64_t key, int32_t token);
+/* Parse a unit id's tenant tag; false if id is not a unit id. */
+bool dp_kv_unit_id_parse(const char *id, struct dp_kv_tenant *ret);
+int dp_kv_unit_index_add(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_unit_index_del(struct dp_kv *kv, struct dp_kv_session *s);
+/* A fresh device sequence at pos for s filled from host pages (refs order);
+ * -EBADMSG when the page lists disagree. */
+int dp_kv_seq_from_host(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+			const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
+			struct dp_v4_seq **ret_seq);
+
+/* kvcache.c, for unit.c (above it): a session under an id that need not be
+ * a client's (a unit's), and the LRU's most recent end. */
+int dp_kv_session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+void dp_kv_lru_touch(struct dp_kv *kv, struct dp_kv_session *s);
 
 /* session.c: one session's state, for kvcache.c, restore.c and writeback.c */
 /* Let go of s's snapshot (its slots are freed) or of its DRAM copy (its pool

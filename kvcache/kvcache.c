@@ -82,6 +82,8 @@ int dp_kv_session_find(struct dp_kv *kv, const char *id, struct dp_kv_session **
 	return -ENOENT;
 }
 
+static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **ret);
+
 static void lru_unlink(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (s->lru_prev)
@@ -104,6 +106,20 @@ static void lru_push_head(struct dp_kv *kv, struct dp_kv_session *s)
 	kv->lru_head = s;
 	if (!kv->lru_tail)
 		kv->lru_tail = s;
+}
+
+int dp_kv_session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
+{
+	return session_add(kv, id, ret);
+}
+
+void dp_kv_lru_touch(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	s->last_used_ns = dp_clock_ns();
+	if (s->busy)
+		return;
+	lru_unlink(kv, s);
+	lru_push_head(kv, s);
 }
 
 static int session_add(struct dp_kv *kv, const char *id, struct dp_kv_session **ret)
@@ -132,6 +148,7 @@ static void session_remove(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	dp_kv_wb_detach(kv, s);
 	dp_kv_restore_complete(kv, s); /* no page freed under a read */
+	dp_kv_unit_index_del(kv, s);
 	struct dp_kv_session **pp = &kv->hash[hash_slot(kv, s->id)];
 	while (*pp && *pp != s)
 		pp = &(*pp)->hash_next;
@@ -397,38 +414,11 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 
 /* ---- promotion ---------------------------------------------------------------------- */
 
-/* Fill a fresh device sequence at pos from host pages (refs order); checks
- * that the page lists agree. */
-static int upload_state(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos, const struct dp_v4_page_ref *refs,
-			void *const *pages, size_t n, struct dp_v4_seq **ret_seq)
+static int upload_state(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+			const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
+			struct dp_v4_seq **ret_seq)
 {
-	struct dp_v4_seq *seq;
-	int r = dp_kv_seq_new_at(kv, s, pos, &seq);
-	if (r < 0)
-		return r;
-	size_t have = dp_v4_seq_pages(seq, NULL, 0);
-	struct dp_v4_page_ref *dst = malloc((have ? have : 1) * sizeof(*dst));
-	if (!dst) {
-		dp_v4_seq_free(seq);
-		return -ENOMEM;
-	}
-	dp_v4_seq_pages(seq, dst, have);
-	if (have != n)
-		r = -EBADMSG;
-	for (size_t i = 0; r == 0 && i < n; i++) {
-		if (dst[i].layer != refs[i].layer || dst[i].kind != refs[i].kind ||
-		    dst[i].index != refs[i].index)
-			r = -EBADMSG;
-		else
-			r = dp_kv_page_in(kv, &dst[i], pages[i]);
-	}
-	free(dst);
-	if (r < 0) {
-		dp_v4_seq_free(seq);
-		return r;
-	}
-	*ret_seq = seq;
-	return 0;
+	return dp_kv_seq_from_host(kv, s, pos, refs, pages, n, ret_seq);
 }
 
 /* Read the snapshot into host memory and onto the device. A page that fails
@@ -857,6 +847,34 @@ static int mark_lost(struct dp_kv *kv, const char *id)
 	return 0;
 }
 
+/* A client's session id or a prefix unit's. */
+static bool id_valid(const char *id)
+{
+	struct dp_kv_tenant t;
+	return dp_kv_session_id_valid(id) || dp_kv_unit_id_parse(id, &t);
+}
+
+/* After the replay: every unit is indexed by its tokens. A unit without
+ * tokens (lost to journal damage) is of no use: dropped. */
+static void units_index(struct dp_kv *kv)
+{
+	for (size_t i = 0; i < kv->n;) {
+		struct dp_kv_session *s = kv->list[i];
+		struct dp_kv_tenant t;
+		if (!dp_kv_unit_id_parse(s->id, &t)) {
+			i++;
+			continue;
+		}
+		s->tenant = t;
+		if (s->lost || s->len == 0 || dp_kv_unit_index_add(kv, s) < 0) {
+			if (dp_kv_session_drop(kv, s) == 0)
+				continue; /* the list's last moved to i */
+			s->unit = false;
+		}
+		i++;
+	}
+}
+
 static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *payload, uint32_t len)
 {
 	struct dp_kv *kv = ctx;
@@ -864,7 +882,7 @@ static int replay_one(void *ctx, enum dp_journal_type type, const uint8_t *paylo
 	char id[DP_KV_SESSION_ID_MAX + 1];
 	struct dp_kv_session *s = NULL;
 
-	if (dp_jread_str(&rd, id, sizeof(id)) < 0 || !dp_kv_session_id_valid(id))
+	if (dp_jread_str(&rd, id, sizeof(id)) < 0 || !id_valid(id))
 		return -EBADMSG;
 	bool exists = dp_kv_session_find(kv, id, &s) == 0;
 	switch (type) {
@@ -981,7 +999,7 @@ static int replay_damage(void *ctx, const struct dp_journal_damage *d)
 {
 	struct dp_kv *kv = ctx;
 	struct dp_kv_session *s;
-	if (!dp_kv_session_id_valid(d->key))
+	if (!id_valid(d->key))
 		return 0;
 	bool exists = dp_kv_session_find(kv, d->key, &s) == 0;
 	if (d->key_verified && d->type == DP_JREC_SNAPSHOT) {
@@ -1173,6 +1191,7 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 		kv->pool_registered = rr == 0;
 	}
 	settle(kv);
+	units_index(kv);
 	kv->st.slot_file_resets = kv->slots.reset;
 	struct dp_journal_stats js;
 	dp_journal_stats(kv->j, &js);
@@ -1219,6 +1238,7 @@ void dp_kv_close(struct dp_kv *kv)
 		close(kv->dirfd);
 	free(kv->list);
 	free(kv->hash);
+	free(kv->units);
 	free(kv);
 }
 
@@ -1255,6 +1275,7 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 	if (kv->restore_chan)
 		dp_io_chan_busy(kv->restore_chan, &ret->restore_io_ns, &ret->restore_io_bytes);
 	ret->host_state_bytes = kv->host_state_pages * DP_KV_PAGE_BYTES;
+	ret->units = kv->n_units;
 	ret->writeback_pages = 0;
 	for (int t = 0; t < DP_KV_TIER_MAX; t++)
 		ret->writeback_pages += kv->wb_leaving[t];

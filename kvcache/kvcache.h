@@ -72,6 +72,8 @@ struct dp_kv_opts {
 	int numa_node;		/* for the DRAM tier; -1: any */
 	bool direct_io;		/* O_DIRECT on the slot file (falls back if unsupported) */
 	struct dp_io *io;	/* io engine for slot I/O; NULL: synchronous pread/pwrite */
+	uint32_t max_units;	/* prefix units kept (LRU beyond); 0: 4096 */
+	uint32_t unit_key_bits;	/* chain key bits (1..64; 0: 64): tests force collisions */
 };
 
 struct dp_kv;
@@ -280,9 +282,100 @@ struct dp_kv_stats {
 	uint64_t load_ns;	   /* their total duration (the caller waited) */
 	uint64_t host_state_bytes; /* live sequences' host-resident pages (CSA entries in
 				    * host memory; not in the device budget) */
+	uint64_t units;			 /* prefix units now */
+	uint64_t units_left;		 /* units made (end of a prompt or a reply) */
+	uint64_t units_dropped;		 /* ... dropped: LRU past max_units, no state left */
+	uint64_t units_corrupt;		 /* ... dropped because a page failed its checks */
+	uint64_t prefix_hits, prefix_misses; /* dp_kv_unit_fork found a unit, or none */
+	uint64_t prefix_cached_tokens;	 /* tokens the hits did not feed again */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
+
+/*
+ * Prefix units. A unit is the complete model state at one token boundary,
+ * kept for whoever sends a prompt that starts with its tokens: a stateless
+ * client (a Generate without a session) that re-sends its whole
+ * conversation each turn finds the unit the previous turn left and feeds
+ * only the new turn. V4's state cannot be cut at an arbitrary token (the
+ * sliding window, the compressors' unfinished windows), so a unit is made
+ * where a sequence stands (dp_kv_unit_leave): the daemon leaves one just
+ * before the last token of each prompt (so that the same prompt again
+ * still has a token to feed for its logits) and one where each reply ends.
+ *
+ * A unit is a session of its own, with an id clients cannot name (it
+ * starts with DP_KV_UNIT_MARK, outside the client id alphabet): its history
+ * is its tokens, journaled like a session's; its state lives in the tiers
+ * under the same budgets and LRU, is written to NVMe with checksums and
+ * comes back with the same restores. Units own a copy of their state:
+ * nothing is shared between units yet (the growing streams are copied per
+ * unit), so a conversation of k turns holds k copies until the LRU evicts
+ * the older ones.
+ *
+ * Units are keyed by a chain over a tenant tag and their token ids (one
+ * step per token, so a lookup sees every prefix); a key match is verified
+ * against the unit's tenant and every token id before it is used. The
+ * tenant is a 128-bit hash of the client's uid and its cache_salt, so
+ * different uids or salts never share a unit.
+ */
+#define DP_KV_UNIT_MARK "~u"
+#define DP_KV_CACHE_SALT_MAX 256
+
+struct dp_kv_tenant {
+	uint64_t tag[2];
+};
+void dp_kv_tenant_make(uint32_t uid, const void *salt, size_t salt_len, struct dp_kv_tenant *ret);
+bool dp_kv_session_is_unit(const struct dp_kv_session *s);
+size_t dp_kv_unit_count(const struct dp_kv *kv);
+
+/* The length of the longest unit of tenant t whose tokens are a prefix of
+ * tokens[0..max) (verified id by id), its session in *ret; -ENOENT if none
+ * (a unit without state, or busy, does not count). */
+int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+		    uint64_t max, struct dp_kv_session **ret);
+/*
+ * Start from the longest unit that is a prefix of tokens[0..max): *ret_seq
+ * is a sequence at the returned position (the unit stays for others), and
+ * the caller feeds tokens from there. 0 and *ret_seq NULL when there is no
+ * unit (a miss; the caller starts a fresh sequence).
+ *
+ * From DEVICE or DRAM the state is copied and *ret_unit is NULL: the
+ * caller owns *ret_seq (dp_v4_seq_free). From NVME, the unit is acquired
+ * (layer by layer when layered, as dp_kv_session_acquire_async; the gate
+ * and dp_kv_session_restore_info work on *ret_unit) and *ret_seq is the
+ * unit's own sequence, lent: the caller gives it back with
+ * dp_kv_unit_return when done (the unit goes back to its snapshot). A unit
+ * whose snapshot fails its checks on a synchronous load is dropped and the
+ * next shorter one tried.
+ */
+int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+		    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
+		    struct dp_kv_session **ret_unit);
+/*
+ * Seed session s, acquired (busy) with its state at position 0, from the
+ * longest unit of tenant t that is a prefix of its history (below its last
+ * token): its sequence is replaced by a copy of the unit's state (from
+ * NVMe, loaded synchronously and the unit put back). Returns the unit's
+ * length, 0 when none matched (s unchanged); *ret_seq is s's sequence now.
+ * For a session whose state is gone (new, or NONE after a crash) while a
+ * unit of its conversation survives.
+ */
+int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
+		       struct dp_v4_seq **ret_seq);
+/* Give back a unit lent by dp_kv_unit_fork (its sequence is freed). bad: a
+ * gate poisoned the sequence (a page failed its checks): the unit is
+ * dropped, never served again. */
+void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad);
+/*
+ * Leave a unit of tenant t for tokens[0..n) with seq's state (which must
+ * stand at n; it is copied, seq is not changed): into DRAM when the pool
+ * has room, else as a device copy (the balance demotes it like any idle
+ * session). An existing unit with those tokens is only touched (LRU). Past
+ * max_units the least recently used idle unit is dropped. The unit's
+ * tokens are journaled by the next dp_kv_commit.
+ */
+int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+		     uint64_t n, const struct dp_v4_seq *seq);
 
 /* When the compute path stalled: a gate waiting for a layer's pages, from t0
  * to t1 (dp_clock_ns, base/clock.h). The cache keeps the last DP_KV_STALL_SPANS of

@@ -149,3 +149,143 @@ void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s)
 	dp_kv_jbuf_put_ext(b, DP_KV_JEXT_OWNER, 4);
 	dp_jbuf_put_u32(b, s->owner);
 }
+
+/* ---- prefix units: chain keys and the index ---------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+	/* murmur3's finalizer: every input bit reaches every output bit */
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
+
+static uint64_t key_mask(const struct dp_kv *kv)
+{
+	uint32_t bits = kv->opts.unit_key_bits;
+	return bits == 0 || bits >= 64 ? UINT64_MAX : (1ull << bits) - 1;
+}
+
+uint64_t dp_kv_unit_seed(const struct dp_kv *kv, const struct dp_kv_tenant *t)
+{
+	return mix64(t->tag[0] ^ mix64(t->tag[1] + 0x9e3779b97f4a7c15ull)) & key_mask(kv);
+}
+
+uint64_t dp_kv_unit_step(const struct dp_kv *kv, uint64_t key, int32_t token)
+{
+	return mix64(key * 0x9e3779b97f4a7c15ull + (uint32_t)token + 1) & key_mask(kv);
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+bool dp_kv_unit_id_parse(const char *id, struct dp_kv_tenant *ret)
+{
+	size_t mark = strlen(DP_KV_UNIT_MARK);
+	if (strncmp(id, DP_KV_UNIT_MARK, mark) != 0)
+		return false;
+	const char *p = id + mark;
+	uint64_t tag[2] = { 0, 0 };
+	for (int w = 0; w < 2; w++)
+		for (int i = 0; i < 16; i++) {
+			int v = hexval(*p++);
+			if (v < 0)
+				return false;
+			tag[w] = tag[w] << 4 | (uint64_t)v;
+		}
+	if (*p != '.' || !p[1]) /* the key and counter after it are not trusted */
+		return false;
+	for (const char *q = p + 1; *q; q++)
+		if (hexval(*q) < 0 && *q != '.')
+			return false;
+	if (strlen(id) > DP_KV_SESSION_ID_MAX)
+		return false;
+	ret->tag[0] = tag[0];
+	ret->tag[1] = tag[1];
+	return true;
+}
+
+int dp_kv_unit_index_add(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (kv->n_units + 1 > kv->units_len / 2) {
+		size_t len = kv->units_len ? 2 * kv->units_len : 256;
+		struct dp_kv_session **b = calloc(len, sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		for (size_t i = 0; i < kv->units_len; i++)
+			for (struct dp_kv_session *u = kv->units[i], *next; u; u = next) {
+				next = u->unit_next;
+				u->unit_next = b[u->unit_key & (len - 1)];
+				b[u->unit_key & (len - 1)] = u;
+			}
+		free(kv->units);
+		kv->units = b;
+		kv->units_len = len;
+	}
+	uint64_t key = dp_kv_unit_seed(kv, &s->tenant);
+	for (uint64_t i = 0; i < s->len; i++)
+		key = dp_kv_unit_step(kv, key, s->hist[i]);
+	s->unit = true;
+	s->unit_key = key;
+	size_t b = key & (kv->units_len - 1);
+	s->unit_next = kv->units[b];
+	kv->units[b] = s;
+	kv->n_units++;
+	return 0;
+}
+
+void dp_kv_unit_index_del(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!s->unit || !kv->units_len)
+		return;
+	struct dp_kv_session **pp = &kv->units[s->unit_key & (kv->units_len - 1)];
+	while (*pp && *pp != s)
+		pp = &(*pp)->unit_next;
+	if (*pp) {
+		*pp = s->unit_next;
+		kv->n_units--;
+	}
+	s->unit = false;
+}
+
+int dp_kv_seq_from_host(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
+			const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
+			struct dp_v4_seq **ret_seq)
+{
+	struct dp_v4_seq *seq;
+	int r = dp_kv_seq_new_at(kv, s, pos, &seq);
+	if (r < 0)
+		return r;
+	size_t have = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *dst = malloc((have ? have : 1) * sizeof(*dst));
+	if (!dst) {
+		dp_v4_seq_free(seq);
+		return -ENOMEM;
+	}
+	dp_v4_seq_pages(seq, dst, have);
+	if (have != n)
+		r = -EBADMSG;
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		if (dst[i].layer != refs[i].layer || dst[i].kind != refs[i].kind ||
+		    dst[i].index != refs[i].index)
+			r = -EBADMSG;
+		else
+			r = dp_kv_page_in(kv, &dst[i], pages[i]);
+	}
+	free(dst);
+	if (r < 0) {
+		dp_v4_seq_free(seq);
+		return r;
+	}
+	*ret_seq = seq;
+	return 0;
+}

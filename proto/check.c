@@ -37,6 +37,7 @@ static const char *const rule_names[DP_PROTO_RULE_MAX] = {
     [DP_PROTO_RULE_STOP_IDS] = "stop_ids",
     [DP_PROTO_RULE_STOP_ID] = "stop_id",
     [DP_PROTO_RULE_CANCEL_TARGET] = "cancel_target",
+    [DP_PROTO_RULE_CACHE_SALT] = "cache_salt",
 };
 
 const char *dp_proto_rule_name(enum dp_proto_rule rule)
@@ -247,6 +248,9 @@ static int check_generate(struct verdict *v, const Dualpath__V1__Generate *g,
 	ret = check_session_id(v, "generate", g->session_id, false);
 	if (ret < 0)
 		return ret;
+	if (g->cache_salt.len > DP_PROTO_CACHE_SALT_MAX)
+		return fail(v, DP_PROTO_RULE_CACHE_SALT, "generate.cache_salt: %zu bytes, at most %u",
+		            g->cache_salt.len, DP_PROTO_CACHE_SALT_MAX);
 	switch (g->prompt_case) {
 	case DUALPATH__V1__GENERATE__PROMPT_TOKENS:
 		t = g->tokens;

@@ -252,6 +252,8 @@ int dp_proto_session_id_check(const char *id);
 
 /* Hello.client_name: at most this many bytes, no control characters. */
 #define DP_PROTO_CLIENT_NAME_MAX 128u
+/* Generate.cache_salt: at most this many bytes (kvcache.h: DP_KV_CACHE_SALT_MAX). */
+#define DP_PROTO_CACHE_SALT_MAX 256u
 
 /* The daemon's limits on a request, inclusive maxima. */
 struct dp_proto_limits {
@@ -289,6 +291,7 @@ enum dp_proto_rule {
 	DP_PROTO_RULE_STOP_IDS,           /* more than max_stop_ids */
 	DP_PROTO_RULE_STOP_ID,            /* a stop id >= vocab_size */
 	DP_PROTO_RULE_CANCEL_TARGET,      /* Cancel.target_request_id is 0 */
+	DP_PROTO_RULE_CACHE_SALT,         /* Generate.cache_salt over 256 bytes */
 	DP_PROTO_RULE_MAX,
 };
 

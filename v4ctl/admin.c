@@ -15,11 +15,12 @@ enum {
 	OPT_JSON = DP_V4CTL_OPT_FIRST_COMMAND,
 	OPT_DROP,
 	OPT_GRACE,
+	OPT_UNITS,
 };
 
 /* What a command's command line may hold. */
 struct args {
-	bool json, drop;
+	bool json, drop, units;
 	uint64_t grace_ms;
 	const char *id; /* the one positional argument of evict and close */
 };
@@ -45,6 +46,9 @@ static int parse(struct dp_v4ctl *ctl, const char *cmd, const char *usage,
 			break;
 		case OPT_DROP:
 			a->drop = true;
+			break;
+		case OPT_UNITS:
+			a->units = true;
 			break;
 		case OPT_GRACE:
 			if (dp_v4ctl_parse_u64("--grace-ms", optarg, 0, UINT32_MAX, &a->grace_ms) <
@@ -164,6 +168,8 @@ static const char sessions_usage[] =
     "their own sessions; root and the admin group see all).\n"
     "\n"
     "Options:\n"
+    "  --units         list the prefix units instead (root and the admin group only):\n"
+    "                  the states kept for prompts that start with their tokens\n"
     "  --json          "
     "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\",\"lost\"}]}\n"
     "                  (owner: a uid, or null for a session from before owners;\n"
@@ -175,6 +181,7 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 	static const struct option opts[] = {
 	    DP_V4CTL_COMMON_OPTS,
 	    {"json", no_argument, NULL, OPT_JSON},
+	    {"units", no_argument, NULL, OPT_UNITS},
 	    {0},
 	};
 	struct args a = {0};
@@ -187,6 +194,7 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 	Dualpath__V1__Response *r = NULL;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS;
 	req.list_sessions = &lr;
+	lr.units = a.units;
 	if ((ret = one_call(ctl, &req, DUALPATH__V1__RESPONSE__BODY_SESSIONS, &r)))
 		return ret;
 	const Dualpath__V1__SessionList *l = r->sessions;
@@ -207,7 +215,7 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		fputc('\n', stdout);
 		json_decref(o);
 	} else if (l->n_sessions == 0) {
-		printf("no sessions\n");
+		printf(a.units ? "no prefix units\n" : "no sessions\n");
 	} else {
 		int wid = 2;
 		for (size_t i = 0; i < l->n_sessions; i++)

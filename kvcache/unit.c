@@ -1,0 +1,363 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/unit.c — prefix units (kvcache.h, "Prefix units"): finding the
+ * longest unit a prompt starts with, starting a sequence from it, leaving
+ * new ones.
+ *
+ * A unit is a session (kvcache.c keeps, journals, demotes and restores it
+ * like any other); what this file adds is the index by token prefix and the
+ * rule that a unit's state is never changed: a fork copies it, or lends the
+ * unit's own sequence while it comes back from NVMe and puts the unit back
+ * onto its snapshot afterwards.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "kvcache/kvcache-internal.h"
+
+#define UNITS_DEFAULT 4096u
+
+void dp_kv_tenant_make(uint32_t uid, const void *salt, size_t salt_len, struct dp_kv_tenant *ret)
+{
+	uint8_t buf[4 + DP_KV_CACHE_SALT_MAX];
+	if (salt_len > DP_KV_CACHE_SALT_MAX)
+		salt_len = DP_KV_CACHE_SALT_MAX; /* callers check it; never past buf */
+	for (int i = 0; i < 4; i++)
+		buf[i] = (uint8_t)(uid >> (8 * i));
+	if (salt_len)
+		memcpy(buf + 4, salt, salt_len);
+	XXH128_hash_t h = XXH3_128bits(buf, 4 + salt_len);
+	ret->tag[0] = h.high64;
+	ret->tag[1] = h.low64;
+}
+
+bool dp_kv_session_is_unit(const struct dp_kv_session *s)
+{
+	return s && s->unit;
+}
+
+size_t dp_kv_unit_count(const struct dp_kv *kv)
+{
+	return kv ? kv->n_units : 0;
+}
+
+static bool same_tenant(const struct dp_kv_tenant *a, const struct dp_kv_tenant *b)
+{
+	return a->tag[0] == b->tag[0] && a->tag[1] == b->tag[1];
+}
+
+/* The unit of tenant t holding exactly tokens[0..n) (key: their chain key),
+ * verified id by id. */
+static struct dp_kv_session *unit_exact(struct dp_kv *kv, const struct dp_kv_tenant *t,
+                                        uint64_t key, const int32_t *tokens, uint64_t n)
+{
+	if (!kv->units_len)
+		return NULL;
+	for (struct dp_kv_session *u = kv->units[key & (kv->units_len - 1)]; u; u = u->unit_next)
+		if (u->unit_key == key && u->len == n && same_tenant(&u->tenant, t) &&
+		    !memcmp(u->hist, tokens, (size_t)n * sizeof(*tokens)))
+			return u;
+	return NULL;
+}
+
+static bool usable(const struct dp_kv_session *u)
+{
+	return !u->busy && !u->lost && u->tier != DP_KV_TIER_NONE && u->state_pos == u->len;
+}
+
+/* The longest usable unit of t that tokens[0..max) starts with. */
+static struct dp_kv_session *longest(struct dp_kv *kv, const struct dp_kv_tenant *t,
+                                     const int32_t *tokens, uint64_t max)
+{
+	if (!kv->n_units || !max)
+		return NULL;
+	uint64_t *keys = malloc(max * sizeof(*keys));
+	if (!keys)
+		return NULL;
+	uint64_t key = dp_kv_unit_seed(kv, t);
+	for (uint64_t i = 0; i < max; i++)
+		keys[i] = key = dp_kv_unit_step(kv, key, tokens[i]);
+	struct dp_kv_session *found = NULL;
+	for (uint64_t n = max; n > 0 && !found; n--) {
+		struct dp_kv_session *u = unit_exact(kv, t, keys[n - 1], tokens, n);
+		if (u && usable(u))
+			found = u;
+	}
+	free(keys);
+	return found;
+}
+
+int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+                    uint64_t max, struct dp_kv_session **ret)
+{
+	if (!kv || !t || (max && !tokens) || !ret)
+		return -EINVAL;
+	struct dp_kv_session *u = longest(kv, t, tokens, max);
+	if (!u)
+		return -ENOENT;
+	*ret = u;
+	return (int)(u->len > INT32_MAX ? INT32_MAX : u->len);
+}
+
+/* A copy of a unit's device or DRAM state in a new sequence. */
+static int copy_state(struct dp_kv *kv, struct dp_kv_session *u, struct dp_v4_seq **ret_seq)
+{
+	if (u->tier == DP_KV_TIER_DRAM) {
+		void **pages = malloc((u->n_dram ? u->n_dram : 1) * sizeof(*pages));
+		if (!pages)
+			return -ENOMEM;
+		for (size_t i = 0; i < u->n_dram; i++)
+			pages[i] = dp_kv_pool_page(&kv->pool, u->dram_pages[i]);
+		int r = dp_kv_seq_from_host(kv, u, u->state_pos, u->dram_refs, pages, u->n_dram,
+		                            ret_seq);
+		free(pages);
+		return r;
+	}
+	struct dp_v4_page_ref *refs = NULL;
+	void **pages = NULL, *bounce = NULL;
+	size_t n = 0;
+	int r = dp_kv_state_to_host(kv, u, &refs, &pages, &bounce, &n);
+	if (r == 0)
+		r = dp_kv_seq_from_host(kv, u, u->state_pos, refs, pages, n, ret_seq);
+	free(refs);
+	free(pages);
+	free(bounce);
+	return r;
+}
+
+static void unit_drop(struct dp_kv *kv, struct dp_kv_session *u, bool corrupt)
+{
+	if (dp_kv_session_drop(kv, u) < 0) {
+		/* the drop is not durable: at least never serve it again */
+		dp_kv_unit_index_del(kv, u);
+		return;
+	}
+	if (corrupt)
+		kv->st.units_corrupt++;
+	else
+		kv->st.units_dropped++;
+}
+
+int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+                    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
+                    struct dp_kv_session **ret_unit)
+{
+	if (!kv || !t || (max && !tokens) || !ret_seq || !ret_unit)
+		return -EINVAL;
+	for (;;) {
+		struct dp_kv_session *u = longest(kv, t, tokens, max);
+		if (!u) {
+			kv->st.prefix_misses++;
+			*ret_seq = NULL;
+			*ret_unit = NULL;
+			return 0;
+		}
+		struct dp_v4_seq *seq = NULL;
+		int r;
+		if (u->tier == DP_KV_TIER_DEVICE || u->tier == DP_KV_TIER_DRAM) {
+			r = copy_state(kv, u, &seq);
+			if (r == -EBADMSG) { /* its pages do not describe this model's */
+				unit_drop(kv, u, true);
+				continue;
+			}
+			if (r < 0)
+				return r;
+			dp_kv_lru_touch(kv, u);
+			*ret_unit = NULL;
+		} else {
+			r = layered ? dp_kv_session_acquire_async(kv, u, &seq)
+			            : dp_kv_session_acquire(kv, u, &seq);
+			if (r < 0)
+				return r;
+			if (dp_v4_seq_pos(seq) != u->len) {
+				/* its snapshot failed its checks: acquire fell
+				 * back to recomputing; the unit goes */
+				dp_kv_unit_return(kv, u, true);
+				continue;
+			}
+			*ret_unit = u;
+		}
+		kv->st.prefix_hits++;
+		kv->st.prefix_cached_tokens += u->len;
+		*ret_seq = seq;
+		return (int)(u->len > INT32_MAX ? INT32_MAX : u->len);
+	}
+}
+
+int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
+                       struct dp_v4_seq **ret_seq)
+{
+	if (!kv || !s || !t || !ret_seq || !s->busy || !s->seq || s->unit)
+		return -EINVAL;
+	if (dp_v4_seq_pos(s->seq) != 0 || s->len < 2 || s->restore)
+		return 0;
+	struct dp_v4_seq *seq = NULL;
+	struct dp_kv_session *lent = NULL;
+	int got = dp_kv_unit_fork(kv, t, s->hist, s->len - 1, false, &seq, &lent);
+	if (got <= 0)
+		return got;
+	struct dp_v4_seq *copy = seq;
+	int r = 0;
+	if (lent) { /* the unit's own sequence: s takes a copy */
+		copy = NULL;
+		r = copy_state(kv, lent, &copy);
+		dp_kv_unit_return(kv, lent, false);
+	}
+	if (r < 0)
+		return r;
+	dp_v4_seq_free(s->seq);
+	s->seq = copy;
+	s->state_pos = dp_v4_seq_pos(copy);
+	/* the acquire counted the whole history as to be recomputed */
+	kv->st.recomputed_tokens -=
+	    kv->st.recomputed_tokens < s->state_pos ? kv->st.recomputed_tokens : s->state_pos;
+	*ret_seq = copy;
+	return got;
+}
+
+void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
+{
+	if (!kv || !u || !u->busy)
+		return;
+	if (u->restore && dp_kv_restore_complete(kv, u) < 0)
+		bad = true;
+	dp_v4_seq_free(u->seq);
+	u->seq = NULL;
+	if (u->has_snap && u->snap_pos == u->len) {
+		u->tier = DP_KV_TIER_NVME;
+		u->state_pos = u->snap_pos;
+	} else {
+		u->tier = DP_KV_TIER_NONE;
+		u->state_pos = 0;
+		bad = true;
+	}
+	dp_kv_session_release(kv, u);
+	if (bad)
+		unit_drop(kv, u, true);
+}
+
+/* Past max_units: the least recently used idle unit goes. */
+static void units_trim(struct dp_kv *kv)
+{
+	uint32_t max = kv->opts.max_units ? kv->opts.max_units : UNITS_DEFAULT;
+	while (kv->n_units >= max) {
+		struct dp_kv_session *v = kv->lru_tail;
+		while (v && (!v->unit || v->busy))
+			v = v->lru_prev;
+		if (!v)
+			return;
+		unit_drop(kv, v, false);
+	}
+}
+
+/* s takes a copy of seq's state: DRAM pages when the pool has room, else a
+ * device sequence. */
+static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_v4_seq *seq)
+{
+	size_t n = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+	if (!refs)
+		return -ENOMEM;
+	dp_v4_seq_pages(seq, refs, n);
+	int r = 0;
+	if (kv->pool.n_pages && n <= kv->pool.n_free) {
+		uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
+		if (!idx) {
+			free(refs);
+			return -ENOMEM;
+		}
+		size_t got = 0;
+		for (; got < n && r == 0; got++) {
+			idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
+			r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[got]), &refs[got]);
+		}
+		if (r < 0) {
+			for (size_t i = 0; i < got; i++)
+				dp_kv_pool_put(&kv->pool, idx[i]);
+			free(idx);
+			free(refs);
+			return r;
+		}
+		for (size_t i = 0; i < n; i++)
+			refs[i].page = NULL;
+		s->dram_refs = refs;
+		s->dram_pages = idx;
+		s->n_dram = n;
+		s->tier = DP_KV_TIER_DRAM;
+		s->state_pos = dp_v4_seq_pos(seq);
+		return 0;
+	}
+	/* through a host bounce: the backend copies only between host and device */
+	void *bounce = NULL;
+	void **pages = malloc((n ? n : 1) * sizeof(*pages));
+	if (!pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+		free(pages);
+		free(refs);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n && r == 0; i++) {
+		pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
+		r = dp_kv_page_out(kv, pages[i], &refs[i]);
+	}
+	struct dp_v4_seq *copy = NULL;
+	if (r == 0)
+		r = dp_kv_seq_from_host(kv, s, dp_v4_seq_pos(seq), refs, pages, n, &copy);
+	free(pages);
+	free(bounce);
+	free(refs);
+	if (r < 0)
+		return r;
+	s->seq = copy;
+	s->tier = DP_KV_TIER_DEVICE;
+	s->state_pos = dp_v4_seq_pos(copy);
+	return 0;
+}
+
+int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+                     uint64_t n, const struct dp_v4_seq *seq)
+{
+	if (!kv || !t || !n || !tokens || !seq)
+		return -EINVAL;
+	if (dp_v4_seq_pos(seq) != n)
+		return -EINVAL;
+	uint64_t key = dp_kv_unit_seed(kv, t);
+	for (uint64_t i = 0; i < n; i++)
+		key = dp_kv_unit_step(kv, key, tokens[i]);
+	struct dp_kv_session *u = unit_exact(kv, t, key, tokens, n);
+	if (u && usable(u)) {
+		dp_kv_lru_touch(kv, u);
+		return 0;
+	}
+	if (u && !u->busy) /* one without state: made again below */
+		unit_drop(kv, u, false);
+	else if (u)
+		return 0; /* lent to a request: it comes back */
+	units_trim(kv);
+	char id[DP_KV_SESSION_ID_MAX + 1];
+	struct dp_kv_session *probe;
+	for (uint32_t k = 0;; k++) { /* keys may collide: the counter tells units apart */
+		snprintf(id, sizeof(id),
+		         DP_KV_UNIT_MARK "%016" PRIx64 "%016" PRIx64 ".%016" PRIx64 ".%x",
+		         t->tag[0], t->tag[1], key, k);
+		if (dp_kv_session_find(kv, id, &probe) < 0)
+			break;
+	}
+	struct dp_kv_session *s;
+	int r = dp_kv_session_add(kv, id, &s);
+	if (r < 0)
+		return r;
+	s->tenant = *t;
+	if ((r = dp_kv_session_append(kv, s, tokens, (uint32_t)n)) < 0 ||
+	    (r = unit_state(kv, s, seq)) < 0 || (r = dp_kv_unit_index_add(kv, s)) < 0) {
+		/* nothing of it is journaled yet: the drop record is harmless */
+		dp_kv_session_drop(kv, s);
+		return r;
+	}
+	kv->st.units_left++;
+	return 0;
+}
