@@ -267,8 +267,13 @@ static int parse_common(json_t *o, const struct dp_http_limits *lim, struct dp_h
 	if ((ret = get_string(o, "session_id", &s, err)) < 0 ||
 	    (ret = get_string(o, "cache_salt", &r->cache_salt, err)) < 0)
 		return ret;
-	if (s && (!*s || strlen(s) > 64))
-		return BAD("session_id", "session_id must be 1 to 64 bytes");
+	/* the session store's rule (kvcache.h): [A-Za-z0-9._-], not "." or ".." */
+	bool ok = !s || (*s && strlen(s) <= 64 && strcmp(s, ".") && strcmp(s, ".."));
+	for (const char *p = s; ok && p && *p; p++)
+		ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		     *p == '.' || *p == '_' || *p == '-';
+	if (!ok)
+		return BAD("session_id", "session_id must be 1 to 64 of A-Z a-z 0-9 . _ - (not . or ..)");
 	r->session_id = s;
 	return 0;
 }
