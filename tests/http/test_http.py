@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The HTTP front end to end: the real dualpathd started with --http, driven
+with the official `openai` Python SDK and with curl.
+
+Needs the SDK: the test set-up (scripts/test) installs it from PyPI into
+build/pyenv; DP_PYTHON names that interpreter and this script re-runs itself
+under it. Without the SDK it skips (exit 77) and says so.
+
+Environment: DUALPATHD (the daemon), DP_PYTHON (optional), CURL (optional).
+Each test is a function named for the behaviour it checks; all run, then
+the failures are listed.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+try:
+    import openai
+    try:  # the HTTP client the SDK is built on (httpx2 in recent releases)
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+except ImportError:
+    py = os.environ.get("DP_PYTHON", "")
+    if py and os.path.exists(py) and not os.environ.get("DP_HTTP_REEXEC"):
+        os.environ["DP_HTTP_REEXEC"] = "1"
+        os.execv(py, [py] + sys.argv)
+    print("SKIP: the openai Python SDK is not installed (scripts/test puts it in build/pyenv: "
+          "python3 -m venv build/pyenv && build/pyenv/bin/pip install openai)")
+    sys.exit(77)
+
+DUALPATHD = os.environ.get("DUALPATHD", "build/daemon/dualpathd")
+CURL = os.environ.get("CURL") or shutil.which("curl")
+
+
+class Daemon:
+    """dualpathd on the embedded model, its HTTP front on a Unix socket
+    (no port to collide with) or on a TCP address."""
+
+    def __init__(self, *extra, tcp=None):
+        self.dir = tempfile.mkdtemp(prefix="dp-http-")
+        self.sock = os.path.join(self.dir, "http.sock")
+        self.listen = tcp or "unix:" + self.sock
+        self.log = os.path.join(self.dir, "log")
+        args = [DUALPATHD, "--config", "/dev/null", "--socket", os.path.join(self.dir, "s"),
+                "--state-dir", os.path.join(self.dir, "state"), "--model", "builtin",
+                "--threads", "1", "--pin-threads", "false", "--log-level", "debug",
+                "--log-file", self.log, "--http", self.listen] + list(extra)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.tcp = tcp
+        if tcp:
+            self.base = "http://" + tcp
+            self.http = httpx.Client(base_url=self.base, timeout=60)
+        else:
+            self.base = "http://localhost"
+            self.http = httpx.Client(base_url=self.base, timeout=60,
+                                     transport=httpx.HTTPTransport(uds=self.sock))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("dualpathd exited %d: %s" % (self.proc.returncode,
+                                                                 self.proc.stderr.read().decode()))
+            try:
+                if self.http.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("dualpathd's HTTP front did not come up")
+
+    def client(self, key="none"):
+        kw = {} if self.tcp else {"http_client": httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.sock), timeout=60)}
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0, **kw)
+
+    def curl(self, *args):
+        where = [] if self.tcp else ["--unix-socket", self.sock]
+        url = self.base + args[-1]
+        r = subprocess.run([CURL, "-sS", "-i", "--max-time", "60"] + where + list(args[:-1]) + [url],
+                           capture_output=True, timeout=90)
+        head, _, body = r.stdout.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/") else 0
+        headers = {}
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.decode().strip().lower()] = v.decode().strip()
+        return status, headers, body.decode()
+
+    def metrics(self, key=None):
+        h = {"Authorization": "Bearer " + key} if key else {}
+        r = self.http.get("/metrics", headers=h)
+        assert r.status_code == 200, r.text
+        return parse_prometheus(r.text)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.http.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def parse_prometheus(text):
+    """name{labels} -> value; every line must be a comment or a sample."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        series, _, value = line.rpartition(" ")
+        assert series and not line.startswith("#"), "not Prometheus text: %r" % line
+        out[series] = float(value)
+    return out
+
+
+def error_of(status, body):
+    e = json.loads(body)["error"]
+    assert set(e) == {"message", "type", "param", "code"}, e
+    return e
+
+
+# ---- the tests ------------------------------------------------------------------------
+
+def completions_answer_with_text_and_usage(d):
+    c = d.client()
+    r = c.completions.create(model="builtin", prompt="The hacker", max_tokens=12, temperature=0)
+    assert r.object == "text_completion"
+    assert r.choices[0].finish_reason == "length", r
+    assert len(r.choices[0].text) > 0
+    assert r.usage.completion_tokens == 12
+    assert r.usage.prompt_tokens == len("The hacker") + 1  # bytes + BOS
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+    assert r.usage.prompt_tokens_details.cached_tokens == 0
+    again = c.completions.create(model="builtin", prompt="The hacker", max_tokens=12, temperature=0)
+    assert again.choices[0].text == r.choices[0].text, "greedy is deterministic"
+
+
+def completions_stream_chunks_then_usage_then_done(d):
+    c = d.client()
+    text, finish, usage, n = "", None, None, 0
+    for ch in c.completions.create(model="builtin", prompt="The program", max_tokens=10,
+                                   temperature=0, stream=True,
+                                   stream_options={"include_usage": True}):
+        n += 1
+        if ch.usage:
+            assert ch.choices == [], "the usage chunk has no choices"
+            usage = ch.usage
+            continue
+        text += ch.choices[0].text
+        finish = ch.choices[0].finish_reason or finish
+    assert finish == "length" and usage and usage.completion_tokens == 10, (finish, usage)
+    whole = c.completions.create(model="builtin", prompt="The program", max_tokens=10, temperature=0)
+    assert text == whole.choices[0].text, (text, whole.choices[0].text)
+    # the wire, as curl sees it
+    st, hd, body = d.curl("-N", "-H", "Content-Type: application/json", "-d",
+                          json.dumps({"prompt": "The program", "max_tokens": 3, "stream": True}),
+                          "/v1/completions")
+    assert st == 200 and hd["content-type"] == "text/event-stream", (st, hd)
+    events = [e for e in body.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), events
+    assert events[-1] == "data: [DONE]", events[-1]
+    last = json.loads(events[-2][6:])
+    assert last["choices"][0]["finish_reason"] == "length" and "usage" not in last
+
+
+def seed_makes_sampling_repeatable(d):
+    c = d.client()
+    a = c.completions.create(model="builtin", prompt="A computer", max_tokens=16, temperature=1.0,
+                             seed=1234)
+    b = c.completions.create(model="builtin", prompt="A computer", max_tokens=16, temperature=1.0,
+                             seed=1234)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def stop_string_cuts_the_text_and_finishes_with_stop(d):
+    c = d.client()
+    full = c.completions.create(model="builtin", prompt="The hacker", max_tokens=30,
+                                temperature=0).choices[0].text
+    stop = full[8:11]
+    want = full[:full.index(stop)]
+    r = c.completions.create(model="builtin", prompt="The hacker", max_tokens=30, temperature=0,
+                             stop=[stop])
+    assert r.choices[0].text == want and r.choices[0].finish_reason == "stop", (r, stop, full)
+    text = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="builtin", prompt="The hacker", max_tokens=30, temperature=0, stop=stop, stream=True))
+    assert text == want, (text, want)
+
+
+def refusals_carry_the_error_envelope_and_status(d):
+    cases = [
+        (["-d", "{not json"], "/v1/completions", 400, None),
+        (["-d", json.dumps({"prompt": "x", "n": 2})], "/v1/completions", 400, "n"),
+        (["-d", json.dumps({"prompt": "x", "temperature": "warm"})], "/v1/completions", 400,
+         "temperature"),
+        (["-d", json.dumps({"prompt": "x", "model": "gpt-9"})], "/v1/completions", 404, "model"),
+        (["-d", json.dumps({"prompt": "x" * 5000})], "/v1/completions", 400, "prompt"),
+        (["-d", "{}"], "/v1/nothing", 404, None),
+        (["-X", "GET"], "/v1/completions", 405, None),
+        (["-d", json.dumps({"messages": [{"role": "wizard", "content": "x"}]})],
+         "/v1/chat/completions", 400, "messages[0].role"),
+        (["-d", "[" * 100 + "]" * 100], "/v1/completions", 400, None),
+        (["-d", json.dumps({"prompt": "x" * 70000})], "/v1/completions", 413, None),
+    ]
+    for args, url, status, param in cases:
+        st, _, body = d.curl(*args, url)
+        assert st == status, (url, args[:2], st, body)
+        e = error_of(st, body)
+        assert e["param"] == param, (url, e)
+    st, _, body = d.curl("-d", json.dumps({"prompt": "x" * 5000}), "/v1/completions")
+    assert error_of(st, body)["code"] == "context_length_exceeded"
+    # the SDK turns them into its exceptions
+    c = d.client()
+    try:
+        c.chat.completions.create(model="builtin", messages=[{"role": "wizard", "content": "x"}])
+        raise AssertionError("an unknown role was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.body["param"] == "messages[0].role", e.body
+
+
+def chat_is_checked_then_refused_until_the_renderer_lands(d):
+    # model/conv.h (render + parse for the loaded model) is not in this
+    # build: a valid chat request gets a clear 501, never a made-up answer
+    c = d.client()
+    try:
+        c.chat.completions.create(model="builtin", messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("chat answered without a renderer")
+    except openai.APIStatusError as e:
+        assert e.status_code == 501 and "conv.h" in e.body["message"], e
+
+
+def request_id_is_echoed_or_made(d):
+    st, hd, _ = d.curl("-H", "X-Request-Id: trace-42", "/health")
+    assert st == 200 and hd["x-request-id"] == "trace-42", hd
+    st, hd, _ = d.curl("/health")
+    assert hd.get("x-request-id"), hd
+
+
+def tokenize_and_detokenize_round_trip(d):
+    r = d.http.post("/tokenize", json={"prompt": "héllo, wörld"})
+    assert r.status_code == 200, r.text
+    toks = r.json()["tokens"]
+    assert r.json()["count"] == len(toks) and toks[0] == 256  # BOS of the byte tokenizer
+    back = d.http.post("/detokenize", json={"tokens": toks})
+    assert back.status_code == 200 and back.json()["prompt"] == "héllo, wörld", back.text
+    r = d.http.post("/tokenize", json={"prompt": "ab", "add_special_tokens": False})
+    assert r.json()["tokens"] == [97, 98]
+    r = d.http.post("/detokenize", json={"tokens": [1, 999999]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+
+
+def models_lists_the_served_model(d):
+    m = d.client().models.list()
+    assert [x.id for x in m.data] == ["builtin"], m
+
+
+def metrics_are_prometheus_text_with_latency_histograms(d):
+    d.client().completions.create(model="builtin", prompt="x", max_tokens=4)
+    m = d.metrics()
+    assert m['dualpath_tokens_total{phase="decode"}'] > 0
+    assert m["dualpath_http_requests_total"] > 0
+    assert m["dualpath_http_time_to_first_token_seconds_count"] > 0
+    assert m['dualpath_http_time_to_first_token_seconds_bucket{le="+Inf"}'] == \
+        m["dualpath_http_time_to_first_token_seconds_count"]
+    assert m["dualpath_http_inter_token_latency_seconds_count"] > 0
+
+
+def disconnect_cancels_the_generation(d):
+    before = d.metrics()
+    with d.http.stream("POST", "/v1/completions", json={
+            "prompt": "The", "max_tokens": 4000, "ignore_eos": True, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        m = d.metrics()
+        if m["dualpath_http_disconnects_total"] > before["dualpath_http_disconnects_total"] and \
+                m["dualpath_requests_cancelled_total"] > before["dualpath_requests_cancelled_total"]:
+            assert m["dualpath_requests_active"] == 0, m["dualpath_requests_active"]
+            return
+        time.sleep(0.1)
+    raise AssertionError("the generation went on after its client left")
+
+
+TESTS_SHARED = [
+    completions_answer_with_text_and_usage,
+    completions_stream_chunks_then_usage_then_done,
+    seed_makes_sampling_repeatable,
+    stop_string_cuts_the_text_and_finishes_with_stop,
+    refusals_carry_the_error_envelope_and_status,
+    chat_is_checked_then_refused_until_the_renderer_lands,
+    request_id_is_echoed_or_made,
+    tokenize_and_detokenize_round_trip,
+    models_lists_the_served_model,
+    metrics_are_prometheus_text_with_latency_histograms,
+    disconnect_cancels_the_generation,
+]
+
+
+# ---- tests with a daemon of their own ----------------------------------------------------
+
+def too_many_requests_get_429():
+    d = Daemon("--max-requests", "1", "--max-body-bytes", "64K")
+    try:
+        with d.http.stream("POST", "/v1/completions", json={
+                "prompt": "The", "max_tokens": 4000, "ignore_eos": True, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break
+            second = d.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            assert second.status_code == 429, (second.status_code, second.text)
+            assert second.json()["error"]["type"] == "rate_limit_error"
+        ok = None
+        for _ in range(100):  # the slot is free once the first one's cancel went through
+            ok = d.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            if ok.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert ok.status_code == 200, ok.text
+    finally:
+        d.stop()
+
+
+def api_keys_are_required_when_configured():
+    tmp = tempfile.mkdtemp(prefix="dp-keys-")
+    keys = os.path.join(tmp, "keys")
+    with open(keys, "w") as f:
+        f.write("# keys\nsk-first-key\n\nsk-second-key\n")
+    os.chmod(keys, 0o644)
+    r = subprocess.run([DUALPATHD, "--config", "/dev/null", "--socket", os.path.join(tmp, "s"),
+                        "--state-dir", os.path.join(tmp, "st"), "--http", "unix:" + tmp + "/h",
+                        "--api-key-file", keys], capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"api_key_file" in r.stderr and b"mode" in r.stderr, r.stderr
+    os.chmod(keys, 0o600)
+    d = Daemon("--api-key-file", keys)
+    try:
+        for key, want in [(None, 401), ("sk-wrong", 401), ("sk-first-key", 200),
+                          ("sk-second-key", 200), ("sk-second-key-longer", 401)]:
+            h = {"Authorization": "Bearer " + key} if key else {}
+            r = d.http.get("/v1/models", headers=h)
+            assert r.status_code == want, (key, r.status_code)
+            if want == 401:
+                assert r.json()["error"]["type"] == "authentication_error"
+        assert d.http.get("/health").status_code == 200, "health needs no key"
+        try:
+            d.client("sk-wrong").models.list()
+            raise AssertionError("a wrong key was let in")
+        except openai.AuthenticationError:
+            pass
+        r = d.client("sk-first-key").completions.create(model="builtin", prompt="x", max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        assert d.metrics("sk-first-key")["dualpath_http_unauthorized_total"] >= 3
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def health_is_503_while_draining():
+    d = Daemon("--drain-grace-ms", "20000")
+    try:
+        with d.http.stream("POST", "/v1/completions", json={
+                "prompt": "The", "max_tokens": 100000, "ignore_eos": True, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break
+            d.proc.send_signal(signal.SIGTERM)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                h = d.http.get("/health")
+                if h.status_code == 503:
+                    assert h.json()["status"] == "draining", h.text
+                    return
+                time.sleep(0.05)
+            raise AssertionError("health stayed 200 while draining")
+    finally:
+        d.stop()
+
+
+def tcp_listen_serves_the_same_api():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = Daemon(tcp="127.0.0.1:%d" % port)
+    try:
+        r = d.client().completions.create(model="builtin", prompt="x", max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        st, _, _ = d.curl("/health")
+        assert st == 200
+    finally:
+        d.stop()
+
+
+TESTS_OWN = [too_many_requests_get_429, api_keys_are_required_when_configured,
+             health_is_503_while_draining, tcp_listen_serves_the_same_api]
+
+
+def main():
+    if not CURL:
+        print("SKIP: curl is not installed")
+        return 77
+    failed = []
+    d = Daemon("--max-prompt-tokens", "4096", "--max-body-bytes", "64K")
+    try:
+        for t in TESTS_SHARED:
+            try:
+                t(d)
+                print("ok   http.%s" % t.__name__)
+            except Exception:
+                failed.append(t.__name__)
+                print("FAIL http.%s\n%s" % (t.__name__, traceback.format_exc()))
+    finally:
+        d.stop()
+    for t in TESTS_OWN:
+        try:
+            t()
+            print("ok   http.%s" % t.__name__)
+        except Exception:
+            failed.append(t.__name__)
+            print("FAIL http.%s\n%s" % (t.__name__, traceback.format_exc()))
+    n = len(TESTS_SHARED) + len(TESTS_OWN)
+    print("http: %d of %d passed%s" % (n - len(failed), n, (": failed " + ", ".join(failed)) if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
