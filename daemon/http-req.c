@@ -190,7 +190,7 @@ static int parse_common(json_t *o, const struct dp_http_limits *lim, struct dp_h
 		r->sampling.temperature = (float)x;
 	if ((ret = get_number(o, "top_p", 0, 1, &x, err)) < 0)
 		return ret;
-	if (ret && x == 0)
+	if (ret && (float)x <= 0) /* 1e-300 is above 0, but not as the sampler's float */
 		return BAD("top_p", "top_p must be above 0 (1: off)");
 	if (ret)
 		r->sampling.top_p = (float)x;

@@ -80,6 +80,7 @@ Test(http_req, bad_input_is_refused_naming_the_field)
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"temperature\": \"hot\"}", 400, "temperature");
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"temperature\": 3}", 400, "temperature");
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"top_p\": 0}", 400, "top_p");
+	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"top_p\": 1e-300}", 400, "top_p");
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"max_tokens\": 101}", 400, "max_tokens");
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"max_tokens\": 0}", 400, "max_tokens");
 	refused(DP_HTTP_COMPLETIONS, "{\"prompt\": \"x\", \"n\": 2}", 400, "n");
