@@ -227,8 +227,8 @@ static const struct opt opts[] = {
 	ON("engram", engram_cache_rows, OPT_U64, 0, 1u << 30,
 	   "hot-row cache entries (dram, nvme; 0: none)"),
 	OK("http", "listen", http_listen, OPT_STR, .flag = "http",
-	   .help = "serve the OpenAI-compatible HTTP API here: HOST:PORT (127.0.0.1:8000, "
-		   "[::1]:8000) or unix:/path (\"\": off)"),
+	   .help = "serve the OpenAI-compatible HTTP API at HOST:PORT (127.0.0.1:8000; an IPv6 "
+		   "address in brackets) or unix:/path (empty: off)"),
 	OK("http", "api_key_file", http_api_key_file, OPT_STR,
 	   .help = "bearer keys, one a line (owner root or the daemon's user, not readable by "
 		   "others); \"\": no key asked"),
