@@ -279,9 +279,7 @@ def disconnect_cancels_the_generation(d):
     before = d.metrics()
     with d.http.stream("POST", "/v1/completions", json={
             "prompt": "The", "max_tokens": 4000, "ignore_eos": True, "stream": True}) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                break
+        first_data(r)
     deadline = time.time() + 20
     while time.time() < deadline:
         m = d.metrics()
@@ -310,25 +308,40 @@ TESTS_SHARED = [
 
 # ---- tests with a daemon of their own ----------------------------------------------------
 
+def first_data(r):
+    """Wait for a stream's first data event; a refused stream fails the test."""
+    assert r.status_code == 200, (r.status_code, r.read())
+    for line in r.iter_lines():
+        if line.startswith("data: "):
+            assert "error" not in json.loads(line[6:]), line
+            return
+    raise AssertionError("the stream ended before its first event")
+
+
 def too_many_requests_get_429():
-    d = Daemon("--max-requests", "1", "--max-body-bytes", "64K")
+    d = Daemon("--max-requests", "1", "--max-new-tokens", "6000")
+    s = socket.socket(socket.AF_UNIX)
     try:
-        with d.http.stream("POST", "/v1/completions", json={
-                "prompt": "The", "max_tokens": 4000, "ignore_eos": True, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    break
+        # the one slot: a generation of a few seconds on a raw connection
+        s.connect(d.sock)
+        body = json.dumps({"prompt": "The", "max_tokens": 6000, "ignore_eos": True}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                  % len(body) + body)
+        second = None
+        deadline = time.time() + 10
+        while time.time() < deadline:
             second = d.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
-            assert second.status_code == 429, (second.status_code, second.text)
-            assert second.json()["error"]["type"] == "rate_limit_error"
-        ok = None
-        for _ in range(100):  # the slot is free once the first one's cancel went through
-            ok = d.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
-            if ok.status_code == 200:
+            if second.status_code == 429:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
+        assert second.status_code == 429, (second.status_code, second.text)
+        assert second.json()["error"]["type"] == "rate_limit_error"
+        s.settimeout(60)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "the first one is answered"
+        ok = d.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
         assert ok.status_code == 200, ok.text
     finally:
+        s.close()
         d.stop()
 
 
@@ -366,24 +379,62 @@ def api_keys_are_required_when_configured():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def long_request(d):
+    """A 60000-token generation, not streamed (no unread output to cut it
+    off), running in a curl of its own; returns once compute has it."""
+    where = [] if d.tcp else ["--unix-socket", d.sock]
+    p = subprocess.Popen([CURL, "-sS", "--max-time", "60"] + where + ["-d", json.dumps(
+        {"prompt": "The", "max_tokens": 60000, "ignore_eos": True}), d.base + "/v1/completions"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while d.metrics()["dualpath_requests_active"] < 1:
+        assert time.time() < deadline, "the long request never started"
+        time.sleep(0.05)
+    return p
+
+
 def health_is_503_while_draining():
-    d = Daemon("--drain-grace-ms", "20000")
+    d = Daemon("--drain-grace-ms", "20000", "--max-new-tokens", "60000")
+    first = None
     try:
-        with d.http.stream("POST", "/v1/completions", json={
-                "prompt": "The", "max_tokens": 100000, "ignore_eos": True, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    break
-            d.proc.send_signal(signal.SIGTERM)
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                h = d.http.get("/health")
-                if h.status_code == 503:
-                    assert h.json()["status"] == "draining", h.text
-                    return
-                time.sleep(0.05)
-            raise AssertionError("health stayed 200 while draining")
+        first = long_request(d)
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            h = d.http.get("/health")
+            if h.status_code == 503:
+                assert h.json()["status"] == "draining", h.text
+                return
+            time.sleep(0.05)
+        raise AssertionError("health stayed 200 while draining")
     finally:
+        if first:
+            first.kill()
+            first.wait()
+        d.stop()
+
+
+def slow_reader_is_cut_off_and_its_generation_cancelled():
+    # a raw connection that sends a streaming request and never reads
+    d = Daemon("--max-new-tokens", "60000")
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(d.sock)
+        body = json.dumps({"prompt": "The", "max_tokens": 60000, "ignore_eos": True,
+                           "stream": True}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.time() + 60
+        m = d.metrics()
+        while time.time() < deadline and not (m["dualpath_http_slow_reader_cuts_total"] >= 1 and
+                                               m["dualpath_requests_active"] == 0):
+            time.sleep(0.2)
+            m = d.metrics()
+        assert m["dualpath_http_slow_reader_cuts_total"] >= 1, "never cut off"
+        assert m["dualpath_requests_active"] == 0 and m["dualpath_requests_cancelled_total"] >= 1, m
+        assert m['dualpath_tokens_total{phase="decode"}'] < 50000, "it ran to the end"
+    finally:
+        s.close()
         d.stop()
 
 
@@ -402,8 +453,29 @@ def tcp_listen_serves_the_same_api():
         d.stop()
 
 
-TESTS_OWN = [too_many_requests_get_429, api_keys_are_required_when_configured,
-             health_is_503_while_draining, tcp_listen_serves_the_same_api]
+def keepalive_comments_flow_while_a_request_waits():
+    # one sequence a step: a second stream waits behind a long first request
+    # (not streamed, so no unread output cuts it off) and gets `: ping`
+    # comments meanwhile, as during a long prefill
+    d = Daemon("--max-batch", "1", "--keepalive-ms", "100", "--max-new-tokens", "60000",
+               "--drain-grace-ms", "100")
+    first = None
+    try:
+        first = long_request(d)
+        st, _, body = d.curl("-N", "--max-time", "1", "-d", json.dumps(
+            {"prompt": "x", "max_tokens": 2, "stream": True}), "/v1/completions")
+        assert st == 200 and ": ping\n\n" in body, (st, body[:300])
+        assert "data: " not in body, "the second request was not waiting"
+    finally:
+        d.stop()
+        if first:
+            first.kill()
+            first.wait()
+
+
+TESTS_OWN = [too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
+             health_is_503_while_draining, slow_reader_is_cut_off_and_its_generation_cancelled,
+             tcp_listen_serves_the_same_api]
 
 
 def main():
