@@ -429,6 +429,24 @@ static int admit_one(struct compute *c, struct req *r)
 		return ret;
 	}
 	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
+	/* a chat turn on a session with a context continues it (server.h) */
+	if (m->chat && hist_len(r) == 0 && m->whole_error[0]) {
+		send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "%s", m->whole_error);
+		return -EINVAL;
+	}
+	if (m->chat && hist_len(r) > 0) {
+		if (m->cont_error[0]) {
+			send_error(c, m, DUALPATH__V1__CODE__INVALID_ARGUMENT, "%s", m->cont_error);
+			return -EINVAL;
+		}
+		memmove(m->tokens, m->tokens + m->n_tokens, m->n_cont * sizeof(*m->tokens));
+		m->n_tokens = m->n_cont;
+		if (m->cont_lead >= 0 && hist(r)[hist_len(r) - 1] != m->cont_lead &&
+		    (ret = hist_append(c, r, &m->cont_lead, 1)) < 0) {
+			send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for history");
+			return ret;
+		}
+	}
 	uint64_t ctx = hist_len(r) + m->n_tokens + m->max_new + 1;
 	uint64_t maxpos = (uint64_t)dp_v4_model_config(srv->model)->max_position_embeddings;
 	if (ctx > maxpos) {

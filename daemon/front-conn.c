@@ -259,6 +259,8 @@ void front_conn_close(struct front *f, uint32_t slot)
 	c->rd = NULL;
 	dp_frame_buf_fini(&c->out);
 	front_conn_account(f, c);
+	for (uint32_t i = 0; i < c->n_reqs; i++)
+		dp_conv_stream_free(c->reqs[i].chat);
 	free(c->reqs);
 	c->reqs = NULL;
 	c->n_reqs = c->cap_reqs = 0;

@@ -16,6 +16,7 @@
 
 #include "daemon/front-internal.h"
 #include "daemon/log.h"
+#include "model/conv.h"
 
 static struct freq *freq_find(struct conn *c, uint64_t id)
 {
@@ -27,6 +28,7 @@ static struct freq *freq_find(struct conn *c, uint64_t id)
 
 static void freq_remove(struct conn *c, struct freq *q)
 {
+	dp_conv_stream_free(q->chat);
 	*q = c->reqs[--c->n_reqs];
 }
 
@@ -119,6 +121,67 @@ static void forward(struct front *f, uint32_t slot, struct dp_msg *m)
 	c->pending++;
 }
 
+/* "generate.chat: messages[1].role: must be ..." */
+static void chat_error_text(char *buf, size_t len, const struct dp_chat_error *e, int rc)
+{
+	snprintf(buf, len, "generate.chat: %.127s%s%.255s", e->param, e->param[0] ? ": " : "",
+		 e->message[0] ? e->message : strerror(-rc));
+}
+
+/* Render a chat prompt both ways (server.h, struct dp_msg): as a whole
+ * conversation and as a continuation; compute picks by the session's
+ * context. Here, on the front thread, as text prompts are tokenized, so the
+ * compute thread never waits for it. Returns 0, or -1 after replying. */
+static int chat_render(struct front *f, uint32_t slot, uint64_t id, const char *json,
+		       struct dp_msg *m, enum dp_chat_mode *mode)
+{
+	struct dp_server *srv = f->srv;
+	struct dp_conv_prompt whole = {0}, cont = {0};
+	struct dp_chat_error e;
+	char msg[512];
+	size_t len = strlen(json);
+	int rc;
+
+	/* A one-off request is always a whole conversation; a session's may be
+	 * either, so it goes to compute with each way's error (if any), and
+	 * compute answers by the session's context. */
+	rc = dp_conv_render_text(srv->conv, json, len, 0, &whole, &e);
+	if (rc < 0)
+		chat_error_text(m->whole_error, sizeof(m->whole_error), &e, rc);
+	if (rc == -ENOMEM || (rc < 0 && !m->session[0])) {
+		front_reply_error(f, slot, id, rc == -ENOMEM ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
+							   : DUALPATH__V1__CODE__INVALID_ARGUMENT,
+				  m->whole_error);
+		return -1;
+	}
+	if (m->session[0] &&
+	    (rc = dp_conv_render_text(srv->conv, json, len, DP_CONV_CONTINUE, &cont, &e)) < 0)
+		chat_error_text(m->cont_error, sizeof(m->cont_error), &e, rc);
+	if (whole.n_ids > srv->cfg.max_prompt_tokens || cont.n_ids > srv->cfg.max_prompt_tokens) {
+		snprintf(msg, sizeof(msg), "generate.chat: the rendered prompt is %zu tokens, beyond "
+			 "max_prompt_tokens %u", whole.n_ids > cont.n_ids ? whole.n_ids : cont.n_ids,
+			 srv->cfg.max_prompt_tokens);
+		front_reply_error(f, slot, id, DUALPATH__V1__CODE__INVALID_ARGUMENT, msg);
+		dp_conv_prompt_fini(&whole);
+		dp_conv_prompt_fini(&cont);
+		return -1;
+	}
+	m->tokens = malloc((whole.n_ids + cont.n_ids + 1) * sizeof(int32_t));
+	if (m->tokens) {
+		memcpy(m->tokens, whole.ids, whole.n_ids * sizeof(int32_t));
+		if (cont.n_ids)
+			memcpy(m->tokens + whole.n_ids, cont.ids, cont.n_ids * sizeof(int32_t));
+	}
+	m->n_tokens = (uint32_t)whole.n_ids;
+	m->n_cont = (uint32_t)cont.n_ids;
+	m->chat = true;
+	m->cont_lead = dp_conv_continue_lead(srv->conv);
+	*mode = whole.n_ids ? whole.mode : cont.mode;
+	dp_conv_prompt_fini(&whole);
+	dp_conv_prompt_fini(&cont);
+	return 0; /* m->tokens NULL: the caller's out of memory */
+}
+
 static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Request *req)
 {
 	struct dp_server *srv = f->srv;
@@ -137,6 +200,7 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 		front_reply_error(f, slot, req->request_id, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, msg);
 		return;
 	}
+	enum dp_chat_mode chat_mode = DP_CHAT_MODE_CHAT;
 	struct dp_msg *m = new_msg(f, slot, DP_MSG_GENERATE, req->request_id);
 	if (!m)
 		return;
@@ -146,6 +210,11 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 		m->tokens = malloc((m->n_tokens ? m->n_tokens : 1) * sizeof(int32_t));
 		for (uint32_t i = 0; m->tokens && i < m->n_tokens; i++)
 			m->tokens[i] = (int32_t)g->tokens->ids[i];
+	} else if (g->prompt_case == DUALPATH__V1__GENERATE__PROMPT_CHAT) {
+		if (chat_render(f, slot, req->request_id, g->chat, m, &chat_mode) < 0) {
+			free(m);
+			return;
+		}
 	} else {
 		size_t len = strlen(g->text);
 		size_t cap = dp_tok_encode_bound(srv->tok, len, 0);
@@ -205,6 +274,14 @@ static void on_generate(struct front *f, uint32_t slot, const Dualpath__V1__Requ
 	q->request_id = req->request_id;
 	q->return_text = g->return_text;
 	dp_tok_stream_init(&q->ts, DP_TOK_STREAM_UTF8);
+	q->chat = NULL;
+	if (m->chat && dp_conv_stream_new(srv->conv, chat_mode, NULL, &q->chat) < 0) {
+		c->n_reqs--;
+		front_reply_error(f, slot, req->request_id, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		free(m->tokens);
+		free(m);
+		return;
+	}
 	forward(f, slot, m);
 }
 
@@ -398,6 +475,104 @@ out:
 	free(vals);
 }
 
+/* One chunk's parsed output, gathered over its ids (the parser's deltas
+ * live until its next call, so they are copied). */
+struct chat_out {
+	char *reasoning, *content;
+	size_t reasoning_len, content_len;
+	Dualpath__V1__ToolCall *calls;
+	Dualpath__V1__ToolCall **ptrs;
+	size_t n_calls;
+	bool oom;
+};
+
+static void chat_out_add(char **s, size_t *len, const char *p, size_t n, bool *oom)
+{
+	char *t = realloc(*s, *len + n + 1);
+	if (!t) {
+		*oom = true;
+		return;
+	}
+	memcpy(t + *len, p, n);
+	*len += n;
+	t[*len] = '\0';
+	*s = t;
+}
+
+static void chat_out_take(struct chat_out *o, const struct dp_chat_delta *d,
+			  Dualpath__V1__ChatDelta *cd)
+{
+	chat_out_add(&o->reasoning, &o->reasoning_len, d->reasoning, d->reasoning_len, &o->oom);
+	chat_out_add(&o->content, &o->content_len, d->content, d->content_len, &o->oom);
+	for (size_t i = 0; i < d->n_calls && !o->oom; i++) {
+		Dualpath__V1__ToolCall *c = realloc(o->calls, (o->n_calls + 1) * sizeof(*c));
+		if (!c) {
+			o->oom = true;
+			break;
+		}
+		o->calls = c;
+		dualpath__v1__tool_call__init(&c[o->n_calls]);
+		c[o->n_calls].id = strdup(d->calls[i].id);
+		c[o->n_calls].name = strdup(d->calls[i].name);
+		c[o->n_calls].arguments = strdup(d->calls[i].arguments);
+		o->n_calls++;
+		if (!c[o->n_calls - 1].id || !c[o->n_calls - 1].name || !c[o->n_calls - 1].arguments)
+			o->oom = true;
+	}
+	cd->flags = d->flags;
+	cd->malformed = (d->flags & DP_CHAT_PARSE_MALFORMED) != 0;
+	cd->ended = cd->ended || d->ended;
+}
+
+static void chat_out_fini(struct chat_out *o)
+{
+	for (size_t i = 0; i < o->n_calls; i++) {
+		free(o->calls[i].id);
+		free(o->calls[i].name);
+		free(o->calls[i].arguments);
+	}
+	free(o->calls);
+	free(o->ptrs);
+	free(o->reasoning);
+	free(o->content);
+}
+
+/* Feed the chunk's ids to the request's parser (and finish it on the last
+ * chunk). Returns 0 with cd filled, or -1 (out of memory, a parser error:
+ * the chunk then goes without its delta). */
+static int chat_parse(struct freq *q, const struct dp_event *e, struct chat_out *o,
+		      Dualpath__V1__ChatDelta *cd)
+{
+	struct dp_chat_delta d;
+
+	chat_out_add(&o->reasoning, &o->reasoning_len, "", 0, &o->oom);
+	chat_out_add(&o->content, &o->content_len, "", 0, &o->oom);
+	for (uint32_t i = 0; i < e->n_ids; i++) {
+		if (dp_conv_stream_feed(q->chat, e->ids[i], &d) < 0)
+			return -1;
+		chat_out_take(o, &d, cd);
+	}
+	if (e->finish) {
+		if (dp_conv_stream_finish(q->chat, &d) < 0)
+			return -1;
+		chat_out_take(o, &d, cd);
+	}
+	if (o->n_calls && !o->oom) {
+		o->ptrs = malloc(o->n_calls * sizeof(*o->ptrs));
+		if (!o->ptrs)
+			return -1;
+		for (size_t i = 0; i < o->n_calls; i++)
+			o->ptrs[i] = &o->calls[i];
+	}
+	if (o->oom)
+		return -1;
+	cd->reasoning = o->reasoning;
+	cd->content = o->content;
+	cd->n_tool_calls = o->n_calls;
+	cd->tool_calls = o->ptrs;
+	return 0;
+}
+
 static void on_tokens(struct front *f, uint32_t slot, const struct dp_event *e)
 {
 	struct dp_server *srv = f->srv;
@@ -438,6 +613,10 @@ static void on_tokens(struct front *f, uint32_t slot, const struct dp_event *e)
 			tc.text = f->textbuf;
 		}
 	}
+	struct chat_out co = {0};
+	Dualpath__V1__ChatDelta cd = DUALPATH__V1__CHAT_DELTA__INIT;
+	if (q && q->chat && chat_parse(q, e, &co, &cd) == 0)
+		tc.chat = &cd;
 	tc.finish = (Dualpath__V1__FinishReason)e->finish;
 	tc.position = e->position;
 	if (e->finish) {
@@ -452,6 +631,7 @@ static void on_tokens(struct front *f, uint32_t slot, const struct dp_event *e)
 	r.body_case = DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK;
 	r.token_chunk = &tc;
 	front_reply(f, slot, &r);
+	chat_out_fini(&co);
 	if (e->finish && c->open && (q = freq_find(c, e->request_id)))
 		freq_remove(c, q);
 }

@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include "daemon/server.h"
+#include "model/conv.h"
 
 #define DP_CONN_OUT_MAX (16u << 20)
 #define TAG_LISTEN 1u
@@ -30,6 +31,7 @@ struct freq { /* a Generate in flight */
 	uint64_t request_id;
 	bool return_text;
 	struct dp_tok_stream ts;
+	struct dp_conv_stream *chat; /* a chat prompt's output parser, or NULL */
 };
 
 struct conn {

@@ -29,6 +29,7 @@
 #include "daemon/http.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "model/conv.h"
 #include "sched/topo.h"
 
 /* The write end of the signal pipe: a signal handler can reach nothing else. */
@@ -90,6 +91,10 @@ static int load_model(struct dp_server *srv, char *err, size_t err_len)
 	const struct dp_v4_config *c = dp_v4_model_config(srv->model);
 	if ((ret = dp_v4_tokenizer_new(srv->model_dir, c, &srv->tok, why, sizeof(why))) < 0) {
 		snprintf(err, err_len, "%s", why);
+		return ret;
+	}
+	if ((ret = dp_conv_new(srv->model_dir, srv->tok, &srv->conv, why, sizeof(why))) < 0) {
+		snprintf(err, err_len, "chat format of %.512s: %s", srv->model_dir, why);
 		return ret;
 	}
 	srv->vocab = (uint32_t)c->vocab_size;
@@ -583,6 +588,7 @@ int main(int argc, char **argv)
 		dp_io_stop(srv->io, DP_IO_STOP_DRAIN);
 		dp_io_free(srv->io);
 	}
+	dp_conv_free(srv->conv);
 	dp_tok_free(srv->tok);
 	dp_v4_model_free(srv->model);
 	dp_gpu_free(srv->gpu);

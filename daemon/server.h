@@ -84,6 +84,20 @@ struct dp_msg {
 	uint32_t n_stop;
 	bool ignore_eos;
 	bool prompt_is_text; /* a text prompt that starts a context gets BOS */
+	/* A chat prompt (model/conv.h), rendered by the front both ways, since
+	 * only compute knows whether the session has a context: tokens[0..
+	 * n_tokens) as a whole conversation, tokens[n_tokens..+n_cont) as a
+	 * continuation, which compute uses when the session has a context, after
+	 * cont_lead unless the context already ends with it (-1: none). When the
+	 * request cannot continue a context, cont_error says why (the client's
+	 * INVALID_ARGUMENT message) and n_cont is 0; when it cannot start one
+	 * (a session's later turn may be valid only as such), whole_error, and
+	 * n_tokens is 0. */
+	bool chat;
+	uint32_t n_cont;
+	int32_t cont_lead;
+	char cont_error[416];
+	char whole_error[416];
 	uint64_t t_recv_ns;
 	uint64_t cancel_target;	   /* CANCEL: the request to cancel */
 	uint32_t trace_max_events; /* TRACE: most events (0: all) */
@@ -182,12 +196,14 @@ enum dp_daemon_state {
 
 struct dp_expert_io;
 struct dp_http;
+struct dp_conv;
 struct dp_server {
 	struct dp_config cfg;
 	char model_dir[4096];
 	struct dp_gpu *gpu;
 	struct dp_v4_model *model;
 	struct dp_tok *tok;
+	struct dp_conv *conv; /* chat prompts in, parsed output out (model/conv.h) */
 	struct dp_kv *kv;
 	struct dp_io *io; /* the io thread's engine (NVMe tier I/O) */
 	struct dp_engram_hash *engram_hash; /* Engram models: the n-gram hashing */

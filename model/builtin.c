@@ -48,12 +48,8 @@ int dp_v4_tokenizer_new(const char *dir, const struct dp_v4_config *c, struct dp
 	if (!dir || !c || !ret_tok)
 		return -EINVAL;
 	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	if (access(path, F_OK) == 0) {
-		if (err && err_len)
-			snprintf(err, err_len, "%s: tokenizer.json (BPE) models are not supported yet; "
-				 "only byte-level models (no tokenizer.json, ids 0..255 are bytes)", dir);
-		return -ENOTSUP;
-	}
+	if (access(path, F_OK) == 0)
+		return dp_tok_new_bpe(dir, c->vocab_size, ret_tok, err, err_len);
 	if (c->vocab_size < 256 || c->vocab_size - 256 > DP_TOK_BYTES_SPECIALS_MAX) {
 		if (err && err_len)
 			snprintf(err, err_len, "%s: a byte-level model needs 256 <= vocab_size <= %d, "

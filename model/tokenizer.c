@@ -11,8 +11,13 @@
 #include "model/tokenizer.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
+
+#include "tok/tok.h"
 
 struct dp_tok {
 	enum dp_tok_kind kind;
@@ -25,6 +30,18 @@ struct dp_tok {
 			 * table kept in the object so that pieces can point at it */
 			char bytes[256];
 		} bytes;
+		struct {
+			struct dp_bpe *bpe;
+			/* Every id's decoded bytes, computed once at load: piece
+			 * of id i is blob[off[i] .. off[i + 1]). A special id's
+			 * bytes are its added token's text (its "markup"), which
+			 * only DP_TOK_STREAM_SPECIALS shows; ids the tokenizer
+			 * does not define (holes, and ids up to the model's
+			 * vocab_size past the tokenizer's) have none. */
+			char *blob;
+			uint32_t *off;
+			uint8_t *special; /* 1 per id: an added token marked special */
+		} bpe;
 	} u;
 };
 
@@ -52,6 +69,12 @@ int dp_tok_new_bytes(int n_specials, struct dp_tok **ret_tok)
 
 void dp_tok_free(struct dp_tok *t)
 {
+	if (t && t->kind == DP_TOK_BPE) {
+		dp_bpe_free(t->u.bpe.bpe);
+		free(t->u.bpe.blob);
+		free(t->u.bpe.off);
+		free(t->u.bpe.special);
+	}
 	free(t);
 }
 
@@ -81,15 +104,29 @@ bool dp_tok_is_special(const struct dp_tok *t, int32_t id)
 	switch (t->kind) {
 	case DP_TOK_BYTES:
 		return id >= 256;
+	case DP_TOK_BPE:
+		return t->u.bpe.special[id];
 	default:
 		return false;
 	}
+}
+
+/* The bytes a valid id stands for, a special id's markup included. */
+static void tok_markup(const struct dp_tok *t, int32_t id, const char **piece, size_t *len)
+{
+	*piece = t->u.bpe.blob + t->u.bpe.off[id];
+	*len = t->u.bpe.off[id + 1] - t->u.bpe.off[id];
 }
 
 /* Piece of a valid id (the caller has checked the range). */
 static void tok_piece(const struct dp_tok *t, int32_t id, const char **piece, size_t *len)
 {
 	switch (t->kind) {
+	case DP_TOK_BPE:
+		tok_markup(t, id, piece, len);
+		if (t->u.bpe.special[id])
+			*len = 0;
+		return;
 	case DP_TOK_BYTES:
 		if (id < 256) {
 			*piece = &t->u.bytes.bytes[id];
@@ -132,6 +169,8 @@ static size_t tok_text_bound(const struct dp_tok *t, size_t len)
 	switch (t->kind) {
 	case DP_TOK_BYTES:
 		return len;
+	case DP_TOK_BPE:
+		return dp_bpe_encode_bound(t->u.bpe.bpe, len);
 	default:
 		return 0;
 	}
@@ -162,6 +201,8 @@ static int tok_encode(const struct dp_tok *t, const unsigned char *text, size_t 
 			ids[i] = text[i];
 		*n = len;
 		return 0;
+	case DP_TOK_BPE:
+		return dp_bpe_encode(t->u.bpe.bpe, text, len, ids, cap, n);
 	default:
 		return -EINVAL;
 	}
@@ -354,7 +395,10 @@ int dp_tok_stream_next(const struct dp_tok *t, struct dp_tok_stream *s, int32_t 
 
 	if (!t || !s || (!buf && cap) || !ret_len || id < 0 || id >= t->vocab_size)
 		return -EINVAL;
-	tok_piece(t, id, &p, &n);
+	if ((s->flags & DP_TOK_STREAM_SPECIALS) && t->kind == DP_TOK_BPE)
+		tok_markup(t, id, &p, &n);
+	else
+		tok_piece(t, id, &p, &n);
 	/* Measure on a copy, so that a short buffer changes nothing. */
 	dry = *s;
 	stream_run(&dry, p, n, &o);
@@ -382,4 +426,148 @@ int dp_tok_stream_flush(struct dp_tok_stream *s, char *buf, size_t cap, size_t *
 	s->need = 0;
 	*ret_len = len;
 	return 0;
+}
+
+/* ---- the BPE kind (tok/) ------------------------------------------------- */
+
+static void bpe_fail(char *err, size_t err_len, const char *path, const char *why)
+{
+	if (err && err_len)
+		snprintf(err, err_len, "%s: %s", path, why);
+}
+
+/* A special token named by tokenizer_config.json's key (a string or an
+ * object with "content"), as an id of b; -ENOENT when absent. */
+static int32_t config_token(const struct dp_bpe *b, json_t *cfg, const char *key)
+{
+	json_t *v = cfg ? json_object_get(cfg, key) : NULL;
+
+	if (json_is_object(v))
+		v = json_object_get(v, "content");
+	if (!json_is_string(v))
+		return -ENOENT;
+	return dp_bpe_token_id(b, json_string_value(v));
+}
+
+/* Each id's bytes, once: decoding one id is the ByteLevel decoder's map of
+ * its characters, so the concatenation of these pieces is dp_bpe_decode of
+ * any sequence (without DP_BPE_LOSSY), which the stream decoder relies on. */
+static int bpe_pieces(struct dp_tok *t)
+{
+	const struct dp_bpe *b = t->u.bpe.bpe;
+	int32_t n_ids = dp_bpe_n_ids(b);
+	size_t cap = 1 << 20, at = 0, one = dp_bpe_decode_bound(b, 1, 0);
+	char *blob = malloc(cap);
+
+	t->u.bpe.off = calloc((size_t)t->vocab_size + 1, sizeof(uint32_t));
+	t->u.bpe.special = calloc((size_t)t->vocab_size, 1);
+	if (!blob || !t->u.bpe.off || !t->u.bpe.special || !one) {
+		free(blob);
+		return -ENOMEM;
+	}
+	t->piece_max = 1;
+	for (int32_t id = 0; id < t->vocab_size; id++) {
+		size_t len = 0;
+
+		t->u.bpe.off[id] = (uint32_t)at;
+		if (id >= n_ids)
+			continue;
+		if (cap - at < one) {
+			char *p;
+
+			if (cap > UINT32_MAX / 2) {
+				free(blob);
+				return -ENOMEM;
+			}
+			p = realloc(blob, cap * 2);
+			if (!p) {
+				free(blob);
+				return -ENOMEM;
+			}
+			blob = p;
+			cap *= 2;
+		}
+		/* -EINVAL: a hole, an id neither vocab nor added tokens define */
+		if (dp_bpe_decode(b, &id, 1, 0, blob + at, cap - at, &len) < 0)
+			len = 0;
+		at += len;
+		if (len > t->piece_max)
+			t->piece_max = len;
+		t->u.bpe.special[id] = dp_bpe_is_special(b, id);
+	}
+	t->u.bpe.off[t->vocab_size] = (uint32_t)at;
+	t->u.bpe.blob = blob;
+	return 0;
+}
+
+int dp_tok_new_bpe(const char *dir, int32_t vocab_size, struct dp_tok **ret_tok, char *err,
+                   size_t err_len)
+{
+	static const char *const keys[DP_TOK_SPECIAL_MAX] = {"bos_token", "eos_token", "pad_token"};
+	static const char *const ids_keys[DP_TOK_SPECIAL_MAX] = {"bos_token_id", "eos_token_id",
+	                                                         "pad_token_id"};
+	/* DeepSeek's names, for a directory with neither file saying (a
+	 * tokenizer.json alone, as dp-tokenize accepts) */
+	static const char *const deepseek[DP_TOK_SPECIAL_MAX] = {
+	    "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"};
+	char path[4096], why[512] = "";
+	json_t *tcfg = NULL, *mcfg = NULL;
+	struct dp_tok *t;
+	int ret;
+
+	if (!dir || !ret_tok || vocab_size < 0)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->kind = DP_TOK_BPE;
+	t->vocab_size = vocab_size;
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	ret = dp_bpe_load(path, &t->u.bpe.bpe, why, sizeof(why));
+	if (ret < 0) {
+		bpe_fail(err, err_len, path,
+		         why[0] ? why : (ret == -ENOMEM ? "out of memory" : strerror(-ret)));
+		goto fail;
+	}
+	if (!vocab_size)
+		vocab_size = t->vocab_size = dp_bpe_n_ids(t->u.bpe.bpe);
+	if (dp_bpe_n_ids(t->u.bpe.bpe) > vocab_size) {
+		if (err && err_len)
+			snprintf(err, err_len,
+			         "%s: the tokenizer can produce ids up to %d, past config.json's "
+			         "vocab_size %d (the model has no embedding row for them)",
+			         path, dp_bpe_n_ids(t->u.bpe.bpe) - 1, vocab_size);
+		ret = -EINVAL;
+		goto fail;
+	}
+	if ((ret = bpe_pieces(t)) < 0) {
+		bpe_fail(err, err_len, path, "out of memory");
+		goto fail;
+	}
+	/* Special roles: tokenizer_config.json's bos_token/eos_token/pad_token
+	 * (what transformers uses), else config.json's *_token_id. V4: BOS 0
+	 * "<｜begin▁of▁sentence｜>", EOS 1 "<｜end▁of▁sentence｜>"; failing both,
+	 * those DeepSeek token names themselves. */
+	snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+	tcfg = json_load_file(path, 0, NULL);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	mcfg = json_load_file(path, 0, NULL);
+	for (int r = 0; r < DP_TOK_SPECIAL_MAX; r++) {
+		int32_t id = config_token(t->u.bpe.bpe, tcfg, keys[r]);
+		json_t *v = mcfg ? json_object_get(mcfg, ids_keys[r]) : NULL;
+
+		if (id < 0 && json_is_integer(v) && json_integer_value(v) >= 0 &&
+		    json_integer_value(v) < dp_bpe_n_ids(t->u.bpe.bpe))
+			id = (int32_t)json_integer_value(v);
+		if (id < 0)
+			id = dp_bpe_token_id(t->u.bpe.bpe, deepseek[r]);
+		t->special[r] = id >= 0 ? id : -1;
+	}
+	json_decref(tcfg);
+	json_decref(mcfg);
+	*ret_tok = t;
+	return 0;
+fail:
+	dp_tok_free(t);
+	return ret;
 }

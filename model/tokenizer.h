@@ -8,8 +8,15 @@
  *                 0x00..0xff, then n_specials special ids: 256 = BOS,
  *                 257 = EOS, 258 = PAD, 259.. reserved (special, no role).
  *                 vocab size = 256 + n_specials.
- *   DP_TOK_BPE    (later) a tokenizer.json byte-level BPE, created by its own
- *                 dp_tok_new_*() and used through the same calls below.
+ *   DP_TOK_BPE    a model directory's tokenizer.json (tok/tok.h's byte-level
+ *                 BPE, DeepSeek V4's). vocab size is the model's (config.json
+ *                 vocab_size); a tokenizer that can produce an id past it is
+ *                 refused at load. Ids no token defines have empty pieces.
+ *                 Roles: tokenizer_config.json's bos_token / eos_token /
+ *                 pad_token, else config.json's *_token_id (V4: BOS 0, EOS 1).
+ *                 Unlike the byte kind, encoding matches the added tokens
+ *                 written in the text ("<｜User｜>" is one special id), as
+ *                 `tokenizers` does and as V4's chat format needs.
  *
  * Every id of the vocabulary has a *piece*: the bytes it stands for. A
  * special id's piece is empty, so decoding a special id emits nothing (no
@@ -17,9 +24,9 @@
  * Decoding is the concatenation of pieces; ids outside [0, vocab size) are
  * -EINVAL.
  *
- * Encoding takes raw bytes (any bytes, NUL included, not necessarily UTF-8)
- * and never produces a special id from text: "<s>" in a prompt is three
- * bytes. Specials are added only on request (DP_TOK_ADD_BOS / _EOS).
+ * Encoding takes raw bytes (any bytes, NUL included, not necessarily UTF-8).
+ * The byte kind never produces a special id from text: "<s>" in a prompt is
+ * three bytes. Specials are added on request (DP_TOK_ADD_BOS / _EOS).
  *
  * Streaming decode turns one id at a time into bytes for a client. With
  * DP_TOK_STREAM_UTF8 it emits only whole, valid UTF-8: the bytes of an
@@ -53,7 +60,7 @@ extern "C" {
 
 enum dp_tok_kind {
 	DP_TOK_BYTES,
-	DP_TOK_BPE, /* reserved: tokenizer.json loader, not yet implemented */
+	DP_TOK_BPE, /* tokenizer.json (tok/) */
 	DP_TOK_KIND_MAX,
 };
 
@@ -75,7 +82,10 @@ enum dp_tok_encode_flags {
 /* dp_tok_stream_init flags. */
 enum dp_tok_stream_flags {
 	DP_TOK_STREAM_UTF8 = 1u << 0, /* emit whole valid UTF-8 only (see above) */
-	DP_TOK_STREAM_FLAGS_MAX = 1u << 1,
+	/* emit a special id's text (BPE: its added token, "</think>") instead of
+	 * nothing: what an output parser must see */
+	DP_TOK_STREAM_SPECIALS = 1u << 1,
+	DP_TOK_STREAM_FLAGS_MAX = 1u << 2,
 };
 
 /* The byte tokenizer's fixed ids. */
@@ -104,6 +114,13 @@ struct dp_tok_stream {
  * roles BOS, EOS, PAD in that order (fewer specials: fewer roles).
  * dualpath's byte models use n_specials = 3 (vocab 259). */
 int dp_tok_new_bytes(int n_specials, struct dp_tok **ret_tok);
+/* The tokenizer.json of model directory dir (and its tokenizer_config.json
+ * and config.json for the special roles) for a model of vocab_size ids
+ * (0: as many as the tokenizer defines, for tools without a model).
+ * -EINVAL (a malformed or unsupported tokenizer.json, ids past vocab_size)
+ * and I/O errors fill err with one line naming the file and the fault. */
+int dp_tok_new_bpe(const char *dir, int32_t vocab_size, struct dp_tok **ret_tok, char *err,
+                   size_t err_len);
 /* Accepts NULL. */
 void dp_tok_free(struct dp_tok *t);
 
@@ -117,7 +134,7 @@ bool dp_tok_is_special(const struct dp_tok *t, int32_t id);
 /* The piece of `id`: *ret_piece points into the tokenizer (valid until
  * dp_tok_free) and is not NUL-terminated; *ret_len is 0 for specials. */
 int dp_tok_piece(const struct dp_tok *t, int32_t id, const char **ret_piece, size_t *ret_len);
-/* Longest piece, in bytes. */
+/* Longest piece (special texts included), in bytes. */
 size_t dp_tok_piece_max(const struct dp_tok *t);
 
 /* Ids needed at most to encode `len` bytes with `flags` (0 on overflow). */

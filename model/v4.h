@@ -394,7 +394,7 @@ int dp_v4_resolve_dir(const char *name, char *buf, size_t len);
 struct dp_tok;
 /* The tokenizer of a model directory: byte-level when there is no
  * tokenizer.json (ids 0..255 bytes, vocab_size - 256 specials: BOS, EOS,
- * PAD first); tokenizer.json models are refused with -ENOTSUP for now. */
+ * PAD first), else its tokenizer.json (dp_tok_new_bpe, model/tokenizer.h). */
 int dp_v4_tokenizer_new(const char *dir, const struct dp_v4_config *c, struct dp_tok **ret_tok,
 			char *err, size_t err_len);
 

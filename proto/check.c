@@ -274,9 +274,20 @@ static int check_generate(struct verdict *v, const Dualpath__V1__Generate *g,
 			return fail(v, DP_PROTO_RULE_PROMPT_TEXT,
 			            "generate.text: %zu bytes, at most %u", n, lim->max_text_bytes);
 		break;
+	case DUALPATH__V1__GENERATE__PROMPT_CHAT:
+		/* the chat request's JSON text: its size is bounded as text's; its
+		 * content is the daemon's to judge (rendering names the field) */
+		n = g->chat ? strlen(g->chat) : 0;
+		if (n == 0)
+			return fail(v, DP_PROTO_RULE_PROMPT_MISSING,
+			            "generate.chat: empty; a chat prompt is a JSON object");
+		if (n > lim->max_text_bytes)
+			return fail(v, DP_PROTO_RULE_PROMPT_TEXT,
+			            "generate.chat: %zu bytes, at most %u", n, lim->max_text_bytes);
+		break;
 	default:
 		return fail(v, DP_PROTO_RULE_PROMPT_MISSING,
-		            "generate: no prompt; set tokens or text");
+		            "generate: no prompt; set tokens, text or chat");
 	}
 	if (g->max_new_tokens > lim->max_new_tokens)
 		return fail(v, DP_PROTO_RULE_MAX_NEW_TOKENS,

@@ -257,7 +257,7 @@ int dp_proto_session_id_check(const char *id);
 struct dp_proto_limits {
 	uint32_t vocab_size;        /* token and stop ids must be below it; 0: unchecked */
 	uint32_t max_prompt_tokens; /* Generate.tokens.ids */
-	uint32_t max_text_bytes;    /* Generate.text */
+	uint32_t max_text_bytes;    /* Generate.text, Generate.chat */
 	uint32_t max_new_tokens;    /* Generate.max_new_tokens */
 	uint32_t max_stop_ids;      /* Generate.sampling.stop_ids */
 };
@@ -279,10 +279,10 @@ enum dp_proto_rule {
 	DP_PROTO_RULE_CLIENT_NAME,        /* Hello.client_name too long or has controls */
 	DP_PROTO_RULE_SESSION_ID,         /* malformed session_id */
 	DP_PROTO_RULE_SESSION_ID_MISSING, /* CloseSession/EvictSession without one */
-	DP_PROTO_RULE_PROMPT_MISSING,     /* Generate without tokens or text */
+	DP_PROTO_RULE_PROMPT_MISSING,     /* Generate without tokens, text or chat */
 	DP_PROTO_RULE_PROMPT_TOKENS,      /* more than max_prompt_tokens */
 	DP_PROTO_RULE_TOKEN_ID,           /* a prompt id >= vocab_size */
-	DP_PROTO_RULE_PROMPT_TEXT,        /* more than max_text_bytes */
+	DP_PROTO_RULE_PROMPT_TEXT,        /* text or chat: more than max_text_bytes */
 	DP_PROTO_RULE_MAX_NEW_TOKENS,     /* more than max_new_tokens */
 	DP_PROTO_RULE_TEMPERATURE,        /* not finite, or < 0 */
 	DP_PROTO_RULE_TOP_P,              /* not in [0, 1] */
@@ -308,8 +308,9 @@ struct dp_proto_fault {
  *
  *   - session_id empty (one-off) or valid per dp_proto_session_id_check();
  *   - a prompt: 1..max_prompt_tokens ids, each < vocab_size, or
- *     1..max_text_bytes of text (even with max_new_tokens 0: a Generate
- *     always appends something);
+ *     1..max_text_bytes of text or of chat JSON (even with max_new_tokens 0:
+ *     a Generate always appends something); the chat JSON itself is judged
+ *     by the daemon when it renders it;
  *   - max_new_tokens <= limit; sampling, if present: temperature finite and
  *     >= 0, top_p in [0, 1], at most max_stop_ids stop ids, each < vocab_size.
  *     top_k and seed take any value.

@@ -7,6 +7,10 @@
  *	v4ctl --help | --version
  *
  * COMMANDS
+ *	chat [--session ID] [--no-thinking] [--effort high|max] [--system TEXT]
+ *		[--persist | --keep]
+ *		an interactive chat over a session: each stdin line a user turn,
+ *		reasoning shown apart from the answer (v4ctl/chat.c)
  *	generate [--session ID] [--max-tokens N | -n N] [--temperature T] [--top-k K]
  *	         [--top-p P] [--seed S] [--stop ID,...] [--ids] [--verbose]
  *	         [--tokens 1,2,3 | TEXT... | -]
@@ -76,6 +80,7 @@ static const char usage[] =
     "\n"
     "Commands:\n"
     "  generate [OPTIONS] [TEXT...|-]  stream generated text (see 'v4ctl generate --help')\n"
+    "  chat [OPTIONS]  multi-turn chat over a session, turns from stdin (see 'v4ctl chat --help')\n"
     "  stats [--json|--prometheus]     metrics: table, JSON or Prometheus text format\n"
     "  sessions [--json]               list sessions\n"
     "  health [--json]                 one line; exit 0 when SERVING, 5 otherwise\n"
@@ -108,7 +113,8 @@ static const struct {
 	const char *name;
 	int (*run)(struct dp_v4ctl *ctl, int argc, char **argv);
 } commands[] = {
-    {"generate", dp_v4ctl_generate}, {"stats", dp_v4ctl_stats},
+    {"generate", dp_v4ctl_generate}, {"chat", dp_v4ctl_chat},
+    {"stats", dp_v4ctl_stats},
     {"sessions", dp_v4ctl_sessions}, {"health", dp_v4ctl_health},
     {"drain", dp_v4ctl_drain},       {"evict", dp_v4ctl_evict},
     {"close", dp_v4ctl_close},       {"shutdown", dp_v4ctl_shutdown},

@@ -87,6 +87,7 @@ int dp_v4ctl_print_io_error(const struct dp_v4ctl *ctl, struct dp_client *c, int
 
 /* Commands: argc/argv start at the command name. Each returns an exit code. */
 int dp_v4ctl_generate(struct dp_v4ctl *ctl, int argc, char **argv);
+int dp_v4ctl_chat(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_stats(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_health(struct dp_v4ctl *ctl, int argc, char **argv);

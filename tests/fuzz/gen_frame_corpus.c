@@ -113,6 +113,16 @@ int main(int argc, char **argv)
 	add(&fb, &r.base);
 	bad |= write_seed(dir, "generate-text", 0xff, 0xf0, fb.data, fb.len);
 
+	/* a chat Generate on a session, tight limits and default ones */
+	fb.len = 0;
+	gen.prompt_case = DUALPATH__V1__GENERATE__PROMPT_CHAT;
+	gen.chat = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}";
+	gen.session_id = "chat-1";
+	r = req(4, DUALPATH__V1__REQUEST__BODY_GENERATE, &gen);
+	add(&fb, &r.base);
+	bad |= write_seed(dir, "generate-chat", 0xff, 0xf0, fb.data, fb.len);
+	bad |= write_seed(dir, "generate-chat-roomy", 0xff, 0x00, fb.data, fb.len);
+
 	/* the other request kinds */
 	fb.len = 0;
 	Dualpath__V1__Cancel cancel = DUALPATH__V1__CANCEL__INIT;
@@ -173,6 +183,18 @@ int main(int argc, char **argv)
 	chunk.finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
 	chunk.position = 6;
 	chunk.usage = &usage;
+	Dualpath__V1__ToolCall call = DUALPATH__V1__TOOL_CALL__INIT, *calls[] = {&call};
+	call.id = "call_0";
+	call.name = "get_weather";
+	call.arguments = "{\"city\": \"Paris\"}";
+	Dualpath__V1__ChatDelta delta = DUALPATH__V1__CHAT_DELTA__INIT;
+	delta.reasoning = "think";
+	delta.content = "ok";
+	delta.n_tool_calls = 1;
+	delta.tool_calls = calls;
+	delta.flags = 2;
+	delta.ended = true;
+	chunk.chat = &delta;
 	Dualpath__V1__Error error = DUALPATH__V1__ERROR__INIT;
 	error.code = DUALPATH__V1__CODE__INVALID_ARGUMENT;
 	error.message = "generate.sampling.top_p: 2 is not in [0, 1]";

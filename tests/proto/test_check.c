@@ -211,6 +211,11 @@ Test(check, generate_needs_a_prompt)
 	st.gen.text = "hello";
 	st.gen.max_new_tokens = 0;
 	expect(&st.req, DP_PROTO_RULE_NONE, NULL);
+	st.gen.prompt_case = DUALPATH__V1__GENERATE__PROMPT_CHAT;
+	st.gen.chat = "";
+	expect(&st.req, DP_PROTO_RULE_PROMPT_MISSING, "generate.chat: empty");
+	st.gen.chat = "{\"messages\": []}"; /* its content is the daemon's to judge */
+	expect(&st.req, DP_PROTO_RULE_NONE, NULL);
 }
 
 Test(check, prompt_limits)
@@ -248,6 +253,12 @@ Test(check, prompt_limits)
 	text[500] = 'a';
 	text[501] = '\0';
 	expect(&st.req, DP_PROTO_RULE_PROMPT_TEXT, "501 bytes, at most 500");
+	/* a chat prompt's JSON has the text limit */
+	st.gen.prompt_case = DUALPATH__V1__GENERATE__PROMPT_CHAT;
+	st.gen.chat = text;
+	expect(&st.req, DP_PROTO_RULE_PROMPT_TEXT, "generate.chat: 501 bytes, at most 500");
+	text[500] = '\0';
+	expect(&st.req, DP_PROTO_RULE_NONE, NULL);
 	free(ids);
 	free(text);
 }

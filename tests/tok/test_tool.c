@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "tests/tok/tok-test.h"
 
 static char dir[] = "/tmp/dp-tokenize-XXXXXX";
@@ -107,7 +109,7 @@ Test(tok, dp_tokenize_prints_tokenizers_ids_and_decodes_them_back, .init = make_
 	free(f.data);
 }
 
-Test(tok, dp_tokenize_refuses_bad_ids_missing_models_and_chat_for_now, .init = make_model_dir,
+Test(tok, dp_tokenize_refuses_bad_ids_missing_models_and_bad_chat_requests, .init = make_model_dir,
      .fini = remove_model_dir)
 {
 	char args[4200];
@@ -125,7 +127,51 @@ Test(tok, dp_tokenize_refuses_bad_ids_missing_models_and_chat_for_now, .init = m
 	cr_assert_eq(st, 1);
 	snprintf(args, sizeof(args), "--model '%s' --chat", dir);
 	free(run(args, "{}", 2, &len, &st));
-	cr_assert_eq(st, 2);
+	cr_assert_eq(st, 1, "a request without messages");
+	free(run(args, "{\"messages\": [{\"role\": \"robot\"}]}", 33, &len, &st));
+	cr_assert_eq(st, 1, "an unknown role");
+	snprintf(args, sizeof(args), "--model '%s' --text", dir);
+	free(run(args, "{}", 2, &len, &st));
+	cr_assert_eq(st, 2, "--text without --chat");
 	free(run("", "a", 1, &len, &st));
 	cr_assert_eq(st, 2);
+}
+
+/* --chat prints the ids of the prompt encoding_dsv4 renders (as tokenizers
+ * tokenizes it), --text the prompt itself: the committed parity cases. */
+Test(tok, dp_tokenize_chat_prints_the_rendered_prompts_ids_and_text, .init = make_model_dir,
+     .fini = remove_model_dir, .timeout = 300)
+{
+	char path[4096], args[4200];
+	json_error_t e;
+	snprintf(path, sizeof(path), "%s/render.json", getenv("DP_TEST_CHAT_DATA"));
+	json_t *cases = json_load_file(path, JSON_ALLOW_NUL, &e);
+	cr_assert(cases, "%s: %s", path, e.text);
+	for (size_t i = 0; i < json_array_size(cases); i += 12) { /* a spread of 11 */
+		json_t *c = json_array_get(cases, i);
+		char *req = json_dumps(json_object_get(c, "request"), JSON_COMPACT);
+		json_t *ids = json_object_get(c, "ids"), *prompt = json_object_get(c, "prompt");
+		size_t cap = 12 * json_array_size(ids) + 2, pos = 0, len;
+		char *want = malloc(cap);
+		int st;
+		for (size_t k = 0; k < json_array_size(ids); k++)
+			pos += (size_t)snprintf(want + pos, cap - pos, k ? ",%lld" : "%lld",
+			                        (long long)json_integer_value(json_array_get(ids, k)));
+		snprintf(want + pos, cap - pos, "\n");
+		snprintf(args, sizeof(args), "--model '%s' --chat", dir);
+		char *out = run(args, req, strlen(req), &len, &st);
+		cr_assert_eq(st, 0, "case %zu", i);
+		cr_assert_str_eq(out, want, "case %zu: ids differ", i);
+		free(out);
+		snprintf(args, sizeof(args), "--model '%s' --chat --text", dir);
+		out = run(args, req, strlen(req), &len, &st);
+		cr_assert_eq(st, 0);
+		cr_assert(len == json_string_length(prompt) &&
+		              !memcmp(out, json_string_value(prompt), len),
+		          "case %zu: text differs", i);
+		free(out);
+		free(want);
+		free(req);
+	}
+	json_decref(cases);
 }
