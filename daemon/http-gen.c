@@ -29,6 +29,7 @@
 
 #include "daemon/http-front.h"
 #include "daemon/log.h"
+#include "model/conv.h"
 
 enum route {
 	R_NONE,
@@ -52,8 +53,13 @@ struct hreq {
 	struct dp_http_request req;
 	struct dp_tok_stream ts;
 	size_t hold;		/* bytes of text held back for stop strings */
-	struct dp_http_buf text; /* generated text not sent yet */
+	struct dp_http_buf text; /* generated text (chat: content) not sent yet */
 	struct dp_http_buf out;	 /* response bytes (SSE), or the whole body */
+	/* chat: the output parser, and (not streamed) the reply being built */
+	bool chat;
+	struct dp_conv_stream *conv;
+	struct dp_http_buf reasoning;
+	json_t *calls;
 	unsigned status;
 	const char *content_type;
 	const char *finish;
@@ -244,9 +250,28 @@ static void out_event(struct hreq *r, json_t *o)
 	}
 }
 
+/* A chat chunk: one choice with this delta (stolen) and finish_reason. */
+static void emit_delta(struct hreq *r, json_t *delta, const char *finish)
+{
+	json_t *c = chunk_new(r, true);
+	if (!r->sent_role) { /* the first chunk says who speaks */
+		json_object_set_new(delta, "role", json_string("assistant"));
+		r->sent_role = true;
+	}
+	json_array_append_new(json_object_get(c, "choices"),
+			      json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta, "logprobs",
+					"finish_reason", finish ? json_string(finish) : json_null()));
+	out_event(r, c);
+}
+
 /* A completions chunk with text (or the final one with finish_reason). */
 static void emit_text(struct hreq *r, const char *text, size_t len, const char *finish)
 {
+	if (r->chat) {
+		emit_delta(r, finish && !len ? json_object() : json_pack("{s:s%}", "content", text, len),
+			   finish);
+		return;
+	}
 	json_t *c = chunk_new(r, false);
 	json_array_append_new(json_object_get(c, "choices"),
 			      json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text, len,
@@ -278,22 +303,41 @@ static void finish(struct hreq *r, const char *reason)
 {
 	struct dp_http *h = r->h;
 	flush_text(r, true);
+	if (r->chat && json_array_size(r->calls) && !strcmp(reason, "stop"))
+		reason = "tool_calls";
 	r->finish = reason;
 	if (r->req.stream) {
 		emit_text(r, "", 0, reason);
 		if (r->req.include_usage) {
-			json_t *c = chunk_new(r, false);
+			json_t *c = chunk_new(r, r->chat);
 			json_object_set_new(c, "usage", usage_new(r));
 			out_event(r, c);
 		}
 		if (dp_http_sse_done(&r->out) < 0)
 			cut_off(r);
 	} else {
-		json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:s%, s:n, s:s}], s:o}", "id",
+		json_t *o;
+		if (r->chat) {
+			json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
+						r->out.len || !json_array_size(r->calls)
+							? json_stringn(r->out.p ? r->out.p : "", r->out.len)
+							: json_null());
+			if (msg && r->reasoning.len)
+				json_object_set_new(msg, "reasoning_content",
+						    json_stringn(r->reasoning.p, r->reasoning.len));
+			if (msg && json_array_size(r->calls))
+				json_object_set(msg, "tool_calls", r->calls);
+			o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s}], s:o}", "id", r->id,
+				      "object", "chat.completion", "created", (json_int_t)r->created,
+				      "model", h->model_name, "choices", "index", 0, "message", msg,
+				      "logprobs", "finish_reason", reason, "usage", usage_new(r));
+		} else {
+			o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:s%, s:n, s:s}], s:o}", "id",
 				      r->id, "object", "text_completion", "created",
 				      (json_int_t)r->created, "model", h->model_name, "choices",
 				      "index", 0, "text", r->out.p ? r->out.p : "", r->out.len,
 				      "logprobs", "finish_reason", reason, "usage", usage_new(r));
+		}
 		char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
 		json_decref(o);
 		r->out.len = r->out.off = 0;
@@ -332,6 +376,36 @@ static bool stop_hit(struct hreq *r)
 	return true;
 }
 
+/* What the output parser made certain: reasoning and tool calls go out as
+ * they come; content joins r->text, where stop strings are looked for. */
+static int chat_delta(struct hreq *r, const struct dp_chat_delta *d)
+{
+	if (d->reasoning_len) {
+		if (r->req.stream)
+			emit_delta(r, json_pack("{s:s%}", "reasoning_content", d->reasoning,
+						d->reasoning_len), NULL);
+		else if (dp_http_buf_add(&r->reasoning, d->reasoning, d->reasoning_len) < 0)
+			return -ENOMEM;
+	}
+	if (d->content_len && dp_http_buf_add(&r->text, d->content, d->content_len) < 0)
+		return -ENOMEM;
+	for (size_t i = 0; i < d->n_calls; i++) {
+		const struct dp_chat_tool_call *c = &d->calls[i];
+		size_t index = json_array_size(r->calls);
+		json_t *call = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", c->id, "type", "function",
+					 "function", "name", c->name, "arguments", c->arguments);
+		if (!call || json_array_append_new(r->calls, call) < 0)
+			return -ENOMEM;
+		if (r->req.stream) {
+			flush_text(r, true); /* content before the call goes first */
+			json_t *sc = json_deep_copy(call);
+			json_object_set_new(sc, "index", json_integer((json_int_t)index));
+			emit_delta(r, json_pack("{s:[o]}", "tool_calls", sc), NULL);
+		}
+	}
+	return 0;
+}
+
 static void on_tokens(struct hreq *r, const struct dp_event *e)
 {
 	struct dp_http *h = r->h;
@@ -352,7 +426,13 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 	for (uint32_t i = 0; i < e->n_ids; i++) {
 		size_t got = 0;
 		r->completion_tokens++;
-		if (bound <= sizeof(piece) &&
+		if (r->chat) {
+			struct dp_chat_delta d;
+			if (dp_conv_stream_feed(r->conv, e->ids[i], &d) < 0 || chat_delta(r, &d) < 0) {
+				cut_off(r);
+				return;
+			}
+		} else if (bound <= sizeof(piece) &&
 		    dp_tok_stream_next(srv->tok, &r->ts, e->ids[i], piece, sizeof(piece), &got) == 0 &&
 		    got && dp_http_buf_add(&r->text, piece, got) < 0)
 			{
@@ -369,8 +449,15 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 	}
 	if (e->finish) {
 		size_t got = 0;
-		if (dp_tok_stream_flush(&r->ts, piece, sizeof(piece), &got) == 0 && got)
+		struct dp_chat_delta d;
+		if (r->chat) {
+			if (dp_conv_stream_finish(r->conv, &d) < 0 || chat_delta(r, &d) < 0) {
+				cut_off(r);
+				return;
+			}
+		} else if (dp_tok_stream_flush(&r->ts, piece, sizeof(piece), &got) == 0 && got) {
 			dp_http_buf_add(&r->text, piece, got);
+		}
 		if (r->req.n_stop && stop_hit(r)) {
 			slot_release(h, r, false);
 			{
@@ -378,7 +465,9 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 			return;
 		}
 		}
-		r->prompt_tokens = e->prompt_tokens;
+		/* compute counts the tokens it prefilled and the session's state it
+		 * reused; OpenAI's prompt_tokens is both, cached_tokens the second */
+		r->prompt_tokens = e->prompt_tokens + e->cached_tokens;
 		r->cached_tokens = e->cached_tokens;
 		r->completion_tokens = e->generated_tokens;
 		slot_release(h, r, false);
@@ -641,14 +730,22 @@ static int encode(struct dp_http *h, const char *text, size_t len, bool bos, int
 static enum MHD_Result on_tokenize(struct hreq *r)
 {
 	struct dp_http *h = r->h;
-	if (r->req.messages)
-		REFUSE(r, 501, "server_error", "not_implemented", "messages",
-		       "tokenizing chat messages needs the chat renderer (model/conv.h), which "
-		       "this build does not have yet; send a text prompt");
 	int32_t *ids = NULL;
 	size_t n = 0;
-	if (encode(h, r->req.prompt, r->req.prompt_len, r->req.add_special, &ids, &n) < 0)
+	if (r->req.messages) { /* the prompt a chat request renders to */
+		struct dp_conv_prompt p = { 0 };
+		struct dp_chat_error ce;
+		int rc = dp_conv_render(h->srv->conv, r->req.root, 0, &p, &ce);
+		if (rc < 0)
+			REFUSE(r, rc == -ENOMEM ? 500 : 400, rc == -ENOMEM ? "server_error"
+				   : "invalid_request_error", NULL, ce.param, "%s", ce.message);
+		ids = p.ids;
+		n = p.n_ids;
+		p.ids = NULL;
+		dp_conv_prompt_fini(&p);
+	} else if (encode(h, r->req.prompt, r->req.prompt_len, r->req.add_special, &ids, &n) < 0) {
 		REFUSE(r, 400, "invalid_request_error", NULL, "prompt", "the prompt cannot be tokenized");
+	}
 	json_t *a = json_array();
 	for (size_t i = 0; i < n; i++)
 		json_array_append_new(a, json_integer(ids[i]));
@@ -681,38 +778,14 @@ static enum MHD_Result on_detokenize(struct hreq *r)
 	return queue_json(r, 200, o);
 }
 
-static enum MHD_Result on_completions(struct hreq *r)
+/* Send m (its prompt set) to compute and answer as a stream or, later, as
+ * one body. r holds a slot (taken by the caller). */
+static enum MHD_Result generate(struct hreq *r, struct dp_msg *m)
 {
 	struct dp_http *h = r->h;
 	struct dp_server *srv = h->srv;
 	struct dp_http_request *q = &r->req;
 
-	if (q->model && strcmp(q->model, h->model_name))
-		REFUSE(r, 404, "invalid_request_error", "model_not_found", "model",
-		       "the model '%.100s' is not served here (GET /v1/models: '%.100s')", q->model,
-		       h->model_name);
-	int32_t *ids = q->ids;
-	size_t n = q->n_ids;
-	if (!ids && encode(h, q->prompt, q->prompt_len, true, &ids, &n) < 0)
-		REFUSE(r, 400, "invalid_request_error", NULL, "prompt", "the prompt cannot be tokenized");
-	q->ids = ids;
-	q->n_ids = n;
-	if (n > srv->cfg.max_prompt_tokens)
-		REFUSE(r, 400, "invalid_request_error", "context_length_exceeded", "prompt",
-		       "the prompt is %zu tokens; this server takes at most %u (max_prompt_tokens)", n,
-		       srv->cfg.max_prompt_tokens);
-	if (slot_take(h, r) < 0)
-		REFUSE(r, 429, "rate_limit_error", NULL, NULL,
-		       "%u requests are in flight, this server's limit ([http] max_requests); retry",
-		       srv->cfg.http_max_requests);
-	struct dp_msg *m = msg_new(h, r, DP_MSG_GENERATE);
-	if (!m) {
-		slot_release(h, r, false);
-		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
-	}
-	m->tokens = ids;
-	m->n_tokens = (uint32_t)n;
-	q->ids = NULL; /* compute frees it with the message */
 	m->max_new = q->max_tokens ? q->max_tokens : srv->cfg.max_new_tokens;
 	m->sampling = q->sampling;
 	if (!q->has_seed && getrandom(&m->sampling.seed, sizeof(m->sampling.seed), GRND_NONBLOCK) < 0)
@@ -720,16 +793,14 @@ static enum MHD_Result on_completions(struct hreq *r)
 	memcpy(m->stop, q->stop_ids, q->n_stop_ids * sizeof(int32_t));
 	m->n_stop = q->n_stop_ids;
 	m->ignore_eos = q->ignore_eos;
-	m->prompt_is_text = false; /* BOS, if any, is in the ids already */
-	snprintf(m->session, sizeof(m->session), "%s", q->session_id ? q->session_id : "");
 	m->t_recv_ns = r->t_start;
-	r->prompt_tokens = (uint32_t)n;
 	for (uint32_t i = 0; i < q->n_stop; i++)
 		if (strlen(q->stop[i]) - 1 > r->hold)
 			r->hold = strlen(q->stop[i]) - 1;
 	dp_tok_stream_init(&r->ts, DP_TOK_STREAM_UTF8);
 	r->created = time(NULL);
-	snprintf(r->id, sizeof(r->id), "cmpl-%016" PRIx64 "%08" PRIx64, now_ns(), r->rid);
+	snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx64, r->chat ? "chatcmpl" : "cmpl",
+		 now_ns(), r->rid);
 	if (dp_server_send(srv, m) < 0) {
 		free(m->tokens);
 		free(m);
@@ -757,6 +828,162 @@ static enum MHD_Result on_completions(struct hreq *r)
 	r->responded = true;
 	r->t_out = now_ns();
 	return ret;
+}
+
+static enum MHD_Result model_refused(struct hreq *r)
+{
+	REFUSE(r, 404, "invalid_request_error", "model_not_found", "model",
+	       "the model '%.100s' is not served here (GET /v1/models: '%.100s')", r->req.model,
+	       r->h->model_name);
+}
+
+static enum MHD_Result too_long(struct hreq *r, size_t n, const char *param)
+{
+	REFUSE(r, 400, "invalid_request_error", "context_length_exceeded", param,
+	       "the prompt is %zu tokens; this server takes at most %u (max_prompt_tokens)", n,
+	       r->h->srv->cfg.max_prompt_tokens);
+}
+
+static enum MHD_Result busy(struct hreq *r)
+{
+	REFUSE(r, 429, "rate_limit_error", NULL, NULL,
+	       "%u requests are in flight, this server's limit ([http] max_requests); retry",
+	       r->h->srv->cfg.http_max_requests);
+}
+
+static enum MHD_Result on_completions(struct hreq *r)
+{
+	struct dp_http *h = r->h;
+	struct dp_http_request *q = &r->req;
+
+	if (q->model && strcmp(q->model, h->model_name))
+		return model_refused(r);
+	int32_t *ids = q->ids;
+	size_t n = q->n_ids;
+	if (!ids && encode(h, q->prompt, q->prompt_len, true, &ids, &n) < 0)
+		REFUSE(r, 400, "invalid_request_error", NULL, "prompt", "the prompt cannot be tokenized");
+	q->ids = ids;
+	q->n_ids = n;
+	if (n > h->srv->cfg.max_prompt_tokens)
+		return too_long(r, n, "prompt");
+	if (slot_take(h, r) < 0)
+		return busy(r);
+	struct dp_msg *m = msg_new(h, r, DP_MSG_GENERATE);
+	if (!m) {
+		slot_release(h, r, false);
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	m->tokens = ids;
+	m->n_tokens = (uint32_t)n;
+	q->ids = NULL; /* compute frees it with the message */
+	m->prompt_is_text = false; /* BOS, if any, is in the ids already */
+	snprintf(m->session, sizeof(m->session), "%s", q->session_id ? q->session_id : "");
+	r->prompt_tokens = (uint32_t)n;
+	return generate(r, m);
+}
+
+/* The request as the renderer takes it: tool_choice "none" offers no tools
+ * (the model never sees them); other fields as sent. New reference. */
+static json_t *render_request(const struct dp_http_request *q)
+{
+	const char *tc = json_string_value(q->tool_choice);
+	if (!tc || strcmp(tc, "none"))
+		return json_incref(q->root);
+	json_t *o = json_copy(q->root);
+	json_object_del(o, "tools");
+	json_object_del(o, "tool_choice");
+	return o;
+}
+
+static void chat_error_text(char *buf, size_t len, const struct dp_chat_error *e, int rc)
+{
+	snprintf(buf, len, "%.127s%s%.255s", e->param, e->param[0] ? ": " : "",
+		 e->message[0] ? e->message : strerror(-rc));
+}
+
+/*
+ * Chat: rendered and tokenized by model/conv.h. With a session_id the
+ * prompt goes both ways, as the socket front sends it (server.h, struct
+ * dp_msg): a whole conversation and a continuation of the session's
+ * context; compute picks by the session.
+ */
+static enum MHD_Result on_chat(struct hreq *r)
+{
+	struct dp_http *h = r->h;
+	struct dp_server *srv = h->srv;
+	struct dp_http_request *q = &r->req;
+	struct dp_conv_prompt whole = { 0 }, cont = { 0 };
+	struct dp_chat_error ce;
+	char whole_error[416] = "", cont_error[416] = "";
+
+	if (q->model && strcmp(q->model, h->model_name))
+		return model_refused(r);
+	const char *tc = json_string_value(q->tool_choice);
+	if (q->tool_choice && (!tc || !strcmp(tc, "required")))
+		REFUSE(r, 400, "invalid_request_error", NULL, "tool_choice",
+		       "tool_choice %s is not supported: this server cannot force a tool call "
+		       "(none or auto)", tc ? "\"required\"" : "naming a function");
+	json_t *req = render_request(q);
+	if (!req)
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	int rc = dp_conv_render(srv->conv, req, 0, &whole, &ce);
+	if (rc < 0) {
+		if (rc == -ENOMEM || !q->session_id) {
+			json_decref(req);
+			if (rc == -ENOMEM)
+				REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+			REFUSE(r, 400, "invalid_request_error", NULL, ce.param, "%s", ce.message);
+		}
+		chat_error_text(whole_error, sizeof(whole_error), &ce, rc);
+	}
+	if (q->session_id && (rc = dp_conv_render(srv->conv, req, DP_CONV_CONTINUE, &cont, &ce)) < 0)
+		chat_error_text(cont_error, sizeof(cont_error), &ce, rc);
+	json_decref(req);
+	size_t longest = whole.n_ids > cont.n_ids ? whole.n_ids : cont.n_ids;
+	enum dp_chat_mode mode = whole.n_ids ? whole.mode : cont.mode;
+	int32_t *ids = malloc((whole.n_ids + cont.n_ids + 1) * sizeof(int32_t));
+	if (ids) {
+		memcpy(ids, whole.ids, whole.n_ids * sizeof(int32_t));
+		if (cont.n_ids)
+			memcpy(ids + whole.n_ids, cont.ids, cont.n_ids * sizeof(int32_t));
+	}
+	size_t n_whole = whole.n_ids, n_cont = cont.n_ids;
+	dp_conv_prompt_fini(&whole);
+	dp_conv_prompt_fini(&cont);
+	if (!ids)
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	if (longest > srv->cfg.max_prompt_tokens) {
+		free(ids);
+		return too_long(r, longest, "messages");
+	}
+	char prefix[48];
+	snprintf(prefix, sizeof(prefix), "call_%" PRIx64 "_", h->next_rid + 1);
+	r->chat = true;
+	r->calls = json_array();
+	if (!r->calls || dp_conv_stream_new(srv->conv, mode, prefix, &r->conv) < 0) {
+		free(ids);
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	if (slot_take(h, r) < 0) {
+		free(ids);
+		return busy(r);
+	}
+	struct dp_msg *m = msg_new(h, r, DP_MSG_GENERATE);
+	if (!m) {
+		free(ids);
+		slot_release(h, r, false);
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	m->tokens = ids;
+	m->n_tokens = (uint32_t)n_whole;
+	m->n_cont = (uint32_t)n_cont;
+	m->chat = true;
+	m->cont_lead = dp_conv_continue_lead(srv->conv);
+	snprintf(m->whole_error, sizeof(m->whole_error), "%s", whole_error);
+	snprintf(m->cont_error, sizeof(m->cont_error), "%s", cont_error);
+	snprintf(m->session, sizeof(m->session), "%s", q->session_id ? q->session_id : "");
+	r->prompt_tokens = (uint32_t)(n_whole ? n_whole : n_cont);
+	return generate(r, m);
 }
 
 static enum MHD_Result on_metrics(struct hreq *r)
@@ -820,9 +1047,7 @@ static enum MHD_Result dispatch(struct hreq *r, const char *method)
 	case R_COMPLETIONS:
 		return on_completions(r);
 	default: /* R_CHAT */
-		REFUSE(r, 501, "server_error", "not_implemented", NULL,
-		       "chat completions need the chat renderer and output parser (model/conv.h), "
-		       "which this build does not have yet; /v1/completions takes text prompts");
+		return on_chat(r);
 	}
 }
 
@@ -897,6 +1122,9 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		slot_release(h, r, true);
 	}
 	dp_http_request_fini(&r->req);
+	dp_conv_stream_free(r->conv);
+	json_decref(r->calls);
+	dp_http_buf_fini(&r->reasoning);
 	dp_http_buf_fini(&r->body);
 	dp_http_buf_fini(&r->text);
 	dp_http_buf_fini(&r->out);
