@@ -55,21 +55,6 @@ struct dp_http_limits {
 #define DP_HTTP_STOP_STRING_BYTES 256
 #define DP_HTTP_STOP_IDS_MAX 16 /* = DP_STOP_IDS_MAX (server.h) */
 
-enum dp_http_thinking {
-	DP_HTTP_THINKING_DEFAULT, /* the model's (DeepSeek's API: on) */
-	DP_HTTP_THINKING_OFF,
-	DP_HTTP_THINKING_ON,
-	DP_HTTP_THINKING_MAX,
-};
-
-enum dp_http_effort {
-	DP_HTTP_EFFORT_DEFAULT,
-	DP_HTTP_EFFORT_LOW,  /* minimal, low */
-	DP_HTTP_EFFORT_HIGH, /* medium, high, xhigh */
-	DP_HTTP_EFFORT_MAX,  /* max */
-	DP_HTTP_EFFORT_ENUM_MAX,
-};
-
 /*
  * One request, checked. Strings and JSON values point into root (owned:
  * dp_http_request_fini frees it); ids is malloc'd. Only the fields of its
@@ -94,11 +79,10 @@ struct dp_http_request {
 	int32_t *ids;
 	size_t n_ids;
 	bool add_special; /* tokenize: BOS as a text prompt gets */
-	/* chat (and tokenize with messages): checked, rendered by model/conv.h */
+	/* chat (and tokenize with messages): checked here, rendered by
+	 * model/conv.h, which also reads the thinking controls */
 	json_t *messages, *tools, *tool_choice;
-	enum dp_http_thinking thinking;
-	enum dp_http_effort effort;
-	bool json_object; /* response_format {"type": "json_object"} */
+	bool json_object; /* response_format {"type": "json_object"}: the renderer puts it in the prompt */
 	const char *session_id, *cache_salt;
 };
 
@@ -118,9 +102,6 @@ int dp_http_request_parse(enum dp_http_api api, const char *body, size_t len,
 			  const struct dp_http_limits *lim, struct dp_http_request *req,
 			  struct dp_http_error *err);
 void dp_http_request_fini(struct dp_http_request *req);
-
-/* "none"... of reasoning_effort; -EINVAL for others. */
-int dp_http_effort_parse(const char *s, enum dp_http_effort *ret_effort, bool *ret_off);
 
 /* ---- http-sse.c -------------------------------------------------------------- */
 

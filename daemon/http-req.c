@@ -54,27 +54,6 @@ unsigned dp_http_json_depth(const char *body, size_t len, unsigned max)
 	return deepest;
 }
 
-int dp_http_effort_parse(const char *s, enum dp_http_effort *ret_effort, bool *ret_off)
-{
-	static const struct {
-		const char *name;
-		enum dp_http_effort e;
-		bool off;
-	} t[] = {
-		{ "none", DP_HTTP_EFFORT_DEFAULT, true }, { "minimal", DP_HTTP_EFFORT_LOW, false },
-		{ "low", DP_HTTP_EFFORT_LOW, false },	  { "medium", DP_HTTP_EFFORT_HIGH, false },
-		{ "high", DP_HTTP_EFFORT_HIGH, false },	  { "xhigh", DP_HTTP_EFFORT_HIGH, false },
-		{ "max", DP_HTTP_EFFORT_MAX, false },
-	};
-	for (size_t i = 0; s && ret_effort && ret_off && i < sizeof(t) / sizeof(t[0]); i++)
-		if (!strcmp(s, t[i].name)) {
-			*ret_effort = t[i].e;
-			*ret_off = t[i].off;
-			return 0;
-		}
-	return -EINVAL;
-}
-
 /* ---- typed getters: absent is fine, a wrong type is a 400 naming the field ---- */
 
 static int get_bool(json_t *o, const char *key, bool *out, struct dp_http_error *err)
@@ -430,63 +409,6 @@ static int check_tools(json_t *o, const struct dp_http_limits *lim, struct dp_ht
 		   name);
 }
 
-/* Every thinking control of SERVING.md; a later one in this order wins:
- * thinking{type}, chat_template_kwargs{thinking, enable_thinking},
- * enable_thinking, think (Ollama), reasoning_effort (none: off). */
-static int parse_thinking(json_t *o, struct dp_http_request *r, struct dp_http_error *err)
-{
-	json_t *t = json_object_get(o, "thinking");
-	if (t && !json_is_null(t)) {
-		const char *type = json_string_value(json_object_get(t, "type"));
-		if (!json_is_object(t) || !type || (strcmp(type, "enabled") && strcmp(type, "disabled")))
-			return BAD("thinking", "thinking must be {\"type\": \"enabled\"} or "
-					       "{\"type\": \"disabled\"}");
-		r->thinking = !strcmp(type, "enabled") ? DP_HTTP_THINKING_ON : DP_HTTP_THINKING_OFF;
-	}
-	json_t *kw = json_object_get(o, "chat_template_kwargs");
-	if (kw && !json_is_null(kw)) {
-		if (!json_is_object(kw))
-			return BAD("chat_template_kwargs", "chat_template_kwargs must be an object");
-		static const char *const keys[] = { "thinking", "enable_thinking" };
-		for (size_t i = 0; i < 2; i++) {
-			json_t *v = json_object_get(kw, keys[i]);
-			if (v && !json_is_boolean(v))
-				return BAD("chat_template_kwargs", "chat_template_kwargs.%s must be a boolean",
-					   keys[i]);
-			if (v)
-				r->thinking = json_is_true(v) ? DP_HTTP_THINKING_ON : DP_HTTP_THINKING_OFF;
-		}
-	}
-	bool b;
-	json_t *et = json_object_get(o, "enable_thinking");
-	if (et && !json_is_null(et)) {
-		int ret = get_bool(o, "enable_thinking", &b, err);
-		if (ret < 0)
-			return ret;
-		r->thinking = b ? DP_HTTP_THINKING_ON : DP_HTTP_THINKING_OFF;
-	}
-	json_t *think = json_object_get(o, "think");
-	if (think && !json_is_null(think)) {
-		bool off = false;
-		if (json_is_boolean(think))
-			r->thinking = json_is_true(think) ? DP_HTTP_THINKING_ON : DP_HTTP_THINKING_OFF;
-		else if (json_is_string(think) &&
-			 !dp_http_effort_parse(json_string_value(think), &r->effort, &off) && !off)
-			r->thinking = DP_HTTP_THINKING_ON;
-		else
-			return BAD("think", "think must be a boolean or low, medium or high");
-	}
-	json_t *re = json_object_get(o, "reasoning_effort");
-	if (re && !json_is_null(re)) {
-		bool off = false;
-		if (!json_is_string(re) || dp_http_effort_parse(json_string_value(re), &r->effort, &off))
-			return BAD("reasoning_effort", "reasoning_effort must be none, minimal, low, "
-						       "medium, high, xhigh or max");
-		r->thinking = off ? DP_HTTP_THINKING_OFF : DP_HTTP_THINKING_ON;
-	}
-	return 0;
-}
-
 static int parse_chat(json_t *o, const struct dp_http_limits *lim, struct dp_http_request *r,
 		      struct dp_http_error *err)
 {
@@ -495,7 +417,9 @@ static int parse_chat(json_t *o, const struct dp_http_limits *lim, struct dp_htt
 	if ((ret = check_messages(msgs, err)) < 0)
 		return ret;
 	r->messages = msgs;
-	if ((ret = check_tools(o, lim, r, err)) < 0 || (ret = parse_thinking(o, r, err)) < 0)
+	/* the thinking controls (thinking, chat_template_kwargs, think,
+	 * reasoning_effort) are the renderer's to read: model/conv.h */
+	if ((ret = check_tools(o, lim, r, err)) < 0)
 		return ret;
 	json_t *rf = json_object_get(o, "response_format");
 	if (rf && !json_is_null(rf)) {

@@ -167,44 +167,6 @@ Test(http_req, tools_are_capped_and_tool_choice_must_name_one)
 	refused(DP_HTTP_CHAT, body, 400, "response_format");
 }
 
-Test(http_req, every_thinking_control_is_understood)
-{
-	static const struct {
-		const char *field;
-		enum dp_http_thinking want;
-		enum dp_http_effort effort;
-	} t[] = {
-		{ "\"thinking\": {\"type\": \"disabled\"}", DP_HTTP_THINKING_OFF, DP_HTTP_EFFORT_DEFAULT },
-		{ "\"thinking\": {\"type\": \"enabled\"}", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_DEFAULT },
-		{ "\"chat_template_kwargs\": {\"thinking\": false}", DP_HTTP_THINKING_OFF,
-		  DP_HTTP_EFFORT_DEFAULT },
-		{ "\"chat_template_kwargs\": {\"enable_thinking\": true}", DP_HTTP_THINKING_ON,
-		  DP_HTTP_EFFORT_DEFAULT },
-		{ "\"enable_thinking\": false", DP_HTTP_THINKING_OFF, DP_HTTP_EFFORT_DEFAULT },
-		{ "\"think\": true", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_DEFAULT },
-		{ "\"reasoning_effort\": \"none\"", DP_HTTP_THINKING_OFF, DP_HTTP_EFFORT_DEFAULT },
-		{ "\"reasoning_effort\": \"minimal\"", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_LOW },
-		{ "\"reasoning_effort\": \"medium\"", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_HIGH },
-		{ "\"reasoning_effort\": \"xhigh\"", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_HIGH },
-		{ "\"reasoning_effort\": \"max\"", DP_HTTP_THINKING_ON, DP_HTTP_EFFORT_MAX },
-	};
-	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		char body[512];
-		struct dp_http_request r;
-		struct dp_http_error e;
-		snprintf(body, sizeof(body), "{\"messages\": [{\"role\": \"user\", \"content\": "
-			 "\"x\"}], %s}", t[i].field);
-		cr_assert_eq(parse(DP_HTTP_CHAT, body, &r, &e), 0, "%s: %s", t[i].field, e.message);
-		cr_expect_eq(r.thinking, t[i].want, "%s", t[i].field);
-		cr_expect_eq(r.effort, t[i].effort, "%s", t[i].field);
-		dp_http_request_fini(&r);
-	}
-	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
-		"\"reasoning_effort\": \"huge\"}", 400, "reasoning_effort");
-	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
-		"\"thinking\": {\"type\": \"maybe\"}}", 400, "thinking");
-}
-
 Test(http_sse, the_error_envelope_has_all_four_fields)
 {
 	struct dp_http_error e;
