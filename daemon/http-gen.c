@@ -727,6 +727,8 @@ static int encode(struct dp_http *h, const char *text, size_t len, bool bos, int
 	return 0;
 }
 
+static json_t *render_request(const struct dp_http_request *q);
+
 static enum MHD_Result on_tokenize(struct hreq *r)
 {
 	struct dp_http *h = r->h;
@@ -735,7 +737,11 @@ static enum MHD_Result on_tokenize(struct hreq *r)
 	if (r->req.messages) { /* the prompt a chat request renders to */
 		struct dp_conv_prompt p = { 0 };
 		struct dp_chat_error ce;
-		int rc = dp_conv_render(h->srv->conv, r->req.root, 0, &p, &ce);
+		json_t *req = render_request(&r->req);
+		int rc = req ? dp_conv_render(h->srv->conv, req, 0, &p, &ce) : -ENOMEM;
+		json_decref(req);
+		if (rc == -ENOMEM)
+			REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 		if (rc < 0)
 			REFUSE(r, rc == -ENOMEM ? 500 : 400, rc == -ENOMEM ? "server_error"
 				   : "invalid_request_error", NULL, ce.param, "%s", ce.message);

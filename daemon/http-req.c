@@ -501,6 +501,8 @@ int dp_http_request_parse(enum dp_http_api api, const char *body, size_t len,
 		if (!ret && json_object_get(r.root, "messages")) {
 			ret = check_messages(json_object_get(r.root, "messages"), err);
 			r.messages = json_object_get(r.root, "messages");
+			if (!ret)
+				ret = check_tools(r.root, lim, &r, err);
 		} else if (!ret) {
 			ret = parse_prompt(r.root, lim, &r, err);
 			if (!ret && r.ids)

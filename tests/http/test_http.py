@@ -257,6 +257,20 @@ def chat_answers_with_a_message_and_usage(d):
     assert reasoning == (getattr(m, "reasoning_content", None) or "") and content == (m.content or "")
 
 
+def chat_prompt_carries_tools_and_json_mode_unless_told_not_to(d):
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+    def count(**kw):
+        r = d.http.post("/tokenize", json=dict(messages=msgs, **kw))
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+    plain = count()
+    assert count(tools=tools) > plain, "the tools are in the prompt"
+    assert count(tools=tools, tool_choice="none") == plain, "tool_choice none offers none"
+    assert count(response_format={"type": "json_object"}) > plain, "json mode is in the prompt"
+
+
 def chat_session_turns_reuse_the_state(d):
     c = d.client()
     first = c.chat.completions.create(model="builtin", messages=[{"role": "user", "content": "Hi"}],
@@ -349,6 +363,7 @@ TESTS_SHARED = [
     refusals_carry_the_error_envelope_and_status,
     chat_answers_with_a_message_and_usage,
     chat_session_turns_reuse_the_state,
+    chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
     request_id_is_echoed_or_made,
     tokenize_and_detokenize_round_trip,
@@ -379,6 +394,7 @@ def too_many_requests_get_429():
         body = json.dumps({"prompt": "The", "max_tokens": 6000, "ignore_eos": True}).encode()
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                   % len(body) + body)
+        time.sleep(0.5)  # let it take the slot before anyone else asks
         second = None
         deadline = time.time() + 10
         while time.time() < deadline:
