@@ -14,9 +14,8 @@
  *   completed  MHD says the request is over, sent or not: a generation
  *              still running is cancelled (a client that went away)
  *
- * A suspended stream gets a `: ping` comment every keepalive_ms, which is
- * also when a vanished client is noticed (MHD does not watch suspended
- * sockets). A reader that lets more than its share of client_buffer_bytes
+ * A suspended stream gets a `: ping` comment every keepalive_ms (proxies
+ * close streams that stay silent through a long prefill). A reader that lets more than its share of client_buffer_bytes
  * pile up is cut off and its generation cancelled.
  */
 #include <errno.h>

@@ -506,6 +506,33 @@ def slow_reader_is_cut_off_and_its_generation_cancelled():
         d.stop()
 
 
+def disconnect_cancels_an_unstreamed_generation():
+    # no stream, so nothing is written until the end: the client's leaving
+    # is noticed at the next keep-alive resume
+    d = Daemon("--max-new-tokens", "60000", "--keepalive-ms", "200")
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(d.sock)
+        body = json.dumps({"prompt": "The", "max_tokens": 60000, "ignore_eos": True}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                  % len(body) + body)
+        deadline = time.time() + 20
+        while d.metrics()["dualpath_requests_active"] < 1:
+            assert time.time() < deadline, "it never started"
+            time.sleep(0.05)
+        s.close()
+        while time.time() < deadline:
+            m = d.metrics()
+            if m["dualpath_http_disconnects_total"] >= 1 and m["dualpath_requests_active"] == 0:
+                assert m["dualpath_requests_cancelled_total"] >= 1, m
+                return
+            time.sleep(0.1)
+        raise AssertionError("the generation went on after its client left")
+    finally:
+        s.close()
+        d.stop()
+
+
 def tcp_listen_serves_the_same_api():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -576,7 +603,7 @@ def v4_chat_puts_reasoning_apart_from_content():
 
 TESTS_OWN = [v4_chat_puts_reasoning_apart_from_content, too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
              health_is_503_while_draining, slow_reader_is_cut_off_and_its_generation_cancelled,
-             tcp_listen_serves_the_same_api]
+             disconnect_cancels_an_unstreamed_generation, tcp_listen_serves_the_same_api]
 
 
 def main():
