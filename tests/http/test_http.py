@@ -101,6 +101,9 @@ class Daemon:
         return parse_prometheus(r.text)
 
     def stop(self):
+        """SIGTERM; the daemon must drain and exit 0 with nothing on stderr
+        from a sanitizer (ASan/UBSan/LSan builds run these tests too)."""
+        killed = False
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -108,8 +111,14 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                killed = True
+        err = self.proc.stderr.read().decode(errors="replace")
         self.http.close()
+        log = open(self.log, errors="replace").read() if os.path.exists(self.log) else ""
         shutil.rmtree(self.dir, ignore_errors=True)
+        assert not killed, "dualpathd did not stop on SIGTERM"
+        assert self.proc.returncode == 0 and "Sanitizer" not in err and "runtime error" not in err, \
+            "dualpathd exited %d:\n%s\n%s" % (self.proc.returncode, err[-4000:], log[-2000:])
 
 
 def parse_prometheus(text):
