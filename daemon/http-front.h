@@ -16,7 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "daemon/http-internal.h"
+#include "daemon/http-parse.h"
 #include "daemon/http.h"
 #include "daemon/server.h"
 

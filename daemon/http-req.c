@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/http-internal.h"
+#include "daemon/http-parse.h"
 
 int dp_http_error_set(struct dp_http_error *e, unsigned status, const char *type, const char *code,
 		      const char *param, const char *fmt, ...)

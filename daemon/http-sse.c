@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/http-internal.h"
+#include "daemon/http-parse.h"
 
 int dp_http_buf_add(struct dp_http_buf *b, const void *data, size_t n)
 {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The HTTP front's pure parts (daemon/http-internal.h): request bodies
+ * The HTTP front's pure parts (daemon/http-parse.h): request bodies
  * parsed and checked (each refusal a status and the field at fault), the
  * error envelope, SSE framing and the latency histograms' Prometheus text.
  */
@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "daemon/http-internal.h"
+#include "daemon/http-parse.h"
 
 static const struct dp_http_limits lim = {
 	.max_body = 4096, .max_depth = 8, .max_tools = 2, .max_new_tokens = 100, .vocab = 300,

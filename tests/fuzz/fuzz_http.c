@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/http-internal.h"
+#include "daemon/http-parse.h"
 
 #define CHECK(cond)                                                                                \
 	do {                                                                                       \

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * daemon/http-internal.h — the HTTP front's parts that need no daemon, so
- * that unit tests and the fuzz target reach them without a server:
+ * daemon/http-parse.h — the HTTP front's parts that need no daemon, the
+ * door by which unit tests and the fuzz target reach them without a server:
  *
  *   http-req.c  a request body (JSON) -> struct dp_http_request, every field
  *               checked; a refusal fills struct dp_http_error (status, the
@@ -12,8 +12,8 @@
  * http.c (the thread: libmicrohttpd, routes, compute's events) uses both.
  * Nothing here logs, keeps global state or touches a socket.
  */
-#ifndef DP_DAEMON_HTTP_INTERNAL_H
-#define DP_DAEMON_HTTP_INTERNAL_H
+#ifndef DP_DAEMON_HTTP_PARSE_H
+#define DP_DAEMON_HTTP_PARSE_H
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -140,4 +140,4 @@ void dp_http_hist_add(struct dp_http_hist *h, double seconds);
 int dp_http_hist_render(struct dp_http_buf *b, const char *name, const char *help,
 			const struct dp_http_hist *h);
 
-#endif /* DP_DAEMON_HTTP_INTERNAL_H */
+#endif /* DP_DAEMON_HTTP_PARSE_H */
