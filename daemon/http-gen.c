@@ -948,7 +948,8 @@ static enum MHD_Result on_chat(struct hreq *r)
 	enum dp_chat_mode mode = whole.n_ids ? whole.mode : cont.mode;
 	int32_t *ids = malloc((whole.n_ids + cont.n_ids + 1) * sizeof(int32_t));
 	if (ids) {
-		memcpy(ids, whole.ids, whole.n_ids * sizeof(int32_t));
+		if (whole.n_ids) /* a session's later turn may render only as a continuation */
+			memcpy(ids, whole.ids, whole.n_ids * sizeof(int32_t));
 		if (cont.n_ids)
 			memcpy(ids + whole.n_ids, cont.ids, cont.n_ids * sizeof(int32_t));
 	}
