@@ -2,9 +2,11 @@
 /*
  * daemon/http-front.h — the HTTP thread's state, shared by its files:
  *
- *   http.c      the thread: listening address, keys, MHD in our epoll loop
- *   http-gen.c  the routes: requests in, compute's events out (SSE chunks,
- *               whole responses), metrics
+ *   http.c         the thread: listening address, keys, MHD in our epoll loop
+ *   http-routes.c  the routes: requests in, answers out (health, models,
+ *                  tokenize, detokenize, metrics), MHD's two callbacks
+ *   http-gen.c     generations: slots, compute's events -> SSE chunks or
+ *                  whole bodies (completions, chat)
  *
  * Everything here runs on the HTTP thread only (dp_http_init: main thread,
  * before it starts).
@@ -22,7 +24,19 @@
 
 #define DP_HTTP_KEY_MAX 512
 
-struct hreq;
+struct dp_conv_stream;
+
+enum route {
+	R_NONE,
+	R_CHAT,
+	R_COMPLETIONS,
+	R_TOKENIZE,
+	R_DETOKENIZE,
+	R_MODELS,
+	R_HEALTH,
+	R_METRICS,
+};
+
 
 /* A request waiting for compute holds a slot; its origin is
  * DP_ORIGIN_HTTP | slot with the slot's generation, bumped at release, so
@@ -51,14 +65,66 @@ struct dp_http {
 	struct dp_http_hist ttft, itl;
 };
 
+struct hreq {
+	struct dp_http *h;
+	struct MHD_Connection *conn;
+	enum route route;
+	bool dispatched, too_large, suspended, responded, final, cut_off;
+	int32_t slot; /* -1: none */
+	uint64_t rid;
+	struct dp_http_buf body;
+	struct dp_http_request req;
+	struct dp_tok_stream ts;
+	size_t hold;		/* bytes of text held back for stop strings */
+	struct dp_http_buf text; /* generated text (chat: content) not sent yet */
+	struct dp_http_buf out;	 /* response bytes (SSE), or the whole body */
+	/* chat: the output parser, and (not streamed) the reply being built */
+	bool chat;
+	struct dp_conv_stream *conv;
+	struct dp_http_buf reasoning;
+	json_t *calls;
+	unsigned status;
+	const char *content_type;
+	const char *finish;
+	bool sent_role;
+	uint32_t prompt_tokens, cached_tokens, completion_tokens;
+	uint64_t t_start, t_first, t_last, t_out;
+	int64_t created;
+	char id[48];
+	char xrid[80];
+};
+
+/* Refuse with the OpenAI envelope (returns from the calling route). */
+#define REFUSE(r, status, type, code, param, ...)                                           \
+	do {                                                                                 \
+		struct dp_http_error e_;                                                     \
+		dp_http_error_set(&e_, status, type, code, param, __VA_ARGS__);              \
+		return http_queue_error(r, &e_);                                                  \
+	} while (0)
+
 /* http.c */
 bool http_key_ok(const struct dp_http *h, const char *authorization);
-/* http-gen.c */
+/* http-routes.c */
 enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url,
 				const char *method, const char *version, const char *upload,
 				size_t *upload_size, void **con_cls);
 void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		       enum MHD_RequestTerminationCode toe);
+enum MHD_Result http_queue(struct hreq *r, unsigned status, const char *type, const char *body,
+			   size_t len);
+enum MHD_Result http_queue_json(struct hreq *r, unsigned status, json_t *o);
+enum MHD_Result http_queue_error(struct hreq *r, const struct dp_http_error *e);
+void http_on_stats(struct hreq *r, struct dp_compute_stats *s);
+/* http-gen.c */
+void http_wake(struct hreq *r);
+int http_slot_take(struct dp_http *h, struct hreq *r);
+struct dp_msg *http_msg_new(struct dp_http *h, struct hreq *r, enum dp_msg_kind kind);
+void http_slot_release(struct dp_http *h, struct hreq *r, bool cancel);
+int http_encode(struct dp_http *h, const char *text, size_t len, bool bos, int32_t **ret,
+		size_t *ret_n);
+json_t *http_render_request(const struct dp_http_request *q);
+enum MHD_Result http_on_completions(struct hreq *r);
+enum MHD_Result http_on_chat(struct hreq *r);
 void http_drain_events(struct dp_http *h);
 void http_tick(struct dp_http *h, uint64_t now);
 void http_stop_all(struct dp_http *h);

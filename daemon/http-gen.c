@@ -1,22 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The HTTP routes and the life of a request.
+ * The HTTP front's generations: a request sent to compute holding a slot
+ * (429 when none is free), compute's events turned into output, and the
+ * stream's body.
  *
- *   receiving  MHD hands us the body piece by piece (capped: 413)
- *   dispatch   auth (401), route (404/405), parse (400 with param);
- *              answered here (health, models, tokenize) or sent to compute
- *              as a dp_msg holding a slot (429 when none is free)
  *   waiting    the connection is suspended: no thread waits
  *   events     compute's tokens become text (held back by the longest stop
  *              string less one byte, so a stop string split over tokens is
- *              still found), then SSE chunks or, at the end, one JSON body;
- *              the connection is resumed to send them
- *   completed  MHD says the request is over, sent or not: a generation
- *              still running is cancelled (a client that went away)
+ *              still found; chat: parsed by model/conv.h into reasoning,
+ *              content and tool calls), then SSE chunks or, at the end, one
+ *              JSON body; the connection is resumed to send them
  *
  * A suspended stream gets a `: ping` comment every keepalive_ms (proxies
- * close streams that stay silent through a long prefill). A reader that lets more than its share of client_buffer_bytes
- * pile up is cut off and its generation cancelled.
+ * close streams that stay silent through a long prefill). A reader that
+ * lets more than its share of client_buffer_bytes pile up is cut off and
+ * its generation cancelled.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -27,114 +25,20 @@
 #include <time.h>
 
 #include "daemon/http-front.h"
-#include "daemon/log.h"
 #include "model/conv.h"
-
-enum route {
-	R_NONE,
-	R_CHAT,
-	R_COMPLETIONS,
-	R_TOKENIZE,
-	R_DETOKENIZE,
-	R_MODELS,
-	R_HEALTH,
-	R_METRICS,
-};
-
-struct hreq {
-	struct dp_http *h;
-	struct MHD_Connection *conn;
-	enum route route;
-	bool dispatched, too_large, suspended, responded, final, cut_off;
-	int32_t slot; /* -1: none */
-	uint64_t rid;
-	struct dp_http_buf body;
-	struct dp_http_request req;
-	struct dp_tok_stream ts;
-	size_t hold;		/* bytes of text held back for stop strings */
-	struct dp_http_buf text; /* generated text (chat: content) not sent yet */
-	struct dp_http_buf out;	 /* response bytes (SSE), or the whole body */
-	/* chat: the output parser, and (not streamed) the reply being built */
-	bool chat;
-	struct dp_conv_stream *conv;
-	struct dp_http_buf reasoning;
-	json_t *calls;
-	unsigned status;
-	const char *content_type;
-	const char *finish;
-	bool sent_role;
-	uint32_t prompt_tokens, cached_tokens, completion_tokens;
-	uint64_t t_start, t_first, t_last, t_out;
-	int64_t created;
-	char id[48];
-	char xrid[80];
-};
 
 static uint64_t now_ns(void)
 {
 	return dp_clock_ns();
 }
 
-/* ---- answering ------------------------------------------------------------------ */
-
-static void wake(struct hreq *r)
+void http_wake(struct hreq *r)
 {
 	if (r->suspended) {
 		r->suspended = false;
 		MHD_resume_connection(r->conn);
 	}
 }
-
-static enum MHD_Result queue(struct hreq *r, unsigned status, const char *type, const char *body,
-			     size_t len)
-{
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)body,
-								    MHD_RESPMEM_MUST_COPY);
-	if (!resp)
-		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", type);
-	MHD_add_response_header(resp, "X-Request-Id", r->xrid);
-	if (status == 401)
-		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-	enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
-	MHD_destroy_response(resp);
-	r->responded = true;
-	if (status >= 500)
-		r->h->server_errors++;
-	else if (status >= 400)
-		r->h->client_errors++;
-	return ret;
-}
-
-static enum MHD_Result queue_json(struct hreq *r, unsigned status, json_t *o)
-{
-	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-	json_decref(o);
-	if (!s)
-		return queue(r, 500, "application/json",
-			     "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-			     "\"param\":null,\"code\":null}}", 82);
-	enum MHD_Result ret = queue(r, status, "application/json", s, strlen(s));
-	free(s);
-	return ret;
-}
-
-static enum MHD_Result queue_error(struct hreq *r, const struct dp_http_error *e)
-{
-	char *s = dp_http_error_json(e);
-	if (!s)
-		return queue(r, 500, "application/json", "{}", 2);
-	enum MHD_Result ret = queue(r, e->status, "application/json", s, strlen(s));
-	free(s);
-	return ret;
-}
-
-#define REFUSE(r, status, type, code, param, ...)                                           \
-	do {                                                                                 \
-		struct dp_http_error e_;                                                     \
-		dp_http_error_set(&e_, status, type, code, param, __VA_ARGS__);              \
-		return queue_error(r, &e_);                                                  \
-	} while (0)
 
 /* compute's code -> HTTP status and OpenAI error type */
 static void code_status(uint32_t code, unsigned *status, const char **type)
@@ -166,7 +70,7 @@ static void code_status(uint32_t code, unsigned *status, const char **type)
 
 /* ---- slots and compute ------------------------------------------------------------ */
 
-static int slot_take(struct dp_http *h, struct hreq *r)
+int http_slot_take(struct dp_http *h, struct hreq *r)
 {
 	for (uint32_t i = 0; i < h->srv->cfg.http_max_requests; i++)
 		if (!h->slots[i].r) {
@@ -180,7 +84,7 @@ static int slot_take(struct dp_http *h, struct hreq *r)
 	return -EBUSY;
 }
 
-static struct dp_msg *msg_new(struct dp_http *h, struct hreq *r, enum dp_msg_kind kind)
+struct dp_msg *http_msg_new(struct dp_http *h, struct hreq *r, enum dp_msg_kind kind)
 {
 	struct dp_msg *m = calloc(1, sizeof(*m));
 	if (!m)
@@ -196,12 +100,12 @@ static struct dp_msg *msg_new(struct dp_http *h, struct hreq *r, enum dp_msg_kin
 
 /* Release the slot; a generation still running is cancelled (best effort:
  * a full queue leaves it to finish, its events dropped by generation). */
-static void slot_release(struct dp_http *h, struct hreq *r, bool cancel)
+void http_slot_release(struct dp_http *h, struct hreq *r, bool cancel)
 {
 	if (r->slot < 0)
 		return;
 	if (cancel) {
-		struct dp_msg *m = msg_new(h, r, DP_MSG_CANCEL);
+		struct dp_msg *m = http_msg_new(h, r, DP_MSG_CANCEL);
 		if (m) {
 			m->cancel_target = r->rid;
 			if (dp_server_send(h->srv, m) < 0)
@@ -347,15 +251,15 @@ static void finish(struct hreq *r, const char *reason)
 		free(s);
 	}
 	r->final = true;
-	wake(r);
+	http_wake(r);
 }
 
 static void cut_off(struct hreq *r)
 {
 	r->cut_off = true;
 	r->final = true;
-	slot_release(r->h, r, true);
-	wake(r);
+	http_slot_release(r->h, r, true);
+	http_wake(r);
 }
 
 /* The first stop string in the unsent text: cut there and finish. */
@@ -439,7 +343,7 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 			return;
 		}
 		if (r->req.n_stop && stop_hit(r)) {
-			slot_release(h, r, true); /* compute stops; its last events find no one */
+			http_slot_release(h, r, true); /* compute stops; its last events find no one */
 			{
 			finish(r, "stop");
 			return;
@@ -458,7 +362,7 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 			dp_http_buf_add(&r->text, piece, got);
 		}
 		if (r->req.n_stop && stop_hit(r)) {
-			slot_release(h, r, false);
+			http_slot_release(h, r, false);
 			{
 			finish(r, "stop");
 			return;
@@ -469,7 +373,7 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 		r->prompt_tokens = e->prompt_tokens + e->cached_tokens;
 		r->cached_tokens = e->cached_tokens;
 		r->completion_tokens = e->generated_tokens;
-		slot_release(h, r, false);
+		http_slot_release(h, r, false);
 		const char *why = e->finish == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH ? "length"
 				  : e->finish == DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED ? "cancelled"
 											  : "stop";
@@ -479,7 +383,7 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 		}
 	}
 	flush_text(r, false);
-	wake(r);
+	http_wake(r);
 }
 
 static void on_error(struct hreq *r, const struct dp_event *e)
@@ -490,7 +394,7 @@ static void on_error(struct hreq *r, const struct dp_event *e)
 	code_status(e->code, &status, &type);
 	dp_http_error_set(&err, status, type, NULL, NULL, "%s",
 			  e->payload ? (const char *)e->payload : "the request failed");
-	slot_release(r->h, r, false);
+	http_slot_release(r->h, r, false);
 	char *s = dp_http_error_json(&err);
 	r->out.len = r->out.off = 0;
 	if (r->responded) /* a stream under way: one error event, then close */
@@ -501,89 +405,7 @@ static void on_error(struct hreq *r, const struct dp_event *e)
 	}
 	free(s);
 	r->final = true;
-	wake(r);
-}
-
-/* /metrics: the one metric list (front-metrics.c) in Prometheus text, then
- * the HTTP front's own counters and latency histograms. */
-static void label_escaped(struct dp_http_buf *b, const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '\\' || *s == '"')
-			dp_http_buf_addf(b, "\\%c", *s);
-		else if (*s == '\n')
-			dp_http_buf_add(b, "\\n", 2);
-		else
-			dp_http_buf_add(b, s, 1);
-	}
-}
-
-static void on_stats(struct hreq *r, struct dp_compute_stats *s)
-{
-	struct dp_http *h = r->h;
-	struct dp_metric_set *ms = malloc(sizeof(*ms));
-	struct dp_http_buf *b = &r->out;
-	slot_release(h, r, false);
-	if (!ms) {
-		r->status = 500;
-		r->final = true;
-		wake(r);
-		return;
-	}
-	dp_metrics_fill(h->srv, NULL, s, ms);
-	for (size_t i = 0; i < ms->n; i++) {
-		const Dualpath__V1__Metric *m = ms->ptrs[i];
-		bool first = true;
-		for (size_t j = 0; j < i && first; j++)
-			first = strcmp(ms->ptrs[j]->name, m->name) != 0;
-		if (!first)
-			continue;
-		dp_http_buf_addf(b, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name,
-				 m->type == DUALPATH__V1__METRIC_TYPE__METRIC_COUNTER ? "counter"
-											: "gauge");
-		for (size_t j = i; j < ms->n; j++) { /* every sample of the name */
-			const Dualpath__V1__Metric *x = ms->ptrs[j];
-			if (strcmp(x->name, m->name))
-				continue;
-			dp_http_buf_addf(b, "%s", x->name);
-			for (size_t k = 0; k < x->n_labels; k++) {
-				dp_http_buf_addf(b, "%s%s=\"", k ? "," : "{", x->labels[k]->name);
-				label_escaped(b, x->labels[k]->value);
-				dp_http_buf_add(b, "\"", 1);
-			}
-			dp_http_buf_addf(b, "%s %.17g\n", x->n_labels ? "}" : "", x->value);
-		}
-	}
-	free(ms);
-#define HC(name, help, v)                                                                  \
-	dp_http_buf_addf(b, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %" PRIu64 "\n", \
-			 (uint64_t)(v))
-	HC("dualpath_http_requests_total", "HTTP requests received", h->requests);
-	HC("dualpath_http_streams_total", "HTTP requests answered as event streams", h->streams);
-	HC("dualpath_http_client_errors_total", "HTTP answers with a 4xx status", h->client_errors);
-	HC("dualpath_http_server_errors_total", "HTTP answers with a 5xx status", h->server_errors);
-	HC("dualpath_http_busy_total", "HTTP requests refused with 429 ([http] max_requests)",
-	   h->refused_busy);
-	HC("dualpath_http_unauthorized_total", "HTTP requests refused for a missing or wrong key",
-	   h->refused_auth);
-	HC("dualpath_http_disconnects_total", "generations cancelled because the client went away",
-	   h->disconnects);
-	HC("dualpath_http_slow_reader_cuts_total",
-	   "streams cut off for not reading their share of client_buffer_bytes", h->cut_slow);
-	/* the prefix cache for stateless clients is not built yet: hits are what
-	 * compute reports for sessions (usage.cached_tokens), not counted here */
-#undef HC
-	dp_http_buf_addf(b, "# HELP dualpath_http_requests_active HTTP requests waiting for compute\n"
-			    "# TYPE dualpath_http_requests_active gauge\ndualpath_http_requests_active %u\n",
-			 h->n_busy);
-	dp_http_hist_render(b, "dualpath_http_time_to_first_token_seconds",
-			    "from the request's arrival to its first generated token", &h->ttft);
-	dp_http_hist_render(b, "dualpath_http_inter_token_latency_seconds",
-			    "between generated tokens of one request", &h->itl);
-	r->status = 200;
-	r->content_type = "text/plain; version=0.0.4; charset=utf-8";
-	r->final = true;
-	wake(r);
+	http_wake(r);
 }
 
 static void on_event(struct dp_http *h, struct dp_event *e)
@@ -602,7 +424,7 @@ static void on_event(struct dp_http *h, struct dp_event *e)
 		on_error(r, e);
 		break;
 	case DP_EV_STATS:
-		on_stats(r, e->payload);
+		http_on_stats(r, e->payload);
 		break;
 	default:
 		break;
@@ -628,7 +450,7 @@ void http_tick(struct dp_http *h, uint64_t now)
 		if (r && r->req.stream && r->responded && !r->final && now - r->t_out > every) {
 			dp_http_sse_ping(&r->out);
 			r->t_out = now;
-			wake(r);
+			http_wake(r);
 		}
 	}
 }
@@ -667,49 +489,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 	return 0;
 }
 
-/* ---- routes -------------------------------------------------------------------------- */
-
-static enum route route_of(const char *url)
-{
-	static const struct {
-		const char *url;
-		enum route r;
-	} t[] = {
-		{ "/v1/chat/completions", R_CHAT }, { "/v1/completions", R_COMPLETIONS },
-		{ "/tokenize", R_TOKENIZE },	     { "/detokenize", R_DETOKENIZE },
-		{ "/v1/models", R_MODELS },	     { "/health", R_HEALTH },
-		{ "/metrics", R_METRICS },
-	};
-	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
-		if (!strcmp(url, t[i].url))
-			return t[i].r;
-	return R_NONE;
-}
-
-static bool route_is_post(enum route r)
-{
-	return r == R_CHAT || r == R_COMPLETIONS || r == R_TOKENIZE || r == R_DETOKENIZE;
-}
-
-static enum MHD_Result on_health(struct hreq *r)
-{
-	int st = atomic_load(&r->h->srv->state);
-	const char *name = st == DP_STATE_SERVING ? "ok" : st == DP_STATE_STARTING ? "loading"
-						   : st == DP_STATE_DRAINING ? "draining" : "stopping";
-	return queue_json(r, st == DP_STATE_SERVING ? 200 : 503, json_pack("{s:s}", "status", name));
-}
-
-static enum MHD_Result on_models(struct hreq *r)
-{
-	struct dp_http *h = r->h;
-	return queue_json(r, 200, json_pack("{s:s, s:[{s:s, s:s, s:I, s:s, s:i}]}", "object", "list",
-					    "data", "id", h->model_name, "object", "model",
-					    "created", (json_int_t)time(NULL),
-					    "owned_by", "dualpath", "max_model_len",
-					    (int)h->srv->cfg.max_prompt_tokens));
-}
-
-static int encode(struct dp_http *h, const char *text, size_t len, bool bos, int32_t **ret,
+int http_encode(struct dp_http *h, const char *text, size_t len, bool bos, int32_t **ret,
 		  size_t *ret_n)
 {
 	unsigned flags = bos && dp_tok_special(h->srv->tok, DP_TOK_BOS) >= 0 ? DP_TOK_ADD_BOS : 0;
@@ -724,63 +504,6 @@ static int encode(struct dp_http *h, const char *text, size_t len, bool bos, int
 	*ret = ids;
 	*ret_n = n;
 	return 0;
-}
-
-static json_t *render_request(const struct dp_http_request *q);
-
-static enum MHD_Result on_tokenize(struct hreq *r)
-{
-	struct dp_http *h = r->h;
-	int32_t *ids = NULL;
-	size_t n = 0;
-	if (r->req.messages) { /* the prompt a chat request renders to */
-		struct dp_conv_prompt p = { 0 };
-		struct dp_chat_error ce;
-		json_t *req = render_request(&r->req);
-		int rc = req ? dp_conv_render(h->srv->conv, req, 0, &p, &ce) : -ENOMEM;
-		json_decref(req);
-		if (rc == -ENOMEM)
-			REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
-		if (rc < 0)
-			REFUSE(r, rc == -ENOMEM ? 500 : 400, rc == -ENOMEM ? "server_error"
-				   : "invalid_request_error", NULL, ce.param, "%s", ce.message);
-		ids = p.ids;
-		n = p.n_ids;
-		p.ids = NULL;
-		dp_conv_prompt_fini(&p);
-	} else if (encode(h, r->req.prompt, r->req.prompt_len, r->req.add_special, &ids, &n) < 0) {
-		REFUSE(r, 400, "invalid_request_error", NULL, "prompt", "the prompt cannot be tokenized");
-	}
-	json_t *a = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(a, json_integer(ids[i]));
-	free(ids);
-	return queue_json(r, 200, json_pack("{s:o, s:I, s:i}", "tokens", a, "count", (json_int_t)n,
-					    "max_model_len", (int)h->srv->cfg.max_prompt_tokens));
-}
-
-static enum MHD_Result on_detokenize(struct hreq *r)
-{
-	struct dp_http *h = r->h;
-	size_t cap = 1;
-	for (size_t i = 0; i < r->req.n_ids; i++) {
-		const char *p;
-		size_t len = 0;
-		dp_tok_piece(h->srv->tok, r->req.ids[i], &p, &len);
-		cap += len;
-	}
-	char *text = malloc(cap);
-	size_t len = 0;
-	if (!text || dp_tok_decode(h->srv->tok, r->req.ids, r->req.n_ids, text, cap, &len) < 0) {
-		free(text);
-		REFUSE(r, 400, "invalid_request_error", NULL, "tokens", "the tokens cannot be decoded");
-	}
-	json_t *o = json_pack("{s:s%}", "prompt", text, len);
-	free(text);
-	if (!o) /* not UTF-8 (a token cut inside a character) */
-		REFUSE(r, 400, "invalid_request_error", NULL, "tokens",
-		       "the tokens decode to bytes that are not UTF-8 text");
-	return queue_json(r, 200, o);
 }
 
 /* Send m (its prompt set) to compute and answer as a stream or, later, as
@@ -809,7 +532,7 @@ static enum MHD_Result generate(struct hreq *r, struct dp_msg *m)
 	if (dp_server_send(srv, m) < 0) {
 		free(m->tokens);
 		free(m);
-		slot_release(h, r, false);
+		http_slot_release(h, r, false);
 		REFUSE(r, 503, "service_unavailable", NULL, NULL,
 		       "the daemon is overloaded (request queue full); retry");
 	}
@@ -822,7 +545,7 @@ static enum MHD_Result generate(struct hreq *r, struct dp_msg *m)
 	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
 								      sse_read, r, NULL);
 	if (!resp) {
-		slot_release(h, r, true);
+		http_slot_release(h, r, true);
 		return MHD_NO;
 	}
 	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
@@ -856,7 +579,7 @@ static enum MHD_Result busy(struct hreq *r)
 	       r->h->srv->cfg.http_max_requests);
 }
 
-static enum MHD_Result on_completions(struct hreq *r)
+enum MHD_Result http_on_completions(struct hreq *r)
 {
 	struct dp_http *h = r->h;
 	struct dp_http_request *q = &r->req;
@@ -865,17 +588,17 @@ static enum MHD_Result on_completions(struct hreq *r)
 		return model_refused(r);
 	int32_t *ids = q->ids;
 	size_t n = q->n_ids;
-	if (!ids && encode(h, q->prompt, q->prompt_len, true, &ids, &n) < 0)
+	if (!ids && http_encode(h, q->prompt, q->prompt_len, true, &ids, &n) < 0)
 		REFUSE(r, 400, "invalid_request_error", NULL, "prompt", "the prompt cannot be tokenized");
 	q->ids = ids;
 	q->n_ids = n;
 	if (n > h->srv->cfg.max_prompt_tokens)
 		return too_long(r, n, "prompt");
-	if (slot_take(h, r) < 0)
+	if (http_slot_take(h, r) < 0)
 		return busy(r);
-	struct dp_msg *m = msg_new(h, r, DP_MSG_GENERATE);
+	struct dp_msg *m = http_msg_new(h, r, DP_MSG_GENERATE);
 	if (!m) {
-		slot_release(h, r, false);
+		http_slot_release(h, r, false);
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	}
 	m->tokens = ids;
@@ -889,7 +612,7 @@ static enum MHD_Result on_completions(struct hreq *r)
 
 /* The request as the renderer takes it: tool_choice "none" offers no tools
  * (the model never sees them); other fields as sent. New reference. */
-static json_t *render_request(const struct dp_http_request *q)
+json_t *http_render_request(const struct dp_http_request *q)
 {
 	const char *tc = json_string_value(q->tool_choice);
 	if (!tc || strcmp(tc, "none"))
@@ -912,7 +635,7 @@ static void chat_error_text(char *buf, size_t len, const struct dp_chat_error *e
  * dp_msg): a whole conversation and a continuation of the session's
  * context; compute picks by the session.
  */
-static enum MHD_Result on_chat(struct hreq *r)
+enum MHD_Result http_on_chat(struct hreq *r)
 {
 	struct dp_http *h = r->h;
 	struct dp_server *srv = h->srv;
@@ -928,7 +651,7 @@ static enum MHD_Result on_chat(struct hreq *r)
 		REFUSE(r, 400, "invalid_request_error", NULL, "tool_choice",
 		       "tool_choice %s is not supported: this server cannot force a tool call "
 		       "(none or auto)", tc ? "\"required\"" : "naming a function");
-	json_t *req = render_request(q);
+	json_t *req = http_render_request(q);
 	if (!req)
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	int rc = dp_conv_render(srv->conv, req, 0, &whole, &ce);
@@ -970,14 +693,14 @@ static enum MHD_Result on_chat(struct hreq *r)
 		free(ids);
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	}
-	if (slot_take(h, r) < 0) {
+	if (http_slot_take(h, r) < 0) {
 		free(ids);
 		return busy(r);
 	}
-	struct dp_msg *m = msg_new(h, r, DP_MSG_GENERATE);
+	struct dp_msg *m = http_msg_new(h, r, DP_MSG_GENERATE);
 	if (!m) {
 		free(ids);
-		slot_release(h, r, false);
+		http_slot_release(h, r, false);
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	}
 	m->tokens = ids;
@@ -992,148 +715,3 @@ static enum MHD_Result on_chat(struct hreq *r)
 	return generate(r, m);
 }
 
-static enum MHD_Result on_metrics(struct hreq *r)
-{
-	struct dp_http *h = r->h;
-	if (slot_take(h, r) < 0)
-		REFUSE(r, 429, "rate_limit_error", NULL, NULL, "too many requests in flight; retry");
-	struct dp_msg *m = msg_new(h, r, DP_MSG_STATS);
-	if (!m || dp_server_send(h->srv, m) < 0) {
-		free(m);
-		slot_release(h, r, false);
-		REFUSE(r, 503, "service_unavailable", NULL, NULL, "the daemon is overloaded; retry");
-	}
-	r->suspended = true;
-	MHD_suspend_connection(r->conn);
-	return MHD_YES;
-}
-
-static enum MHD_Result dispatch(struct hreq *r, const char *method)
-{
-	struct dp_http *h = r->h;
-	static const enum dp_http_api api_of[] = {
-		[R_CHAT] = DP_HTTP_CHAT, [R_COMPLETIONS] = DP_HTTP_COMPLETIONS,
-		[R_TOKENIZE] = DP_HTTP_TOKENIZE, [R_DETOKENIZE] = DP_HTTP_DETOKENIZE,
-	};
-	r->dispatched = true;
-	h->requests++;
-	if (r->route == R_NONE)
-		REFUSE(r, 404, "invalid_request_error", "not_found", NULL,
-		       "no such endpoint (POST /v1/chat/completions, /v1/completions, /tokenize, "
-		       "/detokenize; GET /v1/models, /health, /metrics)");
-	bool post = route_is_post(r->route);
-	if (strcmp(method, post ? "POST" : "GET"))
-		REFUSE(r, 405, "invalid_request_error", "method_not_allowed", NULL,
-		       "this endpoint takes %s, not %.16s", post ? "POST" : "GET", method);
-	if (r->route != R_HEALTH &&
-	    !http_key_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"))) {
-		h->refused_auth++;
-		REFUSE(r, 401, "authentication_error", "invalid_api_key", NULL,
-		       "a valid API key is required (Authorization: Bearer KEY)");
-	}
-	if (r->too_large)
-		REFUSE(r, 413, "invalid_request_error", "request_too_large", NULL,
-		       "the request body is larger than this server's limit of %zu bytes "
-		       "([http] max_body_bytes)", h->lim.max_body);
-	if (r->route == R_HEALTH)
-		return on_health(r);
-	if (r->route == R_MODELS)
-		return on_models(r);
-	if (r->route == R_METRICS)
-		return on_metrics(r);
-	struct dp_http_error err;
-	if (dp_http_request_parse(api_of[r->route], r->body.p ? r->body.p : "", r->body.len, &h->lim,
-				  &r->req, &err) < 0)
-		return queue_error(r, &err);
-	switch (r->route) {
-	case R_TOKENIZE:
-		return on_tokenize(r);
-	case R_DETOKENIZE:
-		return on_detokenize(r);
-	case R_COMPLETIONS:
-		return on_completions(r);
-	default: /* R_CHAT */
-		return on_chat(r);
-	}
-}
-
-enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url,
-				const char *method, const char *version, const char *upload,
-				size_t *upload_size, void **con_cls)
-{
-	struct dp_http *h = cls;
-	struct hreq *r = *con_cls;
-	(void)version;
-	if (!r) {
-		r = calloc(1, sizeof(*r));
-		if (!r)
-			return MHD_NO;
-		r->h = h;
-		r->conn = c;
-		r->slot = -1;
-		r->t_start = now_ns();
-		r->route = route_of(url);
-		const char *xrid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
-		bool ok = xrid && *xrid && strlen(xrid) < sizeof(r->xrid);
-		for (const char *p = xrid; ok && *p; p++)
-			ok = *p > ' ' && *p <= '~';
-		if (ok)
-			snprintf(r->xrid, sizeof(r->xrid), "%s", xrid);
-		else
-			snprintf(r->xrid, sizeof(r->xrid), "%016" PRIx64 "-%" PRIu64, now_ns(),
-				 h->requests + 1);
-		/* a declared length over the cap is refused before any byte is read */
-		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-		if (cl && strtoull(cl, NULL, 10) > h->lim.max_body)
-			r->too_large = true;
-		*con_cls = r;
-		return MHD_YES;
-	}
-	if (*upload_size) {
-		if (!r->too_large && r->body.len + *upload_size > h->lim.max_body)
-			r->too_large = true;
-		if (!r->too_large && dp_http_buf_add(&r->body, upload, *upload_size) < 0)
-			return MHD_NO;
-		*upload_size = 0;
-		return MHD_YES;
-	}
-	if (!r->dispatched)
-		return dispatch(r, method);
-	if (r->responded || !r->final) {
-		if (!r->final && !r->responded) { /* woken early: wait on */
-			r->suspended = true;
-			MHD_suspend_connection(c);
-		}
-		return MHD_YES;
-	}
-	/* resumed with the whole answer */
-	if (r->cut_off)
-		REFUSE(r, 503, "service_unavailable", NULL, NULL, "the daemon is stopping");
-	return queue(r, r->status ? r->status : 200,
-		     r->content_type ? r->content_type : "application/json", r->out.p ? r->out.p : "",
-		     r->out.len);
-}
-
-void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-		       enum MHD_RequestTerminationCode toe)
-{
-	struct dp_http *h = cls;
-	struct hreq *r = *con_cls;
-	(void)c;
-	if (!r)
-		return;
-	if (r->slot >= 0) { /* still generating: the client went away */
-		if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-			h->disconnects++;
-		slot_release(h, r, true);
-	}
-	dp_http_request_fini(&r->req);
-	dp_conv_stream_free(r->conv);
-	json_decref(r->calls);
-	dp_http_buf_fini(&r->reasoning);
-	dp_http_buf_fini(&r->body);
-	dp_http_buf_fini(&r->text);
-	dp_http_buf_fini(&r->out);
-	free(r);
-	*con_cls = NULL;
-}

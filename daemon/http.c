@@ -4,7 +4,7 @@
  * its own (MHD_USE_EPOLL, run from our loop), an epoll set holding MHD's
  * epoll fd and the eventfd of compute's ring to us, the listening address,
  * bearer keys, and the routes that need no compute (health, models,
- * tokenize). Requests that do (completions, metrics) are in http-gen.c.
+ * tokenize). The routes are in http-routes.c, generations in http-gen.c.
  */
 #include <arpa/inet.h>
 #include <errno.h>
