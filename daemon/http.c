@@ -2,9 +2,9 @@
 /*
  * The HTTP front's thread (daemon/http.h): libmicrohttpd without threads of
  * its own (MHD_USE_EPOLL, run from our loop), an epoll set holding MHD's
- * epoll fd and the eventfd of compute's ring to us, the listening address,
- * bearer keys, and the routes that need no compute (health, models,
- * tokenize). The routes are in http-routes.c, generations in http-gen.c.
+ * epoll fd and the eventfd of compute's ring to us, the listening address
+ * and the bearer keys. The routes are in http-routes.c, generations in
+ * http-gen.c.
  */
 #include <arpa/inet.h>
 #include <errno.h>
