@@ -35,6 +35,7 @@ enum route {
 	R_MODELS,
 	R_HEALTH,
 	R_METRICS,
+	R_MESSAGES, /* the Messages API: chat in, Anthropic's shapes out */
 };
 
 
@@ -83,6 +84,10 @@ struct hreq {
 	struct dp_conv_stream *conv;
 	struct dp_http_buf reasoning;
 	json_t *calls;
+	/* the Messages API's stream: the open content block's kind and index */
+	const char *ant_kind;
+	int ant_index;
+	const char *stop_seq; /* the stop string that ended it (NULL: none) */
 	unsigned status;
 	const char *content_type;
 	const char *finish;
@@ -114,6 +119,8 @@ enum MHD_Result http_queue(struct hreq *r, unsigned status, const char *type, co
 			   size_t len);
 enum MHD_Result http_queue_json(struct hreq *r, unsigned status, json_t *o);
 enum MHD_Result http_queue_error(struct hreq *r, const struct dp_http_error *e);
+/* The error envelope for r's API (OpenAI's; Anthropic's for /v1/messages): malloc'd. */
+char *http_error_text(const struct hreq *r, const struct dp_http_error *e);
 void http_on_stats(struct hreq *r, struct dp_compute_stats *s);
 /* http-gen.c */
 void http_wake(struct hreq *r);

@@ -154,8 +154,127 @@ static void out_event(struct hreq *r, json_t *o)
 }
 
 /* A chat chunk: one choice with this delta (stolen) and finish_reason. */
+/* ---- the Messages API's stream (POST /v1/messages) ---- */
+
+static void ant_event(struct hreq *r, const char *type, json_t *data)
+{
+	char *s = data ? json_dumps(data, JSON_COMPACT) : NULL;
+	json_decref(data);
+	if (!s || dp_http_buf_addf(&r->out, "event: %s\ndata: %s\n\n", type, s) < 0)
+		cut_off(r);
+	free(s);
+}
+
+static void ant_close_block(struct hreq *r)
+{
+	if (!r->ant_kind)
+		return;
+	ant_event(r, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop",
+						      "index", r->ant_index));
+	r->ant_kind = NULL;
+	r->ant_index++;
+}
+
+/* text or thinking: open a block of that kind unless one is open */
+static void ant_text(struct hreq *r, const char *kind, const char *text, size_t len)
+{
+	bool thinking = !strcmp(kind, "thinking");
+	if (r->ant_kind && strcmp(r->ant_kind, kind))
+		ant_close_block(r);
+	if (!r->ant_kind) {
+		r->ant_kind = thinking ? "thinking" : "text";
+		ant_event(r, "content_block_start",
+			  json_pack("{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_start", "index",
+				    r->ant_index, "content_block", "type", r->ant_kind, r->ant_kind, ""));
+	}
+	ant_event(r, "content_block_delta",
+		  json_pack("{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta", "index",
+			    r->ant_index, "delta", "type", thinking ? "thinking_delta" : "text_delta",
+			    r->ant_kind, text, len));
+}
+
+static const char *ant_stop_reason(const struct hreq *r, const char *finish)
+{
+	return !strcmp(finish, "length") ? "max_tokens" : !strcmp(finish, "tool_calls") ? "tool_use"
+	       : r->stop_seq ? "stop_sequence" : "end_turn";
+}
+
+/* One OpenAI-shaped delta (what chat builds) as Messages API events. */
+static void ant_delta(struct hreq *r, json_t *delta, const char *finish)
+{
+	if (!r->sent_role) {
+		ant_event(r, "message_start",
+			  json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:i, s:i}}}", "type",
+				    "message_start", "message", "id", r->id, "type", "message", "role",
+				    "assistant", "model", r->h->model_name, "content", "stop_reason",
+				    "stop_sequence", "usage", "input_tokens", r->prompt_tokens,
+				    "output_tokens", 0));
+		r->sent_role = true;
+	}
+	const json_t *v;
+	if ((v = json_object_get(delta, "reasoning_content")))
+		ant_text(r, "thinking", json_string_value(v), json_string_length(v));
+	if ((v = json_object_get(delta, "content")) && json_string_length(v))
+		ant_text(r, "text", json_string_value(v), json_string_length(v));
+	json_t *calls = json_object_get(delta, "tool_calls");
+	for (size_t i = 0; i < json_array_size(calls); i++) {
+		json_t *c = json_array_get(calls, i), *fn = json_object_get(c, "function");
+		ant_close_block(r);
+		ant_event(r, "content_block_start",
+			  json_pack("{s:s, s:i, s:{s:s, s:O, s:O, s:{}}}", "type", "content_block_start",
+				    "index", r->ant_index, "content_block", "type", "tool_use", "id",
+				    json_object_get(c, "id"), "name", json_object_get(fn, "name"), "input"));
+		ant_event(r, "content_block_delta",
+			  json_pack("{s:s, s:i, s:{s:s, s:O}}", "type", "content_block_delta", "index",
+				    r->ant_index, "delta", "type", "input_json_delta", "partial_json",
+				    json_object_get(fn, "arguments")));
+		r->ant_kind = "tool_use";
+		ant_close_block(r);
+	}
+	json_decref(delta);
+	if (!finish)
+		return;
+	ant_close_block(r);
+	ant_event(r, "message_delta",
+		  json_pack("{s:s, s:{s:s, s:o}, s:{s:i, s:i}}", "type", "message_delta", "delta",
+			    "stop_reason", ant_stop_reason(r, finish), "stop_sequence",
+			    r->stop_seq ? json_string(r->stop_seq) : json_null(), "usage", "output_tokens",
+			    r->completion_tokens, "cache_read_input_tokens", r->cached_tokens));
+	ant_event(r, "message_stop", json_pack("{s:s}", "type", "message_stop"));
+}
+
+/* The whole reply as one Messages API object (not streamed). */
+static json_t *ant_body(struct hreq *r, const char *finish)
+{
+	json_t *content = json_array();
+	if (r->reasoning.len)
+		json_array_append_new(content, json_pack("{s:s, s:s%, s:s}", "type", "thinking", "thinking",
+							 r->reasoning.p, r->reasoning.len, "signature", ""));
+	if (r->out.len)
+		json_array_append_new(content, json_pack("{s:s, s:s%}", "type", "text", "text", r->out.p,
+							 r->out.len));
+	for (size_t i = 0; i < json_array_size(r->calls); i++) {
+		json_t *c = json_array_get(r->calls, i), *fn = json_object_get(c, "function");
+		json_t *input = json_loads(json_string_value(json_object_get(fn, "arguments")), 0, NULL);
+		json_array_append_new(content, json_pack("{s:s, s:O, s:O, s:o}", "type", "tool_use", "id",
+							 json_object_get(c, "id"), "name",
+							 json_object_get(fn, "name"),
+							 input ? input : json_object()));
+	}
+	return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:o, s:{s:i, s:i, s:i}}", "id", r->id, "type",
+			 "message", "role", "assistant", "model", r->h->model_name, "content", content,
+			 "stop_reason", ant_stop_reason(r, finish), "stop_sequence",
+			 r->stop_seq ? json_string(r->stop_seq) : json_null(), "usage", "input_tokens",
+			 r->prompt_tokens, "output_tokens", r->completion_tokens,
+			 "cache_read_input_tokens", r->cached_tokens);
+}
+
 static void emit_delta(struct hreq *r, json_t *delta, const char *finish)
 {
+	if (r->route == R_MESSAGES) {
+		ant_delta(r, delta, finish);
+		return;
+	}
 	json_t *c = chunk_new(r, true);
 	if (!r->sent_role) { /* the first chunk says who speaks */
 		json_object_set_new(delta, "role", json_string("assistant"));
@@ -211,6 +330,11 @@ static void finish(struct hreq *r, const char *reason)
 	r->finish = reason;
 	if (r->req.stream) {
 		emit_text(r, "", 0, reason);
+		if (r->route == R_MESSAGES) { /* message_stop was the last event */
+			r->final = true;
+			http_wake(r);
+			return;
+		}
 		if (r->req.include_usage) {
 			json_t *c = chunk_new(r, r->chat);
 			json_object_set_new(c, "usage", usage_new(r));
@@ -220,7 +344,9 @@ static void finish(struct hreq *r, const char *reason)
 			cut_off(r);
 	} else {
 		json_t *o;
-		if (r->chat) {
+		if (r->route == R_MESSAGES) {
+			o = ant_body(r, reason);
+		} else if (r->chat) {
 			json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
 						r->out.len || !json_array_size(r->calls)
 							? json_stringn(r->out.p ? r->out.p : "", r->out.len)
@@ -274,6 +400,9 @@ static bool stop_hit(struct hreq *r)
 	}
 	if (best == SIZE_MAX)
 		return false;
+	for (uint32_t i = 0; i < r->req.n_stop; i++)
+		if (!strncmp(t + best, r->req.stop[i], strlen(r->req.stop[i])))
+			r->stop_seq = r->req.stop[i];
 	r->text.len = r->text.off + best;
 	r->text.p[r->text.len] = '\0';
 	return true;
@@ -395,10 +524,11 @@ static void on_error(struct hreq *r, const struct dp_event *e)
 	dp_http_error_set(&err, status, type, NULL, NULL, "%s",
 			  e->payload ? (const char *)e->payload : "the request failed");
 	http_slot_release(r->h, r, false);
-	char *s = dp_http_error_json(&err);
+	char *s = http_error_text(r, &err);
 	r->out.len = r->out.off = 0;
 	if (r->responded) /* a stream under way: one error event, then close */
-		dp_http_buf_addf(&r->out, "data: %s\n\n", s ? s : "{}");
+		dp_http_buf_addf(&r->out, "%sdata: %s\n\n", r->route == R_MESSAGES ? "event: error\n" : "",
+				 s ? s : "{}");
 	else {
 		r->status = status;
 		dp_http_buf_add(&r->out, s ? s : "{}", s ? strlen(s) : 2);
@@ -527,8 +657,8 @@ static enum MHD_Result generate(struct hreq *r, struct dp_msg *m)
 			r->hold = strlen(q->stop[i]) - 1;
 	dp_tok_stream_init(&r->ts, DP_TOK_STREAM_UTF8);
 	r->created = time(NULL);
-	snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx64, r->chat ? "chatcmpl" : "cmpl",
-		 now_ns(), r->rid);
+	snprintf(r->id, sizeof(r->id), "%s%016" PRIx64 "%08" PRIx64,
+		 r->route == R_MESSAGES ? "msg_" : r->chat ? "chatcmpl-" : "cmpl-", now_ns(), r->rid);
 	if (dp_server_send(srv, m) < 0) {
 		free(m->tokens);
 		free(m);
@@ -686,7 +816,8 @@ enum MHD_Result http_on_chat(struct hreq *r)
 		return too_long(r, longest, "messages");
 	}
 	char prefix[48];
-	snprintf(prefix, sizeof(prefix), "call_%" PRIx64 "_", h->next_rid + 1);
+	snprintf(prefix, sizeof(prefix), "%s%" PRIx64 "_", r->route == R_MESSAGES ? "toolu_" : "call_",
+		 h->next_rid + 1);
 	r->chat = true;
 	r->calls = json_array();
 	if (!r->calls || dp_conv_stream_new(srv->conv, mode, prefix, &r->conv) < 0) {

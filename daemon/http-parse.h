@@ -6,6 +6,7 @@
  *   http-req.c  a request body (JSON) -> struct dp_http_request, every field
  *               checked; a refusal fills struct dp_http_error (status, the
  *               OpenAI error type, the offending `param`, a message)
+ *   http-anthropic.c  POST /v1/messages bodies -> the chat request they mean
  *   http-sse.c  what goes out: the error envelope, SSE events, the
  *               latency histograms in Prometheus text
  *
@@ -27,6 +28,7 @@ enum dp_http_api {
 	DP_HTTP_COMPLETIONS, /* POST /v1/completions */
 	DP_HTTP_TOKENIZE,    /* POST /tokenize */
 	DP_HTTP_DETOKENIZE,  /* POST /detokenize */
+	DP_HTTP_MESSAGES,    /* POST /v1/messages (Anthropic): parsed as the chat it converts to */
 	DP_HTTP_API_MAX,
 };
 
@@ -102,6 +104,11 @@ int dp_http_request_parse(enum dp_http_api api, const char *body, size_t len,
 			  const struct dp_http_limits *lim, struct dp_http_request *req,
 			  struct dp_http_error *err);
 void dp_http_request_fini(struct dp_http_request *req);
+
+/* http-anthropic.c: a Messages API request -> the OpenAI chat request it
+ * means (new reference in *ret_chat), or -EINVAL / -ENOMEM with *err. */
+int dp_http_messages_to_chat(const json_t *messages_request, json_t **ret_chat,
+			     struct dp_http_error *err);
 
 /* ---- http-sse.c -------------------------------------------------------------- */
 

@@ -484,7 +484,16 @@ int dp_http_request_parse(enum dp_http_api api, const char *body, size_t len,
 		json_decref(r.root);
 		return BAD(NULL, "the body must be a JSON object");
 	}
+	if (api == DP_HTTP_MESSAGES) { /* from here on it is the chat it means */
+		json_t *chat = NULL;
+		ret = dp_http_messages_to_chat(r.root, &chat, err);
+		json_decref(r.root);
+		r.root = chat;
+		if (ret < 0)
+			return ret;
+	}
 	switch (api) {
+	case DP_HTTP_MESSAGES:
 	case DP_HTTP_CHAT:
 		ret = parse_common(r.root, lim, &r, err);
 		if (!ret)

@@ -58,9 +58,31 @@ enum MHD_Result http_queue_json(struct hreq *r, unsigned status, json_t *o)
 	return ret;
 }
 
+char *http_error_text(const struct hreq *r, const struct dp_http_error *e)
+{
+	if (r->route != R_MESSAGES)
+		return dp_http_error_json(e);
+	/* Anthropic's envelope and error types */
+	const char *type = e->status == 401 ? "authentication_error"
+			   : e->status == 403 ? "permission_error"
+			   : e->status == 404 ? "not_found_error"
+			   : e->status == 413 ? "request_too_large"
+			   : e->status == 429 ? "rate_limit_error"
+			   : e->status == 503 ? "overloaded_error"
+			   : e->status >= 500 ? "api_error" : "invalid_request_error";
+	char msg[sizeof(e->message) + sizeof(e->param) + 4];
+	snprintf(msg, sizeof(msg), "%s%s%s", e->param[0] && !strstr(e->message, e->param) ? e->param : "",
+		 e->param[0] && !strstr(e->message, e->param) ? ": " : "", e->message);
+	json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
+			      msg);
+	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	return s;
+}
+
 enum MHD_Result http_queue_error(struct hreq *r, const struct dp_http_error *e)
 {
-	char *s = dp_http_error_json(e);
+	char *s = http_error_text(r, e);
 	if (!s)
 		return http_queue(r, 500, "application/json", "{}", 2);
 	enum MHD_Result ret = http_queue(r, e->status, "application/json", s, strlen(s));
@@ -161,7 +183,7 @@ static enum route route_of(const char *url)
 		{ "/v1/chat/completions", R_CHAT }, { "/v1/completions", R_COMPLETIONS },
 		{ "/tokenize", R_TOKENIZE },	     { "/detokenize", R_DETOKENIZE },
 		{ "/v1/models", R_MODELS },	     { "/health", R_HEALTH },
-		{ "/metrics", R_METRICS },
+		{ "/metrics", R_METRICS },	     { "/v1/messages", R_MESSAGES },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 		if (!strcmp(url, t[i].url))
@@ -171,7 +193,8 @@ static enum route route_of(const char *url)
 
 static bool route_is_post(enum route r)
 {
-	return r == R_CHAT || r == R_COMPLETIONS || r == R_TOKENIZE || r == R_DETOKENIZE;
+	return r == R_CHAT || r == R_COMPLETIONS || r == R_TOKENIZE || r == R_DETOKENIZE ||
+	       r == R_MESSAGES;
 }
 
 static enum MHD_Result on_health(struct hreq *r)
@@ -269,22 +292,30 @@ static enum MHD_Result dispatch(struct hreq *r, const char *method)
 	static const enum dp_http_api api_of[] = {
 		[R_CHAT] = DP_HTTP_CHAT, [R_COMPLETIONS] = DP_HTTP_COMPLETIONS,
 		[R_TOKENIZE] = DP_HTTP_TOKENIZE, [R_DETOKENIZE] = DP_HTTP_DETOKENIZE,
+		[R_MESSAGES] = DP_HTTP_MESSAGES,
 	};
 	r->dispatched = true;
 	h->requests++;
 	if (r->route == R_NONE)
 		REFUSE(r, 404, "invalid_request_error", "not_found", NULL,
-		       "no such endpoint (POST /v1/chat/completions, /v1/completions, /tokenize, "
-		       "/detokenize; GET /v1/models, /health, /metrics)");
+		       "no such endpoint (POST /v1/chat/completions, /v1/completions, /v1/messages, "
+		       "/tokenize, /detokenize; GET /v1/models, /health, /metrics)");
 	bool post = route_is_post(r->route);
 	if (strcmp(method, post ? "POST" : "GET"))
 		REFUSE(r, 405, "invalid_request_error", "method_not_allowed", NULL,
 		       "this endpoint takes %s, not %.16s", post ? "POST" : "GET", method);
-	if (r->route != R_HEALTH &&
-	    !http_key_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"))) {
+	/* Authorization: Bearer KEY, or (Anthropic's clients) x-api-key: KEY */
+	const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+	const char *xkey = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-api-key");
+	char bearer[DP_HTTP_KEY_MAX + 16];
+	if (!auth && xkey && strlen(xkey) <= DP_HTTP_KEY_MAX) {
+		snprintf(bearer, sizeof(bearer), "Bearer %s", xkey);
+		auth = bearer;
+	}
+	if (r->route != R_HEALTH && !http_key_ok(h, auth)) {
 		h->refused_auth++;
 		REFUSE(r, 401, "authentication_error", "invalid_api_key", NULL,
-		       "a valid API key is required (Authorization: Bearer KEY)");
+		       "a valid API key is required (Authorization: Bearer KEY, or x-api-key: KEY)");
 	}
 	if (r->too_large)
 		REFUSE(r, 413, "invalid_request_error", "request_too_large", NULL,
@@ -307,7 +338,7 @@ static enum MHD_Result dispatch(struct hreq *r, const char *method)
 		return on_detokenize(r);
 	case R_COMPLETIONS:
 		return http_on_completions(r);
-	default: /* R_CHAT */
+	default: /* R_CHAT, R_MESSAGES */
 		return http_on_chat(r);
 	}
 }

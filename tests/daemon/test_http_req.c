@@ -167,6 +167,42 @@ Test(http_req, tools_are_capped_and_tool_choice_must_name_one)
 	refused(DP_HTTP_CHAT, body, 400, "response_format");
 }
 
+Test(http_req, a_messages_api_request_becomes_the_chat_it_means)
+{
+	struct dp_http_request r;
+	struct dp_http_error e;
+	cr_assert_eq(parse(DP_HTTP_MESSAGES, "{\"max_tokens\": 9, \"system\": [{\"type\": \"text\", "
+			   "\"text\": \"be \"}, {\"type\": \"text\", \"text\": \"kind\"}], \"stop_sequences\": "
+			   "[\"END\"], \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": "
+			   "\"assistant\", \"content\": [{\"type\": \"thinking\", \"thinking\": \"hm\"}, "
+			   "{\"type\": \"tool_use\", \"id\": \"t1\", \"name\": \"f\", \"input\": {\"a\": 1}}]}, "
+			   "{\"role\": \"user\", \"content\": [{\"type\": \"tool_result\", \"tool_use_id\": "
+			   "\"t1\", \"content\": \"42\"}, {\"type\": \"text\", \"text\": \"and?\"}]}], "
+			   "\"tools\": [{\"name\": \"f\", \"input_schema\": {\"type\": \"object\"}}], "
+			   "\"tool_choice\": {\"type\": \"auto\"}}", &r, &e), 0, "%s", e.message);
+	cr_expect_eq(r.max_tokens, 9);
+	cr_expect_str_eq(r.stop[0], "END");
+	json_t *m = r.messages;
+	cr_assert_eq(json_array_size(m), 5); /* system, user, assistant, tool, user */
+	cr_expect_str_eq(json_string_value(json_object_get(json_array_get(m, 0), "content")), "be kind");
+	json_t *a = json_array_get(m, 2);
+	cr_expect_str_eq(json_string_value(json_object_get(a, "reasoning_content")), "hm");
+	json_t *fn = json_object_get(json_array_get(json_object_get(a, "tool_calls"), 0), "function");
+	cr_expect_str_eq(json_string_value(json_object_get(fn, "arguments")), "{\"a\":1}");
+	cr_expect_str_eq(json_string_value(json_object_get(json_array_get(m, 3), "role")), "tool");
+	cr_expect_str_eq(json_string_value(json_object_get(json_array_get(m, 3), "tool_call_id")), "t1");
+	cr_expect_str_eq(json_string_value(json_object_get(json_object_get(r.root, "thinking"), "type")),
+			 "disabled", "the Messages API thinks only when asked");
+	cr_expect_not_null(r.tools);
+	dp_http_request_fini(&r);
+	refused(DP_HTTP_MESSAGES, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", 400,
+		"max_tokens");
+	refused(DP_HTTP_MESSAGES, "{\"max_tokens\": 1, \"messages\": [{\"role\": \"user\", \"content\": "
+		"[{\"type\": \"image\"}]}]}", 400, "messages[0].content");
+	refused(DP_HTTP_MESSAGES, "{\"max_tokens\": 1, \"messages\": [{\"role\": \"user\", \"content\": "
+		"\"x\"}], \"tool_choice\": {\"type\": \"maybe\"}}", 400, "tool_choice");
+}
+
 Test(http_sse, the_error_envelope_has_all_four_fields)
 {
 	struct dp_http_error e;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tests/fuzz/fuzz_http.c — libFuzzer target for the HTTP front's request
- * parser (daemon/http-req.c): the first byte picks the endpoint (chat,
- * completions, tokenize, detokenize), the rest is the body a client sends.
+ * parser (daemon/http-req.c, http-anthropic.c): the first byte picks the
+ * endpoint (chat, completions, tokenize, detokenize, messages), the rest is
+ * the body a client sends.
  *
  * Checked, aborting on any difference:
  *   - the result is 0 or -EINVAL; a refusal has a 4xx/5xx status, a type
@@ -54,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(s);
 	} else {
 		CHECK(r.api == api && r.root);
-		if (api == DP_HTTP_CHAT || api == DP_HTTP_COMPLETIONS) {
+		if (api == DP_HTTP_CHAT || api == DP_HTTP_COMPLETIONS || api == DP_HTTP_MESSAGES) {
 			CHECK(r.sampling.temperature >= 0 && r.sampling.temperature <= 2);
 			CHECK(r.sampling.top_p > 0 && r.sampling.top_p <= 1 && r.sampling.top_k >= 0);
 		}
@@ -64,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(strlen(r.stop[i]) >= 1 && strlen(r.stop[i]) <= DP_HTTP_STOP_STRING_BYTES);
 		for (size_t i = 0; i < r.n_ids; i++)
 			CHECK(r.ids[i] >= 0 && r.ids[i] < lim.vocab);
-		if (api == DP_HTTP_CHAT)
+		if (api == DP_HTTP_CHAT || api == DP_HTTP_MESSAGES)
 			CHECK(json_array_size(r.messages) > 0);
 		if (api == DP_HTTP_COMPLETIONS)
 			CHECK(r.ids ? r.n_ids > 0 : r.prompt_len > 0);

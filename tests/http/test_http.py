@@ -312,6 +312,55 @@ def chat_refusals_name_the_field(d):
             assert e.body["param"] == param, (kw, e.body)
 
 
+def messages_api_answers_in_its_own_shapes(d):
+    # POST /v1/messages (Anthropic's Messages API, as Claude Code sends it)
+    req = {"model": "builtin", "max_tokens": 8, "temperature": 0, "system": "Be brief.",
+           "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]}
+    r = d.http.post("/v1/messages", json=req)
+    assert r.status_code == 200, r.text
+    m = r.json()
+    assert m["type"] == "message" and m["role"] == "assistant" and m["id"].startswith("msg_"), m
+    assert m["stop_reason"] == "max_tokens" and m["usage"]["output_tokens"] == 8, m
+    text = "".join(b["text"] for b in m["content"] if b["type"] == "text")
+    kinds, streamed, opened = [], "", 0
+    with d.http.stream("POST", "/v1/messages", json=dict(req, stream=True)) as s:
+        ev = None
+        for line in s.iter_lines():
+            if line.startswith("event: "):
+                ev = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                assert data["type"] == ev, (ev, data)
+                kinds.append(ev)
+                if ev == "content_block_start":
+                    opened += 1
+                if ev == "content_block_delta" and data["delta"]["type"] == "text_delta":
+                    streamed += data["delta"]["text"]
+                if ev == "message_delta":
+                    assert data["delta"]["stop_reason"] == "max_tokens", data
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"], kinds
+    assert kinds.count("content_block_stop") == opened, kinds
+    assert streamed == text, (streamed, text)
+    # a tool round trip renders (tool_use in, tool_result back)
+    r = d.http.post("/v1/messages", json={"model": "builtin", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "What is 6 x 7?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "calc",
+                                           "input": {"expr": "6*7"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": "42"}]}],
+        "tools": [{"name": "calc", "description": "arithmetic",
+                   "input_schema": {"type": "object"}}]})
+    assert r.status_code == 200, r.text
+    # refusals in the Messages API's envelope
+    for body, field in [({"messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+                        ({"max_tokens": 4, "messages": [{"role": "system", "content": "x"}]},
+                         "messages[0].role")]:
+        r = d.http.post("/v1/messages", json=body)
+        e = r.json()
+        assert r.status_code == 400 and e["type"] == "error", r.text
+        assert e["error"]["type"] == "invalid_request_error" and field in e["error"]["message"], e
+
+
 def request_id_is_echoed_or_made(d):
     st, hd, _ = d.curl("-H", "X-Request-Id: trace-42", "/health")
     assert st == 200 and hd["x-request-id"] == "trace-42", hd
@@ -374,6 +423,7 @@ TESTS_SHARED = [
     chat_session_turns_reuse_the_state,
     chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
+    messages_api_answers_in_its_own_shapes,
     request_id_is_echoed_or_made,
     tokenize_and_detokenize_round_trip,
     models_lists_the_served_model,
@@ -443,6 +493,8 @@ def api_keys_are_required_when_configured():
             if want == 401:
                 assert r.json()["error"]["type"] == "authentication_error"
         assert d.http.get("/health").status_code == 200, "health needs no key"
+        r = d.http.get("/v1/models", headers={"x-api-key": "sk-second-key"})
+        assert r.status_code == 200, "Anthropic clients send x-api-key"
         try:
             d.client("sk-wrong").models.list()
             raise AssertionError("a wrong key was let in")
