@@ -55,6 +55,8 @@ struct req {
 
 /* events that found the ring to the front full, oldest first */
 struct outbox {
+	struct dp_spsc *ring;	 /* to this front (socket or HTTP) */
+	struct dp_waiter *wake;	 /* ... and its wake-up */
 	struct dp_event *ev;
 	uint32_t head, n, cap;
 };
@@ -64,7 +66,8 @@ struct outbox {
 
 struct compute {
 	struct dp_server *srv;
-	struct outbox outbox;
+	struct outbox outbox;	 /* to the socket front */
+	struct outbox http_out;	 /* to the HTTP front (origins with DP_ORIGIN_HTTP) */
 	struct req *waiting, **waiting_tail;
 	struct req *active;
 	uint32_t n_active, n_waiting;
@@ -113,12 +116,11 @@ int dp_server_send(struct dp_server *srv, struct dp_msg *m)
  * the request ring fills and the front refuses new requests (UNAVAILABLE)
  * instead. The outbox's size is bounded by what the taken requests produce.
  */
-static bool outbox_flush(struct compute *c)
+static bool outbox_flush_one(struct outbox *o)
 {
-	struct outbox *o = &c->outbox;
 	uint32_t sent = 0;
 	while (o->n) {
-		if (dp_spsc_enqueue(c->srv->to_front, &o->ev[o->head]) < 0)
+		if (dp_spsc_enqueue(o->ring, &o->ev[o->head]) < 0)
 			break;
 		o->head = (o->head + 1) % o->cap;
 		o->n--;
@@ -136,13 +138,24 @@ static bool outbox_flush(struct compute *c)
 		}
 	}
 	if (sent || o->n) /* the front has events to take (or room to make) */
-		dp_waiter_wake(&c->srv->front_wake);
+		dp_waiter_wake(o->wake);
 	return o->n == 0;
 }
 
-static void outbox_push(struct compute *c, const struct dp_event *ev)
+/* Both fronts' outboxes; true when both are empty. */
+static bool outbox_flush(struct compute *c)
 {
-	struct outbox *o = &c->outbox;
+	bool a = outbox_flush_one(&c->outbox);
+	return (!c->http_out.n || outbox_flush_one(&c->http_out)) && a;
+}
+
+static uint32_t outbox_waiting(const struct compute *c)
+{
+	return c->outbox.n + c->http_out.n;
+}
+
+static void outbox_push(struct compute *c, struct outbox *o, const struct dp_event *ev)
+{
 	if (o->n == o->cap) {
 		uint32_t cap = o->cap ? 2 * o->cap : DP_OUTBOX_MIN;
 		struct dp_event *nev = malloc((size_t)cap * sizeof(*nev));
@@ -162,8 +175,8 @@ static void outbox_push(struct compute *c, const struct dp_event *ev)
 	}
 	o->ev[(o->head + o->n) % o->cap] = *ev;
 	o->n++;
-	if (o->n > c->st.outbox_peak)
-		c->st.outbox_peak = o->n;
+	if (outbox_waiting(c) > c->st.outbox_peak)
+		c->st.outbox_peak = outbox_waiting(c);
 }
 
 static void send_event(struct compute *c, const struct dp_event *ev)
@@ -172,10 +185,17 @@ static void send_event(struct compute *c, const struct dp_event *ev)
 		free(ev->payload);
 		return;
 	}
+	/* each front has its own single-producer ring (compute is its only
+	 * producer); an HTTP origin without an HTTP front cannot happen */
+	struct outbox *o = ev->to.conn & DP_ORIGIN_HTTP ? &c->http_out : &c->outbox;
+	if (!o->ring) {
+		free(ev->payload);
+		return;
+	}
 	/* order: nothing overtakes what already waits in the outbox */
-	if (c->outbox.n || dp_spsc_enqueue(c->srv->to_front, ev) < 0)
-		outbox_push(c, ev);
-	dp_waiter_wake(&c->srv->front_wake);
+	if (o->n || dp_spsc_enqueue(o->ring, ev) < 0)
+		outbox_push(c, o, ev);
+	dp_waiter_wake(o->wake);
 }
 
 static void send_error(struct compute *c, const struct dp_msg *m, uint32_t code, const char *fmt,
@@ -1153,6 +1173,9 @@ static void compute_free(struct compute *c)
 	for (uint32_t i = 0; i < c->outbox.n; i++)
 		free(c->outbox.ev[(c->outbox.head + i) % c->outbox.cap].payload);
 	free(c->outbox.ev);
+	for (uint32_t i = 0; i < c->http_out.n; i++)
+		free(c->http_out.ev[(c->http_out.head + i) % c->http_out.cap].payload);
+	free(c->http_out.ev);
 	free(c->logits);
 	free(c->items);
 	free(c->item_req);
@@ -1167,6 +1190,10 @@ void *dp_compute_main(void *arg)
 {
 	struct dp_server *srv = arg;
 	struct compute c = { .srv = srv };
+	c.outbox.ring = srv->to_front;
+	c.outbox.wake = &srv->front_wake;
+	c.http_out.ring = srv->to_http; /* NULL: no HTTP front */
+	c.http_out.wake = &srv->http_wake;
 	c.waiting_tail = &c.waiting;
 	c.restore_mode = srv->cfg.restore;
 	uint32_t maxb = srv->cfg.max_batch;
@@ -1193,7 +1220,7 @@ void *dp_compute_main(void *arg)
 		uint32_t k;
 		outbox_flush(&c);
 		/* back-pressure: while the front is behind, take no new work */
-		while (c.outbox.n <= DP_OUTBOX_SOFT &&
+		while (outbox_waiting(&c) <= DP_OUTBOX_SOFT &&
 		       (k = dp_ring_dequeue_burst(srv->to_compute, msgs, 64)) > 0)
 			for (uint32_t i = 0; i < k; i++)
 				handle(&c, msgs[i]);
@@ -1225,7 +1252,7 @@ void *dp_compute_main(void *arg)
 			bool wb = dp_kv_writeback_pending(srv->kv);
 			/* events still in the outbox: come back soon to send them */
 			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute,
-				       wb || c.outbox.n ? 1000000 : 100000000);
+				       wb || outbox_waiting(&c) ? 1000000 : 100000000);
 		}
 	}
 	persist_all(&c);

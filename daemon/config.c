@@ -29,6 +29,7 @@ struct opt {
 	const char *(*name)(const struct dp_config *c);
 	const char *choices;
 	const char *help;
+	const char *flag; /* the flag's name when it is not the key's ("http" for [http] listen) */
 };
 
 /* Each enum key through its part's own parse and name functions. */
@@ -125,6 +126,10 @@ static const char *name_engram_residency(const struct dp_config *c)
 #define ON(sec, field, type, lo, hi, h) OPT(sec, field, type, .min = lo, .max = hi, .help = h)
 #define OZ(sec, field, type, lo, hi, h)                                                      \
 	OPT(sec, field, type, .min = lo, .max = hi, .zero_ok = true, .help = h)
+/* a key named apart from its field (the [http] keys: fields http_*) */
+#define OK(sec, key_, field, t, ...)                                                         \
+	{ .section = sec, .key = key_, .type = t, .offset = offsetof(struct dp_config, field), \
+	  .size = sizeof(((struct dp_config *)0)->field), __VA_ARGS__ }
 /* one of a part's enum values, by name */
 #define OE(sec, field, names, h)                                                             \
 	OPT(sec, field, OPT_ENUM, .parse = parse_##field, .name = name_##field,              \
@@ -221,6 +226,23 @@ static const struct opt opts[] = {
 	   "where the tables live: device, dram or nvme (read through the io thread)"),
 	ON("engram", engram_cache_rows, OPT_U64, 0, 1u << 30,
 	   "hot-row cache entries (dram, nvme; 0: none)"),
+	OK("http", "listen", http_listen, OPT_STR, .flag = "http",
+	   .help = "serve the OpenAI-compatible HTTP API at HOST:PORT (127.0.0.1:8000; an IPv6 "
+		   "address in brackets) or unix:/path (empty: off)"),
+	OK("http", "api_key_file", http_api_key_file, OPT_STR,
+	   .help = "bearer keys, one a line (owner root or the daemon's user, not readable by "
+		   "others); \"\": no key asked"),
+	OK("http", "max_body_bytes", http_max_body_bytes, OPT_BYTES, .min = KiB, .max = 256 * MiB,
+	   .help = "largest HTTP request body"),
+	OK("http", "max_json_depth", http_max_json_depth, OPT_U32, .min = 4, .max = 1024,
+	   .help = "deepest nesting of a request's JSON"),
+	OK("http", "max_requests", http_max_requests, OPT_U32, .min = 1, .max = 65536,
+	   .help = "HTTP requests in flight; more get 429"),
+	OK("http", "max_tools", http_max_tools, OPT_U32, .min = 0, .max = 4096,
+	   .help = "tools one chat request may declare"),
+	OK("http", "keepalive_ms", http_keepalive_ms, OPT_U32, .min = 100, .max = 3600000,
+	   .help = "an SSE comment line after this long without a token (proxies time out idle "
+		   "streams)"),
 };
 
 _Static_assert(MiB >= DP_V4_PAGE_BYTES + 4096, "a nonzero tier budget holds a page and a slot");
@@ -286,6 +308,11 @@ void dp_config_defaults(struct dp_config *c)
 	c->restore = DP_RESTORE_DUALPATH;
 	c->engram_residency = DP_ENGRAM_RES_DRAM;
 	c->engram_cache_rows = 65536;
+	c->http_max_body_bytes = 4ull << 20;
+	c->http_max_json_depth = 64;
+	c->http_max_requests = 256;
+	c->http_max_tools = 128;
+	c->http_keepalive_ms = 15000;
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }
 
@@ -622,7 +649,7 @@ static void usage(FILE *f)
 			fprintf(f, "[%s]\n", sec);
 		}
 		char flag[64];
-		snprintf(flag, sizeof(flag), "--%s", opts[i].key);
+		snprintf(flag, sizeof(flag), "--%s", opts[i].flag ? opts[i].flag : opts[i].key);
 		for (char *p = flag; *p; p++)
 			if (*p == '_')
 				*p = '-';
@@ -639,7 +666,7 @@ static void usage(FILE *f)
 static const struct opt *find_flag(const char *name, size_t len)
 {
 	for (size_t i = 0; i < N_OPTS; i++) {
-		const char *k = opts[i].key;
+		const char *k = opts[i].flag ? opts[i].flag : opts[i].key;
 		if (strlen(k) != len)
 			continue;
 		bool eq = true;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * daemon/config.h — dualpathd's settings: /etc/dualpath/dualpathd.conf (INI,
- * sections [daemon] [model] [kvcache] [io] [sched]) and the command line.
+ * sections [daemon] [model] [kvcache] [io] [sched] [engram] [http]) and the command line.
  *
  * Every key is also a flag: key `state_dir` in any section is
  * `--state-dir VALUE` (or `--state-dir=VALUE`). Precedence: built-in default
@@ -100,6 +100,14 @@ struct dp_config {
 	char engram_tables[DP_CONFIG_STR_MAX]; /* .dpe file; "" = none (a model without Engram) */
 	enum dp_engram_residency engram_residency;
 	uint64_t engram_cache_rows;	       /* hot-row cache entries (dram, nvme) */
+	/* [http] (daemon/http.h) */
+	char http_listen[DP_CONFIG_STR_MAX];	     /* "" off; HOST:PORT or unix:/path; flag --http */
+	char http_api_key_file[DP_CONFIG_STR_MAX]; /* "" no keys asked */
+	uint64_t http_max_body_bytes;
+	uint32_t http_max_json_depth;
+	uint32_t http_max_requests; /* in flight; more get 429 */
+	uint32_t http_max_tools;
+	uint32_t http_keepalive_ms; /* SSE ": ping" after this long without output */
 
 	char config_path[DP_CONFIG_STR_MAX];
 };

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The Stats reply: the front's own counters beside compute's snapshot. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon/front-internal.h"
@@ -30,14 +31,14 @@ static void add_metric(Dualpath__V1__Metric *m, Dualpath__V1__Metric **ptrs, siz
 	(*n)++;
 }
 
-void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct dp_compute_stats *s)
+void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct dp_compute_stats *s,
+		     struct dp_metric_set *ms)
 {
-	struct dp_server *srv = f->srv;
-	enum { MAXM = 128 }; /* room for every metric below (add_metric checks) */
-	Dualpath__V1__Metric m[MAXM];
-	Dualpath__V1__Metric *ptrs[MAXM];
-	Dualpath__V1__Label lab[MAXM];
-	Dualpath__V1__Label *labp[MAXM];
+	enum { MAXM = DP_METRICS_MAX }; /* room for every metric below (add_metric checks) */
+	Dualpath__V1__Metric *m = ms->m;
+	Dualpath__V1__Metric **ptrs = ms->ptrs;
+	Dualpath__V1__Label *lab = ms->lab;
+	Dualpath__V1__Label **labp = ms->labp;
 	size_t n = 0;
 	static const char *const tiers[] = { "device", "dram", "nvme", "none" };
 	static const char *const classes[] = { "weights", "state", "scratch" };
@@ -49,24 +50,26 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 	G("dualpath_uptime_seconds", "seconds since start", (dp_clock_ns() - srv->start_ns) / 1e9);
 	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
 	G("dualpath_draining", "1 while draining", s->draining);
-	G("dualpath_connections", "open client connections", f->n_open);
-	C("dualpath_connections_total", "connections accepted", f->accepted);
-	C("dualpath_frames_in_total", "request frames received", f->frames_in);
-	C("dualpath_frames_out_total", "response frames sent", f->frames_out);
-	C("dualpath_bad_frames_total", "connections closed for a bad frame", f->bad_frames);
-	C("dualpath_permission_denied_total", "admin requests refused", f->denied);
-	C("dualpath_slow_client_closes_total", "connections closed for not reading", f->slow_closes);
-	C("dualpath_connections_refused_total", "connections refused (max_connections)", f->rejected);
-	C("dualpath_accept_errors_total", "accept() failures (out of file descriptors...), each "
-	  "pausing accept for 100 ms", f->accept_errors);
-	C("dualpath_hello_timeouts_total", "connections closed for no Hello in hello_timeout_ms",
-	  f->hello_timeouts);
-	C("dualpath_idle_closes_total", "connections closed after idle_timeout_ms", f->idle_closes);
-	C("dualpath_requests_overloaded_total", "requests refused: compute's queue was full",
-	  f->overloaded);
-	G("dualpath_client_buffer_bytes", "memory connections hold (responses unread, requests "
-	  "partly received)", f->held);
-	G("dualpath_client_buffer_peak_bytes", "... its high-water mark", f->held_peak);
+	if (f) { /* the socket front's own counters (its thread only) */
+		G("dualpath_connections", "open client connections", f->n_open);
+		C("dualpath_connections_total", "connections accepted", f->accepted);
+		C("dualpath_frames_in_total", "request frames received", f->frames_in);
+		C("dualpath_frames_out_total", "response frames sent", f->frames_out);
+		C("dualpath_bad_frames_total", "connections closed for a bad frame", f->bad_frames);
+		C("dualpath_permission_denied_total", "admin requests refused", f->denied);
+		C("dualpath_slow_client_closes_total", "connections closed for not reading", f->slow_closes);
+		C("dualpath_connections_refused_total", "connections refused (max_connections)", f->rejected);
+		C("dualpath_accept_errors_total", "accept() failures (out of file descriptors...), each "
+		  "pausing accept for 100 ms", f->accept_errors);
+		C("dualpath_hello_timeouts_total", "connections closed for no Hello in hello_timeout_ms",
+		  f->hello_timeouts);
+		C("dualpath_idle_closes_total", "connections closed after idle_timeout_ms", f->idle_closes);
+		C("dualpath_requests_overloaded_total", "requests refused: compute's queue was full",
+		  f->overloaded);
+		G("dualpath_client_buffer_bytes", "memory connections hold (responses unread, requests "
+		  "partly received)", f->held);
+		G("dualpath_client_buffer_peak_bytes", "... its high-water mark", f->held_peak);
+	}
 	G("dualpath_events_outbox_peak", "most events compute held while the front was behind",
 	  s->outbox_peak);
 	C("dualpath_events_dropped_total", "events to the front lost for want of memory",
@@ -218,12 +221,24 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 			labp[i] = &lab[i];
 			m[i].labels = &labp[i];
 		}
+	ms->n = n;
+}
+
+void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct dp_compute_stats *s)
+{
+	struct dp_metric_set *ms = malloc(sizeof(*ms));
+	if (!ms) {
+		front_reply_error(f, slot, id, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	dp_metrics_fill(f->srv, f, s, ms);
 	Dualpath__V1__StatsReply sr = DUALPATH__V1__STATS_REPLY__INIT;
 	Dualpath__V1__Response r = DUALPATH__V1__RESPONSE__INIT;
-	sr.n_metrics = n;
-	sr.metrics = ptrs;
+	sr.n_metrics = ms->n;
+	sr.metrics = ms->ptrs;
 	r.request_id = id;
 	r.body_case = DUALPATH__V1__RESPONSE__BODY_STATS;
 	r.stats = &sr;
 	front_reply(f, slot, &r);
+	free(ms);
 }

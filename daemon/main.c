@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "daemon/experts.h"
+#include "daemon/http.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "model/conv.h"
@@ -407,6 +408,16 @@ static int run(struct dp_server *srv)
 	}
 	if ((ret = dp_front_init(srv, err, sizeof(err))) < 0)
 		goto fail;
+	/* the HTTP front: its ring and address before compute starts (compute
+	 * reads srv->to_http once, at its start) */
+	if (srv->cfg.http_listen[0] &&
+	    ((ret = dp_spsc_new(16384, sizeof(struct dp_event), &srv->to_http)) < 0 ||
+	     (ret = dp_waiter_init(&srv->http_wake, DP_WAITER_EVENTFD, 0)) < 0 ||
+	     (ret = dp_http_init(srv, err, sizeof(err))) < 0)) {
+		if (!err[0])
+			snprintf(err, sizeof(err), "cannot set up the HTTP front: %s", strerror(-ret));
+		goto fail;
+	}
 
 	/* Signals: a handler that writes the signal number to a pipe the loop
 	 * below polls. (A signalfd would need every thread to block them, and
@@ -440,6 +451,11 @@ static int run(struct dp_server *srv)
 		atomic_store(&srv->state, DP_STATE_SERVING);
 	pthread_create(&front, NULL, dp_front_main, srv);
 	pin(srv, front, DP_TOPO_ROLE_FRONT);
+	pthread_t http;
+	if (srv->http) {
+		pthread_create(&http, NULL, dp_http_main, srv);
+		pin(srv, http, DP_TOPO_ROLE_FRONT);
+	}
 	if (up) {
 		log_info("serving on %s%s", srv->cfg.socket,
 			 srv->socket_activated ? " (socket activation)" : "");
@@ -503,6 +519,8 @@ static int run(struct dp_server *srv)
 	atomic_store(&srv->stop, true);
 	pthread_join(compute, NULL);
 	pthread_join(front, NULL);
+	if (srv->http)
+		pthread_join(http, NULL);
 	/* what reached compute after it stopped listening (a Stats, a closed
 	 * connection's notice) is not answered any more: free it */
 	struct dp_msg *late;
@@ -512,6 +530,8 @@ static int run(struct dp_server *srv)
 	}
 	struct dp_event ev;
 	while (dp_spsc_dequeue(srv->to_front, &ev) == 0)
+		free(ev.payload);
+	while (srv->to_http && dp_spsc_dequeue(srv->to_http, &ev) == 0)
 		free(ev.payload);
 	close(sfd);
 	close(pfd[1]);
@@ -534,7 +554,7 @@ int main(int argc, char **argv)
 		return 1;
 	srv->listen_fd = -1;
 	srv->main_wake_fd = -1;
-	srv->compute_wake.efd = srv->front_wake.efd = -1;
+	srv->compute_wake.efd = srv->front_wake.efd = srv->http_wake.efd = -1;
 	dp_config_defaults(&srv->cfg);
 	int ret = dp_config_load(&srv->cfg, argc, argv, stdout, err, sizeof(err));
 	if (ret != 0) {
@@ -572,8 +592,11 @@ int main(int argc, char **argv)
 	dp_tok_free(srv->tok);
 	dp_v4_model_free(srv->model);
 	dp_gpu_free(srv->gpu);
+	dp_http_free(srv);
 	dp_ring_free(srv->to_compute);
 	dp_spsc_free(srv->to_front);
+	dp_spsc_free(srv->to_http);
+	dp_waiter_fini(&srv->http_wake);
 	dp_waiter_fini(&srv->compute_wake);
 	dp_waiter_fini(&srv->front_wake);
 	free(srv);

@@ -56,11 +56,14 @@ enum dp_msg_kind {
 
 /* Who sent it: front's connection slot and that slot's generation (a slot is
  * reused after a close; events for an old generation are dropped). conn
- * UINT32_MAX: the daemon itself (main thread). */
+ * UINT32_MAX: the daemon itself (main thread). conn with DP_ORIGIN_HTTP set:
+ * the HTTP front's request slot (its events go to to_http, not to_front). */
 struct dp_origin {
 	uint32_t conn;
 	uint32_t gen;
 };
+
+#define DP_ORIGIN_HTTP 0x40000000u
 
 /* Stop ids one Generate may carry (the protocol's limit, checked by the front). */
 #define DP_STOP_IDS_MAX 16
@@ -196,6 +199,7 @@ enum dp_daemon_state {
 };
 
 struct dp_expert_io;
+struct dp_http;
 struct dp_conv;
 struct dp_server {
 	struct dp_config cfg;
@@ -219,6 +223,11 @@ struct dp_server {
 	/* compute -> front */
 	struct dp_spsc *to_front;
 	struct dp_waiter front_wake; /* eventfd, in front's epoll set */
+	/* compute -> HTTP front (NULL without one): its own SPSC ring, since
+	 * compute is the one producer of each ring and each has one reader */
+	struct dp_spsc *to_http;
+	struct dp_waiter http_wake; /* eventfd, in the HTTP thread's epoll set */
+	struct dp_http *http;	    /* the HTTP front (daemon/http.h) */
 
 	int listen_fd;
 	bool socket_activated;
@@ -236,6 +245,22 @@ struct dp_server {
 	uint64_t start_ns;
 	struct dp_topo_placement placement;
 };
+
+/* Every metric of a Stats reply (front-metrics.c, the one producer: the
+ * socket's Stats, v4ctl stats and HTTP /metrics show the same list). */
+#define DP_METRICS_MAX 128
+struct dp_metric_set {
+	Dualpath__V1__Metric m[DP_METRICS_MAX];
+	Dualpath__V1__Metric *ptrs[DP_METRICS_MAX];
+	Dualpath__V1__Label lab[DP_METRICS_MAX];
+	Dualpath__V1__Label *labp[DP_METRICS_MAX];
+	size_t n; /* strings point at s, srv and static text: use before they change */
+};
+struct front;
+/* From compute's snapshot s and, when f is not NULL, the socket front's
+ * counters (then on the front thread only). */
+void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct dp_compute_stats *s,
+		     struct dp_metric_set *ms);
 
 /* front.c */
 int dp_front_init(struct dp_server *srv, char *err, size_t err_len);

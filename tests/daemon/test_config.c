@@ -126,6 +126,11 @@ static const struct range_case {
     {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},
     {"--max-batch", "max_batch", "0", "4097", "between 1 and 4096"},
     {"--engram-cache-rows", "engram_cache_rows", NULL, "1073741825", "between 0 and 1073741824"},
+    {"--max-body-bytes", "max_body_bytes", "1023", "257M", "between 1K and 256M"},
+    {"--max-json-depth", "max_json_depth", "3", "1025", "between 4 and 1024"},
+    {"--max-requests", "max_requests", "0", "65537", "between 1 and 65536"},
+    {"--max-tools", "max_tools", NULL, "4097", "between 0 and 4096"},
+    {"--keepalive-ms", "keepalive_ms", "99", "3600001", "between 100 and 3600000"},
 };
 
 #define N_RANGES DP_ARRAY_SIZE(ranges)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""HTTP streaming throughput and TTFT at 1, 8 and 64 concurrent streams: the
+real dualpathd (--http on a Unix socket) on the embedded model, each stream a
+/v1/completions SSE request of --tokens tokens (ignore_eos), read by a
+thread of its own with httpx (the openai SDK's HTTP client).
+
+    DUALPATHD=build/daemon/dualpathd build/pyenv/bin/python tests/http/bench_http.py
+
+Prints one RESULT line per concurrency: streams, wall seconds, delivered
+text chunks/s (a chunk is one token, or several when a UTF-8 character spans them), TTFT p50/p99 (ms), and compute's own decode tokens/s over the same
+interval (from /metrics), so the HTTP front's share shows as the gap.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_http as t  # noqa: E402  (the Daemon helper; re-runs under DP_PYTHON)
+
+
+def one_stream(d, tokens, out):
+    t0 = time.perf_counter()
+    first, n = None, 0
+    with d.http.stream("POST", "/v1/completions", json={
+            "prompt": "The hacker", "max_tokens": tokens, "ignore_eos": True, "stream": True,
+            "temperature": 0.8, "seed": 1}) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            c = json.loads(line[6:])
+            if c["choices"] and c["choices"][0]["text"]:
+                first = first or time.perf_counter()
+                n += 1
+    out.append((first - t0 if first else float("nan"), n))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--streams", default="1,8,64")
+    ap.add_argument("--tokens", type=int, default=128)
+    a = ap.parse_args()
+    d = t.Daemon("--max-requests", "256", "--max-batch", "64")
+    try:
+        one_stream(d, 8, [])  # warm up
+        for c in [int(x) for x in a.streams.split(",")]:
+            m0 = d.metrics()
+            res = []
+            th = [threading.Thread(target=one_stream, args=(d, a.tokens, res)) for _ in range(c)]
+            t0 = time.perf_counter()
+            for x in th:
+                x.start()
+            for x in th:
+                x.join()
+            wall = time.perf_counter() - t0
+            m1 = d.metrics()
+            ttft = sorted(r[0] for r in res)
+            chunks = sum(r[1] for r in res)
+            dec = m1['dualpath_tokens_total{phase="decode"}'] - m0['dualpath_tokens_total{phase="decode"}']
+            print("RESULT http_stream streams=%d text_chunks=%d wall_s=%.3f delivered_chunks_s=%.0f "
+                  "ttft_p50_ms=%.1f ttft_p99_ms=%.1f compute_decode_tok_s=%.0f" % (
+                      c, chunks, wall, chunks / wall, 1000 * statistics.median(ttft),
+                      1000 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))], dec / wall))
+    finally:
+        d.stop()
+
+
+if __name__ == "__main__":
+    main()
