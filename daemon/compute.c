@@ -532,6 +532,7 @@ static int admit_one(struct compute *c, struct req *r)
 		return ret;
 	}
 	r->prompt = m->n_tokens;
+	bool seeded = false;
 	if (!r->sess && (ret = start_one_off(c, r)) < 0)
 		return ret;
 	if (r->sess && r->cached == 0 && c->restore_mode != DP_RESTORE_RECOMPUTE) {
@@ -541,9 +542,18 @@ static int admit_one(struct compute *c, struct req *r)
 		if (got < 0)
 			log_warning("session %s: no prefix unit restored (%s); computing its context",
 				    m->session, strerror(-got));
-		else
+		else {
 			r->cached = (uint32_t)got;
+			seeded = got > 0;
+		}
 	}
+	/* Usage: prompt_tokens counts what this request computes, cached_tokens
+	 * what it reused. A session with state reuses its earlier context, apart
+	 * from this prompt; a one-off or seeded request reuses a prefix unit, a
+	 * part of its own prompt, which is then not computed (the HTTP front adds
+	 * the two for OpenAI's prompt_tokens, so they must not overlap). */
+	if ((!r->sess || seeded) && r->cached)
+		r->prompt = (uint32_t)(hist_len(r) - r->cached);
 	if (c->restore_mode != DP_RESTORE_RECOMPUTE && hist_len(r) > 1 && hist_len(r) - 1 > r->cached)
 		r->unit_at = hist_len(r) - 1;
 	size_t sb = dp_sampler_scratch_size((int)srv->vocab);

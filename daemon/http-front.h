@@ -72,6 +72,7 @@ struct hreq {
 	enum route route;
 	bool dispatched, too_large, suspended, responded, final, cut_off;
 	int32_t slot; /* -1: none */
+	int32_t key; /* the API key's index (tenant of the prefix cache), or DP_HTTP_KEYS_OFF */
 	uint64_t rid;
 	struct dp_http_buf body;
 	struct dp_http_request req;
@@ -108,7 +109,11 @@ struct hreq {
 	} while (0)
 
 /* http.c */
-bool http_key_ok(const struct dp_http *h, const char *authorization);
+/* Which configured API key an Authorization header carries: its index,
+ * DP_HTTP_KEYS_OFF when no keys are configured, -EACCES when none matches
+ * (constant time in the key's bytes and in which key matched). */
+#define DP_HTTP_KEYS_OFF (-1)
+int http_key_match(const struct dp_http *h, const char *authorization);
 /* http-routes.c */
 enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url,
 				const char *method, const char *version, const char *upload,

@@ -16,6 +16,7 @@
  * lets more than its share of client_buffer_bytes pile up is cut off and
  * its generation cancelled.
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -95,6 +96,17 @@ struct dp_msg *http_msg_new(struct dp_http *h, struct hreq *r, enum dp_msg_kind 
 	 * no Unix user has (the uid nobody is 65534; this is one above) */
 	m->uid = 65535;
 	m->request_id = r->rid;
+	/* The prefix cache's tenant within them: the API key the request came
+	 * with, then its cache_salt (checked to fit by the parser), so that
+	 * holders of different keys, or of different salts, never share state. */
+	_Static_assert(DP_HTTP_CACHE_SALT_MAX + sizeof("key -2147483648;") <= sizeof(m->cache_salt),
+		       "a tenant key fits the message's cache_salt");
+	int n = snprintf((char *)m->cache_salt, sizeof(m->cache_salt), "key %d;", r->key);
+	const char *salt = r->req.cache_salt;
+	size_t len = salt ? strlen(salt) : 0;
+	assert(n > 0 && (size_t)n + len <= sizeof(m->cache_salt));
+	memcpy(m->cache_salt + n, salt ? salt : "", len);
+	m->cache_salt_len = (uint32_t)n + (uint32_t)len;
 	return m;
 }
 

@@ -54,6 +54,9 @@ struct dp_http_limits {
 };
 
 #define DP_HTTP_STOP_STRINGS_MAX 8
+/* cache_salt's bytes: the tenant key the front builds from it ("key N;"
+ * + the salt) must fit DP_KV_CACHE_SALT_MAX (256) */
+#define DP_HTTP_CACHE_SALT_MAX 200
 #define DP_HTTP_STOP_STRING_BYTES 256
 #define DP_HTTP_STOP_IDS_MAX 16 /* = DP_STOP_IDS_MAX (server.h) */
 

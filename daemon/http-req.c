@@ -246,6 +246,9 @@ static int parse_common(json_t *o, const struct dp_http_limits *lim, struct dp_h
 	if ((ret = get_string(o, "session_id", &s, err)) < 0 ||
 	    (ret = get_string(o, "cache_salt", &r->cache_salt, err)) < 0)
 		return ret;
+	if (r->cache_salt && strlen(r->cache_salt) > DP_HTTP_CACHE_SALT_MAX)
+		return BAD("cache_salt", "cache_salt is %zu bytes; at most %d", strlen(r->cache_salt),
+			   DP_HTTP_CACHE_SALT_MAX);
 	/* the session store's rule (kvcache.h): [A-Za-z0-9._-], not "." or ".." */
 	bool ok = !s || (*s && strlen(s) <= 64 && strcmp(s, ".") && strcmp(s, ".."));
 	for (const char *p = s; ok && p && *p; p++)

@@ -312,7 +312,8 @@ static enum MHD_Result dispatch(struct hreq *r, const char *method)
 		snprintf(bearer, sizeof(bearer), "Bearer %s", xkey);
 		auth = bearer;
 	}
-	if (r->route != R_HEALTH && !http_key_ok(h, auth)) {
+	r->key = http_key_match(h, auth);
+	if (r->route != R_HEALTH && r->key < DP_HTTP_KEYS_OFF) {
 		h->refused_auth++;
 		REFUSE(r, 401, "authentication_error", "invalid_api_key", NULL,
 		       "a valid API key is required (Authorization: Bearer KEY, or x-api-key: KEY)");

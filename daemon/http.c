@@ -193,23 +193,27 @@ static int load_keys(struct dp_http *h, const char *path, char *err, size_t err_
 
 /* Constant time in the key's bytes: every key compared over its whole
  * length (and the given one's), no early exit. */
-bool http_key_ok(const struct dp_http *h, const char *auth)
+int http_key_match(const struct dp_http *h, const char *auth)
 {
 	if (!h->n_keys)
-		return true;
+		return DP_HTTP_KEYS_OFF;
 	if (!auth || strncmp(auth, "Bearer ", 7))
-		return false;
+		return -EACCES;
 	const char *k = auth + 7;
 	size_t klen = strnlen(k, DP_HTTP_KEY_MAX + 1);
-	unsigned ok = 0;
+	/* every key compared in full, the match picked without a branch: the
+	 * time does not say which key (or how much of one) matched */
+	unsigned found = 0, index = 0;
 	for (size_t i = 0; i < h->n_keys; i++) {
 		size_t n = strlen(h->keys[i]);
 		unsigned diff = (unsigned)(n ^ klen);
 		for (size_t j = 0; j < n; j++)
 			diff |= (unsigned char)h->keys[i][j] ^ (unsigned char)(j < klen ? k[j] : 0);
-		ok |= diff == 0;
+		unsigned hit = 0u - (unsigned)(diff == 0); /* all ones on a match */
+		index |= hit & ~(0u - found) & (unsigned)i;
+		found |= hit & 1u;
 	}
-	return ok;
+	return found ? (int)index : -EACCES;
 }
 
 /* ---- init, the loop, free --------------------------------------------------------- */

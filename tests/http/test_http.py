@@ -295,6 +295,35 @@ def chat_session_turns_reuse_the_state(d):
         u.prompt_tokens_details.cached_tokens
 
 
+def stateless_chat_reuses_earlier_turns_of_the_same_tenant_only(d):
+    """No session_id: the whole conversation each turn finds the prefix units
+    the earlier turns left (cached_tokens), a different cache_salt finds
+    none (tenants never share)."""
+    c = d.client()
+    msgs = [{"role": "system", "content": "You answer in one word. " * 8},
+            {"role": "user", "content": "Name a colour."}]
+    salt = {"cache_salt": "tenant-a"}
+    first = c.chat.completions.create(model="builtin", messages=msgs, max_tokens=6,
+                                      temperature=0, extra_body=salt)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0, first.usage
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content or ""},
+             {"role": "user", "content": "Another one."}]
+    second = c.chat.completions.create(model="builtin", messages=msgs, max_tokens=6,
+                                       temperature=0, extra_body=salt)
+    u = second.usage
+    # at least the whole first prompt but its last token (where its unit sits)
+    assert u.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 1, (first.usage, u)
+    assert u.model_extra["prompt_cache_hit_tokens"] == u.prompt_tokens_details.cached_tokens, u
+    other = c.chat.completions.create(model="builtin", messages=msgs, max_tokens=6,
+                                      temperature=0, extra_body={"cache_salt": "tenant-b"})
+    assert other.usage.prompt_tokens_details.cached_tokens == 0, other.usage
+    assert other.choices[0].message.content == second.choices[0].message.content, \
+        "a cold recompute answers as the cached one"
+    r = d.http.post("/v1/chat/completions", json={"model": "builtin", "messages": msgs,
+                                                   "cache_salt": "x" * 201})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt", r.text
+
+
 def chat_refusals_name_the_field(d):
     c = d.client()
     for kw, param in [
@@ -421,6 +450,7 @@ TESTS_SHARED = [
     refusals_carry_the_error_envelope_and_status,
     chat_answers_with_a_message_and_usage,
     chat_session_turns_reuse_the_state,
+    stateless_chat_reuses_earlier_turns_of_the_same_tenant_only,
     chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
     messages_api_answers_in_its_own_shapes,
@@ -502,6 +532,14 @@ def api_keys_are_required_when_configured():
             pass
         r = d.client("sk-first-key").completions.create(model="builtin", prompt="x", max_tokens=2)
         assert r.usage.completion_tokens == 2
+        # each key is a tenant of the prefix cache: a prompt one key sent twice
+        # is cached for it, never for the other key
+        p = "The same long prompt for both keys. " * 4
+        for key, hit in [("sk-first-key", False), ("sk-first-key", True), ("sk-second-key", False)]:
+            r = d.client(key).completions.create(model="builtin", prompt=p, max_tokens=2)
+            cached = r.usage.prompt_tokens_details.cached_tokens if r.usage.prompt_tokens_details else 0
+            # (a miss may still reuse the BOS an earlier prompt of the key began with)
+            assert (cached >= r.usage.prompt_tokens - 1 if hit else cached <= 1), (key, r.usage)
         assert d.metrics("sk-first-key")["dualpath_http_unauthorized_total"] >= 3
     finally:
         d.stop()
