@@ -17,6 +17,7 @@
 #define Q_HSUM(v) _mm512_reduce_add_ps(v)
 #define Q_ADD(a, b) _mm512_add_ps(a, b)
 #define Q_RG(M) ((M) <= 4 ? 4 : 2)
+#define Q_POST_OK(M) ((M) <= 2)
 #define Q_MR 12
 #define Q_NV 2
 #define Q_NAME(x) avx512_##x
@@ -41,6 +42,18 @@ static inline __m512 Q_DEC_E2M1(const uint8_t *p)
 	__m512i idx = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
 	return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(dp_qmm_e2m1_lut));
 }
+
+/* 16 bytes = 32 codes, low nibble first, through tbl (the 16-entry signed
+ * table, scaled): vpermps reads only an index's low 4 bits, so neither
+ * nibble needs masking */
+#define Q_E2M1_LUT() _mm512_loadu_ps(dp_qmm_e2m1_lut)
+#define Q_DEC_E2M1_2(p, tbl, lo, hi)                                                         \
+	do {                                                                                 \
+		__m128i b_ = _mm_loadu_si128((const __m128i *)(const void *)(p));             \
+		__m128i h_ = _mm_srli_epi16(b_, 4);                                           \
+		(lo) = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b_, h_)), (tbl)); \
+		(hi) = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(b_, h_)), (tbl)); \
+	} while (0)
 
 static inline __m512 Q_DEC_BF16(const uint8_t *p)
 {

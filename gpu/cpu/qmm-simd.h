@@ -62,64 +62,109 @@ Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_
 
 /* ---- GEMV: M tokens x RG rows, each decoded weight vector used M times -------- */
 
-/* RG rows at once: each token's x vector is loaded once for RG rows (the loads
- * were half the work at M = 1) and the RG x M accumulators are independent FMA
- * chains. A row's scale is read once per block straight from its scale row
- * (no per-block division or dtype switch), and the block's vector loop has no
- * branch but its bound. */
+/* Columns one step of the GEMV covers: a scale block (e2m1 32, e4m3 128), for
+ * the unscaled dtypes a chunk of 128. A compile-time count, so the vector loop
+ * of a block unrolls and every accumulator stays in a register. */
+#define Q_GEMV_BLK(dt) ((dt) == DP_DTYPE_E2M1 ? DP_GPU_E2M1_BLOCK : DP_GPU_E4M3_BLOCK)
+
+/* RG rows at once: each token's x vector is loaded once for RG rows and the
+ * RG x M accumulators are independent FMA chains. The scale is applied where
+ * it costs least and changes nothing:
+ *   e2m1: the 16-entry table is multiplied by the block's scale (one multiply
+ *     a block; table x s is code x s, rounded as the reference rounds it);
+ *   e4m3, e8m0 scales (`post`): the block's products go into their own
+ *     accumulators, multiplied by the power of two once at the block's end
+ *     (exact: the same sums, each scaled by 2^e);
+ *   e4m3, f32 scales: each decoded vector times the scale (code x s rounded,
+ *     as dequantized).
+ * A block whose multiplier is not finite (e4m3 with a scale >= 2^120) and the
+ * columns past the last whole block go through the exact scalar path. */
 Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r, bool acc, const enum dp_dtype dt,
-			     const uint32_t M, const uint32_t RG)
+			     const bool post, const uint32_t M, const uint32_t RG)
 {
+	const uint32_t B = Q_GEMV_BLK(dt);
+	const bool scaled = Q_NAME(scaled)(dt);
 	const uint8_t *row[RG];
 	const void *sp[RG];
 	QV a[RG][M];
 	float t[RG][M];
 	size_t ssz = w->scale_dtype == DP_DTYPE_F32 ? 4 : 1;
-	for (uint32_t i = 0; i < RG; i++) {
+	Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
 		row[i] = w->data + (r + i) * w->row_bytes;
 		uint32_t srow = dt == DP_DTYPE_E4M3 ? (r + i) / DP_GPU_E4M3_BLOCK : r + i;
-		sp[i] = Q_NAME(scaled)(dt) ? (const char *)w->scale + (size_t)srow * w->scale_ld * ssz
-					   : NULL;
-		for (uint32_t m = 0; m < M; m++) {
+		sp[i] = scaled ? (const char *)w->scale + (size_t)srow * w->scale_ld * ssz : NULL;
+		Q_UNROLL for (uint32_t m = 0; m < M; m++) {
 			a[i][m] = Q_ZERO();
 			t[i][m] = 0;
 		}
 	}
-	for (uint32_t k0 = 0, kb = 0; k0 < w->cols; k0 += w->kblock, kb++) {
-		uint32_t end = w->cols - k0 < w->kblock ? w->cols : k0 + w->kblock;
+	uint32_t nb = w->cols / B;
+	for (uint32_t kb = 0; kb < nb; kb++) {
+		const uint32_t k0 = kb * B;
 		float s[RG];
 		QV vm[RG];
 		bool fin = true;
-		for (uint32_t i = 0; i < RG; i++) {
-			s[i] = Q_NAME(scaled)(dt) ? Q_NAME(scale_at)(w, sp[i], kb) : 1.0f;
+		Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
+			s[i] = scaled ? Q_NAME(scale_at)(w, sp[i], kb) : 1.0f;
 			float mul = Q_NAME(mul)(dt, s[i]);
 			fin = fin && isfinite(mul);
-			vm[i] = Q_SET1(mul);
+			vm[i] = dt == DP_DTYPE_E2M1 ? Q_MUL(Q_E2M1_LUT(), Q_SET1(mul)) : Q_SET1(mul);
 		}
-		uint32_t k = k0;
-		if (__builtin_expect(fin, 1))
-			for (; k + QW <= end; k += QW) {
-				QV xv[M];
+		if (__builtin_expect(!fin, 0)) {
+			for (uint32_t k = k0; k < k0 + B; k++)
+				for (uint32_t i = 0; i < RG; i++) {
+					float wv = dp_qmat_code(w, row[i], k) * s[i];
+					for (uint32_t m = 0; m < M; m++)
+						t[i][m] += wv * x[m * ldx + k];
+				}
+			continue;
+		}
+		QV b[RG][M];
+		if (post)
+			Q_UNROLL for (uint32_t i = 0; i < RG; i++)
 				Q_UNROLL for (uint32_t m = 0; m < M; m++)
-					xv[m] = Q_LOAD(x + m * ldx + k);
+					b[i][m] = Q_ZERO();
+		if (dt == DP_DTYPE_E2M1) {
+			/* two vectors of codes from one load of QW bytes */
+			Q_UNROLL for (uint32_t k = k0; k < k0 + B; k += 2 * QW) {
 				Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
-					QV wv = Q_NAME(dec)(dt, row[i], k);
-					if (Q_NAME(scaled)(dt))
-						wv = Q_MUL(wv, vm[i]);
-					Q_UNROLL for (uint32_t m = 0; m < M; m++)
-						a[i][m] = Q_FMA(wv, xv[m], a[i][m]);
+					QV lo, hi;
+					Q_DEC_E2M1_2(row[i] + k / 2, vm[i], lo, hi);
+					Q_UNROLL for (uint32_t m = 0; m < M; m++) {
+						a[i][m] = Q_FMA(lo, Q_LOAD(x + m * ldx + k), a[i][m]);
+						a[i][m] = Q_FMA(hi, Q_LOAD(x + m * ldx + k + QW), a[i][m]);
+					}
 				}
 			}
-		for (; k < end; k++)
-			for (uint32_t i = 0; i < RG; i++) {
-				float wv = dp_qmat_code(w, row[i], k) * s[i];
-				for (uint32_t m = 0; m < M; m++)
-					t[i][m] += wv * x[m * ldx + k];
+			continue;
+		}
+		Q_UNROLL for (uint32_t k = k0; k < k0 + B; k += QW) {
+			Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
+				QV wv = Q_NAME(dec)(dt, row[i], k);
+				if (scaled && !post)
+					wv = Q_MUL(wv, vm[i]);
+				Q_UNROLL for (uint32_t m = 0; m < M; m++) {
+					if (post)
+						b[i][m] = Q_FMA(wv, Q_LOAD(x + m * ldx + k), b[i][m]);
+					else
+						a[i][m] = Q_FMA(wv, Q_LOAD(x + m * ldx + k), a[i][m]);
+				}
 			}
+		}
+		if (post)
+			Q_UNROLL for (uint32_t i = 0; i < RG; i++)
+				Q_UNROLL for (uint32_t m = 0; m < M; m++)
+					a[i][m] = Q_FMA(b[i][m], vm[i], a[i][m]);
 	}
-	for (uint32_t i = 0; i < RG; i++)
-		for (uint32_t m = 0; m < M; m++) {
+	for (uint32_t k = nb * B; k < w->cols; k++)
+		for (uint32_t i = 0; i < RG; i++) {
+			float wv = dp_qmat_code(w, row[i], k) * dp_qmat_scale(w, r + i, k / w->kblock);
+			for (uint32_t m = 0; m < M; m++)
+				t[i][m] += wv * x[m * ldx + k];
+		}
+	Q_UNROLL for (uint32_t i = 0; i < RG; i++)
+		Q_UNROLL for (uint32_t m = 0; m < M; m++) {
 			float v = Q_HSUM(a[i][m]) + t[i][m];
 			float *o = y + m * ldy + r + i;
 			*o = acc ? *o + v : v;
@@ -129,25 +174,27 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 /* rows [r0, r1) in groups of Q_RG(M), the rest one at a time */
 Q_INLINE void Q_NAME(gemv_m)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r0, uint32_t r1, bool acc, const enum dp_dtype dt,
-			     const uint32_t M)
+			     const bool post, const uint32_t M)
 {
 	uint32_t r = r0;
 	for (; r + Q_RG(M) <= r1; r += Q_RG(M))
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, M, Q_RG(M));
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, M, Q_RG(M));
 	for (; r < r1; r++)
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, M, 1);
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, M, 1);
 }
 
-#define Q_GEMV_M(dt)                                                                          \
-	switch (M) {                                                                          \
-	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 1); break;               \
-	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 2); break;               \
-	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 3); break;               \
-	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 4); break;               \
-	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 5); break;               \
-	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 6); break;               \
-	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, 7); break;               \
-	default: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, DP_QMM_GEMV_MAX); break; \
+#define Q_GEMV_M(dt, post)                                                                      \
+	switch (M) {                                                                            \
+	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(1), 1); break;             \
+	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(2), 2); break;             \
+	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(3), 3); break;             \
+	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(4), 4); break;             \
+	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(5), 5); break; \
+	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(6), 6); break; \
+	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(7), 7); break; \
+	default:                                                                                \
+		Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(8), DP_QMM_GEMV_MAX); \
+		break;                                                                          \
 	}
 
 static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
@@ -155,16 +202,19 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 {
 	switch (w->dtype) {
 	case DP_DTYPE_E4M3:
-		Q_GEMV_M(DP_DTYPE_E4M3);
+		if (w->scale_dtype == DP_DTYPE_E8M0)
+			Q_GEMV_M(DP_DTYPE_E4M3, true)
+		else
+			Q_GEMV_M(DP_DTYPE_E4M3, false)
 		break;
 	case DP_DTYPE_E2M1:
-		Q_GEMV_M(DP_DTYPE_E2M1);
+		Q_GEMV_M(DP_DTYPE_E2M1, false);
 		break;
 	case DP_DTYPE_BF16:
-		Q_GEMV_M(DP_DTYPE_BF16);
+		Q_GEMV_M(DP_DTYPE_BF16, false);
 		break;
 	default:
-		Q_GEMV_M(DP_DTYPE_F32);
+		Q_GEMV_M(DP_DTYPE_F32, false);
 		break;
 	}
 }

@@ -353,7 +353,7 @@ static void products(enum dp_gpu_isa isa)
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 33, 77 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 64, 1030 },  /* two K chunks in the GEMM */
 	};
-	const uint32_t Ms[] = { 1, 2, 5, 8, 9, 13, 37 };
+	const uint32_t Ms[] = { 1, 2, 3, 4, 5, 8, 9, 13, 37 }; /* every GEMV register shape */
 	const int threads[] = { 1, 2, 3 };
 	uint64_t s = 42 + isa;
 	for (size_t ti = 0; ti < sizeof(threads) / sizeof(threads[0]); ti++) {
