@@ -73,6 +73,22 @@ static inline __m256 avx2_e2m1_signed(__m128i codes, __m256 tbl)
 		(hi) = avx2_e2m1_signed(_mm_srli_si128(c_, 8), (tbl));                    \
 	} while (0)
 
+/* gemv_eo's decodes: 2 x 8 codes, the even ones and the odd ones (as in
+ * qmm-avx512.c) */
+#define Q_DEC2_E4M3(p, ev, od)                                                              \
+	do {                                                                                \
+		__m128i w_ = _mm_loadu_si128((const __m128i *)(const void *)(p));            \
+		__m128i m_ = _mm_set1_epi16((short)0xbf80);                                  \
+		(ev) = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_slli_epi16(w_, 8), 1), m_)); \
+		(od) = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(w_, 1), m_));             \
+	} while (0)
+#define Q_DEC2_E2M1(p, tbl, ev, od)                                                         \
+	do {                                                                                \
+		__m128i b_ = _mm_loadl_epi64((const __m128i *)(const void *)(p));             \
+		(ev) = avx2_e2m1_signed(b_, (tbl));                                           \
+		(od) = avx2_e2m1_signed(_mm_srli_epi16(b_, 4), (tbl));                       \
+	} while (0)
+
 static inline __m256 Q_DEC_BF16(const uint8_t *p)
 {
 	__m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));

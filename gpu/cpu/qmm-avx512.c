@@ -55,6 +55,26 @@ static inline __m512 Q_DEC_E2M1(const uint8_t *p)
 		(hi) = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(b_, h_)), (tbl)); \
 	} while (0)
 
+/* gemv_eo's decodes: 2 x 16 codes, the even ones and the odd ones.
+ * e4m3, 32 bytes as 16 words (odd code high): each byte shifted into the
+ * high byte of its word, then s.eeee.mmm -> f16 s.0eeee.mmm0000000 by an
+ * arithmetic shift of one (the sign lands in bits 15 and 14) and a mask. */
+#define Q_DEC2_E4M3(p, ev, od)                                                              \
+	do {                                                                                \
+		__m256i w_ = _mm256_loadu_si256((const __m256i *)(const void *)(p));         \
+		__m256i m_ = _mm256_set1_epi16((short)0xbf80);                               \
+		(ev) = _mm512_cvtph_ps(_mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w_, 8), 1), m_)); \
+		(od) = _mm512_cvtph_ps(_mm256_and_si256(_mm256_srai_epi16(w_, 1), m_));      \
+	} while (0)
+/* e2m1, 16 bytes: each byte widened to a lane; the table by its low nibble,
+ * then by its high one */
+#define Q_DEC2_E2M1(p, tbl, ev, od)                                                         \
+	do {                                                                                \
+		__m512i i_ = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))); \
+		(ev) = _mm512_permutexvar_ps(i_, (tbl));                                     \
+		(od) = _mm512_permutexvar_ps(_mm512_srli_epi32(i_, 4), (tbl));               \
+	} while (0)
+
 static inline __m512 Q_DEC_BF16(const uint8_t *p)
 {
 	__m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));

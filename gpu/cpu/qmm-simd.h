@@ -48,6 +48,12 @@ Q_INLINE bool Q_NAME(scaled)(const enum dp_dtype dt)
 	return dt == DP_DTYPE_E4M3 || dt == DP_DTYPE_E2M1;
 }
 
+/* Bytes of n codes of dt. */
+Q_INLINE uint32_t Q_NAME(bytes)(const enum dp_dtype dt, uint32_t n)
+{
+	return dt == DP_DTYPE_E2M1 ? n / 2 : dt == DP_DTYPE_E4M3 ? n : dt == DP_DTYPE_BF16 ? 2 * n : 4 * n;
+}
+
 /* The scale of block kb of a row whose scales start at sp (fp32, exact). */
 Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_t kb)
 {
@@ -78,10 +84,17 @@ Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_
  *   e4m3, f32 scales: each decoded vector times the scale (code x s rounded,
  *     as dequantized).
  * A block whose multiplier is not finite (e4m3 with a scale >= 2^120) and the
- * columns past the last whole block go through the exact scalar path. */
+ * columns past the last whole block go through the exact scalar path.
+ *
+ * `eo` (e4m3, e2m1): x comes in the even/odd order of dp_qmm_isa.eo_run, and
+ * the codes are decoded two vectors at a time without restoring their order:
+ * the even codes of 2*QW columns in one vector, the odd ones in the other
+ * (e4m3: a word's low and high byte shifted into f16 in place; e2m1: a
+ * byte's low and high nibble through the table). About half the shuffles of
+ * the in-order decode, which is what bounds it. */
 Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r, bool acc, const enum dp_dtype dt,
-			     const bool post, const uint32_t M, const uint32_t RG)
+			     const bool post, const bool eo, const uint32_t M, const uint32_t RG)
 {
 	const uint32_t B = Q_GEMV_BLK(dt);
 	const bool scaled = Q_NAME(scaled)(dt);
@@ -102,6 +115,12 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 	uint32_t nb = w->cols / B;
 	for (uint32_t kb = 0; kb < nb; kb++) {
 		const uint32_t k0 = kb * B;
+		/* the next row group's same block, a group ahead in memory: the
+		 * hardware prefetcher alone leaves short rows (wq_b's 1 KiB)
+		 * waiting on DRAM */
+		Q_UNROLL for (uint32_t i = 0; i < RG; i++)
+			Q_UNROLL for (uint32_t o = 0; o < Q_NAME(bytes)(dt, B); o += 64)
+				__builtin_prefetch(row[i] + RG * w->row_bytes + Q_NAME(bytes)(dt, k0) + o);
 		float s[RG];
 		QV vm[RG];
 		bool fin = true;
@@ -112,12 +131,15 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 			vm[i] = dt == DP_DTYPE_E2M1 ? Q_MUL(Q_E2M1_LUT(), Q_SET1(mul)) : Q_SET1(mul);
 		}
 		if (__builtin_expect(!fin, 0)) {
-			for (uint32_t k = k0; k < k0 + B; k++)
+			for (uint32_t p = k0; p < k0 + B; p++) {
+				/* position p of x holds column k */
+				uint32_t q = p % (2 * QW), k = eo ? p - q + 2 * (q % QW) + q / QW : p;
 				for (uint32_t i = 0; i < RG; i++) {
 					float wv = dp_qmat_code(w, row[i], k) * s[i];
 					for (uint32_t m = 0; m < M; m++)
-						t[i][m] += wv * x[m * ldx + k];
+						t[i][m] += wv * x[m * ldx + p];
 				}
+			}
 			continue;
 		}
 		QV b[RG][M];
@@ -125,7 +147,32 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 			Q_UNROLL for (uint32_t i = 0; i < RG; i++)
 				Q_UNROLL for (uint32_t m = 0; m < M; m++)
 					b[i][m] = Q_ZERO();
-		if (dt == DP_DTYPE_E2M1) {
+		if (eo) {
+			Q_UNROLL for (uint32_t k = k0; k < k0 + B; k += 2 * QW) {
+				Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
+					QV ev, od;
+					if (dt == DP_DTYPE_E2M1) {
+						Q_DEC2_E2M1(row[i] + k / 2, vm[i], ev, od);
+					} else {
+						Q_DEC2_E4M3(row[i] + k, ev, od);
+						if (!post) {
+							ev = Q_MUL(ev, vm[i]);
+							od = Q_MUL(od, vm[i]);
+						}
+					}
+					Q_UNROLL for (uint32_t m = 0; m < M; m++) {
+						QV xe = Q_LOAD(x + m * ldx + k), xo = Q_LOAD(x + m * ldx + k + QW);
+						if (post) {
+							b[i][m] = Q_FMA(ev, xe, b[i][m]);
+							b[i][m] = Q_FMA(od, xo, b[i][m]);
+						} else {
+							a[i][m] = Q_FMA(ev, xe, a[i][m]);
+							a[i][m] = Q_FMA(od, xo, a[i][m]);
+						}
+					}
+				}
+			}
+		} else if (dt == DP_DTYPE_E2M1) {
 			/* two vectors of codes from one load of QW bytes */
 			Q_UNROLL for (uint32_t k = k0; k < k0 + B; k += 2 * QW) {
 				Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
@@ -138,7 +185,7 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 				}
 			}
 			continue;
-		}
+		} else
 		Q_UNROLL for (uint32_t k = k0; k < k0 + B; k += QW) {
 			Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
 				QV wv = Q_NAME(dec)(dt, row[i], k);
@@ -174,26 +221,26 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 /* rows [r0, r1) in groups of Q_RG(M), the rest one at a time */
 Q_INLINE void Q_NAME(gemv_m)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r0, uint32_t r1, bool acc, const enum dp_dtype dt,
-			     const bool post, const uint32_t M)
+			     const bool post, const bool eo, const uint32_t M)
 {
 	uint32_t r = r0;
 	for (; r + Q_RG(M) <= r1; r += Q_RG(M))
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, M, Q_RG(M));
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, eo, M, Q_RG(M));
 	for (; r < r1; r++)
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, M, 1);
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, eo, M, 1);
 }
 
-#define Q_GEMV_M(dt, post)                                                                      \
+#define Q_GEMV_M(dt, post, eo)                                                                    \
 	switch (M) {                                                                            \
-	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(1), 1); break;             \
-	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(2), 2); break;             \
-	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(3), 3); break;             \
-	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(4), 4); break;             \
-	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(5), 5); break; \
-	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(6), 6); break; \
-	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(7), 7); break; \
+	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(1), eo, 1); break;             \
+	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(2), eo, 2); break;             \
+	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(3), eo, 3); break;             \
+	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(4), eo, 4); break;             \
+	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(5), eo, 5); break; \
+	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(6), eo, 6); break; \
+	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(7), eo, 7); break; \
 	default:                                                                                \
-		Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(8), DP_QMM_GEMV_MAX); \
+		Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(8), eo, DP_QMM_GEMV_MAX); \
 		break;                                                                          \
 	}
 
@@ -203,20 +250,32 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 	switch (w->dtype) {
 	case DP_DTYPE_E4M3:
 		if (w->scale_dtype == DP_DTYPE_E8M0)
-			Q_GEMV_M(DP_DTYPE_E4M3, true)
+			Q_GEMV_M(DP_DTYPE_E4M3, true, false)
 		else
-			Q_GEMV_M(DP_DTYPE_E4M3, false)
+			Q_GEMV_M(DP_DTYPE_E4M3, false, false)
 		break;
 	case DP_DTYPE_E2M1:
-		Q_GEMV_M(DP_DTYPE_E2M1, false);
+		Q_GEMV_M(DP_DTYPE_E2M1, false, false);
 		break;
 	case DP_DTYPE_BF16:
-		Q_GEMV_M(DP_DTYPE_BF16, false);
+		Q_GEMV_M(DP_DTYPE_BF16, false, false);
 		break;
 	default:
-		Q_GEMV_M(DP_DTYPE_F32, false);
+		Q_GEMV_M(DP_DTYPE_F32, false, false);
 		break;
 	}
+}
+
+/* e4m3 and e2m1 with x in even/odd order (dp_qmm_isa.gemv_eo) */
+static void Q_NAME(gemv_eo)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M,
+			    float *y, size_t ldy, uint32_t r0, uint32_t r1, bool acc)
+{
+	if (w->dtype == DP_DTYPE_E2M1)
+		Q_GEMV_M(DP_DTYPE_E2M1, false, true)
+	else if (w->scale_dtype == DP_DTYPE_E8M0)
+		Q_GEMV_M(DP_DTYPE_E4M3, true, true)
+	else
+		Q_GEMV_M(DP_DTYPE_E4M3, false, true)
 }
 #undef Q_GEMV_M
 
@@ -318,6 +377,8 @@ static void Q_NAME(tile)(const float *x, size_t ldx, uint32_t M, const float *t,
 const struct dp_qmm_isa Q_TABLE = {
 	.isa = Q_ISA,
 	.gemv = Q_NAME(gemv),
+	.gemv_eo = Q_NAME(gemv_eo),
+	.eo_run = QW,
 	.dequant = Q_NAME(dequant),
 	.tile = Q_NAME(tile),
 };

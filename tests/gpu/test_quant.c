@@ -406,6 +406,58 @@ Test(quant_portable, gemv_and_gemm_match_the_dequantized_fp32_product) { product
 Test(quant_avx2, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_AVX2); }
 Test(quant_avx512, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_AVX512); }
 
+/* The SIMD sets have two GEMVs for e4m3 and e2m1: the in-order one (used
+ * when the even/odd copy of x cannot be had) and gemv_eo on the reordered
+ * x; matmul reaches only the second, so both are called here directly. */
+Test(quant_products, in_order_and_even_odd_gemv_both_match_the_reference)
+{
+	struct {
+		enum dp_dtype dt, sdt;
+		uint32_t rows, cols;
+	} shapes[] = {
+		{ DP_DTYPE_E4M3, DP_DTYPE_E8M0, 200, 300 },
+		{ DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 512 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 70, 100 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
+	};
+	uint64_t s = 11;
+	for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+		struct hw h = hw_random(&s, shapes[si].dt, shapes[si].sdt, 1, shapes[si].rows,
+					shapes[si].cols);
+		struct dp_gpu_weight w = { .data = h.data, .scale = h.scale, .dtype = h.dtype,
+					   .scale_dtype = h.scale_dtype, .count = 1, .rows = h.rows,
+					   .cols = h.cols };
+		struct dp_qmat q;
+		cr_assert_eq(dp_qmat_of(&w, 0, &q), 0);
+		for (size_t ii = 1; ii < sizeof(isas) / sizeof(isas[0]); ii++) {
+			if (!dp_qmm_isa_supported(isas[ii]))
+				continue;
+			const struct dp_qmm_isa *k = dp_qmm_isa_get(isas[ii]);
+			cr_assert_not_null(k->gemv_eo, "%s has an even/odd GEMV", dp_gpu_isa_name(isas[ii]));
+			for (uint32_t M = 1; M <= 8; M++) {
+				size_t ldx = h.cols + 1, ldxs = h.cols + 7;
+				float *x = malloc(M * ldx * sizeof(float)), *xs = malloc(M * ldxs * sizeof(float));
+				float *y = malloc(M * h.rows * sizeof(float));
+				cr_assert(x && xs && y);
+				for (size_t i = 0; i < M * ldx; i++)
+					x[i] = uniform(&s, -1, 1);
+				char what[96];
+				snprintf(what, sizeof(what), "%s %s/%s M=%u", dp_gpu_isa_name(isas[ii]),
+					 dp_dtype_name(h.dtype), dp_dtype_name(h.scale_dtype), M);
+				k->gemv(&q, x, ldx, M, y, h.rows, 0, h.rows, false);
+				check_product(&h, 0, x, ldx, M, y, h.rows, NULL, what);
+				dp_qmm_eo_order(&q, k->eo_run, x, ldx, M, xs, ldxs);
+				k->gemv_eo(&q, xs, ldxs, M, y, h.rows, 0, h.rows, false);
+				check_product(&h, 0, x, ldx, M, y, h.rows, NULL, what);
+				free(x);
+				free(xs);
+				free(y);
+			}
+		}
+		hw_free(&h);
+	}
+}
+
 Test(quant_products, scales_too_large_for_the_vector_widening_take_the_exact_path)
 {
 	/* e8m0 250 = 2^123: the f16 route's multiplier 2^131 is not a float */
