@@ -89,6 +89,20 @@ static inline __m256 avx2_e2m1_signed(__m128i codes, __m256 tbl)
 		(od) = avx2_e2m1_signed(_mm_srli_epi16(b_, 4), (tbl));                       \
 	} while (0)
 
+/* 16 e8m0 scales -> their values (2^(e-127); e = 0: 2^-127, a subnormal) */
+static inline void avx2_e8m0_8(const uint8_t *p, float *out)
+{
+	__m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+	__m256i z = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+	__m256i v = _mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), z);
+	_mm256_storeu_ps(out, _mm256_castsi256_ps(v));
+}
+#define Q_E8M0_16(p, out)                  \
+	do {                               \
+		avx2_e8m0_8((p), (out));       \
+		avx2_e8m0_8((p) + 8, (out) + 8); \
+	} while (0)
+
 static inline __m256 Q_DEC_BF16(const uint8_t *p)
 {
 	__m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));

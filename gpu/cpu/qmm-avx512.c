@@ -75,6 +75,16 @@ static inline __m512 Q_DEC_E2M1(const uint8_t *p)
 		(od) = _mm512_permutexvar_ps(_mm512_srli_epi32(i_, 4), (tbl));               \
 	} while (0)
 
+/* 16 e8m0 scales -> their values (2^(e-127); e = 0: 2^-127, a subnormal) */
+#define Q_E8M0_16(p, out)                                                                   \
+	do {                                                                                \
+		__m512i e_ = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))); \
+		__m512i v_ = _mm512_mask_mov_epi32(_mm512_slli_epi32(e_, 23),                 \
+						   _mm512_testn_epi32_mask(e_, e_),           \
+						   _mm512_set1_epi32(0x00400000));            \
+		_mm512_storeu_ps((out), _mm512_castsi512_ps(v_));                             \
+	} while (0)
+
 static inline __m512 Q_DEC_BF16(const uint8_t *p)
 {
 	__m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));

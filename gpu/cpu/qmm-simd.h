@@ -71,6 +71,10 @@ Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_
 /* Columns one step of the GEMV covers: a scale block (e2m1 32, e4m3 128), for
  * the unscaled dtypes a chunk of 128. A compile-time count, so the vector loop
  * of a block unrolls and every accumulator stays in a register. */
+/* Arrays below are sized by these constants, not by RG and M: sized by
+ * parameters they would be VLAs, which GCC keeps on the stack even once the
+ * sizes are known, and every FMA would load and store its accumulator. */
+#define Q_RG_MAX 4
 #define Q_GEMV_BLK(dt) ((dt) == DP_DTYPE_E2M1 ? DP_GPU_E2M1_BLOCK : DP_GPU_E4M3_BLOCK)
 
 /* RG rows at once: each token's x vector is loaded once for RG rows and the
@@ -94,14 +98,17 @@ Q_INLINE float Q_NAME(scale_at)(const struct dp_qmat *w, const void *sp, uint32_
  * the in-order decode, which is what bounds it. */
 Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r, bool acc, const enum dp_dtype dt,
-			     const bool post, const bool eo, const uint32_t M, const uint32_t RG)
+			     const bool e8, const bool eo, const uint32_t M, const uint32_t RG)
 {
 	const uint32_t B = Q_GEMV_BLK(dt);
+	const bool post = e8 && dt == DP_DTYPE_E4M3 && Q_POST_OK(M);
+	const bool v8 = e8 && dt == DP_DTYPE_E2M1; /* multipliers 16 blocks at a time */
+	float ms[Q_RG_MAX][16];
 	const bool scaled = Q_NAME(scaled)(dt);
-	const uint8_t *row[RG];
-	const void *sp[RG];
-	QV a[RG][M];
-	float t[RG][M];
+	const uint8_t *row[Q_RG_MAX];
+	const void *sp[Q_RG_MAX];
+	QV a[Q_RG_MAX][DP_QMM_GEMV_MAX];
+	float t[Q_RG_MAX][DP_QMM_GEMV_MAX];
 	size_t ssz = w->scale_dtype == DP_DTYPE_F32 ? 4 : 1;
 	Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
 		row[i] = w->data + (r + i) * w->row_bytes;
@@ -121,15 +128,25 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 		Q_UNROLL for (uint32_t i = 0; i < RG; i++)
 			Q_UNROLL for (uint32_t o = 0; o < Q_NAME(bytes)(dt, B); o += 64)
 				__builtin_prefetch(row[i] + RG * w->row_bytes + Q_NAME(bytes)(dt, k0) + o);
-		float s[RG];
-		QV vm[RG];
+		float s[Q_RG_MAX];
+		QV vm[Q_RG_MAX];
 		bool fin = true;
-		Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
-			s[i] = scaled ? Q_NAME(scale_at)(w, sp[i], kb) : 1.0f;
-			float mul = Q_NAME(mul)(dt, s[i]);
-			fin = fin && isfinite(mul);
-			vm[i] = dt == DP_DTYPE_E2M1 ? Q_MUL(Q_E2M1_LUT(), Q_SET1(mul)) : Q_SET1(mul);
-		}
+		if (v8 && kb < nb / 16 * 16) {
+			/* e2m1's block is 32 columns: a scale a block converted
+			 * one at a time (scalar, then a broadcast on the shuffle
+			 * port) cost as much as the block's decode */
+			if (kb % 16 == 0)
+				Q_UNROLL for (uint32_t i = 0; i < RG; i++)
+					Q_E8M0_16((const uint8_t *)sp[i] + kb, ms[i]);
+			Q_UNROLL for (uint32_t i = 0; i < RG; i++)
+				vm[i] = Q_MUL(Q_E2M1_LUT(), Q_SET1(ms[i][kb % 16]));
+		} else
+			Q_UNROLL for (uint32_t i = 0; i < RG; i++) {
+				s[i] = scaled ? Q_NAME(scale_at)(w, sp[i], kb) : 1.0f;
+				float mul = Q_NAME(mul)(dt, s[i]);
+				fin = fin && isfinite(mul);
+				vm[i] = dt == DP_DTYPE_E2M1 ? Q_MUL(Q_E2M1_LUT(), Q_SET1(mul)) : Q_SET1(mul);
+			}
 		if (__builtin_expect(!fin, 0)) {
 			for (uint32_t p = k0; p < k0 + B; p++) {
 				/* position p of x holds column k */
@@ -142,7 +159,7 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 			}
 			continue;
 		}
-		QV b[RG][M];
+		QV b[Q_RG_MAX][DP_QMM_GEMV_MAX];
 		if (post)
 			Q_UNROLL for (uint32_t i = 0; i < RG; i++)
 				Q_UNROLL for (uint32_t m = 0; m < M; m++)
@@ -221,26 +238,26 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 /* rows [r0, r1) in groups of Q_RG(M), the rest one at a time */
 Q_INLINE void Q_NAME(gemv_m)(const struct dp_qmat *w, const float *x, size_t ldx, float *y,
 			     size_t ldy, uint32_t r0, uint32_t r1, bool acc, const enum dp_dtype dt,
-			     const bool post, const bool eo, const uint32_t M)
+			     const bool e8, const bool eo, const uint32_t M)
 {
 	uint32_t r = r0;
 	for (; r + Q_RG(M) <= r1; r += Q_RG(M))
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, eo, M, Q_RG(M));
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, e8, eo, M, Q_RG(M));
 	for (; r < r1; r++)
-		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, post, eo, M, 1);
+		Q_NAME(gemv_t)(w, x, ldx, y, ldy, r, acc, dt, e8, eo, M, 1);
 }
 
-#define Q_GEMV_M(dt, post, eo)                                                                    \
+#define Q_GEMV_M(dt, e8, eo)                                                                      \
 	switch (M) {                                                                            \
-	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(1), eo, 1); break;             \
-	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(2), eo, 2); break;             \
-	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(3), eo, 3); break;             \
-	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(4), eo, 4); break;             \
-	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(5), eo, 5); break; \
-	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(6), eo, 6); break; \
-	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(7), eo, 7); break; \
+	case 1: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 1); break;             \
+	case 2: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 2); break;             \
+	case 3: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 3); break;             \
+	case 4: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 4); break;             \
+	case 5: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 5); break; \
+	case 6: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 6); break; \
+	case 7: Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, 7); break; \
 	default:                                                                                \
-		Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, post && Q_POST_OK(8), eo, DP_QMM_GEMV_MAX); \
+		Q_NAME(gemv_m)(w, x, ldx, y, ldy, r0, r1, acc, dt, e8, eo, DP_QMM_GEMV_MAX); \
 		break;                                                                          \
 	}
 
@@ -255,7 +272,10 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 			Q_GEMV_M(DP_DTYPE_E4M3, false, false)
 		break;
 	case DP_DTYPE_E2M1:
-		Q_GEMV_M(DP_DTYPE_E2M1, false, false);
+		if (w->scale_dtype == DP_DTYPE_E8M0)
+			Q_GEMV_M(DP_DTYPE_E2M1, true, false)
+		else
+			Q_GEMV_M(DP_DTYPE_E2M1, false, false)
 		break;
 	case DP_DTYPE_BF16:
 		Q_GEMV_M(DP_DTYPE_BF16, false, false);
@@ -270,7 +290,9 @@ static void Q_NAME(gemv)(const struct dp_qmat *w, const float *x, size_t ldx, ui
 static void Q_NAME(gemv_eo)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M,
 			    float *y, size_t ldy, uint32_t r0, uint32_t r1, bool acc)
 {
-	if (w->dtype == DP_DTYPE_E2M1)
+	if (w->dtype == DP_DTYPE_E2M1 && w->scale_dtype == DP_DTYPE_E8M0)
+		Q_GEMV_M(DP_DTYPE_E2M1, true, true)
+	else if (w->dtype == DP_DTYPE_E2M1)
 		Q_GEMV_M(DP_DTYPE_E2M1, false, true)
 	else if (w->scale_dtype == DP_DTYPE_E8M0)
 		Q_GEMV_M(DP_DTYPE_E4M3, true, true)

@@ -349,6 +349,7 @@ static void products(enum dp_gpu_isa isa)
 		{ DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 256 },
 		{ DP_DTYPE_E4M3, DP_DTYPE_E8M0, 16, 7 },    /* narrower than a vector */
 		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 70, 100 },  /* 100 = 3 blocks of 32 + 4 */
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 20, 608 },  /* 19 blocks: a run of 16 scales and 3 */
 		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 33, 77 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 64, 1030 },  /* two K chunks in the GEMM */
@@ -418,6 +419,7 @@ Test(quant_products, in_order_and_even_odd_gemv_both_match_the_reference)
 		{ DP_DTYPE_E4M3, DP_DTYPE_E8M0, 200, 300 },
 		{ DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 512 },
 		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 70, 100 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 20, 608 },
 		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
 	};
 	uint64_t s = 11;
@@ -453,6 +455,58 @@ Test(quant_products, in_order_and_even_odd_gemv_both_match_the_reference)
 				free(xs);
 				free(y);
 			}
+		}
+		hw_free(&h);
+	}
+}
+
+/* e8m0 code 0 is 2^-127 (a subnormal) and 254 is 2^127: the kernels convert
+ * scales 16 at a time (e2m1) or scale a block's sums (e4m3), and both ends
+ * must come out as the scalar decoding says. */
+Test(quant_products, e8m0_scales_at_both_ends_widen_exactly_in_every_path)
+{
+	struct {
+		enum dp_dtype dt;
+		uint8_t scale, mask; /* scale code; mask on the codes (small, for 2^127) */
+		float xmag;          /* |x| up to this: products stay normal and finite */
+	} cases[] = {
+		{ DP_DTYPE_E2M1, 0, 0xff, 0x1p100f },
+		{ DP_DTYPE_E2M1, 254, 0x33, 0x1p-100f }, /* codes 0 .. 1.5 */
+		{ DP_DTYPE_E4M3, 0, 0xff, 0x1p100f },
+		{ DP_DTYPE_E4M3, 246, 0x9f, 0x1p-100f }, /* the largest the f16 route takes */
+	};
+	uint64_t s = 5;
+	for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+		/* 1056 columns: 33 e2m1 blocks (two runs of 16 and one alone), 8 e4m3
+		 * blocks and a tail */
+		struct hw h = hw_random(&s, cases[ci].dt, DP_DTYPE_E8M0, 1, 24, 1056);
+		for (size_t i = 0; i < h.data_bytes; i++)
+			h.data[i] &= cases[ci].mask;
+		memset(h.scale, cases[ci].scale, h.scale_n);
+		free(h.ref);
+		hw_dequant(&h);
+		for (size_t ii = 0; ii < sizeof(isas) / sizeof(isas[0]); ii++) {
+			if (!dp_qmm_isa_supported(isas[ii]))
+				continue;
+			struct dp_gpu *g = open_cpu(isas[ii], 2);
+			struct dp_gpu_weight w;
+			cr_assert_eq(dp_gpu_weight_wrap(g, h.data, h.scale, h.dtype, h.scale_dtype, 1, 24,
+							1056, &w),
+				     0);
+			float *x = malloc(9 * 1056 * sizeof(float)), y[9 * 24];
+			cr_assert_not_null(x);
+			for (int i = 0; i < 9 * 1056; i++)
+				x[i] = uniform(&s, -cases[ci].xmag, cases[ci].xmag);
+			for (uint32_t M = 1; M <= 9; M += 3) {
+				char what[64];
+				snprintf(what, sizeof(what), "%s %s scale %u M=%u", dp_gpu_isa_name(isas[ii]),
+					 dp_dtype_name(h.dtype), cases[ci].scale, M);
+				cr_assert_eq(dp_gpu_ops(g)->matmul(g, x, 0, &w, 0, y, 0, M, false), 0);
+				check_product(&h, 0, x, 1056, M, y, 24, NULL, what);
+			}
+			free(x);
+			dp_gpu_weight_free(g, &w);
+			dp_gpu_free(g);
 		}
 		hw_free(&h);
 	}
