@@ -6,7 +6,11 @@
  * stored size, and never widened to an fp32 copy in memory.
  *
  *   M <= DP_QMM_GEMV_MAX tokens (decode): a GEMV. Each weight vector is
- *   decoded in registers and used for all M tokens; memory-bound by design.
+ *   decoded in registers and used for all M tokens; memory-bound by design,
+ *   if the decode keeps up: on the SIMD sets e4m3 and e2m1 go through
+ *   gemv_eo, which decodes a run of codes into its even and its odd ones
+ *   (fewer shuffles than restoring their order) against x reordered to
+ *   match once per call (dp_qmm_eo_order).
  *   M > DP_QMM_GEMV_MAX (prefill): a blocked GEMM. A panel of DP_QMM_NR rows x
  *   DP_QMM_KC columns is decoded once into a per-thread fp32 tile, stored
  *   transposed ([KC][NR], L1), and multiplied with every token's
@@ -32,12 +36,15 @@
  * VNNI (both need the activations narrowed to bf16 / int8, which would change
  * the numerics above), AMX (same, and needs the kernel's permission dance).
  *
- * oneDNN (libdnnl-dev) was considered and not taken: its CPU matmul takes
- * f32 x bf16 and int8 with per-tensor/per-channel scales, but not e2m1 nor
- * 128x128-block e8m0 scales on the weights of an f32-activation product, so
- * it would have meant dequantizing to a bf16/f32 copy first — twice (fp8) to
- * eight times (fp4) the bytes read per token, which is what decode is bound
- * by. It would also add a ~100 MB dependency for one op.
+ * oneDNN (libdnnl-dev) was considered and not taken: Debian's is 2.6.3,
+ * whose matmul has no weights decompression (f32 activations times bf16 /
+ * int8 / fp8 weights came in the 3.x series) and none has e2m1 with per-32
+ * or 128x128-block e8m0 scales, so it would have meant dequantizing to an
+ * f32 copy first — four (fp8) to eight (fp4) times the bytes read per
+ * token, which is what decode is bound by — or narrowing the activations to
+ * bf16, which changes the numerics above. Prefill is where a library could
+ * win; against OpenBLAS sgemm on the dequantized weight our GEMM is within
+ * ~0.7-1.0x (bench-quant-kernels), without the copy.
  *
  * Threads: output rows are split over the backend's pool (pool.c) in chunks
  * claimed from a counter (GEMM: whole panels), see job_chunks.
