@@ -122,12 +122,13 @@ Q_INLINE void Q_NAME(gemv_t)(const struct dp_qmat *w, const float *x, size_t ldx
 	uint32_t nb = w->cols / B;
 	for (uint32_t kb = 0; kb < nb; kb++) {
 		const uint32_t k0 = kb * B;
-		/* the next row group's same block, a group ahead in memory: the
-		 * hardware prefetcher alone leaves short rows (wq_b's 1 KiB)
-		 * waiting on DRAM */
+		/* the next row group's same block, a group ahead in memory, into
+		 * L2 (into L1 the prefetches hold the line-fill buffers the
+		 * loads need): the hardware prefetcher alone leaves short rows
+		 * (wq_b's 1 KiB, a new 4 KiB page every group) waiting on DRAM */
 		Q_UNROLL for (uint32_t i = 0; i < RG; i++)
 			Q_UNROLL for (uint32_t o = 0; o < Q_NAME(bytes)(dt, B); o += 64)
-				__builtin_prefetch(row[i] + RG * w->row_bytes + Q_NAME(bytes)(dt, k0) + o);
+				__builtin_prefetch(row[i] + RG * w->row_bytes + Q_NAME(bytes)(dt, k0) + o, 0, 2);
 		float s[Q_RG_MAX];
 		QV vm[Q_RG_MAX];
 		bool fin = true;
