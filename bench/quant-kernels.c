@@ -1,21 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * bench-quant-kernels — the cpu backend's products with weights kept as the
- * checkpoint stores them (fp4 e2m1, fp8 e4m3, bf16), V4-Flash-sized:
+ * checkpoint stores them (fp4 e2m1, fp8 e4m3, bf16), V4-Flash shapes:
  *
- *   decode GEMV (1 token): GB/s of weight bytes read (codes + scales), beside
- *     a STREAM-like read loop over the same threads in the same run (ratio =
- *     the fraction of the memory-bandwidth bound reached), and beside
- *     OpenBLAS sgemv on the dequantized fp32 weight (time ratio);
+ *   decode GEMV (batch 1 and 4): GB/s of weight bytes read (codes + scales)
+ *     beside the memory-bandwidth bound, a STREAM-like read loop over the
+ *     very same bytes on as many threads, measured interleaved with the
+ *     kernel (pass for pass; the ratio is the median of each pair's), so it
+ *     is the fraction of the bound reached under the load of the moment;
  *   prefill GEMM (512 tokens): GFLOP/s beside OpenBLAS sgemm on the
- *     dequantized fp32 weight, same threads.
+ *     dequantized fp32 weight, same threads;
+ *   the per-call cost of a product (a 16 x 128 bf16 GEMV: the pool's wake
+ *     and wait, nothing else).
  *
  * Decode reads a different expert each step, so every product walks a stack
- * of copies larger than the last-level cache (--ws MiB, default 1024): the
- * figures are DRAM's, not the cache's.
+ * of copies far larger than the last-level cache (--ws MiB, default 2048):
+ * the figures are DRAM's, not the cache's.
  *
  *   bench-quant-kernels [--threads N] [--isa auto|portable|avx2|avx512]
- *                       [--ws MiB] [--quick]
+ *                       [--ws MiB] [--reps N] [--no-gemm] [--quick]
  *
  * Ends with RESULT lines (README "Benchmarks").
  */
@@ -35,8 +38,9 @@
 #include "gpu/gpu.h"
 
 static int threads = 2;
-static size_t ws_bytes = (size_t)1024 << 20;
-static bool quick;
+static size_t ws_bytes = (size_t)2048 << 20;
+static bool quick, no_gemm;
+static int reps = 5;
 
 /* ---- the bandwidth bound: a read loop on `threads` threads ------------------ */
 
@@ -111,31 +115,26 @@ static void *stream_part(void *v)
 	return NULL;
 }
 
-/* GB/s of the best of `reps` passes over buf (bytes) split over the threads. */
-static double stream_read(const uint64_t *buf, size_t bytes, int reps)
+/* Seconds of one pass over buf (bytes) split over the threads in
+ * contiguous parts, as the GEMV splits its rows. */
+static double stream_pass(const void *buf, size_t bytes)
 {
-	double best = 0;
-	__builtin_cpu_init();
-	size_t words = bytes / 8, per = words / (size_t)threads;
-	for (int r = 0; r < reps; r++) {
-		pthread_t th[64];
-		struct stream_arg a[64];
-		uint64_t t0 = dp_clock_ns();
-		for (int i = 0; i < threads; i++) {
-			a[i] = (struct stream_arg){ .p = buf + i * per, .n = per };
-			if (i)
-				pthread_create(&th[i], NULL, stream_part, &a[i]);
-		}
-		stream_part(&a[0]);
-		for (int i = 1; i < threads; i++)
-			pthread_join(th[i], NULL);
-		double s = (dp_clock_ns() - t0) * 1e-9, gbs = bytes / s / 1e9;
-		if (gbs > best)
-			best = gbs;
-		if (a[0].sum == 42) /* keep the sums alive */
-			fprintf(stderr, " ");
+	pthread_t th[64];
+	struct stream_arg a[64];
+	size_t words = bytes / 8, per = words / (size_t)threads / 32 * 32;
+	uint64_t t0 = dp_clock_ns();
+	for (int i = 0; i < threads; i++) {
+		a[i] = (struct stream_arg){ .p = (const uint64_t *)buf + i * per, .n = per };
+		if (i)
+			pthread_create(&th[i], NULL, stream_part, &a[i]);
 	}
-	return best;
+	stream_part(&a[0]);
+	for (int i = 1; i < threads; i++)
+		pthread_join(th[i], NULL);
+	double s = (dp_clock_ns() - t0) * 1e-9;
+	if (a[0].sum == 42) /* keep the sums alive */
+		fprintf(stderr, " ");
+	return s * (double)bytes / (double)(per * 8 * (size_t)threads);
 }
 
 /* ---- one case -------------------------------------------------------------- */
@@ -182,34 +181,12 @@ static double median(double *v, int n)
 	return v[n / 2];
 }
 
-static int run_case(struct dp_gpu *g, const struct qcase *qc, double stream_gbs)
+/* The product of matrix 0 against OpenBLAS on its fp32 dequantization (a
+ * bench of a wrong kernel is no bench). */
+static int check_case(struct dp_gpu *g, const struct qcase *qc, const struct dp_gpu_weight *w,
+		      const uint8_t *data, const uint8_t *scale, const float *x, float *deq)
 {
-	const struct dp_gpu_ops *ops = dp_gpu_ops(g);
 	uint32_t R = qc->rows, C = qc->cols;
-	size_t code_b = (size_t)R * dp_dtype_bytes(qc->dtype, C);
-	size_t nscale = dp_gpu_weight_scales(qc->dtype, R, C);
-	size_t wbytes = code_b + nscale; /* e8m0: a byte a scale */
-	uint32_t copies = (uint32_t)(ws_bytes / wbytes);
-	uint32_t fcopies = (uint32_t)(ws_bytes / ((size_t)R * C * 4));
-	if (copies < 2)
-		copies = 2;
-	if (fcopies < 2)
-		fcopies = 2;
-
-	/* the quantized stack: `copies` different matrices */
-	uint8_t *data = malloc(code_b * copies), *scale = malloc(nscale * copies + 1);
-	float *deq = malloc((size_t)R * C * sizeof(float));
-	if (!data || !scale || !deq)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < copies; i++)
-		random_weight(qc->dtype, R, C, data + i * code_b, scale + i * nscale);
-	struct dp_gpu_weight w;
-	int r = dp_gpu_weight_upload_as(g, data, nscale ? scale : NULL, qc->dtype, DP_DTYPE_E8M0,
-					copies, R, C, &w);
-	if (r < 0)
-		return r;
-	/* the fp32 anchor: matrix 0 dequantized with base/dtype.h's decodings,
-	 * repeated over `fcopies` copies so it too comes from DRAM */
 	for (uint32_t rr = 0; rr < R; rr++)
 		for (uint32_t c = 0; c < C; c++) {
 			size_t e = (size_t)rr * C + c;
@@ -228,88 +205,159 @@ static int run_case(struct dp_gpu *g, const struct qcase *qc, double stream_gbs)
 			}
 			deq[e] = v;
 		}
-	float *fw = malloc((size_t)R * C * sizeof(float) * fcopies);
-	if (!fw)
+	float *y = malloc(4 * (size_t)R * sizeof(float)), *yb = malloc(4 * (size_t)R * sizeof(float));
+	if (!y || !yb) {
+		free(y);
+		free(yb);
 		return -ENOMEM;
-	for (uint32_t i = 0; i < fcopies; i++)
-		memcpy(fw + (size_t)i * R * C, deq, (size_t)R * C * sizeof(float));
+	}
+	int ret = 0;
+	for (uint32_t M = 1; M <= 4 && !ret; M += 3) {
+		dp_gpu_ops(g)->matmul(g, x, 0, w, 0, y, 0, M, false);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)R, (int)C, 1.0f, x,
+			    (int)C, deq, (int)C, 0.0f, yb, (int)R);
+		double maxd = 0, maxr = 1e-30;
+		for (size_t i = 0; i < (size_t)M * R; i++) {
+			maxd = fmax(maxd, fabs((double)y[i] - yb[i]));
+			maxr = fmax(maxr, fabs(yb[i]));
+		}
+		if (maxd > 1e-4 * maxr) {
+			fprintf(stderr, "bench-quant-kernels: %s M=%u: ours differs from sgemm by %.3g of %.3g\n",
+				qc->name, M, maxd, maxr);
+			ret = -EIO;
+		}
+	}
+	free(y);
+	free(yb);
+	return ret;
+}
 
+static int run_case(struct dp_gpu *g, const struct qcase *qc)
+{
+	const struct dp_gpu_ops *ops = dp_gpu_ops(g);
+	uint32_t R = qc->rows, C = qc->cols;
+	size_t code_b = (size_t)R * dp_dtype_bytes(qc->dtype, C);
+	size_t nscale = dp_gpu_weight_scales(qc->dtype, R, C);
+	size_t wbytes = code_b + nscale; /* e8m0: a byte a scale */
+	uint32_t copies = (uint32_t)(ws_bytes / wbytes);
+	if (copies < 2)
+		copies = 2;
+
+	/* the quantized stack: `copies` different matrices, wrapped in place */
+	uint8_t *data = malloc(code_b * copies), *scale = malloc(nscale * copies + 1);
+	float *deq = malloc((size_t)R * C * sizeof(float));
 	uint32_t Mg = quick ? 128 : 512;
 	float *x = malloc((size_t)Mg * C * sizeof(float)), *y = malloc((size_t)Mg * R * sizeof(float));
+	double *tq = malloc(sizeof(double) * (size_t)reps), *ts = malloc(sizeof(double) * (size_t)reps);
+	int ret = -ENOMEM;
+	struct dp_gpu_weight w = { 0 };
+	if (!data || !scale || !deq || !x || !y || !tq || !ts)
+		goto out;
+	for (uint32_t i = 0; i < copies; i++)
+		random_weight(qc->dtype, R, C, data + i * code_b, scale + i * nscale);
 	for (size_t i = 0; i < (size_t)Mg * C; i++)
 		x[i] = (float)((int)(splitmix64(&seed) % 2001) - 1000) / 1000;
+	ret = dp_gpu_weight_wrap(g, data, nscale ? scale : NULL, qc->dtype, DP_DTYPE_E8M0, copies, R,
+				 C, &w);
+	if (ret < 0)
+		goto out;
+	ret = check_case(g, qc, &w, data, scale, x, deq);
+	if (ret < 0)
+		goto out;
 
-	/* decode GEMV, one token, a different copy each call */
-	int reps = quick ? 40 : 200;
-	double *t = malloc(sizeof(double) * (size_t)reps), *ta = malloc(sizeof(double) * (size_t)reps);
-	/* ours, then the anchor: not interleaved, since OpenBLAS's threads spin
-	 * a while after each call and would steal our workers' cores */
-	for (int i = 0; i < reps; i++) {
-		uint64_t t0 = dp_clock_ns();
-		ops->matmul(g, x, 0, &w, (uint32_t)i % copies, y, 0, 1, false);
-		t[i] = (dp_clock_ns() - t0) * 1e-9;
+	/* decode: a pass of the kernel over every copy, then a STREAM pass over
+	 * the same bytes (codes, then scales), alternating */
+	for (uint32_t M = 1; M <= 4; M += 3) {
+		for (int rep = 0; rep < reps; rep++) {
+			uint64_t t0 = dp_clock_ns();
+			for (uint32_t i = 0; i < copies; i++)
+				ops->matmul(g, x, 0, &w, i, y, 0, M, false);
+			tq[rep] = (dp_clock_ns() - t0) * 1e-9;
+			ts[rep] = stream_pass(data, code_b * copies) +
+				  (nscale ? stream_pass(scale, nscale * copies) : 0);
+		}
+		/* the ratio of each rep's two neighbouring passes, then the
+		 * median: the machine's load drifts between reps more than
+		 * within one */
+		double *rt = malloc(sizeof(double) * (size_t)reps);
+		if (!rt) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		for (int rep = 0; rep < reps; rep++)
+			rt[rep] = ts[rep] / tq[rep];
+		double ratio = median(rt, reps);
+		free(rt);
+		double q = median(tq, reps), st = median(ts, reps);
+		double bytes = (double)wbytes * copies;
+		double gbs = bytes / q / 1e9, bound = bytes / st / 1e9;
+		printf("%-24s gemv M=%u %8.1f us/matrix %6.2f GB/s | read bound %6.2f GB/s | %3.0f%% of bound\n",
+		       qc->name, M, q / copies * 1e6, gbs, bound, 100 * ratio);
+		printf("RESULT quant-gemv%u-%s-vs-read-bw ours=%.2f anchor=%.2f ratio=%.3f unit=GB/s better=higher\n",
+		       M, qc->name, gbs, bound, ratio);
+		fflush(stdout);
 	}
-	for (int i = 0; i < reps; i++) {
-		uint64_t t0 = dp_clock_ns();
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)C, 1.0f,
-			    fw + (size_t)(i % fcopies) * R * C, (int)C, x, 1, 0.0f, y, 1);
-		ta[i] = (dp_clock_ns() - t0) * 1e-9;
-	}
-	/* the two agree (matrix 0 both sides): a bench of a wrong kernel is no bench */
-	float *yb = malloc(R * sizeof(float));
-	ops->matmul(g, x, 0, &w, 0, y, 0, 1, false);
-	cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)C, 1.0f, fw, (int)C, x, 1, 0.0f, yb, 1);
-	double maxd = 0, maxr = 1e-30;
-	for (uint32_t i = 0; i < R; i++) {
-		maxd = fmax(maxd, fabs((double)y[i] - yb[i]));
-		maxr = fmax(maxr, fabs(yb[i]));
-	}
-	free(yb);
-	if (maxd > 1e-4 * maxr) {
-		fprintf(stderr, "bench-quant-kernels: %s: ours differs from sgemv by %.3g of %.3g\n",
-			qc->name, maxd, maxr);
-		return -EIO;
-	}
-	double tq = median(t, reps), tb = median(ta, reps);
-	double gbs = wbytes / tq / 1e9, gbs_blas = (double)R * C * 4 / tb / 1e9;
-	printf("%-22s gemv  ours %8.1f us %6.1f GB/s (%.0f%% of read bw) | sgemv fp32 %8.1f us %6.1f GB/s | %.2fx\n",
-	       qc->name, tq * 1e6, gbs, 100 * gbs / stream_gbs, tb * 1e6, gbs_blas, tb / tq);
 
-	/* prefill GEMM, Mg tokens */
-	int greps = quick ? 2 : 3;
-	for (int i = 0; i < greps; i++) {
-		uint64_t t0 = dp_clock_ns();
-		ops->matmul(g, x, 0, &w, (uint32_t)i % copies, y, 0, Mg, false);
-		t[i] = (dp_clock_ns() - t0) * 1e-9;
+	if (!no_gemm) {
+		/* prefill GEMM, Mg tokens, beside sgemm on matrix 0 dequantized
+		 * (compute-bound: the weight's bytes are not what limits it) */
+		int greps = 3;
+		for (int i = 0; i < greps; i++) {
+			uint64_t t0 = dp_clock_ns();
+			ops->matmul(g, x, 0, &w, (uint32_t)i % copies, y, 0, Mg, false);
+			tq[i] = (dp_clock_ns() - t0) * 1e-9;
+			t0 = dp_clock_ns();
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)R, (int)C, 1.0f,
+				    x, (int)C, deq, (int)C, 0.0f, y, (int)R);
+			ts[i] = (dp_clock_ns() - t0) * 1e-9;
+		}
+		double gq = median(tq, greps), gb = median(ts, greps);
+		double flop = 2.0 * Mg * R * C;
+		printf("%-24s gemm M=%u %8.2f ms %6.1f GFLOP/s | sgemm fp32 %8.2f ms %6.1f GFLOP/s | %.2fx\n",
+		       qc->name, Mg, gq * 1e3, flop / gq / 1e9, gb * 1e3, flop / gb / 1e9, gb / gq);
+		printf("RESULT quant-gemm%u-%s-vs-sgemm ours=%.2f anchor=%.2f ratio=%.3f unit=GFLOP/s better=higher\n",
+		       Mg, qc->name, flop / gq / 1e9, flop / gb / 1e9, gb / gq);
+		fflush(stdout);
 	}
-	for (int i = 0; i < greps; i++) {
-		uint64_t t0 = dp_clock_ns();
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)R, (int)C, 1.0f, x,
-			    (int)C, fw + (size_t)(i % fcopies) * R * C, (int)C, 0.0f, y, (int)R);
-		ta[i] = (dp_clock_ns() - t0) * 1e-9;
-	}
-	double gq = median(t, greps), gb = median(ta, greps);
-	double flop = 2.0 * Mg * R * C;
-	printf("%-22s gemm%-4u ours %8.2f ms %6.1f GFLOP/s | sgemm fp32 %8.2f ms %6.1f GFLOP/s | %.2fx\n",
-	       qc->name, Mg, gq * 1e3, flop / gq / 1e9, gb * 1e3, flop / gb / 1e9, gb / gq);
-
-	printf("RESULT quant-gemv-%s-vs-read-bw ours=%.2f anchor=%.2f ratio=%.3f unit=GB/s better=higher\n",
-	       qc->name, gbs, stream_gbs, gbs / stream_gbs);
-	printf("RESULT quant-gemv-%s-vs-sgemv ours=%.1f anchor=%.1f ratio=%.3f unit=us better=lower\n",
-	       qc->name, tq * 1e6, tb * 1e6, tq / tb);
-	printf("RESULT quant-gemm%u-%s-vs-sgemm ours=%.2f anchor=%.2f ratio=%.3f unit=GFLOP/s better=higher\n",
-	       Mg, qc->name, flop / gq / 1e9, flop / gb / 1e9, gb / gq);
-	fflush(stdout);
-
+	ret = 0;
+out:
 	dp_gpu_weight_free(g, &w);
 	free(data);
 	free(scale);
 	free(deq);
-	free(fw);
 	free(x);
 	free(y);
-	free(t);
-	free(ta);
+	free(tq);
+	free(ts);
+	return ret;
+}
+
+/* Microseconds a product costs beyond its arithmetic: a 16 x 128 bf16 GEMV
+ * (in L1) is the pool's wake and wait. */
+static int call_cost(struct dp_gpu *g)
+{
+	uint16_t wb[16 * 128];
+	float x[128], y[16];
+	for (int i = 0; i < 16 * 128; i++)
+		wb[i] = dp_f32_to_bf16(0.5f);
+	for (int i = 0; i < 128; i++)
+		x[i] = 1.0f;
+	struct dp_gpu_weight w;
+	int r = dp_gpu_weight_wrap(g, wb, NULL, DP_DTYPE_BF16, DP_DTYPE_F32, 1, 16, 128, &w);
+	if (r < 0)
+		return r;
+	enum { N = 2000 };
+	double t[N];
+	for (int i = 0; i < N; i++) {
+		uint64_t t0 = dp_clock_ns();
+		dp_gpu_ops(g)->matmul(g, x, 0, &w, 0, y, 0, 1, false);
+		t[i] = (dp_clock_ns() - t0) * 1e-9;
+	}
+	double med = median(t, N);
+	dp_gpu_weight_free(g, &w);
+	printf("per-call cost (16x128 bf16 GEMV, %d threads): median %.1f us\n", threads, med * 1e6);
+	printf("RESULT quant-call-cost ours=%.2f anchor=%.2f ratio=1.000 unit=us better=lower\n",
+	       med * 1e6, med * 1e6);
 	return 0;
 }
 
@@ -326,17 +374,35 @@ int main(int argc, char **argv)
 			}
 		} else if (!strcmp(argv[i], "--ws") && i + 1 < argc)
 			ws_bytes = (size_t)atol(argv[++i]) << 20;
+		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+			reps = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--no-gemm"))
+			no_gemm = true;
 		else if (!strcmp(argv[i], "--quick"))
 			quick = true;
 		else {
-			fprintf(stderr, "usage: bench-quant-kernels [--threads N] [--isa NAME] [--ws MiB] [--quick]\n");
+			fprintf(stderr, "usage: bench-quant-kernels [--threads N] [--isa NAME] [--ws MiB] [--reps N] [--no-gemm] [--quick]\n");
 			return 2;
 		}
 	}
-	if (threads < 1 || threads > 64)
-		threads = 2;
-	if (quick && ws_bytes > ((size_t)256 << 20))
-		ws_bytes = (size_t)256 << 20;
+	if (threads < 1 || threads > 64) {
+		fprintf(stderr, "bench-quant-kernels: --threads %d: 1 to 64\n", threads);
+		return 2;
+	}
+	if (reps < 1 || reps > 1000) {
+		fprintf(stderr, "bench-quant-kernels: --reps %d: 1 to 1000\n", reps);
+		return 2;
+	}
+	if (ws_bytes < ((size_t)16 << 20)) {
+		fprintf(stderr, "bench-quant-kernels: --ws: at least 16 MiB\n");
+		return 2;
+	}
+	if (quick) {
+		if (ws_bytes > ((size_t)256 << 20))
+			ws_bytes = (size_t)256 << 20;
+		reps = 3;
+	}
+	__builtin_cpu_init();
 
 	struct dp_gpu *g;
 	char err[256] = "";
@@ -345,25 +411,25 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-quant-kernels: %s\n", err);
 		return 1;
 	}
-	uint64_t *buf = malloc(ws_bytes);
-	if (!buf)
+	printf("cpu backend, %d threads, kernels %s, working set %zu MiB a case\n", threads,
+	       dp_gpu_isa_name(dp_gpu_isa_of(g)), ws_bytes >> 20);
+	if (call_cost(g) < 0)
 		return 1;
-	memset(buf, 1, ws_bytes);
-	double stream = stream_read(buf, ws_bytes, quick ? 3 : 8);
-	free(buf);
-	printf("cpu backend, %d threads, kernels %s, working set %zu MiB; read bandwidth %.1f GB/s\n",
-	       threads, dp_gpu_isa_name(dp_gpu_isa_of(g)), ws_bytes >> 20, stream);
 
-	/* V4-Flash shapes: an expert's w1/w3 (2048 x 4096) and w2 (4096 x 2048)
-	 * in fp4; a 4096 x 4096 projection in fp8 and in bf16 */
+	/* V4-Flash shapes (rows = outputs x cols = inputs): attention's wq_a
+	 * (4096 -> 1024) and wq_b (1024 -> 32768) in fp8, a routed expert's
+	 * w1/w3 (4096 -> 2048) and w2 (2048 -> 4096) in fp4, a 4096 x 4096
+	 * projection in fp8 and in bf16 */
 	const struct qcase cases[] = {
-		{ "e2m1-2048x4096", DP_DTYPE_E2M1, 2048, 4096 },
-		{ "e2m1-4096x2048", DP_DTYPE_E2M1, 4096, 2048 },
+		{ "e4m3-wq_a-1024x4096", DP_DTYPE_E4M3, 1024, 4096 },
+		{ "e4m3-wq_b-32768x1024", DP_DTYPE_E4M3, 32768, 1024 },
 		{ "e4m3-4096x4096", DP_DTYPE_E4M3, 4096, 4096 },
+		{ "e2m1-w1-2048x4096", DP_DTYPE_E2M1, 2048, 4096 },
+		{ "e2m1-w2-4096x2048", DP_DTYPE_E2M1, 4096, 2048 },
 		{ "bf16-4096x4096", DP_DTYPE_BF16, 4096, 4096 },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		int r = run_case(g, &cases[i], stream);
+		int r = run_case(g, &cases[i]);
 		if (r < 0) {
 			fprintf(stderr, "bench-quant-kernels: %s: %s\n", cases[i].name, strerror(-r));
 			return 1;

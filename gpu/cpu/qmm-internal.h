@@ -104,7 +104,19 @@ struct dp_qmm_isa {
 	/* y[m][r] += sum_{k < kc} x[m][k] t[k][r], m < M, r < nr */
 	void (*tile)(const float *x, size_t ldx, uint32_t M, const float *t, uint32_t nr,
 		     uint32_t kc, float *y, size_t ldy);
+	/* gemv for e4m3 and e2m1 with x in even/odd order: within each run of
+	 * 2 * eo_run columns, the even columns first, then the odd ones
+	 * (dp_qmm_eo_order); columns from the last whole scale block on stay
+	 * in place. NULL where the set has none (portable). */
+	void (*gemv_eo)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
+			size_t ldy, uint32_t r0, uint32_t r1, bool acc);
+	uint32_t eo_run;
 };
+
+/* x[M][cols] (rows ldx apart) -> xs[M][cols] (rows ldxs apart) in the
+ * even/odd order of gemv_eo with runs of 2 * run columns, for w's dtype. */
+void dp_qmm_eo_order(const struct dp_qmat *w, uint32_t run, const float *x, size_t ldx, uint32_t M,
+		     float *xs, size_t ldxs);
 
 extern const struct dp_qmm_isa dp_qmm_portable;
 #if defined(__x86_64__)

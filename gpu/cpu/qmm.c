@@ -6,7 +6,11 @@
  * stored size, and never widened to an fp32 copy in memory.
  *
  *   M <= DP_QMM_GEMV_MAX tokens (decode): a GEMV. Each weight vector is
- *   decoded in registers and used for all M tokens; memory-bound by design.
+ *   decoded in registers and used for all M tokens; memory-bound by design,
+ *   if the decode keeps up: on the SIMD sets e4m3 and e2m1 go through
+ *   gemv_eo, which decodes a run of codes into its even and its odd ones
+ *   (fewer shuffles than restoring their order) against x reordered to
+ *   match once per call (dp_qmm_eo_order).
  *   M > DP_QMM_GEMV_MAX (prefill): a blocked GEMM. A panel of DP_QMM_NR rows x
  *   DP_QMM_KC columns is decoded once into a per-thread fp32 tile, stored
  *   transposed ([KC][NR], L1), and multiplied with every token's
@@ -32,21 +36,25 @@
  * VNNI (both need the activations narrowed to bf16 / int8, which would change
  * the numerics above), AMX (same, and needs the kernel's permission dance).
  *
- * oneDNN (libdnnl-dev) was considered and not taken: its CPU matmul takes
- * f32 x bf16 and int8 with per-tensor/per-channel scales, but not e2m1 nor
- * 128x128-block e8m0 scales on the weights of an f32-activation product, so
- * it would have meant dequantizing to a bf16/f32 copy first — twice (fp8) to
- * eight times (fp4) the bytes read per token, which is what decode is bound
- * by. It would also add a ~100 MB dependency for one op.
+ * oneDNN (libdnnl-dev) was considered and not taken: Debian's is 2.6.3,
+ * whose matmul has no weights decompression (f32 activations times bf16 /
+ * int8 / fp8 weights came in the 3.x series) and none has e2m1 with per-32
+ * or 128x128-block e8m0 scales, so it would have meant dequantizing to an
+ * f32 copy first — four (fp8) to eight (fp4) times the bytes read per
+ * token, which is what decode is bound by — or narrowing the activations to
+ * bf16, which changes the numerics above. Prefill is where a library could
+ * win; against OpenBLAS sgemm on the dequantized weight our GEMM is within
+ * ~0.7-1.0x (bench-quant-kernels), without the copy.
  *
- * Threads: output rows are split over the backend's pool (pool.c): GEMV rows
- * evenly, GEMM in whole panels.
+ * Threads: output rows are split over the backend's pool (pool.c) in chunks
+ * claimed from a counter (GEMM: whole panels), see job_chunks.
  */
 #include <errno.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -205,6 +213,8 @@ const struct dp_qmm_isa *dp_qmm_isa_get(enum dp_gpu_isa isa)
 
 struct qmm_job {
 	const struct dp_qmm_isa *k;
+	void (*gemv)(const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y,
+		     size_t ldy, uint32_t r0, uint32_t r1, bool acc);
 	const struct dp_qmat *w;
 	const float *x;
 	size_t ldx;
@@ -213,15 +223,44 @@ struct qmm_job {
 	size_t ldy;
 	bool acc;
 	float *tiles;
+	uint32_t chunk;         /* rows a claim takes (GEMM: a multiple of DP_QMM_NR) */
+	uint32_t chunks;        /* claims in all */
+	_Atomic uint32_t next;  /* the next unclaimed chunk */
 };
+
+/* Rows go out in chunks claimed from a shared counter, not in one fixed
+ * share a thread: on a machine whose cores are shared (the daemon's io
+ * thread, other processes), a thread that is preempted mid-product leaves
+ * its chunks to the others instead of holding up the call by a whole time
+ * slice. Chunks are contiguous rows in ascending order, so each thread still
+ * streams long runs of memory (>= 64 KiB of weight a claim where the matrix
+ * allows), and there are ~8 of them a thread so the tail is short. */
+static void job_chunks(struct qmm_job *j, int n, uint32_t align, size_t min_bytes)
+{
+	uint32_t rows = j->w->rows;
+	uint64_t per = ((uint64_t)rows + 8u * (uint32_t)n - 1) / (8u * (uint32_t)n);
+	uint64_t min_rows = (min_bytes + j->w->row_bytes - 1) / j->w->row_bytes;
+	if (per < min_rows)
+		per = min_rows;
+	per = (per + align - 1) / align * align;
+	if (per > rows)
+		per = rows;
+	j->chunk = (uint32_t)per;
+	j->chunks = (uint32_t)((rows + per - 1) / per);
+	atomic_init(&j->next, 0);
+}
 
 static void gemv_job(void *arg, int tid, int n)
 {
-	const struct qmm_job *j = arg;
-	uint32_t rows = j->w->rows;
-	uint32_t r0 = (uint32_t)((uint64_t)rows * tid / n), r1 = (uint32_t)((uint64_t)rows * (tid + 1) / n);
-	if (r0 < r1)
-		j->k->gemv(j->w, j->x, j->ldx, j->M, j->y, j->ldy, r0, r1, j->acc);
+	struct qmm_job *j = arg;
+	uint32_t c;
+	(void)tid;
+	(void)n;
+	while ((c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->chunks) {
+		uint32_t r0 = c * j->chunk;
+		uint32_t r1 = j->w->rows - r0 < j->chunk ? j->w->rows : r0 + j->chunk;
+		j->gemv(j->w, j->x, j->ldx, j->M, j->y, j->ldy, r0, r1, j->acc);
+	}
 }
 
 /* rows[nr][kc] -> t[kc][DP_QMM_NR], rows nr.. zero (the micro-kernel reads
@@ -238,19 +277,12 @@ static void transpose(const float *rows, uint32_t nr, uint32_t kc, float *t)
 	}
 }
 
-static void gemm_job(void *arg, int tid, int n)
+/* One claim: rows [r0, r1), whole panels. */
+static void gemm_chunk(const struct qmm_job *j, float *tile, uint32_t r0, uint32_t r1)
 {
-	const struct qmm_job *j = arg;
 	const struct dp_qmat *w = j->w;
-	uint32_t panels = (w->rows + DP_QMM_NR - 1) / DP_QMM_NR;
-	uint32_t p0 = (uint32_t)((uint64_t)panels * tid / n),
-		 p1 = (uint32_t)((uint64_t)panels * (tid + 1) / n);
-	uint32_t r0 = p0 * DP_QMM_NR, r1 = p1 * DP_QMM_NR < w->rows ? p1 * DP_QMM_NR : w->rows;
-	float *tile = j->tiles + (size_t)tid * DP_QMM_NR * DP_QMM_KC;
 	float rows[DP_QMM_NR * DP_QMM_KC]; /* 32 KiB of the thread's stack */
 
-	if (r0 >= r1)
-		return;
 	if (!j->acc)
 		for (uint32_t m = 0; m < j->M; m++)
 			memset(j->y + m * j->ldy + r0, 0, (r1 - r0) * sizeof(float));
@@ -266,6 +298,60 @@ static void gemm_job(void *arg, int tid, int n)
 	}
 }
 
+static void gemm_job(void *arg, int tid, int n)
+{
+	struct qmm_job *j = arg;
+	float *tile = j->tiles + (size_t)tid * DP_QMM_NR * DP_QMM_KC;
+	uint32_t c;
+	(void)n;
+	while ((c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->chunks) {
+		uint32_t r0 = c * j->chunk;
+		uint32_t r1 = j->w->rows - r0 < j->chunk ? j->w->rows : r0 + j->chunk;
+		gemm_chunk(j, tile, r0, r1);
+	}
+}
+
+void dp_qmm_eo_order(const struct dp_qmat *w, uint32_t run, const float *x, size_t ldx, uint32_t M,
+		     float *xs, size_t ldxs)
+{
+	uint32_t blk = w->dtype == DP_DTYPE_E2M1 ? DP_GPU_E2M1_BLOCK : DP_GPU_E4M3_BLOCK;
+	uint32_t upto = w->cols / blk * blk; /* a multiple of 2 * run */
+	for (uint32_t m = 0; m < M; m++) {
+		const float *xm = x + m * ldx;
+		float *o = xs + m * ldxs;
+		for (uint32_t c = 0; c < upto; c += 2 * run)
+			for (uint32_t i = 0; i < run; i++) {
+				o[c + i] = xm[c + 2 * i];
+				o[c + run + i] = xm[c + 2 * i + 1];
+			}
+		memcpy(o + upto, xm + upto, (w->cols - upto) * sizeof(float));
+	}
+}
+
+/* The GEMV: e4m3 and e2m1 through gemv_eo where the set has it, on x
+ * reordered once for all rows into the tiles (idle during a GEMV) or, when
+ * larger, a buffer of its own; without memory, the in-order gemv. */
+static void gemv_run(struct qmm_job *j, struct dp_cpu_pool *pool)
+{
+	const struct dp_qmat *w = j->w;
+	float *xs = NULL;
+	j->gemv = j->k->gemv;
+	if (j->k->gemv_eo && (w->dtype == DP_DTYPE_E4M3 || w->dtype == DP_DTYPE_E2M1)) {
+		size_t ldxs = ((size_t)w->cols + 15) & ~(size_t)15;
+		size_t need = ldxs * j->M, have = (size_t)pool->n * DP_QMM_NR * DP_QMM_KC;
+		float *buf = need <= have ? j->tiles : (xs = malloc(need * sizeof(float)));
+		if (buf) {
+			dp_qmm_eo_order(w, j->k->eo_run, j->x, j->ldx, j->M, buf, ldxs);
+			j->x = buf;
+			j->ldx = ldxs;
+			j->gemv = j->k->gemv_eo;
+		}
+	}
+	job_chunks(j, pool->n, 16, 64 << 10);
+	dp_cpu_pool_run(pool, gemv_job, j);
+	free(xs);
+}
+
 void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *tiles,
 		const struct dp_qmat *w, const float *x, size_t ldx, uint32_t M, float *y, size_t ldy,
 		bool acc)
@@ -275,7 +361,7 @@ void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *til
 	if (M == 0)
 		return;
 	if (M <= DP_QMM_GEMV_MAX) {
-		dp_cpu_pool_run(pool, gemv_job, &j);
+		gemv_run(&j, pool);
 		return;
 	}
 	/* The micro-kernel reads Q_MR token rows at once, ldx apart: at a
@@ -291,6 +377,7 @@ void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *til
 		j.x = xs;
 		j.ldx = lds;
 	}
+	job_chunks(&j, pool->n, DP_QMM_NR, 0);
 	dp_cpu_pool_run(pool, gemm_job, &j);
 	free(xs);
 }

@@ -349,11 +349,12 @@ static void products(enum dp_gpu_isa isa)
 		{ DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 256 },
 		{ DP_DTYPE_E4M3, DP_DTYPE_E8M0, 16, 7 },    /* narrower than a vector */
 		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 70, 100 },  /* 100 = 3 blocks of 32 + 4 */
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 20, 608 },  /* 19 blocks: a run of 16 scales and 3 */
 		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 33, 77 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 64, 1030 },  /* two K chunks in the GEMM */
 	};
-	const uint32_t Ms[] = { 1, 2, 5, 8, 9, 13, 37 };
+	const uint32_t Ms[] = { 1, 2, 3, 4, 5, 8, 9, 13, 37 }; /* every GEMV register shape */
 	const int threads[] = { 1, 2, 3 };
 	uint64_t s = 42 + isa;
 	for (size_t ti = 0; ti < sizeof(threads) / sizeof(threads[0]); ti++) {
@@ -405,6 +406,111 @@ static void products(enum dp_gpu_isa isa)
 Test(quant_portable, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_PORTABLE); }
 Test(quant_avx2, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_AVX2); }
 Test(quant_avx512, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_AVX512); }
+
+/* The SIMD sets have two GEMVs for e4m3 and e2m1: the in-order one (used
+ * when the even/odd copy of x cannot be had) and gemv_eo on the reordered
+ * x; matmul reaches only the second, so both are called here directly. */
+Test(quant_products, in_order_and_even_odd_gemv_both_match_the_reference)
+{
+	struct {
+		enum dp_dtype dt, sdt;
+		uint32_t rows, cols;
+	} shapes[] = {
+		{ DP_DTYPE_E4M3, DP_DTYPE_E8M0, 200, 300 },
+		{ DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 512 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 70, 100 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_E8M0, 20, 608 },
+		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
+	};
+	uint64_t s = 11;
+	for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+		struct hw h = hw_random(&s, shapes[si].dt, shapes[si].sdt, 1, shapes[si].rows,
+					shapes[si].cols);
+		struct dp_gpu_weight w = { .data = h.data, .scale = h.scale, .dtype = h.dtype,
+					   .scale_dtype = h.scale_dtype, .count = 1, .rows = h.rows,
+					   .cols = h.cols };
+		struct dp_qmat q;
+		cr_assert_eq(dp_qmat_of(&w, 0, &q), 0);
+		for (size_t ii = 1; ii < sizeof(isas) / sizeof(isas[0]); ii++) {
+			if (!dp_qmm_isa_supported(isas[ii]))
+				continue;
+			const struct dp_qmm_isa *k = dp_qmm_isa_get(isas[ii]);
+			cr_assert_not_null(k->gemv_eo, "%s has an even/odd GEMV", dp_gpu_isa_name(isas[ii]));
+			for (uint32_t M = 1; M <= 8; M++) {
+				size_t ldx = h.cols + 1, ldxs = h.cols + 7;
+				float *x = malloc(M * ldx * sizeof(float)), *xs = malloc(M * ldxs * sizeof(float));
+				float *y = malloc(M * h.rows * sizeof(float));
+				cr_assert(x && xs && y);
+				for (size_t i = 0; i < M * ldx; i++)
+					x[i] = uniform(&s, -1, 1);
+				char what[96];
+				snprintf(what, sizeof(what), "%s %s/%s M=%u", dp_gpu_isa_name(isas[ii]),
+					 dp_dtype_name(h.dtype), dp_dtype_name(h.scale_dtype), M);
+				k->gemv(&q, x, ldx, M, y, h.rows, 0, h.rows, false);
+				check_product(&h, 0, x, ldx, M, y, h.rows, NULL, what);
+				dp_qmm_eo_order(&q, k->eo_run, x, ldx, M, xs, ldxs);
+				k->gemv_eo(&q, xs, ldxs, M, y, h.rows, 0, h.rows, false);
+				check_product(&h, 0, x, ldx, M, y, h.rows, NULL, what);
+				free(x);
+				free(xs);
+				free(y);
+			}
+		}
+		hw_free(&h);
+	}
+}
+
+/* e8m0 code 0 is 2^-127 (a subnormal) and 254 is 2^127: the kernels convert
+ * scales 16 at a time (e2m1) or scale a block's sums (e4m3), and both ends
+ * must come out as the scalar decoding says. */
+Test(quant_products, e8m0_scales_at_both_ends_widen_exactly_in_every_path)
+{
+	struct {
+		enum dp_dtype dt;
+		uint8_t scale, mask; /* scale code; mask on the codes (small, for 2^127) */
+		float xmag;          /* |x| up to this: products stay normal and finite */
+	} cases[] = {
+		{ DP_DTYPE_E2M1, 0, 0xff, 0x1p100f },
+		{ DP_DTYPE_E2M1, 254, 0x33, 0x1p-100f }, /* codes 0 .. 1.5 */
+		{ DP_DTYPE_E4M3, 0, 0xff, 0x1p100f },
+		{ DP_DTYPE_E4M3, 246, 0x9f, 0x1p-100f }, /* the largest the f16 route takes */
+	};
+	uint64_t s = 5;
+	for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+		/* 1056 columns: 33 e2m1 blocks (two runs of 16 and one alone), 8 e4m3
+		 * blocks and a tail */
+		struct hw h = hw_random(&s, cases[ci].dt, DP_DTYPE_E8M0, 1, 24, 1056);
+		for (size_t i = 0; i < h.data_bytes; i++)
+			h.data[i] &= cases[ci].mask;
+		memset(h.scale, cases[ci].scale, h.scale_n);
+		free(h.ref);
+		hw_dequant(&h);
+		for (size_t ii = 0; ii < sizeof(isas) / sizeof(isas[0]); ii++) {
+			if (!dp_qmm_isa_supported(isas[ii]))
+				continue;
+			struct dp_gpu *g = open_cpu(isas[ii], 2);
+			struct dp_gpu_weight w;
+			cr_assert_eq(dp_gpu_weight_wrap(g, h.data, h.scale, h.dtype, h.scale_dtype, 1, 24,
+							1056, &w),
+				     0);
+			float *x = malloc(9 * 1056 * sizeof(float)), y[9 * 24];
+			cr_assert_not_null(x);
+			for (int i = 0; i < 9 * 1056; i++)
+				x[i] = uniform(&s, -cases[ci].xmag, cases[ci].xmag);
+			for (uint32_t M = 1; M <= 9; M += 3) {
+				char what[64];
+				snprintf(what, sizeof(what), "%s %s scale %u M=%u", dp_gpu_isa_name(isas[ii]),
+					 dp_dtype_name(h.dtype), cases[ci].scale, M);
+				cr_assert_eq(dp_gpu_ops(g)->matmul(g, x, 0, &w, 0, y, 0, M, false), 0);
+				check_product(&h, 0, x, 1056, M, y, 24, NULL, what);
+			}
+			free(x);
+			dp_gpu_weight_free(g, &w);
+			dp_gpu_free(g);
+		}
+		hw_free(&h);
+	}
+}
 
 Test(quant_products, scales_too_large_for_the_vector_widening_take_the_exact_path)
 {
