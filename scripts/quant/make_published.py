@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -211,7 +212,10 @@ GLOBALS = {
 def upstream(name):
     if name in GLOBALS:
         return GLOBALS[name]
-    return name[6:] if name.startswith("model.") else name
+    name = name[6:] if name.startswith("model.") else name
+    # transformers saves the attention's kv norm as attn.norm; the release spells it attn.kv_norm
+    # (the compressors' norms stay .norm)
+    return re.sub(r"^((?:layers|mtp)\.\d+\.attn)\.norm\.weight$", r"\1.kv_norm.weight", name)
 
 
 def is_fp8_leaf(name):

@@ -304,6 +304,11 @@ static void to_upstream(char *name)
 		}
 	if (strncmp(name, "model.", 6) == 0)
 		memmove(name, name + 6, strlen(name + 6) + 1);
+	/* the release's attn.kv_norm, saved by transformers as attn.norm */
+	size_t n = strlen(name);
+	const char *saved = ".attn.norm.weight";
+	if (n > strlen(saved) && strcmp(name + n - strlen(saved), saved) == 0)
+		strcpy(name + n - strlen(saved), ".attn.kv_norm.weight");
 }
 
 Test(weights, upstream_names_without_model_prefix_fit)
