@@ -20,17 +20,22 @@
 
 #include "gpu/cpu/qmm-internal.h"
 
-/* 16 e4m3 codes as fp32: the code's exponent and mantissa moved into fp32's
- * (exponent bias 127 instead of 7), then times 2^120 — exact for normals and
- * subnormals alike. The NaN codes (0x7f, 0xff) read as +0, as dp_qmm_e4m3_lut
- * reads them. */
+/* 16 e4m3 codes as fp32, exactly, without touching an fp32 subnormal (an
+ * input the multiplier takes a slow assist for): a normal code's exponent and
+ * mantissa moved into fp32's with the bias raised from 7 to 127, a subnormal
+ * code (exponent 0) as its mantissa m times 2^-9, then the sign. The NaN codes
+ * (0x7f, 0xff) read as +0, as dp_qmm_e4m3_lut reads them. */
 static inline __m512 e4m3x16(const uint8_t *p)
 {
 	__m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-	__m512i v = _mm512_srai_epi32(_mm512_slli_epi32(c, 24), 4);
-	v = _mm512_and_si512(v, _mm512_set1_epi32((int)0x87f00000u));
-	__m512 f = _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(0x1p120f));
 	__m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
+	__m512i nbits = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));
+	__m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(7))),
+				   _mm512_set1_ps(0x1p-9f));
+	__mmask16 is_sub = _mm512_testn_epi32_mask(c, _mm512_set1_epi32(0x78));
+	__m512 f = _mm512_mask_mov_ps(_mm512_castsi512_ps(nbits), is_sub, sub);
+	__m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
+	f = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
 	__mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
 	return _mm512_mask_mov_ps(f, nan, _mm512_setzero_ps());
 }
@@ -107,12 +112,15 @@ static inline __attribute__((always_inline)) void tokens(const struct dp_qact_ar
 	__m256 a1 = MR > 1 ? _mm256_loadu_ps(accf + (size_t)(m0 + 1) * DP_QACT_NR) : a0;
 
 	for (uint32_t b = 0; b < kc; b += kbw) {
+		/* 8 or 16 accumulators, kept in registers (the loops over r unrolled) */
 		__m512d c0[DP_QACT_NR], c1[DP_QACT_NR];
+#pragma GCC unroll 8
 		for (int r = 0; r < DP_QACT_NR; r++)
 			c0[r] = c1[r] = _mm512_setzero_pd();
 		for (uint32_t k = b; k < b + kbw; k += 8) {
 			__m512d v0 = _mm512_loadu_pd(x0 + k);
 			__m512d v1 = MR > 1 ? _mm512_loadu_pd(x1 + k) : v0;
+#pragma GCC unroll 8
 			for (int r = 0; r < DP_QACT_NR; r++) {
 				__m512d wv = _mm512_loadu_pd(t + (size_t)r * DP_QACT_KC + k);
 				c0[r] = _mm512_fmadd_pd(v0, wv, c0[r]);
