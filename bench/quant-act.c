@@ -12,8 +12,10 @@
  * reference time / transformers time. The two results are also checked to be
  * close (they differ by the activation rounding only): a bench of a wrong kernel
  * is no bench. The weights are one matrix each: small shapes stay in cache.
+ * With one thread the times are the thread's CPU time (robust to a loaded host).
  *
  *   bench-quant-act [--threads N] [--isa auto|portable|avx2|avx512] [--quick]
+ *                   [--case SUBSTRING] [--m TOKENS]   (only those cases / that M)
  *
  * Ends with RESULT lines (README "Benchmarks").
  */
@@ -22,12 +24,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/dtype.h"
 #include "bench/bench-util.h"
 #include "gpu/gpu.h"
 
 static uint64_t seed = 42;
+/* One thread: the calling thread's CPU time (the products run on it), which a
+ * loaded machine's preemption does not inflate; more: wall time. */
+static bool cpu_clock;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 struct qcase {
 	const char *name;
@@ -72,9 +85,9 @@ static double timed(const struct dp_gpu_ops *ops, struct dp_gpu *g, const float 
 		    struct dp_gpu_weight *w, bool act, float *y, uint32_t M)
 {
 	w->act_quant = act;
-	uint64_t t0 = dp_clock_ns();
+	double t0 = now_s();
 	int r = ops->matmul(g, x, 0, w, 0, y, 0, M, false);
-	double t = (double)(dp_clock_ns() - t0) * 1e-9;
+	double t = now_s() - t0;
 	return r < 0 ? -1.0 : t;
 }
 
@@ -141,6 +154,8 @@ int main(int argc, char **argv)
 	int threads = 1;
 	bool quick = false;
 	enum dp_gpu_isa isa = DP_GPU_ISA_AUTO;
+	const char *only = NULL;
+	uint32_t only_m = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
 			threads = atoi(argv[++i]);
@@ -153,10 +168,18 @@ int main(int argc, char **argv)
 				fprintf(stderr, "bench-quant-act: --isa %s: auto, portable, avx2 or avx512\n", argv[i]);
 				return 2;
 			}
+		} else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
+			only = argv[++i];
+		} else if (!strcmp(argv[i], "--m") && i + 1 < argc) {
+			only_m = (uint32_t)atoi(argv[++i]);
+			if (only_m < 1 || only_m > 4096) {
+				fprintf(stderr, "bench-quant-act: --m %s: 1 .. 4096\n", argv[i]);
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--quick")) {
 			quick = true;
 		} else {
-			fprintf(stderr, "usage: bench-quant-act [--threads N] [--isa NAME] [--quick]\n");
+			fprintf(stderr, "usage: bench-quant-act [--threads N] [--isa NAME] [--quick] [--case SUBSTRING] [--m TOKENS]\n");
 			return 2;
 		}
 	}
@@ -167,12 +190,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-quant-act: %s\n", err);
 		return 1;
 	}
-	printf("bench-quant-act: %d thread(s), kernel path %s\n", threads, dp_gpu_isa_name(dp_gpu_isa_of(g)));
-	static const uint32_t Ms[] = { 1, 4, 64, 512 };
+	cpu_clock = threads == 1;
+	printf("bench-quant-act: %d thread(s), kernel path %s, %s\n", threads,
+	       dp_gpu_isa_name(dp_gpu_isa_of(g)), cpu_clock ? "thread CPU time" : "wall time");
+	uint32_t Ms[] = { 1, 4, 64, 512 };
+	size_t nm = quick ? 3 : 4;
+	if (only_m) {
+		Ms[0] = only_m;
+		nm = 1;
+	}
 	int ret = 0;
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
-		for (size_t m = 0; m < sizeof(Ms) / sizeof(Ms[0]); m++) {
-			if (quick && Ms[m] > 64)
+		for (size_t m = 0; m < nm; m++) {
+			if (only && !strstr(cases[c].name, only))
 				continue;
 			int r = run_case(g, &cases[c], Ms[m], quick);
 			if (r < 0) {

@@ -21,23 +21,24 @@
 #include "gpu/cpu/qmm-internal.h"
 
 /* 16 e4m3 codes as fp32, exactly, without touching an fp32 subnormal (an
- * input the multiplier takes a slow assist for): a normal code's exponent and
- * mantissa moved into fp32's with the bias raised from 7 to 127, a subnormal
- * code (exponent 0) as its mantissa m times 2^-9, then the sign. The NaN codes
- * (0x7f, 0xff) read as +0, as dp_qmm_e4m3_lut reads them. */
+ * input the multiplier takes a slow assist for): sign, exponent and mantissa
+ * moved into fp32's with the bias raised from 7 to 127 — right for a normal
+ * code; a subnormal code (exponent 0, mantissa m) then reads (1 + m/8) 2^-7
+ * and becomes that times 2 minus 2^-6 = m/8 2^-6 (one exact fused op, sign
+ * carried). Two differences from dp_qmm_e4m3_lut, neither visible in a
+ * product: -0 (0x80) reads +0 (the fp32 accumulator starts at +0, so a zero's
+ * sign never reaches y), and the NaN codes are not handled (uploads refuse
+ * them: gpu.c check_codes). */
 static inline __m512 e4m3x16(const uint8_t *p)
 {
 	__m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-	__m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
-	__m512i nbits = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));
-	__m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, _mm512_set1_epi32(7))),
-				   _mm512_set1_ps(0x1p-9f));
-	__mmask16 is_sub = _mm512_testn_epi32_mask(c, _mm512_set1_epi32(0x78));
-	__m512 f = _mm512_mask_mov_ps(_mm512_castsi512_ps(nbits), is_sub, sub);
-	__m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
-	f = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
-	__mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
-	return _mm512_mask_mov_ps(f, nan, _mm512_setzero_ps());
+	__m512i v = _mm512_srai_epi32(_mm512_slli_epi32(c, 24), 4); /* sign at 31..27, code at 26..20 */
+	v = _mm512_and_si512(v, _mm512_set1_epi32((int)0x87f00000u));
+	__m512 f = _mm512_castsi512_ps(_mm512_add_epi32(v, _mm512_set1_epi32(120 << 23)));
+	__mmask16 sub = _mm512_testn_epi32_mask(c, _mm512_set1_epi32(0x78));
+	__m512 low = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32((int)0x80000000u)),
+						     _mm512_castps_si512(_mm512_set1_ps(0x1p-6f))));
+	return _mm512_mask_fmsub_ps(f, sub, _mm512_set1_ps(2.0f), low);
 }
 
 static inline void store_pd16(double *d, __m512 f)
