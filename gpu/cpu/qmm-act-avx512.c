@@ -140,31 +140,44 @@ static inline __attribute__((always_inline)) void tokens(const struct dp_qact_ar
 		_mm256_storeu_ps(accf + (size_t)(m0 + 1) * DP_QACT_NR, a1);
 }
 
-void dp_qact_avx512_panel(const struct dp_qact_args *j, uint32_t r0, struct dp_qact_scratch *s)
+void dp_qact_avx512_panels(const struct dp_qact_args *j, uint32_t p0, uint32_t p1,
+			   struct dp_qact_scratch *s)
 {
 	const struct dp_qmat *w = j->w;
 	uint32_t K = w->cols, M = j->M, kbw = w->kblock;
-	uint32_t nr = w->rows - r0 < DP_QACT_NR ? w->rows - r0 : DP_QACT_NR;
+	size_t per_panel = (size_t)M * DP_QACT_NR;
 
-	memset(s->accf, 0, (size_t)M * DP_QACT_NR * sizeof(float));
+	memset(s->accf, 0, (size_t)(p1 - p0) * per_panel * sizeof(float));
+	/* chunks outermost: the tokens' chunk of x (M x 2 KiB) stays in L2 while
+	 * every panel of the thread passes over it */
 	for (uint32_t k0 = 0; k0 < K; k0 += DP_QACT_KC) {
 		uint32_t kc = K - k0 < DP_QACT_KC ? K - k0 : DP_QACT_KC;
-		for (uint32_t r = 0; r < DP_QACT_NR; r++) {
-			uint32_t rr = r0 + (r < nr ? r : nr - 1); /* a short panel repeats its last row */
-			decode(w, w->data + (size_t)rr * w->row_bytes, k0, kc, s->t + (size_t)r * DP_QACT_KC);
-			for (uint32_t b = 0; b < kc / kbw; b++)
-				s->sw[b * DP_QACT_NR + r] = dp_qmat_scale(w, rr, (k0 + b * kbw) / kbw);
+		for (uint32_t p = p0; p < p1; p++) {
+			uint32_t r0 = p * DP_QACT_NR;
+			uint32_t nr = w->rows - r0 < DP_QACT_NR ? w->rows - r0 : DP_QACT_NR;
+			float *accf = s->accf + (size_t)(p - p0) * per_panel;
+			for (uint32_t r = 0; r < DP_QACT_NR; r++) {
+				uint32_t rr = r0 + (r < nr ? r : nr - 1); /* a short panel repeats its last row */
+				decode(w, w->data + (size_t)rr * w->row_bytes, k0, kc,
+				       s->t + (size_t)r * DP_QACT_KC);
+				for (uint32_t b = 0; b < kc / kbw; b++)
+					s->sw[b * DP_QACT_NR + r] = dp_qmat_scale(w, rr, (k0 + b * kbw) / kbw);
+			}
+			uint32_t m = 0;
+			for (; m + 2 <= M; m += 2)
+				tokens(j, s->t, k0, kc, s->sw, m, 2, accf);
+			if (m < M)
+				tokens(j, s->t, k0, kc, s->sw, m, 1, accf);
 		}
-		uint32_t m = 0;
-		for (; m + 2 <= M; m += 2)
-			tokens(j, s->t, k0, kc, s->sw, m, 2, s->accf);
-		if (m < M)
-			tokens(j, s->t, k0, kc, s->sw, m, 1, s->accf);
 	}
-	for (uint32_t m = 0; m < M; m++) {
-		float *ym = j->y + (size_t)m * j->ldy + r0;
-		const float *am = s->accf + (size_t)m * DP_QACT_NR;
-		for (uint32_t r = 0; r < nr; r++)
-			ym[r] = j->acc ? ym[r] + am[r] : am[r];
+	for (uint32_t p = p0; p < p1; p++) {
+		uint32_t r0 = p * DP_QACT_NR;
+		uint32_t nr = w->rows - r0 < DP_QACT_NR ? w->rows - r0 : DP_QACT_NR;
+		for (uint32_t m = 0; m < M; m++) {
+			float *ym = j->y + (size_t)m * j->ldy + r0;
+			const float *am = s->accf + (size_t)(p - p0) * per_panel + (size_t)m * DP_QACT_NR;
+			for (uint32_t r = 0; r < nr; r++)
+				ym[r] = j->acc ? ym[r] + am[r] : am[r];
+		}
 	}
 }

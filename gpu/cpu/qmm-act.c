@@ -204,7 +204,7 @@ struct qact_job {
 	struct dp_qact_args a;
 	const float *x; /* the activation as given */
 	size_t ldx;
-	bool vector;	/* AVX-512 panels (dp_qact_avx512_panel), else qact_rows */
+	bool vector;	/* AVX-512 panels (dp_qact_avx512_panels), else qact_rows */
 	bool failed;	/* a worker could not get its buffers */
 	double (*dot)(const double *x, const double *w, uint32_t n); /* a block's exact sum */
 };
@@ -311,6 +311,7 @@ static void qact_quant_run(void *arg, int tid, int n)
 }
 
 #if defined(__x86_64__)
+#define DP_QACT_PANEL_BY_PANEL 16
 /* The vector path: whole panels per thread. */
 static void qact_panels_run(struct qact_job *j, int tid, int n)
 {
@@ -321,11 +322,16 @@ static void qact_panels_run(struct qact_job *j, int tid, int n)
 	struct dp_qact_scratch s = {
 		.t = malloc((size_t)DP_QACT_NR * DP_QACT_KC * sizeof(double)),
 		.sw = malloc((size_t)(DP_QACT_KC / DP_GPU_E2M1_BLOCK) * DP_QACT_NR * sizeof(float)),
-		.accf = malloc((size_t)j->a.M * DP_QACT_NR * sizeof(float)),
+		.accf = malloc((size_t)(p1 - p0) * j->a.M * DP_QACT_NR * sizeof(float)),
 	};
-	if (s.t && s.sw && s.accf)
+	/* few tokens: panel after panel (each weight row read straight through);
+	 * more: all the thread's panels per K chunk (the tokens' chunk stays in
+	 * L2), see dp_qact_avx512_panels */
+	if (s.t && s.sw && s.accf && j->a.M <= DP_QACT_PANEL_BY_PANEL)
 		for (uint32_t p = p0; p < p1; p++)
-			dp_qact_avx512_panel(&j->a, p * DP_QACT_NR, &s);
+			dp_qact_avx512_panels(&j->a, p, p + 1, &s);
+	else if (s.t && s.sw && s.accf)
+		dp_qact_avx512_panels(&j->a, p0, p1, &s);
 	else
 		__atomic_store_n(&j->failed, true, __ATOMIC_RELAXED);
 	free(s.t);

@@ -175,13 +175,14 @@ struct dp_qact_args {
 struct dp_qact_scratch {
 	double *t;   /* [DP_QACT_NR][DP_QACT_KC] decoded weights */
 	float *sw;   /* [DP_QACT_KC / 32][DP_QACT_NR] their scales */
-	float *accf; /* [M][DP_QACT_NR] the fp32 accumulators */
+	float *accf; /* [panels][M][DP_QACT_NR] the fp32 accumulators */
 };
 
 #if defined(__x86_64__)
-/* Rows [r0, r0 + DP_QACT_NR) (fewer at the end) of the product, AVX-512 F/BW/VL
- * (qmm-act-avx512.c): y's bits are the portable path's. */
-void dp_qact_avx512_panel(const struct dp_qact_args *j, uint32_t r0, struct dp_qact_scratch *s);
+/* Panels [p0, p1) (rows p0 * DP_QACT_NR .. , fewer at the end) of the product,
+ * AVX-512 F/BW/VL (qmm-act-avx512.c): y's bits are the portable path's. */
+void dp_qact_avx512_panels(const struct dp_qact_args *j, uint32_t p0, uint32_t p1,
+			   struct dp_qact_scratch *s);
 #endif
 
 /* The round op (gpu.h, dp_gpu_ops.round) on host memory. */
