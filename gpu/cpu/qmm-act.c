@@ -77,7 +77,7 @@ static inline uint32_t rne_code(float a, uint32_t mb, int32_t bias)
 	uint32_t u = bits_of(a);
 	int32_t e = (int32_t)(u >> 23) - 127;
 	if (e < 1 - bias) { /* subnormal: a * 2^(bias-1+mb) is exact, split it */
-		float t = ldexpf(a, bias - 1 + (int32_t)mb);
+		float t = a * float_of((uint32_t)(127 + bias - 1 + (int32_t)mb) << 23); /* exact */
 		uint32_t m = (uint32_t)t;
 		float f = t - (float)m;
 		if (f > 0.5f || (f == 0.5f && (m & 1)))
@@ -113,8 +113,12 @@ static float quant_block(const float *x, uint32_t n, bool fp4, uint8_t *codes)
 		amax = fmaxf(amax, fabsf(x[i]));
 	float s = fp4 ? round_scale(fmaxf(amax, 6.0f * 0x1p-126f) * (float)(1.0 / 6.0))
 		      : round_scale(fmaxf(amax, 1e-4f) * (float)(1.0 / 448.0));
+	/* x / s as x * (1 / s): s is a power of two whose inverse is a normal
+	 * fp32 (s in [2^-126, 2^126] for both floors), so both round the same
+	 * exact value: the same bits, without a division per value */
+	float inv = 1.0f / s;
 	for (uint32_t i = 0; i < n; i++)
-		codes[i] = fp4 ? dp_gpu_e2m1_of(x[i] / s) : dp_gpu_e4m3_of(x[i] / s);
+		codes[i] = fp4 ? dp_gpu_e2m1_of(x[i] * inv) : dp_gpu_e4m3_of(x[i] * inv);
 	return s;
 }
 
