@@ -28,9 +28,12 @@
  *     d^-1/2) then fp4_act_quant per 32 (amax floored at 6 * 2^-126, scale
  *     2^ceil(log2(amax * fp32(1/6))), e2m1 round to nearest even).
  *
- * Portable C, and the block sums with AVX2+FMA where the CPU has them
- * (same bits: the sums are exact). The products are still several times
- * slower than qmm.c's fp32 kernels (doubles, no tiling).
+ * Each activation row is quantized once (the pool's threads split the rows),
+ * then the product runs on one of: portable C; the block sums with AVX2+FMA
+ * (the avx2 path); AVX-512 panels (qmm-act-avx512.c: weights decoded once per
+ * panel into doubles, every token over them, block sums reduced eight at a
+ * time). All give the same bits, the sums being exact; tests hold every path
+ * to the portable one.
  */
 #include <errno.h>
 #include <math.h>
@@ -74,7 +77,7 @@ static inline uint32_t rne_code(float a, uint32_t mb, int32_t bias)
 	uint32_t u = bits_of(a);
 	int32_t e = (int32_t)(u >> 23) - 127;
 	if (e < 1 - bias) { /* subnormal: a * 2^(bias-1+mb) is exact, split it */
-		float t = ldexpf(a, bias - 1 + (int32_t)mb);
+		float t = a * float_of((uint32_t)(127 + bias - 1 + (int32_t)mb) << 23); /* exact */
 		uint32_t m = (uint32_t)t;
 		float f = t - (float)m;
 		if (f > 0.5f || (f == 0.5f && (m & 1)))
@@ -110,8 +113,12 @@ static float quant_block(const float *x, uint32_t n, bool fp4, uint8_t *codes)
 		amax = fmaxf(amax, fabsf(x[i]));
 	float s = fp4 ? round_scale(fmaxf(amax, 6.0f * 0x1p-126f) * (float)(1.0 / 6.0))
 		      : round_scale(fmaxf(amax, 1e-4f) * (float)(1.0 / 448.0));
+	/* x / s as x * (1 / s): s is a power of two whose inverse is a normal
+	 * fp32 (s in [2^-126, 2^126] for both floors), so both round the same
+	 * exact value: the same bits, without a division per value */
+	float inv = 1.0f / s;
 	for (uint32_t i = 0; i < n; i++)
-		codes[i] = fp4 ? dp_gpu_e2m1_of(x[i] / s) : dp_gpu_e4m3_of(x[i] / s);
+		codes[i] = fp4 ? dp_gpu_e2m1_of(x[i] * inv) : dp_gpu_e4m3_of(x[i] * inv);
 	return s;
 }
 
@@ -198,15 +205,11 @@ int dp_qact_round(float *x, uint32_t rows, uint32_t ld, uint32_t cols, enum dp_g
 /* ---- the act-quantized product ------------------------------------------------------ */
 
 struct qact_job {
-	const struct dp_qmat *w;
-	const double *xa; /* [M][K] the activation's e4m3 values, unscaled */
-	const float *sa;  /* [M][nab] its scales */
-	uint32_t nab;	  /* activation blocks per row */
-	uint32_t M;
-	float *y;
-	size_t ldy;
-	bool acc;
-	bool failed; /* a worker could not get its row buffers */
+	struct dp_qact_args a;
+	const float *x; /* the activation as given */
+	size_t ldx;
+	bool vector;	/* AVX-512 panels (dp_qact_avx512_panels), else qact_rows */
+	bool failed;	/* a worker could not get its buffers */
 	double (*dot)(const double *x, const double *w, uint32_t n); /* a block's exact sum */
 };
 
@@ -268,7 +271,7 @@ __attribute__((target("avx2,fma"))) static double block_dot_avx2(const double *x
 
 static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double *wv, float *sw)
 {
-	const struct dp_qmat *w = j->w;
+	const struct dp_qmat *w = j->a.w;
 	uint32_t K = w->cols, kbw = w->kblock, nkb = (K + kbw - 1) / kbw;
 	bool fp4 = w->dtype == DP_DTYPE_E2M1;
 
@@ -276,9 +279,9 @@ static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double
 		decode_row(w, w->data + (size_t)r * w->row_bytes, wv);
 		for (uint32_t kb = 0; kb < nkb; kb++)
 			sw[kb] = dp_qmat_scale(w, r, kb);
-		for (uint32_t m = 0; m < j->M; m++) {
-			const double *xm = j->xa + (size_t)m * K;
-			const float *sam = j->sa + (size_t)m * j->nab;
+		for (uint32_t m = 0; m < j->a.M; m++) {
+			const double *xm = j->a.xa + (size_t)m * K;
+			const float *sam = j->a.sa + (size_t)m * j->a.nab;
 			float a = 0.0f;
 			for (uint32_t k0 = 0, kb = 0; k0 < K; k0 += kbw, kb++) {
 				uint32_t len = K - k0 < kbw ? K - k0 : kbw;
@@ -286,20 +289,75 @@ static void qact_rows(const struct qact_job *j, uint32_t r0, uint32_t r1, double
 				float sa = sam[k0 / DP_GPU_ACT_BLOCK];
 				a += fp4 ? pf * sa * sw[kb] : pf * (sa * sw[kb]);
 			}
-			float *ym = j->y + (size_t)m * j->ldy + r;
-			*ym = j->acc ? *ym + a : a;
+			float *ym = j->a.y + (size_t)m * j->a.ldy + r;
+			*ym = j->a.acc ? *ym + a : a;
 		}
 	}
 }
 
+/* The activation rows [m0, m1) quantized: scales and e4m3 values. */
+static void qact_quant_run(void *arg, int tid, int n)
+{
+	struct qact_job *j = arg;
+	uint32_t M = j->a.M, K = j->a.w->cols, nab = j->a.nab;
+	uint32_t m0 = (uint32_t)((uint64_t)M * tid / n), m1 = (uint32_t)((uint64_t)M * (tid + 1) / n);
+	uint8_t codes[DP_GPU_ACT_BLOCK];
+	double *xa = (double *)j->a.xa;
+	float *sa = (float *)j->a.sa;
+	for (uint32_t m = m0; m < m1; m++)
+		for (uint32_t b = 0; b < nab; b++) {
+			uint32_t k0 = b * DP_GPU_ACT_BLOCK;
+			uint32_t len = K - k0 < DP_GPU_ACT_BLOCK ? K - k0 : DP_GPU_ACT_BLOCK;
+			sa[(size_t)m * nab + b] = quant_block(j->x + m * j->ldx + k0, len, false, codes);
+			for (uint32_t k = 0; k < len; k++)
+				xa[(size_t)m * K + k0 + k] = dp_e4m3_to_f32(codes[k]);
+		}
+}
+
+#if defined(__x86_64__)
+#define DP_QACT_PANEL_BY_PANEL 16
+/* The vector path: whole panels per thread. */
+static void qact_panels_run(struct qact_job *j, int tid, int n)
+{
+	uint32_t np = (j->a.w->rows + DP_QACT_NR - 1) / DP_QACT_NR;
+	uint32_t p0 = (uint32_t)((uint64_t)np * tid / n), p1 = (uint32_t)((uint64_t)np * (tid + 1) / n);
+	if (p0 >= p1)
+		return;
+	struct dp_qact_scratch s = {
+		.t = malloc((size_t)DP_QACT_NR * DP_QACT_KC * sizeof(double)),
+		.sw = malloc((size_t)(DP_QACT_KC / DP_GPU_E2M1_BLOCK) * DP_QACT_NR * sizeof(float)),
+		.accf = malloc((size_t)(p1 - p0) * j->a.M * DP_QACT_NR * sizeof(float)),
+	};
+	/* few tokens: panel after panel (each weight row read straight through);
+	 * more: all the thread's panels per K chunk (the tokens' chunk stays in
+	 * L2), see dp_qact_avx512_panels */
+	if (s.t && s.sw && s.accf && j->a.M <= DP_QACT_PANEL_BY_PANEL)
+		for (uint32_t p = p0; p < p1; p++)
+			dp_qact_avx512_panels(&j->a, p, p + 1, &s);
+	else if (s.t && s.sw && s.accf)
+		dp_qact_avx512_panels(&j->a, p0, p1, &s);
+	else
+		__atomic_store_n(&j->failed, true, __ATOMIC_RELAXED);
+	free(s.t);
+	free(s.sw);
+	free(s.accf);
+}
+#endif
+
 static void qact_job_run(void *arg, int tid, int n)
 {
 	struct qact_job *j = arg;
-	uint32_t rows = j->w->rows;
+#if defined(__x86_64__)
+	if (j->vector) {
+		qact_panels_run(j, tid, n);
+		return;
+	}
+#endif
+	uint32_t rows = j->a.w->rows;
 	uint32_t r0 = (uint32_t)((uint64_t)rows * tid / n), r1 = (uint32_t)((uint64_t)rows * (tid + 1) / n);
 	if (r0 >= r1)
 		return;
-	uint32_t K = j->w->cols, nkb = (K + j->w->kblock - 1) / j->w->kblock;
+	uint32_t K = j->a.w->cols, nkb = (K + j->a.w->kblock - 1) / j->a.w->kblock;
 	double *wv = malloc(K * sizeof(double));
 	float *sw = malloc(nkb * sizeof(float));
 	if (wv && sw)
@@ -308,6 +366,14 @@ static void qact_job_run(void *arg, int tid, int n)
 		__atomic_store_n(&j->failed, true, __ATOMIC_RELAXED);
 	free(wv);
 	free(sw);
+}
+
+/* Whether the vector path takes w: full blocks of the widths it knows. */
+static bool qact_vector_fits(const struct dp_qmat *w)
+{
+	if (w->dtype == DP_DTYPE_E4M3)
+		return w->kblock == DP_GPU_E4M3_BLOCK && w->cols % DP_GPU_E4M3_BLOCK == 0;
+	return w->kblock == DP_GPU_E2M1_BLOCK && w->cols % DP_GPU_E2M1_BLOCK == 0;
 }
 
 int dp_qact_run(struct dp_cpu_pool *pool, enum dp_gpu_isa isa, const struct dp_qmat *w,
@@ -320,26 +386,21 @@ int dp_qact_run(struct dp_cpu_pool *pool, enum dp_gpu_isa isa, const struct dp_q
 	uint32_t K = w->cols, nab = (K + DP_GPU_ACT_BLOCK - 1) / DP_GPU_ACT_BLOCK;
 	double *xa = malloc((size_t)M * K * sizeof(double));
 	float *sa = malloc((size_t)M * nab * sizeof(float));
-	uint8_t codes[DP_GPU_ACT_BLOCK];
 	if (!xa || !sa) {
 		free(xa);
 		free(sa);
 		return -ENOMEM;
 	}
-	for (uint32_t m = 0; m < M; m++)
-		for (uint32_t b = 0; b < nab; b++) {
-			uint32_t k0 = b * DP_GPU_ACT_BLOCK;
-			uint32_t len = K - k0 < DP_GPU_ACT_BLOCK ? K - k0 : DP_GPU_ACT_BLOCK;
-			sa[(size_t)m * nab + b] = quant_block(x + m * ldx + k0, len, false, codes);
-			for (uint32_t k = 0; k < len; k++)
-				xa[(size_t)m * K + k0 + k] = dp_e4m3_to_f32(codes[k]);
-		}
-	struct qact_job j = { .w = w, .xa = xa, .sa = sa, .nab = nab, .M = M, .y = y, .ldy = ldy,
-			      .acc = acc, .dot = block_dot_portable };
+	struct qact_job j = { .a = { .w = w, .xa = xa, .sa = sa, .nab = nab, .M = M, .y = y,
+				     .ldy = ldy, .acc = acc },
+			      .x = x, .ldx = ldx, .dot = block_dot_portable };
+	/* each activation row is quantized once, by one thread, before any product */
+	dp_cpu_pool_run(pool, qact_quant_run, &j);
 #if defined(__x86_64__)
 	/* the backend's kernel path (DP_CPU_ISA=portable keeps the portable sum) */
 	if (isa == DP_GPU_ISA_AVX2 || isa == DP_GPU_ISA_AVX512)
 		j.dot = block_dot_avx2;
+	j.vector = isa == DP_GPU_ISA_AVX512 && qact_vector_fits(w);
 #endif
 	dp_cpu_pool_run(pool, qact_job_run, &j);
 	free(xa);

@@ -164,6 +164,39 @@ void dp_qmm_run(const struct dp_qmm_isa *k, struct dp_cpu_pool *pool, float *til
  * 0, -EINVAL (another dtype) or -ENOMEM. */
 int dp_qact_run(struct dp_cpu_pool *pool, enum dp_gpu_isa isa, const struct dp_qmat *w,
 		const float *x, size_t ldx, uint32_t M, float *y, size_t ldy, bool acc);
+/* The product's vector path: panels of DP_QACT_NR weight rows decoded
+ * DP_QACT_KC columns at a time into doubles (16 KiB per thread). Taken for an
+ * E4M3 matrix with 128-wide blocks or an E2M1 one with 32-wide blocks whose
+ * cols is a multiple of the block; other shapes take the portable path. */
+#define DP_QACT_NR 8
+#define DP_QACT_KC 256
+
+/* One product, as the threads share it. */
+struct dp_qact_args {
+	const struct dp_qmat *w;
+	const double *xa; /* [M][cols] the activation's e4m3 values, unscaled (exact) */
+	const float *sa;  /* [M][nab] their scales */
+	uint32_t nab;	  /* activation blocks per row */
+	uint32_t M;
+	float *y;
+	size_t ldy;
+	bool acc;
+};
+
+/* A thread's buffers for the vector path. */
+struct dp_qact_scratch {
+	double *t;   /* [DP_QACT_NR][DP_QACT_KC] decoded weights */
+	float *sw;   /* [DP_QACT_KC / 32][DP_QACT_NR] their scales */
+	float *accf; /* [panels][M][DP_QACT_NR] the fp32 accumulators */
+};
+
+#if defined(__x86_64__)
+/* Panels [p0, p1) (rows p0 * DP_QACT_NR .. , fewer at the end) of the product,
+ * AVX-512 F/BW/VL (qmm-act-avx512.c): y's bits are the portable path's. */
+void dp_qact_avx512_panels(const struct dp_qact_args *j, uint32_t p0, uint32_t p1,
+			   struct dp_qact_scratch *s);
+#endif
+
 /* The round op (gpu.h, dp_gpu_ops.round) on host memory. */
 int dp_qact_round(float *x, uint32_t rows, uint32_t ld, uint32_t cols, enum dp_gpu_round how);
 

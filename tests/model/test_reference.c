@@ -626,3 +626,130 @@ Test(reference, numerics_names_parse_and_print)
 	cr_expect_str_eq(dp_v4_numerics_name(DP_V4_NUMERICS_REFERENCE), "reference");
 	cr_expect_null(dp_v4_numerics_name(DP_V4_NUMERICS_MAX));
 }
+
+/* ---- 5. every kernel path gives the portable path's bits ----------------------------------- */
+
+static uint64_t path_seed = 7;
+
+static uint32_t path_rand(void)
+{
+	uint64_t z = (path_seed += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+/* An activation whose 128-blocks span the cases that matter: zeros (amax
+ * floor), tiny values (e4m3 subnormals), ordinary ones, a wide range in one
+ * block, -0. */
+static float path_activation(size_t i)
+{
+	uint32_t blk = (uint32_t)(i / DP_GPU_ACT_BLOCK) % 5, r = path_rand();
+	float u = (float)((int)(r % 2001) - 1000) / 1000;
+	switch (blk) {
+	case 0:
+		return r % 7 ? 0.0f : -0.0f;
+	case 1:
+		return u * 0x1p-20f;
+	case 2:
+		return u;
+	case 3:
+		return u * ldexpf(1.0f, (int)(r >> 24) % 24 - 12);
+	default:
+		return u * 300.0f;
+	}
+}
+
+/* The act-quantized product on `isa` and on the portable path, same inputs;
+ * y starts as `y0` (accumulate) and the strides are wider than the shapes. */
+static void expect_paths_agree(enum dp_gpu_isa isa, enum dp_dtype dt, enum dp_dtype sdt,
+			       uint32_t rows, uint32_t cols, uint32_t M, bool acc)
+{
+	struct dp_gpu *gp, *gv;
+	char err[256];
+	struct dp_gpu_opts op = { .threads = 3, .isa = DP_GPU_ISA_PORTABLE };
+	struct dp_gpu_opts ov = { .threads = 3, .isa = isa };
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, &op, &gp, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, &ov, &gv, err, sizeof(err)), 0, "%s", err);
+
+	size_t nb = (size_t)rows * dp_dtype_bytes(dt, cols), ns = dp_gpu_weight_scales(dt, rows, cols);
+	uint8_t *data = malloc(nb);
+	float *sf = malloc(ns * sizeof(float));
+	uint8_t *s8 = malloc(ns);
+	cr_assert(data && sf && s8);
+	for (size_t i = 0; i < nb; i++) {
+		data[i] = (uint8_t)path_rand();
+		if (dt == DP_DTYPE_E4M3 && (data[i] & 0x7f) == 0x7f)
+			data[i] ^= 1;
+	}
+	for (size_t i = 0; i < ns; i++) {
+		s8[i] = (uint8_t)(110 + path_rand() % 20);
+		sf[i] = ldexpf(1.0f, (int)(path_rand() % 20) - 10); /* Base: f32 powers of two */
+	}
+	const void *scale = sdt == DP_DTYPE_F32 ? (const void *)sf : (const void *)s8;
+	struct dp_gpu_weight wp, wv;
+	cr_assert_eq(dp_gpu_weight_upload_as(gp, data, scale, dt, sdt, 1, rows, cols, &wp), 0);
+	cr_assert_eq(dp_gpu_weight_upload_as(gv, data, scale, dt, sdt, 1, rows, cols, &wv), 0);
+	wp.act_quant = wv.act_quant = true;
+
+	uint32_t ldx = cols + 5, ldy = rows + 3;
+	float *x = malloc((size_t)M * ldx * sizeof(float));
+	float *yp = malloc((size_t)M * ldy * sizeof(float)), *yv = malloc((size_t)M * ldy * sizeof(float));
+	cr_assert(x && yp && yv);
+	for (size_t i = 0; i < (size_t)M * ldx; i++)
+		x[i] = path_activation(i % ldx);
+	for (size_t i = 0; i < (size_t)M * ldy; i++)
+		yp[i] = yv[i] = (float)((int)(path_rand() % 2001) - 1000) / 100;
+
+	cr_assert_eq(dp_gpu_ops(gp)->matmul(gp, x, ldx, &wp, 0, yp, ldy, M, acc), 0);
+	cr_assert_eq(dp_gpu_ops(gv)->matmul(gv, x, ldx, &wv, 0, yv, ldy, M, acc), 0);
+	size_t bad = 0, first = 0;
+	for (size_t i = 0; i < (size_t)M * ldy; i++)
+		if (memcmp(&yp[i], &yv[i], sizeof(float)) && !bad++)
+			first = i;
+	cr_expect_eq(bad, 0,
+		     "%s %s %ux%u M=%u acc=%d: %zu outputs differ from the portable path's, first [%zu] %a vs %a",
+		     dp_gpu_isa_name(isa), dt == DP_DTYPE_E4M3 ? "fp8" : "fp4", rows, cols, M, acc, bad,
+		     first, (double)yv[first], (double)yp[first]);
+	dp_gpu_weight_free(gp, &wp);
+	dp_gpu_weight_free(gv, &wv);
+	dp_gpu_free(gp);
+	dp_gpu_free(gv);
+	free(data);
+	free(sf);
+	free(s8);
+	free(x);
+	free(yp);
+	free(yv);
+}
+
+static void expect_isa_agrees(enum dp_gpu_isa isa)
+{
+	struct dp_gpu *g;
+	struct dp_gpu_opts o = { .isa = isa };
+	if (dp_gpu_new(DP_GPU_CPU, &o, &g, NULL, 0) == -ENOTSUP)
+		cr_skip_test("this CPU has no %s", dp_gpu_isa_name(isa));
+	dp_gpu_free(g);
+	static const uint32_t Ms[] = { 1, 2, 3, 8, 9, 64 };
+	for (size_t m = 0; m < sizeof(Ms) / sizeof(Ms[0]); m++) {
+		bool acc = m % 2;
+		/* rows not a multiple of a panel, cols not a multiple of a chunk */
+		expect_paths_agree(isa, DP_DTYPE_E4M3, DP_DTYPE_E8M0, 141, 384, Ms[m], acc);
+		expect_paths_agree(isa, DP_DTYPE_E2M1, DP_DTYPE_E8M0, 67, 288, Ms[m], acc);
+		expect_paths_agree(isa, DP_DTYPE_E4M3, DP_DTYPE_F32, 130, 512, Ms[m], !acc);
+		expect_paths_agree(isa, DP_DTYPE_E2M1, DP_DTYPE_F32, 16, 96, Ms[m], !acc);
+	}
+	/* short shapes that take the fallbacks: fewer rows than a panel, cols off the block */
+	expect_paths_agree(isa, DP_DTYPE_E4M3, DP_DTYPE_E8M0, 5, 200, 3, false);
+	expect_paths_agree(isa, DP_DTYPE_E2M1, DP_DTYPE_E8M0, 3, 50, 2, true);
+}
+
+Test(reference_paths, avx512_act_products_are_the_portable_products_bit_for_bit, .timeout = 120)
+{
+	expect_isa_agrees(DP_GPU_ISA_AVX512);
+}
+
+Test(reference_paths, avx2_act_products_are_the_portable_products_bit_for_bit, .timeout = 120)
+{
+	expect_isa_agrees(DP_GPU_ISA_AVX2);
+}
