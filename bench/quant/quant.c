@@ -39,6 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "base/macros.h"
 #include "bench/bench-util.h"
@@ -252,9 +254,8 @@ static int load(const struct opts *o, const struct dp_v4_load_opts *lo, struct l
 }
 
 struct decode {
-	double s;		   /* best round's decode time */
-	struct dp_v4_expert_stats st; /* over the best round's steps */
-	float *last;		   /* logits of the last step, B x V */
+	double s;			/* decode time */
+	struct dp_v4_expert_stats st;	/* over the decode steps */
 };
 
 static void stats_sub(struct dp_v4_expert_stats *a, const struct dp_v4_expert_stats *b)
@@ -270,55 +271,40 @@ static void stats_sub(struct dp_v4_expert_stats *a, const struct dp_v4_expert_st
 	a->fill_ns -= b->fill_ns;
 }
 
-/* B sequences prefill P tokens each (one by one), then N greedy decode steps of
- * the whole batch, `rounds` times on fresh sequences; the fastest round counts. */
-static int run_decode(const struct opts *o, struct loaded *l, uint32_t B, struct decode *d)
+/* B sequences prefill P tokens each (one by one), then N greedy decode steps of the whole
+ * batch; the last step's logits (B x V) to logits. */
+static int run_decode(const struct opts *o, struct loaded *l, uint32_t B, struct decode *d,
+		      float *logits)
 {
 	uint32_t V = (uint32_t)dp_v4_model_config(l->m)->vocab_size;
 	struct dp_v4_seq **seq = calloc(B, sizeof(*seq));
 	struct dp_v4_batch_item *it = calloc(B, sizeof(*it));
 	int32_t *next = calloc(B, sizeof(*next)), *prompt = malloc(o->P * sizeof(int32_t));
-	float *logits = malloc((size_t)B * V * sizeof(float));
-	int r = seq && it && next && prompt && logits ? 0 : -ENOMEM;
-	d->s = 0;
-	for (uint32_t round = 0; r == 0 && round < o->rounds; round++) {
-		for (uint32_t b = 0; r == 0 && b < B; b++) {
-			stream_tokens(14, b, V, prompt, o->P);
-			struct dp_v4_batch_item one = { 0 };
-			if ((r = dp_v4_seq_new(l->m, &seq[b])) < 0)
-				break;
-			one = (struct dp_v4_batch_item){ seq[b], prompt, o->P, false };
-			if ((r = dp_v4_forward(l->m, &one, 1, logits)) == 0)
-				next[b] = argmax(logits, V);
-		}
-		struct dp_v4_expert_stats s0, s1;
-		dp_v4_model_expert_stats(l->m, &s0);
-		double t0 = dp_clock_s();
-		for (uint32_t s = 0; r == 0 && s < o->N; s++) {
-			for (uint32_t b = 0; b < B; b++)
-				it[b] = (struct dp_v4_batch_item){ seq[b], &next[b], 1, false };
-			if ((r = dp_v4_forward(l->m, it, B, logits)) < 0)
-				break;
-			for (uint32_t b = 0; b < B; b++)
-				next[b] = argmax(logits + (size_t)b * V, V);
-		}
-		double dt = dp_clock_s() - t0;
-		dp_v4_model_expert_stats(l->m, &s1);
-		stats_sub(&s1, &s0);
-		if (r == 0 && (d->s == 0 || dt < d->s)) {
-			d->s = dt;
-			d->st = s1;
-		}
-		for (uint32_t b = 0; b < B; b++) {
-			dp_v4_seq_free(seq[b]);
-			seq[b] = NULL;
-		}
+	int r = seq && it && next && prompt ? 0 : -ENOMEM;
+	for (uint32_t b = 0; r == 0 && b < B; b++) {
+		stream_tokens(14, b, V, prompt, o->P);
+		if ((r = dp_v4_seq_new(l->m, &seq[b])) < 0)
+			break;
+		struct dp_v4_batch_item one = { seq[b], prompt, o->P, false };
+		if ((r = dp_v4_forward(l->m, &one, 1, logits)) == 0)
+			next[b] = argmax(logits, V);
 	}
-	if (r == 0) {
-		d->last = logits;
-		logits = NULL;
+	struct dp_v4_expert_stats s0;
+	dp_v4_model_expert_stats(l->m, &s0);
+	double t0 = dp_clock_s();
+	for (uint32_t s = 0; r == 0 && s < o->N; s++) {
+		for (uint32_t b = 0; b < B; b++)
+			it[b] = (struct dp_v4_batch_item){ seq[b], &next[b], 1, false };
+		if ((r = dp_v4_forward(l->m, it, B, logits)) < 0)
+			break;
+		for (uint32_t b = 0; b < B; b++)
+			next[b] = argmax(logits + (size_t)b * V, V);
 	}
-	free(logits);
+	d->s = dp_clock_s() - t0;
+	dp_v4_model_expert_stats(l->m, &d->st);
+	stats_sub(&d->st, &s0);
+	for (uint32_t b = 0; seq && b < B; b++)
+		dp_v4_seq_free(seq[b]);
 	free(seq);
 	free(it);
 	free(next);
@@ -326,29 +312,135 @@ static int run_decode(const struct opts *o, struct loaded *l, uint32_t B, struct
 	return r;
 }
 
-/* One sequence, n tokens in one forward, `rounds` times; the fastest counts. */
+/* One fresh sequence, o->prefill tokens in one forward. */
 static int run_prefill(const struct opts *o, struct loaded *l, double *ret_s)
 {
 	uint32_t V = (uint32_t)dp_v4_model_config(l->m)->vocab_size;
 	int32_t *tok = malloc(o->prefill * sizeof(int32_t));
 	float *logits = malloc((size_t)V * sizeof(float));
+	struct dp_v4_seq *s = NULL;
 	int r = tok && logits ? 0 : -ENOMEM;
-	*ret_s = 0;
-	for (uint32_t round = 0; r == 0 && round < o->rounds; round++) {
-		struct dp_v4_seq *s;
-		stream_tokens(1000 + round, 0, V, tok, o->prefill);
-		if ((r = dp_v4_seq_new(l->m, &s)) < 0)
-			break;
+	if (r == 0) {
+		stream_tokens(1000, 0, V, tok, o->prefill);
+		r = dp_v4_seq_new(l->m, &s);
+	}
+	if (r == 0) {
 		struct dp_v4_batch_item one = { s, tok, o->prefill, false };
 		double t0 = dp_clock_s();
 		r = dp_v4_forward(l->m, &one, 1, logits);
-		double dt = dp_clock_s() - t0;
-		dp_v4_seq_free(s);
-		if (r == 0 && (*ret_s == 0 || dt < *ret_s))
-			*ret_s = dt;
+		*ret_s = dp_clock_s() - t0;
 	}
+	dp_v4_seq_free(s);
 	free(tok);
 	free(logits);
+	return r;
+}
+
+/* ---- one run in a child process: its RSS is the run's own ------------------------ */
+
+struct mode {
+	enum dp_v4_experts_where where;
+	uint32_t pct, slots; /* paged: % of E, slots a layer */
+	char name[16];
+};
+
+struct result {
+	int ret; /* 0, or the failure's negative errno */
+	double load_s, prefill_s;
+	struct decode dec[MAX_BATCHES];
+	long rss_kib, hwm_kib;
+	struct dp_v4_weight_stats ws;
+};
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	for (const char *c = p; n;) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+	for (char *c = p; n;) {
+		ssize_t r = read(fd, c, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		c += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* Load the model as mode says and run every batch (and the prefill, if asked); the result
+ * and each batch's last logits go to fd. */
+static void child(const struct opts *o, const struct mode *md, bool prefill, uint32_t V, int fd)
+{
+	struct result res = { 0 };
+	struct loaded l;
+	struct dp_v4_load_opts lo = { .experts = md->where, .expert_slots = md->slots };
+	uint32_t maxB = 0;
+	for (uint32_t i = 0; i < o->n_batches; i++)
+		maxB = o->batches[i] > maxB ? o->batches[i] : maxB;
+	float *logits = calloc((size_t)maxB * o->n_batches * V, sizeof(float));
+	res.ret = logits ? load(o, &lo, &l) : -ENOMEM;
+	if (res.ret == 0) {
+		res.load_s = l.load_s;
+		for (uint32_t i = 0; res.ret == 0 && i < o->n_batches; i++)
+			if ((res.ret = run_decode(o, &l, o->batches[i], &res.dec[i],
+						  logits + (size_t)i * maxB * V)) < 0)
+				fprintf(stderr, "bench-quant: %s: decode at batch %u: %s\n", md->name,
+					o->batches[i], strerror(-res.ret));
+		if (res.ret == 0 && prefill && (res.ret = run_prefill(o, &l, &res.prefill_s)) < 0)
+			fprintf(stderr, "bench-quant: %s: prefill of %u tokens: %s\n", md->name,
+				o->prefill, strerror(-res.ret));
+		res.rss_kib = rss_kib("VmRSS");
+		res.hwm_kib = rss_kib("VmHWM");
+		dp_v4_model_weight_stats(l.m, &res.ws);
+		unload(&l);
+	}
+	if (write_all(fd, &res, sizeof(res)) < 0 ||
+	    (logits && write_all(fd, logits, (size_t)maxB * o->n_batches * V * sizeof(float)) < 0))
+		_exit(1);
+	_exit(0);
+}
+
+/* Fork a child for mode; its result to *res, its logits to logits (maxB x n_batches x V). */
+static int run_child(const struct opts *o, const struct mode *md, bool prefill, uint32_t V,
+		     size_t n_logits, struct result *res, float *logits)
+{
+	int fds[2];
+	if (pipe(fds) < 0)
+		return -errno;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return -errno;
+	}
+	if (pid == 0) {
+		close(fds[0]);
+		child(o, md, prefill, V, fds[1]);
+	}
+	close(fds[1]);
+	int r = read_all(fds[0], res, sizeof(*res)) < 0 ? -EPIPE : res->ret;
+	if (r == 0 && read_all(fds[0], logits, n_logits * sizeof(float)) < 0)
+		r = -EPIPE;
+	close(fds[0]);
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (r == 0 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		r = -ECHILD;
 	return r;
 }
 
@@ -448,168 +540,208 @@ int main(int argc, char **argv)
 	if (parse_opts(argc, argv, &o) < 0)
 		return 2;
 
-	double bw0 = stream_gbs(&o, 8);
-	struct loaded dev;
-	struct dp_v4_load_opts lo = { 0 };
-	if (load(&o, &lo, &dev) < 0)
+	char path[4096], err[512] = "";
+	struct dp_v4_config c;
+	snprintf(path, sizeof(path), "%s/config.json", o.dir);
+	if (dp_v4_config_load(path, &c, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench-quant: %s: %s\n", path, err);
 		return 1;
-	const struct dp_v4_config *c = dp_v4_model_config(dev.m);
-	uint32_t L = (uint32_t)c->num_hidden_layers, E = (uint32_t)c->n_routed_experts;
-	uint32_t k = (uint32_t)c->num_experts_per_tok, V = (uint32_t)c->vocab_size;
+	}
+	uint32_t L = (uint32_t)c.num_hidden_layers, E = (uint32_t)c.n_routed_experts;
+	uint32_t k = (uint32_t)c.num_experts_per_tok, V = (uint32_t)c.vocab_size;
 	struct bytes by;
-	char err[512] = "";
-	if (count_bytes(o.dir, c, &by, err, sizeof(err)) < 0) {
+	if (count_bytes(o.dir, &c, &by, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench-quant: %s: %s\n", o.dir, err);
 		return 1;
 	}
-	printf("bench-quant: %s: %u layers, %u experts top-%u, vocab %u; cpu backend, %d threads\n"
-	       "  checkpoint %.1f MiB: dense %.1f MiB a step, routed experts %.1f MiB (%.2f MiB each), "
-	       "MTP %.1f MiB (not loaded), %.1f KiB a token (embedding, tid2eid rows)\n"
-	       "  read bandwidth (STREAM-like, %d threads, %zu MiB): %.2f GB/s before the runs\n",
-	       o.dir, L, E, k, V, o.threads, mib(by.file), mib(by.dense), mib(by.experts_all),
-	       mib(by.expert), mib(by.mtp), by.per_token / 1024.0, o.threads, o.stream_bytes >> 20, bw0);
+	dp_v4_config_fini(&c);
 
-	/* device: decode at each batch, the prefill */
-	struct decode dd[MAX_BATCHES] = { 0 };
-	int status = 0;
-	for (uint32_t i = 0; i < o.n_batches; i++)
-		if (run_decode(&o, &dev, o.batches[i], &dd[i]) < 0) {
-			fprintf(stderr, "bench-quant: device decode at batch %u failed\n", o.batches[i]);
-			return 1;
-		}
-	double pre_s = 0;
-	if (o.prefill && run_prefill(&o, &dev, &pre_s) < 0) {
-		fprintf(stderr, "bench-quant: prefill of %u tokens failed\n", o.prefill);
-		return 1;
-	}
-	long dev_rss = rss_kib("VmRSS");
-	struct dp_v4_weight_stats ws;
-	dp_v4_model_weight_stats(dev.m, &ws);
-	double dev_load = dev.load_s;
-	unload(&dev);
-
-	/* paged runs: the same decode per batch, logits checked against the device run's */
-	struct prow {
-		const char *where;
-		uint32_t pct, slots;
-		double load_s, tps[MAX_BATCHES];
-		long rss;
-		struct dp_v4_expert_stats st[MAX_BATCHES];
-		bool same;
-	} rows[2 * MAX_SLOTS];
-	uint32_t n_rows = 0;
-	/* distinct experts a step picks, per batch: from a paged run (same routing) */
-	double picked[MAX_BATCHES];
-	bool measured = false;
-	for (uint32_t i = 0; i < o.n_batches; i++)
-		picked[i] = L * E * (1.0 - pow(1.0 - (double)k / E, o.batches[i]));
+	/* the runs: resident, then each paged mode; interleaved, o.rounds times */
+	struct mode modes[1 + 2 * MAX_SLOTS] = { { DP_V4_EXPERTS_DEVICE, 100, E, "device" } };
+	uint32_t n_modes = 1;
 	for (int w = 0; w < 2; w++) {
 		if ((w == 0 && !o.dram) || (w == 1 && !o.nvme))
 			continue;
 		for (uint32_t si = 0; si < o.n_slots; si++) {
-			uint32_t slots = (E * o.slots_pct[si] + 99) / 100;
-			if (slots < k)
-				slots = k;
-			struct dp_v4_load_opts po = { .experts = w ? DP_V4_EXPERTS_NVME : DP_V4_EXPERTS_DRAM,
-						      .expert_slots = slots };
-			struct prow *pr = &rows[n_rows];
-			*pr = (struct prow){ .where = w ? "nvme" : "dram", .pct = o.slots_pct[si],
-					     .slots = slots, .same = true };
-			struct loaded pl;
-			if (load(&o, &po, &pl) < 0) {
+			struct mode *md = &modes[n_modes++];
+			md->where = w ? DP_V4_EXPERTS_NVME : DP_V4_EXPERTS_DRAM;
+			md->pct = o.slots_pct[si];
+			md->slots = (E * md->pct + 99) / 100;
+			md->slots = md->slots < k ? k : md->slots > E ? E : md->slots;
+			snprintf(md->name, sizeof(md->name), "%s %u%%", w ? "nvme" : "dram", md->pct);
+		}
+	}
+	uint32_t maxB = 0;
+	for (uint32_t i = 0; i < o.n_batches; i++)
+		maxB = o.batches[i] > maxB ? o.batches[i] : maxB;
+	size_t n_logits = (size_t)maxB * o.n_batches * V;
+	float *ref = calloc(n_logits, sizeof(float)), *got = calloc(n_logits, sizeof(float));
+	struct result best[1 + 2 * MAX_SLOTS];
+	bool have[1 + 2 * MAX_SLOTS] = { false }, same[1 + 2 * MAX_SLOTS];
+	if (!ref || !got)
+		return 1;
+
+	printf("bench-quant: %s: %u layers, %u experts top-%u, vocab %u; cpu backend, %d threads; "
+	       "decode %u steps after %u-token prompts, best of %u interleaved rounds\n"
+	       "  checkpoint %.1f MiB: dense %.1f MiB a step, routed experts %.1f MiB (%.2f MiB each), "
+	       "MTP %.1f MiB (not loaded), %.1f KiB a token (embedding, tid2eid rows)\n",
+	       o.dir, L, E, k, V, o.threads, o.N, o.P, o.rounds, mib(by.file), mib(by.dense),
+	       mib(by.experts_all), mib(by.expert), mib(by.mtp), by.per_token / 1024.0);
+	fflush(stdout);
+	double bw = 0, bws[16];
+	uint32_t n_bw = 0;
+	int status = 0;
+	for (uint32_t round = 0; round < o.rounds; round++) {
+		double g = stream_gbs(&o, 6);
+		if (n_bw < 16)
+			bws[n_bw++] = g;
+		bw = g > bw ? g : bw;
+		for (uint32_t mi = 0; mi < n_modes; mi++) {
+			struct result res;
+			float *lg = mi == 0 && round == 0 ? ref : got;
+			int r = run_child(&o, &modes[mi], mi == 0 && o.prefill, V, n_logits, &res, lg);
+			if (r < 0) {
+				fprintf(stderr, "bench-quant: %s run failed: %s\n", modes[mi].name, strerror(-r));
 				status = 1;
 				continue;
 			}
-			pr->load_s = pl.load_s;
-			for (uint32_t i = 0; i < o.n_batches; i++) {
-				struct decode d = { 0 };
-				if (run_decode(&o, &pl, o.batches[i], &d) < 0) {
-					fprintf(stderr, "bench-quant: %s %u%% decode at batch %u failed\n",
-						pr->where, pr->pct, o.batches[i]);
-					status = 1;
-					pr->same = false;
-					continue;
-				}
-				pr->tps[i] = (double)o.batches[i] * o.N / d.s;
-				pr->st[i] = d.st;
-				if (memcmp(d.last, dd[i].last, (size_t)o.batches[i] * V * sizeof(float)))
-					pr->same = false;
-				if (!measured || w == 0)
-					picked[i] = (double)d.st.uses / o.N;
-				free(d.last);
+			fprintf(stderr, "bench-quant: round %u %s: load %.1f s, decode", round + 1,
+				modes[mi].name, res.load_s);
+			for (uint32_t i = 0; i < o.n_batches; i++)
+				fprintf(stderr, " b%u %.2f tok/s", o.batches[i],
+					o.batches[i] * o.N / res.dec[i].s);
+			fprintf(stderr, "\n");
+			if (!have[mi]) {
+				best[mi] = res;
+				same[mi] = true;
 			}
-			measured = true;
-			pr->rss = rss_kib("VmRSS");
-			unload(&pl);
-			if (!pr->same)
-				status = 1;
-			n_rows++;
+			if (lg != ref && memcmp(lg, ref, n_logits * sizeof(float)))
+				same[mi] = false;
+			for (uint32_t i = 0; have[mi] && i < o.n_batches; i++)
+				if (res.dec[i].s < best[mi].dec[i].s)
+					best[mi].dec[i] = res.dec[i];
+			if (have[mi] && res.prefill_s > 0 && res.prefill_s < best[mi].prefill_s)
+				best[mi].prefill_s = res.prefill_s;
+			if (have[mi] && res.hwm_kib > best[mi].hwm_kib)
+				best[mi].hwm_kib = res.hwm_kib, best[mi].rss_kib = res.rss_kib;
+			have[mi] = true;
 		}
 	}
-	double bw1 = stream_gbs(&o, 8), bw = bw0 > bw1 ? bw0 : bw1;
+	double g = stream_gbs(&o, 6);
+	if (n_bw < 16)
+		bws[n_bw++] = g;
+	bw = g > bw ? g : bw;
+	if (!have[0]) {
+		fprintf(stderr, "bench-quant: the resident run failed: nothing to report\n");
+		return 1;
+	}
 
-	printf("  read bandwidth after the runs: %.2f GB/s; the bound uses %.2f GB/s\n"
-	       "  routed experts a decode step reads: %s\n\n",
-	       bw1, bw, measured ? "counted by the paged runs (same tokens, same routing)"
-				 : "expected under uniform routing (no paged run)");
-	printf("%-22s %10s %10s %10s %8s %10s\n", "run", "MiB/step", "tok/s", "bound", "% bound",
-	       "RSS MiB");
+	/* distinct experts a decode step reads: the first paged run's count (same tokens, same
+	 * routing, bitwise the same logits), else the expectation under uniform routing */
+	double picked[MAX_BATCHES];
+	int from = -1;
+	for (uint32_t mi = 1; mi < n_modes && from < 0; mi++)
+		if (have[mi] && same[mi])
+			from = (int)mi;
+	for (uint32_t i = 0; i < o.n_batches; i++)
+		picked[i] = from >= 0 ? (double)best[from].dec[i].st.uses / o.N
+				      : L * E * (1.0 - pow(1.0 - (double)k / E, o.batches[i]));
+
+	printf("  read bandwidth (STREAM-like read of %zu MiB, %d threads, before each round and "
+	       "after):", o.stream_bytes >> 20, o.threads);
+	for (uint32_t i = 0; i < n_bw; i++)
+		printf(" %.2f", bws[i]);
+	printf(" GB/s; the bound uses the best, %.2f GB/s\n"
+	       "  routed experts a decode step reads: %s\n\n", bw,
+	       from >= 0 ? "counted by a paged run (same tokens, same routing)"
+			 : "expected under uniform routing (no paged run)");
+
+	struct result *dv = &best[0];
+	printf("%-16s %9s %9s %9s %8s %9s %9s\n", "experts resident", "MiB/step", "experts", "tok/s",
+	       "bound", "% bound", "RSS MiB");
 	for (uint32_t i = 0; i < o.n_batches; i++) {
 		uint32_t B = o.batches[i];
 		double bytes = by.dense + picked[i] * by.expert + (double)B * by.per_token;
-		double tps = (double)B * o.N / dd[i].s, bound = B / (bytes / (bw * 1e9));
+		double tps = (double)B * o.N / dv->dec[i].s, bound = B / (bytes / (bw * 1e9));
 		char name[32];
 		snprintf(name, sizeof(name), "decode batch %u", B);
-		printf("%-22s %10.1f %10.2f %10.2f %8.1f %10.0f\n", name, bytes / 1048576.0, tps, bound,
-		       100 * tps / bound, dev_rss / 1024.0);
+		printf("%-16s %9.1f %9.1f %9.2f %8.2f %9.1f %9.0f\n", name, bytes / 1048576.0,
+		       picked[i], tps, bound, 100 * tps / bound, dv->hwm_kib / 1024.0);
+	}
+	if (o.prefill) {
+		double bytes = by.dense + (double)L * E * by.expert + (double)o.prefill * by.per_token;
+		double tps = o.prefill / dv->prefill_s, bound = o.prefill / (bytes / (bw * 1e9));
+		char name[32];
+		snprintf(name, sizeof(name), "prefill %u", o.prefill);
+		printf("%-16s %9.1f %9.1f %9.2f %8.2f %9.1f %9.0f\n", name, bytes / 1048576.0,
+		       (double)L * E, tps, bound, 100 * tps / bound, dv->hwm_kib / 1024.0);
+	}
+	printf("(\"experts\": distinct (layer, expert) pairs a step reads; RSS: the run's peak, "
+	       "VmHWM)\n\nresident run: RSS %.0f MiB (peak %.0f) for a %.0f MiB checkpoint (%.0f MiB of "
+	       "it MTP, not loaded); backend-owned %.0f MiB, mapped in place %.0f MiB; load %.1f s\n",
+	       dv->rss_kib / 1024.0, dv->hwm_kib / 1024.0, mib(by.file), mib(by.mtp),
+	       mib(dv->ws.owned_bytes), mib(dv->ws.mapped_bytes), dv->load_s);
+
+	printf("\n%-10s %5s %8s %7s", "experts", "slots", "RSS MiB", "load s");
+	for (uint32_t i = 0; i < o.n_batches; i++) {
+		char h[16];
+		snprintf(h, sizeof(h), "b%u tok/s", o.batches[i]);
+		printf(" %9s %6s %5s", h, "ratio", "hit%");
+	}
+	printf("  logits\n");
+	for (uint32_t mi = 0; mi < n_modes; mi++) {
+		struct result *r = &best[mi];
+		if (!have[mi])
+			continue;
+		printf("%-10s %5u %8.0f %7.1f", modes[mi].name, modes[mi].slots, r->hwm_kib / 1024.0,
+		       r->load_s);
+		for (uint32_t i = 0; i < o.n_batches; i++) {
+			double tps = (double)o.batches[i] * o.N / r->dec[i].s;
+			double a = (double)o.batches[i] * o.N / dv->dec[i].s;
+			printf(" %9.2f %6.2f %5.0f", tps, tps / a,
+			       r->dec[i].st.uses ? 100.0 * r->dec[i].st.hits / r->dec[i].st.uses : 100.0);
+		}
+		printf("  %s\n", mi == 0 ? "(anchor)" : same[mi] ? "identical" : "DIFFER");
+		if (mi && !same[mi])
+			status = 1;
+	}
+	printf("(bB tok/s: decode at batch B; ratio: to resident; hit%%: uses found in a slot; RSS: "
+	       "peak)\n\n");
+
+	for (uint32_t i = 0; i < o.n_batches; i++) {
+		uint32_t B = o.batches[i];
+		double bytes = by.dense + picked[i] * by.expert + (double)B * by.per_token;
+		double tps = (double)B * o.N / dv->dec[i].s, bound = B / (bytes / (bw * 1e9));
 		printf("RESULT quant_decode_b%u_tok_s ours=%.3f anchor=%.3f ratio=%.3f unit=tok/s "
 		       "better=higher anchor_is=bandwidth_bound\n", B, tps, bound, tps / bound);
 	}
 	if (o.prefill) {
 		double bytes = by.dense + (double)L * E * by.expert + (double)o.prefill * by.per_token;
-		double tps = o.prefill / pre_s, bound = o.prefill / (bytes / (bw * 1e9));
-		char name[32];
-		snprintf(name, sizeof(name), "prefill %u", o.prefill);
-		printf("%-22s %10.1f %10.2f %10.2f %8.1f %10.0f\n", name, bytes / 1048576.0, tps, bound,
-		       100 * tps / bound, dev_rss / 1024.0);
+		double tps = o.prefill / dv->prefill_s, bound = o.prefill / (bytes / (bw * 1e9));
 		printf("RESULT quant_prefill%u_tok_s ours=%.3f anchor=%.3f ratio=%.3f unit=tok/s "
 		       "better=higher anchor_is=bandwidth_bound\n", o.prefill, tps, bound, tps / bound);
 	}
-	printf("\nexperts: checkpoint %.0f MiB (routed experts %.0f MiB); device run: RSS %.0f MiB, "
-	       "load %.1f s, backend-owned %.0f MiB, mapped in place %.0f MiB\n",
-	       mib(by.file), mib(by.experts_all), dev_rss / 1024.0, dev_load, mib(ws.owned_bytes),
-	       mib(ws.mapped_bytes));
-	printf("%-12s %5s %8s %8s", "experts", "slots", "RSS MiB", "load s");
-	for (uint32_t i = 0; i < o.n_batches; i++)
-		printf("  b%u tok/s  ratio  hit%%", o.batches[i]);
-	printf("  logits\n%-12s %5u %8.0f %8.1f", "device", E, dev_rss / 1024.0, dev_load);
-	for (uint32_t i = 0; i < o.n_batches; i++)
-		printf("  %8.2f  %5.2f  %4s", (double)o.batches[i] * o.N / dd[i].s, 1.0, "100");
-	printf("  (anchor)\n");
-	for (uint32_t r = 0; r < n_rows; r++) {
-		struct prow *pr = &rows[r];
-		char name[32];
-		snprintf(name, sizeof(name), "%s %u%%", pr->where, pr->pct);
-		printf("%-12s %5u %8.0f %8.1f", name, pr->slots, pr->rss / 1024.0, pr->load_s);
+	printf("RESULT quant_rss_resident_mib ours=%.0f anchor=%.0f ratio=%.3f unit=MiB better=lower "
+	       "anchor_is=checkpoint_bytes\n", dv->hwm_kib / 1024.0, mib(by.file),
+	       dv->hwm_kib / 1024.0 / mib(by.file));
+	for (uint32_t mi = 1; mi < n_modes; mi++) {
+		if (!have[mi])
+			continue;
+		char tag[16];
+		snprintf(tag, sizeof(tag), "%s%u", modes[mi].where == DP_V4_EXPERTS_NVME ? "nvme" : "dram",
+			 modes[mi].pct);
 		for (uint32_t i = 0; i < o.n_batches; i++) {
-			double a = (double)o.batches[i] * o.N / dd[i].s;
-			printf("  %8.2f  %5.2f  %4.0f", pr->tps[i], pr->tps[i] / a,
-			       pr->st[i].uses ? 100.0 * pr->st[i].hits / pr->st[i].uses : 0.0);
+			double tps = (double)o.batches[i] * o.N / best[mi].dec[i].s;
+			double a = (double)o.batches[i] * o.N / dv->dec[i].s;
+			printf("RESULT quant_experts_%s_b%u_tok_s ours=%.3f anchor=%.3f ratio=%.3f "
+			       "unit=tok/s better=higher anchor_is=all_resident\n", tag, o.batches[i], tps,
+			       a, tps / a);
 		}
-		printf("  %s\n", pr->same ? "identical" : "DIFFER");
-		for (uint32_t i = 0; i < o.n_batches; i++) {
-			double a = (double)o.batches[i] * o.N / dd[i].s;
-			printf("RESULT quant_experts_%s%u_b%u_decode_tok_s ours=%.3f anchor=%.3f "
-			       "ratio=%.3f unit=tok/s better=higher anchor_is=all_resident rss_mib=%.0f "
-			       "checkpoint_mib=%.0f\n", pr->where, pr->pct, o.batches[i], pr->tps[i], a,
-			       pr->tps[i] / a, pr->rss / 1024.0, mib(by.file));
-		}
+		printf("RESULT quant_experts_%s_rss_mib ours=%.0f anchor=%.0f ratio=%.3f unit=MiB "
+		       "better=lower anchor_is=all_resident\n", tag, best[mi].hwm_kib / 1024.0,
+		       dv->hwm_kib / 1024.0, (double)best[mi].hwm_kib / dv->hwm_kib);
 	}
-	printf("RESULT quant_rss_device_mib ours=%.0f anchor=%.0f ratio=%.3f unit=MiB better=lower "
-	       "anchor_is=checkpoint_bytes\n", dev_rss / 1024.0, mib(by.file), dev_rss / 1024.0 / mib(by.file));
-	printf("RESULT quant_read_bandwidth_gbs ours=%.2f anchor=%.2f ratio=%.3f unit=GB/s "
-	       "better=higher anchor_is=before_runs\n", bw1, bw0, bw0 > 0 ? bw1 / bw0 : 0.0);
-	for (uint32_t i = 0; i < o.n_batches; i++)
-		free(dd[i].last);
+	free(ref);
+	free(got);
 	return status;
 }
