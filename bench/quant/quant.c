@@ -348,7 +348,7 @@ struct result {
 	int ret; /* 0, or the failure's negative errno */
 	double load_s, prefill_s;
 	struct decode dec[MAX_BATCHES];
-	long rss_kib, hwm_kib;
+	long rss_kib, hwm_kib, anon_kib, file_kib; /* at the end of the run */
 	struct dp_v4_weight_stats ws;
 };
 
@@ -404,6 +404,8 @@ static void child(const struct opts *o, const struct mode *md, bool prefill, uin
 				o->prefill, strerror(-res.ret));
 		res.rss_kib = rss_kib("VmRSS");
 		res.hwm_kib = rss_kib("VmHWM");
+		res.anon_kib = rss_kib("RssAnon");
+		res.file_kib = rss_kib("RssFile");
 		dp_v4_model_weight_stats(l.m, &res.ws);
 		unload(&l);
 	}
@@ -622,8 +624,12 @@ int main(int argc, char **argv)
 					best[mi].dec[i] = res.dec[i];
 			if (have[mi] && res.prefill_s > 0 && res.prefill_s < best[mi].prefill_s)
 				best[mi].prefill_s = res.prefill_s;
-			if (have[mi] && res.hwm_kib > best[mi].hwm_kib)
-				best[mi].hwm_kib = res.hwm_kib, best[mi].rss_kib = res.rss_kib;
+			if (have[mi] && res.hwm_kib > best[mi].hwm_kib) {
+				best[mi].hwm_kib = res.hwm_kib;
+				best[mi].rss_kib = res.rss_kib;
+				best[mi].anon_kib = res.anon_kib;
+				best[mi].file_kib = res.file_kib;
+			}
 			have[mi] = true;
 		}
 	}
@@ -677,12 +683,15 @@ int main(int argc, char **argv)
 		       (double)L * E, tps, bound, 100 * tps / bound, dv->hwm_kib / 1024.0);
 	}
 	printf("(\"experts\": distinct (layer, expert) pairs a step reads; RSS: the run's peak, "
-	       "VmHWM)\n\nresident run: RSS %.0f MiB (peak %.0f) for a %.0f MiB checkpoint (%.0f MiB of "
-	       "it MTP, not loaded); backend-owned %.0f MiB, mapped in place %.0f MiB; load %.1f s\n",
-	       dv->rss_kib / 1024.0, dv->hwm_kib / 1024.0, mib(by.file), mib(by.mtp),
+	       "VmHWM)\n\nresident run: RSS %.0f MiB (peak %.0f; %.0f anonymous, %.0f file-backed) for a "
+	       "%.0f MiB checkpoint (%.0f MiB of it MTP, not loaded); backend-owned %.0f MiB, mapped in "
+	       "place %.0f MiB; load %.1f s\n",
+	       dv->rss_kib / 1024.0, dv->hwm_kib / 1024.0, dv->anon_kib / 1024.0,
+	       dv->file_kib / 1024.0, mib(by.file), mib(by.mtp),
 	       mib(dv->ws.owned_bytes), mib(dv->ws.mapped_bytes), dv->load_s);
 
-	printf("\n%-10s %5s %8s %7s", "experts", "slots", "RSS MiB", "load s");
+	printf("\n%-10s %5s %8s %6s %6s %7s", "experts", "slots", "RSS MiB", "anon", "file",
+	       "load s");
 	for (uint32_t i = 0; i < o.n_batches; i++) {
 		char h[16];
 		snprintf(h, sizeof(h), "b%u tok/s", o.batches[i]);
@@ -693,8 +702,8 @@ int main(int argc, char **argv)
 		struct result *r = &best[mi];
 		if (!have[mi])
 			continue;
-		printf("%-10s %5u %8.0f %7.1f", modes[mi].name, modes[mi].slots, r->hwm_kib / 1024.0,
-		       r->load_s);
+		printf("%-10s %5u %8.0f %6.0f %6.0f %7.1f", modes[mi].name, modes[mi].slots,
+		       r->hwm_kib / 1024.0, r->anon_kib / 1024.0, r->file_kib / 1024.0, r->load_s);
 		for (uint32_t i = 0; i < o.n_batches; i++) {
 			double tps = (double)o.batches[i] * o.N / r->dec[i].s;
 			double a = (double)o.batches[i] * o.N / dv->dec[i].s;
@@ -706,7 +715,7 @@ int main(int argc, char **argv)
 			status = 1;
 	}
 	printf("(bB tok/s: decode at batch B; ratio: to resident; hit%%: uses found in a slot; RSS: "
-	       "peak)\n\n");
+	       "peak; anon, file: RssAnon, RssFile at the end, MiB)\n\n");
 
 	for (uint32_t i = 0; i < o.n_batches; i++) {
 		uint32_t B = o.batches[i];
