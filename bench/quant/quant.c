@@ -14,18 +14,21 @@
  * the same tokens to bitwise the same logits (when those runs are skipped,
  * the expected union under uniform routing, E (1 - (1 - k/E)^B), said so).
  * Read bandwidth: a STREAM-like read of a buffer well past the caches on the
- * same number of threads, best of several passes, measured before and after
- * the model runs (the larger is the bound's). bound tokens/s = B / (bytes /
- * bandwidth). KV and activations are left out of the bytes (a few MiB).
+ * same number of threads, best of several passes, measured before every
+ * round and at the end (the best is the bound's). bound tokens/s = B /
+ * (bytes / bandwidth). KV and activations are left out of the bytes (a few
+ * MiB).
  *
- * The runs, each on a fresh load of the model:
+ * The runs, each a fresh load of the model in a child process (so its RSS is
+ * its own), interleaved over --rounds (the fastest of each counts):
  *   device   every expert resident: decode at each batch, a P-token prefill;
  *   dram N%  experts paged from a host copy, N% of each layer's in slots;
  *   nvme N%  experts read from the checkpoint files by dualpathd's io thread
  *            (daemon/experts.h: O_DIRECT, io_uring), lookahead on;
- * with the process RSS after each (weights used in place from the mapped
- * shards count once touched) beside the checkpoint's bytes. Each paged run's
- * logits must equal the device run's bit for bit.
+ * with the run's peak RSS (weights used in place from the mapped shards count
+ * once touched, and so do pages the loader only read: anonymous and
+ * file-backed shown apart) beside the checkpoint's bytes. Each paged run's
+ * logits must equal the device run's bit for bit (exit status 1 otherwise).
  *
  * Usage: bench-quant --model DIR [--threads T] [--batches 1,4] [--decode N]
  *                    [--prompt-len P] [--prefill N] [--slots 25,50]
