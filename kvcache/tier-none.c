@@ -8,12 +8,12 @@
 #include <errno.h>
 #include <stdio.h>
 
-bool dp_kv_tier_rados_available(void)
+bool dp_kv_shared_rados_available(void)
 {
 	return false;
 }
 
-int dp_kv_tier_open(const struct dp_kv_tier_opts *opts, struct dp_kv_tier **ret, char *err,
+int dp_kv_shared_open(const struct dp_kv_shared_opts *opts, struct dp_kv_shared **ret, char *err,
 		    size_t err_len)
 {
 	(void)opts;
@@ -23,7 +23,7 @@ int dp_kv_tier_open(const struct dp_kv_tier_opts *opts, struct dp_kv_tier **ret,
 	return -EOPNOTSUPP;
 }
 
-void dp_kv_tier_close(struct dp_kv_tier *t)
+void dp_kv_shared_close(struct dp_kv_shared *t)
 {
 	(void)t;
 }

@@ -37,9 +37,9 @@ struct seg_hdr {
 	uint32_t version, n;
 	uint64_t page_bytes;
 	uint64_t xxh; /* of the header with this field 0 */
-	struct seg_entry ent[DP_KV_TIER_GROUP_PAGES];
+	struct seg_entry ent[DP_KV_SHARED_GROUP_PAGES];
 };
-_Static_assert(sizeof(struct seg_hdr) <= DP_KV_TIER_HEADER_BYTES, "segment header fits");
+_Static_assert(sizeof(struct seg_hdr) <= DP_KV_SHARED_HEADER_BYTES, "segment header fits");
 
 struct man_hdr {
 	char magic[8];
@@ -55,18 +55,18 @@ struct op {
 	rados_completion_t c;
 	rados_write_op_t wop;
 	rados_read_op_t rop;
-	dp_kv_tier_cb cb;
+	dp_kv_shared_cb cb;
 	void *arg;
 	char *buf; /* put: the segment; manifest: the framed manifest; get: the header */
 	size_t len;
 	/* get */
 	uint32_t n;
 	size_t page_bytes;
-	struct dp_kv_tier_page *pages;
+	struct dp_kv_shared_page *pages;
 	uint32_t *idx;
 	size_t *got; /* bytes read per range: [0] header, [1 + i] page i */
 	int *rv;
-	struct dp_kv_tier *t;
+	struct dp_kv_shared *t;
 };
 
 struct lease {
@@ -74,10 +74,10 @@ struct lease {
 	uint64_t epoch;
 };
 
-struct dp_kv_tier {
+struct dp_kv_shared {
 	rados_t cl;
 	rados_ioctx_t io;
-	char host_id[DP_KV_TIER_HOST_ID_MAX + 1];
+	char host_id[DP_KV_SHARED_HOST_ID_MAX + 1];
 	uint32_t lease_ms;
 	int efd;
 	pthread_mutex_t lock; /* done list only */
@@ -85,10 +85,10 @@ struct dp_kv_tier {
 	unsigned inflight;
 	struct lease *leases;
 	size_t n_leases, cap_leases;
-	struct dp_kv_tier_stats st;
+	struct dp_kv_shared_stats st;
 };
 
-bool dp_kv_tier_rados_available(void)
+bool dp_kv_shared_rados_available(void)
 {
 	return true;
 }
@@ -114,25 +114,25 @@ static void set_opt(rados_t cl, const char *k, uint32_t ms)
 	rados_conf_set(cl, k, v);
 }
 
-int dp_kv_tier_open(const struct dp_kv_tier_opts *o, struct dp_kv_tier **ret, char *err,
+int dp_kv_shared_open(const struct dp_kv_shared_opts *o, struct dp_kv_shared **ret, char *err,
 		    size_t err_len)
 {
 	if (!o || !ret || !o->pool || !o->pool[0]) {
 		snprintf(err, err_len, "shared tier: rados_pool must be set");
 		return -EINVAL;
 	}
-	if (!name_ok(o->host_id, DP_KV_TIER_HOST_ID_MAX)) {
+	if (!name_ok(o->host_id, DP_KV_SHARED_HOST_ID_MAX)) {
 		snprintf(err, err_len, "shared tier: host_id \"%s\" must be 1..%d characters of "
 				       "[A-Za-z0-9._-]", o->host_id ? o->host_id : "",
-			 DP_KV_TIER_HOST_ID_MAX);
+			 DP_KV_SHARED_HOST_ID_MAX);
 		return -EINVAL;
 	}
-	if (o->client && !name_ok(o->client, 128)) {
+	if (o->client && o->client[0] && !name_ok(o->client, 128)) {
 		snprintf(err, err_len, "shared tier: rados_client \"%s\" is not a client name",
 			 o->client);
 		return -EINVAL;
 	}
-	struct dp_kv_tier *t = calloc(1, sizeof(*t));
+	struct dp_kv_shared *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	snprintf(t->host_id, sizeof(t->host_id), "%s", o->host_id);
@@ -209,7 +209,7 @@ static void op_free(struct op *op)
 	free(op);
 }
 
-void dp_kv_tier_close(struct dp_kv_tier *t)
+void dp_kv_shared_close(struct dp_kv_shared *t)
 {
 	if (!t)
 		return;
@@ -230,17 +230,17 @@ void dp_kv_tier_close(struct dp_kv_tier *t)
 	free(t);
 }
 
-const char *dp_kv_tier_host_id(const struct dp_kv_tier *t)
+const char *dp_kv_shared_host_id(const struct dp_kv_shared *t)
 {
 	return t ? t->host_id : NULL;
 }
 
-int dp_kv_tier_fd(const struct dp_kv_tier *t)
+int dp_kv_shared_fd(const struct dp_kv_shared *t)
 {
 	return t ? t->efd : -EINVAL;
 }
 
-unsigned dp_kv_tier_inflight(const struct dp_kv_tier *t)
+unsigned dp_kv_shared_inflight(const struct dp_kv_shared *t)
 {
 	return t ? t->inflight : 0;
 }
@@ -250,7 +250,7 @@ static void on_complete(rados_completion_t c, void *arg)
 {
 	(void)c;
 	struct op *op = arg;
-	struct dp_kv_tier *t = op->t;
+	struct dp_kv_shared *t = op->t;
 	pthread_mutex_lock(&t->lock);
 	op->next = t->done;
 	t->done = op;
@@ -260,7 +260,7 @@ static void on_complete(rados_completion_t c, void *arg)
 	(void)w; /* an eventfd at its maximum is still readable */
 }
 
-static struct op *op_new(struct dp_kv_tier *t, enum op_kind kind, dp_kv_tier_cb cb, void *arg)
+static struct op *op_new(struct dp_kv_shared *t, enum op_kind kind, dp_kv_shared_cb cb, void *arg)
 {
 	struct op *op = calloc(1, sizeof(*op));
 	if (!op)
@@ -283,7 +283,7 @@ static uint64_t seg_hdr_xxh(const struct seg_hdr *h)
 	return XXH3_64bits(&c, sizeof(c));
 }
 
-int dp_kv_tier_segment_name(const char *session, uint64_t epoch, uint64_t n, char *name,
+int dp_kv_shared_segment_name(const char *session, uint64_t epoch, uint64_t n, char *name,
 			    size_t name_len)
 {
 	if (!name_ok(session, 200) || !name || name_len < 256)
@@ -295,13 +295,13 @@ int dp_kv_tier_segment_name(const char *session, uint64_t epoch, uint64_t n, cha
 
 static bool group_ok(uint32_t n, size_t page_bytes)
 {
-	return n >= 1 && n <= DP_KV_TIER_GROUP_PAGES && page_bytes > 0 &&
-	       page_bytes <= DP_KV_TIER_SEGMENT_MAX &&
-	       DP_KV_TIER_HEADER_BYTES + (uint64_t)n * page_bytes <= DP_KV_TIER_SEGMENT_MAX;
+	return n >= 1 && n <= DP_KV_SHARED_GROUP_PAGES && page_bytes > 0 &&
+	       page_bytes <= DP_KV_SHARED_SEGMENT_MAX &&
+	       DP_KV_SHARED_HEADER_BYTES + (uint64_t)n * page_bytes <= DP_KV_SHARED_SEGMENT_MAX;
 }
 
-int dp_kv_tier_put(struct dp_kv_tier *t, const char *segment, const struct dp_kv_tier_page *pages,
-		   uint32_t n, size_t page_bytes, dp_kv_tier_cb cb, void *arg)
+int dp_kv_shared_put(struct dp_kv_shared *t, const char *segment, const struct dp_kv_shared_page *pages,
+		   uint32_t n, size_t page_bytes, dp_kv_shared_cb cb, void *arg)
 {
 	if (!t || !segment || !segment[0] || !pages || !group_ok(n, page_bytes))
 		return -EINVAL;
@@ -311,7 +311,7 @@ int dp_kv_tier_put(struct dp_kv_tier *t, const char *segment, const struct dp_kv
 	struct op *op = op_new(t, OP_PUT, cb, arg);
 	if (!op)
 		return -ENOMEM;
-	op->len = DP_KV_TIER_HEADER_BYTES + (size_t)n * page_bytes;
+	op->len = DP_KV_SHARED_HEADER_BYTES + (size_t)n * page_bytes;
 	op->buf = calloc(1, op->len);
 	if (!op->buf) {
 		op_free(op);
@@ -323,7 +323,7 @@ int dp_kv_tier_put(struct dp_kv_tier *t, const char *segment, const struct dp_kv
 	h->n = n;
 	h->page_bytes = page_bytes;
 	for (uint32_t i = 0; i < n; i++) {
-		char *dst = op->buf + DP_KV_TIER_HEADER_BYTES + (size_t)i * page_bytes;
+		char *dst = op->buf + DP_KV_SHARED_HEADER_BYTES + (size_t)i * page_bytes;
 		memcpy(dst, pages[i].buf, page_bytes);
 		h->ent[i].tag = pages[i].tag;
 		h->ent[i].xxh = XXH3_64bits(dst, page_bytes);
@@ -340,21 +340,21 @@ int dp_kv_tier_put(struct dp_kv_tier *t, const char *segment, const struct dp_kv
 	return 0;
 }
 
-int dp_kv_tier_get(struct dp_kv_tier *t, const char *segment, const uint32_t *idx,
-		   const struct dp_kv_tier_page *pages, uint32_t n, size_t page_bytes,
-		   dp_kv_tier_cb cb, void *arg)
+int dp_kv_shared_get(struct dp_kv_shared *t, const char *segment, const uint32_t *idx,
+		   const struct dp_kv_shared_page *pages, uint32_t n, size_t page_bytes,
+		   dp_kv_shared_cb cb, void *arg)
 {
 	if (!t || !segment || !segment[0] || !idx || !pages || !group_ok(n, page_bytes))
 		return -EINVAL;
 	for (uint32_t i = 0; i < n; i++)
-		if (!pages[i].buf || idx[i] >= DP_KV_TIER_GROUP_PAGES)
+		if (!pages[i].buf || idx[i] >= DP_KV_SHARED_GROUP_PAGES)
 			return -EINVAL;
 	struct op *op = op_new(t, OP_GET, cb, arg);
 	if (!op)
 		return -ENOMEM;
 	op->n = n;
 	op->page_bytes = page_bytes;
-	op->buf = malloc(DP_KV_TIER_HEADER_BYTES);
+	op->buf = malloc(DP_KV_SHARED_HEADER_BYTES);
 	op->pages = malloc(n * sizeof(*op->pages));
 	op->idx = malloc(n * sizeof(*op->idx));
 	op->got = calloc(n + 1, sizeof(*op->got));
@@ -367,9 +367,9 @@ int dp_kv_tier_get(struct dp_kv_tier *t, const char *segment, const uint32_t *id
 	memcpy(op->pages, pages, n * sizeof(*pages));
 	memcpy(op->idx, idx, n * sizeof(*idx));
 	/* One op, n + 1 ranges: the header and each page asked for. */
-	rados_read_op_read(op->rop, 0, DP_KV_TIER_HEADER_BYTES, op->buf, &op->got[0], &op->rv[0]);
+	rados_read_op_read(op->rop, 0, DP_KV_SHARED_HEADER_BYTES, op->buf, &op->got[0], &op->rv[0]);
 	for (uint32_t i = 0; i < n; i++)
-		rados_read_op_read(op->rop, DP_KV_TIER_HEADER_BYTES + (uint64_t)idx[i] * page_bytes,
+		rados_read_op_read(op->rop, DP_KV_SHARED_HEADER_BYTES + (uint64_t)idx[i] * page_bytes,
 				   page_bytes, pages[i].buf, &op->got[1 + i], &op->rv[1 + i]);
 	int r = rados_aio_read_op_operate(op->rop, t->io, op->c, segment, 0);
 	if (r < 0) {
@@ -381,7 +381,7 @@ int dp_kv_tier_get(struct dp_kv_tier *t, const char *segment, const uint32_t *id
 	return 0;
 }
 
-int dp_kv_tier_delete(struct dp_kv_tier *t, const char *segment, dp_kv_tier_cb cb, void *arg)
+int dp_kv_shared_delete(struct dp_kv_shared *t, const char *segment, dp_kv_shared_cb cb, void *arg)
 {
 	if (!t || !segment || !segment[0])
 		return -EINVAL;
@@ -399,12 +399,12 @@ int dp_kv_tier_delete(struct dp_kv_tier *t, const char *segment, dp_kv_tier_cb c
 }
 
 /* On the reaping thread: is what a get read whole and checked? */
-static int get_check(struct dp_kv_tier *t, struct op *op)
+static int get_check(struct dp_kv_shared *t, struct op *op)
 {
 	const struct seg_hdr *h = (const struct seg_hdr *)op->buf;
 	if (op->got[0] < sizeof(*h) || memcmp(h->magic, SEG_MAGIC, 8) ||
 	    h->version != TIER_VERSION || h->xxh != seg_hdr_xxh(h) ||
-	    h->page_bytes != op->page_bytes || h->n > DP_KV_TIER_GROUP_PAGES) {
+	    h->page_bytes != op->page_bytes || h->n > DP_KV_SHARED_GROUP_PAGES) {
 		t->st.bad_pages++;
 		return -EBADMSG;
 	}
@@ -423,7 +423,7 @@ static int get_check(struct dp_kv_tier *t, struct op *op)
 	return 0;
 }
 
-int dp_kv_tier_reap(struct dp_kv_tier *t, unsigned max)
+int dp_kv_shared_reap(struct dp_kv_shared *t, unsigned max)
 {
 	if (!t)
 		return -EINVAL;
@@ -492,7 +492,7 @@ static int sess_obj(const char *session, char *obj, size_t len)
 	return 0;
 }
 
-static struct lease *lease_find(struct dp_kv_tier *t, const char *obj)
+static struct lease *lease_find(struct dp_kv_shared *t, const char *obj)
 {
 	for (size_t i = 0; i < t->n_leases; i++)
 		if (!strcmp(t->leases[i].session, obj))
@@ -500,13 +500,13 @@ static struct lease *lease_find(struct dp_kv_tier *t, const char *obj)
 	return NULL;
 }
 
-static void lease_drop(struct dp_kv_tier *t, struct lease *l)
+static void lease_drop(struct dp_kv_shared *t, struct lease *l)
 {
 	*l = t->leases[--t->n_leases];
 	t->st.leases = t->n_leases;
 }
 
-static int read_epoch(struct dp_kv_tier *t, const char *obj, uint64_t *ret)
+static int read_epoch(struct dp_kv_shared *t, const char *obj, uint64_t *ret)
 {
 	char v[32];
 	int r = rados_getxattr(t->io, obj, EPOCH_XATTR, v, sizeof(v) - 1);
@@ -525,7 +525,7 @@ static int read_epoch(struct dp_kv_tier *t, const char *obj, uint64_t *ret)
 	return 0;
 }
 
-int dp_kv_tier_lease_owner(struct dp_kv_tier *t, const char *session, char *owner,
+int dp_kv_shared_lease_owner(struct dp_kv_shared *t, const char *session, char *owner,
 			   size_t owner_len, uint64_t *ret_epoch)
 {
 	char obj[256];
@@ -554,7 +554,7 @@ int dp_kv_tier_lease_owner(struct dp_kv_tier *t, const char *session, char *owne
 	return 0;
 }
 
-int dp_kv_tier_lease_take(struct dp_kv_tier *t, const char *session, uint64_t *ret_epoch,
+int dp_kv_shared_lease_take(struct dp_kv_shared *t, const char *session, uint64_t *ret_epoch,
 			  char *owner, size_t owner_len)
 {
 	char obj[256];
@@ -569,26 +569,28 @@ int dp_kv_tier_lease_take(struct dp_kv_tier *t, const char *session, uint64_t *r
 		if (held)
 			lease_drop(t, held); /* someone took it after ours expired */
 		if (owner && owner_len)
-			if (dp_kv_tier_lease_owner(t, session, owner, owner_len, NULL) < 0)
+			if (dp_kv_shared_lease_owner(t, session, owner, owner_len, NULL) < 0)
 				snprintf(owner, owner_len, "?");
 		return -EBUSY;
 	}
-	if (r == -EEXIST && held)
-		r = 0;
+	if (r == -EEXIST)
+		r = 0; /* ours already (same client and cookie) */
 	if (r < 0)
 		return r;
-	if (held) {
-		if (ret_epoch)
-			*ret_epoch = held->epoch;
-		return 0;
-	}
-	/* A new holder: bump the epoch, so a previous holder's manifest writes
-	 * (conditional on its epoch) fail from now on. We hold the lock, so no
-	 * other taker races this read-modify-write. */
 	uint64_t e;
 	r = read_epoch(t, obj, &e);
 	if (r < 0)
 		goto unlock;
+	if (held && e == held->epoch) {
+		if (ret_epoch)
+			*ret_epoch = held->epoch;
+		return 0;
+	}
+	if (held) /* ours expired, another host held it meanwhile and let go */
+		lease_drop(t, held);
+	/* A new holder: bump the epoch, so a previous holder's manifest writes
+	 * (conditional on its epoch) fail from now on. We hold the lock, so no
+	 * other taker races this read-modify-write. */
 	char v[32];
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)(e + 1));
 	r = rados_setxattr(t->io, obj, EPOCH_XATTR, v, strlen(v));
@@ -610,13 +612,19 @@ int dp_kv_tier_lease_take(struct dp_kv_tier *t, const char *session, uint64_t *r
 	t->st.leases = t->n_leases;
 	if (ret_epoch)
 		*ret_epoch = e + 1;
-	return 0;
+	return 1;
 unlock:
 	rados_unlock(t->io, obj, LOCK_NAME, t->host_id);
 	return r;
 }
 
-int dp_kv_tier_lease_renew(struct dp_kv_tier *t, const char *session)
+bool dp_kv_shared_lease_held(struct dp_kv_shared *t, const char *session)
+{
+	char obj[256];
+	return t && sess_obj(session, obj, sizeof(obj)) == 0 && lease_find(t, obj);
+}
+
+int dp_kv_shared_lease_renew(struct dp_kv_shared *t, const char *session)
 {
 	char obj[256];
 	if (!t || sess_obj(session, obj, sizeof(obj)) < 0)
@@ -647,7 +655,7 @@ int dp_kv_tier_lease_renew(struct dp_kv_tier *t, const char *session)
 	return 0;
 }
 
-int dp_kv_tier_lease_release(struct dp_kv_tier *t, const char *session)
+int dp_kv_shared_lease_release(struct dp_kv_shared *t, const char *session)
 {
 	char obj[256];
 	if (!t || sess_obj(session, obj, sizeof(obj)) < 0)
@@ -662,11 +670,11 @@ int dp_kv_tier_lease_release(struct dp_kv_tier *t, const char *session)
 
 /* Manifests */
 
-int dp_kv_tier_manifest_put(struct dp_kv_tier *t, const char *session, const void *data,
-			    size_t len, dp_kv_tier_cb cb, void *arg)
+int dp_kv_shared_manifest_put(struct dp_kv_shared *t, const char *session, const void *data,
+			    size_t len, dp_kv_shared_cb cb, void *arg)
 {
 	char obj[256];
-	if (!t || (!data && len) || len > DP_KV_TIER_MANIFEST_MAX ||
+	if (!t || (!data && len) || len > DP_KV_SHARED_MANIFEST_MAX ||
 	    sess_obj(session, obj, sizeof(obj)) < 0)
 		return -EINVAL;
 	struct lease *l = lease_find(t, obj);
@@ -704,7 +712,7 @@ int dp_kv_tier_manifest_put(struct dp_kv_tier *t, const char *session, const voi
 	return 0;
 }
 
-int dp_kv_tier_manifest_get(struct dp_kv_tier *t, const char *session, void **ret,
+int dp_kv_shared_manifest_get(struct dp_kv_shared *t, const char *session, void **ret,
 			    size_t *ret_len)
 {
 	char obj[256];
@@ -717,7 +725,7 @@ int dp_kv_tier_manifest_get(struct dp_kv_tier *t, const char *session, void **re
 		return r;
 	if (size == 0)
 		return -ENOENT; /* the lock object of a session never written */
-	if (size < sizeof(struct man_hdr) || size > sizeof(struct man_hdr) + DP_KV_TIER_MANIFEST_MAX)
+	if (size < sizeof(struct man_hdr) || size > sizeof(struct man_hdr) + DP_KV_SHARED_MANIFEST_MAX)
 		return -EBADMSG;
 	char *buf = malloc(size);
 	if (!buf)
@@ -741,7 +749,7 @@ int dp_kv_tier_manifest_get(struct dp_kv_tier *t, const char *session, void **re
 	return 0;
 }
 
-void dp_kv_tier_stats(const struct dp_kv_tier *t, struct dp_kv_tier_stats *ret)
+void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats *ret)
 {
 	if (t && ret)
 		*ret = t->st;

@@ -16,7 +16,7 @@
  *                      writer's epoch, N: the writer's counter): a 4 KiB
  *                      header (magic, version, page count and size, each
  *                      page's tag and xxh3, the header's own xxh3) and up
- *                      to DP_KV_TIER_GROUP_PAGES pages after it (1-4 MiB
+ *                      to DP_KV_SHARED_GROUP_PAGES pages after it (1-4 MiB
  *                      with 64 KiB pages). Pages are read back by sub-range:
  *                      one read op fetches the header and the pages asked
  *                      for, and every page is checked against its xxh3.
@@ -26,8 +26,8 @@
  * a turn is durable on the shared tier when its manifest put completes.
  *
  * Ownership and fencing. One host serves a session at a time: it holds the
- * session object's lock (dp_kv_tier_lease_take), renewed before it expires
- * (dp_kv_tier_lease_renew; the io thread's job). A take while another live
+ * session object's lock (dp_kv_shared_lease_take), renewed before it expires
+ * (dp_kv_shared_lease_renew; the io thread's job). A take while another live
  * host holds it gives -EBUSY and that host's id. When the holder's lease
  * expired (it died, or paused past it), a take succeeds and bumps the owner
  * epoch with a compare-and-swap on the xattr. Every manifest write is one
@@ -38,13 +38,13 @@
  *
  * Asynchrony: page-group puts and gets and manifest puts are librados aio.
  * librados finishes them on its own threads; they are queued, and
- * dp_kv_tier_fd() becomes readable (an eventfd). The thread that polls it
- * (the io thread's loop) calls dp_kv_tier_reap(), which runs each finished
+ * dp_kv_shared_fd() becomes readable (an eventfd). The thread that polls it
+ * (the io thread's loop) calls dp_kv_shared_reap(), which runs each finished
  * operation's callback on that thread. Nothing here blocks the caller except
- * dp_kv_tier_open, the lease calls and dp_kv_tier_manifest_get (bounded by
+ * dp_kv_shared_open, the lease calls and dp_kv_shared_manifest_get (bounded by
  * the op timeout): call those off the compute path.
  *
- * Threads: one thread at a time per struct dp_kv_tier (submit and reap from
+ * Threads: one thread at a time per struct dp_kv_shared (submit and reap from
  * the same thread, or hand it over with a lock).
  */
 #ifndef DP_KVCACHE_TIER_H
@@ -67,105 +67,110 @@ const char *dp_kv_shared_tier_name(enum dp_kv_shared_tier t); /* "none", "rados"
 int dp_kv_shared_tier_parse(const char *name, enum dp_kv_shared_tier *ret);
 
 /* Whether this build has the RADOS backend (librados found at build time). */
-bool dp_kv_tier_rados_available(void);
+bool dp_kv_shared_rados_available(void);
 
-#define DP_KV_TIER_GROUP_PAGES 64	 /* pages of one segment, at most */
-#define DP_KV_TIER_HEADER_BYTES 4096	 /* a segment's header */
-#define DP_KV_TIER_SEGMENT_MAX (4u << 20) /* header + pages, at most */
-#define DP_KV_TIER_HOST_ID_MAX 64
-#define DP_KV_TIER_MANIFEST_MAX (64u << 20)
+#define DP_KV_SHARED_GROUP_PAGES 64	 /* pages of one segment, at most */
+#define DP_KV_SHARED_HEADER_BYTES 4096	 /* a segment's header */
+#define DP_KV_SHARED_SEGMENT_MAX (4u << 20) /* header + pages, at most */
+#define DP_KV_SHARED_HOST_ID_MAX 64
+#define DP_KV_SHARED_MANIFEST_MAX (64u << 20)
 
-struct dp_kv_tier_opts {
+struct dp_kv_shared_opts {
 	const char *conf;    /* ceph.conf path; NULL: librados's default search */
 	const char *pool;    /* required */
 	const char *client;  /* client name without "client."; NULL: "admin" */
-	const char *host_id; /* this host; [A-Za-z0-9._-], 1..DP_KV_TIER_HOST_ID_MAX */
+	const char *host_id; /* this host; [A-Za-z0-9._-], 1..DP_KV_SHARED_HOST_ID_MAX */
 	uint32_t lease_ms;   /* lease duration (0: 10000); renew well before */
 	uint32_t timeout_ms; /* connect and op timeout (0: 10000) */
 };
 
-struct dp_kv_tier;
+struct dp_kv_shared;
 
 /* Connect: -ENOTCONN/-ETIMEDOUT (a message naming the conf and pool) when
  * the cluster cannot be reached, -ENOENT for a missing pool, -EINVAL for bad
  * options, -EOPNOTSUPP when built without librados. */
-int dp_kv_tier_open(const struct dp_kv_tier_opts *opts, struct dp_kv_tier **ret, char *err,
+int dp_kv_shared_open(const struct dp_kv_shared_opts *opts, struct dp_kv_shared **ret, char *err,
 		    size_t err_len);
 /* Waits for operations in flight (their callbacks are not run), then
  * disconnects. Leases held are released. NULL is fine. */
-void dp_kv_tier_close(struct dp_kv_tier *t);
-const char *dp_kv_tier_host_id(const struct dp_kv_tier *t);
+void dp_kv_shared_close(struct dp_kv_shared *t);
+const char *dp_kv_shared_host_id(const struct dp_kv_shared *t);
 
 /* Completion delivery: the fd is readable while finished operations wait;
  * reap runs up to max of their callbacks (0: all) and returns how many. */
-int dp_kv_tier_fd(const struct dp_kv_tier *t);
-int dp_kv_tier_reap(struct dp_kv_tier *t, unsigned max);
+int dp_kv_shared_fd(const struct dp_kv_shared *t);
+int dp_kv_shared_reap(struct dp_kv_shared *t, unsigned max);
 /* Operations submitted and not yet reaped. */
-unsigned dp_kv_tier_inflight(const struct dp_kv_tier *t);
+unsigned dp_kv_shared_inflight(const struct dp_kv_shared *t);
 
 /* A finished operation: res is 0 (or bytes for manifest gets) or a negative
  * errno: -EBADMSG a page or header failed its checks, -ENOENT no such
  * object, -ECANCELED fenced (the lease is lost), -ETIMEDOUT. */
-typedef void (*dp_kv_tier_cb)(void *arg, int res);
+typedef void (*dp_kv_shared_cb)(void *arg, int res);
 
-struct dp_kv_tier_page {
+struct dp_kv_shared_page {
 	uint64_t tag;	/* the caller's name for the page (layer, stream, index) */
 	void *buf;	/* page_bytes; read into on get, copied from on put */
 };
 
 /* Segment object names: dp.g.<session>.<epoch>.<n>; name must hold 256. */
-int dp_kv_tier_segment_name(const char *session, uint64_t epoch, uint64_t n, char *name,
+int dp_kv_shared_segment_name(const char *session, uint64_t epoch, uint64_t n, char *name,
 			    size_t name_len);
 
 /* Write a page group as one immutable segment. The pages are copied before
  * this returns (the caller may reuse them at once). n: 1..GROUP_PAGES,
  * header + n * page_bytes <= SEGMENT_MAX. */
-int dp_kv_tier_put(struct dp_kv_tier *t, const char *segment, const struct dp_kv_tier_page *pages,
-		   uint32_t n, size_t page_bytes, dp_kv_tier_cb cb, void *arg);
+int dp_kv_shared_put(struct dp_kv_shared *t, const char *segment, const struct dp_kv_shared_page *pages,
+		   uint32_t n, size_t page_bytes, dp_kv_shared_cb cb, void *arg);
 /* Read pages idx[0..n) of a segment into pages[i].buf (sub-range reads of
  * one op) and check them: each must have the tag pages[i].tag asked for and
  * its checksum. The buffers belong to the tier until the callback. */
-int dp_kv_tier_get(struct dp_kv_tier *t, const char *segment, const uint32_t *idx,
-		   const struct dp_kv_tier_page *pages, uint32_t n, size_t page_bytes,
-		   dp_kv_tier_cb cb, void *arg);
+int dp_kv_shared_get(struct dp_kv_shared *t, const char *segment, const uint32_t *idx,
+		   const struct dp_kv_shared_page *pages, uint32_t n, size_t page_bytes,
+		   dp_kv_shared_cb cb, void *arg);
 /* Remove a segment (-ENOENT in the callback if it was not there). */
-int dp_kv_tier_delete(struct dp_kv_tier *t, const char *segment, dp_kv_tier_cb cb, void *arg);
+int dp_kv_shared_delete(struct dp_kv_shared *t, const char *segment, dp_kv_shared_cb cb, void *arg);
 
 /*
- * Leases. take: 0 and *ret_epoch (the epoch this host writes under) when
- * the session was free, expired or already ours; -EBUSY with the owner's
+ * Leases. take: 1 and *ret_epoch (the epoch this host writes under, one
+ * above the last holder's) when the session was free or its lease expired
+ * (this host takes it: whatever it held of the session before may be
+ * stale; read the manifest), 0 when this host held it already (the lease is
+ * renewed, the epoch unchanged); -EBUSY with the owner's
  * host id in owner[] while another live host holds it. renew: extends a
  * lease this host holds (-ENOLCK if it was lost: a take by another host
  * after expiry). release: gives it up (the epoch stays; the next owner
  * bumps it). Synchronous.
  */
-int dp_kv_tier_lease_take(struct dp_kv_tier *t, const char *session, uint64_t *ret_epoch,
+int dp_kv_shared_lease_take(struct dp_kv_shared *t, const char *session, uint64_t *ret_epoch,
 			  char *owner, size_t owner_len);
-int dp_kv_tier_lease_renew(struct dp_kv_tier *t, const char *session);
-int dp_kv_tier_lease_release(struct dp_kv_tier *t, const char *session);
+int dp_kv_shared_lease_renew(struct dp_kv_shared *t, const char *session);
+/* Whether this host believes it holds the session (no cluster round trip). */
+bool dp_kv_shared_lease_held(struct dp_kv_shared *t, const char *session);
+int dp_kv_shared_lease_release(struct dp_kv_shared *t, const char *session);
 /* The session's holder ("" when none or expired) and epoch. */
-int dp_kv_tier_lease_owner(struct dp_kv_tier *t, const char *session, char *owner,
+int dp_kv_shared_lease_owner(struct dp_kv_shared *t, const char *session, char *owner,
 			   size_t owner_len, uint64_t *ret_epoch);
 
 /* Write the session's manifest (len <= MANIFEST_MAX; copied), conditional on
  * this host's epoch from its last take: -ECANCELED in the callback when
  * another host took the session since (fenced). -ENOLCK at once if this
  * host holds no lease on the session. */
-int dp_kv_tier_manifest_put(struct dp_kv_tier *t, const char *session, const void *data,
-			    size_t len, dp_kv_tier_cb cb, void *arg);
+int dp_kv_shared_manifest_put(struct dp_kv_shared *t, const char *session, const void *data,
+			    size_t len, dp_kv_shared_cb cb, void *arg);
 /* Read it (synchronous): *ret (malloc'd, the caller frees) and *ret_len;
  * -ENOENT none, -EBADMSG damaged. */
-int dp_kv_tier_manifest_get(struct dp_kv_tier *t, const char *session, void **ret,
+int dp_kv_shared_manifest_get(struct dp_kv_shared *t, const char *session, void **ret,
 			    size_t *ret_len);
 
-struct dp_kv_tier_stats {
+struct dp_kv_shared_stats {
 	uint64_t puts, put_bytes, gets, get_bytes, deletes, manifests;
 	uint64_t errors;	/* operations that finished with an error */
 	uint64_t bad_pages;	/* pages or headers that failed their checks */
 	uint64_t fenced;	/* manifest writes refused: lease lost */
 	uint64_t leases;	/* sessions this host holds now */
 };
-void dp_kv_tier_stats(const struct dp_kv_tier *t, struct dp_kv_tier_stats *ret);
+void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats *ret);
 
 #ifdef __cplusplus
 }
