@@ -49,6 +49,9 @@ void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct 
 	G("dualpath_uptime_seconds", "seconds since start", (dp_clock_ns() - srv->start_ns) / 1e9);
 	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
 	G("dualpath_draining", "1 while draining", s->draining);
+	if (srv->shared_configured)
+		G("dualpath_shared_tier_up", "1 when the shared tier (shared_tier) was reached; 0: "
+		  "down, serving from local tiers", srv->tier != NULL);
 	G("dualpath_connections", "open client connections", f->n_open);
 	C("dualpath_connections_total", "connections accepted", f->accepted);
 	C("dualpath_frames_in_total", "request frames received", f->frames_in);
