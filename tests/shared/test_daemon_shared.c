@@ -189,6 +189,65 @@ Test(shared_daemon, a_session_continues_on_another_host_after_its_host_is_killed
 	failover(true);
 }
 
+/* A host paused (SIGSTOP) mid-turn past its lease, while another host takes
+ * the session over, must not acknowledge that turn when it resumes: its
+ * manifest write is fenced, the client gets an Error, and the new host's
+ * turn stands. */
+Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resumes)
+{
+	uint32_t r1[GEN], r2[GEN], o1[GEN], o2[GEN];
+	reference(r1, r2);
+	snprintf(sid, sizeof(sid), "mv-p-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[12] = { 0 }, *fb[12] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	daemon_start(&b, fb);
+	cr_assert_eq(turn(&a, sid, turn1, DP_ARRAY_SIZE(turn1), o1, 1),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o1, r1, sizeof(o1));
+	/* a long turn on A: pause A once its first tokens arrive */
+	int fa_fd = client_connect(&a);
+	send_generate(fa_fd, 3, sid, turn2, DP_ARRAY_SIZE(turn2), 4000, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(fa_fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK &&
+		  !r->token_chunk->finish, "A is generating");
+	kill(a.pid, SIGSTOP);
+	dp_proto_response_free(r);
+	usleep(3500 * 1000); /* past A's lease */
+	cr_assert_eq(turn(&b, sid, turn2, DP_ARRAY_SIZE(turn2), o2, 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o2, r2, sizeof(o2), "B continues from the last acknowledged turn");
+	kill(a.pid, SIGCONT);
+	int code = 0;
+	char msg[512] = "";
+	for (;;) {
+		r = recv_resp(fa_fd, 60000);
+		cr_assert_not_null(r, "A's turn ends");
+		if (r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR) {
+			code = (int)r->error->code;
+			snprintf(msg, sizeof(msg), "%s", r->error->message);
+			dp_proto_response_free(r);
+			break;
+		}
+		bool fin = r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK &&
+			   r->token_chunk->finish;
+		dp_proto_response_free(r);
+		cr_assert(!fin, "A acknowledged a turn after losing the session");
+	}
+	close(fa_fd);
+	cr_assert_eq(code, DUALPATH__V1__CODE__UNAVAILABLE, "%s", msg);
+	cr_assert(strstr(msg, "another host took the session over"), "%s", msg);
+	/* and A is refused the session now, naming B */
+	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
+	cr_assert(strstr(msg, "host-b"), "%s", msg);
+	cr_assert_eq(daemon_stop(&a), 0);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+}
+
 int main(int argc, char *argv[])
 {
 	if (!getenv("DP_CEPH_CONF") || !getenv("DP_CEPH_POOL")) {
