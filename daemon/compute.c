@@ -85,6 +85,7 @@ struct compute {
 	bool draining, shutdown;
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
+	uint64_t leases_renewed_ns; /* shared tier: when the active sessions' leases were renewed */
 	struct dp_compute_stats st;
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
@@ -635,7 +636,7 @@ static void shared_flush(struct compute *c, struct req **rs, struct dp_kv_sessio
 		send_error(c, rs[i]->msg, DUALPATH__V1__CODE__UNAVAILABLE,
 			   "session %s: the turn is not durable on the shared tier (%s); it is not "
 			   "acknowledged", dp_kv_session_id(rs[i]->sess),
-			   res[i] == -ECANCELED ? "another host took the session over"
+			   res[i] == -ECANCELED || res[i] == -ENOLCK ? "another host took the session over"
 						: strerror(-res[i]));
 		rs[i]->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
 		c->st.requests_failed++;
@@ -940,6 +941,22 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 }
 
 /* One forward step: form the batch, run it, emit what it produced. */
+/* Shared tier: a turn longer than lease_ms keeps its session (another host
+ * would otherwise take it over and this turn would be fenced at its end):
+ * renew the active sessions' leases every third of a lease. A lease found
+ * lost is left to the fence (the turn ends in an error at its commit). */
+static void renew_leases(struct compute *c)
+{
+	struct dp_server *srv = c->srv;
+	uint64_t now = dp_clock_ns(), every = (uint64_t)srv->cfg.lease_ms * 1000000ull / 3;
+	if (!srv->tier || now - c->leases_renewed_ns < every)
+		return;
+	c->leases_renewed_ns = now;
+	for (struct req *r = c->active; r; r = r->next)
+		if (r->sess && !dp_kv_session_is_unit(r->sess))
+			dp_shared_renew(srv, dp_kv_session_id(r->sess));
+}
+
 static int step(struct compute *c)
 {
 	uint64_t t0 = dp_clock_ns();
@@ -952,6 +969,7 @@ static int step(struct compute *c)
 	for (uint32_t i = 0; i < n; i++)
 		emit_item(c, i);
 	account_step(c, t0, n);
+	renew_leases(c);
 	return 0;
 }
 

@@ -16,7 +16,8 @@
  * (a taken-over session is recomputed, not restored layer by layer from
  * RADOS), and the lease calls and the manifest wait are synchronous on the
  * compute thread (one round trip per admitted request, one per finished
- * turn), not handed to the io thread.
+ * turn, one per active session every third of a lease), not handed to the
+ * io thread.
  */
 #include "daemon/shared.h"
 
@@ -106,6 +107,11 @@ fail:
 	snprintf(why, why_len, "session %s: cannot take it over from the shared tier: %s", session,
 		 strerror(-ret));
 	return ret;
+}
+
+int dp_shared_renew(struct dp_server *srv, const char *session)
+{
+	return srv->tier ? dp_kv_shared_lease_renew(srv->tier, session) : 0;
 }
 
 struct put_wait {

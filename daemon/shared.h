@@ -16,6 +16,9 @@
  * tier failed. why[] says it, naming the owner for -EBUSY. */
 int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_t why_len);
 
+/* Extend this host's lease on a session it serves (-ENOLCK: lost). */
+int dp_shared_renew(struct dp_server *srv, const char *session);
+
 /* After dp_kv_commit: write the manifests of sessions[0..n) and wait for
  * them; ret_res[i] is 0 or why session i's turn is not durable on the
  * shared tier (-ECANCELED: another host took it: this host was fenced).

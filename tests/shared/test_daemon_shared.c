@@ -248,6 +248,67 @@ Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resu
 	daemon_cleanup(&b);
 }
 
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The serving host renews its lease while a turn runs: a turn longer than
+ * lease_ms keeps its session (another host is refused meanwhile) and is
+ * acknowledged. */
+Test(shared_daemon, a_turn_longer_than_its_lease_keeps_the_session_and_is_acknowledged)
+{
+	snprintf(sid, sizeof(sid), "long-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[14] = { 0 }, *fb[14] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	fa[9] = fb[9] = "1000"; /* --lease-ms */
+	/* the embedded model: its turns are slow enough to outlast a lease */
+	const char *em = getenv("DP_TEST_EMBEDDED_MODEL");
+	cr_assert_not_null(em, "DP_TEST_EMBEDDED_MODEL is not set");
+	fa[10] = fb[10] = "--model";
+	fa[11] = fb[11] = em;
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	daemon_start(&b, fb);
+	int fd = client_connect(&a);
+	send_generate(fd, 3, sid, turn2, DP_ARRAY_SIZE(turn2), 4000, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK, "A is generating");
+	bool fin = r->token_chunk->finish;
+	dp_proto_response_free(r);
+	double t0 = now_s();
+	char msg[512] = "";
+	int refused = 0;
+	/* ask B every 300 ms while A's turn runs */
+	while (!fin) {
+		if (now_s() - t0 > 0.3 * (refused + 1)) {
+			cr_assert_eq(refusal(&b, sid, msg, sizeof(msg), 20 + refused),
+				     DUALPATH__V1__CODE__FAILED_PRECONDITION);
+			cr_assert(strstr(msg, "host-a"), "%s", msg);
+			refused++;
+		}
+		r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "A's turn ends");
+		cr_assert_neq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ERROR, "A's turn failed: %s",
+			      r->error ? r->error->message : "");
+		fin = r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK && r->token_chunk->finish;
+		dp_proto_response_free(r);
+	}
+	double took = now_s() - t0;
+	close(fd);
+	cr_assert_eq(daemon_stop(&a), 0);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+	if (took < 2.0)
+		cr_skip_test("the turn took %.2f s, not past its 1 s lease twice on this machine "
+			     "(nothing shown)", took);
+	cr_assert_geq(refused, 6, "B was refused throughout (%d times in %.2f s)", refused, took);
+}
+
 int main(int argc, char *argv[])
 {
 	if (!getenv("DP_CEPH_CONF") || !getenv("DP_CEPH_POOL")) {
