@@ -22,10 +22,12 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/macros.h"
 #include "daemon/batch.h"
 #include "daemon/experts.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "daemon/shared.h"
 
 struct req {
 	struct dp_msg *msg;
@@ -86,6 +88,7 @@ struct compute {
 	bool draining, shutdown;
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
+	uint64_t leases_renewed_ns; /* shared tier: when the active sessions' leases were renewed */
 	struct dp_compute_stats st;
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
@@ -427,6 +430,18 @@ static int admit_one(struct compute *c, struct req *r)
 
 	dp_kv_tenant_make(m->uid, m->cache_salt, m->cache_salt_len, &r->tenant);
 	if (m->session[0]) {
+		/* one host at a time serves a session (daemon/shared.h) */
+		char why[384];
+		if ((ret = dp_shared_claim(srv, m->session, why, sizeof(why))) < 0) {
+			send_error(c, m, ret == -EBUSY ? DUALPATH__V1__CODE__FAILED_PRECONDITION
+						       : DUALPATH__V1__CODE__UNAVAILABLE, "%s", why);
+			return ret;
+		}
+		if (ret == 1)
+			log_info("session %s: taken over from the shared tier (%llu tokens of history)",
+				 m->session, (unsigned long long)(dp_kv_session_find(srv->kv, m->session,
+					 &r->sess) == 0 ? dp_kv_session_len(r->sess) : 0));
+		r->sess = NULL;
 		if (dp_kv_session_find(srv->kv, m->session, &r->sess) == 0 && !may_use(m, r->sess)) {
 			/* created by another user since this request was queued */
 			r->sess = NULL;
@@ -638,6 +653,46 @@ static void maybe_compact(struct compute *c)
 		log_warning("journal compaction failed: %s", strerror(-ret));
 }
 
+/* With a shared tier, a turn is acknowledged only once its session's
+ * manifest is written there: one that is not (the tier failed, or another
+ * host took the session: fenced) ends in an error, not a final chunk. */
+static void shared_flush(struct compute *c, struct req **rs, struct dp_kv_session **ss, size_t n)
+{
+	int res[64];
+	dp_shared_commit(c->srv, ss, n, res);
+	for (size_t i = 0; i < n; i++) {
+		if (res[i] == 0)
+			continue;
+		send_error(c, rs[i]->msg, DUALPATH__V1__CODE__UNAVAILABLE,
+			   "session %s: the turn is not durable on the shared tier (%s); it is not "
+			   "acknowledged", dp_kv_session_id(rs[i]->sess),
+			   res[i] == -ECANCELED || res[i] == -ENOLCK ? "another host took the session over"
+						: strerror(-res[i]));
+		rs[i]->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
+		c->st.requests_failed++;
+	}
+}
+
+static void shared_commit(struct compute *c)
+{
+	struct dp_kv_session *ss[64];
+	struct req *rs[64];
+	size_t n = 0;
+	for (struct req *r = c->active; r; r = r->next) {
+		if (!r->done || !r->sess || r->finish == DUALPATH__V1__FINISH_REASON__FINISH_ERROR ||
+		    dp_kv_session_is_unit(r->sess))
+			continue;
+		rs[n] = r;
+		ss[n++] = r->sess;
+		if (n == DP_ARRAY_SIZE(ss)) {
+			shared_flush(c, rs, ss, n);
+			n = 0;
+		}
+	}
+	if (n)
+		shared_flush(c, rs, ss, n);
+}
+
 /* Finish the requests marked done: journal their turns (one fsync), then
  * the final chunk, then release. */
 static void retire(struct compute *c)
@@ -659,6 +714,8 @@ static void retire(struct compute *c)
 			strerror(-ret));
 	else
 		c->commits_since_compact++;
+	if (srv->tier && ret >= 0)
+		shared_commit(c);
 	for (struct req **pp = &c->active; *pp;) {
 		struct req *r = *pp;
 		if (!r->done) {
@@ -914,6 +971,22 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 }
 
 /* One forward step: form the batch, run it, emit what it produced. */
+/* Shared tier: a turn longer than lease_ms keeps its session (another host
+ * would otherwise take it over and this turn would be fenced at its end):
+ * renew the active sessions' leases every third of a lease. A lease found
+ * lost is left to the fence (the turn ends in an error at its commit). */
+static void renew_leases(struct compute *c)
+{
+	struct dp_server *srv = c->srv;
+	uint64_t now = dp_clock_ns(), every = (uint64_t)srv->cfg.lease_ms * 1000000ull / 3;
+	if (!srv->tier || now - c->leases_renewed_ns < every)
+		return;
+	c->leases_renewed_ns = now;
+	for (struct req *r = c->active; r; r = r->next)
+		if (r->sess && !dp_kv_session_is_unit(r->sess))
+			dp_shared_renew(srv, dp_kv_session_id(r->sess));
+}
+
 static int step(struct compute *c)
 {
 	uint64_t t0 = dp_clock_ns();
@@ -926,6 +999,7 @@ static int step(struct compute *c)
 	for (uint32_t i = 0; i < n; i++)
 		emit_item(c, i);
 	account_step(c, t0, n);
+	renew_leases(c);
 	return 0;
 }
 

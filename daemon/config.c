@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "base/macros.h"
 #include "daemon/config.h"
+#include "kvcache/tier.h"
 #include "model/v4.h"
 
 #include <errno.h>
@@ -116,6 +117,16 @@ static const char *name_engram_residency(const struct dp_config *c)
 	return dp_engram_residency_name(c->engram_residency);
 }
 
+static int parse_shared_tier(struct dp_config *c, const char *v)
+{
+	return dp_kv_shared_tier_parse(v, &c->shared_tier);
+}
+
+static const char *name_shared_tier(const struct dp_config *c)
+{
+	return dp_kv_shared_tier_name(c->shared_tier);
+}
+
 #define OPT(sec, field, t, ...)                                                              \
 	{ .section = sec, .key = #field, .type = t,                                          \
 	  .offset = offsetof(struct dp_config, field),                                       \
@@ -211,6 +222,14 @@ static const struct opt opts[] = {
 	OE("kvcache", csa_entries, "device or host",
 	   "CSA layers' compressed entries: device, or host (pinned DRAM; "
 	   "each step stages on the device only what the indexer picks)"),
+	OE("kvcache", shared_tier, "none or rados",
+	   "a KV tier shared by hosts: none, or rados (Ceph; sessions move between hosts)"),
+	O("kvcache", rados_conf, OPT_STR, "ceph.conf of the shared tier's cluster (empty: default)"),
+	O("kvcache", rados_pool, OPT_STR, "RADOS pool of the shared tier"),
+	O("kvcache", rados_client, OPT_STR, "RADOS client name without client. (empty: admin)"),
+	O("kvcache", host_id, OPT_STR, "this host in session leases (empty: the hostname)"),
+	ON("kvcache", lease_ms, OPT_U32, 1000, 600000,
+	   "session lease on the shared tier; renewed at a third of it"),
 	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
@@ -299,6 +318,8 @@ void dp_config_defaults(struct dp_config *c)
 	c->direct_io = true;
 	c->compact_every = 1024;
 	c->csa_entries = DP_V4_CSA_DEVICE;
+	c->shared_tier = DP_KV_SHARED_NONE;
+	c->lease_ms = 10000;
 	c->numerics = DP_V4_NUMERICS_AUTO;
 	c->queue_depth = 64;
 	c->pin_threads = true;
@@ -786,6 +807,24 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 			 "resident (set experts = dram or nvme to page them)");
 		return -EINVAL;
 	}
+	if (c->shared_tier == DP_KV_SHARED_RADOS) {
+		if (!dp_kv_shared_rados_available()) {
+			snprintf(err, err_len, "shared_tier = rados, but this dualpathd was built "
+					       "without librados");
+			return -EINVAL;
+		}
+		if (!c->rados_pool[0]) {
+			snprintf(err, err_len, "shared_tier = rados needs rados_pool");
+			return -EINVAL;
+		}
+	}
+	for (const char *h = c->host_id; *h; h++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *h) ||
+		    h - c->host_id >= DP_KV_SHARED_HOST_ID_MAX) {
+			snprintf(err, err_len, "host_id \"%s\" must be 1..%d characters of "
+					       "[A-Za-z0-9._-]", c->host_id, DP_KV_SHARED_HOST_ID_MAX);
+			return -EINVAL;
+		}
 	if (print) {
 		dp_config_print(c, out);
 		return 1;

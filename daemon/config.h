@@ -22,6 +22,7 @@
 #include "daemon/log.h"
 #include "engram/engram.h"
 #include "gpu/gpu.h"
+#include "kvcache/tier.h"
 #include "model/v4.h"
 
 #define DP_CONFIG_DEFAULT_PATH "/etc/dualpath/dualpathd.conf"
@@ -86,6 +87,12 @@ struct dp_config {
 	bool direct_io;
 	uint32_t compact_every; /* journal compaction after this many commits; 0 = never */
 	enum dp_v4_csa_where csa_entries; /* where CSA layers' compressed entries live */
+	enum dp_kv_shared_tier shared_tier; /* none or rados (kvcache/tier.h) */
+	char rados_conf[DP_CONFIG_STR_MAX];   /* ceph.conf; "" = librados's default search */
+	char rados_pool[DP_CONFIG_STR_MAX];
+	char rados_client[DP_CONFIG_STR_MAX]; /* without "client."; "" = admin */
+	char host_id[DP_CONFIG_STR_MAX];      /* this host in leases; "" = the hostname */
+	uint32_t lease_ms;		      /* session lease on the shared tier */
 	/* [io] */
 	uint32_t queue_depth;
 	bool sqpoll;

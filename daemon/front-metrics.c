@@ -50,6 +50,9 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	G("dualpath_uptime_seconds", "seconds since start", (dp_clock_ns() - srv->start_ns) / 1e9);
 	GL("dualpath_backend_info", "compute backend", 1, "backend", s->backend);
 	G("dualpath_draining", "1 while draining", s->draining);
+	if (srv->shared_configured)
+		G("dualpath_shared_tier_up", "1 when the shared tier (shared_tier) was reached; 0: "
+		  "down, serving from local tiers", srv->tier != NULL);
 	if (f) { /* the socket front's own counters (its thread only) */
 		G("dualpath_connections", "open client connections", f->n_open);
 		C("dualpath_connections_total", "connections accepted", f->accepted);

@@ -232,6 +232,39 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 	return 0;
 }
 
+/* The shared tier (kvcache/tier.h). A cluster that cannot be reached is not
+ * fatal: the daemon serves from its local tiers, logs why, and reports the
+ * shared tier down (dualpath_shared_tier_up 0 in Stats). */
+static void open_shared(struct dp_server *srv)
+{
+	struct dp_config *cfg = &srv->cfg;
+	if (cfg->shared_tier == DP_KV_SHARED_NONE)
+		return;
+	srv->shared_configured = true;
+	if (cfg->host_id[0]) {
+		snprintf(srv->host_id, sizeof(srv->host_id), "%.63s", cfg->host_id); /* checked at load */
+	} else if (gethostname(srv->host_id, sizeof(srv->host_id) - 1) < 0 || !srv->host_id[0]) {
+		log_warning("shared tier down: no host_id set and no hostname; serving from local tiers");
+		return;
+	}
+	struct dp_kv_shared_opts o = {
+		.conf = cfg->rados_conf,
+		.pool = cfg->rados_pool,
+		.client = cfg->rados_client,
+		.host_id = srv->host_id,
+		.lease_ms = cfg->lease_ms,
+	};
+	char why[512] = "";
+	int ret = dp_kv_shared_open(&o, &srv->tier, why, sizeof(why));
+	if (ret < 0) {
+		log_warning("shared tier down (%s); serving from local tiers", why);
+		srv->tier = NULL;
+		return;
+	}
+	log_info("shared tier: rados pool %s, host %s, lease %u ms", cfg->rados_pool, srv->host_id,
+		 cfg->lease_ms);
+}
+
 /* An Engram model's tables: a store on the compute thread, its NVMe reads
  * on the io thread's HIGH channel (beside restores, before writeback). */
 static int open_engram(struct dp_server *srv, char *err, size_t err_len)
@@ -385,6 +418,7 @@ static int run(struct dp_server *srv)
 	place_threads(srv);
 	if ((ret = open_state(srv, err, sizeof(err))) < 0)
 		goto fail;
+	open_shared(srv);
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
@@ -579,6 +613,7 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	dp_kv_shared_close(srv->tier);
 	if (srv->model)
 		dp_v4_model_set_engram(srv->model, NULL);
 	dp_engram_store_free(srv->engram); /* its reads waited for: before the io thread stops */

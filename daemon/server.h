@@ -213,6 +213,9 @@ struct dp_server {
 	struct dp_engram_hash *engram_hash; /* Engram models: the n-gram hashing */
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
+	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
+	bool shared_configured;		    /* shared_tier != none; set before threads start */
+	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;
 	uint32_t vocab;

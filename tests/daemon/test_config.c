@@ -121,6 +121,7 @@ static const struct range_case {
     {"--dram-bytes", "dram_bytes", "64K", "65T", "0 or between 1M and 64T"},
     {"--nvme-bytes", "nvme_bytes", "1000", "2P", "0 or between 1M and 1P"},
     {"--compact-every", "compact_every", NULL, "16777217", "between 0 and 16777216"},
+    {"--lease-ms", "lease_ms", "999", "600001", "between 1000 and 600000"},
     {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
     {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},
     {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},
@@ -385,6 +386,36 @@ Test(config, enum_keys_are_held_as_their_parts_enums_parsed_at_load)
 	cr_expect_eq(l.c.csa_entries, DP_V4_CSA_DEVICE);
 	cr_expect_eq(l.c.restore, DP_RESTORE_FULL);
 	cr_expect_eq(l.c.engram_residency, DP_ENGRAM_RES_DRAM);
+}
+
+Test(config, the_shared_tier_keys_load_and_rados_needs_a_pool_and_a_clean_host_id)
+{
+	struct loaded l;
+	LOAD(&l, "--lease-ms", "5000");
+	cr_assert_eq(l.ret, 0, "%s", l.err);
+	cr_expect_eq(l.c.shared_tier, DP_KV_SHARED_NONE, "off by default");
+	cr_expect_str_eq(l.c.host_id, "", "the hostname, resolved at start");
+	cr_expect_eq(l.c.lease_ms, 5000);
+	LOAD(&l, "--shared-tier", "rados");
+	cr_expect_eq(l.ret, -EINVAL);
+	if (dp_kv_shared_rados_available())
+		cr_expect(strstr(l.err, "shared_tier = rados needs rados_pool"), "%s", l.err);
+	else
+		cr_expect(strstr(l.err, "without librados"), "%s", l.err);
+	LOAD(&l, "--shared-tier", "nfs");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "shared_tier must be none or rados"), "%s", l.err);
+	LOAD(&l, "--host-id", "a b");
+	cr_expect_eq(l.ret, -EINVAL);
+	cr_expect(strstr(l.err, "host_id \"a b\" must be"), "%s", l.err);
+	if (dp_kv_shared_rados_available()) {
+		LOAD(&l, "--shared-tier", "rados", "--rados-pool", "kv", "--rados-conf",
+		     "/etc/ceph/ceph.conf", "--host-id", "node-7.rack2");
+		cr_assert_eq(l.ret, 0, "%s", l.err);
+		cr_expect_eq(l.c.shared_tier, DP_KV_SHARED_RADOS);
+		cr_expect_str_eq(l.c.rados_pool, "kv");
+		cr_expect_str_eq(l.c.host_id, "node-7.rack2");
+	}
 }
 
 Test(config, a_bad_enum_value_is_refused_naming_the_key_and_its_values)

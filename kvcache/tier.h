@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/tier.h — the shared KV tier: state pages and session manifests in
+ * a store every host reaches (Ceph RADOS), and which host owns a session.
+ *
+ * What lives there, per session id S (object names in the pool):
+ *
+ *   dp.s.S             the session object: its lease (a RADOS exclusive
+ *                      lock named "dp.owner" with a duration; the holder's
+ *                      host id is the lock's description), its owner epoch
+ *                      (xattr "dp.epoch", a decimal number) and its
+ *                      manifest (the object's data: what the caller writes,
+ *                      framed with a length and an xxh3, so a torn or
+ *                      foreign manifest reads as -EBADMSG, never as data).
+ *   dp.g.S.E.N         immutable segment objects of page groups (E: the
+ *                      writer's epoch, N: the writer's counter): a 4 KiB
+ *                      header (magic, version, page count and size, each
+ *                      page's tag and xxh3, the header's own xxh3) and up
+ *                      to DP_KV_SHARED_GROUP_PAGES pages after it (1-4 MiB
+ *                      with 64 KiB pages). Pages are read back by sub-range:
+ *                      one read op fetches the header and the pages asked
+ *                      for, and every page is checked against its xxh3.
+ *
+ * Durability: a segment is written whole (write_full) and is never changed;
+ * it counts only once a manifest written after its completion names it. So
+ * a turn is durable on the shared tier when its manifest put completes.
+ *
+ * Ownership and fencing. One host serves a session at a time: it holds the
+ * session object's lock (dp_kv_shared_lease_take), renewed before it expires
+ * (dp_kv_shared_lease_renew; the io thread's job). A take while another live
+ * host holds it gives -EBUSY and that host's id. When the holder's lease
+ * expired (it died, or paused past it), a take succeeds and bumps the owner
+ * epoch with a compare-and-swap on the xattr. Every manifest write is one
+ * RADOS write op that asserts (cmpxattr) the writer's epoch: a host that
+ * lost its lease — even one that does not know it yet, paused by SIGSTOP or
+ * cut off — cannot write the manifest again (-ECANCELED, and the lease is
+ * marked lost). Its segments may still land but no manifest names them.
+ *
+ * Asynchrony: page-group puts and gets and manifest puts are librados aio.
+ * librados finishes them on its own threads; they are queued, and
+ * dp_kv_shared_fd() becomes readable (an eventfd). The thread that polls it
+ * (the io thread's loop) calls dp_kv_shared_reap(), which runs each finished
+ * operation's callback on that thread. Nothing here blocks the caller except
+ * dp_kv_shared_open, the lease calls and dp_kv_shared_manifest_get (bounded by
+ * the op timeout): call those off the compute path.
+ *
+ * Threads: one thread at a time per struct dp_kv_shared (submit and reap from
+ * the same thread, or hand it over with a lock).
+ */
+#ifndef DP_KVCACHE_TIER_H
+#define DP_KVCACHE_TIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum dp_kv_shared_tier {
+	DP_KV_SHARED_NONE,
+	DP_KV_SHARED_RADOS,
+	DP_KV_SHARED_MAX,
+};
+const char *dp_kv_shared_tier_name(enum dp_kv_shared_tier t); /* "none", "rados" */
+int dp_kv_shared_tier_parse(const char *name, enum dp_kv_shared_tier *ret);
+
+/* Whether this build has the RADOS backend (librados found at build time). */
+bool dp_kv_shared_rados_available(void);
+
+#define DP_KV_SHARED_GROUP_PAGES 64	 /* pages of one segment, at most */
+#define DP_KV_SHARED_HEADER_BYTES 4096	 /* a segment's header */
+#define DP_KV_SHARED_SEGMENT_MAX (4u << 20) /* header + pages, at most */
+#define DP_KV_SHARED_HOST_ID_MAX 64
+#define DP_KV_SHARED_MANIFEST_MAX (64u << 20)
+
+struct dp_kv_shared_opts {
+	const char *conf;    /* ceph.conf path; NULL: librados's default search */
+	const char *pool;    /* required */
+	const char *client;  /* client name without "client."; NULL: "admin" */
+	const char *host_id; /* this host; [A-Za-z0-9._-], 1..DP_KV_SHARED_HOST_ID_MAX */
+	uint32_t lease_ms;   /* lease duration (0: 10000); renew well before */
+	uint32_t timeout_ms; /* connect and op timeout (0: 10000) */
+};
+
+struct dp_kv_shared;
+
+/* Connect: -ENOTCONN/-ETIMEDOUT (a message naming the conf and pool) when
+ * the cluster cannot be reached, -ENOENT for a missing pool, -EINVAL for bad
+ * options, -EOPNOTSUPP when built without librados. */
+int dp_kv_shared_open(const struct dp_kv_shared_opts *opts, struct dp_kv_shared **ret, char *err,
+		    size_t err_len);
+/* Waits for operations in flight (their callbacks are not run), then
+ * disconnects. Leases held are released. NULL is fine. */
+void dp_kv_shared_close(struct dp_kv_shared *t);
+const char *dp_kv_shared_host_id(const struct dp_kv_shared *t);
+
+/* Completion delivery: the fd is readable while finished operations wait;
+ * reap runs up to max of their callbacks (0: all) and returns how many. */
+int dp_kv_shared_fd(const struct dp_kv_shared *t);
+int dp_kv_shared_reap(struct dp_kv_shared *t, unsigned max);
+/* Operations submitted and not yet reaped. */
+unsigned dp_kv_shared_inflight(const struct dp_kv_shared *t);
+
+/* A finished operation: res is 0 (or bytes for manifest gets) or a negative
+ * errno: -EBADMSG a page or header failed its checks, -ENOENT no such
+ * object, -ECANCELED fenced (the lease is lost), -ETIMEDOUT. */
+typedef void (*dp_kv_shared_cb)(void *arg, int res);
+
+struct dp_kv_shared_page {
+	uint64_t tag;	/* the caller's name for the page (layer, stream, index) */
+	void *buf;	/* page_bytes; read into on get, copied from on put */
+};
+
+/* Segment object names: dp.g.<session>.<epoch>.<n>; name must hold 256. */
+int dp_kv_shared_segment_name(const char *session, uint64_t epoch, uint64_t n, char *name,
+			    size_t name_len);
+
+/* Write a page group as one immutable segment. The pages are copied before
+ * this returns (the caller may reuse them at once). n: 1..GROUP_PAGES,
+ * header + n * page_bytes <= SEGMENT_MAX. */
+int dp_kv_shared_put(struct dp_kv_shared *t, const char *segment, const struct dp_kv_shared_page *pages,
+		   uint32_t n, size_t page_bytes, dp_kv_shared_cb cb, void *arg);
+/* Read pages idx[0..n) of a segment into pages[i].buf (sub-range reads of
+ * one op) and check them: each must have the tag pages[i].tag asked for and
+ * its checksum. The buffers belong to the tier until the callback. */
+int dp_kv_shared_get(struct dp_kv_shared *t, const char *segment, const uint32_t *idx,
+		   const struct dp_kv_shared_page *pages, uint32_t n, size_t page_bytes,
+		   dp_kv_shared_cb cb, void *arg);
+/* Remove a segment (-ENOENT in the callback if it was not there). */
+int dp_kv_shared_delete(struct dp_kv_shared *t, const char *segment, dp_kv_shared_cb cb, void *arg);
+
+/*
+ * Leases. take: 1 and *ret_epoch (the epoch this host writes under, one
+ * above the last holder's) when the session was free or its lease expired
+ * (this host takes it: whatever it held of the session before may be
+ * stale; read the manifest), 0 when this host held it already (the lease is
+ * renewed, the epoch unchanged); -EBUSY with the owner's
+ * host id in owner[] while another live host holds it. renew: extends a
+ * lease this host holds (-ENOLCK if it was lost: a take by another host
+ * after expiry). release: gives it up (the epoch stays; the next owner
+ * bumps it). Synchronous.
+ */
+int dp_kv_shared_lease_take(struct dp_kv_shared *t, const char *session, uint64_t *ret_epoch,
+			  char *owner, size_t owner_len);
+int dp_kv_shared_lease_renew(struct dp_kv_shared *t, const char *session);
+/* Whether this host believes it holds the session (no cluster round trip). */
+bool dp_kv_shared_lease_held(struct dp_kv_shared *t, const char *session);
+int dp_kv_shared_lease_release(struct dp_kv_shared *t, const char *session);
+/* The session's holder ("" when none or expired) and epoch. */
+int dp_kv_shared_lease_owner(struct dp_kv_shared *t, const char *session, char *owner,
+			   size_t owner_len, uint64_t *ret_epoch);
+
+/* Write the session's manifest (len <= MANIFEST_MAX; copied), conditional on
+ * this host's epoch from its last take: -ECANCELED in the callback when
+ * another host took the session since (fenced). -ENOLCK at once if this
+ * host holds no lease on the session. */
+int dp_kv_shared_manifest_put(struct dp_kv_shared *t, const char *session, const void *data,
+			    size_t len, dp_kv_shared_cb cb, void *arg);
+/* Read it (synchronous): *ret (malloc'd, the caller frees) and *ret_len;
+ * -ENOENT none, -EBADMSG damaged. */
+int dp_kv_shared_manifest_get(struct dp_kv_shared *t, const char *session, void **ret,
+			    size_t *ret_len);
+
+struct dp_kv_shared_stats {
+	uint64_t puts, put_bytes, gets, get_bytes, deletes, manifests;
+	uint64_t errors;	/* operations that finished with an error */
+	uint64_t bad_pages;	/* pages or headers that failed their checks */
+	uint64_t fenced;	/* manifest writes refused: lease lost */
+	uint64_t leases;	/* sessions this host holds now */
+};
+void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats *ret);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DP_KVCACHE_TIER_H */

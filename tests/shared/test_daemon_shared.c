@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dualpathd with shared_tier = rados: the real daemon, the real cluster
+ * (scripts/ceph-test-cluster; DP_CEPH_CONF and DP_CEPH_POOL). A cluster that
+ * cannot be reached at start must not stop the daemon: it serves from its
+ * local tiers and says the shared tier is down. Exits 77 (skip) without a
+ * cluster named.
+ */
+#include "base/macros.h"
+#include "dpclient.h"
+
+static const uint32_t prompt[] = { 5, 17, 99, 3, 41, 8, 23 };
+
+/* A turn is generated (the daemon serves) and the shared tier gauge reads up. */
+static void expect_serving(struct daemon_proc *d, double up)
+{
+	int fd = client_connect(d);
+	uint32_t out[8];
+	size_t n = 0;
+	send_generate(fd, 10, "s1", prompt, DP_ARRAY_SIZE(prompt), 4, 0, 0);
+	cr_assert_eq(collect(fd, 10, out, 8, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(n, 4);
+	cr_expect_eq(metric(fd, 11, "dualpath_shared_tier_up"), up);
+	close(fd);
+}
+
+TestSuite(shared_daemon, .timeout = 180);
+
+Test(shared_daemon, an_unreachable_cluster_at_start_leaves_the_daemon_serving_and_reports_it_down)
+{
+	struct daemon_proc d;
+	char dir[96] = "/var/tmp/dp-test-sh-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char conf[160];
+	snprintf(conf, sizeof(conf), "%s/nowhere.conf", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	/* a monitor address nothing listens on */
+	fprintf(f, "[global]\nmon host = [v2:127.0.0.1:1]\nauth client required = none\n");
+	fclose(f);
+	daemon_start_in(&d, dir,
+			(const char *const[]){ "--shared-tier", "rados", "--rados-conf", conf,
+					       "--rados-pool", "kv", "--host-id", "host-a",
+					       "--lease-ms", "3000", NULL });
+	expect_serving(&d, 0);
+	cr_expect_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+}
+
+Test(shared_daemon, a_reachable_cluster_reports_the_shared_tier_up)
+{
+	struct daemon_proc d;
+	daemon_start(&d, (const char *const[]){ "--shared-tier", "rados", "--rados-conf",
+						getenv("DP_CEPH_CONF"), "--rados-pool",
+						getenv("DP_CEPH_POOL"), "--host-id", "host-a", NULL });
+	expect_serving(&d, 1);
+	cr_expect_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+}
+
+Test(shared_daemon, without_a_shared_tier_no_shared_metric_is_reported)
+{
+	struct daemon_proc d;
+	daemon_start(&d, NULL);
+	expect_serving(&d, -1);
+	cr_expect_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+}
+
+/* ---- failover ---------------------------------------------------------------- */
+
+static const uint32_t turn1[] = { 11, 42, 7, 200, 12, 5, 77, 19, 8 };
+static const uint32_t turn2[] = { 64, 3, 250, 31, 9 };
+#define GEN 6
+
+static char sid[64]; /* unique per run: the pool outlives the test */
+
+static void shared_flags(const char **argv, const char *host)
+{
+	const char *const f[] = { "--shared-tier", "rados", "--rados-conf", getenv("DP_CEPH_CONF"),
+				  "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host,
+				  "--lease-ms", "3000", NULL };
+	for (int i = 0; i < 11; i++)
+		argv[i] = f[i];
+}
+
+static int turn(struct daemon_proc *d, const char *session, const uint32_t *p, size_t n,
+		uint32_t *out, uint64_t id)
+{
+	int fd = client_connect(d);
+	size_t got = 0;
+	send_generate(fd, id, session, p, n, GEN, 0, 0);
+	int fin = collect(fd, id, out, GEN, &got);
+	close(fd);
+	if (fin == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH)
+		cr_assert_eq(got, GEN);
+	return fin;
+}
+
+/* The Error a Generate on session gets, its message in msg. */
+static int refusal(struct daemon_proc *d, const char *session, char *msg, size_t len, uint64_t id)
+{
+	int fd = client_connect(d);
+	send_generate(fd, id, session, turn2, DP_ARRAY_SIZE(turn2), GEN, 0, 0);
+	int code = 0;
+	for (;;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "no reply");
+		if (r->request_id == id && r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR) {
+			code = (int)r->error->code;
+			snprintf(msg, len, "%s", r->error->message);
+			dp_proto_response_free(r);
+			break;
+		}
+		bool fin = r->request_id == id && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK &&
+			   r->token_chunk->finish;
+		dp_proto_response_free(r);
+		cr_assert(!fin, "served, not refused");
+	}
+	close(fd);
+	return code;
+}
+
+/* The two turns on one daemon that never moves: what every move must give. */
+static void reference(uint32_t *o1, uint32_t *o2)
+{
+	struct daemon_proc r;
+	daemon_start(&r, NULL);
+	cr_assert_eq(turn(&r, "ref", turn1, DP_ARRAY_SIZE(turn1), o1, 1),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&r, "ref", turn2, DP_ARRAY_SIZE(turn2), o2, 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(daemon_stop(&r), 0);
+	daemon_cleanup(&r);
+}
+
+static void failover(bool kill9)
+{
+	uint32_t r1[GEN], r2[GEN], o1[GEN], o2[GEN];
+	reference(r1, r2);
+	snprintf(sid, sizeof(sid), "mv-%s-%ld-%d", kill9 ? "k" : "s", (long)time(NULL), (int)getpid());
+
+	const char *fa[12] = { 0 }, *fb[12] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	cr_assert_eq(turn(&a, sid, turn1, DP_ARRAY_SIZE(turn1), o1, 1),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o1, r1, sizeof(o1), "turn 1 on A as on a host that never moved");
+
+	daemon_start(&b, fb);
+	char msg[512] = "";
+	if (kill9) {
+		kill(a.pid, SIGKILL);
+		waitpid(a.pid, NULL, 0);
+		a.pid = 0;
+		/* A's lease is still live: B refuses, naming A */
+		cr_assert_eq(refusal(&b, sid, msg, sizeof(msg), 5), DUALPATH__V1__CODE__FAILED_PRECONDITION);
+		cr_assert(strstr(msg, "host-a"), "the owner is named: %s", msg);
+		usleep(3500 * 1000); /* past the lease */
+	} else {
+		cr_assert_eq(daemon_stop(&a), 0); /* a clean stop lets the lease go */
+	}
+	cr_assert_eq(turn(&b, sid, turn2, DP_ARRAY_SIZE(turn2), o2, 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o2, r2, sizeof(o2), "turn 2 on B continues turn 1 of A exactly");
+
+	/* A restarted (same state dir, its journal has turn 1) keeps off B's session */
+	char adir[96];
+	snprintf(adir, sizeof(adir), "%s", a.dir);
+	struct daemon_proc a2;
+	daemon_start_in(&a2, adir, fa);
+	cr_assert_eq(refusal(&a2, sid, msg, sizeof(msg), 7), DUALPATH__V1__CODE__FAILED_PRECONDITION);
+	cr_assert(strstr(msg, "host-b"), "the owner is named: %s", msg);
+	cr_assert_eq(daemon_stop(&a2), 0);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a2);
+	daemon_cleanup(&b);
+}
+
+Test(shared_daemon, a_session_continues_on_another_host_after_its_host_stops)
+{
+	failover(false);
+}
+
+Test(shared_daemon, a_session_continues_on_another_host_after_its_host_is_killed_past_its_lease)
+{
+	failover(true);
+}
+
+/* A host paused (SIGSTOP) mid-turn past its lease, while another host takes
+ * the session over, must not acknowledge that turn when it resumes: its
+ * manifest write is fenced, the client gets an Error, and the new host's
+ * turn stands. */
+Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resumes)
+{
+	uint32_t r1[GEN], r2[GEN], o1[GEN], o2[GEN];
+	reference(r1, r2);
+	snprintf(sid, sizeof(sid), "mv-p-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[12] = { 0 }, *fb[12] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	daemon_start(&b, fb);
+	cr_assert_eq(turn(&a, sid, turn1, DP_ARRAY_SIZE(turn1), o1, 1),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o1, r1, sizeof(o1));
+	/* a long turn on A: pause A once its first tokens arrive */
+	int fa_fd = client_connect(&a);
+	send_generate(fa_fd, 3, sid, turn2, DP_ARRAY_SIZE(turn2), 4000, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(fa_fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK &&
+		  !r->token_chunk->finish, "A is generating");
+	kill(a.pid, SIGSTOP);
+	dp_proto_response_free(r);
+	usleep(3500 * 1000); /* past A's lease */
+	cr_assert_eq(turn(&b, sid, turn2, DP_ARRAY_SIZE(turn2), o2, 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o2, r2, sizeof(o2), "B continues from the last acknowledged turn");
+	kill(a.pid, SIGCONT);
+	int code = 0;
+	char msg[512] = "";
+	for (;;) {
+		r = recv_resp(fa_fd, 60000);
+		cr_assert_not_null(r, "A's turn ends");
+		if (r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR) {
+			code = (int)r->error->code;
+			snprintf(msg, sizeof(msg), "%s", r->error->message);
+			dp_proto_response_free(r);
+			break;
+		}
+		bool fin = r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK &&
+			   r->token_chunk->finish;
+		dp_proto_response_free(r);
+		cr_assert(!fin, "A acknowledged a turn after losing the session");
+	}
+	close(fa_fd);
+	cr_assert_eq(code, DUALPATH__V1__CODE__UNAVAILABLE, "%s", msg);
+	cr_assert(strstr(msg, "another host took the session over"), "%s", msg);
+	/* and A is refused the session now, naming B */
+	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
+	cr_assert(strstr(msg, "host-b"), "%s", msg);
+	cr_assert_eq(daemon_stop(&a), 0);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The serving host renews its lease while a turn runs: a turn longer than
+ * lease_ms keeps its session (another host is refused meanwhile) and is
+ * acknowledged. */
+Test(shared_daemon, a_turn_longer_than_its_lease_keeps_the_session_and_is_acknowledged)
+{
+	snprintf(sid, sizeof(sid), "long-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[14] = { 0 }, *fb[14] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	fa[9] = fb[9] = "1000"; /* --lease-ms */
+	/* the embedded model: its turns are slow enough to outlast a lease */
+	const char *em = getenv("DP_TEST_EMBEDDED_MODEL");
+	cr_assert_not_null(em, "DP_TEST_EMBEDDED_MODEL is not set");
+	fa[10] = fb[10] = "--model";
+	fa[11] = fb[11] = em;
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	daemon_start(&b, fb);
+	int fd = client_connect(&a);
+	send_generate(fd, 3, sid, turn2, DP_ARRAY_SIZE(turn2), 4000, 0, 0);
+	Dualpath__V1__Response *r = recv_resp(fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK, "A is generating");
+	bool fin = r->token_chunk->finish;
+	dp_proto_response_free(r);
+	double t0 = now_s();
+	char msg[512] = "";
+	int refused = 0;
+	/* ask B every 300 ms while A's turn runs */
+	while (!fin) {
+		if (now_s() - t0 > 0.3 * (refused + 1)) {
+			cr_assert_eq(refusal(&b, sid, msg, sizeof(msg), 20 + refused),
+				     DUALPATH__V1__CODE__FAILED_PRECONDITION);
+			cr_assert(strstr(msg, "host-a"), "%s", msg);
+			refused++;
+		}
+		r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "A's turn ends");
+		cr_assert_neq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ERROR, "A's turn failed: %s",
+			      r->error ? r->error->message : "");
+		fin = r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK && r->token_chunk->finish;
+		dp_proto_response_free(r);
+	}
+	double took = now_s() - t0;
+	close(fd);
+	cr_assert_eq(daemon_stop(&a), 0);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+	if (took < 2.0)
+		cr_skip_test("the turn took %.2f s, not past its 1 s lease twice on this machine "
+			     "(nothing shown)", took);
+	cr_assert_geq(refused, 6, "B was refused throughout (%d times in %.2f s)", refused, took);
+}
+
+int main(int argc, char *argv[])
+{
+	if (!getenv("DP_CEPH_CONF") || !getenv("DP_CEPH_POOL")) {
+		printf("SKIP: no cluster named (scripts/ceph-test-cluster start; export "
+		       "DP_CEPH_CONF and DP_CEPH_POOL)\n");
+		return 77;
+	}
+	struct criterion_test_set *tests = criterion_initialize();
+	int result = 0;
+	if (criterion_handle_args(argc, argv, true))
+		result = !criterion_run_all_tests(tests);
+	criterion_finalize(tests);
+	return result;
+}
