@@ -250,3 +250,30 @@ Test(http_sse, histograms_render_cumulative_buckets)
 	cr_expect_not_null(strstr(b.p, "x_seconds_count 3\n"));
 	dp_http_buf_fini(&b);
 }
+
+Test(http_req, nul_is_text_in_content_but_refused_in_names_and_ids)
+{
+	/* a reply the model wrote with a NUL comes back in a later request */
+	struct dp_http_request r;
+	struct dp_http_error e;
+	cr_assert_eq(parse(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+			   "{\"role\": \"assistant\", \"content\": \"x\\u0000y\"}, "
+			   "{\"role\": \"user\", \"content\": \"b\"}]}", &r, &e), 0, "%s", e.message);
+	cr_expect_eq(json_string_length(json_object_get(json_array_get(r.messages, 1), "content")),
+		     3);
+	dp_http_request_fini(&r);
+	refused(DP_HTTP_CHAT, "{\"model\": \"m\\u0000x\", \"messages\": [{\"role\": \"user\", "
+		"\"content\": \"a\"}]}", 400, "model");
+	refused(DP_HTTP_CHAT, "{\"cache_salt\": \"s\\u0000\", \"messages\": [{\"role\": \"user\", "
+		"\"content\": \"a\"}]}", 400, "cache_salt");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\\u0000x\", \"content\": \"a\"}]}",
+		400, "messages[0].role");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"assistant\", \"content\": null, "
+		"\"tool_calls\": [{\"id\": \"c\\u00001\", \"type\": \"function\", \"function\": "
+		"{\"name\": \"f\", \"arguments\": \"{}\"}}]}]}", 400, "messages[0].tool_calls");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], "
+		"\"tool_choice\": \"auto\\u0000\"}", 400, "tool_choice");
+	/* the Messages API's conversion reads C strings: no NUL at all */
+	refused(DP_HTTP_MESSAGES, "{\"model\": \"m\", \"max_tokens\": 4, \"messages\": "
+		"[{\"role\": \"user\", \"content\": \"a\\u0000\"}]}", 400, "");
+}
