@@ -259,6 +259,9 @@ static const struct opt opts[] = {
 	   .help = "HTTP requests in flight; more get 429"),
 	OK("http", "max_tools", http_max_tools, OPT_U32, .min = 0, .max = 4096,
 	   .help = "tools one chat request may declare"),
+	OK("http", "replay_cache_bytes", http_replay_cache_bytes, OPT_BYTES, .min = 0,
+	   .max = 1ull << 40, .help = "the ids sampled for recent chat replies, replayed when a "
+				      "client sends a reply back (0: off)"),
 	OK("http", "keepalive_ms", http_keepalive_ms, OPT_U32, .min = 100, .max = 3600000,
 	   .help = "an SSE comment line after this long without a token (proxies time out idle "
 		   "streams)"),
@@ -333,6 +336,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->http_max_json_depth = 64;
 	c->http_max_requests = 256;
 	c->http_max_tools = 128;
+	c->http_replay_cache_bytes = 64ull << 20;
 	c->http_keepalive_ms = 15000;
 	snprintf(c->config_path, sizeof(c->config_path), "%s", DP_CONFIG_DEFAULT_PATH);
 }

@@ -114,6 +114,7 @@ struct dp_config {
 	uint32_t http_max_json_depth;
 	uint32_t http_max_requests; /* in flight; more get 429 */
 	uint32_t http_max_tools;
+	uint64_t http_replay_cache_bytes; /* sampled ids of recent V4 replies (0: off) */
 	uint32_t http_keepalive_ms; /* SSE ": ping" after this long without output */
 
 	char config_path[DP_CONFIG_STR_MAX];

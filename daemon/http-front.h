@@ -21,6 +21,7 @@
 #include "daemon/http-parse.h"
 #include "daemon/http.h"
 #include "daemon/server.h"
+#include "model/conv.h"
 
 #define DP_HTTP_KEY_MAX 512
 
@@ -47,6 +48,15 @@ struct hslot {
 	uint32_t gen;
 };
 
+/* http-replay.c: the ids sampled for recent V4 chat replies */
+struct http_replay_entry;
+struct http_replay {
+	struct http_replay_entry *entries;
+	size_t n, alloc;
+	size_t bytes, cap; /* cap: [http] replay_cache_bytes (0: off) */
+	uint64_t clock, evicted, turns_replayed;
+};
+
 struct dp_http {
 	struct dp_server *srv;
 	struct MHD_Daemon *d;
@@ -60,6 +70,8 @@ struct dp_http {
 	char model_name[256];
 	struct dp_http_limits lim;
 	struct dp_http_buf scratch;
+	struct http_replay replay;
+	struct dp_http_buf scratch_key;
 	/* counters for /metrics */
 	uint64_t requests, refused_busy, refused_auth, client_errors, server_errors, disconnects,
 		cut_slow, streams;
@@ -85,6 +97,11 @@ struct hreq {
 	struct dp_conv_stream *conv;
 	struct dp_http_buf reasoning;
 	json_t *calls;
+	/* a V4 chat reply kept for replay: its mode, the ids sampled, the
+	 * content and reasoning as sent */
+	bool replay;
+	enum dp_chat_mode mode;
+	struct dp_http_buf sampled, said, said_reasoning;
 	/* the Messages API's stream: the open content block's kind and index */
 	const char *ant_kind;
 	int ant_index;
@@ -107,6 +124,17 @@ struct hreq {
 		dp_http_error_set(&e_, status, type, code, param, __VA_ARGS__);              \
 		return http_queue_error(r, &e_);                                                  \
 	} while (0)
+
+/* http-replay.c */
+int http_replay_key(struct dp_http_buf *b, int32_t key, const char *salt, enum dp_chat_mode mode,
+		    const char *content, size_t content_len, const char *reasoning,
+		    size_t reasoning_len, const json_t *calls);
+int http_replay_put(struct http_replay *rp, const char *key, size_t len, const int32_t *ids,
+		    size_t n);
+const int32_t *http_replay_get(struct http_replay *rp, const char *key, size_t len, size_t *ret_n);
+void http_replay_fini(struct http_replay *rp);
+struct dp_conv_prompt;
+size_t http_replay_splice(struct dp_http *h, const struct hreq *r, struct dp_conv_prompt *whole);
 
 /* http.c */
 /* Which configured API key an Authorization header carries: its index,

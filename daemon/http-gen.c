@@ -424,6 +424,10 @@ static bool stop_hit(struct hreq *r)
  * they come; content joins r->text, where stop strings are looked for. */
 static int chat_delta(struct hreq *r, const struct dp_chat_delta *d)
 {
+	if (r->replay &&
+	    (dp_http_buf_add(&r->said_reasoning, d->reasoning, d->reasoning_len) < 0 ||
+	     dp_http_buf_add(&r->said, d->content, d->content_len) < 0))
+		return -ENOMEM;
 	if (d->reasoning_len) {
 		if (r->req.stream)
 			emit_delta(r, json_pack("{s:s%}", "reasoning_content", d->reasoning,
@@ -450,6 +454,29 @@ static int chat_delta(struct hreq *r, const struct dp_chat_delta *d)
 	return 0;
 }
 
+/* A reply kept under what the client was sent (http-replay.c): the ids
+ * sampled, and EOS where the reply did not end on it (a length limit, a stop
+ * id), as a session's context gets it before its next turn
+ * (dp_conv_continue_lead). Failing to keep one only costs a later cache hit. */
+static void replay_keep(struct hreq *r)
+{
+	struct dp_http *h = r->h;
+	int32_t eos = dp_conv_continue_lead(h->srv->conv);
+	size_t n = r->sampled.len / sizeof(int32_t);
+	if (!n || eos < 0)
+		return;
+	if (((const int32_t *)(const void *)r->sampled.p)[n - 1] != eos) {
+		if (dp_http_buf_add(&r->sampled, &eos, sizeof(eos)) < 0)
+			return;
+		n++;
+	}
+	if (http_replay_key(&h->scratch_key, r->key, r->req.cache_salt, r->mode, r->said.p,
+			    r->said.len, r->said_reasoning.p, r->said_reasoning.len, r->calls) < 0)
+		return;
+	(void)http_replay_put(&h->replay, h->scratch_key.p, h->scratch_key.len,
+			      (const int32_t *)(const void *)r->sampled.p, n);
+}
+
 static void on_tokens(struct hreq *r, const struct dp_event *e)
 {
 	struct dp_http *h = r->h;
@@ -467,6 +494,8 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 	}
 	char piece[256];
 	size_t bound = dp_tok_stream_bound(srv->tok);
+	if (r->replay && dp_http_buf_add(&r->sampled, e->ids, e->n_ids * sizeof(int32_t)) < 0)
+		r->replay = false;
 	for (uint32_t i = 0; i < e->n_ids; i++) {
 		size_t got = 0;
 		r->completion_tokens++;
@@ -518,6 +547,8 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 		const char *why = e->finish == DUALPATH__V1__FINISH_REASON__FINISH_LENGTH ? "length"
 				  : e->finish == DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED ? "cancelled"
 											  : "stop";
+		if (r->replay && (!strcmp(why, "stop") || !strcmp(why, "length")))
+			replay_keep(r);
 		{
 			finish(r, why);
 			return;
@@ -806,6 +837,8 @@ enum MHD_Result http_on_chat(struct hreq *r)
 		}
 		chat_error_text(whole_error, sizeof(whole_error), &ce, rc);
 	}
+	if (rc == 0)
+		http_replay_splice(h, r, &whole);
 	if (q->session_id && (rc = dp_conv_render(srv->conv, req, DP_CONV_CONTINUE, &cont, &ce)) < 0)
 		chat_error_text(cont_error, sizeof(cont_error), &ce, rc);
 	json_decref(req);
@@ -831,6 +864,9 @@ enum MHD_Result http_on_chat(struct hreq *r)
 	snprintf(prefix, sizeof(prefix), "%s%" PRIx64 "_", r->route == R_MESSAGES ? "toolu_" : "call_",
 		 h->next_rid + 1);
 	r->chat = true;
+	r->mode = mode;
+	r->replay = r->route == R_CHAT && h->replay.cap &&
+		    dp_conv_format(srv->conv) == DP_CHAT_FORMAT_V4;
 	r->calls = json_array();
 	if (!r->calls || dp_conv_stream_new(srv->conv, mode, prefix, &r->conv) < 0) {
 		free(ids);

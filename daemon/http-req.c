@@ -98,6 +98,14 @@ static int get_int(json_t *o, const char *key, json_int_t lo, json_int_t hi, jso
 	return 1;
 }
 
+/* A string read as a C string (a name, an id, a key) must hold no NUL: the
+ * body may carry \u0000 in text (the model may have written one, and a
+ * client sends its reply back), but not where it would cut a name short. */
+static bool nul_free(json_t *v)
+{
+	return !json_is_string(v) || strlen(json_string_value(v)) == json_string_length(v);
+}
+
 static int get_string(json_t *o, const char *key, const char **out, struct dp_http_error *err)
 {
 	json_t *v = json_object_get(o, key);
@@ -105,6 +113,8 @@ static int get_string(json_t *o, const char *key, const char **out, struct dp_ht
 		return 0;
 	if (!json_is_string(v))
 		return BAD(key, "%s must be a string", key);
+	if (!nul_free(v))
+		return BAD(key, "%s must not hold a NUL character", key);
 	*out = json_string_value(v);
 	return 1;
 }
@@ -313,8 +323,8 @@ static int check_messages(json_t *msgs, struct dp_http_error *err)
 			return BAD(param, "%s must be an object", param);
 		json_t *role = json_object_get(m, "role");
 		snprintf(param, sizeof(param), "messages[%zu].role", i);
-		if (!json_is_string(role))
-			return BAD(param, "%s must be a string", param);
+		if (!json_is_string(role) || !nul_free(role))
+			return BAD(param, "%s must be a string without NUL", param);
 		if (!known_role(json_string_value(role)))
 			return BAD(param, "%s: unknown role '%.40s' (system, developer, user, "
 					  "assistant or tool)", param, json_string_value(role));
@@ -340,6 +350,8 @@ static int check_messages(json_t *msgs, struct dp_http_error *err)
 				json_t *fn = json_object_get(call, "function");
 				if (!json_is_object(call) || !json_is_object(fn) ||
 				    !json_is_string(json_object_get(fn, "name")) ||
+				    !nul_free(json_object_get(fn, "name")) ||
+				    !nul_free(json_object_get(call, "id")) ||
 				    !json_is_string(json_object_get(fn, "arguments")))
 					return BAD(param, "%s[%zu] must be {\"id\", \"type\": \"function\", "
 							  "\"function\": {\"name\", \"arguments\" (a string)}}",
@@ -349,8 +361,8 @@ static int check_messages(json_t *msgs, struct dp_http_error *err)
 		if (!strcmp(r, "tool")) {
 			json_t *id = json_object_get(m, "tool_call_id");
 			snprintf(param, sizeof(param), "messages[%zu].tool_call_id", i);
-			if (id && !json_is_string(id))
-				return BAD(param, "%s must be a string", param);
+			if (id && (!json_is_string(id) || !nul_free(id)))
+				return BAD(param, "%s must be a string without NUL", param);
 		}
 	}
 	return 0;
@@ -372,12 +384,15 @@ static int check_tools(json_t *o, const struct dp_http_limits *lim, struct dp_ht
 			char param[64];
 			snprintf(param, sizeof(param), "tools[%zu]", i);
 			const char *type = json_string_value(json_object_get(t, "type"));
-			if (!json_is_object(t) || !type || strcmp(type, "function"))
+			if (!json_is_object(t) || !type || strcmp(type, "function") ||
+			    !nul_free(json_object_get(t, "type")))
 				return BAD(param, "%s must be {\"type\": \"function\", \"function\": {...}}",
 					   param);
 			if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")) ||
-			    !json_string_length(json_object_get(fn, "name")))
-				return BAD(param, "%s.function.name must be a non-empty string", param);
+			    !json_string_length(json_object_get(fn, "name")) ||
+			    !nul_free(json_object_get(fn, "name")))
+				return BAD(param, "%s.function.name must be a non-empty string without NUL",
+					   param);
 			json_t *params = json_object_get(fn, "parameters");
 			if (params && !json_is_null(params) && !json_is_object(params))
 				return BAD(param, "%s.function.parameters must be a JSON Schema object", param);
@@ -389,7 +404,8 @@ static int check_tools(json_t *o, const struct dp_http_limits *lim, struct dp_ht
 		return 0;
 	if (json_is_string(tc)) {
 		const char *s = json_string_value(tc);
-		if (strcmp(s, "none") && strcmp(s, "auto") && strcmp(s, "required"))
+		if (!nul_free(tc) ||
+		    (strcmp(s, "none") && strcmp(s, "auto") && strcmp(s, "required")))
 			return BAD("tool_choice", "tool_choice must be none, auto, required or "
 						  "{\"type\": \"function\", \"function\": {\"name\"}}");
 		if (!strcmp(s, "required") && !r->tools)
@@ -398,7 +414,8 @@ static int check_tools(json_t *o, const struct dp_http_limits *lim, struct dp_ht
 		return 0;
 	}
 	const char *name = json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
-	if (!json_is_object(tc) || !name)
+	if (!json_is_object(tc) || !name ||
+	    !nul_free(json_object_get(json_object_get(tc, "function"), "name")))
 		return BAD("tool_choice", "tool_choice must be none, auto, required or "
 					  "{\"type\": \"function\", \"function\": {\"name\"}}");
 	for (size_t i = 0; i < json_array_size(r->tools); i++) {
@@ -427,7 +444,7 @@ static int parse_chat(json_t *o, const struct dp_http_limits *lim, struct dp_htt
 	json_t *rf = json_object_get(o, "response_format");
 	if (rf && !json_is_null(rf)) {
 		const char *type = json_string_value(json_object_get(rf, "type"));
-		if (!json_is_object(rf) || !type)
+		if (!json_is_object(rf) || !type || !nul_free(json_object_get(rf, "type")))
 			return BAD("response_format", "response_format must be {\"type\": ...}");
 		if (!strcmp(type, "json_object"))
 			r->json_object = true;
@@ -479,7 +496,12 @@ int dp_http_request_parse(enum dp_http_api api, const char *body, size_t len,
 		return BAD(NULL, "the request's JSON nests deeper than %u levels ([http] max_json_depth)",
 			   lim->max_depth);
 	json_error_t je;
-	r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	/* NUL in text (\u0000) for the OpenAI APIs, whose fields are checked
+	 * for it where read as C strings; the Messages API's conversion reads
+	 * its strings as C strings, so it gets none */
+	r.root = json_loadb(body, len,
+			    JSON_REJECT_DUPLICATES | (api == DP_HTTP_MESSAGES ? 0 : JSON_ALLOW_NUL),
+			    &je);
 	if (!r.root)
 		return BAD(NULL, "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
 			   je.column);

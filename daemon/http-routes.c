@@ -156,6 +156,12 @@ void http_on_stats(struct hreq *r, struct dp_compute_stats *s)
 	   h->disconnects);
 	HC("dualpath_http_slow_reader_cuts_total",
 	   "streams cut off for not reading their share of client_buffer_bytes", h->cut_slow);
+	HC("dualpath_http_replayed_turns_total",
+	   "assistant turns sent back by a client and put back as the ids sampled",
+	   h->replay.turns_replayed);
+	HC("dualpath_http_replay_evictions_total",
+	   "replies dropped from the replay cache for room ([http] replay_cache_bytes)",
+	   h->replay.evicted);
 	/* the prefix cache for stateless clients is not built yet: hits are what
 	 * compute reports for sessions (usage.cached_tokens), not counted here */
 #undef HC
@@ -418,6 +424,9 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	dp_conv_stream_free(r->conv);
 	json_decref(r->calls);
 	dp_http_buf_fini(&r->reasoning);
+	dp_http_buf_fini(&r->sampled);
+	dp_http_buf_fini(&r->said);
+	dp_http_buf_fini(&r->said_reasoning);
 	dp_http_buf_fini(&r->body);
 	dp_http_buf_fini(&r->text);
 	dp_http_buf_fini(&r->out);

@@ -243,6 +243,7 @@ int dp_http_init(struct dp_server *srv, char *err, size_t err_len)
 	h->lim.max_body = srv->cfg.http_max_body_bytes;
 	h->lim.max_depth = srv->cfg.http_max_json_depth;
 	h->lim.max_tools = srv->cfg.http_max_tools;
+	h->replay.cap = srv->cfg.http_replay_cache_bytes;
 	h->lim.max_new_tokens = srv->cfg.max_new_tokens;
 	return 0;
 }
@@ -329,6 +330,8 @@ void dp_http_free(struct dp_server *srv)
 	free(h->keys);
 	free(h->slots);
 	dp_http_buf_fini(&h->scratch);
+	dp_http_buf_fini(&h->scratch_key);
+	http_replay_fini(&h->replay);
 	free(h);
 	srv->http = NULL;
 }

@@ -21,6 +21,9 @@ struct dp_conv {
 	 * disagree. */
 	char *effort_para;
 	size_t effort_para_len;
+	/* V4: the ids of the markup that frames an assistant turn's generated
+	 * part (-1 where the tokenizer holds it as more than one id). */
+	int32_t id_assistant, id_think, id_think_end;
 };
 
 struct dp_conv_stream {
@@ -67,6 +70,17 @@ static int learn_effort_para(struct dp_conv *cv)
 	return ret;
 }
 
+/* The one id text tokenizes to, or -1. */
+static int32_t markup_id(const struct dp_tok *tok, const char *text)
+{
+	size_t cap = dp_tok_encode_bound(tok, strlen(text), 0), n = 0;
+	int32_t *ids = cap ? malloc(cap * sizeof(int32_t)) : NULL, id = -1;
+	if (ids && dp_tok_encode(tok, text, strlen(text), 0, ids, cap, &n) == 0 && n == 1)
+		id = ids[0];
+	free(ids);
+	return id;
+}
+
 int dp_conv_new_format(enum dp_chat_format format, const struct dp_tok *tok,
                        struct dp_conv **ret_conv)
 {
@@ -80,6 +94,12 @@ int dp_conv_new_format(enum dp_chat_format format, const struct dp_tok *tok,
 		return -ENOMEM;
 	cv->format = format;
 	cv->tok = tok;
+	cv->id_assistant = cv->id_think = cv->id_think_end = -1;
+	if (format == DP_CHAT_FORMAT_V4) {
+		cv->id_assistant = markup_id(tok, "<｜Assistant｜>");
+		cv->id_think = markup_id(tok, "<think>");
+		cv->id_think_end = markup_id(tok, "</think>");
+	}
 	if (format == DP_CHAT_FORMAT_V4 && (ret = learn_effort_para(cv)) < 0) {
 		dp_conv_free(cv);
 		return ret;
@@ -448,4 +468,69 @@ out:
 	free(r1);
 	free(c1);
 	return ret;
+}
+
+/* The generated part of the turn-th assistant turn of p: the ids after the
+ * opener that follows its <｜Assistant｜> up to and including EOS. */
+static int turn_span(const struct dp_conv *cv, const struct dp_conv_prompt *p, size_t turn,
+                     size_t *ret_start, size_t *ret_end, int32_t *ret_opener)
+{
+	int32_t eos = dp_tok_special(cv->tok, DP_TOK_EOS);
+	size_t seen = 0, i;
+	for (i = 0; i < p->n_ids; i++)
+		if (p->ids[i] == cv->id_assistant && seen++ == turn)
+			break;
+	if (i + 1 >= p->n_ids)
+		return -ENOENT;
+	size_t start = i + 2, end = start;
+	while (end < p->n_ids && p->ids[end] != eos)
+		end++;
+	if (end == p->n_ids)
+		return -ENOENT; /* the prompt's own opener: no turn follows */
+	*ret_start = start;
+	*ret_end = end + 1;
+	*ret_opener = p->ids[i + 1];
+	return 0;
+}
+
+size_t dp_conv_prompt_turns(const struct dp_conv *cv, const struct dp_conv_prompt *p)
+{
+	size_t n = 0;
+	if (!cv || !p || cv->format != DP_CHAT_FORMAT_V4 || cv->id_assistant < 0)
+		return 0;
+	for (size_t i = 0; i < p->n_ids; i++)
+		n += p->ids[i] == cv->id_assistant;
+	return n;
+}
+
+int dp_conv_prompt_splice(const struct dp_conv *cv, struct dp_conv_prompt *p, size_t turn,
+                          enum dp_chat_mode mode, const int32_t *ids, size_t n)
+{
+	size_t start, end;
+	int32_t opener, eos;
+	int ret;
+
+	if (!cv || !p || (n && !ids) || mode < 0 || mode >= DP_CHAT_MODE_MAX)
+		return -EINVAL;
+	if (cv->format != DP_CHAT_FORMAT_V4 || cv->id_assistant < 0 || cv->id_think < 0 ||
+	    cv->id_think_end < 0)
+		return -ENOTSUP;
+	eos = dp_tok_special(cv->tok, DP_TOK_EOS);
+	if (!n || ids[n - 1] != eos)
+		return -EINVAL; /* a reply that did not end on EOS is no turn */
+	if ((ret = turn_span(cv, p, turn, &start, &end, &opener)) < 0)
+		return ret;
+	if (opener != (mode == DP_CHAT_MODE_THINKING ? cv->id_think : cv->id_think_end))
+		return -ENOENT; /* rendered without its reasoning (or in the other mode) */
+	size_t len = p->n_ids - (end - start) + n;
+	if (n > end - start) {
+		int32_t *grown = realloc(p->ids, (len + 1) * sizeof(int32_t));
+		if (!grown)
+			return -ENOMEM;
+		p->ids = grown;
+	}
+	memmove(p->ids + start + n, p->ids + end, (p->n_ids - end) * sizeof(int32_t));
+	memcpy(p->ids + start, ids, n * sizeof(int32_t));
+	p->n_ids = len;
+	return 0;
 }

@@ -100,6 +100,24 @@ int dp_conv_render(const struct dp_conv *conv, const json_t *request, unsigned f
 /* The same from the request's JSON text. */
 int dp_conv_render_text(const struct dp_conv *conv, const char *json, size_t len, unsigned flags,
                         struct dp_conv_prompt *ret, struct dp_chat_error *err);
+/*
+ * Replay (V4): a stateless client sends an earlier reply back as it received
+ * it, and its re-render need not tokenize to the ids that were sampled (a
+ * tokenizer has many spellings of one text; the model's was one of them).
+ * The caller that kept those ids puts them back: the turn-th assistant turn
+ * of the prompt (counting its <｜Assistant｜> openers from 0; the prompt's
+ * final opener is no turn) has its generated part — the ids after the opener
+ * <think> (mode THINKING) or </think> (CHAT) up to and including EOS —
+ * replaced by ids, which must end on EOS. The text in p is not changed.
+ * Returns 0; -ENOENT when p has no such turn or its opener is not mode's
+ * (thinking mode rendered the turn without its reasoning: the context
+ * differs from the one sampled by design); -ENOTSUP for the plain format;
+ * -EINVAL; -ENOMEM.
+ */
+int dp_conv_prompt_splice(const struct dp_conv *conv, struct dp_conv_prompt *p, size_t turn,
+                          enum dp_chat_mode mode, const int32_t *ids, size_t n);
+/* How many <｜Assistant｜> openers p holds (V4; 0 otherwise). */
+size_t dp_conv_prompt_turns(const struct dp_conv *conv, const struct dp_conv_prompt *p);
 /* Accepts a zeroed prompt. */
 void dp_conv_prompt_fini(struct dp_conv_prompt *prompt);
 

@@ -132,6 +132,7 @@ static const struct range_case {
     {"--max-requests", "max_requests", "0", "65537", "between 1 and 65536"},
     {"--max-tools", "max_tools", NULL, "4097", "between 0 and 4096"},
     {"--keepalive-ms", "keepalive_ms", "99", "3600001", "between 100 and 3600000"},
+    {"--replay-cache-bytes", "replay_cache_bytes", NULL, "1025G", "between 0 and 1T"},
 };
 
 #define N_RANGES DP_ARRAY_SIZE(ranges)

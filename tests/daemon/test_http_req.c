@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "daemon/http-front.h"
 #include "daemon/http-parse.h"
 
 static const struct dp_http_limits lim = {
@@ -249,4 +250,109 @@ Test(http_sse, histograms_render_cumulative_buckets)
 	cr_expect_not_null(strstr(b.p, "x_seconds_bucket{le=\"+Inf\"} 3\n"));
 	cr_expect_not_null(strstr(b.p, "x_seconds_count 3\n"));
 	dp_http_buf_fini(&b);
+}
+
+Test(http_req, nul_is_text_in_content_but_refused_in_names_and_ids)
+{
+	/* a reply the model wrote with a NUL comes back in a later request */
+	struct dp_http_request r;
+	struct dp_http_error e;
+	cr_assert_eq(parse(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+			   "{\"role\": \"assistant\", \"content\": \"x\\u0000y\"}, "
+			   "{\"role\": \"user\", \"content\": \"b\"}]}", &r, &e), 0, "%s", e.message);
+	cr_expect_eq(json_string_length(json_object_get(json_array_get(r.messages, 1), "content")),
+		     3);
+	dp_http_request_fini(&r);
+	refused(DP_HTTP_CHAT, "{\"model\": \"m\\u0000x\", \"messages\": [{\"role\": \"user\", "
+		"\"content\": \"a\"}]}", 400, "model");
+	refused(DP_HTTP_CHAT, "{\"cache_salt\": \"s\\u0000\", \"messages\": [{\"role\": \"user\", "
+		"\"content\": \"a\"}]}", 400, "cache_salt");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\\u0000x\", \"content\": \"a\"}]}",
+		400, "messages[0].role");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"assistant\", \"content\": null, "
+		"\"tool_calls\": [{\"id\": \"c\\u00001\", \"type\": \"function\", \"function\": "
+		"{\"name\": \"f\", \"arguments\": \"{}\"}}]}]}", 400, "messages[0].tool_calls");
+	refused(DP_HTTP_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], "
+		"\"tool_choice\": \"auto\\u0000\"}", 400, "tool_choice");
+	/* the Messages API's conversion reads C strings: no NUL at all */
+	refused(DP_HTTP_MESSAGES, "{\"model\": \"m\", \"max_tokens\": 4, \"messages\": "
+		"[{\"role\": \"user\", \"content\": \"a\\u0000\"}]}", 400, "");
+}
+
+/* daemon/http-replay.c: the ids sampled per reply, under exactly what the
+ * client was sent */
+static size_t key_of(struct dp_http_buf *b, int32_t api_key, const char *salt, const char *content,
+		     const char *reasoning, json_t *calls)
+{
+	cr_assert_eq(http_replay_key(b, api_key, salt, DP_CHAT_MODE_CHAT, content,
+				     content ? strlen(content) : 0, reasoning,
+				     reasoning ? strlen(reasoning) : 0, calls),
+		     0);
+	return b->len;
+}
+
+Test(http_replay, a_reply_is_found_only_under_what_was_sent_and_by_its_tenant)
+{
+	struct http_replay rp = { .cap = 1u << 20 };
+	struct dp_http_buf k = { 0 };
+	const int32_t ids[] = { 5, 6, 7, 1 };
+	json_t *calls = json_pack("[{s:s, s:{s:s, s:s}}]", "id", "call_1_0", "function", "name", "f",
+				  "arguments", "{\"a\": 1}");
+	key_of(&k, -1, "s", "hi", NULL, calls);
+	cr_assert_eq(http_replay_put(&rp, k.p, k.len, ids, 4), 0);
+	size_t n = 0;
+	const int32_t *got = http_replay_get(&rp, k.p, k.len, &n);
+	cr_assert(got && n == 4 && !memcmp(got, ids, sizeof(ids)));
+	/* content null and "" are one; anything else differing is another reply */
+	key_of(&k, -1, "s", "hi", "", calls);
+	cr_expect(http_replay_get(&rp, k.p, k.len, &n), "no reasoning is empty reasoning");
+	key_of(&k, -1, "s", "hi!", NULL, calls);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n), "edited content");
+	key_of(&k, -1, "t", "hi", NULL, calls);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n), "another cache_salt");
+	key_of(&k, 0, "s", "hi", NULL, calls);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n), "another API key");
+	json_object_set_new(json_array_get(calls, 0), "id", json_string("call_2_0"));
+	key_of(&k, -1, "s", "hi", NULL, calls);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n), "another tool-call id");
+	/* a NUL inside the content is part of it: "a\0b" is not "a" */
+	cr_assert_eq(http_replay_key(&k, -1, "s", DP_CHAT_MODE_CHAT, "a\0b", 3, NULL, 0, NULL), 0);
+	cr_assert_eq(http_replay_put(&rp, k.p, k.len, ids, 4), 0);
+	key_of(&k, -1, "s", "a", NULL, NULL);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n));
+	json_decref(calls);
+	dp_http_buf_fini(&k);
+	http_replay_fini(&rp);
+}
+
+Test(http_replay, the_least_recently_used_reply_goes_first_within_the_byte_cap)
+{
+	struct http_replay rp = { 0 };
+	struct dp_http_buf k = { 0 };
+	int32_t ids[64] = { 0 };
+	char text[8];
+	size_t n;
+	key_of(&k, -1, NULL, "r0", NULL, NULL);
+	size_t one = k.len + sizeof(ids) + 64; /* an entry's bytes, bookkeeping bounded by 64 */
+	rp.cap = 3 * one;
+	for (int i = 0; i < 3; i++) {
+		snprintf(text, sizeof(text), "r%d", i);
+		key_of(&k, -1, NULL, text, NULL, NULL);
+		cr_assert_eq(http_replay_put(&rp, k.p, k.len, ids, 64), 0);
+	}
+	key_of(&k, -1, NULL, "r0", NULL, NULL);
+	cr_assert(http_replay_get(&rp, k.p, k.len, &n), "r0 used: r1 is now the oldest");
+	key_of(&k, -1, NULL, "r3", NULL, NULL);
+	cr_assert_eq(http_replay_put(&rp, k.p, k.len, ids, 64), 0);
+	cr_assert_leq(rp.bytes, rp.cap);
+	key_of(&k, -1, NULL, "r1", NULL, NULL);
+	cr_expect_null(http_replay_get(&rp, k.p, k.len, &n), "the least recently used went");
+	key_of(&k, -1, NULL, "r0", NULL, NULL);
+	cr_expect(http_replay_get(&rp, k.p, k.len, &n));
+	cr_expect_geq(rp.evicted, 1);
+	/* one larger than the whole cap is not kept */
+	static int32_t big[1024];
+	cr_expect_eq(http_replay_put(&rp, k.p, k.len, big, 1024), -E2BIG);
+	dp_http_buf_fini(&k);
+	http_replay_fini(&rp);
 }

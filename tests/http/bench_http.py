@@ -10,11 +10,17 @@ thread of its own with httpx (the openai SDK's HTTP client).
 Prints one RESULT line per concurrency: streams, wall seconds, delivered
 text chunks/s (a chunk is one token, or several when a UTF-8 character spans them), TTFT p50/p99 (ms), and compute's own decode tokens/s over the same
 interval (from /metrics), so the HTTP front's share shows as the gap.
+
+With --socket-client BUILD/bench/agentic/agentic-stream-socket each
+concurrency is also run over the Unix-socket protocol on the same daemon
+(the same prompt ids, tokens and sampling), interleaved with the HTTP run,
+and a RESULT line gives HTTP/socket ratios of tokens/s and TTFT p50.
 """
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -43,6 +49,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", default="1,8,64")
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--socket-client", default="")
     a = ap.parse_args()
     d = t.Daemon("--max-requests", "256", "--max-batch", "64")
     try:
@@ -61,6 +68,19 @@ def main():
             ttft = sorted(r[0] for r in res)
             chunks = sum(r[1] for r in res)
             dec = m1['dualpath_tokens_total{phase="decode"}'] - m0['dualpath_tokens_total{phase="decode"}']
+            http_tok_s, http_ttft = chunks / wall, statistics.median(ttft)
+            if a.socket_client:
+                ids = d.http.post("/tokenize", json={"prompt": "The hacker"}).json()["tokens"]
+                out = subprocess.run([a.socket_client, "--socket", os.path.join(d.dir, "s"),
+                                      "--streams", str(c), "--tokens", str(a.tokens), "--prompt",
+                                      ",".join(map(str, ids))], capture_output=True, text=True,
+                                     timeout=600)
+                assert out.returncode == 0, out.stderr
+                f = dict(kv.split("=") for kv in out.stdout.split())
+                print("RESULT socket_stream " + out.stdout.strip())
+                print("RESULT http_vs_socket streams=%d tok_s_ratio=%.3f ttft_p50_ratio=%.3f" % (
+                    c, http_tok_s / float(f["tok_s"]),
+                    http_ttft / max(float(f["ttft_p50_ms"]) / 1000, 1e-9)))
             print("RESULT http_stream streams=%d text_chunks=%d wall_s=%.3f delivered_chunks_s=%.0f "
                   "ttft_p50_ms=%.1f ttft_p99_ms=%.1f compute_decode_tok_s=%.0f" % (
                       c, chunks, wall, chunks / wall, 1000 * statistics.median(ttft),

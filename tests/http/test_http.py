@@ -700,7 +700,63 @@ def v4_chat_puts_reasoning_apart_from_content():
         d.stop()
 
 
-TESTS_OWN = [v4_chat_puts_reasoning_apart_from_content, too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
+def v4_stateless_conversation_hits_the_cache_as_a_session_does():
+    """A multi-turn V4 conversation sent statelessly (the whole history each
+    turn, every reply sent back as received) reuses what an explicit session
+    reuses: each reply is replayed as the ids sampled (daemon/http-replay.c),
+    so the unit at its end is hit, and greedy replies equal the session's.
+    With thinking on, encoding_dsv4 drops the reasoning of turns before the
+    last user message: the stateless context is not the session's by design,
+    and what it reuses is the unit at the end of the previous prompt."""
+    model = os.environ.get("DP_TEST_CHAT_MODEL", "")
+    if not os.path.isdir(model):
+        print("     (no DP_TEST_CHAT_MODEL: the V4 format is not checked here)")
+        return
+    d = Daemon(model=model)
+    try:
+        c = d.client()
+        name = c.models.list().data[0].id
+        users = ["Plan a trip to Lyon.", "Which museums?", "And the food?", "Thanks, summarise."]
+        for thinking, sid in [({"thinking": {"type": "disabled"}}, "v4-off"),
+                              ({"thinking": {"type": "enabled"}}, "v4-on")]:
+            sess_cached = stat_cached = 0
+            history = []
+            prev_prompt = 0
+            for i, u in enumerate(users):
+                s = c.chat.completions.create(
+                    model=name, messages=[{"role": "user", "content": u}], max_tokens=12,
+                    temperature=0, extra_body=dict(thinking, session_id=sid))
+                history.append({"role": "user", "content": u})
+                t = c.chat.completions.create(model=name, messages=history, max_tokens=12,
+                                              temperature=0,
+                                              extra_body=dict(thinking, cache_salt=sid))
+                m = t.choices[0].message
+                reply = {"role": "assistant", "content": m.content}
+                if getattr(m, "reasoning_content", None):
+                    reply["reasoning_content"] = m.reasoning_content
+                history.append(reply)
+                sc = s.usage.prompt_tokens_details.cached_tokens
+                tc = t.usage.prompt_tokens_details.cached_tokens
+                print("     %s turn %d: session cached %d of %d, stateless %d of %d" % (
+                    sid, i, sc, s.usage.prompt_tokens, tc, t.usage.prompt_tokens))
+                if i:
+                    sess_cached += sc
+                    stat_cached += tc
+                    assert tc >= prev_prompt - 1, (i, prev_prompt, t.usage)
+                prev_prompt = t.usage.prompt_tokens
+                if "disabled" in str(thinking):
+                    assert m.content == s.choices[0].message.content, (i, m, s.choices[0].message)
+            print("     %s: stateless reused %d tokens, the session %d (%.1f%%)" % (
+                sid, stat_cached, sess_cached, 100.0 * stat_cached / max(sess_cached, 1)))
+            if "disabled" in str(thinking):
+                assert stat_cached >= 0.95 * sess_cached, (stat_cached, sess_cached)
+        m = d.metrics()
+        assert m.get("dualpath_http_replayed_turns_total", 0) > 0, m
+    finally:
+        d.stop()
+
+
+TESTS_OWN = [v4_stateless_conversation_hits_the_cache_as_a_session_does, v4_chat_puts_reasoning_apart_from_content, too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
              health_is_503_while_draining, slow_reader_is_cut_off_and_its_generation_cancelled,
              disconnect_cancels_an_unstreamed_generation, tcp_listen_serves_the_same_api]
 

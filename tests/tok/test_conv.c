@@ -331,3 +331,110 @@ Test(conv, bpe_kind_stream_decode_equals_tok_decode)
 	}
 	dp_bpe_free(b);
 }
+
+/* Sampled ids for text that are not the tokenizer's spelling of it: one
+ * encode per UTF-8 character (byte-level BPE then never merges across
+ * characters), EOS last. */
+static size_t spell_per_char(const char *text, int32_t *ids, size_t cap)
+{
+	size_t n = 0;
+	for (const char *p = text; *p;) {
+		size_t len = 1, got = 0;
+		while ((p[len] & 0xc0) == 0x80)
+			len++;
+		cr_assert_eq(dp_tok_encode(tok, p, len, 0, ids + n, cap - n, &got), 0);
+		n += got;
+		p += len;
+	}
+	ids[n++] = dp_conv_continue_lead(conv);
+	return n;
+}
+
+Test(conv, replay_puts_the_sampled_ids_of_a_tool_call_turn_in_place_of_its_rerender)
+{
+	/* The turn's generated part as encoding_dsv4 renders it: content, the
+	 * DSML of the call (json.dumps spacing), EOS. */
+	static const char req[] =
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"Weather in Paris?\"},"
+	    " {\"role\": \"assistant\", \"content\": \"Let me look.\", \"tool_calls\": [{\"id\": "
+	    "\"call_1_0\", \"type\": \"function\", \"function\": {\"name\": \"weather\", "
+	    "\"arguments\": \"{\\\"city\\\": \\\"Paris\\\", \\\"days\\\": 2}\"}}]},"
+	    " {\"role\": \"tool\", \"tool_call_id\": \"call_1_0\", \"content\": \"sunny\"}],"
+	    " \"thinking\": {\"type\": \"disabled\"}}";
+	struct dp_conv_prompt p;
+	render(req, 0, &p);
+	cr_assert_eq(dp_conv_prompt_turns(conv, &p), 2, "the reply's opener and the prompt's");
+	const char *open = strstr(p.text, "<｜Assistant｜></think>");
+	cr_assert(open);
+	const char *start = open + strlen("<｜Assistant｜></think>");
+	const char *end = strstr(start, "<｜end▁of▁sentence｜>");
+	cr_assert(end && strstr(start, "DSML"), "%s", p.text);
+	char turn[1024];
+	cr_assert_lt((size_t)(end - start), sizeof(turn));
+	memcpy(turn, start, (size_t)(end - start));
+	turn[end - start] = 0;
+	int32_t sampled[1024];
+	size_t n = spell_per_char(turn, sampled, 1024);
+
+	/* the prompt before the turn and after it stay as rendered; the turn
+	 * is the ids sampled */
+	static int32_t want[8192];
+	size_t k = 0, got = 0;
+	cr_assert_eq(dp_tok_encode(tok, p.text, (size_t)(start - p.text), 0, want, 8192, &got), 0);
+	k += got;
+	memcpy(want + k, sampled, n * sizeof(int32_t));
+	k += n;
+	const char *rest = end + strlen("<｜end▁of▁sentence｜>");
+	cr_assert_eq(dp_tok_encode(tok, rest, strlen(rest), 0, want + k, 8192 - k, &got), 0);
+	k += got;
+	struct dp_conv_prompt q;
+	render(req, 0, &q);
+	cr_assert_eq(dp_conv_prompt_splice(conv, &q, 0, DP_CHAT_MODE_CHAT, sampled, n), 0);
+	cr_assert_gt(q.n_ids, p.n_ids, "spelt per character: more ids than the rerender");
+	cr_assert_eq(q.n_ids, k);
+	cr_assert_arr_eq(q.ids, want, k * sizeof(int32_t));
+
+	/* what is not a sampled turn is refused, the prompt untouched */
+	cr_assert_eq(dp_conv_prompt_splice(conv, &q, 1, DP_CHAT_MODE_CHAT, sampled, n), -ENOENT,
+	             "the prompt's own opener is no turn");
+	cr_assert_eq(dp_conv_prompt_splice(conv, &q, 0, DP_CHAT_MODE_THINKING, sampled, n), -ENOENT,
+	             "sampled after <think>, rendered after </think>");
+	cr_assert_eq(dp_conv_prompt_splice(conv, &q, 0, DP_CHAT_MODE_CHAT, sampled, n - 1), -EINVAL,
+	             "a turn ends on EOS");
+	cr_assert_eq(q.n_ids, k);
+	dp_conv_prompt_fini(&p);
+	dp_conv_prompt_fini(&q);
+}
+
+Test(conv, replay_refuses_a_thinking_turn_whose_reasoning_the_format_dropped)
+{
+	/* encoding_dsv4 drops the reasoning of turns before the last user
+	 * message: the turn is rendered after </think>, not as it was sampled
+	 * (after <think>), and cannot be put back */
+	static const char req[] =
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"A?\"},"
+	    " {\"role\": \"assistant\", \"content\": \"B.\", \"reasoning_content\": \"hm\"},"
+	    " {\"role\": \"user\", \"content\": \"C?\"}], \"reasoning_effort\": \"high\"}";
+	struct dp_conv_prompt p;
+	render(req, 0, &p);
+	cr_assert_eq(p.mode, DP_CHAT_MODE_THINKING);
+	cr_assert(strstr(p.text, "<｜Assistant｜></think>B.") && !strstr(p.text, "hm"), "%s", p.text);
+	int32_t sampled[64];
+	size_t n = spell_per_char("hm</think>B.", sampled, 64);
+	size_t before = p.n_ids;
+	cr_assert_eq(dp_conv_prompt_splice(conv, &p, 0, DP_CHAT_MODE_THINKING, sampled, n), -ENOENT);
+	cr_assert_eq(p.n_ids, before);
+	dp_conv_prompt_fini(&p);
+
+	/* the last user message's later turns (a tool loop) keep it: put back */
+	static const char loop[] =
+	    "{\"messages\": [{\"role\": \"user\", \"content\": \"A?\"},"
+	    " {\"role\": \"assistant\", \"content\": \"B.\", \"reasoning_content\": \"hm\"}],"
+	    " \"reasoning_effort\": \"high\"}";
+	render(loop, 0, &p);
+	cr_assert(strstr(p.text, "<｜Assistant｜><think>hm</think>B."), "%s", p.text);
+	cr_assert_eq(dp_conv_prompt_turns(conv, &p), 1);
+	cr_assert_eq(dp_conv_prompt_splice(conv, &p, 0, DP_CHAT_MODE_THINKING, sampled, n), 0);
+	cr_assert_arr_eq(p.ids + p.n_ids - n, sampled, n * sizeof(int32_t));
+	dp_conv_prompt_fini(&p);
+}
