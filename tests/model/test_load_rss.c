@@ -35,7 +35,7 @@ struct shard_map {
 	uintptr_t start, end;
 };
 
-/* The read-only mappings of files under dir (the model's shards), before anything else maps them. */
+/* The mappings of files under dir (the model's shards), before anything else maps them. */
 static int shard_maps(const char *dir, struct shard_map *out, int max)
 {
 	char real[512], line[1024];
