@@ -802,3 +802,21 @@ int dp_st_prefetch(const struct dp_st_tensor *t)
 		return -errno;
 	return 0;
 }
+
+int dp_st_release(const struct dp_st_tensor *t, uint64_t first, uint64_t len)
+{
+	long page = sysconf(_SC_PAGESIZE);
+
+	if (!t || page <= 0)
+		return -EINVAL;
+	if (first > t->bytes || len > t->bytes - first)
+		return -ERANGE;
+	uintptr_t pm = (uintptr_t)page - 1;
+	uintptr_t a = ((uintptr_t)t->data + first + pm) & ~pm;
+	uintptr_t end = ((uintptr_t)t->data + first + len) & ~pm;
+	if (end <= a)
+		return 0; /* no whole page of its own */
+	if (madvise((void *)a, end - a, MADV_DONTNEED) < 0)
+		return -errno;
+	return 0;
+}

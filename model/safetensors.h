@@ -148,6 +148,20 @@ int dp_st_read_i64(const struct dp_st_tensor *t, uint64_t first, uint64_t count,
  * or a negative errno from madvise. */
 int dp_st_prefetch(const struct dp_st_tensor *t);
 
+/*
+ * Release bytes [first, first + len) of tensor t from this process: madvise(MADV_DONTNEED) on
+ * the whole pages inside that range (a page the range only shares with a neighbouring tensor is
+ * kept, so a tensor used in place is never touched). For a loader that copied those bytes or only
+ * validated them: the mapping is PROT_READ and MAP_PRIVATE and never written, so the pages are
+ * clean and the call only drops them from the process's resident set (RssFile); they stay in the
+ * page cache, which the kernel may reclaim, and a later read faults them back in with the same
+ * bytes. MADV_DONTNEED rather than MADV_COLD (only ages the pages: they stay mapped and counted)
+ * or MADV_PAGEOUT (also evicts them from the page cache, which other processes, or the next load,
+ * may still be reading). Returns 0, -ERANGE (outside t), -EINVAL, or a negative errno from
+ * madvise.
+ */
+int dp_st_release(const struct dp_st_tensor *t, uint64_t first, uint64_t len);
+
 #ifdef __cplusplus
 }
 #endif

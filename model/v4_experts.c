@@ -342,8 +342,12 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 				}
 				lc->offset = t.offset;
 				lc->bytes = t.bytes;
-				if (x->where == DP_V4_EXPERTS_NVME) /* what a read must bring back */
+				if (x->where == DP_V4_EXPERTS_NVME) { /* what a read must bring back */
 					lc->sum = XXH3_64bits(t.data, t.bytes);
+					/* read by the io thread from now on, never through
+					 * the mapping: out of the process's RSS */
+					(void)dp_st_release(&t, 0, t.bytes);
+				}
 				if ((r = file_index(x, t.file, &lc->file)) < 0)
 					goto fail;
 				x->hoff[((size_t)l * x->E + e) * XP_PARTS + p] = total;
@@ -371,8 +375,10 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 					size_t i = ((size_t)l * x->E + e) * XP_PARTS + p;
 					if ((r = dp_v4_weights_expert(w, (int)l, (int)e, parts[p], &t)) < 0)
 						goto fail;
-					if (dp_v4_weights_scale(w, &t, &sc) == 0)
+					if (dp_v4_weights_scale(w, &t, &sc) == 0) {
 						memcpy(x->scales + x->soff[i], sc.data, sc.bytes);
+						(void)dp_st_release(&sc, 0, sc.bytes);
+					}
 				}
 	}
 
@@ -390,6 +396,7 @@ int dp_v4_experts_init(struct dp_v4_model *m, const struct dp_v4_weights *w, cha
 					if ((r = dp_v4_weights_expert(w, (int)l, (int)e, parts[p], &t)) < 0)
 						goto fail;
 					memcpy(x->host + x->hoff[i], t.data, t.bytes);
+					(void)dp_st_release(&t, 0, t.bytes); /* copied */
 				}
 	} else {
 		if ((r = open_files(x, err, err_len)) < 0)

@@ -88,6 +88,9 @@ static int fill_rows(struct loader *ld, struct dp_gpu_weight *w, uint32_t index,
 	if (ret < 0)
 		return fail(ld, ret, "%s: loading tensor %s onto the %s backend failed: %s", t->file,
 			    t->name, dp_gpu_kind_name(dp_gpu_kind_of(ld->m->g)), strerror(-ret));
+	/* dequantized into the backend's memory: the stored rows leave RSS */
+	if (t->ndim <= 2 && rows)
+		(void)dp_st_release(t, src0 * (t->bytes / rows), n_rows * (t->bytes / rows));
 	return 0;
 }
 
@@ -230,6 +233,18 @@ static bool kparts_stack(const struct kpart *p, int n_parts)
 	return true;
 }
 
+/* Bytes the weight now holds a copy of leave the process's RSS (safetensors.h: dp_st_release;
+ * pages shared with a neighbour used in place stay). Without this a resident model kept every
+ * shard page the copy read, 1.4 GiB beyond the weights on bench/quant's Flash-shaped model. */
+static void release_copied(const struct kept *k, const char *codes, size_t code_bytes,
+			   const char *scales, size_t scale_bytes)
+{
+	(void)dp_st_release(&k->t, (uint64_t)(codes - (const char *)k->t.data), code_bytes);
+	if (k->scaled && scales)
+		(void)dp_st_release(&k->sc, (uint64_t)(scales - (const char *)k->sc.data),
+				    scale_bytes);
+}
+
 /* Fill matrix `index` of w (alloc_as'd with the parts' dtypes) from the parts stacked by rows:
  * the stored bytes, concatenated (one part: straight from the mapping). */
 static int kparts_fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t index,
@@ -263,8 +278,11 @@ static int kparts_fill(struct loader *ld, struct dp_gpu_weight *w, uint32_t inde
 		ret = dp_gpu_weight_fill_blocks(ld->m->g, w, index, buf, p[0].k.scaled ? buf + ctot : NULL);
 		free(buf);
 	}
-	if (ret == 0)
+	if (ret == 0) {
+		for (int i = 0; i < n_parts; i++)
+			release_copied(&p[i].k, c[i], cb[i], s[i], sb[i]);
 		return 0;
+	}
 	for (int i = 0; ret == -EINVAL && i < n_parts; i++) /* which part holds the NaN */
 		if (nan_named(ld, &p[i].k))
 			return ret;
@@ -1012,6 +1030,11 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 		ret = load_all(&ld);
 	if (ret == 0 && m->load_opts.numerics == DP_V4_NUMERICS_REFERENCE)
 		mark_act_quant(m);
+	/* a last sweep over what the forward never reads in place (MTP, routed experts): the
+	 * copies above released their pages as they went, but later reads of neighbouring
+	 * weights fault pages back in around them; an madvise error only costs RSS */
+	if (ret == 0 && m->wst.mapped_bytes) /* else the shards are unmapped below */
+		(void)dp_v4_weights_release_unread(ld.w);
 	dp_v4_weights_free(ld.w);
 	if (m->wst.mapped_bytes) /* weights use its bytes in place: freed with the model */
 		m->st = st;

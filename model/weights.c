@@ -162,6 +162,7 @@ struct dp_v4_weights {
 	const struct dp_v4_config *c;
 	const struct dp_st *st;
 	long *scale_of; /* per dp_st tensor: its scale's index, or -1 */
+	unsigned char *mtp_of; /* per dp_st tensor: 1 when the MTP block claimed it */
 	long global[DP_V4_W_GLOBAL_MAX];
 	long *layer; /* [num_hidden_layers][DP_V4_W_LAYER_MAX]; -1: none */
 	struct layer_experts *experts;
@@ -425,6 +426,11 @@ static void claim(struct build *b, long idx, const struct dp_st_tensor *t)
 	if (b->mtp) {
 		b->w->stats.n_mtp++;
 		b->w->stats.bytes_mtp += t->bytes;
+		/* validated (its scale read) and kept out of memory until something uses
+		 * it: the pages the check faulted in (and their neighbours, by fault-around)
+		 * leave the process's RSS */
+		(void)dp_st_release(t, 0, t->bytes);
+		b->w->mtp_of[idx] = 1;
 	} else {
 		b->w->stats.n_used++;
 		b->w->stats.bytes_used += t->bytes;
@@ -893,7 +899,41 @@ void dp_v4_weights_free(struct dp_v4_weights *w)
 	free(w->experts);
 	free(w->layer);
 	free(w->scale_of);
+	free(w->mtp_of);
 	free(w);
+}
+
+int dp_v4_weights_release_unread(const struct dp_v4_weights *w)
+{
+	static const enum dp_v4_expert_part parts[] = { DP_V4_EXPERT_GATE, DP_V4_EXPERT_UP,
+	                                                DP_V4_EXPERT_DOWN };
+	int r = 0, q;
+
+	if (!w)
+		return -EINVAL;
+	for (size_t i = 0; i < dp_st_count(w->st); i++) {
+		struct dp_st_tensor t;
+
+		if (w->mtp_of[i] && dp_st_at(w->st, i, &t) == 0 &&
+		    (q = dp_st_release(&t, 0, t.bytes)) < 0 && !r)
+			r = q;
+	}
+	for (int l = 0; l < w->c->num_hidden_layers; l++)
+		for (int e = 0; w->experts && (w->experts[l].fused || w->experts[l].per) &&
+		                e < w->c->n_routed_experts;
+		     e++)
+			for (size_t p = 0; p < DP_ARRAY_SIZE(parts); p++) {
+				struct dp_st_tensor t, sc;
+
+				if (dp_v4_weights_expert(w, l, e, parts[p], &t) < 0)
+					continue; /* a dense layer */
+				if ((q = dp_st_release(&t, 0, t.bytes)) < 0 && !r)
+					r = q;
+				if (dp_v4_weights_scale(w, &t, &sc) == 0 &&
+				    (q = dp_st_release(&sc, 0, sc.bytes)) < 0 && !r)
+					r = q;
+			}
+	return r;
 }
 
 int dp_v4_weights_new(const struct dp_v4_config *c, const struct dp_st *st, unsigned flags,
@@ -917,7 +957,8 @@ int dp_v4_weights_new(const struct dp_v4_config *c, const struct dp_st *st, unsi
 	w->experts = calloc((size_t)c->num_hidden_layers, sizeof(*w->experts));
 	b.claimed = calloc(dp_st_count(st) + 1, 1);
 	w->scale_of = malloc((dp_st_count(st) + 1) * sizeof(long));
-	if (!w->layer || !w->experts || !b.claimed || !w->scale_of) {
+	w->mtp_of = calloc(dp_st_count(st) + 1, 1);
+	if (!w->layer || !w->experts || !b.claimed || !w->scale_of || !w->mtp_of) {
 		r = fail(&b, -ENOMEM, "out of memory");
 		goto out;
 	}

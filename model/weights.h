@@ -248,6 +248,13 @@ int dp_v4_weights_expert(const struct dp_v4_weights *w, int layer, int expert,
 int dp_v4_weights_scale(const struct dp_v4_weights *w, const struct dp_st_tensor *t,
                         struct dp_st_tensor *ret);
 
+/* Drop from the process's resident set (model/safetensors.h: dp_st_release) the pages of the
+ * tensors the forward never reads through the mapping: the MTP block (validated, not loaded) and
+ * the routed experts with their scales (a loader copies, dequantizes or pages them; none is
+ * used in place). For the end of a load: pages a later read faulted back in around its own
+ * (the kernel's fault-around) go too. Returns 0, -EINVAL, or the first madvise error. */
+int dp_v4_weights_release_unread(const struct dp_v4_weights *w);
+
 /* Counts of what the checkpoint held. Returns 0 or -EINVAL. */
 int dp_v4_weights_stats(const struct dp_v4_weights *w, struct dp_v4_weights_stats *ret);
 
