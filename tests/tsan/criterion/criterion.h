@@ -20,6 +20,7 @@
 #ifndef DP_TESTS_TSAN_CRITERION_H
 #define DP_TESTS_TSAN_CRITERION_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
@@ -83,5 +84,11 @@ void dpt_report(int kind, const char *file, int line, const char *expr, const ch
 #define cr_assert_not_null(p, ...) dpt_check(1, (p) != NULL, #p " != NULL", __VA_ARGS__)
 #define cr_expect_arr_eq(a, b, n, ...) dpt_check(0, memcmp((a), (b), (n)) == 0, #a " == " #b, __VA_ARGS__)
 #define cr_assert_arr_eq(a, b, n, ...) dpt_check(1, memcmp((a), (b), (n)) == 0, #a " == " #b, __VA_ARGS__)
+#define cr_expect_str_eq(a, b, ...) dpt_check(0, strcmp((a), (b)) == 0, #a " == " #b, __VA_ARGS__)
+#define cr_assert_str_eq(a, b, ...) dpt_check(1, strcmp((a), (b)) == 0, #a " == " #b, __VA_ARGS__)
+#define cr_expect_float_eq(a, b, eps, ...) \
+	dpt_check(0, fabs((double)(a) - (double)(b)) <= (eps), #a " == " #b, __VA_ARGS__)
+#define cr_assert_float_eq(a, b, eps, ...) \
+	dpt_check(1, fabs((double)(a) - (double)(b)) <= (eps), #a " == " #b, __VA_ARGS__)
 
 #endif /* DP_TESTS_TSAN_CRITERION_H */
