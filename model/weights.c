@@ -30,8 +30,6 @@ static const struct {
 	const char *file;   /* after "model.layers.L." (saved) or "layers.L." (upstream) */
 	const char *sym;    /* the shape in symbols, for messages */
 	enum need need;
-	const char *up; /* after "layers.L." when DeepSeek's release spells it otherwise than
-	                 * transformers saves it (NULL: as `file`) */
 } ldesc[DP_V4_W_LAYER_MAX] = {
     [DP_V4_W_ATTN_HC_FN] = {"attn_hc.fn", "hc_attn_fn", "[(2+n)n, nD]", NEED_ALL},
     [DP_V4_W_ATTN_HC_BASE] = {"attn_hc.base", "hc_attn_base", "[(2+n)n]", NEED_ALL},
@@ -46,10 +44,7 @@ static const struct {
     [DP_V4_W_Q_A_NORM] = {"self_attn.q_a_norm.weight", "attn.q_norm.weight", "[Q]", NEED_ALL},
     [DP_V4_W_Q_B] = {"self_attn.q_b_proj.weight", "attn.wq_b.weight", "[H*d, Q]", NEED_ALL},
     [DP_V4_W_KV] = {"self_attn.kv_proj.weight", "attn.wkv.weight", "[d, D]", NEED_ALL},
-    /* the release's attn.kv_norm; transformers saves it as attn.norm (its
-     * conversion maps both spellings to self_attn.kv_norm) */
-    [DP_V4_W_KV_NORM] = {"self_attn.kv_norm.weight", "attn.norm.weight", "[d]", NEED_ALL,
-                         "attn.kv_norm.weight"},
+    [DP_V4_W_KV_NORM] = {"self_attn.kv_norm.weight", "attn.norm.weight", "[d]", NEED_ALL},
     [DP_V4_W_O_A] = {"self_attn.o_a_proj.weight", "attn.wo_a.weight", "[g*R, H*d/g]", NEED_ALL},
     [DP_V4_W_O_B] = {"self_attn.o_b_proj.weight", "attn.wo_b.weight", "[D, g*R]", NEED_ALL},
     [DP_V4_W_SINKS] = {"self_attn.sinks", "attn.attn_sink", "[H]", NEED_ALL},
@@ -605,6 +600,14 @@ static int check_tid2eid(struct build *b, int layer, long idx)
 	return 0;
 }
 
+/* Tensor t's name after "layers.L." in DeepSeek's release: as transformers saves it,
+ * but for the attention's kv norm, which the release spells attn.kv_norm (transformers'
+ * conversion maps both spellings to self_attn.kv_norm and saves attn.norm). */
+static const char *upstream_leaf(int t)
+{
+	return t == DP_V4_W_KV_NORM ? "attn.kv_norm.weight" : ldesc[t].file;
+}
+
 /* The per-layer kinds of block k into out[DP_V4_W_LAYER_MAX]. */
 static int resolve_block(struct build *b, const struct blk *k, long *out)
 {
@@ -621,8 +624,7 @@ static int resolve_block(struct build *b, const struct blk *k, long *out)
 		if (!needed(k, ldesc[t].need))
 			continue;
 		/* module spelling, saved, upstream; a repeated or absent one is skipped */
-		const char *leaf[3] = {ldesc[t].module, ldesc[t].file,
-		                       ldesc[t].up ? ldesc[t].up : ldesc[t].file};
+		const char *leaf[3] = {ldesc[t].module, ldesc[t].file, upstream_leaf(t)};
 		for (int i = 0; i < 3; i++) {
 			if (!k->pfx[i][0])
 				continue;
