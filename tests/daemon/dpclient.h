@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -47,6 +48,17 @@ static inline int try_connect(const char *path)
 	return fd;
 }
 
+/* In a forked child about to exec dualpathd: die with the test process.
+ * A test that fails an assertion leaves its body before daemon_cleanup; a
+ * daemon left running would hold the test's stdout and the harness would
+ * wait on it until its timeout. parent: the test's pid, taken before fork. */
+static inline void daemon_child_dies_with(pid_t parent)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent) /* the test died before the line above */
+		_exit(127);
+}
+
 /* Start dualpathd with extra flags (NULL-terminated); waits until it serves. */
 static inline void daemon_start_in(struct daemon_proc *d, const char *dir, const char *const *extra)
 {
@@ -61,9 +73,11 @@ static inline void daemon_start_in(struct daemon_proc *d, const char *dir, const
 	snprintf(d->sock, sizeof(d->sock), "%.96s/sock", d->dir);
 	snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
+	pid_t self = getpid();
 	d->pid = fork();
 	cr_assert_geq(d->pid, 0);
 	if (d->pid == 0) {
+		daemon_child_dies_with(self);
 		const char *argv[64] = { bin, "--config", "/dev/null", "--socket", d->sock, "--state-dir",
 					 d->state, "--model", test_model(), "--log-file", d->log,
 					 "--log-level", "debug", "--pin-threads", "false",
@@ -147,9 +161,11 @@ static inline void daemon_start_refused(const char *dir, const char *model, cons
 	snprintf(state, sizeof(state), "%s/state", dir);
 	snprintf(logf, sizeof(logf), "%s/log", dir);
 	snprintf(errf, sizeof(errf), "%s/stderr", dir);
+	pid_t self = getpid();
 	pid_t pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
+		daemon_child_dies_with(self);
 		const char *argv[32] = { getenv("DUALPATHD"), "--config", "/dev/null", "--socket", sock,
 					 "--state-dir", state, "--model", model, "--log-file",
 					 logf, "--pin-threads", "false" };

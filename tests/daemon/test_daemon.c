@@ -775,3 +775,42 @@ Test(daemon, bad_expert_settings_are_refused_with_a_clear_error)
 	start_fails_on(test_model(), resident, log, sizeof(log));
 	cr_expect_not_null(strstr(log, "expert_slots is set but experts = device"), "%s", log);
 }
+
+/* A test whose assertion fails leaves before daemon_cleanup: the daemon it
+ * started must not outlive it (a stray daemon holds the test's output and the
+ * harness waits on it until its timeout). */
+Test(daemon, a_daemon_whose_test_dies_does_not_outlive_it)
+{
+	int pfd[2];
+	cr_assert_eq(pipe(pfd), 0);
+	pid_t test = fork();
+	cr_assert_geq(test, 0);
+	if (test == 0) {
+		struct daemon_proc dd = { 0 };
+		daemon_start(&dd, NULL);
+		(void)!write(pfd[1], &dd, sizeof(dd));
+		_exit(1); /* as a failed assertion leaves: no cleanup */
+	}
+	close(pfd[1]);
+	struct daemon_proc dd = { 0 };
+	cr_assert_eq(read(pfd[0], &dd, sizeof(dd)), (ssize_t)sizeof(dd));
+	close(pfd[0]);
+	pid_t daemon = dd.pid;
+	waitpid(test, NULL, 0);
+	bool gone = false;
+	for (int i = 0; i < 500 && !gone; i++) {
+		char path[64], st = 0;
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)daemon);
+		FILE *f = fopen(path, "r");
+		gone = !f || fscanf(f, "%*d (%*[^)]) %c", &st) != 1 || st == 'Z' || st == 'X';
+		if (f)
+			fclose(f);
+		if (!gone)
+			usleep(10000);
+	}
+	if (!gone)
+		kill(daemon, SIGKILL);
+	cr_expect(gone, "dualpathd (pid %d) outlived the test that started it", (int)daemon);
+	dd.pid = 0;
+	daemon_cleanup(&dd); /* its directory */
+}

@@ -347,8 +347,10 @@ Test(hostile, a_low_file_limit_at_start_clamps_max_connections_and_says_so)
 	snprintf(d.sock, sizeof(d.sock), "%.96s/sock", d.dir);
 	snprintf(d.state, sizeof(d.state), "%s/state", d.dir);
 	snprintf(d.log, sizeof(d.log), "%s/log", d.dir);
+	pid_t self = getpid();
 	d.pid = fork();
 	if (d.pid == 0) {
+		daemon_child_dies_with(self);
 		struct rlimit rl = { .rlim_cur = 400, .rlim_max = 400 };
 		setrlimit(RLIMIT_NOFILE, &rl);
 		execl(bin, bin, "--config", "/dev/null", "--socket", d.sock, "--state-dir", d.state,

@@ -20,6 +20,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -118,9 +119,15 @@ static inline void daemon_start_with(struct daemon *d, const char *model, const 
 		argv[n++] = extra[i];
 	argv[n] = NULL;
 
+	pid_t self = getpid();
 	d->pid = fork();
 	cr_assert(d->pid >= 0);
 	if (d->pid == 0) {
+		/* die with the test: one that fails an assertion leaves before its
+		 * cleanup, and a daemon left running holds the harness's output */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != self)
+			_exit(127);
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		if (fd >= 0) {
 			dup2(fd, STDOUT_FILENO);
