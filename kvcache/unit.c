@@ -107,17 +107,8 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 /* A copy of a unit's device or DRAM state in a new sequence. */
 static int copy_state(struct dp_kv *kv, struct dp_kv_session *u, struct dp_v4_seq **ret_seq)
 {
-	if (u->tier == DP_KV_TIER_DRAM) {
-		void **pages = malloc((u->n_dram ? u->n_dram : 1) * sizeof(*pages));
-		if (!pages)
-			return -ENOMEM;
-		for (size_t i = 0; i < u->n_dram; i++)
-			pages[i] = dp_kv_pool_page(&kv->pool, u->dram_pages[i]);
-		int r = dp_kv_seq_from_host(kv, u, u->state_pos, u->dram_refs, pages, u->n_dram,
-		                            ret_seq);
-		free(pages);
-		return r;
-	}
+	if (u->tier == DP_KV_TIER_DRAM)
+		return dp_kv_seq_from_pool(kv, u, ret_seq);
 	struct dp_v4_page_ref *refs = NULL;
 	void **pages = NULL, *bounce = NULL;
 	size_t n = 0;
@@ -255,51 +246,36 @@ static void units_trim(struct dp_kv *kv)
 	}
 }
 
-/* s takes a copy of seq's state: DRAM pages when the pool has room, else a
- * device sequence. */
-static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_v4_seq *seq)
+/* s takes seq's state: DRAM pages when the pool has room (sharing the
+ * frozen pages earlier units of the conversation hold: dp_kv_state_to_pool),
+ * else a device sequence of its own. */
+static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq *seq)
 {
-	size_t n = dp_v4_seq_pages(seq, NULL, 0);
-	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
-	if (!refs)
-		return -ENOMEM;
-	dp_v4_seq_pages(seq, refs, n);
-	int r = 0;
-	if (kv->pool.n_pages && n <= kv->pool.n_free) {
-		uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
-		if (!idx) {
-			free(refs);
-			return -ENOMEM;
-		}
-		size_t got = 0;
-		for (; got < n && r == 0; got++) {
-			idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
-			r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[got]), &refs[got]);
-		}
-		if (r < 0) {
-			for (size_t i = 0; i < got; i++)
-				dp_kv_pool_put(&kv->pool, idx[i]);
-			free(idx);
-			free(refs);
-			return r;
-		}
-		for (size_t i = 0; i < n; i++)
-			refs[i].page = NULL;
-		s->dram_refs = refs;
-		s->dram_pages = idx;
-		s->n_dram = n;
+	uint64_t copied = 0;
+	int r = kv->pool.n_pages ? dp_kv_state_to_pool(kv, seq, &s->dram_refs, &s->dram_pages,
+	                                               &s->n_dram, &copied)
+	                         : -ENOSPC;
+	if (r == 0) {
 		s->tier = DP_KV_TIER_DRAM;
 		s->state_pos = dp_v4_seq_pos(seq);
+		kv->st.unit_copy_bytes += copied;
+		kv->st.unit_shared_bytes += s->n_dram * DP_KV_PAGE_BYTES - copied;
 		return 0;
 	}
+	if (r != -ENOSPC)
+		return r;
 	/* through a host bounce: the backend copies only between host and device */
+	size_t n = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
 	void *bounce = NULL;
 	void **pages = malloc((n ? n : 1) * sizeof(*pages));
-	if (!pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+	if (!refs || !pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
 		free(pages);
 		free(refs);
 		return -ENOMEM;
 	}
+	dp_v4_seq_pages(seq, refs, n);
+	r = 0;
 	for (size_t i = 0; i < n && r == 0; i++) {
 		pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
 		r = dp_kv_page_out(kv, pages[i], &refs[i]);
@@ -315,16 +291,18 @@ static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp
 	s->seq = copy;
 	s->tier = DP_KV_TIER_DEVICE;
 	s->state_pos = dp_v4_seq_pos(copy);
+	kv->st.unit_copy_bytes += n * DP_KV_PAGE_BYTES;
 	return 0;
 }
 
 int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-                     uint64_t n, const struct dp_v4_seq *seq)
+                     uint64_t n, struct dp_v4_seq *seq)
 {
 	if (!kv || !t || !n || !tokens || !seq)
 		return -EINVAL;
 	if (dp_v4_seq_pos(seq) != n)
 		return -EINVAL;
+	uint64_t t0 = dp_clock_ns();
 	uint64_t key = dp_kv_unit_seed(kv, t);
 	for (uint64_t i = 0; i < n; i++)
 		key = dp_kv_unit_step(kv, key, tokens[i]);
@@ -359,5 +337,6 @@ int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32
 		return r;
 	}
 	kv->st.units_left++;
+	kv->st.unit_leave_ns += dp_clock_ns() - t0;
 	return 0;
 }
