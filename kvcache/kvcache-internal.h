@@ -263,6 +263,10 @@ int dp_kv_seq_from_host(struct dp_kv *kv, const struct dp_kv_session *s, uint64_
  * shares them. */
 int dp_kv_seq_from_pool(struct dp_kv *kv, const struct dp_kv_session *s,
 			struct dp_v4_seq **ret_seq);
+/* dst is a copy of the sequence whose pages src lists (the same list): its
+ * frozen pages get the same tags, so that copies made of dst share the pool
+ * pages the original's copies hold. */
+void dp_kv_seq_copy_tags(struct dp_v4_seq *dst, const struct dp_v4_page_ref *src, size_t n);
 /*
  * Copy seq's state into the DRAM pool: *ret_refs (page pointers cleared)
  * and *ret_idx, one pool page per state page in dp_v4_seq_pages order,

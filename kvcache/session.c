@@ -374,3 +374,10 @@ int dp_kv_state_to_pool(struct dp_kv *kv, struct dp_v4_seq *seq, struct dp_v4_pa
 		*ret_copied = copied * DP_KV_PAGE_BYTES;
 	return 0;
 }
+
+void dp_kv_seq_copy_tags(struct dp_v4_seq *dst, const struct dp_v4_page_ref *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (src[i].frozen && src[i].tag)
+			(void)dp_v4_seq_tag_page(dst, &src[i], src[i].tag); /* same list: cannot fail */
+}

@@ -115,6 +115,8 @@ static int copy_state(struct dp_kv *kv, struct dp_kv_session *u, struct dp_v4_se
 	int r = dp_kv_state_to_host(kv, u, &refs, &pages, &bounce, &n);
 	if (r == 0)
 		r = dp_kv_seq_from_host(kv, u, u->state_pos, refs, pages, n, ret_seq);
+	if (r == 0) /* the unit's own sequence's tags (a device unit) */
+		dp_kv_seq_copy_tags(*ret_seq, refs, n);
 	free(refs);
 	free(pages);
 	free(bounce);
@@ -283,6 +285,8 @@ static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_se
 	struct dp_v4_seq *copy = NULL;
 	if (r == 0)
 		r = dp_kv_seq_from_host(kv, s, dp_v4_seq_pos(seq), refs, pages, n, &copy);
+	if (r == 0)
+		dp_kv_seq_copy_tags(copy, refs, n);
 	free(pages);
 	free(bounce);
 	free(refs);
