@@ -162,7 +162,9 @@ const char *dp_kv_session_id(const struct dp_kv_session *s);
 uint64_t dp_kv_session_len(const struct dp_kv_session *s);
 const int32_t *dp_kv_session_history(const struct dp_kv_session *s);
 enum dp_kv_tier dp_kv_session_tier(const struct dp_kv_session *s);
-size_t dp_kv_session_bytes(const struct dp_kv_session *s); /* state bytes in its tier */
+/* State bytes in its tier (DRAM pages shared with units count in each holder;
+ * dp_kv_stats counts the pool's pages once). */
+size_t dp_kv_session_bytes(const struct dp_kv_session *s);
 uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s);
 bool dp_kv_session_busy(const struct dp_kv_session *s);
 
