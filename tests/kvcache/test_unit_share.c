@@ -6,7 +6,8 @@
  * small state (window, compressor buffers) and tail pages. The pool's own
  * page count is the measure: a test fails if a frozen page is copied per
  * unit. Forks that append to a shared state leave the units' pages as they
- * were, and letting one holder go (demoted, dropped) keeps the others'.
+ * were, and letting one holder go (demoted, dropped, written out by the
+ * watermarks) keeps the others'.
  * On the parity model "alt" (CSA rate 3, HCA rate 6: the first index-key
  * page fills at 4095 tokens, the first HCA entries page at 6144).
  */
@@ -15,8 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gpu/gpu.h"
+#include "io/io.h"
 #include "kvcache/kvcache.h"
 
 #define PAGE DP_V4_PAGE_BYTES
@@ -378,5 +381,89 @@ Test(unit_share, a_session_demoted_to_dram_shares_the_pages_its_units_hold)
 	dp_v4_seq_free(ref);
 	free(t);
 	free(lg);
+	dp_kv_close(kv);
+}
+
+/* ---- with the io engine: the watermarks write units out asynchronously ---- */
+
+static struct dp_io *engine;
+
+static void setup_io(void)
+{
+	setup();
+	struct dp_io_config cfg;
+	dp_io_config_init(&cfg);
+	cfg.queue_depth = 64;
+	cr_assert_eq(dp_io_new(&cfg, &engine), 0);
+	cr_assert_eq(dp_io_start(engine, -1), 0);
+}
+
+static void teardown_io(void)
+{
+	dp_io_stop(engine, DP_IO_STOP_DRAIN);
+	dp_io_free(engine);
+	engine = NULL;
+	teardown();
+}
+
+TestSuite(unit_share_io, .init = setup_io, .fini = teardown_io, .timeout = 600);
+
+Test(unit_share_io, writebacks_of_the_oldest_units_keep_the_pages_the_newer_ones_share)
+{
+	char err[512] = "";
+	/* 96 pool pages; the conversation holds ~80 of them, so the watermarks
+	 * (0.5, 0.25) write the oldest units out */
+	struct dp_kv_opts o = {.state_dir = dir, .dram_bytes = 96u * PAGE, .numa_node = -1,
+	                       .high_watermark = 0.5, .low_watermark = 0.25, .io = engine};
+	struct dp_kv *kv;
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	struct dp_kv_tenant te;
+	dp_kv_tenant_make(1000, "a", 1, &te);
+	int32_t *t = malloc(N_TOKENS * sizeof(*t));
+	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+	tokens(t, N_TOKENS, 7);
+	struct census c;
+	converse(kv, &te, t, true, &c, a);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	uint64_t before = pool_pages(kv);
+	cr_assert_gt(before, 48);
+	cr_assert_gt(dp_kv_balance_async(kv), 0);
+	for (int i = 0; i < 100000 && dp_kv_writeback_pending(kv); i++) {
+		dp_kv_pump(kv);
+		cr_assert_eq(dp_kv_flush(kv), 0);
+		if (dp_kv_writeback_pending(kv))
+			usleep(100);
+	}
+	cr_assert(!dp_kv_writeback_pending(kv), "the writebacks never finished");
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.writeback_errors, 0);
+	cr_expect_gt(st.sessions[DP_KV_TIER_NVME], 0, "the oldest units went to NVMe");
+	cr_expect_gt(st.sessions[DP_KV_TIER_DRAM], 0, "the newest stayed in DRAM");
+	cr_expect_lt(pool_pages(kv), before);
+	cr_expect_geq(pool_pages(kv), c.frozen[N_TURNS - 1], "the shared pages stay in DRAM");
+
+	/* every unit, from DRAM (shared pages) or from its own NVMe copy, is
+	 * the recompute's state */
+	struct dp_v4_seq *ref, *seq;
+	struct dp_kv_session *lent;
+	size_t from_nvme = 0;
+	cr_assert_eq(dp_v4_seq_new(model, &ref), 0);
+	for (int i = 0; i < N_TURNS; i++) {
+		feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
+		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, cuts[i] + 1, false, &seq, &lent), (int)cuts[i]);
+		cr_expect(same_state(seq, ref), "unit %d", i);
+		if (lent) {
+			from_nvme++;
+			dp_kv_unit_return(kv, lent, false);
+		} else {
+			dp_v4_seq_free(seq);
+		}
+	}
+	cr_expect_eq(from_nvme, st.sessions[DP_KV_TIER_NVME]);
+	dp_v4_seq_free(ref);
+	free(t);
+	free(a);
+	free(b);
 	dp_kv_close(kv);
 }
