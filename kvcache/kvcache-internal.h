@@ -205,6 +205,15 @@ struct dp_kv_session {
 	struct dp_kv_tenant tenant;
 	uint64_t unit_key; /* chain key over tenant and hist[0..len) */
 	struct dp_kv_session *unit_next; /* in kv->units[unit_key & mask] */
+	/* lent from NVMe (unit.c): the unit's own sequence is lent (lent), and
+	 * requests for it meanwhile get twins: sessions outside the table,
+	 * restoring the same snapshot (a copy of its page list, the same slots)
+	 * into sequences of their own. The unit stays busy until the lend and
+	 * every twin are back (its slots are never freed under a twin's read). */
+	bool lent;
+	bool twin_bad;			 /* a twin's page failed its checks: drop it then */
+	uint32_t twins;			 /* twins out */
+	struct dp_kv_session *twin_of;	 /* a twin: its unit */
 };
 
 struct dp_kv {

@@ -362,9 +362,15 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
  * (layer by layer when layered, as dp_kv_session_acquire_async; the gate
  * and dp_kv_session_restore_info work on *ret_unit) and *ret_seq is the
  * unit's own sequence, lent: the caller gives it back with
- * dp_kv_unit_return when done (the unit goes back to its snapshot). A unit
- * whose snapshot fails its checks on a synchronous load is dropped and the
- * next shorter one tried.
+ * dp_kv_unit_return when done (the unit goes back to its snapshot). A
+ * layered fork of a unit already lent from NVMe (with an io engine) gets a
+ * twin: the same snapshot restored layer by layer once more, into a
+ * sequence of its own; *ret_unit is the twin (its id is the unit's) and is
+ * given back the same way. The unit stays busy until its lend and its twins
+ * are all back (return them before dp_kv_close). A unit whose snapshot
+ * fails its checks on a synchronous load is dropped and the next shorter
+ * one tried; one whose twin's or lend's gate failed is dropped when the
+ * last of them is back.
  */
 int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
 		    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
@@ -380,9 +386,9 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
  */
 int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
 		       struct dp_v4_seq **ret_seq);
-/* Give back a unit lent by dp_kv_unit_fork (its sequence is freed). bad: a
- * gate poisoned the sequence (a page failed its checks): the unit is
- * dropped, never served again. */
+/* Give back a unit (or a twin) lent by dp_kv_unit_fork (its sequence is
+ * freed). bad: a gate poisoned the sequence (a page failed its checks): the
+ * unit is dropped, never served again. */
 void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad);
 /*
  * Leave a unit of tenant t for tokens[0..n) with seq's state (which must

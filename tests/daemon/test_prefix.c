@@ -321,3 +321,51 @@ Test(prefix, long_stateless_turns_share_full_pages_and_keep_the_sessions_output)
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0);
 }
+
+/* Two requests at once for a unit that came back on NVMe: the first
+ * borrows the unit, the second restores the same snapshot as a twin; both
+ * start from the whole unit (not a shorter one) and reply alike. */
+Test(prefix, two_requests_at_once_for_a_unit_on_nvme_both_start_from_it)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	uint32_t ctx[2 * (USER + REPLY)];
+	size_t n;
+	user_turn(0, ctx);
+	send_salted(fd, 1, NULL, ctx, USER, REPLY, "r2");
+	collect_cached(fd, 1, ctx + USER, REPLY, &n);
+	user_turn(1, ctx + USER + REPLY);
+	size_t len = 2 * USER + REPLY;
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
+	char dir[96];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, NULL);
+	fd = client_connect(&d);
+	send_salted(fd, 2, NULL, ctx, len, REPLY, "r2");
+	send_salted(fd, 3, NULL, ctx, len, REPLY, "r2");
+	uint32_t out[2][REPLY], cached[2] = {0, 0};
+	size_t got[2] = {0, 0};
+	for (int done = 0; done < 2;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "the connection was lost");
+		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK);
+		cr_assert(r->request_id == 2 || r->request_id == 3);
+		int k = (int)r->request_id - 2;
+		Dualpath__V1__TokenChunk *c = r->token_chunk;
+		for (size_t i = 0; i < c->n_ids && got[k] < REPLY; i++)
+			out[k][got[k]++] = c->ids[i];
+		if (c->finish) {
+			cr_assert_not_null(c->usage);
+			cached[k] = c->usage->cached_tokens;
+			done++;
+		}
+		dp_proto_response_free(r);
+	}
+	cr_expect_eq(cached[0], USER + REPLY - 1, "the first: %u cached", cached[0]);
+	cr_expect_eq(cached[1], USER + REPLY - 1, "the second too: %u cached", cached[1]);
+	cr_expect_eq(got[0], REPLY);
+	cr_expect_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "the same reply");
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+}

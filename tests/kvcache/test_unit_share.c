@@ -467,3 +467,66 @@ Test(unit_share_io, writebacks_of_the_oldest_units_keep_the_pages_the_newer_ones
 	free(b);
 	dp_kv_close(kv);
 }
+
+Test(unit_share_io, a_unit_lent_from_nvme_serves_a_second_request_with_a_twin)
+{
+	char err[512] = "";
+	struct dp_kv_opts o = {.state_dir = dir, .dram_bytes = 16u << 20, .numa_node = -1, .io = engine};
+	struct dp_kv *kv;
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	struct dp_kv_tenant te;
+	dp_kv_tenant_make(1000, "a", 1, &te);
+	int32_t t[40];
+	tokens(t, 40, 8);
+	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+	struct dp_v4_seq *seq;
+	cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
+	feed(seq, t, 20, a);
+	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 20, seq), 0);
+	feed(seq, t + 20, 10, b); /* the reference: [0, 20) then [20, 30) */
+	dp_v4_seq_free(seq);
+	struct dp_kv_session *u;
+	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &u), 20);
+	cr_assert_eq(dp_kv_session_demote(kv, u, DP_KV_TIER_NVME), 0);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+
+	for (int round = 0; round < 2; round++) {
+		struct dp_v4_seq *sa, *sb;
+		struct dp_kv_session *la, *lb, *probe;
+		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sa, &la), 20);
+		cr_assert_eq(la, u, "the first request borrows the unit");
+		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sb, &lb), 20,
+			     "the second gets the whole unit too, not a shorter one");
+		cr_assert(lb && lb != u && sb != sa, "a twin with a sequence of its own");
+		cr_expect_str_eq(dp_kv_session_id(lb), dp_kv_session_id(u));
+		cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), -ENOENT, "lent meanwhile");
+		float *x = malloc((size_t)V * sizeof(float));
+		feed(sb, t + 20, 10, x);
+		cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "the twin continues exactly");
+		feed(sa, t + 20, 10, x);
+		cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "so does the lender");
+		free(x);
+		if (round == 0) {
+			dp_kv_unit_return(kv, la, false);
+			cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), -ENOENT,
+				     "busy while its twin is out");
+			dp_kv_unit_return(kv, lb, false);
+			cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), 20, "back");
+			cr_expect_eq(dp_kv_session_tier(probe), DP_KV_TIER_NVME, "on its snapshot");
+		} else {
+			/* a twin whose page failed its checks takes the unit with
+			 * it once everyone is back */
+			dp_kv_unit_return(kv, lb, true);
+			dp_kv_unit_return(kv, la, false);
+			cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), -ENOENT, "dropped");
+		}
+	}
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.prefix_hits, 4);
+	cr_expect_eq(st.units_corrupt, 1);
+	cr_expect_eq(st.units, 0);
+	free(a);
+	free(b);
+	dp_kv_close(kv);
+}
