@@ -216,6 +216,8 @@ static const struct opt opts[] = {
 	O("kvcache", low_watermark, OPT_FRACTION,
 	  "... down to this fraction (below high_watermark)"),
 	O("kvcache", direct_io, OPT_BOOL, "O_DIRECT on the NVMe tier's file"),
+	ON("kvcache", max_units, OPT_U32, 1, 1u << 20,
+	   "prefix units kept for stateless clients (least recently used dropped beyond)"),
 	ON("kvcache", compact_every, OPT_U32, 0, 1u << 24,
 	   "compact the journal at the first idle moment after this many commits, at the latest "
 	   "after 4x (0: never)"),
@@ -320,6 +322,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->low_watermark = 0.75;
 	c->direct_io = true;
 	c->compact_every = 1024;
+	c->max_units = 4096;
 	c->csa_entries = DP_V4_CSA_DEVICE;
 	c->shared_tier = DP_KV_SHARED_NONE;
 	c->lease_ms = 10000;

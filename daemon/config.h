@@ -86,6 +86,7 @@ struct dp_config {
 	double low_watermark;
 	bool direct_io;
 	uint32_t compact_every; /* journal compaction after this many commits; 0 = never */
+	uint32_t max_units;	/* prefix units kept (kvcache.h, "Prefix units") */
 	enum dp_v4_csa_where csa_entries; /* where CSA layers' compressed entries live */
 	enum dp_kv_shared_tier shared_tier; /* none or rados (kvcache/tier.h) */
 	char rados_conf[DP_CONFIG_STR_MAX];   /* ceph.conf; "" = librados's default search */

@@ -121,6 +121,13 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	  s->kv.units_dropped);
 	C("dualpath_prefix_units_corrupt_total", "prefix units dropped: a page failed its checks",
 	  s->kv.units_corrupt);
+	C("dualpath_prefix_unit_copy_bytes_total", "state bytes copied into prefix units",
+	  s->kv.unit_copy_bytes);
+	C("dualpath_prefix_unit_shared_bytes_total",
+	  "state bytes prefix units hold by reference (pages an earlier unit holds)",
+	  s->kv.unit_shared_bytes);
+	C("dualpath_prefix_unit_leave_seconds_total", "compute-thread time spent leaving prefix units",
+	  s->kv.unit_leave_ns / 1e9);
 	C("dualpath_kv_promotions_total", "state promotions", s->kv.promotions);
 	C("dualpath_kv_demotions_total", "state demotions", s->kv.demotions);
 	C("dualpath_kv_drops_total", "sessions dropped", s->kv.drops);

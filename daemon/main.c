@@ -198,6 +198,7 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 		.numa_node = srv->placement.node,
 		.direct_io = cfg->direct_io,
 		.io = srv->io,
+		.max_units = cfg->max_units,
 	};
 	char why[512] = "";
 	if ((ret = dp_kv_open(&ko, srv->model, &srv->kv, why, sizeof(why))) < 0) {

@@ -63,7 +63,9 @@ struct dp_kv_pool {
 	uint32_t n_pages;
 	uint32_t *free_list; /* stack of free page indices */
 	uint32_t n_free;
-	uint16_t *refs;	     /* holders per page: a session's state, a restore, a writeback */
+	uint32_t *refs;	     /* holders per page: sessions' states (units share frozen
+			      * pages), a restore, a writeback */
+	uint32_t *gen;	     /* per page: bumped each time it is taken from the free list */
 	bool locked; /* mlock succeeded */
 };
 
@@ -75,6 +77,17 @@ int dp_kv_pool_get(struct dp_kv_pool *p);
  * moves on); each holder puts it once, and the last put frees it. */
 void dp_kv_pool_hold(struct dp_kv_pool *p, uint32_t idx);
 void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx);
+/*
+ * Sharing frozen pages (model/v4.h: dp_v4_seq_tag_page). A held page's tag
+ * names it and its current filling: (generation << 32) | index, never 0. A
+ * pool page's bytes are written only between dp_kv_pool_get and the first
+ * time anyone else sees it, so while the tag is live (the page is still
+ * held, under the same generation) it holds the bytes it was tagged for.
+ * dp_kv_pool_share holds the page a live tag names and returns its index,
+ * or -ENOENT (freed since, or taken again; or too many holders).
+ */
+uint64_t dp_kv_pool_tag(const struct dp_kv_pool *p, uint32_t idx);
+int dp_kv_pool_share(struct dp_kv_pool *p, uint64_t tag);
 static inline void *dp_kv_pool_page(const struct dp_kv_pool *p, uint32_t idx)
 {
 	return (char *)p->mem.addr + (size_t)idx * DP_KV_PAGE_BYTES;
@@ -192,6 +205,15 @@ struct dp_kv_session {
 	struct dp_kv_tenant tenant;
 	uint64_t unit_key; /* chain key over tenant and hist[0..len) */
 	struct dp_kv_session *unit_next; /* in kv->units[unit_key & mask] */
+	/* lent from NVMe (unit.c): the unit's own sequence is lent (lent), and
+	 * requests for it meanwhile get twins: sessions outside the table,
+	 * restoring the same snapshot (a copy of its page list, the same slots)
+	 * into sequences of their own. The unit stays busy until the lend and
+	 * every twin are back (its slots are never freed under a twin's read). */
+	bool lent;
+	bool twin_bad;			 /* a twin's page failed its checks: drop it then */
+	uint32_t twins;			 /* twins out */
+	struct dp_kv_session *twin_of;	 /* a twin: its unit */
 };
 
 struct dp_kv {
@@ -211,7 +233,8 @@ struct dp_kv {
 	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks (NULL: none) */
 	struct dp_kv_wb *wb_head, *wb_tail; /* writebacks in flight, in ticket order */
 	struct dp_kv_wb *wb_recorded;	    /* written and journaled, not yet synced */
-	uint64_t wb_leaving[DP_KV_TIER_MAX]; /* pages of a tier being written out */
+	uint64_t wb_leaving[DP_KV_TIER_MAX]; /* pages of a tier its writebacks will free */
+	uint64_t wb_pages;		     /* pages being written out */
 	uint64_t device_pages;
 	uint64_t host_state_pages; /* host-resident state pages (CSA entries in host memory) */
 
@@ -242,6 +265,30 @@ void dp_kv_unit_index_del(struct dp_kv *kv, struct dp_kv_session *s);
 int dp_kv_seq_from_host(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 			const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
 			struct dp_v4_seq **ret_seq);
+
+/* A fresh device sequence for s (DRAM tier) at its state_pos, from its pool
+ * pages; the sequence's frozen pages are tagged with the pool pages they
+ * came from, so that a copy of it made later (a unit left, a demotion)
+ * shares them. */
+int dp_kv_seq_from_pool(struct dp_kv *kv, const struct dp_kv_session *s,
+			struct dp_v4_seq **ret_seq);
+/* dst is a copy of the sequence whose pages src lists (the same list): its
+ * frozen pages get the same tags, so that copies made of dst share the pool
+ * pages the original's copies hold. */
+void dp_kv_seq_copy_tags(struct dp_v4_seq *dst, const struct dp_v4_page_ref *src, size_t n);
+/*
+ * Copy seq's state into the DRAM pool: *ret_refs (page pointers cleared)
+ * and *ret_idx, one pool page per state page in dp_v4_seq_pages order,
+ * each held once for the caller. A frozen page whose tag names a live pool
+ * page is not copied: that page is held again (shared); every other page
+ * is copied into a new pool page, and a frozen one is tagged with it. So a
+ * conversation's copies hold its growing streams once, plus each copy's
+ * small state (window, compressor buffers) and tail pages. -ENOSPC (nothing
+ * held) when the pool lacks room for the pages to copy. *ret_copied: the
+ * bytes copied (NULL: not wanted).
+ */
+int dp_kv_state_to_pool(struct dp_kv *kv, struct dp_v4_seq *seq, struct dp_v4_page_ref **ret_refs,
+			uint32_t **ret_idx, size_t *ret_n, uint64_t *ret_copied);
 
 /* kvcache.c, for unit.c (above it): a session under an id that need not be
  * a client's (a unit's), and the LRU's most recent end. */

@@ -491,13 +491,7 @@ int dp_kv_session_acquire(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v
 		seq = s->seq;
 		break;
 	case DP_KV_TIER_DRAM: {
-		void **pages = malloc((s->n_dram ? s->n_dram : 1) * sizeof(*pages));
-		if (!pages)
-			return -ENOMEM;
-		for (size_t i = 0; i < s->n_dram; i++)
-			pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
-		r = upload_state(kv, s, s->state_pos, s->dram_refs, pages, s->n_dram, &seq);
-		free(pages);
+		r = dp_kv_seq_from_pool(kv, s, &seq);
 		if (r < 0)
 			return r;
 		dp_kv_dram_release(kv, s);
@@ -654,37 +648,16 @@ bool dp_kv_writeback_pending(const struct dp_kv *kv)
 
 /* ---- demotion ----------------------------------------------------------------------- */
 
+/* The device pages go to the pool (frozen pages a unit of the same
+ * conversation already holds are shared, not copied): dp_kv_state_to_pool. */
 static int device_to_dram(struct dp_kv *kv, struct dp_kv_session *s)
 {
-	size_t n = dp_v4_seq_pages(s->seq, NULL, 0);
-	if (n > kv->pool.n_free)
-		return -ENOSPC;
-	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
-	uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
-	if (!refs || !idx) {
-		free(refs);
-		free(idx);
-		return -ENOMEM;
-	}
-	dp_v4_seq_pages(s->seq, refs, n);
-	int r = 0;
-	size_t got = 0;
-	for (; got < n && r == 0; got++) {
-		idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
-		/* host-resident pages are a DRAM-to-DRAM copy */
-		r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[got]), &refs[got]);
-	}
-	/* the copies are complete (download returns once they are): the device
-	 * pages can go */
-	if (r < 0) {
-		for (size_t i = 0; i < got; i++)
-			dp_kv_pool_put(&kv->pool, idx[i]);
-		free(refs);
-		free(idx);
+	struct dp_v4_page_ref *refs;
+	uint32_t *idx;
+	size_t n;
+	int r = dp_kv_state_to_pool(kv, s->seq, &refs, &idx, &n, NULL);
+	if (r < 0)
 		return r;
-	}
-	for (size_t i = 0; i < n; i++)
-		refs[i].page = NULL;
 	s->state_pos = dp_v4_seq_pos(s->seq);
 	dp_v4_seq_free(s->seq);
 	s->seq = NULL;
@@ -1276,7 +1249,5 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret)
 		dp_io_chan_busy(kv->restore_chan, &ret->restore_io_ns, &ret->restore_io_bytes);
 	ret->host_state_bytes = kv->host_state_pages * DP_KV_PAGE_BYTES;
 	ret->units = kv->n_units;
-	ret->writeback_pages = 0;
-	for (int t = 0; t < DP_KV_TIER_MAX; t++)
-		ret->writeback_pages += kv->wb_leaving[t];
+	ret->writeback_pages = kv->wb_pages;
 }

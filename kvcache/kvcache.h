@@ -162,7 +162,9 @@ const char *dp_kv_session_id(const struct dp_kv_session *s);
 uint64_t dp_kv_session_len(const struct dp_kv_session *s);
 const int32_t *dp_kv_session_history(const struct dp_kv_session *s);
 enum dp_kv_tier dp_kv_session_tier(const struct dp_kv_session *s);
-size_t dp_kv_session_bytes(const struct dp_kv_session *s); /* state bytes in its tier */
+/* State bytes in its tier (DRAM pages shared with units count in each holder;
+ * dp_kv_stats counts the pool's pages once). */
+size_t dp_kv_session_bytes(const struct dp_kv_session *s);
 uint64_t dp_kv_session_idle_ns(const struct dp_kv *kv, const struct dp_kv_session *s);
 bool dp_kv_session_busy(const struct dp_kv_session *s);
 
@@ -288,6 +290,10 @@ struct dp_kv_stats {
 	uint64_t units_corrupt;		 /* ... dropped because a page failed its checks */
 	uint64_t prefix_hits, prefix_misses; /* dp_kv_unit_fork found a unit, or none */
 	uint64_t prefix_cached_tokens;	 /* tokens the hits did not feed again */
+	uint64_t unit_copy_bytes;	 /* state bytes copied into units left */
+	uint64_t unit_shared_bytes;	 /* ... and held by reference instead (frozen pages
+					  * an earlier unit of the conversation holds) */
+	uint64_t unit_leave_ns;		 /* time dp_kv_unit_leave took for the units made */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
@@ -307,10 +313,21 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
  * starts with DP_KV_UNIT_MARK, outside the client id alphabet): its history
  * is its tokens, journaled like a session's; its state lives in the tiers
  * under the same budgets and LRU, is written to NVMe with checksums and
- * comes back with the same restores. Units own a copy of their state:
- * nothing is shared between units yet (the growing streams are copied per
- * unit), so a conversation of k turns holds k copies until the LRU evicts
- * the older ones.
+ * comes back with the same restores.
+ *
+ * Units of one conversation share its growing streams. A full page of
+ * compressed entries or index keys never changes (model/v4.h, "Frozen
+ * pages"), so a unit in DRAM holds such a page by reference (the pool
+ * counts holders; the last one frees it) when an earlier unit, the session
+ * or the fork its sequence came from already has it in the pool, and
+ * copies only the rest: the window, the compressor buffers and the
+ * partly filled tail pages, which no holder ever writes once in the pool
+ * (a sequence appends into its own device pages, never into a unit's). So
+ * k turns cost one copy of the streams plus k small states; the DRAM
+ * budget counts pool pages, a shared one once. A holder leaving DRAM (to
+ * NVMe, dropped) only puts its holds: pages others hold stay in DRAM. On
+ * NVMe each unit writes its own copy (a snapshot is self-contained), and a
+ * unit kept on the device (the pool full) owns a copy.
  *
  * Units are keyed by a chain over a tenant tag and their token ids (one
  * step per token, so a lookup sees every prefix); a key match is verified
@@ -340,13 +357,20 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
  * unit (a miss; the caller starts a fresh sequence).
  *
  * From DEVICE or DRAM the state is copied and *ret_unit is NULL: the
- * caller owns *ret_seq (dp_v4_seq_free). From NVME, the unit is acquired
+ * caller owns *ret_seq (dp_v4_seq_free); from DRAM its frozen pages are
+ * tagged with the unit's pool pages, so units the fork leaves share them. From NVME, the unit is acquired
  * (layer by layer when layered, as dp_kv_session_acquire_async; the gate
  * and dp_kv_session_restore_info work on *ret_unit) and *ret_seq is the
  * unit's own sequence, lent: the caller gives it back with
- * dp_kv_unit_return when done (the unit goes back to its snapshot). A unit
- * whose snapshot fails its checks on a synchronous load is dropped and the
- * next shorter one tried.
+ * dp_kv_unit_return when done (the unit goes back to its snapshot). A
+ * layered fork of a unit already lent from NVMe (with an io engine) gets a
+ * twin: the same snapshot restored layer by layer once more, into a
+ * sequence of its own; *ret_unit is the twin (its id is the unit's) and is
+ * given back the same way. The unit stays busy until its lend and its twins
+ * are all back (return them before dp_kv_close). A unit whose snapshot
+ * fails its checks on a synchronous load is dropped and the next shorter
+ * one tried; one whose twin's or lend's gate failed is dropped when the
+ * last of them is back.
  */
 int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
 		    uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
@@ -362,20 +386,21 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
  */
 int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_kv_tenant *t,
 		       struct dp_v4_seq **ret_seq);
-/* Give back a unit lent by dp_kv_unit_fork (its sequence is freed). bad: a
- * gate poisoned the sequence (a page failed its checks): the unit is
- * dropped, never served again. */
+/* Give back a unit (or a twin) lent by dp_kv_unit_fork (its sequence is
+ * freed). bad: a gate poisoned the sequence (a page failed its checks): the
+ * unit is dropped, never served again. */
 void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad);
 /*
  * Leave a unit of tenant t for tokens[0..n) with seq's state (which must
- * stand at n; it is copied, seq is not changed): into DRAM when the pool
- * has room, else as a device copy (the balance demotes it like any idle
- * session). An existing unit with those tokens is only touched (LRU). Past
+ * stand at n; its state is not changed): into DRAM when the pool has room
+ * (copying only what no pool page holds yet, and tagging seq's frozen
+ * pages with their pool pages so that the next unit shares them), else as
+ * a device copy (the balance demotes it like any idle session). An existing unit with those tokens is only touched (LRU). Past
  * max_units the least recently used idle unit is dropped. The unit's
  * tokens are journaled by the next dp_kv_commit.
  */
 int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-		     uint64_t n, const struct dp_v4_seq *seq);
+		     uint64_t n, struct dp_v4_seq *seq);
 
 /* When the compute path stalled: a gate waiting for a layer's pages, from t0
  * to t1 (dp_clock_ns, base/clock.h). The cache keeps the last DP_KV_STALL_SPANS of

@@ -289,3 +289,95 @@ int dp_kv_seq_from_host(struct dp_kv *kv, const struct dp_kv_session *s, uint64_
 	*ret_seq = seq;
 	return 0;
 }
+
+int dp_kv_seq_from_pool(struct dp_kv *kv, const struct dp_kv_session *s,
+			struct dp_v4_seq **ret_seq)
+{
+	size_t n = s->n_dram;
+	void **pages = calloc(n ? n : 1, sizeof(*pages));
+	struct dp_v4_page_ref *now = malloc((n ? n : 1) * sizeof(*now));
+	if (!pages || !now) {
+		free(pages);
+		free(now);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		pages[i] = dp_kv_pool_page(&kv->pool, s->dram_pages[i]);
+	struct dp_v4_seq *seq;
+	int r = dp_kv_seq_from_host(kv, s, s->state_pos, s->dram_refs, pages, n, &seq);
+	if (r == 0) {
+		/* the same list (checked above): tag its frozen pages with the
+		 * pool pages holding their bytes */
+		dp_v4_seq_pages(seq, now, n);
+		for (size_t i = 0; i < n && r == 0; i++)
+			if (now[i].frozen)
+				r = dp_v4_seq_tag_page(seq, &now[i],
+						       dp_kv_pool_tag(&kv->pool, s->dram_pages[i]));
+		if (r < 0)
+			dp_v4_seq_free(seq);
+		else
+			*ret_seq = seq;
+	}
+	free(pages);
+	free(now);
+	return r;
+}
+
+int dp_kv_state_to_pool(struct dp_kv *kv, struct dp_v4_seq *seq, struct dp_v4_page_ref **ret_refs,
+			uint32_t **ret_idx, size_t *ret_n, uint64_t *ret_copied)
+{
+	size_t n = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+	uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
+	if (!refs || !idx) {
+		free(refs);
+		free(idx);
+		return -ENOMEM;
+	}
+	dp_v4_seq_pages(seq, refs, n);
+	/* held first: a page shared is one the pool need not find room for */
+	size_t need = 0;
+	for (size_t i = 0; i < n; i++) {
+		int got = refs[i].tag ? dp_kv_pool_share(&kv->pool, refs[i].tag) : -ENOENT;
+		idx[i] = got < 0 ? UINT32_MAX : (uint32_t)got;
+		need += got < 0;
+	}
+	int r = need > kv->pool.n_free ? -ENOSPC : 0;
+	uint64_t copied = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		if (idx[i] != UINT32_MAX)
+			continue;
+		idx[i] = (uint32_t)dp_kv_pool_get(&kv->pool);
+		/* host-resident pages are a DRAM-to-DRAM copy; the copy is
+		 * complete when page_out returns */
+		r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[i]), &refs[i]);
+		copied++;
+		if (r == 0 && refs[i].frozen)
+			r = dp_v4_seq_tag_page(seq, &refs[i], dp_kv_pool_tag(&kv->pool, idx[i]));
+	}
+	if (r < 0) {
+		for (size_t i = 0; i < n; i++)
+			if (idx[i] != UINT32_MAX)
+				dp_kv_pool_put(&kv->pool, idx[i]);
+		free(refs);
+		free(idx);
+		return r;
+	}
+	for (size_t i = 0; i < n; i++) {
+		refs[i].page = NULL; /* the pool page idx[i] holds it */
+		refs[i].tag = 0;
+	}
+	*ret_refs = refs;
+	*ret_idx = idx;
+	*ret_n = n;
+	if (ret_copied)
+		*ret_copied = copied * DP_KV_PAGE_BYTES;
+	return 0;
+}
+
+void dp_kv_seq_copy_tags(struct dp_v4_seq *dst, const struct dp_v4_page_ref *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (src[i].frozen && src[i].tag)
+			(void)dp_v4_seq_tag_page(dst, &src[i], src[i].tag); /* same list: cannot fail */
+}

@@ -40,7 +40,8 @@ int dp_kv_pool_init(struct dp_kv_pool *p, uint64_t bytes, int node)
 	p->locked = mlock(p->mem.addr, p->mem.mapped) == 0;
 	p->free_list = malloc((size_t)n * sizeof(*p->free_list));
 	p->refs = calloc((size_t)n, sizeof(*p->refs));
-	if (!p->free_list || !p->refs) {
+	p->gen = calloc((size_t)n, sizeof(*p->gen));
+	if (!p->free_list || !p->refs || !p->gen) {
 		dp_kv_pool_fini(p);
 		return -ENOMEM;
 	}
@@ -60,6 +61,7 @@ void dp_kv_pool_fini(struct dp_kv_pool *p)
 	}
 	free(p->free_list);
 	free(p->refs);
+	free(p->gen);
 	memset(p, 0, sizeof(*p));
 }
 
@@ -69,13 +71,31 @@ int dp_kv_pool_get(struct dp_kv_pool *p)
 		return -ENOSPC;
 	uint32_t idx = p->free_list[--p->n_free];
 	p->refs[idx] = 1;
+	if (++p->gen[idx] == 0) /* a tag is never 0 */
+		p->gen[idx] = 1;
 	return (int)idx;
 }
 
 void dp_kv_pool_hold(struct dp_kv_pool *p, uint32_t idx)
 {
-	assert(idx < p->n_pages && p->refs[idx] > 0 && p->refs[idx] < UINT16_MAX);
+	assert(idx < p->n_pages && p->refs[idx] > 0 && p->refs[idx] < UINT32_MAX);
 	p->refs[idx]++;
+}
+
+uint64_t dp_kv_pool_tag(const struct dp_kv_pool *p, uint32_t idx)
+{
+	assert(idx < p->n_pages && p->refs[idx] > 0);
+	return (uint64_t)p->gen[idx] << 32 | idx;
+}
+
+int dp_kv_pool_share(struct dp_kv_pool *p, uint64_t tag)
+{
+	uint32_t idx = (uint32_t)tag, gen = (uint32_t)(tag >> 32);
+	if (!gen || idx >= p->n_pages || !p->refs[idx] || p->gen[idx] != gen ||
+	    p->refs[idx] == UINT32_MAX)
+		return -ENOENT;
+	p->refs[idx]++;
+	return (int)idx;
 }
 
 void dp_kv_pool_put(struct dp_kv_pool *p, uint32_t idx)

@@ -70,9 +70,17 @@ static bool usable(const struct dp_kv_session *u)
 	return !u->busy && !u->lost && u->tier != DP_KV_TIER_NONE && u->state_pos == u->len;
 }
 
-/* The longest usable unit of t that tokens[0..max) starts with. */
+/* A unit lent from NVMe whose snapshot a twin can restore once more. */
+static bool twinnable(const struct dp_kv *kv, const struct dp_kv_session *u)
+{
+	return u->busy && (u->lent || u->twins) && !u->twin_bad && !u->lost && u->has_snap &&
+	       u->snap_pos == u->len && kv->restore_chan && u->twins < UINT32_MAX;
+}
+
+/* The longest unit of t that tokens[0..max) starts with: usable, or (twins
+ * true) lent from NVMe and twinnable. */
 static struct dp_kv_session *longest(struct dp_kv *kv, const struct dp_kv_tenant *t,
-                                     const int32_t *tokens, uint64_t max)
+                                     const int32_t *tokens, uint64_t max, bool twins)
 {
 	if (!kv->n_units || !max)
 		return NULL;
@@ -85,7 +93,7 @@ static struct dp_kv_session *longest(struct dp_kv *kv, const struct dp_kv_tenant
 	struct dp_kv_session *found = NULL;
 	for (uint64_t n = max; n > 0 && !found; n--) {
 		struct dp_kv_session *u = unit_exact(kv, t, keys[n - 1], tokens, n);
-		if (u && usable(u))
+		if (u && (usable(u) || (twins && twinnable(kv, u))))
 			found = u;
 	}
 	free(keys);
@@ -97,7 +105,7 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 {
 	if (!kv || !t || (max && !tokens) || !ret)
 		return -EINVAL;
-	struct dp_kv_session *u = longest(kv, t, tokens, max);
+	struct dp_kv_session *u = longest(kv, t, tokens, max, false);
 	if (!u)
 		return -ENOENT;
 	*ret = u;
@@ -107,23 +115,16 @@ int dp_kv_unit_find(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 /* A copy of a unit's device or DRAM state in a new sequence. */
 static int copy_state(struct dp_kv *kv, struct dp_kv_session *u, struct dp_v4_seq **ret_seq)
 {
-	if (u->tier == DP_KV_TIER_DRAM) {
-		void **pages = malloc((u->n_dram ? u->n_dram : 1) * sizeof(*pages));
-		if (!pages)
-			return -ENOMEM;
-		for (size_t i = 0; i < u->n_dram; i++)
-			pages[i] = dp_kv_pool_page(&kv->pool, u->dram_pages[i]);
-		int r = dp_kv_seq_from_host(kv, u, u->state_pos, u->dram_refs, pages, u->n_dram,
-		                            ret_seq);
-		free(pages);
-		return r;
-	}
+	if (u->tier == DP_KV_TIER_DRAM)
+		return dp_kv_seq_from_pool(kv, u, ret_seq);
 	struct dp_v4_page_ref *refs = NULL;
 	void **pages = NULL, *bounce = NULL;
 	size_t n = 0;
 	int r = dp_kv_state_to_host(kv, u, &refs, &pages, &bounce, &n);
 	if (r == 0)
 		r = dp_kv_seq_from_host(kv, u, u->state_pos, refs, pages, n, ret_seq);
+	if (r == 0) /* the unit's own sequence's tags (a device unit) */
+		dp_kv_seq_copy_tags(*ret_seq, refs, n);
 	free(refs);
 	free(pages);
 	free(bounce);
@@ -143,6 +144,64 @@ static void unit_drop(struct dp_kv *kv, struct dp_kv_session *u, bool corrupt)
 		kv->st.units_dropped++;
 }
 
+/* A twin of u (lent from NVMe): the same snapshot restored layer by layer
+ * into a sequence of its own. Its page list is a copy; the slots, the id
+ * (which the slots' headers name) and the tokens are u's, which stays busy
+ * until the twin is returned. */
+static int twin_restore(struct dp_kv *kv, struct dp_kv_session *u, struct dp_kv_session **ret_twin,
+                        struct dp_v4_seq **ret_seq)
+{
+	struct dp_kv_session *tw = calloc(1, sizeof(*tw));
+	struct dp_kv_snap_page *snap = malloc((u->n_snap ? u->n_snap : 1) * sizeof(*snap));
+	if (!tw || !snap) {
+		free(tw);
+		free(snap);
+		return -ENOMEM;
+	}
+	memcpy(snap, u->snap, u->n_snap * sizeof(*snap));
+	memcpy(tw->id, u->id, sizeof(tw->id));
+	tw->hist = u->hist; /* borrowed: u is busy, nothing appends to a unit */
+	tw->len = tw->committed = u->len;
+	tw->owner = u->owner;
+	tw->tier = DP_KV_TIER_NVME;
+	tw->state_pos = tw->snap_pos = u->snap_pos;
+	tw->snap = snap;
+	tw->n_snap = u->n_snap;
+	tw->has_snap = true;
+	tw->busy = true;
+	tw->unit = true;
+	tw->tenant = u->tenant;
+	tw->unit_key = u->unit_key;
+	tw->twin_of = u;
+	struct dp_v4_seq *seq;
+	int r = dp_kv_restore_begin(kv, tw, &seq);
+	if (r < 0) {
+		free(snap);
+		free(tw);
+		return r;
+	}
+	tw->seq = seq;
+	tw->tier = DP_KV_TIER_DEVICE;
+	u->twins++;
+	kv->st.promotions++;
+	*ret_twin = tw;
+	*ret_seq = seq;
+	return 0;
+}
+
+/* u's lend and twins are all back: it goes back on its snapshot and the LRU
+ * (or, if a page of it failed its checks, it goes). */
+static void unit_settle(struct dp_kv *kv, struct dp_kv_session *u)
+{
+	if (u->lent || u->twins)
+		return;
+	bool bad = u->twin_bad;
+	u->twin_bad = false;
+	dp_kv_session_release(kv, u);
+	if (bad)
+		unit_drop(kv, u, true);
+}
+
 int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
                     uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
                     struct dp_kv_session **ret_unit)
@@ -150,7 +209,7 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 	if (!kv || !t || (max && !tokens) || !ret_seq || !ret_unit)
 		return -EINVAL;
 	for (;;) {
-		struct dp_kv_session *u = longest(kv, t, tokens, max);
+		struct dp_kv_session *u = longest(kv, t, tokens, max, layered);
 		if (!u) {
 			kv->st.prefix_misses++;
 			*ret_seq = NULL;
@@ -159,7 +218,17 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 		}
 		struct dp_v4_seq *seq = NULL;
 		int r;
-		if (u->tier == DP_KV_TIER_DEVICE || u->tier == DP_KV_TIER_DRAM) {
+		if (u->busy) { /* lent: a twin restores its snapshot once more */
+			struct dp_kv_session *tw;
+			r = twin_restore(kv, u, &tw, &seq);
+			if (r == -EBADMSG) { /* its page list does not fit: never again */
+				u->twin_bad = true;
+				continue;
+			}
+			if (r < 0)
+				return r;
+			*ret_unit = tw;
+		} else if (u->tier == DP_KV_TIER_DEVICE || u->tier == DP_KV_TIER_DRAM) {
 			r = copy_state(kv, u, &seq);
 			if (r == -EBADMSG) { /* its pages do not describe this model's */
 				unit_drop(kv, u, true);
@@ -180,6 +249,7 @@ int dp_kv_unit_fork(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_
 				dp_kv_unit_return(kv, u, true);
 				continue;
 			}
+			u->lent = true;
 			*ret_unit = u;
 		}
 		kv->st.prefix_hits++;
@@ -228,6 +298,15 @@ void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
 		bad = true;
 	dp_v4_seq_free(u->seq);
 	u->seq = NULL;
+	if (u->twin_of) {
+		struct dp_kv_session *of = u->twin_of;
+		free(u->snap); /* the list only: the slots are of's */
+		free(u);
+		of->twins--;
+		of->twin_bad |= bad;
+		unit_settle(kv, of);
+		return;
+	}
 	if (u->has_snap && u->snap_pos == u->len) {
 		u->tier = DP_KV_TIER_NVME;
 		u->state_pos = u->snap_pos;
@@ -236,9 +315,9 @@ void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
 		u->state_pos = 0;
 		bad = true;
 	}
-	dp_kv_session_release(kv, u);
-	if (bad)
-		unit_drop(kv, u, true);
+	u->lent = false;
+	u->twin_bad |= bad;
+	unit_settle(kv, u);
 }
 
 /* Past max_units: the least recently used idle unit goes. */
@@ -255,51 +334,36 @@ static void units_trim(struct dp_kv *kv)
 	}
 }
 
-/* s takes a copy of seq's state: DRAM pages when the pool has room, else a
- * device sequence. */
-static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp_v4_seq *seq)
+/* s takes seq's state: DRAM pages when the pool has room (sharing the
+ * frozen pages earlier units of the conversation hold: dp_kv_state_to_pool),
+ * else a device sequence of its own. */
+static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq *seq)
 {
-	size_t n = dp_v4_seq_pages(seq, NULL, 0);
-	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
-	if (!refs)
-		return -ENOMEM;
-	dp_v4_seq_pages(seq, refs, n);
-	int r = 0;
-	if (kv->pool.n_pages && n <= kv->pool.n_free) {
-		uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
-		if (!idx) {
-			free(refs);
-			return -ENOMEM;
-		}
-		size_t got = 0;
-		for (; got < n && r == 0; got++) {
-			idx[got] = (uint32_t)dp_kv_pool_get(&kv->pool);
-			r = dp_kv_page_out(kv, dp_kv_pool_page(&kv->pool, idx[got]), &refs[got]);
-		}
-		if (r < 0) {
-			for (size_t i = 0; i < got; i++)
-				dp_kv_pool_put(&kv->pool, idx[i]);
-			free(idx);
-			free(refs);
-			return r;
-		}
-		for (size_t i = 0; i < n; i++)
-			refs[i].page = NULL;
-		s->dram_refs = refs;
-		s->dram_pages = idx;
-		s->n_dram = n;
+	uint64_t copied = 0;
+	int r = kv->pool.n_pages ? dp_kv_state_to_pool(kv, seq, &s->dram_refs, &s->dram_pages,
+	                                               &s->n_dram, &copied)
+	                         : -ENOSPC;
+	if (r == 0) {
 		s->tier = DP_KV_TIER_DRAM;
 		s->state_pos = dp_v4_seq_pos(seq);
+		kv->st.unit_copy_bytes += copied;
+		kv->st.unit_shared_bytes += s->n_dram * DP_KV_PAGE_BYTES - copied;
 		return 0;
 	}
+	if (r != -ENOSPC)
+		return r;
 	/* through a host bounce: the backend copies only between host and device */
+	size_t n = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
 	void *bounce = NULL;
 	void **pages = malloc((n ? n : 1) * sizeof(*pages));
-	if (!pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+	if (!refs || !pages || posix_memalign(&bounce, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
 		free(pages);
 		free(refs);
 		return -ENOMEM;
 	}
+	dp_v4_seq_pages(seq, refs, n);
+	r = 0;
 	for (size_t i = 0; i < n && r == 0; i++) {
 		pages[i] = (char *)bounce + i * DP_KV_PAGE_BYTES;
 		r = dp_kv_page_out(kv, pages[i], &refs[i]);
@@ -307,6 +371,8 @@ static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp
 	struct dp_v4_seq *copy = NULL;
 	if (r == 0)
 		r = dp_kv_seq_from_host(kv, s, dp_v4_seq_pos(seq), refs, pages, n, &copy);
+	if (r == 0)
+		dp_kv_seq_copy_tags(copy, refs, n);
 	free(pages);
 	free(bounce);
 	free(refs);
@@ -315,16 +381,18 @@ static int unit_state(struct dp_kv *kv, struct dp_kv_session *s, const struct dp
 	s->seq = copy;
 	s->tier = DP_KV_TIER_DEVICE;
 	s->state_pos = dp_v4_seq_pos(copy);
+	kv->st.unit_copy_bytes += n * DP_KV_PAGE_BYTES;
 	return 0;
 }
 
 int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
-                     uint64_t n, const struct dp_v4_seq *seq)
+                     uint64_t n, struct dp_v4_seq *seq)
 {
 	if (!kv || !t || !n || !tokens || !seq)
 		return -EINVAL;
 	if (dp_v4_seq_pos(seq) != n)
 		return -EINVAL;
+	uint64_t t0 = dp_clock_ns();
 	uint64_t key = dp_kv_unit_seed(kv, t);
 	for (uint64_t i = 0; i < n; i++)
 		key = dp_kv_unit_step(kv, key, tokens[i]);
@@ -359,5 +427,6 @@ int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32
 		return r;
 	}
 	kv->st.units_left++;
+	kv->st.unit_leave_ns += dp_clock_ns() - t0;
 	return 0;
 }

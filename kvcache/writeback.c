@@ -39,6 +39,8 @@ struct dp_kv_wb {
 	enum dp_kv_tier from;
 	uint64_t pos;
 	size_t n;
+	size_t leaving; /* of them, pages the tier gets back when it is done (a DRAM
+			 * page a unit shares stays: kvcache.h, "Prefix units") */
 	struct dp_kv_snap_page *sp; /* the snapshot it makes */
 	uint64_t *slots, *sums;
 	struct dp_kv_slot_id *ids;
@@ -133,9 +135,11 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		goto fail;
 	for (size_t i = 0; i < n; i++)
 		wb->sp[i].sum = wb->sums[i];
+	wb->leaving = n;
 	if (wb->from == DP_KV_TIER_DRAM)
 		for (size_t i = 0; i < n; i++) {
 			wb->pool[i] = s->dram_pages[i];
+			wb->leaving -= kv->pool.refs[wb->pool[i]] > 1;
 			dp_kv_pool_hold(&kv->pool, wb->pool[i]);
 		}
 	free(refs);
@@ -148,7 +152,8 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	else
 		kv->wb_head = wb;
 	kv->wb_tail = wb;
-	kv->wb_leaving[wb->from] += n;
+	kv->wb_leaving[wb->from] += wb->leaving;
+	kv->wb_pages += n;
 	kv->st.writebacks++;
 	dp_kv_wb_progress(kv);
 	return 0;
@@ -166,7 +171,8 @@ fail:
  * into the journal (durable at the next sync), else it is undone. */
 static void wb_done(struct dp_kv *kv, struct dp_kv_wb *wb)
 {
-	kv->wb_leaving[wb->from] -= wb->n;
+	kv->wb_leaving[wb->from] -= wb->leaving;
+	kv->wb_pages -= wb->n;
 	if (!wb->err && wb->s)
 		wb->err = dp_kv_journal_snapshot(kv->j, wb->s, wb->pos, wb->sp, wb->n, false);
 	if (wb->err || !wb->s) {

@@ -112,6 +112,7 @@ struct dp_v4_model {
 struct dp_v4_stream {
 	float **host_pages;
 	float **dev_pages; /* backend memory, cap entries */
+	uint64_t *tags;	   /* host, cap entries: frozen pages' tags (dp_v4_seq_tag_page) */
 	uint32_t n_pages, cap;
 	uint32_t per_page; /* entries per page */
 	uint32_t dim;	   /* floats per entry */

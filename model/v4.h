@@ -264,6 +264,8 @@ struct dp_v4_page_ref {
 	uint8_t kind; /* enum dp_v4_stream_kind */
 	uint32_t index;
 	bool host;  /* page is host memory (CSA entries in host memory), not backend */
+	bool frozen; /* a full page of a growing stream: its bytes never change again */
+	uint64_t tag; /* frozen pages: what dp_v4_seq_tag_page left on it (0: none) */
 	void *page; /* backend memory (or host, see host), DP_V4_PAGE_BYTES */
 };
 
@@ -271,6 +273,18 @@ struct dp_v4_page_ref {
  * up to max refs and returns how many there are. Two sequences of one model
  * at the same position have the same list except for the page pointers. */
 size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, size_t max);
+/*
+ * Frozen pages. The growing streams (DP_V4_S_COMP, DP_V4_S_IDX) only ever
+ * append entries, so once a page of one is full its bytes never change
+ * while the sequence lives (nothing rewinds a sequence). The KV cache uses
+ * that to share such pages between the copies it keeps of one conversation
+ * (kvcache.h, "Prefix units"): it tags a frozen page with an opaque value
+ * naming its own copy of the same bytes, and a later copy of this sequence
+ * holds that copy instead of copying the page again. A tag is kept until
+ * the sequence is freed; the model never reads it. -EINVAL unless ref
+ * names a frozen page of s (layer, kind, index), or tag is 0.
+ */
+int dp_v4_seq_tag_page(struct dp_v4_seq *s, const struct dp_v4_page_ref *ref, uint64_t tag);
 
 /*
  * A per-layer gate: the forward calls fn(ctx, s, layer) before it touches

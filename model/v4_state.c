@@ -89,6 +89,11 @@ static int table_reserve(struct dp_v4_seq *seq, struct dp_v4_stream *st, uint32_
 	if (!host)
 		return -ENOMEM;
 	st->host_pages = host;
+	uint64_t *tags = realloc(st->tags, cap * sizeof(*tags));
+	if (!tags)
+		return -ENOMEM;
+	memset(tags + st->cap, 0, (cap - st->cap) * sizeof(*tags));
+	st->tags = tags;
 	if (st->host) {
 		st->cap = cap;
 		return 0;
@@ -180,6 +185,7 @@ static void stream_fini(struct dp_v4_seq *seq, struct dp_v4_stream *st)
 		seq->bytes -= st->cap * sizeof(float *);
 	}
 	free(st->host_pages);
+	free(st->tags);
 	memset(st, 0, sizeof(*st));
 }
 
@@ -388,6 +394,12 @@ int dp_v4_seq_new_at(struct dp_v4_model *m, uint64_t pos, struct dp_v4_seq **ret
 	return 0;
 }
 
+/* A full page of a growing stream: appends never reach it again. */
+static bool page_frozen(const struct dp_v4_stream *st, uint32_t i)
+{
+	return !st->fixed && st->dim && (uint64_t)(i + 1) * st->per_page <= st->n;
+}
+
 size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, size_t max)
 {
 	size_t n = 0;
@@ -400,9 +412,22 @@ size_t dp_v4_seq_pages(const struct dp_v4_seq *s, struct dp_v4_page_ref *refs, s
 									   .kind = (uint8_t)k,
 									   .index = i,
 									   .host = st->host,
+									   .frozen = page_frozen(st, i),
+									   .tag = st->tags[i],
 									   .page = st->host_pages[i] };
 		}
 	return n;
+}
+
+int dp_v4_seq_tag_page(struct dp_v4_seq *s, const struct dp_v4_page_ref *ref, uint64_t tag)
+{
+	if (!s || !ref || !tag || ref->layer >= s->m->cfg.num_hidden_layers || ref->kind >= DP_V4_S_MAX)
+		return -EINVAL;
+	struct dp_v4_stream *st = &s->layers[ref->layer].s[ref->kind];
+	if (ref->index >= st->n_pages || !page_frozen(st, ref->index))
+		return -EINVAL;
+	st->tags[ref->index] = tag;
+	return 0;
 }
 
 void dp_v4_seq_set_gate(struct dp_v4_seq *s, dp_v4_gate_fn fn, void *ctx)

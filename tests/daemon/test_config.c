@@ -121,6 +121,7 @@ static const struct range_case {
     {"--dram-bytes", "dram_bytes", "64K", "65T", "0 or between 1M and 64T"},
     {"--nvme-bytes", "nvme_bytes", "1000", "2P", "0 or between 1M and 1P"},
     {"--compact-every", "compact_every", NULL, "16777217", "between 0 and 16777216"},
+    {"--max-units", "max_units", "0", "1048577", "between 1 and 1048576"},
     {"--lease-ms", "lease_ms", "999", "600001", "between 1000 and 600000"},
     {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
     {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},

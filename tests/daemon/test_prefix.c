@@ -265,3 +265,107 @@ Test(prefix, a_corrupted_unit_is_recomputed_never_served)
 	cr_expect_eq(cached, 0, "no damaged state served: %u cached", cached);
 	cr_expect_eq(memcmp(reply, cold, sizeof(reply)), 0, "the reply is the recompute's");
 }
+
+/* Long turns fill pages of the growing streams (the test model's CSA
+ * entries: 1024 a page, one per 3 tokens), so the units of the stateless
+ * conversation share them (kvcache.h, "Prefix units"): the replies are
+ * still the explicit session's, and the daemon reports the bytes held by
+ * reference. */
+enum { LTURNS = 5, LUSER = 900, LREPLY = 6, LMAXC = LTURNS * (LUSER + LREPLY) };
+
+static void long_user_turn(int turn, uint32_t *out)
+{
+	for (int i = 0; i < LUSER; i++)
+		out[i] = 97 + (uint32_t)((turn * 11 + i * 7 + i / 13) % 26);
+}
+
+Test(prefix, long_stateless_turns_share_full_pages_and_keep_the_sessions_output)
+{
+	/* room in DRAM for the units (a unit kept on the device owns a copy) */
+	const char *const extra[] = {"--dram-bytes", "64M", NULL};
+	daemon_start(&d, extra);
+	int fd = client_connect(&d);
+	uint32_t sess[LTURNS][LREPLY], sl[LTURNS][LREPLY];
+	size_t n;
+	for (int t = 0; t < LTURNS; t++) {
+		uint32_t u[LUSER];
+		long_user_turn(t, u);
+		send_salted(fd, 100 + (uint64_t)t, "long", u, LUSER, LREPLY, "explicit");
+		collect_cached(fd, 100 + (uint64_t)t, sess[t], LREPLY, &n);
+		cr_assert_eq(n, LREPLY);
+	}
+	double shared0 = metric(fd, 150, "dualpath_prefix_unit_shared_bytes_total");
+	cr_assert_geq(shared0, 0, "the metric is exported");
+	uint32_t *ctx = malloc(LMAXC * sizeof(*ctx));
+	size_t len = 0;
+	for (int t = 0; t < LTURNS; t++) {
+		long_user_turn(t, ctx + len);
+		len += LUSER;
+		send_salted(fd, 200 + (uint64_t)t, NULL, ctx, len, LREPLY, "stateless");
+		uint32_t cached = collect_cached(fd, 200 + (uint64_t)t, sl[t], LREPLY, &n);
+		cr_expect_eq(cached, t ? (uint32_t)(len - LUSER - 1) : 0, "turn %d: %u cached", t,
+		             cached);
+		cr_expect_eq(memcmp(sl[t], sess[t], sizeof(sl[t])), 0,
+		             "turn %d: the stateless reply is the session's", t);
+		memcpy(ctx + len, sl[t], sizeof(sl[t]));
+		len += LREPLY;
+	}
+	double shared = metric(fd, 300, "dualpath_prefix_unit_shared_bytes_total");
+	double copied = metric(fd, 301, "dualpath_prefix_unit_copy_bytes_total");
+	cr_expect_gt(shared, shared0, "the stateless units shared full pages (%.0f bytes)",
+	             shared - shared0);
+	cr_log_info("units: copied %.0f, shared %.0f bytes", copied, shared - shared0);
+	cr_expect_gt(copied, 0);
+	cr_expect_gt(metric(fd, 302, "dualpath_prefix_unit_leave_seconds_total"), 0);
+	free(ctx);
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+}
+
+/* Two requests at once for a unit that came back on NVMe: the first
+ * borrows the unit, the second restores the same snapshot as a twin; both
+ * start from the whole unit (not a shorter one) and reply alike. */
+Test(prefix, two_requests_at_once_for_a_unit_on_nvme_both_start_from_it)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	uint32_t ctx[2 * (USER + REPLY)];
+	size_t n;
+	user_turn(0, ctx);
+	send_salted(fd, 1, NULL, ctx, USER, REPLY, "r2");
+	collect_cached(fd, 1, ctx + USER, REPLY, &n);
+	user_turn(1, ctx + USER + REPLY);
+	size_t len = 2 * USER + REPLY;
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
+	char dir[96];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, NULL);
+	fd = client_connect(&d);
+	send_salted(fd, 2, NULL, ctx, len, REPLY, "r2");
+	send_salted(fd, 3, NULL, ctx, len, REPLY, "r2");
+	uint32_t out[2][REPLY], cached[2] = {0, 0};
+	size_t got[2] = {0, 0};
+	for (int done = 0; done < 2;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "the connection was lost");
+		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK);
+		cr_assert(r->request_id == 2 || r->request_id == 3);
+		int k = (int)r->request_id - 2;
+		Dualpath__V1__TokenChunk *c = r->token_chunk;
+		for (size_t i = 0; i < c->n_ids && got[k] < REPLY; i++)
+			out[k][got[k]++] = c->ids[i];
+		if (c->finish) {
+			cr_assert_not_null(c->usage);
+			cached[k] = c->usage->cached_tokens;
+			done++;
+		}
+		dp_proto_response_free(r);
+	}
+	cr_expect_eq(cached[0], USER + REPLY - 1, "the first: %u cached", cached[0]);
+	cr_expect_eq(cached[1], USER + REPLY - 1, "the second too: %u cached", cached[1]);
+	cr_expect_eq(got[0], REPLY);
+	cr_expect_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "the same reply");
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+}
