@@ -427,6 +427,8 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	dp_http_buf_fini(&r->sampled);
 	dp_http_buf_fini(&r->said);
 	dp_http_buf_fini(&r->said_reasoning);
+	dp_http_buf_fini(&r->prompt_ids);
+	dp_http_buf_fini(&r->new_ids);
 	dp_http_buf_fini(&r->body);
 	dp_http_buf_fini(&r->text);
 	dp_http_buf_fini(&r->out);

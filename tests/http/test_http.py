@@ -390,6 +390,44 @@ def messages_api_answers_in_its_own_shapes(d):
         assert e["error"]["type"] == "invalid_request_error" and field in e["error"]["message"], e
 
 
+def return_token_ids_gives_ids_a_stateless_client_sends_back(d):
+    # vLLM's extension: choice.token_ids (the ids generated) and
+    # choice.prompt_token_ids; a client that sends prompt + reply back as ids
+    # reuses the prefix unit left at the reply's end
+    c = d.client()
+    ids = d.http.post("/tokenize", json={"prompt": "The hacker"}).json()["tokens"]
+    r = c.completions.create(model="builtin", prompt=ids, max_tokens=12, temperature=0,
+                             extra_body={"return_token_ids": True})
+    ch = r.choices[0].model_dump()
+    assert ch["prompt_token_ids"] == ids, ch
+    assert len(ch["token_ids"]) == r.usage.completion_tokens == 12, ch
+    back = d.http.post("/detokenize", json={"tokens": ch["token_ids"]}).json()["prompt"]
+    assert back == r.choices[0].text, (back, r.choices[0].text)
+    streamed, pids = [], None
+    for k in c.completions.create(model="builtin", prompt=ids, max_tokens=12, temperature=0,
+                                  stream=True, extra_body={"return_token_ids": True}):
+        x = k.choices[0].model_dump()
+        streamed += x["token_ids"]
+        if x.get("prompt_token_ids") is not None:
+            assert pids is None, "prompt_token_ids comes once"
+            pids = x["prompt_token_ids"]
+    assert streamed == ch["token_ids"] and pids == ids, (streamed, pids)
+    again = c.completions.create(model="builtin", prompt=ids + ch["token_ids"] + [ids[1]],
+                                 max_tokens=2, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= len(ids) + 11, again.usage
+    # chat: prompt_token_ids on the completion, token_ids on the choice
+    r = c.chat.completions.create(model="builtin", messages=[{"role": "user", "content": "Hi"}],
+                                  max_tokens=5, temperature=0,
+                                  extra_body={"return_token_ids": True})
+    o = r.model_dump()
+    t = d.http.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert o["prompt_token_ids"] == t["tokens"], (o, t)
+    assert len(o["choices"][0]["token_ids"]) == 5, o
+    st, _, body = d.curl("-H", "Content-Type: application/json", "-d",
+                         json.dumps({"prompt": "x", "return_token_ids": "yes"}), "/v1/completions")
+    assert st == 400 and error_of(st, body)["param"] == "return_token_ids", body
+
+
 def request_id_is_echoed_or_made(d):
     st, hd, _ = d.curl("-H", "X-Request-Id: trace-42", "/health")
     assert st == 200 and hd["x-request-id"] == "trace-42", hd
@@ -454,6 +492,7 @@ TESTS_SHARED = [
     chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
     messages_api_answers_in_its_own_shapes,
+    return_token_ids_gives_ids_a_stateless_client_sends_back,
     request_id_is_echoed_or_made,
     tokenize_and_detokenize_round_trip,
     models_lists_the_served_model,
