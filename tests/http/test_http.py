@@ -390,6 +390,45 @@ def messages_api_answers_in_its_own_shapes(d):
         assert e["error"]["type"] == "invalid_request_error" and field in e["error"]["message"], e
 
 
+def messages_api_through_the_anthropic_sdk(d):
+    # the official anthropic SDK (PyPI; scripts/test installs it beside openai)
+    try:
+        import anthropic
+    except ImportError:
+        raise AssertionError("the anthropic SDK is not installed (scripts/test puts it in "
+                             "build/pyenv)")
+    kw = {} if d.tcp else {"http_client": httpx.Client(
+        transport=httpx.HTTPTransport(uds=d.sock), timeout=60)}
+    a = anthropic.Anthropic(base_url=d.base, api_key="none", max_retries=0, **kw)
+    msgs = [{"role": "user", "content": "Hello"}]
+    # this SDK has no temperature parameter (the API's field is still read)
+    greedy = {"extra_body": {"temperature": 0}}
+    m = a.messages.create(model="builtin", max_tokens=8, system="Be brief.", messages=msgs,
+                          **greedy)
+    assert m.type == "message" and m.role == "assistant" and m.stop_reason == "max_tokens", m
+    assert m.usage.output_tokens == 8 and m.usage.input_tokens > 0, m.usage
+    text = "".join(b.text for b in m.content if b.type == "text")
+    # the system prompt is in the prompt: more input tokens than without it
+    bare = a.messages.create(model="builtin", max_tokens=1, messages=msgs, **greedy)
+    assert bare.usage.input_tokens < m.usage.input_tokens, (bare.usage, m.usage)
+    # streamed through the SDK's event parser: the same greedy text, the same usage
+    with a.messages.stream(model="builtin", max_tokens=8, system="Be brief.",
+                           messages=msgs, **greedy) as st:
+        streamed = "".join(st.text_stream)
+        final = st.get_final_message()
+    assert streamed == text, (streamed, text)
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 8, final
+    # a refusal arrives as the SDK's typed error, naming the field
+    try:
+        a.messages.create(model="builtin", max_tokens=4,
+                          messages=[{"role": "system", "content": "x"}])
+        raise AssertionError("a system role inside messages was accepted")
+    except anthropic.BadRequestError as e:
+        assert e.status_code == 400 and e.body["type"] == "error", e.body
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "messages[0].role" in e.body["error"]["message"], e.body
+
+
 def return_token_ids_gives_ids_a_stateless_client_sends_back(d):
     # vLLM's extension: choice.token_ids (the ids generated) and
     # choice.prompt_token_ids; a client that sends prompt + reply back as ids
@@ -492,6 +531,7 @@ TESTS_SHARED = [
     chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
     messages_api_answers_in_its_own_shapes,
+    messages_api_through_the_anthropic_sdk,
     return_token_ids_gives_ids_a_stateless_client_sends_back,
     request_id_is_echoed_or_made,
     tokenize_and_detokenize_round_trip,
