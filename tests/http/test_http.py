@@ -45,7 +45,7 @@ class Daemon:
     """dualpathd on the embedded model, its HTTP front on a Unix socket
     (no port to collide with) or on a TCP address."""
 
-    def __init__(self, *extra, tcp=None, model="builtin"):
+    def __init__(self, *extra, tcp=None, model="builtin", wait=True):
         self.dir = tempfile.mkdtemp(prefix="dp-http-")
         self.sock = os.path.join(self.dir, "http.sock")
         self.listen = tcp or "unix:" + self.sock
@@ -63,6 +63,8 @@ class Daemon:
             self.base = "http://localhost"
             self.http = httpx.Client(base_url=self.base, timeout=60,
                                      transport=httpx.HTTPTransport(uds=self.sock))
+        if not wait:
+            return
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -660,6 +662,64 @@ def health_is_503_while_draining():
         d.stop()
 
 
+def health_says_loading_while_the_model_loads():
+    # The HTTP front starts before the model load. The load is held
+    # deterministically: the model's tokenizer.json is a FIFO, so the loader
+    # blocks opening it until this test opens the other end; meanwhile
+    # /health is 503 "loading", /metrics answers, the rest 503 + Retry-After.
+    # (Then the FIFO is no regular file: the load fails and the daemon must
+    # exit non-zero, its HTTP thread stopped.)
+    src = os.environ.get("DP_TEST_CHAT_MODEL", "")
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        print("     (skipped: DP_TEST_CHAT_MODEL, a V4-format model directory, is not built)")
+        return
+    model = tempfile.mkdtemp(prefix="dp-http-loading-")
+    for f in os.listdir(src):
+        if f != "tokenizer.json":
+            os.symlink(os.path.join(os.path.abspath(src), f), os.path.join(model, f))
+    fifo = os.path.join(model, "tokenizer.json")
+    os.mkfifo(fifo)
+    d = Daemon(model=model, wait=False)
+    try:
+        deadline, h = time.time() + 60, None
+        while time.time() < deadline and h is None:
+            assert d.proc.poll() is None, d.proc.stderr.read().decode()
+            try:
+                h = d.http.get("/health")
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert h is not None, "the HTTP front did not answer while the model loaded"
+        assert h.status_code == 503 and h.json() == {"status": "loading"}, (h.status_code, h.text)
+        assert h.headers.get("retry-after"), h.headers
+        for method, url, body in [("GET", "/v1/models", None),
+                                  ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}),
+                                  ("POST", "/v1/chat/completions",
+                                   {"messages": [{"role": "user", "content": "x"}]}),
+                                  ("POST", "/tokenize", {"prompt": "x"})]:
+            r = d.http.request(method, url, json=body)
+            e = r.json()["error"]
+            assert r.status_code == 503 and e["code"] == "model_loading", (url, r.text)
+            assert "loading" in e["message"] and r.headers.get("retry-after"), (url, r.headers)
+        m = d.metrics()
+        assert m["dualpath_loading"] == 1 and m["dualpath_http_requests_total"] >= 5, m
+        assert d.proc.poll() is None, "the daemon did not wait for its tokenizer"
+        # let the load go on: the FIFO opens, then is refused as no regular file
+        with open(fifo, "w"):
+            pass
+        rc = d.proc.wait(60)
+        err = d.proc.stderr.read().decode(errors="replace")
+        log = open(d.log, errors="replace").read()
+        assert rc != 0 and "tokenizer.json" in log, (rc, log[-2000:])
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        d.http.close()
+        shutil.rmtree(d.dir, ignore_errors=True)
+        shutil.rmtree(model, ignore_errors=True)
+
+
 def slow_reader_is_cut_off_and_its_generation_cancelled():
     # a raw connection that sends a streaming request and never reads
     d = Daemon("--max-new-tokens", "60000")
@@ -836,7 +896,8 @@ def v4_stateless_conversation_hits_the_cache_as_a_session_does():
 
 
 TESTS_OWN = [v4_stateless_conversation_hits_the_cache_as_a_session_does, v4_chat_puts_reasoning_apart_from_content, too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
-             health_is_503_while_draining, slow_reader_is_cut_off_and_its_generation_cancelled,
+             health_is_503_while_draining, health_says_loading_while_the_model_loads,
+             slow_reader_is_cut_off_and_its_generation_cancelled,
              disconnect_cancels_an_unstreamed_generation, tcp_listen_serves_the_same_api]
 
 
