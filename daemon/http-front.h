@@ -102,6 +102,10 @@ struct hreq {
 	bool replay;
 	enum dp_chat_mode mode;
 	struct dp_http_buf sampled, said, said_reasoning;
+	/* return_token_ids: the prompt's ids (sent once: the body, or the
+	 * first chunk) and the generated ids no chunk has carried yet */
+	struct dp_http_buf prompt_ids, new_ids;
+	bool sent_prompt_ids;
 	/* the Messages API's stream: the open content block's kind and index */
 	const char *ant_kind;
 	int ant_index;

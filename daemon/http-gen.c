@@ -150,6 +150,35 @@ static json_t *usage_new(const struct hreq *r)
 
 static void cut_off(struct hreq *r);
 
+static json_t *ids_json(const struct dp_http_buf *b)
+{
+	json_t *a = json_array();
+	const int32_t *ids = (const int32_t *)(const void *)b->p;
+	for (size_t i = 0; a && i < b->len / sizeof(int32_t); i++)
+		if (json_array_append_new(a, json_integer(ids[i])) < 0) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
+}
+
+/* return_token_ids (vLLM's names): the choice's token_ids, the generated
+ * ids not carried yet (all of them in a whole body), and prompt_token_ids
+ * once — on the choice for completions, on the object for chat, as vLLM
+ * puts them. */
+static void put_token_ids(struct hreq *r, json_t *obj, json_t *choice)
+{
+	if (!r->req.return_token_ids || !choice)
+		return;
+	json_object_set_new(choice, "token_ids", ids_json(&r->new_ids));
+	r->new_ids.len = r->new_ids.off = 0;
+	if (!r->sent_prompt_ids) {
+		json_object_set_new(r->chat ? obj : choice, "prompt_token_ids",
+				    ids_json(&r->prompt_ids));
+		r->sent_prompt_ids = true;
+	}
+}
+
 static void out_event(struct hreq *r, json_t *o)
 {
 	if (!o || dp_http_sse_event(&r->out, o) < 0)
@@ -292,9 +321,10 @@ static void emit_delta(struct hreq *r, json_t *delta, const char *finish)
 		json_object_set_new(delta, "role", json_string("assistant"));
 		r->sent_role = true;
 	}
-	json_array_append_new(json_object_get(c, "choices"),
-			      json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta, "logprobs",
-					"finish_reason", finish ? json_string(finish) : json_null()));
+	json_t *ch = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta, "logprobs",
+			       "finish_reason", finish ? json_string(finish) : json_null());
+	put_token_ids(r, c, ch);
+	json_array_append_new(json_object_get(c, "choices"), ch);
 	out_event(r, c);
 }
 
@@ -307,10 +337,10 @@ static void emit_text(struct hreq *r, const char *text, size_t len, const char *
 		return;
 	}
 	json_t *c = chunk_new(r, false);
-	json_array_append_new(json_object_get(c, "choices"),
-			      json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text, len,
-					"logprobs", "finish_reason",
-					finish ? json_string(finish) : json_null()));
+	json_t *ch = json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text, len, "logprobs",
+			       "finish_reason", finish ? json_string(finish) : json_null());
+	put_token_ids(r, c, ch);
+	json_array_append_new(json_object_get(c, "choices"), ch);
 	out_event(r, c);
 }
 
@@ -372,12 +402,16 @@ static void finish(struct hreq *r, const char *reason)
 				      "object", "chat.completion", "created", (json_int_t)r->created,
 				      "model", h->model_name, "choices", "index", 0, "message", msg,
 				      "logprobs", "finish_reason", reason, "usage", usage_new(r));
+			if (o)
+				put_token_ids(r, o, json_array_get(json_object_get(o, "choices"), 0));
 		} else {
 			o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:s%, s:n, s:s}], s:o}", "id",
 				      r->id, "object", "text_completion", "created",
 				      (json_int_t)r->created, "model", h->model_name, "choices",
 				      "index", 0, "text", r->out.p ? r->out.p : "", r->out.len,
 				      "logprobs", "finish_reason", reason, "usage", usage_new(r));
+			if (o)
+				put_token_ids(r, o, json_array_get(json_object_get(o, "choices"), 0));
 		}
 		char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
 		json_decref(o);
@@ -496,6 +530,11 @@ static void on_tokens(struct hreq *r, const struct dp_event *e)
 	size_t bound = dp_tok_stream_bound(srv->tok);
 	if (r->replay && dp_http_buf_add(&r->sampled, e->ids, e->n_ids * sizeof(int32_t)) < 0)
 		r->replay = false;
+	if (r->req.return_token_ids &&
+	    dp_http_buf_add(&r->new_ids, e->ids, e->n_ids * sizeof(int32_t)) < 0) {
+		cut_off(r);
+		return;
+	}
 	for (uint32_t i = 0; i < e->n_ids; i++) {
 		size_t got = 0;
 		r->completion_tokens++;
@@ -774,6 +813,11 @@ enum MHD_Result http_on_completions(struct hreq *r)
 		http_slot_release(h, r, false);
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	}
+	if (q->return_token_ids && dp_http_buf_add(&r->prompt_ids, ids, n * sizeof(int32_t)) < 0) {
+		free(m);
+		http_slot_release(h, r, false);
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	}
 	m->tokens = ids;
 	m->n_tokens = (uint32_t)n;
 	q->ids = NULL; /* compute frees it with the message */
@@ -879,6 +923,16 @@ enum MHD_Result http_on_chat(struct hreq *r)
 	struct dp_msg *m = http_msg_new(h, r, DP_MSG_GENERATE);
 	if (!m) {
 		free(ids);
+		http_slot_release(h, r, false);
+		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	/* the prompt as rendered whole (a session's continuation when only
+	 * that one renders) */
+	if (q->return_token_ids &&
+	    dp_http_buf_add(&r->prompt_ids, n_whole ? ids : ids + n_whole,
+			    (n_whole ? n_whole : n_cont) * sizeof(int32_t)) < 0) {
+		free(ids);
+		free(m);
 		http_slot_release(h, r, false);
 		REFUSE(r, 500, "server_error", NULL, NULL, "out of memory");
 	}

@@ -78,6 +78,11 @@ struct dp_http_request {
 	int32_t stop_ids[DP_HTTP_STOP_IDS_MAX];
 	uint32_t n_stop_ids;
 	bool ignore_eos;
+	/* vLLM's extension: the choice carries the ids generated (token_ids,
+	 * each SSE chunk those since the last) and the prompt's ids
+	 * (prompt_token_ids), so a stateless client can send back exactly the
+	 * ids it got */
+	bool return_token_ids;
 	/* completions, tokenize: a text prompt, or ids */
 	const char *prompt;
 	size_t prompt_len;

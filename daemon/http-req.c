@@ -151,7 +151,8 @@ static int parse_common(json_t *o, const struct dp_http_limits *lim, struct dp_h
 
 	if ((ret = get_string(o, "model", &r->model, err)) < 0 ||
 	    (ret = get_bool(o, "stream", &r->stream, err)) < 0 ||
-	    (ret = get_bool(o, "ignore_eos", &r->ignore_eos, err)) < 0)
+	    (ret = get_bool(o, "ignore_eos", &r->ignore_eos, err)) < 0 ||
+	    (ret = get_bool(o, "return_token_ids", &r->return_token_ids, err)) < 0)
 		return ret;
 	json_t *so = json_object_get(o, "stream_options");
 	if (so && !json_is_null(so)) {

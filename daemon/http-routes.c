@@ -33,6 +33,8 @@ enum MHD_Result http_queue(struct hreq *r, unsigned status, const char *type, co
 		return MHD_NO;
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "X-Request-Id", r->xrid);
+	if (status == 503 && atomic_load(&r->h->srv->state) == DP_STATE_STARTING)
+		MHD_add_response_header(resp, "Retry-After", "5"); /* the model is loading */
 	if (status == 401)
 		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
 	enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
@@ -104,6 +106,11 @@ static void label_escaped(struct dp_http_buf *b, const char *s)
 	}
 }
 
+static void http_metrics_own(struct dp_http *h, struct dp_http_buf *b);
+#define LOADING_HELP                                                                       \
+	"# HELP dualpath_loading 1 while the model loads (only /health and /metrics answer)\n" \
+	"# TYPE dualpath_loading gauge\ndualpath_loading "
+
 void http_on_stats(struct hreq *r, struct dp_compute_stats *s)
 {
 	struct dp_http *h = r->h;
@@ -141,6 +148,18 @@ void http_on_stats(struct hreq *r, struct dp_compute_stats *s)
 		}
 	}
 	free(ms);
+	dp_http_buf_addf(b, LOADING_HELP "0\n");
+	http_metrics_own(h, b);
+	r->status = 200;
+	r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	r->final = true;
+	http_wake(r);
+}
+
+/* The HTTP front's own counters and histograms, the part of /metrics that
+ * needs no answer from compute. */
+static void http_metrics_own(struct dp_http *h, struct dp_http_buf *b)
+{
 #define HC(name, help, v)                                                                  \
 	dp_http_buf_addf(b, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %" PRIu64 "\n", \
 			 (uint64_t)(v))
@@ -172,10 +191,19 @@ void http_on_stats(struct hreq *r, struct dp_compute_stats *s)
 			    "from the request's arrival to its first generated token", &h->ttft);
 	dp_http_hist_render(b, "dualpath_http_inter_token_latency_seconds",
 			    "between generated tokens of one request", &h->itl);
-	r->status = 200;
-	r->content_type = "text/plain; version=0.0.4; charset=utf-8";
-	r->final = true;
-	http_wake(r);
+}
+
+/* /metrics while the model loads: compute is not running yet; the HTTP
+ * front's own figures, and dualpath_loading 1. */
+static enum MHD_Result on_metrics_loading(struct hreq *r)
+{
+	struct dp_http_buf b = { 0 };
+	dp_http_buf_addf(&b, LOADING_HELP "1\n");
+	http_metrics_own(r->h, &b);
+	enum MHD_Result ret = http_queue(r, 200, "text/plain; version=0.0.4; charset=utf-8",
+					 b.p ? b.p : "", b.len);
+	dp_http_buf_fini(&b);
+	return ret;
 }
 
 /* ---- routes -------------------------------------------------------------------------- */
@@ -330,6 +358,16 @@ static enum MHD_Result dispatch(struct hreq *r, const char *method)
 		       "([http] max_body_bytes)", h->lim.max_body);
 	if (r->route == R_HEALTH)
 		return on_health(r);
+	/* Before the model is loaded (the front starts first) only /health and
+	 * /metrics answer. The state is read once: SERVING was stored after the
+	 * model, tokenizer and renderer the routes below read. */
+	if (atomic_load(&h->srv->state) == DP_STATE_STARTING) {
+		if (r->route == R_METRICS)
+			return on_metrics_loading(r);
+		REFUSE(r, 503, "service_unavailable", "model_loading", NULL,
+		       "the model is loading; retry (GET /health says when it is served)");
+	}
+	h->lim.vocab = (int32_t)h->srv->vocab;
 	if (r->route == R_MODELS)
 		return on_models(r);
 	if (r->route == R_METRICS)
@@ -427,6 +465,8 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	dp_http_buf_fini(&r->sampled);
 	dp_http_buf_fini(&r->said);
 	dp_http_buf_fini(&r->said_reasoning);
+	dp_http_buf_fini(&r->prompt_ids);
+	dp_http_buf_fini(&r->new_ids);
 	dp_http_buf_fini(&r->body);
 	dp_http_buf_fini(&r->text);
 	dp_http_buf_fini(&r->out);

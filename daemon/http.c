@@ -265,7 +265,6 @@ void *dp_http_main(void *arg)
 	struct dp_http *h = srv->http;
 	struct epoll_event evs[8];
 
-	h->lim.vocab = (int32_t)srv->vocab;
 	h->ep = epoll_create1(EPOLL_CLOEXEC);
 	/* MHD with no thread of its own: MHD_run from this loop */
 	h->d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL, http_on_request, h, MHD_OPTION_LISTEN_SOCKET,
@@ -285,8 +284,8 @@ void *dp_http_main(void *arg)
 	epoll_ctl(h->ep, EPOLL_CTL_ADD, di->epoll_fd, &ev);
 	ev.data.u32 = 2;
 	epoll_ctl(h->ep, EPOLL_CTL_ADD, dp_waiter_fd(&srv->http_wake), &ev);
-	log_info("http: serving the OpenAI-compatible API on %s%s", srv->cfg.http_listen,
-		 h->n_keys ? " (bearer keys required)" : "");
+	log_info("http: serving the OpenAI-compatible API on %s%s (503 until the model is loaded)",
+		 srv->cfg.http_listen, h->n_keys ? " (bearer keys required)" : "");
 
 	while (!atomic_load(&srv->stop)) {
 		MHD_UNSIGNED_LONG_LONG mt = 0;

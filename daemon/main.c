@@ -408,15 +408,38 @@ static int run(struct dp_server *srv)
 {
 	char err[1024] = "";
 	int ret;
+	pthread_t http;
+	bool http_running = false; /* the HTTP front's thread, started before the load */
 
 	srv->start_ns = dp_clock_ns();
 	atomic_store(&srv->state, DP_STATE_STARTING);
 	if ((ret = size_connections(&srv->cfg, err, sizeof(err))) < 0)
 		goto fail;
 	sd_notify(0, "STATUS=loading the model");
+	/* The HTTP front starts before the load, so that /health answers 503
+	 * {"status": "loading"} (and /metrics its own counters) while a big
+	 * model loads, instead of a socket nobody listens on; every other route
+	 * is 503 with Retry-After until the state is SERVING, which is stored
+	 * after the model, tokenizer and renderer are (the HTTP thread reads
+	 * them only after reading that state). Its ring exists before compute
+	 * starts (compute reads srv->to_http once, at its start). */
+	if (srv->cfg.http_listen[0]) {
+		if ((ret = dp_spsc_new(16384, sizeof(struct dp_event), &srv->to_http)) < 0 ||
+		    (ret = dp_waiter_init(&srv->http_wake, DP_WAITER_EVENTFD, 0)) < 0 ||
+		    (ret = dp_http_init(srv, err, sizeof(err))) < 0 ||
+		    (ret = -pthread_create(&http, NULL, dp_http_main, srv)) < 0) {
+			if (!err[0])
+				snprintf(err, sizeof(err), "cannot set up the HTTP front: %s",
+					 strerror(-ret));
+			goto fail;
+		}
+		http_running = true;
+	}
 	if ((ret = load_model(srv, err, sizeof(err))) < 0)
 		goto fail;
 	place_threads(srv);
+	if (http_running)
+		pin(srv, http, DP_TOPO_ROLE_FRONT);
 	if ((ret = open_state(srv, err, sizeof(err))) < 0)
 		goto fail;
 	open_shared(srv);
@@ -443,16 +466,6 @@ static int run(struct dp_server *srv)
 	}
 	if ((ret = dp_front_init(srv, err, sizeof(err))) < 0)
 		goto fail;
-	/* the HTTP front: its ring and address before compute starts (compute
-	 * reads srv->to_http once, at its start) */
-	if (srv->cfg.http_listen[0] &&
-	    ((ret = dp_spsc_new(16384, sizeof(struct dp_event), &srv->to_http)) < 0 ||
-	     (ret = dp_waiter_init(&srv->http_wake, DP_WAITER_EVENTFD, 0)) < 0 ||
-	     (ret = dp_http_init(srv, err, sizeof(err))) < 0)) {
-		if (!err[0])
-			snprintf(err, sizeof(err), "cannot set up the HTTP front: %s", strerror(-ret));
-		goto fail;
-	}
 
 	/* Signals: a handler that writes the signal number to a pipe the loop
 	 * below polls. (A signalfd would need every thread to block them, and
@@ -486,11 +499,6 @@ static int run(struct dp_server *srv)
 		atomic_store(&srv->state, DP_STATE_SERVING);
 	pthread_create(&front, NULL, dp_front_main, srv);
 	pin(srv, front, DP_TOPO_ROLE_FRONT);
-	pthread_t http;
-	if (srv->http) {
-		pthread_create(&http, NULL, dp_http_main, srv);
-		pin(srv, http, DP_TOPO_ROLE_FRONT);
-	}
 	if (up) {
 		log_info("serving on %s%s", srv->cfg.socket,
 			 srv->socket_activated ? " (socket activation)" : "");
@@ -554,8 +562,10 @@ static int run(struct dp_server *srv)
 	atomic_store(&srv->stop, true);
 	pthread_join(compute, NULL);
 	pthread_join(front, NULL);
-	if (srv->http)
+	if (http_running) {
 		pthread_join(http, NULL);
+		http_running = false;
+	}
 	/* what reached compute after it stopped listening (a Stats, a closed
 	 * connection's notice) is not answered any more: free it */
 	struct dp_msg *late;
@@ -576,6 +586,10 @@ static int run(struct dp_server *srv)
 	}
 	snprintf(err, sizeof(err), "stopped after a thread failed: %s", strerror(-ret));
 fail:
+	if (http_running) { /* a failed start: the HTTP front answered "loading" until now */
+		atomic_store(&srv->stop, true);
+		pthread_join(http, NULL);
+	}
 	log_err("%s", err);
 	sd_notifyf(0, "STATUS=failed: %s\nERRNO=%d", err, -ret);
 	return ret;

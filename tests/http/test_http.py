@@ -45,7 +45,7 @@ class Daemon:
     """dualpathd on the embedded model, its HTTP front on a Unix socket
     (no port to collide with) or on a TCP address."""
 
-    def __init__(self, *extra, tcp=None, model="builtin"):
+    def __init__(self, *extra, tcp=None, model="builtin", wait=True):
         self.dir = tempfile.mkdtemp(prefix="dp-http-")
         self.sock = os.path.join(self.dir, "http.sock")
         self.listen = tcp or "unix:" + self.sock
@@ -63,6 +63,8 @@ class Daemon:
             self.base = "http://localhost"
             self.http = httpx.Client(base_url=self.base, timeout=60,
                                      transport=httpx.HTTPTransport(uds=self.sock))
+        if not wait:
+            return
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -390,6 +392,83 @@ def messages_api_answers_in_its_own_shapes(d):
         assert e["error"]["type"] == "invalid_request_error" and field in e["error"]["message"], e
 
 
+def messages_api_through_the_anthropic_sdk(d):
+    # the official anthropic SDK (PyPI; scripts/test installs it beside openai)
+    try:
+        import anthropic
+    except ImportError:
+        raise AssertionError("the anthropic SDK is not installed (scripts/test puts it in "
+                             "build/pyenv)")
+    kw = {} if d.tcp else {"http_client": httpx.Client(
+        transport=httpx.HTTPTransport(uds=d.sock), timeout=60)}
+    a = anthropic.Anthropic(base_url=d.base, api_key="none", max_retries=0, **kw)
+    msgs = [{"role": "user", "content": "Hello"}]
+    # this SDK has no temperature parameter (the API's field is still read)
+    greedy = {"extra_body": {"temperature": 0}}
+    m = a.messages.create(model="builtin", max_tokens=8, system="Be brief.", messages=msgs,
+                          **greedy)
+    assert m.type == "message" and m.role == "assistant" and m.stop_reason == "max_tokens", m
+    assert m.usage.output_tokens == 8 and m.usage.input_tokens > 0, m.usage
+    text = "".join(b.text for b in m.content if b.type == "text")
+    # the system prompt is in the prompt: more input tokens than without it
+    bare = a.messages.create(model="builtin", max_tokens=1, messages=msgs, **greedy)
+    assert bare.usage.input_tokens < m.usage.input_tokens, (bare.usage, m.usage)
+    # streamed through the SDK's event parser: the same greedy text, the same usage
+    with a.messages.stream(model="builtin", max_tokens=8, system="Be brief.",
+                           messages=msgs, **greedy) as st:
+        streamed = "".join(st.text_stream)
+        final = st.get_final_message()
+    assert streamed == text, (streamed, text)
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 8, final
+    # a refusal arrives as the SDK's typed error, naming the field
+    try:
+        a.messages.create(model="builtin", max_tokens=4,
+                          messages=[{"role": "system", "content": "x"}])
+        raise AssertionError("a system role inside messages was accepted")
+    except anthropic.BadRequestError as e:
+        assert e.status_code == 400 and e.body["type"] == "error", e.body
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "messages[0].role" in e.body["error"]["message"], e.body
+
+
+def return_token_ids_gives_ids_a_stateless_client_sends_back(d):
+    # vLLM's extension: choice.token_ids (the ids generated) and
+    # choice.prompt_token_ids; a client that sends prompt + reply back as ids
+    # reuses the prefix unit left at the reply's end
+    c = d.client()
+    ids = d.http.post("/tokenize", json={"prompt": "The hacker"}).json()["tokens"]
+    r = c.completions.create(model="builtin", prompt=ids, max_tokens=12, temperature=0,
+                             extra_body={"return_token_ids": True})
+    ch = r.choices[0].model_dump()
+    assert ch["prompt_token_ids"] == ids, ch
+    assert len(ch["token_ids"]) == r.usage.completion_tokens == 12, ch
+    back = d.http.post("/detokenize", json={"tokens": ch["token_ids"]}).json()["prompt"]
+    assert back == r.choices[0].text, (back, r.choices[0].text)
+    streamed, pids = [], None
+    for k in c.completions.create(model="builtin", prompt=ids, max_tokens=12, temperature=0,
+                                  stream=True, extra_body={"return_token_ids": True}):
+        x = k.choices[0].model_dump()
+        streamed += x["token_ids"]
+        if x.get("prompt_token_ids") is not None:
+            assert pids is None, "prompt_token_ids comes once"
+            pids = x["prompt_token_ids"]
+    assert streamed == ch["token_ids"] and pids == ids, (streamed, pids)
+    again = c.completions.create(model="builtin", prompt=ids + ch["token_ids"] + [ids[1]],
+                                 max_tokens=2, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= len(ids) + 11, again.usage
+    # chat: prompt_token_ids on the completion, token_ids on the choice
+    r = c.chat.completions.create(model="builtin", messages=[{"role": "user", "content": "Hi"}],
+                                  max_tokens=5, temperature=0,
+                                  extra_body={"return_token_ids": True})
+    o = r.model_dump()
+    t = d.http.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert o["prompt_token_ids"] == t["tokens"], (o, t)
+    assert len(o["choices"][0]["token_ids"]) == 5, o
+    st, _, body = d.curl("-H", "Content-Type: application/json", "-d",
+                         json.dumps({"prompt": "x", "return_token_ids": "yes"}), "/v1/completions")
+    assert st == 400 and error_of(st, body)["param"] == "return_token_ids", body
+
+
 def request_id_is_echoed_or_made(d):
     st, hd, _ = d.curl("-H", "X-Request-Id: trace-42", "/health")
     assert st == 200 and hd["x-request-id"] == "trace-42", hd
@@ -454,6 +533,8 @@ TESTS_SHARED = [
     chat_prompt_carries_tools_and_json_mode_unless_told_not_to,
     chat_refusals_name_the_field,
     messages_api_answers_in_its_own_shapes,
+    messages_api_through_the_anthropic_sdk,
+    return_token_ids_gives_ids_a_stateless_client_sends_back,
     request_id_is_echoed_or_made,
     tokenize_and_detokenize_round_trip,
     models_lists_the_served_model,
@@ -579,6 +660,64 @@ def health_is_503_while_draining():
             first.kill()
             first.wait()
         d.stop()
+
+
+def health_says_loading_while_the_model_loads():
+    # The HTTP front starts before the model load. The load is held
+    # deterministically: the model's tokenizer.json is a FIFO, so the loader
+    # blocks opening it until this test opens the other end; meanwhile
+    # /health is 503 "loading", /metrics answers, the rest 503 + Retry-After.
+    # (Then the FIFO is no regular file: the load fails and the daemon must
+    # exit non-zero, its HTTP thread stopped.)
+    src = os.environ.get("DP_TEST_CHAT_MODEL", "")
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        print("     (skipped: DP_TEST_CHAT_MODEL, a V4-format model directory, is not built)")
+        return
+    model = tempfile.mkdtemp(prefix="dp-http-loading-")
+    for f in os.listdir(src):
+        if f != "tokenizer.json":
+            os.symlink(os.path.join(os.path.abspath(src), f), os.path.join(model, f))
+    fifo = os.path.join(model, "tokenizer.json")
+    os.mkfifo(fifo)
+    d = Daemon(model=model, wait=False)
+    try:
+        deadline, h = time.time() + 60, None
+        while time.time() < deadline and h is None:
+            assert d.proc.poll() is None, d.proc.stderr.read().decode()
+            try:
+                h = d.http.get("/health")
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert h is not None, "the HTTP front did not answer while the model loaded"
+        assert h.status_code == 503 and h.json() == {"status": "loading"}, (h.status_code, h.text)
+        assert h.headers.get("retry-after"), h.headers
+        for method, url, body in [("GET", "/v1/models", None),
+                                  ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}),
+                                  ("POST", "/v1/chat/completions",
+                                   {"messages": [{"role": "user", "content": "x"}]}),
+                                  ("POST", "/tokenize", {"prompt": "x"})]:
+            r = d.http.request(method, url, json=body)
+            e = r.json()["error"]
+            assert r.status_code == 503 and e["code"] == "model_loading", (url, r.text)
+            assert "loading" in e["message"] and r.headers.get("retry-after"), (url, r.headers)
+        m = d.metrics()
+        assert m["dualpath_loading"] == 1 and m["dualpath_http_requests_total"] >= 5, m
+        assert d.proc.poll() is None, "the daemon did not wait for its tokenizer"
+        # let the load go on: the FIFO opens, then is refused as no regular file
+        with open(fifo, "w"):
+            pass
+        rc = d.proc.wait(60)
+        err = d.proc.stderr.read().decode(errors="replace")
+        log = open(d.log, errors="replace").read()
+        assert rc != 0 and "tokenizer.json" in log, (rc, log[-2000:])
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        d.http.close()
+        shutil.rmtree(d.dir, ignore_errors=True)
+        shutil.rmtree(model, ignore_errors=True)
 
 
 def slow_reader_is_cut_off_and_its_generation_cancelled():
@@ -757,7 +896,8 @@ def v4_stateless_conversation_hits_the_cache_as_a_session_does():
 
 
 TESTS_OWN = [v4_stateless_conversation_hits_the_cache_as_a_session_does, v4_chat_puts_reasoning_apart_from_content, too_many_requests_get_429, keepalive_comments_flow_while_a_request_waits, api_keys_are_required_when_configured,
-             health_is_503_while_draining, slow_reader_is_cut_off_and_its_generation_cancelled,
+             health_is_503_while_draining, health_says_loading_while_the_model_loads,
+             slow_reader_is_cut_off_and_its_generation_cancelled,
              disconnect_cancels_an_unstreamed_generation, tcp_listen_serves_the_same_api]
 
 
