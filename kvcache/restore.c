@@ -183,9 +183,10 @@ static void rq_fail(struct dp_kv *kv, struct dp_kv_restore *r)
 }
 
 /* Top the io thread up: every restore's pages, earliest-needed first, while
- * the window takes them; pages needed at or before tick `need` (a gate is
- * waiting for them) go past it. */
-static void rq_pump(struct dp_kv *kv, uint64_t need)
+ * the window takes them and none is needed after tick `horizon`; pages
+ * needed at or before tick `need` (a gate is waiting for them) go past the
+ * window. */
+static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
 {
 	struct dp_kv_rq *q = kv->rq;
 	if (!q)
@@ -197,7 +198,9 @@ static void rq_pump(struct dp_kv *kv, uint64_t need)
 		if (dp_io_chan_next(kv->restore_chan) - dp_io_completed(kv->restore_chan) + 2 > depth)
 			return; /* the next gate or step pumps again */
 		struct dp_rsched_item it;
-		if (dp_rsched_pop(q->rs, need, &it) < 0)
+		uint64_t dl;
+		if (dp_rsched_peek(q->rs, &dl) < 0 || dl > horizon ||
+		    dp_rsched_pop(q->rs, need, &it) < 0)
 			return;
 		struct dp_kv_restore *r = it.ctx;
 		size_t i = (size_t)it.tag;
@@ -229,6 +232,11 @@ static void rq_pump(struct dp_kv *kv, uint64_t need)
 		r->ticket[r->next++] = t;
 		r->ticket[r->next++] = t + 1;
 	}
+}
+
+static void rq_pump(struct dp_kv *kv, uint64_t need)
+{
+	rq_pump_until(kv, need, UINT64_MAX);
 }
 
 /* A step begins (dp_kv_pump): a restore left out of the last step is needed
@@ -468,8 +476,13 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
-	if (from_nvme)
-		rq_pump(kv, (kv->rq->step + 1) * kv->rq->layers); /* its first layer goes now */
+	if (from_nvme) {
+		/* its first layer goes now, the rest when the step begins: a
+		 * session admitted after it must not find its whole state queued
+		 * ahead of its own first layer */
+		uint64_t first = (kv->rq->step + 1) * kv->rq->layers;
+		rq_pump_until(kv, first, first);
+	}
 	*ret_seq = seq;
 	return 0;
 fail:
