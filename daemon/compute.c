@@ -28,6 +28,7 @@
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "daemon/shared.h"
+#include "kvcache/rsched.h"
 
 struct req {
 	struct dp_msg *msg;
@@ -46,6 +47,7 @@ struct req {
 	uint64_t t_admit, t_first;
 	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
 	enum dp_kv_tier restored_from;
+	uint32_t deferred; /* steps left out while its state was arriving */
 	/* prefix units (kvcache.h): a one-off may start from a unit; every
 	 * request leaves one at unit_at (0: none; just before its prompt's
 	 * last token) and one where it ends */
@@ -93,6 +95,9 @@ struct compute {
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
 	double io_bytes_per_ns; /* recent restore read rate */
+	uint32_t n_layers;
+	uint64_t step_inflight; /* restore bytes issued and not read as the step began */
+	uint32_t step_deferred; /* loading sessions the step left out */
 	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
 	/* trace: the last TRACE_N steps */
 	struct dp_trace_ev *trace;
@@ -277,6 +282,22 @@ static struct dp_kv_session *restoring(const struct req *r)
 	return r->sess ? r->sess : r->unit;
 }
 
+/* r's state came back from tier `was` (session or unit s): a layer-by-layer
+ * restore still running is traced when it completes (emit_item), a copy
+ * that is done already now. */
+static void note_restore(struct compute *c, struct req *r, struct dp_kv_session *s,
+			 enum dp_kv_tier was, uint64_t t0)
+{
+	struct dp_kv_restore_info ri;
+	dp_kv_session_restore_info(c->srv->kv, s, &ri);
+	r->restored_from = was;
+	if (ri.active)
+		r->t_restore = t0;
+	else
+		trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
+			  (uint32_t)was);
+}
+
 static void req_free(struct compute *c, struct req *r)
 {
 	if (r->sess)
@@ -391,16 +412,8 @@ static int start_one_off(struct compute *c, struct req *r)
 		send_error(c, r->msg, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory for state");
 		return ret;
 	}
-	if (r->unit) {
-		struct dp_kv_restore_info ri;
-		dp_kv_session_restore_info(srv->kv, r->unit, &ri);
-		r->restored_from = DP_KV_TIER_NVME;
-		if (ri.active)
-			r->t_restore = t0; /* traced when it completes */
-		else
-			trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
-				  (uint32_t)DP_KV_TIER_NVME);
-	}
+	if (r->unit)
+		note_restore(c, r, r->unit, DP_KV_TIER_NVME, t0);
 	r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
 	return 0;
 }
@@ -500,16 +513,8 @@ static int admit_one(struct compute *c, struct req *r)
 				   "cannot restore session %s: %s", m->session, strerror(-ret));
 			return ret;
 		}
-		if (parked && c->restore_mode != DP_RESTORE_RECOMPUTE) {
-			struct dp_kv_restore_info ri;
-			dp_kv_session_restore_info(srv->kv, r->sess, &ri);
-			r->restored_from = was;
-			if (ri.active)
-				r->t_restore = t0; /* traced when it completes */
-			else
-				trace_add(c, "restore", 1, t0, dp_clock_ns(), (uint32_t)dp_v4_seq_pos(r->seq),
-					  (uint32_t)was);
-		}
+		if (parked && c->restore_mode != DP_RESTORE_RECOMPUTE)
+			note_restore(c, r, r->sess, was, t0);
 		r->cached = (uint32_t)dp_v4_seq_pos(r->seq);
 	}
 	/* a chat turn on a session with a context continues it (server.h) */
@@ -741,20 +746,57 @@ static void retire(struct compute *c)
 }
 
 /*
- * A session whose state is still arriving may join a step when its
- * remaining reads should be done before the step needs them: the step's
- * time, from recent steps, covers the I/O at the rate restore reads get
- * (dp_batch_form also lets it in when nothing else runs). The forward then
- * waits per layer only for that layer's pages.
+ * Admission by the measured I/O rate (kvcache/rsched.h, dp_rsched_admit): a
+ * session whose state is still arriving joins this step when each of its
+ * layers should arrive by the time the forward reaches it (its remaining
+ * bytes at the rate restore reads get, against the compute per layer of
+ * recent steps), give or take half a layer; else it joins a later step
+ * rather than stall everyone, after at most RESTORE_MAX_DEFER steps
+ * regardless (dp_batch_form also lets it in when nothing else runs). The
+ * forward then waits per layer only for that layer's pages.
  */
+#define RESTORE_MAX_DEFER 4u
+
+static double layer_ns(const struct compute *c)
+{
+	return c->n_layers ? c->step_ns_avg / c->n_layers : c->step_ns_avg;
+}
+
 static bool restore_ready(struct compute *c, struct req *r)
 {
 	struct dp_kv_restore_info ri;
 	if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
 	    ri.layers_ready == ri.layers)
 		return true;
-	double rate = c->io_bytes_per_ns > 0 ? c->io_bytes_per_ns : 1.0; /* ~1 GB/s until measured */
-	return (double)ri.bytes_left / rate <= c->step_ns_avg;
+	struct dp_rsched_admit_in in = {
+		.bytes_left = ri.bytes_left,
+		.layers_left = ri.layers - ri.layers_ready,
+		.io_bytes_per_ns = c->io_bytes_per_ns,
+		.layer_ns = layer_ns(c),
+		.slack_ns = layer_ns(c) / 2,
+		.deferred = r->deferred,
+		.max_defer = RESTORE_MAX_DEFER,
+	};
+	return dp_rsched_admit(&in);
+}
+
+/* The restore window (dp_kv_set_restore_window): [sched] restore_window, or
+ * a few layers of compute at the measured read rate. */
+#define RESTORE_WINDOW_LAYERS 4.0
+#define RESTORE_WINDOW_MIN (1ull << 20)
+#define RESTORE_WINDOW_MAX (256ull << 20)
+
+static void restore_window(struct compute *c)
+{
+	uint64_t w = c->srv->cfg.restore_window;
+	if (!w) {
+		if (c->io_bytes_per_ns <= 0 || c->step_ns_avg <= 0)
+			return; /* not measured yet: the cache's default */
+		double b = c->io_bytes_per_ns * layer_ns(c) * RESTORE_WINDOW_LAYERS;
+		w = b < (double)RESTORE_WINDOW_MIN ? RESTORE_WINDOW_MIN
+		    : b > (double)RESTORE_WINDOW_MAX ? RESTORE_WINDOW_MAX : (uint64_t)b;
+	}
+	dp_kv_set_restore_window(c->srv->kv, w);
 }
 
 /* The step's batch: ends what is cancelled or has nothing left to feed,
@@ -784,6 +826,14 @@ static uint32_t form_batch(struct compute *c)
 	struct dp_batch_limits lim = { .max_batch_tokens = cfg->max_batch_tokens,
 				       .prefill_chunk = cfg->prefill_chunk, .max_seqs = cfg->max_batch };
 	uint32_t k = dp_batch_form(c->cand, n, &lim, c->picks);
+	/* who was left out while loading waits one step more (bounded) */
+	c->step_deferred = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (c->cand[i].loading)
+			c->cand_req[i]->deferred++, c->step_deferred++;
+	for (uint32_t i = 0; i < k; i++)
+		if (c->cand[c->picks[i].cand].loading)
+			c->cand_req[c->picks[i].cand]->deferred = 0, c->step_deferred--;
 	for (uint32_t i = 0; i < k; i++) {
 		const struct dp_batch_cand *cd = &c->cand[c->picks[i].cand];
 		struct req *r = c->cand_req[c->picks[i].cand];
@@ -957,11 +1007,17 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 	 * (not over restore spans, which include the steps they wait for) */
 	if (ks.restore_io_ns)
 		c->io_bytes_per_ns = (double)ks.restore_io_bytes / (double)ks.restore_io_ns;
+	restore_window(c);
 	/* each wait where it happened (layer in the event's args) */
 	struct dp_kv_stall sp[DP_KV_STALL_SPANS];
 	size_t n_sp = dp_kv_take_stalls(srv->kv, sp, DP_KV_STALL_SPANS);
 	for (size_t i = 0; i < n_sp; i++)
-		trace_add(c, "stall", 0, sp[i].t0, sp[i].t1, sp[i].layer, 0);
+		trace_add(c, "stall", 0, sp[i].t0, sp[i].t1, sp[i].layer,
+			  (uint32_t)(sp[i].inflight >> 10));
+	/* why a step waited: the restore reads in flight as it began, and the
+	 * loading sessions it left out (admission); an instant, not a span */
+	if (c->step_inflight || c->step_deferred)
+		trace_add(c, "io", 1, t0, t0, (uint32_t)(c->step_inflight >> 10), c->step_deferred);
 	c->st.steps++;
 	c->st.step_ns_total += dt;
 	c->st.last_step_tokens = step_tokens;
@@ -990,6 +1046,7 @@ static void renew_leases(struct compute *c)
 static int step(struct compute *c)
 {
 	uint64_t t0 = dp_clock_ns();
+	c->step_inflight = dp_kv_restore_inflight(c->srv->kv);
 	uint32_t n = form_batch(c);
 	if (n == 0)
 		return 0;
@@ -1280,6 +1337,7 @@ void *dp_compute_main(void *arg)
 	c.http_out.wake = &srv->http_wake;
 	c.waiting_tail = &c.waiting;
 	c.restore_mode = srv->cfg.restore;
+	c.n_layers = (uint32_t)dp_v4_model_config(srv->model)->num_hidden_layers;
 	uint32_t maxb = srv->cfg.max_batch;
 	c.logits = malloc((size_t)maxb * srv->vocab * sizeof(float));
 	c.items = calloc(maxb, sizeof(*c.items));

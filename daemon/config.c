@@ -242,6 +242,9 @@ static const struct opt opts[] = {
 	OE("sched", restore, "dualpath, full or recompute",
 	   "parked state returns: dualpath (layer by layer, overlapped), "
 	   "full (load, then compute) or recompute (replay the history)"),
+	OZ("sched", restore_window, OPT_BYTES, MiB, 64 * GiB,
+	   "restore reads in flight at most, earliest-needed first (0: a few layers of compute "
+	   "at the measured read rate)"),
 	O("engram", engram_tables, OPT_STR, "the model's Engram tables (a .dpe file: dp-engram convert)"),
 	OE("engram", engram_residency, "device, dram or nvme",
 	   "where the tables live: device, dram or nvme (read through the io thread)"),

@@ -104,6 +104,7 @@ struct dp_config {
 	uint32_t prefill_chunk;	   /* prompt tokens of one request per step */
 	uint32_t max_batch;	   /* sequences per step */
 	enum dp_restore_mode restore; /* how parked state returns */
+	uint64_t restore_window;      /* restore bytes in flight at most (0: from the rate) */
 	/* [engram] */
 	char engram_tables[DP_CONFIG_STR_MAX]; /* .dpe file; "" = none (a model without Engram) */
 	enum dp_engram_residency engram_residency;

@@ -447,9 +447,12 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 		ev[i].start_us = d->ev[i].start_us;
 		ev[i].dur_us = d->ev[i].dur_us;
 		/* a step: tokens and sequences; a restore: the position restored
-		 * and the tier it came from; a stall: the layer waited for */
+		 * and the tier it came from; a stall: the layer waited for and the
+		 * restore KiB in flight; io: the restore KiB in flight as the step
+		 * began and the loading sessions it left out */
 		bool restore = !strcmp(d->ev[i].name, "restore");
 		bool stall = !strcmp(d->ev[i].name, "stall");
+		bool io = !strcmp(d->ev[i].name, "io");
 		snprintf(vals[i][0], sizeof(vals[i][0]), "%u", d->ev[i].tokens);
 		if (restore)
 			snprintf(vals[i][1], sizeof(vals[i][1]), "%s", dp_kv_tier_name(d->ev[i].batch));
@@ -458,7 +461,8 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 		for (int k = 0; k < 2; k++) {
 			dualpath__v1__label__init(&lab[2 * i + k]);
 			lab[2 * i + k].name = restore ? (k ? "from_tier" : "position")
-					      : stall	? (k ? "sequences" : "layer")
+					      : stall	? (k ? "restore_kib_in_flight" : "layer")
+					      : io	? (k ? "deferred" : "restore_kib_in_flight")
 							: (k ? "sequences" : "tokens");
 			lab[2 * i + k].value = vals[i][k];
 			labp[2 * i + k] = &lab[2 * i + k];

@@ -50,6 +50,7 @@ int dp_io_chan_new(struct dp_io *io, uint32_t depth, struct dp_io_chan **ret_cha
 	c->io = io;
 	c->mask = depth - 1;
 	atomic_init(&c->prio, DP_IO_PRIO_NORMAL);
+	atomic_init(&c->kbytes_max, 0);
 	c->waiter.efd = -1;
 	/* dp_io_wait polls for spin_us itself; the waiter only sleeps. */
 	r = dp_waiter_init(&c->waiter, DP_WAITER_FUTEX, 1);
@@ -323,5 +324,13 @@ int dp_io_chan_set_priority(struct dp_io_chan *c, enum dp_io_prio prio)
 	if (!c || prio >= DP_IO_PRIO_MAX)
 		return -EINVAL;
 	atomic_store_explicit(&c->prio, prio, memory_order_relaxed);
+	return 0;
+}
+
+int dp_io_chan_set_limit(struct dp_io_chan *c, uint64_t bytes)
+{
+	if (!c)
+		return -EINVAL;
+	atomic_store_explicit(&c->kbytes_max, bytes, memory_order_relaxed);
 	return 0;
 }

@@ -115,6 +115,7 @@ struct dp_io_chan {
 	alignas(DP_RING_ALIGN) uint64_t io_next; /* tickets taken off the ring */
 	uint64_t io_done;                        /* what `done` will be published as */
 	uint32_t inflight;                       /* taken, not finished (kernel or redo) */
+	uint64_t kbytes;                         /* their bytes */
 	uint64_t busy_since;                     /* when inflight last left 0 */
 	uint32_t stage_head, stage_n;
 	bool barrier;                            /* a barrier request is unfinished */
@@ -129,6 +130,7 @@ struct dp_io_chan {
 	uint8_t *fin;     /* io-private: ticket finished, waiting for earlier ones */
 	uint32_t mask;    /* depth - 1 */
 	_Atomic uint32_t prio; /* enum dp_io_prio; read by the io thread each pass */
+	_Atomic uint64_t kbytes_max; /* dp_io_chan_set_limit; read by the io thread each pass */
 };
 
 _Static_assert(offsetof(struct dp_io_chan, done) - offsetof(struct dp_io_chan, next_ticket) >=

@@ -136,6 +136,7 @@ static int op_finish(struct dp_io *io, struct io_op *op, int32_t res)
 		io_stat_add(&st->cancelled, 1);
 	else if (res < 0)
 		io_stat_add(&st->errors, 1);
+	op->chan->kbytes -= op->req.len;
 	chan_finish(io, op->chan, op->ticket, res, op->req.flags);
 	op_free(io, op);
 	return 1;
@@ -261,6 +262,11 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		const struct dp_io_req *r = &c->stage[c->stage_head];
 		if ((r->flags & DP_IO_F_BARRIER) && c->inflight)
 			break;
+		/* the channel's byte limit: the device works on its earliest
+		 * requests first (one always goes, else nothing would move) */
+		uint64_t lim = atomic_load_explicit(&c->kbytes_max, memory_order_relaxed);
+		if (lim && c->inflight && c->kbytes + r->len > lim)
+			break;
 		assert(r->file < io->cfg.max_files);
 		struct io_file *f = &io->files[r->file];
 		int err = io->broken ? io->broken : f->used ? 0 : -EBADF;
@@ -278,6 +284,7 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		op->chan = c;
 		op->ticket = c->io_next++;
 		op->req = *r;
+		c->kbytes += r->len;
 		op->done = 0;
 		op->retries = 0;
 		c->stage_head++;
@@ -439,11 +446,20 @@ static bool io_has_work(struct dp_io *io)
 		struct dp_io_chan *c = io->chans[i];
 		if (c->barrier)
 			continue;
+		/* held by its byte limit: a completion of its own frees it (and
+		 * must be waited for: with DEFER_TASKRUN only a waiting enter
+		 * posts it) */
+		uint64_t lim = atomic_load_explicit(&c->kbytes_max, memory_order_relaxed);
 		if (c->stage_n) {
-			if ((c->stage[c->stage_head].flags & DP_IO_F_BARRIER) && c->inflight)
+			const struct dp_io_req *r = &c->stage[c->stage_head];
+			if ((r->flags & DP_IO_F_BARRIER) && c->inflight)
+				continue;
+			if (lim && c->inflight && c->kbytes + r->len > lim)
 				continue;
 			return true;
 		}
+		if (lim && c->inflight && c->kbytes >= lim)
+			continue;
 		if (!dp_spsc_empty(c->ring))
 			return true;
 	}

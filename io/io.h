@@ -382,6 +382,15 @@ enum dp_io_prio {
 };
 int dp_io_chan_set_priority(struct dp_io_chan *c, enum dp_io_prio prio);
 
+/* At most `bytes` of the channel's requests in the kernel at once (0: no
+ * limit; one request always goes, whatever its size). The io thread starts
+ * the next queued request as soon as one finishes, so a requester that
+ * queues in the order it needs its data (the restore queue, earliest layer
+ * first) gets its earliest bytes first instead of the device working on
+ * queue_depth requests in parallel and finishing them together; and the
+ * slots the limit leaves go to other channels (writeback). Any thread. */
+int dp_io_chan_set_limit(struct dp_io_chan *c, uint64_t bytes);
+
 /* Queue up to n requests (all valid, or none queued: -EINVAL for a bad
  * request, e.g. a misaligned one on a direct file, -EBADF for an unknown
  * file) and wake the io thread if it sleeps. Queues as many as the window

@@ -16,7 +16,7 @@
  *                     dp_kv_commit_if_behind
  *     -> session.c, tiers.c, journal.c
  *   pump.c       dp_kv_pump
- *     -> restore.c    dp_kv_restore_pump
+ *     -> restore.c    dp_kv_restore_step
  *     -> writeback.c  dp_kv_wb_progress
  *   writeback.c  demotion to NVMe without waiting, and dp_kv_commit (whose
  *                journal sync installs the recorded writebacks)
@@ -24,6 +24,7 @@
  *                     old slots finishes before they are freed)
  *     -> session.c, tiers.c, journal.c
  *   restore.c    the layer-by-layer restore
+ *     -> rsched.c     the read scheduler (pure logic; calls none of them)
  *     -> session.c    dp_kv_seq_new_at
  *     -> tiers.c
  *   session.c    one session's state and journal records, shared by the three
@@ -231,6 +232,8 @@ struct dp_kv {
 	struct dp_kv_slots slots;
 	struct dp_io_chan *restore_chan; /* HIGH priority: restores; slots.chan is LOW */
 	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks (NULL: none) */
+	struct dp_kv_rq *rq;		 /* restore.c: the restore queue (NULL until used) */
+	uint64_t rq_window;		 /* its byte cap (0: the default) */
 	struct dp_kv_wb *wb_head, *wb_tail; /* writebacks in flight, in ticket order */
 	struct dp_kv_wb *wb_recorded;	    /* written and journaled, not yet synced */
 	uint64_t wb_leaving[DP_KV_TIER_MAX]; /* pages of a tier its writebacks will free */
@@ -361,9 +364,13 @@ int dp_kv_commit_if_behind(struct dp_kv *kv, const struct dp_kv_session *s, uint
 struct dp_kv_restore;
 int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
-/* Submit what restore r could not yet (the channel's window was full); its
- * gates call it too. dp_kv_pump (pump.c) calls it for every restore. */
-void dp_kv_restore_pump(struct dp_kv_restore *r);
+/* A step begins: restores left out of the last step move their deadlines
+ * to this one, and the restore queue tops the io thread up (its gates top
+ * it up too). dp_kv_pump (pump.c) calls it once per step. Free the queue
+ * at close. */
+struct dp_kv_rq;
+void dp_kv_restore_step(struct dp_kv *kv);
+void dp_kv_restore_queue_free(struct dp_kv *kv);
 
 /* Copy one state page between host memory and the page a ref names: backend
  * memory, or host memory for host-resident pages (CSA entries in host

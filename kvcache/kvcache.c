@@ -1201,6 +1201,7 @@ void dp_kv_close(struct dp_kv *kv)
 		dp_v4_model_set_csa_host(kv->m, dp_v4_model_csa_host(kv->m), NULL);
 	}
 	dp_journal_close(kv->j);
+	dp_kv_restore_queue_free(kv);
 	dp_io_chan_free(kv->restore_chan);
 	dp_io_chan_free(kv->wb_chan);
 	dp_kv_slots_close(&kv->slots);

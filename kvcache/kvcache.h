@@ -202,9 +202,19 @@ struct dp_kv_restore_info {
 };
 int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 			       struct dp_kv_restore_info *ret);
-/* Hand the io thread what restores could not submit yet (a full window).
- * Cheap; call once per step. */
+/* Once per step, before its forward: hand the io thread what writebacks
+ * could not submit yet (a full window), and begin the step for restores
+ * (their page reads go out earliest-needed first, see below). Cheap. */
 void dp_kv_pump(struct dp_kv *kv);
+/* The restore window: NVMe restores' page reads are issued in the order
+ * the forward needs them across every restoring session (layer-major: a
+ * page of layer l of a session in step S at tick S * layers + l), with at
+ * most `bytes` issued and not yet read, topped up at each layer's gate; a
+ * gate's own layer goes past it. Size it to a few layers of compute at the
+ * device's rate (0: no cap). 0 or -EINVAL. Bytes issued and not read now:
+ * dp_kv_restore_inflight. */
+int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes);
+uint64_t dp_kv_restore_inflight(const struct dp_kv *kv);
 
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
@@ -411,6 +421,7 @@ int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32
 struct dp_kv_stall {
 	uint64_t t0, t1;
 	uint32_t layer;
+	uint64_t inflight; /* restore bytes issued and not read when it ended */
 };
 size_t dp_kv_take_stalls(struct dp_kv *kv, struct dp_kv_stall *out, size_t max);
 

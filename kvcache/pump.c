@@ -2,7 +2,9 @@
 /*
  * kvcache/pump.c — dp_kv_pump: hand the io thread, once per step, what the
  * KV cache's asynchronous work could not submit yet (a channel's window was
- * full): the writebacks' slot writes and the restores' page reads.
+ * full): the writebacks' slot writes; and begin the step for the restore
+ * queue (restore.c): deadlines of restores left out of the last step move
+ * up, and the pages the step needs first go out.
  *
  * It lives apart so that restore.c and writeback.c do not call each other
  * both ways; the part's whole call graph is drawn at the top of
@@ -13,7 +15,5 @@
 void dp_kv_pump(struct dp_kv *kv)
 {
 	dp_kv_wb_progress(kv);
-	for (size_t i = 0; i < kv->n; i++)
-		if (kv->list[i]->restore)
-			dp_kv_restore_pump(kv->list[i]->restore);
+	dp_kv_restore_step(kv);
 }

@@ -4,8 +4,15 @@
  * while the compute path already runs, and the forward waits per layer only
  * for that layer's pages (a gate on the sequence, model/v4.h).
  *
- * From NVMe, every page's header and data reads go to the io thread at once,
- * in layer order, on a HIGH-priority channel; on a backend whose device
+ * From NVMe, page reads (header and data) go to the io thread through the
+ * restore queue: one read scheduler (rsched.h) for every restoring session,
+ * earliest-needed first (a page of layer l of a session in step S is needed
+ * at tick S * layers + l), at most a window of bytes outstanding, topped up
+ * at each gate and once per step (dp_kv_pump). So restores that begin
+ * together come back layer by layer across the batch, not session after
+ * session: compute at layer l never waits behind another session's pages
+ * of a later layer. A gate whose own layer is not all submitted yet takes
+ * its pages past the window. The channel is HIGH priority; on a backend whose device
  * memory the host can address (cpu) the data lands straight in the
  * sequence's pages, else in a bounce buffer uploaded at the gate. The gate
  * of layer l waits for that layer's last ticket, checks each of its pages
@@ -16,6 +23,7 @@
  * Pages are never freed while a read into them is in flight: aborting a
  * restore first waits for every ticket it submitted.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +31,31 @@
 
 #include "base/clock.h"
 #include "kvcache/kvcache-internal.h"
+#include "kvcache/rsched.h"
+
+/* The restore queue: every NVMe restore's page reads, in the order compute
+ * needs them. Reads complete in ticket order on the channel, so what is in
+ * flight is a FIFO of (last ticket, bytes). */
+struct dp_kv_rq {
+	struct dp_rsched *rs;
+	uint64_t step;	  /* steps begun (dp_kv_restore_step) */
+	uint32_t layers;
+	struct rq_flight {
+		uint64_t ticket; /* the read's data ticket (its header's is one below) */
+		uint32_t bytes;
+	} *fl;
+	size_t fl_head, fl_n, fl_cap;
+};
+
+/* Before a first dp_kv_set_restore_window: 8 MiB, about a few layers of a
+ * small batch at NVMe speed (the daemon sets it from the measured rate). */
+#define RQ_WINDOW_DEFAULT (8ull << 20)
+/* restore reads in the kernel at once (io.h, dp_io_chan_set_limit): enough
+ * to keep an NVMe device busy, few enough that a layer's pages are not
+ * served together with the next layers' */
+#define RQ_DEVICE_BYTES (1ull << 20)
+/* writeback items (when routed here): at most this many steps late */
+#define RQ_WB_DELAY_STEPS 4u
 
 struct dp_kv_restore {
 	struct dp_kv *kv;
@@ -42,6 +75,9 @@ struct dp_kv_restore {
 	uint32_t *layer_end;		 /* pages [layer_end[l-1], layer_end[l]) */
 	uint8_t *layer_done;
 	uint32_t layers_ready;
+	uint32_t stream;	/* in the restore queue (NVMe) */
+	bool queued;		/* stream open */
+	uint64_t gated_step;	/* the step of its last gate call */
 	bool failed;
 	uint64_t t_start, bytes;
 };
@@ -60,32 +96,167 @@ static void restore_free(struct dp_kv_restore *r)
 	free(r);
 }
 
-/* Submit what the channel's window takes. */
-void dp_kv_restore_pump(struct dp_kv_restore *r)
+static struct dp_kv_rq *rq_get(struct dp_kv *kv)
 {
-	struct dp_kv *kv = r->kv;
-	while (r->from_nvme && r->next < 2 * r->n) {
-		size_t i = r->next / 2;
-		bool data = r->next % 2;
-		struct dp_io_req q = {
-			.op = DP_IO_OP_READ,
-			.file = kv->slots.io_file,
-			.offset = (uint64_t)(DP_KV_HDR_BYTES +
-					     r->s->snap[i].slot * (uint64_t)DP_KV_SLOT_BYTES +
-					     (data ? DP_KV_HDR_BYTES : 0)),
-			.addr = data ? r->host[i] : r->hdrs + i * DP_KV_HDR_BYTES,
-			.len = data ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES,
-		};
-		uint64_t t;
-		int ret = dp_io_submit(kv->restore_chan, &q, 1, &t);
-		if (ret == -EAGAIN)
-			return; /* the window is full: the gates pump again */
-		if (ret < 0) {
-			r->failed = true;
+	if (kv->rq)
+		return kv->rq;
+	struct dp_kv_rq *q = calloc(1, sizeof(*q));
+	if (!q)
+		return NULL;
+	q->layers = (uint32_t)dp_v4_model_config(kv->m)->num_hidden_layers;
+	if (dp_rsched_new(kv->rq_window ? kv->rq_window : RQ_WINDOW_DEFAULT,
+			  (uint64_t)RQ_WB_DELAY_STEPS * q->layers, &q->rs) < 0) {
+		free(q);
+		return NULL;
+	}
+	/* the device works on the earliest pages first: without a limit it
+	 * takes queue_depth reads at once and finishes them together, so the
+	 * first layer came in no sooner than the whole state */
+	dp_io_chan_set_limit(kv->restore_chan, RQ_DEVICE_BYTES);
+	kv->rq = q;
+	return q;
+}
+
+void dp_kv_restore_queue_free(struct dp_kv *kv)
+{
+	if (!kv || !kv->rq)
+		return;
+	dp_rsched_free(kv->rq->rs);
+	free(kv->rq->fl);
+	free(kv->rq);
+	kv->rq = NULL;
+}
+
+int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes)
+{
+	if (!kv)
+		return -EINVAL;
+	kv->rq_window = bytes;
+	if (kv->rq)
+		dp_rsched_set_cap(kv->rq->rs, bytes);
+	return 0;
+}
+
+uint64_t dp_kv_restore_inflight(const struct dp_kv *kv)
+{
+	return kv && kv->rq ? dp_rsched_inflight(kv->rq->rs) : 0;
+}
+
+/* Account the reads the io thread has finished. */
+static void rq_reap(struct dp_kv *kv)
+{
+	struct dp_kv_rq *q = kv->rq;
+	uint64_t done = dp_io_completed(kv->restore_chan);
+	while (q->fl_n && q->fl[q->fl_head].ticket < done) {
+		dp_rsched_done(q->rs, q->fl[q->fl_head].bytes);
+		q->fl_head = (q->fl_head + 1) % q->fl_cap;
+		q->fl_n--;
+	}
+}
+
+static int rq_flight_add(struct dp_kv_rq *q, uint64_t ticket, uint32_t bytes)
+{
+	if (q->fl_n == q->fl_cap) {
+		size_t cap = q->fl_cap ? 2 * q->fl_cap : 256;
+		struct rq_flight *fl = malloc(cap * sizeof(*fl));
+		if (!fl)
+			return -ENOMEM;
+		for (size_t k = 0; k < q->fl_n; k++)
+			fl[k] = q->fl[(q->fl_head + k) % q->fl_cap];
+		free(q->fl);
+		q->fl = fl;
+		q->fl_cap = cap;
+		q->fl_head = 0;
+	}
+	q->fl[(q->fl_head + q->fl_n++) % q->fl_cap] = (struct rq_flight){ ticket, bytes };
+	return 0;
+}
+
+/* A restore that cannot go on: its queued pages go, its gates say -EBADMSG. */
+static void rq_fail(struct dp_kv *kv, struct dp_kv_restore *r)
+{
+	r->failed = true;
+	if (r->queued) {
+		dp_rsched_stream_close(kv->rq->rs, r->stream);
+		r->queued = false;
+	}
+}
+
+/* Top the io thread up: every restore's pages, earliest-needed first, while
+ * the window takes them and none is needed after tick `horizon`; pages
+ * needed at or before tick `need` (a gate is waiting for them) go past the
+ * window. */
+static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
+{
+	struct dp_kv_rq *q = kv->rq;
+	if (!q)
+		return;
+	rq_reap(kv);
+	uint32_t depth = dp_io_chan_depth(kv->restore_chan);
+	for (;;) {
+		/* the channel's window must take both requests of a page */
+		if (dp_io_chan_next(kv->restore_chan) - dp_io_completed(kv->restore_chan) + 2 > depth)
+			return; /* the next gate or step pumps again */
+		struct dp_rsched_item it;
+		uint64_t dl;
+		if (dp_rsched_peek(q->rs, &dl) < 0 || dl > horizon ||
+		    dp_rsched_pop(q->rs, need, &it) < 0)
 			return;
+		struct dp_kv_restore *r = it.ctx;
+		size_t i = (size_t)it.tag;
+		assert(r->next == 2 * i); /* a stream is popped in its own order */
+		struct dp_io_req req[2];
+		for (int k = 0; k < 2; k++)
+			req[k] = (struct dp_io_req){
+				.op = DP_IO_OP_READ,
+				.file = kv->slots.io_file,
+				.offset = (uint64_t)(DP_KV_HDR_BYTES +
+						     r->s->snap[i].slot * (uint64_t)DP_KV_SLOT_BYTES +
+						     (k ? DP_KV_HDR_BYTES : 0)),
+				.addr = k ? r->host[i] : r->hdrs + i * DP_KV_HDR_BYTES,
+				.len = k ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES,
+			};
+		uint64_t t;
+		int ret = dp_io_submit(kv->restore_chan, req, 2, &t);
+		if (ret == 1) { /* cannot happen: the room was checked */
+			r->ticket[r->next++] = t;
+			ret = -EAGAIN;
+		}
+		if (ret < 0 || rq_flight_add(q, t + 1, it.bytes) < 0) {
+			dp_rsched_done(q->rs, it.bytes);
+			if (ret == 2) /* in flight but untracked: drain() waits for it */
+				r->ticket[r->next++] = t, r->ticket[r->next++] = t + 1;
+			rq_fail(kv, r);
+			continue;
 		}
 		r->ticket[r->next++] = t;
+		r->ticket[r->next++] = t + 1;
 	}
+}
+
+static void rq_pump(struct dp_kv *kv, uint64_t need)
+{
+	rq_pump_until(kv, need, UINT64_MAX);
+}
+
+/* A step begins (dp_kv_pump): a restore left out of the last step is needed
+ * in this one at the earliest, so its deadlines move up to it; then the
+ * window is topped up for the step's first layers. */
+void dp_kv_restore_step(struct dp_kv *kv)
+{
+	struct dp_kv_rq *q = kv->rq;
+	if (!q)
+		return;
+	q->step++;
+	uint64_t base = q->step * q->layers;
+	for (size_t i = 0; i < kv->n; i++) {
+		struct dp_kv_restore *r = kv->list[i]->restore;
+		if (r && r->queued && r->gated_step + 1 != q->step &&
+		    dp_rsched_stream_base(q->rs, r->stream) < base)
+			dp_rsched_stream_rebase(q->rs, r->stream, base);
+	}
+	dp_rsched_advance(q->rs, base);
+	rq_pump(kv, base);
 }
 
 /* Wait for every request submitted so far (never free a page the kernel is
@@ -94,6 +265,19 @@ static void drain(struct dp_kv_restore *r)
 {
 	if (r->from_nvme && r->next)
 		dp_io_wait(r->kv->restore_chan, r->ticket[r->next - 1], -1);
+	if (r->from_nvme && r->kv->rq)
+		rq_reap(r->kv);
+}
+
+static void stall_note(struct dp_kv *kv, uint64_t t0, uint64_t t1, uint32_t l)
+{
+	kv->st.restore_stall_ns += t1 - t0;
+	kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
+	    (struct dp_kv_stall){ t0, t1, l, dp_kv_restore_inflight(kv) };
+	if (kv->n_stalls < DP_KV_STALL_SPANS)
+		kv->n_stalls++;
+	else
+		kv->stall_head = (kv->stall_head + 1) % DP_KV_STALL_SPANS;
 }
 
 static int layer_in(struct dp_kv_restore *r, uint32_t l)
@@ -102,26 +286,35 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 	uint32_t b = l ? r->layer_end[l - 1] : 0, e = r->layer_end[l];
 
 	if (r->from_nvme) {
-		/* every request of the layer submitted, then its last one done */
+		struct dp_kv_rq *q = kv->rq;
+		uint64_t need = dp_rsched_stream_base(q->rs, r->stream) + l;
+		uint64_t t0 = 0;
+		dp_rsched_advance(q->rs, q->step * q->layers + l);
+		r->gated_step = q->step;
+		/* every request of the layer submitted (past the window), then
+		 * its last one done */
 		while (!r->failed && r->next < 2 * (size_t)e) {
-			dp_kv_restore_pump(r);
-			if (r->next < 2 * (size_t)e && r->next)
-				dp_io_wait(kv->restore_chan, r->ticket[r->next - 1], -1);
+			rq_pump(kv, need);
+			if (r->failed || r->next >= 2 * (size_t)e)
+				break;
+			if (!q->fl_n) { /* nothing in flight, nothing taken: cannot go on */
+				rq_fail(kv, r);
+				break;
+			}
+			if (!t0)
+				t0 = dp_clock_ns();
+			dp_io_wait(kv->restore_chan, q->fl[q->fl_head].ticket, -1);
 		}
 		if (r->failed)
 			return -EIO;
 		if (e > b && dp_io_completed(kv->restore_chan) <= r->ticket[2 * (size_t)e - 1]) {
-			uint64_t t0 = dp_clock_ns();
+			if (!t0)
+				t0 = dp_clock_ns();
 			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
-			uint64_t t1 = dp_clock_ns();
-			kv->st.restore_stall_ns += t1 - t0;
-			kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
-			    (struct dp_kv_stall){ t0, t1, l };
-			if (kv->n_stalls < DP_KV_STALL_SPANS)
-				kv->n_stalls++;
-			else
-				kv->stall_head = (kv->stall_head + 1) % DP_KV_STALL_SPANS;
 		}
+		if (t0)
+			stall_note(kv, t0, dp_clock_ns(), l);
+		rq_pump(kv, need); /* the window has room again: the next layers */
 		for (uint32_t i = b; i < e; i++) {
 			int32_t res[2];
 			if (dp_io_result(kv->restore_chan, r->ticket[2 * i], &res[0]) < 0 ||
@@ -153,6 +346,8 @@ static void finish(struct dp_kv_restore *r)
 	struct dp_kv *kv = r->kv;
 	struct dp_kv_session *s = r->s;
 	drain(r);
+	if (r->queued) /* every page was taken: this only closes the stream */
+		dp_rsched_stream_close(kv->rq->rs, r->stream);
 	if (!r->from_nvme) {
 		for (size_t i = 0; i < r->n; i++)
 			dp_kv_pool_put(&kv->pool, r->dram[i].pool);
@@ -185,8 +380,6 @@ static int gate(void *ctx, struct dp_v4_seq *seq, int layer)
 	}
 	if (r->layers_ready == r->n_layers)
 		finish(r);
-	else
-		dp_kv_restore_pump(r);
 	return 0;
 }
 
@@ -266,9 +459,30 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		s->dram_refs = NULL;
 		s->n_dram = 0;
 	}
+	if (from_nvme) {
+		/* its pages join the restore queue, needed from the next step on */
+		struct dp_kv_rq *q = rq_get(kv);
+		ret = -ENOMEM;
+		if (!q || dp_rsched_stream_open(q->rs, DP_RSCHED_RESTORE, (q->step + 1) * q->layers,
+						r, &r->stream) < 0)
+			goto fail;
+		r->queued = true;
+		for (size_t i = 0; i < r->n; i++)
+			if (dp_rsched_push(q->rs, r->stream, r->refs[i].layer, DP_KV_SLOT_BYTES, i) < 0) {
+				dp_rsched_stream_close(q->rs, r->stream);
+				goto fail;
+			}
+		r->gated_step = q->step;
+	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
-	dp_kv_restore_pump(r);
+	if (from_nvme) {
+		/* its first layer goes now, the rest when the step begins: a
+		 * session admitted after it must not find its whole state queued
+		 * ahead of its own first layer */
+		uint64_t first = (kv->rq->step + 1) * kv->rq->layers;
+		rq_pump_until(kv, first, first);
+	}
 	*ret_seq = seq;
 	return 0;
 fail:
@@ -288,6 +502,8 @@ int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s)
 		if (gate(r, r->seq, (int)l) < 0) {
 			/* failed: wait out what is in flight, let go of the pages */
 			drain(r);
+			if (r->queued)
+				dp_rsched_stream_close(kv->rq->rs, r->stream);
 			if (!r->from_nvme)
 				for (size_t i = 0; i < r->n; i++)
 					dp_kv_pool_put(&kv->pool, r->dram[i].pool);

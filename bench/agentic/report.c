@@ -53,13 +53,17 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 	for (size_t i = 0; i < n; i++) {
 		const struct ag_ev *e = &ev[i];
 		bool restore = !strcmp(e->name, "restore"), stall = !strcmp(e->name, "stall");
+		bool io = !strcmp(e->name, "io"); /* as daemon/front-dispatch.c names them */
 		fprintf(f,
 		        ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%llu,\"dur\":%llu,"
 		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"}}",
 		        e->name, e->io_lane ? "io" : "compute", (unsigned long long)e->start_us,
 		        (unsigned long long)e->dur_us, e->io_lane ? 2 : 1,
-		        restore ? "position" : stall ? "layer" : "tokens", e->arg0,
-		        restore ? "from_tier" : "sequences", e->arg1);
+		        restore ? "position" : stall ? "layer" : io ? "restore_kib_in_flight" : "tokens",
+		        e->arg0,
+		        restore ? "from_tier" : stall ? "restore_kib_in_flight" : io ? "deferred"
+		                                                                    : "sequences",
+		        e->arg1);
 	}
 	fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
 	return fclose(f) ? -errno : 0;

@@ -120,6 +120,7 @@ static const struct range_case {
     {"--device-bytes", "device_bytes", "1023K", "1025T", "0 or between 1M and 1P"},
     {"--dram-bytes", "dram_bytes", "64K", "65T", "0 or between 1M and 64T"},
     {"--nvme-bytes", "nvme_bytes", "1000", "2P", "0 or between 1M and 1P"},
+    {"--restore-window", "restore_window", "1000", "65G", "0 or between 1M and 64G"},
     {"--compact-every", "compact_every", NULL, "16777217", "between 0 and 16777216"},
     {"--max-units", "max_units", "0", "1048577", "between 1 and 1048576"},
     {"--lease-ms", "lease_ms", "999", "600001", "between 1000 and 600000"},

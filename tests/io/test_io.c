@@ -1055,3 +1055,44 @@ Test(io, a_high_priority_channel_overtakes_a_low_priority_backlog)
 	dp_io_chan_free(low);
 	dp_io_free(io);
 }
+
+/* A channel's byte limit holds its requests in the kernel to that many bytes
+ * (the restore queue's pacing: earliest pages first), while the engine's
+ * depth would take many more; every request still finishes, with the right
+ * results. */
+Test(io, a_channel_byte_limit_bounds_its_requests_in_the_kernel)
+{
+	const uint32_t n = 256, bs = 65536, fsize = 16 << 20;
+	struct dp_io *io = engine(64, 2, bs, 0);
+	struct dp_io_chan *c;
+	uint64_t first;
+
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 1024, &c), 0);
+	cr_expect_eq(dp_io_chan_set_limit(NULL, bs), -EINVAL);
+	cr_assert_eq(dp_io_chan_set_limit(c, 2 * bs), 0);
+	uint32_t f = open_pattern(io, test_dir(), fsize, 3, 0);
+	struct dp_io_req *reqs = calloc(n, sizeof(*reqs));
+	for (uint32_t i = 0; i < n; i++)
+		reqs[i] = (struct dp_io_req){ .op = DP_IO_OP_READ, .file = f,
+					      .offset = (uint64_t)(i % (fsize / bs)) * bs,
+					      .addr = dp_io_buf(io, i % 2), .len = bs };
+	for (uint32_t queued = 0; queued < n;) {
+		int r = dp_io_submit(c, reqs + queued, n - queued, &first);
+		cr_assert_gt(r, 0);
+		queued += (uint32_t)r;
+	}
+	cr_assert_eq(dp_io_wait(c, n - 1, 60 * SEC), 0);
+	struct dp_io_stats st;
+	cr_assert_eq(dp_io_get_stats(io, &st), 0);
+	cr_expect_leq(st.inflight_max, 2, "%u requests of 64 KiB in the kernel at once under a "
+		      "128 KiB limit", st.inflight_max);
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t res;
+		if (dp_io_result(c, i, &res) == 0)
+			cr_expect_eq(res, (int32_t)bs, "request %u", i);
+	}
+	free(reqs);
+	dp_io_chan_free(c);
+	dp_io_free(io);
+}

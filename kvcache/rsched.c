@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/rsched.c — the read scheduler (rsched.h): earliest deadline
+ * first over a handful of streams, under a byte cap.
+ *
+ * A pop scans the streams' heads: a batch holds tens of restoring sessions
+ * at most, and a scan keeps rebasing a stream O(1), where a heap of items
+ * would have to be rebuilt.
+ */
+#include "kvcache/rsched.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+struct rs_item {
+	uint64_t rel; /* writeback: the absolute deadline */
+	uint64_t tag;
+	uint32_t bytes;
+};
+
+struct rs_stream {
+	bool used;
+	uint8_t klass;
+	uint64_t base;
+	uint64_t age; /* open order: older streams win ties */
+	void *ctx;
+	struct rs_item *q;
+	size_t head, n, cap; /* queued: q[head .. n) */
+};
+
+struct dp_rsched {
+	uint64_t cap_bytes, wb_delay;
+	uint64_t now, inflight, opened;
+	struct rs_stream *st;
+	uint32_t n_st;
+};
+
+int dp_rsched_new(uint64_t cap_bytes, uint64_t wb_delay, struct dp_rsched **ret)
+{
+	if (!ret)
+		return -EINVAL;
+	struct dp_rsched *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cap_bytes = cap_bytes;
+	s->wb_delay = wb_delay;
+	*ret = s;
+	return 0;
+}
+
+void dp_rsched_free(struct dp_rsched *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; i < s->n_st; i++)
+		free(s->st[i].q);
+	free(s->st);
+	free(s);
+}
+
+int dp_rsched_set_cap(struct dp_rsched *s, uint64_t cap_bytes)
+{
+	if (!s)
+		return -EINVAL;
+	s->cap_bytes = cap_bytes;
+	return 0;
+}
+
+uint64_t dp_rsched_cap(const struct dp_rsched *s)
+{
+	return s ? s->cap_bytes : 0;
+}
+
+void dp_rsched_advance(struct dp_rsched *s, uint64_t now)
+{
+	if (s && now > s->now)
+		s->now = now;
+}
+
+uint64_t dp_rsched_now(const struct dp_rsched *s)
+{
+	return s ? s->now : 0;
+}
+
+static struct rs_stream *stream(const struct dp_rsched *s, uint32_t id)
+{
+	return s && id < s->n_st && s->st[id].used ? &s->st[id] : NULL;
+}
+
+int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint64_t base,
+			  void *ctx, uint32_t *ret_id)
+{
+	if (!s || !ret_id || (unsigned)klass >= DP_RSCHED_CLASS_MAX)
+		return -EINVAL;
+	uint32_t id = 0;
+	while (id < s->n_st && s->st[id].used)
+		id++;
+	if (id == s->n_st) {
+		uint32_t n = s->n_st ? 2 * s->n_st : 8;
+		struct rs_stream *st = realloc(s->st, n * sizeof(*st));
+		if (!st)
+			return -ENOMEM;
+		for (uint32_t i = s->n_st; i < n; i++)
+			st[i] = (struct rs_stream){ 0 };
+		s->st = st;
+		s->n_st = n;
+	}
+	struct rs_stream *t = &s->st[id];
+	t->used = true;
+	t->klass = (uint8_t)klass;
+	t->base = base;
+	t->age = s->opened++;
+	t->ctx = ctx;
+	t->head = t->n = 0;
+	*ret_id = id;
+	return 0;
+}
+
+int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id)
+{
+	struct rs_stream *t = stream(s, id);
+	if (!t)
+		return -EINVAL;
+	int dropped = (int)(t->n - t->head);
+	t->used = false;
+	t->head = t->n = 0;
+	t->ctx = NULL;
+	return dropped;
+}
+
+int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base)
+{
+	struct rs_stream *t = stream(s, id);
+	if (!t || t->klass == DP_RSCHED_WRITEBACK)
+		return -EINVAL;
+	t->base = new_base;
+	return 0;
+}
+
+uint64_t dp_rsched_stream_base(const struct dp_rsched *s, uint32_t id)
+{
+	const struct rs_stream *t = stream(s, id);
+	return t ? t->base : 0;
+}
+
+size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id)
+{
+	const struct rs_stream *t = stream(s, id);
+	return t ? t->n - t->head : 0;
+}
+
+int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag)
+{
+	struct rs_stream *t = stream(s, id);
+	if (!t || !bytes)
+		return -EINVAL;
+	if (t->klass == DP_RSCHED_WRITEBACK)
+		rel = s->now + s->wb_delay;
+	if (t->n > t->head && rel < t->q[t->n - 1].rel)
+		return -EINVAL;
+	if (t->head == t->n)
+		t->head = t->n = 0; /* empty: reuse from the start */
+	if (t->n == t->cap) {
+		if (t->head) { /* slide the queued part down first */
+			for (size_t i = t->head; i < t->n; i++)
+				t->q[i - t->head] = t->q[i];
+			t->n -= t->head;
+			t->head = 0;
+		}
+		if (t->n == t->cap) {
+			size_t c = t->cap ? 2 * t->cap : 64;
+			struct rs_item *q = realloc(t->q, c * sizeof(*q));
+			if (!q)
+				return -ENOMEM;
+			t->q = q;
+			t->cap = c;
+		}
+	}
+	t->q[t->n++] = (struct rs_item){ .rel = rel, .tag = tag, .bytes = bytes };
+	return 0;
+}
+
+static uint64_t head_deadline(const struct rs_stream *t)
+{
+	const struct rs_item *it = &t->q[t->head];
+	return t->klass == DP_RSCHED_WRITEBACK ? it->rel : t->base + it->rel;
+}
+
+/* The stream whose head goes next, or NULL. */
+static struct rs_stream *pick(const struct dp_rsched *s)
+{
+	struct rs_stream *best = NULL;
+	uint64_t best_dl = 0;
+	for (uint32_t i = 0; i < s->n_st; i++) {
+		struct rs_stream *t = &s->st[i];
+		if (!t->used || t->head == t->n)
+			continue;
+		uint64_t dl = head_deadline(t);
+		if (!best || dl < best_dl ||
+		    (dl == best_dl && (t->klass < best->klass ||
+				       (t->klass == best->klass && t->age < best->age)))) {
+			best = t;
+			best_dl = dl;
+		}
+	}
+	return best;
+}
+
+int dp_rsched_peek(const struct dp_rsched *s, uint64_t *ret_deadline)
+{
+	if (!s || !ret_deadline)
+		return -EINVAL;
+	struct rs_stream *t = pick(s);
+	if (!t)
+		return -ENOENT;
+	*ret_deadline = head_deadline(t);
+	return 0;
+}
+
+int dp_rsched_pop(struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret)
+{
+	if (!s || !ret)
+		return -EINVAL;
+	struct rs_stream *t = pick(s);
+	if (!t)
+		return -ENOENT;
+	const struct rs_item *it = &t->q[t->head];
+	uint64_t dl = head_deadline(t);
+	if (s->cap_bytes && s->inflight && s->inflight + it->bytes > s->cap_bytes && dl > need)
+		return -EAGAIN;
+	*ret = (struct dp_rsched_item){ .stream = (uint32_t)(t - s->st), .ctx = t->ctx,
+					.tag = it->tag, .deadline = dl, .bytes = it->bytes };
+	s->inflight += it->bytes;
+	t->head++;
+	return 0;
+}
+
+void dp_rsched_done(struct dp_rsched *s, uint32_t bytes)
+{
+	if (!s)
+		return;
+	s->inflight = s->inflight > bytes ? s->inflight - bytes : 0;
+}
+
+uint64_t dp_rsched_inflight(const struct dp_rsched *s)
+{
+	return s ? s->inflight : 0;
+}
+
+double dp_rsched_admit_wait_ns(const struct dp_rsched_admit_in *in)
+{
+	if (!in || !in->bytes_left)
+		return 0;
+	if (in->io_bytes_per_ns <= 0)
+		return 0; /* not measured yet: nothing to predict with */
+	uint32_t L = in->layers_left ? in->layers_left : 1;
+	double all = (double)in->bytes_left / in->io_bytes_per_ns;
+	double first = all / L;
+	double layer = in->layer_ns > 0 ? in->layer_ns : 0;
+	/* layer l arrives at (l+1) * first and is needed at l * layer: the
+	 * lateness is linear in l, so the worst is the first or the last */
+	double last = all - (double)(L - 1) * layer;
+	return first > last ? first : last;
+}
+
+bool dp_rsched_admit(const struct dp_rsched_admit_in *in)
+{
+	if (!in)
+		return true;
+	if (in->alone || in->deferred >= in->max_defer)
+		return true;
+	return dp_rsched_admit_wait_ns(in) <= in->slack_ns;
+}

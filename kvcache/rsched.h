@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvcache/rsched.h — the read scheduler: which queued read goes to the io
+ * thread next, decided by when compute needs its bytes, not by when it was
+ * asked for. Pure logic (no I/O, no clock): the caller submits what it pops
+ * and reports completions.
+ *
+ * Time is counted in layer ticks: tick = step * n_layers + layer, the point
+ * of the forward that needs a byte. A stream is one consumer's reads in the
+ * order it needs them (a restore: its pages, layer after layer); each read
+ * carries rel, the tick relative to the stream's base (a restore: the
+ * page's layer), so its deadline is base + rel. Rebasing a stream (a
+ * session left out of a step is needed one step later) moves all its
+ * deadlines at once.
+ *
+ * Rules (tests/kvcache/test_rsched.c states each):
+ *   - earliest deadline first across streams; ties go to the class that
+ *     blocks compute (enum order), then to the older stream, then FIFO;
+ *     within a stream, FIFO (rel never decreases within a stream).
+ *   - a byte cap on what is issued and not yet done: a read that would
+ *     exceed it waits, unless nothing is in flight (progress) or its
+ *     deadline is at or before `need`, the tick compute is blocked at
+ *     (a gate waiting for its layer must not wait for the cap).
+ *   - writeback reads and writes never starve: a DP_RSCHED_WRITEBACK item's
+ *     deadline is the tick it was pushed at plus wb_delay, so it goes
+ *     before any item needed later than that, however many keep coming.
+ *
+ * One thread (the compute thread, which owns the KV cache) calls all of it.
+ * Errors are negative errno values.
+ */
+#ifndef DP_KVCACHE_RSCHED_H
+#define DP_KVCACHE_RSCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum dp_rsched_class {
+	DP_RSCHED_RESTORE,   /* a parked session's state, layer by layer */
+	DP_RSCHED_ENGRAM,    /* Engram rows of the step's tokens */
+	DP_RSCHED_EXPERT,    /* NVMe-paged routed experts */
+	DP_RSCHED_WRITEBACK, /* demotions: nobody waits, bounded delay */
+	DP_RSCHED_CLASS_MAX,
+};
+
+struct dp_rsched;
+
+/* cap_bytes: issued-not-done bytes at most (0: no cap); wb_delay: the
+ * writeback class's deadline, in ticks after its push. 0, -EINVAL, -ENOMEM. */
+int dp_rsched_new(uint64_t cap_bytes, uint64_t wb_delay, struct dp_rsched **ret);
+void dp_rsched_free(struct dp_rsched *s); /* NULL ok */
+int dp_rsched_set_cap(struct dp_rsched *s, uint64_t cap_bytes);
+uint64_t dp_rsched_cap(const struct dp_rsched *s);
+
+/* The tick compute stands at (never goes back: an earlier value is ignored). */
+void dp_rsched_advance(struct dp_rsched *s, uint64_t now);
+uint64_t dp_rsched_now(const struct dp_rsched *s);
+
+/* A stream of class klass whose deadlines count from base; ctx is the
+ * caller's, handed back by pop. 0 and *ret_id, -EINVAL, -ENOMEM. */
+int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint64_t base,
+			  void *ctx, uint32_t *ret_id);
+/* Drop what the stream still has queued (issued reads stay counted until
+ * done). Returns the items dropped, or -EINVAL. */
+int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id);
+/* Move the stream's deadlines: base becomes new_base. -EINVAL for the
+ * writeback class (its deadlines are absolute) or an unknown stream. */
+int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base);
+uint64_t dp_rsched_stream_base(const struct dp_rsched *s, uint32_t id);
+/* Items the stream has queued (not popped). */
+size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id);
+
+/* Queue one read of `bytes` needed at base + rel (writeback: rel ignored).
+ * 0, -EINVAL (unknown stream, bytes 0, rel below the stream's last),
+ * -ENOMEM. */
+int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag);
+
+struct dp_rsched_item {
+	uint32_t stream;
+	void *ctx;
+	uint64_t tag;
+	uint64_t deadline;
+	uint32_t bytes;
+};
+
+/* The next read to issue: 0 and *ret (now counted as in flight), -ENOENT
+ * (nothing queued) or -EAGAIN (the cap holds it back; see need above). */
+int dp_rsched_pop(struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret);
+/* The deadline of the read pop would choose, -ENOENT when none. */
+int dp_rsched_peek(const struct dp_rsched *s, uint64_t *ret_deadline);
+/* An issued read of `bytes` finished. */
+void dp_rsched_done(struct dp_rsched *s, uint32_t bytes);
+uint64_t dp_rsched_inflight(const struct dp_rsched *s);
+
+/*
+ * Admission by the measured I/O rate: may a session whose state is still
+ * arriving join this step, or should it join a later one rather than stall
+ * everyone? Its remaining bytes are taken as spread evenly over the layers
+ * not yet in; layer l (counted from the first one missing) is needed after
+ * l layers of compute, and arrives after its bytes and those of the layers
+ * before it at the measured rate. It joins when the predicted wait (the
+ * worst layer's lateness) is within slack_ns, or after max_defer steps left
+ * out (no starvation), or when nothing else would run.
+ */
+struct dp_rsched_admit_in {
+	uint64_t bytes_left;	/* the state's bytes not yet read */
+	uint32_t layers_left;	/* layers not yet in (>= 1 when bytes_left) */
+	double io_bytes_per_ns;	/* measured rate (<= 0: not measured yet) */
+	double layer_ns;	/* compute per layer, measured (<= 0: not yet) */
+	double slack_ns;	/* the wait one step may take */
+	uint32_t deferred;	/* steps it was already left out of */
+	uint32_t max_defer;	/* after this many it joins regardless */
+	bool alone;		/* nothing else would run this step */
+};
+bool dp_rsched_admit(const struct dp_rsched_admit_in *in);
+/* The predicted wait (ns) of that rule, for traces and tests. */
+double dp_rsched_admit_wait_ns(const struct dp_rsched_admit_in *in);
+
+#endif /* DP_KVCACHE_RSCHED_H */

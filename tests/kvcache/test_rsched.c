@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The read scheduler (kvcache/rsched.h): earliest deadline first across
+ * streams, the byte cap and who may pass it, deadlines that move with a
+ * session left out of a step, writeback's bounded delay, and admission by
+ * the measured I/O rate with its bounded deferral.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+
+#include "kvcache/rsched.h"
+
+#define PAGE 1000u
+#define L 4u /* layers: a step is L ticks */
+
+static struct dp_rsched *rs;
+
+static void setup(void)
+{
+	cr_assert_eq(dp_rsched_new(0, 2 * L, &rs), 0);
+}
+
+static void teardown(void)
+{
+	dp_rsched_free(rs);
+}
+
+TestSuite(rsched, .init = setup, .fini = teardown);
+
+/* a session's restore: pages per layer, tag = layer * 100 + page */
+static uint32_t restore(uint64_t base, uint32_t per_layer, void *ctx)
+{
+	uint32_t id;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_RESTORE, base, ctx, &id), 0);
+	for (uint32_t l = 0; l < L; l++)
+		for (uint32_t p = 0; p < per_layer; p++)
+			cr_assert_eq(dp_rsched_push(rs, id, l, PAGE, l * 100 + p), 0);
+	return id;
+}
+
+Test(rsched, restores_that_begin_together_come_back_layer_by_layer_across_the_batch)
+{
+	int a, b, c;
+	restore(0, 3, &a);
+	restore(0, 3, &b);
+	restore(0, 3, &c);
+	/* the old order was a's whole state, then b's, then c's: here every
+	 * session's layer l goes before anyone's layer l + 1 */
+	uint64_t last = 0;
+	for (uint32_t k = 0; k < 3 * 3 * L; k++) {
+		struct dp_rsched_item it;
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_geq(it.deadline, last, "pop %u went back in time", k);
+		cr_expect_eq(it.deadline, k / 9, "pop %u: layer %llu, not %u", k,
+			     (unsigned long long)it.deadline, k / 9);
+		last = it.deadline;
+	}
+	struct dp_rsched_item it;
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -ENOENT);
+}
+
+Test(rsched, within_a_stream_and_on_ties_the_older_stream_and_push_order_win)
+{
+	int a, b;
+	uint32_t ia = restore(0, 2, &a);
+	uint32_t ib = restore(0, 2, &b);
+	struct dp_rsched_item it;
+	uint32_t want[][2] = { { ia, 0 }, { ia, 1 }, { ib, 0 }, { ib, 1 }, { ia, 100 } };
+	for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.stream, want[k][0], "pop %zu", k);
+		cr_expect_eq(it.tag, want[k][1], "pop %zu", k);
+		cr_expect_eq(it.ctx, it.stream == ia ? (void *)&a : (void *)&b);
+	}
+}
+
+Test(rsched, a_page_needed_sooner_overtakes_pages_queued_earlier)
+{
+	int a, b;
+	restore(0, 2, &a); /* a is in this step */
+	struct dp_rsched_item it;
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0); /* a's layer 0 goes out */
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	/* b arrives needed in the next step: a's later layers still go first;
+	 * c arrives for this step: its layer 1 before a's layer 2 */
+	uint32_t ib = restore(L, 1, &b);
+	int c;
+	uint32_t ic = restore(0, 1, &c);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.stream, ic, "c's layer 0 (deadline 0) first");
+	cr_expect_eq(it.deadline, 0);
+	uint32_t order[6];
+	for (int k = 0; k < 6; k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		order[k] = (uint32_t)it.deadline;
+	}
+	uint32_t want[6] = { 1, 1, 1, 2, 2, 2 };
+	cr_expect_arr_eq(order, want, sizeof(want));
+	while (dp_rsched_pop(rs, 0, &it) == 0)
+		if (it.stream == ib)
+			cr_expect_geq(it.deadline, L, "b is needed a step later");
+}
+
+Test(rsched, the_cap_holds_back_what_compute_needs_later)
+{
+	cr_assert_eq(dp_rsched_set_cap(rs, 3 * PAGE), 0);
+	int a;
+	restore(0, 2, &a);
+	struct dp_rsched_item it;
+	for (int k = 0; k < 3; k++)
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(dp_rsched_inflight(rs), 3 * PAGE);
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN, "a fourth page would pass the cap");
+	cr_expect_eq(dp_rsched_stream_queued(rs, 0), 2 * L - 3, "nothing was taken");
+	dp_rsched_done(rs, PAGE); /* a completion: room for one */
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN);
+	cr_expect_eq(dp_rsched_inflight(rs), 3 * PAGE);
+}
+
+Test(rsched, a_gate_waiting_for_its_layer_takes_it_past_the_cap)
+{
+	cr_assert_eq(dp_rsched_set_cap(rs, 2 * PAGE), 0);
+	int a;
+	restore(0, 3, &a);
+	struct dp_rsched_item it;
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	/* compute stands at layer 0 and needs its third page: it goes */
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.deadline, 0);
+	/* layer 1 is not needed yet: the cap holds */
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN);
+	cr_expect_eq(dp_rsched_pop(rs, 1, &it), 0, "the gate of layer 1 takes it");
+}
+
+Test(rsched, with_nothing_in_flight_a_read_bigger_than_the_cap_still_goes)
+{
+	cr_assert_eq(dp_rsched_set_cap(rs, PAGE / 2), 0);
+	int a;
+	restore(L, 1, &a);
+	struct dp_rsched_item it;
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), 0, "else nothing would ever move");
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN);
+}
+
+Test(rsched, a_session_left_out_of_a_step_moves_its_deadlines_to_the_next)
+{
+	int a, b;
+	uint32_t ia = restore(0, 1, &a);
+	uint32_t ib = restore(0, 1, &b);
+	cr_assert_eq(dp_rsched_stream_rebase(rs, ia, L), 0); /* a waits a step */
+	struct dp_rsched_item it;
+	for (uint32_t l = 0; l < L; l++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.stream, ib, "b, which runs now, has all of its layers first");
+	}
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.stream, ia);
+	cr_expect_eq(it.deadline, L);
+}
+
+Test(rsched, writeback_never_starves_behind_a_stream_of_restores)
+{
+	uint32_t wb;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_WRITEBACK, 0, NULL, &wb), 0);
+	cr_assert_eq(dp_rsched_push(rs, wb, 0, PAGE, 7), 0); /* due at tick 2L */
+	cr_expect_eq(dp_rsched_stream_rebase(rs, wb, 5), -EINVAL, "its deadline is absolute");
+	/* a new session's restore arrives every step, forever */
+	int ctx;
+	struct dp_rsched_item it;
+	bool went = false;
+	uint64_t late = 0;
+	for (uint64_t step = 0; step < 20 && !went; step++) {
+		dp_rsched_advance(rs, step * L);
+		restore(step * L, 2, &ctx);
+		for (uint32_t k = 0; k < 2 * L && !went; k++) {
+			cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+			if (it.tag == 7 && it.ctx == NULL) {
+				went = true;
+				late = step;
+			} else {
+				cr_expect_leq(it.deadline, 2 * L,
+					      "a read needed after the writeback's deadline went first");
+			}
+		}
+	}
+	cr_expect(went, "the writeback never went");
+	cr_expect_leq(late, 2, "within its delay (2 steps), it went at step %llu",
+		      (unsigned long long)late);
+}
+
+Test(rsched, on_equal_deadlines_a_read_compute_waits_for_beats_writeback)
+{
+	uint32_t wb, id;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_WRITEBACK, 0, NULL, &wb), 0);
+	cr_assert_eq(dp_rsched_push(rs, wb, 0, PAGE, 1), 0); /* due at 2L */
+	int a;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_RESTORE, 2 * L, &a, &id), 0);
+	cr_assert_eq(dp_rsched_push(rs, id, 0, PAGE, 2), 0);
+	struct dp_rsched_item it;
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.tag, 2);
+}
+
+Test(rsched, a_closed_stream_drops_its_queue_and_keeps_its_reads_counted)
+{
+	int a;
+	uint32_t ia = restore(0, 2, &a);
+	struct dp_rsched_item it;
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(dp_rsched_stream_close(rs, ia), 2 * (int)L - 1);
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -ENOENT);
+	cr_expect_eq(dp_rsched_inflight(rs), PAGE, "the read in flight still lands");
+	dp_rsched_done(rs, PAGE);
+	cr_expect_eq(dp_rsched_inflight(rs), 0);
+	cr_expect_eq(dp_rsched_stream_close(rs, ia), -EINVAL);
+}
+
+Test(rsched, a_stream_refuses_a_read_needed_before_its_last_one)
+{
+	uint32_t id;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_RESTORE, 0, NULL, &id), 0);
+	cr_assert_eq(dp_rsched_push(rs, id, 2, PAGE, 0), 0);
+	cr_expect_eq(dp_rsched_push(rs, id, 1, PAGE, 1), -EINVAL);
+	cr_expect_eq(dp_rsched_push(rs, id, 2, 0, 1), -EINVAL, "zero bytes");
+	cr_expect_eq(dp_rsched_push(rs, id + 1, 2, PAGE, 1), -EINVAL, "no such stream");
+}
+
+Test(rsched, a_long_stream_keeps_its_order_across_growth)
+{
+	uint32_t id;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_RESTORE, 0, NULL, &id), 0);
+	struct dp_rsched_item it;
+	uint64_t next = 0;
+	for (uint64_t k = 0; k < 1000; k++) {
+		cr_assert_eq(dp_rsched_push(rs, id, k, PAGE, k), 0);
+		if (k % 3 == 0) { /* pops between pushes slide the queue */
+			cr_assert_eq(dp_rsched_pop(rs, UINT64_MAX, &it), 0);
+			cr_expect_eq(it.tag, next++);
+		}
+	}
+	while (dp_rsched_pop(rs, UINT64_MAX, &it) == 0)
+		cr_expect_eq(it.tag, next++);
+	cr_expect_eq(next, 1000);
+}
+
+/* ---- admission by the measured I/O rate --------------------------------- */
+
+static struct dp_rsched_admit_in ain(uint64_t bytes, uint32_t layers, double rate, double layer_ns)
+{
+	return (struct dp_rsched_admit_in){ .bytes_left = bytes, .layers_left = layers,
+					    .io_bytes_per_ns = rate, .layer_ns = layer_ns,
+					    .slack_ns = 100, .max_defer = 3 };
+}
+
+Test(rsched, a_state_that_arrives_ahead_of_each_layer_joins_now)
+{
+	/* 4 layers of 1000 bytes at 1 byte/ns, 2000 ns of compute a layer:
+	 * layer 0 waits its own 1000 ns only if nothing went before it */
+	struct dp_rsched_admit_in in = ain(4000, 4, 1.0, 2000);
+	in.slack_ns = 1000;
+	cr_expect_float_eq(dp_rsched_admit_wait_ns(&in), 1000, 1e-6);
+	cr_expect(dp_rsched_admit(&in));
+}
+
+Test(rsched, a_state_slower_than_the_compute_joins_a_step_later)
+{
+	/* 4000 bytes at 1 byte/ns need 4000 ns; 4 layers of 500 ns give
+	 * 1500 before the last layer: it would wait 2500 */
+	struct dp_rsched_admit_in in = ain(4000, 4, 1.0, 500);
+	cr_expect_float_eq(dp_rsched_admit_wait_ns(&in), 2500, 1e-6);
+	cr_expect_not(dp_rsched_admit(&in));
+	in.alone = true;
+	cr_expect(dp_rsched_admit(&in), "nothing else would run: waiting helps no one");
+}
+
+Test(rsched, a_deferred_session_joins_after_max_defer_steps_however_slow_its_io)
+{
+	struct dp_rsched_admit_in in = ain(1u << 30, 4, 1e-3, 10);
+	uint32_t steps = 0;
+	while (!dp_rsched_admit(&in)) {
+		in.deferred++;
+		steps++;
+		cr_assert_leq(steps, 100, "starved");
+	}
+	cr_expect_eq(steps, 3, "left out max_defer steps, then in");
+}
+
+Test(rsched, before_the_rate_is_measured_or_with_nothing_left_it_joins)
+{
+	struct dp_rsched_admit_in in = ain(4000, 4, 0, 500);
+	cr_expect(dp_rsched_admit(&in), "no rate to predict with");
+	in = ain(0, 0, 1.0, 500);
+	cr_expect(dp_rsched_admit(&in), "all of it is in");
+}
