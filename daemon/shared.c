@@ -388,12 +388,27 @@ static void collect(struct dp_server *srv, const char *session, const struct man
 
 /* ---- claim ------------------------------------------------------------------- */
 
-static int claim_locked(struct dp_server *srv, const char *session, char *why, size_t why_len)
+static void release(struct dp_server *srv, const char *session)
+{
+	tlock(srv);
+	dp_kv_shared_lease_release(srv->tier, session);
+	tunlock(srv);
+}
+
+int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_t why_len)
 {
 	struct dp_kv_shared *t = srv->tier;
+	if (!t || !session[0])
+		return 0;
+	if (!shared_of(srv)) {
+		snprintf(why, why_len, "session %s: out of memory", session);
+		return -ENOMEM;
+	}
 	uint64_t epoch;
 	char owner[DP_KV_SHARED_HOST_ID_MAX + 1] = "";
+	tlock(srv);
 	int ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
+	tunlock(srv);
 	if (ret == -EBUSY) {
 		snprintf(why, why_len, "session %s is served by host %s (its lease is live): send "
 				       "it there", session, owner[0] ? owner : "?");
@@ -406,7 +421,7 @@ static int claim_locked(struct dp_server *srv, const char *session, char *why, s
 	}
 	struct sess *e = sess_get(srv, session);
 	if (!e) {
-		dp_kv_shared_lease_release(t, session);
+		release(srv, session);
 		snprintf(why, why_len, "session %s: out of memory", session);
 		return -ENOMEM;
 	}
@@ -419,7 +434,9 @@ static int claim_locked(struct dp_server *srv, const char *session, char *why, s
 	sess_clear(e);
 	void *buf = NULL;
 	size_t len = 0;
+	tlock(srv);
 	ret = dp_kv_shared_manifest_get(t, session, &buf, &len);
+	tunlock(srv);
 	if (ret == -ENOENT)
 		return 0;
 	struct manifest m;
@@ -429,7 +446,7 @@ static int claim_locked(struct dp_server *srv, const char *session, char *why, s
 	if (ret < 0) {
 		free(buf);
 		sess_forget(srv, session);
-		dp_kv_shared_lease_release(t, session);
+		release(srv, session);
 		snprintf(why, why_len, "session %s: its manifest on the shared tier cannot be read: %s",
 			 session, bad[0] ? bad : strerror(-ret));
 		return ret;
@@ -469,23 +486,9 @@ static int claim_locked(struct dp_server *srv, const char *session, char *why, s
 fail:
 	free(buf);
 	sess_forget(srv, session);
-	dp_kv_shared_lease_release(t, session);
+	release(srv, session);
 	snprintf(why, why_len, "session %s: cannot take it over from the shared tier: %s", session,
 		 strerror(-ret));
-	return ret;
-}
-
-int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_t why_len)
-{
-	if (!srv->tier || !session[0])
-		return 0;
-	if (!shared_of(srv)) {
-		snprintf(why, why_len, "session %s: out of memory", session);
-		return -ENOMEM;
-	}
-	tlock(srv);
-	int ret = claim_locked(srv, session, why, why_len);
-	tunlock(srv);
 	return ret;
 }
 
