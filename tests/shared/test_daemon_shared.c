@@ -326,6 +326,63 @@ Test(shared_daemon, a_turn_longer_than_its_lease_keeps_the_session_and_is_acknow
 	cr_assert_geq(refused, 6, "B was refused throughout (%d times in %.2f s)", refused, took);
 }
 
+/* A long context of the embedded model: its growing streams fill pages that
+ * later turns leave unchanged. The second turn names them again instead of
+ * writing them, so its manifest mixes segments of both turns; the host that
+ * takes the session over restores that mixture exactly. */
+Test(shared_daemon, unchanged_pages_are_named_again_and_a_state_of_two_turns_segments_restores_exactly)
+{
+	const char *em = getenv("DP_TEST_EMBEDDED_MODEL");
+	cr_assert_not_null(em, "DP_TEST_EMBEDDED_MODEL is not set");
+	enum { LONG = 2500 };
+	static uint32_t longp[LONG];
+	uint64_t x = 7;
+	for (int i = 0; i < LONG; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		longp[i] = (uint32_t)((x >> 33) % 256);
+	}
+	uint32_t r[3][GEN], o[3][GEN];
+	struct daemon_proc ref;
+	daemon_start(&ref, (const char *const[]){ "--model", em, NULL });
+	cr_assert_eq(turn(&ref, "ref", longp, LONG, r[0], 1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&ref, "ref", turn2, DP_ARRAY_SIZE(turn2), r[1], 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&ref, "ref", turn1, DP_ARRAY_SIZE(turn1), r[2], 3),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(daemon_stop(&ref), 0);
+	daemon_cleanup(&ref);
+
+	snprintf(sid, sizeof(sid), "mix-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[14] = { 0 }, *fb[14] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	fa[10] = fb[10] = "--model";
+	fa[11] = fb[11] = em;
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	cr_assert_eq(turn(&a, sid, longp, LONG, o[0], 1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&a, sid, turn2, DP_ARRAY_SIZE(turn2), o[1], 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	int fd = client_connect(&a);
+	double written = metric(fd, 30, "dualpath_shared_state_pages_written_total");
+	double reused = metric(fd, 31, "dualpath_shared_state_pages_reused_total");
+	close(fd);
+	cr_expect_gt(reused, 0, "turn 2 named turn 1's unchanged pages again");
+	cr_expect_gt(written, 0);
+	cr_assert_eq(daemon_stop(&a), 0);
+	daemon_start(&b, fb);
+	cr_assert_eq(turn(&b, sid, turn1, DP_ARRAY_SIZE(turn1), o[2], 3),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o, r, sizeof(o), "every turn as on a host that never moved");
+	fd = client_connect(&b);
+	cr_expect_eq(metric(fd, 32, "dualpath_shared_restores_total"), 1);
+	cr_expect_eq(metric(fd, 33, "dualpath_shared_recomputes_total"), 0);
+	close(fd);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+}
+
 /* ---- state on the tier: damage and versions ----------------------------------- */
 
 static void tier_connect(rados_t *cl, rados_ioctx_t *io)
