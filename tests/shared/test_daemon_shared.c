@@ -256,9 +256,17 @@ Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resu
 	close(fa_fd);
 	cr_assert_eq(code, DUALPATH__V1__CODE__UNAVAILABLE, "%s", msg);
 	cr_assert(strstr(msg, "another host took the session over"), "%s", msg);
-	/* and A is refused the session now, naming B */
+	/* and A is refused the session while B serves it, naming B (B holds
+	 * its lease while a turn runs: A's resumed turn may have outlasted the
+	 * lease B took for turn 2 on a slow build, leaving the session free) */
+	int fb_fd = client_connect(&b);
+	send_generate(fb_fd, 8, sid, turn1, DP_ARRAY_SIZE(turn1), 4000, 0, 0);
+	r = recv_resp(fb_fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK, "B is generating");
+	dp_proto_response_free(r);
 	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
 	cr_assert(strstr(msg, "host-b"), "%s", msg);
+	close(fb_fd); /* cancels B's turn */
 	cr_assert_eq(daemon_stop(&a), 0);
 	cr_assert_eq(daemon_stop(&b), 0);
 	daemon_cleanup(&a);
