@@ -501,7 +501,9 @@ static int admit_one(struct compute *c, struct req *r)
 		uint64_t t0 = dp_clock_ns();
 		enum dp_kv_tier was = dp_kv_session_tier(r->sess);
 		bool parked = was == DP_KV_TIER_DRAM || was == DP_KV_TIER_NVME;
-		if (parked && c->restore_mode == DP_RESTORE_RECOMPUTE) /* the no-reuse baseline */
+		if ((ret = dp_shared_acquire(srv, r->sess, &r->seq)) != 0) /* taken over: from the tier */
+			ret = ret < 0 ? ret : 0;
+		else if (parked && c->restore_mode == DP_RESTORE_RECOMPUTE) /* the no-reuse baseline */
 			ret = dp_kv_session_acquire_fresh(srv->kv, r->sess, &r->seq);
 		else if (parked && c->restore_mode == DP_RESTORE_DUALPATH)
 			ret = dp_kv_session_acquire_async(srv->kv, r->sess, &r->seq);
@@ -1128,6 +1130,7 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	st->sessions = (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv));
 	st->draining = c->draining;
 	dp_kv_stats(srv->kv, &st->kv);
+	dp_shared_stats(srv, &st->shared);
 	memset(&st->io, 0, sizeof(st->io));
 	snprintf(st->io_mode, sizeof(st->io_mode), "sync");
 	if (srv->io) {

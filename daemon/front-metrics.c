@@ -53,6 +53,32 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	if (srv->shared_configured)
 		G("dualpath_shared_tier_up", "1 when the shared tier (shared_tier) was reached; 0: "
 		  "down, serving from local tiers", srv->tier != NULL);
+	if (srv->shared_configured) {
+		const struct dp_shared_stats *sh = &s->shared;
+		C("dualpath_shared_takeovers_total", "sessions taken over from another host's manifest",
+		  sh->takeovers);
+		C("dualpath_shared_restores_total", "taken-over states restored from the shared tier, "
+		  "layer by layer, every page checked", sh->restores);
+		C("dualpath_shared_restore_bytes_total", "state bytes those restores brought",
+		  sh->restore_bytes);
+		C("dualpath_shared_restore_seconds_total", "their total duration", sh->restore_ns / 1e9);
+		C("dualpath_shared_restore_failures_total", "restores a failed page or segment poisoned "
+		  "(recomputed)", sh->restore_failures);
+		C("dualpath_shared_recomputes_total", "taken-over states recomputed from the history",
+		  sh->recomputes);
+		C("dualpath_shared_state_commits_total", "turns whose state went to the shared tier",
+		  sh->state_commits);
+		C("dualpath_shared_state_pages_written_total", "state pages written (new or changed)",
+		  sh->pages_written);
+		C("dualpath_shared_state_pages_reused_total", "state pages named again, unchanged",
+		  sh->pages_reused);
+		C("dualpath_shared_state_write_seconds_total", "commit-path time writing state pages",
+		  sh->state_ns / 1e9);
+		C("dualpath_shared_segments_deleted_total", "segments no manifest names, deleted",
+		  sh->segments_deleted);
+		C("dualpath_shared_segments_collected_total", "segments a crash left, deleted at takeover",
+		  sh->segments_collected);
+	}
 	if (f) { /* the socket front's own counters (its thread only) */
 		G("dualpath_connections", "open client connections", f->n_open);
 		C("dualpath_connections_total", "connections accepted", f->accepted);

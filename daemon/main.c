@@ -29,6 +29,7 @@
 #include "daemon/http.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "daemon/shared.h"
 #include "model/conv.h"
 #include "sched/topo.h"
 
@@ -239,6 +240,7 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 static void open_shared(struct dp_server *srv)
 {
 	struct dp_config *cfg = &srv->cfg;
+	pthread_mutex_init(&srv->tier_lock, NULL);
 	if (cfg->shared_tier == DP_KV_SHARED_NONE)
 		return;
 	srv->shared_configured = true;
@@ -628,6 +630,7 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	dp_shared_fini(srv);
 	dp_kv_shared_close(srv->tier);
 	if (srv->model)
 		dp_v4_model_set_engram(srv->model, NULL);

@@ -22,6 +22,7 @@
 #ifndef DP_DAEMON_SERVER_H
 #define DP_DAEMON_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -142,6 +143,22 @@ struct dp_event {
 _Static_assert(sizeof(struct dp_event) % 8 == 0 && sizeof(struct dp_event) <= DP_RING_ESIZE_MAX,
 	       "an event is one ring slot");
 
+/* Sessions' state on the shared tier (daemon/shared.c; compute's thread). */
+struct dp_shared_stats {
+	uint64_t takeovers;	      /* sessions taken over from another host's manifest */
+	uint64_t restores;	      /* ... whose state came back from the tier, every page checked */
+	uint64_t restore_bytes;	      /* and the page bytes it brought */
+	uint64_t restore_ns;	      /* their total duration */
+	uint64_t restore_failures;    /* restores a failed get poisoned (recomputed) */
+	uint64_t recomputes;	      /* takeovers whose state was recomputed from the history */
+	uint64_t state_commits;	      /* turns whose state went to the tier with their manifest */
+	uint64_t pages_written;	      /* state pages written (new or changed) */
+	uint64_t pages_reused;	      /* ... named again without a write (unchanged) */
+	uint64_t state_ns;	      /* commit-path time writing state (copy, hash, segment puts) */
+	uint64_t segments_deleted;    /* segments no manifest names any more, deleted */
+	uint64_t segments_collected;  /* ... left by a crash, found and deleted at takeover */
+};
+
 /* compute's figures, snapshot on request */
 struct dp_compute_stats {
 	uint64_t steps, step_ns_total, tokens_prefill, tokens_decode, tokens_replayed;
@@ -154,6 +171,7 @@ struct dp_compute_stats {
 	uint64_t last_step_tokens;
 	double tok_s; /* tokens per second of recent steps (moving average) */
 	struct dp_kv_stats kv;
+	struct dp_shared_stats shared; /* the shared tier's state pages (daemon/shared.h) */
 	struct dp_io_stats io;
 	char io_mode[64];
 	bool engram; /* the model has Engram layers: engram_store is valid */
@@ -214,6 +232,8 @@ struct dp_server {
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
+	pthread_mutex_t tier_lock;	    /* the tier handle is one thread's at a time (tier.h) */
+	struct dp_shared *shared;	    /* sessions' state on the tier (daemon/shared.c) */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
 	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
@@ -251,7 +271,7 @@ struct dp_server {
 
 /* Every metric of a Stats reply (front-metrics.c, the one producer: the
  * socket's Stats, v4ctl stats and HTTP /metrics show the same list). */
-#define DP_METRICS_MAX 128
+#define DP_METRICS_MAX 160
 struct dp_metric_set {
 	Dualpath__V1__Metric m[DP_METRICS_MAX];
 	Dualpath__V1__Metric *ptrs[DP_METRICS_MAX];

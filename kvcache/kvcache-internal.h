@@ -47,6 +47,7 @@
 #include "kvcache/journal.h"
 #include "base/clock.h"
 #include "kvcache/kvcache.h"
+#include "kvcache/tier.h"
 #include "sched/topo.h"
 
 #define DP_KV_PAGE_BYTES DP_V4_PAGE_BYTES
@@ -193,6 +194,7 @@ struct dp_kv_session {
 	bool has_snap;
 
 	struct dp_kv_restore *restore; /* a layer-by-layer restore in flight */
+	struct dp_kv_srestore *srestore; /* ... from the shared tier (restore-shared.c) */
 	struct dp_kv_wb *wb;	       /* an asynchronous writeback in flight */
 	bool busy;
 	uint64_t last_used_ns;
@@ -251,6 +253,7 @@ struct dp_kv {
 	size_t units_len, n_units;
 
 	struct dp_kv_stats st;
+	struct dp_kv_shared_restore_stats shared_st; /* restore-shared.c */
 };
 
 /* session.c: prefix units' chain keys and index (kvcache.c adds and
@@ -371,6 +374,13 @@ int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 struct dp_kv_rq;
 void dp_kv_restore_step(struct dp_kv *kv);
 void dp_kv_restore_queue_free(struct dp_kv *kv);
+
+/* restore-shared.c: a restore from the shared tier (kvcache/tier.h).
+ * complete: every layer in, or on a failure wait out the tier's reads, free
+ * it and return -EBADMSG (as dp_kv_restore_complete, which calls it). */
+struct dp_kv_srestore;
+int dp_kv_srestore_complete(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_srestore_info(const struct dp_kv_srestore *r, struct dp_kv_restore_info *ret);
 
 /* Copy one state page between host memory and the page a ref names: backend
  * memory, or host memory for host-resident pages (CSA entries in host

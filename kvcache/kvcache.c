@@ -391,7 +391,7 @@ int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s)
 	int r;
 	if (s->wb && (r = dp_kv_wb_settle(kv)) < 0)
 		return r;
-	if (s->restore && dp_kv_restore_complete(kv, s) < 0)
+	if ((s->restore || s->srestore) && dp_kv_restore_complete(kv, s) < 0)
 		return -EBADMSG;
 	if (s->tier == DP_KV_TIER_NONE || s->tier == DP_KV_TIER_NVME)
 		return 0; /* nothing newer than what is on NVMe */
@@ -581,7 +581,7 @@ void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s || !s->busy)
 		return;
-	if (s->restore && dp_kv_restore_complete(kv, s) < 0) {
+	if ((s->restore || s->srestore) && dp_kv_restore_complete(kv, s) < 0) {
 		/* the restore failed before anyone used the state: forget it */
 		dp_v4_seq_free(s->seq);
 		s->seq = NULL;

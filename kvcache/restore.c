@@ -493,7 +493,8 @@ fail:
 
 int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s)
 {
-	(void)kv;
+	if (s->srestore) /* from the shared tier (restore-shared.c) */
+		return dp_kv_srestore_complete(kv, s);
 	struct dp_kv_restore *r = s->restore;
 	if (!r)
 		return 0;
@@ -521,6 +522,10 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 	if (!kv || !s || !ret)
 		return -EINVAL;
 	memset(ret, 0, sizeof(*ret));
+	if (s->srestore) {
+		dp_kv_srestore_info(s->srestore, ret);
+		return 0;
+	}
 	struct dp_kv_restore *r = s->restore;
 	if (!r)
 		return 0;

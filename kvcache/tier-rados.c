@@ -276,6 +276,18 @@ static struct op *op_new(struct dp_kv_shared *t, enum op_kind kind, dp_kv_shared
 	return op;
 }
 
+/* Hand op to librados: r is what the submitting call returned. On failure
+ * the op is freed and r returned; else it counts as in flight until reaped. */
+static int op_start(struct dp_kv_shared *t, struct op *op, int r)
+{
+	if (r < 0) {
+		op_free(op);
+		return r;
+	}
+	t->inflight++;
+	return 0;
+}
+
 static uint64_t seg_hdr_xxh(const struct seg_hdr *h)
 {
 	struct seg_hdr c = *h;
@@ -329,12 +341,9 @@ int dp_kv_shared_put(struct dp_kv_shared *t, const char *segment, const struct d
 		h->ent[i].xxh = XXH3_64bits(dst, page_bytes);
 	}
 	h->xxh = seg_hdr_xxh(h);
-	int r = rados_aio_write_full(t->io, segment, op->c, op->buf, op->len);
-	if (r < 0) {
-		op_free(op);
+	int r = op_start(t, op, rados_aio_write_full(t->io, segment, op->c, op->buf, op->len));
+	if (r < 0)
 		return r;
-	}
-	t->inflight++;
 	t->st.puts++;
 	t->st.put_bytes += (uint64_t)n * page_bytes;
 	return 0;
@@ -371,12 +380,9 @@ int dp_kv_shared_get(struct dp_kv_shared *t, const char *segment, const uint32_t
 	for (uint32_t i = 0; i < n; i++)
 		rados_read_op_read(op->rop, DP_KV_SHARED_HEADER_BYTES + (uint64_t)idx[i] * page_bytes,
 				   page_bytes, pages[i].buf, &op->got[1 + i], &op->rv[1 + i]);
-	int r = rados_aio_read_op_operate(op->rop, t->io, op->c, segment, 0);
-	if (r < 0) {
-		op_free(op);
+	int r = op_start(t, op, rados_aio_read_op_operate(op->rop, t->io, op->c, segment, 0));
+	if (r < 0)
 		return r;
-	}
-	t->inflight++;
 	t->st.gets++;
 	return 0;
 }
@@ -388,12 +394,9 @@ int dp_kv_shared_delete(struct dp_kv_shared *t, const char *segment, dp_kv_share
 	struct op *op = op_new(t, OP_DELETE, cb, arg);
 	if (!op)
 		return -ENOMEM;
-	int r = rados_aio_remove(t->io, segment, op->c);
-	if (r < 0) {
-		op_free(op);
+	int r = op_start(t, op, rados_aio_remove(t->io, segment, op->c));
+	if (r < 0)
 		return r;
-	}
-	t->inflight++;
 	t->st.deletes++;
 	return 0;
 }
@@ -702,12 +705,9 @@ int dp_kv_shared_manifest_put(struct dp_kv_shared *t, const char *session, const
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)l->epoch);
 	rados_write_op_cmpxattr(op->wop, EPOCH_XATTR, LIBRADOS_CMPXATTR_OP_EQ, v, strlen(v));
 	rados_write_op_write_full(op->wop, op->buf, op->len);
-	int r = rados_aio_write_op_operate(op->wop, t->io, op->c, obj, NULL, 0);
-	if (r < 0) {
-		op_free(op);
+	int r = op_start(t, op, rados_aio_write_op_operate(op->wop, t->io, op->c, obj, NULL, 0));
+	if (r < 0)
 		return r;
-	}
-	t->inflight++;
 	t->st.manifests++;
 	return 0;
 }

@@ -21,3 +21,11 @@ int dp_kv_shared_tier_parse(const char *name, enum dp_kv_shared_tier *ret)
 		}
 	return -EINVAL;
 }
+
+uint32_t dp_kv_shared_group_pages(size_t page_bytes)
+{
+	if (page_bytes == 0 || page_bytes > DP_KV_SHARED_SEGMENT_MAX - DP_KV_SHARED_HEADER_BYTES)
+		return 0;
+	size_t n = (DP_KV_SHARED_SEGMENT_MAX - DP_KV_SHARED_HEADER_BYTES) / page_bytes;
+	return n < DP_KV_SHARED_GROUP_PAGES ? (uint32_t)n : DP_KV_SHARED_GROUP_PAGES;
+}

@@ -50,6 +50,7 @@
 #ifndef DP_KVCACHE_TIER_H
 #define DP_KVCACHE_TIER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -171,6 +172,77 @@ struct dp_kv_shared_stats {
 	uint64_t leases;	/* sessions this host holds now */
 };
 void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats *ret);
+
+/*
+ * A session's state on the tier (kvcache/restore-shared.c; in the kvcache
+ * library, for the daemon, which holds the tier handle). The state of a
+ * session at one position is every page of its sequence (model/v4.h,
+ * dp_v4_seq_pages order: the sliding windows, the compressors' unfinished
+ * windows and overlaps, the growing compressed entries and index keys) and
+ * that position: the Engram hashing history is rebuilt from the session's
+ * token history. A page is stored in a segment under its tag
+ * (dp_kv_shared_page_tag) and found again by (segment, slot).
+ */
+struct dp_kv;
+struct dp_kv_session;
+struct dp_v4_seq;
+struct dp_v4_page_ref;
+
+/* A page's tag: layer, stream kind and index in one word. */
+static inline uint64_t dp_kv_shared_page_tag(uint16_t layer, uint8_t kind, uint32_t index)
+{
+	return (uint64_t)layer << 40 | (uint64_t)kind << 32 | index;
+}
+
+/* Pages of 64 KiB that one segment holds: the header and the pages fit
+ * DP_KV_SHARED_SEGMENT_MAX. */
+uint32_t dp_kv_shared_group_pages(size_t page_bytes);
+
+/* Where one state page is on the tier. */
+struct dp_kv_shared_loc {
+	uint16_t layer;
+	uint8_t kind;
+	uint32_t index;
+	uint32_t segment; /* into the caller's table of segment names */
+	uint32_t slot;	  /* the page's place in that segment */
+};
+
+/* The state of busy session s as it stands (DEVICE tier), copied to host
+ * memory: *ret_pos, the page list (refs: layer, kind, index) and the data
+ * (n pages of DP_V4_PAGE_BYTES in *ret_data, 4 KiB aligned). The caller
+ * frees both. -ENODATA when s has no state on the device, or one still
+ * being restored. */
+int dp_kv_session_state_copy(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret_pos,
+			     struct dp_v4_page_ref **ret_refs, void **ret_data, size_t *ret_n);
+
+/*
+ * The DualPath restore from the tier. s is busy on the device (just
+ * acquired; its sequence is replaced): it gets a sequence at pos whose
+ * pages come from the tier layer by layer. Every get is submitted here, in
+ * layer order (one get per segment per layer, for the pages of that layer
+ * in it); the sequence's gate for layer l waits, polling and reaping t
+ * (under lock, when not NULL: the tier is one thread's at a time), only for
+ * layer l's gets, then copies the pages in. A get that fails (a missing
+ * object, a page or header failing its checksum: -EBADMSG, -ENOENT) fails
+ * the gate: the sequence is poisoned and the caller recomputes it from the
+ * history (dp_kv_session_forget_state, acquire again). The page list must
+ * be exactly the sequence's at pos (-EBADMSG otherwise, nothing changed).
+ * Segment names are copied.
+ */
+int dp_kv_session_restore_shared(struct dp_kv *kv, struct dp_kv_session *s, struct dp_kv_shared *t,
+				 pthread_mutex_t *lock, uint64_t pos, const char *const *segments,
+				 size_t n_segments, const struct dp_kv_shared_loc *locs, size_t n,
+				 struct dp_v4_seq **ret_seq);
+
+struct dp_kv_shared_restore_stats {
+	uint64_t started;   /* restores from the tier begun */
+	uint64_t completed; /* ... whose every layer came and checked */
+	uint64_t failed;    /* ... that failed a get (poisoned: recomputed) */
+	uint64_t bytes;	    /* page bytes they brought in */
+	uint64_t ns;	    /* completed ones' total duration */
+	uint64_t stall_ns;  /* time gates waited for the tier */
+};
+void dp_kv_shared_restore_stats(const struct dp_kv *kv, struct dp_kv_shared_restore_stats *ret);
 
 #ifdef __cplusplus
 }

@@ -76,7 +76,7 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv->wb_chan)
 		return -ENOTSUP;
-	if (s->busy || s->wb || s->restore ||
+	if (s->busy || s->wb || s->restore || s->srestore ||
 	    (s->tier != DP_KV_TIER_DEVICE && s->tier != DP_KV_TIER_DRAM))
 		return -EBUSY;
 	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;

@@ -3,11 +3,16 @@
  * dualpathd with shared_tier = rados: the real daemon, the real cluster
  * (scripts/ceph-test-cluster; DP_CEPH_CONF and DP_CEPH_POOL). A cluster that
  * cannot be reached at start must not stop the daemon: it serves from its
- * local tiers and says the shared tier is down. Exits 77 (skip) without a
- * cluster named.
+ * local tiers and says the shared tier is down. A session moved to another
+ * host continues there, its state restored from the tier (not recomputed:
+ * the Stats counters say which). Exits 77 (skip) without a cluster named.
  */
+#include <poll.h>
+#include <rados/librados.h>
+
 #include "base/macros.h"
 #include "dpclient.h"
+#include "kvcache/tier.h"
 
 static const uint32_t prompt[] = { 5, 17, 99, 3, 41, 8, 23 };
 
@@ -165,6 +170,18 @@ static void failover(bool kill9)
 	cr_assert_eq(turn(&b, sid, turn2, DP_ARRAY_SIZE(turn2), o2, 2),
 		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
 	cr_assert_arr_eq(o2, r2, sizeof(o2), "turn 2 on B continues turn 1 of A exactly");
+	/* ... from A's state on the tier, not recomputed from the history */
+	int fd = client_connect(&b);
+	cr_expect_eq(metric(fd, 30, "dualpath_shared_takeovers_total"), 1);
+	cr_expect_eq(metric(fd, 31, "dualpath_shared_restores_total"), 1, "B restored the state");
+	cr_expect_gt(metric(fd, 32, "dualpath_shared_restore_bytes_total"), 0);
+	cr_expect_eq(metric(fd, 33, "dualpath_shared_recomputes_total"), 0, "B did not recompute");
+	cr_expect_eq(metric(fd, 34, "dualpath_shared_restore_failures_total"), 0);
+	/* and B's turn went to the tier with its state (every page of this small
+	 * model's short context changes per turn: none is named again) */
+	cr_expect_gt(metric(fd, 35, "dualpath_shared_state_pages_written_total"), 0);
+	cr_expect_eq(metric(fd, 36, "dualpath_shared_state_commits_total"), 1);
+	close(fd);
 
 	/* A restarted (same state dir, its journal has turn 1) keeps off B's session */
 	char adir[96];
@@ -239,9 +256,17 @@ Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resu
 	close(fa_fd);
 	cr_assert_eq(code, DUALPATH__V1__CODE__UNAVAILABLE, "%s", msg);
 	cr_assert(strstr(msg, "another host took the session over"), "%s", msg);
-	/* and A is refused the session now, naming B */
+	/* and A is refused the session while B serves it, naming B (B holds
+	 * its lease while a turn runs: A's resumed turn may have outlasted the
+	 * lease B took for turn 2 on a slow build, leaving the session free) */
+	int fb_fd = client_connect(&b);
+	send_generate(fb_fd, 8, sid, turn1, DP_ARRAY_SIZE(turn1), 4000, 0, 0);
+	r = recv_resp(fb_fd, 60000);
+	cr_assert(r && r->body_case == DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK, "B is generating");
+	dp_proto_response_free(r);
 	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
 	cr_assert(strstr(msg, "host-b"), "%s", msg);
+	close(fb_fd); /* cancels B's turn */
 	cr_assert_eq(daemon_stop(&a), 0);
 	cr_assert_eq(daemon_stop(&b), 0);
 	daemon_cleanup(&a);
@@ -307,6 +332,169 @@ Test(shared_daemon, a_turn_longer_than_its_lease_keeps_the_session_and_is_acknow
 		cr_skip_test("the turn took %.2f s, not past its 1 s lease twice on this machine "
 			     "(nothing shown)", took);
 	cr_assert_geq(refused, 6, "B was refused throughout (%d times in %.2f s)", refused, took);
+}
+
+/* A long context of the embedded model: its growing streams fill pages that
+ * later turns leave unchanged. The second turn names them again instead of
+ * writing them, so its manifest mixes segments of both turns; the host that
+ * takes the session over restores that mixture exactly. */
+Test(shared_daemon, unchanged_pages_are_named_again_and_a_state_of_two_turns_segments_restores_exactly)
+{
+	const char *em = getenv("DP_TEST_EMBEDDED_MODEL");
+	cr_assert_not_null(em, "DP_TEST_EMBEDDED_MODEL is not set");
+	enum { LONG = 2500 };
+	static uint32_t longp[LONG];
+	uint64_t x = 7;
+	for (int i = 0; i < LONG; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		longp[i] = (uint32_t)((x >> 33) % 256);
+	}
+	uint32_t r[3][GEN], o[3][GEN];
+	struct daemon_proc ref;
+	daemon_start(&ref, (const char *const[]){ "--model", em, NULL });
+	cr_assert_eq(turn(&ref, "ref", longp, LONG, r[0], 1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&ref, "ref", turn2, DP_ARRAY_SIZE(turn2), r[1], 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&ref, "ref", turn1, DP_ARRAY_SIZE(turn1), r[2], 3),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(daemon_stop(&ref), 0);
+	daemon_cleanup(&ref);
+
+	snprintf(sid, sizeof(sid), "mix-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[14] = { 0 }, *fb[14] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	fa[10] = fb[10] = "--model";
+	fa[11] = fb[11] = em;
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	cr_assert_eq(turn(&a, sid, longp, LONG, o[0], 1), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(turn(&a, sid, turn2, DP_ARRAY_SIZE(turn2), o[1], 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	int fd = client_connect(&a);
+	double written = metric(fd, 30, "dualpath_shared_state_pages_written_total");
+	double reused = metric(fd, 31, "dualpath_shared_state_pages_reused_total");
+	close(fd);
+	cr_expect_gt(reused, 0, "turn 2 named turn 1's unchanged pages again");
+	cr_expect_gt(written, 0);
+	cr_assert_eq(daemon_stop(&a), 0);
+	daemon_start(&b, fb);
+	cr_assert_eq(turn(&b, sid, turn1, DP_ARRAY_SIZE(turn1), o[2], 3),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o, r, sizeof(o), "every turn as on a host that never moved");
+	fd = client_connect(&b);
+	cr_expect_eq(metric(fd, 32, "dualpath_shared_restores_total"), 1);
+	cr_expect_eq(metric(fd, 33, "dualpath_shared_recomputes_total"), 0);
+	close(fd);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+}
+
+/* ---- state on the tier: damage and versions ----------------------------------- */
+
+static void tier_connect(rados_t *cl, rados_ioctx_t *io)
+{
+	cr_assert_eq(rados_create(cl, "admin"), 0);
+	cr_assert_eq(rados_conf_read_file(*cl, getenv("DP_CEPH_CONF")), 0);
+	cr_assert_eq(rados_connect(*cl), 0);
+	cr_assert_eq(rados_ioctx_create(*cl, getenv("DP_CEPH_POOL"), io), 0);
+}
+
+/* Overwrite bytes of the first page of every segment of session s (what a
+ * bad disk or a bad actor does); returns how many segments. */
+static int corrupt_segments(const char *s)
+{
+	rados_t cl;
+	rados_ioctx_t io;
+	tier_connect(&cl, &io);
+	char prefix[160];
+	snprintf(prefix, sizeof(prefix), "dp.g.%s.", s);
+	rados_list_ctx_t ls;
+	cr_assert_eq(rados_nobjects_list_open(io, &ls), 0);
+	const char *name;
+	int n = 0;
+	char junk[64];
+	memset(junk, 0xa5, sizeof(junk));
+	while (rados_nobjects_list_next(ls, &name, NULL, NULL) == 0) {
+		if (strncmp(name, prefix, strlen(prefix)))
+			continue;
+		cr_assert_eq(rados_write(io, name, junk, sizeof(junk), DP_KV_SHARED_HEADER_BYTES + 100), 0);
+		n++;
+	}
+	rados_nobjects_list_close(ls);
+	rados_ioctx_destroy(io);
+	rados_shutdown(cl);
+	return n;
+}
+
+Test(shared_daemon, a_corrupt_segment_makes_the_new_host_recompute_and_answer_the_same)
+{
+	uint32_t r1[GEN], r2[GEN], o1[GEN], o2[GEN];
+	reference(r1, r2);
+	snprintf(sid, sizeof(sid), "bad-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[12] = { 0 }, *fb[12] = { 0 };
+	shared_flags(fa, "host-a");
+	shared_flags(fb, "host-b");
+	struct daemon_proc a, b;
+	daemon_start(&a, fa);
+	cr_assert_eq(turn(&a, sid, turn1, DP_ARRAY_SIZE(turn1), o1, 1),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o1, r1, sizeof(o1));
+	cr_assert_eq(daemon_stop(&a), 0);
+	cr_assert_gt(corrupt_segments(sid), 0, "A wrote its state as segments");
+	daemon_start(&b, fb);
+	cr_assert_eq(turn(&b, sid, turn2, DP_ARRAY_SIZE(turn2), o2, 2),
+		     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(o2, r2, sizeof(o2), "never served wrong: recomputed, the same answer");
+	int fd = client_connect(&b);
+	cr_expect_eq(metric(fd, 30, "dualpath_shared_restore_failures_total"), 1);
+	cr_expect_eq(metric(fd, 31, "dualpath_shared_recomputes_total"), 1);
+	cr_expect_eq(metric(fd, 32, "dualpath_shared_restores_total"), 0);
+	close(fd);
+	cr_assert_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&a);
+	daemon_cleanup(&b);
+}
+
+static void on_done(void *arg, int res)
+{
+	*(int *)arg = res;
+}
+
+Test(shared_daemon, a_manifest_of_an_unknown_version_is_refused_naming_the_version)
+{
+	snprintf(sid, sizeof(sid), "ver-%ld-%d", (long)time(NULL), (int)getpid());
+	/* a host of another release wrote the session's manifest */
+	struct dp_kv_shared_opts o = { .conf = getenv("DP_CEPH_CONF"), .pool = getenv("DP_CEPH_POOL"),
+				       .host_id = "host-future", .lease_ms = 3000 };
+	struct dp_kv_shared *t;
+	char err[256];
+	cr_assert_eq(dp_kv_shared_open(&o, &t, err, sizeof(err)), 0, "%s", err);
+	uint64_t epoch;
+	cr_assert_eq(dp_kv_shared_lease_take(t, sid, &epoch, NULL, 0), 1);
+	const uint32_t future[4] = { 99, 0, 0, 0 }; /* version 99, owner, no tokens */
+	int res = 1;
+	cr_assert_eq(dp_kv_shared_manifest_put(t, sid, future, sizeof(future), on_done, &res), 0);
+	while (res == 1) {
+		struct pollfd p = { .fd = dp_kv_shared_fd(t), .events = POLLIN };
+		poll(&p, 1, 100);
+		dp_kv_shared_reap(t, 0);
+	}
+	cr_assert_eq(res, 0);
+	cr_assert_eq(dp_kv_shared_lease_release(t, sid), 0);
+	dp_kv_shared_close(t);
+
+	const char *fa[12] = { 0 };
+	shared_flags(fa, "host-a");
+	struct daemon_proc a;
+	daemon_start(&a, fa);
+	char msg[512] = "";
+	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 5), DUALPATH__V1__CODE__UNAVAILABLE);
+	cr_assert(strstr(msg, "version 99") && strstr(msg, "version 2"), "the versions are named: %s",
+		  msg);
+	cr_assert_eq(daemon_stop(&a), 0);
+	daemon_cleanup(&a);
 }
 
 int main(int argc, char *argv[])
