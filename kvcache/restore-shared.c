@@ -108,7 +108,7 @@ static int layer_in(struct dp_kv_srestore *r, uint32_t l)
 		kv->shared_st.stall_ns += t1 - t0;
 		kv->st.restore_stall_ns += t1 - t0;
 		kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
-		    (struct dp_kv_stall){ t0, t1, l };
+		    (struct dp_kv_stall){ .t0 = t0, .t1 = t1, .layer = l, .inflight = 0 };
 		if (kv->n_stalls < DP_KV_STALL_SPANS)
 			kv->n_stalls++;
 		else
