@@ -17,6 +17,7 @@ shows the difference).
 """
 import json
 import os
+import subprocess
 import sys
 
 from test_http import Daemon  # re-runs this script under DP_PYTHON where the SDK is
@@ -195,6 +196,24 @@ def tool_round_trip_through_a_session_id(d, c, name):
     assert cached >= reply_end(first), (reply_end(first), second.usage)
 
 
+def v4ctl_chat_shows_the_tool_call_line(d, c, name):
+    """The socket front on the same model: v4ctl chat prints the call the
+    daemon parsed as "[tool call NAME ARGS]" (chat mode), after the reasoning
+    lines in thinking mode."""
+    v4ctl = os.environ.get("V4CTL", "")
+    if not os.path.exists(v4ctl):
+        print("     (no V4CTL: v4ctl chat is not checked here)")
+        return
+    sock = os.path.join(d.dir, "s")
+    for flags, want in [(["--no-thinking"], "[tool call get_weather %s]\n" % ARGS),
+                        ([], "thinking> %s\n\n[tool call get_weather %s]\n" % (REASON_CALL, ARGS))]:
+        r = subprocess.run([v4ctl, "--socket", sock, "chat", "-n", "16"] + flags,
+                           input=QUESTION[0]["content"] + "\n", capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, (r.returncode, r.stderr)
+        assert r.stdout == want, (r.stdout, want)
+
+
 def main():
     if not os.path.isdir(MODEL):
         print("SKIP: DP_TEST_TOOL_MODEL is not a directory (meson makes tests/http/tool-model)")
@@ -203,7 +222,7 @@ def main():
     d = Daemon(model=MODEL)
     tests = [tool_call_comes_back_as_tool_calls_streamed_and_not,
              tool_result_sent_back_statelessly_gets_the_answer_from_the_cache,
-             tool_round_trip_through_a_session_id]
+             tool_round_trip_through_a_session_id, v4ctl_chat_shows_the_tool_call_line]
     try:
         c = d.client()
         name = c.models.list().data[0].id
