@@ -144,6 +144,75 @@ def tool_result_sent_back_statelessly_gets_the_answer_from_the_cache(d, c, name)
     assert m.get("dualpath_http_replayed_turns_total", 0) >= 2, m
 
 
+def answer_streams_with_usage_and_sampling_keeps_the_chain(d, c, name):
+    """The second request streamed (content deltas, the usage chunk's
+    cached_tokens) and both at temperature 1: the chain's logit margins make
+    the sampled text the greedy one."""
+    first = c.chat.completions.create(model=name, messages=QUESTION, tools=TOOLS, max_tokens=32,
+                                      temperature=1.0, seed=7, extra_body={"cache_salt": "st"})
+    tc = call_of(first.choices[0])
+    history = QUESTION + [sent_back(first.choices[0].message),
+                          {"role": "tool", "tool_call_id": tc.id, "content": RESULT}]
+    text, think, finish, usage = "", "", None, None
+    for ch in c.chat.completions.create(model=name, messages=history, tools=TOOLS, max_tokens=32,
+                                        temperature=1.0, seed=7, stream=True,
+                                        stream_options={"include_usage": True},
+                                        extra_body={"cache_salt": "st"}):
+        if ch.usage:
+            usage = ch.usage
+        if not ch.choices:
+            continue
+        dl = ch.choices[0].delta
+        assert not dl.tool_calls, dl
+        text += dl.content or ""
+        think += getattr(dl, "reasoning_content", None) or ""
+        finish = ch.choices[0].finish_reason or finish
+    assert (think, text, finish) == (REASON_ANSWER, ANSWER, "stop"), (think, text, finish)
+    assert usage and usage.prompt_tokens_details.cached_tokens >= reply_end(first), usage
+
+
+def messages_api_tool_use_round_trip(d, c, name):
+    """The same through POST /v1/messages (Anthropic's form): a tool_use
+    block with the parsed input, stop_reason tool_use (the unstreamed body
+    once packed the block without its "input" key: a 500), streamed too; the
+    tool_result sent back gets the answer as a text block."""
+    tools = [{"name": "get_weather", "description": "The weather now in a city.",
+              "input_schema": TOOLS[0]["function"]["parameters"]}]
+    req = {"model": name, "max_tokens": 32, "temperature": 0, "tools": tools,
+           "messages": [{"role": "user", "content": QUESTION[0]["content"]}]}
+    r = d.http.post("/v1/messages", json=req)
+    assert r.status_code == 200, r.text
+    m = r.json()
+    assert m["stop_reason"] == "tool_use", m
+    uses = [b for b in m["content"] if b["type"] == "tool_use"]
+    assert len(uses) == 1 and uses[0]["name"] == "get_weather" and \
+        uses[0]["input"] == {"city": "Paris"} and uses[0]["id"].startswith("toolu_"), m
+    # streamed: a tool_use block whose input_json_delta is the arguments
+    started, partial, stop = [], "", None
+    with d.http.stream("POST", "/v1/messages", json=dict(req, stream=True)) as s:
+        for line in s.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            ev = json.loads(line[6:])
+            if ev["type"] == "content_block_start":
+                started.append(ev["content_block"]["type"])
+            elif ev["type"] == "content_block_delta" and ev["delta"]["type"] == "input_json_delta":
+                partial += ev["delta"]["partial_json"]
+            elif ev["type"] == "message_delta":
+                stop = ev["delta"]["stop_reason"]
+    assert started == ["tool_use"] and json.loads(partial) == {"city": "Paris"}, (started, partial)
+    assert stop == "tool_use", stop
+    req["messages"] += [{"role": "assistant", "content": m["content"]},
+                        {"role": "user", "content": [{"type": "tool_result",
+                                                      "tool_use_id": uses[0]["id"],
+                                                      "content": RESULT}]}]
+    r = d.http.post("/v1/messages", json=req)
+    assert r.status_code == 200, r.text
+    m = r.json()
+    assert m["stop_reason"] == "end_turn", m
+    assert [b["text"] for b in m["content"] if b["type"] == "text"] == [ANSWER], m
+
+
 def tool_result_with_the_replay_off_misses_the_reply_unit():
     """The control for the test above: with [http] replay_cache_bytes = 0 the
     call sent back is re-tokenized (the whole DSML parameter line is one
@@ -222,7 +291,9 @@ def main():
     d = Daemon(model=MODEL)
     tests = [tool_call_comes_back_as_tool_calls_streamed_and_not,
              tool_result_sent_back_statelessly_gets_the_answer_from_the_cache,
-             tool_round_trip_through_a_session_id, v4ctl_chat_shows_the_tool_call_line]
+             answer_streams_with_usage_and_sampling_keeps_the_chain,
+             tool_round_trip_through_a_session_id, messages_api_tool_use_round_trip,
+             v4ctl_chat_shows_the_tool_call_line]
     try:
         c = d.client()
         name = c.models.list().data[0].id
