@@ -299,7 +299,7 @@ static json_t *ant_body(struct hreq *r, const char *finish)
 		json_t *input = json_loads(json_string_value(json_object_get(fn, "arguments")), 0, NULL);
 		json_array_append_new(content, json_pack("{s:s, s:O, s:O, s:o}", "type", "tool_use", "id",
 							 json_object_get(c, "id"), "name",
-							 json_object_get(fn, "name"),
+							 json_object_get(fn, "name"), "input",
 							 input ? input : json_object()));
 	}
 	return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:o, s:{s:i, s:i, s:i}}", "id", r->id, "type",
