@@ -214,6 +214,7 @@ struct dp_server {
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
+	struct dp_shared_health *health;    /* whether it answers now (daemon/shared-health.h) */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
 	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
