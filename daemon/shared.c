@@ -20,6 +20,7 @@
  * io thread.
  */
 #include "daemon/shared.h"
+#include "daemon/shared-health.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -44,7 +45,12 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 		return 0;
 	uint64_t epoch;
 	char owner[DP_KV_SHARED_HOST_ID_MAX + 1] = "";
-	int ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
+	/* a tier known down: refuse at once, not after an op timeout */
+	int ret = dp_shared_health_check(srv, session, why, why_len);
+	if (ret < 0)
+		return ret;
+	ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
+	dp_shared_health_note(srv, ret);
 	if (ret == -EBUSY) {
 		snprintf(why, why_len, "session %s is served by host %s (its lease is live): send "
 				       "it there", session, owner[0] ? owner : "?");
@@ -170,6 +176,7 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 	for (size_t i = 0; i < n; i++) {
 		ret_res[i] = w[i].done ? w[i].res : -ETIMEDOUT;
 		bad += ret_res[i] < 0;
+		dp_shared_health_note(srv, ret_res[i]);
 	}
 	if (bad && dp_kv_shared_inflight(t)) {
 		/* timed out: the callbacks still name w; wait them out so they
