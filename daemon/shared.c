@@ -172,21 +172,34 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 		if (poll(&p, 1, 50) > 0)
 			dp_kv_shared_reap(t, 0);
 	}
-	int bad = 0;
-	for (size_t i = 0; i < n; i++) {
-		ret_res[i] = w[i].done ? w[i].res : -ETIMEDOUT;
-		bad += ret_res[i] < 0;
-		dp_shared_health_note(srv, ret_res[i]);
-	}
-	if (bad && dp_kv_shared_inflight(t)) {
-		/* timed out: the callbacks still name w; wait them out so they
-		 * cannot write freed memory (librados's op timeout bounds it) */
+	size_t late = 0;
+	for (size_t i = 0; i < n; i++)
+		late += !w[i].done;
+	if (late && dp_kv_shared_inflight(t)) {
+		/* past the deadline: the callbacks still name w; wait them out so
+		 * they cannot write freed memory (librados's op timeout bounds it).
+		 * A write that lands meanwhile is durable: its turn is acknowledged
+		 * (reporting it failed would leave it in the manifest unacknowledged,
+		 * and the client's retry would repeat it). */
 		while (dp_kv_shared_inflight(t)) {
 			struct pollfd p = { .fd = dp_kv_shared_fd(t), .events = POLLIN };
 			if (poll(&p, 1, 100) > 0)
 				dp_kv_shared_reap(t, 0);
 		}
 	}
+	int bad = 0;
+	for (size_t i = 0; i < n; i++) {
+		ret_res[i] = w[i].done ? w[i].res : -ETIMEDOUT;
+		bad += ret_res[i] < 0;
+		dp_shared_health_note(srv, ret_res[i]);
+	}
+	/* A turn not made durable is in this host's journal, perhaps not in the
+	 * manifest: let the lease go, so the next claim takes the session anew
+	 * and replaces this copy by the manifest's history (a retried turn then
+	 * follows the acknowledged turns, not the failed one). */
+	for (size_t i = 0; i < n; i++)
+		if (ret_res[i] < 0 && ret_res[i] != -ECANCELED && ret_res[i] != -ENOLCK)
+			dp_kv_shared_lease_release(t, dp_kv_session_id(sessions[i]));
 	free(w);
 	return bad;
 }
