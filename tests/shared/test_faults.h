@@ -8,6 +8,7 @@
 #ifndef DP_TESTS_SHARED_FAULTS_H
 #define DP_TESTS_SHARED_FAULTS_H
 
+#include <dirent.h>
 #include <libgen.h>
 
 #include "base/macros.h"
@@ -45,6 +46,7 @@ static inline void fault_fini(void)
 		fault_started[i] = NULL;
 	}
 	fault_cluster("resume", NULL);
+	fault_cluster("start-osd", "1 2>/dev/null"); /* if a test left it dead */
 }
 
 /* The shared-tier flags of a host: argv[0..11), NULL after. */
@@ -188,6 +190,42 @@ static inline int64_t fault_session_tokens(const struct daemon_proc *d, const ch
 	}
 	close(fd);
 	return v;
+}
+
+/* SIGSTOP pid and wait until every thread of it is stopped: kill() only
+ * queues the stop, and a thread running meanwhile may still take a request
+ * that is sent right after. */
+static inline void fault_pause(pid_t pid)
+{
+	kill(pid, SIGSTOP);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	for (int tries = 0; tries < 500; tries++) {
+		DIR *dir = opendir(path);
+		cr_assert_not_null(dir, "%s", path);
+		bool all = true;
+		struct dirent *e;
+		while ((e = readdir(dir))) {
+			if (e->d_name[0] == '.')
+				continue;
+			char stat[320], buf[512];
+			snprintf(stat, sizeof(stat), "%.64s/%.32s/stat", path, e->d_name);
+			FILE *f = fopen(stat, "r");
+			if (!f)
+				continue;
+			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+			fclose(f);
+			buf[n] = 0;
+			const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+			if (rp && rp[1] == ' ' && rp[2] != 'T' && rp[2] != 't')
+				all = false;
+		}
+		closedir(dir);
+		if (all)
+			return;
+		usleep(10000);
+	}
+	cr_assert_fail("pid %d did not stop", (int)pid);
 }
 
 static inline double fault_now_s(void)
