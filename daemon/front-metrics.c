@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "daemon/front-internal.h"
+#include "daemon/shared-health.h"
 #include "daemon/log.h"
 
 static void add_metric(Dualpath__V1__Metric *m, Dualpath__V1__Metric **ptrs, size_t *n,
@@ -52,7 +53,7 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	G("dualpath_draining", "1 while draining", s->draining);
 	if (srv->shared_configured)
 		G("dualpath_shared_tier_up", "1 when the shared tier (shared_tier) was reached; 0: "
-		  "down, serving from local tiers", srv->tier != NULL);
+		  "down, serving from local tiers", dp_shared_health_up(srv));
 	if (srv->shared_configured) {
 		const struct dp_shared_stats *sh = &s->shared;
 		C("dualpath_shared_takeovers_total", "sessions taken over from another host's manifest",

@@ -30,6 +30,7 @@
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "daemon/shared.h"
+#include "daemon/shared-health.h"
 #include "model/conv.h"
 #include "sched/topo.h"
 
@@ -256,6 +257,8 @@ static void open_shared(struct dp_server *srv)
 		.client = cfg->rados_client,
 		.host_id = srv->host_id,
 		.lease_ms = cfg->lease_ms,
+		/* no call waits longer than a lease (the compute thread makes them) */
+		.timeout_ms = cfg->lease_ms > 2000 ? cfg->lease_ms : 2000,
 	};
 	char why[512] = "";
 	int ret = dp_kv_shared_open(&o, &srv->tier, why, sizeof(why));
@@ -266,6 +269,9 @@ static void open_shared(struct dp_server *srv)
 	}
 	log_info("shared tier: rados pool %s, host %s, lease %u ms", cfg->rados_pool, srv->host_id,
 		 cfg->lease_ms);
+	if ((ret = dp_shared_health_start(srv)) < 0)
+		log_warning("shared tier: no health probe (%s); it is reported up until a call fails",
+			    strerror(-ret));
 }
 
 /* An Engram model's tables: a store on the compute thread, its NVMe reads
@@ -631,6 +637,7 @@ int main(int argc, char **argv)
 	}
 	dp_kv_close(srv->kv);
 	dp_shared_fini(srv);
+	dp_shared_health_stop(srv);
 	dp_kv_shared_close(srv->tier);
 	if (srv->model)
 		dp_v4_model_set_engram(srv->model, NULL);

@@ -234,6 +234,7 @@ struct dp_server {
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
 	pthread_mutex_t tier_lock;	    /* the tier handle is one thread's at a time (tier.h) */
 	struct dp_shared *shared;	    /* sessions' state on the tier (daemon/shared.c) */
+	struct dp_shared_health *health;    /* whether it answers now (daemon/shared-health.h) */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
 	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];

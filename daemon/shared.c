@@ -41,6 +41,7 @@
  * srv->tier_lock.
  */
 #include "daemon/shared.h"
+#include "daemon/shared-health.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -234,15 +235,20 @@ static void wait_all(struct dp_server *srv, struct put_wait *w, size_t n)
 	}
 	bool late = false;
 	for (size_t i = 0; i < n; i++)
-		if (!w[i].done) {
-			late = true;
-			w[i] = (struct put_wait){ .res = -ETIMEDOUT, .done = false };
-		}
+		late |= !w[i].done;
+	/* A write that lands meanwhile is durable and counts as done: reporting
+	 * a manifest that is in as failed would leave its turn in the manifest
+	 * unacknowledged, and the client's retry would repeat it. */
 	while (late && dp_kv_shared_inflight(srv->tier)) {
 		struct pollfd p = { .fd = dp_kv_shared_fd(srv->tier), .events = POLLIN };
 		poll(&p, 1, 100);
 		reap(srv);
 	}
+	for (size_t i = 0; i < n; i++)
+		if (!w[i].done)
+			w[i] = (struct put_wait){ .res = -ETIMEDOUT, .done = true };
+	for (size_t i = 0; i < n; i++)
+		dp_shared_health_note(srv, w[i].res);
 }
 
 static void seg_name(const char *session, const struct mseg *g, char *name, size_t len)
@@ -406,9 +412,14 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	}
 	uint64_t epoch;
 	char owner[DP_KV_SHARED_HOST_ID_MAX + 1] = "";
+	/* a tier known down: refuse at once, not after an op timeout */
+	int ret = dp_shared_health_check(srv, session, why, why_len);
+	if (ret < 0)
+		return ret;
 	tlock(srv);
-	int ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
+	ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
 	tunlock(srv);
+	dp_shared_health_note(srv, ret);
 	if (ret == -EBUSY) {
 		snprintf(why, why_len, "session %s is served by host %s (its lease is live): send "
 				       "it there", session, owner[0] ? owner : "?");
@@ -801,6 +812,11 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 				delete_later(srv, id, &q->segs[k]);
 			if (q->man.res == -ECANCELED || q->man.res == -ENOLCK)
 				sess_forget(srv, id);
+			else /* in this host's journal, perhaps not in the manifest: let
+			      * the lease go, so the next claim takes the session anew and
+			      * replaces this copy by the manifest's history (a retried
+			      * turn then follows the acknowledged ones, not this one) */
+				release(srv, id);
 		} else if (q->e) {
 			for (uint32_t k = 0; k < q->n_garbage; k++)
 				delete_later(srv, id, &q->garbage[k]);

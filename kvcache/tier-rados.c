@@ -159,6 +159,15 @@ int dp_kv_shared_open(const struct dp_kv_shared_opts *o, struct dp_kv_shared **r
 	set_opt(t->cl, "client_mount_timeout", tmo);
 	set_opt(t->cl, "rados_mon_op_timeout", tmo);
 	set_opt(t->cl, "rados_osd_op_timeout", tmo);
+	/* An op bound for an OSD that died waits for a newer osdmap, and the
+	 * client asks the monitor for one only once an op of its is older than
+	 * objecter_timeout (10 s): with every op cut at tmo before that, an idle
+	 * client never asked, and each op on that OSD's PGs timed out until
+	 * another op happened to bring the map (tests/shared/test_faults.c,
+	 * an OSD killed). Ask within a quarter of the op timeout. */
+	char lag[32];
+	snprintf(lag, sizeof(lag), "%.3f", tmo / 4000.0);
+	rados_conf_set(t->cl, "objecter_timeout", lag);
 	/* Our own log, not the cluster's (the daemon's state dir is not ours to
 	 * name here, and librados must not write to stderr). */
 	rados_conf_set(t->cl, "log_to_stderr", "false");
