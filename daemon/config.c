@@ -230,6 +230,8 @@ static const struct opt opts[] = {
 	O("kvcache", host_id, OPT_STR, "this host in session leases (empty: the hostname)"),
 	ON("kvcache", lease_ms, OPT_U32, 1000, 600000,
 	   "session lease on the shared tier; renewed at a third of it"),
+	ON("kvcache", lease_idle_ms, OPT_U32, 0, 86400000,
+	   "let a session's lease go after it idles this long (0: keep it while up)"),
 	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
@@ -323,6 +325,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->csa_entries = DP_V4_CSA_DEVICE;
 	c->shared_tier = DP_KV_SHARED_NONE;
 	c->lease_ms = 10000;
+	c->lease_idle_ms = 60000;
 	c->numerics = DP_V4_NUMERICS_AUTO;
 	c->queue_depth = 64;
 	c->pin_threads = true;

@@ -25,6 +25,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "daemon/cluster.h"
 #include "daemon/experts.h"
 #include "daemon/http.h"
 #include "daemon/log.h"
@@ -241,6 +242,7 @@ static void open_shared(struct dp_server *srv)
 	if (cfg->shared_tier == DP_KV_SHARED_NONE)
 		return;
 	srv->shared_configured = true;
+	pthread_mutex_init(&srv->tier_lock, NULL);
 	if (cfg->host_id[0]) {
 		snprintf(srv->host_id, sizeof(srv->host_id), "%.63s", cfg->host_id); /* checked at load */
 	} else if (gethostname(srv->host_id, sizeof(srv->host_id) - 1) < 0 || !srv->host_id[0]) {
@@ -419,6 +421,15 @@ static int run(struct dp_server *srv)
 	if ((ret = open_state(srv, err, sizeof(err))) < 0)
 		goto fail;
 	open_shared(srv);
+	/* membership: a second daemon with this host id must not start */
+	if (srv->tier && (ret = dp_cluster_start(srv, err, sizeof(err))) < 0) {
+		if (ret == -EBUSY)
+			goto fail;
+		log_warning("shared tier down (%s); serving from local tiers", err);
+		err[0] = 0;
+		dp_kv_shared_close(srv->tier);
+		srv->tier = NULL;
+	}
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
@@ -613,7 +624,10 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	dp_cluster_stop(srv->cluster); /* leaves the membership; after compute stopped */
 	dp_kv_shared_close(srv->tier);
+	if (srv->shared_configured)
+		pthread_mutex_destroy(&srv->tier_lock);
 	if (srv->model)
 		dp_v4_model_set_engram(srv->model, NULL);
 	dp_engram_store_free(srv->engram); /* its reads waited for: before the io thread stops */

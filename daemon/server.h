@@ -22,6 +22,7 @@
 #ifndef DP_DAEMON_SERVER_H
 #define DP_DAEMON_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -199,6 +200,7 @@ enum dp_daemon_state {
 };
 
 struct dp_expert_io;
+struct dp_cluster;
 struct dp_http;
 struct dp_conv;
 struct dp_server {
@@ -215,6 +217,11 @@ struct dp_server {
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
+	/* The tier handle is single-threaded (kvcache/tier.h): every
+	 * dp_kv_shared_* call on srv->tier, from compute, front or the cluster
+	 * thread, is made holding tier_lock (inited when shared_configured). */
+	pthread_mutex_t tier_lock;
+	struct dp_cluster *cluster; /* membership and lease renewal (daemon/cluster.h) */
 	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;

@@ -27,7 +27,18 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "daemon/cluster.h"
 #include "kvcache/tier.h"
+
+/* The tier handle is shared with the cluster thread (daemon/cluster.h):
+ * every call on it holds srv->tier_lock. */
+#define TIER(srv, call)                                   \
+	({                                                \
+		pthread_mutex_lock(&(srv)->tier_lock);    \
+		__typeof__(call) r_ = (call);             \
+		pthread_mutex_unlock(&(srv)->tier_lock);  \
+		r_;                                       \
+	})
 
 #define MANIFEST_VERSION 1
 
@@ -42,12 +53,17 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	struct dp_kv_shared *t = srv->tier;
 	if (!t || !session[0])
 		return 0;
+	/* held and renewed by the cluster thread: ours, no round trip */
+	if (dp_cluster_touch(srv->cluster, session) == 0)
+		return 0;
 	uint64_t epoch;
 	char owner[DP_KV_SHARED_HOST_ID_MAX + 1] = "";
-	int ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
+	int ret = TIER(srv, dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner)));
 	if (ret == -EBUSY) {
-		snprintf(why, why_len, "session %s is served by host %s (its lease is live): send "
-				       "it there", session, owner[0] ? owner : "?");
+		char where[3 * DP_KV_SHARED_ADDR_MAX];
+		dp_cluster_describe(srv->cluster, owner[0] ? owner : "?", where, sizeof(where));
+		snprintf(why, why_len, "session %s is served by host %s: its lease is live; send it "
+				       "there", session, where);
 		return -EBUSY;
 	}
 	if (ret < 0) {
@@ -55,12 +71,13 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 			 session, strerror(-ret));
 		return ret;
 	}
+	dp_cluster_hold(srv->cluster, session); /* renewed from now on by the cluster thread */
 	if (ret == 0)
 		return 0; /* ours already: our copy is the newest */
 	/* Newly ours: the manifest is the truth, if there is one. */
 	void *buf = NULL;
 	size_t len = 0;
-	ret = dp_kv_shared_manifest_get(t, session, &buf, &len);
+	ret = TIER(srv, dp_kv_shared_manifest_get(t, session, &buf, &len));
 	if (ret == -ENOENT)
 		return 0;
 	struct manifest_hdr h;
@@ -74,7 +91,7 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	}
 	if (ret < 0) {
 		free(buf);
-		dp_kv_shared_lease_release(t, session);
+		TIER(srv, dp_kv_shared_lease_release(t, session));
 		snprintf(why, why_len, "session %s: its manifest on the shared tier cannot be read: %s",
 			 session, strerror(-ret));
 		return ret;
@@ -103,15 +120,22 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	return 1;
 fail:
 	free(buf);
-	dp_kv_shared_lease_release(t, session);
+	TIER(srv, dp_kv_shared_lease_release(t, session));
 	snprintf(why, why_len, "session %s: cannot take it over from the shared tier: %s", session,
 		 strerror(-ret));
 	return ret;
 }
 
-int dp_shared_renew(struct dp_server *srv, const char *session)
+int dp_shared_renew(struct dp_server *srv, const char *const *sessions, size_t n)
 {
-	return srv->tier ? dp_kv_shared_lease_renew(srv->tier, session) : 0;
+	if (!srv->tier)
+		return 0;
+	/* the cluster thread renews; compute only says what is in use */
+	dp_cluster_active(srv->cluster, sessions, n);
+	int lost = 0;
+	for (size_t i = 0; i < n; i++)
+		lost += dp_cluster_touch(srv->cluster, sessions[i]) == -ENOLCK;
+	return lost;
 }
 
 struct put_wait {
@@ -149,7 +173,8 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 					  .n_tokens = len };
 		memcpy(buf, &h, sizeof(h));
 		memcpy(buf + sizeof(h), dp_kv_session_history(s), len * sizeof(int32_t));
-		int ret = dp_kv_shared_manifest_put(t, dp_kv_session_id(s), buf, bytes, on_put, &w[i]);
+		int ret = TIER(srv, dp_kv_shared_manifest_put(t, dp_kv_session_id(s), buf, bytes, on_put,
+							       &w[i]));
 		free(buf); /* the tier copied it */
 		if (ret < 0)
 			w[i] = (struct put_wait){ .res = ret, .done = true };
@@ -164,20 +189,20 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 			break;
 		struct pollfd p = { .fd = dp_kv_shared_fd(t), .events = POLLIN };
 		if (poll(&p, 1, 50) > 0)
-			dp_kv_shared_reap(t, 0);
+			TIER(srv, dp_kv_shared_reap(t, 0));
 	}
 	int bad = 0;
 	for (size_t i = 0; i < n; i++) {
 		ret_res[i] = w[i].done ? w[i].res : -ETIMEDOUT;
 		bad += ret_res[i] < 0;
 	}
-	if (bad && dp_kv_shared_inflight(t)) {
+	if (bad && TIER(srv, dp_kv_shared_inflight(t))) {
 		/* timed out: the callbacks still name w; wait them out so they
 		 * cannot write freed memory (librados's op timeout bounds it) */
-		while (dp_kv_shared_inflight(t)) {
+		while (TIER(srv, dp_kv_shared_inflight(t))) {
 			struct pollfd p = { .fd = dp_kv_shared_fd(t), .events = POLLIN };
 			if (poll(&p, 1, 100) > 0)
-				dp_kv_shared_reap(t, 0);
+				TIER(srv, dp_kv_shared_reap(t, 0));
 		}
 	}
 	free(w);

@@ -16,8 +16,11 @@
  * tier failed. why[] says it, naming the owner for -EBUSY. */
 int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_t why_len);
 
-/* Extend this host's lease on a session it serves (-ENOLCK: lost). */
-int dp_shared_renew(struct dp_server *srv, const char *session);
+/* After each step: sessions[0..n) are the ones still running. Their leases
+ * are renewed by the cluster thread (daemon/cluster.h), never here: this
+ * makes no round trip. Returns how many of them were found lost (their
+ * turns will be refused at commit by the fenced manifest write). */
+int dp_shared_renew(struct dp_server *srv, const char *const *sessions, size_t n);
 
 /* After dp_kv_commit: write the manifests of sessions[0..n) and wait for
  * them; ret_res[i] is 0 or why session i's turn is not durable on the
