@@ -402,15 +402,15 @@ int dp_cluster_start(struct dp_server *srv, char *err, size_t err_len)
 	cl->idle_ns = (uint64_t)srv->cfg.lease_idle_ms * 1000000ull; /* 0: never */
 	struct dp_kv_shared_member *me = &cl->self;
 	snprintf(me->host, sizeof(me->host), "%s", srv->host_id);
-	if (strlen(srv->cfg.socket) >= sizeof(me->socket) ||
-	    strlen(srv->cfg.http_listen) >= sizeof(me->http)) {
+	const char *http = srv->cfg.advertise[0] ? srv->cfg.advertise : srv->cfg.http_listen;
+	if (strlen(srv->cfg.socket) >= sizeof(me->socket) || strlen(http) >= sizeof(me->http)) {
 		snprintf(err, err_len, "cluster: the socket path or HTTP address is longer than %d "
 				       "bytes", DP_KV_SHARED_ADDR_MAX - 1);
 		free(cl);
 		return -ENAMETOOLONG;
 	}
 	snprintf(me->socket, sizeof(me->socket), "%s", srv->cfg.socket);
-	snprintf(me->http, sizeof(me->http), "%s", srv->cfg.http_listen);
+	snprintf(me->http, sizeof(me->http), "%s", http);
 	me->start_ms = dp_cluster_now_ms();
 	me->ttl_ms = lease_ms;
 	pthread_mutex_init(&cl->mu, NULL);

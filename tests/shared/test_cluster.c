@@ -300,7 +300,8 @@ Test(cluster, a_session_held_elsewhere_is_refused_naming_its_host_and_address_an
 	struct daemon_proc a, b;
 	char ha[64], hb[64];
 	start_host(&a, ha, sizeof(ha), "a", "3000", NULL);
-	start_host(&b, hb, sizeof(hb), "b", "3000", NULL);
+	start_host(&b, hb, sizeof(hb), "b", "3000",
+		   (const char *const[]){ "--advertise", "10.1.2.3:8000", NULL });
 	cr_assert(sees(&a, hb, NULL, true, 3000));
 	cr_assert(sees(&b, ha, NULL, true, 3000));
 	/* a free session whose rendezvous host is B, asked of A: served by A
@@ -344,6 +345,14 @@ Test(cluster, a_session_held_elsewhere_is_refused_naming_its_host_and_address_an
 	cr_assert_eq(generate_result(&b, sid, msg, sizeof(msg), 22),
 		     DUALPATH__V1__CODE__FAILED_PRECONDITION, "%s", msg);
 	cr_assert(strstr(msg, ha) && strstr(msg, a.sock), "names %s and %s: %s", ha, a.sock, msg);
+	/* B is listed with the HTTP address it advertises */
+	ids[0] = sid;
+	fd = client_connect(&a);
+	r = cluster_req(fd, 23, NULL, 0);
+	const Dualpath__V1__ClusterMember *mb = member(r->cluster, hb);
+	cr_assert(mb && !strcmp(mb->http, "10.1.2.3:8000"), "B's member entry has its advertised address");
+	dp_proto_response_free(r);
+	close(fd);
 	stop_all((struct daemon_proc[]){ a, b }, 2);
 }
 
