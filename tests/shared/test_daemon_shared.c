@@ -254,6 +254,15 @@ Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resu
 	/* and A is refused the session now, naming B */
 	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
 	cr_assert(strstr(msg, "host-b"), "%s", msg);
+	/* A's cluster thread found the lease taken at its first renewal after
+	 * the pause, and counted it */
+	int mfd = client_connect(&a);
+	double lost = 0;
+	for (int i = 0; i < 30 && (lost = metric(mfd, 10 + (uint64_t)i,
+						  "dualpath_shared_leases_lost_total")) < 1; i++)
+		usleep(100 * 1000);
+	close(mfd);
+	cr_assert_eq(lost, 1, "the lost lease is counted once");
 	cr_assert_eq(daemon_stop(&a), 0);
 	cr_assert_eq(daemon_stop(&b), 0);
 	daemon_cleanup(&a);
