@@ -293,6 +293,25 @@ static void beat(struct dp_cluster *cl)
 		log_warning("cluster: cannot read the member list: %s", strerror(-ret));
 		return;
 	}
+	/* Entries of members dead for 10 ttls (a minute at least) go: a host
+	 * id that comes back writes its entry again. Any member may do it. */
+	uint64_t now = dp_cluster_now_ms();
+	for (size_t i = 0; i < n;) {
+		uint64_t dead_ms = 10ull * m[i].ttl_ms > 60000 ? 10ull * m[i].ttl_ms : 60000;
+		if (strcmp(m[i].host, cl->self.host) && now > m[i].beat_ms &&
+		    now - m[i].beat_ms > dead_ms) {
+			pthread_mutex_lock(&srv->tier_lock);
+			ret = dp_kv_shared_member_forget(srv->tier, m[i].host);
+			pthread_mutex_unlock(&srv->tier_lock);
+			if (ret == 0) {
+				log_debug("cluster: member %s dead for %llu ms: its entry is removed",
+					  m[i].host, (unsigned long long)(now - m[i].beat_ms));
+				m[i] = m[--n];
+				continue;
+			}
+		}
+		i++;
+	}
 	pthread_mutex_lock(&cl->mu);
 	free(cl->members);
 	cl->members = m;

@@ -189,12 +189,8 @@ int dp_kv_shared_member_beat(struct dp_kv_shared *t, const struct dp_kv_shared_m
 	return entry_write(t, &m);
 }
 
-int dp_kv_shared_member_leave(struct dp_kv_shared *t)
+static int entry_remove(struct dp_kv_shared *t, const char *host)
 {
-	char obj[128];
-	if (!t || member_obj(t, obj, sizeof(obj)) < 0)
-		return -EINVAL;
-	const char *host = dp_kv_shared_host_id(t);
 	const char *keys[1] = { host };
 	size_t klen[1] = { strlen(host) };
 	rados_write_op_t op = rados_create_write_op();
@@ -203,6 +199,23 @@ int dp_kv_shared_member_leave(struct dp_kv_shared *t)
 	rados_write_op_omap_rm_keys2(op, keys, klen, 1);
 	int r = rados_write_op_operate(op, dp_kv_shared_rados_ioctx(t), MEMBERS_OBJ, NULL, 0);
 	rados_release_write_op(op);
+	return r == -ENOENT ? 0 : r;
+}
+
+int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host)
+{
+	if (!t || !host || !host[0] || strlen(host) > DP_KV_SHARED_HOST_ID_MAX)
+		return -EINVAL;
+	return entry_remove(t, host);
+}
+
+int dp_kv_shared_member_leave(struct dp_kv_shared *t)
+{
+	char obj[128];
+	if (!t || member_obj(t, obj, sizeof(obj)) < 0)
+		return -EINVAL;
+	const char *host = dp_kv_shared_host_id(t);
+	int r = entry_remove(t, host);
 	int u = rados_unlock(dp_kv_shared_rados_ioctx(t), obj, MEMBER_LOCK, host);
 	return r < 0 ? r : u == -ENOENT ? 0 : u;
 }

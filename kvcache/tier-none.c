@@ -167,3 +167,10 @@ int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **re
 	(void)ret_n;
 	return -EOPNOTSUPP;
 }
+
+int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host)
+{
+	(void)t;
+	(void)host;
+	return -EOPNOTSUPP;
+}

@@ -171,7 +171,8 @@ int dp_kv_shared_manifest_get(struct dp_kv_shared *t, const char *session, void 
  * omap of object dp.members (one read lists everyone). beat renews both;
  * a reader judges an entry live when its beat is younger than its ttl
  * (wall clocks: hosts are assumed NTP-synced well within a ttl). Entries of
- * dead members stay until that host id joins again or leave() removes them.
+ * dead members stay until that host id joins again, or until another member
+ * forgets them (daemon/cluster.c: once dead for 10 ttls, a minute at least).
  * Synchronous (one or two round trips each, bounded by the op timeout).
  */
 #define DP_KV_SHARED_ADDR_MAX 128
@@ -193,6 +194,9 @@ int dp_kv_shared_member_join(struct dp_kv_shared *t, const struct dp_kv_shared_m
 int dp_kv_shared_member_beat(struct dp_kv_shared *t, const struct dp_kv_shared_member *self);
 /* Leave: drop the entry and the lock. */
 int dp_kv_shared_member_leave(struct dp_kv_shared *t);
+/* Remove another member's entry (one long dead: its host id rejoins by
+ * writing it again). 0 also when there was none. */
+int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host);
 /* Every entry, live or not: *ret (malloc'd, the caller frees), *ret_n.
  * Entries that do not parse are skipped. */
 int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **ret, size_t *ret_n);

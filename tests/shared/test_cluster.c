@@ -176,6 +176,53 @@ Test(cluster, a_killed_member_drops_out_once_its_heartbeat_expires_and_a_stopped
 	stop_all(d, 3);
 }
 
+/* An entry of a member dead for long (its beat at the epoch) is removed by
+ * a live member; one that is merely not live stays (shown as such). */
+Test(cluster, a_long_dead_members_entry_is_forgotten_and_a_recently_dead_one_kept)
+{
+	char old_host[64], recent_host[64], file[128], cmd[1024];
+	host_name(old_host, sizeof(old_host), "ancient");
+	host_name(recent_host, sizeof(recent_host), "recent");
+	snprintf(file, sizeof(file), "/tmp/dp-test-member-%s", tag);
+	struct {
+		const char *host;
+		unsigned long long beat;
+	} e[2] = { { old_host, 1000 }, { recent_host, 0 } };
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	e[1].beat = (unsigned long long)ts.tv_sec * 1000 - 5000; /* 5 s ago: not live, not long dead */
+	for (int i = 0; i < 2; i++) {
+		FILE *f = fopen(file, "w");
+		cr_assert_not_null(f);
+		fprintf(f, "dpm1 %llu %llu 1000\n/nowhere/sock\n\n", e[i].beat, e[i].beat);
+		fclose(f);
+		snprintf(cmd, sizeof(cmd), "rados -c '%s' -p '%s' setomapval dp.members '%s' --input-file '%s'",
+			 getenv("DP_CEPH_CONF"), getenv("DP_CEPH_POOL"), e[i].host, file);
+		cr_assert_eq(system(cmd), 0, "%s", cmd);
+	}
+	unlink(file);
+	struct daemon_proc a;
+	char ha[64];
+	start_host(&a, ha, sizeof(ha), "a", "1500", NULL);
+	int fd = client_connect(&a);
+	bool gone = false, kept = false;
+	for (int i = 0; i < 20 && !gone; i++) {
+		usleep(200 * 1000);
+		Dualpath__V1__Response *r = cluster_req(fd, 10 + (uint64_t)i, NULL, 0);
+		const Dualpath__V1__ClusterMember *m = member(r->cluster, recent_host);
+		gone = !member(r->cluster, old_host);
+		kept = m && !m->live && !strcmp(m->socket, "/nowhere/sock");
+		dp_proto_response_free(r);
+	}
+	close(fd);
+	cr_assert(gone, "%s, dead since 1970, forgotten", old_host);
+	cr_assert(kept, "%s, dead 5 s, listed as not live", recent_host);
+	snprintf(cmd, sizeof(cmd), "rados -c '%s' -p '%s' rmomapkey dp.members '%s'",
+		 getenv("DP_CEPH_CONF"), getenv("DP_CEPH_POOL"), recent_host);
+	(void)!system(cmd);
+	stop_all(&a, 1);
+}
+
 Test(cluster, a_second_daemon_with_a_live_host_id_is_refused_naming_it_and_its_address)
 {
 	struct daemon_proc a;
