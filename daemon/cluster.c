@@ -355,6 +355,17 @@ static void renew(struct dp_cluster *cl)
 	pthread_mutex_unlock(&cl->mu);
 	for (size_t i = 0; i < n; i++) {
 		pthread_mutex_lock(&srv->tier_lock);
+		if (w[i].act == ACT_RELEASE) {
+			/* compute may have taken it again meanwhile (a claim that
+			 * found it releasing goes to the tier, under tier_lock):
+			 * then it is in use, renew it instead. Lock order: tier_lock,
+			 * then mu; nothing takes them the other way round. */
+			pthread_mutex_lock(&cl->mu);
+			struct held *h = held_find(cl, w[i].id);
+			if (!h || !h->releasing)
+				w[i].act = ACT_RENEW;
+			pthread_mutex_unlock(&cl->mu);
+		}
 		int ret = w[i].act == ACT_RELEASE ? dp_kv_shared_lease_release(srv->tier, w[i].id)
 						  : dp_kv_shared_lease_renew(srv->tier, w[i].id);
 		pthread_mutex_unlock(&srv->tier_lock);
