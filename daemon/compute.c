@@ -90,7 +90,6 @@ struct compute {
 	bool draining, shutdown;
 	uint64_t drain_deadline;
 	uint32_t commits_since_compact;
-	uint64_t leases_renewed_ns; /* shared tier: when the active sessions' leases were renewed */
 	struct dp_compute_stats st;
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
@@ -1030,19 +1029,26 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 
 /* One forward step: form the batch, run it, emit what it produced. */
 /* Shared tier: a turn longer than lease_ms keeps its session (another host
- * would otherwise take it over and this turn would be fenced at its end):
- * renew the active sessions' leases every third of a lease. A lease found
- * lost is left to the fence (the turn ends in an error at its commit). */
+ * would otherwise take it over and this turn would be fenced at its end).
+ * The cluster thread renews the leases (daemon/cluster.h); compute only
+ * says, after each step, which sessions are still running — no round trip
+ * here. A lease found lost is left to the fence (the turn ends in an error
+ * at its commit). */
 static void renew_leases(struct compute *c)
 {
 	struct dp_server *srv = c->srv;
-	uint64_t now = dp_clock_ns(), every = (uint64_t)srv->cfg.lease_ms * 1000000ull / 3;
-	if (!srv->tier || now - c->leases_renewed_ns < every)
+	if (!srv->tier)
 		return;
-	c->leases_renewed_ns = now;
+	const char *stack[64], **ids = stack;
+	if (c->n_active > DP_ARRAY_SIZE(stack) && !(ids = malloc(c->n_active * sizeof(*ids))))
+		return; /* without memory: as though idle (released after lease_idle_ms) */
+	size_t n = 0;
 	for (struct req *r = c->active; r; r = r->next)
-		if (r->sess && !dp_kv_session_is_unit(r->sess))
-			dp_shared_renew(srv, dp_kv_session_id(r->sess));
+		if (r->sess && !r->done && !dp_kv_session_is_unit(r->sess))
+			ids[n++] = dp_kv_session_id(r->sess);
+	dp_shared_renew(srv, ids, n);
+	if (ids != stack)
+		free(ids);
 }
 
 static int step(struct compute *c)

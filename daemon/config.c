@@ -232,6 +232,11 @@ static const struct opt opts[] = {
 	O("kvcache", host_id, OPT_STR, "this host in session leases (empty: the hostname)"),
 	ON("kvcache", lease_ms, OPT_U32, 1000, 600000,
 	   "session lease on the shared tier; renewed at a third of it"),
+	ON("kvcache", lease_idle_ms, OPT_U32, 0, 86400000,
+	   "let a session's lease go after it idles this long (0: keep it while up)"),
+	OK("kvcache", "advertise", advertise, OPT_STR,
+	   .help = "the HTTP address routers reach this host at, as the shared tier's member "
+		   "list shows it (empty: the http listen address)"),
 	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
@@ -329,6 +334,7 @@ void dp_config_defaults(struct dp_config *c)
 	c->csa_entries = DP_V4_CSA_DEVICE;
 	c->shared_tier = DP_KV_SHARED_NONE;
 	c->lease_ms = 10000;
+	c->lease_idle_ms = 60000;
 	c->numerics = DP_V4_NUMERICS_AUTO;
 	c->queue_depth = 64;
 	c->pin_threads = true;
@@ -833,6 +839,12 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, FILE *out, char *
 		    h - c->host_id >= DP_KV_SHARED_HOST_ID_MAX) {
 			snprintf(err, err_len, "host_id \"%s\" must be 1..%d characters of "
 					       "[A-Za-z0-9._-]", c->host_id, DP_KV_SHARED_HOST_ID_MAX);
+			return -EINVAL;
+		}
+	for (const char *a = c->advertise; *a; a++)
+		if ((unsigned char)*a <= ' ' || *a == 0x7f || a - c->advertise >= DP_KV_SHARED_ADDR_MAX - 1) {
+			snprintf(err, err_len, "advertise \"%.160s\": at most %d printable characters "
+					       "without spaces", c->advertise, DP_KV_SHARED_ADDR_MAX - 1);
 			return -EINVAL;
 		}
 	if (print) {

@@ -94,6 +94,8 @@ struct dp_config {
 	char rados_client[DP_CONFIG_STR_MAX]; /* without "client."; "" = admin */
 	char host_id[DP_CONFIG_STR_MAX];      /* this host in leases; "" = the hostname */
 	uint32_t lease_ms;		      /* session lease on the shared tier */
+	uint32_t lease_idle_ms;		      /* release an idle session's lease (0: never) */
+	char advertise[DP_CONFIG_STR_MAX];    /* HTTP address in the member list ("" http_listen) */
 	/* [io] */
 	uint32_t queue_depth;
 	bool sqpoll;

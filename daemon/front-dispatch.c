@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/cluster.h"
 #include "daemon/front-internal.h"
 #include "daemon/log.h"
 #include "model/conv.h"
@@ -368,6 +369,9 @@ void front_on_request(struct front *f, uint32_t slot, const uint8_t *body, size_
 			forward(f, slot, m);
 		}
 		break;
+	case DUALPATH__V1__REQUEST__BODY_CLUSTER:
+		front_on_cluster(f, slot, req);
+		break;
 	case DUALPATH__V1__REQUEST__BODY_TRACE:
 		if ((m = new_msg(f, slot, DP_MSG_TRACE, req->request_id))) {
 			m->trace_max_events = req->trace->max_events;
@@ -415,6 +419,7 @@ static void send_sessions(struct front *f, uint32_t slot, uint64_t id, const str
 		rows[i].busy = l->rows[i].busy;
 		rows[i].owner_uid = l->rows[i].owner;
 		rows[i].lost = l->rows[i].lost;
+		rows[i].host = dp_cluster_holds(f->srv->cluster, l->rows[i].id) ? f->srv->host_id : "";
 		ptrs[i] = &rows[i];
 	}
 	Dualpath__V1__SessionList sl = DUALPATH__V1__SESSION_LIST__INIT;

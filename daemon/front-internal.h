@@ -95,5 +95,7 @@ void front_on_request(struct front *f, uint32_t slot, const uint8_t *body, size_
 void front_drain_events(struct front *f);
 /* front-metrics.c */
 void front_send_stats(struct front *f, uint32_t slot, uint64_t id, const struct dp_compute_stats *s);
+/* front-cluster.c: ClusterRequest, answered on the front thread */
+void front_on_cluster(struct front *f, uint32_t slot, const Dualpath__V1__Request *req);
 
 #endif /* DP_DAEMON_FRONT_INTERNAL_H */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/cluster.h"
 #include "daemon/front-internal.h"
 #include "daemon/shared-health.h"
 #include "daemon/log.h"
@@ -79,6 +80,20 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 		  sh->segments_deleted);
 		C("dualpath_shared_segments_collected_total", "segments a crash left, deleted at takeover",
 		  sh->segments_collected);
+	}
+	if (srv->cluster) { /* daemon/cluster.h */
+		struct dp_cluster_stats cs;
+		dp_cluster_stats(srv->cluster, &cs);
+		G("dualpath_cluster_members_live", "members of the shared tier with a live heartbeat",
+		  cs.members_live);
+		G("dualpath_shared_leases_held", "sessions whose leases this host holds", cs.leases_held);
+		C("dualpath_shared_leases_lost_total", "leases found taken by another host at renewal",
+		  cs.leases_lost);
+		C("dualpath_shared_leases_released_total", "leases of idle sessions let go",
+		  cs.leases_released);
+		C("dualpath_shared_lease_renewals_total", "lease renewals (cluster thread)", cs.renewals);
+		C("dualpath_cluster_heartbeat_errors_total", "membership heartbeats that failed",
+		  cs.beat_errors);
 	}
 	if (f) { /* the socket front's own counters (its thread only) */
 		G("dualpath_connections", "open client connections", f->n_open);

@@ -25,6 +25,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "daemon/cluster.h"
 #include "daemon/experts.h"
 #include "daemon/http.h"
 #include "daemon/log.h"
@@ -451,6 +452,15 @@ static int run(struct dp_server *srv)
 	if ((ret = open_state(srv, err, sizeof(err))) < 0)
 		goto fail;
 	open_shared(srv);
+	/* membership: a second daemon with this host id must not start */
+	if (srv->tier && (ret = dp_cluster_start(srv, err, sizeof(err))) < 0) {
+		if (ret == -EBUSY)
+			goto fail;
+		log_warning("shared tier down (%s); serving from local tiers", err);
+		err[0] = 0;
+		dp_kv_shared_close(srv->tier);
+		srv->tier = NULL;
+	}
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
@@ -636,9 +646,12 @@ int main(int argc, char **argv)
 			unlink(srv->cfg.socket);
 	}
 	dp_kv_close(srv->kv);
+	dp_cluster_stop(srv->cluster); /* leaves the membership; after compute stopped */
 	dp_shared_fini(srv);
 	dp_shared_health_stop(srv);
 	dp_kv_shared_close(srv->tier);
+	if (srv->shared_configured)
+		pthread_mutex_destroy(&srv->tier_lock);
 	if (srv->model)
 		dp_v4_model_set_engram(srv->model, NULL);
 	dp_engram_store_free(srv->engram); /* its reads waited for: before the io thread stops */

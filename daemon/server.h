@@ -217,6 +217,7 @@ enum dp_daemon_state {
 };
 
 struct dp_expert_io;
+struct dp_cluster;
 struct dp_http;
 struct dp_conv;
 struct dp_server {
@@ -232,10 +233,14 @@ struct dp_server {
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
-	pthread_mutex_t tier_lock;	    /* the tier handle is one thread's at a time (tier.h) */
 	struct dp_shared *shared;	    /* sessions' state on the tier (daemon/shared.c) */
 	struct dp_shared_health *health;    /* whether it answers now (daemon/shared-health.h) */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
+	/* The tier handle is single-threaded (kvcache/tier.h): every
+	 * dp_kv_shared_* call on srv->tier, from compute, front or the cluster
+	 * thread, is made holding tier_lock (inited by open_shared). */
+	pthread_mutex_t tier_lock;
+	struct dp_cluster *cluster; /* membership and lease renewal (daemon/cluster.h) */
 	char host_id[64];		    /* this host in leases (cfg, or the hostname) */
 	int32_t eos[DP_V4_EOS_MAX + 1];
 	uint32_t n_eos;

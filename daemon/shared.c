@@ -35,12 +35,15 @@
  * poisons that restore and the state is recomputed from the history, so
  * greedy output continues exactly as on the host that served before.
  *
- * The lease calls, the manifest and segment waits are synchronous on the
- * compute thread (one round trip per admitted request, two per finished
- * turn). The tier handle is one thread's at a time: every use here holds
- * srv->tier_lock.
+ * Leases this host holds are renewed by the cluster thread (daemon/
+ * cluster.c): a request on a session held here is admitted without a round
+ * trip. The lease take of a session not held yet and the segment and
+ * manifest waits of a finished turn are still synchronous on the compute
+ * thread. The tier handle is one thread's at a time: every use here (and in
+ * the cluster thread) holds srv->tier_lock.
  */
 #include "daemon/shared.h"
+#include "daemon/cluster.h"
 #include "daemon/shared-health.h"
 
 #include <errno.h>
@@ -217,6 +220,14 @@ static void reap(struct dp_server *srv)
 	tunlock(srv);
 }
 
+static unsigned inflight(struct dp_server *srv)
+{
+	tlock(srv);
+	unsigned n = dp_kv_shared_inflight(srv->tier);
+	tunlock(srv);
+	return n;
+}
+
 /* Wait for w[0..n) until the deadline; then, if any is still out, for every
  * operation in flight (their callbacks name w: librados's op timeout bounds
  * this). Those not done by the deadline read -ETIMEDOUT. */
@@ -239,7 +250,7 @@ static void wait_all(struct dp_server *srv, struct put_wait *w, size_t n)
 	/* A write that lands meanwhile is durable and counts as done: reporting
 	 * a manifest that is in as failed would leave its turn in the manifest
 	 * unacknowledged, and the client's retry would repeat it. */
-	while (late && dp_kv_shared_inflight(srv->tier)) {
+	while (late && inflight(srv)) {
 		struct pollfd p = { .fd = dp_kv_shared_fd(srv->tier), .events = POLLIN };
 		poll(&p, 1, 100);
 		reap(srv);
@@ -396,6 +407,7 @@ static void collect(struct dp_server *srv, const char *session, const struct man
 
 static void release(struct dp_server *srv, const char *session)
 {
+	dp_cluster_drop(srv->cluster, session); /* not renewed any more */
 	tlock(srv);
 	dp_kv_shared_lease_release(srv->tier, session);
 	tunlock(srv);
@@ -416,13 +428,18 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	int ret = dp_shared_health_check(srv, session, why, why_len);
 	if (ret < 0)
 		return ret;
+	/* held and renewed by the cluster thread: ours, no round trip */
+	if (dp_cluster_touch(srv->cluster, session) == 0 && sess_find(srv, session))
+		return 0;
 	tlock(srv);
 	ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
 	tunlock(srv);
 	dp_shared_health_note(srv, ret);
 	if (ret == -EBUSY) {
-		snprintf(why, why_len, "session %s is served by host %s (its lease is live): send "
-				       "it there", session, owner[0] ? owner : "?");
+		char where[3 * DP_KV_SHARED_ADDR_MAX];
+		dp_cluster_describe(srv->cluster, owner[0] ? owner : "?", where, sizeof(where));
+		snprintf(why, why_len, "session %s is served by host %s: its lease is live; send it "
+				       "there", session, where);
 		return -EBUSY;
 	}
 	if (ret < 0) {
@@ -430,6 +447,7 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 			 session, strerror(-ret));
 		return ret;
 	}
+	dp_cluster_hold(srv->cluster, session); /* renewed from now on by the cluster thread */
 	struct sess *e = sess_get(srv, session);
 	if (!e) {
 		release(srv, session);
@@ -544,9 +562,16 @@ int dp_shared_acquire(struct dp_server *srv, struct dp_kv_session *s, struct dp_
 	return 1;
 }
 
-int dp_shared_renew(struct dp_server *srv, const char *session)
+int dp_shared_renew(struct dp_server *srv, const char *const *sessions, size_t n)
 {
-	return srv->tier ? dp_kv_shared_lease_renew(srv->tier, session) : 0;
+	if (!srv->tier)
+		return 0;
+	/* the cluster thread renews; compute only says what is in use */
+	dp_cluster_active(srv->cluster, sessions, n);
+	int lost = 0;
+	for (size_t i = 0; i < n; i++)
+		lost += dp_cluster_touch(srv->cluster, sessions[i]) == -ENOLCK;
+	return lost;
 }
 
 /* ---- commit ------------------------------------------------------------------ */

@@ -26,8 +26,11 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
  * acquires as usual); negative errno: the acquire failed. */
 int dp_shared_acquire(struct dp_server *srv, struct dp_kv_session *s, struct dp_v4_seq **ret_seq);
 
-/* Extend this host's lease on a session it serves (-ENOLCK: lost). */
-int dp_shared_renew(struct dp_server *srv, const char *session);
+/* After each step: sessions[0..n) are the ones still running. Their leases
+ * are renewed by the cluster thread (daemon/cluster.h), never here: this
+ * makes no round trip. Returns how many of them were found lost (their
+ * turns will be refused at commit by the fenced manifest write). */
+int dp_shared_renew(struct dp_server *srv, const char *const *sessions, size_t n);
 
 /* After dp_kv_commit: write the state pages of sessions[0..n) that changed
  * since their last manifest as new segments, wait for them, then write the

@@ -137,3 +137,40 @@ void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats 
 	(void)t;
 	(void)ret;
 }
+
+int dp_kv_shared_member_join(struct dp_kv_shared *t, const struct dp_kv_shared_member *self,
+			     struct dp_kv_shared_member *ret_other)
+{
+	(void)t;
+	(void)self;
+	(void)ret_other;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_member_beat(struct dp_kv_shared *t, const struct dp_kv_shared_member *self)
+{
+	(void)t;
+	(void)self;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_member_leave(struct dp_kv_shared *t)
+{
+	(void)t;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **ret, size_t *ret_n)
+{
+	(void)t;
+	(void)ret;
+	(void)ret_n;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host)
+{
+	(void)t;
+	(void)host;
+	return -EOPNOTSUPP;
+}

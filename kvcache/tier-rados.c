@@ -10,6 +10,7 @@
  * bad magic, -EBADMSG, never data).
  */
 #include "kvcache/tier.h"
+#include "kvcache/tier-rados-internal.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -762,4 +763,9 @@ void dp_kv_shared_stats(const struct dp_kv_shared *t, struct dp_kv_shared_stats 
 {
 	if (t && ret)
 		*ret = t->st;
+}
+
+rados_ioctx_t dp_kv_shared_rados_ioctx(struct dp_kv_shared *t)
+{
+	return t->io;
 }

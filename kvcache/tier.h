@@ -164,6 +164,44 @@ int dp_kv_shared_manifest_put(struct dp_kv_shared *t, const char *session, const
 int dp_kv_shared_manifest_get(struct dp_kv_shared *t, const char *session, void **ret,
 			    size_t *ret_len);
 
+/*
+ * Membership: which hosts are on the tier, and how clients reach them.
+ * Each member holds the lock "dp.member" of object dp.m.<host> (exclusive,
+ * with a duration of ttl_ms: a second process with the same host id cannot
+ * take it while the first is alive) and keeps an entry, key <host>, in the
+ * omap of object dp.members (one read lists everyone). beat renews both;
+ * a reader judges an entry live when its beat is younger than its ttl
+ * (wall clocks: hosts are assumed NTP-synced well within a ttl). Entries of
+ * dead members stay until that host id joins again, or until another member
+ * forgets them (daemon/cluster.c: once dead for 10 ttls, a minute at least).
+ * Synchronous (one or two round trips each, bounded by the op timeout).
+ */
+#define DP_KV_SHARED_ADDR_MAX 128
+struct dp_kv_shared_member {
+	char host[DP_KV_SHARED_HOST_ID_MAX + 1];
+	char socket[DP_KV_SHARED_ADDR_MAX]; /* its Unix socket path ("" none) */
+	char http[DP_KV_SHARED_ADDR_MAX];   /* its HTTP listen address ("" none) */
+	uint64_t start_ms;		    /* CLOCK_REALTIME, ms */
+	uint64_t beat_ms;		    /* its last heartbeat, CLOCK_REALTIME ms */
+	uint32_t ttl_ms;		    /* live while now - beat_ms <= ttl_ms */
+};
+/* Join as self (its host must be this tier's host id; beat_ms is set here).
+ * -EBUSY: another live process holds the host id; *ret_other (may be NULL)
+ * is its entry (host only when it has none). */
+int dp_kv_shared_member_join(struct dp_kv_shared *t, const struct dp_kv_shared_member *self,
+			     struct dp_kv_shared_member *ret_other);
+/* Renew the membership lock and write the heartbeat. -ENOLCK: the lock was
+ * lost (this process paused past its ttl and another took the host id). */
+int dp_kv_shared_member_beat(struct dp_kv_shared *t, const struct dp_kv_shared_member *self);
+/* Leave: drop the entry and the lock. */
+int dp_kv_shared_member_leave(struct dp_kv_shared *t);
+/* Remove another member's entry (one long dead: its host id rejoins by
+ * writing it again). 0 also when there was none. */
+int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host);
+/* Every entry, live or not: *ret (malloc'd, the caller frees), *ret_n.
+ * Entries that do not parse are skipped. */
+int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **ret, size_t *ret_n);
+
 struct dp_kv_shared_stats {
 	uint64_t puts, put_bytes, gets, get_bytes, deletes, manifests;
 	uint64_t errors;	/* operations that finished with an error */

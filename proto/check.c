@@ -38,6 +38,7 @@ static const char *const rule_names[DP_PROTO_RULE_MAX] = {
     [DP_PROTO_RULE_STOP_ID] = "stop_id",
     [DP_PROTO_RULE_CANCEL_TARGET] = "cancel_target",
     [DP_PROTO_RULE_CACHE_SALT] = "cache_salt",
+    [DP_PROTO_RULE_CLUSTER_SESSIONS] = "cluster_sessions",
 };
 
 const char *dp_proto_rule_name(enum dp_proto_rule rule)
@@ -302,6 +303,19 @@ static int check_generate(struct verdict *v, const Dualpath__V1__Generate *g,
 	return 0;
 }
 
+static int check_cluster(struct verdict *v, const Dualpath__V1__ClusterRequest *c)
+{
+	if (c->n_session_ids > DP_PROTO_CLUSTER_SESSIONS_MAX)
+		return fail(v, DP_PROTO_RULE_CLUSTER_SESSIONS, "cluster.session_ids: %zu ids, at most %u",
+		            c->n_session_ids, DP_PROTO_CLUSTER_SESSIONS_MAX);
+	for (size_t i = 0; i < c->n_session_ids; i++) {
+		int ret = check_session_id(v, "cluster", c->session_ids[i], true);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 int dp_proto_request_check(const Dualpath__V1__Request *req, const struct dp_proto_limits *lim,
                            struct dp_proto_fault *ret_fault, char *msg, size_t len)
 {
@@ -350,6 +364,10 @@ int dp_proto_request_check(const Dualpath__V1__Request *req, const struct dp_pro
 	case DUALPATH__V1__REQUEST__BODY_LIST_SESSIONS:
 		if (req->list_sessions)
 			return 0;
+		break;
+	case DUALPATH__V1__REQUEST__BODY_CLUSTER:
+		if (req->cluster)
+			return check_cluster(&v, req->cluster);
 		break;
 	case DUALPATH__V1__REQUEST__BODY_DRAIN:
 		if (req->drain)

@@ -248,6 +248,8 @@ bool dp_proto_request_admin(const Dualpath__V1__Request *req);
  * another byte, "." or "..") or -ENAMETOOLONG.
  */
 #define DP_PROTO_SESSION_ID_MAX 128u
+/* Session ids one ClusterRequest may ask about. */
+#define DP_PROTO_CLUSTER_SESSIONS_MAX 64u
 int dp_proto_session_id_check(const char *id);
 
 /* Hello.client_name: at most this many bytes, no control characters. */
@@ -292,6 +294,7 @@ enum dp_proto_rule {
 	DP_PROTO_RULE_STOP_ID,            /* a stop id >= vocab_size */
 	DP_PROTO_RULE_CANCEL_TARGET,      /* Cancel.target_request_id is 0 */
 	DP_PROTO_RULE_CACHE_SALT,         /* Generate.cache_salt over 256 bytes */
+	DP_PROTO_RULE_CLUSTER_SESSIONS,   /* ClusterRequest: more than DP_PROTO_CLUSTER_SESSIONS_MAX ids */
 	DP_PROTO_RULE_MAX,
 };
 

@@ -165,13 +165,16 @@ static const char sessions_usage[] =
     "List the daemon's sessions: id, context tokens, the tier holding the\n"
     "state (device, dram, nvme, none), its size, idle time, and whether a\n"
     "request is running on it, and the uid it belongs to (others see only\n"
-    "their own sessions; root and the admin group see all).\n"
+    "their own sessions; root and the admin group see all). With a shared\n"
+    "tier, a HOST column names this daemon's host id for the sessions whose\n"
+    "leases it holds ('-': it holds none now; v4ctl cluster --session ID\n"
+    "says who does).\n"
     "\n"
     "Options:\n"
     "  --units         list the prefix units instead (root and the admin group only):\n"
     "                  the states kept for prompts that start with their tokens\n"
     "  --json          "
-    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\",\"lost\"}]}\n"
+    "{\"sessions\":[{\"id\",\"tokens\",\"tier\",\"bytes\",\"idle_ms\",\"busy\",\"owner\",\"lost\",\"host\"}]}\n"
     "                  (owner: a uid, or null for a session from before owners;\n"
     "                  lost: its history was lost to journal damage, shown as tier lost)\n"
     "  --socket PATH, --timeout MS   as for every command\n";
@@ -203,12 +206,12 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		for (size_t i = 0; i < l->n_sessions; i++) {
 			const Dualpath__V1__SessionInfo *s = l->sessions[i];
 			json_array_append_new(
-			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:o, s:b}", "id", s->session_id,
+			    arr, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:o, s:b, s:s}", "id", s->session_id,
 			                   "tokens", (json_int_t)s->tokens, "tier",
 			                   s->tier ? s->tier : "", "bytes", (json_int_t)s->bytes,
 			                   "idle_ms", (json_int_t)s->idle_ms, "busy", s->busy, "owner",
 			                   s->owner_uid < 0 ? json_null() : json_integer(s->owner_uid),
-			                   "lost", s->lost));
+			                   "lost", s->lost, "host", s->host ? s->host : ""));
 		}
 		json_t *o = json_pack("{s:o}", "sessions", arr);
 		json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -218,20 +221,25 @@ int dp_v4ctl_sessions(struct dp_v4ctl *ctl, int argc, char **argv)
 		printf(a.units ? "no prefix units\n" : "no sessions\n");
 	} else {
 		int wid = 2;
-		for (size_t i = 0; i < l->n_sessions; i++)
+		bool hosts = false; /* a shared tier: the HOST column */
+		for (size_t i = 0; i < l->n_sessions; i++) {
 			if ((int)strlen(l->sessions[i]->session_id) > wid)
 				wid = (int)strlen(l->sessions[i]->session_id);
-		printf("%-*s  %10s  %-6s  %10s  %8s  %-4s  %s\n", wid, "ID", "TOKENS", "TIER", "STATE",
-		       "IDLE", "BUSY", "OWNER");
+			hosts |= l->sessions[i]->host && l->sessions[i]->host[0];
+		}
+		int ow = hosts ? 5 : 0; /* the OWNER column padded only when HOST follows */
+		printf("%-*s  %10s  %-6s  %10s  %8s  %-4s  %-*s%s\n", wid, "ID", "TOKENS", "TIER",
+		       "STATE", "IDLE", "BUSY", ow, "OWNER", hosts ? "  HOST" : "");
 		for (size_t i = 0; i < l->n_sessions; i++) {
 			const Dualpath__V1__SessionInfo *s = l->sessions[i];
 			char b[32], t[32], o[24] = "-";
 			if (s->owner_uid >= 0)
 				snprintf(o, sizeof(o), "%" PRId64, s->owner_uid);
-			printf("%-*s  %10" PRIu64 "  %-6s  %10s  %8s  %-4s  %s\n", wid, s->session_id,
+			printf("%-*s  %10" PRIu64 "  %-6s  %10s  %8s  %-4s  %-*s%s%s\n", wid, s->session_id,
 			       s->tokens, s->lost ? "lost" : s->tier ? s->tier : "?",
 			       dp_v4ctl_fmt_bytes(s->bytes, b, sizeof(b)),
-			       dp_v4ctl_fmt_ms(s->idle_ms, t, sizeof(t)), s->busy ? "yes" : "no", o);
+			       dp_v4ctl_fmt_ms(s->idle_ms, t, sizeof(t)), s->busy ? "yes" : "no", ow, o,
+			       hosts ? "  " : "", hosts ? (s->host && s->host[0] ? s->host : "-") : "");
 		}
 	}
 	dp_proto_response_free(r);

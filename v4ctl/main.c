@@ -26,7 +26,12 @@
  *		Prometheus text exposition format (for a textfile collector
  *		or a scrape shim).
  *	sessions [--json]
- *		Sessions: id, context tokens, tier, state size, idle time.
+ *		Sessions: id, context tokens, tier, state size, idle time,
+ *		owner uid; with a shared tier, the host holding each one's lease.
+ *	cluster [--session ID]... [--json]
+ *		The hosts on the shared tier: host id, address, heartbeat age,
+ *		live or not; the leases this daemon holds (admin); per --session,
+ *		its owner (admin) and its rendezvous host.
  *	health [--json]
  *		One line; exit 0 when SERVING, 5 otherwise (for scripts and
  *		probes).
@@ -89,6 +94,8 @@ static const char usage[] =
     "  close ID [--drop]               end a session: persist it (default) or delete it\n"
     "  shutdown                        drain, persist sessions, exit (admin)\n"
     "  trace --out FILE [--max N]      Chrome/Perfetto trace of recent steps (admin)\n"
+    "  cluster [--session ID]... [--json]  shared-tier members, leases held, where\n"
+    "                                  sessions are (owner, rendezvous host)\n"
     "\n"
     "Global options (before or after the command):\n"
     "  --socket PATH   daemon socket (default $" DP_CLIENT_SOCKET_ENV ", else\n"
@@ -118,7 +125,7 @@ static const struct {
     {"sessions", dp_v4ctl_sessions}, {"health", dp_v4ctl_health},
     {"drain", dp_v4ctl_drain},       {"evict", dp_v4ctl_evict},
     {"close", dp_v4ctl_close},       {"shutdown", dp_v4ctl_shutdown},
-    {"trace", dp_v4ctl_trace},
+    {"trace", dp_v4ctl_trace},       {"cluster", dp_v4ctl_cluster},
 };
 
 int main(int argc, char **argv)

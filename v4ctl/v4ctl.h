@@ -96,6 +96,7 @@ int dp_v4ctl_evict(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_close(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_shutdown(struct dp_v4ctl *ctl, int argc, char **argv);
 int dp_v4ctl_trace(struct dp_v4ctl *ctl, int argc, char **argv);
+int dp_v4ctl_cluster(struct dp_v4ctl *ctl, int argc, char **argv);
 
 /* Human formats: "1.5 MiB", "3m12s" (into buf, returns buf). */
 const char *dp_v4ctl_fmt_bytes(uint64_t bytes, char *buf, size_t len);

@@ -124,6 +124,7 @@ static const struct range_case {
     {"--compact-every", "compact_every", NULL, "16777217", "between 0 and 16777216"},
     {"--max-units", "max_units", "0", "1048577", "between 1 and 1048576"},
     {"--lease-ms", "lease_ms", "999", "600001", "between 1000 and 600000"},
+    {"--lease-idle-ms", "lease_idle_ms", NULL, "86400001", "between 0 and 86400000"},
     {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
     {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},
     {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},

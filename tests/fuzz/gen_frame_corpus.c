@@ -250,6 +250,39 @@ int main(int argc, char **argv)
 	}
 	bad |= write_seed(dir, "responses", 0xff, 0x00, fb.data, fb.len);
 
+	/* the shared tier's Cluster request and reply */
+	fb.len = 0;
+	char *cids[] = {"agent-1", "agent-2"};
+	Dualpath__V1__ClusterRequest creq = DUALPATH__V1__CLUSTER_REQUEST__INIT;
+	creq.n_session_ids = 2;
+	creq.session_ids = cids;
+	r = req(30, DUALPATH__V1__REQUEST__BODY_CLUSTER, &creq);
+	add(&fb, &r.base);
+	Dualpath__V1__ClusterMember cm = DUALPATH__V1__CLUSTER_MEMBER__INIT, *cms[] = {&cm};
+	cm.host_id = "host-a";
+	cm.socket = "/run/dualpath/dualpathd.sock";
+	cm.http = "127.0.0.1:8080";
+	cm.heartbeat_age_ms = 1200;
+	cm.live = true;
+	cm.ttl_ms = 10000;
+	Dualpath__V1__SessionPlacement sp = DUALPATH__V1__SESSION_PLACEMENT__INIT, *sps[] = {&sp};
+	sp.session_id = "agent-1";
+	sp.owner = "host-a";
+	sp.rendezvous = "host-a";
+	char *leases[] = {"agent-1"};
+	Dualpath__V1__ClusterReply crep = DUALPATH__V1__CLUSTER_REPLY__INIT;
+	crep.host_id = "host-a";
+	crep.shared_tier_up = true;
+	crep.n_members = 1;
+	crep.members = cms;
+	crep.n_leases = 1;
+	crep.leases = leases;
+	crep.n_sessions = 1;
+	crep.sessions = sps;
+	Dualpath__V1__Response crs = resp(30, DUALPATH__V1__RESPONSE__BODY_CLUSTER, &crep);
+	add(&fb, &crs.base);
+	bad |= write_seed(dir, "cluster", 0xff, 0x00, fb.data, fb.len);
+
 	/* limits: a 129-byte session id, a long client name, a stop id past
 	 * the vocabulary (the seed's flags set vocab_size 1000) */
 	fb.len = 0;

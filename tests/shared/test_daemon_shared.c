@@ -14,6 +14,17 @@
 #include "dpclient.h"
 #include "kvcache/tier.h"
 
+/* Host ids are per test process: the tests run in parallel, and a host id
+ * is one live daemon's at a time (the membership refuses a second). */
+static const char *host_of(const char *host)
+{
+	static char ids[4][64];
+	static int next;
+	char *b = ids[next++ % 4];
+	snprintf(b, 64, "%s-%d", host, (int)getpid());
+	return b;
+}
+
 static const uint32_t prompt[] = { 5, 17, 99, 3, 41, 8, 23 };
 
 /* A turn is generated (the daemon serves) and the shared tier gauge reads up. */
@@ -57,7 +68,8 @@ Test(shared_daemon, a_reachable_cluster_reports_the_shared_tier_up)
 	struct daemon_proc d;
 	daemon_start(&d, (const char *const[]){ "--shared-tier", "rados", "--rados-conf",
 						getenv("DP_CEPH_CONF"), "--rados-pool",
-						getenv("DP_CEPH_POOL"), "--host-id", "host-a", NULL });
+						getenv("DP_CEPH_POOL"), "--host-id", host_of("host-a"),
+						NULL });
 	expect_serving(&d, 1);
 	cr_expect_eq(daemon_stop(&d), 0);
 	daemon_cleanup(&d);
@@ -83,7 +95,7 @@ static char sid[64]; /* unique per run: the pool outlives the test */
 static void shared_flags(const char **argv, const char *host)
 {
 	const char *const f[] = { "--shared-tier", "rados", "--rados-conf", getenv("DP_CEPH_CONF"),
-				  "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host,
+				  "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host_of(host),
 				  "--lease-ms", "3000", NULL };
 	for (int i = 0; i < 11; i++)
 		argv[i] = f[i];
@@ -267,6 +279,15 @@ Test(shared_daemon, a_host_paused_past_its_lease_mid_turn_is_fenced_when_it_resu
 	cr_assert_eq(refusal(&a, sid, msg, sizeof(msg), 9), DUALPATH__V1__CODE__FAILED_PRECONDITION);
 	cr_assert(strstr(msg, "host-b"), "%s", msg);
 	close(fb_fd); /* cancels B's turn */
+	/* A's cluster thread found the lease taken at its first renewal after
+	 * the pause, and counted it */
+	int mfd = client_connect(&a);
+	double lost = 0;
+	for (int i = 0; i < 30 && (lost = metric(mfd, 10 + (uint64_t)i,
+						  "dualpath_shared_leases_lost_total")) < 1; i++)
+		usleep(100 * 1000);
+	close(mfd);
+	cr_assert_eq(lost, 1, "the lost lease is counted once");
 	cr_assert_eq(daemon_stop(&a), 0);
 	cr_assert_eq(daemon_stop(&b), 0);
 	daemon_cleanup(&a);
