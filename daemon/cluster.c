@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
@@ -31,6 +32,7 @@ struct held {
 	char id[DP_CLUSTER_ID_MAX];
 	uint64_t touch_ns; /* compute last named it (hold, touch, active) */
 	uint64_t gen;	   /* the active set it was last in */
+	uint64_t fresh_ns; /* its lease was last taken or renewed (the call began) */
 	bool lost;	   /* a renewal found it taken by another host */
 	bool releasing;	   /* the thread is letting it go: compute must take it anew */
 };
@@ -134,6 +136,7 @@ void dp_cluster_hold(struct dp_cluster *cl, const char *session)
 	}
 	if (h) { /* without memory the lease is not renewed here: its turn may be fenced */
 		h->touch_ns = dp_clock_ns();
+		h->fresh_ns = h->touch_ns;
 		h->gen = cl->gen;
 		h->lost = false;
 		h->releasing = false;
@@ -159,6 +162,10 @@ int dp_cluster_touch(struct dp_cluster *cl, const char *session)
 	pthread_mutex_lock(&cl->mu);
 	struct held *h = held_find(cl, session);
 	int ret = !h ? -ENOENT : h->lost || h->releasing ? -ENOLCK : 0;
+	/* Known held only while a renewal is recent: a host paused past its
+	 * lease (SIGSTOP, a stall) must ask the tier before it serves. */
+	if (ret == 0 && dp_clock_ns() - h->fresh_ns > cl->period_ns * 2)
+		ret = -ESTALE;
 	if (ret == 0) {
 		h->touch_ns = dp_clock_ns();
 		h->gen = cl->gen;
@@ -377,6 +384,7 @@ static void renew(struct dp_cluster *cl)
 				w[i].act = ACT_RENEW;
 			pthread_mutex_unlock(&cl->mu);
 		}
+		uint64_t began = dp_clock_ns();
 		int ret = w[i].act == ACT_RELEASE ? dp_kv_shared_lease_release(srv->tier, w[i].id)
 						  : dp_kv_shared_lease_renew(srv->tier, w[i].id);
 		pthread_mutex_unlock(&srv->tier_lock);
@@ -388,6 +396,8 @@ static void renew(struct dp_cluster *cl)
 				held_remove(cl, h);
 		} else {
 			cl->st.renewals++;
+			if (ret == 0 && h && began > h->fresh_ns)
+				h->fresh_ns = began;
 			if (ret == -ENOLCK && h) {
 				h->lost = true;
 				cl->st.leases_lost++;
@@ -462,9 +472,27 @@ int dp_cluster_start(struct dp_server *srv, char *err, size_t err_len)
 	pthread_condattr_destroy(&ca);
 
 	struct dp_kv_shared_member other = { 0 };
-	pthread_mutex_lock(&srv->tier_lock);
-	int ret = dp_kv_shared_member_join(srv->tier, me, &other);
-	pthread_mutex_unlock(&srv->tier_lock);
+	/* A holder of our host id that is dead (this host restarted after a
+	 * crash) frees it within a ttl; a live one keeps beating: wait out one
+	 * ttl before refusing. */
+	uint64_t give_up = 0;
+	int ret;
+	for (;;) {
+		pthread_mutex_lock(&srv->tier_lock);
+		ret = dp_kv_shared_member_join(srv->tier, me, &other);
+		pthread_mutex_unlock(&srv->tier_lock);
+		if (ret != -EBUSY || (give_up && dp_clock_ns() > give_up))
+			break;
+		if (!give_up) { /* the holder's ttl (its lease_ms), a minute at most */
+			uint32_t ttl = other.ttl_ms ? other.ttl_ms : lease_ms;
+			ttl = ttl > 60000 ? 60000 : ttl;
+			give_up = dp_clock_ns() + ((uint64_t)ttl + 1000) * 1000000ull;
+			log_notice("cluster: host id %s is held on the shared tier (heartbeat %llu ms "
+				   "ago); waiting up to %u ms in case its holder is dead", me->host,
+				   (unsigned long long)(dp_cluster_now_ms() - other.beat_ms), ttl + 1000);
+		}
+		usleep(250 * 1000);
+	}
 	if (ret == -EBUSY) {
 		char who[512];
 		if (other.socket[0] || other.http[0])

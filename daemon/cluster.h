@@ -64,7 +64,9 @@ void dp_cluster_hold(struct dp_cluster *cl, const char *session);
 void dp_cluster_drop(struct dp_cluster *cl, const char *session);
 /* compute: 0 when this host holds session's lease and the cluster thread
  * renews it (the session is marked in use), -ENOLCK when it was lost or is
- * being released, -ENOENT when not held here. No round trip. */
+ * being released, -ESTALE when its last renewal is older than two renewal
+ * periods (this host was paused or the tier slow: ask the tier), -ENOENT
+ * when not held here. No round trip. */
 int dp_cluster_touch(struct dp_cluster *cl, const char *session);
 /* compute, after each step: the sessions of the requests still running.
  * Leases of sessions absent from it for lease_idle_ms are released. */

@@ -99,6 +99,7 @@ struct sess {
 	struct mseg *segs;
 	uint32_t n_segs;
 	bool restore; /* taken over with a state: dp_shared_acquire restores it */
+	bool stale;   /* a turn's manifest failed: the local copy may hold it; resync */
 };
 
 struct dp_shared {
@@ -429,7 +430,8 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	if (ret < 0)
 		return ret;
 	/* held and renewed by the cluster thread: ours, no round trip */
-	if (dp_cluster_touch(srv->cluster, session) == 0 && sess_find(srv, session))
+	struct sess *held = sess_find(srv, session);
+	if (held && !held->stale && dp_cluster_touch(srv->cluster, session) == 0)
 		return 0;
 	tlock(srv);
 	ret = dp_kv_shared_lease_take(t, session, &epoch, owner, sizeof(owner));
@@ -454,20 +456,37 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 		snprintf(why, why_len, "session %s: out of memory", session);
 		return -ENOMEM;
 	}
-	if (ret == 0 && e->epoch == epoch)
+	if (ret == 0 && e->epoch == epoch && !e->stale)
 		return 0; /* ours already: our copy is the newest */
-	/* Newly ours: our segments are named under the new epoch from 0, and
-	 * the manifest is the truth, if there is one. */
-	e->epoch = epoch;
-	e->next_seg = 0;
+	/* Newly ours (or ours with a copy that may hold a turn its manifest
+	 * missed): the manifest is the truth, if there is one. Segments are
+	 * named under the epoch from 0; under the same epoch the counter goes
+	 * on (the names the manifest uses are never written again). */
+	bool stale = e->stale;
+	e->stale = false;
+	if (e->epoch != epoch) {
+		e->epoch = epoch;
+		e->next_seg = 0;
+	}
 	sess_clear(e);
 	void *buf = NULL;
 	size_t len = 0;
 	tlock(srv);
 	ret = dp_kv_shared_manifest_get(t, session, &buf, &len);
 	tunlock(srv);
-	if (ret == -ENOENT)
+	if (ret == -ENOENT) {
+		/* no turn of it was ever made durable: a copy left by a failed
+		 * one is not the session's */
+		struct dp_kv_session *s = NULL;
+		if (stale && dp_kv_session_find(srv->kv, session, &s) == 0 &&
+		    (ret = dp_kv_session_drop(srv->kv, s)) < 0) {
+			release(srv, session);
+			snprintf(why, why_len, "session %s: cannot drop its unacknowledged copy: %s",
+				 session, strerror(-ret));
+			return ret;
+		}
 		return 0;
+	}
 	struct manifest m;
 	char bad[256] = "";
 	if (ret == 0)
@@ -483,6 +502,8 @@ int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_
 	collect(srv, session, &m);
 	if ((ret = sess_load(e, &m)) < 0)
 		goto fail;
+	if (m.st.epoch == epoch && e->next_seg < m.st.next_seg)
+		e->next_seg = m.st.next_seg;
 	srv->shared->st.takeovers++;
 	uint64_t n_tok = m.h.n_tokens;
 	struct dp_kv_session *s = NULL;
@@ -837,11 +858,14 @@ int dp_shared_commit(struct dp_server *srv, struct dp_kv_session *const *session
 				delete_later(srv, id, &q->segs[k]);
 			if (q->man.res == -ECANCELED || q->man.res == -ENOLCK)
 				sess_forget(srv, id);
-			else /* in this host's journal, perhaps not in the manifest: let
-			      * the lease go, so the next claim takes the session anew and
-			      * replaces this copy by the manifest's history (a retried
-			      * turn then follows the acknowledged ones, not this one) */
+			else { /* in this host's journal, perhaps not in the manifest:
+				* the next claim reads the manifest and replaces this
+				* copy by its history (a retried turn then follows the
+				* acknowledged ones, not this one); the lease goes too */
+				if (q->e)
+					q->e->stale = true;
 				release(srv, id);
+			}
 		} else if (q->e) {
 			for (uint32_t k = 0; k < q->n_garbage; k++)
 				delete_later(srv, id, &q->garbage[k]);

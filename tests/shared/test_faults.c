@@ -167,8 +167,25 @@ Test(shared_faults, an_osd_killed_while_turns_commit_loses_no_acknowledged_turn)
  * from where it stood. Nothing waits longer than a bounded op timeout. */
 Test(shared_faults, a_cluster_that_stops_answering_is_reported_down_and_the_daemon_recovers)
 {
-	uint32_t ref[2][GEN], plain[GEN];
+	uint32_t ref[2][GEN], plain[GEN], again[3][GEN];
 	reference(0, 2, ref);
+	/* the turn that fails during the pause is at-least-once (DESIGN,
+	 * Faults): its manifest write may time out here and still land when
+	 * the cluster resumes; the next turn (the same user message, retried)
+	 * then follows it. Its greedy output in that history: */
+	{
+		static struct daemon_proc r;
+		fault_track(&r);
+		daemon_start(&r, NULL);
+		for (size_t t = 0; t < 3; t++) {
+			struct fault_turn o;
+			fault_turn_run(&r, "again", turns[t ? 1 : 0], 6, GEN, t + 1, &o);
+			cr_assert(fault_acked(&o), "reference turn %zu: %d %s", t, o.fin, o.msg);
+			memcpy(again[t], o.out, sizeof(again[t]));
+		}
+		cr_assert_eq(daemon_stop(&r), 0);
+		daemon_cleanup(&r);
+	}
 	{
 		static struct daemon_proc r;
 		struct fault_turn o;
@@ -233,7 +250,22 @@ Test(shared_faults, a_cluster_that_stops_answering_is_reported_down_and_the_daem
 			usleep(200000);
 	}
 	cr_assert_eq(up, 1, "the shared tier is reported up again");
-	served_as(&a, sid, 0, 1, ref[1], 30, NULL);
+	/* exactly the acknowledged history, or it and the unacknowledged turn
+	 * that landed late: anything else is a wrong output */
+	struct fault_turn o3;
+	double t3 = fault_now_s();
+	do {
+		fault_turn_run(&a, sid, turns[1], 6, GEN, 101, &o3);
+	} while (!fault_acked(&o3) && fault_now_s() - t3 < 30 && usleep(100000) == 0);
+	cr_assert(fault_acked(&o3), "session %s not served after the tier came back: %d %s", sid,
+		  o3.fin, o3.msg);
+	cr_assert_eq(o3.n, GEN);
+	bool once = !memcmp(o3.out, ref[1], sizeof(ref[1]));
+	bool twice = !memcmp(o3.out, again[2], sizeof(again[2]));
+	cr_assert(once || twice, "session %s: the turn after the outage follows neither the "
+		  "acknowledged history nor it with the unacknowledged turn", sid);
+	if (twice && !once)
+		cr_log_info("the turn refused during the outage had landed late (at-least-once)");
 	cr_assert_eq(daemon_stop(&a), 0);
 	daemon_cleanup(&a);
 }
