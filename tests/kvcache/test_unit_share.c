@@ -540,7 +540,8 @@ Test(unit_share_io, a_unit_lent_from_nvme_serves_a_second_request_with_a_twin)
 Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exactly)
 {
 	char err[512] = "";
-	struct dp_kv_opts o = {.state_dir = dir, .dram_bytes = 16u << 20, .numa_node = -1, .io = engine};
+	struct dp_kv_opts o = {
+	    .state_dir = dir, .dram_bytes = 16u << 20, .numa_node = -1, .io = engine};
 	struct dp_kv *kv;
 	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
 	struct dp_kv_tenant te;
@@ -574,20 +575,21 @@ Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exac
 	feed(sa, t + 20, 9, x); /* its prefill stops one token short: a unit there */
 	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 29, sa), 0);
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sb, &lb), 29,
-		     "the second starts from the longer unit the first left");
+	             "the second starts from the longer unit the first left");
 	cr_expect_null(lb, "a copy of a unit in DRAM: nothing lent");
 	feed(sb, t + 29, 1, x);
 	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "it continues exactly");
 	feed(sa, t + 29, 1, x);
 	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "so does the lender");
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 21, true, &sc, &lc), 20,
-		     "a prompt below the longer unit gets the whole lent unit");
+	             "a prompt below the longer unit gets the whole lent unit");
 	cr_assert(lc && lc != u, "as a twin");
 	feed(sc, t + 20, 10, x);
 	cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "the twin continues exactly");
 	dp_v4_seq_free(sb);
 	dp_kv_unit_return(kv, la, false);
-	cr_expect_eq(dp_kv_unit_find(kv, &te, t, 21, &probe), -ENOENT, "busy while its twin is out");
+	cr_expect_eq(dp_kv_unit_find(kv, &te, t, 21, &probe), -ENOENT,
+	             "busy while its twin is out");
 	dp_kv_unit_return(kv, lc, false);
 	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 21, &probe), 20, "back");
 	cr_expect_eq(probe, u);
