@@ -208,8 +208,7 @@ static void restart_between_turns(bool corrupt, uint32_t *ret_cached, uint32_t r
 	user_turn(0, ctx);
 	send_salted(fd, 1, NULL, ctx, USER, REPLY, "r");
 	collect_cached(fd, 1, ctx + USER, REPLY, &n);
-	user_turn(1, ctx + USER + REPLY);
-	size_t len = 2 * USER + REPLY;
+	size_t len = USER + REPLY;
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
 	if (corrupt) {
@@ -324,18 +323,27 @@ Test(prefix, long_stateless_turns_share_full_pages_and_keep_the_sessions_output)
 
 /* Two requests at once for a unit that came back on NVMe: the first
  * borrows the unit, the second restores the same snapshot as a twin; both
- * start from the whole unit (not a shorter one) and reply alike. */
+ * start from the whole unit (not a shorter one) and reply alike.
+ *
+ * The prompt is the first turn whole (the unit where that turn ended, and
+ * its last sampled id): one token past the unit, so the first request's
+ * prefill leaves no longer unit. With a longer prompt the daemon's admission
+ * would decide the answer: the two Generates are separate writes, and when
+ * the second reaches the compute thread only after the first's prefill step
+ * it rightly starts from the unit that prefill left one token short of the
+ * prompt (more cached, not fewer). That order is the daemon's to choose; a
+ * unit lent, lent again as a twin, or back on its snapshot must each give
+ * the whole unit here. */
 Test(prefix, two_requests_at_once_for_a_unit_on_nvme_both_start_from_it)
 {
 	daemon_start(&d, NULL);
 	int fd = client_connect(&d);
-	uint32_t ctx[2 * (USER + REPLY)];
+	uint32_t ctx[USER + REPLY];
 	size_t n;
 	user_turn(0, ctx);
 	send_salted(fd, 1, NULL, ctx, USER, REPLY, "r2");
 	collect_cached(fd, 1, ctx + USER, REPLY, &n);
-	user_turn(1, ctx + USER + REPLY);
-	size_t len = 2 * USER + REPLY;
+	size_t len = USER + REPLY;
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
 	char dir[96];
@@ -365,6 +373,63 @@ Test(prefix, two_requests_at_once_for_a_unit_on_nvme_both_start_from_it)
 	cr_expect_eq(cached[0], USER + REPLY - 1, "the first: %u cached", cached[0]);
 	cr_expect_eq(cached[1], USER + REPLY - 1, "the second too: %u cached", cached[1]);
 	cr_expect_eq(got[0], REPLY);
+	cr_expect_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "the same reply");
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+}
+
+/* The other order of the two requests above, forced: the second is sent
+ * only once the first's first id came, i.e. after its prefill stopped one
+ * token short of the prompt and left a unit there, while the first still
+ * holds the unit it borrowed from NVMe. The second starts from that longer
+ * unit and replies as the first does. */
+Test(prefix, a_request_after_a_lenders_prefill_starts_from_the_unit_that_prefill_left)
+{
+	daemon_start(&d, NULL);
+	int fd = client_connect(&d);
+	uint32_t ctx[2 * USER + REPLY];
+	size_t n;
+	user_turn(0, ctx);
+	send_salted(fd, 1, NULL, ctx, USER, REPLY, "r3");
+	collect_cached(fd, 1, ctx + USER, REPLY, &n);
+	user_turn(1, ctx + USER + REPLY);
+	size_t len = 2 * USER + REPLY;
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
+	char dir[96];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	daemon_start_in(&d, dir, NULL);
+	fd = client_connect(&d);
+	send_salted(fd, 2, NULL, ctx, len, REPLY, "r3");
+	uint32_t out[2][REPLY], cached[2] = {0, 0};
+	size_t got[2] = {0, 0};
+	bool sent = false;
+	for (int done = 0; done < 2;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		cr_assert_not_null(r, "the connection was lost");
+		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK);
+		cr_assert(r->request_id == 2 || r->request_id == 3);
+		int k = (int)r->request_id - 2;
+		Dualpath__V1__TokenChunk *c = r->token_chunk;
+		for (size_t i = 0; i < c->n_ids && got[k] < REPLY; i++)
+			out[k][got[k]++] = c->ids[i];
+		if (c->finish) {
+			cr_assert_not_null(c->usage);
+			cached[k] = c->usage->cached_tokens;
+			done++;
+		}
+		dp_proto_response_free(r);
+		if (!sent && got[0]) {
+			send_salted(fd, 3, NULL, ctx, len, REPLY, "r3");
+			sent = true;
+		}
+	}
+	cr_expect_eq(cached[0], USER + REPLY - 1, "the first from the unit on NVMe: %u cached",
+	             cached[0]);
+	cr_expect_eq(cached[1], len - 1, "the second from the unit its prefill left: %u cached",
+	             cached[1]);
+	cr_expect_eq(got[0], REPLY);
+	cr_expect_eq(got[1], REPLY);
 	cr_expect_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "the same reply");
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0);

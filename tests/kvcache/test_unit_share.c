@@ -530,3 +530,78 @@ Test(unit_share_io, a_unit_lent_from_nvme_serves_a_second_request_with_a_twin)
 	free(b);
 	dp_kv_close(kv);
 }
+
+/* The sequence a daemon goes through when the second of two requests for a
+ * unit on NVMe is admitted only after the first one's prefill (the first
+ * leaves a unit one token short of its prompt, from the lent sequence):
+ * the second starts from that longer unit, a copy in DRAM, exactly; a
+ * third, shorter prompt still gets the lent unit as a twin, and once both
+ * are back the unit is on its snapshot again. */
+Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exactly)
+{
+	char err[512] = "";
+	struct dp_kv_opts o = {
+	    .state_dir = dir, .dram_bytes = 16u << 20, .numa_node = -1, .io = engine};
+	struct dp_kv *kv;
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	struct dp_kv_tenant te;
+	dp_kv_tenant_make(1000, "a", 1, &te);
+	int32_t t[40];
+	tokens(t, 40, 9);
+	float *b = malloc((size_t)V * sizeof(float)), *b1 = malloc((size_t)V * sizeof(float));
+	float *x = malloc((size_t)V * sizeof(float));
+	/* the references, fed in the same pieces as the forks below (the
+	 * numerics depend on how a prompt is cut into steps) */
+	struct dp_v4_seq *seq, *seq1;
+	cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
+	cr_assert_eq(dp_v4_seq_new(model, &seq1), 0);
+	feed(seq, t, 20, x);
+	feed(seq1, t, 20, x);
+	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 20, seq), 0);
+	feed(seq, t + 20, 10, b); /* [0, 20) then [20, 30) */
+	feed(seq1, t + 20, 9, x);
+	feed(seq1, t + 29, 1, b1); /* [0, 20), [20, 29), [29, 30) */
+	dp_v4_seq_free(seq);
+	dp_v4_seq_free(seq1);
+	struct dp_kv_session *u, *probe;
+	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &u), 20);
+	cr_assert_eq(dp_kv_session_demote(kv, u, DP_KV_TIER_NVME), 0);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+
+	struct dp_v4_seq *sa, *sb, *sc;
+	struct dp_kv_session *la, *lb, *lc;
+	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sa, &la), 20);
+	cr_assert_eq(la, u, "the first request borrows the unit");
+	feed(sa, t + 20, 9, x); /* its prefill stops one token short: a unit there */
+	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 29, sa), 0);
+	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sb, &lb), 29,
+	             "the second starts from the longer unit the first left");
+	cr_expect_null(lb, "a copy of a unit in DRAM: nothing lent");
+	feed(sb, t + 29, 1, x);
+	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "it continues exactly");
+	feed(sa, t + 29, 1, x);
+	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "so does the lender");
+	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 21, true, &sc, &lc), 20,
+	             "a prompt below the longer unit gets the whole lent unit");
+	cr_assert(lc && lc != u, "as a twin");
+	feed(sc, t + 20, 10, x);
+	cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "the twin continues exactly");
+	dp_v4_seq_free(sb);
+	dp_kv_unit_return(kv, la, false);
+	cr_expect_eq(dp_kv_unit_find(kv, &te, t, 21, &probe), -ENOENT,
+	             "busy while its twin is out");
+	dp_kv_unit_return(kv, lc, false);
+	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 21, &probe), 20, "back");
+	cr_expect_eq(probe, u);
+	cr_expect_eq(dp_kv_session_tier(probe), DP_KV_TIER_NVME, "on its snapshot");
+	cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), 29, "the longer unit stays");
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.prefix_hits, 3);
+	cr_expect_eq(st.units_corrupt, 0);
+	cr_expect_eq(st.units, 2);
+	free(b);
+	free(b1);
+	free(x);
+	dp_kv_close(kv);
+}
