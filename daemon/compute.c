@@ -1198,8 +1198,10 @@ static bool on_session_op(struct compute *c, struct dp_msg *m)
 	e->msg = m;
 	e->t0 = dp_clock_ns();
 	e->steps0 = c->st.steps;
-	e->next = c->evicts;
-	c->evicts = e;
+	struct evict **tail = &c->evicts; /* answered in the order they came */
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = e;
 	/* already on NVMe, or written here (no io engine): answered now */
 	if (dp_kv_session_evict_done(srv->kv, s, e->pos) != 1)
 		evicts_poll(c);
