@@ -1134,9 +1134,12 @@ static void evicts_poll(struct compute *c)
 	for (struct evict **pp = &c->evicts; *pp;) {
 		struct evict *e = *pp;
 		struct dp_kv_session *s;
-		int r = dp_kv_session_find(kv, e->msg->session, &s) < 0 ? -ENOENT
+		/* a failed sync fails what waits (it would wait for ever, and
+		 * shutdown waits for the evictions) */
+		int r = ret < 0 ? ret
+			: dp_kv_session_find(kv, e->msg->session, &s) < 0 ? -ENOENT
 			: dp_kv_session_evict_done(kv, s, e->pos);
-		if (r == -EAGAIN && ++e->tries < EVICT_TRIES) {
+		if (r == -EAGAIN && ret >= 0 && ++e->tries < EVICT_TRIES) {
 			r = dp_kv_session_evict_start(kv, s, &e->pos);
 			r = r < 0 ? r : 1;
 		}
