@@ -101,6 +101,13 @@ struct compute {
 	/* trace: the last TRACE_N steps */
 	struct dp_trace_ev *trace;
 	uint32_t trace_head, trace_n;
+	/* evictions whose writes are in flight: answered when durable */
+	struct evict {
+		struct evict *next;
+		struct dp_msg *msg;
+		uint64_t pos, t0, steps0; /* steps0: c->st.steps when it began */
+		uint32_t tries;
+	} *evicts;
 };
 
 #define TRACE_N 4096u
@@ -1102,29 +1109,114 @@ static void cancel_where(struct compute *c, const struct dp_origin *o, uint64_t 
 		c->waiting_tail = &(*c->waiting_tail)->next;
 }
 
-static void on_session_op(struct compute *c, struct dp_msg *m)
+/*
+ * Eviction (and CloseSession with persist) is an asynchronous writeback
+ * (kvcache.h, dp_kv_session_evict_start): the compute thread plans it and
+ * goes on stepping every other session while the io thread writes it at the
+ * lowest priority; the reply goes out from evicts_poll once the state is
+ * durable. It used to be dp_kv_session_demote here, which wrote, fsynced and
+ * journaled on this thread: 8-150 ms in which no session stepped.
+ */
+#define EVICT_TRIES 3u
+
+static void evict_fail(struct compute *c, const struct dp_msg *m, int ret)
+{
+	send_error(c, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
+			 : ret == -EBUSY ? DUALPATH__V1__CODE__FAILED_PRECONDITION
+					 : DUALPATH__V1__CODE__INTERNAL,
+		   "cannot persist session %s: %s", m->session,
+		   ret == -EBUSY ? "it was used again before its state was written" : strerror(-ret));
+}
+
+/* Answer the evictions whose state is durable (or failed); restart one whose
+ * writeback finished with an older state. Cheap when none is pending. */
+static void evicts_poll(struct compute *c)
+{
+	struct dp_kv *kv = c->srv->kv;
+	if (!c->evicts)
+		return;
+	/* finished writebacks wait for a journal sync to be installed */
+	int ret = dp_kv_flush(kv);
+	if (ret < 0)
+		log_warning("journal sync of finished writebacks failed: %s", strerror(-ret));
+	for (struct evict **pp = &c->evicts; *pp;) {
+		struct evict *e = *pp;
+		struct dp_kv_session *s;
+		/* a failed sync fails what waits (it would wait for ever, and
+		 * shutdown waits for the evictions) */
+		int r = ret < 0 ? ret
+			: dp_kv_session_find(kv, e->msg->session, &s) < 0 ? -ENOENT
+			: dp_kv_session_evict_done(kv, s, e->pos);
+		if (r == -EAGAIN && ret >= 0 && ++e->tries < EVICT_TRIES) {
+			r = dp_kv_session_evict_start(kv, s, &e->pos);
+			r = r < 0 ? r : 1;
+		}
+		if (r == 1) {
+			pp = &e->next;
+			continue;
+		}
+		/* the trace shows it on the io lane: the position written and
+		 * the steps that ran meanwhile (0 when this thread wrote it) */
+		trace_add(c, "evict", 1, e->t0, dp_clock_ns(), (uint32_t)e->pos,
+			  (uint32_t)(c->st.steps - e->steps0));
+		if (r == 0)
+			send_ack(c, e->msg);
+		else if (r == -ENOENT)
+			send_error(c, e->msg, DUALPATH__V1__CODE__NOT_FOUND,
+				   "session %s was dropped before its eviction was durable",
+				   e->msg->session);
+		else
+			evict_fail(c, e->msg, r);
+		*pp = e->next;
+		free(e->msg->tokens);
+		free(e->msg);
+		free(e);
+	}
+}
+
+/* Returns true when it keeps m (an eviction in flight). */
+static bool on_session_op(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
 	struct dp_kv_session *s = own_session(c, m);
 	if (!s) {
 		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
-		return;
+		return false;
 	}
 	if (session_in_use(c, m->session)) {
 		send_error(c, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
 			   "session %s has a request running; cancel it first", m->session);
-		return;
+		return false;
 	}
 	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->persist : m->drop;
-	int ret = drop ? dp_kv_session_drop(srv->kv, s) : dp_kv_session_demote(srv->kv, s, DP_KV_TIER_NVME);
-	if (ret < 0) {
-		send_error(c, m, ret == -ENOSPC ? DUALPATH__V1__CODE__RESOURCE_EXHAUSTED
-						  : DUALPATH__V1__CODE__INTERNAL,
-			   "cannot %s session %s: %s", drop ? "drop" : "persist", m->session,
-			   strerror(-ret));
-		return;
+	if (drop) {
+		int ret = dp_kv_session_drop(srv->kv, s);
+		if (ret < 0) {
+			send_error(c, m, DUALPATH__V1__CODE__INTERNAL, "cannot drop session %s: %s",
+				   m->session, strerror(-ret));
+			return false;
+		}
+		send_ack(c, m);
+		return false;
 	}
-	send_ack(c, m);
+	struct evict *e = calloc(1, sizeof(*e));
+	int ret = e ? dp_kv_session_evict_start(srv->kv, s, &e->pos) : -ENOMEM;
+	if (ret < 0) {
+		free(e);
+		evict_fail(c, m, ret);
+		return false;
+	}
+	e->msg = m;
+	e->t0 = dp_clock_ns();
+	e->steps0 = c->st.steps;
+	struct evict **tail = &c->evicts; /* answered in the order they came */
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = e;
+	/* already on NVMe, or written here (no io engine): answered now */
+	if (dp_kv_session_evict_done(srv->kv, s, e->pos) != 1)
+		evicts_poll(c);
+	return true;
 }
 
 static void fill_stats(struct compute *c, struct dp_compute_stats *st)
@@ -1264,7 +1356,8 @@ static void handle(struct compute *c, struct dp_msg *m)
 		break;
 	case DP_MSG_CLOSE_SESSION:
 	case DP_MSG_EVICT:
-		on_session_op(c, m);
+		if (on_session_op(c, m))
+			return; /* answered when its writes are durable */
 		break;
 	case DP_MSG_STATS:
 		on_stats(c, m);
@@ -1390,7 +1483,8 @@ void *dp_compute_main(void *arg)
 		atomic_store_explicit(&srv->n_sessions,
 				      (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv)),
 				      memory_order_relaxed);
-		if (c.shutdown && !c.active && !c.waiting)
+		evicts_poll(&c);
+		if (c.shutdown && !c.active && !c.waiting && !c.evicts)
 			break;
 		maybe_compact(&c);
 		if (!c.active && !c.waiting) {
@@ -1400,7 +1494,7 @@ void *dp_compute_main(void *arg)
 			if (ret < 0)
 				log_warning("journal sync of finished writebacks failed: %s",
 					    strerror(-ret));
-			bool wb = dp_kv_writeback_pending(srv->kv);
+			bool wb = dp_kv_writeback_pending(srv->kv) || c.evicts;
 			/* events still in the outbox: come back soon to send them */
 			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute,
 				       wb || outbox_waiting(&c) ? 1000000 : 100000000);

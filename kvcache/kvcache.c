@@ -692,6 +692,42 @@ int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_t
 	return r;
 }
 
+int dp_kv_session_evict_start(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret_pos)
+{
+	if (!kv || !s || !ret_pos)
+		return -EINVAL;
+	if (s->busy)
+		return -EBUSY;
+	if (s->tier >= DP_KV_TIER_NVME) {
+		*ret_pos = s->has_snap ? s->snap_pos : 0;
+		return 0;
+	}
+	uint64_t pos = s->tier == DP_KV_TIER_DEVICE ? dp_v4_seq_pos(s->seq) : s->state_pos;
+	int r = 0;
+	if (s->wb)
+		; /* the writeback in flight is of this state: s was idle since */
+	else if (kv->wb_chan && !s->restore)
+		r = dp_kv_wb_start(kv, s);
+	else
+		r = dp_kv_session_demote(kv, s, DP_KV_TIER_NVME); /* no io engine: here and now */
+	if (r == 0)
+		*ret_pos = pos;
+	return r;
+}
+
+int dp_kv_session_evict_done(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos)
+{
+	if (!kv || !s)
+		return -EINVAL;
+	if (s->wb)
+		return 1;
+	if (s->tier == DP_KV_TIER_NONE && !s->has_snap)
+		return pos ? -EIO : 0; /* nothing was there to write, or it was lost */
+	if (s->has_snap && s->snap_pos == pos)
+		return 0;
+	return s->has_snap && s->snap_pos < pos ? -EAGAIN : -EIO;
+}
+
 int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	if (!kv || !s)

@@ -235,6 +235,19 @@ int dp_kv_commit(struct dp_kv *kv);
 /* Move an idle session's state down to tier `to` (DRAM or NVME; NVME
  * persists it), or drop it (NONE: recomputed on next use). */
 int dp_kv_session_demote(struct dp_kv *kv, struct dp_kv_session *s, enum dp_kv_tier to);
+/*
+ * Eviction without waiting: start moving an idle session's state to NVMe
+ * (with an io engine, as an asynchronous writeback, dp_kv_balance_async;
+ * without one, synchronously as dp_kv_session_demote) and say in *ret_pos
+ * the position the state written stands at. dp_kv_session_evict_done then
+ * says when it is durable: 1 still in flight (writes, or the journal sync
+ * that installs it: dp_kv_flush), 0 the state at pos is the session's
+ * durable snapshot, -EAGAIN the writeback finished with an older state than
+ * pos (start again), another negative errno if it failed. A writeback
+ * already in flight for s is joined. -EBUSY while the session is in use.
+ */
+int dp_kv_session_evict_start(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret_pos);
+int dp_kv_session_evict_done(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos);
 /* Write the state to NVMe as a durable snapshot, keeping it where it is. */
 int dp_kv_session_persist(struct dp_kv *kv, struct dp_kv_session *s);
 /* Delete the session: history, state, slots (durably). For a lost

@@ -37,6 +37,7 @@ struct sess {
 	uint32_t turn; /* the turn running, or the next one */
 	uint64_t due;  /* S_IDLE: when the next turn goes out */
 	uint64_t rid_gen, rid_list;
+	uint64_t rid_evict, t_evict; /* an EvictSession not answered yet, sent then */
 	uint64_t t_last;
 	uint32_t *ids; /* prompt buffer */
 	uint32_t ids_cap;
@@ -55,8 +56,6 @@ struct worker {
 	unsigned idx;
 	uint32_t limit;            /* this phase's turns end before this one */
 	uint32_t evicts_out;       /* EvictSession requests not answered yet */
-	uint64_t *evict_sent;      /* their send times, oldest first (answers come in
-	                              order: one connection, one compute thread) */
 	uint64_t evict_ns, evicts; /* answered: total round trip, count */
 	struct sess *ss;
 	uint32_t n_ss, n_done;
@@ -184,8 +183,15 @@ static int send_evict(struct dp_client *c, struct sess *s)
 	ev.session_id = s->id;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
 	req.evict_session = &ev;
-	/* the id is not kept: its Ack or Error is counted when it comes */
-	return dp_client_send(c, &req);
+	/* the daemon answers once the state is durable on NVMe (the writes run
+	 * on its io thread meanwhile); the session's next turn waits for that,
+	 * so that it comes back from NVMe, which is what --evict measures */
+	int ret = dp_client_send(c, &req);
+	if (ret == 0) {
+		s->rid_evict = req.request_id;
+		s->t_evict = dp_clock_ns();
+	}
+	return ret;
 }
 
 static enum ag_tier tier_of(const char *t)
@@ -233,7 +239,7 @@ static int on_chunk(struct worker *w, struct dp_client *c, struct sess *s,
 	if (w->p->evict) {
 		if ((ret = send_evict(c, s)) < 0)
 			return ret;
-		w->evict_sent[w->evicts_out++] = dp_clock_ns();
+		w->evicts_out++;
 	}
 	s->rid_gen = s->rid_list = 0;
 	if (++s->turn == w->p->tr->sessions[s->idx].n_turns || s->turn >= w->limit) {
@@ -249,6 +255,19 @@ static int on_chunk(struct worker *w, struct dp_client *c, struct sess *s,
 static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Response *r)
 {
 	uint64_t now = dp_clock_ns();
+	for (uint32_t i = 0; i < w->n_ss; i++) {
+		struct sess *s = &w->ss[i];
+		if (!s->rid_evict || r->request_id != s->rid_evict)
+			continue;
+		/* an EvictSession's answer */
+		w->evict_ns += now - s->t_evict;
+		w->evicts++;
+		w->evicts_out--;
+		s->rid_evict = 0;
+		if (r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR)
+			w->evict_errors++;
+		return 0;
+	}
 	for (uint32_t i = 0; i < w->n_ss; i++) {
 		struct sess *s = &w->ss[i];
 		if (s->state != S_RUNNING)
@@ -278,15 +297,7 @@ static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Resp
 		             : msg);
 		return -EREMOTEIO;
 	}
-	/* an EvictSession's answer */
-	if (w->evicts_out) {
-		w->evict_ns += dp_clock_ns() - w->evict_sent[0];
-		w->evicts++;
-		memmove(w->evict_sent, w->evict_sent + 1, --w->evicts_out * sizeof(*w->evict_sent));
-	}
-	if (r->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR)
-		w->evict_errors++;
-	return 0;
+	return 0; /* nobody's: ignored */
 }
 
 /* Play every session up to turn `limit` (exclusive; or its last turn). */
@@ -316,16 +327,16 @@ static int play_phase(struct worker *w, struct dp_client *c, uint32_t limit)
 		bool running = false;
 		for (uint32_t i = 0; i < w->n_ss; i++) {
 			struct sess *s = &w->ss[i];
-			if (s->state == S_IDLE && s->due <= now) {
+			if (s->state == S_IDLE && s->due <= now && !s->rid_evict) {
 				if ((ret = send_turn(w, c, s)) < 0) {
 					snprintf(w->what, sizeof(w->what),
 					         "send session %s turn %u", s->id, s->turn);
 					return ret;
 				}
 			}
-			if (s->state == S_IDLE && s->due < next)
+			if (s->state == S_IDLE && !s->rid_evict && s->due < next)
 				next = s->due;
-			running |= s->state == S_RUNNING;
+			running |= s->state == S_RUNNING || s->rid_evict;
 		}
 		int wait_ms = 600000; /* a turn that takes longer is a hang */
 		if (next != UINT64_MAX) {
@@ -442,9 +453,6 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 		w[i].p = p;
 		w[i].shared = &sh;
 		w[i].idx = i;
-		/* one EvictSession at most per session in flight */
-		if (!(w[i].evict_sent = calloc(tr->n_sessions, sizeof(*w[i].evict_sent))))
-			goto out;
 		w[i].ss = &all[k];
 		for (uint32_t s = i; s < tr->n_sessions; s += nt, k++) {
 			struct sess *ss = &all[k];
@@ -516,10 +524,8 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 out:
 	if (ret == -ENOMEM && !err[0])
 		snprintf(err, err_len, "out of memory");
-	for (unsigned i = 0; w && i < nt; i++) {
+	for (unsigned i = 0; w && i < nt; i++)
 		free(w[i].itl);
-		free(w[i].evict_sent);
-	}
 	for (uint32_t s = 0; all && s < tr->n_sessions; s++) {
 		free(all[s].ids);
 		free(all[s].hist);
