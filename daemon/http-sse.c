@@ -70,11 +70,54 @@ void dp_http_buf_fini(struct dp_http_buf *b)
 	memset(b, 0, sizeof(*b));
 }
 
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF), 0 if there is none. */
+static size_t utf8_seq(const unsigned char *p)
+{
+	unsigned c = p[0];
+	if (c < 0x80)
+		return 1;
+	size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+	for (size_t i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+	    (c == 0xf4 && p[1] > 0x8f))
+		return 0;
+	return n;
+}
+
+/* A message or parameter name may quote the client's bytes (a JSON parser's
+ * message, a key): what is not UTF-8 becomes '?', so the envelope is JSON. */
+static json_t *utf8_string(const char *s)
+{
+	size_t len = strlen(s);
+	char *t = malloc(len + 1);
+	if (!t)
+		return NULL;
+	size_t o = 0;
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_seq((const unsigned char *)s + i);
+		if (n) {
+			memcpy(t + o, s + i, n);
+			o += n;
+			i += n;
+		} else {
+			t[o++] = '?';
+			i++;
+		}
+	}
+	t[o] = '\0';
+	json_t *j = json_string(t);
+	free(t);
+	return j;
+}
+
 char *dp_http_error_json(const struct dp_http_error *e)
 {
-	json_t *o = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", e->message, "type",
-			      e->type ? e->type : "invalid_request_error", "param",
-			      e->param[0] ? json_string(e->param) : json_null(), "code",
+	json_t *o = json_pack("{s:{s:o, s:s, s:o, s:o}}", "error", "message", utf8_string(e->message),
+			      "type", e->type ? e->type : "invalid_request_error", "param",
+			      e->param[0] ? utf8_string(e->param) : json_null(), "code",
 			      e->code ? json_string(e->code) : json_null());
 	if (!o)
 		return NULL;

@@ -356,3 +356,27 @@ Test(http_replay, the_least_recently_used_reply_goes_first_within_the_byte_cap)
 	dp_http_buf_fini(&k);
 	http_replay_fini(&rp);
 }
+
+/* The refusal of a body that is not UTF-8 quotes the parser's message, which
+ * may carry the bad bytes: the error envelope must still be JSON (fuzz_http
+ * found dp_http_error_json returning NULL: no answer but a 500). */
+Test(http_req, an_error_quoting_bytes_that_are_not_utf8_is_still_a_json_envelope)
+{
+	static const char body[] = "{\"prom\\\xdc\xbb\xbb\xbb\xbb\\\\uer\\\\\\L\\2\\%\\\\}";
+	struct dp_http_request r;
+	struct dp_http_error e;
+	cr_assert_eq(parse(DP_HTTP_COMPLETIONS, body, &r, &e), -EINVAL);
+	struct dp_http_error bad = e;
+	snprintf(bad.message, sizeof(bad.message), "bytes \xdc\xbb and \xff\xfe, a cut \xe2\x82");
+	snprintf(bad.param, sizeof(bad.param), "p\xc0\xaf");
+	const struct dp_http_error *all[] = { &e, &bad };
+	for (int i = 0; i < 2; i++) {
+		char *s = dp_http_error_json(all[i]);
+		cr_assert_not_null(s, "no envelope for: %s", all[i]->message);
+		json_t *o = json_loads(s, 0, NULL);
+		cr_assert_not_null(o, "not JSON: %s", s);
+		cr_assert_eq(json_object_size(json_object_get(o, "error")), 4);
+		json_decref(o);
+		free(s);
+	}
+}
