@@ -598,8 +598,12 @@ static int run(struct dp_chat_parser *p, bool final)
 		case P_AFTER: {
 			size_t i = skip_space(p->pend.p, p->pend.len, 0);
 			size_t k;
+			/* a multi-byte character cut by the feed may be a space:
+			 * wait for its rest (the same text fed whole skips it) */
 			int r = i < p->pend.len ? lit_at(p->pend.p, p->pend.len, i, EOS_TEXT, &k)
 			                        : PART;
+			if (r == NO && !final && i >= utf8_cut(p->pend.p, p->pend.len))
+				r = PART;
 			if (r == FULL) {
 				consume(p, i + k);
 				p->phase = P_ENDED;
@@ -614,11 +618,18 @@ static int run(struct dp_chat_parser *p, bool final)
 			}
 			break;
 		}
-		case P_ENDED:
-			if (skip_space(p->pend.p, p->pend.len, 0) < p->pend.len)
+		case P_ENDED: {
+			size_t i = skip_space(p->pend.p, p->pend.len, 0);
+			/* complete characters that are not spaces are stray; a
+			 * character cut by the feed waits for its rest */
+			size_t whole = final ? p->pend.len : utf8_cut(p->pend.p, p->pend.len);
+			if (i < whole) {
 				p->flags |= DP_CHAT_PARSE_STRAY;
-			consume(p, p->pend.len);
+				i = p->pend.len;
+			}
+			consume(p, i);
 			return 0;
+		}
 		}
 		if (p->phase == ph && p->pend.len == before)
 			return 0;

@@ -144,3 +144,25 @@ Test(chat_parse, calls_after_finish_and_bad_arguments_are_refused)
 	dp_chat_parser_free(p);
 	dp_chat_parser_free(NULL);
 }
+
+/* A space after the end of sentence that the feed cuts in two (U+2029 is
+ * three bytes) is a space, as it is when the text comes whole: not stray
+ * (fuzz_chat_parse found the flags differing). */
+Test(chat_parse, a_space_cut_by_the_feed_after_the_end_is_not_stray)
+{
+	const char *t = "Let me think.\n\nOK.</think>The answer is 42." EOS "\xe2\x80\xa9";
+	struct run_result whole = run_whole(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_THINKING, t, strlen(t));
+	struct run_result bytes = run_bytes(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_THINKING, t, strlen(t));
+	cr_expect_eq(whole.flags, 0);
+	cr_expect_eq(bytes.flags, whole.flags);
+	run_fini(&whole);
+	run_fini(&bytes);
+	/* and one that is cut and not a space is stray either way */
+	const char *u = "OK.</think>Fine." EOS "\xe2\x82\xac";
+	whole = run_whole(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_THINKING, u, strlen(u));
+	bytes = run_bytes(DP_CHAT_FORMAT_V4, DP_CHAT_MODE_THINKING, u, strlen(u));
+	cr_expect_eq(whole.flags, DP_CHAT_PARSE_STRAY);
+	cr_expect_eq(bytes.flags, whole.flags);
+	run_fini(&whole);
+	run_fini(&bytes);
+}
