@@ -25,7 +25,7 @@
  *     -> session.c, tiers.c, journal.c
  *   restore.c    the layer-by-layer restore
  *     -> rsched.c     the read scheduler (pure logic; calls none of them)
- *     -> session.c    dp_kv_seq_new_at
+ *     -> session.c    dp_kv_seq_new_at, dp_kv_layer_ends
  *     -> tiers.c
  *   session.c    one session's state and journal records, shared by the three
  *                above
@@ -319,6 +319,12 @@ int dp_kv_state_to_host(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
  * model has Engram layers. */
 int dp_kv_seq_new_at(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		     struct dp_v4_seq **ret_seq);
+
+/* layer_end[l]: one past the last of refs[0..n) (in layer order) on layer
+ * l or below; a layer without pages ends where the one before it does. */
+void dp_kv_layer_ends(const struct dp_v4_page_ref *refs, size_t n, uint32_t *layer_end,
+		      uint32_t n_layers);
+
 /* Append a snapshot record to j (and fdatasync it if sync). */
 int dp_kv_journal_snapshot(struct dp_journal *j, const struct dp_kv_session *s, uint64_t pos,
 			   const struct dp_kv_snap_page *pages, size_t n, bool sync);

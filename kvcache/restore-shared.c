@@ -310,11 +310,8 @@ int dp_kv_session_restore_shared(struct dp_kv *kv, struct dp_kv_session *s, stru
 		    !segments[locs[i].segment] || locs[i].slot >= per_seg ||
 		    locs[i].layer >= r->n_layers)
 			goto fail;
-		r->layer_end[locs[i].layer] = (uint32_t)i + 1;
 	}
-	for (uint32_t l = 1; l < r->n_layers; l++)
-		if (r->layer_end[l] < r->layer_end[l - 1])
-			r->layer_end[l] = r->layer_end[l - 1];
+	dp_kv_layer_ends(r->refs, n, r->layer_end, r->n_layers);
 	ret = submit(r, segments, locs);
 	if (ret < 0) {
 		/* what went out is reaped before anything is freed */

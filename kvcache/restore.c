@@ -421,11 +421,8 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		uint32_t I = from_nvme ? s->snap[i].index : s->dram_refs[i].index;
 		if (L != r->refs[i].layer || K != r->refs[i].kind || I != r->refs[i].index)
 			goto fail;
-		r->layer_end[L] = (uint32_t)i + 1;
 	}
-	for (uint32_t l = 1; l < r->n_layers; l++)
-		if (r->layer_end[l] < r->layer_end[l - 1])
-			r->layer_end[l] = r->layer_end[l - 1];
+	dp_kv_layer_ends(r->refs, r->n, r->layer_end, r->n_layers);
 	ret = -ENOMEM;
 	if (from_nvme) {
 		bool host_memory = dp_gpu_kind_of(kv->g) == DP_GPU_CPU;

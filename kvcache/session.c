@@ -381,3 +381,15 @@ void dp_kv_seq_copy_tags(struct dp_v4_seq *dst, const struct dp_v4_page_ref *src
 		if (src[i].frozen && src[i].tag)
 			(void)dp_v4_seq_tag_page(dst, &src[i], src[i].tag); /* same list: cannot fail */
 }
+
+void dp_kv_layer_ends(const struct dp_v4_page_ref *refs, size_t n, uint32_t *layer_end,
+		      uint32_t n_layers)
+{
+	memset(layer_end, 0, n_layers * sizeof(*layer_end));
+	for (size_t i = 0; i < n; i++)
+		if (refs[i].layer < n_layers)
+			layer_end[refs[i].layer] = (uint32_t)i + 1;
+	for (uint32_t l = 1; l < n_layers; l++)
+		if (layer_end[l] < layer_end[l - 1])
+			layer_end[l] = layer_end[l - 1];
+}
