@@ -626,8 +626,8 @@ static void on_tokens(struct front *f, uint32_t slot, const struct dp_event *e)
 				if (dp_tok_stream_flush(&q->ts, f->textbuf + tlen, f->textcap - tlen, &got) == 0)
 					tlen += got;
 			}
-			f->textbuf[tlen] = '\0';
-			tc.text = f->textbuf;
+			tc.text.data = (uint8_t *)f->textbuf;
+			tc.text.len = tlen;
 		}
 	}
 	struct chat_out co = {0};

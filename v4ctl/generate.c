@@ -381,10 +381,9 @@ static int stream(struct dp_v4ctl *ctl, struct dp_client *c, struct gen *g, uint
 				need_space = true;
 				newline = false;
 			}
-		} else if (tc->text && tc->text[0]) {
-			size_t len = strlen(tc->text);
-			fwrite(tc->text, 1, len, stdout);
-			newline = tc->text[len - 1] == '\n';
+		} else if (tc->text.len) {
+			fwrite(tc->text.data, 1, tc->text.len, stdout);
+			newline = tc->text.data[tc->text.len - 1] == '\n';
 		}
 		if (fflush(stdout) != 0 || ferror(stdout)) {
 			int e = errno;

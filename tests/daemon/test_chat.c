@@ -72,7 +72,11 @@ static void collect_chat(int fd, uint64_t id, struct chat_result *res)
 		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK);
 		const Dualpath__V1__TokenChunk *tc = r->token_chunk;
 		res->chunks++;
-		cat(res->text, tc->text);
+		size_t have = strlen(res->text);
+		if (tc->text.len && have + tc->text.len < sizeof(res->text)) {
+			memcpy(res->text + have, tc->text.data, tc->text.len);
+			res->text[have + tc->text.len] = '\0';
+		}
 		if (tc->chat) {
 			res->chunks_with_chat++;
 			cat(res->reasoning, tc->chat->reasoning);

@@ -179,7 +179,8 @@ int main(int argc, char **argv)
 	Dualpath__V1__TokenChunk chunk = DUALPATH__V1__TOKEN_CHUNK__INIT;
 	chunk.n_ids = 2;
 	chunk.ids = ids;
-	chunk.text = "hi";
+	chunk.text.data = (uint8_t *)"hi";
+	chunk.text.len = 2;
 	chunk.finish = DUALPATH__V1__FINISH_REASON__FINISH_EOS;
 	chunk.position = 6;
 	chunk.usage = &usage;

@@ -198,7 +198,8 @@ static inline Dualpath__V1__Response *build_response(struct resp_store *s,
 		s->ids[1] = 100000;
 		s->chunk.n_ids = 2;
 		s->chunk.ids = s->ids;
-		s->chunk.text = "h\xc3\xa9llo"; /* héllo */
+		s->chunk.text.data = (uint8_t *)"h\xc3\xa9l\0lo"; /* héllo with a NUL inside */
+		s->chunk.text.len = 7;
 		s->chunk.finish = DUALPATH__V1__FINISH_REASON__FINISH_LENGTH;
 		s->chunk.position = 1u << 20;
 		s->usage.prompt_tokens = 10;

@@ -108,6 +108,24 @@ Test(decode, response_fields_survive_the_round_trip)
 	dp_frame_buf_fini(&fb);
 }
 
+Test(decode, a_token_chunk_text_holding_a_nul_arrives_whole)
+{
+	/* a token may decode to the byte 0: the text is bytes, not a C string */
+	struct resp_store st;
+	Dualpath__V1__Response *out;
+	struct dp_frame_buf fb = {0};
+
+	cr_assert_eq(dp_frame_append(&fb,
+	                             &build_response(&st, DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK)->base,
+	                             DP_FRAME_MAX_DEFAULT),
+	             0);
+	cr_assert_eq(dp_proto_response_decode(fb.data + 4, fb.len - 4, 0, &out), 0);
+	cr_assert_eq(out->token_chunk->text.len, 7);
+	cr_assert_eq(memcmp(out->token_chunk->text.data, "h\xc3\xa9l\0lo", 7), 0);
+	dp_proto_response_free(out);
+	dp_frame_buf_fini(&fb);
+}
+
 Test(decode, empty_body_decodes_to_defaults)
 {
 	Dualpath__V1__Request *req;
