@@ -38,7 +38,7 @@ static const char usage[] =
     "  --effort high|max   reasoning effort (max adds DeepSeek's paragraph)\n"
     "  --system TEXT       a system message before the first turn\n"
     "  --max-tokens N, -n N   at most N tokens per reply (default 1024)\n"
-    "  --temperature T, --seed S   sampling (default greedy)\n"
+    DP_V4CTL_SAMPLING_USAGE
     "  --persist           at the end, close the session to disk (default: drop it)\n"
     "  --keep              at the end, leave the session open\n"
     "  --socket PATH, --timeout MS   as for every command\n";
@@ -48,18 +48,16 @@ enum {
 	OPT_NO_THINKING,
 	OPT_EFFORT,
 	OPT_SYSTEM,
-	OPT_TEMPERATURE,
-	OPT_SEED,
 	OPT_PERSIST,
 	OPT_KEEP,
 };
 
 struct chat {
 	char session[DP_PROTO_SESSION_ID_MAX + 1];
-	bool no_thinking, persist, keep, any_sampling;
+	bool no_thinking, persist, keep;
 	const char *effort, *system;
-	uint64_t max_tokens, seed;
-	float temperature;
+	uint64_t max_tokens;
+	struct dp_v4ctl_sampling smp;
 	/* output state */
 	bool tty, in_reasoning, line_start, said_anything;
 };
@@ -73,8 +71,7 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 	    {"effort", required_argument, NULL, OPT_EFFORT},
 	    {"system", required_argument, NULL, OPT_SYSTEM},
 	    {"max-tokens", required_argument, NULL, 'n'},
-	    {"temperature", required_argument, NULL, OPT_TEMPERATURE},
-	    {"seed", required_argument, NULL, OPT_SEED},
+	    DP_V4CTL_SAMPLING_OPTS,
 	    {"persist", no_argument, NULL, OPT_PERSIST},
 	    {"keep", no_argument, NULL, OPT_KEEP},
 	    {0},
@@ -87,8 +84,10 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 		int r = dp_v4ctl_common_opt(ctl, opt, optarg, usage);
 		if (r < 0)
 			return -1;
-		if (r > 0)
+		if (r > 0 || (r = dp_v4ctl_sampling_opt(&ch->smp, opt, optarg)) > 0)
 			continue;
+		if (r < 0)
+			return -1;
 		switch (opt) {
 		case OPT_SESSION:
 			if (dp_proto_session_id_check(optarg) < 0) {
@@ -119,17 +118,6 @@ static int parse(struct dp_v4ctl *ctl, struct chat *ch, int argc, char **argv)
 			if (dp_v4ctl_parse_u64("--max-tokens (-n)", optarg, 1, UINT32_MAX,
 			                       &ch->max_tokens) < 0)
 				return -1;
-			break;
-		case OPT_TEMPERATURE:
-			if (dp_v4ctl_parse_float("--temperature", optarg, 0, 1e6f,
-			                         &ch->temperature) < 0)
-				return -1;
-			ch->any_sampling = true;
-			break;
-		case OPT_SEED:
-			if (dp_v4ctl_parse_u64("--seed", optarg, 0, UINT64_MAX, &ch->seed) < 0)
-				return -1;
-			ch->any_sampling = true;
 			break;
 		case OPT_PERSIST:
 			ch->persist = true;
@@ -251,11 +239,7 @@ static int turn(struct dp_v4ctl *ctl, struct dp_client *c, struct chat *ch, cons
 	gen.prompt_case = DUALPATH__V1__GENERATE__PROMPT_CHAT;
 	gen.chat = json;
 	gen.max_new_tokens = (uint32_t)ch->max_tokens;
-	if (ch->any_sampling) {
-		smp.temperature = ch->temperature;
-		smp.seed = ch->seed;
-		gen.sampling = &smp;
-	}
+	gen.sampling = dp_v4ctl_sampling_fill(&ch->smp, &smp);
 	req.body_case = DUALPATH__V1__REQUEST__BODY_GENERATE;
 	req.generate = &gen;
 	ret = dp_client_send(c, &req);

@@ -59,6 +59,43 @@ bad:
 	return -EINVAL;
 }
 
+int dp_v4ctl_sampling_opt(struct dp_v4ctl_sampling *s, int opt, const char *arg)
+{
+	int ret;
+	switch (opt) {
+	case DP_V4CTL_OPT_TEMPERATURE:
+		ret = dp_v4ctl_parse_float("--temperature", arg, 0, 1e6f, &s->temperature);
+		break;
+	case DP_V4CTL_OPT_TOP_K:
+		ret = dp_v4ctl_parse_u64("--top-k", arg, 0, UINT32_MAX, &s->top_k);
+		break;
+	case DP_V4CTL_OPT_TOP_P:
+		ret = dp_v4ctl_parse_float("--top-p", arg, 0, 1, &s->top_p);
+		break;
+	case DP_V4CTL_OPT_SEED:
+		ret = dp_v4ctl_parse_u64("--seed", arg, 0, UINT64_MAX, &s->seed);
+		break;
+	default:
+		return 0;
+	}
+	if (ret < 0)
+		return -1;
+	s->any = true;
+	return 1;
+}
+
+Dualpath__V1__Sampling *dp_v4ctl_sampling_fill(const struct dp_v4ctl_sampling *s,
+                                               Dualpath__V1__Sampling *ret)
+{
+	if (!s->any)
+		return NULL;
+	ret->temperature = s->temperature;
+	ret->top_k = (uint32_t)s->top_k;
+	ret->top_p = s->top_p;
+	ret->seed = s->seed;
+	return ret;
+}
+
 int dp_v4ctl_parse_ids(const char *opt, const char *arg, uint32_t max, uint32_t **ret_ids,
                        size_t *ret_n)
 {

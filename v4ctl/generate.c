@@ -32,10 +32,7 @@ static const char usage[] =
     "                      without it the context is dropped at the end\n"
     "  --max-tokens N, -n N\n"
     "                      generate at most N tokens (default 128; 0: only ingest)\n"
-    "  --temperature T     0 (default) is greedy\n"
-    "  --top-k K           sample among the K likeliest (0: off)\n"
-    "  --top-p P           nucleus sampling (0 or 1: off)\n"
-    "  --seed S            sampling seed\n"
+    DP_V4CTL_SAMPLING_USAGE
     "  --stop ID,...       stop after generating one of these ids (at most 16)\n"
     "  --tokens ID,...     the prompt as token ids\n"
     "  --ids               print generated token ids instead of text\n"
@@ -48,10 +45,6 @@ static const char usage[] =
 
 enum {
 	OPT_SESSION = DP_V4CTL_OPT_FIRST_COMMAND,
-	OPT_TEMPERATURE,
-	OPT_TOP_K,
-	OPT_TOP_P,
-	OPT_SEED,
 	OPT_STOP,
 	OPT_TOKENS,
 	OPT_IDS,
@@ -63,11 +56,10 @@ enum {
 struct gen {
 	const char *session;
 	uint64_t max_tokens;
-	float temperature, top_p;
-	uint64_t top_k, seed;
+	struct dp_v4ctl_sampling smp;
 	uint32_t *stop, *tokens;
 	size_t n_stop, n_tokens;
-	bool ids, verbose, any_sampling;
+	bool ids, verbose;
 	char *text;
 };
 
@@ -141,10 +133,7 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 	    DP_V4CTL_COMMON_OPTS,
 	    {"session", required_argument, NULL, OPT_SESSION},
 	    {"max-tokens", required_argument, NULL, 'n'},
-	    {"temperature", required_argument, NULL, OPT_TEMPERATURE},
-	    {"top-k", required_argument, NULL, OPT_TOP_K},
-	    {"top-p", required_argument, NULL, OPT_TOP_P},
-	    {"seed", required_argument, NULL, OPT_SEED},
+	    DP_V4CTL_SAMPLING_OPTS,
 	    {"stop", required_argument, NULL, OPT_STOP},
 	    {"tokens", required_argument, NULL, OPT_TOKENS},
 	    {"ids", no_argument, NULL, OPT_IDS},
@@ -159,8 +148,10 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 		int r = dp_v4ctl_common_opt(ctl, opt, optarg, usage);
 		if (r < 0)
 			return -1;
-		if (r > 0)
+		if (r > 0 || (r = dp_v4ctl_sampling_opt(&g->smp, opt, optarg)) > 0)
 			continue;
+		if (r < 0)
+			return -1;
 		switch (opt) {
 		case OPT_SESSION:
 			if (dp_proto_session_id_check(optarg) < 0) {
@@ -178,34 +169,13 @@ static int parse(struct dp_v4ctl *ctl, struct gen *g, int argc, char **argv)
 			                       &g->max_tokens) < 0)
 				return -1;
 			break;
-		case OPT_TEMPERATURE:
-			if (dp_v4ctl_parse_float("--temperature", optarg, 0, 1e6f,
-			                         &g->temperature) < 0)
-				return -1;
-			g->any_sampling = true;
-			break;
-		case OPT_TOP_K:
-			if (dp_v4ctl_parse_u64("--top-k", optarg, 0, UINT32_MAX, &g->top_k) < 0)
-				return -1;
-			g->any_sampling = true;
-			break;
-		case OPT_TOP_P:
-			if (dp_v4ctl_parse_float("--top-p", optarg, 0, 1, &g->top_p) < 0)
-				return -1;
-			g->any_sampling = true;
-			break;
-		case OPT_SEED:
-			if (dp_v4ctl_parse_u64("--seed", optarg, 0, UINT64_MAX, &g->seed) < 0)
-				return -1;
-			g->any_sampling = true;
-			break;
 		case OPT_STOP:
 			free(g->stop);
 			g->stop = NULL;
 			if (dp_v4ctl_parse_ids("--stop", optarg, STOP_IDS_MAX, &g->stop,
 			                       &g->n_stop) < 0)
 				return -1;
-			g->any_sampling = true;
+			g->smp.any = true;
 			break;
 		case OPT_TOKENS:
 			free(g->tokens);
@@ -463,14 +433,9 @@ int dp_v4ctl_generate(struct dp_v4ctl *ctl, int argc, char **argv)
 	}
 	gen.max_new_tokens = (uint32_t)g.max_tokens;
 	gen.return_text = !g.ids;
-	if (g.any_sampling) {
-		smp.temperature = g.temperature;
-		smp.top_k = (uint32_t)g.top_k;
-		smp.top_p = g.top_p;
-		smp.seed = g.seed;
+	if ((gen.sampling = dp_v4ctl_sampling_fill(&g.smp, &smp))) {
 		smp.n_stop_ids = g.n_stop;
 		smp.stop_ids = g.stop;
-		gen.sampling = &smp;
 	}
 	req.body_case = DUALPATH__V1__REQUEST__BODY_GENERATE;
 	req.generate = &gen;

@@ -36,6 +36,10 @@ struct dp_v4ctl {
 enum {
 	DP_V4CTL_OPT_SOCKET = 0x100,
 	DP_V4CTL_OPT_TIMEOUT,
+	DP_V4CTL_OPT_TEMPERATURE, /* the sampling options (DP_V4CTL_SAMPLING_OPTS) */
+	DP_V4CTL_OPT_TOP_K,
+	DP_V4CTL_OPT_TOP_P,
+	DP_V4CTL_OPT_SEED,
 	DP_V4CTL_OPT_FIRST_COMMAND, /* commands number their own options from here */
 };
 #define DP_V4CTL_COMMON_OPTS                                                                       \
@@ -45,6 +49,35 @@ enum {
 		"help", no_argument, NULL, 'h'                                                     \
 	}
 #define DP_V4CTL_COMMON_SHORT "h"
+
+/* The sampling options of the commands that generate (generate, chat): a
+ * command's table lists DP_V4CTL_SAMPLING_OPTS and its usage
+ * DP_V4CTL_SAMPLING_USAGE; dp_v4ctl_sampling_opt takes them. */
+#define DP_V4CTL_SAMPLING_OPTS                                                                     \
+	{"temperature", required_argument, NULL, DP_V4CTL_OPT_TEMPERATURE},                        \
+	    {"top-k", required_argument, NULL, DP_V4CTL_OPT_TOP_K},                                \
+	    {"top-p", required_argument, NULL, DP_V4CTL_OPT_TOP_P},                                \
+	{                                                                                          \
+		"seed", required_argument, NULL, DP_V4CTL_OPT_SEED                                 \
+	}
+#define DP_V4CTL_SAMPLING_USAGE                                                                    \
+	"  --temperature T     0 (default) is greedy\n"                                           \
+	"  --top-k K           sample among the K likeliest (0: off)\n"                           \
+	"  --top-p P           nucleus sampling (0 or 1: off)\n"                                  \
+	"  --seed S            sampling seed\n"
+
+struct dp_v4ctl_sampling {
+	float temperature, top_p;
+	uint64_t top_k, seed;
+	bool any; /* an option was given: the request carries Sampling */
+};
+/* 1 when opt is a sampling option (taken), 0 when it is not, -1 after
+ * printing a usage error. */
+int dp_v4ctl_sampling_opt(struct dp_v4ctl_sampling *s, int opt, const char *arg);
+/* The request's Sampling from s (stop ids are the caller's); NULL when no
+ * option was given (the daemon's default: greedy). */
+Dualpath__V1__Sampling *dp_v4ctl_sampling_fill(const struct dp_v4ctl_sampling *s,
+                                               Dualpath__V1__Sampling *ret);
 
 /*
  * Handle a common option (opt as getopt_long returned it). Returns 1 when

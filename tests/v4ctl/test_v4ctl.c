@@ -80,6 +80,22 @@ Test(v4ctl, bad_option_value_exits_2)
 	run_free(&r);
 }
 
+Test(v4ctl_cli, chat_and_generate_take_the_same_sampling_options)
+{
+	/* one parser for both: a bad value is named the same way, before any
+	 * connection (the socket does not exist) */
+	static const char *const cmds[] = {"generate", "chat"};
+	for (size_t i = 0; i < 2; i++) {
+		struct run r;
+		run_v4ctl_opts(&r, NULL, (const char *const[]){cmds[i], "--socket", "/nonexistent/x",
+		                                             "--top-p", "1.5", "hi", NULL});
+		cr_assert_eq(r.status, 2, "%s: exit %d", cmds[i], r.status);
+		cr_assert(strstr(r.err, "--top-p: '1.5' is not a number in [0, 1]"), "%s: %s", cmds[i],
+		          r.err);
+		run_free(&r);
+	}
+}
+
 Test(v4ctl_cli, unreachable_socket_exits_3)
 {
 	struct run r;
