@@ -55,6 +55,11 @@ struct dp_kv_wb {
 
 static void wb_free(struct dp_kv *kv, struct dp_kv_wb *wb, bool free_slots)
 {
+	/* its pages leave now (installed: the session's tier let them go) or
+	 * never (undone); until here they count as leaving, also while the
+	 * record waits for the journal sync, else the watermarks would see
+	 * them as staying and demote sessions they should keep */
+	kv->wb_leaving[wb->from] -= wb->leaving;
 	if (free_slots)
 		for (size_t i = 0; i < wb->n; i++)
 			dp_kv_slots_free(&kv->slots, wb->slots[i]);
@@ -171,7 +176,6 @@ fail:
  * into the journal (durable at the next sync), else it is undone. */
 static void wb_done(struct dp_kv *kv, struct dp_kv_wb *wb)
 {
-	kv->wb_leaving[wb->from] -= wb->leaving;
 	kv->wb_pages -= wb->n;
 	if (!wb->err && wb->s)
 		wb->err = dp_kv_journal_snapshot(kv->j, wb->s, wb->pos, wb->sp, wb->n, false);

@@ -12,34 +12,16 @@
 #include <string.h>
 
 #include "kvcache/kvcache.h"
-
-static char dir[256];
-static struct dp_gpu *gpu;
-static struct dp_v4_model *model;
-static uint32_t V;
+#include "kv-test.h"
 
 static void setup(void)
 {
-	char err[512] = "", path[512];
-	const char *root = getenv("DP_TEST_PARITY");
-	snprintf(dir, sizeof(dir), "/var/tmp/dp-test-unit-XXXXXX");
-	if (!mkdtemp(dir)) {
-		snprintf(dir, sizeof(dir), "/tmp/dp-test-unit-XXXXXX");
-		cr_assert_not_null(mkdtemp(dir));
-	}
-	snprintf(path, sizeof(path), "%s/alt", root ? root : "tests/model/parity");
-	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &gpu, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(dp_v4_model_load(gpu, path, &model, err, sizeof(err)), 0, "%s", err);
-	V = (uint32_t)dp_v4_model_config(model)->vocab_size;
+	kv_test_setup("unit");
 }
 
 static void teardown(void)
 {
-	char cmd[300];
-	dp_v4_model_free(model);
-	dp_gpu_free(gpu);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_expect_eq(system(cmd), 0);
+	kv_test_teardown();
 }
 
 TestSuite(unit, .init = setup, .fini = teardown, .timeout = 300);
@@ -54,17 +36,7 @@ static struct dp_kv *open_kv(uint32_t key_bits)
 	return kv;
 }
 
-static void feed(struct dp_v4_seq *seq, const int32_t *t, uint32_t n, float *logits)
-{
-	struct dp_v4_batch_item it = {seq, t, n, false};
-	cr_assert_eq(dp_v4_forward(model, &it, 1, logits), 0);
-}
 
-static void tokens(int32_t *t, uint32_t n, uint32_t salt)
-{
-	for (uint32_t i = 0; i < n; i++)
-		t[i] = (int32_t)((i * 2654435761u + salt * 40503u) % 200) + 3;
-}
 
 /* Feed t[0..n) into a fresh sequence, leaving units of tenant te at each
  * cut (ascending, < n). */
@@ -77,7 +49,7 @@ static void run_leaving(struct dp_kv *kv, const struct dp_kv_tenant *te, const i
 	uint32_t at = 0;
 	for (size_t i = 0; i <= n_cuts; i++) {
 		uint32_t to = i < n_cuts ? cuts[i] : n;
-		feed(seq, t + at, to - at, lg);
+		kv_test_feed(seq, t + at, to - at, lg);
 		at = to;
 		if (i < n_cuts)
 			cr_assert_eq(dp_kv_unit_leave(kv, te, t, at, seq), 0);
@@ -96,7 +68,7 @@ static void reference(const int32_t *t, const uint32_t *cuts, size_t n_cuts, uin
 	uint32_t at = 0;
 	for (size_t i = 0; i <= n_cuts; i++) {
 		uint32_t to = i < n_cuts ? cuts[i] : n;
-		feed(seq, t + at, to - at, lg);
+		kv_test_feed(seq, t + at, to - at, lg);
 		at = to;
 	}
 	dp_v4_seq_free(seq);
@@ -108,7 +80,7 @@ Test(unit, the_longest_unit_a_prompt_starts_with_is_found_and_its_fork_continues
 	struct dp_kv_tenant te;
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t t[48];
-	tokens(t, 48, 1);
+	kv_test_tokens(t, 48, 1);
 	uint32_t cuts[] = {10, 25};
 	run_leaving(kv, &te, t, 40, cuts, 2);
 	cr_expect_eq(dp_kv_unit_count(kv), 2);
@@ -132,14 +104,14 @@ Test(unit, the_longest_unit_a_prompt_starts_with_is_found_and_its_fork_continues
 	cr_assert_null(lent, "a DRAM or device unit is copied, not lent");
 	cr_assert_eq(dp_v4_seq_pos(seq), 25);
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	feed(seq, t + 25, 7, a);
+	kv_test_feed(seq, t + 25, 7, a);
 	dp_v4_seq_free(seq);
 	reference(t, cuts, 2, 32, b);
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0,
 	             "the fork's logits are the recompute's");
 	/* the unit is intact for the next request */
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 32, false, &seq, &lent), 25);
-	feed(seq, t + 25, 7, a);
+	kv_test_feed(seq, t + 25, 7, a);
 	dp_v4_seq_free(seq);
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0, "a second fork is the same");
 	struct dp_kv_stats st;
@@ -162,7 +134,7 @@ Test(unit, a_unit_is_found_only_by_its_own_tenant)
 	dp_kv_tenant_make(1000, "salt-a", 6, &a2);
 	cr_expect(a.tag[0] == a2.tag[0] && a.tag[1] == a2.tag[1]);
 	int32_t t[20];
-	tokens(t, 20, 2);
+	kv_test_tokens(t, 20, 2);
 	uint32_t cuts[] = {12};
 	run_leaving(kv, &a, t, 16, cuts, 1);
 	struct dp_kv_session *u;
@@ -182,9 +154,9 @@ Test(unit, colliding_chain_keys_are_told_apart_by_the_token_ids)
 	struct dp_kv_tenant te;
 	dp_kv_tenant_make(7, NULL, 0, &te);
 	int32_t x[16], y[16], z[16];
-	tokens(x, 16, 3);
-	tokens(y, 16, 4);
-	tokens(z, 16, 5);
+	kv_test_tokens(x, 16, 3);
+	kv_test_tokens(y, 16, 4);
+	kv_test_tokens(z, 16, 5);
 	uint32_t cuts[] = {4, 8};
 	run_leaving(kv, &te, x, 12, cuts, 2);
 	run_leaving(kv, &te, y, 12, cuts, 2);
@@ -207,7 +179,7 @@ Test(unit, a_unit_on_nvme_comes_back_after_a_reopen_and_is_lent_then_returned)
 	struct dp_kv_tenant te;
 	dp_kv_tenant_make(5, "k", 1, &te);
 	int32_t t[40];
-	tokens(t, 40, 6);
+	kv_test_tokens(t, 40, 6);
 	uint32_t cuts[] = {20};
 	run_leaving(kv, &te, t, 24, cuts, 1);
 	struct dp_kv_session *u;
@@ -225,7 +197,7 @@ Test(unit, a_unit_on_nvme_comes_back_after_a_reopen_and_is_lent_then_returned)
 	cr_assert_eq(lent, u, "an NVMe unit is lent");
 	cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &u), -ENOENT, "a lent unit is not found");
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	feed(seq, t + 20, 10, a);
+	kv_test_feed(seq, t + 20, 10, a);
 	dp_kv_unit_return(kv, lent, false);
 	reference(t, cuts, 1, 30, b);
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0);
@@ -241,7 +213,7 @@ Test(unit, a_unit_on_nvme_comes_back_after_a_reopen_and_is_lent_then_returned)
 	cr_assert_eq(dp_v4_seq_pos(seq), 0);
 	cr_assert_eq(dp_kv_session_seed(kv, s, &te, &seq), 20);
 	cr_assert_eq(dp_v4_seq_pos(seq), 20);
-	feed(seq, t + 20, 10, a);
+	kv_test_feed(seq, t + 20, 10, a);
 	dp_kv_session_release(kv, s);
 	cr_expect_eq(memcmp(a, b, (size_t)V * sizeof(float)), 0,
 	             "the seeded session continues exactly");

@@ -21,36 +21,18 @@
 #include "gpu/gpu.h"
 #include "io/io.h"
 #include "kvcache/kvcache.h"
+#include "kv-test.h"
 
 #define PAGE DP_V4_PAGE_BYTES
 
-static char dir[256];
-static struct dp_gpu *gpu;
-static struct dp_v4_model *model;
-static uint32_t V;
-
 static void setup(void)
 {
-	char err[512] = "", path[512];
-	const char *root = getenv("DP_TEST_PARITY");
-	snprintf(dir, sizeof(dir), "/var/tmp/dp-test-ushare-XXXXXX");
-	if (!mkdtemp(dir)) {
-		snprintf(dir, sizeof(dir), "/tmp/dp-test-ushare-XXXXXX");
-		cr_assert_not_null(mkdtemp(dir));
-	}
-	snprintf(path, sizeof(path), "%s/alt", root ? root : "tests/model/parity");
-	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &gpu, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(dp_v4_model_load(gpu, path, &model, err, sizeof(err)), 0, "%s", err);
-	V = (uint32_t)dp_v4_model_config(model)->vocab_size;
+	kv_test_setup("ushare");
 }
 
 static void teardown(void)
 {
-	char cmd[300];
-	dp_v4_model_free(model);
-	dp_gpu_free(gpu);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_expect_eq(system(cmd), 0);
+	kv_test_teardown();
 }
 
 TestSuite(unit_share, .init = setup, .fini = teardown, .timeout = 600);
@@ -64,17 +46,7 @@ static struct dp_kv *open_kv(void)
 	return kv;
 }
 
-static void feed(struct dp_v4_seq *seq, const int32_t *t, uint32_t n, float *logits)
-{
-	struct dp_v4_batch_item it = {seq, t, n, false};
-	cr_assert_eq(dp_v4_forward(model, &it, 1, logits), 0);
-}
 
-static void tokens(int32_t *t, uint32_t n, uint32_t salt)
-{
-	for (uint32_t i = 0; i < n; i++)
-		t[i] = (int32_t)((i * 2654435761u + salt * 40503u) % 200) + 3;
-}
 
 /* The conversation: turns ending at these positions (a unit left at each). */
 #define N_TURNS 7
@@ -122,7 +94,7 @@ static void converse(struct dp_kv *kv, const struct dp_kv_tenant *te, const int3
 				cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
 			}
 		}
-		feed(seq, t + from, cuts[i] - from, logits);
+		kv_test_feed(seq, t + from, cuts[i] - from, logits);
 		count_pages(seq, &c->pages[i], &c->frozen[i]);
 		cr_assert_eq(dp_kv_unit_leave(kv, te, t, cuts[i], seq), 0);
 	}
@@ -135,7 +107,7 @@ static struct dp_v4_seq *reference(const int32_t *t, int upto, float *logits)
 	struct dp_v4_seq *seq;
 	cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
 	for (int i = 0; i <= upto; i++)
-		feed(seq, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), logits);
+		kv_test_feed(seq, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), logits);
 	return seq;
 }
 
@@ -211,7 +183,7 @@ Test(unit_share, units_left_along_one_sequence_hold_its_full_pages_once)
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t));
 	float *lg = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 1);
+	kv_test_tokens(t, N_TOKENS, 1);
 	struct census c;
 	converse(kv, &te, t, false, &c, lg);
 	check_sharing(kv, &c, "one sequence");
@@ -227,7 +199,7 @@ Test(unit_share, a_stateless_conversation_forking_each_turn_holds_its_full_pages
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t));
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 2);
+	kv_test_tokens(t, N_TOKENS, 2);
 	struct census c;
 	converse(kv, &te, t, true, &c, a);
 	check_sharing(kv, &c, "forked turns");
@@ -254,7 +226,7 @@ Test(unit_share, a_fork_appending_other_tokens_leaves_the_shared_pages_unchanged
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t)), *x = malloc(N_TOKENS * sizeof(*x));
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 3);
+	kv_test_tokens(t, N_TOKENS, 3);
 	struct census c;
 	converse(kv, &te, t, true, &c, a);
 	uint64_t before = pool_pages(kv);
@@ -263,11 +235,11 @@ Test(unit_share, a_fork_appending_other_tokens_leaves_the_shared_pages_unchanged
 	 * start with tokens the conversation never had, and it leaves a unit
 	 * of its own (sharing the third unit's frozen pages) */
 	memcpy(x, t, cuts[2] * sizeof(*x));
-	tokens(x + cuts[2], N_TOKENS - cuts[2], 4);
+	kv_test_tokens(x + cuts[2], N_TOKENS - cuts[2], 4);
 	struct dp_v4_seq *seq;
 	struct dp_kv_session *lent;
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, x, cuts[2] + 1, false, &seq, &lent), (int)cuts[2]);
-	feed(seq, x + cuts[2], 2500, a);
+	kv_test_feed(seq, x + cuts[2], 2500, a);
 	size_t n, f;
 	count_pages(seq, &n, &f);
 	cr_assert_gt(f, c.frozen[2], "the branch filled pages of its own");
@@ -280,7 +252,7 @@ Test(unit_share, a_fork_appending_other_tokens_leaves_the_shared_pages_unchanged
 	struct dp_v4_seq *ref;
 	cr_assert_eq(dp_v4_seq_new(model, &ref), 0);
 	for (int i = 0; i < N_TURNS; i++) {
-		feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
+		kv_test_feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
 		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, cuts[i] + 1, false, &seq, &lent), (int)cuts[i]);
 		cr_expect(same_state(seq, ref), "unit %d is as it was", i);
 		dp_v4_seq_free(seq);
@@ -300,7 +272,7 @@ Test(unit_share, letting_one_holder_go_keeps_the_other_units_pages)
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t));
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 5);
+	kv_test_tokens(t, N_TOKENS, 5);
 	struct census c;
 	converse(kv, &te, t, true, &c, a);
 
@@ -319,7 +291,7 @@ Test(unit_share, letting_one_holder_go_keeps_the_other_units_pages)
 	struct dp_kv_session *lent;
 	cr_assert_eq(dp_v4_seq_new(model, &ref), 0);
 	for (int i = 0; i < N_TURNS; i++) {
-		feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
+		kv_test_feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
 		if (i == 0)
 			continue;
 		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, cuts[i] + 1, false, &seq, &lent), (int)cuts[i]);
@@ -356,13 +328,13 @@ Test(unit_share, a_session_demoted_to_dram_shares_the_pages_its_units_hold)
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t));
 	float *lg = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 6);
+	kv_test_tokens(t, N_TOKENS, 6);
 	struct dp_kv_session *s;
 	struct dp_v4_seq *seq;
 	cr_assert_eq(dp_kv_session_create(kv, "chat", &s), 0);
 	cr_assert_eq(dp_kv_session_acquire(kv, s, &seq), 0);
 	for (int i = 0; i <= 3; i++) /* the reference's chunks */
-		feed(seq, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), lg);
+		kv_test_feed(seq, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), lg);
 	cr_assert_eq(dp_kv_session_append(kv, s, t, cuts[3]), 0);
 	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, cuts[3], seq), 0);
 	size_t n, f;
@@ -421,7 +393,7 @@ Test(unit_share_io, writebacks_of_the_oldest_units_keep_the_pages_the_newer_ones
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t *t = malloc(N_TOKENS * sizeof(*t));
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-	tokens(t, N_TOKENS, 7);
+	kv_test_tokens(t, N_TOKENS, 7);
 	struct census c;
 	converse(kv, &te, t, true, &c, a);
 	cr_assert_eq(dp_kv_commit(kv), 0);
@@ -450,7 +422,7 @@ Test(unit_share_io, writebacks_of_the_oldest_units_keep_the_pages_the_newer_ones
 	size_t from_nvme = 0;
 	cr_assert_eq(dp_v4_seq_new(model, &ref), 0);
 	for (int i = 0; i < N_TURNS; i++) {
-		feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
+		kv_test_feed(ref, t + (i ? cuts[i - 1] : 0), cuts[i] - (i ? cuts[i - 1] : 0), b);
 		cr_assert_eq(dp_kv_unit_fork(kv, &te, t, cuts[i] + 1, false, &seq, &lent), (int)cuts[i]);
 		cr_expect(same_state(seq, ref), "unit %d", i);
 		if (lent) {
@@ -477,13 +449,13 @@ Test(unit_share_io, a_unit_lent_from_nvme_serves_a_second_request_with_a_twin)
 	struct dp_kv_tenant te;
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t t[40];
-	tokens(t, 40, 8);
+	kv_test_tokens(t, 40, 8);
 	float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
 	struct dp_v4_seq *seq;
 	cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
-	feed(seq, t, 20, a);
+	kv_test_feed(seq, t, 20, a);
 	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 20, seq), 0);
-	feed(seq, t + 20, 10, b); /* the reference: [0, 20) then [20, 30) */
+	kv_test_feed(seq, t + 20, 10, b); /* the reference: [0, 20) then [20, 30) */
 	dp_v4_seq_free(seq);
 	struct dp_kv_session *u;
 	cr_assert_eq(dp_kv_unit_find(kv, &te, t, 30, &u), 20);
@@ -501,9 +473,9 @@ Test(unit_share_io, a_unit_lent_from_nvme_serves_a_second_request_with_a_twin)
 		cr_expect_str_eq(dp_kv_session_id(lb), dp_kv_session_id(u));
 		cr_expect_eq(dp_kv_unit_find(kv, &te, t, 30, &probe), -ENOENT, "lent meanwhile");
 		float *x = malloc((size_t)V * sizeof(float));
-		feed(sb, t + 20, 10, x);
+		kv_test_feed(sb, t + 20, 10, x);
 		cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "the twin continues exactly");
-		feed(sa, t + 20, 10, x);
+		kv_test_feed(sa, t + 20, 10, x);
 		cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "so does the lender");
 		free(x);
 		if (round == 0) {
@@ -547,7 +519,7 @@ Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exac
 	struct dp_kv_tenant te;
 	dp_kv_tenant_make(1000, "a", 1, &te);
 	int32_t t[40];
-	tokens(t, 40, 9);
+	kv_test_tokens(t, 40, 9);
 	float *b = malloc((size_t)V * sizeof(float)), *b1 = malloc((size_t)V * sizeof(float));
 	float *x = malloc((size_t)V * sizeof(float));
 	/* the references, fed in the same pieces as the forks below (the
@@ -555,12 +527,12 @@ Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exac
 	struct dp_v4_seq *seq, *seq1;
 	cr_assert_eq(dp_v4_seq_new(model, &seq), 0);
 	cr_assert_eq(dp_v4_seq_new(model, &seq1), 0);
-	feed(seq, t, 20, x);
-	feed(seq1, t, 20, x);
+	kv_test_feed(seq, t, 20, x);
+	kv_test_feed(seq1, t, 20, x);
 	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 20, seq), 0);
-	feed(seq, t + 20, 10, b); /* [0, 20) then [20, 30) */
-	feed(seq1, t + 20, 9, x);
-	feed(seq1, t + 29, 1, b1); /* [0, 20), [20, 29), [29, 30) */
+	kv_test_feed(seq, t + 20, 10, b); /* [0, 20) then [20, 30) */
+	kv_test_feed(seq1, t + 20, 9, x);
+	kv_test_feed(seq1, t + 29, 1, b1); /* [0, 20), [20, 29), [29, 30) */
 	dp_v4_seq_free(seq);
 	dp_v4_seq_free(seq1);
 	struct dp_kv_session *u, *probe;
@@ -572,19 +544,19 @@ Test(unit_share_io, a_unit_left_from_a_lent_sequence_serves_a_later_request_exac
 	struct dp_kv_session *la, *lb, *lc;
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sa, &la), 20);
 	cr_assert_eq(la, u, "the first request borrows the unit");
-	feed(sa, t + 20, 9, x); /* its prefill stops one token short: a unit there */
+	kv_test_feed(sa, t + 20, 9, x); /* its prefill stops one token short: a unit there */
 	cr_assert_eq(dp_kv_unit_leave(kv, &te, t, 29, sa), 0);
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 30, true, &sb, &lb), 29,
 	             "the second starts from the longer unit the first left");
 	cr_expect_null(lb, "a copy of a unit in DRAM: nothing lent");
-	feed(sb, t + 29, 1, x);
+	kv_test_feed(sb, t + 29, 1, x);
 	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "it continues exactly");
-	feed(sa, t + 29, 1, x);
+	kv_test_feed(sa, t + 29, 1, x);
 	cr_expect_eq(memcmp(x, b1, (size_t)V * sizeof(float)), 0, "so does the lender");
 	cr_assert_eq(dp_kv_unit_fork(kv, &te, t, 21, true, &sc, &lc), 20,
 	             "a prompt below the longer unit gets the whole lent unit");
 	cr_assert(lc && lc != u, "as a twin");
-	feed(sc, t + 20, 10, x);
+	kv_test_feed(sc, t + 20, 10, x);
 	cr_expect_eq(memcmp(x, b, (size_t)V * sizeof(float)), 0, "the twin continues exactly");
 	dp_v4_seq_free(sb);
 	dp_kv_unit_return(kv, la, false);
