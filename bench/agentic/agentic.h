@@ -44,6 +44,21 @@ struct ag_turn_rec {
 	uint64_t digest; /* FNV-1a of the generated ids */
 };
 
+/* What playing a trace recorded (play.c's player and http-play.c's). */
+struct ag_played {
+	struct ag_turn_rec **recs; /* [session][turn] */
+	uint32_t *itl_us;          /* every gap between chunks, all turns */
+	size_t n_itl;
+	uint64_t t_start, t_end; /* first send, last final chunk */
+};
+/* A zeroed record for every turn of tr (t_start UINT64_MAX, t_end 0). */
+int ag_played_init(struct ag_played *o, const struct ag_trace *tr);
+/* One player thread's part: its first send, last end and gaps, added. */
+int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end,
+                  const uint32_t *itl, size_t n_itl);
+/* Free what init and add allocated; accepts a zeroed one. */
+void ag_played_fini(struct ag_played *o, const struct ag_trace *tr);
+
 struct ag_play {
 	const struct ag_trace *tr;
 	const char *sock;
@@ -60,10 +75,7 @@ struct ag_play {
 	void (*at_warm)(void *warm_ctx);
 	void *warm_ctx;
 	/* out */
-	struct ag_turn_rec **recs; /* [session][turn], allocated by ag_play_run */
-	uint32_t *itl_us;          /* every gap between chunks, all turns */
-	size_t n_itl;
-	uint64_t t_start, t_end; /* first send, last final chunk */
+	struct ag_played out; /* allocated by ag_play_run */
 	uint64_t evict_errors;
 	uint64_t evicts, evict_ns; /* EvictSessions answered, their round trips' sum */
 };

@@ -132,7 +132,7 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 		n += tr->sessions[s].n_turns > w ? tr->sessions[s].n_turns - w : 0;
 	double *ttft = malloc((n ? n : 1) * sizeof(*ttft));
 	double *nvme = malloc((n ? n : 1) * sizeof(*nvme));
-	double *itl = malloc((p->n_itl ? p->n_itl : 1) * sizeof(*itl));
+	double *itl = malloc((p->out.n_itl ? p->out.n_itl : 1) * sizeof(*itl));
 	res->digests = malloc((n ? n : 1) * sizeof(*res->digests));
 	if (!ttft || !nvme || !itl || !res->digests) {
 		fprintf(stderr, "agentic-driver: out of memory\n");
@@ -140,7 +140,7 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 	}
 	for (uint32_t s = 0; s < tr->n_sessions; s++) {
 		for (uint32_t t = w; t < tr->sessions[s].n_turns; t++, k++) {
-			const struct ag_turn_rec *r = &p->recs[s][t];
+			const struct ag_turn_rec *r = &p->out.recs[s][t];
 			ttft[k] = (double)(r->t_first - r->t_send) / 1e6;
 			if (r->tier == AG_TIER_NVME)
 				nvme[nv++] = ttft[k];
@@ -153,16 +153,16 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 			res->digests[k] = r->digest;
 		}
 	}
-	for (size_t i = 0; i < p->n_itl; i++)
-		itl[i] = (double)p->itl_us[i] / 1e3;
+	for (size_t i = 0; i < p->out.n_itl; i++)
+		itl[i] = (double)p->out.itl_us[i] / 1e3;
 	res->turns = n;
-	res->wall_s = (double)(p->t_end - p->t_start) / 1e9;
+	res->wall_s = (double)(p->out.t_end - p->out.t_start) / 1e9;
 	res->tok_s = (double)res->generated / res->wall_s;
 	res->ttft_p50 = pct(ttft, n, 50);
 	res->ttft_p99 = pct(ttft, n, 99);
 	res->ttft_nvme_p50 = pct(nvme, nv, 50);
-	res->itl_p50 = pct(itl, p->n_itl, 50);
-	res->itl_p99 = pct(itl, p->n_itl, 99);
+	res->itl_p50 = pct(itl, p->out.n_itl, 50);
+	res->itl_p99 = pct(itl, p->out.n_itl, 99);
 	res->evict_errors = p->evict_errors;
 	res->evict_ms = p->evicts ? (double)p->evict_ns / (double)p->evicts / 1e6 : 0;
 	free(ttft);
