@@ -42,6 +42,7 @@ struct ag_turn_rec {
 	uint32_t generated;
 	uint8_t tier;    /* enum ag_tier */
 	uint64_t digest; /* FNV-1a of the generated ids */
+	uint64_t bytes;  /* the state's size when sent (ListSessions), 0 if none */
 };
 
 /* What playing a trace recorded (play.c's player and http-play.c's). */
@@ -165,6 +166,41 @@ void ag_monitor_fini(struct ag_monitor *m);
 int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, uint64_t *ret_bytes,
                 bool *ret_direct, char *err, size_t err_len);
 
+/* ---- disturb.c: how much other work shared the machine -------------------- */
+
+struct ag_cpu_snap {
+	double busy_s;  /* the machine's CPU time, all CPUs (/proc/stat) */
+	double steal_s; /* of which steal */
+	double ours_s;  /* this process and its reaped children (getrusage) */
+	uint64_t t_ns;
+};
+int ag_cpu_snap(struct ag_cpu_snap *ret);
+/* Between two snapshots: the CPUs other processes kept busy (CPU seconds a
+ * second; the machine has nproc) and steal, likewise. Children still running
+ * at b count as others: take b after they are reaped. */
+void ag_cpu_since(const struct ag_cpu_snap *a, const struct ag_cpu_snap *b, double *ret_others,
+                  double *ret_steal);
+/* A fixed piece of arithmetic on every CPU at once, ms (median of 3): the
+ * undisturbed machine's time is the lowest seen. */
+double ag_probe_ms(void);
+
+/* ---- throttle.c: a read rate on the work directory's disk ------------------ */
+
+struct ag_throttle {
+	bool v2, moved;
+	unsigned maj, min; /* the disk */
+	uint64_t read_bps; /* now; 0: none */
+	char parent[448];
+	char dir[512];
+};
+/* Make a cgroup for this process under its own and move into it (the
+ * processes it starts are born there); path: a file or folder on the disk. */
+int ag_throttle_open(struct ag_throttle *t, const char *path, char *err, size_t err_len);
+/* Reads from the disk at most read_bps bytes/s (0: no limit). */
+int ag_throttle_set(struct ag_throttle *t, uint64_t read_bps, char *err, size_t err_len);
+/* Move back and remove the cgroup; accepts a zeroed one. */
+void ag_throttle_close(struct ag_throttle *t);
+
 /* ---- the driver (driver.c) and its report (report.c) ----------------------- */
 
 enum ag_mode {
@@ -190,6 +226,20 @@ struct ag_opts {
 	unsigned clients, io_depth, rounds, warmup;
 	double idle_scale;
 	bool evict, keep;
+	/* --throttle-read: NULL none; "auto": each round, the rate at which the
+	 * restores' reads take as long as the round's compute-only time */
+	const char *throttle;
+	uint64_t throttle_bps; /* a fixed rate, when not auto */
+};
+
+/* One round: every mode back to back; how disturbed it was. */
+struct ag_round {
+	bool complete;      /* every mode asked for ran */
+	double others_cpus; /* the most any of its modes saw */
+	double steal_cpus;
+	double probe_ms;   /* the slowest probe around its modes */
+	double read_bps;   /* the throttle its restore modes ran under; 0: none */
+	double est_bytes;  /* auto: the bytes the rate was set for */
 };
 
 /* One mode's run, as measured (report.c fills most of it). */
@@ -218,6 +268,9 @@ struct ag_result {
 	size_t n_ev;
 	char trace_tmp[PATH_MAX]; /* dualpath: this round's v4ctl trace */
 	unsigned round;
+	uint64_t state_bytes; /* ListSessions' sizes over the measured turns */
+	/* disturbance: during the run (ag_cpu_since) and the probe just before */
+	double others_cpus, steal_cpus, probe_ms;
 	/* dualpath: the I/O-only probe */
 	double io_s, io_gbps;
 	uint64_t io_bytes;
@@ -233,8 +286,10 @@ void ag_analyse_events(struct ag_result *res, enum ag_mode m, const struct ag_ev
 void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struct ag_trace *tr);
 /* Every event as a Chrome trace, DIR/agentic-MODE.events.json. */
 int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, size_t n);
-/* The tables, the ideal bound and the RESULT lines, on stdout. */
-void ag_report(const struct ag_opts *o, struct ag_result *res);
+/* The chosen round's tables, its ideal bound, every round's figures and
+ * their spread, and the chosen round's RESULT lines, on stdout. */
+void ag_report(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
+               const struct ag_round *rounds, unsigned chosen, double probe_best_ms);
 
 #define AG_HDR_BYTES  4096u
 #define AG_PAGE_BYTES 65536u

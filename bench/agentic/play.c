@@ -275,10 +275,13 @@ static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Resp
 		if (r->request_id == s->rid_list) {
 			if (r->body_case != DUALPATH__V1__RESPONSE__BODY_SESSIONS)
 				return 0; /* an Error: the tier stays unknown (new) */
-			for (size_t k = 0; k < r->sessions->n_sessions; k++)
-				if (!strcmp(r->sessions->sessions[k]->session_id, s->id))
-					w->p->out.recs[s->idx][s->turn].tier =
-					    (uint8_t)tier_of(r->sessions->sessions[k]->tier);
+			for (size_t k = 0; k < r->sessions->n_sessions; k++) {
+				const Dualpath__V1__SessionInfo *si = r->sessions->sessions[k];
+				if (strcmp(si->session_id, s->id))
+					continue;
+				w->p->out.recs[s->idx][s->turn].tier = (uint8_t)tier_of(si->tier);
+				w->p->out.recs[s->idx][s->turn].bytes = si->bytes;
+			}
 			return 0;
 		}
 		if (r->request_id != s->rid_gen)
