@@ -180,6 +180,9 @@ int ag_cpu_snap(struct ag_cpu_snap *ret);
  * at b count as others: take b after they are reaped. */
 void ag_cpu_since(const struct ag_cpu_snap *a, const struct ag_cpu_snap *b, double *ret_others,
                   double *ret_steal);
+/* The time process pid's threads (those alive now) have run, and have
+ * waited runnable for a CPU, so far. */
+int ag_proc_sched(pid_t pid, double *ret_run_s, double *ret_wait_s);
 /* A fixed piece of arithmetic on every CPU at once, ms (median of 3): the
  * undisturbed machine's time is the lowest seen. */
 double ag_probe_ms(void);
@@ -229,12 +232,14 @@ struct ag_opts {
 	/* --throttle-read: NULL none; "auto": each round, the rate at which the
 	 * restores' reads take as long as the round's compute-only time */
 	const char *throttle;
-	uint64_t throttle_bps; /* a fixed rate, when not auto */
+	uint64_t throttle_bps;    /* a fixed rate, when not auto */
+	double throttle_io_ratio; /* auto: the I/O-only / compute-only aimed at */
 };
 
 /* One round: every mode back to back; how disturbed it was. */
 struct ag_round {
 	bool complete;      /* every mode asked for ran */
+	double cpu_wait;    /* the most any of its modes' daemon waited (ag_result) */
 	double others_cpus; /* the most any of its modes saw */
 	double steal_cpus;
 	double probe_ms;   /* the slowest probe around its modes */
@@ -271,6 +276,9 @@ struct ag_result {
 	uint64_t state_bytes; /* ListSessions' sizes over the measured turns */
 	/* disturbance: during the run (ag_cpu_since) and the probe just before */
 	double others_cpus, steal_cpus, probe_ms;
+	/* the daemon's threads over the measured turns: waited runnable for a
+	 * CPU / (that + ran); NAN if unknown */
+	double run0_s, wait0_s, cpu_wait;
 	/* dualpath: the I/O-only probe */
 	double io_s, io_gbps;
 	uint64_t io_bytes;

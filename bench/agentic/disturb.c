@@ -6,8 +6,11 @@
  * I/O probe, v4ctl) spent (getrusage), over the run's wall time: the CPUs
  * other processes took, steal (the hypervisor's) shown apart. And a fixed
  * piece of arithmetic on every CPU at once (the probe), timed: it takes
- * longer the more the CPUs are shared.
+ * longer the more the CPUs are shared. And the most direct: how long the
+ * daemon's own threads, runnable, waited for a CPU (the scheduler's
+ * /proc/PID/task/TID/schedstat), against how long they ran.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -56,6 +59,38 @@ void ag_cpu_since(const struct ag_cpu_snap *a, const struct ag_cpu_snap *b, doub
 		others = 0;
 	*ret_others = wall > 0 ? others / wall : 0;
 	*ret_steal = wall > 0 ? (b->steal_s - a->steal_s) / wall : 0;
+}
+
+int ag_proc_sched(pid_t pid, double *ret_run_s, double *ret_wait_s)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return -errno;
+	unsigned long long run = 0, wait = 0;
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));) {
+		if (e->d_name[0] == '.')
+			continue;
+		char f[300];
+		snprintf(f, sizeof(f), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+		FILE *fp = fopen(f, "r");
+		unsigned long long r, w;
+		if (fp && fscanf(fp, "%llu %llu", &r, &w) == 2) {
+			run += r;
+			wait += w;
+			n++;
+		}
+		if (fp)
+			fclose(fp);
+	}
+	closedir(d);
+	if (!n)
+		return -ENOENT; /* no schedstat (a kernel without CONFIG_SCHED_INFO) */
+	*ret_run_s = (double)run / 1e9;
+	*ret_wait_s = (double)wait / 1e9;
+	return 0;
 }
 
 /* ---- the probe ------------------------------------------------------------ */

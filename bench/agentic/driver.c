@@ -27,7 +27,7 @@
  *	               [--workdir DIR] [--trace-out FILE] [--v4ctl PATH]
  *	               [--daemon-arg ARG]... [--keep] [--events-dir DIR] [--rounds N]
  *	               [--warmup-turns N] [--result-prefix NAME]
- *	               [--throttle-read auto|BYTES]
+ *	               [--throttle-read auto[:F]|BYTES]
  *
  * Parking: each mode's daemon gets --device-bytes and --dram-bytes (default
  * 4M and 4M: on the embedded model a session of a few thousand tokens holds
@@ -74,16 +74,20 @@
  * --rounds N runs N rounds; a round runs every mode back to back on the
  * same trace (same sessions, same tokens, greedy): resident first, then the
  * others, their order reversed every other round. Each mode's run is
- * bracketed by two measures of disturbance (disturb.c): the CPUs other
- * processes kept busy meanwhile (the machine's CPU time from /proc/stat less
- * this driver's and its children's, over the run's wall time; steal shown
- * apart) and a fixed probe of arithmetic on every CPU, timed just before
- * (and once after the round). The report takes the round whose most
- * disturbed mode saw the fewest other CPUs busy (ties: the faster probe);
- * every figure, the ideal bound included, comes from that one round, and a
- * table gives every round's ratios and their spread. RESULT lines say
- * which round and how disturbed (round=K/N others_cpus=X
- * probe_slowdown=Y: its slowest probe over the fastest seen in the run).
+ * measured for disturbance three ways (disturb.c): cpu wait, the share of
+ * its runnable time the daemon's threads spent waiting for a CPU over the
+ * measured turns (/proc/PID/task/TID/schedstat: the scheduler's own
+ * account); the CPUs other processes kept busy meanwhile (the machine's
+ * CPU time from /proc/stat less this driver's and its children's, over the
+ * run's wall time; steal shown apart: on a saturated machine this stays
+ * near nproc whatever the daemon gets, so it tells little); and a fixed
+ * probe of arithmetic on every CPU, timed just before (and once after the
+ * round). The report takes the round whose most disturbed mode waited least
+ * (ties: the faster probe); every figure, the ideal bound included, comes
+ * from that one round, and a table gives every round's ratios and their
+ * spread. RESULT lines say which round and how disturbed (round=K/N
+ * cpu_wait=W others_cpus=X probe_slowdown=Y: its slowest probe over the
+ * fastest seen in the run).
  *
  * --throttle-read RATE puts this driver, and so its daemons and the I/O
  * probe, in a cgroup whose reads from the work directory's disk are
@@ -94,7 +98,10 @@
  * in the first round, the sessions' state sizes from ListSessions, plus a
  * 4 KiB header a 64 KiB page): the I/O-only and compute-only halves of the
  * ideal bound then come out alike, and the report shows their ratio as
- * measured.
+ * measured. "auto:F" aims at I/O-only = F x compute-only instead (F > 1:
+ * an io-bound run). The kernel's throttle lets a short burst through
+ * unthrottled (its time slice), so runs that read for well under a second
+ * come out faster than the rate.
  *
  * Generated tokens are compared with the resident run's, turn by turn
  * (greedy decoding: a restored state should give the same tokens; batch
@@ -168,6 +175,8 @@ static void at_warm(void *arg)
 		                         sizeof(w->res->warm_err));
 	w->res->warm_ok = r == 0;
 	w->res->cpu0_s = ag_proc_cpu_s(w->pid);
+	if (ag_proc_sched(w->pid, &w->res->run0_s, &w->res->wait0_s) < 0)
+		w->res->run0_s = NAN;
 }
 
 _Static_assert(sizeof(struct ag_stats) % sizeof(double) == 0, "struct ag_stats: doubles only");
@@ -238,6 +247,8 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	wc.sock = d.sock;
 	wc.pid = d.pid;
 	res->cpu0_s = ag_proc_cpu_s(d.pid); /* the warm-up's end replaces it */
+	if (ag_proc_sched(d.pid, &res->run0_s, &res->wait0_s) < 0)
+		res->run0_s = NAN;
 	p.at_warm = at_warm;
 	p.warm_ctx = &wc;
 	mon.sock = d.sock;
@@ -256,6 +267,11 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	if ((ret = ag_daemon_stats(d.sock, &res->st, err, sizeof(err))) < 0)
 		goto out;
 	res->cpu_s = ag_proc_cpu_s(d.pid) - res->cpu0_s;
+	double run_s, wait_s;
+	res->cpu_wait = NAN;
+	if (!isnan(res->run0_s) && ag_proc_sched(d.pid, &run_s, &wait_s) == 0 &&
+	    run_s + wait_s > res->run0_s + res->wait0_s)
+		res->cpu_wait = (wait_s - res->wait0_s) / (run_s + wait_s - res->run0_s - res->wait0_s);
 	if (o->warmup) {
 		if (!res->warm_ok) {
 			snprintf(err, sizeof(err), "snapshot after the warm-up: %s", res->warm_err);
@@ -325,7 +341,7 @@ static const char usage[] =
     "                      [--threads N] [--io-depth N] [--workdir DIR] [--trace-out FILE]\n"
     "                      [--v4ctl PATH] [--daemon-arg ARG]... [--keep]\n"
     "                      [--events-dir DIR] [--rounds N] [--warmup-turns N]\n"
-    "                      [--result-prefix NAME] [--throttle-read auto|BYTES]\n"
+    "                      [--result-prefix NAME] [--throttle-read auto[:F]|BYTES]\n"
     "See the header of bench/agentic/driver.c.\n";
 
 static int parse_modes(struct ag_opts *o, const char *list)
@@ -353,14 +369,27 @@ static int parse_modes(struct ag_opts *o, const char *list)
 	return 0;
 }
 
-/* --throttle-read auto | BYTES[K|M|G] (a second) */
+/* --throttle-read auto[:F] | BYTES[K|M|G] (a second) */
 static int parse_rate(struct ag_opts *o, const char *v)
 {
+	char *end;
 	o->throttle = v;
 	o->throttle_bps = 0;
+	o->throttle_io_ratio = 1.0;
 	if (!strcmp(v, "auto"))
 		return 0;
-	char *end;
+	if (!strncmp(v, "auto:", 5)) {
+		o->throttle_io_ratio = strtod(v + 5, &end);
+		if (end == v + 5 || *end || !(o->throttle_io_ratio >= 0.05) ||
+		    o->throttle_io_ratio > 20) {
+			fprintf(stderr,
+			        "agentic-driver: --throttle-read auto:F: F, the I/O-only time over "
+			        "the compute-only time, 0.05..20, not '%s'\n",
+			        v + 5);
+			return -EINVAL;
+		}
+		return 0;
+	}
 	double x = strtod(v, &end);
 	double k = *end == 'K' ? 1024 : *end == 'M' ? 1048576 : *end == 'G' ? 1073741824 : 1;
 	if (k > 1)
@@ -602,7 +631,7 @@ int main(int argc, char **argv)
 				g->est_bytes = last_bytes > 0 ? last_bytes
 				                              : (double)rr[AG_MODE_RESIDENT].state_bytes *
 				                                    AG_SLOT_BYTES / AG_PAGE_BYTES;
-				g->read_bps = c > 0 ? g->est_bytes / c : 0;
+				g->read_bps = c > 0 ? g->est_bytes / (c * o.throttle_io_ratio) : 0;
 				if (g->read_bps > 0 && g->read_bps < 1e6)
 					g->read_bps = 1e6; /* a floor against a broken estimate */
 				if (ag_throttle_set(&thr, (uint64_t)g->read_bps, err, sizeof(err)) < 0) {
@@ -631,14 +660,16 @@ int main(int argc, char **argv)
 			if (sa == 0 && ag_cpu_snap(&b) == 0)
 				ag_cpu_since(&a, &b, &r.others_cpus, &r.steal_cpus);
 			g->others_cpus = fmax(g->others_cpus, r.others_cpus);
+			g->cpu_wait = fmax(g->cpu_wait, isnan(r.cpu_wait) ? 0 : r.cpu_wait);
 			g->steal_cpus = fmax(g->steal_cpus, r.steal_cpus);
 			if (m == AG_MODE_DUALPATH && r.io_bytes)
 				last_bytes = (double)r.io_bytes;
 			fprintf(stderr,
 			        "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
-			        "load %.3f s; others %.2f CPUs, probe %.1f ms%s%s\n",
+			        "load %.3f s; cpu wait %.2f, others %.2f CPUs, probe %.1f ms%s%s\n",
 			        round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
-			        r.others_cpus, r.probe_ms, o.keep ? ", kept " : "", o.keep ? r.dir : "");
+			        r.cpu_wait, r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
+			        o.keep ? r.dir : "");
 			rr[m] = r;
 		}
 		double end = ag_probe_ms();
@@ -649,14 +680,15 @@ int main(int argc, char **argv)
 	}
 	ag_throttle_close(&thr);
 
-	/* the least disturbed complete round (a tie: the steadier probe) */
+	/* the least disturbed complete round: the one whose most disturbed
+	 * daemon waited least for a CPU (a tie: the faster probe) */
 	unsigned chosen = 0;
 	bool have = false;
 	for (unsigned i = 0; i < o.rounds; i++) {
 		if (!rd[i].complete)
 			continue;
-		if (!have || rd[i].others_cpus < rd[chosen].others_cpus - 0.005 ||
-		    (rd[i].others_cpus < rd[chosen].others_cpus + 0.005 &&
+		if (!have || rd[i].cpu_wait < rd[chosen].cpu_wait - 0.005 ||
+		    (rd[i].cpu_wait < rd[chosen].cpu_wait + 0.005 &&
 		     rd[i].probe_ms < rd[chosen].probe_ms))
 			chosen = i;
 		have = true;

@@ -427,13 +427,14 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 	for (int c = 0; c < 5; c++)
 		if (!(col[c] = calloc(n, sizeof(double))))
 			return;
-	printf("\nrounds (each: every mode back to back; others: CPUs of %ld kept busy by other "
-	       "processes during\nits most disturbed mode, steal apart; probe: its slowest probe "
-	       "over the fastest of the run, %.1f ms):\n",
+	printf("\nrounds (each: every mode back to back; the most any of its modes saw of: cpu wait, "
+	       "the share of\nits runnable time the daemon waited for a CPU; others, CPUs of %ld kept "
+	       "busy by other processes;\nsteal; probe, the probe's time over the fastest of the "
+	       "run, %.1f ms):\n",
 	       sysconf(_SC_NPROCESSORS_ONLN), probe_best);
-	printf("%-6s %7s %6s %6s %9s %9s %8s %8s %10s %7s %10s\n", "round", "others", "steal",
-	       "probe", "compute s", "I/O s", "I/O/comp", "dp/full", "dp/ideal", "stall",
-	       "TTFT dp/full");
+	printf("%-6s %8s %7s %6s %6s %9s %9s %8s %8s %10s %7s %10s\n", "round", "cpu wait",
+	       "others", "steal", "probe", "compute s", "I/O s", "I/O/comp", "dp/full", "dp/ideal",
+	       "stall", "TTFT dp/full");
 	for (unsigned i = 0; i < n; i++) {
 		struct round_figs f = round_figs(res[i]);
 		col[0][i] = f.dp_full;
@@ -442,8 +443,9 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 		col[3][i] = f.stall;
 		col[4][i] = f.io_compute;
 		const struct ag_result *rs = &res[i][AG_MODE_RESIDENT], *dp = &res[i][AG_MODE_DUALPATH];
-		printf("%-6u %7.2f %6.2f %6.2f %9.3f %9.3f %8.3f %8.3f %10.3f %7.4f %10.3f %s%s\n",
-		       i + 1, rd[i].others_cpus, rd[i].steal_cpus, rd[i].probe_ms / probe_best,
+		printf("%-6u %8.2f %7.2f %6.2f %6.2f %9.3f %9.3f %8.3f %8.3f %10.3f %7.4f %10.3f %s%s\n",
+		       i + 1, rd[i].cpu_wait, rd[i].others_cpus, rd[i].steal_cpus,
+		       rd[i].probe_ms / probe_best,
 		       rs->ran ? rs->st.step_s : NAN, dp->ran ? dp->io_s : NAN, f.io_compute,
 		       f.dp_full, f.dp_ideal, f.stall, f.ttft, i == chosen ? "<- reported" : "",
 		       rd[i].complete ? "" : " (incomplete)");
@@ -453,12 +455,14 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 	       "TTFT nvme dp/full %s\n",
 	       fmt_span(b[4], col[4], n), fmt_span(b[0], col[0], n), fmt_span(b[1], col[1], n),
 	       fmt_span(b[3], col[3], n), fmt_span(b[2], col[2], n));
-	if (rd[chosen].read_bps > 0)
-		printf("NVMe tier reads throttled (%s) to %.1f MB/s in the reported round%s\n",
-		       o->throttle_bps ? "--throttle-read" : "--throttle-read auto",
-		       rd[chosen].read_bps / 1e6,
-		       o->throttle_bps ? "" : ": the rate at which the restores' bytes take the "
-		                              "resident run's compute time");
+	if (rd[chosen].read_bps > 0 && o->throttle_bps)
+		printf("NVMe tier reads throttled (--throttle-read) to %.1f MB/s\n",
+		       rd[chosen].read_bps / 1e6);
+	else if (rd[chosen].read_bps > 0)
+		printf("NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
+		       "round: the rate at which the restores' bytes take %g x the resident run's "
+		       "compute time\n",
+		       o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
 	for (int c = 0; c < 5; c++)
 		free(col[c]);
 }
@@ -467,8 +471,9 @@ void ag_report(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
                const struct ag_round *rd, unsigned chosen, double probe_best)
 {
 	char tag[128];
-	snprintf(tag, sizeof(tag), " round=%u/%u others_cpus=%.2f probe_slowdown=%.2f", chosen + 1,
-	         o->rounds, rd[chosen].others_cpus, rd[chosen].probe_ms / probe_best);
+	snprintf(tag, sizeof(tag), " round=%u/%u cpu_wait=%.2f others_cpus=%.2f probe_slowdown=%.2f",
+	         chosen + 1, o->rounds, rd[chosen].cpu_wait, rd[chosen].others_cpus,
+	         rd[chosen].probe_ms / probe_best);
 	print_tables(o, res[chosen]);
 	printf("\nreported: round %u of %u (the least disturbed)\n", chosen + 1, o->rounds);
 	print_rounds(o, res, rd, chosen, probe_best);
