@@ -579,19 +579,26 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
+	struct ag_result(*res)[AG_MODE_MAX] = calloc(o.rounds, sizeof(*res));
+	struct ag_round *rd = calloc(o.rounds, sizeof(*rd));
 	struct ag_throttle thr = {0};
-	if (o.throttle) {
-		if (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0) {
-			fprintf(stderr, "agentic-driver: --throttle-read: %s\n", err);
-			ag_trace_free(tr);
-			return 1;
-		}
-		if (o.throttle_bps && ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0) {
-			fprintf(stderr, "agentic-driver: --throttle-read: %s\n", err);
-			ag_throttle_close(&thr);
-			ag_trace_free(tr);
-			return 1;
-		}
+	if (!res || !rd)
+		snprintf(err, sizeof(err), "out of memory");
+	/* killed mid-run, the driver leaves its cgroup (.../dp-agentic-PID)
+	 * behind, empty: rmdir removes it */
+	else if (o.throttle && (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0 ||
+	                        (o.throttle_bps &&
+	                         ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0)))
+		snprintf(err + strlen(err), sizeof(err) - strlen(err), " (--throttle-read)");
+	else
+		err[0] = '\0';
+	if (err[0]) {
+		fprintf(stderr, "agentic-driver: %s\n", err);
+		ag_throttle_close(&thr);
+		free(res);
+		free(rd);
+		ag_trace_free(tr);
+		return 1;
 	}
 
 	/* Every round runs every mode back to back, same trace, a fresh daemon
@@ -601,12 +608,6 @@ int main(int argc, char **argv)
 	 * mode). Each mode's run is bracketed by the machine's CPU time and the
 	 * probe; the report takes the round whose most disturbed mode was
 	 * disturbed least, ratios and ideal bound from that round alone. */
-	struct ag_result(*res)[AG_MODE_MAX] = calloc(o.rounds, sizeof(*res));
-	struct ag_round *rd = calloc(o.rounds, sizeof(*rd));
-	if (!res || !rd) {
-		fprintf(stderr, "agentic-driver: out of memory\n");
-		return 1;
-	}
 	int failed = 0;
 	double probe_best = INFINITY, last_bytes = 0;
 	for (unsigned round = 1; round <= o.rounds; round++) {
