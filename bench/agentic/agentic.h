@@ -55,8 +55,8 @@ struct ag_played {
 /* A zeroed record for every turn of tr (t_start UINT64_MAX, t_end 0). */
 int ag_played_init(struct ag_played *o, const struct ag_trace *tr);
 /* One player thread's part: its first send, last end and gaps, added. */
-int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end,
-                  const uint32_t *itl, size_t n_itl);
+int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end, const uint32_t *itl,
+                  size_t n_itl);
 /* Free what init and add allocated; accepts a zeroed one. */
 void ag_played_fini(struct ag_played *o, const struct ag_trace *tr);
 
@@ -242,9 +242,9 @@ struct ag_round {
 	double cpu_wait;    /* the most any of its modes' daemon waited (ag_result) */
 	double others_cpus; /* the most any of its modes saw */
 	double steal_cpus;
-	double probe_ms;   /* the slowest probe around its modes */
-	double read_bps;   /* the throttle its restore modes ran under; 0: none */
-	double est_bytes;  /* auto: the bytes the rate was set for */
+	double probe_ms;  /* the slowest probe around its modes */
+	double read_bps;  /* the throttle its restore modes ran under; 0: none */
+	double est_bytes; /* auto: the bytes the rate was set for */
 };
 
 /* One mode's run, as measured (report.c fills most of it). */

@@ -43,8 +43,8 @@ int ag_cpu_snap(struct ag_cpu_snap *ret)
 	double hz = (double)sysconf(_SC_CLK_TCK);
 	ret->busy_s = (double)(us + ni + sy + irq + sirq + st) / hz;
 	ret->steal_s = (double)st / hz;
-	ret->ours_s = tv_s(self.ru_utime) + tv_s(self.ru_stime) + tv_s(kids.ru_utime) +
-	              tv_s(kids.ru_stime);
+	ret->ours_s =
+	    tv_s(self.ru_utime) + tv_s(self.ru_stime) + tv_s(kids.ru_utime) + tv_s(kids.ru_stime);
 	ret->t_ns = dp_clock_ns();
 	return 0;
 }

@@ -271,7 +271,8 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	res->cpu_wait = NAN;
 	if (!isnan(res->run0_s) && ag_proc_sched(d.pid, &run_s, &wait_s) == 0 &&
 	    run_s + wait_s > res->run0_s + res->wait0_s)
-		res->cpu_wait = (wait_s - res->wait0_s) / (run_s + wait_s - res->run0_s - res->wait0_s);
+		res->cpu_wait =
+		    (wait_s - res->wait0_s) / (run_s + wait_s - res->run0_s - res->wait0_s);
 	if (o->warmup) {
 		if (!res->warm_ok) {
 			snprintf(err, sizeof(err), "snapshot after the warm-up: %s", res->warm_err);
@@ -586,9 +587,9 @@ int main(int argc, char **argv)
 		snprintf(err, sizeof(err), "out of memory");
 	/* killed mid-run, the driver leaves its cgroup (.../dp-agentic-PID)
 	 * behind, empty: rmdir removes it */
-	else if (o.throttle && (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0 ||
-	                        (o.throttle_bps &&
-	                         ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0)))
+	else if (o.throttle &&
+	         (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0 ||
+	          (o.throttle_bps && ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0)))
 		snprintf(err + strlen(err), sizeof(err) - strlen(err), " (--throttle-read)");
 	else
 		err[0] = '\0';
@@ -629,14 +630,17 @@ int main(int argc, char **argv)
 				 * the states' sizes plus a 4 KiB header a 64 KiB page)
 				 * at the rate that makes them last the compute-only time */
 				double c = rr[AG_MODE_RESIDENT].st.step_s;
-				g->est_bytes = last_bytes > 0 ? last_bytes
-				                              : (double)rr[AG_MODE_RESIDENT].state_bytes *
-				                                    AG_SLOT_BYTES / AG_PAGE_BYTES;
+				g->est_bytes = last_bytes > 0
+				                   ? last_bytes
+				                   : (double)rr[AG_MODE_RESIDENT].state_bytes *
+				                         AG_SLOT_BYTES / AG_PAGE_BYTES;
 				g->read_bps = c > 0 ? g->est_bytes / (c * o.throttle_io_ratio) : 0;
 				if (g->read_bps > 0 && g->read_bps < 1e6)
 					g->read_bps = 1e6; /* a floor against a broken estimate */
-				if (ag_throttle_set(&thr, (uint64_t)g->read_bps, err, sizeof(err)) < 0) {
-					fprintf(stderr, "agentic-driver: --throttle-read: %s\n", err);
+				if (ag_throttle_set(&thr, (uint64_t)g->read_bps, err, sizeof(err)) <
+				    0) {
+					fprintf(stderr, "agentic-driver: --throttle-read: %s\n",
+					        err);
 					failed++;
 					g->complete = false;
 					break;
@@ -665,12 +669,13 @@ int main(int argc, char **argv)
 			g->steal_cpus = fmax(g->steal_cpus, r.steal_cpus);
 			if (m == AG_MODE_DUALPATH && r.io_bytes)
 				last_bytes = (double)r.io_bytes;
-			fprintf(stderr,
-			        "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
-			        "load %.3f s; cpu wait %.2f, others %.2f CPUs, probe %.1f ms%s%s\n",
-			        round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
-			        r.cpu_wait, r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
-			        o.keep ? r.dir : "");
+			fprintf(
+			    stderr,
+			    "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
+			    "load %.3f s; cpu wait %.2f, others %.2f CPUs, probe %.1f ms%s%s\n",
+			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
+			    r.cpu_wait, r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
+			    o.keep ? r.dir : "");
 			rr[m] = r;
 		}
 		double end = ag_probe_ms();
@@ -699,8 +704,8 @@ int main(int argc, char **argv)
 		for (int m = 0; m < AG_MODE_MAX; m++) {
 			if (!rr[m].ran)
 				continue;
-			if (o.events_dir &&
-			    ag_write_events(o.events_dir, (enum ag_mode)m, rr[m].ev, rr[m].n_ev) < 0)
+			if (o.events_dir && ag_write_events(o.events_dir, (enum ag_mode)m, rr[m].ev,
+			                                    rr[m].n_ev) < 0)
 				fprintf(stderr, "agentic-driver: cannot write the events to %s\n",
 				        o.events_dir);
 			if (rr[m].trace_tmp[0] && rename(rr[m].trace_tmp, o.trace_out) < 0)

@@ -431,8 +431,8 @@ int ag_played_init(struct ag_played *o, const struct ag_trace *tr)
 	return 0;
 }
 
-int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end,
-                  const uint32_t *itl, size_t n_itl)
+int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end, const uint32_t *itl,
+                  size_t n_itl)
 {
 	if (first_send && first_send < o->t_start)
 		o->t_start = first_send;
@@ -527,8 +527,8 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 		p->evict_errors += w[i].evict_errors;
 		p->evict_ns += w[i].evict_ns;
 		p->evicts += w[i].evicts;
-		if (!first_err && ag_played_add(&p->out, w[i].t_first_send, w[i].t_last_end, w[i].itl,
-		                                w[i].n_itl) < 0)
+		if (!first_err && ag_played_add(&p->out, w[i].t_first_send, w[i].t_last_end,
+		                                w[i].itl, w[i].n_itl) < 0)
 			first_err = -ENOMEM;
 	}
 	ret = first_err;

@@ -60,10 +60,15 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"}}",
 		        e->name, e->io_lane ? "io" : "compute", (unsigned long long)e->start_us,
 		        (unsigned long long)e->dur_us, e->io_lane ? 2 : 1,
-		        restore ? "position" : stall ? "layer" : io ? "restore_kib_in_flight" : "tokens",
+		        restore ? "position"
+		        : stall ? "layer"
+		        : io    ? "restore_kib_in_flight"
+		                : "tokens",
 		        e->arg0,
-		        restore ? "from_tier" : stall ? "restore_kib_in_flight" : io ? "deferred"
-		                                                                    : "sequences",
+		        restore ? "from_tier"
+		        : stall ? "restore_kib_in_flight"
+		        : io    ? "deferred"
+		                : "sequences",
 		        e->arg1);
 	}
 	fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
@@ -427,11 +432,12 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 	for (int c = 0; c < 5; c++)
 		if (!(col[c] = calloc(n, sizeof(double))))
 			return;
-	printf("\nrounds (each: every mode back to back; the most any of its modes saw of: cpu wait, "
-	       "the share of\nits runnable time the daemon waited for a CPU; others, CPUs of %ld kept "
-	       "busy by other processes;\nsteal; probe, the probe's time over the fastest of the "
-	       "run, %.1f ms):\n",
-	       sysconf(_SC_NPROCESSORS_ONLN), probe_best);
+	printf(
+	    "\nrounds (each: every mode back to back; the most any of its modes saw of: cpu wait, "
+	    "the share of\nits runnable time the daemon waited for a CPU; others, CPUs of %ld kept "
+	    "busy by other processes;\nsteal; probe, the probe's time over the fastest of the "
+	    "run, %.1f ms):\n",
+	    sysconf(_SC_NPROCESSORS_ONLN), probe_best);
 	printf("%-6s %8s %7s %6s %6s %9s %9s %8s %8s %10s %7s %10s\n", "round", "cpu wait",
 	       "others", "steal", "probe", "compute s", "I/O s", "I/O/comp", "dp/full", "dp/ideal",
 	       "stall", "TTFT dp/full");
@@ -442,12 +448,14 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 		col[2][i] = f.ttft;
 		col[3][i] = f.stall;
 		col[4][i] = f.io_compute;
-		const struct ag_result *rs = &res[i][AG_MODE_RESIDENT], *dp = &res[i][AG_MODE_DUALPATH];
-		printf("%-6u %8.2f %7.2f %6.2f %6.2f %9.3f %9.3f %8.3f %8.3f %10.3f %7.4f %10.3f %s%s\n",
+		const struct ag_result *rs = &res[i][AG_MODE_RESIDENT],
+		                       *dp = &res[i][AG_MODE_DUALPATH];
+		printf("%-6u %8.2f %7.2f %6.2f %6.2f %9.3f %9.3f %8.3f %8.3f %10.3f %7.4f %10.3f "
+		       "%s%s\n",
 		       i + 1, rd[i].cpu_wait, rd[i].others_cpus, rd[i].steal_cpus,
-		       rd[i].probe_ms / probe_best,
-		       rs->ran ? rs->st.step_s : NAN, dp->ran ? dp->io_s : NAN, f.io_compute,
-		       f.dp_full, f.dp_ideal, f.stall, f.ttft, i == chosen ? "<- reported" : "",
+		       rd[i].probe_ms / probe_best, rs->ran ? rs->st.step_s : NAN,
+		       dp->ran ? dp->io_s : NAN, f.io_compute, f.dp_full, f.dp_ideal, f.stall,
+		       f.ttft, i == chosen ? "<- reported" : "",
 		       rd[i].complete ? "" : " (incomplete)");
 	}
 	char b[5][32];
@@ -459,10 +467,11 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 		printf("NVMe tier reads throttled (--throttle-read) to %.1f MB/s\n",
 		       rd[chosen].read_bps / 1e6);
 	else if (rd[chosen].read_bps > 0)
-		printf("NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
-		       "round: the rate at which the restores' bytes take %g x the resident run's "
-		       "compute time\n",
-		       o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
+		printf(
+		    "NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
+		    "round: the rate at which the restores' bytes take %g x the resident run's "
+		    "compute time\n",
+		    o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
 	for (int c = 0; c < 5; c++)
 		free(col[c]);
 }
@@ -471,8 +480,9 @@ void ag_report(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
                const struct ag_round *rd, unsigned chosen, double probe_best)
 {
 	char tag[128];
-	snprintf(tag, sizeof(tag), " round=%u/%u cpu_wait=%.2f others_cpus=%.2f probe_slowdown=%.2f",
-	         chosen + 1, o->rounds, rd[chosen].cpu_wait, rd[chosen].others_cpus,
+	snprintf(tag, sizeof(tag),
+	         " round=%u/%u cpu_wait=%.2f others_cpus=%.2f probe_slowdown=%.2f", chosen + 1,
+	         o->rounds, rd[chosen].cpu_wait, rd[chosen].others_cpus,
 	         rd[chosen].probe_ms / probe_best);
 	print_tables(o, res[chosen]);
 	printf("\nreported: round %u of %u (the least disturbed)\n", chosen + 1, o->rounds);

@@ -16,26 +16,35 @@ int stream_opts_parse(struct stream_opts *o, int argc, char **argv, const char *
 {
 	const char *prompt = NULL;
 	const struct option opts[] = {
-		{ addr_opt, required_argument, NULL, 'a' },
-		{ "streams", required_argument, NULL, 'c' },
-		{ "tokens", required_argument, NULL, 'n' },
-		{ "prompt", required_argument, NULL, 'p' },
-		{ 0 },
+	    {addr_opt, required_argument, NULL, 'a'},
+	    {"streams", required_argument, NULL, 'c'},
+	    {"tokens", required_argument, NULL, 'n'},
+	    {"prompt", required_argument, NULL, 'p'},
+	    {0},
 	};
 	int c;
-	*o = (struct stream_opts){ .streams = 1, .tokens = 128 };
+	*o = (struct stream_opts){.streams = 1, .tokens = 128};
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'a': o->addr = optarg; break;
-		case 'c': o->streams = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'n': o->tokens = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'p': prompt = optarg; break;
-		default: return 2;
+		case 'a':
+			o->addr = optarg;
+			break;
+		case 'c':
+			o->streams = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'n':
+			o->tokens = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'p':
+			prompt = optarg;
+			break;
+		default:
+			return 2;
 		}
 	}
 	if (!o->addr || !prompt || !o->streams || o->streams > 4096 || !o->tokens) {
 		fprintf(stderr, "usage: %s --%s %s --streams 1..4096 --tokens N --prompt ID,...\n",
-			argv[0], addr_opt, addr_what);
+		        argv[0], addr_opt, addr_what);
 		return 2;
 	}
 	for (const char *p = prompt; *p;) {

@@ -52,7 +52,8 @@ static int own_cgroup(bool v2, char *ret, size_t len)
 		*c1 = *c2 = '\0';
 		bool match = v2 ? !strcmp(line, "0") && c1[1] == '\0' : false;
 		if (!v2)
-			for (char *s, *t = strtok_r(c1 + 1, ",", &s); t; t = strtok_r(NULL, ",", &s))
+			for (char *s, *t = strtok_r(c1 + 1, ",", &s); t;
+			     t = strtok_r(NULL, ",", &s))
 				match |= !strcmp(t, "blkio");
 		if (match) {
 			snprintf(ret, len, "%s", strcmp(c2 + 1, "/") ? c2 + 1 : "");
@@ -95,7 +96,8 @@ static int disk_of(const char *path, unsigned *maj, unsigned *min, char *err, si
 		if (f)
 			fclose(f);
 		if (n != 2) {
-			snprintf(err, err_len, "cannot read the disk of partition %s (%s)", sys, dev);
+			snprintf(err, err_len, "cannot read the disk of partition %s (%s)", sys,
+			         dev);
 			return -ENODEV;
 		}
 	}
