@@ -42,7 +42,23 @@ struct ag_turn_rec {
 	uint32_t generated;
 	uint8_t tier;    /* enum ag_tier */
 	uint64_t digest; /* FNV-1a of the generated ids */
+	uint64_t bytes;  /* the state's size when sent (ListSessions), 0 if none */
 };
+
+/* What playing a trace recorded (play.c's player and http-play.c's). */
+struct ag_played {
+	struct ag_turn_rec **recs; /* [session][turn] */
+	uint32_t *itl_us;          /* every gap between chunks, all turns */
+	size_t n_itl;
+	uint64_t t_start, t_end; /* first send, last final chunk */
+};
+/* A zeroed record for every turn of tr (t_start UINT64_MAX, t_end 0). */
+int ag_played_init(struct ag_played *o, const struct ag_trace *tr);
+/* One player thread's part: its first send, last end and gaps, added. */
+int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end, const uint32_t *itl,
+                  size_t n_itl);
+/* Free what init and add allocated; accepts a zeroed one. */
+void ag_played_fini(struct ag_played *o, const struct ag_trace *tr);
 
 struct ag_play {
 	const struct ag_trace *tr;
@@ -60,10 +76,7 @@ struct ag_play {
 	void (*at_warm)(void *warm_ctx);
 	void *warm_ctx;
 	/* out */
-	struct ag_turn_rec **recs; /* [session][turn], allocated by ag_play_run */
-	uint32_t *itl_us;          /* every gap between chunks, all turns */
-	size_t n_itl;
-	uint64_t t_start, t_end; /* first send, last final chunk */
+	struct ag_played out; /* allocated by ag_play_run */
 	uint64_t evict_errors;
 	uint64_t evicts, evict_ns; /* EvictSessions answered, their round trips' sum */
 };
@@ -153,6 +166,44 @@ void ag_monitor_fini(struct ag_monitor *m);
 int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, uint64_t *ret_bytes,
                 bool *ret_direct, char *err, size_t err_len);
 
+/* ---- disturb.c: how much other work shared the machine -------------------- */
+
+struct ag_cpu_snap {
+	double busy_s;  /* the machine's CPU time, all CPUs (/proc/stat) */
+	double steal_s; /* of which steal */
+	double ours_s;  /* this process and its reaped children (getrusage) */
+	uint64_t t_ns;
+};
+int ag_cpu_snap(struct ag_cpu_snap *ret);
+/* Between two snapshots: the CPUs other processes kept busy (CPU seconds a
+ * second; the machine has nproc) and steal, likewise. Children still running
+ * at b count as others: take b after they are reaped. */
+void ag_cpu_since(const struct ag_cpu_snap *a, const struct ag_cpu_snap *b, double *ret_others,
+                  double *ret_steal);
+/* The time process pid's threads (those alive now) have run, and have
+ * waited runnable for a CPU, so far. */
+int ag_proc_sched(pid_t pid, double *ret_run_s, double *ret_wait_s);
+/* A fixed piece of arithmetic on every CPU at once, ms (median of 3): the
+ * undisturbed machine's time is the lowest seen. */
+double ag_probe_ms(void);
+
+/* ---- throttle.c: a read rate on the work directory's disk ------------------ */
+
+struct ag_throttle {
+	bool v2, moved;
+	unsigned maj, min; /* the disk */
+	uint64_t read_bps; /* now; 0: none */
+	char parent[448];
+	char dir[512];
+};
+/* Make a cgroup for this process under its own and move into it (the
+ * processes it starts are born there); path: a file or folder on the disk. */
+int ag_throttle_open(struct ag_throttle *t, const char *path, char *err, size_t err_len);
+/* Reads from the disk at most read_bps bytes/s (0: no limit). */
+int ag_throttle_set(struct ag_throttle *t, uint64_t read_bps, char *err, size_t err_len);
+/* Move back and remove the cgroup; accepts a zeroed one. */
+void ag_throttle_close(struct ag_throttle *t);
+
 /* ---- the driver (driver.c) and its report (report.c) ----------------------- */
 
 enum ag_mode {
@@ -178,6 +229,22 @@ struct ag_opts {
 	unsigned clients, io_depth, rounds, warmup;
 	double idle_scale;
 	bool evict, keep;
+	/* --throttle-read: NULL none; "auto": each round, the rate at which the
+	 * restores' reads take as long as the round's compute-only time */
+	const char *throttle;
+	uint64_t throttle_bps;    /* a fixed rate, when not auto */
+	double throttle_io_ratio; /* auto: the I/O-only / compute-only aimed at */
+};
+
+/* One round: every mode back to back; how disturbed it was. */
+struct ag_round {
+	bool complete;      /* every mode asked for ran */
+	double cpu_wait;    /* the most any of its modes' daemon waited (ag_result) */
+	double others_cpus; /* the most any of its modes saw */
+	double steal_cpus;
+	double probe_ms;  /* the slowest probe around its modes */
+	double read_bps;  /* the throttle its restore modes ran under; 0: none */
+	double est_bytes; /* auto: the bytes the rate was set for */
 };
 
 /* One mode's run, as measured (report.c fills most of it). */
@@ -206,6 +273,12 @@ struct ag_result {
 	size_t n_ev;
 	char trace_tmp[PATH_MAX]; /* dualpath: this round's v4ctl trace */
 	unsigned round;
+	uint64_t state_bytes; /* ListSessions' sizes over the measured turns */
+	/* disturbance: during the run (ag_cpu_since) and the probe just before */
+	double others_cpus, steal_cpus, probe_ms;
+	/* the daemon's threads over the measured turns: waited runnable for a
+	 * CPU / (that + ran); NAN if unknown */
+	double run0_s, wait0_s, cpu_wait;
 	/* dualpath: the I/O-only probe */
 	double io_s, io_gbps;
 	uint64_t io_bytes;
@@ -221,8 +294,10 @@ void ag_analyse_events(struct ag_result *res, enum ag_mode m, const struct ag_ev
 void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struct ag_trace *tr);
 /* Every event as a Chrome trace, DIR/agentic-MODE.events.json. */
 int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, size_t n);
-/* The tables, the ideal bound and the RESULT lines, on stdout. */
-void ag_report(const struct ag_opts *o, struct ag_result *res);
+/* The chosen round's tables, its ideal bound, every round's figures and
+ * their spread, and the chosen round's RESULT lines, on stdout. */
+void ag_report(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
+               const struct ag_round *rounds, unsigned chosen, double probe_best_ms);
 
 #define AG_HDR_BYTES  4096u
 #define AG_PAGE_BYTES 65536u

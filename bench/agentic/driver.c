@@ -27,6 +27,7 @@
  *	               [--workdir DIR] [--trace-out FILE] [--v4ctl PATH]
  *	               [--daemon-arg ARG]... [--keep] [--events-dir DIR] [--rounds N]
  *	               [--warmup-turns N] [--result-prefix NAME]
+ *	               [--throttle-read auto[:F]|BYTES]
  *
  * Parking: each mode's daemon gets --device-bytes and --dram-bytes (default
  * 4M and 4M: on the embedded model a session of a few thousand tokens holds
@@ -70,10 +71,37 @@
  * figures cover the turns after (the stats as differences). For traces
  * whose first turn builds a long context at once.
  *
- * --rounds N runs the modes N times, interleaved (resident, recompute,
- * full, dualpath, resident, ...), and reports for each mode its round with
- * the lowest busy time: on a machine shared with other work, the least
- * disturbed one.
+ * --rounds N runs N rounds; a round runs every mode back to back on the
+ * same trace (same sessions, same tokens, greedy): resident first, then the
+ * others, their order reversed every other round. Each mode's run is
+ * measured for disturbance three ways (disturb.c): cpu wait, the share of
+ * its runnable time the daemon's threads spent waiting for a CPU over the
+ * measured turns (/proc/PID/task/TID/schedstat: the scheduler's own
+ * account); the CPUs other processes kept busy meanwhile (the machine's
+ * CPU time from /proc/stat less this driver's and its children's, over the
+ * run's wall time; steal shown apart: on a saturated machine this stays
+ * near nproc whatever the daemon gets, so it tells little); and a fixed
+ * probe of arithmetic on every CPU, timed just before (and once after the
+ * round). The report takes the round whose most disturbed mode waited least
+ * (ties: the faster probe); every figure, the ideal bound included, comes
+ * from that one round, and a table gives every round's ratios and their
+ * spread. RESULT lines say which round and how disturbed (round=K/N
+ * cpu_wait=W others_cpus=X probe_slowdown=Y: its slowest probe over the
+ * fastest seen in the run).
+ *
+ * --throttle-read RATE puts this driver, and so its daemons and the I/O
+ * probe, in a cgroup whose reads from the work directory's disk are
+ * limited to RATE bytes a second (throttle.c: cgroup v2 io.max, else v1
+ * blkio): a slower disk, stated. "auto" sets it in each round, after the
+ * resident run, to the rate at which the NVMe bytes the restores will read
+ * take as long as that run's compute (the previous round's dualpath reads;
+ * in the first round, the sessions' state sizes from ListSessions, plus a
+ * 4 KiB header a 64 KiB page): the I/O-only and compute-only halves of the
+ * ideal bound then come out alike, and the report shows their ratio as
+ * measured. "auto:F" aims at I/O-only = F x compute-only instead (F > 1:
+ * an io-bound run). The kernel's throttle lets a short burst through
+ * unthrottled (its time slice), so runs that read for well under a second
+ * come out faster than the rate.
  *
  * Generated tokens are compared with the resident run's, turn by turn
  * (greedy decoding: a restored state should give the same tokens; batch
@@ -147,6 +175,8 @@ static void at_warm(void *arg)
 		                         sizeof(w->res->warm_err));
 	w->res->warm_ok = r == 0;
 	w->res->cpu0_s = ag_proc_cpu_s(w->pid);
+	if (ag_proc_sched(w->pid, &w->res->run0_s, &w->res->wait0_s) < 0)
+		w->res->run0_s = NAN;
 }
 
 _Static_assert(sizeof(struct ag_stats) % sizeof(double) == 0, "struct ag_stats: doubles only");
@@ -217,6 +247,8 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	wc.sock = d.sock;
 	wc.pid = d.pid;
 	res->cpu0_s = ag_proc_cpu_s(d.pid); /* the warm-up's end replaces it */
+	if (ag_proc_sched(d.pid, &res->run0_s, &res->wait0_s) < 0)
+		res->run0_s = NAN;
 	p.at_warm = at_warm;
 	p.warm_ctx = &wc;
 	mon.sock = d.sock;
@@ -235,6 +267,12 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	if ((ret = ag_daemon_stats(d.sock, &res->st, err, sizeof(err))) < 0)
 		goto out;
 	res->cpu_s = ag_proc_cpu_s(d.pid) - res->cpu0_s;
+	double run_s, wait_s;
+	res->cpu_wait = NAN;
+	if (!isnan(res->run0_s) && ag_proc_sched(d.pid, &run_s, &wait_s) == 0 &&
+	    run_s + wait_s > res->run0_s + res->wait0_s)
+		res->cpu_wait =
+		    (wait_s - res->wait0_s) / (run_s + wait_s - res->run0_s - res->wait0_s);
 	if (o->warmup) {
 		if (!res->warm_ok) {
 			snprintf(err, sizeof(err), "snapshot after the warm-up: %s", res->warm_err);
@@ -304,7 +342,7 @@ static const char usage[] =
     "                      [--threads N] [--io-depth N] [--workdir DIR] [--trace-out FILE]\n"
     "                      [--v4ctl PATH] [--daemon-arg ARG]... [--keep]\n"
     "                      [--events-dir DIR] [--rounds N] [--warmup-turns N]\n"
-    "                      [--result-prefix NAME]\n"
+    "                      [--result-prefix NAME] [--throttle-read auto[:F]|BYTES]\n"
     "See the header of bench/agentic/driver.c.\n";
 
 static int parse_modes(struct ag_opts *o, const char *list)
@@ -332,6 +370,42 @@ static int parse_modes(struct ag_opts *o, const char *list)
 	return 0;
 }
 
+/* --throttle-read auto[:F] | BYTES[K|M|G] (a second) */
+static int parse_rate(struct ag_opts *o, const char *v)
+{
+	char *end;
+	o->throttle = v;
+	o->throttle_bps = 0;
+	o->throttle_io_ratio = 1.0;
+	if (!strcmp(v, "auto"))
+		return 0;
+	if (!strncmp(v, "auto:", 5)) {
+		o->throttle_io_ratio = strtod(v + 5, &end);
+		if (end == v + 5 || *end || !(o->throttle_io_ratio >= 0.05) ||
+		    o->throttle_io_ratio > 20) {
+			fprintf(stderr,
+			        "agentic-driver: --throttle-read auto:F: F, the I/O-only time over "
+			        "the compute-only time, 0.05..20, not '%s'\n",
+			        v + 5);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	double x = strtod(v, &end);
+	double k = *end == 'K' ? 1024 : *end == 'M' ? 1048576 : *end == 'G' ? 1073741824 : 1;
+	if (k > 1)
+		end++;
+	if (end == v || *end || !(x * k >= 1e6) || x * k > 1e12) {
+		fprintf(stderr,
+		        "agentic-driver: --throttle-read: 'auto' or a read rate in bytes a second, "
+		        "1M..1000G (K, M, G suffixes), not '%s'\n",
+		        v);
+		return -EINVAL;
+	}
+	o->throttle_bps = (uint64_t)(x * k);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -356,6 +430,7 @@ int main(int argc, char **argv)
 	    {"warmup-turns", required_argument, NULL, 'W'},
 	    {"result-prefix", required_argument, NULL, 'P'},
 	    {"events-dir", required_argument, NULL, 'E'},
+	    {"throttle-read", required_argument, NULL, 'L'},
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
@@ -462,6 +537,10 @@ int main(int argc, char **argv)
 		case 'E':
 			o.events_dir = optarg;
 			break;
+		case 'L':
+			if (parse_rate(&o, optarg) < 0)
+				return 2;
+			break;
 		case 'h':
 			fputs(usage, stdout);
 			return 0;
@@ -501,55 +580,148 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	/* resident first (its tokens are the reference), then the modes; with
-	 * rounds, the modes interleave and each keeps its least disturbed round
-	 * (lowest busy time) */
-	struct ag_result res[AG_MODE_MAX] = {0};
+	struct ag_result(*res)[AG_MODE_MAX] = calloc(o.rounds, sizeof(*res));
+	struct ag_round *rd = calloc(o.rounds, sizeof(*rd));
+	struct ag_throttle thr = {0};
+	if (!res || !rd)
+		snprintf(err, sizeof(err), "out of memory");
+	/* killed mid-run, the driver leaves its cgroup (.../dp-agentic-PID)
+	 * behind, empty: rmdir removes it */
+	else if (o.throttle &&
+	         (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0 ||
+	          (o.throttle_bps && ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0)))
+		snprintf(err + strlen(err), sizeof(err) - strlen(err), " (--throttle-read)");
+	else
+		err[0] = '\0';
+	if (err[0]) {
+		fprintf(stderr, "agentic-driver: %s\n", err);
+		ag_throttle_close(&thr);
+		free(res);
+		free(rd);
+		ag_trace_free(tr);
+		return 1;
+	}
+
+	/* Every round runs every mode back to back, same trace, a fresh daemon
+	 * each: resident first (its tokens are the reference, its steps the
+	 * compute-only time, in auto the throttle's yardstick), then the others,
+	 * in reverse order every other round (drift over a round favours no
+	 * mode). Each mode's run is bracketed by the machine's CPU time and the
+	 * probe; the report takes the round whose most disturbed mode was
+	 * disturbed least, ratios and ideal bound from that round alone. */
 	int failed = 0;
+	double probe_best = INFINITY, last_bytes = 0;
 	for (unsigned round = 1; round <= o.rounds; round++) {
-		for (int m = 0; m < AG_MODE_MAX; m++) {
+		struct ag_result *rr = res[round - 1];
+		struct ag_round *g = &rd[round - 1];
+		int order[AG_MODE_MAX], n_order = 0;
+		order[n_order++] = AG_MODE_RESIDENT;
+		for (int i = 1; i < AG_MODE_MAX; i++)
+			order[n_order++] = round % 2 ? i : AG_MODE_MAX - i;
+		g->complete = true;
+		g->read_bps = (double)o.throttle_bps;
+		for (int i = 0; i < n_order; i++) {
+			int m = order[i];
 			if (!o.run[m])
 				continue;
+			if (o.throttle && !o.throttle_bps && m != AG_MODE_RESIDENT &&
+			    g->read_bps == 0 && rr[AG_MODE_RESIDENT].ran) {
+				/* auto: the restores' bytes (the last round's reads, else
+				 * the states' sizes plus a 4 KiB header a 64 KiB page)
+				 * at the rate that makes them last the compute-only time */
+				double c = rr[AG_MODE_RESIDENT].st.step_s;
+				g->est_bytes = last_bytes > 0
+				                   ? last_bytes
+				                   : (double)rr[AG_MODE_RESIDENT].state_bytes *
+				                         AG_SLOT_BYTES / AG_PAGE_BYTES;
+				g->read_bps = c > 0 ? g->est_bytes / (c * o.throttle_io_ratio) : 0;
+				if (g->read_bps > 0 && g->read_bps < 1e6)
+					g->read_bps = 1e6; /* a floor against a broken estimate */
+				if (ag_throttle_set(&thr, (uint64_t)g->read_bps, err, sizeof(err)) <
+				    0) {
+					fprintf(stderr, "agentic-driver: --throttle-read: %s\n",
+					        err);
+					failed++;
+					g->complete = false;
+					break;
+				}
+				fprintf(stderr,
+				        "agentic-driver: round %u: reads throttled to %.1f MB/s "
+				        "(%.1f MiB in the resident run's %.3f s of compute)\n",
+				        round, g->read_bps / 1e6, g->est_bytes / 1048576.0, c);
+			}
 			struct ag_result r = {.round = round};
+			struct ag_cpu_snap a, b;
+			r.probe_ms = ag_probe_ms();
+			probe_best = fmin(probe_best, r.probe_ms);
+			g->probe_ms = fmax(g->probe_ms, r.probe_ms);
+			int sa = ag_cpu_snap(&a);
 			if (run_mode(&o, tr, (enum ag_mode)m, round, &r) < 0) {
 				failed++;
+				g->complete = false;
 				result_free(&r);
 				continue;
 			}
+			if (sa == 0 && ag_cpu_snap(&b) == 0)
+				ag_cpu_since(&a, &b, &r.others_cpus, &r.steal_cpus);
+			g->others_cpus = fmax(g->others_cpus, r.others_cpus);
+			g->cpu_wait = fmax(g->cpu_wait, isnan(r.cpu_wait) ? 0 : r.cpu_wait);
+			g->steal_cpus = fmax(g->steal_cpus, r.steal_cpus);
+			if (m == AG_MODE_DUALPATH && r.io_bytes)
+				last_bytes = (double)r.io_bytes;
 			fprintf(
 			    stderr,
 			    "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
-			    "load %.3f s%s%s\n",
+			    "load %.3f s; cpu wait %.2f, others %.2f CPUs, probe %.1f ms%s%s\n",
 			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
-			    o.keep ? ", kept " : "", o.keep ? r.dir : "");
-			if (!res[m].ran || r.busy_s < res[m].busy_s) {
-				result_free(&res[m]);
-				res[m] = r;
-			} else {
-				result_free(&r);
-			}
+			    r.cpu_wait, r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
+			    o.keep ? r.dir : "");
+			rr[m] = r;
 		}
+		double end = ag_probe_ms();
+		probe_best = fmin(probe_best, end);
+		g->probe_ms = fmax(g->probe_ms, end);
+		if (o.throttle && !o.throttle_bps)
+			ag_throttle_set(&thr, 0, err, sizeof(err));
 	}
-	for (int m = 0; m < AG_MODE_MAX; m++) {
-		if (!res[m].ran)
+	ag_throttle_close(&thr);
+
+	/* the least disturbed complete round: the one whose most disturbed
+	 * daemon waited least for a CPU (a tie: the faster probe) */
+	unsigned chosen = 0;
+	bool have = false;
+	for (unsigned i = 0; i < o.rounds; i++) {
+		if (!rd[i].complete)
 			continue;
-		if (o.events_dir &&
-		    ag_write_events(o.events_dir, (enum ag_mode)m, res[m].ev, res[m].n_ev) < 0)
-			fprintf(stderr, "agentic-driver: cannot write the events to %s\n",
-			        o.events_dir);
-		if (res[m].trace_tmp[0] && rename(res[m].trace_tmp, o.trace_out) < 0)
-			fprintf(stderr, "agentic-driver: cannot rename %s to %s: %s\n",
-			        res[m].trace_tmp, o.trace_out, strerror(errno));
-		res[m].trace_tmp[0] = '\0';
+		if (!have || rd[i].cpu_wait < rd[chosen].cpu_wait - 0.005 ||
+		    (rd[i].cpu_wait < rd[chosen].cpu_wait + 0.005 &&
+		     rd[i].probe_ms < rd[chosen].probe_ms))
+			chosen = i;
+		have = true;
 	}
-	bool any = false;
-	for (int m = 0; m < AG_MODE_MAX; m++)
-		any |= res[m].ran;
-	if (any) {
-		ag_report(&o, res);
+	if (have) {
+		struct ag_result *rr = res[chosen];
+		for (int m = 0; m < AG_MODE_MAX; m++) {
+			if (!rr[m].ran)
+				continue;
+			if (o.events_dir && ag_write_events(o.events_dir, (enum ag_mode)m, rr[m].ev,
+			                                    rr[m].n_ev) < 0)
+				fprintf(stderr, "agentic-driver: cannot write the events to %s\n",
+				        o.events_dir);
+			if (rr[m].trace_tmp[0] && rename(rr[m].trace_tmp, o.trace_out) < 0)
+				fprintf(stderr, "agentic-driver: cannot rename %s to %s: %s\n",
+				        rr[m].trace_tmp, o.trace_out, strerror(errno));
+			rr[m].trace_tmp[0] = '\0';
+		}
+		ag_report(&o, res, rd, chosen, probe_best);
+	} else {
+		fprintf(stderr, "agentic-driver: no round ran every mode\n");
 	}
-	for (int m = 0; m < AG_MODE_MAX; m++)
-		result_free(&res[m]);
+	for (unsigned i = 0; i < o.rounds; i++)
+		for (int m = 0; m < AG_MODE_MAX; m++)
+			result_free(&res[i][m]);
+	free(res);
+	free(rd);
 	ag_trace_free(tr);
 	return failed ? 1 : 0;
 }

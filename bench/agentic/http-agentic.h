@@ -15,11 +15,7 @@ struct ag_http_play {
 	const struct ag_trace *tr;
 	const char *addr;  /* the HTTP front: unix:/path or HOST:PORT */
 	double idle_scale; /* multiplies each IDLE_MS */
-	/* out, as struct ag_play's */
-	struct ag_turn_rec **recs; /* [session][turn]; tier: NEW for turn 0, else NONE */
-	uint32_t *itl_us;
-	size_t n_itl;
-	uint64_t t_start, t_end;
+	struct ag_played out; /* as struct ag_play's; tier: NEW for turn 0, else NONE */
 };
 
 int ag_http_play_run(struct ag_http_play *p, char *err, size_t err_len);

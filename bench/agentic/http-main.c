@@ -146,13 +146,13 @@ static int run_mode(const struct opts *o, const struct ag_trace *tr, bool statel
 		if ((ret = wait_http(addr)) < 0)
 			snprintf(err, sizeof(err), "the HTTP front at %s never answered", addr);
 		else if ((ret = ag_http_play_run(&p, err, sizeof(err))) == 0)
-			figures(tr, p.recs, p.t_start, p.t_end, true, f);
+			figures(tr, p.out.recs, p.out.t_start, p.out.t_end, true, f);
 		ag_http_play_fini(&p);
 	} else {
 		struct ag_play p = { .tr = tr, .sock = d.sock, .threads = o->clients,
 				     .idle_scale = o->idle_scale };
 		if ((ret = ag_play_run(&p, err, sizeof(err))) == 0)
-			figures(tr, p.recs, p.t_start, p.t_end, false, f);
+			figures(tr, p.out.recs, p.out.t_start, p.out.t_end, false, f);
 		ag_play_fini(&p);
 	}
 	ag_daemon_stop(&d);

@@ -127,7 +127,7 @@ static int play_turn(struct hsess *s, int *fd, struct hc_buf *req, struct hc_res
 {
 	struct ag_http_play *p = s->p;
 	const struct ag_turn *t = &p->tr->sessions[s->idx].turns[turn];
-	struct ag_turn_rec *rec = &p->recs[s->idx][turn];
+	struct ag_turn_rec *rec = &p->out.recs[s->idx][turn];
 	int ret;
 
 	size_t n0 = s->n_hist;
@@ -242,14 +242,7 @@ static void *sess_main(void *arg)
 
 void ag_http_play_fini(struct ag_http_play *p)
 {
-	if (p->recs)
-		for (uint32_t s = 0; s < p->tr->n_sessions; s++)
-			free(p->recs[s]);
-	free(p->recs);
-	free(p->itl_us);
-	p->recs = NULL;
-	p->itl_us = NULL;
-	p->n_itl = 0;
+	ag_played_fini(&p->out, p->tr);
 }
 
 int ag_http_play_run(struct ag_http_play *p, char *err, size_t err_len)
@@ -259,12 +252,8 @@ int ag_http_play_run(struct ag_http_play *p, char *err, size_t err_len)
 	int ret = -ENOMEM;
 
 	err[0] = '\0';
-	p->recs = calloc(tr->n_sessions, sizeof(*p->recs));
-	if (!ss || !p->recs)
+	if (!ss || ag_played_init(&p->out, tr) < 0)
 		goto out;
-	for (uint32_t s = 0; s < tr->n_sessions; s++)
-		if (!(p->recs[s] = calloc(tr->sessions[s].n_turns, sizeof(*p->recs[s]))))
-			goto out;
 	uint32_t started = 0;
 	for (; started < tr->n_sessions; started++) {
 		ss[started].p = p;
@@ -274,30 +263,18 @@ int ag_http_play_run(struct ag_http_play *p, char *err, size_t err_len)
 			break;
 		}
 	}
-	p->t_start = UINT64_MAX;
-	p->t_end = 0;
-	size_t n_itl = 0;
 	for (uint32_t i = 0; i < started; i++) {
 		pthread_join(ss[i].th, NULL);
 		if (ss[i].err && !err[0]) {
 			ret = ss[i].err;
 			snprintf(err, err_len, "session %u: %s: %s", i, ss[i].what, strerror(-ret));
 		}
-		if (ss[i].t_first_send && ss[i].t_first_send < p->t_start)
-			p->t_start = ss[i].t_first_send;
-		if (ss[i].t_last_end > p->t_end)
-			p->t_end = ss[i].t_last_end;
-		n_itl += ss[i].n_itl;
+		if (!err[0] && (ret = ag_played_add(&p->out, ss[i].t_first_send, ss[i].t_last_end,
+		                                    ss[i].itl, ss[i].n_itl)) < 0)
+			snprintf(err, err_len, "out of memory");
 	}
 	if (err[0])
 		goto out;
-	ret = -ENOMEM;
-	if (!(p->itl_us = malloc((n_itl ? n_itl : 1) * sizeof(*p->itl_us))))
-		goto out;
-	for (uint32_t i = 0; i < started; i++) {
-		memcpy(p->itl_us + p->n_itl, ss[i].itl, ss[i].n_itl * sizeof(*ss[i].itl));
-		p->n_itl += ss[i].n_itl;
-	}
 	ret = 0;
 out:
 	if (ret == -ENOMEM && !err[0])

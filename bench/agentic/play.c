@@ -128,7 +128,7 @@ static int send_generate(struct worker *w, struct dp_client *c, struct sess *s, 
 	g.sampling = &sp;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_GENERATE;
 	req.generate = &g;
-	struct ag_turn_rec *rec = &w->p->recs[s->idx][s->turn];
+	struct ag_turn_rec *rec = &w->p->out.recs[s->idx][s->turn];
 	memset(rec, 0, sizeof(*rec));
 	rec->tier = w->p->replay ? (s->turn ? AG_TIER_NONE : AG_TIER_NEW) : AG_TIER_NEW;
 	rec->digest = 0xcbf29ce484222325ull;
@@ -208,7 +208,7 @@ static enum ag_tier tier_of(const char *t)
 static int on_chunk(struct worker *w, struct dp_client *c, struct sess *s,
                     const Dualpath__V1__TokenChunk *k, uint64_t now)
 {
-	struct ag_turn_rec *rec = &w->p->recs[s->idx][s->turn];
+	struct ag_turn_rec *rec = &w->p->out.recs[s->idx][s->turn];
 	const struct ag_turn *t = &w->p->tr->sessions[s->idx].turns[s->turn];
 	int ret;
 
@@ -275,10 +275,13 @@ static int on_response(struct worker *w, struct dp_client *c, Dualpath__V1__Resp
 		if (r->request_id == s->rid_list) {
 			if (r->body_case != DUALPATH__V1__RESPONSE__BODY_SESSIONS)
 				return 0; /* an Error: the tier stays unknown (new) */
-			for (size_t k = 0; k < r->sessions->n_sessions; k++)
-				if (!strcmp(r->sessions->sessions[k]->session_id, s->id))
-					w->p->recs[s->idx][s->turn].tier =
-					    (uint8_t)tier_of(r->sessions->sessions[k]->tier);
+			for (size_t k = 0; k < r->sessions->n_sessions; k++) {
+				const Dualpath__V1__SessionInfo *si = r->sessions->sessions[k];
+				if (strcmp(si->session_id, s->id))
+					continue;
+				w->p->out.recs[s->idx][s->turn].tier = (uint8_t)tier_of(si->tier);
+				w->p->out.recs[s->idx][s->turn].bytes = si->bytes;
+			}
 			return 0;
 		}
 		if (r->request_id != s->rid_gen)
@@ -417,16 +420,47 @@ out:
 	return NULL;
 }
 
+int ag_played_init(struct ag_played *o, const struct ag_trace *tr)
+{
+	*o = (struct ag_played){.t_start = UINT64_MAX};
+	if (!(o->recs = calloc(tr->n_sessions, sizeof(*o->recs))))
+		return -ENOMEM;
+	for (uint32_t s = 0; s < tr->n_sessions; s++)
+		if (!(o->recs[s] = calloc(tr->sessions[s].n_turns, sizeof(*o->recs[s]))))
+			return -ENOMEM;
+	return 0;
+}
+
+int ag_played_add(struct ag_played *o, uint64_t first_send, uint64_t last_end, const uint32_t *itl,
+                  size_t n_itl)
+{
+	if (first_send && first_send < o->t_start)
+		o->t_start = first_send;
+	if (last_end > o->t_end)
+		o->t_end = last_end;
+	uint32_t *p = realloc(o->itl_us, (o->n_itl + n_itl + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	o->itl_us = p;
+	if (n_itl)
+		memcpy(p + o->n_itl, itl, n_itl * sizeof(*itl));
+	o->n_itl += n_itl;
+	return 0;
+}
+
+void ag_played_fini(struct ag_played *o, const struct ag_trace *tr)
+{
+	if (o->recs)
+		for (uint32_t s = 0; s < tr->n_sessions; s++)
+			free(o->recs[s]);
+	free(o->recs);
+	free(o->itl_us);
+	*o = (struct ag_played){0};
+}
+
 void ag_play_fini(struct ag_play *p)
 {
-	if (p->recs)
-		for (uint32_t s = 0; s < p->tr->n_sessions; s++)
-			free(p->recs[s]);
-	free(p->recs);
-	free(p->itl_us);
-	p->recs = NULL;
-	p->itl_us = NULL;
-	p->n_itl = 0;
+	ag_played_fini(&p->out, p->tr);
 }
 
 int ag_play_run(struct ag_play *p, char *err, size_t err_len)
@@ -440,12 +474,8 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 	int ret = -ENOMEM;
 
 	err[0] = '\0';
-	p->recs = calloc(tr->n_sessions, sizeof(*p->recs));
-	if (!w || !th || !all || !p->recs)
+	if (!w || !th || !all || ag_played_init(&p->out, tr) < 0)
 		goto out;
-	for (uint32_t s = 0; s < tr->n_sessions; s++)
-		if (!(p->recs[s] = calloc(tr->sessions[s].n_turns, sizeof(*p->recs[s]))))
-			goto out;
 	/* sessions s, s + nt, s + 2 nt... to thread s; contiguous in all[] */
 	uint64_t t0 = dp_clock_ns();
 	uint32_t k = 0;
@@ -486,10 +516,7 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 			p->at_warm(p->warm_ctx);
 		pthread_barrier_wait(&sh.barrier);
 	}
-	p->t_start = UINT64_MAX;
-	p->t_end = 0;
 	p->evict_errors = p->evict_ns = p->evicts = 0;
-	size_t n_itl = 0;
 	for (unsigned i = 0; i < started; i++) {
 		pthread_join(th[i], NULL);
 		if (w[i].err && !first_err) {
@@ -497,28 +524,14 @@ int ag_play_run(struct ag_play *p, char *err, size_t err_len)
 			snprintf(err, err_len, "client %u: %s: %s", i, w[i].what,
 			         strerror(-w[i].err));
 		}
-		if (w[i].t_first_send && w[i].t_first_send < p->t_start)
-			p->t_start = w[i].t_first_send;
-		if (w[i].t_last_end > p->t_end)
-			p->t_end = w[i].t_last_end;
 		p->evict_errors += w[i].evict_errors;
 		p->evict_ns += w[i].evict_ns;
 		p->evicts += w[i].evicts;
-		n_itl += w[i].n_itl;
+		if (!first_err && ag_played_add(&p->out, w[i].t_first_send, w[i].t_last_end,
+		                                w[i].itl, w[i].n_itl) < 0)
+			first_err = -ENOMEM;
 	}
 	ret = first_err;
-	if (ret == 0) {
-		p->itl_us = malloc((n_itl ? n_itl : 1) * sizeof(*p->itl_us));
-		if (!p->itl_us) {
-			ret = -ENOMEM;
-			goto out;
-		}
-		p->n_itl = 0;
-		for (unsigned i = 0; i < nt; i++) {
-			memcpy(p->itl_us + p->n_itl, w[i].itl, w[i].n_itl * sizeof(*w[i].itl));
-			p->n_itl += w[i].n_itl;
-		}
-	}
 	if (p->warmup_turns)
 		pthread_barrier_destroy(&sh.barrier);
 out:

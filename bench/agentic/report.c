@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agentic.h"
 
@@ -59,10 +60,15 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"}}",
 		        e->name, e->io_lane ? "io" : "compute", (unsigned long long)e->start_us,
 		        (unsigned long long)e->dur_us, e->io_lane ? 2 : 1,
-		        restore ? "position" : stall ? "layer" : io ? "restore_kib_in_flight" : "tokens",
+		        restore ? "position"
+		        : stall ? "layer"
+		        : io    ? "restore_kib_in_flight"
+		                : "tokens",
 		        e->arg0,
-		        restore ? "from_tier" : stall ? "restore_kib_in_flight" : io ? "deferred"
-		                                                                    : "sequences",
+		        restore ? "from_tier"
+		        : stall ? "restore_kib_in_flight"
+		        : io    ? "deferred"
+		                : "sequences",
 		        e->arg1);
 	}
 	fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
@@ -132,7 +138,7 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 		n += tr->sessions[s].n_turns > w ? tr->sessions[s].n_turns - w : 0;
 	double *ttft = malloc((n ? n : 1) * sizeof(*ttft));
 	double *nvme = malloc((n ? n : 1) * sizeof(*nvme));
-	double *itl = malloc((p->n_itl ? p->n_itl : 1) * sizeof(*itl));
+	double *itl = malloc((p->out.n_itl ? p->out.n_itl : 1) * sizeof(*itl));
 	res->digests = malloc((n ? n : 1) * sizeof(*res->digests));
 	if (!ttft || !nvme || !itl || !res->digests) {
 		fprintf(stderr, "agentic-driver: out of memory\n");
@@ -140,7 +146,7 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 	}
 	for (uint32_t s = 0; s < tr->n_sessions; s++) {
 		for (uint32_t t = w; t < tr->sessions[s].n_turns; t++, k++) {
-			const struct ag_turn_rec *r = &p->recs[s][t];
+			const struct ag_turn_rec *r = &p->out.recs[s][t];
 			ttft[k] = (double)(r->t_first - r->t_send) / 1e6;
 			if (r->tier == AG_TIER_NVME)
 				nvme[nv++] = ttft[k];
@@ -150,19 +156,20 @@ void ag_analyse_play(struct ag_result *res, const struct ag_play *p, const struc
 			res->generated += r->generated;
 			res->prompt += tr->sessions[s].turns[t].append;
 			res->cached += r->cached;
+			res->state_bytes += r->bytes;
 			res->digests[k] = r->digest;
 		}
 	}
-	for (size_t i = 0; i < p->n_itl; i++)
-		itl[i] = (double)p->itl_us[i] / 1e3;
+	for (size_t i = 0; i < p->out.n_itl; i++)
+		itl[i] = (double)p->out.itl_us[i] / 1e3;
 	res->turns = n;
-	res->wall_s = (double)(p->t_end - p->t_start) / 1e9;
+	res->wall_s = (double)(p->out.t_end - p->out.t_start) / 1e9;
 	res->tok_s = (double)res->generated / res->wall_s;
 	res->ttft_p50 = pct(ttft, n, 50);
 	res->ttft_p99 = pct(ttft, n, 99);
 	res->ttft_nvme_p50 = pct(nvme, nv, 50);
-	res->itl_p50 = pct(itl, p->n_itl, 50);
-	res->itl_p99 = pct(itl, p->n_itl, 99);
+	res->itl_p50 = pct(itl, p->out.n_itl, 50);
+	res->itl_p99 = pct(itl, p->out.n_itl, 99);
 	res->evict_errors = p->evict_errors;
 	res->evict_ms = p->evicts ? (double)p->evict_ns / (double)p->evicts / 1e6 : 0;
 	free(ttft);
@@ -300,15 +307,23 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 	    "slows it).\n");
 }
 
-static void print_results(const struct ag_opts *o, const struct ag_result *res)
+/* The ideal bound of a round: max(compute-only, I/O-only). */
+static double ideal_of(const struct ag_result *res)
+{
+	const struct ag_result *dp = &res[AG_MODE_DUALPATH], *rs = &res[AG_MODE_RESIDENT];
+	if (!dp->ran || !rs->ran)
+		return NAN;
+	return rs->st.step_s > dp->io_s ? rs->st.step_s : dp->io_s;
+}
+
+static void print_results(const struct ag_opts *o, const struct ag_result *res, const char *tag)
 {
 	const struct ag_result *dp = &res[AG_MODE_DUALPATH], *full = &res[AG_MODE_FULL],
 	                       *rc = &res[AG_MODE_RECOMPUTE];
 	const struct ag_result *rs = &res[AG_MODE_RESIDENT];
-	double ideal = NAN;
+	double ideal = ideal_of(res);
 	if (dp->ran && rs->ran) {
 		double io = dp->io_s;
-		ideal = rs->st.step_s > io ? rs->st.step_s : io;
 		printf(
 		    "\nideal bound = max(compute-only %.3f s: the resident run's forward steps,\n"
 		    "                  I/O-only %.4f s: the %.0f NVMe slots the dualpath run read "
@@ -334,33 +349,33 @@ static void print_results(const struct ag_opts *o, const struct ag_result *res)
 		                               : " (--modes ...,replay measures one)");
 	if (dp->ran && full->ran)
 		printf("RESULT %s-dualpath-vs-load-then-compute ours=%.2f anchor=%.2f ratio=%.3f "
-		       "unit=tok/s better=higher\n",
-		       o->prefix, dp->tok_s, full->tok_s, ratio(dp->tok_s, full->tok_s));
+		       "unit=tok/s better=higher%s\n",
+		       o->prefix, dp->tok_s, full->tok_s, ratio(dp->tok_s, full->tok_s), tag);
 	/* a restored turn's latency: load-then-compute pays I/O + prefill,
 	 * the overlapped restore max(I/O, prefill) */
 	if (dp->ran && full->ran && dp->ttft_nvme_p50 > 0 && full->ttft_nvme_p50 > 0)
 		printf("RESULT %s-ttft-nvme-dualpath-vs-load-then-compute ours=%.2f anchor=%.2f "
-		       "ratio=%.3f unit=ms better=lower\n",
+		       "ratio=%.3f unit=ms better=lower%s\n",
 		       o->prefix, dp->ttft_nvme_p50, full->ttft_nvme_p50,
-		       ratio(dp->ttft_nvme_p50, full->ttft_nvme_p50));
+		       ratio(dp->ttft_nvme_p50, full->ttft_nvme_p50), tag);
 	if (dp->ran && rc->ran)
 		printf("RESULT %s-dualpath-vs-recompute ours=%.2f anchor=%.2f ratio=%.3f "
-		       "unit=tok/s better=higher\n",
-		       o->prefix, dp->tok_s, rc->tok_s, ratio(dp->tok_s, rc->tok_s));
+		       "unit=tok/s better=higher%s\n",
+		       o->prefix, dp->tok_s, rc->tok_s, ratio(dp->tok_s, rc->tok_s), tag);
 	if (dp->ran && res[AG_MODE_REPLAY].ran)
 		printf("RESULT %s-dualpath-vs-replay ours=%.2f anchor=%.2f ratio=%.3f "
-		       "unit=tok/s better=higher\n",
+		       "unit=tok/s better=higher%s\n",
 		       o->prefix, dp->tok_s, res[AG_MODE_REPLAY].tok_s,
-		       ratio(dp->tok_s, res[AG_MODE_REPLAY].tok_s));
+		       ratio(dp->tok_s, res[AG_MODE_REPLAY].tok_s), tag);
 	if (dp->ran && rs->ran)
 		printf("RESULT %s-dualpath-vs-ideal ours=%.3f anchor=%.3f ratio=%.3f unit=s "
-		       "better=lower\n",
-		       o->prefix, dp->busy_s, ideal, ratio(dp->busy_s, ideal));
+		       "better=lower%s\n",
+		       o->prefix, dp->busy_s, ideal, ratio(dp->busy_s, ideal), tag);
 	if (dp->ran) {
 		double sf = dp->st.step_s > 0 ? dp->st.stall_s / dp->st.step_s : 0;
 		printf("RESULT %s-stall-fraction ours=%.4f anchor=0.05 ratio=%.3f unit=fraction "
-		       "better=lower\n",
-		       o->prefix, sf, sf / 0.05);
+		       "better=lower%s\n",
+		       o->prefix, sf, sf / 0.05, tag);
 	}
 	if (dp->ran && o->trace_out && o->v4ctl)
 		printf(
@@ -369,8 +384,108 @@ static void print_results(const struct ag_opts *o, const struct ag_result *res)
 	fflush(stdout);
 }
 
-void ag_report(const struct ag_opts *o, struct ag_result *res)
+/* One round's ratios, NAN where a mode did not run. */
+struct round_figs {
+	double dp_full, dp_ideal, ttft, stall, io_compute;
+};
+
+static struct round_figs round_figs(const struct ag_result *res)
 {
-	print_tables(o, res);
-	print_results(o, res);
+	const struct ag_result *dp = &res[AG_MODE_DUALPATH], *full = &res[AG_MODE_FULL],
+	                       *rs = &res[AG_MODE_RESIDENT];
+	struct round_figs f = {NAN, NAN, NAN, NAN, NAN};
+	if (dp->ran && full->ran) {
+		f.dp_full = ratio(dp->tok_s, full->tok_s);
+		if (dp->ttft_nvme_p50 > 0 && full->ttft_nvme_p50 > 0)
+			f.ttft = ratio(dp->ttft_nvme_p50, full->ttft_nvme_p50);
+	}
+	if (dp->ran) {
+		f.stall = dp->st.step_s > 0 ? dp->st.stall_s / dp->st.step_s : 0;
+		f.dp_ideal = ratio(dp->busy_s, ideal_of(res));
+	}
+	if (dp->ran && rs->ran)
+		f.io_compute = ratio(dp->io_s, rs->st.step_s);
+	return f;
+}
+
+/* min..max of the finite values, or "-" */
+static const char *fmt_span(char buf[32], const double *v, unsigned n)
+{
+	double lo = INFINITY, hi = -INFINITY;
+	for (unsigned i = 0; i < n; i++)
+		if (isfinite(v[i])) {
+			lo = fmin(lo, v[i]);
+			hi = fmax(hi, v[i]);
+		}
+	if (!isfinite(lo))
+		snprintf(buf, 32, "-");
+	else
+		snprintf(buf, 32, "%.3f-%.3f", lo, hi);
+	return buf;
+}
+
+static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
+                         const struct ag_round *rd, unsigned chosen, double probe_best)
+{
+	unsigned n = o->rounds;
+	double *col[5];
+	for (int c = 0; c < 5; c++)
+		if (!(col[c] = calloc(n, sizeof(double))))
+			return;
+	printf(
+	    "\nrounds (each: every mode back to back; the most any of its modes saw of: cpu wait, "
+	    "the share of\nits runnable time the daemon waited for a CPU; others, CPUs of %ld kept "
+	    "busy by other processes;\nsteal; probe, the probe's time over the fastest of the "
+	    "run, %.1f ms):\n",
+	    sysconf(_SC_NPROCESSORS_ONLN), probe_best);
+	printf("%-6s %8s %7s %6s %6s %9s %9s %8s %8s %10s %7s %10s\n", "round", "cpu wait",
+	       "others", "steal", "probe", "compute s", "I/O s", "I/O/comp", "dp/full", "dp/ideal",
+	       "stall", "TTFT dp/full");
+	for (unsigned i = 0; i < n; i++) {
+		struct round_figs f = round_figs(res[i]);
+		col[0][i] = f.dp_full;
+		col[1][i] = f.dp_ideal;
+		col[2][i] = f.ttft;
+		col[3][i] = f.stall;
+		col[4][i] = f.io_compute;
+		const struct ag_result *rs = &res[i][AG_MODE_RESIDENT],
+		                       *dp = &res[i][AG_MODE_DUALPATH];
+		printf("%-6u %8.2f %7.2f %6.2f %6.2f %9.3f %9.3f %8.3f %8.3f %10.3f %7.4f %10.3f "
+		       "%s%s\n",
+		       i + 1, rd[i].cpu_wait, rd[i].others_cpus, rd[i].steal_cpus,
+		       rd[i].probe_ms / probe_best, rs->ran ? rs->st.step_s : NAN,
+		       dp->ran ? dp->io_s : NAN, f.io_compute, f.dp_full, f.dp_ideal, f.stall,
+		       f.ttft, i == chosen ? "<- reported" : "",
+		       rd[i].complete ? "" : " (incomplete)");
+	}
+	char b[5][32];
+	printf("spread over the rounds: I/O/compute %s, dp/full tok/s %s, dp/ideal %s, stall %s, "
+	       "TTFT nvme dp/full %s\n",
+	       fmt_span(b[4], col[4], n), fmt_span(b[0], col[0], n), fmt_span(b[1], col[1], n),
+	       fmt_span(b[3], col[3], n), fmt_span(b[2], col[2], n));
+	if (rd[chosen].read_bps > 0 && o->throttle_bps)
+		printf("NVMe tier reads throttled (--throttle-read) to %.1f MB/s\n",
+		       rd[chosen].read_bps / 1e6);
+	else if (rd[chosen].read_bps > 0)
+		printf(
+		    "NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
+		    "round: the rate at which the restores' bytes take %g x the resident run's "
+		    "compute time\n",
+		    o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
+	for (int c = 0; c < 5; c++)
+		free(col[c]);
+}
+
+void ag_report(const struct ag_opts *o, struct ag_result (*res)[AG_MODE_MAX],
+               const struct ag_round *rd, unsigned chosen, double probe_best)
+{
+	char tag[128];
+	snprintf(tag, sizeof(tag),
+	         " round=%u/%u cpu_wait=%.2f others_cpus=%.2f probe_slowdown=%.2f", chosen + 1,
+	         o->rounds, rd[chosen].cpu_wait, rd[chosen].others_cpus,
+	         rd[chosen].probe_ms / probe_best);
+	print_tables(o, res[chosen]);
+	printf("\nreported: round %u of %u (the least disturbed)\n", chosen + 1, o->rounds);
+	print_rounds(o, res, rd, chosen, probe_best);
+	print_results(o, res[chosen], tag);
 }

@@ -16,16 +16,15 @@
  * received by all streams over the wall time). Exit status 1 on any error.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "http-client.h"
+#include "stream.h"
 
 struct stream {
 	int fd;
@@ -35,19 +34,6 @@ struct stream {
 	uint64_t got;
 	bool done;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
 
 /* Write what is left of the request; 0 when all is out, 1 for more. */
 static int send_more(struct stream *s)
@@ -110,7 +96,7 @@ static int recv_more(struct stream *s, const char **what)
 				return -EPROTO;
 			}
 			if (json_array_size(ids) && !s->got)
-				s->ttft = now_s() - s->t0;
+				s->ttft = stream_now_s() - s->t0;
 			s->got += json_array_size(ids);
 			json_decref(o);
 		}
@@ -121,50 +107,21 @@ static int recv_more(struct stream *s, const char **what)
 
 int main(int argc, char **argv)
 {
-	const char *addr = NULL, *prompt = NULL;
-	unsigned streams = 1, tokens = 128;
-	static const struct option opts[] = {
-		{ "http", required_argument, NULL, 'a' },
-		{ "streams", required_argument, NULL, 'c' },
-		{ "tokens", required_argument, NULL, 'n' },
-		{ "prompt", required_argument, NULL, 'p' },
-		{ 0 },
-	};
-	int o;
-	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 'a': addr = optarg; break;
-		case 'c': streams = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'n': tokens = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'p': prompt = optarg; break;
-		default: return 2;
-		}
-	}
-	if (!addr || !prompt || !streams || streams > 4096 || !tokens) {
-		fprintf(stderr,
-			"usage: %s --http unix:/PATH|HOST:PORT --streams 1..4096 --tokens N "
-			"--prompt ID,...\n",
-			argv[0]);
-		return 2;
-	}
+	static struct stream_opts o;
+	int ret = stream_opts_parse(&o, argc, argv, "http", "unix:/PATH|HOST:PORT");
+	if (ret)
+		return ret;
+	unsigned streams = o.streams;
+	const char *addr = o.addr;
 	struct hc_buf body = { 0 };
-	int ret = hc_buf_addf(&body, "{\"prompt\":[");
-	size_t n = 0;
-	for (const char *p = prompt; *p && ret == 0;) {
-		char *end;
-		unsigned long v = strtoul(p, &end, 10);
-		if (end == p || (*end && *end != ',')) {
-			fprintf(stderr, "--prompt: '%s' is not a list of ids\n", prompt);
-			return 2;
-		}
-		ret = hc_buf_addf(&body, n++ ? ",%lu" : "%lu", v);
-		p = *end ? end + 1 : end;
-	}
+	ret = hc_buf_addf(&body, "{\"prompt\":[");
+	for (size_t i = 0; i < o.n_ids && ret == 0; i++)
+		ret = hc_buf_addf(&body, i ? ",%u" : "%u", o.ids[i]);
 	if (ret == 0)
 		ret = hc_buf_addf(&body,
 				  "],\"max_tokens\":%u,\"ignore_eos\":true,\"temperature\":0.8,"
 				  "\"seed\":1,\"stream\":true,\"return_token_ids\":true}",
-				  tokens);
+				  o.tokens);
 	struct stream *s = calloc(streams, sizeof(*s));
 	double *ttft = calloc(streams, sizeof(*ttft));
 	int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -172,7 +129,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "out of memory\n");
 		return 1;
 	}
-	double t0 = now_s();
+	double t0 = stream_now_s();
 	const char *what = "";
 	unsigned left = streams;
 	for (unsigned i = 0; i < streams; i++) {
@@ -183,7 +140,7 @@ int main(int argc, char **argv)
 		hc_resp_reset(&s[i].resp);
 		if (hc_post_format(&s[i].req, "/v1/completions", body.p, body.len) < 0)
 			return 1;
-		s[i].t0 = now_s();
+		s[i].t0 = stream_now_s();
 		int k = send_more(&s[i]);
 		struct epoll_event ev = { .events = EPOLLIN | (k > 0 ? EPOLLOUT : 0u),
 					  .data.u32 = i };
@@ -235,7 +192,7 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	double wall = now_s() - t0;
+	double wall = stream_now_s() - t0;
 	uint64_t got = 0;
 	for (unsigned i = 0; i < streams; i++) {
 		got += s[i].got;
@@ -245,13 +202,8 @@ int main(int argc, char **argv)
 		hc_buf_fini(&s[i].req);
 		hc_resp_fini(&s[i].resp);
 	}
-	if (!bad) {
-		qsort(ttft, streams, sizeof(*ttft), cmp_double);
-		printf("streams=%u tokens=%llu wall_s=%.3f tok_s=%.0f ttft_p50_ms=%.1f "
-		       "ttft_p99_ms=%.1f\n",
-		       streams, (unsigned long long)got, wall, (double)got / wall,
-		       1000 * ttft[streams / 2], 1000 * ttft[(size_t)(0.99 * (streams - 1))]);
-	}
+	if (!bad)
+		stream_print(streams, got, wall, ttft);
 	close(ep);
 	hc_buf_fini(&body);
 	free(s);
