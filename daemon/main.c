@@ -32,6 +32,7 @@
 #include "daemon/server.h"
 #include "daemon/shared.h"
 #include "daemon/shared-health.h"
+#include "daemon/shared-units.h"
 #include "model/conv.h"
 #include "sched/topo.h"
 
@@ -273,6 +274,8 @@ static void open_shared(struct dp_server *srv)
 	if ((ret = dp_shared_health_start(srv)) < 0)
 		log_warning("shared tier: no health probe (%s); it is reported up until a call fails",
 			    strerror(-ret));
+	if ((ret = dp_shared_units_start(srv)) < 0)
+		log_warning("shared tier: prefix units are not shared (%s)", strerror(-ret));
 }
 
 /* An Engram model's tables: a store on the compute thread, its NVMe reads
@@ -649,6 +652,7 @@ int main(int argc, char **argv)
 	dp_cluster_stop(srv->cluster); /* leaves the membership; after compute stopped */
 	dp_shared_fini(srv);
 	dp_shared_health_stop(srv);
+	dp_shared_units_stop(srv);
 	dp_kv_shared_close(srv->tier);
 	if (srv->shared_configured)
 		pthread_mutex_destroy(&srv->tier_lock);
