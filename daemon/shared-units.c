@@ -261,7 +261,7 @@ static int manifest_parse(const char *id, const void *buf, size_t len, struct ue
 	uint32_t per = dp_kv_shared_group_pages(DP_V4_PAGE_BYTES);
 	if (h.version != UNIT_VERSION || h.n_tokens != n || h.key != key || h.tenant[0] != t.tag[0] ||
 	    h.tenant[1] != t.tag[1] || n == 0 || n > INT32_MAX || h.n_pages > (1u << 24) ||
-	    h.n_segs > (1u << 24) || memchr(h.host, 0, sizeof(h.host)) == NULL ||
+	    h.n_segs != (h.n_pages + per - 1) / per || memchr(h.host, 0, sizeof(h.host)) == NULL ||
 	    strlen(h.host) > DP_KV_SHARED_HOST_ID_MAX || !h.host[0])
 		return -EBADMSG;
 	size_t want = sizeof(h) + pad8(n * sizeof(int32_t)) + (size_t)h.n_pages * sizeof(struct mpage);
