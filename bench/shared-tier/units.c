@@ -11,7 +11,9 @@
  * a run) is served on A with cache_salt "s<round>" (A leaves a unit at its
  * end and publishes it); once B's index holds it, B gets the prompt plus
  * --new more ids with the same salt (from A's unit: ours) and with another
- * salt (no unit anywhere: recomputed, the anchor). TTFT is the daemon's own
+ * salt (no unit anywhere: recomputed, the anchor). "Once B's index holds it":
+ * both indexes settled at start, A's counts its own units at once, so B
+ * has caught up when its count reaches A's. TTFT is the daemon's own
  * (Usage.time_to_first_token_us). The next tokens of both are compared
  * (they may differ on a near tie: a recompute cuts the prompt into other
  * steps than A did).
@@ -248,6 +250,15 @@ int main(int argc, char **argv)
 	double ours[64], anchor[64];
 	int same = 0, ok = 0, status = 0;
 	uint64_t seed = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32;
+	/* both indexes have taken in what the pool held from earlier runs */
+	for (int i = 0; i < 200; i++) {
+		double ia = metric(&a, "dualpath_shared_units_indexed");
+		double ib = metric(&b, "dualpath_shared_units_indexed");
+		usleep(700000);
+		if (ia == metric(&a, "dualpath_shared_units_indexed") &&
+		    ib == metric(&b, "dualpath_shared_units_indexed") && ia == ib)
+			break;
+	}
 	for (int r = 0; r < rounds && p && vocab; r++) {
 		stream_tokens(seed, (uint32_t)r, vocab, p, tokens + extra);
 		char salt[32], other[32];
@@ -256,7 +267,6 @@ int main(int argc, char **argv)
 		uint32_t out_a[GEN], out_t[GEN], out_r[GEN], cached_t = 0, cached_r = 0, ca = 0;
 		double t_a, t_t = 0, t_r = 0;
 		double before = metric(&a, "dualpath_shared_units_published_total");
-		double indexed = metric(&b, "dualpath_shared_units_indexed");
 		if (one_off(&a, p, tokens, salt, out_a, &t_a, &ca) < 0) {
 			status = 1;
 			break;
@@ -265,20 +275,31 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 600 && metric(&a, "dualpath_shared_units_published_total") < before + 2;
 		     i++)
 			usleep(100000);
-		for (int i = 0; i < 600 && metric(&b, "dualpath_shared_units_indexed") < indexed + 2; i++)
+		for (int i = 0; i < 600 && metric(&b, "dualpath_shared_units_indexed") <
+						   metric(&a, "dualpath_shared_units_indexed"); i++)
 			usleep(100000);
 		bool tier_first = r % 2 == 0;
+		double rs = 0, st = 0, sp = 0; /* B's restore, stall and step seconds (tier run) */
 		for (int k = 0; k < 2; k++) {
 			bool tier = (k == 0) == tier_first;
+			double rs0 = metric(&b, "dualpath_shared_restore_seconds_total");
+			double st0 = metric(&b, "dualpath_stall_seconds_total");
+			double sp0 = metric(&b, "dualpath_step_seconds_total");
 			if (one_off(&b, p, tokens + extra, tier ? salt : other, tier ? out_t : out_r,
 				    tier ? &t_t : &t_r, tier ? &cached_t : &cached_r) < 0)
 				status = 1;
+			if (tier) {
+				rs = metric(&b, "dualpath_shared_restore_seconds_total") - rs0;
+				st = metric(&b, "dualpath_stall_seconds_total") - st0;
+				sp = metric(&b, "dualpath_step_seconds_total") - sp0;
+			}
 		}
 		if (status)
 			break;
-		printf("round %d: TTFT from A's unit %.1f ms (%u tokens reused), recomputed %.1f ms (%u), "
-		       "same first tokens: %s\n", r, t_t / 1e3, cached_t, t_r / 1e3, cached_r,
-		       memcmp(out_t, out_r, sizeof(out_t)) ? "no" : "yes");
+		printf("round %d: TTFT from A's unit %.1f ms (%u tokens reused; restore %.1f ms, gates "
+		       "waited %.1f ms, steps %.1f ms of the whole request), recomputed %.1f ms (%u), same "
+		       "first tokens: %s\n", r, t_t / 1e3, cached_t, rs * 1e3, st * 1e3, sp * 1e3,
+		       t_r / 1e3, cached_r, memcmp(out_t, out_r, sizeof(out_t)) ? "no" : "yes");
 		if (cached_t < tokens - 1 || cached_r != 0) {
 			fprintf(stderr, "bench-shared-units: round %d: B reused %u tokens from the tier "
 					"(want >= %u) and %u without a unit (want 0)\n", r, cached_t,
