@@ -31,8 +31,10 @@ _Static_assert(sizeof(struct mpage) == 32, "manifest page record");
 static inline struct mpage dp_shared_mpage(const struct dp_v4_page_ref *ref, const void *data)
 {
 	XXH128_hash_t h = XXH3_128bits(data, DP_V4_PAGE_BYTES);
-	return (struct mpage){ .layer = ref->layer, .kind = ref->kind, .index = ref->index,
-			       .sum = { h.low64, h.high64 } };
+	return (struct mpage){.layer = ref->layer,
+	                      .kind = ref->kind,
+	                      .index = ref->index,
+	                      .sum = {h.low64, h.high64}};
 }
 
 #endif /* DP_DAEMON_SHARED_INTERNAL_H */

@@ -64,16 +64,16 @@
 #include "kvcache/tier-units.h"
 #include "kvcache/tier.h"
 
-#define UNIT_VERSION 1
-#define INDEX_OBJECT "dp.units"
-#define POLL_MS 250
-#define SKEW_MS 30000		  /* index keys re-read behind the newest seen */
-#define QUEUE_JOBS 8		  /* states waiting to be written, at most */
-#define QUEUE_BYTES (256u << 20)  /* ... and their bytes */
-#define INDEX_BYTES_MAX (64u << 20) /* the index's tokens and page records */
-#define INDEX_BUCKETS 4096u	  /* power of two */
-#define LIST_BATCH 256		  /* index keys per read */
-#define ID_MAX 80		  /* <32 hex>.<16 hex>.<16 hex> */
+#define UNIT_VERSION    1
+#define INDEX_OBJECT    "dp.units"
+#define POLL_MS         250
+#define SKEW_MS         30000        /* index keys re-read behind the newest seen */
+#define QUEUE_JOBS      8            /* states waiting to be written, at most */
+#define QUEUE_BYTES     (256u << 20) /* ... and their bytes */
+#define INDEX_BYTES_MAX (64u << 20)  /* the index's tokens and page records */
+#define INDEX_BUCKETS   4096u        /* power of two */
+#define LIST_BATCH      256          /* index keys per read */
+#define ID_MAX          80           /* <32 hex>.<16 hex>.<16 hex> */
 
 /* The manifest of a unit: this header, tokens[n_tokens] (int32, padded to
  * 8 bytes), pages[n_pages] (struct mpage). */
@@ -94,7 +94,7 @@ struct uent {
 	struct uent *next; /* in its bucket */
 	struct dp_kv_tenant tenant;
 	uint64_t key, n;
-	bool bad;	 /* a page failed, or its manifest did: never offered */
+	bool bad;        /* a page failed, or its manifest did: never offered */
 	int32_t *tokens; /* n */
 	struct mpage *pages;
 	uint32_t n_pages, n_segs;
@@ -124,12 +124,13 @@ struct dp_shared_units {
 	struct uent **buckets;
 	atomic_uint_fast64_t n_entries;
 	uint64_t index_bytes;
-	struct dp_shared_units_stats st; /* indexed is n_entries; found, restored, corrupt: compute */
+	struct dp_shared_units_stats
+	    st; /* indexed is n_entries; found, restored, corrupt: compute */
 	struct dp_kv_shared_opts opts;
 	char host_id[DP_KV_SHARED_HOST_ID_MAX + 1];
 	char after[DP_KV_SHARED_INDEX_KEY_MAX]; /* the units thread's place in the index */
 	uint64_t newest_ms;
-	uint64_t found; /* compute thread only */
+	uint64_t found;                                    /* compute thread only */
 	char keys[LIST_BATCH][DP_KV_SHARED_INDEX_KEY_MAX]; /* poll_index's (units thread) */
 };
 
@@ -156,7 +157,7 @@ static uint64_t key_of(const struct dp_kv_tenant *t, const int32_t *tokens, uint
 static void unit_id(const struct dp_kv_tenant *t, uint64_t key, uint64_t n, char id[ID_MAX])
 {
 	snprintf(id, ID_MAX, "%016" PRIx64 "%016" PRIx64 ".%016" PRIx64 ".%" PRIx64, t->tag[0],
-		 t->tag[1], key, n);
+	         t->tag[1], key, n);
 }
 
 static int id_parse(const char *id, struct dp_kv_tenant *t, uint64_t *key, uint64_t *n)
@@ -164,7 +165,8 @@ static int id_parse(const char *id, struct dp_kv_tenant *t, uint64_t *key, uint6
 	char a[17] = "", b[17] = "";
 	int used = 0;
 	if (strlen(id) >= ID_MAX ||
-	    sscanf(id, "%16[0-9a-f]%16[0-9a-f].%" SCNx64 ".%" SCNx64 "%n", a, b, key, n, &used) != 4 ||
+	    sscanf(id, "%16[0-9a-f]%16[0-9a-f].%" SCNx64 ".%" SCNx64 "%n", a, b, key, n, &used) !=
+	        4 ||
 	    used != (int)strlen(id) || strlen(a) != 16 || strlen(b) != 16)
 		return -EBADMSG;
 	t->tag[0] = strtoull(a, NULL, 16);
@@ -189,8 +191,8 @@ static bool same_tenant(const struct dp_kv_tenant *a, const struct dp_kv_tenant 
 
 /* ---- the index (under lock) ------------------------------------------------- */
 
-static struct uent *index_find(struct dp_shared_units *u, const struct dp_kv_tenant *t, uint64_t key,
-			       uint64_t n)
+static struct uent *index_find(struct dp_shared_units *u, const struct dp_kv_tenant *t,
+                               uint64_t key, uint64_t n)
 {
 	for (struct uent *e = u->buckets[key & (INDEX_BUCKETS - 1)]; e; e = e->next)
 		if (e->key == key && e->n == n && same_tenant(&e->tenant, t))
@@ -199,7 +201,7 @@ static struct uent *index_find(struct dp_shared_units *u, const struct dp_kv_ten
 }
 
 static bool pending(struct dp_shared_units *u, const struct dp_kv_tenant *t, uint64_t key,
-		    uint64_t n)
+                    uint64_t n)
 {
 	if (u->writing && u->writing->key == key && u->writing->n == n &&
 	    same_tenant(&u->writing->tenant, t))
@@ -214,8 +216,8 @@ static bool pending(struct dp_shared_units *u, const struct dp_kv_tenant *t, uin
  * taken). A bad entry holds no tokens or pages and always fits. */
 static bool index_add(struct dp_shared_units *u, struct uent *e)
 {
-	uint64_t bytes = (e->tokens ? e->n * sizeof(int32_t) : 0) +
-			 (uint64_t)e->n_pages * sizeof(struct mpage);
+	uint64_t bytes =
+	    (e->tokens ? e->n * sizeof(int32_t) : 0) + (uint64_t)e->n_pages * sizeof(struct mpage);
 	if (index_find(u, &e->tenant, e->key, e->n))
 		return false;
 	if (u->index_bytes + bytes > INDEX_BYTES_MAX) {
@@ -259,12 +261,14 @@ static int manifest_parse(const char *id, const void *buf, size_t len, struct ue
 		return -EBADMSG;
 	memcpy(&h, buf, sizeof(h));
 	uint32_t per = dp_kv_shared_group_pages(DP_V4_PAGE_BYTES);
-	if (h.version != UNIT_VERSION || h.n_tokens != n || h.key != key || h.tenant[0] != t.tag[0] ||
-	    h.tenant[1] != t.tag[1] || n == 0 || n > INT32_MAX || h.n_pages > (1u << 24) ||
-	    h.n_segs != (h.n_pages + per - 1) / per || memchr(h.host, 0, sizeof(h.host)) == NULL ||
+	if (h.version != UNIT_VERSION || h.n_tokens != n || h.key != key ||
+	    h.tenant[0] != t.tag[0] || h.tenant[1] != t.tag[1] || n == 0 || n > INT32_MAX ||
+	    h.n_pages > (1u << 24) || h.n_segs != (h.n_pages + per - 1) / per ||
+	    memchr(h.host, 0, sizeof(h.host)) == NULL ||
 	    strlen(h.host) > DP_KV_SHARED_HOST_ID_MAX || !h.host[0])
 		return -EBADMSG;
-	size_t want = sizeof(h) + pad8(n * sizeof(int32_t)) + (size_t)h.n_pages * sizeof(struct mpage);
+	size_t want =
+	    sizeof(h) + pad8(n * sizeof(int32_t)) + (size_t)h.n_pages * sizeof(struct mpage);
 	if (len != want)
 		return -EBADMSG;
 	struct uent *e = calloc(1, sizeof(*e));
@@ -325,8 +329,10 @@ static void load(struct dp_shared_units *u, struct dp_kv_shared *t, const char *
 	if (r == -ENOMEM)
 		return;
 	if (r < 0) {
-		log_warning("prefix unit %s on the shared tier: its manifest fails its checks (%s); "
-			    "never used", id, strerror(-r));
+		log_warning(
+		    "prefix unit %s on the shared tier: its manifest fails its checks (%s); "
+		    "never used",
+		    id, strerror(-r));
 		if (!(e = calloc(1, sizeof(*e))))
 			return;
 		e->tenant = tn;
@@ -351,7 +357,8 @@ static int poll_index(struct dp_shared_units *u, struct dp_kv_shared *t)
 	for (;;) {
 		size_t n = 0;
 		bool more = false;
-		int r = dp_kv_shared_index_list(t, INDEX_OBJECT, u->after, keys, LIST_BATCH, &n, &more);
+		int r =
+		    dp_kv_shared_index_list(t, INDEX_OBJECT, u->after, keys, LIST_BATCH, &n, &more);
 		if (r < 0)
 			return r;
 		for (size_t i = 0; i < n; i++) {
@@ -403,7 +410,7 @@ static void wait_all(struct dp_kv_shared *t, struct wait1 *w, size_t n)
 			left += !w[i].done;
 		if (!left)
 			return;
-		struct pollfd p = { .fd = dp_kv_shared_fd(t), .events = POLLIN };
+		struct pollfd p = {.fd = dp_kv_shared_fd(t), .events = POLLIN};
 		poll(&p, 1, 50);
 		dp_kv_shared_reap(t, 0);
 	}
@@ -448,9 +455,12 @@ static void publish(struct dp_shared_units *u, struct dp_kv_shared *t, struct jo
 	struct dp_kv_shared_page *pg = malloc(per * sizeof(*pg));
 	if (r < 0 || !man || !w || !pg)
 		goto fail;
-	struct uman_hdr h = { .version = UNIT_VERSION, .n_segs = n_segs,
-			      .tenant = { j->tenant.tag[0], j->tenant.tag[1] }, .key = j->key,
-			      .n_tokens = j->n, .n_pages = (uint32_t)j->n_pages };
+	struct uman_hdr h = {.version = UNIT_VERSION,
+	                     .n_segs = n_segs,
+	                     .tenant = {j->tenant.tag[0], j->tenant.tag[1]},
+	                     .key = j->key,
+	                     .n_tokens = j->n,
+	                     .n_pages = (uint32_t)j->n_pages};
 	snprintf(h.host, sizeof(h.host), "%s", u->host_id);
 	memcpy(man, &h, sizeof(h));
 	memcpy(man + sizeof(h), j->tokens, j->n * sizeof(int32_t));
@@ -598,12 +608,12 @@ int dp_shared_units_start(struct dp_server *srv)
 	}
 	snprintf(u->host_id, sizeof(u->host_id), "%s", srv->host_id);
 	u->opts = (struct dp_kv_shared_opts){
-		.conf = srv->cfg.rados_conf,
-		.pool = srv->cfg.rados_pool,
-		.client = srv->cfg.rados_client,
-		.host_id = u->host_id,
-		.lease_ms = srv->cfg.lease_ms,
-		.timeout_ms = srv->cfg.lease_ms > 2000 ? srv->cfg.lease_ms : 2000,
+	    .conf = srv->cfg.rados_conf,
+	    .pool = srv->cfg.rados_pool,
+	    .client = srv->cfg.rados_client,
+	    .host_id = u->host_id,
+	    .lease_ms = srv->cfg.lease_ms,
+	    .timeout_ms = srv->cfg.lease_ms > 2000 ? srv->cfg.lease_ms : 2000,
 	};
 	u->tail = &u->head;
 	atomic_init(&u->n_entries, 0);
@@ -650,7 +660,7 @@ void dp_shared_units_stop(struct dp_server *srv)
 }
 
 void dp_shared_units_publish(struct dp_server *srv, const struct dp_kv_tenant *t,
-			     const int32_t *tokens, uint64_t n, struct dp_v4_seq *seq)
+                             const int32_t *tokens, uint64_t n, struct dp_v4_seq *seq)
 {
 	struct dp_shared_units *u = srv->units;
 	if (!u || !t || !tokens || !n || !seq || !dp_shared_health_up(srv))
@@ -661,7 +671,7 @@ void dp_shared_units_publish(struct dp_server *srv, const struct dp_kv_tenant *t
 	pthread_mutex_lock(&u->lock);
 	bool skip = index_find(u, t, key, n) || pending(u, t, key, n);
 	bool full = !skip && (u->n_jobs >= QUEUE_JOBS ||
-			      u->queued_bytes + n_pages * DP_V4_PAGE_BYTES > QUEUE_BYTES);
+	                      u->queued_bytes + n_pages * DP_V4_PAGE_BYTES > QUEUE_BYTES);
 	if (full)
 		u->st.dropped++;
 	pthread_mutex_unlock(&u->lock);
@@ -691,8 +701,8 @@ void dp_shared_units_publish(struct dp_server *srv, const struct dp_kv_tenant *t
 }
 
 int dp_shared_units_fork(struct dp_server *srv, const struct dp_kv_tenant *t, const int32_t *tokens,
-			 uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
-			 struct dp_kv_session **ret_unit)
+                         uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
+                         struct dp_kv_session **ret_unit)
 {
 	struct dp_shared_units *u = srv->units;
 	if (!u || !srv->tier || !t || !tokens || !max || !ret_seq || !ret_unit)
@@ -747,19 +757,19 @@ int dp_shared_units_fork(struct dp_server *srv, const struct dp_kv_tenant *t, co
 			np[i] = names[i];
 		}
 		for (uint32_t i = 0; i < e->n_pages; i++)
-			locs[i] = (struct dp_kv_shared_loc){ e->pages[i].layer, e->pages[i].kind,
-							     e->pages[i].index, e->pages[i].seg,
-							     e->pages[i].slot };
+			locs[i] = (struct dp_kv_shared_loc){e->pages[i].layer, e->pages[i].kind,
+			                                    e->pages[i].index, e->pages[i].seg,
+			                                    e->pages[i].slot};
 		ret = dp_kv_unit_adopt_shared(srv->kv, t, e->tokens, e->n, (uint64_t)(uintptr_t)e,
-					      srv->tier, &srv->tier_lock, np, e->n_segs, locs,
-					      e->n_pages, layered, ret_seq, ret_unit);
+		                              srv->tier, &srv->tier_lock, np, e->n_segs, locs,
+		                              e->n_pages, layered, ret_seq, ret_unit);
 	}
 	free(names);
 	free(np);
 	free(locs);
 	if (ret == -EBADMSG) { /* its page list is not this model's, or a page failed */
 		log_warning("prefix unit %s on the shared tier cannot be restored (%s); not used",
-			    e->id, strerror(-ret));
+		            e->id, strerror(-ret));
 		pthread_mutex_lock(&u->lock);
 		if (!e->bad) {
 			e->bad = true;

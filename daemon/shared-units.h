@@ -32,7 +32,7 @@ void dp_shared_units_stop(struct dp_server *srv);
  * queue is full, its state is copied and queued for the units thread, which
  * writes it once (exclusive create) under a content-addressed name. */
 void dp_shared_units_publish(struct dp_server *srv, const struct dp_kv_tenant *t,
-			     const int32_t *tokens, uint64_t n, struct dp_v4_seq *seq);
+                             const int32_t *tokens, uint64_t n, struct dp_v4_seq *seq);
 
 /* A one-off's prompt tokens[0..max): when the index holds a unit of tenant t
  * longer than the longest local one (verified id by id), it is adopted and
@@ -42,8 +42,8 @@ void dp_shared_units_publish(struct dp_server *srv, const struct dp_kv_tenant *t
  * caller forks locally); never a round trip. A unit whose pages failed
  * their checks on an earlier use is not offered again. */
 int dp_shared_units_fork(struct dp_server *srv, const struct dp_kv_tenant *t, const int32_t *tokens,
-			 uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
-			 struct dp_kv_session **ret_unit);
+                         uint64_t max, bool layered, struct dp_v4_seq **ret_seq,
+                         struct dp_kv_session **ret_unit);
 
 /* The counters (struct dp_shared_units_stats, server.h). */
 void dp_shared_units_stats(struct dp_server *srv, struct dp_shared_units_stats *ret);

@@ -9,7 +9,7 @@
 #include "kvcache/tier-units.h"
 
 int dp_kv_shared_object_create(struct dp_kv_shared *t, const char *name, const void *data,
-			       size_t len)
+                               size_t len)
 {
 	(void)t, (void)name, (void)data, (void)len;
 	return -EOPNOTSUPP;
@@ -34,8 +34,8 @@ int dp_kv_shared_index_add(struct dp_kv_shared *t, const char *index, const char
 }
 
 int dp_kv_shared_index_list(struct dp_kv_shared *t, const char *index, const char *after,
-			    char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
-			    bool *ret_more)
+                            char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
+                            bool *ret_more)
 {
 	(void)t, (void)index, (void)after, (void)keys, (void)max, (void)ret_n, (void)ret_more;
 	return -EOPNOTSUPP;

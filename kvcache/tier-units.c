@@ -20,7 +20,7 @@
 #include "kvcache/tier-rados-internal.h"
 #include "kvcache/tier-units.h"
 
-#define OBJ_MAGIC "DPKVOBJ1"
+#define OBJ_MAGIC   "DPKVOBJ1"
 #define OBJ_VERSION 1
 
 struct obj_hdr {
@@ -44,7 +44,7 @@ static bool name_ok(const char *s)
 }
 
 int dp_kv_shared_object_create(struct dp_kv_shared *t, const char *name, const void *data,
-			       size_t len)
+                               size_t len)
 {
 	if (!t || !name_ok(name) || (!data && len) || len > DP_KV_SHARED_OBJECT_MAX)
 		return -EINVAL;
@@ -57,7 +57,7 @@ int dp_kv_shared_object_create(struct dp_kv_shared *t, const char *name, const v
 			rados_release_write_op(op);
 		return -ENOMEM;
 	}
-	struct obj_hdr h = { .version = OBJ_VERSION, .len = len, .xxh = XXH3_64bits(data, len) };
+	struct obj_hdr h = {.version = OBJ_VERSION, .len = len, .xxh = XXH3_64bits(data, len)};
 	memcpy(h.magic, OBJ_MAGIC, 8);
 	memcpy(buf, &h, sizeof(h));
 	if (len)
@@ -92,7 +92,8 @@ int dp_kv_shared_object_get(struct dp_kv_shared *t, const char *name, void **ret
 	int r = rados_stat(io, name, &size, &mtime);
 	if (r < 0)
 		return r;
-	if (size < sizeof(struct obj_hdr) || size > sizeof(struct obj_hdr) + DP_KV_SHARED_OBJECT_MAX)
+	if (size < sizeof(struct obj_hdr) ||
+	    size > sizeof(struct obj_hdr) + DP_KV_SHARED_OBJECT_MAX)
 		return -EBADMSG;
 	char *buf = malloc(size);
 	if (!buf)
@@ -124,9 +125,9 @@ int dp_kv_shared_index_add(struct dp_kv_shared *t, const char *index, const char
 	uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	char key[DP_KV_SHARED_INDEX_KEY_MAX];
 	snprintf(key, sizeof(key), "%016" PRIx64 ".%s", ms, name);
-	const char *keys[1] = { key };
-	const char *vals[1] = { "" };
-	size_t klen[1] = { strlen(key) }, vlen[1] = { 0 };
+	const char *keys[1] = {key};
+	const char *vals[1] = {""};
+	size_t klen[1] = {strlen(key)}, vlen[1] = {0};
 	rados_write_op_t op = rados_create_write_op();
 	if (!op)
 		return -ENOMEM;
@@ -137,8 +138,8 @@ int dp_kv_shared_index_add(struct dp_kv_shared *t, const char *index, const char
 }
 
 int dp_kv_shared_index_list(struct dp_kv_shared *t, const char *index, const char *after,
-			    char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
-			    bool *ret_more)
+                            char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
+                            bool *ret_more)
 {
 	if (!t || !name_ok(index) || !after || (!keys && max) || !ret_n || !ret_more)
 		return -EINVAL;

@@ -20,14 +20,14 @@
 
 #include "kvcache/tier.h"
 
-#define DP_KV_SHARED_OBJECT_MAX (16u << 20) /* a write-once object's data, at most */
+#define DP_KV_SHARED_OBJECT_MAX    (16u << 20) /* a write-once object's data, at most */
 #define DP_KV_SHARED_INDEX_KEY_MAX 256
 
 /* Create object name holding data[0..len), framed (magic, length, xxh3) so
  * that a torn or damaged object reads as -EBADMSG: 0, or -EEXIST when it
  * exists already (nothing written). */
 int dp_kv_shared_object_create(struct dp_kv_shared *t, const char *name, const void *data,
-			       size_t len);
+                               size_t len);
 /* 1 when object name exists, 0 when not, or a negative errno. */
 int dp_kv_shared_object_exists(struct dp_kv_shared *t, const char *name);
 /* Read it: *ret (malloc'd; the caller frees), *ret_len. -ENOENT none,
@@ -42,8 +42,8 @@ int dp_kv_shared_index_add(struct dp_kv_shared *t, const char *index, const char
  * there are more. 0 (none when the index does not exist) or a negative
  * errno. dp_kv_shared_index_key_parse splits a key into its time and name. */
 int dp_kv_shared_index_list(struct dp_kv_shared *t, const char *index, const char *after,
-			    char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
-			    bool *ret_more);
+                            char (*keys)[DP_KV_SHARED_INDEX_KEY_MAX], size_t max, size_t *ret_n,
+                            bool *ret_more);
 int dp_kv_shared_index_key_parse(const char *key, uint64_t *ret_ms, const char **ret_name);
 
 #endif /* DP_KVCACHE_TIER_UNITS_H */

@@ -302,12 +302,13 @@ static void shared_unit_free(struct dp_kv *kv, struct dp_kv_session *u, bool bad
 	dp_v4_seq_free(u->seq);
 	if (bad) {
 		kv->st.shared_units_corrupt++;
-		kv->shared_bad[(kv->shared_bad_head + kv->n_shared_bad) % DP_ARRAY_SIZE(kv->shared_bad)] =
-		    u->shared_cookie;
+		kv->shared_bad[(kv->shared_bad_head + kv->n_shared_bad) %
+		               DP_ARRAY_SIZE(kv->shared_bad)] = u->shared_cookie;
 		if (kv->n_shared_bad < DP_ARRAY_SIZE(kv->shared_bad))
 			kv->n_shared_bad++;
 		else
-			kv->shared_bad_head = (kv->shared_bad_head + 1) % DP_ARRAY_SIZE(kv->shared_bad);
+			kv->shared_bad_head =
+			    (kv->shared_bad_head + 1) % DP_ARRAY_SIZE(kv->shared_bad);
 	} else {
 		kv->st.shared_units_restored++;
 	}
@@ -489,8 +490,8 @@ int dp_kv_unit_adopt_shared(struct dp_kv *kv, const struct dp_kv_tenant *t, cons
 	u->shared_unit = true;
 	u->shared_cookie = cookie;
 	struct dp_v4_seq *seq = NULL;
-	int r = dp_kv_session_restore_shared(kv, u, tier, lock, n, segments, n_segments, locs, n_locs,
-	                                     &seq);
+	int r = dp_kv_session_restore_shared(kv, u, tier, lock, n, segments, n_segments, locs,
+	                                     n_locs, &seq);
 	if (r < 0) {
 		free(hist);
 		free(u);

@@ -49,11 +49,11 @@ struct host {
 static void usage(void)
 {
 	fprintf(stderr, "usage: bench-shared-units --dualpathd PATH --conf CEPH_CONF --pool POOL "
-			"[--model DIR] [--tokens N] [--new M] [--rounds R]\n");
+	                "[--model DIR] [--tokens N] [--new M] [--rounds R]\n");
 }
 
 static int host_start(struct host *h, const char *bin, const char *model, const char *conf,
-		      const char *pool, const char *name)
+                      const char *pool, const char *name)
 {
 	snprintf(h->dir, sizeof(h->dir), "/var/tmp/dp-bench-units-XXXXXX");
 	if (!mkdtemp(h->dir))
@@ -71,11 +71,17 @@ static int host_start(struct host *h, const char *bin, const char *model, const 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != self)
 			_exit(127);
-		const char *argv[] = { bin, "--config", "/dev/null", "--socket", h->sock,
-				       "--state-dir", h->state, "--model", model, "--log-file", h->log,
-				       "--pin-threads", "false", "--shared-tier", "rados",
-				       "--rados-conf", conf, "--rados-pool", pool, "--host-id", h->id,
-				       NULL };
+		const char *argv[] = {bin,         "--config",
+		                      "/dev/null", "--socket",
+		                      h->sock,     "--state-dir",
+		                      h->state,    "--model",
+		                      model,       "--log-file",
+		                      h->log,      "--pin-threads",
+		                      "false",     "--shared-tier",
+		                      "rados",     "--rados-conf",
+		                      conf,        "--rados-pool",
+		                      pool,        "--host-id",
+		                      h->id,       NULL};
 		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
@@ -87,8 +93,9 @@ static int host_start(struct host *h, const char *bin, const char *model, const 
 		}
 		int st;
 		if (waitpid(h->pid, &st, WNOHANG) == h->pid) {
-			fprintf(stderr, "bench-shared-units: dualpathd %s exited at start (log %s)\n",
-				h->id, h->log);
+			fprintf(stderr,
+			        "bench-shared-units: dualpathd %s exited at start (log %s)\n",
+			        h->id, h->log);
 			h->pid = 0;
 			return -ECHILD;
 		}
@@ -125,7 +132,7 @@ static struct dp_client *host_client(const struct host *h)
 /* A greedy one-off: its first tokens into out[GEN], its TTFT (us) and its
  * cached tokens; 0 or -1. */
 static int one_off(const struct host *h, const int32_t *p, uint32_t n, const char *salt,
-		   uint32_t *out, double *ret_ttft_us, uint32_t *ret_cached)
+                   uint32_t *out, double *ret_ttft_us, uint32_t *ret_cached)
 {
 	struct dp_client *c = host_client(h);
 	if (!c)
@@ -163,7 +170,8 @@ static int one_off(const struct host *h, const int32_t *p, uint32_t n, const cha
 			if (m->token_chunk->finish) {
 				ret = m->token_chunk->usage ? 0 : -1;
 				if (m->token_chunk->usage) {
-					*ret_ttft_us = (double)m->token_chunk->usage->time_to_first_token_us;
+					*ret_ttft_us =
+					    (double)m->token_chunk->usage->time_to_first_token_us;
 					*ret_cached = m->token_chunk->usage->cached_tokens;
 				}
 			}
@@ -235,7 +243,7 @@ int main(int argc, char **argv)
 		usage();
 		return 2;
 	}
-	struct host a = { 0 }, b = { 0 };
+	struct host a = {0}, b = {0};
 	if (host_start(&a, bin, model, conf, pool, "bench-a") < 0 ||
 	    host_start(&b, bin, model, conf, pool, "bench-b") < 0) {
 		fprintf(stderr, "bench-shared-units: cannot start dualpathd\n");
@@ -272,11 +280,13 @@ int main(int argc, char **argv)
 			break;
 		}
 		/* the prompt's unit and the reply's, both published and indexed */
-		for (int i = 0; i < 600 && metric(&a, "dualpath_shared_units_published_total") < before + 2;
+		for (int i = 0;
+		     i < 600 && metric(&a, "dualpath_shared_units_published_total") < before + 2;
 		     i++)
 			usleep(100000);
 		for (int i = 0; i < 600 && metric(&b, "dualpath_shared_units_indexed") <
-						   metric(&a, "dualpath_shared_units_indexed"); i++)
+		                               metric(&a, "dualpath_shared_units_indexed");
+		     i++)
 			usleep(100000);
 		bool tier_first = r % 2 == 0;
 		double rs = 0, st = 0, sp = 0; /* B's restore, stall and step seconds (tier run) */
@@ -285,8 +295,9 @@ int main(int argc, char **argv)
 			double rs0 = metric(&b, "dualpath_shared_restore_seconds_total");
 			double st0 = metric(&b, "dualpath_stall_seconds_total");
 			double sp0 = metric(&b, "dualpath_step_seconds_total");
-			if (one_off(&b, p, tokens + extra, tier ? salt : other, tier ? out_t : out_r,
-				    tier ? &t_t : &t_r, tier ? &cached_t : &cached_r) < 0)
+			if (one_off(&b, p, tokens + extra, tier ? salt : other,
+			            tier ? out_t : out_r, tier ? &t_t : &t_r,
+			            tier ? &cached_t : &cached_r) < 0)
 				status = 1;
 			if (tier) {
 				rs = metric(&b, "dualpath_shared_restore_seconds_total") - rs0;
@@ -296,14 +307,18 @@ int main(int argc, char **argv)
 		}
 		if (status)
 			break;
-		printf("round %d: TTFT from A's unit %.1f ms (%u tokens reused; restore %.1f ms, gates "
-		       "waited %.1f ms, steps %.1f ms of the whole request), recomputed %.1f ms (%u), same "
-		       "first tokens: %s\n", r, t_t / 1e3, cached_t, rs * 1e3, st * 1e3, sp * 1e3,
-		       t_r / 1e3, cached_r, memcmp(out_t, out_r, sizeof(out_t)) ? "no" : "yes");
+		printf("round %d: TTFT from A's unit %.1f ms (%u tokens reused; restore %.1f ms, "
+		       "gates "
+		       "waited %.1f ms, steps %.1f ms of the whole request), recomputed %.1f ms "
+		       "(%u), same "
+		       "first tokens: %s\n",
+		       r, t_t / 1e3, cached_t, rs * 1e3, st * 1e3, sp * 1e3, t_r / 1e3, cached_r,
+		       memcmp(out_t, out_r, sizeof(out_t)) ? "no" : "yes");
 		if (cached_t < tokens - 1 || cached_r != 0) {
-			fprintf(stderr, "bench-shared-units: round %d: B reused %u tokens from the tier "
-					"(want >= %u) and %u without a unit (want 0)\n", r, cached_t,
-				tokens - 1, cached_r);
+			fprintf(stderr,
+			        "bench-shared-units: round %d: B reused %u tokens from the tier "
+			        "(want >= %u) and %u without a unit (want 0)\n",
+			        r, cached_t, tokens - 1, cached_r);
 			status = 1;
 			break;
 		}
@@ -315,10 +330,14 @@ int main(int argc, char **argv)
 	if (ok) {
 		double found = metric(&b, "dualpath_shared_units_found_total");
 		double mo = median(ours, ok), ma = median(anchor, ok);
-		printf("B, %u-token prefix from A's unit on the tier + %u new tokens: TTFT median %.1f ms; "
-		       "recomputed: %.1f ms (%d rounds, %d with the same first %d tokens; B found %.0f "
-		       "units on the tier)\n", tokens, extra, mo, ma, ok, same, GEN, found);
-		printf("RESULT shared_units_ttft_ms ours=%.2f anchor=%.2f ratio=%.4f unit=ms better=lower\n",
+		printf("B, %u-token prefix from A's unit on the tier + %u new tokens: TTFT median "
+		       "%.1f ms; "
+		       "recomputed: %.1f ms (%d rounds, %d with the same first %d tokens; B found "
+		       "%.0f "
+		       "units on the tier)\n",
+		       tokens, extra, mo, ma, ok, same, GEN, found);
+		printf("RESULT shared_units_ttft_ms ours=%.2f anchor=%.2f ratio=%.4f unit=ms "
+		       "better=lower\n",
 		       mo, ma, ma > 0 ? mo / ma : 0);
 	}
 	free(p);

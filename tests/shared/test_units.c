@@ -15,7 +15,7 @@
 #include "base/macros.h"
 #include "dpclient.h"
 
-#define GEN 6
+#define GEN    6
 #define PROMPT 64
 
 static const char *host_of(const char *host)
@@ -29,10 +29,10 @@ static const char *host_of(const char *host)
 
 static void start_shared(struct daemon_proc *d, const char *host)
 {
-	daemon_start(d, (const char *const[]){ "--shared-tier", "rados", "--rados-conf",
-					       getenv("DP_CEPH_CONF"), "--rados-pool",
-					       getenv("DP_CEPH_POOL"), "--host-id", host, "--lease-ms",
-					       "3000", NULL });
+	daemon_start(d, (const char *const[]){"--shared-tier", "rados", "--rados-conf",
+	                                      getenv("DP_CEPH_CONF"), "--rados-pool",
+	                                      getenv("DP_CEPH_POOL"), "--host-id", host,
+	                                      "--lease-ms", "3000", NULL});
 }
 
 /* Units are content-addressed and the pool outlives a run: every run's
@@ -52,7 +52,7 @@ static void random_prompt(uint32_t *p, size_t n, uint64_t salt)
 /* A one-off greedy Generate of p[0..n) with cache_salt salt (NULL: none):
  * its GEN tokens into out; returns Usage.cached_tokens. */
 static uint32_t one_off(struct daemon_proc *d, uint64_t id, const uint32_t *p, size_t n,
-			const char *salt, uint32_t *out)
+                        const char *salt, uint32_t *out)
 {
 	int fd = client_connect(d);
 	Dualpath__V1__Generate g = DUALPATH__V1__GENERATE__INIT;
@@ -81,8 +81,9 @@ static uint32_t one_off(struct daemon_proc *d, uint64_t id, const uint32_t *p, s
 		Dualpath__V1__Response *m = recv_resp(fd, 120000);
 		cr_assert_not_null(m, "no reply to request %llu", (unsigned long long)id);
 		cr_assert_neq(m->body_case, DUALPATH__V1__RESPONSE__BODY_ERROR, "request %llu: %s",
-			      (unsigned long long)id, m->error->message);
-		if (m->request_id != id || m->body_case != DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK) {
+		              (unsigned long long)id, m->error->message);
+		if (m->request_id != id ||
+		    m->body_case != DUALPATH__V1__RESPONSE__BODY_TOKEN_CHUNK) {
 			dp_proto_response_free(m);
 			continue;
 		}
@@ -173,7 +174,7 @@ Test(shared_units, a_unit_left_on_one_host_serves_the_same_prefix_on_another)
 	/* another tenant (another cache_salt) on B reuses nothing */
 	uint32_t os[GEN], ofresh[GEN];
 	cr_expect_eq(one_off(&b, 3, q, nq, "someone-else", os), 0,
-		     "another cache_salt reuses nothing");
+	             "another cache_salt reuses nothing");
 	cr_expect_eq(stat_of(&b, "dualpath_shared_units_found_total"), 1);
 	struct daemon_proc fresh;
 	daemon_start(&fresh, NULL);
@@ -193,20 +194,20 @@ Test(shared_units, a_unit_left_on_one_host_serves_the_same_prefix_on_another)
 /* The tenant tag and chain key as dualpathd makes them (kvcache/unit.c,
  * daemon/shared-units.c): the object names follow. */
 static void unit_segment(uint32_t uid, const uint32_t *tokens, uint64_t n, const char *host,
-			 char *name, size_t len)
+                         char *name, size_t len)
 {
 	uint8_t buf[4];
 	for (int i = 0; i < 4; i++)
 		buf[i] = (uint8_t)(uid >> (8 * i));
 	XXH128_hash_t h = XXH3_128bits(buf, 4);
-	uint64_t tag[2] = { h.high64, h.low64 };
+	uint64_t tag[2] = {h.high64, h.low64};
 	uint64_t key = XXH3_64bits(tag, sizeof(tag));
 	for (uint64_t i = 0; i < n; i++) {
 		int32_t t = (int32_t)tokens[i];
 		key = XXH3_64bits_withSeed(&t, sizeof(t), key);
 	}
 	snprintf(name, len, "dp.ug.%016llx%016llx.%016llx.%llx.%s.0", (unsigned long long)tag[0],
-		 (unsigned long long)tag[1], (unsigned long long)key, (unsigned long long)n, host);
+	         (unsigned long long)tag[1], (unsigned long long)key, (unsigned long long)n, host);
 }
 
 static void corrupt_object(const char *name)
