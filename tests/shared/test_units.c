@@ -278,6 +278,76 @@ Test(shared_units, a_unit_damaged_on_the_tier_is_not_used_and_the_answer_is_stil
 	daemon_cleanup(&a);
 }
 
+static bool object_exists(const char *name)
+{
+	rados_t cl;
+	rados_ioctx_t io;
+	cr_assert_eq(rados_create(&cl, NULL), 0);
+	cr_assert_eq(rados_conf_read_file(cl, getenv("DP_CEPH_CONF")), 0);
+	cr_assert_eq(rados_connect(cl), 0);
+	cr_assert_eq(rados_ioctx_create(cl, getenv("DP_CEPH_POOL"), &io), 0);
+	uint64_t size;
+	time_t mtime;
+	int r = rados_stat(io, name, &size, &mtime);
+	rados_ioctx_destroy(io);
+	rados_shutdown(cl);
+	cr_assert(r == 0 || r == -ENOENT, "stat %s: %s", name, strerror(-r));
+	return r == 0;
+}
+
+/* Send a one-off without waiting for it (collected by collect_one). */
+static int send_one(struct daemon_proc *d, uint64_t id, const uint32_t *p, size_t n)
+{
+	int fd = client_connect(d);
+	send_generate(fd, id, NULL, p, n, GEN, 0, 0);
+	return fd;
+}
+
+Test(shared_units, the_same_unit_made_on_two_hosts_at_once_is_written_once)
+{
+	struct daemon_proc a, b;
+	const char *ha = host_of("uwa"), *hb = host_of("uwb");
+	start_shared(&a, ha);
+	start_shared(&b, hb);
+	index_settled(&a);
+	index_settled(&b);
+
+	/* both compute the same prompt: neither can find the other's unit yet */
+	uint32_t p[PROMPT], oa[GEN], ob[GEN];
+	random_prompt(p, PROMPT, 5);
+	int fa = send_one(&a, 1, p, PROMPT), fb = send_one(&b, 1, p, PROMPT);
+	size_t na = 0, nb = 0;
+	cr_assert_eq(collect(fa, 1, oa, GEN, &na), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_eq(collect(fb, 1, ob, GEN, &nb), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	close(fa);
+	close(fb);
+	cr_assert_arr_eq(oa, ob, sizeof(oa));
+	/* two units (the prompt's, the reply's), each written by one host: the
+	 * other found it there (or in its index) and wrote nothing that stays */
+	const char *pub = "dualpath_shared_units_published_total";
+	for (int i = 0; i < 200 && stat_of(&a, pub) + stat_of(&b, pub) < 2; i++)
+		usleep(100000);
+	usleep(1500000); /* a late loser would show now */
+	cr_expect_eq(stat_of(&a, pub) + stat_of(&b, pub), 2);
+	cr_expect_eq(stat_of(&a, "dualpath_shared_units_errors_total") +
+	                 stat_of(&b, "dualpath_shared_units_errors_total"),
+	             0);
+	double existed = stat_of(&a, "dualpath_shared_units_existed_total") +
+	                 stat_of(&b, "dualpath_shared_units_existed_total");
+	cr_log_info("units found on the tier by the host that did not write them: %.0f", existed);
+	cr_expect_leq(existed, 2);
+	char sa[512], sb[512];
+	unit_segment(getuid(), p, PROMPT - 1, ha, sa, sizeof(sa));
+	unit_segment(getuid(), p, PROMPT - 1, hb, sb, sizeof(sb));
+	cr_expect(object_exists(sa) != object_exists(sb), "one writer's segments stay: %s and %s",
+	          sa, sb);
+
+	cr_expect_eq(daemon_stop(&b), 0);
+	daemon_cleanup(&b);
+	cr_expect_eq(daemon_stop(&a), 0);
+	daemon_cleanup(&a);
+}
+
 int main(int argc, char *argv[])
 {
 	if (!getenv("DP_CEPH_CONF") || !getenv("DP_CEPH_POOL")) {
