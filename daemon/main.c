@@ -274,8 +274,6 @@ static void open_shared(struct dp_server *srv)
 	if ((ret = dp_shared_health_start(srv)) < 0)
 		log_warning("shared tier: no health probe (%s); it is reported up until a call fails",
 			    strerror(-ret));
-	if ((ret = dp_shared_units_start(srv)) < 0)
-		log_warning("shared tier: prefix units are not shared (%s)", strerror(-ret));
 }
 
 /* An Engram model's tables: a store on the compute thread, its NVMe reads
@@ -464,6 +462,9 @@ static int run(struct dp_server *srv)
 		dp_kv_shared_close(srv->tier);
 		srv->tier = NULL;
 	}
+	/* prefix units shared with the other members (a no-op without a tier) */
+	if ((ret = dp_shared_units_start(srv)) < 0)
+		log_warning("shared tier: prefix units are not shared (%s)", strerror(-ret));
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
