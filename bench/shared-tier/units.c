@@ -336,6 +336,12 @@ int main(int argc, char **argv)
 		       "%.0f "
 		       "units on the tier)\n",
 		       tokens, extra, mo, ma, ok, same, GEN, found);
+		double pub = metric(&a, "dualpath_shared_units_published_total");
+		double pub_s = metric(&a, "dualpath_shared_units_publish_seconds_total");
+		printf("A published %.0f units; its compute thread spent %.2f ms per unit queueing "
+		       "them "
+		       "(the state's copy; the writes are the units thread's)\n",
+		       pub, pub > 0 ? pub_s * 1e3 / pub : 0);
 		printf("RESULT shared_units_ttft_ms ours=%.2f anchor=%.2f ratio=%.4f unit=ms "
 		       "better=lower\n",
 		       mo, ma, ma > 0 ? mo / ma : 0);
