@@ -28,6 +28,7 @@
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "daemon/shared.h"
+#include "daemon/shared-units.h"
 #include "kvcache/rsched.h"
 
 struct req {
@@ -404,8 +405,12 @@ static int start_one_off(struct compute *c, struct req *r)
 	int got = 0;
 	uint64_t t0 = dp_clock_ns();
 	if (c->restore_mode != DP_RESTORE_RECOMPUTE && hist_len(r) > 1) {
-		got = dp_kv_unit_fork(srv->kv, &r->tenant, hist(r), hist_len(r) - 1,
-				      c->restore_mode == DP_RESTORE_DUALPATH, &r->seq, &r->unit);
+		/* another host's unit on the shared tier, if longer than ours */
+		got = dp_shared_units_fork(srv, &r->tenant, hist(r), hist_len(r) - 1,
+					   c->restore_mode == DP_RESTORE_DUALPATH, &r->seq, &r->unit);
+		if (got == 0)
+			got = dp_kv_unit_fork(srv->kv, &r->tenant, hist(r), hist_len(r) - 1,
+					      c->restore_mode == DP_RESTORE_DUALPATH, &r->seq, &r->unit);
 		if (got < 0) {
 			log_warning("request %llu: no prefix unit restored (%s); computing its prompt",
 				    (unsigned long long)r->msg->request_id, strerror(-got));
@@ -435,6 +440,8 @@ static void leave_unit(struct compute *c, struct req *r)
 	    ri.active && ri.layers_ready < ri.layers)
 		return; /* ended before its restored pages all came: they are not its state yet */
 	int ret = dp_kv_unit_leave(c->srv->kv, &r->tenant, hist(r), pos, r->seq);
+	if (ret == 0) /* for the other hosts too (queued; written off this thread) */
+		dp_shared_units_publish(c->srv, &r->tenant, hist(r), pos, r->seq);
 	if (ret < 0)
 		log_warning("request %llu: no prefix unit left at %llu tokens: %s",
 			    (unsigned long long)r->msg->request_id, (unsigned long long)pos,
@@ -1229,6 +1236,7 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	st->draining = c->draining;
 	dp_kv_stats(srv->kv, &st->kv);
 	dp_shared_stats(srv, &st->shared);
+	dp_shared_units_stats(srv, &st->units);
 	memset(&st->io, 0, sizeof(st->io));
 	snprintf(st->io_mode, sizeof(st->io_mode), "sync");
 	if (srv->io) {

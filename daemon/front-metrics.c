@@ -263,6 +263,31 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	for (int k = 0; k < DP_GPU_MEM_CLASS_MAX; k++)
 		GL("dualpath_backend_bytes", "backend memory by class", s->mem.bytes[k], "class", classes[k]);
 	G("dualpath_backend_peak_bytes", "backend memory high-water mark", s->mem.peak_bytes);
+	if (srv->shared_configured) { /* prefix units on the shared tier (daemon/shared-units.h) */
+		const struct dp_shared_units_stats *su = &s->units;
+		C("dualpath_shared_units_published_total", "prefix units this host wrote to the shared tier",
+		  su->published);
+		C("dualpath_shared_units_existed_total", "... found there already (another host's): skipped",
+		  su->existed);
+		C("dualpath_shared_units_dropped_total", "... not published: the publish queue was full",
+		  su->dropped);
+		C("dualpath_shared_units_errors_total", "... whose writes failed", su->errors);
+		C("dualpath_shared_units_publish_seconds_total",
+		  "compute-thread time copying unit states to publish", su->publish_ns / 1e9);
+		G("dualpath_shared_units_indexed", "units of the shared tier this host's index knows",
+		  su->indexed);
+		C("dualpath_shared_units_index_full_total", "units not indexed: the index's memory cap",
+		  su->index_full);
+		C("dualpath_shared_units_bad_manifests_total", "unit manifests failing their checks (unused)",
+		  su->bad_manifests);
+		C("dualpath_shared_units_found_total", "requests that started from a unit of the shared tier",
+		  su->found);
+		C("dualpath_shared_units_restored_total", "... whose every page came back and checked",
+		  su->restored);
+		C("dualpath_shared_units_corrupt_total",
+		  "... whose pages failed their checks (the prompt recomputed; the unit never used again)",
+		  su->corrupt);
+	}
 #undef G
 #undef C
 #undef GL

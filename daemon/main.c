@@ -32,6 +32,7 @@
 #include "daemon/server.h"
 #include "daemon/shared.h"
 #include "daemon/shared-health.h"
+#include "daemon/shared-units.h"
 #include "model/conv.h"
 #include "sched/topo.h"
 
@@ -461,6 +462,9 @@ static int run(struct dp_server *srv)
 		dp_kv_shared_close(srv->tier);
 		srv->tier = NULL;
 	}
+	/* prefix units shared with the other members (a no-op without a tier) */
+	if ((ret = dp_shared_units_start(srv)) < 0)
+		log_warning("shared tier: prefix units are not shared (%s)", strerror(-ret));
 	if ((ret = open_engram(srv, err, sizeof(err))) < 0)
 		goto fail;
 	if ((ret = open_experts(srv, err, sizeof(err))) < 0)
@@ -649,6 +653,7 @@ int main(int argc, char **argv)
 	dp_cluster_stop(srv->cluster); /* leaves the membership; after compute stopped */
 	dp_shared_fini(srv);
 	dp_shared_health_stop(srv);
+	dp_shared_units_stop(srv);
 	dp_kv_shared_close(srv->tier);
 	if (srv->shared_configured)
 		pthread_mutex_destroy(&srv->tier_lock);

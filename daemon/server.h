@@ -159,6 +159,21 @@ struct dp_shared_stats {
 	uint64_t segments_collected;  /* ... left by a crash, found and deleted at takeover */
 };
 
+/* Prefix units on the shared tier (daemon/shared-units.c). */
+struct dp_shared_units_stats {
+	uint64_t published;	/* units this host wrote to the tier (exclusive create won) */
+	uint64_t existed;	/* ... found there already (another host's): skipped */
+	uint64_t dropped;	/* ... not queued: the publish queue was full */
+	uint64_t errors;	/* ... whose writes failed (nothing named them) */
+	uint64_t publish_ns;	/* compute-thread time copying states to publish */
+	uint64_t indexed;	/* units in this host's index of the tier (a gauge) */
+	uint64_t index_full;	/* ... not indexed: the index's memory cap was reached */
+	uint64_t bad_manifests; /* manifests that failed their checks (never used) */
+	uint64_t found;		/* one-offs that started from a unit of the tier */
+	uint64_t restored;	/* ... whose every page came back and checked */
+	uint64_t corrupt;	/* ... whose pages failed their checks (recomputed) */
+};
+
 /* compute's figures, snapshot on request */
 struct dp_compute_stats {
 	uint64_t steps, step_ns_total, tokens_prefill, tokens_decode, tokens_replayed;
@@ -172,6 +187,7 @@ struct dp_compute_stats {
 	double tok_s; /* tokens per second of recent steps (moving average) */
 	struct dp_kv_stats kv;
 	struct dp_shared_stats shared; /* the shared tier's state pages (daemon/shared.h) */
+	struct dp_shared_units_stats units; /* prefix units on it (daemon/shared-units.h) */
 	struct dp_io_stats io;
 	char io_mode[64];
 	bool engram; /* the model has Engram layers: engram_store is valid */
@@ -235,6 +251,7 @@ struct dp_server {
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
 	struct dp_shared *shared;	    /* sessions' state on the tier (daemon/shared.c) */
 	struct dp_shared_health *health;    /* whether it answers now (daemon/shared-health.h) */
+	struct dp_shared_units *units;	    /* prefix units on it (daemon/shared-units.h) */
 	bool shared_configured;		    /* shared_tier != none; set before threads start */
 	/* The tier handle is single-threaded (kvcache/tier.h): every
 	 * dp_kv_shared_* call on srv->tier, from compute, front or the cluster
@@ -277,7 +294,7 @@ struct dp_server {
 
 /* Every metric of a Stats reply (front-metrics.c, the one producer: the
  * socket's Stats, v4ctl stats and HTTP /metrics show the same list). */
-#define DP_METRICS_MAX 160
+#define DP_METRICS_MAX 192
 struct dp_metric_set {
 	Dualpath__V1__Metric m[DP_METRICS_MAX];
 	Dualpath__V1__Metric *ptrs[DP_METRICS_MAX];

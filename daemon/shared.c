@@ -45,6 +45,7 @@
 #include "daemon/shared.h"
 #include "daemon/cluster.h"
 #include "daemon/shared-health.h"
+#include "daemon/shared-internal.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -78,14 +79,7 @@ struct mseg { /* dp.g.<session>.<epoch>.<n> */
 	uint64_t epoch, n;
 };
 
-struct mpage {
-	uint16_t layer;
-	uint8_t kind, pad;
-	uint32_t index;
-	uint32_t seg, slot;
-	uint64_t sum[2]; /* xxh3-128 of the page */
-};
-_Static_assert(sizeof(struct mpage) == 32, "manifest page record");
+/* struct mpage: daemon/shared-internal.h (units' manifests use it too) */
 
 /* A session this host writes on the tier: what its last manifest says. */
 struct sess {
@@ -663,9 +657,7 @@ static int plan_state(struct dp_server *srv, struct plan *p)
 	size_t j = 0; /* both lists are in dp_v4_seq_pages order (layer, kind, index) */
 	for (size_t i = 0; i < p->n; i++) {
 		struct mpage *pg = &p->pages[i];
-		XXH128_hash_t h = XXH3_128bits((char *)p->data + i * DP_V4_PAGE_BYTES, DP_V4_PAGE_BYTES);
-		*pg = (struct mpage){ .layer = p->refs[i].layer, .kind = p->refs[i].kind,
-				      .index = p->refs[i].index, .sum = { h.low64, h.high64 } };
+		*pg = dp_shared_mpage(&p->refs[i], (char *)p->data + i * DP_V4_PAGE_BYTES);
 		while (j < e->n_pages && key_cmp(&e->pages[j], &p->refs[i]) < 0)
 			j++;
 		if (j < e->n_pages && key_cmp(&e->pages[j], &p->refs[i]) == 0 &&

@@ -217,6 +217,10 @@ struct dp_kv_session {
 	bool twin_bad;			 /* a twin's page failed its checks: drop it then */
 	uint32_t twins;			 /* twins out */
 	struct dp_kv_session *twin_of;	 /* a twin: its unit */
+	/* a unit from the shared tier (unit.c, dp_kv_unit_adopt_shared): outside
+	 * the table, its own copy of the tokens, freed when given back */
+	bool shared_unit;
+	uint64_t shared_cookie; /* the caller's name for it (dp_kv_unit_take_shared_bad) */
 };
 
 struct dp_kv {
@@ -254,6 +258,10 @@ struct dp_kv {
 
 	struct dp_kv_stats st;
 	struct dp_kv_shared_restore_stats shared_st; /* restore-shared.c */
+	/* cookies of units from the shared tier given back bad, not yet taken
+	 * (unit.c; a ring: the oldest are overwritten) */
+	uint64_t shared_bad[16];
+	uint32_t shared_bad_head, n_shared_bad;
 };
 
 /* session.c: prefix units' chain keys and index (kvcache.c adds and

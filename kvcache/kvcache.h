@@ -37,6 +37,7 @@
 #ifndef DP_KVCACHE_KVCACHE_H
 #define DP_KVCACHE_KVCACHE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -317,6 +318,9 @@ struct dp_kv_stats {
 	uint64_t unit_shared_bytes;	 /* ... and held by reference instead (frozen pages
 					  * an earlier unit of the conversation holds) */
 	uint64_t unit_leave_ns;		 /* time dp_kv_unit_leave took for the units made */
+	uint64_t shared_units_lent;	 /* units from the shared tier lent (adopted) */
+	uint64_t shared_units_restored;	 /* ... whose every page came back and checked */
+	uint64_t shared_units_corrupt;	 /* ... given back bad (a page failed: recomputed) */
 	bool direct_io;			 /* O_DIRECT in effect on the slot file */
 };
 void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
@@ -424,6 +428,36 @@ void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad);
  */
 int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
 		     uint64_t n, struct dp_v4_seq *seq);
+
+/*
+ * Prefix units on the shared tier (daemon/shared-units.c publishes and
+ * finds them; kvcache/tier.h reads them). A unit another host published is
+ * adopted here: a session outside the table (never indexed, never
+ * journaled, its own copy of tokens[0..n)), busy on the device, whose state
+ * comes back layer by layer from the tier's segments (as
+ * dp_kv_session_restore_shared: locs[0..n_locs) must list exactly the
+ * sequence's pages at n). Returns n and *ret_seq, *ret_unit (the lend: give
+ * it back with dp_kv_unit_return, as a unit lent from NVMe); not layered,
+ * every layer is read before this returns (-EBADMSG, nothing lent, when a
+ * page fails). cookie is the caller's name for the unit: one given back bad
+ * (a page failed its checks: the request recomputed) is reported by
+ * dp_kv_unit_take_shared_bad, so the caller stops offering it.
+ */
+struct dp_kv_shared;
+struct dp_kv_shared_loc;
+int dp_kv_unit_adopt_shared(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+			    uint64_t n, uint64_t cookie, struct dp_kv_shared *tier,
+			    pthread_mutex_t *lock, const char *const *segments, size_t n_segments,
+			    const struct dp_kv_shared_loc *locs, size_t n_locs, bool layered,
+			    struct dp_v4_seq **ret_seq, struct dp_kv_session **ret_unit);
+/* Cookies of adopted units given back bad since the last call (up to max,
+ * oldest first; at most the last 16 are kept). */
+size_t dp_kv_unit_take_shared_bad(struct dp_kv *kv, uint64_t *out, size_t max);
+/* seq's state as it stands, in host memory (what a unit left from it holds):
+ * *ret_refs (page list, dp_v4_seq_pages order) and *ret_data (n pages of
+ * DP_V4_PAGE_BYTES, 4 KiB aligned); the caller frees both. */
+int dp_kv_seq_state_copy(struct dp_kv *kv, struct dp_v4_seq *seq, struct dp_v4_page_ref **ret_refs,
+			 void **ret_data, size_t *ret_n);
 
 /* When the compute path stalled: a gate waiting for a layer's pages, from t0
  * to t1 (dp_clock_ns, base/clock.h). The cache keeps the last DP_KV_STALL_SPANS of

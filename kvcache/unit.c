@@ -18,6 +18,7 @@
 
 #include <xxhash.h>
 
+#include "base/macros.h"
 #include "kvcache/kvcache-internal.h"
 
 #define UNITS_DEFAULT 4096u
@@ -290,10 +291,39 @@ int dp_kv_session_seed(struct dp_kv *kv, struct dp_kv_session *s, const struct d
 	return got;
 }
 
+/* An adopted unit from the shared tier goes: its reads are all in first
+ * (the tier writes into the restore's staging, never after this). */
+static void shared_unit_free(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
+{
+	if (u->srestore && dp_kv_srestore_complete(kv, u) < 0)
+		bad = true;
+	if (u->seq && dp_v4_seq_poisoned(u->seq))
+		bad = true;
+	dp_v4_seq_free(u->seq);
+	if (bad) {
+		kv->st.shared_units_corrupt++;
+		kv->shared_bad[(kv->shared_bad_head + kv->n_shared_bad) %
+		               DP_ARRAY_SIZE(kv->shared_bad)] = u->shared_cookie;
+		if (kv->n_shared_bad < DP_ARRAY_SIZE(kv->shared_bad))
+			kv->n_shared_bad++;
+		else
+			kv->shared_bad_head =
+			    (kv->shared_bad_head + 1) % DP_ARRAY_SIZE(kv->shared_bad);
+	} else {
+		kv->st.shared_units_restored++;
+	}
+	free(u->hist);
+	free(u);
+}
+
 void dp_kv_unit_return(struct dp_kv *kv, struct dp_kv_session *u, bool bad)
 {
 	if (!kv || !u || !u->busy)
 		return;
+	if (u->shared_unit) {
+		shared_unit_free(kv, u, bad);
+		return;
+	}
 	if (u->restore && dp_kv_restore_complete(kv, u) < 0)
 		bad = true;
 	dp_v4_seq_free(u->seq);
@@ -428,5 +458,93 @@ int dp_kv_unit_leave(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32
 	}
 	kv->st.units_left++;
 	kv->st.unit_leave_ns += dp_clock_ns() - t0;
+	return 0;
+}
+
+int dp_kv_unit_adopt_shared(struct dp_kv *kv, const struct dp_kv_tenant *t, const int32_t *tokens,
+                            uint64_t n, uint64_t cookie, struct dp_kv_shared *tier,
+                            pthread_mutex_t *lock, const char *const *segments, size_t n_segments,
+                            const struct dp_kv_shared_loc *locs, size_t n_locs, bool layered,
+                            struct dp_v4_seq **ret_seq, struct dp_kv_session **ret_unit)
+{
+	if (!kv || !t || !tokens || !n || n > INT32_MAX || !tier || !segments ||
+	    (n_locs && !locs) || !ret_seq || !ret_unit)
+		return -EINVAL;
+	struct dp_kv_session *u = calloc(1, sizeof(*u));
+	int32_t *hist = malloc(n * sizeof(*hist));
+	if (!u || !hist) {
+		free(u);
+		free(hist);
+		return -ENOMEM;
+	}
+	memcpy(hist, tokens, n * sizeof(*hist));
+	snprintf(u->id, sizeof(u->id), DP_KV_UNIT_MARK "shared.%016" PRIx64, cookie);
+	u->hist = hist;
+	u->len = u->cap = u->committed = n;
+	u->owner = DP_KV_OWNER_NONE;
+	u->tier = DP_KV_TIER_DEVICE;
+	u->state_pos = n; /* the restore counts nothing as recomputed */
+	u->busy = true;
+	u->unit = true;
+	u->tenant = *t;
+	u->shared_unit = true;
+	u->shared_cookie = cookie;
+	struct dp_v4_seq *seq = NULL;
+	int r = dp_kv_session_restore_shared(kv, u, tier, lock, n, segments, n_segments, locs,
+	                                     n_locs, &seq);
+	if (r < 0) {
+		free(hist);
+		free(u);
+		return r;
+	}
+	kv->st.shared_units_lent++;
+	if (!layered && dp_kv_srestore_complete(kv, u) < 0) {
+		shared_unit_free(kv, u, true);
+		return -EBADMSG;
+	}
+	kv->st.prefix_hits++;
+	kv->st.prefix_cached_tokens += n;
+	*ret_seq = seq;
+	*ret_unit = u;
+	return (int)n;
+}
+
+size_t dp_kv_unit_take_shared_bad(struct dp_kv *kv, uint64_t *out, size_t max)
+{
+	if (!kv || (!out && max))
+		return 0;
+	size_t k = 0;
+	while (k < max && kv->n_shared_bad) {
+		out[k++] = kv->shared_bad[kv->shared_bad_head];
+		kv->shared_bad_head = (kv->shared_bad_head + 1) % DP_ARRAY_SIZE(kv->shared_bad);
+		kv->n_shared_bad--;
+	}
+	return k;
+}
+
+int dp_kv_seq_state_copy(struct dp_kv *kv, struct dp_v4_seq *seq, struct dp_v4_page_ref **ret_refs,
+                         void **ret_data, size_t *ret_n)
+{
+	if (!kv || !seq || !ret_refs || !ret_data || !ret_n)
+		return -EINVAL;
+	size_t n = dp_v4_seq_pages(seq, NULL, 0);
+	struct dp_v4_page_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+	void *data = NULL;
+	if (!refs || posix_memalign(&data, 4096, (n ? n : 1) * DP_KV_PAGE_BYTES)) {
+		free(refs);
+		return -ENOMEM;
+	}
+	dp_v4_seq_pages(seq, refs, n);
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = dp_kv_page_out(kv, (char *)data + i * DP_KV_PAGE_BYTES, &refs[i]);
+	if (r < 0) {
+		free(refs);
+		free(data);
+		return r;
+	}
+	*ret_refs = refs;
+	*ret_data = data;
+	*ret_n = n;
 	return 0;
 }
