@@ -215,6 +215,13 @@ void dp_kv_pump(struct dp_kv *kv);
  * dp_kv_restore_inflight. */
 int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes);
 uint64_t dp_kv_restore_inflight(const struct dp_kv *kv);
+/* Staggered admission: s's restore is left out of the step just begun
+ * (dp_kv_pump), so its reads are due a step later; they go on in that
+ * order behind the joiners' (no-op for a restore not from NVMe). 0 or
+ * -EINVAL. Then, with every such decision made, dp_kv_restore_pump tops
+ * the window up (dp_kv_pump issues only the step's first layer). */
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_restore_pump(struct dp_kv *kv);
 
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
@@ -303,6 +310,9 @@ struct dp_kv_stats {
 	uint64_t restore_stall_ns; /* time gates waited for pages (compute stalled) */
 	uint64_t restore_io_ns;	   /* time restore reads were in flight (io engine) */
 	uint64_t restore_io_bytes; /* and the bytes they read: the rate restores get */
+	uint64_t restore_first_ns; /* from an NVMe restore's first reads to its first
+				    * layer in (as its first gate found it), summed */
+	uint64_t restore_firsts;   /* ... over this many restores */
 	uint64_t loads;		   /* whole-state promotions from DRAM or NVMe (not layered) */
 	uint64_t load_ns;	   /* their total duration (the caller waited) */
 	uint64_t host_state_bytes; /* live sequences' host-resident pages (CSA entries in

@@ -8,7 +8,9 @@
  * restore queue: one read scheduler (rsched.h) for every restoring session,
  * earliest-needed first (a page of layer l of a session in step S is needed
  * at tick S * layers + l), at most a window of bytes outstanding, topped up
- * at each gate and once per step (dp_kv_pump). So restores that begin
+ * at each gate and once per step, after admission (dp_kv_pump issues the
+ * step's first layer; dp_kv_restore_defer moves a session admission left
+ * out to the next step; dp_kv_restore_pump the rest). So restores that begin
  * together come back layer by layer across the batch, not session after
  * session: compute at layer l never waits behind another session's pages
  * of a later layer. A gate whose own layer is not all submitted yet takes
@@ -78,6 +80,9 @@ struct dp_kv_restore {
 	uint32_t stream;	/* in the restore queue (NVMe) */
 	bool queued;		/* stream open */
 	uint64_t gated_step;	/* the step of its last gate call */
+	bool first_in;		/* its first gate found its layer in */
+	uint64_t begin_step;	/* the restore queue's step when it began */
+	uint64_t t_issue;	/* its first layer's reads went out */
 	bool failed;
 	uint64_t t_start, bytes;
 };
@@ -256,7 +261,31 @@ void dp_kv_restore_step(struct dp_kv *kv)
 			dp_rsched_stream_rebase(q->rs, r->stream, base);
 	}
 	dp_rsched_advance(q->rs, base);
-	rq_pump(kv, base);
+	/* only the step's first layer now: which loading sessions join the
+	 * step is decided after this (dp_kv_restore_defer), and the pages of
+	 * one left out must not go ahead of the joiners' later layers; the
+	 * rest goes at dp_kv_restore_pump and at the gates */
+	rq_pump_until(kv, base, base);
+}
+
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s)
+		return -EINVAL;
+	struct dp_kv_restore *r = s->restore;
+	if (!r || !r->queued || !kv->rq)
+		return 0;
+	struct dp_kv_rq *q = kv->rq;
+	uint64_t next = (q->step + 1) * q->layers;
+	if (dp_rsched_stream_base(q->rs, r->stream) < next)
+		dp_rsched_stream_rebase(q->rs, r->stream, next);
+	return 0;
+}
+
+void dp_kv_restore_pump(struct dp_kv *kv)
+{
+	if (kv && kv->rq)
+		rq_pump(kv, kv->rq->step * kv->rq->layers);
 }
 
 /* Wait for every request submitted so far (never free a page the kernel is
@@ -312,8 +341,16 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 				t0 = dp_clock_ns();
 			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
 		}
+		uint64_t t1 = t0 || !r->first_in ? dp_clock_ns() : 0;
 		if (t0)
-			stall_note(kv, t0, dp_clock_ns(), l);
+			stall_note(kv, t0, t1, l);
+		if (!r->first_in) { /* how long a first layer takes to come (admission) */
+			r->first_in = true;
+			if (q->step == r->begin_step + 1) { /* not left out meanwhile */
+				kv->st.restore_first_ns += t1 - r->t_issue;
+				kv->st.restore_firsts++;
+			}
+		}
 		rq_pump(kv, need); /* the window has room again: the next layers */
 		for (uint32_t i = b; i < e; i++) {
 			int32_t res[2];
@@ -470,6 +507,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 				goto fail;
 			}
 		r->gated_step = q->step;
+		r->begin_step = q->step;
 	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
@@ -478,6 +516,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		 * session admitted after it must not find its whole state queued
 		 * ahead of its own first layer */
 		uint64_t first = (kv->rq->step + 1) * kv->rq->layers;
+		r->t_issue = dp_clock_ns();
 		rq_pump_until(kv, first, first);
 	}
 	*ret_seq = seq;
