@@ -1311,8 +1311,6 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	if (srv->engram)
 		dp_engram_store_get_stats(srv->engram, &st->engram_store);
 	dp_v4_model_expert_stats(srv->model, &st->experts);
-	uint64_t xbytes;
-	dp_expert_io_busy(srv->xio, &st->experts_io_ns[0], &st->experts_io_ns[1], &xbytes);
 	st->csa_host = dp_v4_model_csa_host(srv->model);
 	dp_v4_model_csa_stats(srv->model, &st->csa);
 	dp_gpu_mem_stats(srv->gpu, &st->mem);

@@ -41,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io/io.h"
+#include "kvcache/rsched.h"
 #include "model/v4.h"
 
 #ifdef __cplusplus
@@ -222,6 +224,17 @@ uint64_t dp_kv_restore_inflight(const struct dp_kv *kv);
  * the window up (dp_kv_pump issues only the step's first layer). */
 int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s);
 void dp_kv_restore_pump(struct dp_kv *kv);
+/* Other parts' reads in the same deadline order (paged experts, class
+ * DP_RSCHED_EXPERT of kvcache/rsched.h): req (a read on a file of the io
+ * engine the cache was opened with) is needed by layer `layer` of the step
+ * dp_kv_pump began, so it goes to the io thread (on the restore channel)
+ * after every restore page needed sooner and before any needed later,
+ * within the restore window. dp_kv_read_wait returns once it is done, its
+ * result (bytes or -errno) in *ret_res; every queued read must be waited
+ * for. Compute thread only. 0, -EINVAL, -ENOTSUP (no io engine), -ENOMEM. */
+int dp_kv_read_queue(struct dp_kv *kv, enum dp_rsched_class klass, uint32_t layer,
+		     const struct dp_io_req *req, uint64_t *ret_id);
+int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res);
 
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);

@@ -82,6 +82,13 @@ uint64_t dp_rsched_now(const struct dp_rsched *s)
 	return s ? s->now : 0;
 }
 
+/* Only a restore's deadlines count from its stream's base (it may be left
+ * out of a step); the others' are absolute ticks. */
+static bool absolute(uint8_t klass)
+{
+	return klass != DP_RSCHED_RESTORE;
+}
+
 static struct rs_stream *stream(const struct dp_rsched *s, uint32_t id)
 {
 	return s && id < s->n_st && s->st[id].used ? &s->st[id] : NULL;
@@ -131,7 +138,7 @@ int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id)
 int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base)
 {
 	struct rs_stream *t = stream(s, id);
-	if (!t || t->klass == DP_RSCHED_WRITEBACK)
+	if (!t || absolute(t->klass))
 		return -EINVAL;
 	t->base = new_base;
 	return 0;
@@ -183,7 +190,7 @@ int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t byte
 static uint64_t head_deadline(const struct rs_stream *t)
 {
 	const struct rs_item *it = &t->q[t->head];
-	return t->klass == DP_RSCHED_WRITEBACK ? it->rel : t->base + it->rel;
+	return absolute(t->klass) ? it->rel : t->base + it->rel;
 }
 
 /* The stream whose head goes next, or NULL. */

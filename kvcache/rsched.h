@@ -24,6 +24,9 @@
  *   - writeback reads and writes never starve: a DP_RSCHED_WRITEBACK item's
  *     deadline is the tick it was pushed at plus wb_delay, so it goes
  *     before any item needed later than that, however many keep coming.
+ *   - Engram rows and expert reads are needed by the step at hand: their
+ *     rel is the absolute tick of the layer that reads them (their streams
+ *     have no base to move).
  *
  * One thread (the compute thread, which owns the KV cache) calls all of it.
  * Errors are negative errno values.
@@ -63,14 +66,16 @@ int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint6
 /* Drop what the stream still has queued (issued reads stay counted until
  * done). Returns the items dropped, or -EINVAL. */
 int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id);
-/* Move the stream's deadlines: base becomes new_base. -EINVAL for the
- * writeback class (its deadlines are absolute) or an unknown stream. */
+/* Move the stream's deadlines: base becomes new_base. -EINVAL for any
+ * class but DP_RSCHED_RESTORE (their deadlines are absolute) or an unknown
+ * stream. */
 int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base);
 uint64_t dp_rsched_stream_base(const struct dp_rsched *s, uint32_t id);
 /* Items the stream has queued (not popped). */
 size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id);
 
-/* Queue one read of `bytes` needed at base + rel (writeback: rel ignored).
+/* Queue one read of `bytes` needed at base + rel (Engram, expert: at tick
+ * rel; writeback: rel ignored).
  * 0, -EINVAL (unknown stream, bytes 0, rel below the stream's last),
  * -ENOMEM. */
 int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag);

@@ -245,6 +245,39 @@ Test(rsched, a_long_stream_keeps_its_order_across_growth)
 	cr_expect_eq(next, 1000);
 }
 
+Test(rsched, expert_reads_and_restore_pages_go_by_the_layer_that_needs_them)
+{
+	/* a session restoring in this step (3 pages a layer) and the step's
+	 * expert reads: layer 1's misses, then layer 3's read-ahead (their
+	 * ticks are absolute). Neither kind waits behind the other's later
+	 * layers: restore pages of layers 0, 1, layer 1's experts, restore
+	 * layers 2, 3, layer 3's experts (on a tie the restore, then FIFO) */
+	int a;
+	restore(0, 3, &a);
+	uint32_t x;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_EXPERT, 0, NULL, &x), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, 1, PAGE, 1001), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, 3, PAGE, 1003), 0);
+	cr_expect_eq(dp_rsched_push(rs, x, 2, PAGE, 1002), -EINVAL, "a stream never goes back");
+	cr_expect_eq(dp_rsched_stream_rebase(rs, x, L), -EINVAL, "its deadlines are absolute");
+	uint64_t want[] = { 0, 1, 2, 100, 101, 102, 1001, 200, 201, 202, 300, 301, 302, 1003 };
+	struct dp_rsched_item it;
+	for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.tag, want[k], "pop %zu: %llu, not %llu", k,
+			     (unsigned long long)it.tag, (unsigned long long)want[k]);
+	}
+	/* a restore left out to the next step goes after this step's experts */
+	int b;
+	uint32_t ib = restore(0, 1, &b);
+	cr_assert_eq(dp_rsched_stream_rebase(rs, ib, L), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, L - 1, PAGE, 1009), 0);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.tag, 1009);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.stream, ib);
+}
+
 /* ---- staggered admission by the measured I/O rate ------------------------ */
 
 /* 1 byte/ns; 100 ns of compute per token and layer; L layers */
