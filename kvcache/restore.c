@@ -66,7 +66,16 @@ struct dp_kv_rq {
 	char xtag;		/* the ctx of their items: tells them from restores */
 };
 
-enum { RQ_READ_FREE, RQ_READ_QUEUED, RQ_READ_ISSUED, RQ_READ_FAILED };
+/* ABANDONED: its wait gave up while it was queued; dropped when popped,
+ * never issued (its buffer is the caller's again) */
+enum { RQ_READ_FREE, RQ_READ_QUEUED, RQ_READ_ISSUED, RQ_READ_FAILED, RQ_READ_ABANDONED };
+
+static void rq_read_put(struct dp_kv_rq *q, uint32_t i)
+{
+	q->rd[i].state = RQ_READ_FREE;
+	q->rd[i].next_free = q->free_rd;
+	q->free_rd = i;
+}
 
 /* Before a first dp_kv_set_restore_window: 8 MiB, about a few layers of a
  * small batch at NVMe speed (the daemon sets it from the measured rate). */
@@ -251,7 +260,12 @@ static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
 		    dp_rsched_pop(q->rs, need, &it) < 0)
 			return;
 		if (it.ctx == &q->xtag) {
-			rq_issue_read(kv, &q->rd[it.tag], it.bytes);
+			if (q->rd[it.tag].state == RQ_READ_ABANDONED) {
+				dp_rsched_done(q->rs, it.bytes);
+				rq_read_put(q, (uint32_t)it.tag);
+			} else {
+				rq_issue_read(kv, &q->rd[it.tag], it.bytes);
+			}
 			continue;
 		}
 		struct dp_kv_restore *r = it.ctx;
@@ -700,7 +714,7 @@ int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
 	struct dp_kv_rq *q = kv ? kv->rq : NULL;
 	uint32_t i = (uint32_t)id;
 	if (!q || !ret_res || i >= q->n_rd || q->rd[i].gen != (uint32_t)(id >> 32) ||
-	    q->rd[i].state == RQ_READ_FREE)
+	    q->rd[i].state == RQ_READ_FREE || q->rd[i].state == RQ_READ_ABANDONED)
 		return -EINVAL;
 	struct rq_read *rd = &q->rd[i];
 	/* its turn first: it and everything needed sooner go past the window */
@@ -708,8 +722,10 @@ int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
 		rq_pump(kv, rd->deadline);
 		if (rd->state != RQ_READ_QUEUED)
 			break;
-		if (!q->fl_n) /* nothing in flight, nothing taken: cannot go on */
+		if (!q->fl_n) { /* nothing in flight, nothing taken: cannot go on */
+			rd->state = RQ_READ_ABANDONED;
 			return -EIO;
+		}
 		dp_io_wait(kv->restore_chan, q->fl[q->fl_head].ticket, -1);
 		rq_reap(kv);
 	}
@@ -723,8 +739,6 @@ int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
 	} else {
 		*ret_res = rd->res;
 	}
-	rd->state = RQ_READ_FREE;
-	rd->next_free = q->free_rd;
-	q->free_rd = i;
+	rq_read_put(q, i);
 	return ret;
 }
