@@ -224,17 +224,16 @@ static void rq_issue_read(struct dp_kv *kv, struct rq_read *rd, uint32_t bytes)
 	struct dp_kv_rq *q = kv->rq;
 	uint64_t t;
 	int ret = dp_io_submit(kv->restore_chan, &rd->req, 1, &t);
-	if (ret == 1 && (ret = rq_flight_add(q, t, bytes)) == 0) {
+	if (ret == 1) {
+		/* in flight; untracked (no memory) it leaves the window's
+		 * count, and its wait still waits for it */
+		if (rq_flight_add(q, t, bytes) < 0)
+			dp_rsched_done(q->rs, bytes);
 		rd->ticket = t;
 		rd->state = RQ_READ_ISSUED;
 		return;
 	}
 	dp_rsched_done(q->rs, bytes);
-	if (ret == 1) { /* in flight but untracked: its wait waits for it */
-		rd->ticket = t;
-		rd->state = RQ_READ_ISSUED;
-		return;
-	}
 	rd->state = RQ_READ_FAILED;
 	rd->res = ret < 0 ? ret : -EIO;
 }
