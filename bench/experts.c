@@ -73,7 +73,7 @@ static int run_mode(const struct opts *o, const struct dp_v4_load_opts *lo, cons
 		struct dp_io_config ic;
 		dp_io_config_init(&ic);
 		if ((ret = dp_io_new(&ic, &io)) == 0 && (ret = dp_io_start(io, -1)) == 0)
-			ret = dp_expert_io_new(io, m, &xio, err, sizeof(err));
+			ret = dp_expert_io_new(io, NULL, m, &xio, err, sizeof(err));
 	}
 	r->load_s = dp_clock_s() - t0;
 	uint32_t V = m ? (uint32_t)dp_v4_model_config(m)->vocab_size : 0;

@@ -95,6 +95,9 @@ struct compute {
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
 	double io_bytes_per_ns; /* recent restore read rate */
+	double token_layer_ns;	/* recent compute per token and layer (stalls out) */
+	double first_ns;	/* recent time from a restore's first reads to that layer in */
+	uint64_t firsts_seen[2]; /* kv restore_first_ns, restore_firsts at the last step */
 	uint32_t n_layers;
 	uint64_t step_inflight; /* restore bytes issued and not read as the step began */
 	uint32_t step_deferred; /* loading sessions the step left out */
@@ -761,14 +764,19 @@ static void retire(struct compute *c)
 }
 
 /*
- * Admission by the measured I/O rate (kvcache/rsched.h, dp_rsched_admit): a
- * session whose state is still arriving joins this step when each of its
- * layers should arrive by the time the forward reaches it (its remaining
- * bytes at the rate restore reads get, against the compute per layer of
- * recent steps), give or take half a layer; else it joins a later step
- * rather than stall everyone, after at most RESTORE_MAX_DEFER steps
- * regardless (dp_batch_form also lets it in when nothing else runs). The
- * forward then waits per layer only for that layer's pages.
+ * Staggered admission by the measured I/O rate (kvcache/rsched.h,
+ * dp_rsched_join): the sessions whose state is still arriving join the step
+ * in order while each of their layers should arrive by the time the forward
+ * reaches it (the joiners' remaining bytes, layer-major, at the rate restore
+ * reads get after the time a restore's first layer took to come, against
+ * the compute per token and layer of recent steps and the items ahead of it
+ * in the layer), within one token-layer of compute.
+ * When several return together, one's compute so covers the next one's
+ * first layers; those left out keep reading, due a step later
+ * (dp_kv_restore_defer), and join ready. When nothing else runs the first
+ * joins regardless, and one left out RESTORE_MAX_DEFER steps joins
+ * regardless (no starvation). The forward then waits per layer only for
+ * that layer's pages.
  */
 #define RESTORE_MAX_DEFER 4u
 
@@ -777,22 +785,54 @@ static double layer_ns(const struct compute *c)
 	return c->n_layers ? c->step_ns_avg / c->n_layers : c->step_ns_avg;
 }
 
-static bool restore_ready(struct compute *c, struct req *r)
+/* The tokens candidate cd feeds if the step takes it whole. */
+static uint32_t cand_tokens(const struct compute *c, const struct dp_batch_cand *cd)
 {
-	struct dp_kv_restore_info ri;
-	if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
-	    ri.layers_ready == ri.layers)
-		return true;
-	struct dp_rsched_admit_in in = {
-		.bytes_left = ri.bytes_left,
-		.layers_left = ri.layers - ri.layers_ready,
+	uint64_t t = cd->len > cd->at ? cd->len - cd->at : 0;
+	uint32_t chunk = c->srv->cfg.prefill_chunk;
+	return (uint32_t)(chunk && t > chunk ? chunk : t);
+}
+
+/* Set io_ready of the n candidates' loading ones (dp_rsched_join). */
+static void restore_join(struct compute *c, uint32_t n)
+{
+	struct dp_rsched_joiner jn[64];
+	bool join[64];
+	uint32_t settled = 0, m = 0, idx[64];
+	for (uint32_t i = 0; i < n; i++) {
+		struct dp_batch_cand *cd = &c->cand[i];
+		if (!cd->loading) {
+			settled += cand_tokens(c, cd);
+			continue;
+		}
+		struct dp_kv_restore_info ri;
+		struct req *r = c->cand_req[i];
+		if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
+		    ri.layers_ready == ri.layers || m == DP_ARRAY_SIZE(jn)) {
+			cd->io_ready = true; /* all in (or past what one decision takes) */
+			continue;
+		}
+		jn[m] = (struct dp_rsched_joiner){ .bytes_left = ri.bytes_left,
+						   .layers_left = ri.layers - ri.layers_ready,
+						   .tokens = cand_tokens(c, cd), .deferred = r->deferred };
+		idx[m++] = i;
+	}
+	if (!m)
+		return;
+	struct dp_rsched_join_in in = {
 		.io_bytes_per_ns = c->io_bytes_per_ns,
-		.layer_ns = layer_ns(c),
-		.slack_ns = layer_ns(c) / 2,
-		.deferred = r->deferred,
+		.latency_ns = c->first_ns,
+		.token_layer_ns = c->token_layer_ns,
+		.slack_ns = c->token_layer_ns,
+		.layers = c->n_layers,
+		.settled_tokens = settled,
 		.max_defer = RESTORE_MAX_DEFER,
 	};
-	return dp_rsched_admit(&in);
+	if (dp_rsched_join(&in, jn, m, join) < 0)
+		for (uint32_t k = 0; k < m; k++)
+			join[k] = true;
+	for (uint32_t k = 0; k < m; k++)
+		c->cand[idx[k]].io_ready = join[k];
 }
 
 /* The restore window (dp_kv_set_restore_window): [sched] restore_window, or
@@ -835,14 +875,30 @@ static uint32_t form_batch(struct compute *c)
 						     .loading = r->t_restore != 0 };
 		if (r->unit_at > c->cand[n].at) /* the prefill stops there for a unit */
 			c->cand[n].len = r->unit_at;
-		c->cand[n].io_ready = !c->cand[n].loading || restore_ready(c, r);
+		c->cand[n].io_ready = true;
 		c->cand_req[n++] = r;
 	}
+	/* staggered admission: a loading session that would stall the step
+	 * is no candidate this time; its reads go on, due a step later, and
+	 * it waits one step more (bounded) */
+	restore_join(c, n);
+	c->step_deferred = 0;
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (c->cand[i].loading && !c->cand[i].io_ready) {
+			c->cand_req[i]->deferred++, c->step_deferred++;
+			dp_kv_restore_defer(c->srv->kv, restoring(c->cand_req[i]));
+			continue;
+		}
+		c->cand[m] = c->cand[i];
+		c->cand_req[m++] = c->cand_req[i];
+	}
+	n = m;
+	dp_kv_restore_pump(c->srv->kv); /* the joiners' pages first, then theirs */
 	struct dp_batch_limits lim = { .max_batch_tokens = cfg->max_batch_tokens,
 				       .prefill_chunk = cfg->prefill_chunk, .max_seqs = cfg->max_batch };
 	uint32_t k = dp_batch_form(c->cand, n, &lim, c->picks);
-	/* who was left out while loading waits one step more (bounded) */
-	c->step_deferred = 0;
+	/* one the budget left out waits one step more too */
 	for (uint32_t i = 0; i < n; i++)
 		if (c->cand[i].loading)
 			c->cand_req[i]->deferred++, c->step_deferred++;
@@ -1018,10 +1074,21 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 	c->st.stall_ns += stall;
 	c->st.compute_ns += dt > stall ? dt - stall : 0;
 	c->step_ns_avg = c->st.steps ? 0.9 * c->step_ns_avg + 0.1 * (double)dt : (double)dt;
+	if (step_tokens && c->n_layers && dt > stall) {
+		double tl = (double)(dt - stall) / ((double)step_tokens * c->n_layers);
+		c->token_layer_ns = c->token_layer_ns > 0 ? 0.9 * c->token_layer_ns + 0.1 * tl : tl;
+	}
 	/* the rate restore reads get: bytes over the time they were in flight
 	 * (not over restore spans, which include the steps they wait for) */
 	if (ks.restore_io_ns)
 		c->io_bytes_per_ns = (double)ks.restore_io_bytes / (double)ks.restore_io_ns;
+	if (ks.restore_firsts > c->firsts_seen[1]) {
+		double f = (double)(ks.restore_first_ns - c->firsts_seen[0]) /
+			   (double)(ks.restore_firsts - c->firsts_seen[1]);
+		c->first_ns = c->first_ns > 0 ? 0.8 * c->first_ns + 0.2 * f : f;
+		c->firsts_seen[0] = ks.restore_first_ns;
+		c->firsts_seen[1] = ks.restore_firsts;
+	}
 	restore_window(c);
 	/* each wait where it happened (layer in the event's args) */
 	struct dp_kv_stall sp[DP_KV_STALL_SPANS];
@@ -1252,8 +1319,6 @@ static void fill_stats(struct compute *c, struct dp_compute_stats *st)
 	if (srv->engram)
 		dp_engram_store_get_stats(srv->engram, &st->engram_store);
 	dp_v4_model_expert_stats(srv->model, &st->experts);
-	uint64_t xbytes;
-	dp_expert_io_busy(srv->xio, &st->experts_io_ns[0], &st->experts_io_ns[1], &xbytes);
 	st->csa_host = dp_v4_model_csa_host(srv->model);
 	dp_v4_model_csa_stats(srv->model, &st->csa);
 	dp_gpu_mem_stats(srv->gpu, &st->mem);

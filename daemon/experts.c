@@ -1,15 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The io thread reads paged experts (model/v4.h, "routed experts paged in"):
- * the model's struct dp_v4_expert_io over the io engine. Two channels, so
- * the io thread serves a layer's misses (urgent: the compute thread waits
- * for them) before the hash layers' read-ahead, and both before writeback:
- *   urgent      HIGH   (with KV restores and Engram rows)
+ * the model's struct dp_v4_expert_io over the io engine.
+ *
+ * In dualpathd (a KV cache given) every read joins the cache's restore
+ * queue (kvcache.h, dp_kv_read_queue): it is due at the tick of the layer
+ * that needs it, so expert reads and restore pages go to the device in the
+ * order the forward needs them: a restore page for layer l + 3 never goes
+ * ahead of the experts layer l waits for, nor the next layer's read-ahead
+ * ahead of a page layer l waits for; writeback stays last (LOW). Their time
+ * on the device is then the restore channel's.
+ *
+ * Without a cache (the benchmarks' reader), two channels, so the io thread
+ * serves a layer's misses (urgent: the compute thread waits for them)
+ * before the read-ahead:
+ *   urgent      HIGH
  *   read-ahead  NORMAL
- *   writeback   LOW    (kvcache)
  * The checkpoint files are opened by the engine, O_DIRECT where the file
- * system has it. A ticket is the channel's ticket with the channel in its
- * top bit.
+ * system has it. A ticket is the queue's read id, or the channel's ticket
+ * with the channel in its top bit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,17 +32,23 @@
 
 struct dp_expert_io {
 	struct dp_io *io;
+	struct dp_kv *kv; /* NULL: the channels */
 	struct dp_io_chan *urgent, *ahead;
 	uint32_t *file; /* the model's file i -> the engine's handle */
 	uint32_t n_files;
 };
 
 static int xio_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
-		    bool urgent, uint64_t *ret_ticket)
+		    uint32_t layer, bool urgent, uint64_t *ret_ticket)
 {
 	struct dp_expert_io *x = ctx;
 	if (file >= x->n_files)
 		return -EBADF;
+	if (x->kv) {
+		struct dp_io_req req = { .op = DP_IO_OP_READ, .file = x->file[file],
+					 .offset = offset, .addr = dst, .len = len };
+		return dp_kv_read_queue(x->kv, DP_RSCHED_EXPERT, layer, &req, ret_ticket);
+	}
 	uint64_t t;
 	int r = dp_io_read(urgent ? x->urgent : x->ahead, x->file[file], offset, dst, len, 0, &t);
 	if (r < 0)
@@ -45,12 +60,17 @@ static int xio_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, voi
 static int xio_wait(void *ctx, uint64_t ticket, uint32_t need)
 {
 	struct dp_expert_io *x = ctx;
-	struct dp_io_chan *c = ticket & XIO_AHEAD ? x->ahead : x->urgent;
-	uint64_t t = ticket & ~XIO_AHEAD;
 	int32_t res = 0;
-	int r = dp_io_wait(c, t, -1);
-	if (r == 0)
-		r = dp_io_result(c, t, &res);
+	int r;
+	if (x->kv) {
+		r = dp_kv_read_wait(x->kv, ticket, &res);
+	} else {
+		struct dp_io_chan *c = ticket & XIO_AHEAD ? x->ahead : x->urgent;
+		uint64_t t = ticket & ~XIO_AHEAD;
+		r = dp_io_wait(c, t, -1);
+		if (r == 0)
+			r = dp_io_result(c, t, &res);
+	}
 	if (r < 0)
 		return r;
 	if (res < 0)
@@ -58,8 +78,8 @@ static int xio_wait(void *ctx, uint64_t ticket, uint32_t need)
 	return (uint32_t)res >= need ? 0 : -EIO;
 }
 
-int dp_expert_io_new(struct dp_io *io, struct dp_v4_model *m, struct dp_expert_io **ret,
-		     char *err, size_t err_len)
+int dp_expert_io_new(struct dp_io *io, struct dp_kv *kv, struct dp_v4_model *m,
+		     struct dp_expert_io **ret, char *err, size_t err_len)
 {
 	uint32_t n = dp_v4_model_expert_file_count(m);
 	if (!io || !m || !ret || !n)
@@ -68,6 +88,7 @@ int dp_expert_io_new(struct dp_io *io, struct dp_v4_model *m, struct dp_expert_i
 	if (!x)
 		return -ENOMEM;
 	x->io = io;
+	x->kv = kv;
 	int r = -ENOMEM;
 	if (!(x->file = calloc(n, sizeof(*x->file))))
 		goto fail;
@@ -79,6 +100,8 @@ int dp_expert_io_new(struct dp_io *io, struct dp_v4_model *m, struct dp_expert_i
 			goto fail;
 		}
 	}
+	if (kv)
+		goto reader;
 	/* room for every read one pass (urgent) or one step's read-ahead can have */
 	const struct dp_v4_config *c = dp_v4_model_config(m);
 	struct dp_v4_expert_stats st;
@@ -100,6 +123,7 @@ int dp_expert_io_new(struct dp_io *io, struct dp_v4_model *m, struct dp_expert_i
 		snprintf(err, err_len, "cannot open the expert io channels: %s", strerror(-r));
 		goto fail;
 	}
+reader:;
 	struct dp_v4_expert_io p = { .read = xio_read, .wait = xio_wait, .ctx = x };
 	if ((r = dp_v4_model_set_expert_io(m, &p)) < 0) {
 		snprintf(err, err_len, "the model does not page its experts from NVMe");

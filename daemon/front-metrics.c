@@ -232,10 +232,6 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 		  "expert reads that differed from the checkpoint at load (step failed)", x->corrupt);
 		C("dualpath_experts_wait_seconds_total", "time layers waited for expert reads",
 		  x->wait_ns / 1e9);
-		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
-		   s->experts_io_ns[0] / 1e9, "channel", "urgent");
-		CL("dualpath_experts_io_seconds_total", "time expert reads were in flight, per channel",
-		   s->experts_io_ns[1] / 1e9, "channel", "read_ahead");
 	}
 	if (s->csa_host) {
 		const struct dp_v4_csa_stats *a = &s->csa;

@@ -139,7 +139,7 @@ static int open_experts(struct dp_server *srv, char *err, size_t err_len)
 		return 0;
 	}
 	char why[768] = "";
-	int ret = dp_expert_io_new(srv->io, srv->model, &srv->xio, why, sizeof(why));
+	int ret = dp_expert_io_new(srv->io, srv->kv, srv->model, &srv->xio, why, sizeof(why));
 	if (ret < 0)
 		snprintf(err, err_len, "paged experts: %s", why);
 	return ret;

@@ -193,7 +193,6 @@ struct dp_compute_stats {
 	bool engram; /* the model has Engram layers: engram_store is valid */
 	struct dp_engram_store_stats engram_store;
 	struct dp_v4_expert_stats experts; /* where == DEVICE: not paged */
-	uint64_t experts_io_ns[2]; /* urgent, read-ahead: time with reads in flight */
 	bool csa_host; /* CSA entries in host memory: csa is valid */
 	struct dp_v4_csa_stats csa;
 	struct dp_gpu_mem_stats mem;

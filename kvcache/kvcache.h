@@ -42,6 +42,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io/io.h"
+#include "kvcache/rsched.h"
 #include "model/v4.h"
 
 #ifdef __cplusplus
@@ -216,6 +218,24 @@ void dp_kv_pump(struct dp_kv *kv);
  * dp_kv_restore_inflight. */
 int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes);
 uint64_t dp_kv_restore_inflight(const struct dp_kv *kv);
+/* Staggered admission: s's restore is left out of the step just begun
+ * (dp_kv_pump), so its reads are due a step later; they go on in that
+ * order behind the joiners' (no-op for a restore not from NVMe). 0 or
+ * -EINVAL. Then, with every such decision made, dp_kv_restore_pump tops
+ * the window up (dp_kv_pump issues only the step's first layer). */
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s);
+void dp_kv_restore_pump(struct dp_kv *kv);
+/* Other parts' reads in the same deadline order (paged experts, class
+ * DP_RSCHED_EXPERT of kvcache/rsched.h): req (a read on a file of the io
+ * engine the cache was opened with) is needed by layer `layer` of the step
+ * dp_kv_pump began, so it goes to the io thread (on the restore channel)
+ * after every restore page needed sooner and before any needed later,
+ * within the restore window. dp_kv_read_wait returns once it is done, its
+ * result (bytes or -errno) in *ret_res; every queued read must be waited
+ * for. Compute thread only. 0, -EINVAL, -ENOTSUP (no io engine), -ENOMEM. */
+int dp_kv_read_queue(struct dp_kv *kv, enum dp_rsched_class klass, uint32_t layer,
+		     const struct dp_io_req *req, uint64_t *ret_id);
+int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res);
 
 /* No compute on the session for now: it becomes demotable (LRU). */
 void dp_kv_session_release(struct dp_kv *kv, struct dp_kv_session *s);
@@ -304,6 +324,9 @@ struct dp_kv_stats {
 	uint64_t restore_stall_ns; /* time gates waited for pages (compute stalled) */
 	uint64_t restore_io_ns;	   /* time restore reads were in flight (io engine) */
 	uint64_t restore_io_bytes; /* and the bytes they read: the rate restores get */
+	uint64_t restore_first_ns; /* from an NVMe restore's first reads to its first
+				    * layer in (as its first gate found it), summed */
+	uint64_t restore_firsts;   /* ... over this many restores */
 	uint64_t loads;		   /* whole-state promotions from DRAM or NVMe (not layered) */
 	uint64_t load_ns;	   /* their total duration (the caller waited) */
 	uint64_t host_state_bytes; /* live sequences' host-resident pages (CSA entries in

@@ -8,7 +8,9 @@
  * restore queue: one read scheduler (rsched.h) for every restoring session,
  * earliest-needed first (a page of layer l of a session in step S is needed
  * at tick S * layers + l), at most a window of bytes outstanding, topped up
- * at each gate and once per step (dp_kv_pump). So restores that begin
+ * at each gate and once per step, after admission (dp_kv_pump issues the
+ * step's first layer; dp_kv_restore_defer moves a session admission left
+ * out to the next step; dp_kv_restore_pump the rest). So restores that begin
  * together come back layer by layer across the batch, not session after
  * session: compute at layer l never waits behind another session's pages
  * of a later layer. A gate whose own layer is not all submitted yet takes
@@ -45,7 +47,35 @@ struct dp_kv_rq {
 		uint32_t bytes;
 	} *fl;
 	size_t fl_head, fl_n, fl_cap;
+	/* other parts' reads in the same order (dp_kv_read_queue): a few
+	 * streams, since a part's deadlines may go back (a layer's misses
+	 * after the next layer's read-ahead) and a stream's may not */
+#define RQ_XSTREAMS 4
+	uint32_t xs[RQ_XSTREAMS];
+	uint64_t xs_last[RQ_XSTREAMS];
+	uint8_t n_xs;
+	struct rq_read {
+		struct dp_io_req req;
+		uint64_t ticket, deadline;
+		uint32_t gen;
+		uint8_t state; /* RQ_READ_* */
+		int32_t res;   /* RQ_READ_FAILED: why */
+		uint32_t next_free;
+	} *rd;
+	uint32_t n_rd, free_rd; /* free list through next_free; UINT32_MAX: none */
+	char xtag;		/* the ctx of their items: tells them from restores */
 };
+
+/* ABANDONED: its wait gave up while it was queued; dropped when popped,
+ * never issued (its buffer is the caller's again) */
+enum { RQ_READ_FREE, RQ_READ_QUEUED, RQ_READ_ISSUED, RQ_READ_FAILED, RQ_READ_ABANDONED };
+
+static void rq_read_put(struct dp_kv_rq *q, uint32_t i)
+{
+	q->rd[i].state = RQ_READ_FREE;
+	q->rd[i].next_free = q->free_rd;
+	q->free_rd = i;
+}
 
 /* Before a first dp_kv_set_restore_window: 8 MiB, about a few layers of a
  * small batch at NVMe speed (the daemon sets it from the measured rate). */
@@ -78,6 +108,9 @@ struct dp_kv_restore {
 	uint32_t stream;	/* in the restore queue (NVMe) */
 	bool queued;		/* stream open */
 	uint64_t gated_step;	/* the step of its last gate call */
+	bool first_in;		/* its first gate found its layer in */
+	uint64_t begin_step;	/* the restore queue's step when it began */
+	uint64_t t_issue;	/* its first layer's reads went out */
 	bool failed;
 	uint64_t t_start, bytes;
 };
@@ -104,6 +137,7 @@ static struct dp_kv_rq *rq_get(struct dp_kv *kv)
 	if (!q)
 		return NULL;
 	q->layers = (uint32_t)dp_v4_model_config(kv->m)->num_hidden_layers;
+	q->free_rd = UINT32_MAX;
 	if (dp_rsched_new(kv->rq_window ? kv->rq_window : RQ_WINDOW_DEFAULT,
 			  (uint64_t)RQ_WB_DELAY_STEPS * q->layers, &q->rs) < 0) {
 		free(q);
@@ -123,6 +157,7 @@ void dp_kv_restore_queue_free(struct dp_kv *kv)
 		return;
 	dp_rsched_free(kv->rq->rs);
 	free(kv->rq->fl);
+	free(kv->rq->rd);
 	free(kv->rq);
 	kv->rq = NULL;
 }
@@ -182,6 +217,27 @@ static void rq_fail(struct dp_kv *kv, struct dp_kv_restore *r)
 	}
 }
 
+/* Another part's read whose turn has come: to the io thread, on the restore
+ * channel (so the kernel sees the reads in deadline order too). */
+static void rq_issue_read(struct dp_kv *kv, struct rq_read *rd, uint32_t bytes)
+{
+	struct dp_kv_rq *q = kv->rq;
+	uint64_t t;
+	int ret = dp_io_submit(kv->restore_chan, &rd->req, 1, &t);
+	if (ret == 1) {
+		/* in flight; untracked (no memory) it leaves the window's
+		 * count, and its wait still waits for it */
+		if (rq_flight_add(q, t, bytes) < 0)
+			dp_rsched_done(q->rs, bytes);
+		rd->ticket = t;
+		rd->state = RQ_READ_ISSUED;
+		return;
+	}
+	dp_rsched_done(q->rs, bytes);
+	rd->state = RQ_READ_FAILED;
+	rd->res = ret < 0 ? ret : -EIO;
+}
+
 /* Top the io thread up: every restore's pages, earliest-needed first, while
  * the window takes them and none is needed after tick `horizon`; pages
  * needed at or before tick `need` (a gate is waiting for them) go past the
@@ -202,6 +258,15 @@ static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
 		if (dp_rsched_peek(q->rs, &dl) < 0 || dl > horizon ||
 		    dp_rsched_pop(q->rs, need, &it) < 0)
 			return;
+		if (it.ctx == &q->xtag) {
+			if (q->rd[it.tag].state == RQ_READ_ABANDONED) {
+				dp_rsched_done(q->rs, it.bytes);
+				rq_read_put(q, (uint32_t)it.tag);
+			} else {
+				rq_issue_read(kv, &q->rd[it.tag], it.bytes);
+			}
+			continue;
+		}
 		struct dp_kv_restore *r = it.ctx;
 		size_t i = (size_t)it.tag;
 		assert(r->next == 2 * i); /* a stream is popped in its own order */
@@ -256,7 +321,31 @@ void dp_kv_restore_step(struct dp_kv *kv)
 			dp_rsched_stream_rebase(q->rs, r->stream, base);
 	}
 	dp_rsched_advance(q->rs, base);
-	rq_pump(kv, base);
+	/* only the step's first layer now: which loading sessions join the
+	 * step is decided after this (dp_kv_restore_defer), and the pages of
+	 * one left out must not go ahead of the joiners' later layers; the
+	 * rest goes at dp_kv_restore_pump and at the gates */
+	rq_pump_until(kv, base, base);
+}
+
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!kv || !s)
+		return -EINVAL;
+	struct dp_kv_restore *r = s->restore;
+	if (!r || !r->queued || !kv->rq)
+		return 0;
+	struct dp_kv_rq *q = kv->rq;
+	uint64_t next = (q->step + 1) * q->layers;
+	if (dp_rsched_stream_base(q->rs, r->stream) < next)
+		dp_rsched_stream_rebase(q->rs, r->stream, next);
+	return 0;
+}
+
+void dp_kv_restore_pump(struct dp_kv *kv)
+{
+	if (kv && kv->rq)
+		rq_pump(kv, kv->rq->step * kv->rq->layers);
 }
 
 /* Wait for every request submitted so far (never free a page the kernel is
@@ -312,8 +401,16 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 				t0 = dp_clock_ns();
 			dp_io_wait(kv->restore_chan, r->ticket[2 * (size_t)e - 1], -1);
 		}
+		uint64_t t1 = t0 || !r->first_in ? dp_clock_ns() : 0;
 		if (t0)
-			stall_note(kv, t0, dp_clock_ns(), l);
+			stall_note(kv, t0, t1, l);
+		if (!r->first_in) { /* how long a first layer takes to come (admission) */
+			r->first_in = true;
+			if (q->step == r->begin_step + 1) { /* not left out meanwhile */
+				kv->st.restore_first_ns += t1 - r->t_issue;
+				kv->st.restore_firsts++;
+			}
+		}
 		rq_pump(kv, need); /* the window has room again: the next layers */
 		for (uint32_t i = b; i < e; i++) {
 			int32_t res[2];
@@ -470,6 +567,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 				goto fail;
 			}
 		r->gated_step = q->step;
+		r->begin_step = q->step;
 	}
 	s->restore = r;
 	dp_v4_seq_set_gate(seq, gate, r);
@@ -478,6 +576,7 @@ int dp_kv_restore_begin(struct dp_kv *kv, struct dp_kv_session *s, struct dp_v4_
 		 * session admitted after it must not find its whole state queued
 		 * ahead of its own first layer */
 		uint64_t first = (kv->rq->step + 1) * kv->rq->layers;
+		r->t_issue = dp_clock_ns();
 		rq_pump_until(kv, first, first);
 	}
 	*ret_seq = seq;
@@ -547,4 +646,98 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 		if (r->ticket[k] >= done)
 			ret->bytes_left += k % 2 ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
 	return 0;
+}
+
+/* ---- other parts' reads in the restore queue's order --------------------------- */
+
+int dp_kv_read_queue(struct dp_kv *kv, enum dp_rsched_class klass, uint32_t layer,
+		     const struct dp_io_req *req, uint64_t *ret_id)
+{
+	if (!kv || !req || !ret_id || klass == DP_RSCHED_RESTORE ||
+	    (unsigned)klass >= DP_RSCHED_CLASS_MAX || req->op != DP_IO_OP_READ || !req->len)
+		return -EINVAL;
+	if (!kv->restore_chan)
+		return -ENOTSUP;
+	struct dp_kv_rq *q = rq_get(kv);
+	if (!q)
+		return -ENOMEM;
+	if (layer >= q->layers)
+		return -EINVAL;
+	/* needed by this step's forward (begun by dp_kv_pump) at its layer */
+	uint64_t dl = q->step * q->layers + layer;
+	uint32_t k = 0;
+	while (k < q->n_xs && dp_rsched_stream_queued(q->rs, q->xs[k]) && q->xs_last[k] > dl)
+		k++;
+	if (k == q->n_xs) {
+		if (k == RQ_XSTREAMS)
+			return -EBUSY; /* cannot happen: deadlines go back once a layer */
+		int r = dp_rsched_stream_open(q->rs, klass, 0, &q->xtag, &q->xs[k]);
+		if (r < 0)
+			return r;
+		q->n_xs++;
+	}
+	uint32_t i = q->free_rd;
+	if (i == UINT32_MAX) {
+		if (q->n_rd == UINT32_MAX >> 1)
+			return -ENOMEM;
+		uint32_t n = q->n_rd ? 2 * q->n_rd : 64;
+		struct rq_read *rd = realloc(q->rd, n * sizeof(*rd));
+		if (!rd)
+			return -ENOMEM;
+		for (uint32_t j = q->n_rd; j < n; j++)
+			rd[j] = (struct rq_read){ .state = RQ_READ_FREE,
+						  .next_free = j + 1 < n ? j + 1 : UINT32_MAX };
+		q->rd = rd;
+		q->free_rd = q->n_rd;
+		q->n_rd = n;
+		i = q->free_rd;
+	}
+	struct rq_read *rd = &q->rd[i];
+	int r = dp_rsched_push(q->rs, q->xs[k], dl, req->len, i);
+	if (r < 0)
+		return r;
+	q->xs_last[k] = dl;
+	q->free_rd = rd->next_free;
+	rd->req = *req;
+	rd->deadline = dl;
+	rd->state = RQ_READ_QUEUED;
+	rd->gen++;
+	*ret_id = (uint64_t)rd->gen << 32 | i;
+	/* out now if the window has room and nothing is needed sooner */
+	rq_pump(kv, q->step * q->layers);
+	return 0;
+}
+
+int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
+{
+	struct dp_kv_rq *q = kv ? kv->rq : NULL;
+	uint32_t i = (uint32_t)id;
+	if (!q || !ret_res || i >= q->n_rd || q->rd[i].gen != (uint32_t)(id >> 32) ||
+	    q->rd[i].state == RQ_READ_FREE || q->rd[i].state == RQ_READ_ABANDONED)
+		return -EINVAL;
+	struct rq_read *rd = &q->rd[i];
+	/* its turn first: it and everything needed sooner go past the window */
+	while (rd->state == RQ_READ_QUEUED) {
+		rq_pump(kv, rd->deadline);
+		if (rd->state != RQ_READ_QUEUED)
+			break;
+		if (!q->fl_n) { /* nothing in flight, nothing taken: cannot go on */
+			rd->state = RQ_READ_ABANDONED;
+			return -EIO;
+		}
+		dp_io_wait(kv->restore_chan, q->fl[q->fl_head].ticket, -1);
+		rq_reap(kv);
+	}
+	int ret = 0;
+	if (rd->state == RQ_READ_ISSUED) {
+		ret = dp_io_wait(kv->restore_chan, rd->ticket, -1);
+		if (ret == 0)
+			ret = dp_io_result(kv->restore_chan, rd->ticket, ret_res);
+		rq_reap(kv);
+		rq_pump(kv, q->step * q->layers); /* the window has room again */
+	} else {
+		*ret_res = rd->res;
+	}
+	rq_read_put(q, i);
+	return ret;
 }

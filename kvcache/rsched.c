@@ -82,6 +82,13 @@ uint64_t dp_rsched_now(const struct dp_rsched *s)
 	return s ? s->now : 0;
 }
 
+/* Only a restore's deadlines count from its stream's base (it may be left
+ * out of a step); the others' are absolute ticks. */
+static bool absolute(uint8_t klass)
+{
+	return klass != DP_RSCHED_RESTORE;
+}
+
 static struct rs_stream *stream(const struct dp_rsched *s, uint32_t id)
 {
 	return s && id < s->n_st && s->st[id].used ? &s->st[id] : NULL;
@@ -131,7 +138,7 @@ int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id)
 int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base)
 {
 	struct rs_stream *t = stream(s, id);
-	if (!t || t->klass == DP_RSCHED_WRITEBACK)
+	if (!t || absolute(t->klass))
 		return -EINVAL;
 	t->base = new_base;
 	return 0;
@@ -183,7 +190,7 @@ int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t byte
 static uint64_t head_deadline(const struct rs_stream *t)
 {
 	const struct rs_item *it = &t->q[t->head];
-	return t->klass == DP_RSCHED_WRITEBACK ? it->rel : t->base + it->rel;
+	return absolute(t->klass) ? it->rel : t->base + it->rel;
 }
 
 /* The stream whose head goes next, or NULL. */
@@ -247,27 +254,64 @@ uint64_t dp_rsched_inflight(const struct dp_rsched *s)
 	return s ? s->inflight : 0;
 }
 
-double dp_rsched_admit_wait_ns(const struct dp_rsched_admit_in *in)
+static bool join_in_ok(const struct dp_rsched_join_in *in)
 {
-	if (!in || !in->bytes_left)
-		return 0;
-	if (in->io_bytes_per_ns <= 0)
-		return 0; /* not measured yet: nothing to predict with */
-	uint32_t L = in->layers_left ? in->layers_left : 1;
-	double all = (double)in->bytes_left / in->io_bytes_per_ns;
-	double first = all / L;
-	double layer = in->layer_ns > 0 ? in->layer_ns : 0;
-	/* layer l arrives at (l+1) * first and is needed at l * layer: the
-	 * lateness is linear in l, so the worst is the first or the last */
-	double last = all - (double)(L - 1) * layer;
-	return first > last ? first : last;
+	return in && in->layers;
 }
 
-bool dp_rsched_admit(const struct dp_rsched_admit_in *in)
+double dp_rsched_join_wait_ns(const struct dp_rsched_join_in *in, const struct dp_rsched_joiner *j,
+			      uint32_t n, const bool *join)
 {
-	if (!in)
-		return true;
-	if (in->alone || in->deferred >= in->max_defer)
-		return true;
-	return dp_rsched_admit_wait_ns(in) <= in->slack_ns;
+	if (!join_in_ok(in) || (n && (!j || !join)) || in->io_bytes_per_ns <= 0 ||
+	    in->token_layer_ns <= 0)
+		return 0;
+	double total = in->settled_tokens; /* tokens of one layer of the step */
+	bool any = false;
+	for (uint32_t i = 0; i < n; i++)
+		if (join[i]) {
+			total += j[i].tokens;
+			any = true;
+		}
+	if (!any)
+		return 0;
+	double worst = -1e300, cum = 0; /* bytes of the joiners' layers < l */
+	for (uint32_t l = 0; l < in->layers; l++) {
+		double ahead = in->settled_tokens, layer = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			if (!join[i])
+				continue;
+			uint32_t left = j[i].layers_left > in->layers ? in->layers : j[i].layers_left;
+			if (j[i].bytes_left && left && l >= in->layers - left) {
+				layer += (double)j[i].bytes_left / left;
+				double arrive = (in->latency_ns > 0 ? in->latency_ns : 0) +
+						(cum + layer) / in->io_bytes_per_ns;
+				double need = in->token_layer_ns * ((double)l * total + ahead);
+				if (arrive - need > worst)
+					worst = arrive - need;
+			}
+			ahead += j[i].tokens;
+		}
+		cum += layer;
+	}
+	return worst == -1e300 ? 0 : worst;
+}
+
+int dp_rsched_join(const struct dp_rsched_join_in *in, const struct dp_rsched_joiner *j,
+		   uint32_t n, bool *ret_join)
+{
+	if (!join_in_ok(in) || (n && (!j || !ret_join)))
+		return -EINVAL;
+	bool measured = in->io_bytes_per_ns > 0 && in->token_layer_ns > 0;
+	int k = 0;
+	for (uint32_t i = 0; i < n; i++)
+		ret_join[i] = false;
+	for (uint32_t i = 0; i < n; i++) {
+		ret_join[i] = true;
+		if (!measured || (!in->settled_tokens && k == 0) || j[i].deferred >= in->max_defer ||
+		    dp_rsched_join_wait_ns(in, j, i + 1, ret_join) <= in->slack_ns)
+			k++;
+		else
+			ret_join[i] = false;
+	}
+	return k;
 }

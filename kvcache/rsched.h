@@ -24,6 +24,9 @@
  *   - writeback reads and writes never starve: a DP_RSCHED_WRITEBACK item's
  *     deadline is the tick it was pushed at plus wb_delay, so it goes
  *     before any item needed later than that, however many keep coming.
+ *   - Engram rows and expert reads are needed by the step at hand: their
+ *     rel is the absolute tick of the layer that reads them (their streams
+ *     have no base to move).
  *
  * One thread (the compute thread, which owns the KV cache) calls all of it.
  * Errors are negative errno values.
@@ -63,14 +66,16 @@ int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint6
 /* Drop what the stream still has queued (issued reads stay counted until
  * done). Returns the items dropped, or -EINVAL. */
 int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id);
-/* Move the stream's deadlines: base becomes new_base. -EINVAL for the
- * writeback class (its deadlines are absolute) or an unknown stream. */
+/* Move the stream's deadlines: base becomes new_base. -EINVAL for any
+ * class but DP_RSCHED_RESTORE (their deadlines are absolute) or an unknown
+ * stream. */
 int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base);
 uint64_t dp_rsched_stream_base(const struct dp_rsched *s, uint32_t id);
 /* Items the stream has queued (not popped). */
 size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id);
 
-/* Queue one read of `bytes` needed at base + rel (writeback: rel ignored).
+/* Queue one read of `bytes` needed at base + rel (Engram, expert: at tick
+ * rel; writeback: rel ignored).
  * 0, -EINVAL (unknown stream, bytes 0, rel below the stream's last),
  * -ENOMEM. */
 int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag);
@@ -93,27 +98,50 @@ void dp_rsched_done(struct dp_rsched *s, uint32_t bytes);
 uint64_t dp_rsched_inflight(const struct dp_rsched *s);
 
 /*
- * Admission by the measured I/O rate: may a session whose state is still
- * arriving join this step, or should it join a later one rather than stall
- * everyone? Its remaining bytes are taken as spread evenly over the layers
- * not yet in; layer l (counted from the first one missing) is needed after
- * l layers of compute, and arrives after its bytes and those of the layers
- * before it at the measured rate. It joins when the predicted wait (the
- * worst layer's lateness) is within slack_ns, or after max_defer steps left
- * out (no starvation), or when nothing else would run.
+ * Staggered admission by the measured I/O rate: which of the sessions whose
+ * state is still arriving join this step, and which join a later one
+ * rather than stall everyone. The step's items run layer by layer, within a
+ * layer in order (the sessions whose state is in place first, then the
+ * loading ones); the reads of the loading sessions that join come back
+ * layer-major (earliest deadline first): layer l of every joiner before
+ * layer l + 1 of any. So joiner j's layer l arrives once the joiners' bytes
+ * of layers < l and those of layer l up to j's own are read, at the
+ * measured rate after the measured latency, and is needed once compute has done l layers of the whole
+ * step and, in layer l, the items ahead of j (compute per token and layer,
+ * measured). Each joiner's missing layers are its last layers_left, its
+ * bytes_left spread evenly over them.
+ *
+ * Candidates are taken in order; each joins when, with it, every joiner's
+ * every layer is predicted late by at most slack_ns: so one's compute covers
+ * the next one's first layers, and those left out go on reading, ready a
+ * step later. The first loading session joins regardless when nothing else
+ * runs (waiting helps no one), and so does one already left out max_defer
+ * steps (no starvation). Without a measured rate or compute, all join.
  */
-struct dp_rsched_admit_in {
-	uint64_t bytes_left;	/* the state's bytes not yet read */
-	uint32_t layers_left;	/* layers not yet in (>= 1 when bytes_left) */
-	double io_bytes_per_ns;	/* measured rate (<= 0: not measured yet) */
-	double layer_ns;	/* compute per layer, measured (<= 0: not yet) */
-	double slack_ns;	/* the wait one step may take */
-	uint32_t deferred;	/* steps it was already left out of */
-	uint32_t max_defer;	/* after this many it joins regardless */
-	bool alone;		/* nothing else would run this step */
+struct dp_rsched_join_in {
+	double io_bytes_per_ns;	 /* measured restore read rate (<= 0: not yet) */
+	double latency_ns;	 /* measured: a read's first bytes come this late */
+	double token_layer_ns;	 /* compute per token and layer (<= 0: not yet) */
+	double slack_ns;	 /* the lateness a joiner may be predicted */
+	uint32_t layers;	 /* the model's */
+	uint32_t settled_tokens; /* tokens of the step's items whose state is in */
+	uint32_t max_defer;	 /* left out this many steps: joins regardless */
 };
-bool dp_rsched_admit(const struct dp_rsched_admit_in *in);
-/* The predicted wait (ns) of that rule, for traces and tests. */
-double dp_rsched_admit_wait_ns(const struct dp_rsched_admit_in *in);
+
+struct dp_rsched_joiner {
+	uint64_t bytes_left;  /* its state's bytes not yet read */
+	uint32_t layers_left; /* its last layers_left layers are not all in */
+	uint32_t tokens;      /* tokens it feeds in the step */
+	uint32_t deferred;    /* steps it was already left out of */
+};
+
+/* Decide for the n loading candidates j[0..n), in order: ret_join[i] says
+ * whether j[i] joins the step. Returns how many join, or -EINVAL. */
+int dp_rsched_join(const struct dp_rsched_join_in *in, const struct dp_rsched_joiner *j,
+		   uint32_t n, bool *ret_join);
+/* The predicted worst lateness (ns, <= 0: all in time) of the joiners
+ * j[i] with join[i] set, for traces and tests; 0 without a rate. */
+double dp_rsched_join_wait_ns(const struct dp_rsched_join_in *in, const struct dp_rsched_joiner *j,
+			      uint32_t n, const bool *join);
 
 #endif /* DP_KVCACHE_RSCHED_H */

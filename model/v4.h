@@ -207,13 +207,17 @@ int dp_v4_model_load_opts(struct dp_gpu *g, const char *dir, const struct dp_v4_
 /* How an NVME model reads expert bytes. read queues a read of len bytes at
  * offset (both multiples of 4096) of checkpoint file `file` (see
  * dp_v4_model_expert_file) into dst (host memory, 4 KiB-aligned) and returns
- * 0 and a ticket; urgent reads go before the others. wait returns once that
+ * 0 and a ticket; `layer` is the layer of the forward at hand that needs it
+ * and `urgent` says that layer is waiting for it now (a miss, not a read
+ * ahead): a reader serves them in the order the forward needs them
+ * (dualpathd orders them with the KV restores' pages by layer). wait
+ * returns once that
  * read has finished: 0 when at least `need` bytes arrived (the window may
  * reach past the end of the file), -EIO for fewer, or the read's -errno. The
  * model waits for every ticket it got before it frees or reuses dst. */
 struct dp_v4_expert_io {
 	int (*read)(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
-		    bool urgent, uint64_t *ret_ticket);
+		    uint32_t layer, bool urgent, uint64_t *ret_ticket);
 	int (*wait)(void *ctx, uint64_t ticket, uint32_t need);
 	void *ctx;
 };

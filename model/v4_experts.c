@@ -150,10 +150,10 @@ int dp_v4_experts_where_parse(const char *s, enum dp_v4_experts_where *ret)
 #define XP_TICKET_ERR (1ull << 63)
 
 static int builtin_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
-			bool urgent, uint64_t *ret_ticket)
+			uint32_t layer, bool urgent, uint64_t *ret_ticket)
 {
 	struct dp_v4_experts *x = ctx;
-	(void)urgent;
+	(void)layer, (void)urgent; /* read here and now */
 	if (file >= x->n_files)
 		return -EBADF;
 	uint32_t got = 0;
@@ -616,7 +616,7 @@ static int issue(struct dp_v4_experts *x, uint32_t l, uint32_t e, char *stage, b
 		const struct xp_loc *lc = &x->loc[((size_t)l * x->E + e) * XP_PARTS + p];
 		uint64_t a = lc->offset & ~(uint64_t)(XP_ALIGN - 1);
 		int r = x->io.read(x->io.ctx, lc->file, a, (uint32_t)window_of(lc),
-				   stage + (size_t)p * x->win, urgent, &pd->ticket[p]);
+				   stage + (size_t)p * x->win, l, urgent, &pd->ticket[p]);
 		if (r < 0) {
 			/* the parts queued so far must finish before stage is reused */
 			for (int q = 0; q < p; q++)

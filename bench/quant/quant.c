@@ -245,7 +245,7 @@ static int load(const struct opts *o, const struct dp_v4_load_opts *lo, struct l
 		struct dp_io_config ic;
 		dp_io_config_init(&ic);
 		if ((r = dp_io_new(&ic, &l->io)) == 0 && (r = dp_io_start(l->io, -1)) == 0)
-			r = dp_expert_io_new(l->io, l->m, &l->xio, err, sizeof(err));
+			r = dp_expert_io_new(l->io, NULL, l->m, &l->xio, err, sizeof(err));
 	}
 	l->load_s = dp_clock_s() - t0;
 	if (r < 0) {

@@ -245,52 +245,132 @@ Test(rsched, a_long_stream_keeps_its_order_across_growth)
 	cr_expect_eq(next, 1000);
 }
 
-/* ---- admission by the measured I/O rate --------------------------------- */
-
-static struct dp_rsched_admit_in ain(uint64_t bytes, uint32_t layers, double rate, double layer_ns)
+Test(rsched, expert_reads_and_restore_pages_go_by_the_layer_that_needs_them)
 {
-	return (struct dp_rsched_admit_in){ .bytes_left = bytes, .layers_left = layers,
-					    .io_bytes_per_ns = rate, .layer_ns = layer_ns,
-					    .slack_ns = 100, .max_defer = 3 };
+	/* a session restoring in this step (3 pages a layer) and the step's
+	 * expert reads: layer 1's misses, then layer 3's read-ahead (their
+	 * ticks are absolute). Neither kind waits behind the other's later
+	 * layers: restore pages of layers 0, 1, layer 1's experts, restore
+	 * layers 2, 3, layer 3's experts (on a tie the restore, then FIFO) */
+	int a;
+	restore(0, 3, &a);
+	uint32_t x;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_EXPERT, 0, NULL, &x), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, 1, PAGE, 1001), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, 3, PAGE, 1003), 0);
+	cr_expect_eq(dp_rsched_push(rs, x, 2, PAGE, 1002), -EINVAL, "a stream never goes back");
+	cr_expect_eq(dp_rsched_stream_rebase(rs, x, L), -EINVAL, "its deadlines are absolute");
+	uint64_t want[] = { 0, 1, 2, 100, 101, 102, 1001, 200, 201, 202, 300, 301, 302, 1003 };
+	struct dp_rsched_item it;
+	for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.tag, want[k], "pop %zu: %llu, not %llu", k,
+			     (unsigned long long)it.tag, (unsigned long long)want[k]);
+	}
+	/* a restore left out to the next step goes after this step's experts */
+	int b;
+	uint32_t ib = restore(0, 1, &b);
+	cr_assert_eq(dp_rsched_stream_rebase(rs, ib, L), 0);
+	cr_assert_eq(dp_rsched_push(rs, x, L - 1, PAGE, 1009), 0);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.tag, 1009);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.stream, ib);
 }
 
-Test(rsched, a_state_that_arrives_ahead_of_each_layer_joins_now)
+/* ---- staggered admission by the measured I/O rate ------------------------ */
+
+/* 1 byte/ns; 100 ns of compute per token and layer; L layers */
+static struct dp_rsched_join_in jin(uint32_t settled_tokens)
 {
-	/* 4 layers of 1000 bytes at 1 byte/ns, 2000 ns of compute a layer:
-	 * layer 0 waits its own 1000 ns only if nothing went before it */
-	struct dp_rsched_admit_in in = ain(4000, 4, 1.0, 2000);
-	in.slack_ns = 1000;
-	cr_expect_float_eq(dp_rsched_admit_wait_ns(&in), 1000, 1e-6);
-	cr_expect(dp_rsched_admit(&in));
+	return (struct dp_rsched_join_in){ .io_bytes_per_ns = 1.0, .token_layer_ns = 100,
+					   .slack_ns = 100, .layers = L,
+					   .settled_tokens = settled_tokens, .max_defer = 3 };
 }
 
-Test(rsched, a_state_slower_than_the_compute_joins_a_step_later)
+/* a parked session coming back whole: 1000 bytes a layer, 2 tokens */
+static struct dp_rsched_joiner back(void)
 {
-	/* 4000 bytes at 1 byte/ns need 4000 ns; 4 layers of 500 ns give
-	 * 1500 before the last layer: it would wait 2500 */
-	struct dp_rsched_admit_in in = ain(4000, 4, 1.0, 500);
-	cr_expect_float_eq(dp_rsched_admit_wait_ns(&in), 2500, 1e-6);
-	cr_expect_not(dp_rsched_admit(&in));
-	in.alone = true;
-	cr_expect(dp_rsched_admit(&in), "nothing else would run: waiting helps no one");
+	return (struct dp_rsched_joiner){ .bytes_left = 1000 * L, .layers_left = L, .tokens = 2 };
+}
+
+Test(rsched, sessions_that_return_together_with_nothing_else_running_join_one_at_a_time)
+{
+	/* every session of the batch restores at once: the old rule let them
+	 * all in, and the step waited for every first layer before computing
+	 * anything. The first goes (waiting helps no one); the others' layer
+	 * 0 would arrive after compute reached it: they read meanwhile and
+	 * join a step later */
+	struct dp_rsched_joiner j[3] = { back(), back(), back() };
+	struct dp_rsched_join_in in = jin(0);
+	bool join[3];
+	cr_assert_eq(dp_rsched_join(&in, j, 3, join), 1);
+	cr_expect(join[0]);
+	cr_expect_not(join[1]);
+	cr_expect_not(join[2]);
+	/* a step later their states are in but for the last layer, which
+	 * arrives long before compute gets there: both join */
+	j[1] = (struct dp_rsched_joiner){ .bytes_left = 1000, .layers_left = 1, .tokens = 2 };
+	j[2] = j[1];
+	in.settled_tokens = 2; /* the first one's work, ahead in each layer */
+	cr_assert_eq(dp_rsched_join(&in, j + 1, 2, join), 2);
+}
+
+Test(rsched, a_loading_session_joins_when_the_compute_ahead_of_it_covers_its_first_layers)
+{
+	/* 10 tokens ahead in each layer: its layer 0 is needed at 1000 ns and
+	 * arrives at 1000; layer l arrives at 1000 (l + 1) and is needed at
+	 * 100 (12 l + 10) */
+	struct dp_rsched_joiner j[2] = { back(), back() };
+	struct dp_rsched_join_in in = jin(10);
+	bool join[2];
+	bool one[1] = { true };
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 1, one), 0, 1e-6);
+	/* the second's layer l comes after both layers l - 1 and the first's
+	 * layer l (layer-major): at 2000 l + 2000, needed at 100 (14 l + 12),
+	 * 2600 ns late at layer 3 */
+	cr_assert_eq(dp_rsched_join(&in, j, 2, join), 1);
+	cr_expect(join[0]);
+	cr_expect_not(join[1], "it would stall the step");
+	bool both[2] = { true, true };
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 2, both), 2600, 1e-6);
+	/* with 30 tokens ahead, both are covered */
+	in.settled_tokens = 30;
+	cr_expect_eq(dp_rsched_join(&in, j, 2, join), 2);
 }
 
 Test(rsched, a_deferred_session_joins_after_max_defer_steps_however_slow_its_io)
 {
-	struct dp_rsched_admit_in in = ain(1u << 30, 4, 1e-3, 10);
+	struct dp_rsched_joiner j[2] = { back(), back() };
+	j[1].bytes_left = 1u << 30;
+	struct dp_rsched_join_in in = jin(4);
+	in.io_bytes_per_ns = 1e-3;
+	bool join[2];
 	uint32_t steps = 0;
-	while (!dp_rsched_admit(&in)) {
-		in.deferred++;
+	for (;;) {
+		cr_assert_geq(dp_rsched_join(&in, j, 2, join), 0);
+		if (join[1])
+			break;
+		j[1].deferred++;
 		steps++;
 		cr_assert_leq(steps, 100, "starved");
 	}
 	cr_expect_eq(steps, 3, "left out max_defer steps, then in");
 }
 
-Test(rsched, before_the_rate_is_measured_or_with_nothing_left_it_joins)
+Test(rsched, before_the_rate_or_the_compute_is_measured_all_join)
 {
-	struct dp_rsched_admit_in in = ain(4000, 4, 0, 500);
-	cr_expect(dp_rsched_admit(&in), "no rate to predict with");
-	in = ain(0, 0, 1.0, 500);
-	cr_expect(dp_rsched_admit(&in), "all of it is in");
+	struct dp_rsched_joiner j[3] = { back(), back(), back() };
+	struct dp_rsched_join_in in = jin(0);
+	bool join[3];
+	in.io_bytes_per_ns = 0;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 3, "no rate to predict with");
+	in = jin(0);
+	in.token_layer_ns = 0;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 3, "no compute to predict with");
+	in.layers = 0;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), -EINVAL);
+	in = jin(0);
+	cr_expect_eq(dp_rsched_join(&in, NULL, 3, join), -EINVAL);
+	cr_expect_eq(dp_rsched_join(&in, NULL, 0, NULL), 0, "nothing to decide");
 }

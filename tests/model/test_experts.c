@@ -196,11 +196,11 @@ struct reader {
 	int reads, fail_after; /* -1: never */
 };
 
-static int rd_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst, bool urgent,
-		   uint64_t *ret_ticket)
+static int rd_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst, uint32_t layer,
+		   bool urgent, uint64_t *ret_ticket)
 {
 	struct reader *r = ctx;
-	(void)urgent;
+	(void)layer, (void)urgent;
 	cr_assert_lt(file, 4);
 	cr_assert_eq(offset % 4096, 0, "windows are 4 KiB-aligned");
 	cr_assert_eq(len % 4096, 0);
