@@ -1628,6 +1628,10 @@ void *dp_compute_main(void *arg)
 		}
 	}
 	persist_all(&c);
+	/* the shared tier's worker ends what it was handed (a release, a
+	 * tombstone) and stops here, before main stops the cluster thread its
+	 * jobs call into */
+	dp_shared_fini(srv);
 	/* the last answers (Shutdown's Ack): the front reads until main stops
 	 * it, which happens only after this thread is done */
 	for (int i = 0; i < 1000 && !outbox_flush(&c); i++)

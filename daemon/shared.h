@@ -87,8 +87,10 @@ void dp_shared_drop(struct dp_server *srv, const char *session);
 
 /* The counters (struct dp_shared_stats, server.h). */
 void dp_shared_stats(struct dp_server *srv, struct dp_shared_stats *ret);
-/* Let go of what this host keeps about its sessions on the tier (before the
- * tier is closed): the worker finishes what it was handed, then stops. */
+/* Let go of what this host keeps about its sessions on the tier: the worker
+ * finishes what it was handed, then stops. Compute calls it as it ends
+ * (before main stops the cluster thread, which the worker's jobs use);
+ * main calls it again before the tier is closed (then a no-op). */
 void dp_shared_fini(struct dp_server *srv);
 
 #endif /* DP_DAEMON_SHARED_H */

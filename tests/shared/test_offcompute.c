@@ -46,7 +46,35 @@ struct watch {
 	size_t o_wait_take;  /* ... from 0.5 s after the turn was sent to its first token */
 	size_t o_wait_commit; /* ... from 0.5 s after its last token to its end */
 	struct fault_turn turn, next; /* the turn; the one sent right behind it */
+	int closed;		      /* the CloseSession sent right behind it: 0 acked */
 };
+
+/* What is sent on the turn's session as soon as its last token came (its
+ * commit then waits on the paused cluster). */
+enum follow { FOLLOW_NONE, FOLLOW_TURN, FOLLOW_CLOSE };
+
+static void send_close(int fd, uint64_t id, const char *session)
+{
+	Dualpath__V1__CloseSession cs = DUALPATH__V1__CLOSE_SESSION__INIT;
+	Dualpath__V1__Request r = DUALPATH__V1__REQUEST__INIT;
+	cs.session_id = (char *)session;
+	cs.persist = true;
+	r.request_id = id;
+	r.body_case = DUALPATH__V1__REQUEST__BODY_CLOSE_SESSION;
+	r.close_session = &cs;
+	cr_assert_eq(send_req(fd, &r), 0);
+}
+
+static int recv_close(int fd)
+{
+	Dualpath__V1__Response *resp = recv_resp(fd, 30000);
+	int res = !resp ? -1000
+		  : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ACK ? 0
+		  : resp->body_case == DUALPATH__V1__RESPONSE__BODY_ERROR ? -(int)resp->error->code
+									    : -1001;
+	dp_proto_response_free(resp);
+	return res;
+}
 
 /* One response on fd into the one-off's counts (true while it streams).
  * The counts skip the first 0.5 s of each wait: tokens already on their
@@ -72,13 +100,13 @@ static bool one_off_read(int fd, struct watch *w)
 
 /* Stream a one-off on host d, pause the cluster, send the turn (session,
  * prompt) and read both until the turn ends; the cluster is resumed
- * PAUSE_S after the pause. With next, a turn on the same session is sent
- * as soon as the turn's last token came (its commit then waits). */
+ * PAUSE_S after the pause. follow (with next, the follow-up turn's prompt)
+ * is sent as soon as the turn's last token came. */
 static void watch_turn(struct daemon_proc *d, const char *session, const uint32_t *prompt,
-		       const uint32_t *next, struct watch *w)
+		       enum follow follow, const uint32_t *next, struct watch *w)
 {
 	memset(w, 0, sizeof(*w));
-	w->turn.fin = w->next.fin = -1000;
+	w->turn.fin = w->next.fin = w->closed = -1000;
 	int fo = client_connect(d), fs = client_connect(d), fn = client_connect(d);
 	send_generate(fo, 9, NULL, prompt_o, 6, ONE_OFF_MAX, 0, 0);
 	/* it streams: measure its rate for a moment */
@@ -115,8 +143,10 @@ static void watch_turn(struct daemon_proc *d, const char *session, const uint32_
 				w->t_first = fault_now_s();
 			if (w->turn.n == GEN && !w->t_last) {
 				w->t_last = fault_now_s();
-				if (next)
+				if (follow == FOLLOW_TURN)
 					send_generate(fn, 11, session, next, 6, GEN, 0, 0);
+				else if (follow == FOLLOW_CLOSE)
+					send_close(fn, 11, session);
 			}
 			if (r->token_chunk->finish)
 				w->turn.fin = (int)r->token_chunk->finish;
@@ -129,8 +159,10 @@ static void watch_turn(struct daemon_proc *d, const char *session, const uint32_
 		w->t_resume = fault_now_s();
 	}
 	close(fo); /* cancels the one-off */
-	if (next && w->t_last)
+	if (follow == FOLLOW_TURN && w->t_last)
 		fault_collect(fn, 11, &w->next, 30000);
+	else if (follow == FOLLOW_CLOSE && w->t_last)
+		w->closed = recv_close(fn);
 	close(fs);
 	close(fn);
 	cr_log_info("one-off at %.0f tokens/s before the pause; session %s: sent %.2f s, first token "
@@ -168,7 +200,7 @@ Test(shared_offcompute, a_turn_committing_on_a_paused_cluster_does_not_stop_othe
 	cr_assert_arr_eq(o.out, ref[0], sizeof(ref[0]));
 
 	struct watch w;
-	watch_turn(&a, sid, prompt_b, prompt_o, &w);
+	watch_turn(&a, sid, prompt_b, FOLLOW_TURN, prompt_o, &w);
 	cr_assert(fault_acked(&w.turn), "the turn was not acknowledged: %d %s", w.turn.fin, w.turn.msg);
 	cr_assert_arr_eq(w.turn.out, ref[1], sizeof(ref[1]), "the turn differs from the reference");
 	cr_assert_gt(w.t_end, w.t_resume, "the turn was acknowledged while the cluster was paused "
@@ -206,12 +238,42 @@ Test(shared_offcompute, a_lease_take_on_a_paused_cluster_does_not_stop_other_str
 	fault_track(&a);
 	daemon_start(&a, fa);
 	struct watch w;
-	watch_turn(&a, sid, prompt_a, NULL, &w);
+	watch_turn(&a, sid, prompt_a, FOLLOW_NONE, NULL, &w);
 	cr_assert(fault_acked(&w.turn), "the turn was not served: %d %s", w.turn.fin, w.turn.msg);
 	cr_assert_arr_eq(w.turn.out, ref[0], sizeof(ref[0]));
 	cr_assert_gt(w.t_first, w.t_resume, "the session was served before the cluster answered");
 	cr_assert_geq(w.o_wait_take, 10, "the one-off got %zu tokens while the lease take waited "
 		      "%.1f s (compute stopped in the take)", w.o_wait_take, w.t_first - w.t_sent - 0.5);
+	cr_assert_eq(daemon_stop(&a), 0);
+	daemon_cleanup(&a);
+}
+
+/* A CloseSession (persist) sent while the session's turn commits waits for
+ * the commit, then parks the session: acknowledged, not refused as busy. */
+Test(shared_offcompute, a_close_sent_while_the_turn_commits_waits_for_it)
+{
+	const uint32_t *p[2] = { prompt_a, prompt_b };
+	uint32_t ref[2][GEN];
+	reference(p, 2, ref);
+	char sid[64];
+	snprintf(sid, sizeof(sid), "ow-%ld-%d", (long)time(NULL), (int)getpid());
+	const char *fa[14] = { 0 };
+	fault_host_flags(fa, "host-a", LEASE);
+	fa[10] = "--max-new-tokens";
+	fa[11] = "500000";
+	static struct daemon_proc a;
+	fault_track(&a);
+	daemon_start(&a, fa);
+	struct fault_turn o;
+	fault_turn_run(&a, sid, prompt_a, 6, GEN, 1, &o);
+	cr_assert(fault_acked(&o), "first turn: %d %s", o.fin, o.msg);
+	struct watch w;
+	watch_turn(&a, sid, prompt_b, FOLLOW_CLOSE, NULL, &w);
+	cr_assert(fault_acked(&w.turn), "the turn: %d %s", w.turn.fin, w.turn.msg);
+	cr_assert_arr_eq(w.turn.out, ref[1], sizeof(ref[1]));
+	cr_assert_eq(w.closed, 0, "the CloseSession sent while the turn committed: %d", w.closed);
+	/* parked with both turns: the next one continues them */
+	cr_assert_eq(fault_session_tokens(&a, sid), 2 * (6 + GEN));
 	cr_assert_eq(daemon_stop(&a), 0);
 	daemon_cleanup(&a);
 }
