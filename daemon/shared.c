@@ -78,7 +78,7 @@
 #define MANIFEST_VERSION 2
 #define GC_PROBE_MAX 4096  /* segments probed past a manifest's next number */
 #define DEL_RETRY_MAX 4096 /* failed deletes kept for a retry */
-#define DEL_TRIES 8	   /* ... tried this often, 200 ms << try apart */
+#define DEL_TRIES 8	   /* ... tried this often in all, 200 ms << try apart */
 
 struct manifest_hdr {
 	uint32_t version;
@@ -1335,8 +1335,8 @@ static int plan_state(struct dp_server *srv, struct dp_kv_session *s, struct ses
 		}
 	}
 	free(refs);
-	/* only what is written is held while the worker writes it (the
-	 * buffer is page aligned: shrunk in place, or kept whole) */
+	/* only what is written is held while the worker writes it (a put
+	 * copies its pages: the shrunk buffer need not stay aligned) */
 	if (p->n_fresh < p->n) {
 		void *d = realloc(p->data, (p->n_fresh ? p->n_fresh : 1) * (size_t)DP_V4_PAGE_BYTES);
 		if (d)
