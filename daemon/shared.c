@@ -1368,7 +1368,8 @@ static int plan_make(struct dp_server *srv, struct dp_kv_session *s, void *tag, 
 	p->hist = malloc((p->n_tok ? p->n_tok : 1) * sizeof(int32_t));
 	if (!p->hist)
 		return -ENOMEM;
-	memcpy(p->hist, dp_kv_session_history(s), p->n_tok * sizeof(int32_t));
+	if (p->n_tok)
+		memcpy(p->hist, dp_kv_session_history(s), p->n_tok * sizeof(int32_t));
 	struct sess *e = sess_find(srv, id);
 	if (!e)
 		return 0; /* no state this host knows of: the manifest names none */
@@ -1376,7 +1377,8 @@ static int plan_make(struct dp_server *srv, struct dp_kv_session *s, void *tag, 
 	p->old_segs = malloc((e->n_segs ? e->n_segs : 1) * sizeof(*p->old_segs));
 	if (!p->old_segs)
 		return -ENOMEM;
-	memcpy(p->old_segs, e->segs, (size_t)e->n_segs * sizeof(*p->old_segs));
+	if (e->n_segs) /* e->segs is NULL without any */
+		memcpy(p->old_segs, e->segs, (size_t)e->n_segs * sizeof(*p->old_segs));
 	p->n_old = e->n_segs;
 	if (plan_state(srv, s, e, p) < 0) {
 		/* none now: the last one's segments go */
@@ -1528,7 +1530,8 @@ void dp_shared_drop(struct dp_server *srv, const char *session)
 									 : DP_KV_OWNER_NONE;
 		j->epoch = e->epoch;
 		j->next_seg = e->next_seg;
-		memcpy(j->segs, e->segs, (size_t)e->n_segs * sizeof(*j->segs));
+		if (e->n_segs)
+			memcpy(j->segs, e->segs, (size_t)e->n_segs * sizeof(*j->segs));
 		j->n_segs = e->n_segs;
 		job_push(sh, j);
 	} else {
