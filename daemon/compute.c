@@ -44,6 +44,7 @@ struct req {
 	struct dp_sampler sampler;
 	void *sscratch;
 	bool cancelled, done;
+	bool committing; /* its turn is being made durable on the shared tier */
 	uint32_t finish;
 	uint64_t t_admit, t_first;
 	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
@@ -112,6 +113,15 @@ struct compute {
 		uint64_t pos, t0, steps0; /* steps0: c->st.steps when it began */
 		uint32_t tries;
 	} *evicts;
+	/* shared tier (daemon/shared.h): requests whose turn's commit is with
+	 * the worker (answered when it ends), and session operations that wait
+	 * for such a commit */
+	struct req *committing;
+	uint32_t n_committing;
+	struct held_op {
+		struct held_op *next;
+		struct dp_msg *msg;
+	} *held_ops;
 };
 
 #define TRACE_N 4096u
@@ -365,10 +375,10 @@ static void on_generate(struct compute *c, struct dp_msg *m)
 			   "the daemon is draining: no new requests (retry on another instance or later)");
 		goto drop;
 	}
-	if (c->n_active + c->n_waiting >= srv->cfg.max_concurrent_requests) {
+	if (c->n_active + c->n_waiting + c->n_committing >= srv->cfg.max_concurrent_requests) {
 		send_error(c, m, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED,
 			   "%u requests are in flight, the limit (max_concurrent_requests)",
-			   c->n_active + c->n_waiting);
+			   c->n_active + c->n_waiting + c->n_committing);
 		goto drop;
 	}
 	struct dp_kv_session *other;
@@ -461,7 +471,9 @@ static int admit_one(struct compute *c, struct req *r)
 	if (m->session[0]) {
 		/* one host at a time serves a session (daemon/shared.h) */
 		char why[384];
-		if ((ret = dp_shared_claim(srv, m->session, why, sizeof(why))) < 0) {
+		if ((ret = dp_shared_claim(srv, m->session, why, sizeof(why))) == -EINPROGRESS)
+			return ret; /* the worker takes the lease: r waits (admit) */
+		if (ret < 0) {
 			send_error(c, m, ret == -EBUSY ? DUALPATH__V1__CODE__FAILED_PRECONDITION
 						       : DUALPATH__V1__CODE__UNAVAILABLE, "%s", why);
 			return ret;
@@ -610,16 +622,49 @@ static int admit_one(struct compute *c, struct req *r)
 	return 0;
 }
 
+/* Whether session id's last turn is still being committed to the shared
+ * tier (its next request waits; so do an eviction or close of it). */
+static bool committing(const struct compute *c, const char *id)
+{
+	for (const struct req *r = c->committing; r; r = r->next)
+		if (!strcmp(r->msg->session, id))
+			return true;
+	return false;
+}
+
+/* A request on a session waits in the queue, without holding up the others,
+ * while the session's last turn commits or its lease is being taken. */
+static bool held_back(struct compute *c, const struct req *r)
+{
+	return r->msg->session[0] && c->srv->tier &&
+	       (committing(c, r->msg->session) || dp_shared_claim_pending(c->srv, r->msg->session));
+}
+
 static void admit(struct compute *c)
 {
-	while (c->waiting && c->n_active < c->srv->cfg.max_batch && !c->draining) {
-		struct req *r = c->waiting;
-		c->waiting = r->next;
-		if (!c->waiting)
-			c->waiting_tail = &c->waiting;
+	for (struct req **pp = &c->waiting;
+	     *pp && c->n_active < c->srv->cfg.max_batch && !c->draining;) {
+		struct req *r = *pp;
+		if (held_back(c, r)) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		if (!*pp)
+			c->waiting_tail = pp;
 		c->n_waiting--;
 		r->next = NULL;
-		if (admit_one(c, r) < 0) {
+		int ret = admit_one(c, r);
+		if (ret == -EINPROGRESS) { /* back in its place until its lease is taken */
+			r->next = *pp;
+			*pp = r;
+			if (!r->next)
+				c->waiting_tail = &r->next;
+			c->n_waiting++;
+			pp = &r->next;
+			continue;
+		}
+		if (ret < 0) {
 			c->st.requests_failed++;
 			req_free(c, r);
 			continue;
@@ -678,19 +723,21 @@ static void maybe_compact(struct compute *c)
 
 /* With a shared tier, a turn is acknowledged only once its session's
  * manifest is written there: one that is not (the tier failed, or another
- * host took the session: fenced) ends in an error, not a final chunk. */
+ * host took the session: fenced) ends in an error, not a final chunk. The
+ * writes run on the shared tier's worker (daemon/shared.h): the requests
+ * whose turns commit leave the active list for c->committing, and compute
+ * steps on; commits_poll answers them when the worker is done. */
 static void shared_flush(struct compute *c, struct req **rs, struct dp_kv_session **ss, size_t n)
 {
-	int res[64];
-	dp_shared_commit(c->srv, ss, n, res);
+	int ret = dp_shared_commit_start(c->srv, ss, (void *const *)rs, n);
 	for (size_t i = 0; i < n; i++) {
-		if (res[i] == 0)
+		if (ret == 0) {
+			rs[i]->committing = true;
 			continue;
+		}
 		send_error(c, rs[i]->msg, DUALPATH__V1__CODE__UNAVAILABLE,
 			   "session %s: the turn is not durable on the shared tier (%s); it is not "
-			   "acknowledged", dp_kv_session_id(rs[i]->sess),
-			   res[i] == -ECANCELED || res[i] == -ENOLCK ? "another host took the session over"
-						: strerror(-res[i]));
+			   "acknowledged", dp_kv_session_id(rs[i]->sess), strerror(-ret));
 		rs[i]->finish = DUALPATH__V1__FINISH_REASON__FINISH_ERROR;
 		c->st.requests_failed++;
 	}
@@ -714,6 +761,51 @@ static void shared_commit(struct compute *c)
 	}
 	if (n)
 		shared_flush(c, rs, ss, n);
+}
+
+static void on_session_op_now(struct compute *c, struct dp_msg *m);
+
+/* The commits the worker finished: each turn's final chunk, or its error;
+ * then the session operations that waited for them. Cheap when none. */
+static void commits_poll(struct compute *c)
+{
+	struct dp_shared_done done[64];
+	size_t n;
+	while ((n = dp_shared_poll(c->srv, done, DP_ARRAY_SIZE(done))) > 0)
+		for (size_t i = 0; i < n; i++) {
+			struct req *r = done[i].tag, **pp = &c->committing;
+			while (*pp != r)
+				pp = &(*pp)->next;
+			*pp = r->next;
+			c->n_committing--;
+			if (done[i].res == 0) {
+				c->st.requests_finished++;
+				emit(c, r, NULL, 0, r->finish);
+			} else {
+				int res = done[i].res;
+				send_error(c, r->msg, DUALPATH__V1__CODE__UNAVAILABLE,
+					   "session %s: the turn is not durable on the shared tier (%s); "
+					   "it is not acknowledged", r->msg->session,
+					   res == -ECANCELED || res == -ENOLCK
+						   ? "another host took the session over"
+						   : strerror(-res));
+				c->st.requests_failed++;
+			}
+			log_debug("request %llu of connection %u: finished (%u, shared tier %d), %u "
+				  "tokens generated", (unsigned long long)r->msg->request_id,
+				  r->msg->from.conn, r->finish, done[i].res, r->generated);
+			req_free(c, r);
+		}
+	for (struct held_op **pp = &c->held_ops; *pp;) {
+		struct held_op *h = *pp;
+		if (committing(c, h->msg->session)) {
+			pp = &h->next;
+			continue;
+		}
+		*pp = h->next;
+		on_session_op_now(c, h->msg);
+		free(h);
+	}
 }
 
 /* Finish the requests marked done: journal their turns (one fsync), then
@@ -747,6 +839,12 @@ static void retire(struct compute *c)
 		}
 		*pp = r->next;
 		c->n_active--;
+		if (r->committing) { /* answered by commits_poll */
+			r->next = c->committing;
+			c->committing = r;
+			c->n_committing++;
+			continue;
+		}
 		if (r->finish == DUALPATH__V1__FINISH_REASON__FINISH_CANCELLED)
 			c->st.requests_cancelled++;
 		else if (r->finish != DUALPATH__V1__FINISH_REASON__FINISH_ERROR)
@@ -1249,7 +1347,7 @@ static void evicts_poll(struct compute *c)
 }
 
 /* Returns true when it keeps m (an eviction in flight). */
-static bool on_session_op(struct compute *c, struct dp_msg *m)
+static bool session_op(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
 	struct dp_kv_session *s = own_session(c, m);
@@ -1264,6 +1362,7 @@ static bool on_session_op(struct compute *c, struct dp_msg *m)
 	}
 	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->persist : m->drop;
 	if (drop) {
+		dp_shared_drop(srv, m->session); /* its objects on the shared tier go too */
 		int ret = dp_kv_session_drop(srv->kv, s);
 		if (ret < 0) {
 			send_error(c, m, DUALPATH__V1__CODE__INTERNAL, "cannot drop session %s: %s",
@@ -1291,6 +1390,32 @@ static bool on_session_op(struct compute *c, struct dp_msg *m)
 	if (dp_kv_session_evict_done(srv->kv, s, e->pos) != 1)
 		evicts_poll(c);
 	return true;
+}
+
+/* A session operation that waited for a commit (commits_poll). */
+static void on_session_op_now(struct compute *c, struct dp_msg *m)
+{
+	if (!session_op(c, m)) {
+		free(m->tokens);
+		free(m);
+	}
+}
+
+/* Evict or close: one on a session whose turn is committing to the shared
+ * tier waits for it (kept: true), like an eviction in flight. */
+static bool on_session_op(struct compute *c, struct dp_msg *m)
+{
+	struct held_op *h;
+	if (c->srv->tier && m->session[0] && committing(c, m->session) &&
+	    (h = calloc(1, sizeof(*h)))) {
+		h->msg = m;
+		struct held_op **tail = &c->held_ops; /* in the order they came */
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = h;
+		return true;
+	}
+	return session_op(c, m);
 }
 
 static void fill_stats(struct compute *c, struct dp_compute_stats *st)
@@ -1481,7 +1606,8 @@ static void persist_all(struct compute *c)
 
 static bool ring_ready(void *arg)
 {
-	return !dp_ring_empty(arg);
+	struct dp_server *srv = arg;
+	return !dp_ring_empty(srv->to_compute) || dp_shared_news(srv);
 }
 
 static void compute_free(struct compute *c)
@@ -1545,6 +1671,7 @@ void *dp_compute_main(void *arg)
 			for (struct req *r = c.active; r; r = r->next)
 				r->cancelled = true;
 		}
+		commits_poll(&c);
 		admit(&c);
 		dp_kv_pump(srv->kv);
 		if (c.active) {
@@ -1557,10 +1684,10 @@ void *dp_compute_main(void *arg)
 				      (uint32_t)(dp_kv_session_count(srv->kv) - dp_kv_unit_count(srv->kv)),
 				      memory_order_relaxed);
 		evicts_poll(&c);
-		if (c.shutdown && !c.active && !c.waiting && !c.evicts)
+		if (c.shutdown && !c.active && !c.waiting && !c.evicts && !c.committing)
 			break;
 		maybe_compact(&c);
-		if (!c.active && !c.waiting) {
+		if (!c.active) { /* what waits is held back (admit): idle too */
 			/* idle: make finished writebacks durable; while some are
 			 * still in flight, come back soon to advance them */
 			int ret = dp_kv_flush(srv->kv);
@@ -1569,11 +1696,15 @@ void *dp_compute_main(void *arg)
 					    strerror(-ret));
 			bool wb = dp_kv_writeback_pending(srv->kv) || c.evicts;
 			/* events still in the outbox: come back soon to send them */
-			dp_waiter_wait(&srv->compute_wake, ring_ready, srv->to_compute,
+			dp_waiter_wait(&srv->compute_wake, ring_ready, srv,
 				       wb || outbox_waiting(&c) ? 1000000 : 100000000);
 		}
 	}
 	persist_all(&c);
+	/* the shared tier's worker ends what it was handed (a release, a
+	 * tombstone) and stops here, before main stops the cluster thread its
+	 * jobs call into */
+	dp_shared_fini(srv);
 	/* the last answers (Shutdown's Ack): the front reads until main stops
 	 * it, which happens only after this thread is done */
 	for (int i = 0; i < 1000 && !outbox_flush(&c); i++)
