@@ -155,6 +155,32 @@ void dp_cluster_drop(struct dp_cluster *cl, const char *session)
 	pthread_mutex_unlock(&cl->mu);
 }
 
+int dp_cluster_release(struct dp_cluster *cl, const char *session)
+{
+	if (!cl || !session)
+		return -ENOENT;
+	struct dp_server *srv = cl->srv;
+	/* Lock order as in renew(): tier_lock, then mu. Under tier_lock the
+	 * thread is between two tier calls: a renewal it picked before the
+	 * entry goes finds no lease (-ENOLCK) and no entry to mark. */
+	pthread_mutex_lock(&srv->tier_lock);
+	pthread_mutex_lock(&cl->mu);
+	struct held *h = held_find(cl, session);
+	bool ours = h && !h->lost;
+	if (h)
+		held_remove(cl, h);
+	pthread_mutex_unlock(&cl->mu);
+	int ret = ours ? dp_kv_shared_lease_release(srv->tier, session) : -ENOENT;
+	pthread_mutex_unlock(&srv->tier_lock);
+	if (ours) {
+		pthread_mutex_lock(&cl->mu);
+		cl->st.handoffs++;
+		pthread_mutex_unlock(&cl->mu);
+	}
+	/* -ENOLCK from the tier: it was lost meanwhile; not ours either way */
+	return ret == -ENOLCK ? -ENOENT : ret;
+}
+
 int dp_cluster_touch(struct dp_cluster *cl, const char *session)
 {
 	if (!cl || !session)

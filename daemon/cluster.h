@@ -68,6 +68,13 @@ void dp_cluster_drop(struct dp_cluster *cl, const char *session);
  * periods (this host was paused or the tier slow: ask the tier), -ENOENT
  * when not held here. No round trip. */
 int dp_cluster_touch(struct dp_cluster *cl, const char *session);
+/* compute: hand session off (EvictSession with release): stop renewing it
+ * and release its lease on the tier now (one round trip, under
+ * srv->tier_lock), so that another host takes it without waiting out the
+ * lease. 0 released; -ENOENT not held here (never taken, let go idle, or
+ * lost to another host: nothing to release); other negative errno: the
+ * tier failed (the lease is not renewed any more: it expires in lease_ms). */
+int dp_cluster_release(struct dp_cluster *cl, const char *session);
 /* compute, after each step: the sessions of the requests still running.
  * Leases of sessions absent from it for lease_idle_ms are released. */
 void dp_cluster_active(struct dp_cluster *cl, const char *const *sessions, size_t n);
@@ -87,6 +94,7 @@ void dp_cluster_describe(struct dp_cluster *cl, const char *host, char *buf, siz
 struct dp_cluster_stats {
 	uint64_t leases_lost;	  /* renewals that found the lease taken */
 	uint64_t leases_released; /* idle leases let go */
+	uint64_t handoffs;	  /* leases released on request (dp_cluster_release) */
 	uint64_t renewals, beats, beat_errors;
 	uint32_t members_live, leases_held;
 };

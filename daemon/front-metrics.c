@@ -91,6 +91,8 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 		  cs.leases_lost);
 		C("dualpath_shared_leases_released_total", "leases of idle sessions let go",
 		  cs.leases_released);
+		C("dualpath_shared_handoffs_total",
+		  "leases released at once on request (EvictSession release: a hand-off)", cs.handoffs);
 		C("dualpath_shared_lease_renewals_total", "lease renewals (cluster thread)", cs.renewals);
 		C("dualpath_cluster_heartbeat_errors_total", "membership heartbeats that failed",
 		  cs.beat_errors);
