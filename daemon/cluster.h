@@ -7,6 +7,8 @@
  *
  * Threads. The cluster thread (started by dp_cluster_start) beats the
  * membership and renews or releases the leases every third of lease_ms,
+ * and re-reads the member list then and whenever a member notifies its
+ * join or leave (RADOS watch/notify),
  * taking srv->tier_lock around each tier call (never across a sleep).
  * dp_cluster_hold / _touch / _active are compute's (a mutex-protected
  * table: no round trip); dp_cluster_members, _holds, _leases and _addr may
@@ -96,6 +98,7 @@ struct dp_cluster_stats {
 	uint64_t leases_released; /* idle leases let go */
 	uint64_t handoffs;	  /* leases released on request (dp_cluster_release) */
 	uint64_t renewals, beats, beat_errors;
+	uint64_t notifies; /* member-list notifies received (joins, leaves; our own too) */
 	uint32_t members_live, leases_held;
 };
 void dp_cluster_stats(struct dp_cluster *cl, struct dp_cluster_stats *ret);
