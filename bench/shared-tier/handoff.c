@@ -29,7 +29,8 @@
  * turn's tokens must be the same in both arms (greedy).
  *
  *   bench-handoff --daemon BIN --model DIR --trace FILE --conf CEPH_CONF
- *                 --pool POOL [--every K] [--workdir DIR] [--daemon-arg ARG]...
+ *                 --pool POOL [--every K] [--workdir DIR] [--verbose 1]
+ *                 [--daemon-arg ARG]...
  *
  * Ends with RESULT lines (README "Benchmarks"): ours = the 2-host arm,
  * anchor = the 1-host arm.
@@ -53,6 +54,7 @@ struct opts {
 	const char *extra[MAX_ARGS];
 	int n_extra;
 	uint32_t every;
+	bool verbose;
 };
 
 /* One turn as the client saw it. */
@@ -66,7 +68,7 @@ struct rec {
 static void usage(void)
 {
 	fprintf(stderr, "usage: bench-handoff --daemon BIN --model DIR --trace FILE --conf CEPH_CONF "
-			"--pool POOL [--every K] [--workdir DIR] [--daemon-arg ARG]...\n");
+			"--pool POOL [--every K] [--workdir DIR] [--verbose 1] [--daemon-arg ARG]...\n");
 }
 
 static uint64_t fnv1a(uint64_t h, uint32_t v)
@@ -220,6 +222,8 @@ static int parse(int argc, char **argv, struct opts *o)
 			o->pool = v;
 		else if (!strcmp(a, "--workdir"))
 			o->workdir = v;
+		else if (!strcmp(a, "--verbose"))
+			o->verbose = !strcmp(v, "1");
 		else if (!strcmp(a, "--every")) {
 			char *end;
 			unsigned long k = strtoul(v, &end, 10);
@@ -343,6 +347,10 @@ int main(int argc, char **argv)
 					goto fail;
 				r2->moved = moves;
 			}
+			if (o.verbose)
+				printf("session %u turn %u: host %s%s TTFT %.1f ms (turn %.1f), 1 host %.1f "
+				       "ms (turn %.1f)\n", s, t, host_name[host], moves ? " (moved)" : "",
+				       r2->ttft_ms, r2->turn_ms, r1->ttft_ms, r1->turn_ms);
 		}
 	}
 
