@@ -1201,6 +1201,12 @@ static bool on_session_op(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
 	struct dp_kv_session *s = own_session(c, m);
+	if (!s && m->kind == DP_MSG_EVICT && m->release && m->admin &&
+	    dp_cluster_holds(srv->cluster, m->session)) {
+		/* gone here (closed with drop) but still leased: let it go */
+		handoff_finish(c, m);
+		return false;
+	}
 	if (!s) {
 		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
 		return false;

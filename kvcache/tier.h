@@ -225,7 +225,7 @@ int dp_kv_shared_members_rewatch(struct dp_kv_shared *t, struct dp_kv_shared_wat
  * died keeps its watch for a while and never acks); finished ones are
  * reaped at the next notify and at unwatch. -EAGAIN when too many are still
  * out (the watchers catch up at their periodic re-read). */
-#define DP_KV_SHARED_NOTIFY_MS 1000
+#define DP_KV_SHARED_NOTIFY_MS 1000 /* librados counts whole seconds; 0 would be its default */
 int dp_kv_shared_members_notify(struct dp_kv_shared *t, struct dp_kv_shared_watch *w);
 /* Stop watching and wait for the notifies still out (at most
  * DP_KV_SHARED_NOTIFY_MS); no cb runs once it returns. NULL is fine. */
