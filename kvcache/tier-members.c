@@ -287,7 +287,10 @@ struct dp_kv_shared_watch {
 	bool watching;
 	dp_kv_shared_watch_cb cb;
 	void *arg;
-	struct notify_out out[NOTIFY_OUT_MAX]; /* notifies not reaped yet */
+	/* notifies not reaped yet; each its own allocation: librados writes
+	 * the reply to &out[i]->reply when the notify ends, so an entry never
+	 * moves while its notify is out */
+	struct notify_out *out[NOTIFY_OUT_MAX];
 	size_t n_out;
 };
 
@@ -361,7 +364,7 @@ int dp_kv_shared_members_rewatch(struct dp_kv_shared *t, struct dp_kv_shared_wat
 static void notify_reap(struct dp_kv_shared_watch *w, bool wait)
 {
 	for (size_t i = 0; i < w->n_out;) {
-		struct notify_out *o = &w->out[i];
+		struct notify_out *o = w->out[i];
 		if (wait)
 			rados_aio_wait_for_complete(o->c);
 		else if (!rados_aio_is_complete(o->c)) {
@@ -369,9 +372,10 @@ static void notify_reap(struct dp_kv_shared_watch *w, bool wait)
 			continue;
 		}
 		rados_aio_release(o->c);
-		if (o->reply)
+		if (o->reply) /* set even when the notify timed out */
 			rados_buffer_free(o->reply);
-		*o = w->out[--w->n_out];
+		free(o);
+		w->out[i] = w->out[--w->n_out];
 	}
 }
 
@@ -382,19 +386,23 @@ int dp_kv_shared_members_notify(struct dp_kv_shared *t, struct dp_kv_shared_watc
 	notify_reap(w, false);
 	if (w->n_out == NOTIFY_OUT_MAX)
 		return -EAGAIN;
-	struct notify_out *o = &w->out[w->n_out];
-	*o = (struct notify_out){ 0 };
+	struct notify_out *o = calloc(1, sizeof(*o));
+	if (!o)
+		return -ENOMEM;
 	int r = rados_aio_create_completion2(NULL, NULL, &o->c);
-	if (r < 0)
+	if (r < 0) {
+		free(o);
 		return r;
+	}
 	const char *host = dp_kv_shared_host_id(t);
 	r = rados_aio_notify(w->io, MEMBERS_OBJ, o->c, host ? host : "", host ? (int)strlen(host) : 0,
 			     DP_KV_SHARED_NOTIFY_MS, &o->reply, &o->reply_len);
 	if (r < 0) {
 		rados_aio_release(o->c);
+		free(o);
 		return r;
 	}
-	w->n_out++;
+	w->out[w->n_out++] = o;
 	return 0;
 }
 
