@@ -5,7 +5,12 @@
  *
  * One thread, one period: every third of lease_ms it (1) beats this host's
  * membership, (2) re-reads the member list, (3) renews each lease this host
- * holds, or releases it when its session has been idle for lease_idle_ms. Each
+ * holds, or releases it when its session has been idle for lease_idle_ms.
+ * Between periods it also re-reads the member list whenever another member
+ * notifies a join or a leave (RADOS watch/notify on the list's object:
+ * kvcache/tier.h, dp_kv_shared_members_watch); this host notifies its own
+ * join and leave. The librados thread that delivers a notify only sets a
+ * flag and wakes this thread. Each
  * tier call is made under srv->tier_lock (the tier handle is single-
  * threaded) and the lock is dropped between calls, so compute's own tier
  * calls (the claim of a new session, the manifest writes at a turn's end)
@@ -53,6 +58,10 @@ struct dp_cluster {
 	struct dp_kv_shared_member *members;
 	size_t n_members;
 	struct dp_cluster_stats st;
+	bool reread;  /* a member notified a change: re-read the list now */
+	bool rewatch; /* the watch was lost: watch again, then re-read */
+
+	struct dp_kv_shared_watch *watch; /* the thread's (and start/stop's); NULL: none */
 };
 
 /* ---- rendezvous ----------------------------------------------------------------- */
@@ -153,6 +162,32 @@ void dp_cluster_drop(struct dp_cluster *cl, const char *session)
 	if (h)
 		held_remove(cl, h);
 	pthread_mutex_unlock(&cl->mu);
+}
+
+int dp_cluster_release(struct dp_cluster *cl, const char *session)
+{
+	if (!cl || !session)
+		return -ENOENT;
+	struct dp_server *srv = cl->srv;
+	/* Lock order as in renew(): tier_lock, then mu. Under tier_lock the
+	 * thread is between two tier calls: a renewal it picked before the
+	 * entry goes finds no lease (-ENOLCK) and no entry to mark. */
+	pthread_mutex_lock(&srv->tier_lock);
+	pthread_mutex_lock(&cl->mu);
+	struct held *h = held_find(cl, session);
+	bool ours = h && !h->lost;
+	if (h)
+		held_remove(cl, h);
+	pthread_mutex_unlock(&cl->mu);
+	int ret = ours ? dp_kv_shared_lease_release(srv->tier, session) : -ENOENT;
+	pthread_mutex_unlock(&srv->tier_lock);
+	if (ours) {
+		pthread_mutex_lock(&cl->mu);
+		cl->st.handoffs++;
+		pthread_mutex_unlock(&cl->mu);
+	}
+	/* -ENOLCK from the tier: it was lost meanwhile; not ours either way */
+	return ret == -ENOLCK ? -ENOENT : ret;
 }
 
 int dp_cluster_touch(struct dp_cluster *cl, const char *session)
@@ -301,11 +336,16 @@ static void beat(struct dp_cluster *cl)
 			cl->self.host, cl->self.ttl_ms);
 	else if (ret < 0)
 		log_warning("cluster: heartbeat failed: %s", strerror(-ret));
+}
 
+/* Re-read the member list (every period, and when a member notifies). */
+static void members_read(struct dp_cluster *cl)
+{
+	struct dp_server *srv = cl->srv;
 	struct dp_kv_shared_member *m = NULL;
 	size_t n = 0;
 	pthread_mutex_lock(&srv->tier_lock);
-	ret = dp_kv_shared_members(srv->tier, &m, &n);
+	int ret = dp_kv_shared_members(srv->tier, &m, &n);
 	pthread_mutex_unlock(&srv->tier_lock);
 	if (ret < 0) {
 		log_warning("cluster: cannot read the member list: %s", strerror(-ret));
@@ -417,6 +457,51 @@ static void renew(struct dp_cluster *cl)
 	free(w);
 }
 
+/* librados's thread: a member notified a change (err 0), or the watch was
+ * lost (err < 0). Only a flag and a wake-up: the tier is not ours here. */
+static void on_members_changed(void *arg, int err)
+{
+	struct dp_cluster *cl = arg;
+	pthread_mutex_lock(&cl->mu);
+	cl->reread = true;
+	cl->rewatch |= err < 0;
+	cl->st.notifies += err == 0;
+	pthread_cond_signal(&cl->cond);
+	pthread_mutex_unlock(&cl->mu);
+}
+
+/* A notify (or a lost watch) between two periods: re-read the list now. */
+static void on_reread(struct dp_cluster *cl, bool rewatch)
+{
+	struct dp_server *srv = cl->srv;
+	if (rewatch) {
+		pthread_mutex_lock(&srv->tier_lock);
+		int ret = dp_kv_shared_members_rewatch(srv->tier, cl->watch);
+		pthread_mutex_unlock(&srv->tier_lock);
+		if (ret < 0) {
+			log_warning("cluster: the member list's watch was lost and cannot be renewed "
+				    "(%s); changes are seen at the periodic re-read", strerror(-ret));
+			pthread_mutex_lock(&cl->mu);
+			cl->rewatch = true; /* again at the next period */
+			pthread_mutex_unlock(&cl->mu);
+		}
+	}
+	members_read(cl);
+}
+
+static void notify_members(struct dp_cluster *cl, const char *what)
+{
+	struct dp_server *srv = cl->srv;
+	if (!cl->watch)
+		return;
+	pthread_mutex_lock(&srv->tier_lock);
+	int ret = dp_kv_shared_members_notify(srv->tier, cl->watch);
+	pthread_mutex_unlock(&srv->tier_lock);
+	if (ret < 0)
+		log_debug("cluster: no notify of this host's %s (%s); the others see it at their "
+			  "periodic re-read", what, strerror(-ret));
+}
+
 static void *cluster_main(void *arg)
 {
 	struct dp_cluster *cl = arg;
@@ -427,13 +512,33 @@ static void *cluster_main(void *arg)
 		uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + cl->period_ns;
 		ts.tv_sec = (time_t)(t / 1000000000ull);
 		ts.tv_nsec = (long)(t % 1000000000ull);
-		while (!cl->stop && pthread_cond_timedwait(&cl->cond, &cl->mu, &ts) != ETIMEDOUT)
-			;
+		/* the period's deadline stays put across the notifies it meets */
+		for (;;) {
+			int w = 0;
+			while (!cl->stop && !cl->reread &&
+			       (w = pthread_cond_timedwait(&cl->cond, &cl->mu, &ts)) != ETIMEDOUT)
+				;
+			if (cl->stop || w == ETIMEDOUT)
+				break;
+			bool rewatch = cl->rewatch && cl->watch;
+			cl->reread = false;
+			cl->rewatch = false;
+			pthread_mutex_unlock(&cl->mu);
+			on_reread(cl, rewatch);
+			pthread_mutex_lock(&cl->mu);
+		}
 		if (cl->stop)
 			break;
+		bool rewatch = cl->rewatch && cl->watch;
+		cl->reread = false;
+		cl->rewatch = false;
 		pthread_mutex_unlock(&cl->mu);
 		renew(cl); /* leases first: a slow member read must not make them late */
 		beat(cl);
+		if (rewatch)
+			on_reread(cl, true);
+		else
+			members_read(cl);
 		pthread_mutex_lock(&cl->mu);
 	}
 	pthread_mutex_unlock(&cl->mu);
@@ -512,12 +617,25 @@ int dp_cluster_start(struct dp_server *srv, char *err, size_t err_len)
 	}
 	if (ret < 0)
 		goto fail;
-	beat(cl); /* the member list, at once (the join wrote our entry) */
+	/* watch the list, then tell the others we joined (a watch that
+	 * cannot be set leaves the periodic re-read: a warning, not fatal) */
+	pthread_mutex_lock(&srv->tier_lock);
+	ret = dp_kv_shared_members_watch(srv->tier, on_members_changed, cl, &cl->watch);
+	pthread_mutex_unlock(&srv->tier_lock);
+	if (ret < 0) {
+		log_warning("cluster: cannot watch the member list (%s); changes are seen at the "
+			    "periodic re-read, every %u ms", strerror(-ret), lease_ms / 3);
+		cl->watch = NULL;
+	}
+	notify_members(cl, "join");
+	members_read(cl); /* the member list, at once (the join wrote our entry) */
 	if ((ret = -pthread_create(&cl->thread, NULL, cluster_main, cl)) < 0) {
 		snprintf(err, err_len, "cluster: cannot start its thread: %s", strerror(-ret));
 		pthread_mutex_lock(&srv->tier_lock);
 		dp_kv_shared_member_leave(srv->tier);
 		pthread_mutex_unlock(&srv->tier_lock);
+		notify_members(cl, "leave");
+		dp_kv_shared_members_unwatch(cl->watch);
 		goto fail;
 	}
 	cl->started = true;
@@ -549,6 +667,11 @@ void dp_cluster_stop(struct dp_cluster *cl)
 	if (ret < 0)
 		log_warning("cluster: leaving the membership failed (%s); it expires in %u ms",
 			    strerror(-ret), cl->self.ttl_ms);
+	else
+		notify_members(cl, "leave");
+	/* no notify callback runs on cl after this (waits for the notify
+	 * just sent: every live member's ack, DP_KV_SHARED_NOTIFY_MS at most) */
+	dp_kv_shared_members_unwatch(cl->watch);
 	if (srv->cluster == cl)
 		srv->cluster = NULL;
 	free(cl->members);

@@ -7,6 +7,8 @@
  *
  * Threads. The cluster thread (started by dp_cluster_start) beats the
  * membership and renews or releases the leases every third of lease_ms,
+ * and re-reads the member list then and whenever a member notifies its
+ * join or leave (RADOS watch/notify),
  * taking srv->tier_lock around each tier call (never across a sleep).
  * dp_cluster_hold / _touch / _active are compute's (a mutex-protected
  * table: no round trip); dp_cluster_members, _holds, _leases and _addr may
@@ -68,6 +70,13 @@ void dp_cluster_drop(struct dp_cluster *cl, const char *session);
  * periods (this host was paused or the tier slow: ask the tier), -ENOENT
  * when not held here. No round trip. */
 int dp_cluster_touch(struct dp_cluster *cl, const char *session);
+/* compute: hand session off (EvictSession with release): stop renewing it
+ * and release its lease on the tier now (one round trip, under
+ * srv->tier_lock), so that another host takes it without waiting out the
+ * lease. 0 released; -ENOENT not held here (never taken, let go idle, or
+ * lost to another host: nothing to release); other negative errno: the
+ * tier failed (the lease is not renewed any more: it expires in lease_ms). */
+int dp_cluster_release(struct dp_cluster *cl, const char *session);
 /* compute, after each step: the sessions of the requests still running.
  * Leases of sessions absent from it for lease_idle_ms are released. */
 void dp_cluster_active(struct dp_cluster *cl, const char *const *sessions, size_t n);
@@ -87,7 +96,9 @@ void dp_cluster_describe(struct dp_cluster *cl, const char *host, char *buf, siz
 struct dp_cluster_stats {
 	uint64_t leases_lost;	  /* renewals that found the lease taken */
 	uint64_t leases_released; /* idle leases let go */
+	uint64_t handoffs;	  /* leases released on request (dp_cluster_release) */
 	uint64_t renewals, beats, beat_errors;
+	uint64_t notifies; /* member-list notifies received (joins, leaves; our own too) */
 	uint32_t members_live, leases_held;
 };
 void dp_cluster_stats(struct dp_cluster *cl, struct dp_cluster_stats *ret);

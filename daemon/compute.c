@@ -24,6 +24,7 @@
 #include "base/err.h"
 #include "base/macros.h"
 #include "daemon/batch.h"
+#include "daemon/cluster.h"
 #include "daemon/experts.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
@@ -1300,6 +1301,25 @@ static void evict_fail(struct compute *c, const struct dp_msg *m, int ret)
 		   ret == -EBUSY ? "it was used again before its state was written" : strerror(-ret));
 }
 
+/* A hand-off (EvictSession with release), parked or dropped here: let its
+ * lease go now. Every acknowledged turn's manifest is on the shared tier
+ * already (dp_shared_commit waits for it before the turn is acknowledged),
+ * so once the lease is released another host may take the session at once.
+ * A lease not held here (let go idle, lost, never taken) is nothing to
+ * release: acknowledged too. */
+static void handoff_finish(struct compute *c, const struct dp_msg *m)
+{
+	int ret = dp_cluster_release(c->srv->cluster, m->session);
+	if (ret < 0 && ret != -ENOENT) {
+		send_error(c, m, DUALPATH__V1__CODE__UNAVAILABLE,
+			   "session %s is parked, but its lease could not be released on the shared "
+			   "tier (%s): it is no longer renewed and expires within lease_ms (%u ms)",
+			   m->session, strerror(-ret), c->srv->cfg.lease_ms);
+		return;
+	}
+	send_ack(c, m);
+}
+
 /* Answer the evictions whose state is durable (or failed); restart one whose
  * writeback finished with an older state. Cheap when none is pending. */
 static void evicts_poll(struct compute *c)
@@ -1331,7 +1351,9 @@ static void evicts_poll(struct compute *c)
 		 * the steps that ran meanwhile (0 when this thread wrote it) */
 		trace_add(c, "evict", 1, e->t0, dp_clock_ns(), (uint32_t)e->pos,
 			  (uint32_t)(c->st.steps - e->steps0));
-		if (r == 0)
+		if (r == 0 && e->msg->release)
+			handoff_finish(c, e->msg);
+		else if (r == 0)
 			send_ack(c, e->msg);
 		else if (r == -ENOENT)
 			send_error(c, e->msg, DUALPATH__V1__CODE__NOT_FOUND,
@@ -1351,6 +1373,12 @@ static bool session_op(struct compute *c, struct dp_msg *m)
 {
 	struct dp_server *srv = c->srv;
 	struct dp_kv_session *s = own_session(c, m);
+	if (!s && m->kind == DP_MSG_EVICT && m->release && m->admin &&
+	    dp_cluster_holds(srv->cluster, m->session)) {
+		/* gone here (closed with drop) but still leased: let it go */
+		handoff_finish(c, m);
+		return false;
+	}
 	if (!s) {
 		send_error(c, m, DUALPATH__V1__CODE__NOT_FOUND, "no session %s", m->session);
 		return false;
@@ -1358,6 +1386,15 @@ static bool session_op(struct compute *c, struct dp_msg *m)
 	if (session_in_use(c, m->session)) {
 		send_error(c, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
 			   "session %s has a request running; cancel it first", m->session);
+		return false;
+	}
+	bool release = m->kind == DP_MSG_EVICT && m->release;
+	if (release && !srv->cluster) {
+		send_error(c, m, DUALPATH__V1__CODE__FAILED_PRECONDITION,
+			   "cannot hand session %s off: %s; no other host could take it", m->session,
+			   srv->shared_configured ? "this dualpathd's shared tier is down"
+						  : "this dualpathd has no shared tier ([kvcache] "
+						    "shared_tier = rados)");
 		return false;
 	}
 	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->persist : m->drop;
@@ -1369,7 +1406,10 @@ static bool session_op(struct compute *c, struct dp_msg *m)
 				   m->session, strerror(-ret));
 			return false;
 		}
-		send_ack(c, m);
+		if (release)
+			handoff_finish(c, m);
+		else
+			send_ack(c, m);
 		return false;
 	}
 	struct evict *e = calloc(1, sizeof(*e));

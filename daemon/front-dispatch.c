@@ -356,6 +356,7 @@ void front_on_request(struct front *f, uint32_t slot, const uint8_t *body, size_
 		if ((m = new_msg(f, slot, DP_MSG_EVICT, req->request_id))) {
 			snprintf(m->session, sizeof(m->session), "%s", req->evict_session->session_id);
 			m->drop = req->evict_session->drop;
+			m->release = req->evict_session->release;
 			forward(f, slot, m);
 		}
 		break;

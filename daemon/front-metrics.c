@@ -91,9 +91,14 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 		  cs.leases_lost);
 		C("dualpath_shared_leases_released_total", "leases of idle sessions let go",
 		  cs.leases_released);
+		C("dualpath_shared_handoffs_total",
+		  "leases released at once on request (EvictSession release: a hand-off)", cs.handoffs);
 		C("dualpath_shared_lease_renewals_total", "lease renewals (cluster thread)", cs.renewals);
 		C("dualpath_cluster_heartbeat_errors_total", "membership heartbeats that failed",
 		  cs.beat_errors);
+		C("dualpath_cluster_member_notifies_total",
+		  "member-list notifies received (joins and leaves, watch/notify): the list re-read at once",
+		  cs.notifies);
 	}
 	if (f) { /* the socket front's own counters (its thread only) */
 		G("dualpath_connections", "open client connections", f->n_open);

@@ -107,6 +107,7 @@ struct dp_msg {
 	uint32_t trace_max_events; /* TRACE: most events (0: all) */
 	bool persist;		   /* CLOSE_SESSION: park the state instead of dropping it */
 	bool drop;		   /* EVICT: drop the session instead of parking it */
+	bool release;		   /* EVICT: and release its lease (a hand-off) */
 	bool list_units;	   /* SESSIONS: the prefix units instead of the sessions */
 	uint32_t grace_ms;	   /* DRAIN, SHUTDOWN: 0 = drain_grace_ms */
 };

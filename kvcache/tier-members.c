@@ -6,11 +6,11 @@
  * duration, the primitive the session leases use) is what makes a host id
  * exclusive — a second process cannot take it while the first renews it,
  * and it frees itself when its holder dies; the omap of one object is what
- * makes listing cheap (one read op, no pool scan). watch/notify would tell
- * members of a change sooner, but a router polling the list (or a member
- * re-reading it every heartbeat) needs no callbacks on librados's threads,
- * and liveness must be judged by heartbeat age anyway (a dead member sends
- * no notify).
+ * makes listing cheap (one read op, no pool scan). Members watch that
+ * object (watch/notify) and notify it when they join or leave, so that the
+ * others re-read the list at once instead of at their next periodic re-read
+ * (a third of a lease); a router may just poll the list. Liveness is still
+ * judged by heartbeat age: a dead member sends no notify.
  *
  * An entry's value is text, so `rados listomapvals dp.members` reads it:
  *   "dpm1 <start_ms> <beat_ms> <ttl_ms>\n<socket>\n<http>\n"
@@ -269,4 +269,151 @@ int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **re
 	*ret = v;
 	*ret_n = n;
 	return 0;
+}
+
+/* ---- watch/notify ---------------------------------------------------------------- */
+
+#define NOTIFY_OUT_MAX 8
+
+struct notify_out {
+	rados_completion_t c;
+	char *reply;
+	size_t reply_len;
+};
+
+struct dp_kv_shared_watch {
+	rados_ioctx_t io;
+	uint64_t cookie;
+	bool watching;
+	dp_kv_shared_watch_cb cb;
+	void *arg;
+	/* notifies not reaped yet; each its own allocation: librados writes
+	 * the reply to &out[i]->reply when the notify ends, so an entry never
+	 * moves while its notify is out */
+	struct notify_out *out[NOTIFY_OUT_MAX];
+	size_t n_out;
+};
+
+/* librados's thread: ack at once (the notifier waits for every ack), then
+ * tell the owner. */
+static void on_notify(void *arg, uint64_t notify_id, uint64_t handle, uint64_t notifier_id,
+		      void *data, size_t data_len)
+{
+	struct dp_kv_shared_watch *w = arg;
+	(void)notifier_id, (void)data, (void)data_len;
+	rados_notify_ack(w->io, MEMBERS_OBJ, notify_id, handle, NULL, 0);
+	w->cb(w->arg, 0);
+}
+
+static void on_watch_error(void *arg, uint64_t cookie, int err)
+{
+	struct dp_kv_shared_watch *w = arg;
+	(void)cookie;
+	w->cb(w->arg, err < 0 ? err : -EIO);
+}
+
+/* The object must exist to be watched: a member's join wrote it; a watch
+ * begun before any join creates it empty (an omap write of no keys). */
+static int watch_begin(struct dp_kv_shared_watch *w)
+{
+	int r = rados_watch2(w->io, MEMBERS_OBJ, &w->cookie, on_notify, on_watch_error, w);
+	if (r == -ENOENT) {
+		rados_write_op_t op = rados_create_write_op();
+		if (!op)
+			return -ENOMEM;
+		rados_write_op_create(op, LIBRADOS_CREATE_IDEMPOTENT, NULL);
+		r = rados_write_op_operate(op, w->io, MEMBERS_OBJ, NULL, 0);
+		rados_release_write_op(op);
+		if (r == 0)
+			r = rados_watch2(w->io, MEMBERS_OBJ, &w->cookie, on_notify, on_watch_error, w);
+	}
+	w->watching = r == 0;
+	return r;
+}
+
+int dp_kv_shared_members_watch(struct dp_kv_shared *t, dp_kv_shared_watch_cb cb, void *arg,
+			       struct dp_kv_shared_watch **ret)
+{
+	if (!t || !cb || !ret)
+		return -EINVAL;
+	struct dp_kv_shared_watch *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->io = dp_kv_shared_rados_ioctx(t);
+	w->cb = cb;
+	w->arg = arg;
+	int r = watch_begin(w);
+	if (r < 0) {
+		free(w);
+		return r;
+	}
+	*ret = w;
+	return 0;
+}
+
+int dp_kv_shared_members_rewatch(struct dp_kv_shared *t, struct dp_kv_shared_watch *w)
+{
+	if (!t || !w)
+		return -EINVAL;
+	if (w->watching)
+		rados_unwatch2(w->io, w->cookie); /* a lost watch: its error is expected */
+	w->watching = false;
+	return watch_begin(w);
+}
+
+static void notify_reap(struct dp_kv_shared_watch *w, bool wait)
+{
+	for (size_t i = 0; i < w->n_out;) {
+		struct notify_out *o = w->out[i];
+		if (wait)
+			rados_aio_wait_for_complete(o->c);
+		else if (!rados_aio_is_complete(o->c)) {
+			i++;
+			continue;
+		}
+		rados_aio_release(o->c);
+		if (o->reply) /* set even when the notify timed out */
+			rados_buffer_free(o->reply);
+		free(o);
+		w->out[i] = w->out[--w->n_out];
+	}
+}
+
+int dp_kv_shared_members_notify(struct dp_kv_shared *t, struct dp_kv_shared_watch *w)
+{
+	if (!t || !w)
+		return -EINVAL;
+	notify_reap(w, false);
+	if (w->n_out == NOTIFY_OUT_MAX)
+		return -EAGAIN;
+	struct notify_out *o = calloc(1, sizeof(*o));
+	if (!o)
+		return -ENOMEM;
+	int r = rados_aio_create_completion2(NULL, NULL, &o->c);
+	if (r < 0) {
+		free(o);
+		return r;
+	}
+	const char *host = dp_kv_shared_host_id(t);
+	r = rados_aio_notify(w->io, MEMBERS_OBJ, o->c, host ? host : "", host ? (int)strlen(host) : 0,
+			     DP_KV_SHARED_NOTIFY_MS, &o->reply, &o->reply_len);
+	if (r < 0) {
+		rados_aio_release(o->c);
+		free(o);
+		return r;
+	}
+	w->out[w->n_out++] = o;
+	return 0;
+}
+
+void dp_kv_shared_members_unwatch(struct dp_kv_shared_watch *w)
+{
+	if (!w)
+		return;
+	if (w->watching)
+		rados_unwatch2(w->io, w->cookie);
+	/* no callback runs on w after this (librados's queue is drained) */
+	rados_watch_flush(rados_ioctx_get_cluster(w->io));
+	notify_reap(w, true);
+	free(w);
 }

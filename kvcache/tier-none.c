@@ -174,3 +174,27 @@ int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host)
 	(void)host;
 	return -EOPNOTSUPP;
 }
+
+int dp_kv_shared_members_watch(struct dp_kv_shared *t, dp_kv_shared_watch_cb cb, void *arg,
+			       struct dp_kv_shared_watch **ret)
+{
+	(void)t, (void)cb, (void)arg, (void)ret;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_members_rewatch(struct dp_kv_shared *t, struct dp_kv_shared_watch *w)
+{
+	(void)t, (void)w;
+	return -EOPNOTSUPP;
+}
+
+int dp_kv_shared_members_notify(struct dp_kv_shared *t, struct dp_kv_shared_watch *w)
+{
+	(void)t, (void)w;
+	return -EOPNOTSUPP;
+}
+
+void dp_kv_shared_members_unwatch(struct dp_kv_shared_watch *w)
+{
+	(void)w;
+}

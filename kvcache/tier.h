@@ -202,6 +202,35 @@ int dp_kv_shared_member_forget(struct dp_kv_shared *t, const char *host);
  * Entries that do not parse are skipped. */
 int dp_kv_shared_members(struct dp_kv_shared *t, struct dp_kv_shared_member **ret, size_t *ret_n);
 
+/*
+ * Watching the member list (RADOS watch/notify on dp.members), so that a
+ * change is seen at once rather than at the next periodic re-read: a member
+ * that joins or leaves notifies, and every watcher's cb(arg, 0) runs. cb
+ * runs on a librados thread: it may only note the change and wake the
+ * thread that re-reads the list (no tier call from there). cb(arg, err < 0)
+ * says the watch was lost (the OSD restarted, the connection timed out):
+ * notifies may have been missed; re-read, and dp_kv_shared_members_rewatch.
+ * Liveness is still judged by heartbeat age: a member that dies notifies
+ * nobody. Synchronous except the notify; same thread rules as the rest
+ * (cb excepted).
+ */
+struct dp_kv_shared_watch;
+typedef void (*dp_kv_shared_watch_cb)(void *arg, int err);
+int dp_kv_shared_members_watch(struct dp_kv_shared *t, dp_kv_shared_watch_cb cb, void *arg,
+			       struct dp_kv_shared_watch **ret);
+/* Drop a lost watch and watch again (cb and arg kept). */
+int dp_kv_shared_members_rewatch(struct dp_kv_shared *t, struct dp_kv_shared_watch *w);
+/* Tell every watcher the list changed. Not waited for: a notify completes
+ * once every watcher acked or after DP_KV_SHARED_NOTIFY_MS (a watcher that
+ * died keeps its watch for a while and never acks); finished ones are
+ * reaped at the next notify and at unwatch. -EAGAIN when too many are still
+ * out (the watchers catch up at their periodic re-read). */
+#define DP_KV_SHARED_NOTIFY_MS 1000 /* librados counts whole seconds; 0 would be its default */
+int dp_kv_shared_members_notify(struct dp_kv_shared *t, struct dp_kv_shared_watch *w);
+/* Stop watching and wait for the notifies still out (at most
+ * DP_KV_SHARED_NOTIFY_MS); no cb runs once it returns. NULL is fine. */
+void dp_kv_shared_members_unwatch(struct dp_kv_shared_watch *w);
+
 struct dp_kv_shared_stats {
 	uint64_t puts, put_bytes, gets, get_bytes, deletes, manifests;
 	uint64_t errors;	/* operations that finished with an error */

@@ -14,13 +14,14 @@
 enum {
 	OPT_JSON = DP_V4CTL_OPT_FIRST_COMMAND,
 	OPT_DROP,
+	OPT_RELEASE,
 	OPT_GRACE,
 	OPT_UNITS,
 };
 
 /* What a command's command line may hold. */
 struct args {
-	bool json, drop, units;
+	bool json, drop, units, release;
 	uint64_t grace_ms;
 	const char *id; /* the one positional argument of evict and close */
 };
@@ -49,6 +50,9 @@ static int parse(struct dp_v4ctl *ctl, const char *cmd, const char *usage,
 			break;
 		case OPT_UNITS:
 			a->units = true;
+			break;
+		case OPT_RELEASE:
+			a->release = true;
 			break;
 		case OPT_GRACE:
 			if (dp_v4ctl_parse_u64("--grace-ms", optarg, 0, UINT32_MAX, &a->grace_ms) <
@@ -299,13 +303,18 @@ int dp_v4ctl_drain(struct dp_v4ctl *ctl, int argc, char **argv)
 }
 
 static const char evict_usage[] =
-    "usage: v4ctl evict ID [--drop]                             (admin)\n"
+    "usage: v4ctl evict ID [--drop] [--release]                 (admin)\n"
     "\n"
     "Move session ID's state out of memory to the NVMe tier (its next turn\n"
     "restores it), or with --drop delete the session.\n"
     "\n"
     "Options:\n"
     "  --drop          delete the session instead\n"
+    "  --release       hand it off (needs a shared tier): also release this\n"
+    "                  host's lease at once, so that another host takes the\n"
+    "                  session from the shared tier without waiting out the\n"
+    "                  lease; answered once every acknowledged turn is\n"
+    "                  durable there and the lease is released\n"
     "  --socket PATH, --timeout MS   as for every command\n";
 
 int dp_v4ctl_evict(struct dp_v4ctl *ctl, int argc, char **argv)
@@ -313,6 +322,7 @@ int dp_v4ctl_evict(struct dp_v4ctl *ctl, int argc, char **argv)
 	static const struct option opts[] = {
 	    DP_V4CTL_COMMON_OPTS,
 	    {"drop", no_argument, NULL, OPT_DROP},
+	    {"release", no_argument, NULL, OPT_RELEASE},
 	    {0},
 	};
 	struct args a = {0};
@@ -323,11 +333,14 @@ int dp_v4ctl_evict(struct dp_v4ctl *ctl, int argc, char **argv)
 	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
 	e.session_id = (char *)a.id;
 	e.drop = a.drop;
+	e.release = a.release;
 	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
 	req.evict_session = &e;
 	if ((ret = ack_call(ctl, &req)))
 		return ret;
-	printf(a.drop ? "session %s dropped\n" : "session %s evicted to the NVMe tier\n", a.id);
+	printf(a.drop ? "session %s dropped%s\n" : "session %s evicted to the NVMe tier%s\n", a.id,
+	       a.release ? "; its lease is released: any host may take it from the shared tier"
+	                 : "");
 	return finish_output(DP_V4CTL_EXIT_OK);
 }
 

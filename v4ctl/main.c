@@ -38,8 +38,9 @@
  *	drain [--grace-ms N]                   (admin)
  *		Refuse new Generate requests; running ones get N ms (0: the
  *		daemon's drain_grace_ms) before they are cancelled.
- *	evict ID [--drop]                      (admin)
- *		Move a session's state to the NVMe tier, or delete it.
+ *	evict ID [--drop] [--release]          (admin)
+ *		Move a session's state to the NVMe tier, or delete it; with
+ *		--release also release its lease (a hand-off to another host).
  *	close ID [--drop]
  *		End a session: persist it to disk (default) or delete it.
  *	shutdown                               (admin)
@@ -90,7 +91,8 @@ static const char usage[] =
     "  sessions [--json]               list sessions\n"
     "  health [--json]                 one line; exit 0 when SERVING, 5 otherwise\n"
     "  drain [--grace-ms N]            stop admitting requests (admin)\n"
-    "  evict ID [--drop]               move a session to NVMe, or delete it (admin)\n"
+    "  evict ID [--drop] [--release]   move a session to NVMe, or delete it; --release\n"
+    "                                  hands it off to any host (shared tier) (admin)\n"
     "  close ID [--drop]               end a session: persist it (default) or delete it\n"
     "  shutdown                        drain, persist sessions, exit (admin)\n"
     "  trace --out FILE [--max N]      Chrome/Perfetto trace of recent steps (admin)\n"
