@@ -1375,7 +1375,8 @@ static bool session_op(struct compute *c, struct dp_msg *m)
 	struct dp_kv_session *s = own_session(c, m);
 	if (!s && m->kind == DP_MSG_EVICT && m->release && m->admin &&
 	    dp_cluster_holds(srv->cluster, m->session)) {
-		/* gone here (closed with drop) but still leased: let it go */
+		/* gone here but still leased (a drop whose tombstone the worker
+		 * has not written yet, or could not: it keeps the lease then) */
 		handoff_finish(c, m);
 		return false;
 	}
@@ -1399,7 +1400,10 @@ static bool session_op(struct compute *c, struct dp_msg *m)
 	}
 	bool drop = m->kind == DP_MSG_CLOSE_SESSION ? !m->persist : m->drop;
 	if (drop) {
-		dp_shared_drop(srv, m->session); /* its objects on the shared tier go too */
+		/* a deleted session's objects on the shared tier go too; a hand-off
+		 * that drops only forgets it here (the next host takes the tier's) */
+		if (!release)
+			dp_shared_drop(srv, m->session);
 		int ret = dp_kv_session_drop(srv->kv, s);
 		if (ret < 0) {
 			send_error(c, m, DUALPATH__V1__CODE__INTERNAL, "cannot drop session %s: %s",
