@@ -257,7 +257,8 @@ struct dp_kv {
 	size_t units_len, n_units;
 
 	struct dp_kv_stats st;
-	struct dp_kv_shared_restore_stats shared_st; /* restore-shared.c */
+	struct dp_kv_shared_restore_stats shared_st;	   /* restore-shared.c: sessions' */
+	struct dp_kv_shared_restore_stats shared_unit_st; /* ... prefix units' */
 	/* cookies of units from the shared tier given back bad, not yet taken
 	 * (unit.c; a ring: the oldest are overwritten) */
 	uint64_t shared_bad[16];

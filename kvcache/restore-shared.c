@@ -98,6 +98,13 @@ static void wait_gets(struct dp_kv_srestore *r, int l)
 	}
 }
 
+/* A session's restores and a prefix unit's are counted apart (a unit's
+ * have their own counters in the daemon: dualpath_shared_units_*). */
+static struct dp_kv_shared_restore_stats *stats_of(struct dp_kv *kv, const struct dp_kv_session *s)
+{
+	return s->unit ? &kv->shared_unit_st : &kv->shared_st;
+}
+
 static int layer_in(struct dp_kv_srestore *r, uint32_t l)
 {
 	struct dp_kv *kv = r->kv;
@@ -105,7 +112,7 @@ static int layer_in(struct dp_kv_srestore *r, uint32_t l)
 		uint64_t t0 = dp_clock_ns();
 		wait_gets(r, (int)l);
 		uint64_t t1 = dp_clock_ns();
-		kv->shared_st.stall_ns += t1 - t0;
+		stats_of(kv, r->s)->stall_ns += t1 - t0;
 		kv->st.restore_stall_ns += t1 - t0;
 		kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
 		    (struct dp_kv_stall){ .t0 = t0, .t1 = t1, .layer = l, .inflight = 0 };
@@ -131,14 +138,15 @@ static void finish(struct dp_kv_srestore *r)
 	if (r->inflight)
 		wait_gets(r, -1);
 	dp_v4_seq_set_gate(r->seq, NULL, NULL);
+	struct dp_kv_shared_restore_stats *st = stats_of(kv, r->s);
 	if (r->failed) {
-		kv->shared_st.failed++;
+		st->failed++;
 		kv->st.corrupt_pages++;
 	} else {
-		kv->shared_st.completed++;
-		kv->shared_st.ns += dp_clock_ns() - r->t_start;
+		st->completed++;
+		st->ns += dp_clock_ns() - r->t_start;
 	}
-	kv->shared_st.bytes += r->bytes;
+	st->bytes += r->bytes;
 	r->s->srestore = NULL;
 	srestore_free(r);
 }
@@ -324,7 +332,7 @@ int dp_kv_session_restore_shared(struct dp_kv *kv, struct dp_kv_session *s, stru
 	kv->st.recomputed_tokens -= pos < s->state_pos ? 0 : pos - s->state_pos;
 	s->state_pos = pos;
 	s->srestore = r;
-	kv->shared_st.started++;
+	stats_of(kv, s)->started++;
 	dp_v4_seq_set_gate(seq, gate, r);
 	*ret_seq = seq;
 	return 0;

@@ -309,6 +309,7 @@ struct dp_kv_shared_restore_stats {
 	uint64_t ns;	    /* completed ones' total duration */
 	uint64_t stall_ns;  /* time gates waited for the tier */
 };
+/* Sessions' restores from the tier (prefix units' are not counted here). */
 void dp_kv_shared_restore_stats(const struct dp_kv *kv, struct dp_kv_shared_restore_stats *ret);
 
 #ifdef __cplusplus

@@ -170,6 +170,8 @@ Test(shared_units, a_unit_left_on_one_host_serves_the_same_prefix_on_another)
 	cr_expect_eq(stat_of(&b, "dualpath_shared_units_restored_total"), 1);
 	cr_expect_eq(stat_of(&b, "dualpath_shared_units_corrupt_total"), 0);
 	cr_expect_geq(stat_of(&b, "dualpath_prefix_hits_total"), 1);
+	/* a unit is not a session taken over: those counters stay apart */
+	cr_expect_eq(stat_of(&b, "dualpath_shared_restores_total"), 0);
 
 	/* another tenant (another cache_salt) on B reuses nothing */
 	uint32_t os[GEN], ofresh[GEN];
@@ -258,6 +260,8 @@ Test(shared_units, a_unit_damaged_on_the_tier_is_not_used_and_the_answer_is_stil
 	cr_expect_arr_eq(ob, of, sizeof(ob), "recomputed: the answer of a fresh host");
 	cr_expect_eq(stat_of(&b, "dualpath_shared_units_corrupt_total"), 1);
 	cr_expect_eq(stat_of(&b, "dualpath_shared_units_restored_total"), 0);
+	cr_expect_eq(stat_of(&b, "dualpath_shared_recomputes_total"), 0, "no session recomputed");
+	cr_expect_eq(stat_of(&b, "dualpath_shared_restore_failures_total"), 0);
 	double found = stat_of(&b, "dualpath_shared_units_found_total");
 
 	/* never offered again: a prompt that shares A's reply but not B's new
