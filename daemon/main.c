@@ -238,8 +238,9 @@ static int open_state(struct dp_server *srv, char *err, size_t err_len)
 }
 
 /* The shared tier (kvcache/tier.h). A cluster that cannot be reached is not
- * fatal: the daemon serves from its local tiers, logs why, and reports the
- * shared tier down (dualpath_shared_tier_up 0 in Stats). */
+ * fatal: the daemon serves requests without a session (dp_shared_claim
+ * refuses session turns), logs why, and reports the shared tier down
+ * (dualpath_shared_tier_up 0 in Stats). */
 static void open_shared(struct dp_server *srv)
 {
 	struct dp_config *cfg = &srv->cfg;

@@ -1156,8 +1156,20 @@ fail:
 
 int dp_shared_claim(struct dp_server *srv, const char *session, char *why, size_t why_len)
 {
-	if (!srv->tier || !session[0])
+	if (!session[0])
 		return 0;
+	if (!srv->tier) {
+		if (!srv->shared_configured)
+			return 0;
+		/* configured but not reached at start: a turn served here would
+		 * be acknowledged without being durable on the tier (and a session
+		 * another host holds would diverge), so as when the tier goes
+		 * down later, sessions wait; one-off requests are served */
+		snprintf(why, why_len, "session %s: the shared tier (rados pool %s) could not be reached "
+			 "when dualpathd started (see its log): sessions are not served until a restart "
+			 "reaches it; requests without a session are", session, srv->cfg.rados_pool);
+		return -EHOSTDOWN;
+	}
 	struct dp_shared *sh = shared_of(srv);
 	if (!sh) {
 		snprintf(why, why_len, "session %s: out of memory", session);

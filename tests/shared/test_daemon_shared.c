@@ -2,8 +2,9 @@
 /*
  * dualpathd with shared_tier = rados: the real daemon, the real cluster
  * (scripts/ceph-test-cluster; DP_CEPH_CONF and DP_CEPH_POOL). A cluster that
- * cannot be reached at start must not stop the daemon: it serves from its
- * local tiers and says the shared tier is down. A session moved to another
+ * cannot be reached at start must not stop the daemon: it serves one-off
+ * requests, refuses session turns (they could not be made durable there),
+ * and says the shared tier is down. A session moved to another
  * host continues there, its state restored from the tier (not recomputed:
  * the Stats counters say which). Exits 77 (skip) without a cluster named.
  */
@@ -42,7 +43,7 @@ static void expect_serving(struct daemon_proc *d, double up)
 
 TestSuite(shared_daemon, .timeout = 180);
 
-Test(shared_daemon, an_unreachable_cluster_at_start_leaves_the_daemon_serving_and_reports_it_down)
+Test(shared_daemon, an_unreachable_cluster_at_start_serves_one_offs_refuses_sessions_and_reports_it_down)
 {
 	struct daemon_proc d;
 	char dir[96] = "/var/tmp/dp-test-sh-XXXXXX";
@@ -58,7 +59,18 @@ Test(shared_daemon, an_unreachable_cluster_at_start_leaves_the_daemon_serving_an
 			(const char *const[]){ "--shared-tier", "rados", "--rados-conf", conf,
 					       "--rados-pool", "kv", "--host-id", "host-a",
 					       "--lease-ms", "3000", NULL });
-	expect_serving(&d, 0);
+	int fd = client_connect(&d);
+	uint32_t out[8];
+	size_t n = 0;
+	send_generate(fd, 10, NULL, prompt, DP_ARRAY_SIZE(prompt), 4, 0, 0);
+	cr_assert_eq(collect(fd, 10, out, 8, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH,
+		     "a one-off is served");
+	/* a session turn acknowledged here would not be on the tier: refused
+	 * (it was served, undurable, before) */
+	send_generate(fd, 11, "s1", prompt, DP_ARRAY_SIZE(prompt), 4, 0, 0);
+	cr_assert_eq(collect(fd, 11, out, 8, &n), -DUALPATH__V1__CODE__UNAVAILABLE);
+	cr_expect_eq(metric(fd, 12, "dualpath_shared_tier_up"), 0);
+	close(fd);
 	cr_expect_eq(daemon_stop(&d), 0);
 	daemon_cleanup(&d);
 }
