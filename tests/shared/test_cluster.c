@@ -9,45 +9,20 @@
 #include <xxhash.h>
 
 #include "base/macros.h"
-#include "dpclient.h"
+#include "shared-host.h"
 
 static char tag[48]; /* per run: host ids and session ids */
 
-/* Every daemon this test process started: killed by the suite's fini when
- * a failed assertion left it running (it would hold the test's stdout and
- * outlive the run). */
-static pid_t started[16];
-static int n_started;
-
-static void kill_leftovers(void)
-{
-	for (int i = 0; i < n_started; i++)
-		if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
-			kill(started[i], SIGKILL);
-			waitpid(started[i], NULL, 0);
-		}
-	n_started = 0;
-}
-
 static void host_name(char *buf, size_t len, const char *which)
 {
-	snprintf(buf, len, "c%s-%s", tag, which);
+	shared_host_name(buf, len, "c", which);
 }
 
 /* Start a daemon as host `which` with lease_ms, and extra flags. */
 static void start_host(struct daemon_proc *d, char *host, size_t host_len, const char *which,
 		       const char *lease_ms, const char *const *extra)
 {
-	host_name(host, host_len, which);
-	const char *argv[24] = { "--shared-tier", "rados", "--rados-conf", getenv("DP_CEPH_CONF"),
-				 "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host,
-				 "--lease-ms", lease_ms };
-	int n = 10;
-	for (int i = 0; extra && extra[i] && n < 23; i++)
-		argv[n++] = extra[i];
-	daemon_start(d, argv);
-	if (n_started < 16)
-		started[n_started++] = d->pid;
+	shared_host_start(d, host, host_len, "c", which, lease_ms, extra);
 }
 
 /* A ClusterRequest for ids[0..n). */
@@ -111,12 +86,7 @@ static void stop_all(struct daemon_proc *d, int n)
 
 /* Tests run in parallel, each in its own process: the tag is that
  * process's, so host ids never meet across tests or runs. */
-static void set_tag(void)
-{
-	snprintf(tag, sizeof(tag), "%ld-%d", (long)time(NULL) % 100000000, (int)getpid());
-}
-
-TestSuite(cluster, .init = set_tag, .fini = kill_leftovers, .timeout = 240);
+TestSuite(cluster, .init = shared_host_set_tag, .fini = shared_host_kill_leftovers, .timeout = 240);
 
 Test(cluster, three_daemons_see_each_other_live_with_their_addresses)
 {

@@ -7,7 +7,7 @@
  * the hand-off released it. Exits 77 (skip) without a cluster named.
  */
 #include "base/macros.h"
-#include "dpclient.h"
+#include "shared-host.h"
 
 #define GEN 6
 #define LEASE_MS "10000"
@@ -19,37 +19,12 @@ static const uint32_t turns[4][7] = {
 	{ 2, 2, 240, 17, 55, 6, 30 },
 };
 
-static char tag[48]; /* per test process: host and session ids never meet */
-
-static void set_tag(void)
-{
-	snprintf(tag, sizeof(tag), "%ld-%d", (long)time(NULL) % 100000000, (int)getpid());
-}
-
-static pid_t started[8];
-static int n_started;
-
-static void kill_leftovers(void)
-{
-	for (int i = 0; i < n_started; i++)
-		if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
-			kill(started[i], SIGKILL);
-			waitpid(started[i], NULL, 0);
-		}
-	n_started = 0;
-}
-
-TestSuite(handoff, .init = set_tag, .fini = kill_leftovers, .timeout = 240);
+TestSuite(handoff, .init = shared_host_set_tag, .fini = shared_host_kill_leftovers, .timeout = 240);
 
 static void start_host(struct daemon_proc *d, char *host, size_t len, const char *which)
 {
-	snprintf(host, len, "h%s-%s", tag, which);
-	const char *argv[] = { "--shared-tier", "rados", "--rados-conf", getenv("DP_CEPH_CONF"),
-			       "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host,
-			       "--lease-ms", LEASE_MS, "--lease-idle-ms", "0", NULL };
-	daemon_start(d, argv);
-	if (n_started < (int)DP_ARRAY_SIZE(started))
-		started[n_started++] = d->pid;
+	shared_host_start(d, host, len, "h", which, LEASE_MS,
+			  (const char *const[]){ "--lease-idle-ms", "0", NULL });
 }
 
 /* Turn k of session on d: 0 and its GEN tokens in out, or the Error's

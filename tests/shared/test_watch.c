@@ -9,41 +9,16 @@
  * without a cluster named.
  */
 #include "base/macros.h"
-#include "dpclient.h"
+#include "shared-host.h"
 
 #define LEASE_MS "30000" /* the periodic re-read: every 10 s */
 #define SEEN_MS	 3000	 /* well within one re-read period */
 
-static char tag[48];
-static pid_t started[8];
-static int n_started;
-
-static void set_tag(void)
-{
-	snprintf(tag, sizeof(tag), "%ld-%d", (long)time(NULL) % 100000000, (int)getpid());
-}
-
-static void kill_leftovers(void)
-{
-	for (int i = 0; i < n_started; i++)
-		if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
-			kill(started[i], SIGKILL);
-			waitpid(started[i], NULL, 0);
-		}
-	n_started = 0;
-}
-
-TestSuite(watch, .init = set_tag, .fini = kill_leftovers, .timeout = 240);
+TestSuite(watch, .init = shared_host_set_tag, .fini = shared_host_kill_leftovers, .timeout = 240);
 
 static void start_host(struct daemon_proc *d, char *host, size_t len, const char *which)
 {
-	snprintf(host, len, "w%s-%s", tag, which);
-	const char *argv[] = { "--shared-tier", "rados", "--rados-conf", getenv("DP_CEPH_CONF"),
-			       "--rados-pool", getenv("DP_CEPH_POOL"), "--host-id", host,
-			       "--lease-ms", LEASE_MS, NULL };
-	daemon_start(d, argv);
-	if (n_started < (int)DP_ARRAY_SIZE(started))
-		started[n_started++] = d->pid;
+	shared_host_start(d, host, len, "w", which, LEASE_MS, NULL);
 }
 
 static double now_s(void)
