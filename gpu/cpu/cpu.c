@@ -106,6 +106,40 @@ static const struct dp_gpu_backend cpu_backend = {
 
 /* ---- dense ops ----------------------------------------------------------- */
 
+/* An fp32 product y[M][rows] = x[M][cols] . W^T (+ beta y), its output rows
+ * split over the backend's pool: OpenBLAS runs single-threaded (see
+ * dp_gpu_cpu_new), each pool thread one slice of W's rows. Products smaller
+ * than this many multiply-adds stay on the caller's thread. */
+#define F32_POOL_MIN_MACS (1ull << 18)
+
+struct f32_product {
+	const float *W, *x;
+	float *y;
+	uint32_t M, rows, cols, ldx, ldy;
+	float beta;
+};
+
+static void f32_product_part(void *arg, int tid, int n)
+{
+	const struct f32_product *p = arg;
+	/* slices of whole 16-row panels: no two threads write one cache line of y */
+	uint32_t panels = (p->rows + 15) / 16;
+	uint32_t r0 = (uint32_t)((uint64_t)panels * tid / n) * 16;
+	uint32_t r1 = (uint32_t)((uint64_t)panels * (tid + 1) / n) * 16;
+	if (r1 > p->rows)
+		r1 = p->rows;
+	if (r0 >= r1)
+		return;
+	const float *W = p->W + (size_t)r0 * p->cols;
+	if (p->M == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)p->cols, 1.0f, W,
+			    (int)p->cols, p->x, 1, p->beta, p->y + r0, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p->M, (int)(r1 - r0),
+			    (int)p->cols, 1.0f, p->x, (int)p->ldx, W, (int)p->cols, p->beta,
+			    p->y + r0, (int)p->ldy);
+}
+
 static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const struct dp_gpu_weight *w,
 		      uint32_t index, float *y, uint32_t ldy, uint32_t M, bool accumulate)
 {
@@ -128,15 +162,17 @@ static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const stru
 	}
 	if (M == 0)
 		return 0;
-	const float *W = (const float *)w->data + (size_t)index * w->rows * w->cols;
-	float beta = accumulate ? 1.0f : 0.0f;
-	int lx = (int)(ldx ? ldx : w->cols), ly = (int)(ldy ? ldy : w->rows);
-	if (M == 1)
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)w->rows, (int)w->cols, 1.0f, W,
-			    (int)w->cols, x, 1, beta, y, 1);
+	struct f32_product p = {
+		.W = (const float *)w->data + (size_t)index * w->rows * w->cols,
+		.x = x, .y = y, .M = M, .rows = w->rows, .cols = w->cols,
+		.ldx = ldx ? ldx : w->cols, .ldy = ldy ? ldy : w->rows,
+		.beta = accumulate ? 1.0f : 0.0f,
+	};
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	if ((uint64_t)M * w->rows * w->cols < F32_POOL_MIN_MACS || c->pool.n == 1)
+		f32_product_part(&p, 0, 1);
 	else
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)w->rows,
-			    (int)w->cols, 1.0f, x, lx, W, (int)w->cols, beta, y, ly);
+		dp_cpu_pool_run(&c->pool, f32_product_part, &p);
 	return 0;
 }
 
@@ -685,8 +721,14 @@ int dp_gpu_cpu_new(const struct dp_gpu_opts *opts, struct dp_gpu **ret, char *er
 		return -ENOMEM;
 	}
 	c->g.isa = c->qmm->isa;
-	if (opts->threads > 0)
-		openblas_set_num_threads(opts->threads);
+	/* OpenBLAS's own threads spin (sched_yield) for ~0.1 s after every
+	 * threaded call before they sleep: on a small host they took a CPU from
+	 * the io thread and the kernel's I/O work while restores overlapped the
+	 * steps (the daemon's CPU time over the agentic benchmark's io-bound
+	 * turns roughly halved without them). So BLAS runs on the caller's
+	 * thread and the large fp32 products are split over the pool, whose
+	 * workers sleep on a condition variable. */
+	openblas_set_num_threads(1);
 	*ret = &c->g;
 	return 0;
 }

@@ -85,7 +85,9 @@ static void hw_dequant(struct hw *h)
 			for (uint32_t c = 0; c < h->cols; c++) {
 				size_t e = ((size_t)i * h->rows + r) * h->cols + c;
 				float v;
-				if (h->dtype == DP_DTYPE_BF16) {
+				if (h->dtype == DP_DTYPE_F32) {
+					memcpy(&v, h->data + 4 * e, 4);
+				} else if (h->dtype == DP_DTYPE_BF16) {
 					uint16_t b;
 					memcpy(&b, h->data + 2 * e, 2);
 					v = dp_bf16_to_f32(b);
@@ -115,6 +117,11 @@ static struct hw hw_random(uint64_t *s, enum dp_dtype dt, enum dp_dtype sdt, uin
 			b ^= 1;
 		h.data[i] = b;
 	}
+	if (dt == DP_DTYPE_F32)
+		for (size_t i = 0; i < h.data_bytes / 4; i++) {
+			float f = uniform(s, -2, 2);
+			memcpy(h.data + 4 * i, &f, 4);
+		}
 	if (dt == DP_DTYPE_BF16) /* bytes of random bf16 values in [-2, 2] */
 		for (size_t i = 0; i < h.data_bytes / 2; i++) {
 			uint16_t b = dp_f32_to_bf16(uniform(s, -2, 2));
@@ -380,6 +387,8 @@ static void products(enum dp_gpu_isa isa)
 		{ DP_DTYPE_E2M1, DP_DTYPE_F32, 33, 576 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 33, 77 },
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 64, 1030 },  /* two K chunks in the GEMM */
+		{ DP_DTYPE_F32, DP_DTYPE_F32, 33, 77 },	    /* fp32 (BLAS), on the caller's thread */
+		{ DP_DTYPE_F32, DP_DTYPE_F32, 300, 1000 },  /* fp32 split over the pool: 19 panels */
 	};
 	const uint32_t Ms[] = { 1, 2, 3, 4, 5, 8, 9, 13, 37 }; /* every GEMV register shape */
 	const int threads[] = { 1, 2, 3 };
