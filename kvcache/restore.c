@@ -81,14 +81,9 @@ static void rq_read_put(struct dp_kv_rq *q, uint32_t i)
  * small batch at NVMe speed (the daemon sets it from the measured rate). */
 #define RQ_WINDOW_DEFAULT (8ull << 20)
 /* restore reads in the kernel at once (io.h, dp_io_chan_set_limit): enough
- * to keep the device near its rate, few enough that a layer's pages are not
- * served together with the next layers'. The device serves what it holds
- * together, so a returning session's 68 KiB first layer sent with 1 MiB of
- * its later layers came in after ~0.9 ms instead of the ~0.1 ms it takes
- * alone (the agentic benchmark's stalls at layer 0); fio on this VM's
- * virtio disk, 64 KiB reads: 1.45 GB/s at 2 in flight, 1.51 at 4, 1.61 at
- * 8 (the most). A faster device may want more (a known limit). */
-#define RQ_DEVICE_BYTES (256ull << 10)
+ * to keep an NVMe device busy, few enough that a layer's pages are not
+ * served together with the next layers' */
+#define RQ_DEVICE_BYTES (1ull << 20)
 /* writeback items (when routed here): at most this many steps late */
 #define RQ_WB_DELAY_STEPS 4u
 
