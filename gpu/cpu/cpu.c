@@ -106,10 +106,11 @@ static const struct dp_gpu_backend cpu_backend = {
 
 /* ---- dense ops ----------------------------------------------------------- */
 
-/* An fp32 product y[M][rows] = x[M][cols] . W^T (+ beta y), its output rows
- * split over the backend's pool: OpenBLAS runs single-threaded (see
- * dp_gpu_cpu_new), each pool thread one slice of W's rows. Products smaller
- * than this many multiply-adds stay on the caller's thread. */
+/* An fp32 product y[M][rows] = x[M][cols] . W^T (+ beta y) on the backend's
+ * pool: OpenBLAS runs single-threaded (see dp_gpu_cpu_new), each pool thread
+ * one slice of W's rows, or of the tokens when W has fewer 16-row panels
+ * than the pool has threads (the hyper-connection mixes: 8 rows). Products
+ * smaller than this many multiply-adds stay on the caller's thread. */
 #define F32_POOL_MIN_MACS (1ull << 18)
 
 struct f32_product {
@@ -119,25 +120,46 @@ struct f32_product {
 	float beta;
 };
 
+static void f32_product_slice(const struct f32_product *p, uint32_t m0, uint32_t m1, uint32_t r0,
+			      uint32_t r1)
+{
+	const float *W = p->W + (size_t)r0 * p->cols;
+	float *y = p->y + (size_t)m0 * p->ldy + r0;
+	if (m1 - m0 == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)p->cols, 1.0f, W,
+			    (int)p->cols, p->x + (size_t)m0 * p->ldx, 1, p->beta, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(m1 - m0), (int)(r1 - r0),
+			    (int)p->cols, 1.0f, p->x + (size_t)m0 * p->ldx, (int)p->ldx, W,
+			    (int)p->cols, p->beta, y, (int)p->ldy);
+}
+
 static void f32_product_part(void *arg, int tid, int n)
 {
 	const struct f32_product *p = arg;
 	/* slices of whole 16-row panels: no two threads write one cache line of y */
 	uint32_t panels = (p->rows + 15) / 16;
+	if (panels < (uint32_t)n && p->M >= (uint32_t)n) {
+		uint32_t m0 = (uint32_t)((uint64_t)p->M * tid / n);
+		uint32_t m1 = (uint32_t)((uint64_t)p->M * (tid + 1) / n);
+		if (m0 < m1)
+			f32_product_slice(p, m0, m1, 0, p->rows);
+		return;
+	}
 	uint32_t r0 = (uint32_t)((uint64_t)panels * tid / n) * 16;
 	uint32_t r1 = (uint32_t)((uint64_t)panels * (tid + 1) / n) * 16;
 	if (r1 > p->rows)
 		r1 = p->rows;
-	if (r0 >= r1)
-		return;
-	const float *W = p->W + (size_t)r0 * p->cols;
-	if (p->M == 1)
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)p->cols, 1.0f, W,
-			    (int)p->cols, p->x, 1, p->beta, p->y + r0, 1);
+	if (r0 < r1)
+		f32_product_slice(p, 0, p->M, r0, r1);
+}
+
+static void f32_product_run(struct dp_gpu_cpu *c, const struct f32_product *p)
+{
+	if ((uint64_t)p->M * p->rows * p->cols < F32_POOL_MIN_MACS || c->pool.n == 1)
+		f32_product_part((void *)p, 0, 1);
 	else
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p->M, (int)(r1 - r0),
-			    (int)p->cols, 1.0f, p->x, (int)p->ldx, W, (int)p->cols, p->beta,
-			    p->y + r0, (int)p->ldy);
+		dp_cpu_pool_run(&c->pool, f32_product_part, (void *)p);
 }
 
 static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const struct dp_gpu_weight *w,
@@ -168,11 +190,7 @@ static int cpu_matmul(struct dp_gpu *g, const float *x, uint32_t ldx, const stru
 		.ldx = ldx ? ldx : w->cols, .ldy = ldy ? ldy : w->rows,
 		.beta = accumulate ? 1.0f : 0.0f,
 	};
-	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
-	if ((uint64_t)M * w->rows * w->cols < F32_POOL_MIN_MACS || c->pool.n == 1)
-		f32_product_part(&p, 0, 1);
-	else
-		dp_cpu_pool_run(&c->pool, f32_product_part, &p);
+	f32_product_run((struct dp_gpu_cpu *)g, &p);
 	return 0;
 }
 
@@ -280,12 +298,8 @@ static float *hc_mix_all(struct dp_gpu_cpu *c, const float *X, const float *fn, 
 	float *mix = dp_cpu_scratch(c, (size_t)T * rows);
 	if (!mix)
 		return NULL;
-	if (T == 1)
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, (int)nD, 1.0f, fn, (int)nD, X, 1,
-			    0.0f, mix, 1);
-	else
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)rows, (int)nD, 1.0f, X,
-			    (int)nD, fn, (int)nD, 0.0f, mix, (int)rows);
+	f32_product_run(c, &(struct f32_product){ .W = fn, .x = X, .y = mix, .M = T, .rows = rows,
+						   .cols = nD, .ldx = nD, .ldy = rows });
 	for (uint32_t t = 0; t < T; t++) {
 		float s = rms_scale(X + (size_t)t * nD, nD, rms_eps);
 		for (uint32_t j = 0; j < rows; j++)

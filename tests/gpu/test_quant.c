@@ -389,6 +389,7 @@ static void products(enum dp_gpu_isa isa)
 		{ DP_DTYPE_BF16, DP_DTYPE_F32, 64, 1030 },  /* two K chunks in the GEMM */
 		{ DP_DTYPE_F32, DP_DTYPE_F32, 33, 77 },	    /* fp32 (BLAS), on the caller's thread */
 		{ DP_DTYPE_F32, DP_DTYPE_F32, 300, 1000 },  /* fp32 split over the pool: 19 panels */
+		{ DP_DTYPE_F32, DP_DTYPE_F32, 8, 1030 },    /* fp32, one panel: split over M = 37 */
 	};
 	const uint32_t Ms[] = { 1, 2, 3, 4, 5, 8, 9, 13, 37 }; /* every GEMV register shape */
 	const int threads[] = { 1, 2, 3 };
