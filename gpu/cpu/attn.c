@@ -237,20 +237,25 @@ static void topk_select(const float *score, uint32_t n, uint32_t k, int32_t *sel
 		sel[j] = -1;
 }
 
-int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
-{
-	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
-	uint32_t n = ix->keys ? ix->keys->n : 0;
+struct index_job {
+	const struct dp_gpu_index *ix;
+	float *score; /* n floats per thread */
+	uint32_t n;
+};
 
-	if (!ix->qi || !ix->weights || !ix->sel || !ix->rate || !ix->k)
-		return -EINVAL;
-	float *score = dp_cpu_scratch(c, n ? n : 1);
-	if (!score)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < ix->S; i++) {
+/* Tokens [S * tid / nt, S * (tid + 1) / nt) of the index: each token's scores
+ * and pick are its own, so the split changes no bit. */
+static void index_part(void *arg, int tid, int nt)
+{
+	const struct index_job *j = arg;
+	const struct dp_gpu_index *ix = j->ix;
+	float *score = j->score + (size_t)tid * j->n;
+	uint32_t i0 = (uint32_t)((uint64_t)ix->S * tid / nt);
+	uint32_t i1 = (uint32_t)((uint64_t)ix->S * (tid + 1) / nt);
+	for (uint32_t i = i0; i < i1; i++) {
 		uint64_t t = ix->pos0 + i;
 		uint64_t vis64 = (t + 1) / ix->rate;
-		uint32_t vis = vis64 < n ? (uint32_t)vis64 : n;
+		uint32_t vis = vis64 < j->n ? (uint32_t)vis64 : j->n;
 		int32_t *sel = ix->sel + (size_t)i * ix->k;
 		for (uint32_t w = 0; w < vis; w++) {
 			const float *key = dp_stream_entry(ix->keys, w);
@@ -264,5 +269,24 @@ int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
 		}
 		topk_select(score, vis, ix->k, sel);
 	}
+}
+
+int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
+{
+	struct dp_gpu_cpu *c = (struct dp_gpu_cpu *)g;
+	uint32_t n = ix->keys ? ix->keys->n : 0;
+
+	if (!ix->qi || !ix->weights || !ix->sel || !ix->rate || !ix->k)
+		return -EINVAL;
+	/* the tokens over the pool when there are several (a prefill chunk) */
+	int nt = ix->S > 1 && n ? c->pool.n : 1;
+	float *score = dp_cpu_scratch(c, (size_t)(n ? n : 1) * (size_t)nt);
+	if (!score)
+		return -ENOMEM;
+	struct index_job j = { .ix = ix, .score = score, .n = n };
+	if (nt == 1)
+		index_part(&j, 0, 1);
+	else
+		dp_cpu_pool_run(&c->pool, index_part, &j);
 	return 0;
 }

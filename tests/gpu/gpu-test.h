@@ -107,8 +107,14 @@ static inline void gt_open(struct gt_pair *p, bool f32_weights)
 	char err[512] = "";
 	memset(p, 0, sizeof(*p));
 	setenv("DP_CUDA_WEIGHTS", f32_weights ? "f32" : "bf16", 1);
-	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, NULL, &p->c, err, sizeof(err)), 0, "cpu: %s", err);
-	cr_assert_eq(dp_gpu_new(gt_cuda_kind(), NULL, &p->g, err, sizeof(err)), 0, "cuda: %s", err);
+	/* the self-test's reference runs on one thread and its stand-in on the
+	 * pool of two threads: ops split over threads must agree with
+	 * the unsplit ones */
+	struct dp_gpu_opts one = {.threads = 1}, two = {.threads = 2};
+	cr_assert_eq(dp_gpu_new(DP_GPU_CPU, gt_selftest() ? &one : NULL, &p->c, err, sizeof(err)), 0,
+	             "cpu: %s", err);
+	cr_assert_eq(dp_gpu_new(gt_cuda_kind(), gt_selftest() ? &two : NULL, &p->g, err, sizeof(err)),
+	             0, "cuda: %s", err);
 	p->oc = dp_gpu_ops(p->c);
 	p->og = dp_gpu_ops(p->g);
 	p->f32 = f32_weights;
