@@ -36,22 +36,26 @@ static int eio_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, voi
 	return dp_kv_read_queue(x->kv, DP_RSCHED_ENGRAM, layer, &req, ret_ticket);
 }
 
-static int eio_wait(void *ctx, uint64_t ticket)
+static int eio_wait(void *ctx, uint64_t ticket, uint32_t len)
 {
 	struct dp_engram_io *x = ctx;
 	int32_t res = 0;
 	int r = dp_kv_read_wait(x->kv, ticket, &res);
-	if (r == 0 && res >= 0)
-		return res; /* short or not: the store knows the length it asked for */
-	r = r < 0 ? r : res;
+	if (r == 0 && res >= 0 && (uint32_t)res == len)
+		return res;
 	uint64_t now = dp_clock_ns();
 	if (!x->failures++ || now - x->logged_at >= EIO_LOG_EVERY_NS) {
+		char what[64];
+		if (r == 0 && res >= 0)
+			snprintf(what, sizeof(what), "%d of %u bytes (the file is shorter)", res, len);
+		else
+			snprintf(what, sizeof(what), "%s", strerror(r < 0 ? -r : -res));
 		log_err("Engram tables %s: a row read failed: %s (%llu failed reads so far); "
-			"the step's Engram layer fails", x->path, strerror(-r),
+			"the step's Engram layer fails", x->path, what,
 			(unsigned long long)x->failures);
 		x->logged_at = now;
 	}
-	return r;
+	return r < 0 ? r : res; /* short: the store fails the layer with -EIO */
 }
 
 int dp_engram_io_new(struct dp_kv *kv, struct dp_engram_store *store, const char *path,

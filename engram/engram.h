@@ -492,13 +492,14 @@ void dp_engram_store_free(struct dp_engram_store *s);
  *         was given, dp_io_file_open) into dst; layer is the model layer whose provider call
  *         needs it, in the step the store's prefetch is for. 0 and *ret_ticket, or -errno
  *         (the step's planning fails with it).
- *   wait  wait for a ticket read returned: the bytes read (>= 0) or -errno. The store waits
- *         for every ticket exactly once.
+ *   wait  wait for a ticket read returned (len: the bytes it asked for, so the reader can
+ *         tell a short read): the bytes read (>= 0) or -errno. The store waits for every
+ *         ticket exactly once; fewer bytes than len fail the layer with -EIO.
  */
 struct dp_engram_reader {
 	int (*read)(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
 	            uint32_t layer, uint64_t *ret_ticket);
-	int (*wait)(void *ctx, uint64_t ticket);
+	int (*wait)(void *ctx, uint64_t ticket, uint32_t len);
 	void *ctx;
 };
 

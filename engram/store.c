@@ -516,7 +516,8 @@ static void check_tickets(struct dp_engram_store *s, uint64_t end)
 		int32_t res = 0;
 		int r;
 		if (s->rd.read) {
-			r = s->rd.wait(s->rd.ctx, s->rtk[t - s->step_first]);
+			r = s->rd.wait(s->rd.ctx, s->rtk[t - s->step_first],
+			               s->tlen[t - s->step_first]);
 			res = r < 0 ? 0 : r;
 			r = r < 0 ? r : 0;
 		} else {

@@ -249,11 +249,12 @@ static int lazy_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, vo
 	return 0;
 }
 
-static int lazy_wait(void *ctx, uint64_t ticket)
+static int lazy_wait(void *ctx, uint64_t ticket, uint32_t len)
 {
 	struct lazy_reader *z = ctx;
 	cr_assert_lt(ticket, z->n, "a ticket the reader never gave");
 	struct lazy_read *r = &z->r[ticket];
+	cr_assert_eq(len, r->len, "the wait names the read's length");
 	cr_assert(!r->waited, "ticket %llu waited for twice", (unsigned long long)ticket);
 	r->waited = true;
 	z->waits++;
