@@ -55,10 +55,10 @@ struct dp_engram_store {
 	const unsigned char *data;
 
 	/* NVME */
-	struct dp_io_chan *chan;      /* without a reader */
-	struct dp_engram_reader rd;   /* rd.read: reads go to the reader instead */
-	uint64_t *rtk;                /* with a reader: its ticket per store ticket of the step */
-	uint32_t *order;              /* slots in ascending model layer: the order of the reads */
+	struct dp_io_chan *chan;    /* without a reader */
+	struct dp_engram_reader rd; /* rd.read: reads go to the reader instead */
+	uint64_t *rtk;              /* with a reader: its ticket per store ticket of the step */
+	uint32_t *order;            /* slots in ascending model layer: the order of the reads */
 	uint32_t file;
 	bool file_open, direct;
 	struct dp_topo_mem pool; /* block (or row) buffers */

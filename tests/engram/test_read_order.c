@@ -32,7 +32,7 @@ static char dir[256];
 static struct dp_gpu *gpu;
 static struct dp_v4_model *model;
 static struct dp_io *engine;
-static int pipe_fd[2] = { -1, -1 };
+static int pipe_fd[2] = {-1, -1};
 
 static void setup(void)
 {
@@ -81,7 +81,7 @@ static struct dp_kv_session *parked(struct dp_kv *kv, const char *id, uint32_t n
 		t[i] = (int32_t)((i * 2654435761u + 7u) % 200) + 3;
 	cr_assert_eq(dp_kv_session_create(kv, id, &s), 0);
 	cr_assert_eq(dp_kv_session_acquire(kv, s, &seq), 0);
-	struct dp_v4_batch_item it = { seq, t, n, false };
+	struct dp_v4_batch_item it = {seq, t, n, false};
 	cr_assert_eq(dp_v4_forward(model, &it, 1, lg), 0);
 	cr_assert_eq(dp_kv_session_append(kv, s, t, n), 0);
 	dp_kv_session_release(kv, s);
@@ -116,14 +116,14 @@ Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_be
 	if (!engine)
 		cr_skip_test("io_uring is not available here");
 	char err[512] = "";
-	struct dp_kv_opts o = { .state_dir = dir, .numa_node = -1, .direct_io = true, .io = engine };
+	struct dp_kv_opts o = {.state_dir = dir, .numa_node = -1, .direct_io = true, .io = engine};
 	struct dp_kv *kv;
 	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
 	uint32_t L = (uint32_t)dp_v4_model_config(model)->num_hidden_layers;
 	cr_assert_geq(L, 4);
 	/* no window: every queued read goes out at once, in deadline order */
 	cr_assert_eq(dp_kv_set_restore_window(kv, 0), 0);
-	static const uint32_t layers[] = { 0, 2 };
+	static const uint32_t layers[] = {0, 2};
 	for (size_t k = 0; k < sizeof(layers) / sizeof(layers[0]); k++) {
 		uint32_t el = layers[k];
 		char id[16];
@@ -138,12 +138,12 @@ Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_be
 		cr_assert_eq(dp_kv_session_acquire_async(kv, s, &seq), 0);
 		dp_kv_pump(kv); /* the step begins */
 		static char buf[4096] __attribute__((aligned(4096)));
-		struct dp_io_req req = { .op = DP_IO_OP_READ, .file = pf, .addr = buf,
-					 .len = sizeof(buf) };
+		struct dp_io_req req = {
+		    .op = DP_IO_OP_READ, .file = pf, .addr = buf, .len = sizeof(buf)};
 		uint64_t rid;
 		cr_assert_eq(dp_kv_read_queue(kv, DP_RSCHED_ENGRAM, el, &req, &rid), 0);
 		cr_expect_eq(settle(kv, s, el + 1), el + 1,
-			     "Engram read for layer %u: the layers in while it waits", el);
+		             "Engram read for layer %u: the layers in while it waits", el);
 
 		/* its bytes come: then every layer */
 		char data[sizeof(buf)];
