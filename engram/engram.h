@@ -395,9 +395,10 @@ int dp_engram_table_verify(const struct dp_engram_table *t, char *err, size_t er
  *           (dp_topo_alloc_onnode); a layer's rows are gathered on the CPU into pinned
  *           staging and copied to the backend in one batch per layer.
  *   NVME    the table file read through the io engine (io/io.h) on a HIGH priority
- *           channel, or through a reader (below): O_DIRECT reads of the block that holds each missing row (block_bytes,
- *           4 KiB for rows up to 4 KiB), duplicates coalesced and adjacent blocks merged into
- *           one read, into registered block buffers; then gathered and copied as for DRAM.
+ *           channel, or through a reader (below): O_DIRECT reads of the block that holds
+ *           each missing row (block_bytes, 4 KiB for rows up to 4 KiB), duplicates coalesced
+ *           and adjacent blocks merged into one read, into registered block buffers; then
+ *           gathered and copied as for DRAM.
  *           DP_ENGRAM_STORE_BUFFERED reads just the row's bytes through the page cache
  *           instead: the measured alternative, and the worse one (cold, on the dev VM:
  *           readahead pulled ~3x the bytes, the io thread spent 3.6x the CPU, and a step
