@@ -4,7 +4,8 @@
  * scheduler (daemon/engram-io.c; issue 18): the real dualpathd over the real
  * protocol. Sessions parked on NVMe and returning together (their restore
  * pages and the step's Engram rows in one deadline queue) give exactly the
- * tokens of a run whose sessions and tables stay resident; a table file
+ * tokens of a run whose sessions and tables stay resident (with the routed
+ * experts paged from NVMe too: three kinds of read in one queue); a table file
  * that stops giving its rows fails the steps that need them, with an error
  * that says so, and the daemon serves again once it is whole.
  */
@@ -49,10 +50,14 @@ static void rmtree(const char *dir)
 	(void)!system(cmd);
 }
 
-static void start(const char *tables, const char *residency, const char *cache_rows)
+/* experts: "nvme" pages the routed experts from the checkpoint (their reads
+ * join the same queue), else NULL */
+static void start(const char *tables, const char *residency, const char *cache_rows,
+		  const char *experts)
 {
 	const char *extra[] = { "--engram-tables", tables, "--engram-residency", residency,
-				"--engram-cache-rows", cache_rows, "--restore", "dualpath", NULL };
+				"--engram-cache-rows", cache_rows, "--restore", "dualpath",
+				experts ? "--experts" : NULL, experts, "--expert-slots", "2", NULL };
 	setenv("DP_TEST_MODEL", engram_model(), 1);
 	daemon_start(&d, extra);
 	unsetenv("DP_TEST_MODEL");
@@ -155,30 +160,39 @@ Test(engram_io, sessions_restored_from_nvme_with_engram_on_nvme_give_the_residen
 	convert_tables(dir, tables, sizeof(tables));
 	static uint32_t resident[NS][TURNS][GEN], parked[NS][TURNS][GEN];
 
-	start(tables, "dram", "65536");
+	start(tables, "dram", "65536", NULL);
 	run_sessions(false, resident);
 	cr_assert_eq(daemon_stop(&d), 0);
 	daemon_cleanup(&d);
 
-	/* no hot-row cache: every step's rows come from the file */
-	start(tables, "nvme", "0");
-	cr_expect(log_has("rows read in the KV cache's deadline order"),
-		  "the store reads through the KV cache's queue");
-	run_sessions(true, parked);
-	int fd = client_connect(&d);
-	double restores = metric(fd, 2, "dualpath_kv_restores_total");
-	double rows_read = metric(fd, 3, "dualpath_engram_read_bytes_total");
-	double sync = metric(fd, 4, "dualpath_engram_sync_prefetches_total");
-	close(fd);
-	cr_expect_geq(restores, NS * (TURNS - 1), "every later turn was restored from NVMe");
-	cr_expect_gt(rows_read, 0, "the rows came from the file");
-	cr_expect_eq(sync, 0, "every step's rows were queued before its forward");
-	for (int s = 0; s < NS; s++)
-		for (int t = 0; t < TURNS; t++)
-			cr_expect_arr_eq(parked[s][t], resident[s][t], sizeof(parked[s][t]),
-					 "session %d turn %d differs from the resident run", s, t);
-	cr_assert_eq(daemon_stop(&d), 0, "SIGTERM: the queued reads waited out, exit 0");
-	daemon_cleanup(&d);
+	/* no hot-row cache: every step's rows come from the file; then with
+	 * the routed experts paged from NVMe too (three kinds of read in one
+	 * queue) */
+	static const char *const experts[] = { NULL, "nvme" };
+	for (int x = 0; x < 2; x++) {
+		start(tables, "nvme", "0", experts[x]);
+		cr_expect(log_has("rows read in the KV cache's deadline order"),
+			  "the store reads through the KV cache's queue");
+		if (experts[x])
+			cr_expect(log_has("routed experts paged from nvme"), "experts paged");
+		run_sessions(true, parked);
+		int fd = client_connect(&d);
+		double restores = metric(fd, 2, "dualpath_kv_restores_total");
+		double rows_read = metric(fd, 3, "dualpath_engram_read_bytes_total");
+		double sync = metric(fd, 4, "dualpath_engram_sync_prefetches_total");
+		close(fd);
+		cr_expect_geq(restores, NS * (TURNS - 1), "every later turn was restored from NVMe");
+		cr_expect_gt(rows_read, 0, "the rows came from the file");
+		cr_expect_eq(sync, 0, "every step's rows were queued before its forward");
+		for (int s = 0; s < NS; s++)
+			for (int t = 0; t < TURNS; t++)
+				cr_expect_arr_eq(parked[s][t], resident[s][t], sizeof(parked[s][t]),
+						 "experts %s: session %d turn %d differs from the "
+						 "resident run", experts[x] ? experts[x] : "resident",
+						 s, t);
+		cr_assert_eq(daemon_stop(&d), 0, "SIGTERM: the queued reads waited out, exit 0");
+		daemon_cleanup(&d);
+	}
 	rmtree(dir);
 }
 
@@ -231,7 +245,7 @@ Test(engram_io, a_table_file_that_stops_giving_rows_fails_the_step_and_the_daemo
 	memcpy(&header, bytes + 12, sizeof(header));
 	cr_assert(header > 0 && header < st.st_size);
 
-	start(tables, "nvme", "0");
+	start(tables, "nvme", "0", NULL);
 	int fd = client_connect(&d);
 	uint32_t a[40], b[40], ref_a[GEN], ref_b[GEN], got[GEN];
 	for (int i = 0; i < 40; i++) {
