@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "daemon/cluster.h"
+#include "daemon/engram-io.h"
 #include "daemon/experts.h"
 #include "daemon/http.h"
 #include "daemon/log.h"
@@ -278,7 +279,9 @@ static void open_shared(struct dp_server *srv)
 }
 
 /* An Engram model's tables: a store on the compute thread, its NVMe reads
- * on the io thread's HIGH channel (beside restores, before writeback). */
+ * in the KV cache's read queue (engram-io.h): each Engram layer's rows due
+ * at that layer's tick of the step, ordered with the restore pages and the
+ * expert reads by when compute needs them; writeback stays last (LOW). */
 static int open_engram(struct dp_server *srv, char *err, size_t err_len)
 {
 	struct dp_config *cfg = &srv->cfg;
@@ -318,14 +321,21 @@ static int open_engram(struct dp_server *srv, char *err, size_t err_len)
 			 why[0] ? why : strerror(-ret));
 		return ret;
 	}
+	if (ec.residency == DP_ENGRAM_RES_NVME && srv->kv &&
+	    (ret = dp_engram_io_new(srv->kv, srv->engram, cfg->engram_tables, &srv->eio)) < 0) {
+		snprintf(err, err_len, "Engram tables %.400s: cannot read them through the KV "
+			 "cache's queue: %s", cfg->engram_tables, strerror(-ret));
+		return ret;
+	}
 	struct dp_v4_engram_provider p;
 	dp_engram_store_provider(srv->engram, &p);
 	dp_v4_model_set_engram(srv->model, &p);
 	struct dp_engram_store_stats st;
 	dp_engram_store_get_stats(srv->engram, &st);
-	log_info("Engram tables %s: %s residency, %llu MiB in memory, cache of %llu rows",
+	log_info("Engram tables %s: %s residency, %llu MiB in memory, cache of %llu rows%s",
 		 cfg->engram_tables, dp_engram_residency_name(cfg->engram_residency),
-		 (unsigned long long)(st.table_bytes >> 20), (unsigned long long)cfg->engram_cache_rows);
+		 (unsigned long long)(st.table_bytes >> 20), (unsigned long long)cfg->engram_cache_rows,
+		 srv->eio ? "; rows read in the KV cache's deadline order" : "");
 	return 0;
 }
 
@@ -650,6 +660,8 @@ int main(int argc, char **argv)
 		if (!srv->socket_activated)
 			unlink(srv->cfg.socket);
 	}
+	/* the Engram reads in the KV cache's queue are waited for through it */
+	dp_engram_io_free(srv->eio, srv->engram);
 	dp_kv_close(srv->kv);
 	dp_cluster_stop(srv->cluster); /* leaves the membership; after compute stopped */
 	dp_shared_fini(srv);

@@ -248,6 +248,7 @@ struct dp_server {
 	struct dp_engram_hash *engram_hash; /* Engram models: the n-gram hashing */
 	struct dp_engram_store *engram;	    /* ... and the tables' rows (compute thread) */
 	struct dp_expert_io *xio;	    /* experts = nvme: the io thread's expert reads */
+	struct dp_engram_io *eio;	    /* engram nvme: its reads in the KV cache's queue */
 	struct dp_kv_shared *tier;	    /* shared_tier = rados, when reached at start */
 	struct dp_shared *shared;	    /* sessions' state on the tier (daemon/shared.c) */
 	struct dp_shared_health *health;    /* whether it answers now (daemon/shared-health.h) */

@@ -395,9 +395,10 @@ int dp_engram_table_verify(const struct dp_engram_table *t, char *err, size_t er
  *           (dp_topo_alloc_onnode); a layer's rows are gathered on the CPU into pinned
  *           staging and copied to the backend in one batch per layer.
  *   NVME    the table file read through the io engine (io/io.h) on a HIGH priority
- *           channel: O_DIRECT reads of the block that holds each missing row (block_bytes,
- *           4 KiB for rows up to 4 KiB), duplicates coalesced and adjacent blocks merged into
- *           one read, into registered block buffers; then gathered and copied as for DRAM.
+ *           channel, or through a reader (below): O_DIRECT reads of the block that holds
+ *           each missing row (block_bytes, 4 KiB for rows up to 4 KiB), duplicates coalesced
+ *           and adjacent blocks merged into one read, into registered block buffers; then
+ *           gathered and copied as for DRAM.
  *           DP_ENGRAM_STORE_BUFFERED reads just the row's bytes through the page cache
  *           instead: the measured alternative, and the worse one (cold, on the dev VM:
  *           readahead pulled ~3x the bytes, the io thread spent 3.6x the CPU, and a step
@@ -412,13 +413,23 @@ int dp_engram_table_verify(const struct dp_engram_table *t, char *err, size_t er
  * A step: dp_engram_prefetch(s, items) as soon as the step's tokens are known (before the
  * forward): it hashes every token of every item for every Engram layer (each sequence's
  * Engram history, model/v4.h, continues the hash), looks every row up in the cache and
- * issues all layers' reads, layer by layer, without waiting. Then the forward calls the
- * provider once per Engram layer; the call for layer L waits only for L's reads (ticket
- * order is layer order), gathers L's rows into staging, copies them to the backend in one
+ * issues all layers' reads, layer by layer (in ascending model layer), without waiting. Then
+ * the forward calls the provider once per Engram layer; the call for layer L waits only for
+ * L's reads, gathers L's rows into staging, copies them to the backend in one
  * batch and returns them. A provider call for items that were not prefetched (a different
  * batch, or none) prefetches them itself first (counted in sync_prefetches); so a plain
  * dp_v4_forward or dp_v4_logits works without any prefetch call. The rows returned for a
  * layer stay valid until the next prefetch.
+ *
+ * A reader (NVME; dp_engram_store_set_reader) takes the reads off the store's channel: each
+ * slot's reads are handed to it with the model layer that consumes the slot, so a reader
+ * that orders reads by when compute needs them (dualpathd's: the KV cache's read scheduler,
+ * kvcache/rsched.h, at that layer's tick of the step) puts them after what earlier layers
+ * need and before what later layers need; the provider call for layer L waits for L's
+ * tickets only. Without one, all layers' reads go on the store's own HIGH channel at once.
+ * Either way the previous step's reads are waited for before a step is planned (they land
+ * in the buffers the next one reuses), and a failed or short read fails the provider call
+ * of its layer (the error, -EIO for a short read), not the others.
  *
  * On the cpu backend "device" is host memory and the copy is a memcpy; a cuda backend's
  * copy is the same one upload per layer from pinned staging (a copy stream and an event per
@@ -474,6 +485,32 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
                         char *err, size_t err_len);
 /* Wait for its reads, release its channel, file, buffers. NULL ok. */
 void dp_engram_store_free(struct dp_engram_store *s);
+
+/*
+ * Where an NVME store's reads go instead of its channel. Both calls come from the store's
+ * thread (the compute thread).
+ *   read  queue a read of len bytes at offset of file (a handle of the io engine the store
+ *         was given, dp_io_file_open) into dst; layer is the model layer whose provider call
+ *         needs it, in the step the store's prefetch is for. 0 and *ret_ticket, or -errno
+ *         (the step's planning fails with it).
+ *   wait  wait for a ticket read returned (len: the bytes it asked for, so the reader can
+ *         tell a short read): the bytes read (>= 0) or -errno. The store waits for every
+ *         ticket exactly once; fewer bytes than len fail the layer with -EIO.
+ */
+struct dp_engram_reader {
+	int (*read)(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
+	            uint32_t layer, uint64_t *ret_ticket);
+	int (*wait)(void *ctx, uint64_t ticket, uint32_t len);
+	void *ctx;
+};
+
+/* Use reader for the NVME reads (copied; NULL: the store's own HIGH channel again, opened
+ * anew). Waits first for every read issued the old way, so it may be called between steps
+ * and must be, with NULL, before what the reader uses goes away (the store's free waits for
+ * its reads through the reader). 0, -EINVAL (not NVME, or a reader without both calls), or
+ * the io engine's error opening the channel (the store then has no way to read: its steps
+ * fail until a reader is set). */
+int dp_engram_store_set_reader(struct dp_engram_store *s, const struct dp_engram_reader *reader);
 
 /* Issue the step's lookups (above). items as for dp_v4_forward, before it runs. 0, -EINVAL,
  * -ENODATA (a sequence without its Engram history), -ERANGE (a token outside the map),

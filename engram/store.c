@@ -5,8 +5,10 @@
  *
  * A step's plan, per Engram layer slot, holds one entry per (token, column): the flat row,
  * the cache entry that has it (or none) and, on NVMe, where in the block pool its bytes
- * will land. Reads are issued slot by slot, so the channel's in-order completion counter
- * passing a slot's last ticket means all of that slot's rows are in.
+ * will land. Reads are issued slot by slot (in ascending model layer), so the channel's
+ * in-order completion counter passing a slot's last ticket means all of that slot's rows are
+ * in. With a reader (engram.h, dp_engram_store_set_reader) the tickets are the store's own
+ * count, each mapped to the reader's ticket, and waited for one by one in that order.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,7 +55,10 @@ struct dp_engram_store {
 	const unsigned char *data;
 
 	/* NVME */
-	struct dp_io_chan *chan;
+	struct dp_io_chan *chan;    /* without a reader */
+	struct dp_engram_reader rd; /* rd.read: reads go to the reader instead */
+	uint64_t *rtk;              /* with a reader: its ticket per store ticket of the step */
+	uint32_t *order;            /* slots in ascending model layer: the order of the reads */
 	uint32_t file;
 	bool file_open, direct;
 	struct dp_topo_mem pool; /* block (or row) buffers */
@@ -64,7 +69,7 @@ struct dp_engram_store {
 	struct dp_io_req *reqs; /* a slot's reads */
 	uint32_t *tlen;         /* expected bytes per ticket of the step */
 	uint64_t step_first;    /* first ticket of the step */
-	uint64_t issued;        /* tickets handed out so far (the channel's next) */
+	uint64_t issued;        /* tickets handed out so far (the channel's next, or a count) */
 	uint64_t checked;       /* tickets whose result was checked */
 
 	/* the step: capacity in tokens, plan per slot */
@@ -148,6 +153,7 @@ static void step_release(struct dp_engram_store *s)
 	free(s->hrows);
 	free(s->reqs);
 	free(s->tlen);
+	free(s->rtk);
 	s->flat = NULL;
 	s->centry = NULL;
 	s->poff = NULL;
@@ -155,6 +161,7 @@ static void step_release(struct dp_engram_store *s)
 	s->tok64 = s->hrows = NULL;
 	s->reqs = NULL;
 	s->tlen = NULL;
+	s->rtk = NULL;
 	if (s->staging.addr)
 		munlock(s->staging.addr, s->staging.mapped);
 	dp_topo_free_onnode(&s->staging);
@@ -188,9 +195,10 @@ static int step_reserve(struct dp_engram_store *s, uint32_t T)
 	s->hrows = malloc(all * sizeof(*s->hrows));
 	s->reqs = malloc(per * sizeof(*s->reqs));
 	s->tlen = malloc(all * sizeof(*s->tlen));
+	s->rtk = malloc(all * sizeof(*s->rtk));
 	s->out = calloc(s->n_slots, sizeof(*s->out));
 	if (!s->flat || !s->centry || !s->poff || !s->sortkey || !s->tok64 || !s->hrows ||
-	    !s->reqs || !s->tlen || !s->out)
+	    !s->reqs || !s->tlen || !s->rtk || !s->out)
 		goto nomem;
 	s->out_floats = (size_t)cap * s->F;
 	for (uint32_t i = 0; i < s->n_slots; i++)
@@ -265,10 +273,14 @@ static int load_data(struct dp_engram_store *s, void *dst, char *err, size_t err
 	return r;
 }
 
+static void check_tickets(struct dp_engram_store *s, uint64_t end);
+
 void dp_engram_store_free(struct dp_engram_store *s)
 {
 	if (!s)
 		return;
+	if (s->rd.read)
+		check_tickets(s, s->issued); /* the reader's reads land in the pool */
 	if (s->chan) {
 		dp_io_chan_free(s->chan); /* waits for its reads */
 		s->chan = NULL;
@@ -283,10 +295,34 @@ void dp_engram_store_free(struct dp_engram_store *s)
 	dp_engram_cache_fini(&s->cache);
 	dp_engram_table_close(s->table);
 	free(s->slot_data);
+	free(s->order);
 	free(s->ss);
 	free(s->sig);
 	free(s->sig_tok);
 	free(s);
+}
+
+/* NVME without a reader: the HIGH channel, room for a step of max_tokens. */
+static int open_chan(struct dp_engram_store *s)
+{
+	uint64_t depth = (uint64_t)s->cfg.max_tokens * s->C * s->n_slots;
+	if (depth > DP_IO_CHAN_DEPTH_MAX)
+		depth = DP_IO_CHAN_DEPTH_MAX;
+	int r = dp_io_chan_new(s->cfg.io, (uint32_t)depth, &s->chan);
+	if (r == 0 && (r = dp_io_chan_set_priority(s->chan, DP_IO_PRIO_HIGH)) < 0) {
+		dp_io_chan_free(s->chan);
+		s->chan = NULL;
+	}
+	if (r == 0)
+		s->issued = s->checked = dp_io_chan_next(s->chan);
+	return r;
+}
+
+static int cmp_slot_layer(const void *a, const void *b, void *h)
+{
+	int x = dp_engram_hash_layer_id(h, (int)*(const uint32_t *)a);
+	int y = dp_engram_hash_layer_id(h, (int)*(const uint32_t *)b);
+	return x < y ? -1 : x > y;
 }
 
 int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const char *path,
@@ -327,10 +363,14 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 	s->hd = head_dim;
 	s->F = s->C * head_dim;
 	s->slot_data = calloc(s->n_slots, sizeof(*s->slot_data));
-	if (!s->slot_data) {
+	s->order = calloc(s->n_slots, sizeof(*s->order));
+	if (!s->slot_data || !s->order) {
 		r = -ENOMEM;
 		goto fail;
 	}
+	for (uint32_t i = 0; i < s->n_slots; i++)
+		s->order[i] = i;
+	qsort_r(s->order, s->n_slots, sizeof(*s->order), cmp_slot_layer, (void *)h);
 	for (uint32_t i = 0; i < s->n_slots; i++) {
 		uint64_t off;
 		dp_engram_table_layer(s->table, (int)i, NULL, NULL, &off);
@@ -402,15 +442,10 @@ int dp_engram_store_new(const struct dp_engram_hash *h, uint32_t head_dim, const
 		/* direct (and the default): whole blocks; buffered: just the row's bytes */
 		s->unit_bytes = (s->cfg.flags & DP_ENGRAM_STORE_BUFFERED) ? s->info.row_bytes
 		                                                          : s->info.block_bytes;
-		uint64_t depth = (uint64_t)s->cfg.max_tokens * s->C * s->n_slots;
-		if (depth > DP_IO_CHAN_DEPTH_MAX)
-			depth = DP_IO_CHAN_DEPTH_MAX;
-		if ((r = dp_io_chan_new(s->cfg.io, (uint32_t)depth, &s->chan)) < 0 ||
-		    (r = dp_io_chan_set_priority(s->chan, DP_IO_PRIO_HIGH)) < 0) {
+		if ((r = open_chan(s)) < 0) {
 			dp_errf(err, err_len, "cannot open an io channel: %s", strerror(-r));
 			goto fail;
 		}
-		s->issued = s->checked = dp_io_chan_next(s->chan);
 		break;
 	}
 	default:
@@ -479,9 +514,17 @@ static void check_tickets(struct dp_engram_store *s, uint64_t end)
 	for (; s->checked < end; s->checked++) {
 		uint64_t t = s->checked;
 		int32_t res = 0;
-		int r = dp_io_wait(s->chan, t, -1);
-		if (r == 0)
-			r = dp_io_result(s->chan, t, &res);
+		int r;
+		if (s->rd.read) {
+			r = s->rd.wait(s->rd.ctx, s->rtk[t - s->step_first],
+			               s->tlen[t - s->step_first]);
+			res = r < 0 ? 0 : r;
+			r = r < 0 ? r : 0;
+		} else {
+			r = dp_io_wait(s->chan, t, -1);
+			if (r == 0)
+				r = dp_io_result(s->chan, t, &res);
+		}
 		if (r == 0 && res != (int32_t)s->tlen[t - s->step_first])
 			r = res < 0 ? res : -EIO;
 		if (r < 0 && t >= s->step_first)
@@ -497,10 +540,25 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Queue reqs[0..n) on the channel. A ticket's result slot is reused by the ticket `depth`
- * later, so no more than depth tickets may be unchecked: wait for the oldest when full. */
-static int submit_all(struct dp_engram_store *s, const struct dp_io_req *reqs, uint32_t n)
+/* Queue reqs[0..n) (for model layer `layer`) on the reader, or on the channel. A channel
+ * ticket's result slot is reused by the ticket `depth` later, so no more than depth tickets
+ * may be unchecked: wait for the oldest when full. */
+static int submit_all(struct dp_engram_store *s, const struct dp_io_req *reqs, uint32_t n,
+                      uint32_t layer)
 {
+	if (s->rd.read) {
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t t;
+			int r = s->rd.read(s->rd.ctx, reqs[i].file, reqs[i].offset, reqs[i].len,
+			                   reqs[i].addr, layer, &t);
+			if (r < 0)
+				return r;
+			s->rtk[s->issued++ - s->step_first] = t;
+		}
+		return 0;
+	}
+	if (!s->chan)
+		return -ENODEV; /* a reader's channel could not be opened again */
 	uint64_t depth = dp_io_chan_depth(s->chan);
 
 	while (n) {
@@ -576,7 +634,7 @@ static int plan_reads(struct dp_engram_store *s, uint32_t slot, uint64_t *unit_n
 		s->st.bytes_read += s->reqs[q].len;
 	}
 	s->st.reads += nreq;
-	int r = submit_all(s, s->reqs, nreq);
+	int r = submit_all(s, s->reqs, nreq, (uint32_t)dp_engram_hash_layer_id(s->h, (int)slot));
 	s->ss[slot].end = s->issued;
 	return r;
 }
@@ -598,7 +656,7 @@ static int plan(struct dp_engram_store *s, const struct dp_v4_batch_item *items,
 	if (T > UINT32_MAX)
 		return -E2BIG;
 	/* the previous step's reads land in buffers this one reuses */
-	if (s->chan && s->issued > s->checked)
+	if (s->issued > s->checked)
 		check_tickets(s, s->issued);
 	s->planned = false;
 	if ((r = step_reserve(s, (uint32_t)T)) < 0)
@@ -640,7 +698,8 @@ static int plan(struct dp_engram_store *s, const struct dp_v4_batch_item *items,
 	uint64_t unit_next = 0;
 	uint32_t tl_next = 0;
 	s->step_first = s->issued;
-	for (uint32_t sl = 0; sl < s->n_slots; sl++) {
+	for (uint32_t k = 0; k < s->n_slots; k++) {
+		uint32_t sl = s->order[k];
 		size_t base = (size_t)sl * s->cap * s->C, n = (size_t)T * s->C;
 		s->ss[sl] = (struct slot_step){.first = s->issued, .end = s->issued};
 		for (size_t j = 0; j < n; j++) {
@@ -672,6 +731,24 @@ static int plan_timed(struct dp_engram_store *s, const struct dp_v4_batch_item *
 	int r = plan(s, items, n_items);
 	s->st.plan_ns += dp_clock_ns() - t0;
 	return r;
+}
+
+int dp_engram_store_set_reader(struct dp_engram_store *s, const struct dp_engram_reader *reader)
+{
+	if (!s || s->cfg.residency != DP_ENGRAM_RES_NVME ||
+	    (reader && (!reader->read || !reader->wait)))
+		return -EINVAL;
+	/* what went the old way lands in the pool: in before the tickets change meaning */
+	check_tickets(s, s->issued);
+	s->planned = false; /* the plan's tickets are the old way's: plan the step again */
+	if (reader) {
+		dp_io_chan_free(s->chan);
+		s->chan = NULL;
+		s->rd = *reader;
+		return 0;
+	}
+	s->rd = (struct dp_engram_reader){0};
+	return s->chan ? 0 : open_chan(s);
 }
 
 int dp_engram_prefetch(struct dp_engram_store *s, const struct dp_v4_batch_item *items,
@@ -727,7 +804,7 @@ int dp_engram_store_rows(struct dp_engram_store *s, int layer, const struct dp_v
 			return r;
 		s->st.sync_prefetches++;
 	}
-	if (s->chan) {
+	if (s->cfg.residency == DP_ENGRAM_RES_NVME) {
 		uint64_t t0 = dp_clock_ns();
 		check_tickets(s, s->ss[slot].end);
 		s->st.wait_ns += dp_clock_ns() - t0;

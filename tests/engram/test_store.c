@@ -5,11 +5,14 @@
  * hash) and batches larger than the staging; NVMe residency gives the same rows and logits as
  * DRAM bit for bit; cache hits, inserts and evictions and NVMe block reads are accounted
  * exactly; a forward without a prefetch prefetches itself; a table of another model is
- * refused.
+ * refused. Through a reader (dp_engram_store_set_reader) NVMe gives the same rows, each
+ * slot's reads carry the layer that consumes them and are waited for when that layer asks,
+ * and a failed or short read fails that layer's call only.
  *
  * The model is tests/engram/fusion/model with larger Engram tables (engram_vocab_size 5003 and
  * 7001, so rows spread over many blocks), written here with deterministic values.
  */
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include "engram-test.h"
@@ -208,10 +211,81 @@ static void run_steps(struct fixture *f, enum dp_engram_dtype dt, float **ret_lo
 	*ret_n = nl * V;
 }
 
+/*
+ * A reader that reads only when a ticket is waited for (a pread then): rows gathered before
+ * their wait, or a buffer reused before the previous step's reads were waited for, come out
+ * wrong. It records each read's layer and whether it was waited; a read of fail_layer fails
+ * (-EIO), one of short_layer comes back a byte short.
+ */
+struct lazy_read {
+	uint64_t offset;
+	uint32_t len, layer;
+	void *dst;
+	bool waited;
+};
+
+struct lazy_reader {
+	int fd;
+	uint32_t file;
+	struct lazy_read *r;
+	size_t n, cap, waits;
+	int fail_layer, short_layer;
+};
+
+static int lazy_read(void *ctx, uint32_t file, uint64_t offset, uint32_t len, void *dst,
+                     uint32_t layer, uint64_t *ret_ticket)
+{
+	struct lazy_reader *z = ctx;
+	if (z->n == 0 && z->waits == 0)
+		z->file = file;
+	cr_assert_eq(file, z->file, "one table file, one handle");
+	if (z->n == z->cap) {
+		z->cap = z->cap ? 2 * z->cap : 64;
+		z->r = realloc(z->r, z->cap * sizeof(*z->r));
+		cr_assert_not_null(z->r);
+	}
+	z->r[z->n] = (struct lazy_read){.offset = offset, .len = len, .layer = layer, .dst = dst};
+	*ret_ticket = z->n++;
+	return 0;
+}
+
+static int lazy_wait(void *ctx, uint64_t ticket, uint32_t len)
+{
+	struct lazy_reader *z = ctx;
+	cr_assert_lt(ticket, z->n, "a ticket the reader never gave");
+	struct lazy_read *r = &z->r[ticket];
+	cr_assert_eq(len, r->len, "the wait names the read's length");
+	cr_assert(!r->waited, "ticket %llu waited for twice", (unsigned long long)ticket);
+	r->waited = true;
+	z->waits++;
+	if ((int)r->layer == z->fail_layer)
+		return -EIO;
+	ssize_t got = pread(z->fd, r->dst, r->len, (off_t)r->offset);
+	cr_assert_eq(got, (ssize_t)r->len);
+	return (int)r->len - ((int)r->layer == z->short_layer);
+}
+
+static void lazy_open(struct lazy_reader *z, struct dp_engram_store *s, const char *table)
+{
+	*z = (struct lazy_reader){.fail_layer = -1, .short_layer = -1};
+	z->fd = open(table, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(z->fd, 0);
+	struct dp_engram_reader rd = {.read = lazy_read, .wait = lazy_wait, .ctx = z};
+	cr_assert_eq(dp_engram_store_set_reader(s, &rd), 0);
+}
+
+static void lazy_close(struct lazy_reader *z)
+{
+	cr_expect_eq(z->waits, z->n, "every read was waited for, once");
+	close(z->fd);
+	free(z->r);
+}
+
 struct store_run {
 	enum dp_engram_residency res;
 	unsigned flags;
 	uint64_t cache;
+	bool reader; /* through a lazy reader */
 };
 
 /* The same steps through a store of each run, for both table dtypes: every run's logits
@@ -225,11 +299,18 @@ static void runs_agree(struct fixture *f, const struct store_run *runs, size_t n
 		for (size_t i = 0; i < n_runs; i++) {
 			float *logits;
 			size_t n;
+			struct lazy_reader z;
 			cr_assert(et_bundle_store(&f->b, f->table[dt], runs[i].res, runs[i].cache,
 			                          runs[i].flags),
 			          "%s store", dp_engram_residency_name(runs[i].res));
+			if (runs[i].reader)
+				lazy_open(&z, f->b.s, f->table[dt]);
 			run_steps(f, (enum dp_engram_dtype)dt, &logits, &n);
 			et_bundle_close_store(&f->b);
+			if (runs[i].reader) {
+				cr_expect_gt(z.n, 0, "the reader read");
+				lazy_close(&z);
+			}
 			if (!ref) {
 				ref = logits, n_ref = n;
 				continue;
@@ -250,9 +331,9 @@ static void runs_agree(struct fixture *f, const struct store_run *runs, size_t n
 Test(store, prefetched_rows_equal_direct_lookups_and_device_equals_dram_bit_for_bit)
 {
 	static const struct store_run runs[] = {
-	    {DP_ENGRAM_RES_DRAM, 0, 4096},
-	    {DP_ENGRAM_RES_DRAM, 0, 0},
-	    {DP_ENGRAM_RES_DEVICE, 0, 0},
+	    {DP_ENGRAM_RES_DRAM, 0, 4096, false},
+	    {DP_ENGRAM_RES_DRAM, 0, 0, false},
+	    {DP_ENGRAM_RES_DEVICE, 0, 0, false},
 	};
 	struct fixture f;
 
@@ -266,10 +347,13 @@ Test(store, prefetched_rows_equal_direct_lookups_and_device_equals_dram_bit_for_
 Test(store, nvme_equals_dram_bit_for_bit)
 {
 	static const struct store_run runs[] = {
-	    {DP_ENGRAM_RES_DRAM, 0, 4096}, /* the reference */
-	    {DP_ENGRAM_RES_NVME, 0, 4096},
-	    {DP_ENGRAM_RES_NVME, 0, 0},
-	    {DP_ENGRAM_RES_NVME, DP_ENGRAM_STORE_BUFFERED, 64},
+	    {DP_ENGRAM_RES_DRAM, 0, 4096, false}, /* the reference */
+	    {DP_ENGRAM_RES_NVME, 0, 4096, false},
+	    {DP_ENGRAM_RES_NVME, 0, 0, false},
+	    {DP_ENGRAM_RES_NVME, DP_ENGRAM_STORE_BUFFERED, 64, false},
+	    {DP_ENGRAM_RES_NVME, 0, 4096, true},
+	    {DP_ENGRAM_RES_NVME, 0, 0, true},
+	    {DP_ENGRAM_RES_NVME, DP_ENGRAM_STORE_BUFFERED, 64, true},
 	};
 	struct fixture f;
 
@@ -565,5 +649,149 @@ Test(store, stores_can_share_one_in_memory_copy_of_a_table)
 	dp_v4_seq_free(s);
 	dp_engram_store_free(sharer);
 	dp_engram_store_free(owner);
+	fixture_close(&f);
+}
+
+/* Open an NVMe store on the bf16 table with a lazy reader; false without io_uring. */
+static bool reader_store(struct fixture *f, struct lazy_reader *z)
+{
+	if (!et_bundle_store(&f->b, f->table[DP_ENGRAM_DTYPE_BF16], DP_ENGRAM_RES_NVME, 0, 0))
+		return false;
+	lazy_open(z, f->b.s, f->table[DP_ENGRAM_DTYPE_BF16]);
+	return true;
+}
+
+/* The slot whose table region holds file offset off (-1: none). */
+static int slot_of_offset(struct fixture *f, uint64_t off)
+{
+	struct dp_engram_table_info in;
+	dp_engram_table_get_info(f->t[DP_ENGRAM_DTYPE_BF16], &in);
+	int found = -1;
+	for (int sl = 0; sl < dp_engram_hash_n_layers(f->b.h); sl++) {
+		uint64_t start, end = in.file_bytes;
+		dp_engram_table_layer(f->t[DP_ENGRAM_DTYPE_BF16], sl, NULL, NULL, &start);
+		for (int o = 0; o < dp_engram_hash_n_layers(f->b.h); o++) {
+			uint64_t x;
+			dp_engram_table_layer(f->t[DP_ENGRAM_DTYPE_BF16], o, NULL, NULL, &x);
+			if (x > start && x < end)
+				end = x;
+		}
+		if (off >= start && off < end)
+			found = sl;
+	}
+	return found;
+}
+
+Test(store, a_readers_reads_carry_the_layer_that_consumes_them_and_each_layer_waits_for_its_own)
+{
+	struct fixture f;
+	struct lazy_reader z;
+	struct dp_v4_seq *s;
+	int32_t tok[20];
+
+	fixture_open(&f);
+	if (!reader_store(&f, &z)) {
+		fixture_close(&f);
+		cr_skip_test("io_uring is not available here");
+	}
+	for (int i = 0; i < 20; i++)
+		tok[i] = (i * 11 + 3) % 50;
+	cr_assert_eq(dp_v4_seq_new(f.b.m, &s), 0);
+	struct dp_v4_batch_item it = {.seq = s, .tokens = tok, .n_tokens = 20};
+	cr_assert_eq(dp_engram_prefetch(f.b.s, &it, 1), 0);
+	cr_assert_gt(z.n, 0);
+	/* every read is of the slot whose layer it names, in ascending layer order */
+	int L = dp_engram_hash_n_layers(f.b.h), lo = INT32_MAX, hi = -1;
+	size_t per_layer[8] = {0};
+	cr_assert_leq(L, 8);
+	for (size_t i = 0; i < z.n; i++) {
+		int sl = slot_of_offset(&f, z.r[i].offset);
+		cr_assert_geq(sl, 0, "read %zu is of no slot's rows", i);
+		cr_expect_eq((int)z.r[i].layer, dp_engram_hash_layer_id(f.b.h, sl),
+		             "read %zu of slot %d says layer %u", i, sl, z.r[i].layer);
+		cr_expect(i == 0 || z.r[i].layer >= z.r[i - 1].layer, "reads in layer order");
+		per_layer[sl]++;
+		lo = (int)z.r[i].layer < lo ? (int)z.r[i].layer : lo;
+		hi = (int)z.r[i].layer > hi ? (int)z.r[i].layer : hi;
+	}
+	for (int sl = 0; sl < L; sl++)
+		cr_expect_gt(per_layer[sl], 0, "slot %d has reads", sl);
+	cr_assert_lt(lo, hi, "two Engram layers");
+	cr_expect_eq(z.waits, 0, "nothing waited for at the prefetch");
+	/* the first layer's call waits for its reads only; its rows are the file's */
+	size_t bytes = 20 * (size_t)dp_engram_hash_n_columns(f.b.h) * f.b.hd * sizeof(float);
+	float *want = malloc(bytes);
+	const float *rows;
+	for (int pass = 0; pass < 2; pass++) {
+		int layer = pass ? hi : lo;
+		int sl = dp_engram_hash_layer_slot(f.b.h, layer);
+		cr_assert_eq(dp_engram_store_rows(f.b.s, layer, &it, 1, &rows), 0);
+		for (size_t i = 0; i < z.n; i++)
+			cr_expect_eq(z.r[i].waited, (int)z.r[i].layer <= layer,
+			             "after layer %d's call: read %zu of layer %u %s", layer, i,
+			             z.r[i].layer, z.r[i].waited ? "waited" : "not waited");
+		direct_rows(&f, f.t[DP_ENGRAM_DTYPE_BF16], sl, &it, 1, want);
+		cr_expect_eq(memcmp(rows, want, bytes), 0, "layer %d's rows", layer);
+	}
+	free(want);
+	et_bundle_close_store(&f.b);
+	lazy_close(&z);
+	dp_v4_seq_free(s);
+	fixture_close(&f);
+}
+
+Test(store, a_failed_or_short_read_through_a_reader_fails_its_layer_only)
+{
+	struct fixture f;
+	struct lazy_reader z;
+	struct dp_v4_seq *s;
+	int32_t tok[24];
+
+	fixture_open(&f);
+	if (!reader_store(&f, &z)) {
+		fixture_close(&f);
+		cr_skip_test("io_uring is not available here");
+	}
+	for (int i = 0; i < 24; i++)
+		tok[i] = (i * 13 + 5) % 60;
+	cr_assert_eq(dp_v4_seq_new(f.b.m, &s), 0);
+	int lo = dp_engram_hash_layer_id(f.b.h, 0), hi = dp_engram_hash_layer_id(f.b.h, 1);
+	size_t bytes = 8 * (size_t)dp_engram_hash_n_columns(f.b.h) * f.b.hd * sizeof(float);
+	float *want = malloc(bytes), *logits = malloc(f.b.V * sizeof(float));
+	const float *rows;
+	for (int step = 0; step < 3; step++) {
+		/* a failed read of the high layer, a short one of the low layer, then none */
+		z.fail_layer = step == 0 ? hi : -1;
+		z.short_layer = step == 1 ? lo : -1;
+		struct dp_v4_batch_item it = {.seq = s, .tokens = tok + 8 * step, .n_tokens = 8};
+		cr_assert_eq(dp_engram_prefetch(f.b.s, &it, 1), 0);
+		for (int sl = 0; sl < 2; sl++) {
+			int layer = dp_engram_hash_layer_id(f.b.h, sl);
+			int r = dp_engram_store_rows(f.b.s, layer, &it, 1, &rows);
+			if (layer == z.fail_layer || layer == z.short_layer) {
+				cr_expect_eq(r, -EIO, "step %d layer %d: %d", step, layer, r);
+				continue;
+			}
+			cr_assert_eq(r, 0, "step %d layer %d: %s", step, layer, strerror(-r));
+			direct_rows(&f, f.t[DP_ENGRAM_DTYPE_BF16], sl, &it, 1, want);
+			cr_expect_eq(memcmp(rows, want, bytes), 0, "step %d layer %d's rows", step,
+			             layer);
+		}
+		/* the forward asks the same rows: it fails with the read's error, or runs */
+		int r = dp_v4_forward(f.b.m, &it, 1, logits);
+		if (step < 2)
+			cr_expect_eq(r, -EIO, "step %d: the forward fails", step);
+		else
+			cr_expect_eq(r, 0, "the step after is served");
+		if (r < 0) { /* its state no longer matches: start the sequence again */
+			dp_v4_seq_free(s);
+			cr_assert_eq(dp_v4_seq_new(f.b.m, &s), 0);
+		}
+	}
+	free(want);
+	free(logits);
+	et_bundle_close_store(&f.b);
+	lazy_close(&z);
+	dp_v4_seq_free(s);
 	fixture_close(&f);
 }
