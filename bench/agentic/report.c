@@ -464,13 +464,15 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 	       fmt_span(b[4], col[4], n), fmt_span(b[0], col[0], n), fmt_span(b[1], col[1], n),
 	       fmt_span(b[3], col[3], n), fmt_span(b[2], col[2], n));
 	if (rd[chosen].read_bps > 0 && o->throttle_bps)
-		printf("NVMe tier reads throttled (--throttle-read) to %.1f MB/s\n",
+		printf("NVMe tier reads paced by the daemons' io engine (--throttle-read: "
+		       "--io-read-rate) to %.1f MB/s, every read, the I/O probe's alike\n",
 		       rd[chosen].read_bps / 1e6);
 	else if (rd[chosen].read_bps > 0)
 		printf(
-		    "NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
-		    "round: the rate at which the restores' bytes take %g x the resident run's "
-		    "compute time\n",
+		    "NVMe tier reads paced by the daemons' io engine (--throttle-read %s: "
+		    "--io-read-rate) to %.1f MB/s in the reported round, every read, the I/O "
+		    "probe's alike: the rate at which the restores' bytes take %g x the resident "
+		    "run's compute time\n",
 		    o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
 	for (int c = 0; c < 5; c++)
 		free(col[c]);
