@@ -113,8 +113,9 @@
  * are not paced, and a channel whose next request is a held read holds its
  * later requests behind it (channel order) while other channels' requests
  * go on. While reads are held the io thread sleeps until the bucket allows
- * the next one (a timeout on its wait), or until other work comes.
- * dp_io_stats says how long reads waited.
+ * the next one (a timeout on its wait), or until other work comes (an
+ * IOPOLL ring with requests in flight waits for the next completion, which
+ * a polled device posts soon). dp_io_stats says how long reads waited.
  *
  * Depth: queue_depth bounds requests in the kernel (fio's iodepth). A
  * channel's depth bounds unfinished tickets; make it larger (2-4x) so the
@@ -303,7 +304,8 @@ struct dp_io_stats {
 	uint64_t sleep_ns;      /* time asleep */
 	uint64_t cpu_ns;        /* CPU time of the io thread (user + system) */
 	uint64_t read_waits;    /* reads that waited for the read rate (read_rate) */
-	uint64_t read_wait_ns;  /* time with at least one read waiting for it */
+	uint64_t read_wait_ns;  /* their time waiting, summed (a channel's next
+	                         * read held from when it was first held) */
 	uint32_t inflight;      /* requests in the kernel now */
 	uint32_t inflight_max;  /* most at once */
 };
