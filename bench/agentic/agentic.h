@@ -266,6 +266,7 @@ struct ag_result {
 	/* the daemon's threads over the measured turns: waited runnable for a
 	 * CPU / (that + ran); NAN if unknown */
 	double run0_s, wait0_s, cpu_wait;
+	double read_bps; /* its daemon's --io-read-rate (0: none), and the probe's pacing */
 	/* dualpath: the I/O-only probe */
 	double io_s, io_gbps;
 	uint64_t io_bytes;

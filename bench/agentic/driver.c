@@ -234,6 +234,7 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 		args[n++] = "--threads";
 		args[n++] = o->threads;
 	}
+	res->read_bps = (double)read_bps;
 	if (read_bps) {
 		snprintf(rate, sizeof(rate), "%llu", (unsigned long long)read_bps);
 		args[n++] = "--io-read-rate";
