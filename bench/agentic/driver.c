@@ -315,9 +315,9 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	if (m == AG_MODE_DUALPATH && res->st.pages_read > 0) {
 		char path[400];
 		snprintf(path, sizeof(path), "%s/slots", d.state);
-		int r =
-		    ag_io_probe(path, (uint64_t)res->st.pages_read, o->io_depth, read_bps, &res->io_s,
-		                &res->io_bytes, &res->io_direct, res->io_err, sizeof(res->io_err));
+		int r = ag_io_probe(path, (uint64_t)res->st.pages_read, o->io_depth, read_bps,
+		                    &res->io_s, &res->io_bytes, &res->io_direct, res->io_err,
+		                    sizeof(res->io_err));
 		if (r == 0)
 			res->io_gbps = (double)res->io_bytes / res->io_s / 1e9;
 	}
@@ -644,12 +644,13 @@ int main(int argc, char **argv)
 				if (g->read_bps > 0 && g->read_bps < 1048576)
 					g->read_bps = 1048576;
 				g->read_bps = floor(g->read_bps);
-				fprintf(stderr,
-				        "agentic-driver: round %u: reads paced to %.1f MB/s "
-				        "(--io-read-rate %.0f: %.1f MiB in the resident run's %.3f s "
-				        "of compute)\n",
-				        round, g->read_bps / 1e6, g->read_bps, g->est_bytes / 1048576.0,
-				        c);
+				fprintf(
+				    stderr,
+				    "agentic-driver: round %u: reads paced to %.1f MB/s "
+				    "(--io-read-rate %.0f: %.1f MiB in the resident run's %.3f s "
+				    "of compute)\n",
+				    round, g->read_bps / 1e6, g->read_bps, g->est_bytes / 1048576.0,
+				    c);
 			}
 			struct ag_result r = {.round = round};
 			struct ag_cpu_snap a, b;
@@ -678,7 +679,8 @@ int main(int argc, char **argv)
 			    "%.1f ms%s%s\n",
 			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
 			    r.st.io_read_bytes / 1048576.0, bps ? " (paced)" : "", r.cpu_wait,
-			    r.others_cpus, r.probe_ms, o.keep ? ", kept " : "", o.keep ? r.dir : "");
+			    r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
+			    o.keep ? r.dir : "");
 			rr[m] = r;
 		}
 		double end = ag_probe_ms();

@@ -163,8 +163,9 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, uint64_t read_bps,
 			memset(c, 0, sizeof(*c));
 			c->aio_fildes = (uint32_t)fd;
 			c->aio_lio_opcode = IOCB_CMD_PREAD;
-			c->aio_buf = (uint64_t)(uintptr_t)((char *)buf + (size_t)cur * AG_SLOT_BYTES +
-			                                   (page ? AG_HDR_BYTES : 0));
+			c->aio_buf =
+			    (uint64_t)(uintptr_t)((char *)buf + (size_t)cur * AG_SLOT_BYTES +
+			                          (page ? AG_HDR_BYTES : 0));
 			c->aio_nbytes = len;
 			c->aio_offset = (int64_t)(off + (page ? AG_HDR_BYTES : 0));
 			c->aio_data = cur;
@@ -187,7 +188,8 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, uint64_t read_bps,
 		struct timespec ts, *tsp = NULL;
 		if (held) {
 			int64_t ns = bucket_wait_ns(&b);
-			ts = (struct timespec){.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+			ts = (struct timespec){.tv_sec = ns / 1000000000,
+			                       .tv_nsec = ns % 1000000000};
 			tsp = &ts;
 			if (!inflight) {
 				nanosleep(&ts, NULL);

@@ -711,8 +711,7 @@ Test(config_daemon, the_read_rate_from_the_file_or_the_flag_paces_the_io_thread)
 	run_daemon(test_model(), text, sizeof(text) - 1,
 	           (const char *const[]){"--io-read-rate", "16M", NULL}, 0, &o);
 	cr_assert(o.served, "%s", o.out);
-	cr_expect(strstr(o.out, "reads paced to 16.8 MB/s"), "the flag over the file:\n%s",
-	          o.out);
+	cr_expect(strstr(o.out, "reads paced to 16.8 MB/s"), "the flag over the file:\n%s", o.out);
 	run_daemon(test_model(), NULL, 0, NULL, 0, &o);
 	cr_assert(o.served, "%s", o.out);
 	cr_expect(!strstr(o.out, "reads paced"), "no limit by default:\n%s", o.out);
