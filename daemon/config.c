@@ -160,7 +160,9 @@ static const char *name_shared_tier(const struct dp_config *c)
  * (DP_FRAME_MAX_LIMIT) is far above what one request needs. Byte budgets
  * below one state page (64 KiB; an NVMe slot is a page and its header)
  * would count as no tier or no limit, so a nonzero budget is at least 1 MiB.
- * queue_depth: up to DP_IO_DEPTH_MAX (main.c asserts it).
+ * queue_depth: up to DP_IO_DEPTH_MAX (main.c asserts it). read_rate: below
+ * 1 MiB/s a 64 KiB page would take 64 ms; up to DP_IO_READ_RATE_MAX (main.c
+ * asserts it).
  */
 static const struct opt opts[] = {
 	O("daemon", socket, OPT_STR, "Unix socket path"),
@@ -240,6 +242,10 @@ static const struct opt opts[] = {
 	ON("io", queue_depth, OPT_U32, 1, DP_CONFIG_QUEUE_DEPTH_MAX, "io_uring queue depth"),
 	O("io", sqpoll, OPT_BOOL, "io_uring SQPOLL (needs a core to itself)"),
 	O("io", iopoll, OPT_BOOL, "io_uring IOPOLL (needs NVMe poll queues)"),
+	OK("io", "read_rate", read_rate, OPT_BYTES, .min = MiB, .max = DP_CONFIG_READ_RATE_MAX,
+	   .zero_ok = true, .flag = "io-read-rate",
+	   .help = "bytes a second the io thread's reads may start at, all together, every read "
+		   "paced (a shared disk's other tenants keep the rest; 0: no limit)"),
 	O("sched", pin_threads, OPT_BOOL, "pin front/compute/io threads near the GPU"),
 	ON("sched", max_batch_tokens, OPT_U32, 1, 65536, "tokens per forward step"),
 	ON("sched", prefill_chunk, OPT_U32, 1, 65536, "prompt tokens of one request per step"),

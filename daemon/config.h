@@ -28,6 +28,7 @@
 #define DP_CONFIG_DEFAULT_PATH "/etc/dualpath/dualpathd.conf"
 #define DP_CONFIG_STR_MAX 4096
 #define DP_CONFIG_QUEUE_DEPTH_MAX 4096u /* <= DP_IO_DEPTH_MAX (main.c asserts it) */
+#define DP_CONFIG_READ_RATE_MAX (1ull << 40) /* <= DP_IO_READ_RATE_MAX (main.c asserts it) */
 
 /* How a parked session's state (DRAM or NVMe tier) returns for its next
  * turn: the compute thread's policy, key [sched] restore. */
@@ -100,6 +101,7 @@ struct dp_config {
 	uint32_t queue_depth;
 	bool sqpoll;
 	bool iopoll;
+	uint64_t read_rate;	/* bytes a second, all reads of the io thread (0: no limit) */
 	/* [sched] */
 	bool pin_threads;
 	uint32_t max_batch_tokens; /* tokens per forward step */

@@ -157,11 +157,14 @@ static int start_io(struct dp_server *srv, char *err, size_t err_len)
 	ic.queue_depth = cfg->queue_depth;
 	ic.node = srv->placement.node;
 	ic.flags = (cfg->sqpoll ? DP_IO_SQPOLL : 0) | (cfg->iopoll ? DP_IO_IOPOLL : 0);
+	_Static_assert(DP_CONFIG_READ_RATE_MAX <= DP_IO_READ_RATE_MAX, "read_rate is checked at load");
+	ic.read_rate = cfg->read_rate;
 	int ret = dp_io_new(&ic, &srv->io);
 	if (ret < 0) {
 		/* io_uring disabled by sysctl, or too old a kernel: the KV cache
 		 * still works with synchronous file I/O */
-		log_warning("io_uring unavailable (%s): the NVMe tier uses synchronous I/O", strerror(-ret));
+		log_warning("io_uring unavailable (%s): the NVMe tier uses synchronous I/O%s", strerror(-ret),
+			    cfg->read_rate ? ", its reads not paced (read_rate needs the io thread)" : "");
 		srv->io = NULL;
 		return 0;
 	}

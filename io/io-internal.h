@@ -118,6 +118,8 @@ struct dp_io_chan {
 	uint64_t kbytes;                         /* their bytes */
 	uint64_t busy_since;                     /* when inflight last left 0 */
 	uint32_t stage_head, stage_n;
+	uint64_t rate_held_since;                /* its next read waits for the read
+	                                          * rate since then; 0: it does not */
 	bool barrier;                            /* a barrier request is unfinished */
 	bool dirty;                              /* io_done moved since the last publish */
 	struct dp_io_chan *dirty_next;
@@ -148,6 +150,7 @@ struct io_counters {
 	_Atomic uint64_t reads, writes, syncs, bytes_read, bytes_written;
 	_Atomic uint64_t errors, cancelled, retries, short_reads;
 	_Atomic uint64_t submits, sqes, sleeps, busy_ns, sleep_ns, cpu_ns;
+	_Atomic uint64_t read_waits, read_wait_ns;
 	_Atomic uint32_t inflight, inflight_max;
 };
 
@@ -207,6 +210,15 @@ struct dp_io {
 	uint64_t t_mark;           /* busy-time accounting */
 	uint64_t t_active;         /* last pass that moved something */
 	uint64_t spin_ns;          /* cfg.spin_us */
+	/* The read rate's token bucket (cfg.read_rate; io.h "Read rate").
+	 * Tokens count bytes x 1e9, so that dt ns of refill add exactly
+	 * dt x read_rate: no rounding, the average is the rate. Bounds: the
+	 * cap is read_burst <= 1 GiB (~1.07e18), the debt at most one read's
+	 * length (<= 1 GiB) below 0, both far inside int64. */
+	int64_t rb_tokens;         /* < 0: in debt, reads wait */
+	int64_t rb_cap;            /* cfg.read_burst x 1e9 */
+	uint64_t rb_t;             /* the last refill */
+	bool rb_held;              /* io_has_work found a read held by it */
 
 	/* Counters (their own line pair). */
 	alignas(DP_RING_ALIGN) struct io_counters st;

@@ -193,6 +193,57 @@ static int op_complete(struct dp_io *io, struct io_op *op, int32_t res)
 	return 0;
 }
 
+/* ---- the read rate ----------------------------------------------------- */
+
+#define RB_NS 1000000000ll
+
+/* Credit the time since the last refill, up to the burst. */
+static void rate_refill(struct dp_io *io, uint64_t now)
+{
+	uint64_t rate = io->cfg.read_rate;
+
+	if (!rate || now <= io->rb_t)
+		return;
+	uint64_t dt = now - io->rb_t;
+	uint64_t room = (uint64_t)(io->rb_cap - io->rb_tokens);
+	io->rb_t = now;
+	/* dt <= room / rate keeps dt * rate <= room: no overflow */
+	if (dt > room / rate)
+		io->rb_tokens = io->rb_cap;
+	else
+		io->rb_tokens += (int64_t)(dt * rate);
+}
+
+/* May a read start now? (No limit, or the bucket is out of debt.) */
+static bool rate_ready(struct dp_io *io)
+{
+	if (!io->cfg.read_rate || io->rb_tokens >= 0)
+		return true;
+	rate_refill(io, dp_clock_ns());
+	return io->rb_tokens >= 0;
+}
+
+/* Nanoseconds until the bucket is out of debt (it is in debt). */
+static int64_t rate_wait_ns(const struct dp_io *io)
+{
+	uint64_t debt = (uint64_t)-io->rb_tokens, rate = io->cfg.read_rate;
+	return (int64_t)((debt + rate - 1) / rate);
+}
+
+/* A read of channel c starts: it takes its length (debt allowed); if it
+ * waited, count the wait. */
+static void rate_take(struct dp_io *io, struct dp_io_chan *c, uint32_t len)
+{
+	if (!io->cfg.read_rate)
+		return;
+	io->rb_tokens -= (int64_t)len * RB_NS;
+	if (c->rate_held_since) {
+		io_stat_add(&io->st.read_waits, 1);
+		io_stat_add(&io->st.read_wait_ns, io->rb_t - c->rate_held_since);
+		c->rate_held_since = 0;
+	}
+}
+
 /* ---- submission -------------------------------------------------------- */
 
 static void op_prep(struct dp_io *io, struct io_op *op, struct io_uring_sqe *sqe)
@@ -276,6 +327,13 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 				want_rebuild(io, -EOPNOTSUPP);
 				break;
 			}
+			/* the read rate: a read waits while the bucket is in
+			 * debt, and the channel's later requests behind it */
+			if (r->op == DP_IO_OP_READ && io->rb_tokens < 0 && io->cfg.read_rate) {
+				if (!c->rate_held_since)
+					c->rate_held_since = io->rb_t;
+				break;
+			}
 			sqe = io_uring_get_sqe(&io->ring);
 			if (!sqe)
 				break;
@@ -297,6 +355,8 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 			*finished += op_finish(io, op, err);
 			continue;
 		}
+		if (op->req.op == DP_IO_OP_READ)
+			rate_take(io, c, op->req.len);
 		op_prep(io, op, sqe);
 		n++;
 	}
@@ -309,6 +369,8 @@ static unsigned io_fill(struct dp_io *io, int *finished)
 
 	if (io->rebuild)
 		return 0;
+	if (io->cfg.read_rate)
+		rate_refill(io, dp_clock_ns());
 	while (io->redo_head >= 0) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
 		if (!sqe)
@@ -431,6 +493,9 @@ static void io_rebuild(struct dp_io *io)
  * with every op in use, waits for a completion, which wakes us anyway.) */
 static bool io_has_work(struct dp_io *io)
 {
+	bool held = false;
+
+	io->rb_held = false;
 	if (atomic_load_explicit(&io->ctl_pending, memory_order_acquire))
 		return true;
 	/* A stop is news to the run loop, not to io_shutdown's own passes. */
@@ -456,6 +521,12 @@ static bool io_has_work(struct dp_io *io)
 				continue;
 			if (lim && c->inflight && c->kbytes + r->len > lim)
 				continue;
+			/* held by the read rate: the bucket's refill frees it
+			 * (io_sleep's timeout) */
+			if (r->op == DP_IO_OP_READ && !rate_ready(io)) {
+				held = true;
+				continue;
+			}
 			return true;
 		}
 		if (lim && c->inflight && c->kbytes >= lim)
@@ -463,6 +534,7 @@ static bool io_has_work(struct dp_io *io)
 		if (!dp_spsc_empty(c->ring))
 			return true;
 	}
+	io->rb_held = held;
 	return false;
 }
 
@@ -498,6 +570,13 @@ static void io_sleep(struct dp_io *io, int64_t timeout_ns)
 			dp_waiter_cancel(&io->wake);
 		return;
 	}
+	/* Reads held by the read rate: wake when the bucket lets the next one
+	 * go (a request, a completion or a control call may come sooner). */
+	if (io->rb_held) {
+		int64_t rate_ns = rate_wait_ns(io);
+		if (timeout_ns < 0 || rate_ns < timeout_ns)
+			timeout_ns = rate_ns;
+	}
 	uint64_t t0 = dp_clock_ns();
 	io_stat_add(&io->st.busy_ns, t0 - io->t_mark);
 	/* The waits below also submit SQEs still pending (io_iter leaves
@@ -505,7 +584,8 @@ static void io_sleep(struct dp_io *io, int64_t timeout_ns)
 	unsigned pending = io->unsubmitted;
 	if (iopoll && io->inflight) {
 		/* IOPOLL rings cannot poll an eventfd; polling for completions
-		 * is what this mode is for. */
+		 * is what this mode is for (and a held read waits for the next
+		 * one, which a polled device posts soon). */
 		dp_waiter_cancel(&io->wake);
 		io_uring_submit_and_wait(&io->ring, 1);
 		io_count_submit(io, pending);

@@ -30,6 +30,8 @@ int dp_io_config_init(struct dp_io_config *cfg)
 	cfg->sqpoll_cpu = -1;
 	cfg->sqpoll_idle_ms = 100;
 	cfg->spin_us = 0;
+	cfg->read_rate = 0;
+	cfg->read_burst = DP_IO_READ_BURST_DEFAULT;
 	return 0;
 }
 
@@ -44,6 +46,8 @@ static bool config_valid(const struct dp_io_config *c)
 		return false;
 	if (c->max_regions > 64 || c->node < -1 || c->flags >= DP_IO_FLAGS_MAX ||
 	    c->sqpoll_cpu < -1 || c->spin_us > 1000000)
+		return false;
+	if (c->read_rate > DP_IO_READ_RATE_MAX || c->read_burst > DP_IO_LEN_MAX)
 		return false;
 	return true;
 }
@@ -480,6 +484,9 @@ int dp_io_new(const struct dp_io_config *cfg, struct dp_io **ret_io)
 	io->mode.arena_node = -1;
 	io->mode.queue_depth = c.queue_depth;
 	io->spin_ns = (uint64_t)c.spin_us * 1000;
+	io->rb_cap = (int64_t)c.read_burst * 1000000000;
+	io->rb_tokens = io->rb_cap; /* a full bucket: the first reads go at once */
+	io->rb_t = dp_clock_ns();
 	io->wake.efd = -1;
 
 	r = dp_waiter_init(&io->wake, DP_WAITER_EVENTFD, 1);
@@ -590,6 +597,8 @@ int dp_io_get_stats(struct dp_io *io, struct dp_io_stats *ret)
 	s.inflight = atomic_load_explicit(&c->inflight, memory_order_relaxed);
 	s.inflight_max = atomic_load_explicit(&c->inflight_max, memory_order_relaxed);
 	s.cpu_ns = rd(&c->cpu_ns);
+	s.read_waits = rd(&c->read_waits);
+	s.read_wait_ns = rd(&c->read_wait_ns);
 	pthread_mutex_lock(&io->lock);
 	int st = atomic_load_explicit(&io->state, memory_order_relaxed);
 	if (st == IO_RUNNING || st == IO_POLLING) {
@@ -655,6 +664,9 @@ int dp_io_describe(struct dp_io *io, char *buf, size_t len)
 		           m.fixed_bufs ? "registered" : "not registered");
 	else
 		dp_appendf(buf, len, &pos, "; no arena");
+	if (io->cfg.read_rate)
+		dp_appendf(buf, len, &pos, "; reads paced to %.1f MB/s (burst %u KiB)",
+		           (double)io->cfg.read_rate / 1e6, io->cfg.read_burst >> 10);
 	dp_appendf(buf, len, &pos, "; completions %s%s",
 	           m.iopoll ? "polled (IOPOLL)" : "interrupt-driven",
 	           m.sqpoll ? ", submission by kernel thread (SQPOLL)" : "");

@@ -99,6 +99,24 @@
  * no CPU. While all queue_depth slots are busy it sleeps without telling
  * requesters, who then queue without a wake-up system call.
  *
+ * Read rate (read_rate, read_burst): a token bucket on the io thread paces
+ * every read the engine starts, all channels together (it stands for the
+ * device's rate: an operator's cap that keeps the NVMe tier's reads from
+ * starving other tenants of a shared disk, or a slower disk for a
+ * benchmark). A read starts only while the bucket is not in debt (tokens
+ * >= 0), then takes its whole length (debt allowed: a read larger than the
+ * burst still goes, and the average over any long run is exactly the rate);
+ * tokens refill at read_rate bytes a second up to read_burst. Every read is
+ * paced, not an average over a time slice as the kernel's blkio throttle
+ * does (which lets a read after a pause go at the disk's own speed).
+ * Resubmissions of a short read are not charged again; writes and syncs
+ * are not paced, and a channel whose next request is a held read holds its
+ * later requests behind it (channel order) while other channels' requests
+ * go on. While reads are held the io thread sleeps until the bucket allows
+ * the next one (a timeout on its wait), or until other work comes (an
+ * IOPOLL ring with requests in flight waits for the next completion, which
+ * a polled device posts soon). dp_io_stats says how long reads waited.
+ *
  * Depth: queue_depth bounds requests in the kernel (fio's iodepth). A
  * channel's depth bounds unfinished tickets; make it larger (2-4x) so the
  * kernel stays busy while the in-order counter waits for a slow request.
@@ -157,6 +175,8 @@ enum dp_io_flags {
 #define DP_IO_DEPTH_MAX 4096u
 #define DP_IO_CHAN_DEPTH_MAX 65536u
 #define DP_IO_LEN_MAX (1u << 30) /* bytes per request */
+#define DP_IO_READ_RATE_MAX (1ull << 40) /* bytes a second (1 TiB/s) */
+#define DP_IO_READ_BURST_DEFAULT (256u << 10)
 
 struct dp_io_config {
 	uint32_t queue_depth;    /* requests in the kernel at most, 1..DP_IO_DEPTH_MAX */
@@ -172,20 +192,28 @@ struct dp_io_config {
 	uint32_t spin_us;        /* after its last work the io thread, and a
 	                          * requester in dp_io_wait, poll this long
 	                          * before sleeping (0: sleep at once) */
+	uint64_t read_rate;      /* bytes a second all reads together may start
+	                          * at, 0..DP_IO_READ_RATE_MAX (0: no limit);
+	                          * see "Read rate" above */
+	uint32_t read_burst;     /* bytes the bucket holds at most, 0..DP_IO_LEN_MAX
+	                          * (reads that may start at once after a pause) */
 };
 
 /* Defaults: depth 128, no arena, 64 files, 16 channels, 8 regions, node -1,
  * no flags, sqpoll_cpu -1, sqpoll_idle_ms 100, spin_us 0 (on a busy 2-core
  * VM any polling lost throughput: the poller takes the core the other
- * thread needs; give it a few tens of us where cores are dedicated).
+ * thread needs; give it a few tens of us where cores are dedicated),
+ * read_rate 0 (no limit), read_burst DP_IO_READ_BURST_DEFAULT (256 KiB: a
+ * few restore pages at once).
  * Returns 0 or -EINVAL. */
 int dp_io_config_init(struct dp_io_config *cfg);
 
 /* ---- engine ------------------------------------------------------------ */
 
 /* Create the ring, the arena and the tables (cfg NULL: defaults). Returns 0,
- * -EINVAL (bad config), -ENOMEM, or the error of io_uring_setup (-EPERM when
- * io_uring is disabled by sysctl, -ENOSYS...). */
+ * -EINVAL (bad config: a field out of its range above), -ENOMEM, or the
+ * error of io_uring_setup (-EPERM when io_uring is disabled by sysctl,
+ * -ENOSYS...). */
 int dp_io_new(const struct dp_io_config *cfg, struct dp_io **ret_io);
 /* Stop (DP_IO_STOP_CANCEL) if still running, free channels still attached,
  * close the files it opened, release the ring and arena. NULL ok. */
@@ -275,6 +303,9 @@ struct dp_io_stats {
 	uint64_t busy_ns;       /* time in the loop not asleep */
 	uint64_t sleep_ns;      /* time asleep */
 	uint64_t cpu_ns;        /* CPU time of the io thread (user + system) */
+	uint64_t read_waits;    /* reads that waited for the read rate (read_rate) */
+	uint64_t read_wait_ns;  /* their time waiting, summed (a channel's next
+	                         * read held from when it was first held) */
 	uint32_t inflight;      /* requests in the kernel now */
 	uint32_t inflight_max;  /* most at once */
 };

@@ -160,11 +160,13 @@ void ag_monitor_fini(struct ag_monitor *m);
  * Read n slots of the daemon's slot file (path) as a restore does: per
  * slot a 4 KiB header read and a 64 KiB page read, O_DIRECT, `depth` reads
  * in flight (Linux AIO), slots in a shuffled order, cycling if n exceeds
- * the file. *ret_secs is the time, *ret_bytes the bytes read, *ret_direct
- * whether O_DIRECT held (a file system without it falls back to buffered).
+ * the file; paced to read_bps bytes a second as the daemon's io engine
+ * paces its reads at --io-read-rate (0: no limit). *ret_secs is the time,
+ * *ret_bytes the bytes read, *ret_direct whether O_DIRECT held (a file
+ * system without it falls back to buffered).
  */
-int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, uint64_t *ret_bytes,
-                bool *ret_direct, char *err, size_t err_len);
+int ag_io_probe(const char *path, uint64_t n, unsigned depth, uint64_t read_bps, double *ret_secs,
+                uint64_t *ret_bytes, bool *ret_direct, char *err, size_t err_len);
 
 /* ---- disturb.c: how much other work shared the machine -------------------- */
 
@@ -186,23 +188,6 @@ int ag_proc_sched(pid_t pid, double *ret_run_s, double *ret_wait_s);
 /* A fixed piece of arithmetic on every CPU at once, ms (median of 3): the
  * undisturbed machine's time is the lowest seen. */
 double ag_probe_ms(void);
-
-/* ---- throttle.c: a read rate on the work directory's disk ------------------ */
-
-struct ag_throttle {
-	bool v2, moved;
-	unsigned maj, min; /* the disk */
-	uint64_t read_bps; /* now; 0: none */
-	char parent[448];
-	char dir[512];
-};
-/* Make a cgroup for this process under its own and move into it (the
- * processes it starts are born there); path: a file or folder on the disk. */
-int ag_throttle_open(struct ag_throttle *t, const char *path, char *err, size_t err_len);
-/* Reads from the disk at most read_bps bytes/s (0: no limit). */
-int ag_throttle_set(struct ag_throttle *t, uint64_t read_bps, char *err, size_t err_len);
-/* Move back and remove the cgroup; accepts a zeroed one. */
-void ag_throttle_close(struct ag_throttle *t);
 
 /* ---- the driver (driver.c) and its report (report.c) ----------------------- */
 
@@ -230,7 +215,9 @@ struct ag_opts {
 	double idle_scale;
 	bool evict, keep;
 	/* --throttle-read: NULL none; "auto": each round, the rate at which the
-	 * restores' reads take as long as the round's compute-only time */
+	 * restores' reads take as long as the round's compute-only time; the
+	 * restore modes' daemons get it as --io-read-rate, the I/O probe paces
+	 * its reads at it */
 	const char *throttle;
 	uint64_t throttle_bps;    /* a fixed rate, when not auto */
 	double throttle_io_ratio; /* auto: the I/O-only / compute-only aimed at */
@@ -243,7 +230,7 @@ struct ag_round {
 	double others_cpus; /* the most any of its modes saw */
 	double steal_cpus;
 	double probe_ms;  /* the slowest probe around its modes */
-	double read_bps;  /* the throttle its restore modes ran under; 0: none */
+	double read_bps;  /* the read rate its restore modes ran under; 0: none */
 	double est_bytes; /* auto: the bytes the rate was set for */
 };
 
@@ -279,6 +266,7 @@ struct ag_result {
 	/* the daemon's threads over the measured turns: waited runnable for a
 	 * CPU / (that + ran); NAN if unknown */
 	double run0_s, wait0_s, cpu_wait;
+	double read_bps; /* its daemon's --io-read-rate (0: none), and the probe's pacing */
 	/* dualpath: the I/O-only probe */
 	double io_s, io_gbps;
 	uint64_t io_bytes;

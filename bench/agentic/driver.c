@@ -89,24 +89,27 @@
  * cpu_wait=W others_cpus=X probe_slowdown=Y: its slowest probe over the
  * fastest seen in the run).
  *
- * --throttle-read RATE puts this driver, and so its daemons and the I/O
- * probe, in a cgroup whose reads from the work directory's disk are
- * limited to RATE bytes a second (throttle.c: cgroup v2 io.max, else v1
- * blkio): a slower disk, stated. "auto" sets it in each round, after the
- * resident run, to the rate at which the NVMe bytes the restores will read
- * take as long as that run's compute (the previous round's dualpath reads;
- * in the first round, the sessions' state sizes from ListSessions, plus a
- * 4 KiB header a 64 KiB page): the I/O-only and compute-only halves of the
- * ideal bound then come out alike, and the report shows their ratio as
- * measured. "auto:F" aims at I/O-only = F x compute-only instead (F > 1:
- * an io-bound run). The kernel's throttle holds the rate over its time
- * slice (100 ms on this VM's disk, which calls itself rotational), not per
- * read: a restore of a few MiB after some compute finds the slice's budget
- * unspent and reads at the disk's own speed (measured: full's loads at
- * 0.9-1.0 GB/s under a 700 MB/s throttle, the I/O probe, which reads
- * without pause, at 0.71). So the throttled scenario is balanced on
- * average: the ideal bound's I/O-only half is the probe's, slower than
- * the restores themselves get.
+ * --throttle-read RATE makes the disk slower, stated: every daemon of a
+ * restore mode (full, dualpath, recompute, replay) gets --io-read-rate RATE,
+ * its io engine's read rate (io/io.h "Read rate": a token bucket paces
+ * every read it starts, all channels together), and the I/O probe paces
+ * its reads with the same bucket at the same rate. "auto" sets it in each
+ * round, after the resident run, to the rate at which the NVMe bytes the
+ * restores will read take as long as that run's compute (the previous
+ * round's dualpath reads; in the first round, the sessions' state sizes
+ * from ListSessions, plus a 4 KiB header a 64 KiB page): the I/O-only and
+ * compute-only halves of the ideal bound then come out alike, and the
+ * report shows their ratio as measured. "auto:F" aims at I/O-only = F x
+ * compute-only instead (F > 1: an io-bound run). Why the daemon paces: this
+ * used to be the kernel's cgroup block throttle (blkio / io.max), which
+ * holds the rate over its time slice (100 ms on this VM's disk), not per
+ * read: a restore of a few MiB after some compute found the slice's budget
+ * unspent and read at the disk's own speed (measured: full's loads at
+ * 0.9-1.0 GB/s under a 700 MB/s throttle, the probe, which read without
+ * pause, at 0.71), so the scenario was balanced on average only; and it
+ * needed root. A disk that is really slower paces every read, which the
+ * engine's bucket does, as any user. Reads outside the io engine (the
+ * model's weights, the slot file's header at start) are not paced.
  *
  * Generated tokens are compared with the resident run's, turn by turn
  * (greedy decoding: a restored state should give the same tokens; batch
@@ -203,11 +206,12 @@ static const char *my_group(void)
 	return g ? g->gr_name : NULL;
 }
 
+/* read_bps: the daemon's --io-read-rate (0: none) */
 static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_mode m,
-                    unsigned round, struct ag_result *res)
+                    unsigned round, uint64_t read_bps, struct ag_result *res)
 {
-	char err[512] = "";
-	const char *args[16 + 2 * AG_MAX_EXTRA];
+	char err[512] = "", rate[24];
+	const char *args[20 + 2 * AG_MAX_EXTRA];
 	int n = 0;
 	args[n++] = "--model";
 	args[n++] = o->model;
@@ -229,6 +233,12 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	if (o->threads) {
 		args[n++] = "--threads";
 		args[n++] = o->threads;
+	}
+	res->read_bps = (double)read_bps;
+	if (read_bps) {
+		snprintf(rate, sizeof(rate), "%llu", (unsigned long long)read_bps);
+		args[n++] = "--io-read-rate";
+		args[n++] = rate;
 	}
 	for (int i = 0; i < o->n_extra; i++)
 		args[n++] = o->extra[i];
@@ -305,9 +315,9 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	if (m == AG_MODE_DUALPATH && res->st.pages_read > 0) {
 		char path[400];
 		snprintf(path, sizeof(path), "%s/slots", d.state);
-		int r =
-		    ag_io_probe(path, (uint64_t)res->st.pages_read, o->io_depth, &res->io_s,
-		                &res->io_bytes, &res->io_direct, res->io_err, sizeof(res->io_err));
+		int r = ag_io_probe(path, (uint64_t)res->st.pages_read, o->io_depth, read_bps,
+		                    &res->io_s, &res->io_bytes, &res->io_direct, res->io_err,
+		                    sizeof(res->io_err));
 		if (r == 0)
 			res->io_gbps = (double)res->io_bytes / res->io_s / 1e9;
 	}
@@ -400,10 +410,11 @@ static int parse_rate(struct ag_opts *o, const char *v)
 	double k = *end == 'K' ? 1024 : *end == 'M' ? 1048576 : *end == 'G' ? 1073741824 : 1;
 	if (k > 1)
 		end++;
-	if (end == v || *end || !(x * k >= 1e6) || x * k > 1e12) {
+	/* the range dualpathd's --io-read-rate takes */
+	if (end == v || *end || !(x * k >= 1048576) || x * k > 1099511627776.0) {
 		fprintf(stderr,
 		        "agentic-driver: --throttle-read: 'auto' or a read rate in bytes a second, "
-		        "1M..1000G (K, M, G suffixes), not '%s'\n",
+		        "1M..1024G (K, M, G suffixes: powers of 1024), not '%s'\n",
 		        v);
 		return -EINVAL;
 	}
@@ -587,20 +598,8 @@ int main(int argc, char **argv)
 
 	struct ag_result(*res)[AG_MODE_MAX] = calloc(o.rounds, sizeof(*res));
 	struct ag_round *rd = calloc(o.rounds, sizeof(*rd));
-	struct ag_throttle thr = {0};
-	if (!res || !rd)
-		snprintf(err, sizeof(err), "out of memory");
-	/* killed mid-run, the driver leaves its cgroup (.../dp-agentic-PID)
-	 * behind, empty: rmdir removes it */
-	else if (o.throttle &&
-	         (ag_throttle_open(&thr, o.workdir, err, sizeof(err)) < 0 ||
-	          (o.throttle_bps && ag_throttle_set(&thr, o.throttle_bps, err, sizeof(err)) < 0)))
-		snprintf(err + strlen(err), sizeof(err) - strlen(err), " (--throttle-read)");
-	else
-		err[0] = '\0';
-	if (err[0]) {
-		fprintf(stderr, "agentic-driver: %s\n", err);
-		ag_throttle_close(&thr);
+	if (!res || !rd) {
+		fprintf(stderr, "agentic-driver: out of memory\n");
 		free(res);
 		free(rd);
 		ag_trace_free(tr);
@@ -609,7 +608,7 @@ int main(int argc, char **argv)
 
 	/* Every round runs every mode back to back, same trace, a fresh daemon
 	 * each: resident first (its tokens are the reference, its steps the
-	 * compute-only time, in auto the throttle's yardstick), then the others,
+	 * compute-only time, in auto the read rate's yardstick), then the others,
 	 * in reverse order every other round (drift over a round favours no
 	 * mode). Each mode's run is bracketed by the machine's CPU time and the
 	 * probe; the report takes the round whose most disturbed mode was
@@ -640,20 +639,18 @@ int main(int argc, char **argv)
 				                   : (double)rr[AG_MODE_RESIDENT].state_bytes *
 				                         AG_SLOT_BYTES / AG_PAGE_BYTES;
 				g->read_bps = c > 0 ? g->est_bytes / (c * o.throttle_io_ratio) : 0;
-				if (g->read_bps > 0 && g->read_bps < 1e6)
-					g->read_bps = 1e6; /* a floor against a broken estimate */
-				if (ag_throttle_set(&thr, (uint64_t)g->read_bps, err, sizeof(err)) <
-				    0) {
-					fprintf(stderr, "agentic-driver: --throttle-read: %s\n",
-					        err);
-					failed++;
-					g->complete = false;
-					break;
-				}
-				fprintf(stderr,
-				        "agentic-driver: round %u: reads throttled to %.1f MB/s "
-				        "(%.1f MiB in the resident run's %.3f s of compute)\n",
-				        round, g->read_bps / 1e6, g->est_bytes / 1048576.0, c);
+				/* a floor against a broken estimate: the daemon takes
+				 * 0 or 1 MiB/s and more */
+				if (g->read_bps > 0 && g->read_bps < 1048576)
+					g->read_bps = 1048576;
+				g->read_bps = floor(g->read_bps);
+				fprintf(
+				    stderr,
+				    "agentic-driver: round %u: reads paced to %.1f MB/s "
+				    "(--io-read-rate %.0f: %.1f MiB in the resident run's %.3f s "
+				    "of compute)\n",
+				    round, g->read_bps / 1e6, g->read_bps, g->est_bytes / 1048576.0,
+				    c);
 			}
 			struct ag_result r = {.round = round};
 			struct ag_cpu_snap a, b;
@@ -661,7 +658,8 @@ int main(int argc, char **argv)
 			probe_best = fmin(probe_best, r.probe_ms);
 			g->probe_ms = fmax(g->probe_ms, r.probe_ms);
 			int sa = ag_cpu_snap(&a);
-			if (run_mode(&o, tr, (enum ag_mode)m, round, &r) < 0) {
+			uint64_t bps = m == AG_MODE_RESIDENT ? 0 : (uint64_t)g->read_bps;
+			if (run_mode(&o, tr, (enum ag_mode)m, round, bps, &r) < 0) {
 				failed++;
 				g->complete = false;
 				result_free(&r);
@@ -677,19 +675,18 @@ int main(int argc, char **argv)
 			fprintf(
 			    stderr,
 			    "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
-			    "load %.3f s; cpu wait %.2f, others %.2f CPUs, probe %.1f ms%s%s\n",
+			    "load %.3f s, read %.1f MiB%s; cpu wait %.2f, others %.2f CPUs, probe "
+			    "%.1f ms%s%s\n",
 			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
-			    r.cpu_wait, r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
+			    r.st.io_read_bytes / 1048576.0, bps ? " (paced)" : "", r.cpu_wait,
+			    r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
 			    o.keep ? r.dir : "");
 			rr[m] = r;
 		}
 		double end = ag_probe_ms();
 		probe_best = fmin(probe_best, end);
 		g->probe_ms = fmax(g->probe_ms, end);
-		if (o.throttle && !o.throttle_bps)
-			ag_throttle_set(&thr, 0, err, sizeof(err));
 	}
-	ag_throttle_close(&thr);
 
 	/* the least disturbed complete round: the one whose most disturbed
 	 * daemon waited least for a CPU (a tie: the faster probe) */

@@ -8,6 +8,11 @@
  * reads one session's slots, scattered over the file by earlier demotions
  * of all sessions), cycling over the file when asked for more slots than
  * it has.
+ *
+ * At a read rate (--throttle-read: the daemons' --io-read-rate) the reads
+ * are paced as the daemon's io engine paces them (io/io.h "Read rate"):
+ * the same token bucket, read by read, with the engine's default burst, so
+ * the I/O-only half of the ideal bound is the paced time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,9 +22,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agentic.h"
+#include "io/io.h"
 
 static long aio_setup(unsigned n, aio_context_t *ctx)
 {
@@ -36,15 +43,46 @@ static long aio_submit(aio_context_t ctx, long n, struct iocb **cbs)
 	return syscall(SYS_io_submit, ctx, n, cbs);
 }
 
-static long aio_getevents(aio_context_t ctx, long min, long max, struct io_event *ev)
+static long aio_getevents(aio_context_t ctx, long min, long max, struct io_event *ev,
+                          struct timespec *timeout)
 {
-	return syscall(SYS_io_getevents, ctx, min, max, ev, NULL);
+	return syscall(SYS_io_getevents, ctx, min, max, ev, timeout);
 }
 
-int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, uint64_t *ret_bytes,
-                bool *ret_direct, char *err, size_t err_len)
+/* The io engine's token bucket (io/io-loop.c): a read starts while the
+ * bucket is not in debt and takes its length; tokens count bytes x 1e9 and
+ * refill at rate bytes a second up to the burst. */
+struct bucket {
+	uint64_t rate; /* 0: no limit */
+	int64_t tokens, cap;
+	uint64_t t;
+};
+
+static void bucket_refill(struct bucket *b, uint64_t now)
+{
+	if (!b->rate || now <= b->t)
+		return;
+	uint64_t dt = now - b->t, room = (uint64_t)(b->cap - b->tokens);
+	b->t = now;
+	if (dt > room / b->rate)
+		b->tokens = b->cap;
+	else
+		b->tokens += (int64_t)(dt * b->rate);
+}
+
+static int64_t bucket_wait_ns(const struct bucket *b)
+{
+	return (int64_t)(((uint64_t)-b->tokens + b->rate - 1) / b->rate);
+}
+
+int ag_io_probe(const char *path, uint64_t n, unsigned depth, uint64_t read_bps, double *ret_secs,
+                uint64_t *ret_bytes, bool *ret_direct, char *err, size_t err_len)
 {
 	bool direct = true;
+	struct bucket b = {.rate = read_bps,
+	                   .cap = (int64_t)DP_IO_READ_BURST_DEFAULT * 1000000000,
+	                   .tokens = (int64_t)DP_IO_READ_BURST_DEFAULT * 1000000000,
+	                   .t = dp_clock_ns()};
 
 	err[0] = '\0';
 	int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
@@ -94,31 +132,46 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, 
 		order[j] = t;
 	}
 	/* pairs of iocbs (header, page) share a slot buffer: pair p uses cb[2p],
-	 * cb[2p+1] and buf + p * SLOT */
-	unsigned n_free = depth / 2, inflight = 0;
+	 * cb[2p+1] and buf + p * SLOT; read r is slot r / 2's header (even) or
+	 * page (odd), one by one, so the read rate paces each as the daemon's
+	 * engine does */
+	unsigned n_free = depth / 2, inflight = 0, cur = 0;
 	for (unsigned p = 0; p < depth / 2; p++)
 		free_idx[p] = p;
+	b.t = dp_clock_ns();
 	uint64_t next = 0, done = 0, bytes = 0;
-	uint64_t t0 = dp_clock_ns();
+	uint64_t t0 = b.t;
 	while (done < n) {
 		unsigned k = 0;
-		while (n_free && next < n) {
-			unsigned p = free_idx[--n_free];
-			uint64_t off = AG_SLOTS_FILE_HDR + order[next % slots] * AG_SLOT_BYTES;
-			for (unsigned h = 0; h < 2; h++) {
-				struct iocb *c = &cb[2 * p + h];
-				memset(c, 0, sizeof(*c));
-				c->aio_fildes = (uint32_t)fd;
-				c->aio_lio_opcode = IOCB_CMD_PREAD;
-				c->aio_buf =
-				    (uint64_t)(uintptr_t)((char *)buf + (size_t)p * AG_SLOT_BYTES +
-				                          (h ? AG_HDR_BYTES : 0));
-				c->aio_nbytes = h ? AG_PAGE_BYTES : AG_HDR_BYTES;
-				c->aio_offset = (int64_t)(off + (h ? AG_HDR_BYTES : 0));
-				c->aio_data = p;
-				cbp[k++] = c;
+		bool held = false;
+		bucket_refill(&b, dp_clock_ns());
+		while (next < 2 * n) {
+			bool page = next & 1;
+			if (!page && !n_free)
+				break;
+			if (b.rate && b.tokens < 0) {
+				held = true;
+				break;
 			}
-			pair_left[p] = 2;
+			if (!page) {
+				cur = free_idx[--n_free];
+				pair_left[cur] = 2;
+			}
+			uint64_t off = AG_SLOTS_FILE_HDR + order[next / 2 % slots] * AG_SLOT_BYTES;
+			uint32_t len = page ? AG_PAGE_BYTES : AG_HDR_BYTES;
+			struct iocb *c = &cb[2 * cur + page];
+			memset(c, 0, sizeof(*c));
+			c->aio_fildes = (uint32_t)fd;
+			c->aio_lio_opcode = IOCB_CMD_PREAD;
+			c->aio_buf =
+			    (uint64_t)(uintptr_t)((char *)buf + (size_t)cur * AG_SLOT_BYTES +
+			                          (page ? AG_HDR_BYTES : 0));
+			c->aio_nbytes = len;
+			c->aio_offset = (int64_t)(off + (page ? AG_HDR_BYTES : 0));
+			c->aio_data = cur;
+			cbp[k++] = c;
+			if (b.rate)
+				b.tokens -= (int64_t)len * 1000000000;
 			next++;
 		}
 		for (unsigned s = 0; s < k;) {
@@ -131,7 +184,19 @@ int ag_io_probe(const char *path, uint64_t n, unsigned depth, double *ret_secs, 
 			s += (unsigned)r;
 		}
 		inflight += k;
-		long got = aio_getevents(ctx, 1, (long)inflight, ev);
+		/* held by the rate: wait for a completion or the bucket */
+		struct timespec ts, *tsp = NULL;
+		if (held) {
+			int64_t ns = bucket_wait_ns(&b);
+			ts = (struct timespec){.tv_sec = ns / 1000000000,
+			                       .tv_nsec = ns % 1000000000};
+			tsp = &ts;
+			if (!inflight) {
+				nanosleep(&ts, NULL);
+				continue;
+			}
+		}
+		long got = aio_getevents(ctx, 1, (long)inflight, ev, tsp);
 		if (got < 0) {
 			if (errno == EINTR)
 				continue;

@@ -324,15 +324,18 @@ static void print_results(const struct ag_opts *o, const struct ag_result *res, 
 	double ideal = ideal_of(res);
 	if (dp->ran && rs->ran) {
 		double io = dp->io_s;
+		char paced[64] = "";
+		if (dp->read_bps > 0)
+			snprintf(paced, sizeof(paced), " paced to %.1f MB/s,", dp->read_bps / 1e6);
 		printf(
 		    "\nideal bound = max(compute-only %.3f s: the resident run's forward steps,\n"
 		    "                  I/O-only %.4f s: the %.0f NVMe slots the dualpath run read "
 		    "(%.1f MiB), read alone\n"
-		    "                  at depth %u%s, %.2f GB/s) = %.3f s; I/O-only / "
+		    "                  at depth %u%s,%s %.2f GB/s) = %.3f s; I/O-only / "
 		    "compute-only = %.4f\n",
 		    rs->st.step_s, io, dp->st.pages_read, (double)dp->io_bytes / 1048576.0,
 		    o->io_depth, dp->io_direct ? " with O_DIRECT" : " (buffered: no O_DIRECT)",
-		    dp->io_gbps, ideal, ratio(io, rs->st.step_s));
+		    paced, dp->io_gbps, ideal, ratio(io, rs->st.step_s));
 		if (dp->io_err[0])
 			printf("  (I/O probe failed: %s; I/O-only taken as 0)\n", dp->io_err);
 		printf("dualpath busy %.3f s = %.3fx the ideal bound\n", dp->busy_s,
@@ -464,13 +467,15 @@ static void print_rounds(const struct ag_opts *o, struct ag_result (*res)[AG_MOD
 	       fmt_span(b[4], col[4], n), fmt_span(b[0], col[0], n), fmt_span(b[1], col[1], n),
 	       fmt_span(b[3], col[3], n), fmt_span(b[2], col[2], n));
 	if (rd[chosen].read_bps > 0 && o->throttle_bps)
-		printf("NVMe tier reads throttled (--throttle-read) to %.1f MB/s\n",
+		printf("NVMe tier reads paced by the daemons' io engine (--throttle-read: "
+		       "--io-read-rate) to %.1f MB/s, every read, the I/O probe's alike\n",
 		       rd[chosen].read_bps / 1e6);
 	else if (rd[chosen].read_bps > 0)
 		printf(
-		    "NVMe tier reads throttled (--throttle-read %s) to %.1f MB/s in the reported "
-		    "round: the rate at which the restores' bytes take %g x the resident run's "
-		    "compute time\n",
+		    "NVMe tier reads paced by the daemons' io engine (--throttle-read %s: "
+		    "--io-read-rate) to %.1f MB/s in the reported round, every read, the I/O "
+		    "probe's alike: the rate at which the restores' bytes take %g x the resident "
+		    "run's compute time\n",
 		    o->throttle, rd[chosen].read_bps / 1e6, o->throttle_io_ratio);
 	for (int c = 0; c < 5; c++)
 		free(col[c]);

@@ -126,6 +126,7 @@ static const struct range_case {
     {"--lease-ms", "lease_ms", "999", "600001", "between 1000 and 600000"},
     {"--lease-idle-ms", "lease_idle_ms", NULL, "86400001", "between 0 and 86400000"},
     {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
+    {"--io-read-rate", "read_rate", "1023K", "1025G", "0 or between 1M and 1T"},
     {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},
     {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},
     {"--max-batch", "max_batch", "0", "4097", "between 1 and 4096"},
@@ -229,6 +230,9 @@ Test(config, every_numeric_key_accepts_the_ends_of_its_range)
 	    {"--status-interval-ms", "10"},
 	    {"--compact-every", "0"},
 	    {"--queue-depth", "4096"},
+	    {"--io-read-rate", "0"},
+	    {"--io-read-rate", "1M"},
+	    {"--io-read-rate", "1T"},
 	    {"--engram-cache-rows", "1073741824"},
 	    {"--max-prompt-tokens", "1048576"},
 	};
@@ -691,6 +695,29 @@ Test(config_daemon, max_connections_0_in_the_config_file_exits_2_naming_file_lin
 	struct outcome o;
 	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
 	REFUSED(&o, 2, "dualpathd.conf:2:", "max_connections = 0", "between 1 and 65536");
+}
+
+/* [io] read_rate (or --io-read-rate) is the io engine's read rate: the io
+ * thread's description in the log says what it paces reads to. */
+Test(config_daemon, the_read_rate_from_the_file_or_the_flag_paces_the_io_thread)
+{
+	static const char text[] = "[io]\nread_rate = 8M\n";
+	struct outcome o;
+	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	if (strstr(o.out, "io_uring unavailable"))
+		cr_skip_test("no io thread here: %s", o.out);
+	cr_expect(strstr(o.out, "reads paced to 8.4 MB/s"), "8 MiB/s from the file:\n%s", o.out);
+	run_daemon(test_model(), text, sizeof(text) - 1,
+	           (const char *const[]){"--io-read-rate", "16M", NULL}, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	cr_expect(strstr(o.out, "reads paced to 16.8 MB/s"), "the flag over the file:\n%s", o.out);
+	run_daemon(test_model(), NULL, 0, NULL, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	cr_expect(!strstr(o.out, "reads paced"), "no limit by default:\n%s", o.out);
+	static const char bad[] = "[io]\nread_rate = 4K\n";
+	run_daemon(test_model(), bad, sizeof(bad) - 1, NULL, 0, &o);
+	REFUSED(&o, 2, "dualpathd.conf:2:", "read_rate", "0 or between 1M and 1T");
 }
 
 Test(config_daemon, an_unknown_key_exits_2_naming_it)

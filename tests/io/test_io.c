@@ -68,21 +68,27 @@ static void make_file(const char *dir, char *path, size_t path_len, size_t size,
 	close(fd);
 }
 
+static struct dp_io *engine_cfg(const struct dp_io_config *cfg)
+{
+	struct dp_io *io = NULL;
+
+	int r = dp_io_new(cfg, &io);
+	if (r == -ENOSYS || r == -EPERM)
+		cr_skip_test("io_uring unavailable: %s", strerror(-r));
+	cr_assert_eq(r, 0, "dp_io_new: %s", strerror(-r));
+	return io;
+}
+
 static struct dp_io *engine(uint32_t depth, uint32_t n_bufs, uint32_t buf_size, unsigned flags)
 {
 	struct dp_io_config cfg;
-	struct dp_io *io = NULL;
 
 	dp_io_config_init(&cfg);
 	cfg.queue_depth = depth;
 	cfg.n_bufs = n_bufs;
 	cfg.buf_size = buf_size;
 	cfg.flags = flags;
-	int r = dp_io_new(&cfg, &io);
-	if (r == -ENOSYS || r == -EPERM)
-		cr_skip_test("io_uring unavailable: %s", strerror(-r));
-	cr_assert_eq(r, 0, "dp_io_new: %s", strerror(-r));
-	return io;
+	return engine_cfg(&cfg);
 }
 
 /* Open a pattern file through the engine, unlinked at once (nothing is left
@@ -1093,6 +1099,245 @@ Test(io, a_channel_byte_limit_bounds_its_requests_in_the_kernel)
 			cr_expect_eq(res, (int32_t)bs, "request %u", i);
 	}
 	free(reqs);
+	dp_io_chan_free(c);
+	dp_io_free(io);
+}
+
+/* ---- the read rate ----------------------------------------------------- */
+
+#define RB_BS 65536u
+
+/* An engine whose reads are paced to rate bytes a second, burst bytes. */
+static struct dp_io *paced_engine(uint64_t rate, uint32_t burst, uint32_t n_bufs, unsigned flags)
+{
+	struct dp_io_config cfg;
+
+	dp_io_config_init(&cfg);
+	cfg.queue_depth = 32;
+	cfg.n_bufs = n_bufs;
+	cfg.buf_size = RB_BS;
+	cfg.flags = flags;
+	cfg.read_rate = rate;
+	cfg.read_burst = burst;
+	return engine_cfg(&cfg);
+}
+
+/* n reads of 64 KiB, offsets going round the file, into arena buffers
+ * round robin (their contents are not checked here); all queued at once. */
+static void queue_reads(struct dp_io *io, struct dp_io_chan *c, uint32_t f, uint32_t n,
+                        uint32_t fsize)
+{
+	uint64_t first;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct dp_io_req r = {.op = DP_IO_OP_READ,
+		                      .file = f,
+		                      .offset = (uint64_t)i * RB_BS % fsize,
+		                      .addr = dp_io_buf(io, i % dp_io_buf_count(io)),
+		                      .len = RB_BS};
+		int k = dp_io_submit(c, &r, 1, &first);
+		cr_assert_eq(k, 1, "read %u queued: %d", i, k);
+	}
+}
+
+/*
+ * N bytes read through a limit of R bytes a second with a burst B: the
+ * bytes started by time t are at most B + R t plus the one read that took
+ * the bucket into debt, so the last 64 KiB read starts no sooner than
+ * (N - B - 64 KiB) / R. A lower bound only (it holds however loaded the
+ * machine is) and a generous sanity bound above. While reads wait the io
+ * thread sleeps (sleep_ns), it does not spin.
+ */
+static void reads_are_paced(unsigned flags, bool poll_mode)
+{
+	const uint64_t rate = 4u << 20;
+	const uint32_t burst = 256u << 10, n = 32, fsize = 1u << 20;
+	struct dp_io *io = paced_engine(rate, burst, 4, flags);
+	struct dp_io_chan *c;
+	struct dp_io_stats s;
+
+	if (!poll_mode)
+		cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 64, &c), 0);
+	uint32_t f = open_pattern(io, test_dir(), fsize, 5, 0);
+	uint64_t t0 = dp_clock_ns();
+	queue_reads(io, c, f, n, fsize);
+	/* in poll mode this thread owns the ring from its first dp_io_poll on,
+	 * and dp_io_wait drives the loop */
+	if (poll_mode)
+		cr_assert_geq(dp_io_poll(io, 0), 0);
+	cr_assert_eq(dp_io_wait(c, n - 1, 60 * SEC), 0);
+	double secs = (double)(dp_clock_ns() - t0) / 1e9;
+	double bound = (double)((uint64_t)n * RB_BS - burst - RB_BS) / (double)rate;
+	stats(io, &s);
+	cr_log_info("%u KiB at %.1f MiB/s (burst %u KiB, flags %u, %s): %.3f s, at least %.3f s; "
+	            "%llu reads waited %.3f s; io thread slept %.3f s in %llu sleeps",
+	            n * RB_BS >> 10, (double)rate / 1048576, burst >> 10, flags,
+	            poll_mode ? "poll mode" : "io thread", secs, bound,
+	            (unsigned long long)s.read_waits, (double)s.read_wait_ns / 1e9,
+	            (double)s.sleep_ns / 1e9, (unsigned long long)s.sleeps);
+	cr_expect_geq(secs, bound, "%.3f s for %u KiB at %llu B/s", secs, n * RB_BS >> 10,
+	              (unsigned long long)rate);
+	cr_expect_lt(secs, 10 * bound + 5, "paced, not stuck: %.3f s", secs);
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t res;
+		cr_expect_eq(dp_io_result(c, i, &res), 0);
+		cr_expect_eq(res, (int32_t)RB_BS, "read %u", i);
+	}
+	cr_expect_eq(s.reads, n);
+	cr_expect_gt(s.read_waits, 0, "reads waited for the bucket");
+	cr_expect_gt(s.read_wait_ns, 0);
+	cr_expect_gt((double)s.sleep_ns / 1e9, secs / 2,
+	             "the io thread slept while reads waited (%.3f of %.3f s)",
+	             (double)s.sleep_ns / 1e9, secs);
+	if (poll_mode)
+		cr_assert_eq(dp_io_stop(io, DP_IO_STOP_DRAIN), 0);
+	dp_io_chan_free(c);
+	dp_io_free(io);
+}
+
+Test(io, reads_through_a_read_rate_take_at_least_bytes_less_burst_over_the_rate)
+{
+	reads_are_paced(0, false);
+}
+
+Test(io, reads_through_a_read_rate_are_paced_in_poll_mode)
+{
+	reads_are_paced(0, true);
+}
+
+Test(io, reads_through_a_read_rate_are_paced_with_iopoll_asked_for)
+{
+	reads_are_paced(DP_IO_IOPOLL, false);
+}
+
+/* Writes are not paced, even on a channel of their own beside reads that
+ * the bucket holds: 2 MiB of writes finish while 2 MiB of reads at 1 MiB/s
+ * (about 2 s) are still waiting, and well within the time they would take
+ * at that rate. */
+Test(io, writes_are_not_paced_and_go_on_beside_reads_held_by_the_rate)
+{
+	const uint64_t rate = 1u << 20;
+	const uint32_t n = 32, fsize = 2u << 20;
+	struct dp_io *io = paced_engine(rate, 64u << 10, 8, 0);
+	struct dp_io_chan *rc, *wc;
+	uint64_t first;
+
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 64, &rc), 0);
+	cr_assert_eq(dp_io_chan_new(io, 64, &wc), 0);
+	uint32_t f = open_pattern(io, test_dir(), fsize, 6, 0);
+	queue_reads(io, rc, f, n, fsize);
+	uint64_t t0 = dp_clock_ns();
+	uint8_t *wb = dp_io_buf(io, 7);
+	fill(wb, RB_BS, 0, 6);
+	for (uint32_t i = 0; i < n; i++) {
+		struct dp_io_req r = {.op = DP_IO_OP_WRITE,
+		                      .file = f,
+		                      .offset = (uint64_t)i * RB_BS,
+		                      .addr = wb,
+		                      .len = RB_BS};
+		cr_assert_eq(dp_io_submit(wc, &r, 1, &first), 1);
+	}
+	cr_assert_eq(dp_io_wait(wc, n - 1, 60 * SEC), 0);
+	double secs = (double)(dp_clock_ns() - t0) / 1e9;
+	uint64_t reads_done = dp_io_completed(rc);
+	cr_log_info("%u KiB of writes in %.3f s; %llu of %u reads done meanwhile", n * RB_BS >> 10,
+	            secs, (unsigned long long)reads_done, n);
+	cr_expect_lt(reads_done, n, "the writes did not wait for the held reads");
+	cr_expect_lt(secs, (double)(n * RB_BS) / (double)rate / 2,
+	             "writes at the disk's speed, not the read rate: %.3f s", secs);
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t res;
+		cr_expect_eq(dp_io_result(wc, i, &res), 0);
+		cr_expect_eq(res, (int32_t)RB_BS, "write %u", i);
+	}
+	cr_assert_eq(dp_io_wait(rc, n - 1, 60 * SEC), 0);
+	dp_io_chan_free(wc);
+	dp_io_chan_free(rc);
+	dp_io_free(io);
+}
+
+Test(io, a_read_rate_or_burst_out_of_range_is_refused)
+{
+	struct dp_io_config cfg;
+	struct dp_io *io = NULL;
+
+	dp_io_config_init(&cfg);
+	cr_expect_eq(cfg.read_rate, 0, "no limit by default");
+	cr_expect_eq(cfg.read_burst, DP_IO_READ_BURST_DEFAULT);
+	cfg.read_rate = DP_IO_READ_RATE_MAX + 1;
+	cr_expect_eq(dp_io_new(&cfg, &io), -EINVAL, "a rate above DP_IO_READ_RATE_MAX");
+	dp_io_config_init(&cfg);
+	cfg.read_rate = 1u << 20;
+	cfg.read_burst = DP_IO_LEN_MAX + 1;
+	cr_expect_eq(dp_io_new(&cfg, &io), -EINVAL, "a burst above DP_IO_LEN_MAX");
+	cr_expect_null(io, "output untouched on failure");
+	/* the extremes are taken */
+	dp_io_config_init(&cfg);
+	cfg.read_rate = DP_IO_READ_RATE_MAX;
+	cfg.read_burst = DP_IO_LEN_MAX;
+	io = engine_cfg(&cfg);
+	char desc[1024];
+	cr_assert_eq(dp_io_describe(io, desc, sizeof(desc)), 0);
+	cr_expect_not_null(strstr(desc, "reads paced to"), "%s", desc);
+	dp_io_free(io);
+	cfg.read_burst = 0; /* every read waits for the one before to be paid */
+	io = engine_cfg(&cfg);
+	dp_io_free(io);
+}
+
+/* A drain finishes reads the bucket still holds (paced: the rate is the
+ * device's), a cancel drops them at once. */
+Test(io, stop_drain_finishes_reads_held_by_the_rate_and_cancel_drops_them)
+{
+	const uint64_t rate = 2u << 20;
+	const uint32_t burst = 64u << 10, n = 16, fsize = 1u << 20;
+	struct dp_io *io = paced_engine(rate, burst, 16, 0);
+	struct dp_io_chan *c;
+
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 64, &c), 0);
+	uint32_t f = open_pattern(io, test_dir(), fsize, 7, 0);
+	uint64_t t0 = dp_clock_ns();
+	queue_reads(io, c, f, n, fsize);
+	cr_assert_eq(dp_io_stop(io, DP_IO_STOP_DRAIN), 0);
+	double secs = (double)(dp_clock_ns() - t0) / 1e9;
+	double bound = (double)((uint64_t)n * RB_BS - burst - RB_BS) / (double)rate;
+	cr_log_info("drain of %u held reads: %.3f s (at least %.3f s)", n, secs, bound);
+	cr_expect_eq(dp_io_completed(c), n, "every read finished");
+	cr_expect_geq(secs, bound, "and paced");
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t res;
+		cr_expect_eq(dp_io_result(c, i, &res), 0);
+		cr_expect_eq(res, (int32_t)RB_BS, "read %u", i);
+		cr_expect(check(dp_io_buf(io, i), RB_BS, (uint64_t)i * RB_BS, 7), "read %u's data",
+		          i);
+	}
+	dp_io_chan_free(c);
+	dp_io_free(io);
+
+	/* 64 reads at 1 MiB/s would take 4 s: a cancel does not wait for them */
+	io = paced_engine(1u << 20, burst, 16, 0);
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 64, &c), 0);
+	f = open_pattern(io, test_dir(), fsize, 7, 0);
+	queue_reads(io, c, f, 64, fsize);
+	sleep_ms(20);
+	t0 = dp_clock_ns();
+	cr_assert_eq(dp_io_stop(io, DP_IO_STOP_CANCEL), 0);
+	secs = (double)(dp_clock_ns() - t0) / 1e9;
+	cr_expect_eq(dp_io_completed(c), 64);
+	uint32_t cancelled = 0;
+	for (uint32_t i = 0; i < 64; i++) {
+		int32_t res;
+		cr_expect_eq(dp_io_result(c, i, &res), 0);
+		cr_expect(res == (int32_t)RB_BS || res == -ECANCELED, "read %u: %d", i, res);
+		cancelled += res == -ECANCELED;
+	}
+	cr_log_info("cancel: %.3f s, %u of 64 held reads cancelled", secs, cancelled);
+	cr_expect_gt(cancelled, 32, "held reads were cancelled, not read");
+	cr_expect_lt(secs, 2.0, "the cancel did not wait for the rate");
 	dp_io_chan_free(c);
 	dp_io_free(io);
 }
