@@ -63,7 +63,8 @@ CLASSES = ("restore", "engram", "expert", "writeback")
 def in_flight(e):
     """The event's KiB in flight per class ({} when it carries none)."""
     a = e.get("args", {})
-    return {k: a[f"{k}_kib_in_flight"] for k in CLASSES if f"{k}_kib_in_flight" in a}
+    # numbers, or strings of them (the agentic driver writes some so)
+    return {k: int(a[f"{k}_kib_in_flight"]) for k in CLASSES if f"{k}_kib_in_flight" in a}
 
 
 def summary(events):
