@@ -163,3 +163,65 @@ Test(wb, a_restore_that_begins_during_a_large_writeback_meets_few_writes_in_the_
 	cr_expect_eq(ks.writeback_errors, 0);
 	dp_kv_close(kv);
 }
+
+/* RQ_WB_DELAY_STEPS of kvcache/restore.c */
+#define WB_DELAY_STEPS 4u
+
+Test(wb, a_writeback_goes_within_its_delay_however_many_restores_keep_coming)
+{
+	struct dp_kv *kv = open_kv();
+	/* a window of one byte: restore pages always hold it (each step's
+	 * restore begins a step ahead), so nothing needed later gets room */
+	cr_assert_eq(dp_kv_set_restore_window(kv, 1), 0);
+	enum { N = 12 };
+	struct dp_kv_session *r[N];
+	for (int i = 0; i < N; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "r%d", i);
+		r[i] = session(kv, id, 60, 10 + (uint32_t)i);
+		cr_assert_eq(dp_kv_session_demote(kv, r[i], DP_KV_TIER_NVME), 0);
+	}
+	struct dp_kv_session *big = session(kv, "big", 2048, 3);
+	float *lg = malloc((size_t)V * sizeof(float));
+	struct dp_v4_seq *seq[N];
+	int32_t probe = 5;
+	uint64_t q[DP_RSCHED_CLASS_MAX];
+	int started = -1, gone = -1, held = 0;
+	dp_kv_pump(kv);
+	cr_assert_eq(dp_kv_session_acquire_async(kv, r[0], &seq[0]), 0);
+	for (int k = 0; k + 1 < N && gone < 0; k++) {
+		dp_kv_pump(kv); /* step k begins */
+		/* the next step's restore begins now (a session coming back),
+		 * and this step's runs through its gates */
+		cr_assert_eq(dp_kv_session_acquire_async(kv, r[k + 1], &seq[k + 1]), 0);
+		dp_kv_restore_pump(kv); /* after admission, as the daemon does */
+		if (k == 1) {
+			uint64_t pos;
+			cr_assert_eq(dp_kv_session_evict_start(kv, big, &pos), 0);
+			started = k;
+		}
+		kv_test_feed(seq[k], &probe, 1, lg);
+		cr_assert(!dp_v4_seq_poisoned(seq[k]));
+		cr_assert_eq(dp_kv_session_append(kv, r[k], &probe, 1), 0);
+		dp_kv_session_release(kv, r[k]);
+		dp_io_poll(engine, 0);
+		dp_kv_io_queued(kv, q);
+		if (started >= 0 && q[DP_RSCHED_WRITEBACK] == 0)
+			gone = k;
+		else if (started >= 0)
+			held++;
+	}
+	cr_assert_geq(gone, 0, "the writeback never went");
+	cr_expect_geq(held, 1, "the restores never held it back: the test shows nothing");
+	cr_expect_leq((unsigned)(gone - started), WB_DELAY_STEPS,
+		      "its last byte went %d steps after it began", gone - started);
+	cr_log_info("writeback began at step %d, all issued by step %d (held %d steps)", started,
+		    gone, held);
+	free(lg);
+	for (int i = 0; i < N; i++)
+		if (dp_kv_session_tier(r[i]) != DP_KV_TIER_NVME)
+			dp_kv_session_release(kv, r[i]); /* the last one, begun ahead */
+	settle(kv);
+	cr_expect_eq(dp_kv_session_tier(big), DP_KV_TIER_NVME);
+	dp_kv_close(kv);
+}
