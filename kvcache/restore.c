@@ -24,6 +24,15 @@
  *
  * Pages are never freed while a read into them is in flight: aborting a
  * restore first waits for every ticket it submitted.
+ *
+ * The same queue orders the other parts' reads (dp_kv_read_queue: expert
+ * reads, on the restore channel) and the writebacks' writes
+ * (dp_kv_write_queue, writeback.c): those go on the LOW writeback channel,
+ * at most RQ_WB_DEVICE_BYTES of them in the kernel, so a read the queue
+ * pops after them reaches the kernel at once rather than behind them in a
+ * channel's FIFO; the writeback class's own cap (RQ_WB_BYTES) bounds what
+ * is issued ahead, and its deadline (RQ_WB_DELAY_STEPS after the push)
+ * keeps it from starving.
  */
 #include <assert.h>
 #include <errno.h>
