@@ -395,8 +395,8 @@ void dp_kv_restore_queue_free(struct dp_kv *kv);
 /*
  * restore.c: a writeback's slot writes (writeback.c) go through the restore
  * queue too, as DP_RSCHED_WRITEBACK items: issued in deadline order with
- * the reads, onto the LOW writeback channel (kv->wb_chan), then its sync
- * there once they are all done. The job is the caller's and must stay
+ * the reads, onto the LOW writeback channel (kv->wb_chan), its sync (a
+ * barrier) right behind the last of them. The job is the caller's and must stay
  * until finished; its results are read as they finish (err: the first
  * error; a failed write skips the sync). dp_kv_write_queue queues it (0,
  * -EINVAL, -ENOTSUP without both channels, -ENOMEM); dp_kv_write_pump hands
@@ -406,14 +406,15 @@ void dp_kv_restore_queue_free(struct dp_kv *kv);
  */
 struct dp_kv_wjob {
 	const struct dp_io_req *reqs; /* 2 per page, header then data (dp_kv_slots_write_reqs) */
-	const struct dp_io_req *sync; /* once they are done (NULL: none); no barrier needed */
+	const struct dp_io_req *sync; /* behind them, DP_IO_F_BARRIER (NULL: none) */
 	size_t n;		      /* pages */
 	size_t issued;		      /* pages handed to the io thread */
 	size_t left;		      /* pages not finished (written, failed or dropped) */
 	int err;
 	uint32_t stream;
-	bool queued;   /* its stream is open */
-	bool finished; /* every page and the sync done, or given up */
+	bool queued;	/* its stream is open */
+	bool sync_sent; /* behind its last write */
+	bool finished;	/* every page and the sync done, or given up */
 };
 int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j);
 void dp_kv_write_pump(struct dp_kv *kv);

@@ -32,7 +32,8 @@
  * pops after them reaches the kernel at once rather than behind them in a
  * channel's FIFO; the writeback class's own cap (RQ_WB_BYTES) bounds what
  * is issued ahead, and its deadline (RQ_WB_DELAY_STEPS after the push)
- * keeps it from starving.
+ * keeps it from starving. A writeback's sync follows its last write on the
+ * same channel, with a barrier.
  */
 #include <assert.h>
 #include <errno.h>
@@ -117,10 +118,11 @@ static void rq_read_put(struct dp_kv_rq *q, uint32_t i)
  * nothing else runs, little enough to cost a read ~0.3 ms at 1.6 GB/s */
 #define RQ_WB_DEVICE_BYTES (RQ_DEVICE_BYTES / 2)
 /* writeback bytes issued and not written at most, unless due: handed to
- * the writeback channel ahead of what the queue pops later. Four of its
- * in-kernel limits, so it does not wait for the compute thread's next
- * top-up (each step, each gate; every millisecond when the daemon is idle) */
-#define RQ_WB_BYTES (4 * RQ_WB_DEVICE_BYTES)
+ * the writeback channel ahead of what the queue pops later (a read popped
+ * later still reaches the kernel first: only the device is shared). Eight
+ * of its in-kernel limits: an eviction of a few MiB goes in one turn of the
+ * compute thread, whose next top-up may be a step away */
+#define RQ_WB_BYTES (8 * RQ_WB_DEVICE_BYTES)
 
 struct dp_kv_restore {
 	struct dp_kv *kv;
@@ -261,14 +263,16 @@ static int rq_flight_add(struct dp_kv_rq *q, uint64_t ticket, uint32_t bytes,
 	return rq_ring_add(&q->fl, (struct rq_flight){ ticket, bytes, klass, NULL });
 }
 
-/* Every write of the job is done: its sync (the data durable), on the
- * writeback channel too. Submitted only now, so it needs no barrier and
- * holds back no other writeback's writes. */
+/* Every write of the job is issued: its sync (a barrier: it starts once
+ * they are done, and the data is durable when it is), on the writeback
+ * channel behind them, at once: it needs no other turn of the compute
+ * thread. Without one, or after a failed write, the job is finished once
+ * its pages are. */
 static void wjob_sync(struct dp_kv *kv, struct dp_kv_wjob *j)
 {
 	struct dp_kv_rq *q = kv->rq;
 	if (j->err || !j->sync) {
-		j->finished = true;
+		j->finished = !j->left;
 		return;
 	}
 	uint64_t t;
@@ -279,8 +283,10 @@ static void wjob_sync(struct dp_kv *kv, struct dp_kv_wjob *j)
 		if (ret == 1) /* in flight but untracked: wait for it here */
 			dp_io_wait(kv->wb_chan, t, -1);
 		j->err = ret < 0 ? ret : -ENOMEM;
-		j->finished = true;
+		j->finished = !j->left;
+		return;
 	}
+	j->sync_sent = true;
 }
 
 /* A writeback page's two writes, or its sync, finished: their results into
@@ -306,8 +312,8 @@ static void wjob_done(struct dp_kv *kv, const struct rq_flight *f)
 		else if (res >= 0 && (uint32_t)res != len && !j->err)
 			j->err = -EIO;
 	}
-	if (--j->left == 0 && !j->queued)
-		wjob_sync(kv, j);
+	if (--j->left == 0 && !j->sync_sent)
+		j->finished = true; /* no sync follows (a failed write, or none) */
 }
 
 static void rq_reap_ring(struct dp_kv *kv, struct rq_ring *r, struct dp_io_chan *c)
@@ -377,7 +383,7 @@ static void wjob_fail(struct dp_kv *kv, struct dp_kv_wjob *j, int err)
 		j->left -= dropped > 0 ? (size_t)dropped : 0;
 		j->queued = false;
 	}
-	if (!j->left)
+	if (!j->left && !j->sync_sent)
 		j->finished = true;
 }
 
@@ -395,9 +401,10 @@ static void rq_issue_write(struct dp_kv *kv, const struct dp_rsched_item *it)
 	if (ret == 2) {
 		/* room reserved: cannot fail */
 		rq_ring_add(&q->wfl, (struct rq_flight){ t + 1, it->bytes, it->klass, j });
-		if (++j->issued == j->n) { /* all of it out: the stream goes */
+		if (++j->issued == j->n) { /* all of it out: the stream goes, the sync follows */
 			dp_rsched_stream_close(q->rs, j->stream);
 			j->queued = false;
+			wjob_sync(kv, j);
 		}
 		return;
 	}
@@ -953,6 +960,7 @@ int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j)
 	j->left = j->n;
 	j->err = 0;
 	j->queued = false;
+	j->sync_sent = false;
 	j->finished = false;
 	if (!j->n) {
 		wjob_sync(kv, j);

@@ -13,9 +13,8 @@
  * sooner go first, and it goes before anything needed later (it never
  * starves). They go on the LOW writeback channel (kv->wb_chan), at most
  * RQ_WB_DEVICE_BYTES in the kernel: a read issued later goes to the kernel
- * at once, beside that much writing at most. Once every write is done, the
- * fdatasync goes there too (without a barrier: it needs none, and holds
- * back no other writeback's writes).
+ * at once, beside that much writing at most. The fdatasync follows the last
+ * write there at once, with a barrier (it starts once they are done).
  *
  * Ownership. A writeback reads DRAM pages it holds (dp_kv_pool_hold: a
  * promotion or restore of the session may release the session's hold
@@ -30,8 +29,8 @@
  * Tickets. Only the restore queue submits on kv->wb_chan (the compute
  * thread); the writes' and syncs' results are read as they finish, in
  * ticket order, before their result slots can be reused (restore.c,
- * rq_reap). A sync is submitted once its writes are all done, so it covers
- * them: the data is durable before the snapshot record is written.
+ * rq_reap). A sync is a barrier behind its writes, so it covers them: the
+ * data is durable before the snapshot record is written.
  *
  * The commit (dp_kv_commit) is here too, at the end: its journal sync is
  * what installs the recorded writebacks.
@@ -148,9 +147,6 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		goto fail;
 	for (size_t i = 0; i < n; i++)
 		wb->sp[i].sum = wb->sums[i];
-	/* the sync goes once the writes are done: no barrier (it would hold
-	 * back the next writeback's writes on the channel) */
-	wb->reqs[2 * n].flags &= (uint8_t)~DP_IO_F_BARRIER;
 	wb->job = (struct dp_kv_wjob){ .reqs = wb->reqs, .sync = &wb->reqs[2 * n], .n = n };
 	if ((r = dp_kv_write_queue(kv, &wb->job)) < 0)
 		goto fail;

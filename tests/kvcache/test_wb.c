@@ -93,7 +93,7 @@ static void settle(struct dp_kv *kv)
 /* kvcache/restore.c: RQ_WB_DEVICE_BYTES (writes in the kernel at once) and
  * RQ_WB_BYTES (issued ahead) */
 #define WB_DEVICE_BYTES (512u << 10)
-#define WB_BYTES (2u << 20)
+#define WB_BYTES (4u << 20)
 #define SLOT ((4u << 10) + (64u << 10)) /* a page and its header */
 
 Test(wb, a_restore_that_begins_during_a_large_writeback_meets_few_writes_in_the_kernel)
