@@ -101,7 +101,8 @@ struct compute {
 	double first_ns;	/* recent time from a restore's first reads to that layer in */
 	uint64_t firsts_seen[2]; /* kv restore_first_ns, restore_firsts at the last step */
 	uint32_t n_layers;
-	uint64_t step_inflight; /* restore bytes issued and not read as the step began */
+	uint64_t step_io[DP_RSCHED_CLASS_MAX]; /* bytes issued and not done as the step
+						* began, by class (dp_kv_io_inflight) */
 	uint32_t step_deferred; /* loading sessions the step left out */
 	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
 	/* trace: the last TRACE_N steps */
@@ -250,10 +251,11 @@ static void send_ack(struct compute *c, const struct dp_msg *m)
 	send_event(c, &ev);
 }
 
-static void trace_add(struct compute *c, const char *name, int lane, uint64_t t0, uint64_t t1,
-		      uint32_t tokens, uint32_t batch)
+static struct dp_trace_ev *trace_add(struct compute *c, const char *name, int lane, uint64_t t0,
+				     uint64_t t1, uint32_t tokens, uint32_t batch)
 {
 	struct dp_trace_ev *t = &c->trace[c->trace_head];
+	memset(t, 0, sizeof(*t));
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	t->lane = (uint8_t)lane;
 	t->start_us = (t0 - c->srv->start_ns) / 1000;
@@ -263,6 +265,15 @@ static void trace_add(struct compute *c, const char *name, int lane, uint64_t t0
 	c->trace_head = (c->trace_head + 1) % TRACE_N;
 	if (c->trace_n < TRACE_N)
 		c->trace_n++;
+	return t;
+}
+
+/* A stall or io event's bytes in flight by class, in KiB. */
+static void trace_io(struct dp_trace_ev *t, const uint64_t bytes[DP_RSCHED_CLASS_MAX])
+{
+	t->has_io = true;
+	for (int k = 0; k < DP_RSCHED_CLASS_MAX; k++)
+		t->io_kib[k] = (uint32_t)(bytes[k] >> 10);
 }
 
 /* ---- history helpers ---------------------------------------------------- */
@@ -1193,12 +1204,19 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 	struct dp_kv_stall sp[DP_KV_STALL_SPANS];
 	size_t n_sp = dp_kv_take_stalls(srv->kv, sp, DP_KV_STALL_SPANS);
 	for (size_t i = 0; i < n_sp; i++)
-		trace_add(c, "stall", 0, sp[i].t0, sp[i].t1, sp[i].layer,
-			  (uint32_t)(sp[i].inflight >> 10));
-	/* why a step waited: the restore reads in flight as it began, and the
-	 * loading sessions it left out (admission); an instant, not a span */
-	if (c->step_inflight || c->step_deferred)
-		trace_add(c, "io", 1, t0, t0, (uint32_t)(c->step_inflight >> 10), c->step_deferred);
+		trace_io(trace_add(c, "stall", 0, sp[i].t0, sp[i].t1, sp[i].layer,
+				   (uint32_t)(sp[i].by_class[DP_RSCHED_RESTORE] >> 10)),
+			 sp[i].by_class);
+	/* why a step waited: the bytes in flight as it began (restore pages,
+	 * Engram rows, expert reads, writeback writes), and the loading
+	 * sessions it left out (admission); an instant, not a span */
+	bool io = c->step_deferred;
+	for (int k = 0; k < DP_RSCHED_CLASS_MAX; k++)
+		io |= c->step_io[k] != 0;
+	if (io)
+		trace_io(trace_add(c, "io", 1, t0, t0, (uint32_t)(c->step_io[DP_RSCHED_RESTORE] >> 10),
+				   c->step_deferred),
+			 c->step_io);
 	c->st.steps++;
 	c->st.step_ns_total += dt;
 	c->st.last_step_tokens = step_tokens;
@@ -1234,7 +1252,7 @@ static void renew_leases(struct compute *c)
 static int step(struct compute *c)
 {
 	uint64_t t0 = dp_clock_ns();
-	c->step_inflight = dp_kv_restore_inflight(c->srv->kv);
+	dp_kv_io_inflight(c->srv->kv, c->step_io);
 	uint32_t n = form_batch(c);
 	if (n == 0)
 		return 0;

@@ -439,9 +439,17 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 {
 	Dualpath__V1__TraceEvent *ev = calloc(d->n ? d->n : 1, sizeof(*ev));
 	Dualpath__V1__TraceEvent **ptrs = calloc(d->n ? d->n : 1, sizeof(*ptrs));
-	Dualpath__V1__Label *lab = calloc(2 * (size_t)(d->n ? d->n : 1), sizeof(*lab));
-	Dualpath__V1__Label **labp = calloc(2 * (size_t)(d->n ? d->n : 1), sizeof(*labp));
-	char (*vals)[2][24] = calloc(d->n ? d->n : 1, sizeof(*vals));
+	/* two values each, and a stall's or io's bytes in flight of the
+	 * classes besides restore */
+	static const char *const io_names[DP_RSCHED_CLASS_MAX] = {
+		[DP_RSCHED_ENGRAM] = "engram_kib_in_flight",
+		[DP_RSCHED_EXPERT] = "expert_kib_in_flight",
+		[DP_RSCHED_WRITEBACK] = "writeback_kib_in_flight",
+	};
+	enum { ARGS = 1 + DP_RSCHED_CLASS_MAX };
+	Dualpath__V1__Label *lab = calloc(ARGS * (size_t)(d->n ? d->n : 1), sizeof(*lab));
+	Dualpath__V1__Label **labp = calloc(ARGS * (size_t)(d->n ? d->n : 1), sizeof(*labp));
+	char (*vals)[ARGS][24] = calloc(d->n ? d->n : 1, sizeof(*vals));
 	if (!ev || !ptrs || !lab || !labp || !vals) {
 		front_reply_error(f, slot, id, DUALPATH__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
 		goto out;
@@ -455,7 +463,8 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 		/* a step: tokens and sequences; a restore: the position restored
 		 * and the tier it came from; a stall: the layer waited for and the
 		 * restore KiB in flight; io: the restore KiB in flight as the step
-		 * began and the loading sessions it left out */
+		 * began and the loading sessions it left out; both then the
+		 * Engram, expert and writeback KiB in flight */
 		bool restore = !strcmp(d->ev[i].name, "restore");
 		bool stall = !strcmp(d->ev[i].name, "stall");
 		bool io = !strcmp(d->ev[i].name, "io");
@@ -464,17 +473,28 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 			snprintf(vals[i][1], sizeof(vals[i][1]), "%s", dp_kv_tier_name(d->ev[i].batch));
 		else
 			snprintf(vals[i][1], sizeof(vals[i][1]), "%u", d->ev[i].batch);
-		for (int k = 0; k < 2; k++) {
-			dualpath__v1__label__init(&lab[2 * i + k]);
-			lab[2 * i + k].name = restore ? (k ? "from_tier" : "position")
-					      : stall	? (k ? "restore_kib_in_flight" : "layer")
-					      : io	? (k ? "deferred" : "restore_kib_in_flight")
-							: (k ? "sequences" : "tokens");
-			lab[2 * i + k].value = vals[i][k];
-			labp[2 * i + k] = &lab[2 * i + k];
+		size_t a = ARGS * (size_t)i, n_args = 0;
+		for (int k = 0; k < 2; k++, n_args++) {
+			dualpath__v1__label__init(&lab[a + k]);
+			lab[a + k].name = restore ? (k ? "from_tier" : "position")
+					  : stall ? (k ? "restore_kib_in_flight" : "layer")
+					  : io	  ? (k ? "deferred" : "restore_kib_in_flight")
+						  : (k ? "sequences" : "tokens");
+			lab[a + k].value = vals[i][k];
+			labp[a + k] = &lab[a + k];
 		}
-		ev[i].n_args = 2;
-		ev[i].args = &labp[2 * i];
+		for (int k = 0; d->ev[i].has_io && k < DP_RSCHED_CLASS_MAX; k++) {
+			if (!io_names[k])
+				continue;
+			snprintf(vals[i][n_args], sizeof(vals[i][n_args]), "%u", d->ev[i].io_kib[k]);
+			dualpath__v1__label__init(&lab[a + n_args]);
+			lab[a + n_args].name = (char *)io_names[k];
+			lab[a + n_args].value = vals[i][n_args];
+			labp[a + n_args] = &lab[a + n_args];
+			n_args++;
+		}
+		ev[i].n_args = n_args;
+		ev[i].args = &labp[a];
 		ptrs[i] = &ev[i];
 	}
 	Dualpath__V1__TraceReply tr = DUALPATH__V1__TRACE_REPLY__INIT;

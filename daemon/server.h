@@ -218,6 +218,10 @@ struct dp_trace_ev {
 	uint8_t lane; /* 0 compute, 1 io */
 	uint64_t start_us, dur_us;
 	uint32_t tokens, batch;
+	/* stall, io: KiB issued to the io thread and not done, by class
+	 * (kvcache/rsched.h: restore, engram, expert, writeback) */
+	bool has_io;
+	uint32_t io_kib[DP_RSCHED_CLASS_MAX];
 };
 
 struct dp_trace_dump {

@@ -23,7 +23,8 @@
  *     -> restore.c    dp_kv_restore_complete (a restore still reading the
  *                     old slots finishes before they are freed)
  *     -> session.c, tiers.c, journal.c
- *   restore.c    the layer-by-layer restore
+ *   restore.c    the layer-by-layer restore, and the restore queue that
+ *                orders every read and writeback write (dp_kv_write_*)
  *     -> rsched.c     the read scheduler (pure logic; calls none of them)
  *     -> session.c    dp_kv_seq_new_at, dp_kv_layer_ends
  *     -> tiers.c
@@ -237,7 +238,8 @@ struct dp_kv {
 	bool pool_registered;
 	struct dp_kv_slots slots;
 	struct dp_io_chan *restore_chan; /* HIGH priority: restores; slots.chan is LOW */
-	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks (NULL: none) */
+	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks, in the restore
+					  * queue's order (NULL: none) */
 	struct dp_kv_rq *rq;		 /* restore.c: the restore queue (NULL until used) */
 	uint64_t rq_window;		 /* its byte cap (0: the default) */
 	struct dp_kv_wb *wb_head, *wb_tail; /* writebacks in flight, in ticket order */
@@ -357,13 +359,14 @@ void dp_kv_jbuf_put_owner(struct dp_jbuf *b, const struct dp_kv_session *s);
 /*
  * writeback.c: demotion to NVMe without waiting. dp_kv_wb_start copies what
  * it needs (DRAM pages: one more hold each; device pages: downloaded) and
- * queues the slot writes and a barrier fdatasync on the LOW channel; the
- * session stays where it is and may be used meanwhile. dp_kv_wb_progress
- * (from dp_kv_pump, pump.c) submits, reads results and, once a writeback's data is
- * durable, appends its snapshot record to the journal; the next journal sync
- * (a commit, or dp_kv_flush) makes it durable, and dp_kv_wb_finalize then
- * installs the snapshot (the old one's slots are freed only now) and, if the
- * session is still idle at that position, moves it to the NVMe tier.
+ * queues the slot writes, then an fdatasync, in the restore queue
+ * (dp_kv_write_queue); the session stays where it is and may be used
+ * meanwhile. dp_kv_wb_progress (from dp_kv_pump, pump.c) moves them on and,
+ * once a writeback's data is durable, appends its snapshot record to the
+ * journal; the next journal sync (a commit, or dp_kv_flush) makes it
+ * durable, and dp_kv_wb_finalize then installs the snapshot (the old one's
+ * slots are freed only now) and, if the session is still idle at that
+ * position, moves it to the NVMe tier.
  */
 struct dp_kv_wb;
 int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s);
@@ -389,6 +392,33 @@ int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 struct dp_kv_rq;
 void dp_kv_restore_step(struct dp_kv *kv);
 void dp_kv_restore_queue_free(struct dp_kv *kv);
+/*
+ * restore.c: a writeback's slot writes (writeback.c) go through the restore
+ * queue too, as DP_RSCHED_WRITEBACK items: issued in deadline order with
+ * the reads, onto the LOW writeback channel (kv->wb_chan), its sync (a
+ * barrier) right behind the last of them. The job is the caller's and must stay
+ * until finished; its results are read as they finish (err: the first
+ * error; a failed write skips the sync). dp_kv_write_queue queues it (0,
+ * -EINVAL, -ENOTSUP without both channels, -ENOMEM); dp_kv_write_pump hands
+ * the io thread writes while they come first in the queue's order (never a
+ * read: at a step's start admission has not decided yet); dp_kv_write_wait
+ * waits until it is finished.
+ */
+struct dp_kv_wjob {
+	const struct dp_io_req *reqs; /* 2 per page, header then data (dp_kv_slots_write_reqs) */
+	const struct dp_io_req *sync; /* behind them, DP_IO_F_BARRIER (NULL: none) */
+	size_t n;		      /* pages */
+	size_t issued;		      /* pages handed to the io thread */
+	size_t left;		      /* pages not finished (written, failed or dropped) */
+	int err;
+	uint32_t stream;
+	bool queued;	/* its stream is open */
+	bool sync_sent; /* behind its last write */
+	bool finished;	/* every page and the sync done, or given up */
+};
+int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j);
+void dp_kv_write_pump(struct dp_kv *kv);
+void dp_kv_write_wait(struct dp_kv *kv, struct dp_kv_wjob *j);
 
 /* restore-shared.c: a restore from the shared tier (kvcache/tier.h).
  * complete: every layer in, or on a failure wait out the tier's reads, free

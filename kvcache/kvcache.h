@@ -217,7 +217,12 @@ void dp_kv_pump(struct dp_kv *kv);
  * device's rate (0: no cap). 0 or -EINVAL. Bytes issued and not read now:
  * dp_kv_restore_inflight. */
 int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes);
-uint64_t dp_kv_restore_inflight(const struct dp_kv *kv);
+uint64_t dp_kv_restore_inflight(const struct dp_kv *kv); /* restore pages' bytes */
+/* The restore queue's bytes by class (rsched.h: restore pages, Engram rows,
+ * expert reads, writebacks' writes): issued to the io thread and not done;
+ * queued, not issued yet. ret[DP_RSCHED_CLASS_MAX]; all 0 before any use. */
+void dp_kv_io_inflight(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX]);
+void dp_kv_io_queued(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX]);
 /* Staggered admission: s's restore is left out of the step just begun
  * (dp_kv_pump), so its reads are due a step later; they go on in that
  * order behind the joiners' (no-op for a restore not from NVMe). 0 or
@@ -278,8 +283,10 @@ int dp_kv_session_drop(struct dp_kv *kv, struct dp_kv_session *s);
 /* Enforce the watermarks: demote idle LRU sessions. Returns sessions moved. */
 int dp_kv_balance(struct dp_kv *kv);
 /* The same, but demotions to NVMe are only started (with an io engine): the
- * writes run on a LOW-priority channel while the caller goes on, and
- * dp_kv_pump advances them; a finished one is journaled, and the next
+ * writes go to the io thread in the restore queue's deadline order (due a
+ * few steps after their start: reads needed sooner go first, and they never
+ * starve; a LOW-priority channel, little of it in the kernel at once) while
+ * the caller goes on, and dp_kv_pump advances them; a finished one is journaled, and the next
  * journal sync (dp_kv_commit or dp_kv_flush) makes it the session's
  * snapshot and, if the session is still idle at that position, moves it to
  * NVMe. The session stays usable meanwhile. Returns sessions moved or
@@ -492,6 +499,7 @@ struct dp_kv_stall {
 	uint64_t t0, t1;
 	uint32_t layer;
 	uint64_t inflight; /* restore bytes issued and not read when it ended */
+	uint64_t by_class[DP_RSCHED_CLASS_MAX]; /* dp_kv_io_inflight when it ended */
 };
 size_t dp_kv_take_stalls(struct dp_kv *kv, struct dp_kv_stall *out, size_t max);
 

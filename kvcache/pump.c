@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvcache/pump.c — dp_kv_pump: hand the io thread, once per step, what the
- * KV cache's asynchronous work could not submit yet (a channel's window was
- * full): the writebacks' slot writes; and begin the step for the restore
- * queue (restore.c): deadlines of restores left out of the last step move
- * up, and the pages the step needs first go out.
+ * KV cache's asynchronous work has waiting: the writebacks' slot writes that
+ * come first in the restore queue's order (never a read: admission has not
+ * decided yet), and finished writebacks to the journal; and begin the step
+ * for the restore queue (restore.c): deadlines of restores left out of the
+ * last step move up, and the pages the step needs first go out.
  *
  * It lives apart so that restore.c and writeback.c do not call each other
  * both ways; the part's whole call graph is drawn at the top of

@@ -24,6 +24,16 @@
  *
  * Pages are never freed while a read into them is in flight: aborting a
  * restore first waits for every ticket it submitted.
+ *
+ * The same queue orders the other parts' reads (dp_kv_read_queue: expert
+ * reads, on the restore channel) and the writebacks' writes
+ * (dp_kv_write_queue, writeback.c): those go on the LOW writeback channel,
+ * at most RQ_WB_DEVICE_BYTES of them in the kernel, so a read the queue
+ * pops after them reaches the kernel at once rather than behind them in a
+ * channel's FIFO; the writeback class's own cap (RQ_WB_BYTES) bounds what
+ * is issued ahead, and its deadline (RQ_WB_DELAY_STEPS after the push)
+ * keeps it from starving. A writeback's sync follows its last write on the
+ * same channel, with a barrier.
  */
 #include <assert.h>
 #include <errno.h>
@@ -35,18 +45,34 @@
 #include "kvcache/kvcache-internal.h"
 #include "kvcache/rsched.h"
 
+/* What is in flight on a channel: requests complete in ticket order, so a
+ * FIFO of (last ticket, bytes). */
+struct rq_flight {
+	uint64_t ticket; /* the data ticket (its header's is one below) */
+	uint32_t bytes;	 /* 0: a writeback's sync */
+	enum dp_rsched_class klass;
+	struct dp_kv_wjob *wj; /* a writeback's page or sync: its results go there */
+};
+
+struct rq_ring {
+	struct rq_flight *v;
+	size_t head, n, cap;
+	uint64_t reaped; /* every ticket below it is accounted (rq_reap) */
+};
+
+static struct rq_flight *rq_ring_head(struct rq_ring *r)
+{
+	return &r->v[r->head];
+}
+
 /* The restore queue: every NVMe restore's page reads, in the order compute
- * needs them. Reads complete in ticket order on the channel, so what is in
- * flight is a FIFO of (last ticket, bytes). */
+ * needs them (and the other parts' reads, and the writebacks' writes). */
 struct dp_kv_rq {
 	struct dp_rsched *rs;
 	uint64_t step;	  /* steps begun (dp_kv_restore_step) */
 	uint32_t layers;
-	struct rq_flight {
-		uint64_t ticket; /* the read's data ticket (its header's is one below) */
-		uint32_t bytes;
-	} *fl;
-	size_t fl_head, fl_n, fl_cap;
+	struct rq_ring fl;  /* on the restore channel: reads */
+	struct rq_ring wfl; /* on the writeback channel: writebacks' writes and syncs */
 	/* other parts' reads in the same order (dp_kv_read_queue): a few
 	 * streams, since a part's deadlines may go back (a layer's misses
 	 * after the next layer's read-ahead) and a stream's may not */
@@ -84,8 +110,19 @@ static void rq_read_put(struct dp_kv_rq *q, uint32_t i)
  * to keep an NVMe device busy, few enough that a layer's pages are not
  * served together with the next layers' */
 #define RQ_DEVICE_BYTES (1ull << 20)
-/* writeback items (when routed here): at most this many steps late */
+/* writeback items: at most this many steps late */
 #define RQ_WB_DELAY_STEPS 4u
+/* writeback writes in the kernel at once (on the LOW writeback channel,
+ * dp_io_chan_set_limit): what a read needed now may share the device with.
+ * Eight 64 KiB pages: enough to keep a device writing at full speed when
+ * nothing else runs, little enough to cost a read ~0.3 ms at 1.6 GB/s */
+#define RQ_WB_DEVICE_BYTES (RQ_DEVICE_BYTES / 2)
+/* writeback bytes issued and not written at most, unless due: handed to
+ * the writeback channel ahead of what the queue pops later (a read popped
+ * later still reaches the kernel first: only the device is shared). Eight
+ * of its in-kernel limits: an eviction of a few MiB goes in one turn of the
+ * compute thread, whose next top-up may be a step away */
+#define RQ_WB_BYTES (8 * RQ_WB_DEVICE_BYTES)
 
 struct dp_kv_restore {
 	struct dp_kv *kv;
@@ -143,10 +180,13 @@ static struct dp_kv_rq *rq_get(struct dp_kv *kv)
 		free(q);
 		return NULL;
 	}
+	dp_rsched_set_class_cap(q->rs, DP_RSCHED_WRITEBACK, RQ_WB_BYTES);
 	/* the device works on the earliest pages first: without a limit it
 	 * takes queue_depth reads at once and finishes them together, so the
 	 * first layer came in no sooner than the whole state */
 	dp_io_chan_set_limit(kv->restore_chan, RQ_DEVICE_BYTES);
+	if (kv->wb_chan)
+		dp_io_chan_set_limit(kv->wb_chan, RQ_WB_DEVICE_BYTES);
 	kv->rq = q;
 	return q;
 }
@@ -156,7 +196,8 @@ void dp_kv_restore_queue_free(struct dp_kv *kv)
 	if (!kv || !kv->rq)
 		return;
 	dp_rsched_free(kv->rq->rs);
-	free(kv->rq->fl);
+	free(kv->rq->fl.v);
+	free(kv->rq->wfl.v);
 	free(kv->rq->rd);
 	free(kv->rq);
 	kv->rq = NULL;
@@ -174,37 +215,130 @@ int dp_kv_set_restore_window(struct dp_kv *kv, uint64_t bytes)
 
 uint64_t dp_kv_restore_inflight(const struct dp_kv *kv)
 {
-	return kv && kv->rq ? dp_rsched_inflight(kv->rq->rs) : 0;
+	return kv && kv->rq ? dp_rsched_inflight_class(kv->rq->rs, DP_RSCHED_RESTORE) : 0;
 }
 
-/* Account the reads the io thread has finished. */
-static void rq_reap(struct dp_kv *kv)
+void dp_kv_io_inflight(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX])
+{
+	for (int k = 0; ret && k < DP_RSCHED_CLASS_MAX; k++)
+		ret[k] = kv && kv->rq ? dp_rsched_inflight_class(kv->rq->rs, (enum dp_rsched_class)k)
+				      : 0;
+}
+
+void dp_kv_io_queued(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX])
+{
+	for (int k = 0; ret && k < DP_RSCHED_CLASS_MAX; k++)
+		ret[k] = kv && kv->rq ? dp_rsched_queued_class(kv->rq->rs, (enum dp_rsched_class)k) : 0;
+}
+
+/* Room for one more flight, so that adding it cannot fail. */
+static int rq_ring_reserve(struct rq_ring *r)
+{
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 256;
+		struct rq_flight *v = malloc(cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		for (size_t k = 0; k < r->n; k++)
+			v[k] = r->v[(r->head + k) % r->cap];
+		free(r->v);
+		r->v = v;
+		r->cap = cap;
+		r->head = 0;
+	}
+	return 0;
+}
+
+static int rq_ring_add(struct rq_ring *r, struct rq_flight f)
+{
+	if (rq_ring_reserve(r) < 0)
+		return -ENOMEM;
+	r->v[(r->head + r->n++) % r->cap] = f;
+	return 0;
+}
+
+static int rq_flight_add(struct dp_kv_rq *q, uint64_t ticket, uint32_t bytes,
+			 enum dp_rsched_class klass)
+{
+	return rq_ring_add(&q->fl, (struct rq_flight){ ticket, bytes, klass, NULL });
+}
+
+/* Every write of the job is issued: its sync (a barrier: it starts once
+ * they are done, and the data is durable when it is), on the writeback
+ * channel behind them, at once: it needs no other turn of the compute
+ * thread. Without one, or after a failed write, the job is finished once
+ * its pages are. */
+static void wjob_sync(struct dp_kv *kv, struct dp_kv_wjob *j)
 {
 	struct dp_kv_rq *q = kv->rq;
-	uint64_t done = dp_io_completed(kv->restore_chan);
-	while (q->fl_n && q->fl[q->fl_head].ticket < done) {
-		dp_rsched_done(q->rs, q->fl[q->fl_head].bytes);
-		q->fl_head = (q->fl_head + 1) % q->fl_cap;
-		q->fl_n--;
+	if (j->err || !j->sync) {
+		j->finished = !j->left;
+		return;
 	}
+	uint64_t t;
+	int ret;
+	while ((ret = dp_io_submit(kv->wb_chan, j->sync, 1, &t)) == -EAGAIN)
+		dp_io_wait(kv->wb_chan, dp_io_completed(kv->wb_chan), -1); /* a full window */
+	if (ret < 0 || rq_ring_add(&q->wfl, (struct rq_flight){ t, 0, DP_RSCHED_WRITEBACK, j }) < 0) {
+		if (ret == 1) /* in flight but untracked: wait for it here */
+			dp_io_wait(kv->wb_chan, t, -1);
+		j->err = ret < 0 ? ret : -ENOMEM;
+		j->finished = !j->left;
+		return;
+	}
+	j->sync_sent = true;
 }
 
-static int rq_flight_add(struct dp_kv_rq *q, uint64_t ticket, uint32_t bytes)
+/* A writeback page's two writes, or its sync, finished: their results into
+ * its job. */
+static void wjob_done(struct dp_kv *kv, const struct rq_flight *f)
 {
-	if (q->fl_n == q->fl_cap) {
-		size_t cap = q->fl_cap ? 2 * q->fl_cap : 256;
-		struct rq_flight *fl = malloc(cap * sizeof(*fl));
-		if (!fl)
-			return -ENOMEM;
-		for (size_t k = 0; k < q->fl_n; k++)
-			fl[k] = q->fl[(q->fl_head + k) % q->fl_cap];
-		free(q->fl);
-		q->fl = fl;
-		q->fl_cap = cap;
-		q->fl_head = 0;
+	struct dp_kv_wjob *j = f->wj;
+	int32_t res;
+	if (!f->bytes) { /* the sync */
+		if (dp_io_result(kv->wb_chan, f->ticket, &res) < 0)
+			res = -EIO;
+		if (res < 0 && !j->err)
+			j->err = res;
+		j->finished = true;
+		return;
 	}
-	q->fl[(q->fl_head + q->fl_n++) % q->fl_cap] = (struct rq_flight){ ticket, bytes };
-	return 0;
+	for (int k = 0; k < 2; k++) {
+		if (dp_io_result(kv->wb_chan, f->ticket - 1 + (uint64_t)k, &res) < 0)
+			res = -EIO;
+		uint32_t len = k ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
+		if (res < 0 && !j->err)
+			j->err = res;
+		else if (res >= 0 && (uint32_t)res != len && !j->err)
+			j->err = -EIO;
+	}
+	if (--j->left == 0 && !j->sync_sent)
+		j->finished = true; /* no sync follows (a failed write, or none) */
+}
+
+static void rq_reap_ring(struct dp_kv *kv, struct rq_ring *r, struct dp_io_chan *c)
+{
+	uint64_t done = dp_io_completed(c);
+	while (r->n && r->v[r->head].ticket < done) {
+		struct rq_flight f = r->v[r->head];
+		r->head = (r->head + 1) % r->cap;
+		r->n--;
+		if (f.bytes)
+			dp_rsched_done(kv->rq->rs, f.klass, f.bytes);
+		if (f.wj)
+			wjob_done(kv, &f);
+	}
+	r->reaped = done;
+}
+
+/* Account the requests the io thread has finished (a writeback's results
+ * are read here, in ticket order, before their slots can be reused: the
+ * pump keeps each channel's unreaped tickets within its depth). */
+static void rq_reap(struct dp_kv *kv)
+{
+	rq_reap_ring(kv, &kv->rq->fl, kv->restore_chan);
+	if (kv->wb_chan)
+		rq_reap_ring(kv, &kv->rq->wfl, kv->wb_chan);
 }
 
 /* A restore that cannot go on: its queued pages go, its gates say -EBADMSG. */
@@ -219,7 +353,7 @@ static void rq_fail(struct dp_kv *kv, struct dp_kv_restore *r)
 
 /* Another part's read whose turn has come: to the io thread, on the restore
  * channel (so the kernel sees the reads in deadline order too). */
-static void rq_issue_read(struct dp_kv *kv, struct rq_read *rd, uint32_t bytes)
+static void rq_issue_read(struct dp_kv *kv, struct rq_read *rd, const struct dp_rsched_item *it)
 {
 	struct dp_kv_rq *q = kv->rq;
 	uint64_t t;
@@ -227,43 +361,106 @@ static void rq_issue_read(struct dp_kv *kv, struct rq_read *rd, uint32_t bytes)
 	if (ret == 1) {
 		/* in flight; untracked (no memory) it leaves the window's
 		 * count, and its wait still waits for it */
-		if (rq_flight_add(q, t, bytes) < 0)
-			dp_rsched_done(q->rs, bytes);
+		if (rq_flight_add(q, t, it->bytes, it->klass) < 0)
+			dp_rsched_done(q->rs, it->klass, it->bytes);
 		rd->ticket = t;
 		rd->state = RQ_READ_ISSUED;
 		return;
 	}
-	dp_rsched_done(q->rs, bytes);
+	dp_rsched_done(q->rs, it->klass, it->bytes);
 	rd->state = RQ_READ_FAILED;
 	rd->res = ret < 0 ? ret : -EIO;
 }
 
-/* Top the io thread up: every restore's pages, earliest-needed first, while
- * the window takes them and none is needed after tick `horizon`; pages
- * needed at or before tick `need` (a gate is waiting for them) go past the
- * window. */
-static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
+/* A writeback that cannot go on: what it has queued is dropped, err says
+ * why (its pages in flight still finish and are counted). */
+static void wjob_fail(struct dp_kv *kv, struct dp_kv_wjob *j, int err)
+{
+	if (!j->err)
+		j->err = err;
+	if (j->queued) {
+		int dropped = dp_rsched_stream_close(kv->rq->rs, j->stream);
+		j->left -= dropped > 0 ? (size_t)dropped : 0;
+		j->queued = false;
+	}
+	if (!j->left && !j->sync_sent)
+		j->finished = true;
+}
+
+/* A writeback page whose turn has come: its header and data writes, on the
+ * writeback channel (LOW: a read the queue pops later goes to the kernel
+ * before them, and RQ_WB_DEVICE_BYTES of them at most are there). */
+static void rq_issue_write(struct dp_kv *kv, const struct dp_rsched_item *it)
+{
+	struct dp_kv_rq *q = kv->rq;
+	struct dp_kv_wjob *j = it->ctx;
+	size_t i = (size_t)it->tag;
+	assert(i == j->issued); /* a stream is popped in its own order */
+	uint64_t t;
+	int ret = dp_io_submit(kv->wb_chan, j->reqs + 2 * i, 2, &t);
+	if (ret == 2) {
+		/* room reserved: cannot fail */
+		rq_ring_add(&q->wfl, (struct rq_flight){ t + 1, it->bytes, it->klass, j });
+		if (++j->issued == j->n) { /* all of it out: the stream goes, the sync follows */
+			dp_rsched_stream_close(q->rs, j->stream);
+			j->queued = false;
+			wjob_sync(kv, j);
+		}
+		return;
+	}
+	dp_rsched_done(q->rs, it->klass, it->bytes);
+	if (ret == 1) /* cannot happen: the room was checked */
+		dp_io_wait(kv->wb_chan, t, -1);
+	j->left--;
+	wjob_fail(kv, j, ret < 0 ? ret : -EIO);
+}
+
+/* Room on ch for n more requests without overwriting a result not yet
+ * reaped. */
+static bool rq_room(struct dp_kv *kv, struct rq_ring *r, struct dp_io_chan *ch, uint32_t n)
+{
+	if (dp_io_chan_next(ch) - r->reaped + n <= dp_io_chan_depth(ch))
+		return true;
+	rq_reap(kv);
+	return dp_io_chan_next(ch) - r->reaped + n <= dp_io_chan_depth(ch);
+}
+
+/* Top the io thread up: every restore's pages (and the other parts' reads
+ * and the writebacks' writes), earliest-needed first, while the window
+ * takes them and none is needed after tick `horizon`; pages needed at or
+ * before tick `need` (a gate is waiting for them) go past the window. With
+ * writes_only, only while the next is a writeback's (dp_kv_write_pump). */
+static void rq_pump_some(struct dp_kv *kv, uint64_t need, uint64_t horizon, bool writes_only)
 {
 	struct dp_kv_rq *q = kv->rq;
 	if (!q)
 		return;
 	rq_reap(kv);
-	uint32_t depth = dp_io_chan_depth(kv->restore_chan);
 	for (;;) {
-		/* the channel's window must take both requests of a page */
-		if (dp_io_chan_next(kv->restore_chan) - dp_io_completed(kv->restore_chan) + 2 > depth)
-			return; /* the next gate or step pumps again */
+		/* the channel's window must take both requests of a page (and
+		 * a writeback's sync), and no result not yet reaped may be
+		 * overwritten (a writeback's are read at the reap); else the
+		 * next gate or step pumps again */
 		struct dp_rsched_item it;
-		uint64_t dl;
-		if (dp_rsched_peek(q->rs, &dl) < 0 || dl > horizon ||
-		    dp_rsched_pop(q->rs, need, &it) < 0)
+		if (dp_rsched_peek(q->rs, need, &it) < 0 || it.deadline > horizon ||
+		    (writes_only && it.klass != DP_RSCHED_WRITEBACK))
 			return;
+		bool write = it.klass == DP_RSCHED_WRITEBACK;
+		if (write ? !rq_room(kv, &q->wfl, kv->wb_chan, 3) || rq_ring_reserve(&q->wfl) < 0
+			  : !rq_room(kv, &q->fl, kv->restore_chan, 2) || rq_ring_reserve(&q->fl) < 0)
+			return;
+		if (dp_rsched_pop(q->rs, need, &it) < 0)
+			return;
+		if (write) {
+			rq_issue_write(kv, &it);
+			continue;
+		}
 		if (it.ctx == &q->xtag) {
 			if (q->rd[it.tag].state == RQ_READ_ABANDONED) {
-				dp_rsched_done(q->rs, it.bytes);
+				dp_rsched_done(q->rs, it.klass, it.bytes);
 				rq_read_put(q, (uint32_t)it.tag);
 			} else {
-				rq_issue_read(kv, &q->rd[it.tag], it.bytes);
+				rq_issue_read(kv, &q->rd[it.tag], &it);
 			}
 			continue;
 		}
@@ -287,8 +484,8 @@ static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
 			r->ticket[r->next++] = t;
 			ret = -EAGAIN;
 		}
-		if (ret < 0 || rq_flight_add(q, t + 1, it.bytes) < 0) {
-			dp_rsched_done(q->rs, it.bytes);
+		if (ret < 0 || rq_flight_add(q, t + 1, it.bytes, it.klass) < 0) {
+			dp_rsched_done(q->rs, it.klass, it.bytes);
 			if (ret == 2) /* in flight but untracked: drain() waits for it */
 				r->ticket[r->next++] = t, r->ticket[r->next++] = t + 1;
 			rq_fail(kv, r);
@@ -297,6 +494,11 @@ static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
 		r->ticket[r->next++] = t;
 		r->ticket[r->next++] = t + 1;
 	}
+}
+
+static void rq_pump_until(struct dp_kv *kv, uint64_t need, uint64_t horizon)
+{
+	rq_pump_some(kv, need, horizon, false);
 }
 
 static void rq_pump(struct dp_kv *kv, uint64_t need)
@@ -361,8 +563,9 @@ static void drain(struct dp_kv_restore *r)
 static void stall_note(struct dp_kv *kv, uint64_t t0, uint64_t t1, uint32_t l)
 {
 	kv->st.restore_stall_ns += t1 - t0;
-	kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS] =
-	    (struct dp_kv_stall){ t0, t1, l, dp_kv_restore_inflight(kv) };
+	struct dp_kv_stall *sp = &kv->stalls[(kv->stall_head + kv->n_stalls) % DP_KV_STALL_SPANS];
+	*sp = (struct dp_kv_stall){ t0, t1, l, dp_kv_restore_inflight(kv), { 0 } };
+	dp_kv_io_inflight(kv, sp->by_class);
 	if (kv->n_stalls < DP_KV_STALL_SPANS)
 		kv->n_stalls++;
 	else
@@ -386,13 +589,13 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 			rq_pump(kv, need);
 			if (r->failed || r->next >= 2 * (size_t)e)
 				break;
-			if (!q->fl_n) { /* nothing in flight, nothing taken: cannot go on */
+			if (!q->fl.n) { /* nothing in flight, nothing taken: cannot go on */
 				rq_fail(kv, r);
 				break;
 			}
 			if (!t0)
 				t0 = dp_clock_ns();
-			dp_io_wait(kv->restore_chan, q->fl[q->fl_head].ticket, -1);
+			dp_io_wait(kv->restore_chan, rq_ring_head(&q->fl)->ticket, -1);
 		}
 		if (r->failed)
 			return -EIO;
@@ -721,11 +924,11 @@ int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
 		rq_pump(kv, rd->deadline);
 		if (rd->state != RQ_READ_QUEUED)
 			break;
-		if (!q->fl_n) { /* nothing in flight, nothing taken: cannot go on */
+		if (!q->fl.n) { /* nothing in flight, nothing taken: cannot go on */
 			rd->state = RQ_READ_ABANDONED;
 			return -EIO;
 		}
-		dp_io_wait(kv->restore_chan, q->fl[q->fl_head].ticket, -1);
+		dp_io_wait(kv->restore_chan, rq_ring_head(&q->fl)->ticket, -1);
 		rq_reap(kv);
 	}
 	int ret = 0;
@@ -740,4 +943,64 @@ int dp_kv_read_wait(struct dp_kv *kv, uint64_t id, int32_t *ret_res)
 	}
 	rq_read_put(q, i);
 	return ret;
+}
+
+/* ---- writebacks' writes in the restore queue's order ---------------------------- */
+
+int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j)
+{
+	if (!kv || !j || (j->n && !j->reqs))
+		return -EINVAL;
+	if (!kv->restore_chan || !kv->wb_chan)
+		return -ENOTSUP;
+	struct dp_kv_rq *q = rq_get(kv);
+	if (!q)
+		return -ENOMEM;
+	j->issued = 0;
+	j->left = j->n;
+	j->err = 0;
+	j->queued = false;
+	j->sync_sent = false;
+	j->finished = false;
+	if (!j->n) {
+		wjob_sync(kv, j);
+		return 0;
+	}
+	int r = dp_rsched_stream_open(q->rs, DP_RSCHED_WRITEBACK, 0, j, &j->stream);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < j->n; i++)
+		if ((r = dp_rsched_push(q->rs, j->stream, 0, DP_KV_SLOT_BYTES, i)) < 0) {
+			dp_rsched_stream_close(q->rs, j->stream);
+			return r;
+		}
+	j->queued = true;
+	return 0;
+}
+
+void dp_kv_write_pump(struct dp_kv *kv)
+{
+	if (kv && kv->rq)
+		rq_pump_some(kv, kv->rq->step * kv->rq->layers, UINT64_MAX, true);
+}
+
+void dp_kv_write_wait(struct dp_kv *kv, struct dp_kv_wjob *j)
+{
+	struct dp_kv_rq *q = kv->rq;
+	while (q && !j->finished) {
+		/* its turn first: it and everything needed sooner go past the
+		 * window and the class's cap */
+		uint64_t dl;
+		if (j->queued && dp_rsched_stream_next(q->rs, j->stream, &dl) == 0)
+			rq_pump(kv, dl);
+		rq_reap(kv);
+		if (j->finished)
+			break;
+		if (q->wfl.n)
+			dp_io_wait(kv->wb_chan, rq_ring_head(&q->wfl)->ticket, -1);
+		else if (q->fl.n)
+			dp_io_wait(kv->restore_chan, rq_ring_head(&q->fl)->ticket, -1);
+		else /* nothing in flight, nothing taken: cannot go on */
+			wjob_fail(kv, j, -EIO);
+	}
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kvcache/rsched.c — the read scheduler (rsched.h): earliest deadline
- * first over a handful of streams, under a byte cap.
+ * first over a handful of streams, under a byte cap (and per-class caps).
  *
  * A pop scans the streams' heads: a batch holds tens of restoring sessions
  * at most, and a scan keeps rebasing a stream O(1), where a heap of items
@@ -31,6 +31,9 @@ struct rs_stream {
 struct dp_rsched {
 	uint64_t cap_bytes, wb_delay;
 	uint64_t now, inflight, opened;
+	uint64_t class_cap[DP_RSCHED_CLASS_MAX];      /* 0: none */
+	uint64_t class_inflight[DP_RSCHED_CLASS_MAX]; /* issued, not done */
+	uint64_t class_queued[DP_RSCHED_CLASS_MAX];   /* pushed, not issued */
 	struct rs_stream *st;
 	uint32_t n_st;
 };
@@ -69,6 +72,14 @@ int dp_rsched_set_cap(struct dp_rsched *s, uint64_t cap_bytes)
 uint64_t dp_rsched_cap(const struct dp_rsched *s)
 {
 	return s ? s->cap_bytes : 0;
+}
+
+int dp_rsched_set_class_cap(struct dp_rsched *s, enum dp_rsched_class klass, uint64_t cap_bytes)
+{
+	if (!s || (unsigned)klass >= DP_RSCHED_CLASS_MAX)
+		return -EINVAL;
+	s->class_cap[klass] = cap_bytes;
+	return 0;
 }
 
 void dp_rsched_advance(struct dp_rsched *s, uint64_t now)
@@ -129,6 +140,8 @@ int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id)
 	if (!t)
 		return -EINVAL;
 	int dropped = (int)(t->n - t->head);
+	for (size_t i = t->head; i < t->n; i++)
+		s->class_queued[t->klass] -= t->q[i].bytes;
 	t->used = false;
 	t->head = t->n = 0;
 	t->ctx = NULL;
@@ -154,6 +167,19 @@ size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id)
 {
 	const struct rs_stream *t = stream(s, id);
 	return t ? t->n - t->head : 0;
+}
+
+static uint64_t head_deadline(const struct rs_stream *t);
+
+int dp_rsched_stream_next(const struct dp_rsched *s, uint32_t id, uint64_t *ret_deadline)
+{
+	const struct rs_stream *t = stream(s, id);
+	if (!t || !ret_deadline)
+		return -EINVAL;
+	if (t->head == t->n)
+		return -ENOENT;
+	*ret_deadline = head_deadline(t);
+	return 0;
 }
 
 int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag)
@@ -184,6 +210,7 @@ int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t byte
 		}
 	}
 	t->q[t->n++] = (struct rs_item){ .rel = rel, .tag = tag, .bytes = bytes };
+	s->class_queued[t->klass] += bytes;
 	return 0;
 }
 
@@ -193,16 +220,31 @@ static uint64_t head_deadline(const struct rs_stream *t)
 	return absolute(t->klass) ? it->rel : t->base + it->rel;
 }
 
-/* The stream whose head goes next, or NULL. */
-static struct rs_stream *pick(const struct dp_rsched *s)
+/* Whether the stream's head waits for its class's cap: then the other
+ * classes go meanwhile (a class cap holds back its own class only). */
+static bool class_held(const struct dp_rsched *s, const struct rs_stream *t, uint64_t dl,
+		       uint64_t need)
+{
+	uint64_t cap = s->class_cap[t->klass], in = s->class_inflight[t->klass];
+	return cap && in && in + t->q[t->head].bytes > cap && dl > need;
+}
+
+/* The stream whose head goes next, or NULL (*ret_held: some head waits for
+ * its class's cap). */
+static struct rs_stream *pick(const struct dp_rsched *s, uint64_t need, bool *ret_held)
 {
 	struct rs_stream *best = NULL;
 	uint64_t best_dl = 0;
+	*ret_held = false;
 	for (uint32_t i = 0; i < s->n_st; i++) {
 		struct rs_stream *t = &s->st[i];
 		if (!t->used || t->head == t->n)
 			continue;
 		uint64_t dl = head_deadline(t);
+		if (class_held(s, t, dl, need)) {
+			*ret_held = true;
+			continue;
+		}
 		if (!best || dl < best_dl ||
 		    (dl == best_dl && (t->klass < best->klass ||
 				       (t->klass == best->klass && t->age < best->age)))) {
@@ -213,14 +255,24 @@ static struct rs_stream *pick(const struct dp_rsched *s)
 	return best;
 }
 
-int dp_rsched_peek(const struct dp_rsched *s, uint64_t *ret_deadline)
+static struct dp_rsched_item item_of(const struct dp_rsched *s, const struct rs_stream *t)
 {
-	if (!s || !ret_deadline)
+	const struct rs_item *it = &t->q[t->head];
+	return (struct dp_rsched_item){ .stream = (uint32_t)(t - s->st),
+					.klass = (enum dp_rsched_class)t->klass, .ctx = t->ctx,
+					.tag = it->tag, .deadline = head_deadline(t),
+					.bytes = it->bytes };
+}
+
+int dp_rsched_peek(const struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret)
+{
+	if (!s || !ret)
 		return -EINVAL;
-	struct rs_stream *t = pick(s);
+	bool held;
+	struct rs_stream *t = pick(s, need, &held);
 	if (!t)
-		return -ENOENT;
-	*ret_deadline = head_deadline(t);
+		return held ? -EAGAIN : -ENOENT;
+	*ret = item_of(s, t);
 	return 0;
 }
 
@@ -228,30 +280,48 @@ int dp_rsched_pop(struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret
 {
 	if (!s || !ret)
 		return -EINVAL;
-	struct rs_stream *t = pick(s);
+	bool held;
+	struct rs_stream *t = pick(s, need, &held);
 	if (!t)
-		return -ENOENT;
-	const struct rs_item *it = &t->q[t->head];
-	uint64_t dl = head_deadline(t);
-	if (s->cap_bytes && s->inflight && s->inflight + it->bytes > s->cap_bytes && dl > need)
+		return held ? -EAGAIN : -ENOENT;
+	struct dp_rsched_item it = item_of(s, t);
+	if (s->cap_bytes && s->inflight && s->inflight + it.bytes > s->cap_bytes &&
+	    it.deadline > need)
 		return -EAGAIN;
-	*ret = (struct dp_rsched_item){ .stream = (uint32_t)(t - s->st), .ctx = t->ctx,
-					.tag = it->tag, .deadline = dl, .bytes = it->bytes };
-	s->inflight += it->bytes;
+	*ret = it;
+	s->inflight += it.bytes;
+	s->class_inflight[t->klass] += it.bytes;
+	s->class_queued[t->klass] -= it.bytes;
 	t->head++;
 	return 0;
 }
 
-void dp_rsched_done(struct dp_rsched *s, uint32_t bytes)
+static uint64_t minus(uint64_t a, uint64_t b)
 {
-	if (!s)
+	return a > b ? a - b : 0;
+}
+
+void dp_rsched_done(struct dp_rsched *s, enum dp_rsched_class klass, uint32_t bytes)
+{
+	if (!s || (unsigned)klass >= DP_RSCHED_CLASS_MAX)
 		return;
-	s->inflight = s->inflight > bytes ? s->inflight - bytes : 0;
+	s->inflight = minus(s->inflight, bytes);
+	s->class_inflight[klass] = minus(s->class_inflight[klass], bytes);
 }
 
 uint64_t dp_rsched_inflight(const struct dp_rsched *s)
 {
 	return s ? s->inflight : 0;
+}
+
+uint64_t dp_rsched_inflight_class(const struct dp_rsched *s, enum dp_rsched_class klass)
+{
+	return s && (unsigned)klass < DP_RSCHED_CLASS_MAX ? s->class_inflight[klass] : 0;
+}
+
+uint64_t dp_rsched_queued_class(const struct dp_rsched *s, enum dp_rsched_class klass)
+{
+	return s && (unsigned)klass < DP_RSCHED_CLASS_MAX ? s->class_queued[klass] : 0;
 }
 
 static bool join_in_ok(const struct dp_rsched_join_in *in)

@@ -24,6 +24,12 @@
  *   - writeback reads and writes never starve: a DP_RSCHED_WRITEBACK item's
  *     deadline is the tick it was pushed at plus wb_delay, so it goes
  *     before any item needed later than that, however many keep coming.
+ *   - a class may have a byte cap of its own (dp_rsched_set_class_cap):
+ *     an item that would take its class's issued bytes past it waits
+ *     (unless its class has nothing in flight, or its deadline is at or
+ *     before `need`), and the items of other classes go meanwhile, in
+ *     deadline order. Writeback has one: few of its bytes are ever ahead
+ *     of a read that comes later and is needed sooner.
  *   - Engram rows and expert reads are needed by the step at hand: their
  *     rel is the absolute tick of the layer that reads them (their streams
  *     have no base to move).
@@ -54,6 +60,9 @@ int dp_rsched_new(uint64_t cap_bytes, uint64_t wb_delay, struct dp_rsched **ret)
 void dp_rsched_free(struct dp_rsched *s); /* NULL ok */
 int dp_rsched_set_cap(struct dp_rsched *s, uint64_t cap_bytes);
 uint64_t dp_rsched_cap(const struct dp_rsched *s);
+/* The class's own cap on its issued-not-done bytes (0: none, the default).
+ * 0 or -EINVAL. */
+int dp_rsched_set_class_cap(struct dp_rsched *s, enum dp_rsched_class klass, uint64_t cap_bytes);
 
 /* The tick compute stands at (never goes back: an earlier value is ignored). */
 void dp_rsched_advance(struct dp_rsched *s, uint64_t now);
@@ -73,6 +82,9 @@ int dp_rsched_stream_rebase(struct dp_rsched *s, uint32_t id, uint64_t new_base)
 uint64_t dp_rsched_stream_base(const struct dp_rsched *s, uint32_t id);
 /* Items the stream has queued (not popped). */
 size_t dp_rsched_stream_queued(const struct dp_rsched *s, uint32_t id);
+/* The deadline of the stream's next item: 0, or -ENOENT (none queued),
+ * -EINVAL (unknown stream). */
+int dp_rsched_stream_next(const struct dp_rsched *s, uint32_t id, uint64_t *ret_deadline);
 
 /* Queue one read of `bytes` needed at base + rel (Engram, expert: at tick
  * rel; writeback: rel ignored).
@@ -82,6 +94,7 @@ int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t byte
 
 struct dp_rsched_item {
 	uint32_t stream;
+	enum dp_rsched_class klass; /* its stream's */
 	void *ctx;
 	uint64_t tag;
 	uint64_t deadline;
@@ -89,13 +102,20 @@ struct dp_rsched_item {
 };
 
 /* The next read to issue: 0 and *ret (now counted as in flight), -ENOENT
- * (nothing queued) or -EAGAIN (the cap holds it back; see need above). */
+ * (nothing queued) or -EAGAIN (the cap, or a class's, holds it back; see
+ * need above). */
 int dp_rsched_pop(struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret);
-/* The deadline of the read pop would choose, -ENOENT when none. */
-int dp_rsched_peek(const struct dp_rsched *s, uint64_t *ret_deadline);
-/* An issued read of `bytes` finished. */
-void dp_rsched_done(struct dp_rsched *s, uint32_t bytes);
+/* The read pop(need) would consider (class caps applied, the cap not):
+ * 0 and *ret, nothing taken; -ENOENT when none, -EAGAIN when what is
+ * queued waits for its class's cap. */
+int dp_rsched_peek(const struct dp_rsched *s, uint64_t need, struct dp_rsched_item *ret);
+/* An issued read of `bytes` of class klass finished. */
+void dp_rsched_done(struct dp_rsched *s, enum dp_rsched_class klass, uint32_t bytes);
+/* Bytes issued and not done: all classes, one class; bytes queued (not
+ * issued) of one class. */
 uint64_t dp_rsched_inflight(const struct dp_rsched *s);
+uint64_t dp_rsched_inflight_class(const struct dp_rsched *s, enum dp_rsched_class klass);
+uint64_t dp_rsched_queued_class(const struct dp_rsched *s, enum dp_rsched_class klass);
 
 /*
  * Staggered admission by the measured I/O rate: which of the sessions whose

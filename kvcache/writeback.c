@@ -4,9 +4,17 @@
  *
  * The watermarks demote idle sessions; writing one to NVMe (hash, write,
  * fdatasync, journal) used to happen inside dp_kv_balance, on the compute
- * thread, between steps. Here it is queued on a LOW-priority io channel and
- * followed by dp_kv_pump, so the compute thread only plans it (allocates
- * slots, hashes the pages, fills the requests) and later installs it.
+ * thread, between steps. Here its slot writes go into the restore queue
+ * (restore.c, dp_kv_write_queue) as DP_RSCHED_WRITEBACK items, followed by
+ * dp_kv_pump, so the compute thread only plans it (allocates slots, hashes
+ * the pages, fills the requests) and later installs it. The queue issues
+ * them in deadline order with the restores' and other parts' reads: a
+ * writeback is due RQ_WB_DELAY_STEPS steps after it began, so reads needed
+ * sooner go first, and it goes before anything needed later (it never
+ * starves). They go on the LOW writeback channel (kv->wb_chan), at most
+ * RQ_WB_DEVICE_BYTES in the kernel: a read issued later goes to the kernel
+ * at once, beside that much writing at most. The fdatasync follows the last
+ * write there at once, with a barrier (it starts once they are done).
  *
  * Ownership. A writeback reads DRAM pages it holds (dp_kv_pool_hold: a
  * promotion or restore of the session may release the session's hold
@@ -18,11 +26,11 @@
  * pointing at slots that hold what it says (or at none: the history is the
  * truth and the state is recomputed).
  *
- * Tickets. Only writebacks use kv->wb_chan and only the owning thread
- * submits, so a writeback's requests have consecutive tickets and the
- * writebacks' tickets follow their queue order; results are read in ticket
- * order, with at most half the channel's depth unread (a result slot is
- * reused after `depth` tickets).
+ * Tickets. Only the restore queue submits on kv->wb_chan (the compute
+ * thread); the writes' and syncs' results are read as they finish, in
+ * ticket order, before their result slots can be reused (restore.c,
+ * rq_reap). A sync is a barrier behind its writes, so it covers them: the
+ * data is durable before the snapshot record is written.
  *
  * The commit (dp_kv_commit) is here too, at the end: its journal sync is
  * what installs the recorded writebacks.
@@ -47,9 +55,8 @@ struct dp_kv_wb {
 	uint32_t *pool; /* DRAM: the pool pages it holds */
 	void *bounce;	/* DEVICE: the pages, downloaded */
 	uint8_t *hdrs;
-	struct dp_io_req *reqs;
-	size_t n_reqs, submitted, harvested;
-	uint64_t first_ticket;
+	struct dp_io_req *reqs; /* 2n writes, then the fdatasync: the job's */
+	struct dp_kv_wjob job;	/* in the restore queue */
 	int err;
 };
 
@@ -140,6 +147,9 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		goto fail;
 	for (size_t i = 0; i < n; i++)
 		wb->sp[i].sum = wb->sums[i];
+	wb->job = (struct dp_kv_wjob){ .reqs = wb->reqs, .sync = &wb->reqs[2 * n], .n = n };
+	if ((r = dp_kv_write_queue(kv, &wb->job)) < 0)
+		goto fail;
 	wb->leaving = n;
 	if (wb->from == DP_KV_TIER_DRAM)
 		for (size_t i = 0; i < n; i++) {
@@ -149,7 +159,6 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		}
 	free(refs);
 	free(pages);
-	wb->n_reqs = 2 * n + 1;
 	wb->s = s;
 	s->wb = wb;
 	if (kv->wb_tail)
@@ -196,57 +205,17 @@ void dp_kv_wb_progress(struct dp_kv *kv)
 {
 	if (!kv->wb_head)
 		return;
-	struct dp_io_chan *c = kv->wb_chan;
-	uint64_t done = dp_io_completed(c);
-	size_t in_flight = 0;
-
-	/* read the finished results, in ticket order */
-	for (struct dp_kv_wb *wb = kv->wb_head; wb; wb = wb->next) {
-		while (wb->harvested < wb->submitted && wb->first_ticket + wb->harvested < done) {
-			const struct dp_io_req *q = &wb->reqs[wb->harvested];
-			int32_t res;
-			if (dp_io_result(c, wb->first_ticket + wb->harvested, &res) < 0)
-				res = -EIO;
-			if (res < 0 && !wb->err)
-				wb->err = res;
-			else if (res >= 0 && q->op == DP_IO_OP_WRITE && (uint32_t)res != q->len &&
-				 !wb->err)
-				wb->err = -EIO;
-			wb->harvested++;
-		}
-		in_flight += wb->submitted - wb->harvested;
-	}
-	/* submit more, in queue order, keeping half the window unread at most */
-	size_t limit = dp_io_chan_depth(c) / 2;
-	for (struct dp_kv_wb *wb = kv->wb_head; wb && in_flight < limit; wb = wb->next) {
-		if (wb->submitted == wb->n_reqs)
-			continue;
-		size_t k = wb->n_reqs - wb->submitted;
-		if (k > limit - in_flight)
-			k = limit - in_flight;
-		uint64_t t;
-		int r = dp_io_submit(c, wb->reqs + wb->submitted, (uint32_t)k, &t);
-		if (r == -EAGAIN)
-			break;
-		if (r < 0) {
-			/* nothing more of it will run: finish with what did */
-			wb->err = r;
-			wb->n_reqs = wb->submitted;
-			continue;
-		}
-		if (wb->submitted == 0)
-			wb->first_ticket = t;
-		wb->submitted += (size_t)r;
-		in_flight += (size_t)r;
-		if (wb->submitted < wb->n_reqs)
-			break; /* the next one's tickets must follow all of this one's */
-	}
-	while (kv->wb_head && kv->wb_head->harvested == kv->wb_head->n_reqs) {
+	/* writes go out when they come first in the queue's order (the
+	 * restore queue's own pumps take them in turn with the reads) */
+	dp_kv_write_pump(kv);
+	/* journaled in queue order */
+	while (kv->wb_head && kv->wb_head->job.finished) {
 		struct dp_kv_wb *wb = kv->wb_head;
 		kv->wb_head = wb->next;
 		if (!kv->wb_head)
 			kv->wb_tail = NULL;
 		wb->next = NULL;
+		wb->err = wb->job.err;
 		wb_done(kv, wb);
 	}
 }
@@ -293,9 +262,7 @@ void dp_kv_wb_finalize(struct dp_kv *kv)
 int dp_kv_wb_settle(struct dp_kv *kv)
 {
 	while (kv->wb_head) {
-		struct dp_kv_wb *wb = kv->wb_head;
-		if (wb->harvested < wb->submitted)
-			dp_io_wait(kv->wb_chan, wb->first_ticket + wb->harvested, -1);
+		dp_kv_write_wait(kv, &kv->wb_head->job);
 		dp_kv_wb_progress(kv);
 	}
 	if (!kv->wb_recorded)

@@ -134,7 +134,14 @@ struct ag_ev {
 	uint64_t start_us, dur_us;
 	uint32_t arg0; /* step: tokens; restore: position */
 	char arg1[16]; /* step: sequences; restore: from_tier */
+	/* io, stall: the KiB in flight of the classes after restore's (arg0
+	 * or arg1), when the daemon gives them */
+	bool has_kib;
+	uint32_t kib[3]; /* engram, expert, writeback */
 };
+
+/* Their names in the trace, as daemon/front-dispatch.c gives them. */
+#define AG_EV_KIB_NAMES { "engram_kib_in_flight", "expert_kib_in_flight", "writeback_kib_in_flight" }
 
 struct ag_monitor {
 	const char *sock;

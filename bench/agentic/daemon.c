@@ -265,6 +265,13 @@ static void ev_from(struct ag_ev *e, const Dualpath__V1__TraceEvent *t)
 		e->arg0 = (uint32_t)strtoul(t->args[0]->value, NULL, 10);
 	if (t->n_args > 1)
 		snprintf(e->arg1, sizeof(e->arg1), "%s", t->args[1]->value);
+	static const char *const kib[] = AG_EV_KIB_NAMES;
+	for (size_t i = 2; i < t->n_args; i++)
+		for (size_t k = 0; k < sizeof(kib) / sizeof(kib[0]); k++)
+			if (t->args[i]->name && !strcmp(t->args[i]->name, kib[k])) {
+				e->kib[k] = (uint32_t)strtoul(t->args[i]->value, NULL, 10);
+				e->has_kib = true;
+			}
 }
 
 /*

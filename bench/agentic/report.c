@@ -57,7 +57,7 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		bool io = !strcmp(e->name, "io"); /* as daemon/front-dispatch.c names them */
 		fprintf(f,
 		        ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%llu,\"dur\":%llu,"
-		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"}}",
+		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"",
 		        e->name, e->io_lane ? "io" : "compute", (unsigned long long)e->start_us,
 		        (unsigned long long)e->dur_us, e->io_lane ? 2 : 1,
 		        restore ? "position"
@@ -70,6 +70,10 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		        : io    ? "deferred"
 		                : "sequences",
 		        e->arg1);
+		static const char *const kib[] = AG_EV_KIB_NAMES;
+		for (size_t k = 0; e->has_kib && k < sizeof(kib) / sizeof(kib[0]); k++)
+			fprintf(f, ",\"%s\":%u", kib[k], e->kib[k]);
+		fprintf(f, "}}");
 	}
 	fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
 	return fclose(f) ? -errno : 0;

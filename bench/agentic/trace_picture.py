@@ -13,6 +13,11 @@ Prints the lanes as text, one character per 1/N of the window:
 With --svg, also writes the same window as an SVG (opens in any browser): one bar per event,
 steps blue, stalls red, io events green, with a time axis in ms.
 
+It also sums up the bytes in flight per class (restore, engram, expert, writeback: KiB issued to
+the io thread and not done) that each step's "io" instant and each "stall" carry: mean and max
+over the window, and the stalls by layer. In the SVG each io instant is a tick above the io lane
+and each stall's bar has a tooltip with its layer and the same figures.
+
 The default window starts 2 ms before the first io event and lasts --ms (default 100) ms:
 the first restore is where the overlap shows. Standard library only.
 """
@@ -50,6 +55,27 @@ def coverage(spans, t0, t1, cols):
             a, b = t0 + c * w, t0 + (c + 1) * w
             cov[c] += max(0.0, min(b, e) - max(a, s)) / w
     return [min(1.0, x) for x in cov]
+
+
+CLASSES = ("restore", "engram", "expert", "writeback")
+
+
+def in_flight(e):
+    """The event's KiB in flight per class ({} when it carries none)."""
+    a = e.get("args", {})
+    # numbers, or strings of them (the agentic driver writes some so)
+    return {k: int(a[f"{k}_kib_in_flight"]) for k in CLASSES if f"{k}_kib_in_flight" in a}
+
+
+def summary(events):
+    """'restore mean/max, ...' over the events' in-flight figures."""
+    rows = [in_flight(e) for e in events]
+    parts = []
+    for k in CLASSES:
+        v = [r[k] for r in rows if k in r]
+        if v:
+            parts.append(f"{k} {sum(v) / len(v):.0f}/{max(v)}")
+    return ", ".join(parts) if parts else "none recorded"
 
 
 def glyph(x):
@@ -91,6 +117,17 @@ def main():
     busy = {k: sum(v) / a.cols for k, v in cov.items()}
     print(f"busy: compute {busy['compute']:.0%} (of it stalled {busy['stall']:.0%}), io {busy['io']:.0%}; "
           f"overlap (both busy) {sum(min(c, i) for c, i in zip(cov['compute'], cov['io'])) / a.cols:.0%}")
+    inside = [e for e in spans if t0 <= e["ts"] < t1]
+    ios = [e for e in inside if e["name"] == "io"]
+    stalls = [e for e in inside if e["name"] == "stall"]
+    print(f"in flight as steps began, KiB mean/max ({len(ios)} steps): {summary(ios)}")
+    layers = {}
+    for e in stalls:
+        layer = e.get("args", {}).get("layer")
+        layers[layer] = layers.get(layer, 0) + 1
+    by_layer = ", ".join(f"layer {k}: {v}" for k, v in sorted(layers.items(), key=lambda x: str(x[0])))
+    print(f"stalls: {len(stalls)} ({by_layer or 'none'}); in flight at their end, KiB mean/max: "
+          f"{summary(stalls)}")
 
     if a.svg:
         W, lane_h, top, left = 1000, 28, 24, 70
@@ -109,6 +146,21 @@ def main():
                 y = top + rows[k] * lane_h + 3
                 out.append(f'<rect x="{left + (s - t0) * sx:.1f}" y="{y}" width="{max(0.5, (e - s) * sx):.1f}" '
                            f'height="{lane_h - 6}" fill="{colors[k]}"/>')
+        # the figures each io instant and stall carry, as tooltips
+        for e in ios + stalls:
+            f = in_flight(e)
+            if not f:
+                continue
+            text = ", ".join(f"{k} {v} KiB" for k, v in f.items())
+            x = left + (max(e["ts"], t0) - t0) * sx
+            if e["name"] == "io":
+                out.append(f'<rect x="{x:.1f}" y="{top + lane_h}" width="1" height="4" fill="#000">'
+                           f'<title>step start: {text}</title></rect>')
+            else:
+                w = max(0.5, (min(e["ts"] + e["dur"], t1) - max(e["ts"], t0)) * sx)
+                out.append(f'<rect x="{x:.1f}" y="{top + 3}" width="{w:.1f}" height="{lane_h - 6}" '
+                           f'fill-opacity="0"><title>stall at layer {e.get("args", {}).get("layer")}: '
+                           f'{text}</title></rect>')
         axis_y = top + 2 * lane_h + 14
         for i in range(11):
             x = left + i * (W - left - 10) / 10

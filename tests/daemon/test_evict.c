@@ -201,6 +201,45 @@ static size_t deferred_steps(int fd, uint64_t id, size_t *ret_run)
 	return n;
 }
 
+/* The trace's "io" instants and "stall" spans carry the bytes in flight by
+ * class (every one of them must): the most writeback KiB any io instant
+ * saw in flight as its step began, and how many io instants there were. */
+static size_t io_events(int fd, uint64_t id, unsigned long *ret_wb_kib)
+{
+	Dualpath__V1__TraceRequest tq = DUALPATH__V1__TRACE_REQUEST__INIT;
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	req.request_id = id;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_TRACE;
+	req.trace = &tq;
+	cr_assert_eq(send_req(fd, &req), 0);
+	Dualpath__V1__Response *r = reply_to(fd, id);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TRACE);
+	static const char *const classes[] = { "restore_kib_in_flight", "engram_kib_in_flight",
+					       "expert_kib_in_flight", "writeback_kib_in_flight" };
+	size_t n = 0;
+	*ret_wb_kib = 0;
+	for (size_t i = 0; i < r->trace->n_events; i++) {
+		const Dualpath__V1__TraceEvent *ev = r->trace->events[i];
+		bool io = strcmp(ev->name, "io") == 0, stall = strcmp(ev->name, "stall") == 0;
+		if (!io && !stall)
+			continue;
+		for (size_t k = 0; k < sizeof(classes) / sizeof(classes[0]); k++)
+			cr_assert_not_null(arg_of(ev, classes[k]), "a %s event without %s", ev->name,
+					   classes[k]);
+		if (stall)
+			cr_assert_not_null(arg_of(ev, "layer"), "a stall that names no layer");
+		if (!io)
+			continue;
+		n++;
+		unsigned long wb = strtoul(arg_of(ev, "writeback_kib_in_flight"), NULL, 10);
+		if (wb > *ret_wb_kib)
+			*ret_wb_kib = wb;
+	}
+	dp_proto_response_free(r);
+	return n;
+}
+
 /* RESTORE_MAX_DEFER in daemon/compute.c */
 #define MAX_DEFER 4u
 
@@ -235,6 +274,14 @@ Test(evict, a_session_whose_state_arrives_late_joins_a_later_step_within_the_bou
 	size_t run;
 	seen = deferred_steps(fa, 40, &run);
 	worst = run;
+	/* each eviction's writes (more than the restore queue lets out at
+	 * once) were in flight as steps of the stream began */
+	unsigned long wb_kib;
+	size_t n_io = io_events(fa, 41, &wb_kib);
+	cr_log_info("io instants: %zu, writeback in flight at a step's start: %lu KiB at most", n_io,
+		    wb_kib);
+	cr_expect_gt(n_io, 0, "no io instant in the trace");
+	cr_expect_gt(wb_kib, 0, "no step began with an eviction's writes in flight");
 	close(fb);
 	cr_log_info("steps that left the restoring session out: %zu, at most %zu in a row", seen, worst);
 	close(fa);

@@ -112,7 +112,7 @@ Test(rsched, the_cap_holds_back_what_compute_needs_later)
 	cr_expect_eq(dp_rsched_inflight(rs), 3 * PAGE);
 	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN, "a fourth page would pass the cap");
 	cr_expect_eq(dp_rsched_stream_queued(rs, 0), 2 * L - 3, "nothing was taken");
-	dp_rsched_done(rs, PAGE); /* a completion: room for one */
+	dp_rsched_done(rs, DP_RSCHED_RESTORE, PAGE); /* a completion: room for one */
 	cr_expect_eq(dp_rsched_pop(rs, 0, &it), 0);
 	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN);
 	cr_expect_eq(dp_rsched_inflight(rs), 3 * PAGE);
@@ -190,6 +190,98 @@ Test(rsched, writeback_never_starves_behind_a_stream_of_restores)
 		      (unsigned long long)late);
 }
 
+Test(rsched, writeback_under_its_class_cap_lets_reads_needed_sooner_go_first)
+{
+	/* a writeback of 10 pages, due at 2L, and its class capped at two
+	 * pages in flight: two go, the rest wait for them (not for the
+	 * reads), and a restore that begins meanwhile goes at once: at most
+	 * the cap of writeback bytes is ever ahead of it */
+	cr_assert_eq(dp_rsched_set_class_cap(rs, DP_RSCHED_WRITEBACK, 2 * PAGE), 0);
+	uint32_t wb;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_WRITEBACK, 0, NULL, &wb), 0);
+	for (uint64_t k = 0; k < 10; k++)
+		cr_assert_eq(dp_rsched_push(rs, wb, 0, PAGE, k), 0);
+	cr_expect_eq(dp_rsched_queued_class(rs, DP_RSCHED_WRITEBACK), 10 * PAGE);
+	struct dp_rsched_item it;
+	for (int k = 0; k < 2; k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.klass, DP_RSCHED_WRITEBACK);
+	}
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN, "a third page passes the class cap");
+	cr_expect_eq(dp_rsched_peek(rs, 0, &it), -EAGAIN);
+	int a;
+	restore(L, 1, &a); /* needed from the next step on, before the writeback */
+	for (uint32_t l = 0; l < L; l++) {
+		cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+		cr_expect_eq(it.klass, DP_RSCHED_RESTORE, "pop %u", l);
+	}
+	cr_expect_eq(dp_rsched_inflight_class(rs, DP_RSCHED_WRITEBACK), 2 * PAGE);
+	cr_expect_eq(dp_rsched_inflight_class(rs, DP_RSCHED_RESTORE), L * PAGE);
+	cr_expect_eq(dp_rsched_inflight(rs), (2 + L) * PAGE);
+	cr_expect_eq(dp_rsched_queued_class(rs, DP_RSCHED_WRITEBACK), 8 * PAGE);
+	/* a write done: room for one more, not two */
+	dp_rsched_done(rs, DP_RSCHED_WRITEBACK, PAGE);
+	cr_assert_eq(dp_rsched_pop(rs, 0, &it), 0);
+	cr_expect_eq(it.klass, DP_RSCHED_WRITEBACK);
+	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -EAGAIN);
+	/* due: it goes past its cap (bounded delay) */
+	for (int k = 0; k < 7; k++) {
+		cr_assert_eq(dp_rsched_pop(rs, 2 * L, &it), 0);
+		cr_expect_eq(it.tag, (uint64_t)k + 3);
+	}
+	cr_expect_eq(dp_rsched_pop(rs, 2 * L, &it), -ENOENT);
+	cr_expect_eq(dp_rsched_queued_class(rs, DP_RSCHED_WRITEBACK), 0);
+}
+
+Test(rsched, a_writeback_under_both_caps_still_goes_within_its_delay_behind_restores)
+{
+	/* every layer needs 4 restore pages, more than the window (3): the
+	 * gates take them past it, so it never has room for anything needed
+	 * later; the writeback (its own cap one page) waits, but only until
+	 * it is due (a rule that held it for room would hold it for ever) */
+	cr_assert_eq(dp_rsched_set_cap(rs, 3 * PAGE), 0);
+	cr_assert_eq(dp_rsched_set_class_cap(rs, DP_RSCHED_WRITEBACK, PAGE), 0);
+	uint32_t wb;
+	cr_assert_eq(dp_rsched_stream_open(rs, DP_RSCHED_WRITEBACK, 0, NULL, &wb), 0);
+	int ctx;
+	restore(0, 4, &ctx);
+	for (uint64_t k = 0; k < 4; k++)
+		cr_assert_eq(dp_rsched_push(rs, wb, 0, PAGE, 100 + k), 0); /* due at 2L */
+	struct dp_rsched_item it, fl[64];
+	size_t n_fl = 0;
+	uint64_t wb_left = 4, last = 0;
+	for (uint64_t step = 0; step < 20 && wb_left; step++) {
+		dp_rsched_advance(rs, step * L);
+		restore((step + 1) * L, 4, &ctx); /* the next step's, every step */
+		for (uint32_t l = 0; l < L; l++) {
+			uint64_t need = step * L + l;
+			/* the gate of layer l */
+			while (dp_rsched_pop(rs, need, &it) == 0) {
+				cr_assert_lt(n_fl, 64);
+				fl[n_fl++] = it;
+				if (it.klass == DP_RSCHED_WRITEBACK) {
+					wb_left--;
+					last = need;
+				}
+			}
+			/* the layer computed: the device is a layer behind (what
+			 * the layer before needed has been read: something is
+			 * always in flight), and the writes issued are written */
+			size_t m = 0;
+			for (size_t k = 0; k < n_fl; k++) {
+				if (fl[k].deadline < need || fl[k].klass == DP_RSCHED_WRITEBACK)
+					dp_rsched_done(rs, fl[k].klass, fl[k].bytes);
+				else
+					fl[m++] = fl[k];
+			}
+			n_fl = m;
+		}
+	}
+	cr_expect_eq(wb_left, 0, "the writeback never went");
+	cr_expect_eq(last, 2 * L, "all of it went when due (tick 2L), its last page at tick %llu",
+		     (unsigned long long)last);
+}
+
 Test(rsched, on_equal_deadlines_a_read_compute_waits_for_beats_writeback)
 {
 	uint32_t wb, id;
@@ -212,7 +304,7 @@ Test(rsched, a_closed_stream_drops_its_queue_and_keeps_its_reads_counted)
 	cr_expect_eq(dp_rsched_stream_close(rs, ia), 2 * (int)L - 1);
 	cr_expect_eq(dp_rsched_pop(rs, 0, &it), -ENOENT);
 	cr_expect_eq(dp_rsched_inflight(rs), PAGE, "the read in flight still lands");
-	dp_rsched_done(rs, PAGE);
+	dp_rsched_done(rs, DP_RSCHED_RESTORE, PAGE);
 	cr_expect_eq(dp_rsched_inflight(rs), 0);
 	cr_expect_eq(dp_rsched_stream_close(rs, ia), -EINVAL);
 }
