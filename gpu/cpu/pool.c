@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The cpu backend's worker pool: the block-scaled kernels split a product's
- * output rows over it (the fp32 products keep using OpenBLAS's own threads).
+ * output rows over it, and so do the fp32 products (OpenBLAS runs on one
+ * thread) and the indexer's top-k. A fork's child has the pool but not its
+ * threads (fork copies the caller alone): there the caller runs every part
+ * itself, and fini has no workers to stop.
  * A job is a generation number under one mutex: the caller publishes fn/arg
  * and bumps gen, workers run fn(arg, tid, n) and count down `pending`; the
  * caller runs tid 0 itself and waits for the count. A mutex and two condition
@@ -10,6 +13,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "gpu/cpu/qmm-internal.h"
 
@@ -46,7 +50,7 @@ static void *worker(void *v)
 
 int dp_cpu_pool_init(struct dp_cpu_pool *p, int n)
 {
-	*p = (struct dp_cpu_pool){ .n = n < 1 ? 1 : n };
+	*p = (struct dp_cpu_pool){ .n = n < 1 ? 1 : n, .owner = getpid() };
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->go, NULL);
 	pthread_cond_init(&p->done, NULL);
@@ -71,6 +75,10 @@ int dp_cpu_pool_init(struct dp_cpu_pool *p, int n)
 
 void dp_cpu_pool_fini(struct dp_cpu_pool *p)
 {
+	if (p->th && p->owner != getpid()) { /* a fork's child: no workers to stop */
+		free(p->th);
+		p->th = NULL;
+	}
 	if (p->th) {
 		pthread_mutex_lock(&p->mu);
 		p->stop = true;
@@ -90,6 +98,11 @@ void dp_cpu_pool_run(struct dp_cpu_pool *p, void (*fn)(void *arg, int tid, int n
 {
 	if (p->n == 1) {
 		fn(arg, 0, 1);
+		return;
+	}
+	if (p->owner != getpid()) { /* a fork's child: the caller runs every part */
+		for (int t = 0; t < p->n; t++)
+			fn(arg, t, p->n);
 		return;
 	}
 	pthread_mutex_lock(&p->mu);

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "gpu/gpu.h"
 
@@ -143,6 +144,7 @@ struct dp_cpu_pool {
 	bool stop;
 	void (*fn)(void *arg, int tid, int n);
 	void *arg;
+	pid_t owner; /* the process whose threads they are (a fork's child has none) */
 };
 
 int dp_cpu_pool_init(struct dp_cpu_pool *p, int n);

@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "base/dtype.h"
 #include "gpu/gpu.h"
@@ -438,6 +441,56 @@ static void products(enum dp_gpu_isa isa)
 		}
 		dp_gpu_free(g);
 	}
+}
+
+/* A fork's child has the backend but not its pool's threads: its products
+ * (split over the pool in the parent) still finish, and right (the daemon's
+ * kill tests fork a writer after the parent made a backend: it hung). */
+Test(quant_products, a_backend_made_before_fork_computes_in_the_child, .timeout = 60)
+{
+	struct dp_gpu *g = open_cpu(DP_GPU_ISA_PORTABLE, 2);
+	const struct dp_gpu_ops *ops = dp_gpu_ops(g);
+	uint64_t s = 7;
+	struct hw h = hw_random(&s, DP_DTYPE_F32, DP_DTYPE_F32, 1, 300, 1000);
+	struct hw q = hw_random(&s, DP_DTYPE_BF16, DP_DTYPE_F32, 1, 64, 1030);
+	struct dp_gpu_weight w, wq;
+	cr_assert_eq(dp_gpu_weight_upload_as(g, h.data, h.scale, h.dtype, h.scale_dtype, 1, 300, 1000,
+					     &w),
+		     0);
+	cr_assert_eq(dp_gpu_weight_upload_as(g, q.data, q.scale, q.dtype, q.scale_dtype, 1, 64, 1030,
+					     &wq),
+		     0);
+	const uint32_t M = 9;
+	float *x = malloc(M * 1030 * sizeof(float)), *y = malloc(M * 300 * sizeof(float));
+	float *yc = mmap(NULL, M * 300 * sizeof(float), PROT_READ | PROT_WRITE,
+			 MAP_SHARED | MAP_ANONYMOUS, -1, 0); /* the child's product */
+	cr_assert(x && y && yc != MAP_FAILED);
+	for (size_t i = 0; i < M * 1030; i++)
+		x[i] = uniform(&s, -1, 1);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		alarm(30); /* a product waiting for workers that are not there */
+		int ok = ops->matmul(g, x, 0, &wq, 0, y, 0, M, false) == 0 &&
+			 ops->matmul(g, x, 1030, &w, 0, yc, 0, M, false) == 0;
+		_exit(ok ? 0 : 1);
+	}
+	int status = 0;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the child's products did not finish (status %#x)", status);
+	check_product(&h, 0, x, 1030, M, yc, 300, NULL, "fp32 300x1000 in a fork's child");
+	munmap(yc, M * 300 * sizeof(float));
+	/* and in the parent, after the fork, as before */
+	cr_assert_eq(ops->matmul(g, x, 1030, &w, 0, y, 0, M, false), 0);
+	check_product(&h, 0, x, 1030, M, y, 300, NULL, "fp32 300x1000 after a fork");
+	free(x);
+	free(y);
+	dp_gpu_weight_free(g, &w);
+	dp_gpu_weight_free(g, &wq);
+	hw_free(&h);
+	hw_free(&q);
+	dp_gpu_free(g);
 }
 
 Test(quant_portable, gemv_and_gemm_match_the_dequantized_fp32_product) { products(DP_GPU_ISA_PORTABLE); }
