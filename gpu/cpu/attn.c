@@ -239,13 +239,36 @@ static void topk_select(const float *score, uint32_t n, uint32_t k, int32_t *sel
 
 struct index_job {
 	const struct dp_gpu_index *ix;
-	float *score; /* n floats per thread */
+	float *score; /* n floats per thread (by tokens), or the token's n (by keys) */
 	uint32_t n;
+	uint32_t i, vis; /* by keys: the token, its visible entries */
 };
+
+/* Token i's score of compressed entries [w0, w1). */
+static void index_scores(const struct dp_gpu_index *ix, uint32_t i, uint32_t w0, uint32_t w1,
+			 float *score)
+{
+	for (uint32_t w = w0; w < w1; w++) {
+		const float *key = dp_stream_entry(ix->keys, w);
+		double acc = 0;
+		for (uint32_t h = 0; h < ix->nh; h++) {
+			double d = dot(ix->qi + ((size_t)i * ix->nh + h) * ix->dim, key, ix->dim);
+			float r = d > 0 ? (float)d * ix->key_scale : 0.0f;
+			acc += (double)r * (ix->weights[(size_t)i * ix->nh + h] * ix->weight_scale);
+		}
+		score[w] = (float)acc;
+	}
+}
+
+static uint32_t index_visible(const struct dp_gpu_index *ix, uint32_t i, uint32_t n)
+{
+	uint64_t vis = (ix->pos0 + i + 1) / ix->rate;
+	return vis < n ? (uint32_t)vis : n;
+}
 
 /* Tokens [S * tid / nt, S * (tid + 1) / nt) of the index: each token's scores
  * and pick are its own, so the split changes no bit. */
-static void index_part(void *arg, int tid, int nt)
+static void index_by_tokens(void *arg, int tid, int nt)
 {
 	const struct index_job *j = arg;
 	const struct dp_gpu_index *ix = j->ix;
@@ -253,23 +276,23 @@ static void index_part(void *arg, int tid, int nt)
 	uint32_t i0 = (uint32_t)((uint64_t)ix->S * tid / nt);
 	uint32_t i1 = (uint32_t)((uint64_t)ix->S * (tid + 1) / nt);
 	for (uint32_t i = i0; i < i1; i++) {
-		uint64_t t = ix->pos0 + i;
-		uint64_t vis64 = (t + 1) / ix->rate;
-		uint32_t vis = vis64 < j->n ? (uint32_t)vis64 : j->n;
-		int32_t *sel = ix->sel + (size_t)i * ix->k;
-		for (uint32_t w = 0; w < vis; w++) {
-			const float *key = dp_stream_entry(ix->keys, w);
-			double acc = 0;
-			for (uint32_t h = 0; h < ix->nh; h++) {
-				double d = dot(ix->qi + ((size_t)i * ix->nh + h) * ix->dim, key, ix->dim);
-				float r = d > 0 ? (float)d * ix->key_scale : 0.0f;
-				acc += (double)r * (ix->weights[(size_t)i * ix->nh + h] * ix->weight_scale);
-			}
-			score[w] = (float)acc;
-		}
-		topk_select(score, vis, ix->k, sel);
+		uint32_t vis = index_visible(ix, i, j->n);
+		index_scores(ix, i, 0, vis, score);
+		topk_select(score, vis, ix->k, ix->sel + (size_t)i * ix->k);
 	}
 }
+
+/* Entries [vis * tid / nt, vis * (tid + 1) / nt) of token j->i: a decode
+ * step's one token scores its whole context; each entry's score is its own. */
+static void index_by_keys(void *arg, int tid, int nt)
+{
+	const struct index_job *j = arg;
+	index_scores(j->ix, j->i, (uint32_t)((uint64_t)j->vis * tid / nt),
+		     (uint32_t)((uint64_t)j->vis * (tid + 1) / nt), j->score);
+}
+
+/* Scoring below this many entries stays on the caller's thread. */
+#define INDEX_POOL_MIN_KEYS 256u
 
 int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
 {
@@ -278,15 +301,25 @@ int dp_cpu_index_topk(struct dp_gpu *g, const struct dp_gpu_index *ix)
 
 	if (!ix->qi || !ix->weights || !ix->sel || !ix->rate || !ix->k)
 		return -EINVAL;
-	/* the tokens over the pool when there are several (a prefill chunk) */
-	int nt = ix->S > 1 && n ? c->pool.n : 1;
-	float *score = dp_cpu_scratch(c, (size_t)(n ? n : 1) * (size_t)nt);
+	/* a prefill chunk's tokens over the pool, or a few tokens' entries */
+	int nt = c->pool.n;
+	bool by_tokens = nt > 1 && ix->S >= (uint32_t)nt;
+	float *score = dp_cpu_scratch(c, (size_t)(n ? n : 1) * (by_tokens ? (size_t)nt : 1));
 	if (!score)
 		return -ENOMEM;
 	struct index_job j = { .ix = ix, .score = score, .n = n };
-	if (nt == 1)
-		index_part(&j, 0, 1);
-	else
-		dp_cpu_pool_run(&c->pool, index_part, &j);
+	if (by_tokens) {
+		dp_cpu_pool_run(&c->pool, index_by_tokens, &j);
+		return 0;
+	}
+	for (uint32_t i = 0; i < ix->S; i++) {
+		j.i = i;
+		j.vis = index_visible(ix, i, n);
+		if (nt > 1 && j.vis >= INDEX_POOL_MIN_KEYS)
+			dp_cpu_pool_run(&c->pool, index_by_keys, &j);
+		else
+			index_scores(ix, i, 0, j.vis, score);
+		topk_select(score, j.vis, ix->k, ix->sel + (size_t)i * ix->k);
+	}
 	return 0;
 }

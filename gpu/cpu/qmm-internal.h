@@ -140,7 +140,9 @@ struct dp_cpu_pool {
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
 	uint64_t gen;  /* bumped per job (under mu) */
-	int pending;   /* workers still running the job */
+	int pending;   /* workers still running the job (written under mu, polled) */
+	int sleepers;  /* workers asleep on go (under mu) */
+	bool waiting;  /* the caller sleeps on done (under mu) */
 	bool stop;
 	void (*fn)(void *arg, int tid, int n);
 	void *arg;
