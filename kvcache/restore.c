@@ -74,11 +74,13 @@ struct dp_kv_rq {
 	struct rq_ring fl;  /* on the restore channel: reads */
 	struct rq_ring wfl; /* on the writeback channel: writebacks' writes and syncs */
 	/* other parts' reads in the same order (dp_kv_read_queue): a few
-	 * streams, since a part's deadlines may go back (a layer's misses
-	 * after the next layer's read-ahead) and a stream's may not */
-#define RQ_XSTREAMS 4
+	 * streams of each class, since a part's deadlines may go back (a
+	 * layer's misses after the next layer's read-ahead) and a stream's may
+	 * not; a stream serves one class (its ties and its bytes in flight) */
+#define RQ_XSTREAMS 8
 	uint32_t xs[RQ_XSTREAMS];
 	uint64_t xs_last[RQ_XSTREAMS];
+	uint8_t xs_klass[RQ_XSTREAMS];
 	uint8_t n_xs;
 	struct rq_read {
 		struct dp_io_req req;
@@ -868,16 +870,31 @@ int dp_kv_read_queue(struct dp_kv *kv, enum dp_rsched_class klass, uint32_t laye
 		return -EINVAL;
 	/* needed by this step's forward (begun by dp_kv_pump) at its layer */
 	uint64_t dl = q->step * q->layers + layer;
-	uint32_t k = 0;
-	while (k < q->n_xs && dp_rsched_stream_queued(q->rs, q->xs[k]) && q->xs_last[k] > dl)
-		k++;
+	/* a stream of its class that takes dl (empty, or its last no later);
+	 * else a new one, or an empty one of another class reopened */
+	uint32_t k = 0, empty = RQ_XSTREAMS;
+	for (; k < q->n_xs; k++) {
+		bool idle = !dp_rsched_stream_queued(q->rs, q->xs[k]);
+		if (q->xs_klass[k] == klass && (idle || q->xs_last[k] <= dl))
+			break;
+		if (idle && empty == RQ_XSTREAMS)
+			empty = k;
+	}
 	if (k == q->n_xs) {
-		if (k == RQ_XSTREAMS)
-			return -EBUSY; /* cannot happen: deadlines go back once a layer */
+		bool reuse = k == RQ_XSTREAMS;
+		if (reuse) {
+			if (empty == RQ_XSTREAMS)
+				return -EBUSY; /* cannot happen: a class's deadlines go back once a layer */
+			k = empty;
+			dp_rsched_stream_close(q->rs, q->xs[k]); /* nothing queued: drops nothing */
+		}
+		/* reopening takes the id just closed: no allocation, no failure */
 		int r = dp_rsched_stream_open(q->rs, klass, 0, &q->xtag, &q->xs[k]);
 		if (r < 0)
 			return r;
-		q->n_xs++;
+		q->xs_klass[k] = (uint8_t)klass;
+		if (!reuse)
+			q->n_xs++;
 	}
 	uint32_t i = q->free_rd;
 	if (i == UINT32_MAX) {

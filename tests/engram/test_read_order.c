@@ -164,3 +164,56 @@ Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_be
 	}
 	dp_kv_close(kv);
 }
+
+/* Engram and expert reads share the queue's side streams but not their class:
+ * an expert read for a later layer, then an Engram read, each count (and tie)
+ * as their own (the streams were shared by deadline alone, so an Engram read
+ * could count as an expert read in the trace's bytes in flight). */
+Test(read_order, engram_and_expert_reads_keep_their_own_class)
+{
+	if (!engine)
+		cr_skip_test("io_uring is not available here");
+	char err[512] = "";
+	struct dp_kv_opts o = {.state_dir = dir, .numa_node = -1, .direct_io = true, .io = engine};
+	struct dp_kv *kv;
+	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_kv_set_restore_window(kv, 0), 0);
+	int px[2], pe[2];
+	uint32_t fx, fe;
+	cr_assert_eq(pipe2(px, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(pe, O_CLOEXEC), 0);
+	cr_assert_eq(dp_io_file_add(engine, px[0], &fx), 0);
+	cr_assert_eq(dp_io_file_add(engine, pe[0], &fe), 0);
+	dp_kv_pump(kv); /* a step begins */
+	static char bx[4096] __attribute__((aligned(4096))), be[4096] __attribute__((aligned(4096)));
+	struct dp_io_req rx = {.op = DP_IO_OP_READ, .file = fx, .addr = bx, .len = sizeof(bx)};
+	struct dp_io_req re = {.op = DP_IO_OP_READ, .file = fe, .addr = be, .len = sizeof(be)};
+	uint64_t ix, ie;
+	cr_assert_eq(dp_kv_read_queue(kv, DP_RSCHED_EXPERT, 3, &rx, &ix), 0);
+	cr_assert_eq(dp_kv_read_queue(kv, DP_RSCHED_ENGRAM, 3, &re, &ie), 0);
+	uint64_t fl[DP_RSCHED_CLASS_MAX], qd[DP_RSCHED_CLASS_MAX];
+	dp_kv_io_inflight(kv, fl);
+	dp_kv_io_queued(kv, qd);
+	cr_expect_eq(fl[DP_RSCHED_EXPERT] + qd[DP_RSCHED_EXPERT], sizeof(bx),
+		     "expert bytes %llu in flight, %llu queued", (unsigned long long)fl[DP_RSCHED_EXPERT],
+		     (unsigned long long)qd[DP_RSCHED_EXPERT]);
+	cr_expect_eq(fl[DP_RSCHED_ENGRAM] + qd[DP_RSCHED_ENGRAM], sizeof(be),
+		     "Engram bytes %llu in flight, %llu queued", (unsigned long long)fl[DP_RSCHED_ENGRAM],
+		     (unsigned long long)qd[DP_RSCHED_ENGRAM]);
+	char data[4096];
+	memset(data, 5, sizeof(data));
+	cr_assert_eq(write(px[1], data, sizeof(data)), (ssize_t)sizeof(data));
+	cr_assert_eq(write(pe[1], data, sizeof(data)), (ssize_t)sizeof(data));
+	int32_t res = 0;
+	cr_assert_eq(dp_kv_read_wait(kv, ix, &res), 0);
+	cr_expect_eq(res, (int32_t)sizeof(bx));
+	cr_assert_eq(dp_kv_read_wait(kv, ie, &res), 0);
+	cr_expect_eq(res, (int32_t)sizeof(be));
+	dp_io_file_remove(engine, fx);
+	dp_io_file_remove(engine, fe);
+	for (int i = 0; i < 2; i++) {
+		close(px[i]);
+		close(pe[i]);
+	}
+	dp_kv_close(kv);
+}
