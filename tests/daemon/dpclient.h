@@ -336,6 +336,54 @@ static inline Dualpath__V1__Response *simple(int fd, uint64_t id, Dualpath__V1__
 	}
 }
 
+/* The next response to request id, the others dropped (NULL: none in 60 s). */
+static inline Dualpath__V1__Response *reply_to(int fd, uint64_t id)
+{
+	for (;;) {
+		Dualpath__V1__Response *r = recv_resp(fd, 60000);
+		if (!r || r->request_id == id)
+			return r;
+		dp_proto_response_free(r);
+	}
+}
+
+/* EvictSession for session; its answer is the caller's to read. */
+static inline void send_evict(int fd, uint64_t id, const char *session)
+{
+	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	e.session_id = (char *)session;
+	req.request_id = id;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
+	req.evict_session = &e;
+	cr_assert_eq(send_req(fd, &req), 0);
+}
+
+/* EvictSession for session, answered by an Ack. */
+static inline void evict_session(int fd, uint64_t id, const char *session)
+{
+	send_evict(fd, id, session);
+	Dualpath__V1__Response *r = reply_to(fd, id);
+	cr_assert_not_null(r, "no answer to evicting %s", session);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK, "evict %s", session);
+	dp_proto_response_free(r);
+}
+
+/* The daemon's trace (a Trace response; the caller frees it). */
+static inline Dualpath__V1__Response *trace_of(int fd, uint64_t id)
+{
+	Dualpath__V1__TraceRequest tq = DUALPATH__V1__TRACE_REQUEST__INIT;
+	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
+	req.request_id = id;
+	req.body_case = DUALPATH__V1__REQUEST__BODY_TRACE;
+	req.trace = &tq;
+	cr_assert_eq(send_req(fd, &req), 0);
+	Dualpath__V1__Response *r = reply_to(fd, id);
+	cr_assert_not_null(r);
+	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TRACE);
+	return r;
+}
+
 /* A metric's value from a Stats reply (-1: absent). */
 static inline double metric(int fd, uint64_t id, const char *name)
 {

@@ -386,21 +386,6 @@ Test(daemon, the_socket_is_created_0660)
 	cr_expect_eq(st.st_mode & 0777, 0660);
 }
 
-static void evict(int fd, uint64_t id, const char *session)
-{
-	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	e.session_id = (char *)session;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
-	req.evict_session = &e;
-	cr_assert_eq(send_req(fd, &req), 0);
-	Dualpath__V1__Response *r = recv_resp(fd, 30000);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK, "evict %s", session);
-	dp_proto_response_free(r);
-}
-
 /* Three turns, the session parked on NVMe between them; returns the tokens. */
 static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 {
@@ -414,7 +399,7 @@ static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 		cr_assert_eq(collect(fd, 10 + t, out + total, cap - total, &n),
 			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", mode, t);
 		total += n;
-		evict(fd, 100 + t, "parked");
+		evict_session(fd, 100 + t, "parked");
 	}
 	/* each mode's signature: recompute reads nothing back, full loads
 	 * whole states, dualpath restores layer by layer */
@@ -566,7 +551,7 @@ static size_t engram_turns(const char *residency, const char *restore, uint32_t 
 		last = total;
 		total += n;
 		if (t < 2)
-			evict(fd, 100 + t, "eg");
+			evict_session(fd, 100 + t, "eg");
 	}
 	uint32_t ref[16];
 	size_t nr;
@@ -666,7 +651,7 @@ static size_t csa_turns(const char *mode, uint32_t *out, size_t cap)
 			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", mode, t);
 		total += n;
 		if (t == 1 || t == 2)
-			evict(fd, 100 + t, "csa");
+			evict_session(fd, 100 + t, "csa");
 	}
 	double sel = metric(fd, 200, "dualpath_csa_entries_selected_total");
 	double hits = metric(fd, 201, "dualpath_csa_entries_staged_hits_total");
@@ -718,7 +703,7 @@ static size_t expert_turns(const char *model, const char *where, const char *slo
 		cr_assert_eq(collect(fd, 10 + t, out + total, cap - total, &n),
 			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "%s, turn %d", where, t);
 		total += n;
-		evict(fd, 100 + t, "moe");
+		evict_session(fd, 100 + t, "moe");
 	}
 	double uses = metric(fd, 200, "dualpath_experts_uses_total");
 	double hits = metric(fd, 201, "dualpath_experts_hits_total");

@@ -75,28 +75,6 @@ static bool log_has(const char *needle)
 	return found;
 }
 
-static void evict(int fd, uint64_t id, const char *session)
-{
-	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	e.session_id = (char *)session;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
-	req.evict_session = &e;
-	cr_assert_eq(send_req(fd, &req), 0);
-	for (;;) {
-		Dualpath__V1__Response *r = recv_resp(fd, 60000);
-		cr_assert_not_null(r, "no answer to evicting %s", session);
-		if (r->request_id != id) {
-			dp_proto_response_free(r);
-			continue;
-		}
-		cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_ACK, "evict %s", session);
-		dp_proto_response_free(r);
-		return;
-	}
-}
-
 enum { NS = 4, TURNS = 3, GEN = 6, FIRST = 160, NEXT = 5 };
 
 static uint32_t tok_of(int s, int i)
@@ -148,7 +126,7 @@ static void run_sessions(bool park, uint32_t out[NS][TURNS][GEN])
 			for (int s = 0; s < NS; s++) {
 				char name[16];
 				snprintf(name, sizeof(name), "eg%d", s);
-				evict(fd, 500 + (uint64_t)t * NS + s, name);
+				evict_session(fd, 500 + (uint64_t)t * NS + s, name);
 			}
 	}
 	close(fd);

@@ -27,27 +27,6 @@ static void big_prompt(uint32_t *p, size_t n, uint32_t salt)
 		p[i] = (uint32_t)(1 + (i * 37 + salt * 11 + (i / 7) * 3) % 250);
 }
 
-static void send_evict(int fd, uint64_t id, const char *session)
-{
-	Dualpath__V1__EvictSession e = DUALPATH__V1__EVICT_SESSION__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	e.session_id = (char *)session;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_EVICT_SESSION;
-	req.evict_session = &e;
-	cr_assert_eq(send_req(fd, &req), 0);
-}
-
-static Dualpath__V1__Response *reply_to(int fd, uint64_t id)
-{
-	for (;;) {
-		Dualpath__V1__Response *r = recv_resp(fd, 60000);
-		if (!r || r->request_id == id)
-			return r;
-		dp_proto_response_free(r);
-	}
-}
-
 static const char *arg_of(const Dualpath__V1__TraceEvent *ev, const char *name)
 {
 	for (size_t i = 0; i < ev->n_args; i++)
@@ -60,15 +39,7 @@ static const char *arg_of(const Dualpath__V1__TraceEvent *ev, const char *name)
  * while it was in flight (the event's second value). */
 static size_t evict_events(int fd, uint64_t id, unsigned long *ret_steps)
 {
-	Dualpath__V1__TraceRequest tq = DUALPATH__V1__TRACE_REQUEST__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_TRACE;
-	req.trace = &tq;
-	cr_assert_eq(send_req(fd, &req), 0);
-	Dualpath__V1__Response *r = reply_to(fd, id);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TRACE);
+	Dualpath__V1__Response *r = trace_of(fd, id);
 	size_t n = 0;
 	*ret_steps = 0;
 	for (size_t i = 0; i < r->trace->n_events; i++) {
@@ -168,15 +139,7 @@ Test(evict, a_session_evicted_while_idle_answers_once_durable_and_a_second_evict
  * the number of such steps; *ret_run the longest run of them in a row. */
 static size_t deferred_steps(int fd, uint64_t id, size_t *ret_run)
 {
-	Dualpath__V1__TraceRequest tq = DUALPATH__V1__TRACE_REQUEST__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_TRACE;
-	req.trace = &tq;
-	cr_assert_eq(send_req(fd, &req), 0);
-	Dualpath__V1__Response *r = reply_to(fd, id);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TRACE);
+	Dualpath__V1__Response *r = trace_of(fd, id);
 	size_t n = 0, run = 0;
 	unsigned long pending = 0; /* the last io instant's deferred count */
 	*ret_run = 0;
@@ -206,15 +169,7 @@ static size_t deferred_steps(int fd, uint64_t id, size_t *ret_run)
  * saw in flight as its step began, and how many io instants there were. */
 static size_t io_events(int fd, uint64_t id, unsigned long *ret_wb_kib)
 {
-	Dualpath__V1__TraceRequest tq = DUALPATH__V1__TRACE_REQUEST__INIT;
-	Dualpath__V1__Request req = DUALPATH__V1__REQUEST__INIT;
-	req.request_id = id;
-	req.body_case = DUALPATH__V1__REQUEST__BODY_TRACE;
-	req.trace = &tq;
-	cr_assert_eq(send_req(fd, &req), 0);
-	Dualpath__V1__Response *r = reply_to(fd, id);
-	cr_assert_not_null(r);
-	cr_assert_eq(r->body_case, DUALPATH__V1__RESPONSE__BODY_TRACE);
+	Dualpath__V1__Response *r = trace_of(fd, id);
 	static const char *const classes[] = { "restore_kib_in_flight", "engram_kib_in_flight",
 					       "expert_kib_in_flight", "writeback_kib_in_flight" };
 	size_t n = 0;
