@@ -111,18 +111,25 @@ static uint32_t settle(struct dp_kv *kv, struct dp_kv_session *s, uint32_t want)
 	return ready(kv, s);
 }
 
-Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_before_the_rest)
+/* A KV cache on the engine with no restore window: every queued read goes
+ * out at once, in deadline order. */
+static struct dp_kv *open_queue(void)
 {
-	if (!engine)
-		cr_skip_test("io_uring is not available here");
 	char err[512] = "";
 	struct dp_kv_opts o = {.state_dir = dir, .numa_node = -1, .direct_io = true, .io = engine};
 	struct dp_kv *kv;
 	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(dp_kv_set_restore_window(kv, 0), 0);
+	return kv;
+}
+
+Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_before_the_rest)
+{
+	if (!engine)
+		cr_skip_test("io_uring is not available here");
+	struct dp_kv *kv = open_queue();
 	uint32_t L = (uint32_t)dp_v4_model_config(model)->num_hidden_layers;
 	cr_assert_geq(L, 4);
-	/* no window: every queued read goes out at once, in deadline order */
-	cr_assert_eq(dp_kv_set_restore_window(kv, 0), 0);
 	static const uint32_t layers[] = {0, 2};
 	for (size_t k = 0; k < sizeof(layers) / sizeof(layers[0]); k++) {
 		uint32_t el = layers[k];
@@ -166,18 +173,14 @@ Test(read_order, an_engram_read_goes_after_the_restore_pages_due_no_later_and_be
 }
 
 /* Engram and expert reads share the queue's side streams but not their class:
- * an expert read for a later layer, then an Engram read, each count (and tie)
- * as their own (the streams were shared by deadline alone, so an Engram read
+ * an expert read, then an Engram read for the same layer, each count (and
+ * tie) as their own (the streams were shared by deadline alone, so an Engram read
  * could count as an expert read in the trace's bytes in flight). */
 Test(read_order, engram_and_expert_reads_keep_their_own_class)
 {
 	if (!engine)
 		cr_skip_test("io_uring is not available here");
-	char err[512] = "";
-	struct dp_kv_opts o = {.state_dir = dir, .numa_node = -1, .direct_io = true, .io = engine};
-	struct dp_kv *kv;
-	cr_assert_eq(dp_kv_open(&o, model, &kv, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(dp_kv_set_restore_window(kv, 0), 0);
+	struct dp_kv *kv = open_queue();
 	int px[2], pe[2];
 	uint32_t fx, fe;
 	cr_assert_eq(pipe2(px, O_CLOEXEC), 0);
