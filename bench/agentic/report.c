@@ -282,14 +282,15 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 			snprintf(notes + nl, sizeof(notes) - nl,
 			         "NOT no-reuse: %llu parked turns came back with state",
 			         (unsigned long long)r->parked_reused);
-		printf(
-		    "%-9s %8.3f %8.3f %8.3f %9.3f %9.3f %8.2f %9.0f %10.0f %9.1f %9.0f %8.3f %7s  "
-		    "%s\n",
-		    ag_mode_name[m], r->st.step_s, r->st.stall_s, r->load_s, r->between_s,
-		    r->restore_span_s, r->cpu_s, r->st.tokens_prefill, r->st.recomputed_tokens,
-		    r->st.io_written_bytes / 1048576.0, r->st.demotions,
-		    r->big_step_tokens > 0 ? 1e3 * r->big_step_s / r->big_step_tokens : NAN, differ,
-		    notes);
+		/* ms/tok: "-" where no step was big enough (scenarios 2 and 3) */
+		char mst[16] = "-";
+		if (r->big_step_tokens > 0)
+			snprintf(mst, sizeof(mst), "%.3f", 1e3 * r->big_step_s / r->big_step_tokens);
+		printf("%-9s %8.3f %8.3f %8.3f %9.3f %9.3f %8.2f %9.0f %10.0f %9.1f %9.0f %8s %7s  "
+		       "%s\n",
+		       ag_mode_name[m], r->st.step_s, r->st.stall_s, r->load_s, r->between_s,
+		       r->restore_span_s, r->cpu_s, r->st.tokens_prefill, r->st.recomputed_tokens,
+		       r->st.io_written_bytes / 1048576.0, r->st.demotions, mst, differ, notes);
 	}
 	printf(
 	    "\nwall s: first Generate to last final chunk. busy s: the compute thread's forward "
