@@ -261,6 +261,9 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	C("dualpath_io_retries_total", "short or EAGAIN transfers resubmitted", s->io.retries);
 	G("dualpath_io_inflight", "requests in the kernel now", s->io.inflight);
 	C("dualpath_io_busy_seconds_total", "io thread time awake", s->io.busy_ns / 1e9);
+	C("dualpath_io_read_waits_total", "reads held back by [io] read_rate", s->io.read_waits);
+	C("dualpath_io_read_wait_seconds_total", "time reads waited for [io] read_rate",
+	  s->io.read_wait_ns / 1e9);
 	for (int k = 0; k < DP_GPU_MEM_CLASS_MAX; k++)
 		GL("dualpath_backend_bytes", "backend memory by class", s->mem.bytes[k], "class", classes[k]);
 	G("dualpath_backend_peak_bytes", "backend memory high-water mark", s->mem.peak_bytes);

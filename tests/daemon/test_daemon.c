@@ -422,6 +422,45 @@ static size_t parked_turns(const char *mode, uint32_t *out, size_t cap)
 	return total;
 }
 
+/* [io] read_rate shows in the metrics: reads held back by it, and their
+ * wait; none without a rate. The state parked between two turns is read
+ * back through the paced engine. */
+static void read_wait_metrics(const char *rate, double *ret_waits, double *ret_s, double *ret_reads)
+{
+	const char *with[] = { "--io-read-rate", rate, NULL }, *without[] = { NULL };
+	daemon_start(&d, rate ? with : without);
+	int fd = client_connect(&d);
+	uint32_t out[64];
+	size_t total = 0;
+	for (int t = 0; t < 2; t++) {
+		size_t n;
+		send_generate(fd, 10 + t, "paced", prompt + 3 * t, 3, 15, 0, 0);
+		cr_assert_eq(collect(fd, 10 + t, out + total, 64 - total, &n),
+			     DUALPATH__V1__FINISH_REASON__FINISH_LENGTH, "turn %d", t);
+		total += n;
+		evict_session(fd, 100 + t, "paced");
+	}
+	*ret_waits = metric(fd, 200, "dualpath_io_read_waits_total");
+	*ret_s = metric(fd, 201, "dualpath_io_read_wait_seconds_total");
+	*ret_reads = metric(fd, 202, "dualpath_io_reads_total");
+	close(fd);
+	cr_assert_eq(daemon_stop(&d), 0);
+	daemon_cleanup(&d);
+}
+
+Test(daemon, reads_held_back_by_the_read_rate_are_counted_in_the_metrics)
+{
+	double waits, secs, reads;
+	read_wait_metrics(NULL, &waits, &secs, &reads);
+	cr_expect_eq(waits, 0, "no rate: %g reads waited", waits);
+	cr_expect_eq(secs, 0);
+	if (reads <= 0)
+		cr_skip_test("the NVMe tier reads without the io engine here (no io_uring)");
+	read_wait_metrics("1M", &waits, &secs, &reads);
+	cr_expect_gt(waits, 0, "reads paced to 1 MB/s: none waited");
+	cr_expect_gt(secs, 0);
+}
+
 Test(daemon, the_overlapped_restore_returns_exactly_the_tokens_of_load_then_compute)
 {
 	uint32_t full[64], dual[64], rec[64];
