@@ -23,6 +23,7 @@ void io_chan_destroy(struct dp_io_chan *c)
 	dp_waiter_fini(&c->waiter);
 	dp_spsc_free(c->ring);
 	free(c->results);
+	free(c->hashes);
 	free(c->fin);
 	free(c);
 }
@@ -64,8 +65,9 @@ int dp_io_chan_new(struct dp_io *io, uint32_t depth, struct dp_io_chan **ret_cha
 		goto fail;
 	r = -ENOMEM;
 	c->results = calloc(depth, sizeof(*c->results));
+	c->hashes = calloc(2 * (size_t)depth, sizeof(*c->hashes));
 	c->fin = calloc(depth, sizeof(*c->fin));
-	if (!c->results || !c->fin)
+	if (!c->results || !c->hashes || !c->fin)
 		goto fail;
 	struct io_ctl ctl = {.op = CTL_CHAN_ADD, .chan = c};
 	r = io_ctl_call(io, &ctl);
@@ -316,6 +318,21 @@ int dp_io_result(const struct dp_io_chan *c, uint64_t ticket, int32_t *ret_res)
 	if (c->next_ticket - ticket > (uint64_t)c->mask + 1)
 		return -ESTALE;
 	*ret_res = c->results[ticket & c->mask];
+	return 0;
+}
+
+int dp_io_result_hash(const struct dp_io_chan *c, uint64_t ticket, uint64_t *ret_hash)
+{
+	int32_t res;
+	int r = dp_io_result(c, ticket, &res);
+	if (r < 0)
+		return r;
+	if (!ret_hash)
+		return -EINVAL;
+	const uint64_t *h = &c->hashes[2 * (ticket & c->mask)];
+	if (h[1] != ticket + 1)
+		return -ENODATA;
+	*ret_hash = h[0];
 	return 0;
 }
 

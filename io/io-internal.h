@@ -129,6 +129,7 @@ struct dp_io_chan {
 	alignas(DP_RING_ALIGN) struct dp_io *io;
 	struct dp_spsc *ring;
 	int32_t *results; /* written by the io thread, read by the requester after done */
+	uint64_t *hashes; /* DP_IO_F_HASH reads: the hash, and its ticket + 1 (0: none) */
 	uint8_t *fin;     /* io-private: ticket finished, waiting for earlier ones */
 	uint32_t mask;    /* depth - 1 */
 	_Atomic uint32_t prio; /* enum dp_io_prio; read by the io thread each pass */

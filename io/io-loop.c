@@ -22,6 +22,7 @@
 #include <poll.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "base/clock.h"
 
@@ -137,6 +138,15 @@ static int op_finish(struct dp_io *io, struct io_op *op, int32_t res)
 	else if (res < 0)
 		io_stat_add(&st->errors, 1);
 	op->chan->kbytes -= op->req.len;
+	/* a DP_IO_F_HASH read's checksum, before the requester can see it done */
+	uint64_t *h = &op->chan->hashes[2 * (op->ticket & op->chan->mask)];
+	if ((op->req.flags & DP_IO_F_HASH) && op->req.op == DP_IO_OP_READ &&
+	    res == (int32_t)op->req.len) {
+		h[0] = XXH3_64bits(op->req.addr, op->req.len);
+		h[1] = op->ticket + 1;
+	} else {
+		h[1] = 0;
+	}
 	chan_finish(io, op->chan, op->ticket, res, op->req.flags);
 	op_free(io, op);
 	return 1;

@@ -376,7 +376,8 @@ enum dp_io_op {
 
 enum dp_io_req_flags {
 	DP_IO_F_BARRIER = 1u << 0, /* see "Ordering" above */
-	DP_IO_F_MAX = 1u << 1,
+	DP_IO_F_HASH = 1u << 1,    /* a read: the io thread hashes what it read (dp_io_result_hash) */
+	DP_IO_F_MAX = 1u << 2,
 };
 
 /* One request, copied by value into the channel's ring. */
@@ -461,6 +462,11 @@ int dp_io_wait(struct dp_io_chan *c, uint64_t ticket, int64_t timeout_ns);
  * -EAGAIN (not finished yet), -ESTALE (slot reused: ticket + depth was
  * submitted) or -EINVAL. */
 int dp_io_result(const struct dp_io_chan *c, uint64_t ticket, int32_t *ret_res);
+/* A finished DP_IO_F_HASH read's XXH3_64bits of the bytes it read (all of
+ * its len), computed on the io thread as it finished, so the requester
+ * checks a checksum without reading the buffer again. Returns 0, -ENODATA
+ * (not such a read, or it read less than its len), or dp_io_result's errors. */
+int dp_io_result_hash(const struct dp_io_chan *c, uint64_t ticket, uint64_t *ret_hash);
 
 #ifdef __cplusplus
 }

@@ -150,6 +150,9 @@ int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 			   uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs);
 /* Check one page read from a slot: its header (hdr, DP_KV_HDR_BYTES) must
  * say exactly id (and sum), and its data must hash to sum. 0 or -EBADMSG. */
+/* The same with the page's XXH3 already computed (*page_hash; NULL: computes it). */
+int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
+			    const void *page, const uint64_t *page_hash);
 int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
 		     const void *page);
 

@@ -479,6 +479,8 @@ static void rq_pump_some(struct dp_kv *kv, uint64_t need, uint64_t horizon, bool
 						     (k ? DP_KV_HDR_BYTES : 0)),
 				.addr = k ? r->host[i] : r->hdrs + i * DP_KV_HDR_BYTES,
 				.len = k ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES,
+				/* the page's checksum on the io thread, off the gate */
+				.flags = k ? DP_IO_F_HASH : 0,
 			};
 		uint64_t t;
 		int ret = dp_io_submit(kv->restore_chan, req, 2, &t);
@@ -623,8 +625,12 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 			    dp_io_result(kv->restore_chan, r->ticket[2 * i + 1], &res[1]) < 0 ||
 			    res[0] != (int32_t)DP_KV_HDR_BYTES || res[1] != (int32_t)DP_KV_PAGE_BYTES)
 				return -EIO;
-			if (dp_kv_slot_check(&r->ids[i], r->s->snap[i].sum,
-					     r->hdrs + (size_t)i * DP_KV_HDR_BYTES, r->host[i]) < 0) {
+			uint64_t h;
+			bool hashed = dp_io_result_hash(kv->restore_chan, r->ticket[2 * i + 1], &h) == 0;
+			kv->st.pages_hashed_io += hashed;
+			if (dp_kv_slot_check_hashed(&r->ids[i], r->s->snap[i].sum,
+						    r->hdrs + (size_t)i * DP_KV_HDR_BYTES, r->host[i],
+						    hashed ? &h : NULL) < 0) {
 				kv->st.corrupt_pages++;
 				return -EBADMSG;
 			}

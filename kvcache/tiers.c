@@ -516,16 +516,23 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 	return ret;
 }
 
-int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
-		     const void *page)
+int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
+			    const void *page, const uint64_t *page_hash)
 {
 	/* every field: a page of another session, layer, position or version,
 	 * or a torn write that left the old header, is not this page */
 	struct page_header want;
 	fill_header(&want, id, sum);
-	if (memcmp(hdr, &want, sizeof(want)) != 0 || XXH3_64bits(page, DP_KV_PAGE_BYTES) != sum)
+	if (memcmp(hdr, &want, sizeof(want)) != 0 ||
+	    (page_hash ? *page_hash : XXH3_64bits(page, DP_KV_PAGE_BYTES)) != sum)
 		return -EBADMSG;
 	return 0;
+}
+
+int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
+		     const void *page)
+{
+	return dp_kv_slot_check_hashed(id, sum, hdr, page, NULL);
 }
 
 int dp_kv_slots_read_many(struct dp_kv_slots *sl, const uint64_t *slots,

@@ -15,6 +15,7 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "base/clock.h"
 #include "base/macros.h"
@@ -248,6 +249,35 @@ static void write_then_read_back(uint32_t page)
 	cr_log_info("page %u: direct=%d fixed_bufs=%d batches %llu sqes %llu", page,
 	            is_direct(io, f), m.fixed_bufs, (unsigned long long)s.submits,
 	            (unsigned long long)s.sqes);
+	dp_io_chan_free(c);
+	dp_io_free(io);
+}
+
+/* A DP_IO_F_HASH read's checksum is computed on the io thread as it
+ * finishes (the KV cache's restores check pages with it, off the compute
+ * thread): XXH3 of what it read; none for a read without the flag, nor for
+ * one that read less than its length. */
+Test(io, a_hash_read_gives_the_checksum_of_what_it_read)
+{
+	struct dp_io *io = engine(32, 4, 65536, 0);
+	struct dp_io_chan *c;
+	uint64_t t, h = 0;
+	cr_assert_eq(dp_io_start(io, -1), 0);
+	cr_assert_eq(dp_io_chan_new(io, 0, &c), 0);
+	uint32_t f = open_pattern(io, test_dir(), 1 << 20, 7, 0);
+	uint8_t *b = dp_io_buf(io, 0);
+	cr_assert_eq(dp_io_read(c, f, 65536, b, 65536, DP_IO_F_HASH, &t), 0);
+	cr_expect_eq(wait_result(c, t), 65536);
+	cr_assert_eq(dp_io_result_hash(c, t, &h), 0);
+	cr_expect(check(b, 65536, 65536, 7));
+	cr_expect_eq(h, XXH3_64bits(b, 65536), "the io thread's hash is the buffer's");
+	cr_assert_eq(dp_io_read(c, f, 0, b, 65536, 0, &t), 0);
+	cr_expect_eq(wait_result(c, t), 65536);
+	cr_expect_eq(dp_io_result_hash(c, t, &h), -ENODATA, "no flag, no hash");
+	cr_assert_eq(dp_io_read(c, f, (1 << 20) - 4096, b, 65536, DP_IO_F_HASH, &t), 0);
+	cr_expect_eq(wait_result(c, t), 4096, "a short read at the end of the file");
+	cr_expect_eq(dp_io_result_hash(c, t, &h), -ENODATA, "a short read has no hash");
+	cr_expect_eq(dp_io_result_hash(c, t + 1, &h), -EINVAL, "a ticket not handed out");
 	dp_io_chan_free(c);
 	dp_io_free(io);
 }

@@ -994,6 +994,9 @@ Test(kv_io, a_layer_by_layer_restore_from_nvme_gives_the_same_state)
 	dp_kv_stats(kv, &st);
 	cr_expect_eq(st.restores, 1, "a layered restore ran");
 	cr_expect_gt(st.pages_read, 0);
+	cr_expect_eq(st.pages_hashed_io, st.pages_read,
+		     "every page read back was checksummed on the io thread (%llu of %llu)",
+		     (unsigned long long)st.pages_hashed_io, (unsigned long long)st.pages_read);
 	dp_kv_close(kv);
 }
 
