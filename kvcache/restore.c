@@ -18,7 +18,8 @@
  * memory the host can address (cpu) the data lands straight in the
  * sequence's pages, else in a bounce buffer uploaded at the gate. The gate
  * of layer l waits for that layer's last ticket, checks each of its pages
- * (header fields and xxh3) and returns; a page that fails poisons the
+ * (header fields, and the xxh3 the io thread computed as the page's read
+ * finished: DP_IO_F_HASH) and returns; a page that fails poisons the
  * sequence, which the caller then recomputes from the history. From DRAM,
  * the gate copies the layer's pages.
  *
