@@ -80,15 +80,21 @@ static struct dp_io *engine_cfg(const struct dp_io_config *cfg)
 	return io;
 }
 
+static void config_of(struct dp_io_config *cfg, uint32_t depth, uint32_t n_bufs,
+                      uint32_t buf_size, unsigned flags)
+{
+	dp_io_config_init(cfg);
+	cfg->queue_depth = depth;
+	cfg->n_bufs = n_bufs;
+	cfg->buf_size = buf_size;
+	cfg->flags = flags;
+}
+
 static struct dp_io *engine(uint32_t depth, uint32_t n_bufs, uint32_t buf_size, unsigned flags)
 {
 	struct dp_io_config cfg;
 
-	dp_io_config_init(&cfg);
-	cfg.queue_depth = depth;
-	cfg.n_bufs = n_bufs;
-	cfg.buf_size = buf_size;
-	cfg.flags = flags;
+	config_of(&cfg, depth, n_bufs, buf_size, flags);
 	return engine_cfg(&cfg);
 }
 
@@ -1142,11 +1148,7 @@ static struct dp_io *paced_engine(uint64_t rate, uint32_t burst, uint32_t n_bufs
 {
 	struct dp_io_config cfg;
 
-	dp_io_config_init(&cfg);
-	cfg.queue_depth = 32;
-	cfg.n_bufs = n_bufs;
-	cfg.buf_size = RB_BS;
-	cfg.flags = flags;
+	config_of(&cfg, 32, n_bufs, RB_BS, flags);
 	cfg.read_rate = rate;
 	cfg.read_burst = burst;
 	return engine_cfg(&cfg);
