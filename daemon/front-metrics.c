@@ -179,6 +179,9 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	C("dualpath_kv_demotions_total", "state demotions", s->kv.demotions);
 	C("dualpath_kv_drops_total", "sessions dropped", s->kv.drops);
 	C("dualpath_kv_pages_written_total", "pages written to NVMe", s->kv.pages_written);
+	C("dualpath_kv_pages_shared_total",
+	  "snapshot pages that named an NVMe slot already holding their bytes instead of a write",
+	  s->kv.pages_shared);
 	C("dualpath_kv_pages_read_total", "pages read from NVMe", s->kv.pages_read);
 	C("dualpath_kv_writebacks_total", "demotions to NVMe written behind the compute path",
 	  s->kv.writebacks);

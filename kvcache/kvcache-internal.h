@@ -113,6 +113,10 @@ struct dp_kv_slots {
 	uint64_t n_slots;   /* slots the file holds */
 	uint64_t max_slots; /* 0: unlimited */
 	uint8_t *used;	    /* bitmap, n_slots bits */
+	uint32_t *refs;	    /* per slot: holders (snapshots naming it, a writeback's plan) */
+	uint32_t *gen;	    /* per slot: bumped each time it is allocated */
+	struct dp_kv_slot_entry *tab; /* the content index (dp_kv_slots_find) */
+	uint64_t tab_cap, tab_n;
 	uint64_t n_used;
 	uint64_t hint;	    /* where to look for a free slot next */
 	void *hdr;	    /* DP_KV_HDR_BYTES, aligned, scratch header */
@@ -128,17 +132,52 @@ struct dp_kv_slots {
 int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool direct,
 		     uint64_t max_bytes, struct dp_io *io, char *err, size_t err_len);
 void dp_kv_slots_close(struct dp_kv_slots *sl);
-/* Reserve a free slot (growing the file). -ENOSPC when full. */
+/* Reserve a free slot (growing the file), held once. -ENOSPC when full. */
 int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot);
-void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot); /* used (replay) */
+void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot); /* one more holder (replay) */
+void dp_kv_slots_hold(struct dp_kv_slots *sl, uint64_t slot); /* one more holder */
+/* One holder fewer; the last one frees it. */
 void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot);
+/*
+ * Shared slots. A snapshot page whose bytes a held slot already holds (same
+ * layer, kind, index, data checksum and tenant domain) names that slot
+ * instead of writing a copy: a session evicted again after a restore
+ * rewrites only the pages that changed, and the prefix units a turn leaves
+ * share the session's pages on NVMe as they do in DRAM. A slot's bytes
+ * never change while it is held (writes go only to freshly allocated
+ * slots), so the index names only slots whose bytes are durable and as
+ * recorded: a snapshot's pages are indexed once its record is durable
+ * (writeback.c, dp_kv_wb_finalize) or at open (the replayed snapshots). An
+ * entry of a slot freed since is stale (its generation moved on) and never
+ * found. Index memory: one entry per distinct page, at most half full.
+ */
+struct dp_kv_slot_key {
+	uint64_t sum;	 /* xxh3 of the page data */
+	uint64_t domain; /* who may share it: dp_kv_slot_domain */
+	uint32_t index;
+	uint16_t layer;
+	uint8_t kind;
+};
+struct dp_kv_slot_entry {
+	struct dp_kv_slot_key k;
+	uint64_t slot;
+	uint32_t gen;
+	bool used;
+};
+/* A held slot with these bytes (0), or -ENOENT. */
+int dp_kv_slots_find(struct dp_kv_slots *sl, const struct dp_kv_slot_key *k, uint64_t *ret_slot);
+/* Index a held slot whose bytes are durable and k's (a failed allocation of
+ * the index only loses the sharing). */
+void dp_kv_slots_index(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_key *k);
+/* Forget k's entry if it names slot (its page failed its checks). */
+void dp_kv_slots_unindex(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_key *k);
 /* Write n pages (4 KiB-aligned host memory) with their headers into the
- * given (allocated) slots and make them durable (fdatasync); the data
- * checksums go to sums[]. Through the io engine when there is one: every
+ * given (allocated) slots and make them durable (fdatasync); sums[] are the
+ * pages' data checksums (the caller's, dp_kv_snap_plan). Through the io engine when there is one: every
  * write in flight at once, then one barrier sync. */
 int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
-			   uint64_t *sums);
+			   const uint64_t *sums);
 /* The same writes as requests for an io channel of the caller's (the slots
  * must be allocated): hdrs from dp_kv_slots_headers_alloc(n), reqs room for
  * 2n + 1 (each page's header and data, then a barrier fdatasync). Only with
@@ -147,9 +186,12 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 void *dp_kv_slots_headers_alloc(size_t n);
 int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
-			   uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs);
-/* Check one page read from a slot: its header (hdr, DP_KV_HDR_BYTES) must
- * say exactly id (and sum), and its data must hash to sum. 0 or -EBADMSG. */
+			   const uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs);
+/* Check one page read from a slot: its header (hdr, DP_KV_HDR_BYTES) must be
+ * whole (its own checksum) and say id's layer, kind and index, this format
+ * and sum, and its data must hash to sum. 0 or -EBADMSG. The header's
+ * session and position name the snapshot that wrote the slot, which for a
+ * shared slot is another (or an earlier) one: not compared. */
 /* The same with the page's XXH3 already computed (*page_hash; NULL: computes it). */
 int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
 			    const void *page, const uint64_t *page_hash);
@@ -319,6 +361,23 @@ void dp_kv_lru_touch(struct dp_kv *kv, struct dp_kv_session *s);
 /* Let go of s's snapshot (its slots are freed) or of its DRAM copy (its pool
  * pages are put). */
 void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
+/* Who may share s's slots (kvcache-internal.h, "Shared slots"): a unit's
+ * tenant; a client's session, its owner's tenant without a salt (so a
+ * session and the units its turns leave share, as in DRAM). */
+uint64_t dp_kv_slot_domain(const struct dp_kv_session *s);
+/* Plan a snapshot of s's pages (refs order, host memory): each page's
+ * checksum, and its slot: one already holding these bytes (held once more)
+ * or a fresh one, whose index into refs goes to wi[] (*ret_nw of them: the
+ * pages to write). On failure nothing stays held. */
+int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s,
+		    const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
+		    struct dp_kv_snap_page *sp, size_t *wi, size_t *ret_nw);
+/* Let go of a plan's (or a snapshot's) slots. */
+void dp_kv_snap_unplan(struct dp_kv *kv, const struct dp_kv_snap_page *sp, size_t n);
+/* s's snapshot is durable: its slots may be shared from now on. */
+void dp_kv_snap_index(struct dp_kv *kv, const struct dp_kv_session *s);
+/* Page i of s's snapshot failed its checks: no later snapshot shares it. */
+void dp_kv_snap_page_bad(struct dp_kv *kv, const struct dp_kv_session *s, size_t i);
 void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s);
 /* s (DEVICE or DRAM tier) has a snapshot that holds its state: let go of the
  * device sequence or the DRAM copy; s is on the NVMe tier, at snap_pos. */

@@ -324,63 +324,51 @@ static void host_page_free(void *ctx, void *page, size_t bytes)
 
 /* ---- persistence: snapshots ------------------------------------------------------ */
 
-/* Describe the written pages as snapshot entries and journal them. */
-static int journal_snapshot_from(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
-				 const struct dp_v4_page_ref *refs, const uint64_t *slots,
-				 const uint64_t *sums, size_t n, struct dp_kv_snap_page *sp)
-{
-	for (size_t i = 0; i < n; i++)
-		sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
-						  .index = refs[i].index, .slot = slots[i],
-						  .sum = sums[i] };
-	return dp_kv_journal_snapshot(kv->j, s, pos, sp, n, true);
-}
-
 /* Write the pages (host memory, refs order) as the session's new snapshot at
- * pos: fresh slots, data durable, then the record; only then are the old
- * snapshot's slots released. */
+ * pos: the pages no held slot has yet into fresh slots, data durable, then
+ * the record; only then are the old snapshot's slots released. */
 static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t pos,
 			  const struct dp_v4_page_ref *refs, void *const *pages, size_t n)
 {
-	struct dp_kv_snap_page *sp = calloc(n ? n : 1, sizeof(*sp));
-	struct dp_kv_slot_id *ids = calloc(n ? n : 1, sizeof(*ids));
-	uint64_t *slots = calloc(n ? n : 1, sizeof(*slots)), *sums = calloc(n ? n : 1, sizeof(*sums));
-	size_t got = 0;
-	int r = 0;
+	size_t m = n ? n : 1, nw = 0;
+	struct dp_kv_snap_page *sp = calloc(m, sizeof(*sp));
+	struct dp_kv_slot_id *ids = calloc(m, sizeof(*ids));
+	uint64_t *slots = calloc(m, sizeof(*slots)), *sums = calloc(m, sizeof(*sums));
+	size_t *wi = calloc(m, sizeof(*wi));
+	void **wpages = calloc(m, sizeof(*wpages));
+	int r = -ENOMEM;
 
-	if (!sp || !ids || !slots || !sums) {
-		r = -ENOMEM;
-		goto fail;
+	if (!sp || !ids || !slots || !sums || !wi || !wpages ||
+	    (r = dp_kv_snap_plan(kv, s, refs, pages, n, sp, wi, &nw)) < 0)
+		goto out;
+	for (size_t k = 0; k < nw; k++) {
+		size_t i = wi[k];
+		ids[k] = (struct dp_kv_slot_id){ s->id, pos, sp[i].layer, sp[i].kind, sp[i].index };
+		slots[k] = sp[i].slot;
+		sums[k] = sp[i].sum;
+		wpages[k] = pages[i];
 	}
-	for (; got < n && r == 0; got++) {
-		ids[got] = (struct dp_kv_slot_id){ s->id, pos, refs[got].layer, refs[got].kind,
-						   refs[got].index };
-		r = dp_kv_slots_alloc(&kv->slots, &slots[got]);
+	if ((r = dp_kv_slots_write_many(&kv->slots, slots, ids, wpages, nw, sums)) < 0 ||
+	    (r = dp_kv_journal_snapshot(kv->j, s, pos, sp, n, true)) < 0) {
+		dp_kv_snap_unplan(kv, sp, n);
+		goto out;
 	}
-	if (r < 0) {
-		got--; /* the failed allocation holds nothing */
-		goto fail;
-	}
-	if ((r = dp_kv_slots_write_many(&kv->slots, slots, ids, pages, n, sums)) < 0 ||
-	    (r = journal_snapshot_from(kv, s, pos, refs, slots, sums, n, sp)) < 0)
-		goto fail;
-	kv->st.pages_written += n;
+	kv->st.pages_written += nw;
+	kv->st.pages_shared += n - nw;
 	dp_kv_snap_release(kv, s);
 	s->snap = sp;
 	s->n_snap = n;
 	s->snap_pos = pos;
 	s->has_snap = true;
-	free(ids);
-	free(slots);
-	free(sums);
-	return 0;
-fail:
-	for (size_t i = 0; i < got; i++)
-		dp_kv_slots_free(&kv->slots, slots[i]);
+	sp = NULL;
+	dp_kv_snap_index(kv, s);
+out:
 	free(sp);
 	free(ids);
 	free(slots);
 	free(sums);
+	free(wi);
+	free(wpages);
 	return r;
 }
 
@@ -1203,6 +1191,9 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 	}
 	settle(kv);
 	units_index(kv);
+	for (size_t i = 0; i < kv->n; i++) /* the replayed snapshots' slots may be shared */
+		if (kv->list[i]->has_snap)
+			dp_kv_snap_index(kv, kv->list[i]);
 	kv->st.slot_file_resets = kv->slots.reset;
 	struct dp_journal_stats js;
 	dp_journal_stats(kv->j, &js);

@@ -311,6 +311,9 @@ struct dp_kv_stats {
 	uint64_t sessions[DP_KV_TIER_MAX];
 	uint64_t promotions, demotions, drops;
 	uint64_t pages_written, pages_read;
+	uint64_t pages_shared;		 /* snapshot pages that named a slot already holding
+					  * their bytes instead of writing it (kvcache-internal.h,
+					  * "Shared slots") */
 	uint64_t pages_hashed_io;	 /* of the restores' pages, checksummed by the io thread */
 	uint64_t corrupt_pages;		 /* failed checks on load: recomputed */
 	uint64_t recomputed_tokens;	 /* history replayed into state */

@@ -633,6 +633,7 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 						    r->hdrs + (size_t)i * DP_KV_HDR_BYTES, r->host[i],
 						    hashed ? &h : NULL) < 0) {
 				kv->st.corrupt_pages++;
+				dp_kv_snap_page_bad(kv, r->s, i); /* no new snapshot shares it */
 				return -EBADMSG;
 			}
 			if (r->host[i] != r->refs[i].page && dp_kv_page_in(kv, &r->refs[i], r->host[i]) < 0)

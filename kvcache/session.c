@@ -3,7 +3,9 @@
  * kvcache/session.c — what the part's files share about one session's
  * state: letting go of its DRAM copy or its snapshot, moving it onto its
  * snapshot, its pages on the host, a fresh device sequence for it, its
- * snapshot record and the owner field of its history records.
+ * snapshot record and the owner field of its history records; the tenant
+ * tag, and the plan of a snapshot's slots (which pages a held slot already
+ * has: kvcache-internal.h, "Shared slots").
  *
  * It sits below kvcache.c, restore.c and writeback.c, which all use it, and
  * calls only down (tiers.c, journal.c): the order is drawn at the top of
@@ -13,16 +15,93 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "kvcache/kvcache-internal.h"
 
 void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s)
 {
-	for (size_t i = 0; i < s->n_snap; i++)
-		dp_kv_slots_free(&kv->slots, s->snap[i].slot);
+	dp_kv_snap_unplan(kv, s->snap, s->n_snap);
 	free(s->snap);
 	s->snap = NULL;
 	s->n_snap = 0;
 	s->has_snap = false;
+}
+
+void dp_kv_tenant_make(uint32_t uid, const void *salt, size_t salt_len, struct dp_kv_tenant *ret)
+{
+	uint8_t buf[4 + DP_KV_CACHE_SALT_MAX];
+	if (salt_len > DP_KV_CACHE_SALT_MAX)
+		salt_len = DP_KV_CACHE_SALT_MAX; /* callers check it; never past buf */
+	for (int i = 0; i < 4; i++)
+		buf[i] = (uint8_t)(uid >> (8 * i));
+	if (salt_len)
+		memcpy(buf + 4, salt, salt_len);
+	XXH128_hash_t h = XXH3_128bits(buf, 4 + salt_len);
+	ret->tag[0] = h.high64;
+	ret->tag[1] = h.low64;
+}
+
+uint64_t dp_kv_slot_domain(const struct dp_kv_session *s)
+{
+	struct dp_kv_tenant t = s->tenant;
+	if (!s->unit) /* a client's session: its owner's tenant without a salt */
+		dp_kv_tenant_make(s->owner, NULL, 0, &t);
+	return t.tag[0] ^ (t.tag[1] * 0x9E3779B97F4A7C15ull);
+}
+
+static struct dp_kv_slot_key snap_key(uint64_t domain, const struct dp_kv_snap_page *p)
+{
+	return (struct dp_kv_slot_key){ .sum = p->sum, .domain = domain, .index = p->index,
+					.layer = p->layer, .kind = p->kind };
+}
+
+int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s,
+		    const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
+		    struct dp_kv_snap_page *sp, size_t *wi, size_t *ret_nw)
+{
+	uint64_t domain = dp_kv_slot_domain(s);
+	size_t nw = 0, i;
+	int r = 0;
+	for (i = 0; i < n && r == 0; i++) {
+		sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
+						  .index = refs[i].index,
+						  .sum = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES) };
+		struct dp_kv_slot_key k = snap_key(domain, &sp[i]);
+		if (dp_kv_slots_find(&kv->slots, &k, &sp[i].slot) == 0) {
+			dp_kv_slots_hold(&kv->slots, sp[i].slot);
+			continue;
+		}
+		if ((r = dp_kv_slots_alloc(&kv->slots, &sp[i].slot)) == 0)
+			wi[nw++] = i;
+	}
+	if (r < 0) {
+		dp_kv_snap_unplan(kv, sp, i - 1); /* the failed allocation holds nothing */
+		return r;
+	}
+	*ret_nw = nw;
+	return 0;
+}
+
+void dp_kv_snap_unplan(struct dp_kv *kv, const struct dp_kv_snap_page *sp, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dp_kv_slots_free(&kv->slots, sp[i].slot);
+}
+
+void dp_kv_snap_index(struct dp_kv *kv, const struct dp_kv_session *s)
+{
+	uint64_t domain = dp_kv_slot_domain(s);
+	for (size_t i = 0; i < s->n_snap; i++) {
+		struct dp_kv_slot_key k = snap_key(domain, &s->snap[i]);
+		dp_kv_slots_index(&kv->slots, s->snap[i].slot, &k);
+	}
+}
+
+void dp_kv_snap_page_bad(struct dp_kv *kv, const struct dp_kv_session *s, size_t i)
+{
+	struct dp_kv_slot_key k = snap_key(dp_kv_slot_domain(s), &s->snap[i]);
+	dp_kv_slots_unindex(&kv->slots, s->snap[i].slot, &k);
 }
 
 void dp_kv_dram_release(struct dp_kv *kv, struct dp_kv_session *s)

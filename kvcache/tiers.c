@@ -277,7 +277,9 @@ int dp_kv_slots_open(struct dp_kv_slots *sl, int dirfd, const char *dir, bool di
 		break;
 	}
 	sl->used = calloc((sl->n_slots + 7) / 8 + 1, 1);
-	if (!sl->used) {
+	sl->refs = calloc(sl->n_slots ? sl->n_slots : 1, sizeof(*sl->refs));
+	sl->gen = calloc(sl->n_slots ? sl->n_slots : 1, sizeof(*sl->gen));
+	if (!sl->used || !sl->refs || !sl->gen) {
 		dp_kv_slots_close(sl);
 		return -ENOMEM;
 	}
@@ -312,6 +314,9 @@ void dp_kv_slots_close(struct dp_kv_slots *sl)
 	if (sl->fd >= 0)
 		close(sl->fd);
 	free(sl->used);
+	free(sl->refs);
+	free(sl->gen);
+	free(sl->tab);
 	free(sl->hdr);
 	memset(sl, 0, sizeof(*sl));
 	sl->fd = -1;
@@ -342,6 +347,16 @@ static int grow(struct dp_kv_slots *sl)
 		return -ENOMEM;
 	memset(u + old_bytes, 0, new_bytes - old_bytes);
 	sl->used = u;
+	uint32_t *refs = realloc(sl->refs, n * sizeof(*refs));
+	if (!refs)
+		return -ENOMEM;
+	sl->refs = refs;
+	uint32_t *gen = realloc(sl->gen, n * sizeof(*gen));
+	if (!gen)
+		return -ENOMEM;
+	sl->gen = gen;
+	memset(refs + sl->n_slots, 0, (n - sl->n_slots) * sizeof(*refs));
+	memset(gen + sl->n_slots, 0, (n - sl->n_slots) * sizeof(*gen));
 	sl->n_slots = n;
 	return 0;
 }
@@ -357,6 +372,8 @@ int dp_kv_slots_alloc(struct dp_kv_slots *sl, uint64_t *ret_slot)
 		uint64_t i = (sl->hint + k) % sl->n_slots;
 		if (!bit(sl->used, i)) {
 			sl->used[i / 8] |= (uint8_t)(1u << (i % 8));
+			sl->refs[i] = 1;
+			sl->gen[i]++;
 			sl->n_used++;
 			sl->hint = i + 1;
 			*ret_slot = i;
@@ -373,16 +390,140 @@ void dp_kv_slots_mark(struct dp_kv_slots *sl, uint64_t slot)
 			return;
 	if (!bit(sl->used, slot)) {
 		sl->used[slot / 8] |= (uint8_t)(1u << (slot % 8));
+		sl->gen[slot]++;
 		sl->n_used++;
 	}
+	sl->refs[slot]++;
+}
+
+void dp_kv_slots_hold(struct dp_kv_slots *sl, uint64_t slot)
+{
+	assert(slot < sl->n_slots && sl->refs[slot] > 0 && sl->refs[slot] < UINT32_MAX);
+	sl->refs[slot]++;
 }
 
 void dp_kv_slots_free(struct dp_kv_slots *sl, uint64_t slot)
 {
-	if (slot < sl->n_slots && bit(sl->used, slot)) {
+	if (slot < sl->n_slots && bit(sl->used, slot) && --sl->refs[slot] == 0) {
 		sl->used[slot / 8] &= (uint8_t)~(1u << (slot % 8));
 		sl->n_used--;
 	}
+}
+
+/* ---- the content index (kvcache-internal.h, "Shared slots") ------------------
+ * Open addressing, linear probing, at most half full; deletion shifts the
+ * run back (no tombstones). An entry is live while its slot is held under
+ * the generation it was indexed with. */
+
+static uint64_t key_hash(const struct dp_kv_slot_key *k)
+{
+	uint64_t h = k->sum ^ (k->domain * 0x9E3779B97F4A7C15ull) ^
+		     ((((uint64_t)k->layer << 40) | ((uint64_t)k->kind << 32) | k->index) *
+		      0xC2B2AE3D27D4EB4Full);
+	h ^= h >> 29;
+	h *= 0xBF58476D1CE4E5B9ull;
+	return h ^ (h >> 32);
+}
+
+static bool key_eq(const struct dp_kv_slot_key *a, const struct dp_kv_slot_key *b)
+{
+	return a->sum == b->sum && a->domain == b->domain && a->index == b->index &&
+	       a->layer == b->layer && a->kind == b->kind;
+}
+
+static bool entry_live(const struct dp_kv_slots *sl, const struct dp_kv_slot_entry *e)
+{
+	return e->slot < sl->n_slots && sl->refs[e->slot] > 0 && sl->gen[e->slot] == e->gen;
+}
+
+/* The position of k's entry, or of the free cell where it would go. */
+static uint64_t tab_probe(const struct dp_kv_slots *sl, const struct dp_kv_slot_key *k)
+{
+	uint64_t mask = sl->tab_cap - 1, i = key_hash(k) & mask;
+	while (sl->tab[i].used && !key_eq(&sl->tab[i].k, k))
+		i = (i + 1) & mask;
+	return i;
+}
+
+static void tab_delete(struct dp_kv_slots *sl, uint64_t i)
+{
+	uint64_t mask = sl->tab_cap - 1;
+	for (uint64_t j = (i + 1) & mask; sl->tab[j].used; j = (j + 1) & mask) {
+		uint64_t h = key_hash(&sl->tab[j].k) & mask;
+		/* j's entry may fill the hole at i unless its home lies in (i, j] */
+		bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+		if (!stays) {
+			sl->tab[i] = sl->tab[j];
+			i = j;
+		}
+	}
+	sl->tab[i].used = false;
+	sl->tab_n--;
+}
+
+/* Room for one more entry: stale ones dropped first, then twice the cells. */
+static int tab_room(struct dp_kv_slots *sl)
+{
+	if (sl->tab_cap && (sl->tab_n + 1) * 2 <= sl->tab_cap)
+		return 0;
+	for (uint64_t i = 0; i < sl->tab_cap;)
+		if (sl->tab[i].used && !entry_live(sl, &sl->tab[i]))
+			tab_delete(sl, i); /* what moved into i is looked at next */
+		else
+			i++;
+	if (sl->tab_cap && (sl->tab_n + 1) * 2 <= sl->tab_cap)
+		return 0;
+	uint64_t cap = sl->tab_cap ? 2 * sl->tab_cap : 1024;
+	struct dp_kv_slot_entry *old = sl->tab, *t = calloc(cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	uint64_t old_cap = sl->tab_cap;
+	sl->tab = t;
+	sl->tab_cap = cap;
+	for (uint64_t i = 0; i < old_cap; i++)
+		if (old[i].used)
+			sl->tab[tab_probe(sl, &old[i].k)] = old[i];
+	free(old);
+	return 0;
+}
+
+int dp_kv_slots_find(struct dp_kv_slots *sl, const struct dp_kv_slot_key *k, uint64_t *ret_slot)
+{
+	if (!sl->tab_n)
+		return -ENOENT;
+	uint64_t i = tab_probe(sl, k);
+	if (!sl->tab[i].used)
+		return -ENOENT;
+	if (!entry_live(sl, &sl->tab[i])) {
+		tab_delete(sl, i);
+		return -ENOENT;
+	}
+	if (sl->refs[sl->tab[i].slot] == UINT32_MAX)
+		return -ENOENT; /* as many holders as it can count */
+	*ret_slot = sl->tab[i].slot;
+	return 0;
+}
+
+void dp_kv_slots_index(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_key *k)
+{
+	if (slot >= sl->n_slots || !sl->refs[slot] || tab_room(sl) < 0)
+		return;
+	uint64_t i = tab_probe(sl, k);
+	if (sl->tab[i].used && entry_live(sl, &sl->tab[i]))
+		return; /* another slot with the same bytes: it stays the one shared */
+	if (!sl->tab[i].used)
+		sl->tab_n++;
+	sl->tab[i] = (struct dp_kv_slot_entry){ .k = *k, .slot = slot, .gen = sl->gen[slot],
+						.used = true };
+}
+
+void dp_kv_slots_unindex(struct dp_kv_slots *sl, uint64_t slot, const struct dp_kv_slot_key *k)
+{
+	if (!sl->tab_n)
+		return;
+	uint64_t i = tab_probe(sl, k);
+	if (sl->tab[i].used && sl->tab[i].slot == slot)
+		tab_delete(sl, i);
 }
 
 static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, uint64_t data_sum)
@@ -457,7 +598,7 @@ void *dp_kv_slots_headers_alloc(size_t n)
 
 int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
-			   uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs)
+			   const uint64_t *sums, uint8_t *hdrs, struct dp_io_req *reqs)
 {
 	if (!sl->io)
 		return -EINVAL;
@@ -465,7 +606,6 @@ int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 		if (slots[i] >= sl->n_slots || !bit(sl->used, slots[i]))
 			return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
-		sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
 		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
 		uint64_t off = (uint64_t)slot_offset(slots[i]);
 		reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
@@ -483,7 +623,7 @@ int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 
 int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 			   const struct dp_kv_slot_id *ids, void *const *pages, size_t n,
-			   uint64_t *sums)
+			   const uint64_t *sums)
 {
 	for (size_t i = 0; i < n; i++)
 		if (slots[i] >= sl->n_slots || !bit(sl->used, slots[i]))
@@ -497,10 +637,8 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 		return -ENOMEM;
 	}
 	if (!sl->io) {
-		for (size_t i = 0; i < n; i++) {
-			sums[i] = XXH3_64bits(pages[i], DP_KV_PAGE_BYTES);
+		for (size_t i = 0; i < n; i++)
 			fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
-		}
 		for (size_t i = 0; i < n && ret == 0; i++) {
 			struct iovec iov[2] = { { hdrs + i * DP_KV_HDR_BYTES, DP_KV_HDR_BYTES },
 						{ pages[i], DP_KV_PAGE_BYTES } };
@@ -519,11 +657,19 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
 			    const void *page, const uint64_t *page_hash)
 {
-	/* every field: a page of another session, layer, position or version,
-	 * or a torn write that left the old header, is not this page */
-	struct page_header want;
+	/* a whole header of this format naming this page (layer, kind, index)
+	 * with these bytes: a page of another layer or version, or a torn
+	 * write that left the old header, is not this page. The writer's
+	 * session and position are not compared: a shared slot was written by
+	 * another snapshot (kvcache-internal.h, "Shared slots"), and the data
+	 * checksum already says the bytes are the ones the snapshot recorded. */
+	struct page_header got, want;
+	memcpy(&got, hdr, sizeof(got));
 	fill_header(&want, id, sum);
-	if (memcmp(hdr, &want, sizeof(want)) != 0 ||
+	memcpy(want.session, got.session, sizeof(want.session));
+	want.position = got.position;
+	want.sum = XXH3_64bits(&want, offsetof(struct page_header, sum));
+	if (memcmp(&got, &want, sizeof(want)) != 0 ||
 	    (page_hash ? *page_hash : XXH3_64bits(page, DP_KV_PAGE_BYTES)) != sum)
 		return -EBADMSG;
 	return 0;

@@ -16,26 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <xxhash.h>
-
 #include "base/macros.h"
 #include "kvcache/kvcache-internal.h"
 
 #define UNITS_DEFAULT 4096u
-
-void dp_kv_tenant_make(uint32_t uid, const void *salt, size_t salt_len, struct dp_kv_tenant *ret)
-{
-	uint8_t buf[4 + DP_KV_CACHE_SALT_MAX];
-	if (salt_len > DP_KV_CACHE_SALT_MAX)
-		salt_len = DP_KV_CACHE_SALT_MAX; /* callers check it; never past buf */
-	for (int i = 0; i < 4; i++)
-		buf[i] = (uint8_t)(uid >> (8 * i));
-	if (salt_len)
-		memcpy(buf + 4, salt, salt_len);
-	XXH128_hash_t h = XXH3_128bits(buf, 4 + salt_len);
-	ret->tag[0] = h.high64;
-	ret->tag[1] = h.low64;
-}
 
 bool dp_kv_session_is_unit(const struct dp_kv_session *s)
 {

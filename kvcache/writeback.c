@@ -46,12 +46,13 @@ struct dp_kv_wb {
 	struct dp_kv_session *s; /* NULL once the session is gone */
 	enum dp_kv_tier from;
 	uint64_t pos;
-	size_t n;
+	size_t n;	/* pages of the snapshot */
+	size_t nw;	/* of them, written (the rest name slots holding their bytes) */
 	size_t leaving; /* of them, pages the tier gets back when it is done (a DRAM
 			 * page a unit shares stays: kvcache.h, "Prefix units") */
 	struct dp_kv_snap_page *sp; /* the snapshot it makes */
-	uint64_t *slots, *sums;
-	struct dp_kv_slot_id *ids;
+	uint64_t *slots, *sums;	   /* the written pages' */
+	struct dp_kv_slot_id *ids; /* ... and what their headers say */
 	uint32_t *pool; /* DRAM: the pool pages it holds */
 	void *bounce;	/* DEVICE: the pages, downloaded */
 	uint8_t *hdrs;
@@ -67,9 +68,8 @@ static void wb_free(struct dp_kv *kv, struct dp_kv_wb *wb, bool free_slots)
 	 * record waits for the journal sync, else the watermarks would see
 	 * them as staying and demote sessions they should keep */
 	kv->wb_leaving[wb->from] -= wb->leaving;
-	if (free_slots)
-		for (size_t i = 0; i < wb->n; i++)
-			dp_kv_slots_free(&kv->slots, wb->slots[i]);
+	if (free_slots && wb->sp)
+		dp_kv_snap_unplan(kv, wb->sp, wb->n);
 	if (wb->pool)
 		for (size_t i = 0; i < wb->n; i++)
 			dp_kv_pool_put(&kv->pool, wb->pool[i]);
@@ -106,8 +106,9 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 
 	struct dp_kv_wb *wb = calloc(1, sizeof(*wb));
 	struct dp_v4_page_ref *refs = NULL;
-	void **pages = NULL;
-	size_t got = 0;
+	void **pages = NULL, **wpages = NULL;
+	size_t *wi = NULL, nw = 0;
+	bool planned = false;
 	if (!wb)
 		return -ENOMEM;
 	wb->from = s->tier;
@@ -123,31 +124,31 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	wb->ids = calloc(m, sizeof(*wb->ids));
 	wb->hdrs = dp_kv_slots_headers_alloc(n);
 	wb->reqs = calloc(2 * n + 1, sizeof(*wb->reqs));
+	wi = calloc(m, sizeof(*wi));
+	wpages = calloc(m, sizeof(*wpages));
 	if (wb->from == DP_KV_TIER_DRAM)
 		wb->pool = calloc(m, sizeof(*wb->pool));
 	r = -ENOMEM;
-	if (!wb->sp || !wb->slots || !wb->sums || !wb->ids || !wb->hdrs || !wb->reqs ||
-	    (wb->from == DP_KV_TIER_DRAM && !wb->pool))
+	if (!wb->sp || !wb->slots || !wb->sums || !wb->ids || !wb->hdrs || !wb->reqs || !wi ||
+	    !wpages || (wb->from == DP_KV_TIER_DRAM && !wb->pool))
 		goto fail;
-	for (r = 0; got < n && r == 0; got++)
-		r = dp_kv_slots_alloc(&kv->slots, &wb->slots[got]);
-	if (r < 0) {
-		got--; /* the failed allocation holds nothing */
+	/* the pages a held slot already has are not written again */
+	if ((r = dp_kv_snap_plan(kv, s, refs, pages, n, wb->sp, wi, &nw)) < 0)
 		goto fail;
+	planned = true;
+	for (size_t k = 0; k < nw; k++) {
+		const struct dp_kv_snap_page *p = &wb->sp[wi[k]];
+		wb->ids[k] = (struct dp_kv_slot_id){ s->id, pos, p->layer, p->kind, p->index };
+		wb->slots[k] = p->slot;
+		wb->sums[k] = p->sum;
+		wpages[k] = pages[wi[k]];
 	}
-	for (size_t i = 0; i < n; i++) {
-		wb->ids[i] = (struct dp_kv_slot_id){ s->id, pos, refs[i].layer, refs[i].kind,
-						     refs[i].index };
-		wb->sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
-						      .index = refs[i].index, .slot = wb->slots[i] };
-	}
-	r = dp_kv_slots_write_reqs(&kv->slots, wb->slots, wb->ids, pages, n, wb->sums, wb->hdrs,
+	r = dp_kv_slots_write_reqs(&kv->slots, wb->slots, wb->ids, wpages, nw, wb->sums, wb->hdrs,
 				   wb->reqs);
 	if (r < 0)
 		goto fail;
-	for (size_t i = 0; i < n; i++)
-		wb->sp[i].sum = wb->sums[i];
-	wb->job = (struct dp_kv_wjob){ .reqs = wb->reqs, .sync = &wb->reqs[2 * n], .n = n };
+	wb->nw = nw;
+	wb->job = (struct dp_kv_wjob){ .reqs = wb->reqs, .sync = &wb->reqs[2 * nw], .n = nw };
 	if ((r = dp_kv_write_queue(kv, &wb->job)) < 0)
 		goto fail;
 	wb->leaving = n;
@@ -159,6 +160,8 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		}
 	free(refs);
 	free(pages);
+	free(wi);
+	free(wpages);
 	wb->s = s;
 	s->wb = wb;
 	if (kv->wb_tail)
@@ -167,16 +170,18 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		kv->wb_head = wb;
 	kv->wb_tail = wb;
 	kv->wb_leaving[wb->from] += wb->leaving;
-	kv->wb_pages += n;
+	kv->wb_pages += nw;
 	kv->st.writebacks++;
 	dp_kv_wb_progress(kv);
 	return 0;
 fail:
-	for (size_t i = 0; i < got; i++)
-		dp_kv_slots_free(&kv->slots, wb->slots[i]);
+	if (planned)
+		dp_kv_snap_unplan(kv, wb->sp, n);
 	wb->n = 0;
 	free(refs);
 	free(pages);
+	free(wi);
+	free(wpages);
 	wb_free(kv, wb, false);
 	return r;
 }
@@ -185,7 +190,7 @@ fail:
  * into the journal (durable at the next sync), else it is undone. */
 static void wb_done(struct dp_kv *kv, struct dp_kv_wb *wb)
 {
-	kv->wb_pages -= wb->n;
+	kv->wb_pages -= wb->nw;
 	if (!wb->err && wb->s)
 		wb->err = dp_kv_journal_snapshot(kv->j, wb->s, wb->pos, wb->sp, wb->n, false);
 	if (wb->err || !wb->s) {
@@ -196,7 +201,8 @@ static void wb_done(struct dp_kv *kv, struct dp_kv_wb *wb)
 		wb_free(kv, wb, true);
 		return;
 	}
-	kv->st.pages_written += wb->n;
+	kv->st.pages_written += wb->nw;
+	kv->st.pages_shared += wb->n - wb->nw;
 	wb->next = kv->wb_recorded;
 	kv->wb_recorded = wb;
 }
@@ -243,6 +249,7 @@ void dp_kv_wb_finalize(struct dp_kv *kv)
 		s->snap_pos = wb->pos;
 		s->has_snap = true;
 		wb->sp = NULL;
+		dp_kv_snap_index(kv, s);
 		/* still idle and exactly the state written: it moves to NVMe */
 		if (!s->busy && !s->restore && s->tier == wb->from && s->state_pos == wb->pos) {
 			if (s->tier == DP_KV_TIER_DRAM) {

@@ -847,6 +847,202 @@ Test(kv_io, an_asynchronous_demotion_of_a_session_already_on_nvme_writes_nothing
 	dp_kv_close(kv);
 }
 
+/* ---- shared slots (kvcache-internal.h, "Shared slots") ---------------------------- */
+
+static bool check_state_async(struct dp_kv *kv, struct dp_kv_session *s);
+
+/* Evict s to NVMe and wait until its snapshot is durable (with an io engine
+ * through the asynchronous writeback, without one in place). */
+static void evict(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	uint64_t pos;
+	cr_assert_eq(dp_kv_session_evict_start(kv, s, &pos), 0);
+	settle_writebacks(kv);
+	cr_assert_eq(dp_kv_session_evict_done(kv, s, pos), 0);
+	cr_assert_eq(dp_kv_session_tier(s), DP_KV_TIER_NVME);
+}
+
+struct written {
+	uint64_t written, shared;
+};
+
+static struct written written_since(struct dp_kv *kv, struct written *last)
+{
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	struct written d = { st.pages_written - last->written, st.pages_shared - last->shared };
+	*last = (struct written){ st.pages_written, st.pages_shared };
+	return d;
+}
+
+/* long enough for full pages of the compressed and index streams */
+#define SHARE_TOKENS 2500u
+
+Test(kv_io, a_session_evicted_again_after_a_restore_rewrites_only_the_pages_that_changed,
+     .timeout = 120)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	struct written w = { 0 };
+	cr_assert_eq(dp_kv_session_create(kv, "again", &s), 0);
+	turn(kv, s, SHARE_TOKENS, 1);
+	evict(kv, s);
+	struct written first = written_since(kv, &w);
+	cr_expect_eq(first.shared, 0, "nothing on NVMe to share yet");
+	/* back from NVMe, one token on, out again */
+	turn(kv, s, 1, 1);
+	evict(kv, s);
+	struct written again = written_since(kv, &w);
+	cr_expect_gt(again.shared, 0, "the full pages of the growing streams are on NVMe already");
+	cr_expect_lt(again.written, first.written,
+		     "wrote %llu pages again of %llu (the old code wrote them all)",
+		     (unsigned long long)again.written, (unsigned long long)first.written);
+	cr_log_info("first eviction %llu pages; again: %llu written, %llu shared",
+		    (unsigned long long)first.written, (unsigned long long)again.written,
+		    (unsigned long long)again.shared);
+	check_state(kv, s); /* from the shared and the new slots, as a replay gives */
+	evict(kv, s);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "again", &s), 0);
+	check_state(kv, s);
+	dp_kv_close(kv);
+}
+
+/* Two sessions of one owner with the same history, a and b; b evicted after
+ * a shares all of a's slots; then a goes, and sessions of other histories
+ * take the slots freed. b must still come back whole, before and after a
+ * reopen (the replay counts each slot's holders). */
+static void shared_slot_outlives_its_writer(bool reopen_first)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *a, *b, *o;
+	struct written w = { 0 };
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, a, SHARE_TOKENS, 3);
+	turn(kv, b, SHARE_TOKENS, 3);
+	evict(kv, a);
+	struct written wa = written_since(kv, &w);
+	evict(kv, b);
+	struct written wb = written_since(kv, &w);
+	cr_expect_eq(wb.written, 0, "b's pages are a's bytes: %llu written",
+		     (unsigned long long)wb.written);
+	cr_expect_eq(wb.shared, wa.written);
+	struct dp_kv_stats st;
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], wa.written, "one copy on NVMe");
+	if (reopen_first) {
+		cr_assert_eq(dp_kv_commit(kv), 0);
+		dp_kv_close(kv);
+		kv = open_kv(0, 0);
+		cr_assert_eq(dp_kv_session_find(kv, "a", &a), 0);
+		cr_assert_eq(dp_kv_session_find(kv, "b", &b), 0);
+	}
+	cr_assert_eq(dp_kv_session_drop(kv, a), 0);
+	dp_kv_stats(kv, &st);
+	cr_expect_eq(st.pages[DP_KV_TIER_NVME], wa.written, "b still holds every slot");
+	for (int i = 0; i < 2; i++) {
+		char id[8];
+		snprintf(id, sizeof(id), "o%d", i);
+		cr_assert_eq(dp_kv_session_create(kv, id, &o), 0);
+		turn(kv, o, 600, 10 + (uint32_t)i);
+		evict(kv, o);
+	}
+	check_state(kv, b);
+	evict(kv, b);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "b", &b), 0);
+	check_state(kv, b);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, a_slot_shared_by_two_sessions_outlives_the_one_that_wrote_it, .timeout = 120)
+{
+	shared_slot_outlives_its_writer(false);
+}
+
+Test(kv_io, a_slot_shared_before_a_reopen_is_still_held_after_it, .timeout = 120)
+{
+	shared_slot_outlives_its_writer(true);
+}
+
+Test(kv, a_synchronous_persist_shares_slots_too, .timeout = 120)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *a, *b;
+	struct written w = { 0 };
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, a, 600, 4);
+	turn(kv, b, 600, 4);
+	cr_assert_eq(dp_kv_session_persist(kv, a), 0);
+	struct written wa = written_since(kv, &w);
+	cr_assert_eq(dp_kv_session_persist(kv, b), 0);
+	struct written wb = written_since(kv, &w);
+	cr_expect_eq(wb.written, 0);
+	cr_expect_eq(wb.shared, wa.written);
+	cr_assert_eq(dp_kv_session_drop(kv, a), 0);
+	cr_assert_eq(dp_kv_session_demote(kv, b, DP_KV_TIER_NVME), 0);
+	check_state(kv, b);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, sessions_of_different_owners_share_no_slot, .timeout = 120)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *a, *b;
+	struct written w = { 0 };
+	cr_assert_eq(dp_kv_session_create_owned(kv, "alice", 1000, &a), 0);
+	cr_assert_eq(dp_kv_session_create_owned(kv, "bob", 1001, &b), 0);
+	turn(kv, a, 600, 5);
+	turn(kv, b, 600, 5);
+	evict(kv, a);
+	struct written wa = written_since(kv, &w);
+	evict(kv, b);
+	struct written wb = written_since(kv, &w);
+	cr_expect_eq(wb.shared, 0, "the same bytes, but another owner's");
+	cr_expect_eq(wb.written, wa.written);
+	check_state(kv, b);
+	dp_kv_close(kv);
+}
+
+Test(kv_io, a_page_that_failed_its_checks_is_not_shared_again, .timeout = 120)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *a, *b, *c;
+	struct written w = { 0 };
+	/* a and c hold the same slots; a's first page is damaged, the gate
+	 * of a's restore meets it: c still holds it, but nobody shares it */
+	cr_assert_eq(dp_kv_session_create(kv, "a", &a), 0);
+	cr_assert_eq(dp_kv_session_create(kv, "c", &c), 0);
+	turn(kv, a, 600, 6);
+	turn(kv, c, 600, 6);
+	evict(kv, a);
+	struct written wa = written_since(kv, &w);
+	evict(kv, c);
+	cr_assert_eq(written_since(kv, &w).written, 0);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	damage_slot(4096 + 2000, 'f'); /* the first slot's data */
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, "a", &a), 0);
+	cr_expect(check_state_async(kv, a), "the damage was met at a gate");
+	cr_assert_eq(dp_kv_session_create(kv, "b", &b), 0);
+	turn(kv, b, 600, 6);
+	written_since(kv, &w);
+	evict(kv, b);
+	struct written wb = written_since(kv, &w);
+	cr_expect_eq(wb.written, 1, "only the damaged page is written again (%llu of %llu)",
+		     (unsigned long long)wb.written, (unsigned long long)wa.written);
+	cr_expect_eq(wb.shared, wa.written - 1);
+	check_state(kv, b);
+	dp_kv_close(kv);
+}
+
 Test(kv, a_missing_state_directory_is_a_clear_error)
 {
 	char err[512] = "";

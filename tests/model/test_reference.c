@@ -398,7 +398,11 @@ static void kv_matches(const char *variant, bool chunked)
 		  "%s: logits part from the port's at position %u, before its first ambiguous "
 		  "rounding (%u)", variant, upto, ambiguous_from(&gd));
 	int arrays = 0;
-	uint32_t compared = 0;
+	/* floor: the entries of positions before the port's first ambiguous
+	 * rounding, which every build must match (where the forwards part
+	 * after it depends on the machine's summation order: 84 of the base
+	 * variant's 24-token prompts here on one CPU, past 104 on another) */
+	uint32_t compared = 0, floor = 0, amb = ambiguous_from(&gd);
 	uint32_t W = (uint32_t)c->sliding_window;
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		const struct dp_v4_layer_state *ls = &seq->layers[l];
@@ -412,9 +416,11 @@ static void kv_matches(const char *variant, bool chunked)
 		int32_t *ent = malloc(pc * sizeof(int32_t));
 		cr_assert_not_null(ent);
 		uint32_t nw = 0; /* entries of positions before the divergence (pos ascending) */
-		for (uint32_t i = 0; i < pc; i++)
+		for (uint32_t i = 0; i < pc; i++) {
 			if ((uint32_t)pos[i] < upto)
 				ent[nw++] = (int32_t)((uint32_t)pos[i] % W);
+			floor += (uint32_t)pos[i] < amb;
+		}
 		uint32_t nope = cols - (uint32_t)c->rope_dim;
 		size_t bad = stream_diff(g, &ls->s[DP_V4_S_WINDOW], win, ent, nw, cols, nope);
 		cr_expect_eq(bad, 0, "%s layer %d: %zu of %u window entries differ", variant, l, bad, nw);
@@ -423,12 +429,13 @@ static void kv_matches(const char *variant, bool chunked)
 		arrays++;
 		/* compressed entry w closes at position (w + 1) * rate - 1 */
 		uint32_t rate = (uint32_t)dp_v4_compress_rate(c, l);
-		uint32_t ne = rate ? upto / rate : 0;
+		uint32_t ne = rate ? upto / rate : 0, ne_amb = rate ? amb / rate : 0;
 		snprintf(key, sizeof(key), "l%d.comp", l);
 		const float *comp = golden_get(&gd, "kv", key, "f32", &r, &cols);
 		if (comp) {
 			cr_assert_eq(ls->s[DP_V4_S_COMP].n, r, "layer %d: compressed entries", l);
 			uint32_t k = ne < r ? ne : r;
+			floor += ne_amb < r ? ne_amb : r;
 			bad = stream_diff(g, &ls->s[DP_V4_S_COMP], comp, NULL, k, cols, nope);
 			cr_expect_eq(bad, 0, "%s layer %d: %zu of %u compressed entries differ", variant,
 				     l, bad, k);
@@ -440,6 +447,7 @@ static void kv_matches(const char *variant, bool chunked)
 		if (idx) {
 			cr_assert_eq(ls->s[DP_V4_S_IDX].n, r, "layer %d: index keys", l);
 			uint32_t k = ne < r ? ne : r;
+			floor += ne_amb < r ? ne_amb : r;
 			bad = stream_diff(g, &ls->s[DP_V4_S_IDX], idx, NULL, k, cols, cols);
 			cr_expect_eq(bad, 0, "%s layer %d: %zu of %u index keys differ", variant, l, bad,
 				     k);
@@ -448,8 +456,11 @@ static void kv_matches(const char *variant, bool chunked)
 		}
 	}
 	cr_expect_geq(arrays, 5, "window, compressed and index streams all compared");
-	cr_expect_geq(compared, 50, "%s: only %u state entries before the divergence at %u", variant,
-		      compared, upto);
+	cr_expect_geq(floor, 10, "%s: the port's unambiguous prefix holds only %u state entries",
+		      variant, floor);
+	cr_expect_geq(compared, floor,
+		      "%s: only %u state entries before the divergence at %u (%u before position %u)",
+		      variant, compared, upto, floor, amb);
 	cr_log_info("%s %s: %u state entries bit for bit (the forwards agree up to position %u of %u)",
 		    variant, chunked ? "chunked" : "one call", compared, upto, p.n);
 	/* the golden values are what their codes and scales say */
