@@ -436,6 +436,8 @@ void dp_kv_wb_progress(struct dp_kv *kv);
 void dp_kv_wb_finalize(struct dp_kv *kv); /* after a successful journal sync */
 /* Wait for every writeback, sync the journal, finalize. */
 int dp_kv_wb_settle(struct dp_kv *kv);
+/* An explicit eviction waits on s's writeback: its writes are due at once. */
+void dp_kv_wb_expedite(struct dp_kv *kv, struct dp_kv_session *s);
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s); /* s goes away */
 /* dp_kv_commit (kvcache.h, defined in writeback.c) when s's durable history
  * stops short of pos: a snapshot at pos must never be ahead of it. */
@@ -476,10 +478,14 @@ struct dp_kv_wjob {
 	uint32_t stream;
 	bool queued;	/* its stream is open */
 	bool sync_sent; /* behind its last write */
+	bool due_now;	/* someone waits: due at once (dp_kv_write_expedite) */
 	bool finished;	/* every page and the sync done, or given up */
 };
 int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j);
 void dp_kv_write_pump(struct dp_kv *kv);
+/* A client waits for j (an explicit eviction): its writes are due at once,
+ * ahead of reads needed later, past the writeback class's caps. */
+void dp_kv_write_expedite(struct dp_kv *kv, struct dp_kv_wjob *j);
 void dp_kv_write_wait(struct dp_kv *kv, struct dp_kv_wjob *j);
 
 /* restore-shared.c: a restore from the shared tier (kvcache/tier.h).

@@ -698,6 +698,8 @@ int dp_kv_session_evict_start(struct dp_kv *kv, struct dp_kv_session *s, uint64_
 		r = dp_kv_wb_start(kv, s);
 	else
 		r = dp_kv_session_demote(kv, s, DP_KV_TIER_NVME); /* no io engine: here and now */
+	if (r == 0) /* its client waits: not the watermarks' bounded delay */
+		dp_kv_wb_expedite(kv, s);
 	if (r == 0)
 		*ret_pos = pos;
 	return r;

@@ -387,8 +387,9 @@ void dp_kv_stats(const struct dp_kv *kv, struct dp_kv_stats *ret);
  * k turns cost one copy of the streams plus k small states; the DRAM
  * budget counts pool pages, a shared one once. A holder leaving DRAM (to
  * NVMe, dropped) only puts its holds: pages others hold stay in DRAM. On
- * NVMe each unit writes its own copy (a snapshot is self-contained), and a
- * unit kept on the device (the pool full) owns a copy.
+ * NVMe a unit's pages that a held slot already has are shared too (kvcache-
+ * internal.h, "Shared slots"), and a unit kept on the device (the pool full)
+ * owns a copy.
  *
  * Units are keyed by a chain over a tenant tag and their token ids (one
  * step per token, so a lookup sees every prefix); a key match is verified

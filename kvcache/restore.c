@@ -987,6 +987,7 @@ int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j)
 	j->queued = false;
 	j->sync_sent = false;
 	j->finished = false;
+	j->due_now = false;
 	if (!j->n) {
 		wjob_sync(kv, j);
 		return 0;
@@ -1001,6 +1002,13 @@ int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j)
 		}
 	j->queued = true;
 	return 0;
+}
+
+void dp_kv_write_expedite(struct dp_kv *kv, struct dp_kv_wjob *j)
+{
+	j->due_now = true;
+	if (j->queued && kv->rq)
+		dp_rsched_stream_due_now(kv->rq->rs, j->stream);
 }
 
 void dp_kv_write_pump(struct dp_kv *kv)

@@ -23,6 +23,7 @@ struct rs_stream {
 	uint8_t klass;
 	uint64_t base;
 	uint64_t age; /* open order: older streams win ties */
+	bool due_now; /* writeback: someone waits (dp_rsched_stream_due_now) */
 	void *ctx;
 	struct rs_item *q;
 	size_t head, n, cap; /* queued: q[head .. n) */
@@ -129,6 +130,7 @@ int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint6
 	t->base = base;
 	t->age = s->opened++;
 	t->ctx = ctx;
+	t->due_now = false;
 	t->head = t->n = 0;
 	*ret_id = id;
 	return 0;
@@ -182,13 +184,25 @@ int dp_rsched_stream_next(const struct dp_rsched *s, uint32_t id, uint64_t *ret_
 	return 0;
 }
 
+int dp_rsched_stream_due_now(struct dp_rsched *s, uint32_t id)
+{
+	struct rs_stream *t = stream(s, id);
+	if (!t || t->klass != DP_RSCHED_WRITEBACK)
+		return -EINVAL;
+	t->due_now = true;
+	for (size_t i = t->head; i < t->n; i++) /* stays ascending: all at most now */
+		if (t->q[i].rel > s->now)
+			t->q[i].rel = s->now;
+	return 0;
+}
+
 int dp_rsched_push(struct dp_rsched *s, uint32_t id, uint64_t rel, uint32_t bytes, uint64_t tag)
 {
 	struct rs_stream *t = stream(s, id);
 	if (!t || !bytes)
 		return -EINVAL;
 	if (t->klass == DP_RSCHED_WRITEBACK)
-		rel = s->now + s->wb_delay;
+		rel = s->now + (t->due_now ? 0 : s->wb_delay);
 	if (t->n > t->head && rel < t->q[t->n - 1].rel)
 		return -EINVAL;
 	if (t->head == t->n)

@@ -75,6 +75,10 @@ int dp_rsched_stream_open(struct dp_rsched *s, enum dp_rsched_class klass, uint6
 /* Drop what the stream still has queued (issued reads stay counted until
  * done). Returns the items dropped, or -EINVAL. */
 int dp_rsched_stream_close(struct dp_rsched *s, uint32_t id);
+/* A writeback stream a client waits for (an explicit eviction): what it
+ * has queued and pushes from now on is due at once, not the class's delay
+ * later. 0, or -EINVAL for another class or an unknown stream. */
+int dp_rsched_stream_due_now(struct dp_rsched *s, uint32_t id);
 /* Move the stream's deadlines: base becomes new_base. -EINVAL for any
  * class but DP_RSCHED_RESTORE (their deadlines are absolute) or an unknown
  * stream. */

@@ -280,6 +280,14 @@ int dp_kv_wb_settle(struct dp_kv *kv)
 	return r;
 }
 
+void dp_kv_wb_expedite(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	if (!s->wb || s->wb->job.due_now)
+		return;
+	dp_kv_write_expedite(kv, &s->wb->job);
+	dp_kv_wb_progress(kv);
+}
+
 void dp_kv_wb_detach(struct dp_kv *kv, struct dp_kv_session *s)
 {
 	(void)kv;
