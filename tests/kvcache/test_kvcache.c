@@ -875,6 +875,21 @@ static struct written written_since(struct dp_kv *kv, struct written *last)
 	return d;
 }
 
+/* s's state checks, and again after an eviction and a reopen; closes kv */
+static void check_evict_reopen_check(struct dp_kv *kv, struct dp_kv_session *s)
+{
+	char id[DP_KV_SESSION_ID_MAX + 1];
+	snprintf(id, sizeof(id), "%s", dp_kv_session_id(s));
+	check_state(kv, s);
+	evict(kv, s);
+	cr_assert_eq(dp_kv_commit(kv), 0);
+	dp_kv_close(kv);
+	kv = open_kv(0, 0);
+	cr_assert_eq(dp_kv_session_find(kv, id, &s), 0);
+	check_state(kv, s);
+	dp_kv_close(kv);
+}
+
 /* long enough for full pages of the compressed and index streams */
 #define SHARE_TOKENS 2500u
 
@@ -900,14 +915,8 @@ Test(kv_io, a_session_evicted_again_after_a_restore_rewrites_only_the_pages_that
 	cr_log_info("first eviction %llu pages; again: %llu written, %llu shared",
 		    (unsigned long long)first.written, (unsigned long long)again.written,
 		    (unsigned long long)again.shared);
-	check_state(kv, s); /* from the shared and the new slots, as a replay gives */
-	evict(kv, s);
-	cr_assert_eq(dp_kv_commit(kv), 0);
-	dp_kv_close(kv);
-	kv = open_kv(0, 0);
-	cr_assert_eq(dp_kv_session_find(kv, "again", &s), 0);
-	check_state(kv, s);
-	dp_kv_close(kv);
+	/* from the shared and the new slots, as a replay gives */
+	check_evict_reopen_check(kv, s);
 }
 
 /* Two sessions of one owner with the same history, a and b; b evicted after
@@ -950,14 +959,7 @@ static void shared_slot_outlives_its_writer(bool reopen_first)
 		turn(kv, o, 600, 10 + (uint32_t)i);
 		evict(kv, o);
 	}
-	check_state(kv, b);
-	evict(kv, b);
-	cr_assert_eq(dp_kv_commit(kv), 0);
-	dp_kv_close(kv);
-	kv = open_kv(0, 0);
-	cr_assert_eq(dp_kv_session_find(kv, "b", &b), 0);
-	check_state(kv, b);
-	dp_kv_close(kv);
+	check_evict_reopen_check(kv, b);
 }
 
 Test(kv_io, a_slot_shared_by_two_sessions_outlives_the_one_that_wrote_it, .timeout = 120)
