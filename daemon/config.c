@@ -162,7 +162,8 @@ static const char *name_shared_tier(const struct dp_config *c)
  * would count as no tier or no limit, so a nonzero budget is at least 1 MiB.
  * queue_depth: up to DP_IO_DEPTH_MAX (main.c asserts it). read_rate: below
  * 1 MiB/s a 64 KiB page would take 64 ms; up to DP_IO_READ_RATE_MAX (main.c
- * asserts it).
+ * asserts it). read_burst: at least a state page, at most one request's
+ * length (DP_IO_LEN_MAX).
  */
 static const struct opt opts[] = {
 	O("daemon", socket, OPT_STR, "Unix socket path"),
@@ -246,6 +247,10 @@ static const struct opt opts[] = {
 	   .zero_ok = true, .flag = "io-read-rate",
 	   .help = "bytes a second the io thread's reads may start at, all together, every read "
 		   "paced (a shared disk's other tenants keep the rest; 0: no limit)"),
+	OK("io", "read_burst", read_burst, OPT_BYTES, .min = 64 * KiB, .max = DP_CONFIG_READ_BURST_MAX,
+	   .zero_ok = true, .flag = "io-read-burst",
+	   .help = "bytes of reads that may start at once after a pause under read_rate "
+		   "(0: 256 KiB)"),
 	O("sched", pin_threads, OPT_BOOL, "pin front/compute/io threads near the GPU"),
 	ON("sched", max_batch_tokens, OPT_U32, 1, 65536, "tokens per forward step"),
 	ON("sched", prefill_chunk, OPT_U32, 1, 65536, "prompt tokens of one request per step"),

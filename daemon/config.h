@@ -29,6 +29,7 @@
 #define DP_CONFIG_STR_MAX 4096
 #define DP_CONFIG_QUEUE_DEPTH_MAX 4096u /* <= DP_IO_DEPTH_MAX (main.c asserts it) */
 #define DP_CONFIG_READ_RATE_MAX (1ull << 40) /* <= DP_IO_READ_RATE_MAX (main.c asserts it) */
+#define DP_CONFIG_READ_BURST_MAX (1ull << 30) /* <= DP_IO_LEN_MAX (main.c asserts it) */
 
 /* How a parked session's state (DRAM or NVMe tier) returns for its next
  * turn: the compute thread's policy, key [sched] restore. */
@@ -102,6 +103,7 @@ struct dp_config {
 	bool sqpoll;
 	bool iopoll;
 	uint64_t read_rate;	/* bytes a second, all reads of the io thread (0: no limit) */
+	uint64_t read_burst;	/* bytes the read rate's bucket holds (0: the io engine's default) */
 	/* [sched] */
 	bool pin_threads;
 	uint32_t max_batch_tokens; /* tokens per forward step */

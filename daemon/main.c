@@ -159,6 +159,9 @@ static int start_io(struct dp_server *srv, char *err, size_t err_len)
 	ic.flags = (cfg->sqpoll ? DP_IO_SQPOLL : 0) | (cfg->iopoll ? DP_IO_IOPOLL : 0);
 	_Static_assert(DP_CONFIG_READ_RATE_MAX <= DP_IO_READ_RATE_MAX, "read_rate is checked at load");
 	ic.read_rate = cfg->read_rate;
+	_Static_assert(DP_CONFIG_READ_BURST_MAX <= DP_IO_LEN_MAX, "read_burst is checked at load");
+	if (cfg->read_burst)
+		ic.read_burst = (uint32_t)cfg->read_burst;
 	int ret = dp_io_new(&ic, &srv->io);
 	if (ret < 0) {
 		/* io_uring disabled by sysctl, or too old a kernel: the KV cache

@@ -127,6 +127,7 @@ static const struct range_case {
     {"--lease-idle-ms", "lease_idle_ms", NULL, "86400001", "between 0 and 86400000"},
     {"--queue-depth", "queue_depth", "0", "4097", "between 1 and 4096"},
     {"--io-read-rate", "read_rate", "1023K", "1025G", "0 or between 1M and 1T"},
+    {"--io-read-burst", "read_burst", "63K", "1025M", "0 or between 64K and 1G"},
     {"--max-batch-tokens", "max_batch_tokens", "0", "65537", "between 1 and 65536"},
     {"--prefill-chunk", "prefill_chunk", "0", "65537", "between 1 and 65536"},
     {"--max-batch", "max_batch", "0", "4097", "between 1 and 4096"},
@@ -718,6 +719,28 @@ Test(config_daemon, the_read_rate_from_the_file_or_the_flag_paces_the_io_thread)
 	static const char bad[] = "[io]\nread_rate = 4K\n";
 	run_daemon(test_model(), bad, sizeof(bad) - 1, NULL, 0, &o);
 	REFUSED(&o, 2, "dualpathd.conf:2:", "read_rate", "0 or between 1M and 1T");
+}
+
+/* [io] read_burst (or --io-read-burst) is the bucket's size: the io thread's
+ * description names it beside the rate. */
+Test(config_daemon, the_read_burst_from_the_file_or_the_flag_sizes_the_io_threads_bucket)
+{
+	static const char text[] = "[io]\nread_rate = 8M\nread_burst = 1M\n";
+	struct outcome o;
+	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	if (strstr(o.out, "io_uring unavailable"))
+		cr_skip_test("no io thread here: %s", o.out);
+	cr_expect(strstr(o.out, "reads paced to 8.4 MB/s (burst 1024 KiB)"), "1 MiB from the file:\n%s",
+		  o.out);
+	run_daemon(test_model(), text, sizeof(text) - 1,
+	           (const char *const[]){"--io-read-burst", "128K", NULL}, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	cr_expect(strstr(o.out, "(burst 128 KiB)"), "the flag over the file:\n%s", o.out);
+	static const char rate[] = "[io]\nread_rate = 8M\n";
+	run_daemon(test_model(), rate, sizeof(rate) - 1, NULL, 0, &o);
+	cr_assert(o.served, "%s", o.out);
+	cr_expect(strstr(o.out, "(burst 256 KiB)"), "the engine's default:\n%s", o.out);
 }
 
 Test(config_daemon, an_unknown_key_exits_2_naming_it)
