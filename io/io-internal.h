@@ -152,6 +152,7 @@ struct io_counters {
 	_Atomic uint64_t errors, cancelled, retries, short_reads;
 	_Atomic uint64_t submits, sqes, sleeps, busy_ns, sleep_ns, cpu_ns;
 	_Atomic uint64_t read_waits, read_wait_ns;
+	_Atomic uint64_t write_bytes_submitted;
 	_Atomic uint32_t inflight, inflight_max;
 };
 

@@ -292,6 +292,8 @@ static void op_prep(struct dp_io *io, struct io_op *op, struct io_uring_sqe *sqe
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, (uint64_t)(op - io->ops));
 	op->in_kernel = true;
+	if (op->req.op == DP_IO_OP_WRITE)
+		io_stat_add(&io->st.write_bytes_submitted, len);
 	f->inflight++;
 	io->inflight++;
 	io->unsubmitted++;

@@ -598,6 +598,7 @@ int dp_io_get_stats(struct dp_io *io, struct dp_io_stats *ret)
 	s.inflight_max = atomic_load_explicit(&c->inflight_max, memory_order_relaxed);
 	s.cpu_ns = rd(&c->cpu_ns);
 	s.read_waits = rd(&c->read_waits);
+	s.write_bytes_submitted = rd(&c->write_bytes_submitted);
 	s.read_wait_ns = rd(&c->read_wait_ns);
 	pthread_mutex_lock(&io->lock);
 	int st = atomic_load_explicit(&io->state, memory_order_relaxed);

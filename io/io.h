@@ -306,6 +306,8 @@ struct dp_io_stats {
 	uint64_t read_waits;    /* reads that waited for the read rate (read_rate) */
 	uint64_t read_wait_ns;  /* their time waiting, summed (a channel's next
 	                         * read held from when it was first held) */
+	uint64_t write_bytes_submitted; /* bytes of writes handed to the kernel (a
+	                         * resubmitted remainder counted again) */
 	uint32_t inflight;      /* requests in the kernel now */
 	uint32_t inflight_max;  /* most at once */
 };

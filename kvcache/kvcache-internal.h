@@ -191,12 +191,16 @@ int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
  * whole (its own checksum) and say id's layer, kind and index, this format
  * and sum, and its data must hash to sum. 0 or -EBADMSG. The header's
  * session and position name the snapshot that wrote the slot, which for a
- * shared slot is another (or an earlier) one: not compared. */
+ * shared slot is another (or an earlier) one: not compared. A page's zero
+ * tail (whole 4 KiB blocks of zeros at its end) is not written; the header
+ * says how long it is, and the check zeroes it in page (read whole, it holds
+ * whatever the slot held before) before hashing, so page_hash, the read
+ * buffer's, is used only for a page without one. Returns the zero tail's
+ * bytes (>= 0: the page checks) or -EBADMSG. */
 /* The same with the page's XXH3 already computed (*page_hash; NULL: computes it). */
 int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
-			    const void *page, const uint64_t *page_hash);
-int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
-		     const void *page);
+			    void *page, const uint64_t *page_hash);
+int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr, void *page);
 
 /* Read n pages and check each header against ids[i] and data against
  * sums[i]. Returns 0 if all check, -EBADMSG if any fails (torn, corrupt,

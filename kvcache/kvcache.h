@@ -315,6 +315,9 @@ struct dp_kv_stats {
 					  * their bytes instead of writing it (kvcache-internal.h,
 					  * "Shared slots") */
 	uint64_t pages_hashed_io;	 /* of the restores' pages, checksummed by the io thread */
+	uint64_t pages_zero_tail;	 /* ... and those with a zero tail, not written, which the
+					  * gate zeroed and checksummed (kvcache-internal.h,
+					  * dp_kv_slot_check_hashed) */
 	uint64_t corrupt_pages;		 /* failed checks on load: recomputed */
 	uint64_t recomputed_tokens;	 /* history replayed into state */
 	uint64_t commits, journal_bytes;

@@ -309,7 +309,9 @@ static void wjob_done(struct dp_kv *kv, const struct rq_flight *f)
 	for (int k = 0; k < 2; k++) {
 		if (dp_io_result(kv->wb_chan, f->ticket - 1 + (uint64_t)k, &res) < 0)
 			res = -EIO;
-		uint32_t len = k ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
+		/* f->bytes: the header's and the data's (a page's zero tail is
+		 * not written: dp_kv_slots_write_reqs) */
+		uint32_t len = k ? f->bytes - DP_KV_HDR_BYTES : DP_KV_HDR_BYTES;
 		if (res < 0 && !j->err)
 			j->err = res;
 		else if (res >= 0 && (uint32_t)res != len && !j->err)
@@ -628,14 +630,16 @@ static int layer_in(struct dp_kv_restore *r, uint32_t l)
 				return -EIO;
 			uint64_t h;
 			bool hashed = dp_io_result_hash(kv->restore_chan, r->ticket[2 * i + 1], &h) == 0;
-			kv->st.pages_hashed_io += hashed;
-			if (dp_kv_slot_check_hashed(&r->ids[i], r->s->snap[i].sum,
-						    r->hdrs + (size_t)i * DP_KV_HDR_BYTES, r->host[i],
-						    hashed ? &h : NULL) < 0) {
+			int tail = dp_kv_slot_check_hashed(&r->ids[i], r->s->snap[i].sum,
+							   r->hdrs + (size_t)i * DP_KV_HDR_BYTES,
+							   r->host[i], hashed ? &h : NULL);
+			if (tail < 0) {
 				kv->st.corrupt_pages++;
 				dp_kv_snap_page_bad(kv, r->s, i); /* no new snapshot shares it */
 				return -EBADMSG;
 			}
+			kv->st.pages_hashed_io += hashed && !tail;
+			kv->st.pages_zero_tail += tail > 0;
 			if (r->host[i] != r->refs[i].page && dp_kv_page_in(kv, &r->refs[i], r->host[i]) < 0)
 				return -EIO;
 		}
@@ -996,7 +1000,8 @@ int dp_kv_write_queue(struct dp_kv *kv, struct dp_kv_wjob *j)
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < j->n; i++)
-		if ((r = dp_rsched_push(q->rs, j->stream, 0, DP_KV_SLOT_BYTES, i)) < 0) {
+		if ((r = dp_rsched_push(q->rs, j->stream, 0, j->reqs[2 * i].len + j->reqs[2 * i + 1].len,
+					i)) < 0) {
 			dp_rsched_stream_close(q->rs, j->stream);
 			return r;
 		}

@@ -125,8 +125,10 @@ struct page_header {
 	uint32_t layer;
 	uint32_t kind;
 	uint32_t index;
-	uint32_t reserved;
-	uint64_t data_sum;
+	uint32_t zero_tail; /* bytes at the page's end that are zero and were not
+			     * written: whole 4 KiB blocks, never the whole page
+			     * (0 in files of builds before it) */
+	uint64_t data_sum;  /* xxh3 of the whole page, the zero tail included */
 	uint64_t sum; /* xxh3 of the fields above */
 };
 
@@ -526,7 +528,28 @@ void dp_kv_slots_unindex(struct dp_kv_slots *sl, uint64_t slot, const struct dp_
 		tab_delete(sl, i);
 }
 
-static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, uint64_t data_sum)
+/* The zero bytes at the page's end, in whole 4 KiB blocks (O_DIRECT's
+ * unit), all but the first block at most: a compressor buffer or a growing
+ * stream's last page holds a few rows of its 64 KiB, and only those are
+ * written (the sum still covers the whole page). */
+static uint32_t zero_tail_of(const void *page)
+{
+	const unsigned char *p = page;
+	uint32_t end = DP_KV_PAGE_BYTES;
+	while (end > 4096) {
+		const uint64_t *w = (const uint64_t *)(const void *)(p + end - 4096);
+		uint64_t any = 0;
+		for (size_t i = 0; i < 4096 / sizeof(*w); i++)
+			any |= w[i];
+		if (any)
+			break;
+		end -= 4096;
+	}
+	return DP_KV_PAGE_BYTES - end;
+}
+
+static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, uint64_t data_sum,
+			uint32_t zero_tail)
 {
 	memset(h, 0, sizeof(*h));
 	memcpy(h->magic, DP_KV_SLOT_MAGIC, 8);
@@ -537,6 +560,7 @@ static void fill_header(struct page_header *h, const struct dp_kv_slot_id *id, u
 	h->layer = id->layer;
 	h->kind = id->kind;
 	h->index = id->index;
+	h->zero_tail = zero_tail;
 	h->data_sum = data_sum;
 	h->sum = XXH3_64bits(h, offsetof(struct page_header, sum));
 }
@@ -606,14 +630,15 @@ int dp_kv_slots_write_reqs(struct dp_kv_slots *sl, const uint64_t *slots,
 		if (slots[i] >= sl->n_slots || !bit(sl->used, slots[i]))
 			return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
-		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
+		uint32_t tail = zero_tail_of(pages[i]);
+		fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i], tail);
 		uint64_t off = (uint64_t)slot_offset(slots[i]);
 		reqs[2 * i] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
 						  .offset = off, .addr = hdrs + i * DP_KV_HDR_BYTES,
 						  .len = DP_KV_HDR_BYTES };
 		reqs[2 * i + 1] = (struct dp_io_req){ .op = DP_IO_OP_WRITE, .file = sl->io_file,
 						      .offset = off + DP_KV_HDR_BYTES,
-						      .addr = pages[i], .len = DP_KV_PAGE_BYTES };
+						      .addr = pages[i], .len = DP_KV_PAGE_BYTES - tail };
 	}
 	/* durable once every write before it is: a barrier sync */
 	reqs[2 * n] = (struct dp_io_req){ .op = DP_IO_OP_FDATASYNC, .flags = DP_IO_F_BARRIER,
@@ -637,11 +662,12 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 		return -ENOMEM;
 	}
 	if (!sl->io) {
-		for (size_t i = 0; i < n; i++)
-			fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i]);
 		for (size_t i = 0; i < n && ret == 0; i++) {
+			uint32_t tail = zero_tail_of(pages[i]);
+			fill_header((struct page_header *)(hdrs + i * DP_KV_HDR_BYTES), &ids[i], sums[i],
+				    tail);
 			struct iovec iov[2] = { { hdrs + i * DP_KV_HDR_BYTES, DP_KV_HDR_BYTES },
-						{ pages[i], DP_KV_PAGE_BYTES } };
+						{ pages[i], DP_KV_PAGE_BYTES - tail } };
 			ret = pwrite_full(sl->fd, iov, 2, slot_offset(slots[i]));
 		}
 		if (ret == 0 && fdatasync(sl->fd) < 0)
@@ -655,7 +681,7 @@ int dp_kv_slots_write_many(struct dp_kv_slots *sl, const uint64_t *slots,
 }
 
 int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
-			    const void *page, const uint64_t *page_hash)
+			    void *page, const uint64_t *page_hash)
 {
 	/* a whole header of this format naming this page (layer, kind, index)
 	 * with these bytes: a page of another layer or version, or a torn
@@ -665,18 +691,24 @@ int dp_kv_slot_check_hashed(const struct dp_kv_slot_id *id, uint64_t sum, const 
 	 * checksum already says the bytes are the ones the snapshot recorded. */
 	struct page_header got, want;
 	memcpy(&got, hdr, sizeof(got));
-	fill_header(&want, id, sum);
+	if (got.zero_tail % 4096 || got.zero_tail >= DP_KV_PAGE_BYTES)
+		return -EBADMSG;
+	fill_header(&want, id, sum, got.zero_tail);
 	memcpy(want.session, got.session, sizeof(want.session));
 	want.position = got.position;
 	want.sum = XXH3_64bits(&want, offsetof(struct page_header, sum));
-	if (memcmp(&got, &want, sizeof(want)) != 0 ||
-	    (page_hash ? *page_hash : XXH3_64bits(page, DP_KV_PAGE_BYTES)) != sum)
+	if (memcmp(&got, &want, sizeof(want)) != 0)
 		return -EBADMSG;
-	return 0;
+	if (got.zero_tail) { /* not written: whatever the slot held before is there */
+		memset((char *)page + DP_KV_PAGE_BYTES - got.zero_tail, 0, got.zero_tail);
+		page_hash = NULL; /* it hashed those bytes */
+	}
+	if ((page_hash ? *page_hash : XXH3_64bits(page, DP_KV_PAGE_BYTES)) != sum)
+		return -EBADMSG;
+	return (int)got.zero_tail;
 }
 
-int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr,
-		     const void *page)
+int dp_kv_slot_check(const struct dp_kv_slot_id *id, uint64_t sum, const void *hdr, void *page)
 {
 	return dp_kv_slot_check_hashed(id, sum, hdr, page, NULL);
 }

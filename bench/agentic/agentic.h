@@ -115,7 +115,7 @@ struct ag_stats {
 	double restores, restore_s;
 	double tokens_prefill, tokens_decode;
 	double promotions, demotions;
-	double pages_read, pages_written, recomputed_tokens, corrupt_pages;
+	double pages_read, pages_written, pages_shared, recomputed_tokens, corrupt_pages;
 	double io_read_bytes, io_written_bytes, io_reads;
 	double direct_io;
 	double steps;

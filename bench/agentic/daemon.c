@@ -204,6 +204,7 @@ int ag_daemon_stats(const char *sock, struct ag_stats *ret, char *err, size_t er
 	    M("dualpath_kv_demotions_total", NULL, demotions),
 	    M("dualpath_kv_pages_read_total", NULL, pages_read),
 	    M("dualpath_kv_pages_written_total", NULL, pages_written),
+	    M("dualpath_kv_pages_shared_total", NULL, pages_shared),
 	    M("dualpath_kv_recomputed_tokens_total", NULL, recomputed_tokens),
 	    M("dualpath_kv_corrupt_pages_total", NULL, corrupt_pages),
 	    M("dualpath_io_read_bytes_total", NULL, io_read_bytes),

@@ -267,6 +267,10 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
 			                       "EvictSession round trip %.1f ms on average; ",
 			                       r->evict_ms);
+		if (r->st.pages_shared > 0 && nl < sizeof(notes))
+			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
+			                       "snapshot pages written %.0f, shared %.0f; ",
+			                       r->st.pages_written, r->st.pages_shared);
 		if (r->evict_errors && nl < sizeof(notes))
 			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
 			                       "%llu evictions refused; ",
@@ -309,7 +313,9 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 	    "the daemon's CPU time (all\nthreads) over the measured turns: other work on the "
 	    "machine inflates it far less than the\ntimes. ms/tok: step time per token in steps of "
 	    ">= 64 tokens, the machine's compute speed\nduring the run (other work on the machine "
-	    "slows it).\n");
+	    "slows it). MiB wrote: the io engine's writes (NVMe slots,\nheaders included); "
+	    "snapshot pages written / shared: pages written, and pages that named\na slot already "
+	    "holding their bytes instead (dualpath_kv_pages_{written,shared}_total).\n");
 }
 
 /* The ideal bound of a round: max(compute-only, I/O-only). */

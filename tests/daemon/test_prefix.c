@@ -212,8 +212,10 @@ static void restart_between_turns(bool corrupt, uint32_t *ret_cached, uint32_t r
 	close(fd);
 	cr_assert_eq(daemon_stop(&d), 0, "a clean stop persists the units");
 	if (corrupt) {
-		/* one byte of every slot's page data (each slot: a 4 KiB header,
-		 * then its 64 KiB page, from the file's end) */
+		/* one byte of every slot's page data (after the file's 4 KiB
+		 * header, each slot: a 4 KiB header, then its 64 KiB page; a
+		 * byte near the page's start, which every page writes: a zero
+		 * tail at its end is not written, and reads back as zeros) */
 		char slots[220];
 		snprintf(slots, sizeof(slots), "%s/slots", d.state);
 		int sfd = open(slots, O_RDWR);
@@ -221,7 +223,7 @@ static void restart_between_turns(bool corrupt, uint32_t *ret_cached, uint32_t r
 		struct stat st;
 		cr_assert_eq(fstat(sfd, &st), 0);
 		int flipped = 0;
-		for (off_t off = st.st_size - 100; off > 8192; off -= 4096 + 65536) {
+		for (off_t off = 4096 + 4096 + 100; off < st.st_size; off += 4096 + 65536) {
 			uint8_t c;
 			cr_assert_eq(pread(sfd, &c, 1, off), 1);
 			c ^= 0x5a;
