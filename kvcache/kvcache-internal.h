@@ -369,13 +369,22 @@ void dp_kv_snap_release(struct dp_kv *kv, struct dp_kv_session *s);
  * tenant; a client's session, its owner's tenant without a salt (so a
  * session and the units its turns leave share, as in DRAM). */
 uint64_t dp_kv_slot_domain(const struct dp_kv_session *s);
-/* Plan a snapshot of s's pages (refs order, host memory): each page's
- * checksum, and its slot: one already holding these bytes (held once more)
- * or a fresh one, whose index into refs goes to wi[] (*ret_nw of them: the
- * pages to write). On failure nothing stays held. */
-int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s,
+/* The pages a snapshot plan writes: arrays of room for all its pages, the
+ * caller's; the plan fills the first n (slot, checksum, what the header says,
+ * the page) in refs order. */
+struct dp_kv_snap_writes {
+	struct dp_kv_slot_id *ids;
+	uint64_t *slots, *sums;
+	void **pages;
+	size_t n;
+};
+/* Plan a snapshot of s's pages at pos (refs order, host memory): each
+ * page's checksum, and its slot: one already holding these bytes (held once
+ * more) or a fresh one, whose page goes to w (the pages to write). On
+ * failure nothing stays held. */
+int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		    const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
-		    struct dp_kv_snap_page *sp, size_t *wi, size_t *ret_nw);
+		    struct dp_kv_snap_page *sp, struct dp_kv_snap_writes *w);
 /* Let go of a plan's (or a snapshot's) slots. */
 void dp_kv_snap_unplan(struct dp_kv *kv, const struct dp_kv_snap_page *sp, size_t n);
 /* s's snapshot is durable: its slots may be shared from now on. */

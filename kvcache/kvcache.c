@@ -330,31 +330,22 @@ static void host_page_free(void *ctx, void *page, size_t bytes)
 static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t pos,
 			  const struct dp_v4_page_ref *refs, void *const *pages, size_t n)
 {
-	size_t m = n ? n : 1, nw = 0;
+	size_t m = n ? n : 1;
 	struct dp_kv_snap_page *sp = calloc(m, sizeof(*sp));
-	struct dp_kv_slot_id *ids = calloc(m, sizeof(*ids));
-	uint64_t *slots = calloc(m, sizeof(*slots)), *sums = calloc(m, sizeof(*sums));
-	size_t *wi = calloc(m, sizeof(*wi));
-	void **wpages = calloc(m, sizeof(*wpages));
+	struct dp_kv_snap_writes w = { calloc(m, sizeof(*w.ids)), calloc(m, sizeof(*w.slots)),
+				       calloc(m, sizeof(*w.sums)), calloc(m, sizeof(*w.pages)), 0 };
 	int r = -ENOMEM;
 
-	if (!sp || !ids || !slots || !sums || !wi || !wpages ||
-	    (r = dp_kv_snap_plan(kv, s, refs, pages, n, sp, wi, &nw)) < 0)
+	if (!sp || !w.ids || !w.slots || !w.sums || !w.pages ||
+	    (r = dp_kv_snap_plan(kv, s, pos, refs, pages, n, sp, &w)) < 0)
 		goto out;
-	for (size_t k = 0; k < nw; k++) {
-		size_t i = wi[k];
-		ids[k] = (struct dp_kv_slot_id){ s->id, pos, sp[i].layer, sp[i].kind, sp[i].index };
-		slots[k] = sp[i].slot;
-		sums[k] = sp[i].sum;
-		wpages[k] = pages[i];
-	}
-	if ((r = dp_kv_slots_write_many(&kv->slots, slots, ids, wpages, nw, sums)) < 0 ||
+	if ((r = dp_kv_slots_write_many(&kv->slots, w.slots, w.ids, w.pages, w.n, w.sums)) < 0 ||
 	    (r = dp_kv_journal_snapshot(kv->j, s, pos, sp, n, true)) < 0) {
 		dp_kv_snap_unplan(kv, sp, n);
 		goto out;
 	}
-	kv->st.pages_written += nw;
-	kv->st.pages_shared += n - nw;
+	kv->st.pages_written += w.n;
+	kv->st.pages_shared += n - w.n;
 	dp_kv_snap_release(kv, s);
 	s->snap = sp;
 	s->n_snap = n;
@@ -364,11 +355,10 @@ static int write_snapshot(struct dp_kv *kv, struct dp_kv_session *s, uint64_t po
 	dp_kv_snap_index(kv, s);
 out:
 	free(sp);
-	free(ids);
-	free(slots);
-	free(sums);
-	free(wi);
-	free(wpages);
+	free(w.ids);
+	free(w.slots);
+	free(w.sums);
+	free(w.pages);
 	return r;
 }
 

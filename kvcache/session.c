@@ -56,13 +56,14 @@ static struct dp_kv_slot_key snap_key(uint64_t domain, const struct dp_kv_snap_p
 					.layer = p->layer, .kind = p->kind };
 }
 
-int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s,
+int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s, uint64_t pos,
 		    const struct dp_v4_page_ref *refs, void *const *pages, size_t n,
-		    struct dp_kv_snap_page *sp, size_t *wi, size_t *ret_nw)
+		    struct dp_kv_snap_page *sp, struct dp_kv_snap_writes *w)
 {
 	uint64_t domain = dp_kv_slot_domain(s);
-	size_t nw = 0, i;
+	size_t i;
 	int r = 0;
+	w->n = 0;
 	for (i = 0; i < n && r == 0; i++) {
 		sp[i] = (struct dp_kv_snap_page){ .layer = refs[i].layer, .kind = refs[i].kind,
 						  .index = refs[i].index,
@@ -72,14 +73,18 @@ int dp_kv_snap_plan(struct dp_kv *kv, const struct dp_kv_session *s,
 			dp_kv_slots_hold(&kv->slots, sp[i].slot);
 			continue;
 		}
-		if ((r = dp_kv_slots_alloc(&kv->slots, &sp[i].slot)) == 0)
-			wi[nw++] = i;
+		if ((r = dp_kv_slots_alloc(&kv->slots, &sp[i].slot)) < 0)
+			break;
+		w->ids[w->n] = (struct dp_kv_slot_id){ s->id, pos, sp[i].layer, sp[i].kind,
+						       sp[i].index };
+		w->slots[w->n] = sp[i].slot;
+		w->sums[w->n] = sp[i].sum;
+		w->pages[w->n++] = pages[i];
 	}
 	if (r < 0) {
-		dp_kv_snap_unplan(kv, sp, i - 1); /* the failed allocation holds nothing */
+		dp_kv_snap_unplan(kv, sp, i); /* the failed allocation holds nothing */
 		return r;
 	}
-	*ret_nw = nw;
 	return 0;
 }
 

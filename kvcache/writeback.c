@@ -107,7 +107,6 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	struct dp_kv_wb *wb = calloc(1, sizeof(*wb));
 	struct dp_v4_page_ref *refs = NULL;
 	void **pages = NULL, **wpages = NULL;
-	size_t *wi = NULL, nw = 0;
 	bool planned = false;
 	if (!wb)
 		return -ENOMEM;
@@ -124,25 +123,19 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 	wb->ids = calloc(m, sizeof(*wb->ids));
 	wb->hdrs = dp_kv_slots_headers_alloc(n);
 	wb->reqs = calloc(2 * n + 1, sizeof(*wb->reqs));
-	wi = calloc(m, sizeof(*wi));
 	wpages = calloc(m, sizeof(*wpages));
 	if (wb->from == DP_KV_TIER_DRAM)
 		wb->pool = calloc(m, sizeof(*wb->pool));
 	r = -ENOMEM;
-	if (!wb->sp || !wb->slots || !wb->sums || !wb->ids || !wb->hdrs || !wb->reqs || !wi ||
-	    !wpages || (wb->from == DP_KV_TIER_DRAM && !wb->pool))
+	if (!wb->sp || !wb->slots || !wb->sums || !wb->ids || !wb->hdrs || !wb->reqs || !wpages ||
+	    (wb->from == DP_KV_TIER_DRAM && !wb->pool))
 		goto fail;
 	/* the pages a held slot already has are not written again */
-	if ((r = dp_kv_snap_plan(kv, s, refs, pages, n, wb->sp, wi, &nw)) < 0)
+	struct dp_kv_snap_writes w = { wb->ids, wb->slots, wb->sums, wpages, 0 };
+	if ((r = dp_kv_snap_plan(kv, s, pos, refs, pages, n, wb->sp, &w)) < 0)
 		goto fail;
 	planned = true;
-	for (size_t k = 0; k < nw; k++) {
-		const struct dp_kv_snap_page *p = &wb->sp[wi[k]];
-		wb->ids[k] = (struct dp_kv_slot_id){ s->id, pos, p->layer, p->kind, p->index };
-		wb->slots[k] = p->slot;
-		wb->sums[k] = p->sum;
-		wpages[k] = pages[wi[k]];
-	}
+	size_t nw = w.n;
 	r = dp_kv_slots_write_reqs(&kv->slots, wb->slots, wb->ids, wpages, nw, wb->sums, wb->hdrs,
 				   wb->reqs);
 	if (r < 0)
@@ -160,7 +153,6 @@ int dp_kv_wb_start(struct dp_kv *kv, struct dp_kv_session *s)
 		}
 	free(refs);
 	free(pages);
-	free(wi);
 	free(wpages);
 	wb->s = s;
 	s->wb = wb;
@@ -180,7 +172,6 @@ fail:
 	wb->n = 0;
 	free(refs);
 	free(pages);
-	free(wi);
 	free(wpages);
 	wb_free(kv, wb, false);
 	return r;
