@@ -698,23 +698,27 @@ Test(config_daemon, max_connections_0_in_the_config_file_exits_2_naming_file_lin
 	REFUSED(&o, 2, "dualpathd.conf:2:", "max_connections = 0", "between 1 and 65536");
 }
 
+/* The daemon on text (and args) served; its log is in o->out. The io
+ * engine's settings need its thread: without io_uring the test is skipped. */
+static void run_served_with_io(const char *text, const char *const *args, struct outcome *o)
+{
+	run_daemon(test_model(), text, text ? strlen(text) : 0, args, 0, o);
+	cr_assert(o->served, "%s", o->out);
+	if (strstr(o->out, "io_uring unavailable"))
+		cr_skip_test("no io thread here: %s", o->out);
+}
+
 /* [io] read_rate (or --io-read-rate) is the io engine's read rate: the io
  * thread's description in the log says what it paces reads to. */
 Test(config_daemon, the_read_rate_from_the_file_or_the_flag_paces_the_io_thread)
 {
 	static const char text[] = "[io]\nread_rate = 8M\n";
 	struct outcome o;
-	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
-	cr_assert(o.served, "%s", o.out);
-	if (strstr(o.out, "io_uring unavailable"))
-		cr_skip_test("no io thread here: %s", o.out);
+	run_served_with_io(text, NULL, &o);
 	cr_expect(strstr(o.out, "reads paced to 8.4 MB/s"), "8 MiB/s from the file:\n%s", o.out);
-	run_daemon(test_model(), text, sizeof(text) - 1,
-	           (const char *const[]){"--io-read-rate", "16M", NULL}, 0, &o);
-	cr_assert(o.served, "%s", o.out);
+	run_served_with_io(text, (const char *const[]){"--io-read-rate", "16M", NULL}, &o);
 	cr_expect(strstr(o.out, "reads paced to 16.8 MB/s"), "the flag over the file:\n%s", o.out);
-	run_daemon(test_model(), NULL, 0, NULL, 0, &o);
-	cr_assert(o.served, "%s", o.out);
+	run_served_with_io(NULL, NULL, &o);
 	cr_expect(!strstr(o.out, "reads paced"), "no limit by default:\n%s", o.out);
 	static const char bad[] = "[io]\nread_rate = 4K\n";
 	run_daemon(test_model(), bad, sizeof(bad) - 1, NULL, 0, &o);
@@ -727,19 +731,12 @@ Test(config_daemon, the_read_burst_from_the_file_or_the_flag_sizes_the_io_thread
 {
 	static const char text[] = "[io]\nread_rate = 8M\nread_burst = 1M\n";
 	struct outcome o;
-	run_daemon(test_model(), text, sizeof(text) - 1, NULL, 0, &o);
-	cr_assert(o.served, "%s", o.out);
-	if (strstr(o.out, "io_uring unavailable"))
-		cr_skip_test("no io thread here: %s", o.out);
+	run_served_with_io(text, NULL, &o);
 	cr_expect(strstr(o.out, "reads paced to 8.4 MB/s (burst 1024 KiB)"), "1 MiB from the file:\n%s",
 		  o.out);
-	run_daemon(test_model(), text, sizeof(text) - 1,
-	           (const char *const[]){"--io-read-burst", "128K", NULL}, 0, &o);
-	cr_assert(o.served, "%s", o.out);
+	run_served_with_io(text, (const char *const[]){"--io-read-burst", "128K", NULL}, &o);
 	cr_expect(strstr(o.out, "(burst 128 KiB)"), "the flag over the file:\n%s", o.out);
-	static const char rate[] = "[io]\nread_rate = 8M\n";
-	run_daemon(test_model(), rate, sizeof(rate) - 1, NULL, 0, &o);
-	cr_assert(o.served, "%s", o.out);
+	run_served_with_io("[io]\nread_rate = 8M\n", NULL, &o);
 	cr_expect(strstr(o.out, "(burst 256 KiB)"), "the engine's default:\n%s", o.out);
 }
 

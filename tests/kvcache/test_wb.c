@@ -79,6 +79,17 @@ static struct dp_kv_session *session(struct dp_kv *kv, const char *id, uint32_t 
 	return s;
 }
 
+/* n sessions PREFIX0.. of `tokens` tokens each, stream salt, salt + 1, ... */
+static void sessions(struct dp_kv *kv, const char *prefix, int n, uint32_t tokens, uint32_t salt,
+		     struct dp_kv_session **out)
+{
+	for (int i = 0; i < n; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "%s%d", prefix, i);
+		out[i] = session(kv, id, tokens, salt + (uint32_t)i);
+	}
+}
+
 static struct dp_io_stats io_stats(void)
 {
 	struct dp_io_stats st;
@@ -112,11 +123,7 @@ Test(wb, a_restore_that_begins_during_a_large_writeback_meets_few_writes_in_the_
 	 * zero tails are not written, and one writes ~0.5 MiB) */
 	enum { BIG = 3 };
 	struct dp_kv_session *bigs[BIG];
-	for (int i = 0; i < BIG; i++) {
-		char id[16];
-		snprintf(id, sizeof(id), "big%d", i);
-		bigs[i] = session(kv, id, 8192, 2 + (uint32_t)i);
-	}
+	sessions(kv, "big", BIG, 8192, 2, bigs);
 	struct dp_kv_stats ks;
 	dp_kv_stats(kv, &ks);
 	/* at most: a page's zero tail is not written */
@@ -200,12 +207,9 @@ static void writeback_under_restores(bool explicit)
 	cr_assert_eq(dp_kv_set_restore_window(kv, 1), 0);
 	enum { N = 12 };
 	struct dp_kv_session *r[N];
-	for (int i = 0; i < N; i++) {
-		char id[16];
-		snprintf(id, sizeof(id), "r%d", i);
-		r[i] = session(kv, id, 60, 10 + (uint32_t)i);
+	sessions(kv, "r", N, 60, 10, r);
+	for (int i = 0; i < N; i++)
 		cr_assert_eq(dp_kv_session_demote(kv, r[i], DP_KV_TIER_NVME), 0);
-	}
 	struct dp_kv_session *big = session(kv, "big", 2048, 3);
 	float *lg = malloc((size_t)V * sizeof(float));
 	struct dp_v4_seq *seq[N];
