@@ -15,6 +15,7 @@
  * that ended in the step) before the final chunk goes out.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,9 @@ struct req {
 	uint64_t t_restore; /* a layer-by-layer restore began (0: none running) */
 	enum dp_kv_tier restored_from;
 	uint32_t deferred; /* steps left out while its state was arriving */
+	/* left out of steps (or held) while its state arrives: since when (0:
+	 * not now), and its bound then (restore_join) */
+	uint64_t out_since, out_bound_ns;
 	/* prefix units (kvcache.h): a one-off may start from a unit; every
 	 * request leaves one at unit_at (0: none; just before its prompt's
 	 * last token) and one where it ends */
@@ -97,13 +101,22 @@ struct compute {
 	enum dp_restore_mode restore_mode;
 	double step_ns_avg;   /* recent step duration */
 	double io_bytes_per_ns; /* recent restore read rate */
+	double io_rate_dev;	/* its recent relative spread */
 	double token_layer_ns;	/* recent compute per token and layer (stalls out) */
 	double first_ns;	/* recent time from a restore's first reads to that layer in */
 	uint64_t firsts_seen[2]; /* kv restore_first_ns, restore_firsts at the last step */
+	uint64_t io_seen[2];	 /* kv restore_io_ns, restore_io_bytes at the last rate */
 	uint32_t n_layers;
 	uint64_t step_io[DP_RSCHED_CLASS_MAX]; /* bytes issued and not done as the step
 						* began, by class (dp_kv_io_inflight) */
 	uint32_t step_deferred; /* loading sessions the step left out */
+	/* a restore held back (nothing else to run, its layers would come
+	 * late): no step runs; the loop waits hold_wait_ns (or a message) and
+	 * tries again. hold_t0: when the hold began (0: none) */
+	bool holding;
+	uint32_t n_held;
+	uint64_t *join_bytes; /* restore_join's joiners' bytes left by layer (64 x layers) */
+	uint64_t hold_wait_ns, hold_t0;
 	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
 	/* trace: the last TRACE_N steps */
 	struct dp_trace_ev *trace;
@@ -878,17 +891,19 @@ static void retire(struct compute *c)
  * dp_rsched_join): the sessions whose state is still arriving join the step
  * in order while each of their layers should arrive by the time the forward
  * reaches it (the joiners' remaining bytes, layer-major, at the rate restore
- * reads get after the time a restore's first layer took to come, against
- * the compute per token and layer of recent steps and the items ahead of it
- * in the layer), within one token-layer of compute.
+ * reads get recently after the time a restore's first layer took to come,
+ * behind the reads already issued ahead of theirs, against the compute per
+ * token and layer of recent steps and the items ahead of it in the layer),
+ * within one token-layer of compute.
  * When several return together, one's compute so covers the next one's
- * first layers; those left out keep reading, due a step later
- * (dp_kv_restore_defer), and join ready. When nothing else runs the first
- * joins regardless, and one left out RESTORE_MAX_DEFER steps joins
- * regardless (no starvation). The forward then waits per layer only for
- * that layer's pages.
+ * first layers; those left out keep reading, due later
+ * (dp_kv_restore_defer), and join ready. When nothing else runs, no step
+ * runs until the first would be in time (a hold). One left out long is
+ * aged (its reads go first) and, much later, joins regardless (no
+ * starvation; below). The forward then waits per layer only for that
+ * layer's pages.
  */
-#define RESTORE_MAX_DEFER 4u
+#define RESTORE_MAX_DEFER 16u
 
 static double layer_ns(const struct compute *c)
 {
@@ -903,16 +918,46 @@ static uint32_t cand_tokens(const struct compute *c, const struct dp_batch_cand 
 	return (uint32_t)(chunk && t > chunk ? chunk : t);
 }
 
-/* Set io_ready of the n candidates' loading ones (dp_rsched_join). */
-static void restore_join(struct compute *c, uint32_t n)
+/* Left out (held, or deferred by a step): its reads go behind the joiners'
+ * (two steps later; an aged one's one step later, ahead of the others'). It
+ * is aged once left out RESTORE_AGE_STEPS steps or past its bound (twice the
+ * time its bytes and those issued ahead of them take at the measured rate
+ * after the measured latency, at least RESTORE_OUT_MIN_NS), and joins
+ * regardless once left out RESTORE_MAX_DEFER steps or four times its bound:
+ * its reads are in by then unless the rate fell far below the measured one,
+ * and a join that waits for I/O is the lesser harm than waiting longer. A
+ * hold's wait between tries: the predicted lateness, within these. */
+#define RESTORE_AGE_STEPS 4u
+#define RESTORE_OUT_MIN_NS 5000000.0
+#define RESTORE_HOLD_TRY_MIN_NS 100000.0
+#define RESTORE_HOLD_TRY_MAX_NS 2000000.0
+
+static bool left_out_past(const struct req *r, uint64_t now, uint32_t bounds)
+{
+	return r->out_since && now - r->out_since >= bounds * r->out_bound_ns;
+}
+
+static bool aged(const struct req *r, uint64_t now)
+{
+	return r->deferred >= RESTORE_AGE_STEPS || left_out_past(r, now, 1);
+}
+
+/* Set io_ready of the n candidates' loading ones (dp_rsched_join), and
+ * start the bound of those left out for the first time. When none of the n
+ * can run (nothing settled, no loading one in time), the step is held
+ * back: returns true, with c->hold_wait_ns set. */
+static bool restore_join(struct compute *c, uint32_t n)
 {
 	struct dp_rsched_joiner jn[64];
 	bool join[64];
 	uint32_t settled = 0, m = 0, idx[64];
+	bool ready = false, flowing = true;
+	uint64_t now = dp_clock_ns();
 	for (uint32_t i = 0; i < n; i++) {
 		struct dp_batch_cand *cd = &c->cand[i];
 		if (!cd->loading) {
 			settled += cand_tokens(c, cd);
+			ready = true;
 			continue;
 		}
 		struct dp_kv_restore_info ri;
@@ -920,29 +965,78 @@ static void restore_join(struct compute *c, uint32_t n)
 		if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
 		    ri.layers_ready == ri.layers || m == DP_ARRAY_SIZE(jn)) {
 			cd->io_ready = true; /* all in (or past what one decision takes) */
+			ready = true;
 			continue;
 		}
+		uint64_t *lb = c->join_bytes + (size_t)m * c->n_layers;
+		bool forced = left_out_past(r, now, 4);
 		jn[m] = (struct dp_rsched_joiner){ .bytes_left = ri.bytes_left,
+						   .bytes_ahead = ri.bytes_ahead,
+						   .layer_bytes = dp_kv_session_restore_layer_bytes(
+									  c->srv->kv, restoring(r), lb,
+									  c->n_layers) > 0
+									  ? lb
+									  : NULL,
 						   .layers_left = ri.layers - ri.layers_ready,
-						   .tokens = cand_tokens(c, cd), .deferred = r->deferred };
+						   .tokens = cand_tokens(c, cd),
+						   .deferred = forced ? RESTORE_MAX_DEFER : r->deferred };
+		flowing &= r->out_since != 0;
 		idx[m++] = i;
 	}
 	if (!m)
-		return;
+		return false;
 	struct dp_rsched_join_in in = {
 		.io_bytes_per_ns = c->io_bytes_per_ns,
-		.latency_ns = c->first_ns,
+		/* left out before: its reads were handed out then, and come */
+		.latency_ns = !settled && flowing ? 0 : c->first_ns,
+		/* a rate spread s: reads predicted 2 s slower (within 2-50%) */
+		.io_margin = 2 * c->io_rate_dev < 0.02 ? 0.02
+			     : 2 * c->io_rate_dev > 0.5 ? 0.5
+							: 2 * c->io_rate_dev,
 		.token_layer_ns = c->token_layer_ns,
 		.slack_ns = c->token_layer_ns,
 		.layers = c->n_layers,
 		.settled_tokens = settled,
 		.max_defer = RESTORE_MAX_DEFER,
+		.lone_waits = true,
 	};
-	if (dp_rsched_join(&in, jn, m, join) < 0)
-		for (uint32_t k = 0; k < m; k++)
-			join[k] = true;
-	for (uint32_t k = 0; k < m; k++)
-		c->cand[idx[k]].io_ready = join[k];
+	int k = dp_rsched_join(&in, jn, m, join);
+	if (k < 0)
+		for (uint32_t i = 0; i < m; i++)
+			join[i] = true;
+	bool hold = !ready && k == 0;
+	for (uint32_t i = 0; i < m; i++) {
+		struct req *r = c->cand_req[idx[i]];
+		c->cand[idx[i]].io_ready = join[i];
+		if (join[i] && jn[i].deferred >= RESTORE_MAX_DEFER)
+			c->st.joins_forced++;
+		if (join[i])
+			continue;
+		if (!r->out_since) {
+			double b = 2.0 * (c->first_ns + (double)(jn[i].bytes_ahead + jn[i].bytes_left) /
+								c->io_bytes_per_ns);
+			r->out_since = now;
+			r->out_bound_ns = (uint64_t)(b > RESTORE_OUT_MIN_NS ? b : RESTORE_OUT_MIN_NS);
+		}
+		/* held: session after session, the first's (and an aged one's)
+		 * reads all go now (dp_kv_restore_pump_step), so it comes in
+		 * as soon as its own bytes allow (layer by layer across them
+		 * all, each would wait for every one); in a step: behind the
+		 * joiners', an aged one's first */
+		if (hold && (i == 0 || aged(r, now)))
+			continue;
+		dp_kv_restore_defer(c->srv->kv, restoring(r), aged(r, now) ? 1 : 2);
+	}
+	if (!hold)
+		return false;
+	/* held back: try again when the first would be in time */
+	bool one = true;
+	double late = dp_rsched_join_wait_ns(&in, jn, 1, &one) - in.slack_ns;
+	c->hold_wait_ns = (uint64_t)(late < RESTORE_HOLD_TRY_MIN_NS   ? RESTORE_HOLD_TRY_MIN_NS
+				     : late > RESTORE_HOLD_TRY_MAX_NS ? RESTORE_HOLD_TRY_MAX_NS
+								      : late);
+	c->n_held = m;
+	return true;
 }
 
 /* The restore window (dp_kv_set_restore_window): [sched] restore_window, or
@@ -990,14 +1084,17 @@ static uint32_t form_batch(struct compute *c)
 	}
 	/* staggered admission: a loading session that would stall the step
 	 * is no candidate this time; its reads go on, due a step later, and
-	 * it waits one step more (bounded) */
-	restore_join(c, n);
+	 * it waits one step more (bounded). With nothing else to run, no step
+	 * runs: it is held back, its reads all handed out */
 	c->step_deferred = 0;
+	if ((c->holding = restore_join(c, n))) {
+		dp_kv_restore_pump_step(c->srv->kv);
+		return 0;
+	}
 	uint32_t m = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		if (c->cand[i].loading && !c->cand[i].io_ready) {
 			c->cand_req[i]->deferred++, c->step_deferred++;
-			dp_kv_restore_defer(c->srv->kv, restoring(c->cand_req[i]));
 			continue;
 		}
 		c->cand[m] = c->cand[i];
@@ -1014,7 +1111,8 @@ static uint32_t form_batch(struct compute *c)
 			c->cand_req[i]->deferred++, c->step_deferred++;
 	for (uint32_t i = 0; i < k; i++)
 		if (c->cand[c->picks[i].cand].loading)
-			c->cand_req[c->picks[i].cand]->deferred = 0, c->step_deferred--;
+			c->cand_req[c->picks[i].cand]->deferred = 0, c->step_deferred--,
+			c->cand_req[c->picks[i].cand]->out_since = 0;
 	for (uint32_t i = 0; i < k; i++) {
 		const struct dp_batch_cand *cd = &c->cand[c->picks[i].cand];
 		struct req *r = c->cand_req[c->picks[i].cand];
@@ -1170,6 +1268,7 @@ static void emit_item(struct compute *c, uint32_t i)
 
 /* The step's figures: time computing vs waiting for restored pages, the
  * restore read rate admission estimates with, the trace. */
+#define RATE_SPAN_NS 2000000u
 static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 {
 	struct dp_server *srv = c->srv;
@@ -1189,9 +1288,19 @@ static void account_step(struct compute *c, uint64_t t0, uint32_t n)
 		c->token_layer_ns = c->token_layer_ns > 0 ? 0.9 * c->token_layer_ns + 0.1 * tl : tl;
 	}
 	/* the rate restore reads get: bytes over the time they were in flight
-	 * (not over restore spans, which include the steps they wait for) */
-	if (ks.restore_io_ns)
-		c->io_bytes_per_ns = (double)ks.restore_io_bytes / (double)ks.restore_io_ns;
+	 * (not over restore spans, which include the steps they wait for),
+	 * recently: over each stretch of at least RATE_SPAN_NS of it */
+	uint64_t io_ns = ks.restore_io_ns - c->io_seen[0], io_b = ks.restore_io_bytes - c->io_seen[1];
+	if (io_ns >= RATE_SPAN_NS && io_b) {
+		double rate = (double)io_b / (double)io_ns;
+		if (c->io_bytes_per_ns > 0) { /* and how far from it a stretch's rate goes */
+			double dev = fabs(rate - c->io_bytes_per_ns) / c->io_bytes_per_ns;
+			c->io_rate_dev = 0.7 * c->io_rate_dev + 0.3 * dev;
+		}
+		c->io_bytes_per_ns = c->io_bytes_per_ns > 0 ? 0.7 * c->io_bytes_per_ns + 0.3 * rate : rate;
+		c->io_seen[0] = ks.restore_io_ns;
+		c->io_seen[1] = ks.restore_io_bytes;
+	}
 	if (ks.restore_firsts > c->firsts_seen[1]) {
 		double f = (double)(ks.restore_first_ns - c->firsts_seen[0]) /
 			   (double)(ks.restore_firsts - c->firsts_seen[1]);
@@ -1249,11 +1358,28 @@ static void renew_leases(struct compute *c)
 		free(ids);
 }
 
+/* A hold ends (a step runs, or nothing waits any more): its span. */
+static void hold_end(struct compute *c, uint64_t t)
+{
+	if (!c->hold_t0)
+		return;
+	c->st.hold_ns += t - c->hold_t0;
+	trace_add(c, "hold", 0, c->hold_t0, t, c->n_held,
+		  (uint32_t)(dp_kv_restore_inflight(c->srv->kv) >> 10));
+	c->hold_t0 = 0;
+}
+
 static int step(struct compute *c)
 {
 	uint64_t t0 = dp_clock_ns();
 	dp_kv_io_inflight(c->srv->kv, c->step_io);
 	uint32_t n = form_batch(c);
+	if (c->holding && !c->hold_t0) {
+		c->hold_t0 = t0;
+		c->st.holds++;
+	}
+	if (!c->holding)
+		hold_end(c, t0);
 	if (n == 0)
 		return 0;
 	int ret = run_batch(c, n);
@@ -1686,6 +1812,7 @@ static void compute_free(struct compute *c)
 	free(c->cand);
 	free(c->cand_req);
 	free(c->picks);
+	free(c->join_bytes);
 	free(c->sessions_by_conn);
 	free(c->trace);
 }
@@ -1708,10 +1835,11 @@ void *dp_compute_main(void *arg)
 	c.cand = calloc(maxb, sizeof(*c.cand));
 	c.cand_req = calloc(maxb, sizeof(*c.cand_req));
 	c.picks = calloc(maxb, sizeof(*c.picks));
+	c.join_bytes = calloc(64 * (size_t)(c.n_layers ? c.n_layers : 1), sizeof(*c.join_bytes));
 	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(*c.sessions_by_conn));
 	c.trace = calloc(TRACE_N, sizeof(*c.trace));
 	if (!c.logits || !c.items || !c.item_req || !c.cand || !c.cand_req || !c.picks ||
-	    !c.sessions_by_conn || !c.trace) {
+	    !c.sessions_by_conn || !c.trace || !c.join_bytes) {
 		log_err("compute thread: out of memory");
 		atomic_store(&srv->fatal, -ENOMEM);
 		compute_free(&c);
@@ -1736,10 +1864,13 @@ void *dp_compute_main(void *arg)
 		commits_poll(&c);
 		admit(&c);
 		dp_kv_pump(srv->kv);
+		c.holding = false;
 		if (c.active) {
 			step(&c);
 			retire(&c);
 			outbox_flush(&c);
+		} else {
+			hold_end(&c, dp_clock_ns());
 		}
 		atomic_store_explicit(&srv->n_active, c.n_active, memory_order_relaxed);
 		atomic_store_explicit(&srv->n_sessions,
@@ -1760,6 +1891,10 @@ void *dp_compute_main(void *arg)
 			/* events still in the outbox: come back soon to send them */
 			dp_waiter_wait(&srv->compute_wake, ring_ready, srv,
 				       wb || outbox_waiting(&c) ? 1000000 : 100000000);
+		} else if (c.holding) {
+			/* a restore held back: until it would come in time, or a
+			 * message brings something to run */
+			dp_waiter_wait(&srv->compute_wake, ring_ready, srv, (int64_t)c.hold_wait_ns);
 		}
 	}
 	persist_all(&c);

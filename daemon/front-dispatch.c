@@ -462,12 +462,15 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 		ev[i].dur_us = d->ev[i].dur_us;
 		/* a step: tokens and sequences; a restore: the position restored
 		 * and the tier it came from; a stall: the layer waited for and the
-		 * restore KiB in flight; io: the restore KiB in flight as the step
-		 * began and the loading sessions it left out; both then the
+		 * restore KiB in flight; a hold: the sessions held back and the
+		 * restore KiB in flight as it ended; io: the restore KiB in flight
+		 * as the step began and the loading sessions it left out; both
+		 * stall and io then the
 		 * Engram, expert and writeback KiB in flight */
 		bool restore = !strcmp(d->ev[i].name, "restore");
 		bool stall = !strcmp(d->ev[i].name, "stall");
 		bool io = !strcmp(d->ev[i].name, "io");
+		bool hold = !strcmp(d->ev[i].name, "hold");
 		snprintf(vals[i][0], sizeof(vals[i][0]), "%u", d->ev[i].tokens);
 		if (restore)
 			snprintf(vals[i][1], sizeof(vals[i][1]), "%s", dp_kv_tier_name(d->ev[i].batch));
@@ -479,6 +482,7 @@ static void send_trace(struct front *f, uint32_t slot, uint64_t id, const struct
 			lab[a + k].name = restore ? (k ? "from_tier" : "position")
 					  : stall ? (k ? "restore_kib_in_flight" : "layer")
 					  : io	  ? (k ? "deferred" : "restore_kib_in_flight")
+					  : hold  ? (k ? "restore_kib_in_flight" : "sessions")
 						  : (k ? "sequences" : "tokens");
 			lab[a + k].value = vals[i][k];
 			labp[a + k] = &lab[a + k];

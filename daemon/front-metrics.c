@@ -135,6 +135,14 @@ void dp_metrics_fill(struct dp_server *srv, const struct front *f, const struct 
 	C("dualpath_compute_seconds_total", "step time spent computing", s->compute_ns / 1e9);
 	C("dualpath_stall_seconds_total", "step time the compute path waited for restored pages",
 	  s->stall_ns / 1e9);
+	C("dualpath_restore_hold_seconds_total",
+	  "time no step ran because a returning session's state was held back until it "
+	  "would arrive in time (nothing else to run)",
+	  s->hold_ns / 1e9);
+	C("dualpath_restore_holds_total", "such holds", s->holds);
+	C("dualpath_restore_joins_forced_total",
+	  "restoring sessions that joined a step once left out past their bound, in time or not",
+	  s->joins_forced);
 	C("dualpath_kv_restores_total", "layer-by-layer restores completed", s->kv.restores);
 	C("dualpath_kv_restore_seconds_total", "their total duration", s->kv.restore_ns / 1e9);
 	C("dualpath_kv_restore_io_seconds_total", "time restore reads were in flight",

@@ -180,6 +180,11 @@ struct dp_compute_stats {
 	uint64_t steps, step_ns_total, tokens_prefill, tokens_decode, tokens_replayed;
 	uint64_t compute_ns; /* step time spent computing */
 	uint64_t stall_ns;   /* step time waiting for restored pages */
+	uint64_t hold_ns;    /* time no step ran because a restore was held back
+			      * until its layers would come in time */
+	uint64_t holds;	     /* such holds */
+	uint64_t joins_forced; /* restoring sessions that joined a step once left
+				* out past their bound (no starvation), in time or not */
 	uint64_t requests_started, requests_finished, requests_cancelled, requests_failed;
 	uint64_t events_dropped; /* events to the front lost (no memory for the outbox) */
 	uint32_t outbox_peak;	 /* most events waiting for room in the ring to the front */

@@ -116,7 +116,7 @@ struct dp_io_chan {
 	uint64_t io_done;                        /* what `done` will be published as */
 	uint32_t inflight;                       /* taken, not finished (kernel or redo) */
 	uint64_t kbytes;                         /* their bytes */
-	uint64_t busy_since;                     /* when inflight last left 0 */
+	uint64_t busy_since; /* when inflight last left 0, or a read began to wait for the bucket */
 	uint32_t stage_head, stage_n;
 	uint64_t rate_held_since;                /* its next read waits for the read
 	                                          * rate since then; 0: it does not */

@@ -344,6 +344,11 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 			if (r->op == DP_IO_OP_READ && io->rb_tokens < 0 && io->cfg.read_rate) {
 				if (!c->rate_held_since)
 					c->rate_held_since = io->rb_t;
+				/* the channel's I/O time as its requester sees it:
+				 * waiting for the bucket is part of it (else the rate
+				 * measured over it is the device's, not the paced) */
+				if (!c->inflight && !c->busy_since)
+					c->busy_since = dp_clock_ns();
 				break;
 			}
 			sqe = io_uring_get_sqe(&io->ring);
@@ -359,7 +364,7 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		op->retries = 0;
 		c->stage_head++;
 		c->stage_n--;
-		if (c->inflight++ == 0)
+		if (c->inflight++ == 0 && !c->busy_since) /* else it waited for the bucket */
 			c->busy_since = dp_clock_ns();
 		if (r->flags & DP_IO_F_BARRIER)
 			c->barrier = true;

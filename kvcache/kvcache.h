@@ -200,11 +200,20 @@ int dp_kv_session_acquire_async(struct dp_kv *kv, struct dp_kv_session *s,
 struct dp_kv_restore_info {
 	bool active;	     /* a layer-by-layer restore is in flight */
 	uint32_t layers;     /* the model's layers */
-	uint32_t layers_ready; /* leading layers whose pages have arrived */
+	uint32_t layers_ready; /* leading layers whose pages have arrived (all:
+				* nothing is to wait for, or its reads failed) */
 	uint64_t bytes_left; /* still to read */
+	uint64_t bytes_ahead; /* others' reads issued to the io thread and not done,
+			       * before its own last one (any, while some of its
+			       * own are not issued): they come first */
 };
 int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 			       struct dp_kv_restore_info *ret);
+/* The same restore's bytes still to read, layer by layer, into ret[0..n)
+ * (n >= the model's layers). Returns the layers filled; -ENODATA when no
+ * NVMe restore runs (a copy, or one from the shared tier), -EINVAL. */
+int dp_kv_session_restore_layer_bytes(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret,
+				      uint32_t n);
 /* Once per step, before its forward: hand the io thread what writebacks
  * could not submit yet (a full window), and begin the step for restores
  * (their page reads go out earliest-needed first, see below). Cheap. */
@@ -224,12 +233,17 @@ uint64_t dp_kv_restore_inflight(const struct dp_kv *kv); /* restore pages' bytes
 void dp_kv_io_inflight(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX]);
 void dp_kv_io_queued(const struct dp_kv *kv, uint64_t ret[DP_RSCHED_CLASS_MAX]);
 /* Staggered admission: s's restore is left out of the step just begun
- * (dp_kv_pump), so its reads are due a step later; they go on in that
- * order behind the joiners' (no-op for a restore not from NVMe). 0 or
- * -EINVAL. Then, with every such decision made, dp_kv_restore_pump tops
+ * (dp_kv_pump), so its reads are due `steps` (>= 1) steps later; they go on
+ * in that order behind the joiners' and those due sooner (no-op for a
+ * restore not from NVMe). 0 or -EINVAL. Then, with every such decision made, dp_kv_restore_pump tops
  * the window up (dp_kv_pump issues only the step's first layer). */
-int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s);
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s, uint32_t steps);
 void dp_kv_restore_pump(struct dp_kv *kv);
+/* Nothing runs while a restore is held back (the compute thread waits
+ * outside a step until its layers would come in time): hand the io thread
+ * every page the step just begun would need, past the window, so the device
+ * is not left idle while the compute thread sleeps. */
+void dp_kv_restore_pump_step(struct dp_kv *kv);
 /* Other parts' reads in the same deadline order (paged experts, class
  * DP_RSCHED_EXPERT of kvcache/rsched.h): req (a read on a file of the io
  * engine the cache was opened with) is needed by layer `layer` of the step

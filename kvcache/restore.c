@@ -537,15 +537,15 @@ void dp_kv_restore_step(struct dp_kv *kv)
 	rq_pump_until(kv, base, base);
 }
 
-int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s)
+int dp_kv_restore_defer(struct dp_kv *kv, struct dp_kv_session *s, uint32_t steps)
 {
-	if (!kv || !s)
+	if (!kv || !s || !steps)
 		return -EINVAL;
 	struct dp_kv_restore *r = s->restore;
 	if (!r || !r->queued || !kv->rq)
 		return 0;
 	struct dp_kv_rq *q = kv->rq;
-	uint64_t next = (q->step + 1) * q->layers;
+	uint64_t next = (q->step + steps) * q->layers;
 	if (dp_rsched_stream_base(q->rs, r->stream) < next)
 		dp_rsched_stream_rebase(q->rs, r->stream, next);
 	return 0;
@@ -555,6 +555,12 @@ void dp_kv_restore_pump(struct dp_kv *kv)
 {
 	if (kv && kv->rq)
 		rq_pump(kv, kv->rq->step * kv->rq->layers);
+}
+
+void dp_kv_restore_pump_step(struct dp_kv *kv)
+{
+	if (kv && kv->rq)
+		rq_pump(kv, (kv->rq->step + 1) * kv->rq->layers - 1);
 }
 
 /* Wait for every request submitted so far (never free a page the kernel is
@@ -844,8 +850,10 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 		return 0;
 	ret->active = true;
 	ret->layers = r->n_layers;
-	if (!r->from_nvme) {
-		ret->layers_ready = r->n_layers; /* a copy at the gate: no waiting */
+	if (!r->from_nvme || r->failed) {
+		/* a copy at the gate: no waiting; or nothing more will come (the
+		 * gate finds it failed and the state is rebuilt) */
+		ret->layers_ready = r->n_layers;
 		return 0;
 	}
 	/* layers whose reads the io thread has finished (checks still pending) */
@@ -859,10 +867,57 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 	}
 	size_t left = 2 * r->n - (r->next < 2 * r->n ? r->next : 2 * r->n);
 	ret->bytes_left = (uint64_t)(left / 2) * DP_KV_SLOT_BYTES;
+	uint64_t own = 0; /* its pages in flight, as the queue counts them */
 	for (size_t k = 0; k < r->next; k++)
-		if (r->ticket[k] >= done)
+		if (r->ticket[k] >= done) {
 			ret->bytes_left += k % 2 ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
+			own += k % 2 ? DP_KV_SLOT_BYTES : 0;
+		}
+	/* the others' reads issued before its last one and not done (all of
+	 * them while some of its own are not issued yet): the io thread
+	 * serves the channel in order, so they come first */
+	if (kv->rq) {
+		const struct rq_ring *fl = &kv->rq->fl;
+		uint64_t last = r->next < 2 * r->n || !r->next ? UINT64_MAX : r->ticket[r->next - 1];
+		uint64_t ahead = 0;
+		for (size_t i = 0; i < fl->n; i++) {
+			const struct rq_flight *f = &fl->v[(fl->head + i) % fl->cap];
+			if (f->ticket > last)
+				break;
+			if (f->ticket >= done)
+				ahead += f->bytes;
+		}
+		ret->bytes_ahead = ahead > own ? ahead - own : 0;
+	}
 	return 0;
+}
+
+int dp_kv_session_restore_layer_bytes(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret,
+				      uint32_t n)
+{
+	if (!kv || !s || !ret)
+		return -EINVAL;
+	struct dp_kv_restore *r = s->restore;
+	if (s->srestore || !r || !r->from_nvme)
+		return -ENODATA;
+	if (n < r->n_layers)
+		return -EINVAL;
+	uint64_t done = dp_io_completed(kv->restore_chan);
+	for (uint32_t l = 0; l < r->n_layers; l++) {
+		ret[l] = 0;
+		if (r->failed)
+			continue;
+		for (size_t i = l ? r->layer_end[l - 1] : 0; i < r->layer_end[l]; i++) {
+			if (2 * i >= r->next)
+				ret[l] += DP_KV_SLOT_BYTES;
+			else
+				ret[l] += (r->ticket[2 * i] >= done ? DP_KV_HDR_BYTES : 0) +
+					  (2 * i + 1 >= r->next || r->ticket[2 * i + 1] >= done
+						   ? DP_KV_PAGE_BYTES
+						   : 0);
+		}
+	}
+	return (int)r->n_layers;
 }
 
 /* ---- other parts' reads in the restore queue's order --------------------------- */

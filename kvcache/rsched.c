@@ -358,17 +358,25 @@ double dp_rsched_join_wait_ns(const struct dp_rsched_join_in *in, const struct d
 		}
 	if (!any)
 		return 0;
+	double margin = in->io_margin > 0 ? in->io_margin : 0;
 	double worst = -1e300, cum = 0; /* bytes of the joiners' layers < l */
 	for (uint32_t l = 0; l < in->layers; l++) {
-		double ahead = in->settled_tokens, layer = 0;
+		double ahead = in->settled_tokens, layer = 0, first = 0;
 		for (uint32_t i = 0; i < n; i++) {
 			if (!join[i])
 				continue;
+			/* others' reads issued before a joiner's come before it
+			 * and every joiner after it */
+			if ((double)j[i].bytes_ahead > first)
+				first = (double)j[i].bytes_ahead;
 			uint32_t left = j[i].layers_left > in->layers ? in->layers : j[i].layers_left;
-			if (j[i].bytes_left && left && l >= in->layers - left) {
-				layer += (double)j[i].bytes_left / left;
+			double mine = j[i].layer_bytes ? (double)j[i].layer_bytes[l]
+				      : left && l >= in->layers - left ? (double)j[i].bytes_left / left
+									: 0;
+			if (mine > 0) {
+				layer += mine;
 				double arrive = (in->latency_ns > 0 ? in->latency_ns : 0) +
-						(cum + layer) / in->io_bytes_per_ns;
+						(first + cum + layer) / in->io_bytes_per_ns * (1 + margin);
 				double need = in->token_layer_ns * ((double)l * total + ahead);
 				if (arrive - need > worst)
 					worst = arrive - need;
@@ -391,7 +399,8 @@ int dp_rsched_join(const struct dp_rsched_join_in *in, const struct dp_rsched_jo
 		ret_join[i] = false;
 	for (uint32_t i = 0; i < n; i++) {
 		ret_join[i] = true;
-		if (!measured || (!in->settled_tokens && k == 0) || j[i].deferred >= in->max_defer ||
+		if (!measured || (!in->settled_tokens && k == 0 && !in->lone_waits) ||
+		    j[i].deferred >= in->max_defer ||
 		    dp_rsched_join_wait_ns(in, j, i + 1, ret_join) <= in->slack_ns)
 			k++;
 		else

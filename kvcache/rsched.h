@@ -132,28 +132,42 @@ uint64_t dp_rsched_queued_class(const struct dp_rsched *s, enum dp_rsched_class 
  * of layers < l and those of layer l up to j's own are read, at the
  * measured rate after the measured latency, and is needed once compute has done l layers of the whole
  * step and, in layer l, the items ahead of j (compute per token and layer,
- * measured). Each joiner's missing layers are its last layers_left, its
- * bytes_left spread evenly over them.
+ * measured). Each joiner's bytes left by layer are layer_bytes or else its
+ * bytes_left spread evenly over its last layers_left; the others' reads already issued
+ * ahead of a joiner's (bytes_ahead: a session left out or held, another
+ * part's) come before its and every later joiner's.
  *
  * Candidates are taken in order; each joins when, with it, every joiner's
  * every layer is predicted late by at most slack_ns: so one's compute covers
  * the next one's first layers, and those left out go on reading, ready a
- * step later. The first loading session joins regardless when nothing else
- * runs (waiting helps no one), and so does one already left out max_defer
- * steps (no starvation). Without a measured rate or compute, all join.
+ * step later. One already left out max_defer steps joins regardless (no
+ * starvation). When nothing else runs, the first loading session joins
+ * regardless too, unless lone_waits: then it joins only in time like the
+ * others, and its caller holds the step back (runs nothing) until it would
+ * be, or until its own bound has passed (it says so with deferred =
+ * max_defer): the session's first token comes as early as either way (its
+ * last layers' reads bound it), the compute waits outside a step, and what
+ * arrives meanwhile runs at once instead of behind a step stalled on I/O.
+ * Without a measured rate or compute, all join.
  */
 struct dp_rsched_join_in {
 	double io_bytes_per_ns;	 /* measured restore read rate (<= 0: not yet) */
 	double latency_ns;	 /* measured: a read's first bytes come this late */
+	double io_margin;	 /* reads are predicted this fraction slower (>= 0:
+				  * the rate's measured spread) */
 	double token_layer_ns;	 /* compute per token and layer (<= 0: not yet) */
 	double slack_ns;	 /* the lateness a joiner may be predicted */
 	uint32_t layers;	 /* the model's */
 	uint32_t settled_tokens; /* tokens of the step's items whose state is in */
 	uint32_t max_defer;	 /* left out this many steps: joins regardless */
+	bool lone_waits;	 /* with nothing else running, a late joiner waits too */
 };
 
 struct dp_rsched_joiner {
 	uint64_t bytes_left;  /* its state's bytes not yet read */
+	uint64_t bytes_ahead; /* others' reads issued before its own: read first */
+	const uint64_t *layer_bytes; /* bytes_left by layer ([layers]); NULL: spread
+				      * evenly over its last layers_left */
 	uint32_t layers_left; /* its last layers_left layers are not all in */
 	uint32_t tokens;      /* tokens it feeds in the step */
 	uint32_t deferred;    /* steps it was already left out of */

@@ -111,7 +111,7 @@ void ag_daemon_cleanup(struct ag_daemon *d);
 /* The Stats figures the report uses: doubles only (the driver subtracts
  * two snapshots field by field). */
 struct ag_stats {
-	double step_s, compute_s, stall_s;
+	double step_s, compute_s, stall_s, hold_s, holds, joins_forced;
 	double restores, restore_s;
 	double tokens_prefill, tokens_decode;
 	double promotions, demotions;

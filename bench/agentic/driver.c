@@ -57,7 +57,9 @@
  *
  * Busy time = time the compute thread spent on the turns: its forward
  * steps (dualpath_step_seconds_total, stalls included) plus, for full,
- * those synchronous loads. The ideal bound = max(compute-only, I/O-only):
+ * those synchronous loads, and for dualpath, its holds
+ * (dualpath_restore_hold_seconds_total: no step ran while a session that
+ * returned alone was still reading and would have stalled one). The ideal bound = max(compute-only, I/O-only):
  * compute-only = the resident run's step time; I/O-only = the time to read
  * alone, at the io engine's queue depth (--io-depth, default 64 as the
  * daemon's), the NVMe slots the dualpath run read (its
@@ -302,7 +304,9 @@ static int run_mode(const struct ag_opts *o, const struct ag_trace *tr, enum ag_
 	res->ev = mon.ev; /* kept for --events-dir, if this round is kept */
 	res->n_ev = mon.n;
 	mon.ev = NULL;
-	res->busy_s = res->st.step_s + res->load_s;
+	/* a hold (no step while a lone restore comes in) is the compute
+	 * thread waiting for restored state as much as a stall or a load */
+	res->busy_s = res->st.step_s + res->load_s + res->st.hold_s;
 	if (m == AG_MODE_DUALPATH && o->trace_out && o->v4ctl) {
 		char terr[2 * PATH_MAX + 64] = "";
 		snprintf(res->trace_tmp, sizeof(res->trace_tmp), "%s.round%u", o->trace_out, round);
@@ -675,9 +679,10 @@ int main(int argc, char **argv)
 			fprintf(
 			    stderr,
 			    "agentic-driver: round %u %-9s wall %.2f s, busy %.3f s, stall %.3f s, "
-			    "load %.3f s, read %.1f MiB%s; cpu wait %.2f, others %.2f CPUs, probe "
-			    "%.1f ms%s%s\n",
-			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.load_s,
+			    "hold %.3f s, load %.3f s, read %.1f MiB%s; cpu wait %.2f, others %.2f "
+			    "CPUs, probe %.1f ms%s%s\n",
+			    round, ag_mode_name[m], r.wall_s, r.busy_s, r.st.stall_s, r.st.hold_s,
+			    r.load_s,
 			    r.st.io_read_bytes / 1048576.0, bps ? " (paced)" : "", r.cpu_wait,
 			    r.others_cpus, r.probe_ms, o.keep ? ", kept " : "",
 			    o.keep ? r.dir : "");

@@ -55,6 +55,7 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		const struct ag_ev *e = &ev[i];
 		bool restore = !strcmp(e->name, "restore"), stall = !strcmp(e->name, "stall");
 		bool io = !strcmp(e->name, "io"); /* as daemon/front-dispatch.c names them */
+		bool hold = !strcmp(e->name, "hold");
 		fprintf(f,
 		        ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%llu,\"dur\":%llu,"
 		        "\"pid\":1,\"tid\":%d,\"args\":{\"%s\":%u,\"%s\":\"%s\"",
@@ -63,11 +64,13 @@ int ag_write_events(const char *dir, enum ag_mode m, const struct ag_ev *ev, siz
 		        restore ? "position"
 		        : stall ? "layer"
 		        : io    ? "restore_kib_in_flight"
+		        : hold  ? "sessions"
 		                : "tokens",
 		        e->arg0,
 		        restore ? "from_tier"
 		        : stall ? "restore_kib_in_flight"
 		        : io    ? "deferred"
+		        : hold  ? "restore_kib_in_flight"
 		                : "sequences",
 		        e->arg1);
 		static const char *const kib[] = AG_EV_KIB_NAMES;
@@ -106,16 +109,16 @@ void ag_analyse_events(struct ag_result *res, enum ag_mode m, const struct ag_ev
 	}
 
 	/* the compute thread's time outside steps (and, in full, outside its
-	 * loads): the gaps between them, from the first measured one to the
-	 * last */
+	 * loads; in dualpath, outside its holds): the gaps between them, from
+	 * the first measured one to the last */
 	uint64_t *iv = malloc((n ? n : 1) * 2 * sizeof(*iv));
 	size_t k = 0;
 	if (!iv)
 		return;
 	for (size_t i = 0; i < n; i++) {
 		const struct ag_ev *e = &ev[i];
-		bool lane =
-		    !strcmp(e->name, "step") || (m == AG_MODE_FULL && !strcmp(e->name, "restore"));
+		bool lane = !strcmp(e->name, "step") || !strcmp(e->name, "hold") ||
+		            (m == AG_MODE_FULL && !strcmp(e->name, "restore"));
 		if (lane && e->start_us >= res->mark_us) {
 			iv[2 * k] = e->start_us;
 			iv[2 * k + 1] = e->start_us + e->dur_us;
@@ -234,7 +237,7 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 		    fmt_ms(t99, r->ttft_p99), fmt_ms(tnv, r->ttft_nvme_p50),
 		    fmt_ms(i50, r->itl_p50), fmt_ms(i99, r->itl_p99), r->busy_s,
 		    r->st.step_s > 0 ? r->st.stall_s / r->st.step_s : 0.0,
-		    r->busy_s > 0 ? (r->st.stall_s + r->load_s) / r->busy_s : 0.0,
+		    r->busy_s > 0 ? (r->st.stall_s + r->load_s + r->st.hold_s) / r->busy_s : 0.0,
 		    100.0 * (double)r->cached / (double)(r->cached + r->prompt),
 		    (unsigned long long)(m == AG_MODE_DUALPATH ? (uint64_t)r->st.restores : parked),
 		    r->st.io_read_bytes / 1048576.0,
@@ -244,8 +247,9 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 		    (unsigned long long)r->tier_turns[AG_TIER_NONE],
 		    (unsigned long long)r->tier_turns[AG_TIER_NEW]);
 	}
-	printf("\n%-9s %8s %8s %8s %9s %9s %8s %9s %10s %9s %9s %8s %7s  %s\n", "mode", "step s",
-	       "stall s", "load s", "between s", "restore s", "cpu s", "prefill", "recomputed",
+	printf("\n%-9s %8s %8s %8s %8s %9s %9s %8s %9s %10s %9s %9s %8s %7s  %s\n", "mode",
+	       "step s", "stall s", "held s", "load s", "between s", "restore s", "cpu s", "prefill",
+	       "recomputed",
 	       "MiB wrote", "demotions", "ms/tok", "differ", "notes");
 	for (int m = 0; m < AG_MODE_MAX; m++) {
 		struct ag_result *r = &res[m];
@@ -267,6 +271,10 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
 			                       "EvictSession round trip %.1f ms on average; ",
 			                       r->evict_ms);
+		if (r->st.holds > 0 && nl < sizeof(notes))
+			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
+			                       "holds %.0f, joins past their bound %.0f; ",
+			                       r->st.holds, r->st.joins_forced);
 		if (r->st.pages_shared > 0 && nl < sizeof(notes))
 			nl += (size_t)snprintf(notes + nl, sizeof(notes) - nl,
 			                       "snapshot pages written %.0f, shared %.0f; ",
@@ -290,18 +298,21 @@ static void print_tables(const struct ag_opts *o, struct ag_result *res)
 		char mst[16] = "-";
 		if (r->big_step_tokens > 0)
 			snprintf(mst, sizeof(mst), "%.3f", 1e3 * r->big_step_s / r->big_step_tokens);
-		printf("%-9s %8.3f %8.3f %8.3f %9.3f %9.3f %8.2f %9.0f %10.0f %9.1f %9.0f %8s %7s  "
-		       "%s\n",
-		       ag_mode_name[m], r->st.step_s, r->st.stall_s, r->load_s, r->between_s,
+		printf("%-9s %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f %8.2f %9.0f %10.0f %9.1f %9.0f %8s "
+		       "%7s  %s\n",
+		       ag_mode_name[m], r->st.step_s, r->st.stall_s, r->st.hold_s, r->load_s,
+		       r->between_s,
 		       r->restore_span_s, r->cpu_s, r->st.tokens_prefill, r->st.recomputed_tokens,
 		       r->st.io_written_bytes / 1048576.0, r->st.demotions, mst, differ, notes);
 	}
 	printf(
 	    "\nwall s: first Generate to last final chunk. busy s: the compute thread's forward "
 	    "steps\n(dualpath_step_seconds_total, stalls included) plus, for full, its synchronous "
-	    "loads\n(load s, from the daemon's restore trace events). stall = "
-	    "dualpath_stall_seconds_total / step s;\nio wait = (stall s + load s) / busy s: the "
-	    "compute thread waiting for restored state,\nin steps (dualpath) or before them (full)."
+	    "loads\n(load s, from the daemon's restore trace events), for dualpath its holds (held s:"
+	    "\ndualpath_restore_hold_seconds_total, no step ran while a session returning alone "
+	    "read on\nand would have stalled one). stall = dualpath_stall_seconds_total / step s;\n"
+	    "io wait = (stall s + load s + held s) / busy s: the compute thread waiting for "
+	    "restored\nstate, in steps or holds (dualpath) or before them (full)."
 	    "\nreuse: context the state already held "
 	    "(Usage.cached_tokens) / context the turns needed.\nrestores: dualpath: "
 	    "layer-by-layer restores completed; others: turns whose state was parked.\nTTFT nvme: "

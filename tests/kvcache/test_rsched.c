@@ -408,6 +408,97 @@ Test(rsched, sessions_that_return_together_with_nothing_else_running_join_one_at
 	cr_assert_eq(dp_rsched_join(&in, j + 1, 2, join), 2);
 }
 
+Test(rsched, with_lone_waits_a_session_returning_alone_waits_until_its_layers_come_in_time)
+{
+	/* alone, 2 tokens: its layer l is needed at 200 l and arrives at
+	 * 1000 (l + 1): it would stall every layer. Held back, not joined */
+	struct dp_rsched_joiner j[2] = { back(), back() };
+	struct dp_rsched_join_in in = jin(0);
+	in.lone_waits = true;
+	bool join[2];
+	cr_assert_eq(dp_rsched_join(&in, j, 1, join), 0);
+	cr_expect_not(join[0], "it would wait in the step for every layer");
+	/* with its last layer still to come, needed at 200 (L - 1): in time
+	 * once no more than ~200 (L - 1) + slack ns of reading is left */
+	j[0] = (struct dp_rsched_joiner){ .bytes_left = 500, .layers_left = 1, .tokens = 2 };
+	cr_expect_eq(dp_rsched_join(&in, j, 1, join), 1);
+	cr_expect(join[0]);
+	/* one in time behind one held joins alone: nothing else runs */
+	j[0] = back();
+	j[1] = (struct dp_rsched_joiner){ .bytes_left = 500, .layers_left = 1, .tokens = 2 };
+	cr_expect_eq(dp_rsched_join(&in, j, 2, join), 1);
+	cr_expect_not(join[0]);
+	cr_expect(join[1]);
+	/* its bound passed (the caller says so with deferred = max_defer):
+	 * it joins however late */
+	j[1] = back();
+	j[0].deferred = in.max_defer;
+	cr_expect_eq(dp_rsched_join(&in, j, 2, join), 1);
+	cr_expect(join[0]);
+	cr_expect_not(join[1]);
+	/* without lone_waits the first joins regardless (waiting helps no
+	 * step that runs) */
+	j[0].deferred = 0;
+	in.lone_waits = false;
+	cr_expect_eq(dp_rsched_join(&in, j, 1, join), 1);
+}
+
+Test(rsched, reads_issued_ahead_of_a_joiner_delay_it_and_every_joiner_after_it)
+{
+	/* alone, its last layer (500 bytes) is needed at 600 ns: in time on
+	 * its own bytes, 1000 ns late behind 1100 bytes of others' reads
+	 * already issued (a session held or left out) */
+	struct dp_rsched_joiner j[2] = {
+		{ .bytes_left = 500, .layers_left = 1, .tokens = 2 },
+		{ .bytes_left = 500, .layers_left = 1, .tokens = 2 },
+	};
+	struct dp_rsched_join_in in = jin(0);
+	in.lone_waits = true;
+	bool join[2], one[1] = { true };
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 1, one), -100, 1e-6);
+	j[0].bytes_ahead = 1100;
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 1, one), 1000, 1e-6);
+	cr_expect_eq(dp_rsched_join(&in, j, 1, join), 0);
+	/* two joiners, 600 bytes issued ahead of the second: its last layer
+	 * comes after them and both last layers (1600 ns), needed after 3
+	 * layers of 4 tokens and the first's 2 tokens (1400 ns): 200 late */
+	j[0].bytes_ahead = 0;
+	j[1].bytes_ahead = 600;
+	bool both[2] = { true, true };
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 2, both), 200, 1e-6);
+	/* issued ahead of the first, they delay the second too */
+	j[0].bytes_ahead = 600;
+	j[1].bytes_ahead = 0;
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, j, 2, both), 200, 1e-6);
+}
+
+Test(rsched, a_joiners_bytes_by_layer_put_a_big_early_layer_where_it_is_read)
+{
+	/* 3000 bytes left of layers 1-3, 2800 of them in layer 1 (a big
+	 * compressed layer after a small sliding-window one), 2 tokens */
+	uint64_t lb[L] = { 0, 2800, 100, 100 };
+	struct dp_rsched_joiner j = { .bytes_left = 3000, .layers_left = 3, .tokens = 2 };
+	struct dp_rsched_join_in in = jin(0);
+	in.lone_waits = true;
+	bool one[1] = { true };
+	/* alone: layer l needed at 200 l. Even: layer 1 at 1000 (800 late),
+	 * layer 2 at 2000 (1600 late), layer 3 at 3000 (2400 late) */
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, &j, 1, one), 2400, 1e-6);
+	/* by layer: 2800 at layer 1 (2600 late), 2900 at 2, 3000 at 3 */
+	j.layer_bytes = lb;
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, &j, 1, one), 2600, 1e-6);
+	/* behind 10 settled tokens a layer, layer l is needed at 100 (12 l +
+	 * 10): spread evenly it would be in time everywhere (layer 1 at 1000
+	 * against 2200), by layer its layer 1 comes 600 ns late */
+	in = jin(10);
+	j.layer_bytes = NULL;
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, &j, 1, one), -1200, 1e-6);
+	j.layer_bytes = lb;
+	cr_expect_float_eq(dp_rsched_join_wait_ns(&in, &j, 1, one), 600, 1e-6);
+	bool join[1];
+	cr_expect_eq(dp_rsched_join(&in, &j, 1, join), 0, "its big layer 1 would stall the step");
+}
+
 Test(rsched, a_loading_session_joins_when_the_compute_ahead_of_it_covers_its_first_layers)
 {
 	/* 10 tokens ahead in each layer: its layer 0 is needed at 1000 ns and
