@@ -300,3 +300,44 @@ Test(evict, sessions_that_return_together_join_staggered_and_none_waits_past_the
 	if (!seen)
 		cr_skip_test("both always joined: their reads came sooner than compute needed them");
 }
+
+Test(evict, a_session_returning_alone_is_held_until_its_state_would_come_and_answers_exactly)
+{
+	/* reads paced well below what a 2-token step computes: a parked
+	 * session returning with nothing else to run would stall every layer
+	 * of its step. Once the rate and the compute are measured (its first
+	 * return), it is held instead: no step runs until its layers would
+	 * come in time (dualpath_restore_holds_total). Its turns come back as
+	 * those of a session never parked */
+	static uint32_t p1[8192], p2[16];
+	big_prompt(p1, 8192, 9);
+	big_prompt(p2, 16, 10);
+	daemon_start(&d, (const char *const[]){ "--io-read-rate", "32M", NULL });
+	int fd = client_connect(&d);
+	uint32_t held[4], ref[4];
+	size_t n;
+	send_generate(fd, 1, "held", p1, 8192, 2, 0, 0);
+	cr_assert_eq(collect(fd, 1, held, 4, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	send_generate(fd, 2, "ref", p1, 8192, 2, 0, 0);
+	cr_assert_eq(collect(fd, 2, ref, 4, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+	cr_assert_arr_eq(held, ref, 2 * sizeof(held[0]));
+	for (uint64_t t = 0; t < 4; t++) {
+		evict_session(fd, 10 + t, "held");
+		send_generate(fd, 20 + t, "held", p2 + t, 1, 2, 0, 0);
+		cr_assert_eq(collect(fd, 20 + t, held, 4, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+		cr_assert_eq(n, 2);
+		send_generate(fd, 30 + t, "ref", p2 + t, 1, 2, 0, 0);
+		cr_assert_eq(collect(fd, 30 + t, ref, 4, &n), DUALPATH__V1__FINISH_REASON__FINISH_LENGTH);
+		cr_expect_arr_eq(held, ref, 2 * sizeof(held[0]), "turn %llu came back different",
+				 (unsigned long long)t);
+	}
+	double holds = metric(fd, 40, "dualpath_restore_holds_total");
+	double hold_s = metric(fd, 41, "dualpath_restore_hold_seconds_total");
+	double stall_s = metric(fd, 42, "dualpath_stall_seconds_total");
+	double forced = metric(fd, 43, "dualpath_restore_joins_forced_total");
+	cr_log_info("holds %.0f (%.3f s), stalls %.3f s, joins past their bound %.0f", holds, hold_s,
+		    stall_s, forced);
+	close(fd);
+	cr_expect_geq(holds, 1, "a session returning alone was never held");
+	cr_expect_gt(hold_s, 0);
+}
