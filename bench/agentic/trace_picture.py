@@ -9,9 +9,10 @@ the io lane (restores, loads, writebacks), over a window of time.
 
 Prints the lanes as text, one character per 1/N of the window:
     '#' busy over most of the cell, '+' over part of it, '.' a sliver, ' ' idle;
-    on the compute lane '!' marks a cell where a stall took most of the time.
+    on the compute lane '!' marks a cell where a stall took most of the time, 'h' one where a
+    hold did (no step ran: a returning session's state would have come late).
 With --svg, also writes the same window as an SVG (opens in any browser): one bar per event,
-steps blue, stalls red, io events green, with a time axis in ms.
+steps blue, stalls red, holds orange, io events green, with a time axis in ms.
 
 It also sums up the bytes in flight per class (restore, engram, expert, writeback: KiB issued to
 the io thread and not done) that each step's "io" instant and each "stall" carry: mean and max
@@ -104,18 +105,22 @@ def main():
     t1 = t0 + a.ms * 1000.0
     lanes = {
         "compute": [(e["ts"], e["ts"] + e["dur"]) for e in spans
-                    if lane_of(e, names) == "compute" and e["name"] != "stall"],
+                    if lane_of(e, names) == "compute" and e["name"] not in ("stall", "hold")],
         "stall": [(e["ts"], e["ts"] + e["dur"]) for e in spans
                   if lane_of(e, names) == "compute" and e["name"] == "stall"],
+        "hold": [(e["ts"], e["ts"] + e["dur"]) for e in spans
+                 if lane_of(e, names) == "compute" and e["name"] == "hold"],
         "io": [(e["ts"], e["ts"] + e["dur"]) for e in io],
     }
     cov = {k: coverage(v, t0, t1, a.cols) for k, v in lanes.items()}
-    comp = "".join("!" if st >= 0.5 else glyph(c) for c, st in zip(cov["compute"], cov["stall"]))
+    comp = "".join("!" if st >= 0.5 else "h" if h >= 0.5 else glyph(c)
+                   for c, st, h in zip(cov["compute"], cov["stall"], cov["hold"]))
     print(f"{a.trace}: {t0 / 1000:.1f} .. {t1 / 1000:.1f} ms, {a.ms / a.cols:.2f} ms a column")
     print(f"compute |{comp}|")
     print(f"io      |{''.join(glyph(x) for x in cov['io'])}|")
     busy = {k: sum(v) / a.cols for k, v in cov.items()}
-    print(f"busy: compute {busy['compute']:.0%} (of it stalled {busy['stall']:.0%}), io {busy['io']:.0%}; "
+    print(f"busy: compute {busy['compute']:.0%} (of it stalled {busy['stall']:.0%}), held {busy['hold']:.0%}, "
+          f"io {busy['io']:.0%}; "
           f"overlap (both busy) {sum(min(c, i) for c, i in zip(cov['compute'], cov['io'])) / a.cols:.0%}")
     inside = [e for e in spans if t0 <= e["ts"] < t1]
     ios = [e for e in inside if e["name"] == "io"]
@@ -136,8 +141,8 @@ def main():
                f'font-family="monospace" font-size="12">',
                f'<text x="4" y="{top + 18}">compute</text>',
                f'<text x="4" y="{top + lane_h + 18}">io</text>']
-        colors = {"compute": "#4a78c2", "stall": "#d23a2a", "io": "#3a9a4a"}
-        rows = {"compute": 0, "stall": 0, "io": 1}
+        colors = {"compute": "#4a78c2", "stall": "#d23a2a", "hold": "#e8a33a", "io": "#3a9a4a"}
+        rows = {"compute": 0, "stall": 0, "hold": 0, "io": 1}
         for k, v in lanes.items():
             for s, e in v:
                 s, e = max(s, t0), min(e, t1)
