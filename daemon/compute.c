@@ -922,13 +922,15 @@ static uint32_t cand_tokens(const struct compute *c, const struct dp_batch_cand 
  * (two steps later; an aged one's one step later, ahead of the others'). It
  * is aged once left out RESTORE_AGE_STEPS steps or past its bound (twice the
  * time its bytes and those issued ahead of them take at the measured rate
- * after the measured latency, at least RESTORE_OUT_MIN_NS), and joins
+ * after the measured latency, at least RESTORE_OUT_MIN_NS; a quarter second
+ * before any rate is measured, when a held state comes whole), and joins
  * regardless once left out RESTORE_MAX_DEFER steps or four times its bound:
  * its reads are in by then unless the rate fell far below the measured one,
  * and a join that waits for I/O is the lesser harm than waiting longer. A
  * hold's wait between tries: the predicted lateness, within these. */
 #define RESTORE_AGE_STEPS 4u
 #define RESTORE_OUT_MIN_NS 5000000.0
+#define RESTORE_OUT_UNMEASURED_NS 250000000.0
 #define RESTORE_HOLD_TRY_MIN_NS 100000.0
 #define RESTORE_HOLD_TRY_MAX_NS 2000000.0
 
@@ -1013,8 +1015,11 @@ static bool restore_join(struct compute *c, uint32_t n)
 		if (join[i])
 			continue;
 		if (!r->out_since) {
-			double b = 2.0 * (c->first_ns + (double)(jn[i].bytes_ahead + jn[i].bytes_left) /
-								c->io_bytes_per_ns);
+			/* no rate measured yet: the state comes whole (dp_rsched_join) */
+			double b = c->io_bytes_per_ns <= 0
+				       ? RESTORE_OUT_UNMEASURED_NS
+				       : 2.0 * (c->first_ns + (double)(jn[i].bytes_ahead + jn[i].bytes_left) /
+							      c->io_bytes_per_ns);
 			r->out_since = now;
 			r->out_bound_ns = (uint64_t)(b > RESTORE_OUT_MIN_NS ? b : RESTORE_OUT_MIN_NS);
 		}

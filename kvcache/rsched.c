@@ -397,6 +397,13 @@ int dp_rsched_join(const struct dp_rsched_join_in *in, const struct dp_rsched_jo
 	int k = 0;
 	for (uint32_t i = 0; i < n; i++)
 		ret_join[i] = false;
+	if (!measured && in->lone_waits && !in->settled_tokens) {
+		/* nothing to predict with and nothing else to run: their states
+		 * come whole first (those at their bound join) */
+		for (uint32_t i = 0; i < n; i++)
+			k += ret_join[i] = j[i].deferred >= in->max_defer;
+		return k;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		ret_join[i] = true;
 		if (!measured || (!in->settled_tokens && k == 0 && !in->lone_waits) ||

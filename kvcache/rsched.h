@@ -148,7 +148,9 @@ uint64_t dp_rsched_queued_class(const struct dp_rsched *s, enum dp_rsched_class 
  * max_defer): the session's first token comes as early as either way (its
  * last layers' reads bound it), the compute waits outside a step, and what
  * arrives meanwhile runs at once instead of behind a step stalled on I/O.
- * Without a measured rate or compute, all join.
+ * Without a measured rate or compute, all join; with lone_waits and nothing
+ * else running, none does (but one at its bound): the caller holds the step
+ * until a state is all in.
  */
 struct dp_rsched_join_in {
 	double io_bytes_per_ns;	 /* measured restore read rate (<= 0: not yet) */

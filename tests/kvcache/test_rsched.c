@@ -551,6 +551,19 @@ Test(rsched, before_the_rate_or_the_compute_is_measured_all_join)
 	in = jin(0);
 	in.token_layer_ns = 0;
 	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 3, "no compute to predict with");
+	/* with lone_waits and nothing else running, none joins: nothing to
+	 * predict with, the caller holds the step until a state is all in
+	 * (one at its bound joins) */
+	in = jin(0);
+	in.io_bytes_per_ns = 0;
+	in.lone_waits = true;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 0, "a lone return unmeasured waits whole");
+	j[1].deferred = in.max_defer;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 1);
+	cr_expect(join[1]);
+	j[1].deferred = 0;
+	in.settled_tokens = 4;
+	cr_expect_eq(dp_rsched_join(&in, j, 3, join), 3, "others run: all join, as before");
 	in.layers = 0;
 	cr_expect_eq(dp_rsched_join(&in, j, 3, join), -EINVAL);
 	in = jin(0);
