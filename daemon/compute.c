@@ -115,7 +115,7 @@ struct compute {
 	 * tries again. hold_t0: when the hold began (0: none) */
 	bool holding;
 	uint32_t n_held;
-	uint64_t *join_bytes; /* restore_join's joiners' bytes left by layer (64 x layers) */
+	uint64_t *join_bytes; /* restore_join's joiners' bytes left by layer (JOIN_MAX x layers) */
 	uint64_t hold_wait_ns, hold_t0;
 	uint64_t stall_seen;  /* kv restore_stall_ns at the last step */
 	/* trace: the last TRACE_N steps */
@@ -929,6 +929,8 @@ static uint32_t cand_tokens(const struct compute *c, const struct dp_batch_cand 
  * and a join that waits for I/O is the lesser harm than waiting longer. A
  * hold's wait between tries: the predicted lateness, within these. */
 #define RESTORE_AGE_STEPS 4u
+/* loading sessions one decision takes (those past it are taken as in) */
+#define JOIN_MAX 64u
 #define RESTORE_OUT_MIN_NS 5000000.0
 #define RESTORE_OUT_UNMEASURED_NS 250000000.0
 #define RESTORE_HOLD_TRY_MIN_NS 100000.0
@@ -950,9 +952,9 @@ static bool aged(const struct req *r, uint64_t now)
  * back: returns true, with c->hold_wait_ns set. */
 static bool restore_join(struct compute *c, uint32_t n)
 {
-	struct dp_rsched_joiner jn[64];
-	bool join[64];
-	uint32_t settled = 0, m = 0, idx[64];
+	struct dp_rsched_joiner jn[JOIN_MAX];
+	bool join[JOIN_MAX];
+	uint32_t settled = 0, m = 0, idx[JOIN_MAX];
 	bool ready = false, flowing = true;
 	uint64_t now = dp_clock_ns();
 	for (uint32_t i = 0; i < n; i++) {
@@ -1840,7 +1842,7 @@ void *dp_compute_main(void *arg)
 	c.cand = calloc(maxb, sizeof(*c.cand));
 	c.cand_req = calloc(maxb, sizeof(*c.cand_req));
 	c.picks = calloc(maxb, sizeof(*c.picks));
-	c.join_bytes = calloc(64 * (size_t)(c.n_layers ? c.n_layers : 1), sizeof(*c.join_bytes));
+	c.join_bytes = calloc(JOIN_MAX * (size_t)(c.n_layers ? c.n_layers : 1), sizeof(*c.join_bytes));
 	c.sessions_by_conn = calloc(srv->cfg.max_connections, sizeof(*c.sessions_by_conn));
 	c.trace = calloc(TRACE_N, sizeof(*c.trace));
 	if (!c.logits || !c.items || !c.item_req || !c.cand || !c.cand_req || !c.picks ||
