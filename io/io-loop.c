@@ -74,7 +74,8 @@ static void chan_finish(struct dp_io *io, struct dp_io_chan *c, uint64_t ticket,
 	c->results[i] = res;
 	if (res > 0)
 		io_stat_add(&c->bytes, (uint64_t)res);
-	if (--c->inflight == 0 && c->busy_since) {
+	/* a read of the channel waiting for the bucket keeps it busy */
+	if (--c->inflight == 0 && c->busy_since && !c->rate_held_since) {
 		io_stat_add(&c->busy_ns, dp_clock_ns() - c->busy_since);
 		c->busy_since = 0;
 	}
@@ -369,6 +370,7 @@ static unsigned chan_fill(struct dp_io *io, struct dp_io_chan *c, int *finished)
 		if (r->flags & DP_IO_F_BARRIER)
 			c->barrier = true;
 		if (err) { /* no SQE was taken */
+			c->rate_held_since = 0; /* nothing of it waits now */
 			*finished += op_finish(io, op, err);
 			continue;
 		}

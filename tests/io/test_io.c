@@ -1219,12 +1219,15 @@ static void reads_are_paced(unsigned flags, bool poll_mode)
 	cr_expect_eq(s.reads, n);
 	/* the channel's I/O time counts the waits for the bucket: the rate
 	 * it gives (what admission predicts with) is the paced one, not the
-	 * device's (before, the time nothing of it was in flight was lost) */
+	 * device's (before, the time nothing of it was in flight was lost,
+	 * nearly all of it). The bucket is full a few microseconds before the
+	 * first read starts the channel's clock: 1% of slack covers that on a
+	 * slow (sanitized, loaded) machine and still tells the two apart. */
 	uint64_t busy_ns = 0, bytes = 0;
 	cr_assert_eq(dp_io_chan_busy(c, &busy_ns, &bytes), 0);
 	cr_expect_eq(bytes, (uint64_t)n * RB_BS);
-	cr_expect_geq((double)busy_ns / 1e9, bound, "channel busy %.3f s, paced reads take %.3f s",
-	              (double)busy_ns / 1e9, bound);
+	cr_expect_geq((double)busy_ns / 1e9, 0.99 * bound,
+	              "channel busy %.4f s, paced reads take %.4f s", (double)busy_ns / 1e9, bound);
 	cr_expect_gt(s.read_waits, 0, "reads waited for the bucket");
 	cr_expect_gt(s.read_wait_ns, 0);
 	cr_expect_gt((double)s.sleep_ns / 1e9, secs / 2,
