@@ -966,21 +966,19 @@ static bool restore_join(struct compute *c, uint32_t n)
 		}
 		struct dp_kv_restore_info ri;
 		struct req *r = c->cand_req[i];
-		if (dp_kv_session_restore_info(c->srv->kv, restoring(r), &ri) < 0 || !ri.active ||
-		    ri.layers_ready == ri.layers || m == DP_ARRAY_SIZE(jn)) {
+		bool room = m < DP_ARRAY_SIZE(jn);
+		uint64_t *lb = room ? c->join_bytes + (size_t)m * c->n_layers : NULL;
+		int nl = dp_kv_session_restore_layers(c->srv->kv, restoring(r), &ri, lb,
+						      room ? c->n_layers : 0);
+		if (nl < 0 || !ri.active || ri.layers_ready == ri.layers || !room) {
 			cd->io_ready = true; /* all in (or past what one decision takes) */
 			ready = true;
 			continue;
 		}
-		uint64_t *lb = c->join_bytes + (size_t)m * c->n_layers;
 		bool forced = left_out_past(r, now, 4);
 		jn[m] = (struct dp_rsched_joiner){ .bytes_left = ri.bytes_left,
 						   .bytes_ahead = ri.bytes_ahead,
-						   .layer_bytes = dp_kv_session_restore_layer_bytes(
-									  c->srv->kv, restoring(r), lb,
-									  c->n_layers) > 0
-									  ? lb
-									  : NULL,
+						   .layer_bytes = nl > 0 ? lb : NULL,
 						   .layers_left = ri.layers - ri.layers_ready,
 						   .tokens = cand_tokens(c, cd),
 						   .deferred = forced ? RESTORE_MAX_DEFER : r->deferred };

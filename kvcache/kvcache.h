@@ -209,11 +209,12 @@ struct dp_kv_restore_info {
 };
 int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 			       struct dp_kv_restore_info *ret);
-/* The same restore's bytes still to read, layer by layer, into ret[0..n)
- * (n >= the model's layers). Returns the layers filled; -ENODATA when no
- * NVMe restore runs (a copy, or one from the shared tier), -EINVAL. */
-int dp_kv_session_restore_layer_bytes(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret,
-				      uint32_t n);
+/* The same, and with n > 0 the restore's bytes still to read layer by
+ * layer into layer_bytes[0..n) (n >= the model's layers), from the same
+ * walk. Returns the layers filled: 0 when none (no restore runs, it is a
+ * copy or from the shared tier, or its reads failed); -EINVAL. */
+int dp_kv_session_restore_layers(struct dp_kv *kv, struct dp_kv_session *s,
+				 struct dp_kv_restore_info *ret, uint64_t *layer_bytes, uint32_t n);
 /* Once per step, before its forward: hand the io thread what writebacks
  * could not submit yet (a full window), and begin the step for restores
  * (their page reads go out earliest-needed first, see below). Cheap. */

@@ -835,10 +835,10 @@ int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s)
 	return 0;
 }
 
-int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
-			       struct dp_kv_restore_info *ret)
+int dp_kv_session_restore_layers(struct dp_kv *kv, struct dp_kv_session *s,
+				 struct dp_kv_restore_info *ret, uint64_t *layer_bytes, uint32_t n)
 {
-	if (!kv || !s || !ret)
+	if (!kv || !s || !ret || (n && !layer_bytes))
 		return -EINVAL;
 	memset(ret, 0, sizeof(*ret));
 	if (s->srestore) {
@@ -856,6 +856,8 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 		ret->layers_ready = r->n_layers;
 		return 0;
 	}
+	if (n && n < r->n_layers)
+		return -EINVAL;
 	/* layers whose reads the io thread has finished (checks still pending) */
 	uint64_t done = dp_io_completed(kv->restore_chan);
 	for (uint32_t l = 0; l < r->n_layers; l++) {
@@ -865,14 +867,32 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 		else
 			break;
 	}
-	size_t left = 2 * r->n - (r->next < 2 * r->n ? r->next : 2 * r->n);
-	ret->bytes_left = (uint64_t)(left / 2) * DP_KV_SLOT_BYTES;
+	/* one walk over its pages: what each still has to read (a page not
+	 * issued, all of it; issued, its parts not done), by layer */
+	if (n)
+		memset(layer_bytes, 0, r->n_layers * sizeof(*layer_bytes));
 	uint64_t own = 0; /* its pages in flight, as the queue counts them */
-	for (size_t k = 0; k < r->next; k++)
-		if (r->ticket[k] >= done) {
-			ret->bytes_left += k % 2 ? DP_KV_PAGE_BYTES : DP_KV_HDR_BYTES;
-			own += k % 2 ? DP_KV_SLOT_BYTES : 0;
+	uint32_t l = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		uint64_t b = 0;
+		if (2 * i >= r->next) {
+			b = DP_KV_SLOT_BYTES;
+		} else {
+			if (r->ticket[2 * i] >= done)
+				b += DP_KV_HDR_BYTES;
+			if (2 * i + 1 >= r->next) {
+				b += DP_KV_PAGE_BYTES;
+			} else if (r->ticket[2 * i + 1] >= done) {
+				b += DP_KV_PAGE_BYTES;
+				own += DP_KV_SLOT_BYTES;
+			}
 		}
+		ret->bytes_left += b;
+		while (l < r->n_layers && i >= r->layer_end[l])
+			l++;
+		if (n && l < r->n_layers)
+			layer_bytes[l] += b;
+	}
 	/* the others' reads issued before its last one and not done (all of
 	 * them while some of its own are not issued yet): the io thread
 	 * serves the channel in order, so they come first */
@@ -889,35 +909,14 @@ int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
 		}
 		ret->bytes_ahead = ahead > own ? ahead - own : 0;
 	}
-	return 0;
+	return n ? (int)r->n_layers : 0;
 }
 
-int dp_kv_session_restore_layer_bytes(struct dp_kv *kv, struct dp_kv_session *s, uint64_t *ret,
-				      uint32_t n)
+int dp_kv_session_restore_info(struct dp_kv *kv, struct dp_kv_session *s,
+			       struct dp_kv_restore_info *ret)
 {
-	if (!kv || !s || !ret)
-		return -EINVAL;
-	struct dp_kv_restore *r = s->restore;
-	if (s->srestore || !r || !r->from_nvme)
-		return -ENODATA;
-	if (n < r->n_layers)
-		return -EINVAL;
-	uint64_t done = dp_io_completed(kv->restore_chan);
-	for (uint32_t l = 0; l < r->n_layers; l++) {
-		ret[l] = 0;
-		if (r->failed)
-			continue;
-		for (size_t i = l ? r->layer_end[l - 1] : 0; i < r->layer_end[l]; i++) {
-			if (2 * i >= r->next)
-				ret[l] += DP_KV_SLOT_BYTES;
-			else
-				ret[l] += (r->ticket[2 * i] >= done ? DP_KV_HDR_BYTES : 0) +
-					  (2 * i + 1 >= r->next || r->ticket[2 * i + 1] >= done
-						   ? DP_KV_PAGE_BYTES
-						   : 0);
-		}
-	}
-	return (int)r->n_layers;
+	int rc = dp_kv_session_restore_layers(kv, s, ret, NULL, 0);
+	return rc < 0 ? rc : 0;
 }
 
 /* ---- other parts' reads in the restore queue's order --------------------------- */

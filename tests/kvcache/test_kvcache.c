@@ -1329,6 +1329,46 @@ Test(kv_io, releasing_a_session_mid_restore_waits_out_its_reads)
 	dp_kv_close(kv);
 }
 
+/* What admission predicts with: the bytes a restore from NVMe still has to
+ * read, in total and layer by layer from the same walk, agree; a buffer
+ * shorter than the model's layers is refused. */
+Test(kv_io, a_restores_bytes_left_by_layer_add_up_to_its_bytes_left)
+{
+	struct dp_kv *kv = open_kv(0, 0);
+	struct dp_kv_session *s;
+	struct dp_v4_seq *seq;
+	uint32_t layers = (uint32_t)dp_v4_model_config(model)->num_hidden_layers;
+	uint64_t lb[64];
+	cr_assert_leq(layers, 64);
+	cr_assert_eq(dp_kv_session_create(kv, "lb", &s), 0);
+	turn(kv, s, 80, 1);
+	cr_assert_eq(dp_kv_session_demote(kv, s, DP_KV_TIER_NVME), 0);
+	cr_assert_eq(dp_kv_session_acquire_async(kv, s, &seq), 0);
+	struct dp_kv_restore_info ri, ri2;
+	cr_assert_eq(dp_kv_session_restore_layers(kv, s, &ri, lb, layers), (int)layers);
+	cr_assert_eq(dp_kv_session_restore_info(kv, s, &ri2), 0);
+	cr_expect(ri.active);
+	uint64_t sum = 0;
+	uint32_t with_bytes = 0;
+	for (uint32_t l = 0; l < layers; l++) {
+		sum += lb[l];
+		with_bytes += lb[l] > 0;
+	}
+	/* the io thread may finish reads between the two calls: never more */
+	cr_expect_geq(ri.bytes_left, ri2.bytes_left);
+	cr_expect_eq(sum, ri.bytes_left, "layers add up to %llu, bytes left %llu",
+		     (unsigned long long)sum, (unsigned long long)ri.bytes_left);
+	cr_expect_gt(ri.layers_ready < layers ? with_bytes : 1, 0,
+		     "a layer still to come has bytes to read");
+	cr_expect_eq(dp_kv_session_restore_layers(kv, s, &ri, lb, layers - 1), -EINVAL);
+	cr_expect_eq(dp_kv_session_restore_layers(kv, s, &ri, NULL, layers), -EINVAL);
+	dp_kv_session_release(kv, s);
+	cr_expect_eq(dp_kv_session_restore_layers(kv, s, &ri, lb, layers), 0, "no restore runs");
+	cr_expect(!ri.active);
+	check_state(kv, s);
+	dp_kv_close(kv);
+}
+
 /* ---- CSA entries in host memory (model/v4.h, dp_v4_model_set_csa_host) ---- */
 
 /* The CSA layer's compressed entries live in host pages: they move through
