@@ -74,10 +74,16 @@ static void chan_finish(struct dp_io *io, struct dp_io_chan *c, uint64_t ticket,
 	c->results[i] = res;
 	if (res > 0)
 		io_stat_add(&c->bytes, (uint64_t)res);
-	/* a read of the channel waiting for the bucket keeps it busy */
-	if (--c->inflight == 0 && c->busy_since && !c->rate_held_since) {
-		io_stat_add(&c->busy_ns, dp_clock_ns() - c->busy_since);
-		c->busy_since = 0;
+	/* Its busy time so far goes out with the bytes, at every completion:
+	 * a reader's rate over a stretch sees both move (published only when
+	 * the channel fell idle, a long run of reads showed its bytes and not
+	 * its time). The channel stays busy while requests remain or a read
+	 * of it waits for the read-rate bucket. */
+	c->inflight--;
+	if (c->busy_since) {
+		uint64_t now = dp_clock_ns();
+		io_stat_add(&c->busy_ns, now - c->busy_since);
+		c->busy_since = c->inflight || c->rate_held_since ? now : 0;
 	}
 	if (flags & DP_IO_F_BARRIER)
 		c->barrier = false;

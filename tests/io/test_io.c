@@ -1198,6 +1198,17 @@ static void reads_are_paced(unsigned flags, bool poll_mode)
 	 * and dp_io_wait drives the loop */
 	if (poll_mode)
 		cr_assert_geq(dp_io_poll(io, 0), 0);
+	/* halfway, the channel is busy still (reads queue behind the bucket)
+	 * and its time so far is out with its bytes: the rate a reader takes
+	 * over the stretch is the paced one, not bytes over no time */
+	cr_assert_eq(dp_io_wait(c, n / 2 - 1, 60 * SEC), 0);
+	uint64_t mid_ns = 0, mid_bytes = 0;
+	cr_assert_eq(dp_io_chan_busy(c, &mid_ns, &mid_bytes), 0);
+	cr_expect_geq(mid_bytes, (uint64_t)(n / 2) * RB_BS);
+	double mid_bound = (double)(mid_bytes - burst - RB_BS) / (double)rate;
+	cr_expect_geq((double)mid_ns / 1e9, 0.99 * mid_bound,
+		      "halfway: %llu KiB read in %.4f s of channel time, paced they take %.4f s",
+		      (unsigned long long)mid_bytes >> 10, (double)mid_ns / 1e9, mid_bound);
 	cr_assert_eq(dp_io_wait(c, n - 1, 60 * SEC), 0);
 	double secs = (double)(dp_clock_ns() - t0) / 1e9;
 	double bound = (double)((uint64_t)n * RB_BS - burst - RB_BS) / (double)rate;
