@@ -16,18 +16,23 @@
  *                     dp_kv_commit_if_behind
  *     -> session.c, tiers.c, journal.c
  *   pump.c       dp_kv_pump
- *     -> restore.c    dp_kv_restore_step
+ *     -> rqueue.c     dp_kv_restore_step
  *     -> writeback.c  dp_kv_wb_progress
  *   writeback.c  demotion to NVMe without waiting, and dp_kv_commit (whose
  *                journal sync installs the recorded writebacks)
  *     -> restore.c    dp_kv_restore_complete (a restore still reading the
  *                     old slots finishes before they are freed)
+ *     -> rqueue.c     dp_kv_write_*
  *     -> session.c, tiers.c, journal.c
- *   restore.c    the layer-by-layer restore, and the restore queue that
- *                orders every read and writeback write (dp_kv_write_*)
- *     -> rsched.c     the read scheduler (pure logic; calls none of them)
+ *   restore.c    the layer-by-layer restore: its gates
+ *     -> rqueue.c     dp_kv_rq_* (rqueue-internal.h: the structures both share)
+ *     -> rsched.c     its stream in the queue's scheduler
+ *     -> restore-shared.c  dp_kv_srestore_* (a restore from the shared tier)
  *     -> session.c    dp_kv_seq_new_at, dp_kv_layer_ends
  *     -> tiers.c
+ *   rqueue.c     the restore queue: it orders every restore's page reads,
+ *                the other parts' reads and the writebacks' writes
+ *     -> rsched.c     the read scheduler (pure logic; calls none of them)
  *   session.c    one session's state and journal records, shared by the three
  *                above
  *     -> tiers.c, journal.c
@@ -35,7 +40,7 @@
  *     -> journal.c    dp_kv_state_openat, dp_kv_state_set_aside
  *   journal.c    the journal (journal.h); calls none of them
  *
- * Top to bottom: unit.c, kvcache.c and pump.c, writeback.c, restore.c, session.c,
+ * Top to bottom: unit.c, kvcache.c and pump.c, writeback.c, restore.c, rqueue.c, session.c,
  * tiers.c, journal.c. A helper that two files at one level need goes down
  * into session.c, not up into kvcache.c.
  */
@@ -289,7 +294,7 @@ struct dp_kv {
 	struct dp_io_chan *restore_chan; /* HIGH priority: restores; slots.chan is LOW */
 	struct dp_io_chan *wb_chan;	 /* LOW: asynchronous writebacks, in the restore
 					  * queue's order (NULL: none) */
-	struct dp_kv_rq *rq;		 /* restore.c: the restore queue (NULL until used) */
+	struct dp_kv_rq *rq;		 /* rqueue.c: the restore queue (NULL until used) */
 	uint64_t rq_window;		 /* its byte cap (0: the default) */
 	struct dp_kv_wb *wb_head, *wb_tail; /* writebacks in flight, in ticket order */
 	struct dp_kv_wb *wb_recorded;	    /* written and journaled, not yet synced */
@@ -465,12 +470,12 @@ int dp_kv_restore_complete(struct dp_kv *kv, struct dp_kv_session *s);
 /* A step begins: restores left out of the last step move their deadlines
  * to this one, and the restore queue tops the io thread up (its gates top
  * it up too). dp_kv_pump (pump.c) calls it once per step. Free the queue
- * at close. */
+ * at close. Both rqueue.c. */
 struct dp_kv_rq;
 void dp_kv_restore_step(struct dp_kv *kv);
 void dp_kv_restore_queue_free(struct dp_kv *kv);
 /*
- * restore.c: a writeback's slot writes (writeback.c) go through the restore
+ * rqueue.c: a writeback's slot writes (writeback.c) go through the restore
  * queue too, as DP_RSCHED_WRITEBACK items: issued in deadline order with
  * the reads, onto the LOW writeback channel (kv->wb_chan), its sync (a
  * barrier) right behind the last of them. The job is the caller's and must stay

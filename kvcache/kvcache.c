@@ -1169,7 +1169,7 @@ int dp_kv_open(const struct dp_kv_opts *opts, struct dp_v4_model *m, struct dp_k
 		else
 			kv->restore_chan = NULL; /* restores fall back to synchronous reads */
 		/* asynchronous writebacks write through the restore queue
-		 * (restore.c): without it, demotions to NVMe stay synchronous */
+		 * (rqueue.c): without it, demotions to NVMe stay synchronous */
 		if (kv->restore_chan && dp_io_chan_new(opts->io, 8192, &kv->wb_chan) == 0)
 			dp_io_chan_set_priority(kv->wb_chan, DP_IO_PRIO_LOW);
 		else

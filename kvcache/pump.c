@@ -4,10 +4,10 @@
  * KV cache's asynchronous work has waiting: the writebacks' slot writes that
  * come first in the restore queue's order (never a read: admission has not
  * decided yet), and finished writebacks to the journal; and begin the step
- * for the restore queue (restore.c): deadlines of restores left out of the
+ * for the restore queue (rqueue.c): deadlines of restores left out of the
  * last step move up, and the pages the step needs first go out.
  *
- * It lives apart so that restore.c and writeback.c do not call each other
+ * It lives apart so that rqueue.c and writeback.c do not call each other
  * both ways; the part's whole call graph is drawn at the top of
  * kvcache-internal.h.
  */

@@ -5,7 +5,7 @@
  * The watermarks demote idle sessions; writing one to NVMe (hash, write,
  * fdatasync, journal) used to happen inside dp_kv_balance, on the compute
  * thread, between steps. Here its slot writes go into the restore queue
- * (restore.c, dp_kv_write_queue) as DP_RSCHED_WRITEBACK items, followed by
+ * (rqueue.c, dp_kv_write_queue) as DP_RSCHED_WRITEBACK items, followed by
  * dp_kv_pump, so the compute thread only plans it (allocates slots, hashes
  * the pages, fills the requests) and later installs it. The queue issues
  * them in deadline order with the restores' and other parts' reads: a
@@ -28,8 +28,8 @@
  *
  * Tickets. Only the restore queue submits on kv->wb_chan (the compute
  * thread); the writes' and syncs' results are read as they finish, in
- * ticket order, before their result slots can be reused (restore.c,
- * rq_reap). A sync is a barrier behind its writes, so it covers them: the
+ * ticket order, before their result slots can be reused (rqueue.c,
+ * dp_kv_rq_reap). A sync is a barrier behind its writes, so it covers them: the
  * data is durable before the snapshot record is written.
  *
  * The commit (dp_kv_commit) is here too, at the end: its journal sync is
