@@ -106,8 +106,9 @@ struct dp_io_chan {
 	/* The requester sleeps here; the io thread wakes it. Aligned inside. */
 	struct dp_waiter waiter;
 
-	/* Published by the io thread (relaxed), read by anyone: time with at
-	 * least one of the channel's requests in flight, and bytes moved. */
+	/* Published by the io thread (relaxed) at each completion, read by
+	 * anyone: time with at least one of the channel's requests in flight
+	 * or a read of it waiting for the read rate, and bytes moved. */
 	alignas(DP_RING_ALIGN) _Atomic uint64_t busy_ns;
 	_Atomic uint64_t bytes;
 

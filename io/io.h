@@ -446,8 +446,9 @@ int dp_io_sync(struct dp_io_chan *c, uint32_t file, enum dp_io_op op, unsigned f
 /* The channel's I/O time: how long at least one of its requests was in
  * flight or waiting for the read rate (so concurrent requests count once),
  * and the bytes its finished requests moved; bytes / busy_ns is the rate
- * the channel actually got, paced or not.
- * Any thread (relaxed snapshots). */
+ * the channel actually got, paced or not. Both move at each completion
+ * (the time up to it), so a rate over any stretch of a long run of reads
+ * holds too. Any thread (relaxed snapshots). */
 int dp_io_chan_busy(const struct dp_io_chan *c, uint64_t *ret_busy_ns, uint64_t *ret_bytes);
 
 /* Every ticket below the returned value is finished (acquire; any thread). */
