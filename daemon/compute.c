@@ -905,6 +905,12 @@ static void retire(struct compute *c)
  */
 #define RESTORE_MAX_DEFER 16u
 
+/* x within [lo, hi] */
+static double clampd(double x, double lo, double hi)
+{
+	return x < lo ? lo : x > hi ? hi : x;
+}
+
 static double layer_ns(const struct compute *c)
 {
 	return c->n_layers ? c->step_ns_avg / c->n_layers : c->step_ns_avg;
@@ -992,9 +998,7 @@ static bool restore_join(struct compute *c, uint32_t n)
 		/* left out before: its reads were handed out then, and come */
 		.latency_ns = !settled && flowing ? 0 : c->first_ns,
 		/* a rate spread s: reads predicted 2 s slower (within 2-50%) */
-		.io_margin = 2 * c->io_rate_dev < 0.02 ? 0.02
-			     : 2 * c->io_rate_dev > 0.5 ? 0.5
-							: 2 * c->io_rate_dev,
+		.io_margin = clampd(2 * c->io_rate_dev, 0.02, 0.5),
 		.token_layer_ns = c->token_layer_ns,
 		.slack_ns = c->token_layer_ns,
 		.layers = c->n_layers,
@@ -1021,7 +1025,7 @@ static bool restore_join(struct compute *c, uint32_t n)
 				       : 2.0 * (c->first_ns + (double)(jn[i].bytes_ahead + jn[i].bytes_left) /
 							      c->io_bytes_per_ns);
 			r->out_since = now;
-			r->out_bound_ns = (uint64_t)(b > RESTORE_OUT_MIN_NS ? b : RESTORE_OUT_MIN_NS);
+			r->out_bound_ns = (uint64_t)fmax(b, RESTORE_OUT_MIN_NS);
 		}
 		/* held: session after session, the first's (and an aged one's)
 		 * reads all go now (dp_kv_restore_pump_step), so it comes in
@@ -1037,9 +1041,7 @@ static bool restore_join(struct compute *c, uint32_t n)
 	/* held back: try again when the first would be in time */
 	bool one = true;
 	double late = dp_rsched_join_wait_ns(&in, jn, 1, &one) - in.slack_ns;
-	c->hold_wait_ns = (uint64_t)(late < RESTORE_HOLD_TRY_MIN_NS   ? RESTORE_HOLD_TRY_MIN_NS
-				     : late > RESTORE_HOLD_TRY_MAX_NS ? RESTORE_HOLD_TRY_MAX_NS
-								      : late);
+	c->hold_wait_ns = (uint64_t)clampd(late, RESTORE_HOLD_TRY_MIN_NS, RESTORE_HOLD_TRY_MAX_NS);
 	c->n_held = m;
 	return true;
 }
@@ -1057,8 +1059,7 @@ static void restore_window(struct compute *c)
 		if (c->io_bytes_per_ns <= 0 || c->step_ns_avg <= 0)
 			return; /* not measured yet: the cache's default */
 		double b = c->io_bytes_per_ns * layer_ns(c) * RESTORE_WINDOW_LAYERS;
-		w = b < (double)RESTORE_WINDOW_MIN ? RESTORE_WINDOW_MIN
-		    : b > (double)RESTORE_WINDOW_MAX ? RESTORE_WINDOW_MAX : (uint64_t)b;
+		w = (uint64_t)clampd(b, (double)RESTORE_WINDOW_MIN, (double)RESTORE_WINDOW_MAX);
 	}
 	dp_kv_set_restore_window(c->srv->kv, w);
 }
